@@ -1,0 +1,4 @@
+/**
+ * @module
+ */
+export * from "./src/config/mod.ts";

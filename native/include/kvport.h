@@ -1,0 +1,260 @@
+/*
+ * kvport.h - the whole C surface of the @kvport/nixl native shim.
+ *
+ * One flat C ABI that both Deno (Deno.dlopen) and Bun (bun:ffi) can call, shaped after
+ * NIXL's agent model so that an engine over libnixl and the built-in engine sit behind
+ * the same functions.
+ *
+ * Rules of this ABI (they exist because of FFI limits, see shared/reference/ffi.md):
+ *  - every function returns an int32_t status equal to NIXL's nixl_status_t, or a plain
+ *    value where noted; results go through out-parameters;
+ *  - no struct by value, no callbacks, no optional symbols: capabilities are queried;
+ *  - objects are opaque uint64_t handles from a handle table, never raw pointers, so a
+ *    released or foreign handle is an error (NIXL_ERR_NOT_FOUND), never a crash;
+ *  - strings in are NUL-terminated UTF-8; byte blobs in are (pointer, length);
+ *  - blobs and strings out use the "sized out" convention: (uint8_t *buf, uint64_t cap,
+ *    uint64_t *len). *len always receives the full size; the bytes are copied only when
+ *    cap >= *len (no NUL is written). A caller with too small a buffer retries with *len.
+ *  - after a failing call, kvp_last_error() gives the calling thread's message. Calls
+ *    that may run on another thread (kvp_xfer_wait) keep their message on the object:
+ *    read it with kvp_xfer_message().
+ *  - every blocking function takes a timeout in milliseconds; none blocks forever.
+ */
+#ifndef KVPORT_H
+#define KVPORT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Bumped on any incompatible change of this header. */
+#define KVP_ABI_VERSION 1
+
+/* Status codes: the values of NIXL's nixl_status_t. */
+#define KVP_IN_PROG 1
+#define KVP_SUCCESS 0
+#define KVP_ERR_NOT_POSTED (-1)
+#define KVP_ERR_INVALID_PARAM (-2)
+#define KVP_ERR_BACKEND (-3)
+#define KVP_ERR_NOT_FOUND (-4)
+#define KVP_ERR_MISMATCH (-5)
+#define KVP_ERR_NOT_ALLOWED (-6)
+#define KVP_ERR_REPOST_ACTIVE (-7)
+#define KVP_ERR_UNKNOWN (-8)
+#define KVP_ERR_NOT_SUPPORTED (-9)
+#define KVP_ERR_REMOTE_DISCONNECT (-10)
+#define KVP_ERR_CANCELED (-11)
+#define KVP_ERR_NO_TELEMETRY (-12)
+
+/* Memory types: NIXL's nixl_mem_t values. One memory type per descriptor list. */
+#define KVP_DRAM 0
+#define KVP_VRAM 1
+#define KVP_BLK 2
+#define KVP_OBJ 3
+#define KVP_FILE 4
+
+/* Transfer operations: NIXL's nixl_xfer_op_t values. */
+#define KVP_READ 0
+#define KVP_WRITE 1
+
+/* ---------------------------------------------------------------- library ---- */
+
+/** KVP_ABI_VERSION of the compiled library. */
+uint32_t kvp_abi_version(void);
+
+/** Static name of a status, e.g. "NIXL_ERR_NOT_FOUND"; "NIXL_ERR_UNKNOWN_STATUS" for a
+ *  value outside the table. Never NULL. */
+const char *kvp_status_name(int32_t status);
+
+/** Copies the calling thread's last error message (NUL-terminated, truncated to cap-1
+ *  bytes) into buf and returns its full length; 0 when there is none. */
+uint64_t kvp_last_error(char *buf, uint64_t cap);
+
+/** Comma-separated engines compiled into this library: "builtin" or "builtin,nixl". */
+int32_t kvp_engines(uint8_t *buf, uint64_t cap, uint64_t *len);
+
+/** A report on one engine ("builtin", "nixl", "auto") as "key=value\n" lines:
+ *  available=0|1, reason=... (why not), plugins=UCX,POSIX,... (backends it serves),
+ *  searched=... (paths looked at for NIXL), version=... */
+int32_t kvp_engine_probe(const char *engine, uint8_t *buf, uint64_t cap, uint64_t *len);
+
+/** Number of CUDA devices. Without libcudart (or without a GPU) returns
+ *  KVP_ERR_NOT_SUPPORTED, *count = 0, and a last error saying what was tried. */
+int32_t kvp_cuda_device_count(int32_t *count);
+
+/* ----------------------------------------------------------------- memory ---- */
+
+/** Allocates size bytes of mem_type on device dev (DRAM: dev ignored, VRAM: CUDA
+ *  ordinal). DRAM comes from a shared-memory file mapped MAP_SHARED and page-aligned, so
+ *  a same-host peer can map it directly; VRAM from cudaMalloc. Freed only by
+ *  kvp_mem_free (never by an agent). */
+int32_t kvp_mem_alloc(int32_t mem_type, int32_t dev, uint64_t size, uint64_t *out_addr);
+
+/** Frees memory from kvp_mem_alloc. Unknown addresses: KVP_ERR_NOT_FOUND. */
+int32_t kvp_mem_free(uint64_t addr);
+
+/** Copies len bytes between any two DRAM/VRAM addresses (memcpy or cudaMemcpy). */
+int32_t kvp_mem_copy(int32_t dst_type, int32_t dst_dev, uint64_t dst, int32_t src_type,
+                     int32_t src_dev, uint64_t src, uint64_t len);
+
+/** 64-bit FNV-1a checksum of len bytes at addr (VRAM is staged through host memory). */
+int32_t kvp_mem_checksum(int32_t mem_type, int32_t dev, uint64_t addr, uint64_t len,
+                         uint64_t *out_sum);
+
+/* ------------------------------------------------------------------ agent ---- */
+
+/** Creates an agent.
+ *  name:     unique agent name (1..255 bytes).
+ *  engine:   "auto" | "builtin" | "nixl". "nixl" without NIXL fails KVP_ERR_NOT_SUPPORTED
+ *            with "NIXL is not available" and the paths searched.
+ *  backends: comma-separated backend names, e.g. "UCX", "TCP", "POSIX". The builtin
+ *            engine serves UCX (same host: shared memory or cross-memory attach; other
+ *            hosts: TCP), TCP (always TCP) and POSIX (files); anything else is
+ *            KVP_ERR_NOT_SUPPORTED naming the engine that would serve it.
+ *  params:   "key=value" lines ("" or NULL for none). Builtin keys: listen_host
+ *            (default 0.0.0.0), listen_port (0 = ephemeral), advertise_host (address put
+ *            in metadata; default the first non-loopback IPv4, else 127.0.0.1),
+ *            io_threads. "BACKEND.key=value" lines go to that backend. */
+int32_t kvp_agent_create(const char *name, const char *engine, const char *backends,
+                         const char *params, uint64_t *out_agent);
+
+/** Destroys an agent: cancels and releases its requests, lists, registrations, remote
+ *  agents and connections; wakes any thread blocked in a wait on it (KVP_ERR_CANCELED)
+ *  and returns only after they have left. A second destroy: KVP_ERR_NOT_FOUND. */
+int32_t kvp_agent_destroy(uint64_t agent);
+
+/** "key=value\n" facts: name, engine, backends, listen (host:port). */
+int32_t kvp_agent_info(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len);
+
+/* ----------------------------------------------------------- registration ---- */
+
+/** Registers count regions of one memory type with the agent, in one call.
+ *  DRAM: addr = host address; VRAM: addr = device address, dev = CUDA ordinal;
+ *  FILE: addr = offset, len = bytes (0: up to the file's size), dev = open fd.
+ *  meta: for OBJ, '\n'-separated object keys (one per region); NULL otherwise.
+ *  Memory must stay valid until kvp_deregister. */
+int32_t kvp_register(uint64_t agent, int32_t mem_type, const uint64_t *addrs,
+                     const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                     const char *meta, uint64_t *out_reg);
+
+/** Deregisters what one kvp_register call registered. */
+int32_t kvp_deregister(uint64_t agent, uint64_t reg);
+
+/* --------------------------------------------------------------- metadata ---- */
+
+/** This agent's metadata blob (name, how to reach it, registered regions). */
+int32_t kvp_local_metadata(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len);
+
+/** Loads a peer's metadata blob; writes the peer's name (sized out). Loading a name that
+ *  is already loaded with different connection info (a restarted peer) fails
+ *  KVP_ERR_NOT_ALLOWED until kvp_invalidate_remote; identical info is a no-op. A blob
+ *  that does not parse is KVP_ERR_MISMATCH, never a crash. */
+int32_t kvp_load_remote_metadata(uint64_t agent, const uint8_t *blob, uint64_t len,
+                                 uint8_t *name_buf, uint64_t cap, uint64_t *name_len);
+
+/** Forgets a peer: its connection is closed and its prepared lists and requests fail
+ *  with KVP_ERR_NOT_FOUND from then on. */
+int32_t kvp_invalidate_remote(uint64_t agent, const char *remote_name);
+
+/* ------------------------------------------------------- descriptor lists ---- */
+
+/** Builds a descriptor list of count (addr, len, dev) of one memory type, in one call. */
+int32_t kvp_dlist_create(int32_t mem_type, const uint64_t *addrs, const uint64_t *lens,
+                         const uint64_t *devs, uint64_t count, uint64_t *out_dlist);
+
+/** Serialized form of a list (to send to a peer). */
+int32_t kvp_dlist_serialize(uint64_t dlist, uint8_t *buf, uint64_t cap, uint64_t *len);
+
+/** Rebuilds a list from bytes; malformed bytes are KVP_ERR_MISMATCH. */
+int32_t kvp_dlist_deserialize(const uint8_t *buf, uint64_t len, uint64_t *out_dlist);
+
+/** Number of descriptors and memory type of a list. */
+int32_t kvp_dlist_info(uint64_t dlist, uint64_t *count, int32_t *mem_type);
+
+/** Releases a list built by kvp_dlist_create or kvp_dlist_deserialize. */
+int32_t kvp_dlist_release(uint64_t dlist);
+
+/** Prepares a list for transfers (NIXL prepXferDlist). remote: "" for the local side, a
+ *  loaded peer's name for its side, this agent's own name for loopback (e.g. DRAM <->
+ *  FILE). Every descriptor must lie inside memory registered by that side:
+ *  otherwise KVP_ERR_INVALID_PARAM naming the first descriptor that does not. */
+int32_t kvp_prep_dlist(uint64_t agent, const char *remote, uint64_t dlist,
+                       uint64_t *out_prepped);
+
+/** Releases a prepared list. */
+int32_t kvp_prepped_release(uint64_t agent, uint64_t prepped);
+
+/* -------------------------------------------------------------- transfers ---- */
+
+/** Makes a transfer request (NIXL makeXferReq): local_idx[i] of local_prepped pairs with
+ *  remote_idx[i] of remote_prepped; lengths must match pairwise (KVP_ERR_MISMATCH).
+ *  Consecutive descriptors are merged. notif/notif_len: optional notification delivered
+ *  to the remote after all the data has landed (NULL/0 for none). */
+int32_t kvp_xfer_create(uint64_t agent, int32_t op, uint64_t local_prepped,
+                        const uint32_t *local_idx, uint64_t remote_prepped,
+                        const uint32_t *remote_idx, uint64_t count, const uint8_t *notif,
+                        uint64_t notif_len, uint64_t *out_req);
+
+/** Posts a request: KVP_IN_PROG, KVP_SUCCESS (completed inline) or an error. A done
+ *  request may be posted again; an active one is KVP_ERR_REPOST_ACTIVE. */
+int32_t kvp_xfer_post(uint64_t agent, uint64_t req);
+
+/** Current state without blocking: KVP_IN_PROG, KVP_SUCCESS or the error. */
+int32_t kvp_xfer_status(uint64_t agent, uint64_t req);
+
+/** Blocks up to timeout_ms (>= 0) for the request to finish: KVP_SUCCESS, its error, or
+ *  KVP_IN_PROG when the time ran out. KVP_ERR_CANCELED when the request or agent is
+ *  released meanwhile. */
+int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms);
+
+/** The message of a failed request (sized out; empty when none). */
+int32_t kvp_xfer_message(uint64_t agent, uint64_t req, uint8_t *buf, uint64_t cap,
+                         uint64_t *len);
+
+/** Releases a request. An active request is cancelled first; no byte is touched after
+ *  this returns. */
+int32_t kvp_xfer_release(uint64_t agent, uint64_t req);
+
+/* ---------------------------------------------------------- notifications ---- */
+
+/** Sends a notification (any bytes, at most 64 KiB) to a loaded peer. */
+int32_t kvp_notif_send(uint64_t agent, const char *remote, const uint8_t *msg,
+                       uint64_t len);
+
+/** Takes queued notifications as records: u32le name_len, name, u32le msg_len, msg.
+ *  Only whole records that fit in cap are taken; *count records, *len bytes written.
+ *  When even the first does not fit: nothing is taken, *count = 0, *len = its size. */
+int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len,
+                       uint64_t *count);
+
+/** Blocks up to timeout_ms until at least one notification is queued: KVP_SUCCESS, or
+ *  KVP_IN_PROG when the time ran out, KVP_ERR_CANCELED when the agent is destroyed. */
+int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms);
+
+/* ------------------------------------------------------------------ files ---- */
+
+/* Flags of kvp_file_open. */
+#define KVP_FILE_CREATE 1u /* create when missing (mode 0644) */
+#define KVP_FILE_DIRECT 2u /* O_DIRECT; where the file system refuses it the file is
+                              opened without it and *out_direct is 0 */
+#define KVP_FILE_TRUNCATE 4u
+
+/** Opens a file for FILE registration (addr = offset, dev = fd). size > 0 makes the file
+ *  at least that long (fallocate, else ftruncate). ENOSPC/EACCES and the like are
+ *  KVP_ERR_BACKEND with the path and the system's reason in the last error. */
+int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, int32_t *out_fd,
+                      int32_t *out_direct);
+
+/** fdatasync of an fd from kvp_file_open. */
+int32_t kvp_file_sync(int32_t fd);
+
+/** Closes an fd from kvp_file_open. */
+int32_t kvp_file_close(int32_t fd);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVPORT_H */

@@ -1,0 +1,5 @@
+/**
+ * Placeholder.
+ * @module
+ */
+export const placeholder = 1;
