@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the whole suite - native C tests, the TypeScript suite under Deno, the same files
+# under Bun - and ends with one line "N passed, N failed" summing all three.
+# Used by `deno task test`; .ci/run calls that task.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+deno_bin=${DENO_BIN:-node_modules/.bin/deno}
+bun_bin=${BUN_BIN:-node_modules/.bin/bun}
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+status=0
+
+run() { # name, command...
+  local name=$1
+  shift
+  echo "=== $name: $*"
+  "$@" 2>&1 | tee "$logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "=== $name failed (exit $rc)"; status=1; }
+}
+
+run native make -C native test
+run deno "$deno_bin" test -A --parallel tests/
+run bun "$bun_bin" test --timeout 120000 tests/
+
+strip() { sed -e 's/\x1b\[[0-9;]*m//g' "$1"; }
+passed=0
+failed=0
+add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
+# native: "N passed, N failed"
+read -r np nf < <(strip "$logs/native.log" | sed -n 's/^\([0-9]\+\) passed, \([0-9]\+\) failed.*/\1 \2/p' | tail -1)
+add "${np:-0}" "${nf:-1}"
+# deno: "ok | N passed | N failed" or "FAILED | N passed | N failed"
+read -r dp df < <(strip "$logs/deno.log" | sed -n 's/.*| \([0-9]\+\) passed[^|]*| \([0-9]\+\) failed.*/\1 \2/p' | tail -1)
+add "${dp:-0}" "${df:-1}"
+# bun: " N pass" / " N fail"
+bp=$(strip "$logs/bun.log" | sed -n 's/^ *\([0-9]\+\) pass$/\1/p' | tail -1)
+bf=$(strip "$logs/bun.log" | sed -n 's/^ *\([0-9]\+\) fail$/\1/p' | tail -1)
+add "${bp:-0}" "${bf:-1}"
+echo "native ${np:-?}/${nf:-?}, deno ${dp:-?}/${df:-?}, bun ${bp:-?}/${bf:-?} (passed/failed)"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] || status=1
+exit $status
