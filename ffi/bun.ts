@@ -1,0 +1,68 @@
+/// <reference types="bun-types/ffi.d.ts" />
+/**
+ * The Bun loader: opens the shim with `bun:ffi`'s `dlopen` and returns a
+ * {@linkcode NativeLib}. `bun:ffi` is imported with a literal dynamic import inside
+ * {@linkcode openBun}, so Deno never evaluates it.
+ *
+ * Bun has no nonblocking FFI calls: `nonblocking` is `null` and callers poll.
+ *
+ * @example
+ * ```ts
+ * import { openBun } from "./bun.ts";
+ * const lib = await openBun("/abs/path/native/build/libkvport.so");
+ * console.log(lib.abiVersion);
+ * ```
+ * @module
+ */
+
+import type { NativeLib } from "./native.ts";
+import { type KvpSymbols, toBunSymbols } from "./symbols.ts";
+
+/**
+ * Opens the library at an absolute path with `bun:ffi`. Throws what `dlopen` throws.
+ *
+ * @example
+ * ```ts
+ * import { openBun } from "./bun.ts";
+ * const lib = await openBun("/opt/kvport/lib/libkvport.so");
+ * console.log(lib.symbols.kvp_abi_version());
+ * ```
+ */
+export async function openBun(path: string): Promise<NativeLib> {
+  const ffi = await import("bun:ffi");
+  const dl = ffi.dlopen(path, toBunSymbols());
+  // deno-lint-ignore no-explicit-any
+  const raw = dl.symbols as unknown as Record<string, (...args: any[]) => any>;
+  const statusName = raw.kvp_status_name;
+  const symbols = {
+    ...raw,
+    kvp_status_name: (status: number): string => String(statusName(status) ?? ""),
+  } as unknown as KvpSymbols;
+  let closed = false;
+  return {
+    runtime: "bun",
+    path,
+    abiVersion: symbols.kvp_abi_version(),
+    symbols,
+    nonblocking: null,
+    pendingCalls: 0,
+    get closed() {
+      return closed;
+    },
+    addressOf(view: ArrayBufferView): bigint {
+      if (view.byteLength === 0) throw new RangeError("an empty buffer has no address");
+      return BigInt(ffi.ptr(view as Uint8Array));
+    },
+    view(address: bigint, length: number): ArrayBuffer {
+      if (address === 0n) throw new RangeError("cannot view address 0");
+      return ffi.toArrayBuffer(Number(address) as import("bun:ffi").Pointer, 0, length);
+    },
+    close(): Promise<void> {
+      if (!closed) {
+        closed = true;
+        dl.close();
+      }
+      return Promise.resolve();
+    },
+  };
+}
