@@ -1,0 +1,261 @@
+/**
+ * Transfer requests (NIXL's `makeXferReq` handles) and the one wait used by every
+ * transfer: quick synchronous status checks first (tiny transfers finish there), then
+ * Deno's nonblocking `kvp_xfer_wait` on a pool thread, or on Bun a poll with a backoff
+ * timer (Bun has no nonblocking FFI). Nothing spins past a few microseconds.
+ *
+ * @example
+ * ```ts
+ * import { NixlAgent } from "@kvport/nixl";
+ * declare const agent: NixlAgent;
+ * declare const local: import("@kvport/nixl").PreparedDescList;
+ * declare const remote: import("@kvport/nixl").PreparedDescList;
+ * using req = agent.createTransfer("WRITE", local, [0, 1], remote, [4, 5]);
+ * for (let i = 0; i < 1000; i++) {
+ *   req.post();
+ *   await req.wait(5000);
+ * }
+ * ```
+ * @module
+ */
+
+import type { NativeLib } from "../../ffi/mod.ts";
+import { check, lastError, sizedOut, text } from "../../ffi/native.ts";
+import { NixlError, NixlTimeoutError, Status } from "../errors.ts";
+import { type AgentCore, releasedError } from "./common.ts";
+
+/** A transfer's direction: READ pulls the remote pages into local ones, WRITE pushes. */
+export type TransferOp = "READ" | "WRITE";
+
+/** `"done"` or `"pending"`: what {@linkcode TransferRequest.post} and `status` report. */
+export type TransferState = "done" | "pending";
+
+/** Options of waits. */
+export interface WaitOptions {
+  /** Aborting releases (cancels) the request and rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** Synchronous status checks before a wait goes asynchronous (each well under 1 us). */
+export const SYNC_POLLS = 64;
+
+/** Waits of Bun's poll loop, by round: a few event-loop turns, then timers up to 2 ms. */
+function pause(round: number): Promise<void> {
+  const g = globalThis as { setImmediate?: (cb: () => void) => unknown };
+  if (round < 8 && g.setImmediate) {
+    return new Promise((resolve) => g.setImmediate!(resolve));
+  }
+  const ms = round < 16 ? 0 : round < 24 ? 1 : 2;
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Waits for `poll()` to stop returning `IN_PROG`: synchronous checks, then `blocking`
+ * (Deno: a nonblocking native wait with the time left) or timer-paced polls (Bun).
+ * Returns the final status, or `IN_PROG` when `timeoutMs` ran out. `stop()` ends the
+ * wait early (it returns `ERR_CANCELED`).
+ *
+ * @example
+ * ```ts
+ * import { waitStatus } from "./transfer.ts";
+ * let n = 0;
+ * const status = await waitStatus(() => (++n < 100 ? 1 : 0), null, 1000, () => false);
+ * console.log(status); // 0
+ * ```
+ */
+export async function waitStatus(
+  poll: () => number,
+  blocking: ((timeoutMs: number) => Promise<number>) | null,
+  timeoutMs: number,
+  stop: () => boolean,
+): Promise<number> {
+  let s = poll();
+  for (let i = 0; s === Status.IN_PROG && i < SYNC_POLLS; i++) s = poll();
+  if (s !== Status.IN_PROG) return s;
+  const deadline = performance.now() + timeoutMs;
+  for (let round = 0;; round++) {
+    const left = deadline - performance.now();
+    if (left <= 0) return Status.IN_PROG;
+    if (blocking) {
+      s = await blocking(Math.ceil(left));
+    } else {
+      await pause(round);
+      s = stop() ? Status.ERR_CANCELED : poll();
+    }
+    if (stop()) return Status.ERR_CANCELED;
+    if (s !== Status.IN_PROG) return s;
+  }
+}
+
+/** Checks a timeout argument: a finite number of milliseconds >= 0. */
+export function checkTimeout(timeoutMs: number, fn: string): number {
+  if (typeof timeoutMs !== "number" || !(timeoutMs >= 0) || !Number.isFinite(timeoutMs)) {
+    throw new NixlError(
+      Status.ERR_INVALID_PARAM,
+      fn,
+      `timeoutMs must be a finite number of milliseconds >= 0, got ${String(timeoutMs)}`,
+    );
+  }
+  return timeoutMs;
+}
+
+/**
+ * A reusable transfer request (NIXL's `makeXferReq`): post it, check or wait for it,
+ * post it again once done, release it when finished. For hot loops and benchmarks;
+ * `NixlAgent.transfer` is the one-shot form.
+ *
+ * @example
+ * ```ts
+ * import { NixlAgent, type PreparedDescList } from "@kvport/nixl";
+ * declare const agent: NixlAgent;
+ * declare const local: PreparedDescList, remote: PreparedDescList;
+ * using req = agent.createTransfer("READ", local, [0], remote, [0]);
+ * if (req.post() === "pending") await req.wait(1000);
+ * ```
+ */
+export class TransferRequest {
+  /** `"READ"` or `"WRITE"`. */
+  readonly op: TransferOp;
+  /** The peer's name (`remote` side of the request). */
+  readonly peer: string;
+  /** Number of descriptor pairs. */
+  readonly count: number;
+  #core: AgentCore;
+  #handle: bigint;
+  #released = false;
+  // C copies these when the request is made; they are kept anyway for as long as the
+  // request lives, so that no engine can ever see freed memory.
+  #keep: unknown[];
+
+  /** @internal Use `NixlAgent.createTransfer`. */
+  constructor(
+    core: AgentCore,
+    handle: bigint,
+    op: TransferOp,
+    peer: string,
+    count: number,
+    keep: unknown[],
+  ) {
+    this.#core = core;
+    this.#handle = handle;
+    this.op = op;
+    this.peer = peer;
+    this.count = count;
+    this.#keep = keep;
+  }
+
+  /** True once released. */
+  get released(): boolean {
+    return this.#released;
+  }
+
+  #describe(): string {
+    return `${this.op} of ${this.count} descriptor${this.count === 1 ? "" : "s"} with peer ` +
+      `"${this.peer}"`;
+  }
+
+  #native(fn: string): [NativeLib, bigint, bigint] {
+    if (this.#released) throw releasedError(`request (${this.#describe()})`, fn);
+    return [this.#core.lib, this.#core.handle(fn), this.#handle];
+  }
+
+  /** The request's own failure message (set by the engine), else the thread's last error. */
+  #message(lib: NativeLib, agent: bigint): string {
+    if (this.#released || this.#core.closed) return lastError(lib);
+    try {
+      const own = text(
+        sizedOut(
+          lib,
+          "kvp_xfer_message",
+          (buf, cap, len) => lib.symbols.kvp_xfer_message(agent, this.#handle, buf, cap, len),
+        ),
+      );
+      return own || lastError(lib);
+    } catch {
+      return lastError(lib);
+    }
+  }
+
+  #state(status: number, fn: string, lib: NativeLib, agent: bigint): TransferState {
+    if (status === Status.SUCCESS) return "done";
+    if (status === Status.IN_PROG) return "pending";
+    throw new NixlError(status, fn, this.#message(lib, agent), { context: this.#describe() });
+  }
+
+  /** Posts the request: `"done"` when it completed inline, else `"pending"`. An active
+   * request is `NIXL_ERR_REPOST_ACTIVE`. */
+  post(): TransferState {
+    const [lib, agent, req] = this.#native("post");
+    return this.#state(lib.symbols.kvp_xfer_post(agent, req), "kvp_xfer_post", lib, agent);
+  }
+
+  /** Current state without blocking; a failed request throws its error. */
+  status(): TransferState {
+    const [lib, agent, req] = this.#native("status");
+    return this.#state(lib.symbols.kvp_xfer_status(agent, req), "kvp_xfer_status", lib, agent);
+  }
+
+  /**
+   * Waits up to `timeoutMs` for the posted request to finish. On timeout it rejects with
+   * a {@linkcode NixlTimeoutError} and the request stays active (wait again, or release
+   * it to cancel). Aborting `signal` releases the request and rejects with its reason.
+   */
+  async wait(timeoutMs = 30_000, options: WaitOptions = {}): Promise<void> {
+    checkTimeout(timeoutMs, "wait");
+    const signal = options.signal;
+    signal?.throwIfAborted();
+    const [lib, agent, req] = this.#native("wait");
+    const nb = lib.nonblocking;
+    const onAbort = () => this.release();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let status: number;
+    try {
+      status = await waitStatus(
+        () => lib.symbols.kvp_xfer_status(agent, req),
+        nb && ((ms) => this.#core.track(nb.kvp_xfer_wait(agent, req, BigInt(ms)))),
+        timeoutMs,
+        () => this.#released || this.#core.closed,
+      );
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    if (signal?.aborted) throw signal.reason;
+    if (status === Status.IN_PROG) {
+      throw new NixlTimeoutError(
+        { op: this.op, peer: this.peer, count: this.count, timeoutMs },
+        this.#released ? "the request was released" : "the request is still active",
+      );
+    }
+    if (status === Status.ERR_CANCELED && (this.#released || this.#core.closed)) {
+      throw new NixlError(
+        Status.ERR_CANCELED,
+        "wait",
+        this.#core.closed ? `agent "${this.#core.name}" was closed` : "the request was released",
+        { context: this.#describe() },
+      );
+    }
+    this.#state(status, nb ? "kvp_xfer_wait" : "kvp_xfer_status", lib, agent);
+  }
+
+  /** Releases the request (idempotent); an active one is cancelled first, and no byte
+   * is touched once this returns. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#core.forget(this);
+    this.#keep = [];
+    if (this.#core.closed) return;
+    const lib = this.#core.lib;
+    check(
+      lib,
+      lib.symbols.kvp_xfer_release(this.#core.handle("release"), this.#handle),
+      "kvp_xfer_release",
+      this.#describe(),
+    );
+  }
+
+  /** Same as {@linkcode TransferRequest.release}. */
+  [Symbol.dispose](): void {
+    this.release();
+  }
+}
