@@ -1,0 +1,710 @@
+/**
+ * The six ZeroMQ socket types LMCache uses, over ZMTP 3: REQ/REP, PUSH/PULL and
+ * DEALER/ROUTER. They interoperate with libzmq 4.x (pyzmq) peers.
+ *
+ * @example
+ * ```ts
+ * import { RepSocket, ReqSocket } from "@kvport/nixl/wire";
+ *
+ * await using rep = await RepSocket.bind("tcp://127.0.0.1:0");
+ * rep.serve((frames) => frames); // echo
+ * await using req = ReqSocket.connect(`tcp://127.0.0.1:${rep.port}`);
+ * const reply = await req.request(new TextEncoder().encode("ping"), { timeoutMs: 1000 });
+ * console.log(new TextDecoder().decode(reply[0])); // ping
+ * ```
+ *
+ * @module
+ */
+
+import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
+import {
+  type PeerInfo,
+  type Pipe,
+  type TimeoutOptions,
+  toFrames,
+  toHex,
+  WireSocket,
+  type WireSocketOptions,
+  withDeadline,
+} from "./socket.ts";
+
+const EMPTY = new Uint8Array(0);
+
+/** A message argument: one frame, or the list of frames of a multipart message. */
+export type Message = Uint8Array | readonly Uint8Array[];
+
+function remaining(deadline: number): number {
+  return deadline - performance.now();
+}
+
+/**
+ * A REQ socket: strict request/reply with the empty delimiter frame ZeroMQ puts in front
+ * of the body. Concurrent `request` calls are queued and run one at a time.
+ *
+ * Unlike libzmq's REQ, it never wedges: when a request times out, or its connection
+ * breaks, the request fails with a typed error and the connection is dropped and
+ * re-established at once, so the next request starts from a fresh state and a late
+ * reply to the old one can never be taken for the new one's.
+ *
+ * @example
+ * ```ts
+ * import { decodeMessage, encodeMessage, ReqSocket } from "@kvport/nixl/wire";
+ *
+ * await using req = ReqSocket.connect("localhost:7301", { timeoutMs: 5000 });
+ * const [reply] = await req.request(encodeMessage({
+ *   type: "AllocRequest",
+ *   keys: ["vllm@m@1@0@abc@bfloat16"],
+ *   fmt: 1,
+ *   shape: [2, 32, 256, 1024],
+ *   dtype: "bfloat16",
+ *   last_chunk_toks: 256,
+ * }));
+ * console.log(decodeMessage(reply, ["AllocResponse"]).remote_indexes);
+ * ```
+ */
+export class ReqSocket extends WireSocket {
+  #queue: Promise<unknown> = Promise.resolve();
+  #pending:
+    | { pipe: Pipe; resolve: (f: Uint8Array[]) => void; reject: (e: WireError) => void }
+    | undefined;
+
+  /** @param options see {@linkcode WireSocketOptions} */
+  constructor(options: WireSocketOptions = {}) {
+    super("REQ", options);
+  }
+
+  /**
+   * Creates a REQ socket connected to `url` (in the background; see
+   * {@linkcode WireSocket.connect}).
+   *
+   * @param url `tcp://host:port` or `host:port`
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket
+   */
+  static connect(url: string, options: WireSocketOptions = {}): ReqSocket {
+    return new ReqSocket(options).connect(url);
+  }
+
+  /**
+   * Creates a REQ socket bound to `url` (peers connect to it).
+   *
+   * @param url `tcp://host:port`; port 0 picks a free port
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket, once listening
+   */
+  static override async bind(url: string, options: WireSocketOptions = {}): Promise<ReqSocket> {
+    const s = new ReqSocket(options);
+    try {
+      await s.bind(url);
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * Sends a request and waits for its reply. The deadline covers waiting for a
+   * connection, for earlier queued requests, the send and the reply.
+   *
+   * @param message one frame or the frames of the request body
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @returns the reply's frames (the envelope removed)
+   * @throws {WireTimeoutError} when no reply came in time (the connection is recreated)
+   * @throws {WireClosedError} when the connection or the socket closed first
+   * @throws {WireProtocolError} when the reply has no empty delimiter frame
+   */
+  request(message: Message, options: TimeoutOptions = {}): Promise<Uint8Array[]> {
+    const frames = toFrames(message);
+    const timeoutMs = options.timeoutMs ?? this._timeoutMs;
+    const deadline = performance.now() + timeoutMs;
+    const run = () => this.#run(frames, timeoutMs, deadline);
+    const result = this.#queue.then(run, run);
+    this.#queue = result.catch(() => {});
+    return result;
+  }
+
+  async #run(frames: Uint8Array[], timeoutMs: number, deadline: number): Promise<Uint8Array[]> {
+    if (this.isClosed) throw new WireClosedError("cannot request: REQ socket is closed");
+    if (remaining(deadline) <= 0) {
+      throw new WireTimeoutError("request", timeoutMs, {
+        peer: this._describeEndpoints(),
+        hint: "its deadline passed while earlier requests were running",
+      });
+    }
+    const pipe = await this._nextPipe(remaining(deadline));
+    const reply = new Promise<Uint8Array[]>((resolve, reject) => {
+      this.#pending = { pipe, resolve, reject };
+    });
+    // The reply promise may reject before we await it (e.g. the send fails first).
+    reply.catch(() => {});
+    try {
+      await pipe.conn.send([EMPTY, ...frames]);
+      return await withDeadline(
+        reply,
+        remaining(deadline),
+        () =>
+          new WireTimeoutError("reply to request", timeoutMs, {
+            peer: pipe.info.address,
+            hint: "the connection was dropped and is re-established, so the next request " +
+              "starts fresh",
+          }),
+      );
+    } catch (e) {
+      if (e instanceof WireTimeoutError || e instanceof WireProtocolError) {
+        this._resetPipe(pipe);
+      }
+      throw e;
+    } finally {
+      this.#pending = undefined;
+    }
+  }
+
+  /** @inheritdoc */
+  protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
+    const p = this.#pending;
+    if (!p || p.pipe !== pipe) return; // a stale or unsolicited reply: dropped
+    this.#pending = undefined;
+    if (frames.length < 2 || frames[0].length !== 0) {
+      p.reject(
+        new WireProtocolError(
+          `reply without the empty delimiter frame (${frames.length} frame(s), first of ` +
+            `${frames[0].length} bytes)`,
+          { peer: pipe.info.address },
+        ),
+      );
+      return;
+    }
+    p.resolve(frames.slice(1));
+  }
+
+  /** @inheritdoc */
+  protected override _onDetach(pipe: Pipe, error: WireError | undefined): void {
+    const p = this.#pending;
+    if (p && p.pipe === pipe) {
+      this.#pending = undefined;
+      p.reject(
+        new WireClosedError("connection closed while waiting for the reply to a request", {
+          peer: pipe.info.address,
+          cause: error,
+        }),
+      );
+    }
+  }
+
+  /** @inheritdoc */
+  protected override _onClose(error: WireClosedError): void {
+    const p = this.#pending;
+    this.#pending = undefined;
+    p?.reject(error);
+  }
+}
+
+/** One request received by a {@linkcode RepSocket}. */
+export interface RepRequest {
+  /** The request body's frames (the envelope removed). */
+  readonly frames: Uint8Array[];
+  /** The peer that sent it. */
+  readonly peer: PeerInfo;
+  /**
+   * Sends the reply (with the request's envelope restored). Call once.
+   *
+   * @throws {WireClosedError} when the peer is gone
+   */
+  reply(message: Message): Promise<void>;
+}
+
+/** A request handler of {@linkcode RepSocket.serve}: returns the reply. */
+export type RepHandler = (
+  frames: Uint8Array[],
+  peer: PeerInfo,
+) => Message | Promise<Message>;
+
+/**
+ * A REP socket: receives requests (stripping the envelope: every frame up to and
+ * including the first empty one) and sends each reply back to the peer that asked, with
+ * the envelope restored. Requests of different peers are handled concurrently; those of
+ * one peer in order.
+ *
+ * @example
+ * ```ts
+ * import { decodeMessage, encodeMessage, RepSocket } from "@kvport/nixl/wire";
+ *
+ * await using rep = await RepSocket.bind("tcp://*:7300");
+ * for await (const req of rep) {
+ *   const msg = decodeMessage(req.frames[0], ["NixlInitRequest"]);
+ *   await req.reply(encodeMessage({
+ *     type: "NixlInitResponse",
+ *     remote_agent_name: new TextEncoder().encode("decoder-0"),
+ *     remote_meta_bytes: msg.local_meta_bytes,
+ *   }));
+ * }
+ * ```
+ */
+export class RepSocket extends WireSocket {
+  /** @param options see {@linkcode WireSocketOptions} */
+  constructor(options: WireSocketOptions = {}) {
+    super("REP", options);
+  }
+
+  /**
+   * Creates a REP socket bound to `url`.
+   *
+   * @param url `tcp://host:port`, `tcp://*:port` or `host:port`; port 0 picks a free port
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket, once listening
+   */
+  static override async bind(url: string, options: WireSocketOptions = {}): Promise<RepSocket> {
+    const s = new RepSocket(options);
+    try {
+      await s.bind(url);
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * Creates a REP socket connected to `url` (e.g. to a ROUTER or DEALER broker).
+   *
+   * @param url `tcp://host:port` or `host:port`
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket
+   */
+  static connect(url: string, options: WireSocketOptions = {}): RepSocket {
+    return new RepSocket(options).connect(url);
+  }
+
+  /**
+   * Waits for the next request.
+   *
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @returns the request, with its `reply` function
+   * @throws {WireTimeoutError} when none came in time
+   * @throws {WireClosedError} when the socket closed
+   */
+  receive(options: TimeoutOptions = {}): Promise<RepRequest> {
+    return this._receive<RepRequest>(options.timeoutMs ?? this._timeoutMs, "request");
+  }
+
+  /** Iterates requests until the socket closes (no deadline: a server loop). */
+  [Symbol.asyncIterator](): AsyncIterableIterator<RepRequest> {
+    return this._inbox.iterate() as AsyncIterableIterator<RepRequest>;
+  }
+
+  /**
+   * Serves requests with `handler` until the socket closes. A handler that throws (or
+   * returns something that is not a message) has its peer's connection closed, so the
+   * peer fails fast instead of waiting for a reply that will never come; the error goes to
+   * the `onError` option.
+   *
+   * @param handler computes the reply of one request
+   * @returns a promise resolved when the socket has closed
+   */
+  async serve(handler: RepHandler): Promise<void> {
+    const chains = new Map<Pipe["conn"], Promise<void>>();
+    for await (const req of this) {
+      const conn = (req as InternalRequest).pipe.conn;
+      const prev = chains.get(conn) ?? Promise.resolve();
+      const next = prev.then(async () => {
+        let reply: Message;
+        try {
+          reply = await handler(req.frames, req.peer);
+          await req.reply(reply);
+        } catch (e) {
+          const err = e instanceof WireError ? e : new WireError(
+            `request handler failed: ${e instanceof Error ? e.message : String(e)}`,
+            { peer: req.peer.address, cause: e },
+          );
+          this._report(err);
+          if (!(e instanceof WireClosedError)) await conn.destroy();
+        }
+      });
+      chains.set(conn, next);
+      next.then(() => {
+        if (chains.get(conn) === next) chains.delete(conn);
+      });
+    }
+  }
+
+  /** @inheritdoc */
+  protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
+    const split = frames.findIndex((f) => f.length === 0);
+    if (split < 0 || split === frames.length - 1) {
+      this._report(
+        new WireProtocolError(
+          split < 0
+            ? `request without the empty delimiter frame (${frames.length} frame(s)); dropped`
+            : "request with an envelope but no body; dropped",
+          { peer: pipe.info.address },
+        ),
+      );
+      return;
+    }
+    const envelope = frames.slice(0, split + 1);
+    let replied = false;
+    const req: InternalRequest = {
+      frames: frames.slice(split + 1),
+      peer: pipe.info,
+      pipe,
+      reply: (message: Message) => {
+        if (replied) {
+          return Promise.reject(new WireError("this request was already replied to"));
+        }
+        replied = true;
+        return pipe.conn.send([...envelope, ...toFrames(message)]);
+      },
+    };
+    this._enqueue(req);
+  }
+}
+
+interface InternalRequest extends RepRequest {
+  readonly pipe: Pipe;
+}
+
+/**
+ * A PUSH socket: sends messages to PULL peers, round-robin. `send` waits (up to its
+ * deadline) for a peer to be connected and for the bytes to reach the kernel.
+ *
+ * @example
+ * ```ts
+ * import { encodeMessage, PushSocket } from "@kvport/nixl/wire";
+ *
+ * await using push = PushSocket.connect("tcp://proxy:7500");
+ * await push.send(encodeMessage({ type: "ProxyNotif", req_id: "req-42" }));
+ * ```
+ */
+export class PushSocket extends WireSocket {
+  /** @param options see {@linkcode WireSocketOptions} */
+  constructor(options: WireSocketOptions = {}) {
+    super("PUSH", options);
+  }
+
+  /**
+   * Creates a PUSH socket connected to `url`.
+   *
+   * @param url `tcp://host:port` or `host:port`
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket
+   */
+  static connect(url: string, options: WireSocketOptions = {}): PushSocket {
+    return new PushSocket(options).connect(url);
+  }
+
+  /**
+   * Creates a PUSH socket bound to `url`.
+   *
+   * @param url `tcp://host:port`; port 0 picks a free port
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket, once listening
+   */
+  static override async bind(url: string, options: WireSocketOptions = {}): Promise<PushSocket> {
+    const s = new PushSocket(options);
+    try {
+      await s.bind(url);
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * Sends one message to the next peer.
+   *
+   * @param message one frame or the frames of a multipart message
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @throws {WireTimeoutError} when no peer was connected, or the bytes could not be
+   *   written, in time (a message already queued on a connection may still be delivered)
+   */
+  send(message: Message, options: TimeoutOptions = {}): Promise<void> {
+    return this._sendNext(toFrames(message), options.timeoutMs ?? this._timeoutMs);
+  }
+
+  /** @inheritdoc */
+  protected override _onMessage(_pipe: Pipe, _frames: Uint8Array[]): void {
+    // A PULL peer never sends; anything else was refused at the handshake.
+  }
+}
+
+/**
+ * A PULL socket: receives messages from PUSH peers, fairly queued.
+ *
+ * @example
+ * ```ts
+ * import { decodeMessage, PullSocket } from "@kvport/nixl/wire";
+ *
+ * await using pull = await PullSocket.bind("tcp://*:7500");
+ * for await (const frames of pull) {
+ *   console.log(decodeMessage(frames[0], ["ProxyNotif"]).req_id);
+ * }
+ * ```
+ */
+export class PullSocket extends WireSocket {
+  /** @param options see {@linkcode WireSocketOptions} */
+  constructor(options: WireSocketOptions = {}) {
+    super("PULL", options);
+  }
+
+  /**
+   * Creates a PULL socket bound to `url`.
+   *
+   * @param url `tcp://host:port`, `tcp://*:port` or `host:port`; port 0 picks a free port
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket, once listening
+   */
+  static override async bind(url: string, options: WireSocketOptions = {}): Promise<PullSocket> {
+    const s = new PullSocket(options);
+    try {
+      await s.bind(url);
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * Creates a PULL socket connected to `url`.
+   *
+   * @param url `tcp://host:port` or `host:port`
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket
+   */
+  static connect(url: string, options: WireSocketOptions = {}): PullSocket {
+    return new PullSocket(options).connect(url);
+  }
+
+  /**
+   * Waits for the next message.
+   *
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @returns its frames
+   * @throws {WireTimeoutError} when none came in time
+   * @throws {WireClosedError} when the socket closed
+   */
+  receive(options: TimeoutOptions = {}): Promise<Uint8Array[]> {
+    return this._receive<Uint8Array[]>(options.timeoutMs ?? this._timeoutMs, "message");
+  }
+
+  /** Iterates messages until the socket closes (no deadline). */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Uint8Array[]> {
+    return this._inbox.iterate() as AsyncIterableIterator<Uint8Array[]>;
+  }
+
+  /** @inheritdoc */
+  protected override _onMessage(_pipe: Pipe, frames: Uint8Array[]): void {
+    this._enqueue(frames);
+  }
+}
+
+/**
+ * A DEALER socket: sends round-robin and receives fairly queued, with no envelope
+ * handling. To talk to a ROUTER the way a REQ does (LMCache's PD allocation channel),
+ * put an empty delimiter frame first: `send([new Uint8Array(0), body])`.
+ *
+ * @example
+ * ```ts
+ * import { DealerSocket, decodeMessage, encodeMessage } from "@kvport/nixl/wire";
+ *
+ * await using dealer = DealerSocket.connect("tcp://decoder:7301", { identity: "sender-1" });
+ * await dealer.send([new Uint8Array(0), encodeMessage({ type: "CancelNotif", req_id: "r", keys: [] })]);
+ * const frames = await dealer.receive({ timeoutMs: 5000 });
+ * console.log(decodeMessage(frames[frames.length - 1]).type);
+ * ```
+ */
+export class DealerSocket extends WireSocket {
+  /** @param options see {@linkcode WireSocketOptions} */
+  constructor(options: WireSocketOptions = {}) {
+    super("DEALER", options);
+  }
+
+  /**
+   * Creates a DEALER socket connected to `url`.
+   *
+   * @param url `tcp://host:port` or `host:port`
+   * @param options see {@linkcode WireSocketOptions}; `identity` names us to a ROUTER
+   * @returns the socket
+   */
+  static connect(url: string, options: WireSocketOptions = {}): DealerSocket {
+    return new DealerSocket(options).connect(url);
+  }
+
+  /**
+   * Creates a DEALER socket bound to `url`.
+   *
+   * @param url `tcp://host:port`; port 0 picks a free port
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket, once listening
+   */
+  static override async bind(url: string, options: WireSocketOptions = {}): Promise<DealerSocket> {
+    const s = new DealerSocket(options);
+    try {
+      await s.bind(url);
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * Sends one message to the next peer.
+   *
+   * @param message one frame or the frames of a multipart message
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @throws {WireTimeoutError} when no peer was connected, or the bytes could not be
+   *   written, in time
+   */
+  send(message: Message, options: TimeoutOptions = {}): Promise<void> {
+    return this._sendNext(toFrames(message), options.timeoutMs ?? this._timeoutMs);
+  }
+
+  /**
+   * Waits for the next message.
+   *
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @returns its frames, as sent by the peer
+   * @throws {WireTimeoutError} when none came in time
+   * @throws {WireClosedError} when the socket closed
+   */
+  receive(options: TimeoutOptions = {}): Promise<Uint8Array[]> {
+    return this._receive<Uint8Array[]>(options.timeoutMs ?? this._timeoutMs, "message");
+  }
+
+  /** Iterates messages until the socket closes (no deadline). */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Uint8Array[]> {
+    return this._inbox.iterate() as AsyncIterableIterator<Uint8Array[]>;
+  }
+
+  /** @inheritdoc */
+  protected override _onMessage(_pipe: Pipe, frames: Uint8Array[]): void {
+    this._enqueue(frames);
+  }
+}
+
+/**
+ * A ROUTER socket: every received message is prefixed with the sending peer's identity
+ * frame (its own `Identity`, or a 5-byte one generated for an anonymous peer); a sent
+ * message's first frame names the peer to route it to. A peer that reconnects with an
+ * identity already in use takes it over.
+ *
+ * @example
+ * ```ts
+ * import { decodeMessage, encodeMessage, RouterSocket } from "@kvport/nixl/wire";
+ *
+ * await using router = await RouterSocket.bind("tcp://*:7301");
+ * for await (const [identity, delimiter, body] of router) {
+ *   const req = decodeMessage(body, ["AllocRequest"]);
+ *   await router.send([identity, delimiter, encodeMessage({
+ *     type: "AllocResponse",
+ *     already_sent_indexes: [],
+ *     remote_indexes: req.keys.map((_, i) => i),
+ *   })]);
+ * }
+ * ```
+ */
+export class RouterSocket extends WireSocket {
+  /** @param options see {@linkcode WireSocketOptions} */
+  constructor(options: WireSocketOptions = {}) {
+    super("ROUTER", options);
+  }
+
+  /**
+   * Creates a ROUTER socket bound to `url`.
+   *
+   * @param url `tcp://host:port`, `tcp://*:port` or `host:port`; port 0 picks a free port
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket, once listening
+   */
+  static override async bind(url: string, options: WireSocketOptions = {}): Promise<RouterSocket> {
+    const s = new RouterSocket(options);
+    try {
+      await s.bind(url);
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * Creates a ROUTER socket connected to `url`.
+   *
+   * @param url `tcp://host:port` or `host:port`
+   * @param options see {@linkcode WireSocketOptions}
+   * @returns the socket
+   */
+  static connect(url: string, options: WireSocketOptions = {}): RouterSocket {
+    return new RouterSocket(options).connect(url);
+  }
+
+  /**
+   * Sends a message to the peer named by its first frame.
+   *
+   * @param message `[identity, ...frames]`
+   * @param options deadline for writing the bytes (default the socket's `timeoutMs`)
+   * @throws {WireClosedError} when no connected peer has that identity
+   * @throws {WireTimeoutError} when the bytes could not be written in time
+   */
+  async send(message: readonly Uint8Array[], options: TimeoutOptions = {}): Promise<void> {
+    const frames = toFrames(message);
+    if (frames.length < 2) {
+      throw new WireError(
+        `a ROUTER message needs the identity frame and at least one more, got ${frames.length}`,
+      );
+    }
+    const key = toHex(frames[0]);
+    const pipe = this._pipeByKey(key);
+    if (!pipe) {
+      throw new WireClosedError(
+        `ROUTER has no connected peer with identity 0x${key} (it disconnected, or never ` +
+          `connected)`,
+      );
+    }
+    const timeoutMs = options.timeoutMs ?? this._timeoutMs;
+    await withDeadline(
+      pipe.conn.send(frames.slice(1)),
+      timeoutMs,
+      () =>
+        new WireTimeoutError("send", timeoutMs, {
+          peer: pipe.info.address,
+          hint: "the peer is not reading; the message stays queued on the connection",
+        }),
+    );
+  }
+
+  /**
+   * Waits for the next message.
+   *
+   * @param options deadline (default the socket's `timeoutMs`)
+   * @returns `[identity, ...frames]`
+   * @throws {WireTimeoutError} when none came in time
+   * @throws {WireClosedError} when the socket closed
+   */
+  receive(options: TimeoutOptions = {}): Promise<Uint8Array[]> {
+    return this._receive<Uint8Array[]>(options.timeoutMs ?? this._timeoutMs, "message");
+  }
+
+  /** Iterates `[identity, ...frames]` messages until the socket closes (no deadline). */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Uint8Array[]> {
+    return this._inbox.iterate() as AsyncIterableIterator<Uint8Array[]>;
+  }
+
+  /**
+   * The connected peer with this identity, if any.
+   *
+   * @param identity a routing identity, as received in a message's first frame
+   * @returns the peer, or `undefined`
+   */
+  peer(identity: Uint8Array): PeerInfo | undefined {
+    return this._pipeByKey(toHex(identity))?.info;
+  }
+
+  /** @inheritdoc */
+  protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
+    this._enqueue([pipe.info.identity, ...frames]);
+  }
+}
