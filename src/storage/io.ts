@@ -1,0 +1,81 @@
+/**
+ * The data path the storage backend drives: a staging buffer of pages, files opened for
+ * FILE registration, and one transfer request per batch between pages and files. The
+ * default implementation is an agent (`agent_io.ts`); tests may pass their own.
+ *
+ * @module
+ */
+
+/** A file opened for FILE registration (NIXL: addr = offset, devId = fd). */
+export interface StorageFile {
+  /** The file's descriptor. */
+  readonly fd: number;
+  /** Whether it is open with `O_DIRECT`. */
+  readonly direct: boolean;
+  /** Its path. */
+  readonly path: string;
+}
+
+/** A registered and prepared set of files, one descriptor (offset 0) per file. */
+export interface StorageFileSet {
+  /** Number of files (descriptors). */
+  readonly count: number;
+  /** Bytes of each descriptor. */
+  readonly length: number;
+}
+
+/** How {@linkcode StorageIo.openFile} opens a file. */
+export interface OpenFileOptions {
+  /** Create it when missing. */
+  create: boolean;
+  /** Ask for `O_DIRECT` (refused by some file systems: then `direct` is false). */
+  direct: boolean;
+  /** Make it at least this many bytes (0: leave the size). */
+  size: number;
+  /** Truncate it to 0 first. */
+  truncate?: boolean;
+}
+
+/**
+ * What {@linkcode NixlStorageBackend} needs from a transfer engine. The default is an
+ * agent with a POSIX (or NIXL storage) backend and a DRAM staging buffer; pass your own
+ * as `io` in the options to run the backend over something else (a test double).
+ *
+ * @example
+ * ```ts
+ * import type { StorageIo } from "@kvport/nixl";
+ * function describe(io: StorageIo): string {
+ *   return `${io.staging.length} bytes of staging over ${io.name}`;
+ * }
+ * ```
+ */
+export interface StorageIo {
+  /** A name for messages ("agent kvport-storage-1 (builtin engine, POSIX)"). */
+  readonly name: string;
+  /** The staging buffer (DRAM), page-aligned. */
+  readonly staging: Uint8Array;
+  /** Opens a file for registration. Throws with the path and the system's reason. */
+  openFile(path: string, options: OpenFileOptions): StorageFile;
+  /** Makes a file's data durable (fdatasync). */
+  syncFile(file: StorageFile): Promise<void>;
+  /** Closes a file from {@linkcode openFile}. */
+  closeFile(file: StorageFile): void;
+  /** Registers files and prepares their descriptor list (`length` bytes at offset 0 each). */
+  registerFiles(files: readonly StorageFile[], length: number): StorageFileSet;
+  /** Deregisters and releases a set. */
+  releaseFiles(set: StorageFileSet): void;
+  /**
+   * One transfer request: for every i, staging page `pages[i]` (`pageStride` bytes at
+   * `pages[i] * pageStride`) and file `files[i]` of `set`. WRITE: pages to files; READ:
+   * files to pages. Resolves when done; rejects with the engine's message.
+   */
+  transfer(
+    op: "READ" | "WRITE",
+    pageStride: number,
+    pages: readonly number[],
+    set: StorageFileSet,
+    files: readonly number[],
+  ): Promise<void>;
+  /** Releases everything (the staging buffer included). Idempotent. */
+  close(): Promise<void>;
+}

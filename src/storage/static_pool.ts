@@ -1,0 +1,388 @@
+/**
+ * Static mode (`nixl_pool_size` > 0): a pool of slot files `obj_<i>.bin` in `nixl_path`,
+ * one chunk per slot at offset 0, a key -> slot index in LRU order that survives a
+ * restart (see `journal.ts` for the on-disk format and its crash rules), LRU eviction
+ * that never evicts a pinned key.
+ *
+ * @module
+ */
+import * as fsp from "node:fs/promises";
+import { crc32 } from "./checksum.ts";
+import { StorageError, toStorageError } from "./errors.ts";
+import type { StorageFile, StorageFileSet, StorageIo } from "./io.ts";
+import { Journal, type JournalRecord, syncDir } from "./journal.ts";
+import { acquireLock, type PoolLock } from "./lock.ts";
+import { LruSlotIndex, type SlotEntry } from "./lru.ts";
+import { JOURNAL_NAME, JOURNAL_TMP_NAME, LOCK_NAME, slotFileName } from "./naming.ts";
+import type { PutResult, ReadChunk, Store, StoreCounters } from "./store.ts";
+
+/** Options of {@linkcode StaticPool.open}. */
+export interface StaticPoolOptions {
+  /** The pool directory (`nixl_path`). */
+  dir: string;
+  /** Number of slots (`nixl_pool_size`). */
+  poolSize: number;
+  /** Bytes of one chunk. */
+  pageSize: number;
+  /** Bytes of one slot file and of one staging page (page size rounded up to 4096). */
+  slotBytes: number;
+  /** Open slot files with O_DIRECT. */
+  direct: boolean;
+  /** Smallest journal that is compacted. */
+  compactMinBytes?: number;
+}
+
+interface Live extends SlotEntry {
+  /** Replaced or removed while a read was in flight: free the slot after the last read. */
+  retired: boolean;
+}
+
+/** Why a put is dropped when every slot is taken by a pinned (or busy) key. */
+export const NO_EVICTION_CANDIDATE = "no eviction candidate: every slot is pinned";
+
+/**
+ * The static pool (see the module doc).
+ *
+ * @example
+ * ```ts ignore
+ * const pool = await StaticPool.open(io, { dir, poolSize: 8, pageSize, slotBytes, direct });
+ * ```
+ */
+export class StaticPool implements Store {
+  /** "static". */
+  readonly mode = "static" as const;
+  /** Counters. */
+  readonly counters: StoreCounters = {
+    hits: 0,
+    misses: 0,
+    puts: 0,
+    dropped: 0,
+    evictions: 0,
+    corrupt: 0,
+  };
+  #io: StorageIo;
+  #opts: StaticPoolOptions;
+  #journal: Journal;
+  #index: LruSlotIndex;
+  #files: StorageFile[];
+  #set: StorageFileSet;
+  #lock: PoolLock;
+  #warnings: string[];
+  #closed = false;
+
+  private constructor(
+    io: StorageIo,
+    opts: StaticPoolOptions,
+    journal: Journal,
+    index: LruSlotIndex,
+    files: StorageFile[],
+    set: StorageFileSet,
+    lock: PoolLock,
+    warnings: string[],
+  ) {
+    this.#io = io;
+    this.#opts = opts;
+    this.#journal = journal;
+    this.#index = index;
+    this.#files = files;
+    this.#set = set;
+    this.#lock = lock;
+    this.#warnings = warnings;
+  }
+
+  /** Bytes between two staging pages: one slot. */
+  get pageStride(): number {
+    return this.#opts.slotBytes;
+  }
+
+  /** Opens (creating when needed) the pool in `opts.dir`; `warnings` receives notes. */
+  static async open(
+    io: StorageIo,
+    opts: StaticPoolOptions,
+    warnings: string[],
+  ): Promise<StaticPool> {
+    const dir = opts.dir;
+    try {
+      await fsp.mkdir(dir, { recursive: true });
+    } catch (e) {
+      throw toStorageError(e, "creating the pool directory", dir);
+    }
+    const lock = await acquireLock(`${dir}/${LOCK_NAME}`);
+    let journal: Journal | undefined;
+    const files: StorageFile[] = [];
+    try {
+      journal = await Journal.open({
+        path: `${dir}/${JOURNAL_NAME}`,
+        tmpPath: `${dir}/${JOURNAL_TMP_NAME}`,
+        dirPath: dir,
+        pageSize: opts.pageSize,
+        poolSize: opts.poolSize,
+        slotBytes: opts.slotBytes,
+        compactMinBytes: opts.compactMinBytes,
+      });
+      warnings.push(...journal.warnings.splice(0));
+      let refused = 0;
+      for (let i = 0; i < opts.poolSize; i++) {
+        const path = `${dir}/${slotFileName(i)}`;
+        const f = io.openFile(path, { create: true, direct: opts.direct, size: opts.slotBytes });
+        files.push(f);
+        if (opts.direct && !f.direct) refused++;
+      }
+      if (refused > 0) {
+        warnings.push(
+          `use_direct_io: the file system of ${dir} refused O_DIRECT; ${refused} slot files ` +
+            "use buffered I/O",
+        );
+      }
+      await syncDir(dir);
+      await removeSlotsBeyond(dir, opts.poolSize);
+      const set = io.registerFiles(files, opts.slotBytes);
+      const entries = journal.entries();
+      const index = LruSlotIndex.fromEntries(
+        opts.poolSize,
+        [...entries].map(([key, e]) => [key, { ...e, pins: 0, readers: 0, retired: false }]),
+      );
+      return new StaticPool(io, opts, journal, index, files, set, lock, warnings);
+    } catch (e) {
+      for (const f of files) {
+        try {
+          io.closeFile(f);
+        } catch { /* already failing */ }
+      }
+      await journal?.close().catch(() => {});
+      await lock.release();
+      throw e;
+    }
+  }
+
+  containsPrefix(keys: readonly string[], pin: boolean): Promise<number> {
+    let n = 0;
+    for (const key of keys) {
+      const e = this.#index.peek(key);
+      if (!e) break;
+      if (pin) e.pins++;
+      n++;
+    }
+    return Promise.resolve(n);
+  }
+
+  pin(key: string): boolean {
+    const e = this.#index.peek(key);
+    if (!e) return false;
+    e.pins++;
+    return true;
+  }
+
+  unpin(key: string): boolean {
+    const e = this.#index.peek(key);
+    if (!e) return false;
+    if (e.pins > 0) e.pins--;
+    return true;
+  }
+
+  async remove(key: string): Promise<boolean> {
+    this.#assertOpen();
+    const e = this.#index.delete(key) as Live | undefined;
+    if (!e) return false;
+    this.#retire(e);
+    // Durable before the slot is overwritten (putPages syncs a dirty journal first).
+    await this.#journal.commit([{ type: "remove", key, slot: e.slot }], false);
+    return true;
+  }
+
+  async putPages(
+    keys: readonly string[],
+    pages: readonly number[],
+    lens: readonly number[],
+    crcs: readonly number[],
+  ): Promise<PutResult[]> {
+    this.#assertOpen();
+    const n = keys.length;
+    const results: PutResult[] = keys.map((key) => ({ key, stored: false, pending: false }));
+    const protect = new Set(keys);
+    const slots: number[] = [];
+    const removals: JournalRecord[] = [];
+    for (let i = 0; i < n; i++) {
+      const s = this.#index.takeFree();
+      if (s === undefined) break;
+      slots.push(s);
+    }
+    if (slots.length < n) {
+      for (const victim of this.#index.evictionCandidates(n - slots.length, protect)) {
+        const e = this.#index.delete(victim)!;
+        removals.push({ type: "remove", key: victim, slot: e.slot });
+        slots.push(e.slot);
+        this.counters.evictions++;
+      }
+    }
+    const stored = slots.length; // the first `stored` keys get a slot, in order
+    for (let i = stored; i < n; i++) {
+      results[i].reason = NO_EVICTION_CANDIDATE;
+      this.counters.dropped++;
+    }
+    if (stored === 0) return results;
+    try {
+      if (removals.length > 0) await this.#journal.commit(removals, false);
+      // A slot named by a committed PUT is overwritten only once its REMOVE is durable.
+      if (this.#journal.dirty) await this.#journal.sync();
+      const usePages = pages.slice(0, stored);
+      await this.#io.transfer("WRITE", this.pageStride, usePages, this.#set, slots);
+      await Promise.all(slots.map((s) => this.#io.syncFile(this.#files[s])));
+      const records: JournalRecord[] = [];
+      for (let i = 0; i < stored; i++) {
+        records.push({
+          type: "put",
+          key: keys[i],
+          slot: slots[i],
+          dataLen: lens[i],
+          dataCrc: crcs[i],
+        });
+      }
+      await this.#journal.commit(records);
+    } catch (e) {
+      for (const s of slots) this.#index.release(s);
+      throw toStorageError(e, `storing ${stored} chunk(s) in the pool`, this.#opts.dir);
+    }
+    for (let i = 0; i < stored; i++) {
+      const old = this.#index.delete(keys[i]) as Live | undefined;
+      if (old) this.#retire(old);
+      const entry: Live = {
+        slot: slots[i],
+        dataLen: lens[i],
+        dataCrc: crcs[i],
+        seq: 0n,
+        pins: old?.pins ?? 0,
+        readers: 0,
+        retired: false,
+      };
+      this.#index.set(keys[i], entry);
+      results[i].stored = true;
+      this.counters.puts++;
+    }
+    return results;
+  }
+
+  async getPages(
+    keys: readonly string[],
+    pages: readonly number[],
+  ): Promise<(ReadChunk | undefined)[]> {
+    this.#assertOpen();
+    const out: (ReadChunk | undefined)[] = new Array(keys.length).fill(undefined);
+    const hits: { i: number; e: Live }[] = [];
+    keys.forEach((key, i) => {
+      const e = this.#index.touch(key) as Live | undefined;
+      if (e) {
+        e.readers++;
+        hits.push({ i, e });
+      }
+    });
+    this.counters.misses += keys.length - hits.length;
+    if (hits.length === 0) return out;
+    try {
+      await this.#io.transfer(
+        "READ",
+        this.pageStride,
+        hits.map((h) => pages[h.i]),
+        this.#set,
+        hits.map((h) => h.e.slot),
+      );
+    } catch (e) {
+      throw toStorageError(e, `reading ${hits.length} chunk(s) from the pool`, this.#opts.dir);
+    } finally {
+      for (const h of hits) {
+        h.e.readers--;
+        if (h.e.retired && h.e.readers === 0) this.#index.release(h.e.slot);
+      }
+    }
+    const stride = this.pageStride;
+    for (const { i, e } of hits) {
+      const start = pages[i] * stride;
+      const got = crc32(this.#io.staging.subarray(start, start + e.dataLen));
+      if (got !== e.dataCrc) {
+        this.counters.corrupt++;
+        this.counters.misses++;
+        this.#warnings.push(
+          `chunk of key ${JSON.stringify(keys[i])} in ${this.#files[e.slot].path} failed its ` +
+            `checksum (crc32 ${hex(got)}, index says ${hex(e.dataCrc)}): dropped`,
+        );
+        if (this.#index.peek(keys[i]) === e) await this.remove(keys[i]);
+        continue;
+      }
+      this.counters.hits++;
+      out[i] = { page: pages[i], dataLen: e.dataLen };
+    }
+    return out;
+  }
+
+  keys(): Promise<string[]> {
+    return Promise.resolve([...this.#index.keys()]);
+  }
+
+  stats(): Promise<Record<string, number | string | boolean | null>> {
+    let bytes = 0;
+    for (const [, e] of this.#index.entries()) bytes += e.dataLen;
+    return Promise.resolve({
+      slots: this.#index.size,
+      used: this.#index.count,
+      free: this.#index.size - this.#index.count,
+      pinned: this.#index.pinnedCount,
+      bytes,
+      journalBytes: this.#journal.bytes,
+      journalGeneration: Number(this.#journal.header.generation),
+      compactions: this.#journal.compactions,
+      direct: this.#files.length > 0 && this.#files.every((f) => f.direct),
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    let first: unknown;
+    try {
+      await this.#journal.close();
+    } catch (e) {
+      first = e;
+    }
+    try {
+      this.#io.releaseFiles(this.#set);
+    } catch (e) {
+      first ??= e;
+    }
+    for (const f of this.#files) {
+      try {
+        this.#io.closeFile(f);
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    await this.#lock.release();
+    if (first !== undefined) throw toStorageError(first, "closing the pool", this.#opts.dir);
+  }
+
+  #retire(e: Live): void {
+    if (e.readers > 0) e.retired = true;
+    else this.#index.release(e.slot);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new StorageError("CLOSED", "the pool is closed");
+  }
+}
+
+function hex(n: number): string {
+  return (n >>> 0).toString(16).padStart(8, "0");
+}
+
+/** Deletes slot files `obj_<i>.bin` with i >= size (left by a larger pool). */
+async function removeSlotsBeyond(dir: string, size: number): Promise<void> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^obj_(\d+)\.bin$/.exec(name);
+    if (m && Number(m[1]) >= size) await fsp.rm(`${dir}/${name}`, { force: true }).catch(() => {});
+  }
+}

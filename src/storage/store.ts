@@ -1,0 +1,86 @@
+/**
+ * The interface both storage modes (static pool, dynamic files) implement for the
+ * backend facade, and the types they share.
+ *
+ * @module
+ */
+
+/** The outcome of storing one key. */
+export interface PutResult {
+  /** The key. */
+  key: string;
+  /** True once the chunk is durable and readable. */
+  stored: boolean;
+  /** True when an asynchronous put accepted it and is still writing it. */
+  pending: boolean;
+  /** Why it was not stored (e.g. "no eviction candidate: every slot is pinned"). */
+  reason?: string;
+}
+
+/** A chunk read into a staging page. */
+export interface ReadChunk {
+  /** The page it was read into. */
+  page: number;
+  /** Bytes of data at the start of the page. */
+  dataLen: number;
+}
+
+/** Counters every mode keeps. */
+export interface StoreCounters {
+  /** Reads that found the key. */
+  hits: number;
+  /** Reads that did not. */
+  misses: number;
+  /** Keys stored. */
+  puts: number;
+  /** Puts refused (nothing evictable). */
+  dropped: number;
+  /** Keys evicted to make room. */
+  evictions: number;
+  /** Reads whose data failed its checksum (treated as misses, key removed). */
+  corrupt: number;
+}
+
+/** What a mode implements; data moves through staging pages chosen by the facade. */
+export interface Store {
+  /** "static" (pool of slots) or "dynamic" (one file per key). */
+  readonly mode: "static" | "dynamic";
+  /** Bytes between the starts of two staging pages. */
+  readonly pageStride: number;
+  /** Counters. */
+  readonly counters: StoreCounters;
+  /** Whether each key is present (checked in order, stopping at the first miss). */
+  containsPrefix(keys: readonly string[], pin: boolean): Promise<number>;
+  /** Pins a key against eviction. */
+  pin(key: string): boolean;
+  /** Drops one pin. */
+  unpin(key: string): boolean;
+  /** Removes a key. */
+  remove(key: string): Promise<boolean>;
+  /**
+   * Stores keys whose data is already in staging pages (`lens[i]` bytes of page
+   * `pages[i]`, CRC `crcs[i]`). Keys are distinct.
+   */
+  putPages(
+    keys: readonly string[],
+    pages: readonly number[],
+    lens: readonly number[],
+    crcs: readonly number[],
+  ): Promise<PutResult[]>;
+  /** Reads keys into the given pages; undefined for a miss. */
+  getPages(keys: readonly string[], pages: readonly number[]): Promise<(ReadChunk | undefined)[]>;
+  /** Keys stored (static: least recently used first). */
+  keys(): Promise<string[]>;
+  /** Mode-specific statistics. */
+  stats(): Promise<Record<string, number | string | boolean | null>>;
+  /** Makes everything durable and releases files. */
+  close(): Promise<void>;
+}
+
+/** Rounds up to a multiple of `align`. */
+export function roundUp(n: number, align: number): number {
+  return Math.ceil(n / align) * align;
+}
+
+/** File offsets and lengths are aligned to this for O_DIRECT. */
+export const IO_ALIGN = 4096;

@@ -1,0 +1,112 @@
+/**
+ * A StorageIo over node:fs (pread/pwrite from a plain ArrayBuffer), for tests of the
+ * storage logic that do not need the native library. Counts transfer requests, and can
+ * fail or stall the next transfer on purpose.
+ */
+import * as fs from "node:fs";
+import type {
+  OpenFileOptions,
+  StorageFile,
+  StorageFileSet,
+  StorageIo,
+} from "../../src/storage/io.ts";
+
+interface FsSet extends StorageFileSet {
+  files: StorageFile[];
+}
+
+export class FsStorageIo implements StorageIo {
+  readonly name = "node:fs test io";
+  readonly staging: Uint8Array;
+  /** Transfer requests made, by op. */
+  transfers = { READ: 0, WRITE: 0 };
+  /** Descriptors moved per request, in order. */
+  batches: { op: string; count: number }[] = [];
+  /** Throw this from the next transfer. */
+  failNext: Error | undefined;
+  /** Write only half of each page of the next WRITE, then stall forever (a crash). */
+  tearNext = false;
+  syncs = 0;
+  closed = false;
+  openFiles = new Set<number>();
+
+  constructor(bytes: number) {
+    this.staging = new Uint8Array(new ArrayBuffer(bytes));
+  }
+
+  openFile(path: string, o: OpenFileOptions): StorageFile {
+    let flags = fs.constants.O_RDWR;
+    if (o.create) flags |= fs.constants.O_CREAT;
+    if (o.truncate) flags |= fs.constants.O_TRUNC;
+    const fd = fs.openSync(path, flags, 0o644);
+    try {
+      if (o.size > 0 && fs.fstatSync(fd).size < o.size) fs.ftruncateSync(fd, o.size);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+    this.openFiles.add(fd);
+    return { fd, direct: false, path };
+  }
+
+  async syncFile(f: StorageFile): Promise<void> {
+    this.syncs++;
+    fs.fdatasyncSync(f.fd);
+    await Promise.resolve();
+  }
+
+  closeFile(f: StorageFile): void {
+    this.openFiles.delete(f.fd);
+    fs.closeSync(f.fd);
+  }
+
+  registerFiles(files: readonly StorageFile[], length: number): StorageFileSet {
+    return { count: files.length, length, files: [...files] } as FsSet;
+  }
+
+  releaseFiles(_set: StorageFileSet): void {}
+
+  async transfer(
+    op: "READ" | "WRITE",
+    stride: number,
+    pages: readonly number[],
+    set: StorageFileSet,
+    files: readonly number[],
+  ): Promise<void> {
+    await Promise.resolve();
+    this.transfers[op]++;
+    this.batches.push({ op, count: pages.length });
+    if (this.failNext) {
+      const e = this.failNext;
+      this.failNext = undefined;
+      throw e;
+    }
+    const s = set as FsSet;
+    const tear = this.tearNext && op === "WRITE";
+    for (let i = 0; i < pages.length; i++) {
+      const f = s.files[files[i]];
+      const len = tear ? Math.floor(s.length / 2) : s.length;
+      const view = this.staging.subarray(pages[i] * stride, pages[i] * stride + len);
+      if (op === "WRITE") {
+        let off = 0;
+        while (off < len) off += fs.writeSync(f.fd, view, off, len - off, off);
+      } else {
+        let off = 0;
+        while (off < len) {
+          const n = fs.readSync(f.fd, view, off, len - off, off);
+          if (n <= 0) {
+            view.fill(0, off);
+            break;
+          }
+          off += n;
+        }
+      }
+    }
+    if (tear) await new Promise(() => {});
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return Promise.resolve();
+  }
+}
