@@ -1,0 +1,534 @@
+/**
+ * The control plane every channel type shares: the responder's handshake loop on the
+ * init URL and the initiator's two-stage handshake, peer bookkeeping, restarts,
+ * timeouts and the agent's serial queue. Channel types supply the data plane.
+ *
+ * @module
+ */
+
+import { ChannelError, ChannelTimeoutError } from "./errors.ts";
+import { errorMessage, SerialQueue } from "./_util.ts";
+import { type ControlServer, openRequester, serveRequests } from "./control.ts";
+import type {
+  ChannelNotification,
+  ChannelRole,
+  ChannelType,
+  ConnectOptions,
+  LocalPages,
+  SideMessage,
+  SideMessageHandler,
+  TransferChannel,
+  TransferSpec,
+} from "./types.ts";
+
+/** Default deadline of a handshake, in milliseconds. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Default deadline of a transfer, in milliseconds. */
+export const DEFAULT_TRANSFER_TIMEOUT_MS = 30_000;
+
+/** What a channel type's data plane keeps per peer (a prepared page list). */
+export interface PeerHandle {
+  /** The peer's agent name. */
+  agentName: string;
+  /** Number of pages the peer registered. */
+  pageCount: number;
+}
+
+/** Settings shared by every channel type. */
+export interface ChannelBaseInit {
+  channelType: ChannelType;
+  role: ChannelRole;
+  localId: string;
+  agentName: string;
+  engine: string;
+  pageSize: number;
+  pages: Uint8Array[];
+  warnings: string[];
+  handshakeTimeoutMs?: number;
+  transferTimeoutMs?: number;
+  maxMessageBytes?: number;
+}
+
+interface PeerEntry<H extends PeerHandle> {
+  handle: H;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Bytes or a string, as a string (agent names travel as msgpack bin). */
+export function nameOf(v: unknown): string {
+  if (typeof v === "string") return v;
+  if (v instanceof Uint8Array) return dec.decode(v);
+  throw new ChannelError("HANDSHAKE_FAILED", `expected an agent name, got ${typeof v}`);
+}
+
+function bytesField(msg: SideMessage, field: string): Uint8Array {
+  const v = msg[field];
+  if (v instanceof Uint8Array) return v;
+  throw new ChannelError(
+    "HANDSHAKE_FAILED",
+    `${msg.type} field ${field}: expected bytes, got ${v === null ? "null" : typeof v}`,
+  );
+}
+
+/**
+ * Base class of the channel types. Subclasses implement the `dp*` data-plane methods;
+ * every call on the agent goes through {@linkcode ChannelBase.agentQueue}.
+ */
+export abstract class ChannelBase<H extends PeerHandle> implements TransferChannel {
+  readonly channelType: ChannelType;
+  readonly role: ChannelRole;
+  readonly localId: string;
+  readonly agentName: string;
+  readonly engine: string;
+  readonly pageSize: number;
+  readonly pageCount: number;
+  readonly pages: readonly Uint8Array[];
+  readonly warnings: readonly string[];
+  /** Serializes every use of the agent: callers never touch it at once. */
+  protected readonly agentQueue: SerialQueue = new SerialQueue();
+  protected readonly handshakeTimeoutMs: number;
+  protected readonly transferTimeoutMs: number;
+  protected readonly maxMessageBytes: number;
+  #server: ControlServer | null = null;
+  #peers = new Map<string, PeerEntry<H>>();
+  #connecting = new Map<string, Promise<unknown>>();
+  #listeners = new Set<(n: ChannelNotification) => void>();
+  #sideHandler: SideMessageHandler | null = null;
+  #inflight = new Set<Promise<unknown>>();
+  #closing: Promise<void> | null = null;
+
+  protected constructor(init: ChannelBaseInit) {
+    this.channelType = init.channelType;
+    this.role = init.role;
+    this.localId = init.localId;
+    this.agentName = init.agentName;
+    this.engine = init.engine;
+    this.pageSize = init.pageSize;
+    this.pageCount = init.pages.length;
+    this.pages = Object.freeze(init.pages);
+    this.warnings = Object.freeze(init.warnings);
+    this.handshakeTimeoutMs = init.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    this.transferTimeoutMs = init.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS;
+    this.maxMessageBytes = init.maxMessageBytes ?? 64 * 1024 * 1024;
+  }
+
+  /** `host:port` this channel answers handshakes on, or `null`. */
+  get initUrl(): string | null {
+    return this.#server?.url ?? null;
+  }
+
+  /** Whether {@linkcode close} has been called. */
+  get closed(): boolean {
+    return this.#closing !== null;
+  }
+
+  /** Starts answering handshakes on `url` (`host:port`; port 0 = any free port). */
+  protected async listen(url: string): Promise<void> {
+    this.#server = await serveRequests(url, (msg, from) => this.#handle(msg, from), {
+      maxMessageBytes: this.maxMessageBytes,
+    });
+  }
+
+  // ---------------------------------------------------------------- data plane --
+
+  /** This side's agent metadata blob. */
+  protected abstract dpLocalMetadata(): Promise<Uint8Array>;
+  /** Loads a peer's metadata; returns its agent name. A restarted peer replaces the old. */
+  protected abstract dpLoadRemote(meta: Uint8Array): Promise<string>;
+  /** This side's serialized page list. */
+  protected abstract dpLocalPageList(): Promise<Uint8Array>;
+  /** Prepares a peer's page list for transfers. */
+  protected abstract dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<H>;
+  /** Releases what {@linkcode dpPrepRemote} made; `invalidate`: also forget the agent. */
+  protected abstract dpRelease(handle: H, invalidate: boolean): Promise<void>;
+  /** Moves pages; resolves when the data has landed (and the notification is queued). */
+  protected abstract dpTransfer(
+    op: "READ" | "WRITE",
+    local: number[],
+    handle: H,
+    remote: number[],
+    timeoutMs: number,
+    notification: Uint8Array | undefined,
+    peerId: string,
+  ): Promise<void>;
+  /** Stops the data plane and frees the buffer and the agent. */
+  protected abstract dpClose(): Promise<void>;
+
+  /** Subclasses call this for every notification that arrives. */
+  protected emitNotification(n: ChannelNotification): void {
+    for (const l of this.#listeners) {
+      try {
+        l(n);
+      } catch {
+        // A listener's failure is its own; the others still run.
+      }
+    }
+  }
+
+  /** Number of notification listeners (the data plane polls only while > 0). */
+  protected get notificationListeners(): number {
+    return this.#listeners.size;
+  }
+
+  /** Called when the first listener subscribes and after the last leaves. */
+  protected notificationInterestChanged(_interested: boolean): void {}
+
+  // ------------------------------------------------------------------ control --
+
+  async #handle(msg: SideMessage, from: string): Promise<SideMessage> {
+    if (this.closed) throw new ChannelError("CLOSED", "channel is closing");
+    switch (msg.type) {
+      case "NixlInitRequest": {
+        const name = await this.dpLoadRemote(bytesField(msg, "local_meta_bytes"));
+        return {
+          type: "NixlInitResponse",
+          remote_agent_name: enc.encode(name),
+          remote_meta_bytes: await this.dpLocalMetadata(),
+        };
+      }
+      case "NixlMemRegRequest": {
+        const localId = msg.local_id;
+        if (typeof localId !== "string" || localId === "") {
+          throw new ChannelError(
+            "HANDSHAKE_FAILED",
+            `NixlMemRegRequest from ${from}: local_id must be a non-empty string`,
+          );
+        }
+        const agent = nameOf(msg.remote_agent_name);
+        const list = bytesField(msg, "local_xfer_dlist_bytes");
+        await this.#setPeer(localId, () => this.dpPrepRemote(agent, list));
+        return {
+          type: "NixlMemRegResponse",
+          remote_xfer_dlist_bytes: await this.dpLocalPageList(),
+        };
+      }
+      default: {
+        const h = this.#sideHandler;
+        if (!h) {
+          throw new ChannelError(
+            "HANDSHAKE_FAILED",
+            `unexpected ${msg.type} on the init socket from ${from}: ` +
+              "expected NixlInitRequest or NixlMemRegRequest (no side-message handler set)",
+          );
+        }
+        return await h(msg);
+      }
+    }
+  }
+
+  /** Stores a peer's prepared list under `peerId`, releasing a previous one. */
+  async #setPeer(peerId: string, prep: () => Promise<H>): Promise<void> {
+    const handle = await prep();
+    const old = this.#peers.get(peerId);
+    this.#peers.set(peerId, { handle });
+    if (old) {
+      // A re-handshake: a restarted peer brings a new agent, whose name differs (or
+      // whose connection info does); the old one is gone for good.
+      const stillUsed = [...this.#peers.values()].some((p) =>
+        p.handle.agentName === old.handle.agentName
+      );
+      await this.dpRelease(old.handle, !stillUsed && old.handle.agentName !== handle.agentName)
+        .catch(() => {});
+    }
+  }
+
+  connect(
+    peerId: string,
+    peerInitUrl: string,
+    options: ConnectOptions = {},
+  ): Promise<SideMessage | null> {
+    this.#assertOpen("connect");
+    if (typeof peerId !== "string" || peerId === "") {
+      return Promise.reject(
+        new ChannelError("INVALID_ARGUMENT", "connect: peerId must be a non-empty string"),
+      );
+    }
+    // One handshake per peer at a time; a second waits for the first, then runs.
+    const prev = this.#connecting.get(peerId) ?? Promise.resolve();
+    const run = prev.catch(() => {}).then(() => this.#connect(peerId, peerInitUrl, options));
+    this.#connecting.set(peerId, run);
+    const done = () => {
+      if (this.#connecting.get(peerId) === run) this.#connecting.delete(peerId);
+    };
+    run.then(done, done);
+    return this.#track(run);
+  }
+
+  async #connect(
+    peerId: string,
+    url: string,
+    options: ConnectOptions,
+  ): Promise<SideMessage | null> {
+    const timeoutMs = options.timeoutMs ?? this.handshakeTimeoutMs;
+    const deadline = performance.now() + timeoutMs;
+    const left = () => Math.max(1, Math.round(deadline - performance.now()));
+    let stage = "connection";
+    const req = await openRequester(url, {
+      timeoutMs: left(),
+      maxMessageBytes: this.maxMessageBytes,
+    })
+      .catch((e) => {
+        throw this.#handshakeError(peerId, url, stage, timeoutMs, e);
+      });
+    try {
+      stage = "NixlInitResponse";
+      const initResp = await req.request(
+        { type: "NixlInitRequest", local_meta_bytes: await this.dpLocalMetadata() },
+        left(),
+      );
+      expectType(initResp, "NixlInitResponse");
+      const agent = await this.dpLoadRemote(bytesField(initResp, "remote_meta_bytes"));
+      stage = "NixlMemRegResponse";
+      const regResp = await req.request(
+        {
+          type: "NixlMemRegRequest",
+          remote_agent_name: initResp.remote_agent_name instanceof Uint8Array
+            ? initResp.remote_agent_name
+            : enc.encode(nameOf(initResp.remote_agent_name)),
+          local_id: this.localId,
+          local_xfer_dlist_bytes: await this.dpLocalPageList(),
+        },
+        left(),
+      );
+      expectType(regResp, "NixlMemRegResponse");
+      const list = bytesField(regResp, "remote_xfer_dlist_bytes");
+      await this.#setPeer(peerId, () => this.dpPrepRemote(agent, list));
+      if (!options.sideMessage) return null;
+      stage = `reply to ${options.sideMessage.type}`;
+      return await req.request(options.sideMessage, left());
+    } catch (e) {
+      throw this.#handshakeError(peerId, url, stage, timeoutMs, e);
+    } finally {
+      await req.close().catch(() => {});
+    }
+  }
+
+  #handshakeError(
+    peerId: string,
+    url: string,
+    stage: string,
+    timeoutMs: number,
+    e: unknown,
+  ): ChannelError {
+    if (e instanceof ChannelError && e.peerId !== undefined) return e;
+    const isTimeout = (e instanceof Error && /timed? ?out|within \d+ ms/i.test(e.message)) ||
+      (e as { name?: string })?.name?.includes("Timeout");
+    if (isTimeout) {
+      return new ChannelTimeoutError("handshake", timeoutMs, {
+        peerId,
+        url,
+        hint: `waiting for ${stage}; is the peer listening on ${url}? (${errorMessage(e)})`,
+        cause: e,
+      });
+    }
+    return new ChannelError(
+      "HANDSHAKE_FAILED",
+      `handshake with peer ${peerId} at ${url} failed waiting for ${stage}: ${errorMessage(e)}`,
+      { peerId, url, op: "connect", cause: e },
+    );
+  }
+
+  hasPeer(peerId: string): boolean {
+    return this.#peers.has(peerId);
+  }
+
+  /** Peer ids known now. */
+  get peerIds(): string[] {
+    return [...this.#peers.keys()];
+  }
+
+  async forgetPeer(peerId: string): Promise<void> {
+    const entry = this.#peers.get(peerId);
+    if (!entry) return;
+    this.#peers.delete(peerId);
+    const stillUsed = [...this.#peers.values()].some((p) =>
+      p.handle.agentName === entry.handle.agentName
+    );
+    await this.dpRelease(entry.handle, !stillUsed);
+  }
+
+  localIndexes(pages: LocalPages): number[] {
+    const out = new Array<number>(pages.length);
+    for (let i = 0; i < pages.length; i++) {
+      const p = pages[i];
+      if (typeof p === "number") {
+        if (!Number.isInteger(p) || p < 0 || p >= this.pageCount) {
+          throw new ChannelError(
+            "INVALID_ARGUMENT",
+            `local page index ${p} (position ${i}) is outside 0..${this.pageCount - 1}`,
+          );
+        }
+        out[i] = p;
+      } else {
+        out[i] = this.#indexOfView(p, i);
+      }
+    }
+    return out;
+  }
+
+  #indexOfView(view: Uint8Array, pos: number): number {
+    const first = this.pages[0];
+    if (first && view.buffer === first.buffer) {
+      const off = view.byteOffset - first.byteOffset;
+      if (off >= 0 && off % this.pageSize === 0 && off / this.pageSize < this.pageCount) {
+        return off / this.pageSize;
+      }
+    }
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `local page at position ${pos} is not a page view of this channel's buffer ` +
+        "(use channel.pages[i] or a page index)",
+    );
+  }
+
+  write(local: LocalPages, spec: TransferSpec): Promise<number> {
+    return this.#transfer("WRITE", local, spec);
+  }
+
+  read(local: LocalPages, spec: TransferSpec): Promise<number> {
+    return this.#transfer("READ", local, spec);
+  }
+
+  #transfer(op: "READ" | "WRITE", localPages: LocalPages, spec: TransferSpec): Promise<number> {
+    try {
+      this.#assertOpen(op === "WRITE" ? "write" : "read");
+      const local = this.localIndexes(localPages);
+      const entry = this.#peers.get(spec?.peerId);
+      if (!entry) {
+        throw new ChannelError(
+          "UNKNOWN_PEER",
+          `${op} to unknown peer ${JSON.stringify(spec?.peerId)}: connect() to it first` +
+            ` (known: ${this.peerIds.join(", ") || "none"})`,
+          { peerId: spec?.peerId, op },
+        );
+      }
+      const remote = [...spec.remoteIndexes];
+      if (remote.length !== local.length) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `${op}: ${local.length} local page(s) but ${remote.length} remote index(es)`,
+          { peerId: spec.peerId, op },
+        );
+      }
+      for (const r of remote) {
+        if (!Number.isInteger(r) || r < 0 || r >= entry.handle.pageCount) {
+          throw new ChannelError(
+            "INVALID_ARGUMENT",
+            `${op}: remote page index ${r} is outside 0..${entry.handle.pageCount - 1} ` +
+              `of peer ${spec.peerId}`,
+            { peerId: spec.peerId, op },
+          );
+        }
+      }
+      if (spec.notification && spec.notification.length > 65536) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `${op}: notification of ${spec.notification.length} bytes exceeds 64 KiB`,
+        );
+      }
+      if (local.length === 0) return Promise.resolve(0);
+      const timeoutMs = spec.timeoutMs ?? this.transferTimeoutMs;
+      const p = this.dpTransfer(
+        op,
+        local,
+        entry.handle,
+        remote,
+        timeoutMs,
+        spec.notification,
+        spec.peerId,
+      ).then(
+        () => local.length,
+        (e) => {
+          throw transferError(op, spec.peerId, timeoutMs, local.length, e);
+        },
+      );
+      return this.#track(p);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  onNotification(handler: (n: ChannelNotification) => void): () => void {
+    const before = this.#listeners.size;
+    this.#listeners.add(handler);
+    if (before === 0 && this.#listeners.size === 1) this.notificationInterestChanged(true);
+    return () => {
+      if (this.#listeners.delete(handler) && this.#listeners.size === 0) {
+        this.notificationInterestChanged(false);
+      }
+    };
+  }
+
+  onSideMessage(handler: SideMessageHandler | null): void {
+    this.#sideHandler = handler;
+  }
+
+  #assertOpen(op: string): void {
+    if (this.closed) {
+      throw new ChannelError("CLOSED", `${op} on a closed ${this.channelType} channel`, { op });
+    }
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#inflight.add(p);
+    const drop = () => this.#inflight.delete(p);
+    p.then(drop, drop);
+    return p;
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#listeners.clear();
+    this.notificationInterestChanged(false);
+    await this.#server?.close().catch(() => {});
+    // Let running handshakes and transfers finish (each has its own deadline).
+    await Promise.allSettled([...this.#inflight]);
+    for (const id of [...this.#peers.keys()]) await this.forgetPeer(id).catch(() => {});
+    await this.agentQueue.idle();
+    await this.dpClose();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function expectType(msg: SideMessage, type: string): void {
+  if (msg?.type === type) return;
+  const detail = msg?.type === "ErrorMsg" && typeof msg.error === "string"
+    ? `: the peer replied ErrorMsg: ${msg.error}`
+    : "";
+  throw new ChannelError(
+    "HANDSHAKE_FAILED",
+    `expected ${type}, got ${String(msg?.type)}${detail}`,
+  );
+}
+
+function transferError(
+  op: string,
+  peerId: string,
+  timeoutMs: number,
+  count: number,
+  e: unknown,
+): ChannelError {
+  if (e instanceof ChannelError) return e;
+  const name = (e as { name?: string })?.name ?? "";
+  if (name.includes("Timeout")) {
+    return new ChannelTimeoutError(op, timeoutMs, {
+      peerId,
+      hint: `${count} page(s); the request was cancelled and released (${errorMessage(e)})`,
+      cause: e,
+    });
+  }
+  return new ChannelError(
+    "TRANSFER_FAILED",
+    `${op} of ${count} page(s) with peer ${peerId} failed: ${errorMessage(e)}`,
+    { peerId, op, cause: e },
+  );
+}

@@ -1,0 +1,181 @@
+/**
+ * `createTransferChannel`: LMCache's `CreateTransferChannel` with options by name.
+ *
+ * @module
+ */
+
+import { ChannelError } from "./errors.ts";
+import { MockMemoryChannel } from "./mock_memory.ts";
+import { NixlChannel } from "./nixl.ts";
+import type { ChannelRole, TransferChannel } from "./types.ts";
+
+/** Options of {@linkcode createTransferChannel}. */
+export interface CreateTransferChannelOptions {
+  /** `"nixl"` or `"mock_memory"`; anything else is refused. */
+  channelType: string;
+  /** `"sender"`, `"receiver"` or `"both"`. */
+  role: ChannelRole;
+  /** Bytes of the page buffer the channel allocates; aligned down to `alignBytes`. */
+  bufferSize: number;
+  /** Bytes per page: one full KV chunk. */
+  alignBytes: number;
+  /** Tensor-parallel rank (the device ordinal of a GPU buffer). */
+  tpRank: number;
+  /** `host:port` to answer handshakes on (port 0: any free port), or null for none. */
+  peerInitUrl: string | null;
+  /**
+   * NIXL backends (`["UCX"]`, `["TCP"]`, ...). Required for `"nixl"`, as in LMCache;
+   * an explicit `null`/`undefined` value means `["UCX"]`.
+   */
+  backends?: readonly string[] | null;
+  /** Where the buffer lives: `"cpu"` (default), `"cuda"`, `"cuda:N"`. */
+  device?: string | null;
+  /** `"auto"` (default), `"builtin"` or `"nixl"`. */
+  engine?: "auto" | "builtin" | "nixl";
+  /** Id peers store this channel under (default: the agent name). */
+  localId?: string;
+  /** Deadline of a handshake, ms (default 10000). */
+  handshakeTimeoutMs?: number;
+  /** Deadline of a transfer, ms (default 30000). */
+  transferTimeoutMs?: number;
+  /** Path of libkvport.so (default: looked up by the agent). */
+  libraryPath?: string;
+  /** Extra agent parameters (`listen_host`, `advertise_host`, ...). */
+  agentParams?: Readonly<Record<string, string>>;
+  /** Ignored: every channel is asynchronous. Kept for LMCache's signature. */
+  asyncMode?: boolean;
+}
+
+/** Channel types {@linkcode createTransferChannel} knows. */
+export const SUPPORTED_CHANNEL_TYPES: readonly string[] = Object.freeze(["nixl", "mock_memory"]);
+
+/** Pages of a buffer: `bufferSize` aligned down to `alignBytes`, with the warning. */
+export function alignBuffer(
+  bufferSize: number,
+  alignBytes: number,
+): { pageCount: number; warnings: string[] } {
+  if (!Number.isSafeInteger(alignBytes) || alignBytes <= 0) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `alignBytes must be a positive integer (the bytes of one KV chunk), got ${alignBytes}`,
+    );
+  }
+  if (!Number.isSafeInteger(bufferSize) || bufferSize <= 0) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `bufferSize must be a positive integer of bytes, got ${bufferSize}`,
+    );
+  }
+  const pageCount = Math.floor(bufferSize / alignBytes);
+  if (pageCount === 0) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `bufferSize ${bufferSize} is smaller than one page of ${alignBytes} bytes: ` +
+        `give at least ${alignBytes} bytes`,
+    );
+  }
+  const warnings: string[] = [];
+  if (bufferSize % alignBytes !== 0) {
+    warnings.push(
+      `bufferSize ${bufferSize} is not a multiple of the page size ${alignBytes}; ` +
+        `aligned down to ${pageCount * alignBytes} bytes (${pageCount} pages)`,
+    );
+  }
+  return { pageCount, warnings };
+}
+
+/**
+ * Creates a transfer channel (LMCache's `CreateTransferChannel`).
+ *
+ * - `"nixl"`: a {@linkcode NixlChannel} over a `NixlAgent` (engine `auto`: NIXL when
+ *   installed, else the built-in engine, which serves `UCX` with shared memory on one
+ *   host and TCP between hosts).
+ * - `"mock_memory"`: a {@linkcode MockMemoryChannel}, same handshake, data copied within
+ *   the process: for tests.
+ *
+ * @example
+ * ```ts
+ * import { createTransferChannel } from "@kvport/nixl";
+ *
+ * await using ch = await createTransferChannel({
+ *   channelType: "nixl", role: "receiver", bufferSize: 64 << 20, alignBytes: 1 << 20,
+ *   tpRank: 0, peerInitUrl: "127.0.0.1:7300", backends: ["UCX"],
+ * });
+ * console.log(ch.engine, ch.pageCount, ch.initUrl);
+ * ```
+ */
+export async function createTransferChannel(
+  options: CreateTransferChannelOptions,
+): Promise<TransferChannel> {
+  const type = options.channelType;
+  if (!SUPPORTED_CHANNEL_TYPES.includes(type)) {
+    throw new ChannelError(
+      "UNSUPPORTED_CHANNEL_TYPE",
+      `Unsupported channel type: ${type} (supported: ${SUPPORTED_CHANNEL_TYPES.join(", ")})`,
+    );
+  }
+  if (!["sender", "receiver", "both"].includes(options.role)) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `role must be "sender", "receiver" or "both", got ${JSON.stringify(options.role)}`,
+    );
+  }
+  const { pageCount, warnings } = alignBuffer(options.bufferSize, options.alignBytes);
+  const device = parseDevice(options.device, options.tpRank);
+  if (type === "nixl") {
+    if (!("backends" in options)) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        "`backends` must be provided to create nixl transfer channel.",
+      );
+    }
+    return await NixlChannel.create({
+      role: options.role,
+      pageSize: options.alignBytes,
+      pageCount,
+      warnings,
+      backends: options.backends ?? ["UCX"],
+      device,
+      engine: options.engine ?? "auto",
+      localId: options.localId,
+      peerInitUrl: options.peerInitUrl,
+      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      transferTimeoutMs: options.transferTimeoutMs,
+      libraryPath: options.libraryPath,
+      agentParams: options.agentParams,
+    });
+  }
+  if (device.kind === "cuda") {
+    throw new ChannelError(
+      "DEVICE_UNAVAILABLE",
+      `mock_memory keeps pages in host memory; device ${JSON.stringify(options.device)} is ` +
+        'not supported: use device "cpu"',
+    );
+  }
+  return await MockMemoryChannel.create({
+    role: options.role,
+    pageSize: options.alignBytes,
+    pageCount,
+    warnings,
+    localId: options.localId,
+    peerInitUrl: options.peerInitUrl,
+    handshakeTimeoutMs: options.handshakeTimeoutMs,
+    transferTimeoutMs: options.transferTimeoutMs,
+  });
+}
+
+/** A buffer device: host memory or one CUDA device. */
+export type BufferDevice = { kind: "cpu" } | { kind: "cuda"; ordinal: number };
+
+/** Parses `cpu`, `cuda`, `cuda:N` (`cuda` alone: the TP rank's device, as LMCache). */
+export function parseDevice(device: string | null | undefined, tpRank: number): BufferDevice {
+  if (device === undefined || device === null || device === "cpu") return { kind: "cpu" };
+  const m = /^cuda(?::(\d+))?$/.exec(device);
+  if (!m) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `device must be "cpu", "cuda" or "cuda:N", got ${JSON.stringify(device)}`,
+    );
+  }
+  return { kind: "cuda", ordinal: m[1] === undefined ? tpRank : Number(m[1]) };
+}

@@ -1,0 +1,315 @@
+/**
+ * `nixl`: the transfer channel over a {@linkcode NixlAgent} (NIXL when installed, else
+ * the built-in engine: shared memory on one host, TCP between hosts).
+ *
+ * @module
+ */
+
+import {
+  cudaDevices,
+  DescList,
+  type HostBuffer,
+  NixlAgent,
+  NixlError,
+  type PreparedDescList,
+  type Registration,
+  Status,
+  type TransferRequest,
+} from "../agent.ts";
+import { ChannelBase, type PeerHandle } from "./base.ts";
+import { ChannelError } from "./errors.ts";
+import { errorMessage } from "./_util.ts";
+import type { BufferDevice } from "./factory.ts";
+import type { ChannelRole } from "./types.ts";
+
+/** Options of {@linkcode NixlChannel.create}. */
+export interface NixlChannelOptions {
+  /** Role of the channel. */
+  role: ChannelRole;
+  /** Bytes per page. */
+  pageSize: number;
+  /** Number of pages. */
+  pageCount: number;
+  /** NIXL backends, e.g. `["UCX"]`. */
+  backends: readonly string[];
+  /** Where the buffer lives (default host memory). */
+  device?: BufferDevice;
+  /** `"auto"` (default), `"builtin"` or `"nixl"`. */
+  engine?: "auto" | "builtin" | "nixl";
+  /** Id peers store this channel under (default: the agent name). */
+  localId?: string;
+  /** `host:port` to answer handshakes on, or null/undefined for none. */
+  peerInitUrl?: string | null;
+  /** Things to report to the creator. */
+  warnings?: string[];
+  /** Handshake deadline, ms. */
+  handshakeTimeoutMs?: number;
+  /** Transfer deadline, ms. */
+  transferTimeoutMs?: number;
+  /** Path of libkvport.so. */
+  libraryPath?: string;
+  /** Extra agent parameters. */
+  agentParams?: Readonly<Record<string, string>>;
+}
+
+interface NixlPeer extends PeerHandle {
+  prepped: PreparedDescList;
+}
+
+const MD_MAGIC = [0x4b, 0x56, 0x50, 0x4d]; // "KVPM", the built-in engine's metadata
+
+/** The agent name inside a built-in engine metadata blob, or `undefined`. */
+function metadataName(meta: Uint8Array): string | undefined {
+  if (meta.length < 10 || MD_MAGIC.some((b, i) => meta[i] !== b)) return undefined;
+  const len = meta[8];
+  if (len === 0 || 9 + len > meta.length) return undefined;
+  return new TextDecoder().decode(meta.subarray(9, 9 + len));
+}
+
+/**
+ * A channel whose pages live in memory registered with a {@linkcode NixlAgent}. Every
+ * use of the agent goes through one serial queue; transfer waits happen outside it, so
+ * transfers to several peers overlap, and every request and prepared list is released.
+ *
+ * @example
+ * ```ts
+ * import { NixlChannel } from "@kvport/nixl";
+ *
+ * await using ch = await NixlChannel.create({
+ *   role: "receiver", pageSize: 1 << 20, pageCount: 16, backends: ["UCX"],
+ *   peerInitUrl: "127.0.0.1:0",
+ * });
+ * console.log(ch.engine, ch.initUrl);
+ * ```
+ */
+export class NixlChannel extends ChannelBase<NixlPeer> {
+  /** The agent (for inspection; use the channel's methods to move data). */
+  readonly agent: NixlAgent;
+  readonly #buffer: HostBuffer;
+  readonly #registration: Registration;
+  readonly #local: PreparedDescList;
+  readonly #pageList: Uint8Array;
+  #pump: Promise<void> | null = null;
+  #pumping = false;
+  #stopping = false;
+
+  private constructor(
+    options: NixlChannelOptions,
+    agent: NixlAgent,
+    buffer: HostBuffer,
+    registration: Registration,
+    local: PreparedDescList,
+    pageList: Uint8Array,
+  ) {
+    const pages: Uint8Array[] = [];
+    const bytes = buffer.bytes;
+    for (let i = 0; i < options.pageCount; i++) {
+      pages.push(bytes.subarray(i * options.pageSize, (i + 1) * options.pageSize));
+    }
+    super({
+      channelType: "nixl",
+      role: options.role,
+      localId: options.localId ?? agent.name,
+      agentName: agent.name,
+      engine: agent.engine,
+      pageSize: options.pageSize,
+      pages,
+      warnings: options.warnings ?? [],
+      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      transferTimeoutMs: options.transferTimeoutMs,
+    });
+    this.agent = agent;
+    this.#buffer = buffer;
+    this.#registration = registration;
+    this.#local = local;
+    this.#pageList = pageList;
+  }
+
+  /**
+   * Creates the agent (`engine`, `backends`), allocates and registers the page buffer,
+   * prepares the local page list, and (with `peerInitUrl`) starts answering handshakes.
+   * `device: cuda` fails with a clear error (no GPU here, or GPU buffers not supported
+   * yet).
+   */
+  static async create(options: NixlChannelOptions): Promise<NixlChannel> {
+    const device = options.device ?? { kind: "cpu" };
+    if (device.kind === "cuda") {
+      const cuda = await cudaDevices({ libraryPath: options.libraryPath }).catch((e) => ({
+        count: 0,
+        reason: errorMessage(e),
+      }));
+      throw new ChannelError(
+        "DEVICE_UNAVAILABLE",
+        cuda.count === 0
+          ? `device cuda:${device.ordinal} was asked for the page buffer but this machine has ` +
+            `no usable CUDA device (${cuda.reason}): use pd_buffer_device "cpu"`
+          : `device cuda:${device.ordinal}: GPU page buffers are not supported yet ` +
+            `(${cuda.count} CUDA device(s) found); use pd_buffer_device "cpu" for now`,
+        { op: "create" },
+      );
+    }
+    const size = options.pageSize * options.pageCount;
+    const agent = await NixlAgent.create({
+      name: `kvport-${options.role}-${crypto.randomUUID()}`,
+      engine: options.engine ?? "auto",
+      backends: [...options.backends],
+      params: options.agentParams ? { ...options.agentParams } : undefined,
+      libraryPath: options.libraryPath,
+    });
+    let ch: NixlChannel;
+    try {
+      const buffer = agent.allocate(size);
+      const registration = agent.registerMemory(buffer);
+      const list = DescList.pages(buffer, options.pageSize, options.pageCount, { agent });
+      let local: PreparedDescList;
+      let pageList: Uint8Array;
+      try {
+        local = agent.prepDescList("", list);
+        pageList = list.serialize();
+      } finally {
+        list.release();
+      }
+      ch = new NixlChannel(options, agent, buffer, registration, local, pageList);
+    } catch (e) {
+      await agent.close().catch(() => {});
+      throw e;
+    }
+    if (options.peerInitUrl) {
+      try {
+        await ch.listen(options.peerInitUrl);
+      } catch (e) {
+        await ch.close();
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `cannot listen for handshakes on ${options.peerInitUrl}: ${errorMessage(e)}`,
+          { url: options.peerInitUrl, cause: e },
+        );
+      }
+    }
+    return ch;
+  }
+
+  protected dpLocalMetadata(): Promise<Uint8Array> {
+    return this.agentQueue.run(() => this.agent.localMetadata());
+  }
+
+  protected dpLoadRemote(meta: Uint8Array): Promise<string> {
+    return this.agentQueue.run(() => {
+      try {
+        return this.agent.addRemoteAgent(meta);
+      } catch (e) {
+        // A restarted peer that kept its name: forget the old incarnation, load the new.
+        const name = metadataName(meta);
+        if (e instanceof NixlError && e.status === Status.ERR_NOT_ALLOWED && name) {
+          this.agent.invalidateRemoteAgent(name);
+          return this.agent.addRemoteAgent(meta);
+        }
+        throw e;
+      }
+    });
+  }
+
+  protected dpLocalPageList(): Promise<Uint8Array> {
+    return Promise.resolve(this.#pageList);
+  }
+
+  protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<NixlPeer> {
+    return this.agentQueue.run(() => {
+      const list = DescList.deserialize(pageList, { agent: this.agent });
+      try {
+        if (list.count > 0 && list.memType !== "DRAM" && list.memType !== "VRAM") {
+          throw new ChannelError(
+            "HANDSHAKE_FAILED",
+            `peer ${agentName} sent a page list of ${list.memType}: expected DRAM or VRAM`,
+          );
+        }
+        const prepped = this.agent.prepDescList(agentName, list);
+        return { agentName, pageCount: list.count, prepped };
+      } finally {
+        list.release();
+      }
+    });
+  }
+
+  protected dpRelease(handle: NixlPeer, invalidate: boolean): Promise<void> {
+    return this.agentQueue.run(() => {
+      if (this.agent.closed) return;
+      try {
+        handle.prepped.release();
+      } finally {
+        if (invalidate && this.agent.remoteAgents.includes(handle.agentName)) {
+          this.agent.invalidateRemoteAgent(handle.agentName);
+        }
+      }
+    });
+  }
+
+  protected async dpTransfer(
+    op: "READ" | "WRITE",
+    local: number[],
+    handle: NixlPeer,
+    remote: number[],
+    timeoutMs: number,
+    notification: Uint8Array | undefined,
+  ): Promise<void> {
+    // Create and post under the queue; wait outside it (a native wait on Deno's thread
+    // pool, timer-paced polling on Bun); release under the queue, always.
+    const req: TransferRequest = await this.agentQueue.run(() =>
+      this.agent.createTransfer(
+        op,
+        this.#local,
+        Uint32Array.from(local),
+        handle.prepped,
+        Uint32Array.from(remote),
+        { notification },
+      )
+    );
+    try {
+      const state = await this.agentQueue.run(() => req.post());
+      if (state === "pending") await req.wait(Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
+    } finally {
+      await this.agentQueue.run(() => req.release()).catch(() => {});
+    }
+  }
+
+  protected override notificationInterestChanged(interested: boolean): void {
+    this.#pumping = interested;
+    if (interested && !this.#pump && !this.#stopping) {
+      this.#pump = this.#runPump().finally(() => {
+        this.#pump = null;
+      });
+    }
+  }
+
+  async #runPump(): Promise<void> {
+    while (this.#pumping && !this.#stopping && !this.agent.closed) {
+      let notes;
+      try {
+        notes = await this.agent.waitNotifications(200);
+      } catch {
+        if (this.#stopping || this.agent.closed) return;
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      for (const n of notes) this.emitNotification({ from: n.agent, message: n.message });
+    }
+  }
+
+  protected async dpClose(): Promise<void> {
+    this.#stopping = true;
+    this.#pumping = false;
+    await this.#pump?.catch(() => {});
+    await this.agentQueue.run(() => {
+      try {
+        this.#local.release();
+      } catch { /* closing anyway */ }
+      try {
+        this.#registration.release();
+      } catch { /* closing anyway */ }
+    });
+    await this.agent.close().catch(() => {});
+    try {
+      this.#buffer.free();
+    } catch { /* the agent frees what it allocated */ }
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * Channel settings of the PD classes and their mapping from a loaded configuration.
+ *
+ * @module
+ */
+
+import { ChannelError } from "../channel/errors.ts";
+
+/** Channel settings shared by {@linkcode PdSender} and {@linkcode PdReceiver}. */
+export interface PdChannelSettings {
+  /** `pd_buffer_size`: bytes of the page buffer (aligned down to `pageSize`). */
+  bufferSize: number;
+  /** Bytes of one full KV chunk: the page size (LMCache's `align_bytes`). */
+  pageSize: number;
+  /** Tensor-parallel rank (default 0). */
+  tpRank?: number;
+  /** `transfer_channel`: `"nixl"` (default) or `"mock_memory"`. */
+  channelType?: "nixl" | "mock_memory";
+  /** `nixl_backends` (null: `["UCX"]`). */
+  backends?: readonly string[] | null;
+  /** `pd_buffer_device`: `"cpu"` (default), `"cuda"`, `"cuda:N"`. */
+  device?: string | null;
+  /** Engine of the NIXL channel: `"auto"` (default), `"builtin"`, `"nixl"`. */
+  engine?: "auto" | "builtin" | "nixl";
+  /** Handshake deadline, ms. */
+  handshakeTimeoutMs?: number;
+  /** Transfer deadline, ms. */
+  transferTimeoutMs?: number;
+  /** Path of libkvport.so. */
+  libraryPath?: string;
+  /** Extra agent parameters. */
+  agentParams?: Readonly<Record<string, string>>;
+}
+
+/** The configuration keys the PD classes read (a `KvportConfig` has them all). */
+export interface PdConfigLike {
+  readonly enable_pd?: boolean;
+  readonly pd_role?: string | null;
+  readonly pd_buffer_size: number | null;
+  readonly pd_buffer_device: string | null;
+  readonly pd_peer_host: string | null;
+  readonly pd_peer_init_port: readonly number[] | null;
+  readonly pd_peer_alloc_port: readonly number[] | null;
+  readonly pd_proxy_host: string | null;
+  readonly pd_proxy_port: number | null;
+  readonly pd_skip_proxy_notification?: boolean;
+  readonly pd_allocation_timeout_sec?: number;
+  readonly transfer_channel: string | null;
+  readonly nixl_backends: readonly string[] | null;
+  readonly chunk_size: number;
+}
+
+/** Channel settings from a configuration, for `role` at `tpRank`. */
+export function pdChannelSettingsFromConfig(
+  config: PdConfigLike,
+  role: "sender" | "receiver",
+  tpRank: number,
+): Omit<PdChannelSettings, "pageSize"> {
+  if (config.pd_role && config.pd_role !== role && config.pd_role !== "both") {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `this configuration has pd_role "${config.pd_role}", not "${role}"`,
+    );
+  }
+  if (config.pd_buffer_size === null || config.pd_buffer_size === undefined) {
+    throw new ChannelError("INVALID_ARGUMENT", `a PD ${role} needs pd_buffer_size`);
+  }
+  const channelType = config.transfer_channel ?? "nixl";
+  if (channelType !== "nixl" && channelType !== "mock_memory") {
+    throw new ChannelError(
+      "UNSUPPORTED_CHANNEL_TYPE",
+      `Unsupported channel type: ${channelType} (supported: nixl, mock_memory)`,
+    );
+  }
+  return {
+    bufferSize: config.pd_buffer_size,
+    tpRank,
+    channelType,
+    backends: config.nixl_backends,
+    device: config.pd_buffer_device ?? "cpu",
+  };
+}

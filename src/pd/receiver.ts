@@ -1,0 +1,510 @@
+/**
+ * The decoder side of disaggregated prefill: answers handshakes and AllocRequests,
+ * holds received KV chunks in its pages until they are retrieved or removed.
+ *
+ * @module
+ */
+
+import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
+import { type ControlServer, serveRequests } from "../channel/control.ts";
+import { errorMessage, joinHostPort, unrefTimer } from "../channel/_util.ts";
+import { createTransferChannel } from "../channel/factory.ts";
+import type { SideMessage, TransferChannel } from "../channel/types.ts";
+import { chunkBytes } from "./keys.ts";
+import { decodeLanded } from "./notify.ts";
+import { PagePool } from "./page_pool.ts";
+import {
+  type PdChannelSettings,
+  pdChannelSettingsFromConfig,
+  type PdConfigLike,
+} from "./config.ts";
+
+/** A chunk the receiver holds. */
+export interface ReceivedChunk {
+  /** The cache-engine key. */
+  key: string;
+  /** Page index in the receiver's buffer. */
+  page: number;
+  /** Whether the sender's WRITE notification has arrived (the data is complete). */
+  landed: boolean;
+  /** LMCache `MemoryFormat` value of the AllocRequest. */
+  fmt: number;
+  /** Shape of the chunk (token dimension set to this chunk's tokens). */
+  shape: readonly number[];
+  /** Data type name. */
+  dtype: string;
+  /** Tokens in this chunk. */
+  tokens: number;
+  /** Meaningful bytes at the start of the page. */
+  bytes: number;
+}
+
+/** Options of {@linkcode PdReceiver.create}. */
+export interface PdReceiverOptions extends PdChannelSettings {
+  /** `pd_peer_host`: the host senders reach this receiver at (also bound). */
+  host: string;
+  /** `pd_peer_init_port[tpRank]` (0: any free port, for tests). */
+  initPort: number;
+  /** `pd_peer_alloc_port[tpRank]` (0: any free port). */
+  allocPort: number;
+  /** Address to bind (default: `host`). */
+  bindHost?: string;
+  /** Tokens of a full chunk (`chunk_size`, default 256). */
+  chunkSize?: number;
+  /** `pd_allocation_timeout_sec` in ms: longest wait for free pages (default Infinity). */
+  allocationTimeoutMs?: number;
+}
+
+/** Counters of a {@linkcode PdReceiver}. */
+export interface PdReceiverStats {
+  /** Pages in the buffer. */
+  pages: number;
+  /** Pages free. */
+  freePages: number;
+  /** Keys held (allocated). */
+  keys: number;
+  /** Keys whose data has landed. */
+  landed: number;
+  /** AllocRequests answered with pages. */
+  allocRequests: number;
+  /** Requests answered with an error. */
+  errors: number;
+  /** AllocRequests that found no free pages in time (answered with index -1). */
+  allocTimeouts: number;
+  /** Keys dropped by a sender's CancelNotif before their data landed. */
+  cancelled: number;
+}
+
+interface Waiter {
+  keys: string[];
+  resolve: () => void;
+  reject: (e: unknown) => void;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * The decoder (receiver) of disaggregated prefill. It listens on
+ * `pd_peer_host:pd_peer_init_port[tp]` for handshakes and on
+ * `pd_peer_host:pd_peer_alloc_port[tp]` for `AllocRequest`s; for each request it skips
+ * keys it already holds, takes pages for the others (waiting at most
+ * `pd_allocation_timeout_sec`, then replying an error), records the keys, and replies
+ * `AllocResponse`. Senders then WRITE into those pages.
+ *
+ * @example
+ * ```ts
+ * import { PdReceiver } from "@kvport/nixl";
+ *
+ * await using rx = await PdReceiver.create({
+ *   host: "127.0.0.1", initPort: 0, allocPort: 0, bufferSize: 1 << 20, pageSize: 1 << 16,
+ *   channelType: "mock_memory",
+ * });
+ * console.log(rx.id, rx.initUrl, rx.allocUrl);
+ * ```
+ */
+export class PdReceiver implements AsyncDisposable {
+  /** Receiver id: host + init port, no separator (`"localhost7300"`). */
+  readonly id: string;
+  /** The channel holding the pages. */
+  readonly channel: TransferChannel;
+  /** Pages of the buffer and who holds them. */
+  readonly pool: PagePool;
+  readonly #alloc: ControlServer;
+  readonly #chunkSize: number;
+  readonly #allocTimeoutMs: number;
+  readonly #entries = new Map<string, ReceivedChunk>();
+  readonly #pageKey = new Map<number, string>();
+  #waiters: Waiter[] = [];
+  #unsubscribe: () => void;
+  #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0 };
+  #lastError: string | null = null;
+  #closing: Promise<void> | null = null;
+
+  private constructor(
+    id: string,
+    channel: TransferChannel,
+    alloc: ControlServer,
+    options: PdReceiverOptions,
+  ) {
+    this.id = id;
+    this.channel = channel;
+    this.#alloc = alloc;
+    this.pool = new PagePool(channel.pageCount);
+    this.#chunkSize = options.chunkSize ?? 256;
+    this.#allocTimeoutMs = options.allocationTimeoutMs ?? Infinity;
+    this.#unsubscribe = channel.onNotification((n) => {
+      const keys = decodeLanded(n.message);
+      if (keys) this.#landed(keys);
+    });
+  }
+
+  /** Creates the channel (listening for handshakes) and the allocation listener. */
+  static async create(options: PdReceiverOptions): Promise<PdReceiver> {
+    const bindHost = options.bindHost ?? options.host;
+    const channel = await createTransferChannel({
+      channelType: options.channelType ?? "nixl",
+      role: "receiver",
+      bufferSize: options.bufferSize,
+      alignBytes: options.pageSize,
+      tpRank: options.tpRank ?? 0,
+      peerInitUrl: joinHostPort(bindHost, options.initPort),
+      backends: options.backends ?? null,
+      device: options.device ?? "cpu",
+      engine: options.engine,
+      localId: undefined,
+      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      transferTimeoutMs: options.transferTimeoutMs,
+      libraryPath: options.libraryPath,
+      agentParams: options.agentParams,
+    });
+    const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
+    const id = `${options.host}${initPort}`;
+    const holder: { rx?: PdReceiver } = {};
+    let alloc: ControlServer;
+    try {
+      alloc = await serveRequests(
+        joinHostPort(bindHost, options.allocPort),
+        (msg, from) => {
+          if (!holder.rx) throw new ChannelError("CLOSED", "PD receiver is starting");
+          return holder.rx.#handleAlloc(msg, from);
+        },
+        { maxMessageBytes: 16 * 1024 * 1024 },
+      );
+    } catch (e) {
+      await channel.close();
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `PD receiver cannot listen for AllocRequests on ` +
+          `${joinHostPort(bindHost, options.allocPort)}: ${errorMessage(e)}`,
+        { cause: e, url: joinHostPort(bindHost, options.allocPort) },
+      );
+    }
+    const rx = new PdReceiver(id, channel, alloc, options);
+    holder.rx = rx;
+    return rx;
+  }
+
+  /**
+   * Creates a receiver from a loaded configuration (`pd_peer_host`,
+   * `pd_peer_init_port[tpRank]`, `pd_peer_alloc_port[tpRank]`, `pd_buffer_size`,
+   * `pd_buffer_device`, `transfer_channel`, `nixl_backends`, `chunk_size`,
+   * `pd_allocation_timeout_sec`). `pageSize` is the bytes of one full chunk.
+   *
+   * @example
+   * ```ts
+   * import { loadConfig, PdReceiver } from "@kvport/nixl";
+   *
+   * const { config } = loadConfig({ file: "lmcache-decoder-config.yaml" });
+   * await using rx = await PdReceiver.fromConfig(config, { tpRank: 0, pageSize: 28 << 20 });
+   * console.log(rx.id);
+   * ```
+   */
+  static fromConfig(
+    config: PdConfigLike,
+    options: { tpRank?: number; pageSize: number } & Partial<PdReceiverOptions>,
+  ): Promise<PdReceiver> {
+    const tpRank = options.tpRank ?? 0;
+    const s = pdChannelSettingsFromConfig(config, "receiver", tpRank);
+    const port = (list: readonly number[] | null, name: string): number => {
+      if (!list || list.length === 0) {
+        throw new ChannelError("INVALID_ARGUMENT", `a PD receiver needs ${name}`);
+      }
+      if (tpRank >= list.length) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `${name} has ${list.length} port(s) [${list.join(", ")}] but TP rank ${tpRank} ` +
+            `needs index ${tpRank}: give one port per TP rank`,
+        );
+      }
+      return list[tpRank];
+    };
+    if (!config.pd_peer_host) {
+      throw new ChannelError("INVALID_ARGUMENT", "a PD receiver needs pd_peer_host");
+    }
+    const secs = config.pd_allocation_timeout_sec;
+    return PdReceiver.create({
+      ...s,
+      host: config.pd_peer_host,
+      initPort: port(config.pd_peer_init_port, "pd_peer_init_port"),
+      allocPort: port(config.pd_peer_alloc_port, "pd_peer_alloc_port"),
+      chunkSize: config.chunk_size,
+      allocationTimeoutMs: secs === undefined || !Number.isFinite(secs) ? Infinity : secs * 1000,
+      ...options,
+    });
+  }
+
+  /** `host:port` of the handshake listener. */
+  get initUrl(): string {
+    return this.channel.initUrl!;
+  }
+
+  /** `host:port` of the allocation listener. */
+  get allocUrl(): string {
+    return this.#alloc.url;
+  }
+
+  /** Port of the handshake listener. */
+  get initPort(): number {
+    return portOf(this.initUrl);
+  }
+
+  /** Port of the allocation listener. */
+  get allocPort(): number {
+    return portOf(this.allocUrl);
+  }
+
+  /** Counters. */
+  get stats(): PdReceiverStats {
+    let landed = 0;
+    for (const e of this.#entries.values()) if (e.landed) landed++;
+    return {
+      pages: this.pool.pageCount,
+      freePages: this.pool.free,
+      keys: this.#entries.size,
+      landed,
+      ...this.#stats,
+    };
+  }
+
+  /** The last error a request was answered with, or `null`. */
+  get lastError(): string | null {
+    return this.#lastError;
+  }
+
+  /** Whether `key` is held (allocated; its data may still be on the way). */
+  contains(key: string): boolean {
+    return this.#entries.has(key);
+  }
+
+  /** Metadata of a held key, or `undefined`. */
+  info(key: string): ReceivedChunk | undefined {
+    const e = this.#entries.get(key);
+    return e ? { ...e } : undefined;
+  }
+
+  /** Keys held now. */
+  keys(): string[] {
+    return [...this.#entries.keys()];
+  }
+
+  /**
+   * A view of a held key's bytes in its page (only the chunk's meaningful bytes). Valid
+   * until the key is retrieved or removed.
+   */
+  view(key: string): Uint8Array | undefined {
+    const e = this.#entries.get(key);
+    return e ? this.channel.pages[e.page].subarray(0, e.bytes) : undefined;
+  }
+
+  /**
+   * Resolves once every key in `keys` has been allocated and its data has landed;
+   * rejects with a {@linkcode ChannelTimeoutError} naming how many are missing after
+   * `timeoutMs`.
+   */
+  waitFor(keys: readonly string[], timeoutMs: number = 30_000): Promise<void> {
+    if (this.#closing) {
+      return Promise.reject(new ChannelError("CLOSED", "PD receiver is closed"));
+    }
+    const missing = keys.filter((k) => !this.#entries.get(k)?.landed);
+    if (missing.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = { keys: missing, resolve, reject };
+      if (Number.isFinite(timeoutMs)) {
+        w.timer = setTimeout(() => {
+          this.#waiters = this.#waiters.filter((x) => x !== w);
+          const left = w.keys.filter((k) => !this.#entries.get(k)?.landed);
+          const notAllocated = left.filter((k) => !this.#entries.has(k)).length;
+          reject(
+            new ChannelTimeoutError("waitFor", timeoutMs, {
+              peerId: this.id,
+              hint: `${left.length} of ${keys.length} key(s) have not landed ` +
+                `(${notAllocated} never allocated), first: ${left[0]}`,
+            }),
+          );
+        }, timeoutMs);
+        unrefTimer(w.timer);
+      }
+      this.#waiters.push(w);
+    });
+  }
+
+  /**
+   * Takes a key out: returns a copy of its bytes and metadata and frees its page.
+   * `undefined` when the key is not held.
+   */
+  retrieve(key: string): { data: Uint8Array; info: ReceivedChunk } | undefined {
+    const e = this.#entries.get(key);
+    if (!e) return undefined;
+    const data = this.channel.pages[e.page].slice(0, e.bytes);
+    this.#drop(key, e);
+    return { data, info: e };
+  }
+
+  /** Frees a key's page; `false` when the key is not held. */
+  remove(key: string): boolean {
+    const e = this.#entries.get(key);
+    if (!e) return false;
+    this.#drop(key, e);
+    return true;
+  }
+
+  #drop(key: string, e: ReceivedChunk): void {
+    this.#entries.delete(key);
+    this.#pageKey.delete(e.page);
+    this.pool.release([e.page]);
+  }
+
+  #landed(keys: string[]): void {
+    for (const k of keys) {
+      const e = this.#entries.get(k);
+      if (e) e.landed = true;
+    }
+    if (this.#waiters.length === 0) return;
+    this.#waiters = this.#waiters.filter((w) => {
+      w.keys = w.keys.filter((k) => !this.#entries.get(k)?.landed);
+      if (w.keys.length > 0) return true;
+      if (w.timer !== undefined) clearTimeout(w.timer);
+      w.resolve();
+      return false;
+    });
+  }
+
+  async #handleAlloc(msg: SideMessage, from: string): Promise<SideMessage> {
+    try {
+      switch (msg.type) {
+        case "AllocRequest":
+          return await this.#allocate(msg, from);
+        case "CancelNotif":
+          return this.#cancel(msg);
+        default:
+          throw new ChannelError(
+            "INVALID_ARGUMENT",
+            `unexpected ${msg.type} on the allocation socket (expected AllocRequest)`,
+          );
+      }
+    } catch (e) {
+      this.#stats.errors++;
+      this.#lastError = errorMessage(e);
+      throw e;
+    }
+  }
+
+  async #allocate(msg: SideMessage, from: string): Promise<SideMessage> {
+    const keys = msg.keys as string[];
+    const fmt = msg.fmt as number;
+    const shape = [...(msg.shape as number[])];
+    const dtype = msg.dtype as string;
+    const lastToks = msg.last_chunk_toks as number;
+    const full = chunkBytes(fmt, shape, dtype);
+    if (full !== undefined && full > this.channel.pageSize) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `AllocRequest from ${from}: a chunk of shape [${shape.join(", ")}] ${dtype} is ` +
+          `${full} bytes but pages are ${this.channel.pageSize} bytes: ` +
+          "sender and receiver must use the same chunk size and KV shape",
+      );
+    }
+    const already: number[] = [];
+    const need: number[] = [];
+    const seen = new Set<string>();
+    keys.forEach((k, i) => {
+      if (this.#entries.has(k) || seen.has(k)) already.push(i);
+      else need.push(i);
+      seen.add(k);
+    });
+    let pages: number[] = [];
+    if (need.length > 0) {
+      try {
+        pages = await this.pool.allocate(need.length, this.#allocTimeoutMs);
+      } catch (e) {
+        if (!(e instanceof ChannelTimeoutError)) throw e;
+        // LMCache's answer to a failed allocation: remote index -1 for each such key.
+        this.#stats.errors++;
+        this.#stats.allocTimeouts++;
+        this.#lastError = `AllocRequest from ${from}: ${need.length} page(s) wanted, ` +
+          `${this.pool.free} of ${this.pool.pageCount} free after ${this.#allocTimeoutMs} ms ` +
+          "(pd_allocation_timeout_sec)";
+        return {
+          type: "AllocResponse",
+          already_sent_indexes: already,
+          remote_indexes: need.map(() => -1),
+        };
+      }
+    }
+    // Keys allocated by another request while this one waited are already there now.
+    const remote: number[] = [];
+    const spare: number[] = [];
+    let pi = 0;
+    const finalAlready = [...already];
+    for (const i of need) {
+      const page = pages[pi++];
+      const key = keys[i];
+      if (this.#entries.has(key)) {
+        finalAlready.push(i);
+        spare.push(page);
+        continue;
+      }
+      const tokens = i === keys.length - 1 ? lastToks : this.#chunkSize;
+      const bytes = chunkBytes(fmt, shape, dtype, tokens) ?? this.channel.pageSize;
+      const entry: ReceivedChunk = {
+        key,
+        page,
+        landed: false,
+        fmt,
+        shape: withTokens(fmt, shape, tokens),
+        dtype,
+        tokens,
+        bytes: Math.min(bytes, this.channel.pageSize),
+      };
+      this.#entries.set(key, entry);
+      this.#pageKey.set(page, key);
+      remote.push(page);
+    }
+    if (spare.length > 0) this.pool.release(spare);
+    finalAlready.sort((a, b) => a - b);
+    this.#stats.allocRequests++;
+    return { type: "AllocResponse", already_sent_indexes: finalAlready, remote_indexes: remote };
+  }
+
+  #cancel(msg: SideMessage): SideMessage {
+    const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+    for (const k of keys) {
+      const e = this.#entries.get(k);
+      if (e && !e.landed) {
+        this.#drop(k, e);
+        this.#stats.cancelled++;
+      }
+    }
+    // REP must answer; LMCache has no acknowledgement type, so an empty AllocResponse.
+    return { type: "AllocResponse", already_sent_indexes: [], remote_indexes: [] };
+  }
+
+  /** Stops listening, fails pending waits, closes the channel. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#unsubscribe();
+      for (const w of this.#waiters.splice(0)) {
+        if (w.timer !== undefined) clearTimeout(w.timer);
+        w.reject(new ChannelError("CLOSED", `PD receiver ${this.id} closed while waiting`));
+      }
+      this.pool.close();
+      await this.#alloc.close().catch(() => {});
+      await this.channel.close();
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function withTokens(fmt: number, shape: readonly number[], tokens: number): number[] {
+  const td = ({ 1: 2, 2: 0, 3: 1, 6: 1 } as Record<number, number>)[fmt];
+  const out = [...shape];
+  if (td !== undefined && td < out.length) out[td] = tokens;
+  return out;
+}
+
+function portOf(url: string): number {
+  return Number(url.slice(url.lastIndexOf(":") + 1));
+}

@@ -1,0 +1,521 @@
+/**
+ * The prefiller side of disaggregated prefill: handshakes once per receiver, asks it
+ * for pages per batch, WRITEs the pages it does not hold yet, and notifies the proxy
+ * when a request's prefill is done.
+ *
+ * @module
+ */
+
+import { ChannelError } from "../channel/errors.ts";
+import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
+import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
+import { createTransferChannel } from "../channel/factory.ts";
+import type { SideMessage, TransferChannel } from "../channel/types.ts";
+import { MemoryFormat } from "./keys.ts";
+import { encodeLanded, groupForNotification } from "./notify.ts";
+import { PagePool } from "./page_pool.ts";
+import {
+  type PdChannelSettings,
+  pdChannelSettingsFromConfig,
+  type PdConfigLike,
+} from "./config.ts";
+
+/**
+ * Where a request's KV goes (LMCache's `disagg_spec`, which the proxy puts in the
+ * request's `kv_transfer_params`).
+ */
+export interface DisaggSpec {
+  /** The request id the proxy waits for (`req_id`). */
+  reqId: string;
+  /** The decoder's host (`receiver_host`). */
+  receiverHost: string;
+  /** The decoder's handshake port per TP rank (`receiver_init_port`), or one port. */
+  receiverInitPort: number | readonly number[];
+  /** The decoder's allocation port per TP rank (`receiver_alloc_port`), or one port. */
+  receiverAllocPort: number | readonly number[];
+  /** Whether this is the request's last prefill step (then the proxy is notified). */
+  isLastPrefill: boolean;
+}
+
+/** One batch of chunks of a request. */
+export interface SendBatch {
+  /** Cache-engine keys, one per page. */
+  keys: readonly string[];
+  /** Local page indexes (from {@linkcode PdSender.allocate}) holding the chunks. */
+  pages: readonly number[];
+  /** LMCache `MemoryFormat` value (default `KV_2LTD` = 1). */
+  fmt?: number;
+  /** Shape of a full chunk, e.g. `[2, layers, chunk_size, heads * head_dim]`. */
+  shape: readonly number[];
+  /** Data type name, e.g. `"bfloat16"`. */
+  dtype: string;
+  /** Tokens of the last chunk of the batch. */
+  lastChunkToks: number;
+}
+
+/** What {@linkcode PdSender.send} did. */
+export interface SendResult {
+  /** The receiver id (host + init port). */
+  receiverId: string;
+  /** Pages written. */
+  sent: number;
+  /** Pages the receiver already held (not written). */
+  skipped: number;
+  /** Whether the proxy was notified. */
+  notified: boolean;
+  /** Whether this call handshook with the receiver. */
+  handshook: boolean;
+}
+
+/** Options of {@linkcode PdSender.create}. */
+export interface PdSenderOptions extends PdChannelSettings {
+  /** `pd_proxy_host` (null: no proxy notification). */
+  proxyHost?: string | null;
+  /** `pd_proxy_port` (null: no proxy notification). */
+  proxyPort?: number | null;
+  /** Deadline of one AllocRequest round trip, ms (default 30000). */
+  allocTimeoutMs?: number;
+  /** Deadline of one proxy notification, ms (default 5000). */
+  notifyTimeoutMs?: number;
+}
+
+interface Link {
+  id: string;
+  host: string;
+  initPort: number;
+  allocPort: number;
+  alloc: Requester | null;
+  generation: number;
+  queue: SerialQueue;
+}
+
+interface RequestTrack {
+  receiverId: string;
+  generation: number;
+  batches: number;
+}
+
+const MAX_TRACKED_REQUESTS = 65536;
+
+/**
+ * A PD failure of one request, naming the request, the receiver and the stage.
+ *
+ * @example
+ * ```ts
+ * import { PdSendError } from "@kvport/nixl";
+ *
+ * const e = new PdSendError("r1", "localhost7300", "alloc", "connection lost");
+ * console.log(e.message);
+ * ```
+ */
+export class PdSendError extends ChannelError {
+  /** The request. */
+  readonly reqId: string;
+  /** The receiver id. */
+  readonly receiverId: string;
+  /** `"handshake"`, `"alloc"`, `"write"`, `"notify"` or `"restart"`. */
+  readonly stage: string;
+
+  /**
+   * @param reqId the request
+   * @param receiverId the receiver id
+   * @param stage where it failed
+   * @param detail what happened
+   * @param cause the underlying error
+   */
+  constructor(reqId: string, receiverId: string, stage: string, detail: string, cause?: unknown) {
+    const code = stage === "restart"
+      ? "PEER_RESTARTED"
+      : cause instanceof ChannelError
+      ? cause.code
+      : "TRANSFER_FAILED";
+    super(
+      code,
+      `PD request ${reqId} to receiver ${receiverId} failed at ${stage}: ${detail}`,
+      { peerId: receiverId, op: stage, cause },
+    );
+    this.name = "PdSendError";
+    this.reqId = reqId;
+    this.receiverId = receiverId;
+    this.stage = stage;
+  }
+}
+
+/**
+ * The prefiller (sender) of disaggregated prefill.
+ *
+ * Fill pages from {@linkcode allocate}, then {@linkcode send} them with their keys and
+ * the request's {@linkcode DisaggSpec}. The first send to a receiver handshakes; each
+ * batch is an `AllocRequest` -> `AllocResponse` round trip and one WRITE of the pages
+ * the receiver does not hold; the last batch of a request pushes `ProxyNotif{req_id}` -
+ * also when nothing needed sending. A failure (receiver restarted, timeout) fails that
+ * request with a {@linkcode PdSendError}; the next request handshakes again.
+ *
+ * @example
+ * ```ts
+ * import { PdReceiver, PdSender } from "@kvport/nixl";
+ *
+ * const pageSize = 4096;
+ * await using rx = await PdReceiver.create({
+ *   host: "127.0.0.1", initPort: 0, allocPort: 0, bufferSize: 16 * pageSize, pageSize,
+ *   channelType: "mock_memory",
+ * });
+ * await using tx = await PdSender.create({
+ *   bufferSize: 16 * pageSize, pageSize, channelType: "mock_memory",
+ * });
+ * const pages = await tx.allocate(1);
+ * tx.channel.pages[pages[0]].fill(1);
+ * await tx.send(
+ *   { reqId: "r1", receiverHost: "127.0.0.1", receiverInitPort: rx.initPort,
+ *     receiverAllocPort: rx.allocPort, isLastPrefill: true },
+ *   { keys: ["vllm@m@1@0@ab@bfloat16"], pages, shape: [2, 1, 256, 4], dtype: "bfloat16",
+ *     lastChunkToks: 256 },
+ * );
+ * ```
+ */
+export class PdSender implements AsyncDisposable {
+  /** The channel holding the local pages. */
+  readonly channel: TransferChannel;
+  /** Local pages and who holds them. */
+  readonly pool: PagePool;
+  /** TP rank: picks the port of each port list. */
+  readonly tpRank: number;
+  readonly #proxyUrl: string | null;
+  readonly #allocTimeoutMs: number;
+  readonly #notifyTimeoutMs: number;
+  readonly #transferTimeoutMs: number | undefined;
+  #pusher: Pusher | null = null;
+  #links = new Map<string, Link>();
+  #requests = new Map<string, RequestTrack>();
+  #closing: Promise<void> | null = null;
+
+  private constructor(channel: TransferChannel, options: PdSenderOptions) {
+    this.channel = channel;
+    this.pool = new PagePool(channel.pageCount);
+    this.tpRank = options.tpRank ?? 0;
+    this.#proxyUrl = options.proxyHost && options.proxyPort
+      ? joinHostPort(options.proxyHost, options.proxyPort)
+      : null;
+    this.#allocTimeoutMs = options.allocTimeoutMs ?? 30_000;
+    this.#notifyTimeoutMs = options.notifyTimeoutMs ?? 5_000;
+    this.#transferTimeoutMs = options.transferTimeoutMs;
+  }
+
+  /** Creates the sender and its channel (which does not listen). */
+  static async create(options: PdSenderOptions): Promise<PdSender> {
+    const channel = await createTransferChannel({
+      channelType: options.channelType ?? "nixl",
+      role: "sender",
+      bufferSize: options.bufferSize,
+      alignBytes: options.pageSize,
+      tpRank: options.tpRank ?? 0,
+      peerInitUrl: null,
+      backends: options.backends ?? null,
+      device: options.device ?? "cpu",
+      engine: options.engine,
+      handshakeTimeoutMs: options.handshakeTimeoutMs,
+      transferTimeoutMs: options.transferTimeoutMs,
+      libraryPath: options.libraryPath,
+      agentParams: options.agentParams,
+    });
+    return new PdSender(channel, options);
+  }
+
+  /**
+   * Creates a sender from a loaded configuration (`pd_proxy_host`, `pd_proxy_port`,
+   * `pd_skip_proxy_notification`, `pd_buffer_size`, `pd_buffer_device`,
+   * `transfer_channel`, `nixl_backends`). `pageSize` is the bytes of one full chunk.
+   *
+   * @example
+   * ```ts
+   * import { loadConfig, PdSender } from "@kvport/nixl";
+   *
+   * const { config } = loadConfig({ file: "lmcache-prefiller-config.yaml" });
+   * await using tx = await PdSender.fromConfig(config, { tpRank: 0, pageSize: 28 << 20 });
+   * console.log(tx.channel.pageCount);
+   * ```
+   */
+  static fromConfig(
+    config: PdConfigLike,
+    options: { tpRank?: number; pageSize: number } & Partial<PdSenderOptions>,
+  ): Promise<PdSender> {
+    const tpRank = options.tpRank ?? 0;
+    const s = pdChannelSettingsFromConfig(config, "sender", tpRank);
+    const skip = config.pd_skip_proxy_notification === true;
+    if (!skip && (!config.pd_proxy_host || !config.pd_proxy_port)) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        "a PD sender needs pd_proxy_host and pd_proxy_port (or pd_skip_proxy_notification: true)",
+      );
+    }
+    return PdSender.create({
+      ...s,
+      proxyHost: skip ? null : config.pd_proxy_host,
+      proxyPort: skip ? null : config.pd_proxy_port,
+      ...options,
+    });
+  }
+
+  /** Takes `count` local pages, waiting at most `timeoutMs` for free ones. */
+  allocate(count: number, timeoutMs: number = 30_000): Promise<number[]> {
+    return this.pool.allocate(count, timeoutMs);
+  }
+
+  /** Returns local pages to the pool. */
+  release(pages: readonly number[]): void {
+    this.pool.release(pages);
+  }
+
+  /** Receiver ids this sender has handshaken with. */
+  get receivers(): string[] {
+    return [...this.#links.values()].filter((l) => this.channel.hasPeer(l.id)).map((l) => l.id);
+  }
+
+  /**
+   * Sends one batch of a request. The batch's pages are released when the call settles
+   * (they came from {@linkcode allocate}). Resolves when the data has landed in the
+   * receiver's pages (and, on the last batch, the proxy has been notified).
+   */
+  send(spec: DisaggSpec, batch: SendBatch): Promise<SendResult> {
+    if (this.#closing) {
+      return Promise.reject(new ChannelError("CLOSED", "PD sender is closed"));
+    }
+    let link: Link;
+    try {
+      validateBatch(batch);
+      link = this.#link(spec);
+    } catch (e) {
+      this.#releasePages(batch?.pages ?? []);
+      return Promise.reject(e);
+    }
+    return link.queue.run(() => this.#send(link, spec, batch)).finally(() =>
+      this.#releasePages(batch.pages)
+    );
+  }
+
+  #releasePages(pages: readonly number[]): void {
+    const mine = pages.filter((p) => Number.isInteger(p) && this.pool.isAllocated(p));
+    if (mine.length > 0) this.pool.release(mine);
+  }
+
+  #link(spec: DisaggSpec): Link {
+    const pick = (v: number | readonly number[], name: string): number => {
+      if (typeof v === "number") return v;
+      if (!Array.isArray(v) || this.tpRank >= v.length) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `${name} has ${Array.isArray(v) ? v.length : 0} port(s) but TP rank ` +
+            `${this.tpRank} needs index ${this.tpRank}: give one port per TP rank`,
+        );
+      }
+      return v[this.tpRank];
+    };
+    const initPort = pick(spec.receiverInitPort, "receiverInitPort");
+    const allocPort = pick(spec.receiverAllocPort, "receiverAllocPort");
+    const id = `${spec.receiverHost}${initPort}`;
+    let link = this.#links.get(id);
+    if (!link) {
+      link = {
+        id,
+        host: spec.receiverHost,
+        initPort,
+        allocPort,
+        alloc: null,
+        generation: 0,
+        queue: new SerialQueue(),
+      };
+      this.#links.set(id, link);
+    }
+    link.allocPort = allocPort;
+    return link;
+  }
+
+  async #send(link: Link, spec: DisaggSpec, batch: SendBatch): Promise<SendResult> {
+    const reqId = spec.reqId;
+    const fail = async (
+      stage: string,
+      detail: string,
+      cause?: unknown,
+      reset = true,
+    ): Promise<never> => {
+      this.#requests.delete(reqId);
+      if (reset) await this.#reset(link);
+      throw new PdSendError(reqId, link.id, stage, detail, cause);
+    };
+    let track = this.#requests.get(reqId);
+    let handshook = false;
+    let sent = 0;
+    let skipped = 0;
+    if (batch.keys.length > 0) {
+      const lost = link.alloc?.lost ?? null;
+      const healthy = link.alloc !== null && lost === null && this.channel.hasPeer(link.id);
+      if (
+        track && track.receiverId === link.id && (!healthy || track.generation !== link.generation)
+      ) {
+        await fail(
+          "restart",
+          `the receiver was restarted or lost after ${track.batches} batch(es) of this ` +
+            `request (${lost ?? "its connection is gone"}); the pages sent before are lost, ` +
+            "so retry the whole request: the next one handshakes again",
+        );
+      }
+      if (!healthy) {
+        await this.#reset(link);
+        try {
+          await this.channel.connect(link.id, joinHostPort(link.host, link.initPort));
+          link.alloc = await openRequester(joinHostPort(link.host, link.allocPort), {
+            timeoutMs: this.#allocTimeoutMs,
+          });
+        } catch (e) {
+          await fail("handshake", errorMessage(e), e);
+        }
+        link.generation++;
+        handshook = true;
+      }
+      if (!track) {
+        track = { receiverId: link.id, generation: link.generation, batches: 0 };
+        if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
+          this.#requests.delete(this.#requests.keys().next().value!);
+        }
+        this.#requests.set(reqId, track);
+      }
+      let resp: SideMessage;
+      try {
+        resp = await link.alloc!.request(
+          {
+            type: "AllocRequest",
+            keys: [...batch.keys],
+            fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
+            shape: [...batch.shape],
+            dtype: batch.dtype,
+            last_chunk_toks: batch.lastChunkToks,
+          },
+          this.#allocTimeoutMs,
+        );
+      } catch (e) {
+        return await fail("alloc", errorMessage(e), e);
+      }
+      if (resp.type !== "AllocResponse") {
+        const why = resp.type === "ErrorMsg" ? String(resp.error) : `a ${resp.type} reply`;
+        return await fail(
+          "alloc",
+          `the receiver refused the AllocRequest: ${why}`,
+          undefined,
+          false,
+        );
+      }
+      const already = resp.already_sent_indexes as number[];
+      const remote = resp.remote_indexes as number[];
+      const failed = remote.filter((r) => r < 0).length;
+      if (failed > 0) {
+        return await fail(
+          "alloc",
+          `the receiver had no free page for ${failed} of ${remote.length} chunk(s) within ` +
+            "its pd_allocation_timeout_sec (AllocResponse remote index -1): retrieve or remove " +
+            "keys on the receiver, or give it a larger pd_buffer_size",
+          undefined,
+          false,
+        );
+      }
+      const skip = new Set(already);
+      const positions: number[] = [];
+      for (let i = 0; i < batch.keys.length; i++) if (!skip.has(i)) positions.push(i);
+      if (
+        remote.length !== positions.length || already.some((i) => i < 0 || i >= batch.keys.length)
+      ) {
+        return await fail(
+          "alloc",
+          `AllocResponse does not match the request: ${batch.keys.length} key(s), ` +
+            `${already.length} already sent, ${remote.length} page(s) given`,
+        );
+      }
+      skipped = already.length;
+      try {
+        for (const group of groupForNotification(batch.keys, positions)) {
+          const posIndex = group.map((p) => positions.indexOf(p));
+          await this.channel.write(group.map((p) => batch.pages[p]), {
+            peerId: link.id,
+            remoteIndexes: posIndex.map((j) => remote[j]),
+            notification: encodeLanded(group.map((p) => batch.keys[p])),
+            timeoutMs: this.#transferTimeoutMs,
+          });
+          sent += group.length;
+        }
+      } catch (e) {
+        await this.#cancelOnReceiver(link, reqId, positions.map((p) => batch.keys[p]));
+        return await fail("write", errorMessage(e), e);
+      }
+      track.batches++;
+    }
+    let notified = false;
+    if (spec.isLastPrefill) {
+      this.#requests.delete(reqId);
+      if (this.#proxyUrl) {
+        try {
+          this.#pusher ??= await openPusher(this.#proxyUrl, { timeoutMs: this.#notifyTimeoutMs });
+          await this.#pusher.send({ type: "ProxyNotif", req_id: reqId }, this.#notifyTimeoutMs);
+          notified = true;
+        } catch (e) {
+          throw new PdSendError(
+            reqId,
+            link.id,
+            "notify",
+            `the KV is at the receiver but the proxy at ${this.#proxyUrl} was not notified: ` +
+              errorMessage(e),
+            e,
+          );
+        }
+      }
+    }
+    return { receiverId: link.id, sent, skipped, notified, handshook };
+  }
+
+  /** Best effort: tell the receiver to drop pages it gave for data that never came. */
+  async #cancelOnReceiver(link: Link, reqId: string, keys: string[]): Promise<void> {
+    if (!link.alloc || link.alloc.lost || keys.length === 0) return;
+    await link.alloc.request({ type: "CancelNotif", req_id: reqId, keys }, 2000).catch(() => {});
+  }
+
+  async #reset(link: Link): Promise<void> {
+    const alloc = link.alloc;
+    link.alloc = null;
+    await alloc?.close().catch(() => {});
+    await this.channel.forgetPeer(link.id).catch(() => {});
+  }
+
+  /** Closes every socket and the channel. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
+      for (const l of this.#links.values()) await l.alloc?.close().catch(() => {});
+      await this.#pusher?.close().catch(() => {});
+      this.pool.close();
+      await this.channel.close();
+    })();
+    return this.#closing;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function validateBatch(batch: SendBatch): void {
+  if (!batch || !Array.isArray(batch.keys) || !Array.isArray(batch.pages)) {
+    throw new ChannelError("INVALID_ARGUMENT", "send: batch needs keys[] and pages[]");
+  }
+  if (batch.keys.length !== batch.pages.length) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `send: ${batch.keys.length} key(s) but ${batch.pages.length} page(s); one page per key`,
+    );
+  }
+  for (const k of batch.keys) {
+    if (typeof k !== "string" || k === "" || k.includes("\n")) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `send: key ${JSON.stringify(k)} must be a non-empty string without newlines`,
+      );
+    }
+  }
+}
