@@ -68,6 +68,7 @@ import {
 } from "./agent/transfer.ts";
 
 export { NixlError, NixlTimeoutError, Status, statusName } from "./errors.ts";
+export { NativeLibraryError, runtimeVersion } from "../ffi/mod.ts";
 export type { StatusCode, TimeoutDetails } from "./errors.ts";
 export { type AllocateOptions, DeviceBuffer, HostBuffer, NativeBuffer } from "./agent/buffers.ts";
 export type { LibraryOptions, MemType } from "./agent/common.ts";

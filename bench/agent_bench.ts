@@ -1,0 +1,225 @@
+/**
+ * Agent benchmarks (builtin engine), each figure printed as a ratio to the physical
+ * limit measured in the same run, then one JSON line:
+ * - same-host WRITE of 64 pages of 1 MiB and 4 MiB per request vs single-thread memcpy
+ *   (goal >= 0.8);
+ * - the same forced over TCP on loopback vs a raw socket stream (goal >= 0.8);
+ * - 4 KiB WRITE post-to-completion latency, p50 (goal <= 10 us) and p99;
+ * - FFI: an empty call (`kvp_abi_version`), a status poll, and preparing a list of
+ *   10,000 descriptors (goal <= 2 ms).
+ *
+ * ```sh
+ * deno run -A bench/agent_bench.ts [--quick]
+ * bun bench/agent_bench.ts [--quick]
+ * ```
+ * @module
+ */
+import process from "node:process";
+import { Buffer } from "node:buffer";
+import { DescList, type HostBuffer, NixlAgent, type TransferRequest } from "../src/agent.ts";
+import { loadNativeLibrary } from "../ffi/mod.ts";
+import { type Peer, spawnPeer } from "../tests/helpers/agent_pair.ts";
+import { nativeLimit, percentile, Report, timeLoop } from "./lib.ts";
+
+const quick = process.argv.includes("--quick");
+const MiB = 1 << 20;
+const PAGES = 64;
+const SIZES = [1 * MiB, 4 * MiB];
+const SIZE = PAGES * 4 * MiB;
+const MIN_MS = quick ? 300 : 1500;
+const TCP_PARAMS = { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" };
+
+const report = new Report("agent");
+const lib = await loadNativeLibrary();
+const gbps = (bytes: number, ms: number) => bytes / ms / 1e6;
+
+/** Single-thread memcpy of `bytes`, GB/s: kvport-limits when built, else kvp_mem_copy. */
+function memcpyLimit(bytes: number, scratch: HostBuffer, scratch2: HostBuffer): number {
+  const probe = nativeLimit(["memcpy", "--size", String(bytes)]);
+  if (probe && typeof probe.gbps === "number") return probe.gbps;
+  let iters = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < MIN_MS / 2 || iters < 3) {
+    const s = lib.symbols.kvp_mem_copy(
+      0,
+      0,
+      scratch2.address,
+      0,
+      0,
+      scratch.address,
+      BigInt(bytes),
+    );
+    if (s !== 0) throw new Error(`kvp_mem_copy failed: ${s}`);
+    iters++;
+  }
+  return gbps(bytes * iters, performance.now() - t0);
+}
+
+/** Raw TCP loopback stream GB/s from kvport-limits, or undefined when not built. */
+function tcpLimit(bytes: number): number | undefined {
+  const probe = nativeLimit(["tcp", "--size", String(bytes)]);
+  return probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
+}
+
+async function pair(tag: string, backends: string[], params?: Record<string, string>) {
+  const stamp = `${process.pid}-${Date.now()}`;
+  const peer = await spawnPeer({
+    name: `bench-peer-${tag}-${stamp}`,
+    backends,
+    params,
+    size: SIZE,
+  });
+  const agent = await NixlAgent.create({
+    name: `bench-${tag}-${stamp}`,
+    engine: "builtin",
+    backends,
+    params,
+  });
+  const buf = agent.allocate(SIZE);
+  agent.registerMemory(buf);
+  agent.addRemoteAgent(peer.meta);
+  await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
+  buf.bytes.fill(0x5a);
+  return { peer, agent, buf };
+}
+
+function request(agent: NixlAgent, buf: HostBuffer, peer: Peer, page: number, count: number) {
+  using l = DescList.pages(buf, page, count);
+  using r = DescList.pages({ address: peer.address }, page, count);
+  const local = agent.prepDescList("", l);
+  const remote = agent.prepDescList(peer.name, r);
+  const idx = new Uint32Array(count).map((_, i) => i);
+  return agent.createTransfer("WRITE", local, idx, remote, idx);
+}
+
+async function run(req: TransferRequest): Promise<void> {
+  if (req.post() === "pending") await req.wait(30_000);
+}
+
+async function throughput(
+  label: string,
+  tag: string,
+  backends: string[],
+  params: Record<string, string> | undefined,
+  limitOf: (bytes: number) => number | undefined,
+  limitName: string,
+) {
+  const { peer, agent, buf } = await pair(tag, backends, params);
+  try {
+    for (const page of SIZES) {
+      const bytes = page * PAGES;
+      const req = request(agent, buf, peer, page, PAGES);
+      await run(req); // connect, fault in
+      const { iters, ms } = await timeLoop(() => run(req), { minMs: MIN_MS, minIters: 3 });
+      req.release();
+      report.add({
+        name: `${label}_write_${page / MiB}MiB_x${PAGES}`,
+        value: gbps(bytes * iters, ms),
+        unit: "GB/s",
+        limit: limitOf(bytes),
+        limitName,
+        goal: { op: ">=", ratio: 0.8 },
+        extra: { bytesPerRequest: bytes, requests: iters },
+      });
+    }
+  } finally {
+    await peer.stop();
+    await agent.close();
+  }
+}
+
+// ---- physical limits measured in this run ----------------------------------------
+const scratchAgent = await NixlAgent.create({
+  name: `bench-scratch-${process.pid}`,
+  engine: "builtin",
+});
+const s1 = scratchAgent.allocate(SIZE);
+const s2 = scratchAgent.allocate(SIZE);
+s1.bytes.fill(1);
+s2.bytes.fill(2);
+const memcpy = new Map(SIZES.map((p) => [p * PAGES, memcpyLimit(p * PAGES, s1, s2)]));
+await scratchAgent.close();
+
+// ---- same host and TCP throughput ------------------------------------------------
+await throughput("same_host", "ucx", ["UCX"], undefined, (b) => memcpy.get(b), "memcpy (1 thread)");
+const tcp = new Map(SIZES.map((p) => [p * PAGES, tcpLimit(p * PAGES)]));
+if ([...tcp.values()].some((v) => v === undefined)) {
+  console.log("tcp limit: native/build/kvport-limits not built; TCP ratios not computed");
+}
+await throughput("tcp_loopback", "tcp", ["TCP"], TCP_PARAMS, (b) => tcp.get(b), "raw TCP stream");
+
+// ---- 4 KiB latency --------------------------------------------------------------
+{
+  const { peer, agent, buf } = await pair("lat", ["UCX"], undefined);
+  try {
+    const req = request(agent, buf, peer, 4096, 1);
+    const n = quick ? 5_000 : 50_000;
+    for (let i = 0; i < 2_000; i++) await run(req);
+    const samples = new Float64Array(n);
+    let inline = 0;
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      if (req.post() === "pending") await req.wait(10_000);
+      else inline++;
+      samples[i] = (performance.now() - t0) * 1000;
+    }
+    req.release();
+    samples.sort();
+    report.add({
+      name: "write_4KiB_p50",
+      value: percentile(samples, 50),
+      unit: "us",
+      goal: { op: "<=", value: 10 },
+      extra: { samples: n, completedInPost: inline },
+    });
+    report.add({ name: "write_4KiB_p99", value: percentile(samples, 99), unit: "us" });
+
+    // ---- FFI ----------------------------------------------------------------------
+    const calls = 1_000_000;
+    let t0 = performance.now();
+    for (let i = 0; i < calls; i++) lib.symbols.kvp_abi_version();
+    report.add({
+      name: "ffi_empty_call",
+      value: ((performance.now() - t0) * 1e6) / calls,
+      unit: "ns",
+      extra: { fn: "kvp_abi_version" },
+    });
+    const polled = request(agent, buf, peer, 4096, 1);
+    await run(polled);
+    t0 = performance.now();
+    for (let i = 0; i < calls / 4; i++) polled.status();
+    report.add({
+      name: "ffi_status_poll",
+      value: ((performance.now() - t0) * 1e6) / (calls / 4),
+      unit: "ns",
+      extra: { fn: "TransferRequest.status (kvp_xfer_status)" },
+    });
+    polled.release();
+
+    const n10k = 10_000;
+    const addrs = new BigUint64Array(n10k).map((_, i) => buf.address + BigInt(i) * 4096n);
+    const lens = new BigUint64Array(n10k).fill(4096n);
+    const prepMs: number[] = [];
+    for (let i = 0; i < (quick ? 20 : 100); i++) {
+      const t = performance.now();
+      const list = DescList.fromArrays("DRAM", { addrs, lens }, { agent });
+      const prepped = agent.prepDescList("", list);
+      prepMs.push(performance.now() - t);
+      list.release();
+      prepped.release();
+    }
+    prepMs.sort((a, b) => a - b);
+    report.add({
+      name: "prep_dlist_10000",
+      value: percentile(prepMs, 50),
+      unit: "ms",
+      goal: { op: "<=", value: 2 },
+      extra: { what: "DescList.fromArrays + prepDescList, median", p99: percentile(prepMs, 99) },
+    });
+  } finally {
+    await peer.stop();
+    await agent.close();
+  }
+}
+
+report.finish({ library: lib.path, quick });

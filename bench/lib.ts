@@ -1,0 +1,208 @@
+/**
+ * The report format of the benchmarks: each figure is printed as one human line with
+ * its ratio to the physical limit measured in the same run (memcpy, raw socket, ...),
+ * and the whole run ends with ONE JSON line for machines.
+ *
+ * @example
+ * ```ts
+ * import { Report } from "./lib.ts";
+ * const report = new Report("agent");
+ * report.add({ name: "write_1MiB", value: 9.1, unit: "GB/s", limit: 10.2, limitName: "memcpy",
+ *   goal: { op: ">=", ratio: 0.8 } });
+ * report.finish();
+ * ```
+ * @module
+ */
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import process from "node:process";
+
+/** A goal on the ratio (value / limit) or on the value itself. */
+export interface Goal {
+  /** `">="` (at least) or `"<="` (at most). */
+  op: ">=" | "<=";
+  /** Goal on value / limit. */
+  ratio?: number;
+  /** Goal on the value, in its unit. */
+  value?: number;
+}
+
+/** One figure. */
+export interface Result {
+  /** Short machine name, e.g. `"same_host_write_1MiB"`. */
+  name: string;
+  /** The measured figure. */
+  value: number;
+  /** Its unit: `"GB/s"`, `"us"`, `"ns"`, `"ms"`. */
+  unit: string;
+  /** The physical limit measured in the same run, in the same unit. */
+  limit?: number;
+  /** What the limit is, e.g. `"memcpy (1 thread)"`. */
+  limitName?: string;
+  /** The goal. */
+  goal?: Goal;
+  /** Anything else worth keeping (sizes, counts, iterations). */
+  extra?: Record<string, unknown>;
+}
+
+/** A result as printed in the JSON line: with its ratio and whether the goal was met. */
+export interface Scored extends Result {
+  /** value / limit, when there is a limit. */
+  ratio?: number;
+  /** Whether the goal was met (absent without a goal). */
+  pass?: boolean;
+}
+
+const fmt = (v: number) =>
+  v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toPrecision(3);
+
+/**
+ * Collects figures, prints a human line for each, and one JSON line at the end.
+ *
+ * @example
+ * ```ts
+ * import { Report } from "./lib.ts";
+ * const r = new Report("demo");
+ * r.add({ name: "x", value: 1, unit: "us", goal: { op: "<=", value: 10 } });
+ * r.finish({ note: "example" });
+ * ```
+ */
+export class Report {
+  /** The suite's name. */
+  readonly suite: string;
+  /** Every figure so far. */
+  readonly results: Scored[] = [];
+
+  /** @param suite the suite's name, e.g. `"agent"` */
+  constructor(suite: string) {
+    this.suite = suite;
+  }
+
+  /** Scores a figure and prints its human line. */
+  add(result: Result): Scored {
+    const s: Scored = { ...result };
+    if (result.limit !== undefined && result.limit > 0) s.ratio = result.value / result.limit;
+    const g = result.goal;
+    if (g) {
+      const x = g.ratio !== undefined ? s.ratio : result.value;
+      const target = g.ratio ?? g.value;
+      if (x !== undefined && target !== undefined) {
+        s.pass = g.op === ">=" ? x >= target : x <= target;
+      }
+    }
+    this.results.push(s);
+    let line = `${result.name}: ${fmt(result.value)} ${result.unit}`;
+    if (s.ratio !== undefined) {
+      line += ` = ${fmt(s.ratio)} x ${result.limitName ?? "limit"} (${fmt(result.limit!)} ` +
+        `${result.unit})`;
+    }
+    if (g) {
+      const target = g.ratio !== undefined ? `${g.ratio} x limit` : `${g.value} ${result.unit}`;
+      line += `; goal ${g.op} ${target}: ${
+        s.pass === undefined ? "n/a" : s.pass ? "met" : "MISSED"
+      }`;
+    }
+    console.log(line);
+    return s;
+  }
+
+  /** Prints the one JSON line: suite, runtime, machine, every result. */
+  finish(extra: Record<string, unknown> = {}): void {
+    const g = globalThis as { Deno?: { version: { deno: string } }; Bun?: { version: string } };
+    console.log(JSON.stringify({
+      suite: this.suite,
+      runtime: g.Bun ? `bun ${g.Bun.version}` : g.Deno ? `deno ${g.Deno.version.deno}` : "?",
+      date: new Date().toISOString(),
+      machine: machine(),
+      ...extra,
+      results: this.results,
+    }));
+  }
+}
+
+function machine(): Record<string, unknown> {
+  let cpu = "";
+  try {
+    const info = spawnSync("sh", ["-c", "grep -m1 'model name' /proc/cpuinfo; nproc"], {
+      encoding: "utf8",
+    }).stdout.trim().split("\n");
+    cpu = `${info[0]?.split(":")[1]?.trim() ?? "?"} x${info[1] ?? "?"}`;
+  } catch {
+    cpu = "?";
+  }
+  return { cpu, platform: `${process.platform}-${process.arch}` };
+}
+
+/**
+ * Runs `native/build/kvport-limits <args>` (the native engineer's C probe of physical
+ * limits) and returns its JSON line, or `null` when the tool is not built.
+ *
+ * @example
+ * ```ts
+ * import { nativeLimit } from "./lib.ts";
+ * console.log(nativeLimit(["memcpy", "--size", "67108864"]));
+ * ```
+ */
+export function nativeLimit(args: string[]): Record<string, unknown> | null {
+  const tool = new URL("../native/build/kvport-limits", import.meta.url).pathname;
+  if (!existsSync(tool)) return null;
+  const r = spawnSync(tool, args, { encoding: "utf8", timeout: 60_000 });
+  if (r.status !== 0) {
+    console.error(`kvport-limits ${args.join(" ")} failed (${r.status}): ${r.stderr.trim()}`);
+    return null;
+  }
+  const line = r.stdout.trim().split("\n").pop() ?? "";
+  try {
+    return JSON.parse(line);
+  } catch {
+    console.error(`kvport-limits ${args.join(" ")}: not JSON: ${line}`);
+    return null;
+  }
+}
+
+/**
+ * Runs `step` repeatedly for at least `minMs` (and `minIters` times), returns the
+ * iterations and elapsed milliseconds.
+ *
+ * @example
+ * ```ts
+ * import { timeLoop } from "./lib.ts";
+ * const { iters, ms } = await timeLoop(() => {}, { minMs: 10 });
+ * console.log((ms * 1e6) / iters, "ns per step");
+ * ```
+ */
+export async function timeLoop(
+  step: () => unknown,
+  options: { minMs?: number; minIters?: number; batch?: number } = {},
+): Promise<{ iters: number; ms: number }> {
+  const minMs = options.minMs ?? 500;
+  const minIters = options.minIters ?? 1;
+  const batch = options.batch ?? 1;
+  let iters = 0;
+  const t0 = performance.now();
+  let now = t0;
+  while (now - t0 < minMs || iters < minIters) {
+    for (let i = 0; i < batch; i++) {
+      const r = step();
+      if (r instanceof Promise) await r;
+    }
+    iters += batch;
+    now = performance.now();
+  }
+  return { iters, ms: now - t0 };
+}
+
+/**
+ * The `p`-th percentile (0..100) of sorted samples.
+ *
+ * @example
+ * ```ts
+ * import { percentile } from "./lib.ts";
+ * console.log(percentile([1, 2, 3, 4], 50)); // 2
+ * ```
+ */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}

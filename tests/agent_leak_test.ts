@@ -1,0 +1,81 @@
+// 100,000 small transfers (each one creating, posting, waiting for and releasing its
+// request) between two agents leave this process's memory (RSS) and open fds flat.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { DescList, type HostBuffer, NixlAgent, type PreparedDescList } from "../src/agent.ts";
+import { nativeSkip } from "./helpers/agent_pair.ts";
+
+if (nativeSkip) console.log(`agent_leak_test skipped: ${nativeSkip}`);
+
+function rssKiB(): number {
+  const m = readFileSync("/proc/self/status", "utf8").match(/VmRSS:\s+(\d+) kB/);
+  return Number(m?.[1]);
+}
+
+const fdCount = () => readdirSync("/proc/self/fd").length;
+
+describe("resources stay flat", { skip: nativeSkip }, () => {
+  let a: NixlAgent;
+  let b: NixlAgent;
+  let bufA: HostBuffer;
+  let local: PreparedDescList;
+  let remote: PreparedDescList;
+
+  before(async () => {
+    a = await NixlAgent.create({ name: `leak-a-${Date.now()}`, engine: "builtin" });
+    b = await NixlAgent.create({ name: `leak-b-${Date.now()}`, engine: "builtin" });
+    bufA = a.allocate(1 << 20);
+    const bufB = b.allocate(1 << 20);
+    a.registerMemory(bufA);
+    b.registerMemory(bufB);
+    a.addRemoteAgent(b.localMetadata());
+    local = a.prepDescList("", DescList.pages(bufA, 4096, 256));
+    remote = a.prepDescList(b.name, DescList.pages(bufB, 4096, 256));
+  });
+
+  after(async () => {
+    await a?.close();
+    await b?.close();
+  });
+
+  test("100,000 transfers of 64 B to 4 KiB: RSS and fds flat", async () => {
+    const idx = [new Uint32Array([0]), new Uint32Array([1, 2, 3])];
+    const run = async (n: number) => {
+      for (let i = 0; i < n; i++) {
+        const li = idx[i & 1];
+        await a.transfer(i & 1 ? "READ" : "WRITE", local, li, remote, li, { timeoutMs: 10_000 });
+      }
+    };
+    await run(20_000); // warm up: JIT, allocator pools, connections
+    const gc = (globalThis as { gc?: () => void }).gc;
+    gc?.();
+    const rss0 = rssKiB();
+    const fds0 = fdCount();
+    await run(100_000);
+    gc?.();
+    const grown = rssKiB() - rss0;
+    assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB over 100,000 transfers`);
+    assert.equal(fdCount(), fds0, "open file descriptors");
+  });
+
+  test("descriptor lists, prepared lists, registrations and requests are all released", () => {
+    const rss0 = rssKiB();
+    const fds0 = fdCount();
+    for (let i = 0; i < 2000; i++) {
+      const reg = a.registerMemory(new Uint8Array(4096));
+      using list = DescList.pages(bufA, 4096, 256);
+      const p = a.prepDescList("", list);
+      const req = a.createTransfer("WRITE", p, [0, 1], remote, [0, 1], { notification: "x" });
+      req.release();
+      p.release();
+      reg.deregister();
+      a.sendNotification(b.name, "y");
+      if (i % 100 === 0) b.takeNotifications();
+    }
+    b.takeNotifications();
+    const grown = rssKiB() - rss0;
+    assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB`);
+    assert.equal(fdCount(), fds0, "open file descriptors");
+  });
+});

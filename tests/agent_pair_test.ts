@@ -1,0 +1,250 @@
+// Two processes on one machine (builtin engine): this test process and a spawned peer
+// exchange metadata, then WRITE and READ pages from 1 B to 64 MiB in batches of 1 to
+// 4096 descriptors, every page checked by checksum; once over the same-host path (UCX)
+// and once forced over TCP on loopback. Notifications arrive once and after their
+// data; a stopped peer times a transfer out; a killed peer fails it with
+// NIXL_ERR_REMOTE_DISCONNECT within the timeout.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import {
+  DescList,
+  type HostBuffer,
+  NixlAgent,
+  NixlError,
+  NixlTimeoutError,
+  type PreparedDescList,
+} from "../src/agent.ts";
+import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
+
+if (nativeSkip) console.log(`agent_pair_test skipped: ${nativeSkip}`);
+
+const MiB = 1 << 20;
+const SIZE = 128 * MiB;
+const TCP_PARAMS = { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" };
+
+/** Page size, pages per request, and whether the indices are shuffled. */
+const CASES: { page: number; count: number; shuffle: boolean }[] = [
+  { page: 1, count: 1, shuffle: false },
+  { page: 1, count: 4096, shuffle: true },
+  { page: 3, count: 1000, shuffle: true },
+  { page: 4096, count: 4096, shuffle: false },
+  { page: 4097, count: 333, shuffle: true },
+  { page: 65536, count: 1024, shuffle: true },
+  { page: MiB, count: 64, shuffle: false },
+  { page: 64 * MiB, count: 1, shuffle: false },
+];
+
+function indices(count: number, shuffle: boolean): Uint32Array {
+  const idx = new Uint32Array(count).map((_, i) => i);
+  if (shuffle) {
+    for (let i = count - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [idx[i], idx[j]] = [idx[j], idx[i]];
+    }
+  }
+  return idx;
+}
+
+const ranges = (page: number, idx: Uint32Array): [number, number][] =>
+  Array.from(idx, (i) => [i * page, page]);
+
+interface Side {
+  agent: NixlAgent;
+  buf: HostBuffer;
+  peer: Peer;
+}
+
+async function setUp(tag: string, backends: string[], params?: Record<string, string>) {
+  const stamp = `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+  const peer = await spawnPeer({ name: `peer-${tag}-${stamp}`, backends, params, size: SIZE });
+  const agent = await NixlAgent.create({
+    name: `main-${tag}-${stamp}`,
+    engine: "builtin",
+    backends,
+    params,
+  });
+  const buf = agent.allocate(SIZE);
+  agent.registerMemory(buf);
+  assert.equal(agent.addRemoteAgent(peer.meta), peer.name);
+  await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
+  return { agent, buf, peer };
+}
+
+function transportSuite(tag: string, backends: string[], params?: Record<string, string>) {
+  describe(`two processes over ${tag}`, { skip: nativeSkip }, () => {
+    let s: Side;
+    before(async () => {
+      s = await setUp(tag, backends, params);
+    });
+    after(async () => {
+      await s?.peer.stop();
+      await s?.agent.close();
+    });
+
+    test("the peer's serialized page list prepares and transfers", async () => {
+      const reply = await s.peer.call("dlist", { pageSize: 4096, count: 16 });
+      using list = DescList.deserialize(Buffer.from(reply.bytes as string, "base64"));
+      assert.equal(list.count, 16);
+      const remote = s.agent.prepDescList(s.peer.name, list);
+      const local = s.agent.prepDescList("", DescList.pages(s.buf, 4096, 16));
+      fillRandom(s.buf.bytes.subarray(0, 4096));
+      await s.agent.transfer("WRITE", local, [0], remote, [15]);
+      const { sums } = await s.peer.call("sums", { ranges: [[15 * 4096, 4096]] });
+      assert.deepEqual(sums, [s.buf.checksum(0, 4096).toString(16)]);
+      remote.release();
+      local.release();
+    });
+
+    for (const { page, count, shuffle } of CASES) {
+      const label = `${count} x ${page} B${shuffle ? " shuffled" : ""}`;
+      test(`WRITE then READ ${label}: every page checked`, async () => {
+        const { agent, buf, peer } = s;
+        using localList = DescList.pages(buf, page, count);
+        using remoteList = DescList.pages({ address: peer.address }, page, count);
+        const local = agent.prepDescList("", localList);
+        const remote = agent.prepDescList(peer.name, remoteList);
+        try {
+          // WRITE: local random pages -> shuffled remote pages, with a notification the
+          // peer checksums its pages on arrival (the data must already be there).
+          const li = indices(count, shuffle);
+          const ri = indices(count, shuffle);
+          fillRandom(buf.bytes.subarray(0, page * count));
+          const tagW = `w-${label}-${Math.random()}`;
+          const waiting = peer.call("waitNotif", {
+            expect: tagW,
+            timeoutMs: 20_000,
+            ranges: ranges(page, ri),
+            lingerMs: 20,
+          }, 30_000);
+          await agent.transfer("WRITE", local, li, remote, ri, {
+            notification: tagW,
+            timeoutMs: 20_000,
+          });
+          const got = await waiting;
+          const want = Array.from(li, (i) => buf.checksum(i * page, page).toString(16));
+          assert.deepEqual(got.sums, want, "remote pages at notification time");
+          assert.deepEqual(
+            (got.seen as string[]).filter((x) => x === `${agent.name}:${tagW}`).length,
+            1,
+            "the notification arrived exactly once",
+          );
+
+          // READ: peer's fresh random pages -> local pages in another order.
+          await peer.call("fill", { offset: 0, length: page * count });
+          const li2 = indices(count, shuffle);
+          const ri2 = indices(count, shuffle);
+          const { sums } = await peer.call("sums", { ranges: ranges(page, ri2) });
+          await agent.transfer("READ", local, li2, remote, ri2, { timeoutMs: 20_000 });
+          assert.deepEqual(
+            Array.from(li2, (i) => buf.checksum(i * page, page).toString(16)),
+            sums,
+          );
+        } finally {
+          local.release();
+          remote.release();
+        }
+      });
+    }
+
+    test("notifications between processes arrive in order, each once", async () => {
+      const { agent, peer } = s;
+      agent.takeNotifications();
+      for (let i = 0; i < 20; i++) {
+        await peer.call("notify", { remote: agent.name, message: `n${i}` });
+      }
+      const got: string[] = [];
+      const deadline = Date.now() + 10_000;
+      while (got.length < 20 && Date.now() < deadline) {
+        for (const n of await agent.waitNotifications(1000)) {
+          assert.equal(n.agent, peer.name);
+          got.push(new TextDecoder().decode(n.message));
+        }
+      }
+      assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => `n${i}`));
+      assert.deepEqual(await agent.waitNotifications(20), []);
+    });
+  });
+}
+
+transportSuite("UCX", ["UCX"]);
+transportSuite("TCP", ["TCP"], TCP_PARAMS);
+
+describe("peer failures over TCP", { skip: nativeSkip }, () => {
+  let s: Side;
+  let local: PreparedDescList;
+  let remote: PreparedDescList;
+  before(async () => {
+    s = await setUp("fail", ["TCP"], TCP_PARAMS);
+    local = s.agent.prepDescList("", DescList.pages(s.buf, 4 * MiB, 32));
+    remote = s.agent.prepDescList(
+      s.peer.name,
+      DescList.pages({ address: s.peer.address }, 4 * MiB, 32),
+    );
+  });
+  after(async () => {
+    s?.peer.child.kill("SIGKILL");
+    await s?.peer.exited;
+    await s?.agent.close();
+  });
+
+  const all = new Uint32Array(32).map((_, i) => i);
+
+  test("a stopped peer times the transfer out; the request is released", async () => {
+    await s.agent.transfer("WRITE", local, all, remote, all); // connected and warm
+    s.peer.child.kill("SIGSTOP");
+    try {
+      const t0 = performance.now();
+      await assert.rejects(
+        s.agent.transfer("WRITE", local, all, remote, all, { timeoutMs: 300 }),
+        (e: NixlTimeoutError) => {
+          assert.ok(e instanceof NixlTimeoutError, String(e));
+          assert.equal(e.op, "WRITE");
+          assert.equal(e.peer, s.peer.name);
+          assert.equal(e.count, 32);
+          assert.equal(e.timeoutMs, 300);
+          assert.match(e.message, /cancelled and released/);
+          return true;
+        },
+      );
+      const took = performance.now() - t0;
+      assert.ok(took >= 290 && took < 3000, `timed out after ${took} ms`);
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(new Error("stop waiting")), 50);
+      await assert.rejects(
+        s.agent.transfer("WRITE", local, all, remote, all, { signal: ac.signal }),
+        /stop waiting/,
+      );
+    } finally {
+      s.peer.child.kill("SIGCONT");
+    }
+    // The connection survives a cancelled request.
+    await s.agent.transfer("WRITE", local, [0], remote, [0], { timeoutMs: 10_000 });
+  });
+
+  test("a peer killed mid-transfer fails it with NIXL_ERR_REMOTE_DISCONNECT in time", async () => {
+    const timeoutMs = 10_000;
+    const t0 = performance.now();
+    let error: unknown;
+    let transfers = 0;
+    setTimeout(() => s.peer.child.kill("SIGKILL"), 20);
+    while (performance.now() - t0 < timeoutMs) {
+      try {
+        await s.agent.transfer("WRITE", local, all, remote, all, { timeoutMs });
+        transfers++;
+      } catch (e) {
+        error = e;
+        break;
+      }
+    }
+    const took = performance.now() - t0;
+    assert.ok(error instanceof NixlError, `expected a NixlError, got ${error}`);
+    assert.equal(error.statusName, "NIXL_ERR_REMOTE_DISCONNECT", error.message);
+    assert.ok(took < timeoutMs, `failed after ${took} ms (${transfers} transfers before)`);
+    // And so does the next one, at once.
+    await assert.rejects(
+      s.agent.transfer("READ", local, [0], remote, [0], { timeoutMs }),
+      (e: NixlError) => e.statusName === "NIXL_ERR_REMOTE_DISCONNECT",
+    );
+  });
+});
