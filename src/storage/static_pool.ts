@@ -207,12 +207,15 @@ export class StaticPool implements Store {
       if (s === undefined) break;
       slots.push(s);
     }
-    if (slots.length < n) {
-      for (const victim of this.#index.evictionCandidates(n - slots.length, protect)) {
+    // Evict least recently used keys. Keys of this batch keep their old slot (the
+    // replacement is atomic) unless nothing else is left: then their own slot is reused.
+    for (const guard of [protect, undefined]) {
+      if (slots.length >= n) break;
+      for (const victim of this.#index.evictionCandidates(n - slots.length, guard)) {
         const e = this.#index.delete(victim)!;
         removals.push({ type: "remove", key: victim, slot: e.slot });
         slots.push(e.slot);
-        this.counters.evictions++;
+        if (!protect.has(victim)) this.counters.evictions++;
       }
     }
     const stored = slots.length; // the first `stored` keys get a slot, in order

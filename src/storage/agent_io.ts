@@ -1,0 +1,208 @@
+/**
+ * The default data path of the storage backend: its own agent with one storage backend
+ * (POSIX on the builtin engine; GDS, GDS_MT, HF3FS, OBJ ... with NIXL), a registered DRAM
+ * staging buffer, and loopback transfers (the agent's own name as the remote side)
+ * between staging pages and FILE segments.
+ *
+ * @module
+ */
+import * as fsp from "node:fs/promises";
+import {
+  DescList,
+  NixlAgent,
+  NixlError,
+  type PreparedDescList,
+  type Registration,
+  Status,
+} from "../agent.ts";
+import type { HostBuffer } from "../agent/buffers.ts";
+import { closeFile, openFile } from "../agent/files.ts";
+import { StorageError, toStorageError } from "./errors.ts";
+import type { OpenFileOptions, StorageFile, StorageFileSet, StorageIo } from "./io.ts";
+
+/** Options of {@linkcode createAgentIo}. */
+export interface AgentIoOptions {
+  /** Agent name. */
+  name: string;
+  /** Storage plugin. */
+  backend: string;
+  /** Engine. */
+  engine: "auto" | "builtin" | "nixl";
+  /** Parameters for the plugin (sent as `BACKEND.key=value`). */
+  params?: Readonly<Record<string, string>>;
+  /** Path of libkvport.so. */
+  libraryPath?: string;
+  /** Bytes of the staging buffer. */
+  stagingBytes: number;
+  /** Limit of one transfer. */
+  timeoutMs: number;
+}
+
+class AgentFileSet implements StorageFileSet {
+  constructor(
+    readonly count: number,
+    readonly length: number,
+    readonly reg: Registration,
+    readonly prepped: PreparedDescList,
+  ) {}
+}
+
+class AgentIo implements StorageIo {
+  readonly name: string;
+  readonly staging: Uint8Array;
+  #agent: NixlAgent;
+  #buffer: HostBuffer;
+  #reg: Registration;
+  #local = new Map<number, PreparedDescList>();
+  #timeoutMs: number;
+  #closed: Promise<void> | undefined;
+
+  constructor(agent: NixlAgent, buffer: HostBuffer, reg: Registration, timeoutMs: number) {
+    this.#agent = agent;
+    this.#buffer = buffer;
+    this.#reg = reg;
+    this.staging = buffer.bytes;
+    this.#timeoutMs = timeoutMs;
+    this.name = `agent ${agent.name} (${agent.engine} engine, ${agent.backends.join(",")})`;
+  }
+
+  openFile(path: string, o: OpenFileOptions): StorageFile {
+    try {
+      return openFile(this.#agent, path, {
+        create: o.create,
+        direct: o.direct,
+        truncate: o.truncate,
+        size: o.size,
+      });
+    } catch (e) {
+      throw toStorageError(
+        e,
+        o.create ? "creating a storage file" : "opening a storage file",
+        path,
+      );
+    }
+  }
+
+  async syncFile(f: StorageFile): Promise<void> {
+    // fdatasync on the thread pool (the shim's kvp_file_sync would block the event loop);
+    // it flushes the file, whichever descriptor asks.
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await fsp.open(f.path, "r");
+      await fh.datasync();
+    } catch (e) {
+      throw toStorageError(e, "syncing a storage file", f.path);
+    } finally {
+      await fh?.close().catch(() => {});
+    }
+  }
+
+  closeFile(f: StorageFile): void {
+    closeFile(this.#agent, f);
+  }
+
+  registerFiles(files: readonly StorageFile[], length: number): StorageFileSet {
+    const n = files.length;
+    const addrs = new BigUint64Array(n);
+    const lens = new BigUint64Array(n).fill(BigInt(length));
+    const devs = new BigUint64Array(n);
+    files.forEach((f, i) => (devs[i] = BigInt(f.fd)));
+    const reg = this.#agent.registerMemory({ addrs, lens, devs }, "FILE");
+    try {
+      const prepped = this.#agent.prepDescList(this.#agent.name, {
+        memType: "FILE",
+        addrs,
+        lens,
+        devs,
+      });
+      return new AgentFileSet(n, length, reg, prepped);
+    } catch (e) {
+      reg.release();
+      throw e;
+    }
+  }
+
+  releaseFiles(set: StorageFileSet): void {
+    const s = set as AgentFileSet;
+    s.prepped.release();
+    s.reg.release();
+  }
+
+  #localList(stride: number): PreparedDescList {
+    let p = this.#local.get(stride);
+    if (!p) {
+      const count = Math.floor(this.#buffer.size / stride);
+      using list = DescList.pages(this.#buffer, stride, count, { agent: this.#agent });
+      p = this.#agent.prepDescList("", list);
+      this.#local.set(stride, p);
+    }
+    return p;
+  }
+
+  async transfer(
+    op: "READ" | "WRITE",
+    stride: number,
+    pages: readonly number[],
+    set: StorageFileSet,
+    files: readonly number[],
+  ): Promise<void> {
+    const s = set as AgentFileSet;
+    await this.#agent.transfer(op, this.#localList(stride), pages, s.prepped, files, {
+      timeoutMs: this.#timeoutMs,
+    });
+  }
+
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      for (const p of this.#local.values()) p.release();
+      this.#local.clear();
+      this.#reg.release();
+      this.#buffer.free();
+      await this.#agent.close();
+    })();
+    return this.#closed;
+  }
+}
+
+/**
+ * Creates the agent, allocates and registers the staging buffer. A backend other than
+ * POSIX on the builtin engine fails with a message saying NIXL is needed.
+ */
+export async function createAgentIo(o: AgentIoOptions): Promise<StorageIo> {
+  if (o.engine === "builtin" && o.backend !== "POSIX") throw needsNixl(o.backend, undefined);
+  const params: Record<string, string> = {};
+  for (const [k, v] of Object.entries(o.params ?? {})) params[`${o.backend}.${k}`] = v;
+  let agent: NixlAgent;
+  try {
+    agent = await NixlAgent.create({
+      name: o.name,
+      engine: o.engine,
+      backends: [o.backend],
+      params,
+      libraryPath: o.libraryPath,
+    });
+  } catch (e) {
+    if (e instanceof NixlError && e.status === Status.ERR_NOT_SUPPORTED && o.backend !== "POSIX") {
+      throw needsNixl(o.backend, e);
+    }
+    throw e;
+  }
+  try {
+    const buffer = agent.allocate(o.stagingBytes);
+    const reg = agent.registerMemory(buffer);
+    return new AgentIo(agent, buffer, reg, o.timeoutMs);
+  } catch (e) {
+    await agent.close().catch(() => {});
+    throw toStorageError(e, `allocating a staging buffer of ${o.stagingBytes} bytes`);
+  }
+}
+
+function needsNixl(backend: string, cause: unknown): StorageError {
+  return new StorageError("NOT_SUPPORTED", `backend ${backend} needs the nixl engine`, {
+    reason: "NIXL is not available" +
+      (cause instanceof Error ? ` (${cause.message.split("\n")[0]})` : " to the builtin engine"),
+    fix: "Install NIXL (NIXL_PREFIX, default /opt/nvidia/nvda_nixl) and rebuild the shim, " +
+      'or use nixl_backend: "POSIX", which the builtin engine serves',
+    cause,
+  });
+}
