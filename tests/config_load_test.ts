@@ -224,3 +224,11 @@ test("config type errors: a bad tpSize option is an issue", () => {
     assert.equal(issueFor(configError(() => load({ tpSize })), "tp_size").source, "option:tpSize");
   }
 });
+
+test("config the file: __proto__ keys are ignored with a warning, nothing is polluted", () => {
+  const path = tmpYaml("__proto__:\n  polluted: 1\nextra_config:\n  __proto__:\n    polluted: 2\n");
+  const { config, warnings } = load({ file: path });
+  assert.equal(({} as Record<string, unknown>).polluted, undefined);
+  assert.equal(Object.getPrototypeOf(config.extra_config), Object.prototype);
+  assert.deepEqual(warnings.map((w) => w.key).sort(), ["__proto__", "extra_config.__proto__"]);
+});

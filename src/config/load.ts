@@ -101,6 +101,15 @@ class Loader {
   ): Entry | null {
     if (written.startsWith("extra_config.")) {
       const leaf = written.slice(13);
+      if (leaf === "__proto__") {
+        this.warn(
+          "unknown_key",
+          written,
+          source,
+          `extra_config entry "__proto__" (${source}) is ignored.`,
+        );
+        return null;
+      }
       if (!EXTRA_KEYS.has(leaf)) {
         const near = suggestKey(leaf, EXTRA_KEYS);
         if (near !== null && near !== leaf) {

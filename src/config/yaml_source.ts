@@ -38,7 +38,12 @@ export function parseConfigYaml(text: string, source: ConfigSource, path: string
   });
   let docs;
   try {
-    docs = parseAllDocuments(text, { version: "1.1", prettyErrors: true, uniqueKeys: true });
+    docs = parseAllDocuments(text, {
+      version: "1.1",
+      prettyErrors: true,
+      uniqueKeys: true,
+      logLevel: "silent",
+    });
   } catch (e) {
     return fail(`cannot parse YAML: ${(e as Error).message}`, "unparsable text");
   }
