@@ -146,3 +146,13 @@ test("cli: bad options exit 2", () => {
     assert.ok(r.stderr.length > 0);
   }
 });
+
+test("cli: under Deno without --allow-env the error says how to fix it", { skip: !isDeno }, () => {
+  const r = spawnSync(
+    process.execPath,
+    ["run", "--no-prompt", "--allow-read", "cli/main.ts", "config"],
+    { cwd: root, encoding: "utf8", timeout: 60_000 },
+  );
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--allow-env/);
+});

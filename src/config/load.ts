@@ -351,7 +351,21 @@ function deepFreeze<T>(value: T): T {
  */
 export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
   const loader = new Loader();
-  const env = options.env ?? processEnv();
+  let env: EnvMap;
+  try {
+    env = options.env ?? processEnv();
+  } catch (e) {
+    // Deno without --allow-env: say so instead of failing with a permission error.
+    const why = e instanceof Error ? e.message : String(e);
+    throw new ConfigError([{
+      key: "env",
+      source: "option:env",
+      expected: "a readable process environment (Deno: --allow-env), or the env option",
+      received: why,
+      message: `cannot read the process environment (${why}); run Deno with --allow-env, ` +
+        `or pass loadConfig({ env: {...} }).`,
+    }]);
+  }
   const merged = new Map<string, Entry>();
 
   // File
