@@ -15,7 +15,7 @@
  * import { loadConfig, PdReceiver } from "@kvport/nixl";
  *
  * const { config, warnings } = loadConfig({ file: "lmcache-decoder-config.yaml" });
- * for (const w of warnings) console.warn(w);
+ * for (const w of warnings) console.warn(w.message);
  * await using rx = await PdReceiver.fromConfig(config, { tpRank: 0, pageSize: 28 << 20 });
  * console.log(`decoder ${rx.id} listening on ${rx.initUrl} and ${rx.allocUrl}`);
  * ```
