@@ -7,8 +7,11 @@
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 
-/** The interpreter with pyzmq and msgpack. */
-export const PYTHON = "/usr/bin/python3";
+/**
+ * The interpreter with pyzmq and msgpack: Debian's, or `$WIRE_TEST_PYTHON` when set.
+ */
+export const PYTHON: string = (globalThis as { process?: { env: Record<string, string> } })
+  .process?.env.WIRE_TEST_PYTHON ?? "/usr/bin/python3";
 
 const SCRIPT = new URL("./py_zmq_peer.py", import.meta.url).pathname;
 
