@@ -5,8 +5,6 @@
  * @module
  */
 
-import { ChannelTimeoutError } from "./errors.ts";
-
 /** Message of an error value, whatever was thrown. */
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
@@ -62,52 +60,6 @@ export function deferred<T>(): Deferred<T> {
     reject = rej;
   });
   return { promise, resolve, reject };
-}
-
-/**
- * Races `promise` against a deadline. On timeout, rejects with a
- * {@linkcode ChannelTimeoutError} built from `op` and `details`, and calls `onTimeout`
- * (to release what the promise holds). The timer never keeps the process alive.
- */
-export function withTimeout<T>(
-  promise: Promise<T>,
-  timeoutMs: number,
-  op: string,
-  details: { peerId?: string; url?: string; hint?: string } = {},
-  onTimeout?: () => void,
-): Promise<T> {
-  if (!Number.isFinite(timeoutMs)) return promise;
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      try {
-        onTimeout?.();
-      } finally {
-        reject(new ChannelTimeoutError(op, timeoutMs, details));
-      }
-    }, Math.max(0, timeoutMs));
-    unrefTimer(timer);
-    promise.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e) => {
-        clearTimeout(timer);
-        reject(e);
-      },
-    );
-  });
-}
-
-/** Lets a timer not keep the process alive, in Deno and Bun alike. */
-export function unrefTimer(timer: unknown): void {
-  if (typeof timer === "number") {
-    // Deno: numeric timer ids.
-    const d = (globalThis as { Deno?: { unrefTimer?: (id: number) => void } }).Deno;
-    d?.unrefTimer?.(timer);
-  } else if (timer && typeof (timer as { unref?: () => void }).unref === "function") {
-    (timer as { unref: () => void }).unref();
-  }
 }
 
 /** Resolves after `ms` milliseconds. */

@@ -239,7 +239,11 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     peerInitUrl: string,
     options: ConnectOptions = {},
   ): Promise<SideMessage | null> {
-    this.#assertOpen("connect");
+    try {
+      this.#assertOpen("connect");
+    } catch (e) {
+      return Promise.reject(e);
+    }
     if (typeof peerId !== "string" || peerId === "") {
       return Promise.reject(
         new ChannelError("INVALID_ARGUMENT", "connect: peerId must be a non-empty string"),
@@ -297,7 +301,14 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
       await this.#setPeer(peerId, () => this.dpPrepRemote(agent, list));
       if (!options.sideMessage) return null;
       stage = `reply to ${options.sideMessage.type}`;
-      return await req.request(options.sideMessage, left());
+      const reply = await req.request(options.sideMessage, left());
+      if (reply.type === "ErrorMsg") {
+        throw new ChannelError(
+          "HANDSHAKE_FAILED",
+          `the peer refused ${options.sideMessage.type}: ${String(reply.error)}`,
+        );
+      }
+      return reply;
     } catch (e) {
       throw this.#handshakeError(peerId, url, stage, timeoutMs, e);
     } finally {

@@ -5,7 +5,6 @@
  */
 
 import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
-import { unrefTimer } from "../channel/_util.ts";
 
 interface Waiter {
   count: number;
@@ -87,7 +86,6 @@ export class PagePool {
           );
           this.#drain();
         }, Math.max(0, timeoutMs));
-        unrefTimer(waiter.timer);
       }
       this.#waiters.push(waiter);
     });

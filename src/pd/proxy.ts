@@ -7,7 +7,7 @@
 
 import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
 import { type ControlServer, servePull } from "../channel/control.ts";
-import { joinHostPort, unrefTimer } from "../channel/_util.ts";
+import { joinHostPort } from "../channel/_util.ts";
 import type { SideMessage } from "../channel/types.ts";
 
 /** Options of {@linkcode ProxyNotifier.listen}. */
@@ -162,7 +162,6 @@ export class ProxyNotifier implements AsyncDisposable {
             }),
           );
         }, timeoutMs);
-        unrefTimer(w.timer);
       }
       this.#settle(reqId);
     });

@@ -7,7 +7,7 @@
 
 import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
 import { type ControlServer, serveRequests } from "../channel/control.ts";
-import { errorMessage, joinHostPort, unrefTimer } from "../channel/_util.ts";
+import { errorMessage, joinHostPort } from "../channel/_util.ts";
 import { createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { chunkBytes } from "./keys.ts";
@@ -67,7 +67,7 @@ export interface PdReceiverStats {
   landed: number;
   /** AllocRequests answered with pages. */
   allocRequests: number;
-  /** Requests answered with an error. */
+  /** Requests refused (answered `ErrorMsg`) and peers dropped for breaking the protocol. */
   errors: number;
   /** AllocRequests that found no free pages in time (answered with index -1). */
   allocTimeouts: number;
@@ -167,7 +167,12 @@ export class PdReceiver implements AsyncDisposable {
           if (!holder.rx) throw new ChannelError("CLOSED", "PD receiver is starting");
           return holder.rx.#handleAlloc(msg, from);
         },
-        { maxMessageBytes: 16 * 1024 * 1024 },
+        {
+          maxMessageBytes: 16 * 1024 * 1024,
+          onError: (e) => {
+            if (holder.rx) holder.rx.#noteError(e);
+          },
+        },
       );
     } catch (e) {
       await channel.close();
@@ -198,7 +203,7 @@ export class PdReceiver implements AsyncDisposable {
    * console.log(rx.id);
    * ```
    */
-  static fromConfig(
+  static async fromConfig(
     config: PdConfigLike,
     options: { tpRank?: number; pageSize: number } & Partial<PdReceiverOptions>,
   ): Promise<PdReceiver> {
@@ -221,7 +226,7 @@ export class PdReceiver implements AsyncDisposable {
       throw new ChannelError("INVALID_ARGUMENT", "a PD receiver needs pd_peer_host");
     }
     const secs = config.pd_allocation_timeout_sec;
-    return PdReceiver.create({
+    return await PdReceiver.create({
       ...s,
       host: config.pd_peer_host,
       initPort: port(config.pd_peer_init_port, "pd_peer_init_port"),
@@ -321,7 +326,6 @@ export class PdReceiver implements AsyncDisposable {
             }),
           );
         }, timeoutMs);
-        unrefTimer(w.timer);
       }
       this.#waiters.push(w);
     });
@@ -382,10 +386,14 @@ export class PdReceiver implements AsyncDisposable {
           );
       }
     } catch (e) {
-      this.#stats.errors++;
       this.#lastError = errorMessage(e);
       throw e;
     }
+  }
+
+  #noteError(e: Error): void {
+    this.#stats.errors++;
+    this.#lastError = e.message;
   }
 
   async #allocate(msg: SideMessage, from: string): Promise<SideMessage> {

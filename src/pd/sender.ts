@@ -235,7 +235,7 @@ export class PdSender implements AsyncDisposable {
    * console.log(tx.channel.pageCount);
    * ```
    */
-  static fromConfig(
+  static async fromConfig(
     config: PdConfigLike,
     options: { tpRank?: number; pageSize: number } & Partial<PdSenderOptions>,
   ): Promise<PdSender> {
@@ -248,7 +248,7 @@ export class PdSender implements AsyncDisposable {
         "a PD sender needs pd_proxy_host and pd_proxy_port (or pd_skip_proxy_notification: true)",
       );
     }
-    return PdSender.create({
+    return await PdSender.create({
       ...s,
       proxyHost: skip ? null : config.pd_proxy_host,
       proxyPort: skip ? null : config.pd_proxy_port,
@@ -347,53 +347,63 @@ export class PdSender implements AsyncDisposable {
     let sent = 0;
     let skipped = 0;
     if (batch.keys.length > 0) {
-      const lost = link.alloc?.lost ?? null;
-      const healthy = link.alloc !== null && lost === null && this.channel.hasPeer(link.id);
-      if (
-        track && track.receiverId === link.id && (!healthy || track.generation !== link.generation)
-      ) {
-        await fail(
+      const allocRequest: SideMessage = {
+        type: "AllocRequest",
+        keys: [...batch.keys],
+        fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
+        shape: [...batch.shape],
+        dtype: batch.dtype,
+        last_chunk_toks: batch.lastChunkToks,
+      };
+      const restarted = (why: string) =>
+        fail(
           "restart",
-          `the receiver was restarted or lost after ${track.batches} batch(es) of this ` +
-            `request (${lost ?? "its connection is gone"}); the pages sent before are lost, ` +
-            "so retry the whole request: the next one handshakes again",
+          `the receiver was restarted or lost after ${track!.batches} batch(es) of this ` +
+            `request (${why}); the pages sent before are lost, so retry the whole request: ` +
+            "the next one handshakes again",
         );
-      }
-      if (!healthy) {
-        await this.#reset(link);
+      let resp: SideMessage | undefined;
+      for (let attempt = 0; resp === undefined; attempt++) {
+        const lost = link.alloc?.lost ?? null;
+        const healthy = link.alloc !== null && lost === null && this.channel.hasPeer(link.id);
+        const midStream = track !== undefined && track.batches > 0;
+        if (midStream && (!healthy || track!.generation !== link.generation)) {
+          await restarted(lost ?? "its connection is gone");
+        }
+        if (!healthy) {
+          await this.#reset(link);
+          try {
+            await this.channel.connect(link.id, joinHostPort(link.host, link.initPort));
+            link.alloc = await openRequester(joinHostPort(link.host, link.allocPort), {
+              timeoutMs: this.#allocTimeoutMs,
+            });
+          } catch (e) {
+            await fail("handshake", errorMessage(e), e);
+          }
+          link.generation++;
+          handshook = true;
+        }
+        if (!track) {
+          track = { receiverId: link.id, generation: link.generation, batches: 0 };
+          if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
+            this.#requests.delete(this.#requests.keys().next().value!);
+          }
+          this.#requests.set(reqId, track);
+        }
+        track.generation = link.generation;
         try {
-          await this.channel.connect(link.id, joinHostPort(link.host, link.initPort));
-          link.alloc = await openRequester(joinHostPort(link.host, link.allocPort), {
-            timeoutMs: this.#allocTimeoutMs,
-          });
+          resp = await link.alloc!.request(allocRequest, this.#allocTimeoutMs);
         } catch (e) {
-          await fail("handshake", errorMessage(e), e);
+          const gone = link.alloc?.lost ?? null;
+          if (gone !== null && !midStream && attempt === 0) {
+            // The connection predates a restart of the receiver: nothing of this request
+            // was sent yet, so handshake again and retry once.
+            await this.#reset(link);
+            continue;
+          }
+          if (gone !== null && midStream) await restarted(gone);
+          return await fail("alloc", errorMessage(e), e);
         }
-        link.generation++;
-        handshook = true;
-      }
-      if (!track) {
-        track = { receiverId: link.id, generation: link.generation, batches: 0 };
-        if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
-          this.#requests.delete(this.#requests.keys().next().value!);
-        }
-        this.#requests.set(reqId, track);
-      }
-      let resp: SideMessage;
-      try {
-        resp = await link.alloc!.request(
-          {
-            type: "AllocRequest",
-            keys: [...batch.keys],
-            fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
-            shape: [...batch.shape],
-            dtype: batch.dtype,
-            last_chunk_toks: batch.lastChunkToks,
-          },
-          this.#allocTimeoutMs,
-        );
-      } catch (e) {
-        return await fail("alloc", errorMessage(e), e);
       }
       if (resp.type !== "AllocResponse") {
         const why = resp.type === "ErrorMsg" ? String(resp.error) : `a ${resp.type} reply`;
@@ -445,7 +455,7 @@ export class PdSender implements AsyncDisposable {
         await this.#cancelOnReceiver(link, reqId, positions.map((p) => batch.keys[p]));
         return await fail("write", errorMessage(e), e);
       }
-      track.batches++;
+      track!.batches++;
     }
     let notified = false;
     if (spec.isLastPrefill) {
