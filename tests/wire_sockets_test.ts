@@ -160,6 +160,24 @@ test("REQ -> ROUTER and DEALER -> REP envelopes", async () => {
   await serving;
 });
 
+test("REQ: a reply without the empty delimiter is refused and the socket recreated", async () => {
+  await using router = await RouterSocket.bind("tcp://127.0.0.1:0", FAST);
+  await using req = ReqSocket.connect(`tcp://127.0.0.1:${router.port}`, FAST);
+  const p = req.request(b("q"));
+  const [id] = await router.receive();
+  await router.send([id, b("no delimiter")]);
+  await assert.rejects(
+    p,
+    (e) => e instanceof WireProtocolError && /empty delimiter/.test(e.message),
+  );
+  const next = req.request(b("again"));
+  const [id2, , body] = await router.receive();
+  assert.notDeepEqual(id2, id, "a new connection");
+  assert.equal(s(body), "again");
+  await router.send([id2, E, b("fine")]);
+  assert.deepEqual((await next).map(s), ["fine"]);
+});
+
 test("ROUTER: a peer reconnecting with its identity takes it over", async () => {
   await using router = await RouterSocket.bind("tcp://127.0.0.1:0", FAST);
   const url = `tcp://127.0.0.1:${router.port}`;

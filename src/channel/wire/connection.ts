@@ -103,6 +103,8 @@ export class ZmtpConnection {
   #finished = false;
 
   /**
+   * Wraps `socket` and starts the handshake by sending our greeting.
+   *
    * @param socket a connected (or just accepted) TCP socket; the connection owns it
    * @param address the peer's address, for messages
    * @param options socket type, identity and limits

@@ -42,6 +42,8 @@ export class WireError extends Error {
   readonly peer?: string;
 
   /**
+   * Creates the error.
+   *
    * @param message the full human-readable message
    * @param details peer address and cause
    */
@@ -74,6 +76,8 @@ export class WireTimeoutError extends WireError {
   readonly timeoutMs: number;
 
   /**
+   * Creates the error.
+   *
    * @param expected what was awaited
    * @param timeoutMs the deadline that passed
    * @param details peer, cause and an extra sentence
@@ -112,6 +116,8 @@ export class WireTimeoutError extends WireError {
  */
 export class WireProtocolError extends WireError {
   /**
+   * Creates the error.
+   *
    * @param message what the peer did wrong (the peer address is appended)
    * @param details peer and cause
    */
@@ -136,6 +142,8 @@ export class WireProtocolError extends WireError {
  */
 export class WireClosedError extends WireError {
   /**
+   * Creates the error.
+   *
    * @param message what could not be done (the peer address is appended)
    * @param details peer and cause
    */
@@ -171,6 +179,8 @@ export class WireMessageError extends WireError {
   readonly got: string;
 
   /**
+   * Creates the error.
+   *
    * @param expected what was expected
    * @param got what was found
    * @param details message type, field, peer and cause

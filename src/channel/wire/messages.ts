@@ -801,7 +801,7 @@ export function decodeMessage<T extends MessageType = MessageType>(
     maxBinLength: limit,
     maxArrayLength: limit,
     maxMapLength: limit,
-    maxExtLength: 0,
+    maxExtLength: 0, // no LMCache message uses msgpack extensions
   });
   let raw: unknown;
   try {

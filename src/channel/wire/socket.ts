@@ -206,7 +206,11 @@ export class Inbox<T> {
   #closed: Error | undefined;
   readonly #onShift: (() => void) | undefined;
 
-  /** @param onShift called after an item was taken (for back-pressure) */
+  /**
+   * Creates an empty inbox.
+   *
+   * @param onShift called after an item was taken (for back-pressure)
+   */
   constructor(onShift?: () => void) {
     this.#onShift = onShift;
   }
@@ -491,6 +495,8 @@ export abstract class WireSocket {
   protected readonly _inbox: Inbox<unknown>;
 
   /**
+   * Creates the socket (for subclasses).
+   *
    * @param type our socket type
    * @param options see {@linkcode WireSocketOptions}
    */
@@ -772,9 +778,10 @@ export abstract class WireSocket {
           this.#waiters.delete(w);
           const last = this.#lastConnectError();
           reject(
-            new WireTimeoutError(`connection to a ${this.type} peer`, timeoutMs, {
+            new WireTimeoutError("connect", timeoutMs, {
               peer: this._describeEndpoints(),
-              hint: last ? `last connect error: ${last}` : "no peer completed the ZMTP handshake",
+              hint: `the ${this.type} socket has no peer; ` +
+                (last ? `last connect error: ${last}` : "none completed the ZMTP handshake"),
             }),
           );
         }, Math.max(0, timeoutMs));

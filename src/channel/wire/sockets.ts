@@ -68,7 +68,11 @@ export class ReqSocket extends WireSocket {
     | { pipe: Pipe; resolve: (f: Uint8Array[]) => void; reject: (e: WireError) => void }
     | undefined;
 
-  /** @param options see {@linkcode WireSocketOptions} */
+  /**
+   * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
+   *
+   * @param options see {@linkcode WireSocketOptions}
+   */
   constructor(options: WireSocketOptions = {}) {
     super("REQ", options);
   }
@@ -160,7 +164,7 @@ export class ReqSocket extends WireSocket {
     }
   }
 
-  /** @inheritdoc */
+  /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
     const p = this.#pending;
     if (!p || p.pipe !== pipe) return; // a stale or unsolicited reply: dropped
@@ -178,7 +182,7 @@ export class ReqSocket extends WireSocket {
     p.resolve(frames.slice(1));
   }
 
-  /** @inheritdoc */
+  /** Fails the pending request of a peer that went away. */
   protected override _onDetach(pipe: Pipe, error: WireError | undefined): void {
     const p = this.#pending;
     if (p && p.pipe === pipe) {
@@ -192,7 +196,7 @@ export class ReqSocket extends WireSocket {
     }
   }
 
-  /** @inheritdoc */
+  /** Fails the pending request when the socket closes. */
   protected override _onClose(error: WireClosedError): void {
     const p = this.#pending;
     this.#pending = undefined;
@@ -242,7 +246,11 @@ export type RepHandler = (
  * ```
  */
 export class RepSocket extends WireSocket {
-  /** @param options see {@linkcode WireSocketOptions} */
+  /**
+   * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
+   *
+   * @param options see {@linkcode WireSocketOptions}
+   */
   constructor(options: WireSocketOptions = {}) {
     super("REP", options);
   }
@@ -328,7 +336,7 @@ export class RepSocket extends WireSocket {
     }
   }
 
-  /** @inheritdoc */
+  /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
     const split = frames.findIndex((f) => f.length === 0);
     if (split < 0 || split === frames.length - 1) {
@@ -377,7 +385,11 @@ interface InternalRequest extends RepRequest {
  * ```
  */
 export class PushSocket extends WireSocket {
-  /** @param options see {@linkcode WireSocketOptions} */
+  /**
+   * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
+   *
+   * @param options see {@linkcode WireSocketOptions}
+   */
   constructor(options: WireSocketOptions = {}) {
     super("PUSH", options);
   }
@@ -423,7 +435,7 @@ export class PushSocket extends WireSocket {
     return this._sendNext(toFrames(message), options.timeoutMs ?? this._timeoutMs);
   }
 
-  /** @inheritdoc */
+  /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(_pipe: Pipe, _frames: Uint8Array[]): void {
     // A PULL peer never sends; anything else was refused at the handshake.
   }
@@ -443,7 +455,11 @@ export class PushSocket extends WireSocket {
  * ```
  */
 export class PullSocket extends WireSocket {
-  /** @param options see {@linkcode WireSocketOptions} */
+  /**
+   * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
+   *
+   * @param options see {@linkcode WireSocketOptions}
+   */
   constructor(options: WireSocketOptions = {}) {
     super("PULL", options);
   }
@@ -494,7 +510,7 @@ export class PullSocket extends WireSocket {
     return this._inbox.iterate() as AsyncIterableIterator<Uint8Array[]>;
   }
 
-  /** @inheritdoc */
+  /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(_pipe: Pipe, frames: Uint8Array[]): void {
     this._enqueue(frames);
   }
@@ -516,7 +532,11 @@ export class PullSocket extends WireSocket {
  * ```
  */
 export class DealerSocket extends WireSocket {
-  /** @param options see {@linkcode WireSocketOptions} */
+  /**
+   * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
+   *
+   * @param options see {@linkcode WireSocketOptions}
+   */
   constructor(options: WireSocketOptions = {}) {
     super("DEALER", options);
   }
@@ -579,7 +599,7 @@ export class DealerSocket extends WireSocket {
     return this._inbox.iterate() as AsyncIterableIterator<Uint8Array[]>;
   }
 
-  /** @inheritdoc */
+  /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(_pipe: Pipe, frames: Uint8Array[]): void {
     this._enqueue(frames);
   }
@@ -607,7 +627,11 @@ export class DealerSocket extends WireSocket {
  * ```
  */
 export class RouterSocket extends WireSocket {
-  /** @param options see {@linkcode WireSocketOptions} */
+  /**
+   * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
+   *
+   * @param options see {@linkcode WireSocketOptions}
+   */
   constructor(options: WireSocketOptions = {}) {
     super("ROUTER", options);
   }
@@ -703,7 +727,7 @@ export class RouterSocket extends WireSocket {
     return this._pipeByKey(toHex(identity))?.info;
   }
 
-  /** @inheritdoc */
+  /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
     this._enqueue([pipe.info.identity, ...frames]);
   }

@@ -412,7 +412,11 @@ export class ZmtpDecoder {
   #flags = -1;
   #size = -1;
 
-  /** @param options limits; see {@linkcode ZmtpDecoderOptions} */
+  /**
+   * Creates a decoder with the given limits.
+   *
+   * @param options limits; see {@linkcode ZmtpDecoderOptions}
+   */
   constructor(options: ZmtpDecoderOptions = {}) {
     this.#maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.#maxFrames = options.maxFrames ?? DEFAULT_MAX_FRAMES;
