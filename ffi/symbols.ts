@@ -45,16 +45,16 @@ export interface SymbolDef {
  */
 export const SYMBOLS = {
   // ------------------------------------------------------------------ library
-  /** uint32_t kvp_abi_version(void) */
+  /** KVP_ABI_VERSION of the compiled library. C: `uint32_t kvp_abi_version(void)`. */
   kvp_abi_version: { parameters: [], result: "u32" },
-  /** const char *kvp_status_name(...) */
+  /** Static name of a status, e.g. "NIXL_ERR_NOT_FOUND". C result: `const char *`. */
   kvp_status_name: {
     parameters: [
       "i32", // int32_t status
     ],
     result: "cstring",
   },
-  /** uint64_t kvp_last_error(...): full length of the message */
+  /** Copies the calling thread's last error (NUL-terminated, truncated); returns its full length. */
   kvp_last_error: {
     parameters: [
       "buffer", // char *buf
@@ -62,7 +62,7 @@ export const SYMBOLS = {
     ],
     result: "u64",
   },
-  /** int32_t kvp_engines(...) */
+  /** Comma-separated engines compiled in: "builtin" or "builtin,nixl" (sized out). */
   kvp_engines: {
     parameters: [
       "buffer", // uint8_t *buf
@@ -71,7 +71,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_engine_probe(...) */
+  /** "key=value" report on one engine: available, reason, plugins, searched, version. */
   kvp_engine_probe: {
     parameters: [
       "buffer", // const char *engine
@@ -81,7 +81,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_cuda_device_count(...) */
+  /** Number of CUDA devices; KVP_ERR_NOT_SUPPORTED without libcudart or GPU. */
   kvp_cuda_device_count: {
     parameters: [
       "buffer", // int32_t *count
@@ -90,7 +90,7 @@ export const SYMBOLS = {
   },
 
   // ------------------------------------------------------------------- memory
-  /** int32_t kvp_mem_alloc(...) */
+  /** Allocates DRAM (shared-memory file, page-aligned) or VRAM (cudaMalloc). */
   kvp_mem_alloc: {
     parameters: [
       "i32", // int32_t mem_type
@@ -100,14 +100,14 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_mem_free(...) */
+  /** Frees memory from kvp_mem_alloc. */
   kvp_mem_free: {
     parameters: [
       "u64", // uint64_t addr
     ],
     result: "i32",
   },
-  /** int32_t kvp_mem_copy(...) */
+  /** Copies len bytes between any two DRAM/VRAM addresses. */
   kvp_mem_copy: {
     parameters: [
       "i32", // int32_t dst_type
@@ -120,7 +120,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_mem_checksum(...) */
+  /** 64-bit FNV-1a checksum of len bytes (VRAM staged through host memory). */
   kvp_mem_checksum: {
     parameters: [
       "i32", // int32_t mem_type
@@ -133,7 +133,7 @@ export const SYMBOLS = {
   },
 
   // -------------------------------------------------------------------- agent
-  /** int32_t kvp_agent_create(...) */
+  /** Creates an agent on an engine with comma-separated backends and "key=value" params. */
   kvp_agent_create: {
     parameters: [
       "buffer", // const char *name
@@ -144,14 +144,14 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_agent_destroy(...) */
+  /** Destroys an agent, releasing everything and waking its waiters (KVP_ERR_CANCELED). */
   kvp_agent_destroy: {
     parameters: [
       "u64", // uint64_t agent
     ],
     result: "i32",
   },
-  /** int32_t kvp_agent_info(...) */
+  /** "key=value" facts: name, engine, backends, listen (sized out). */
   kvp_agent_info: {
     parameters: [
       "u64", // uint64_t agent
@@ -163,7 +163,7 @@ export const SYMBOLS = {
   },
 
   // ------------------------------------------------------------- registration
-  /** int32_t kvp_register(...) */
+  /** Registers count regions of one memory type in one call. */
   kvp_register: {
     parameters: [
       "u64", // uint64_t agent
@@ -177,7 +177,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_deregister(...) */
+  /** Deregisters what one kvp_register call registered. */
   kvp_deregister: {
     parameters: [
       "u64", // uint64_t agent
@@ -187,7 +187,7 @@ export const SYMBOLS = {
   },
 
   // ----------------------------------------------------------------- metadata
-  /** int32_t kvp_local_metadata(...) */
+  /** This agent's metadata blob (sized out). */
   kvp_local_metadata: {
     parameters: [
       "u64", // uint64_t agent
@@ -197,7 +197,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_load_remote_metadata(...) */
+  /** Loads a peer's metadata; writes the peer's name (sized out). */
   kvp_load_remote_metadata: {
     parameters: [
       "u64", // uint64_t agent
@@ -209,7 +209,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_invalidate_remote(...) */
+  /** Forgets a peer and closes its connection. */
   kvp_invalidate_remote: {
     parameters: [
       "u64", // uint64_t agent
@@ -219,7 +219,7 @@ export const SYMBOLS = {
   },
 
   // --------------------------------------------------------- descriptor lists
-  /** int32_t kvp_dlist_create(...) */
+  /** Builds a descriptor list of count (addr, len, dev) in one call. */
   kvp_dlist_create: {
     parameters: [
       "i32", // int32_t mem_type
@@ -231,7 +231,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_dlist_serialize(...) */
+  /** Serialized form of a list, for a peer (sized out). */
   kvp_dlist_serialize: {
     parameters: [
       "u64", // uint64_t dlist
@@ -241,7 +241,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_dlist_deserialize(...) */
+  /** Rebuilds a list from bytes; malformed bytes are KVP_ERR_MISMATCH. */
   kvp_dlist_deserialize: {
     parameters: [
       "buffer", // const uint8_t *buf
@@ -250,7 +250,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_dlist_info(...) */
+  /** Number of descriptors and memory type of a list. */
   kvp_dlist_info: {
     parameters: [
       "u64", // uint64_t dlist
@@ -259,14 +259,14 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_dlist_release(...) */
+  /** Releases a list built by kvp_dlist_create or kvp_dlist_deserialize. */
   kvp_dlist_release: {
     parameters: [
       "u64", // uint64_t dlist
     ],
     result: "i32",
   },
-  /** int32_t kvp_prep_dlist(...) */
+  /** Prepares a list for transfers: "" local, a peer's name, or own name (loopback). */
   kvp_prep_dlist: {
     parameters: [
       "u64", // uint64_t agent
@@ -276,7 +276,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_prepped_release(...) */
+  /** Releases a prepared list. */
   kvp_prepped_release: {
     parameters: [
       "u64", // uint64_t agent
@@ -286,7 +286,7 @@ export const SYMBOLS = {
   },
 
   // ---------------------------------------------------------------- transfers
-  /** int32_t kvp_xfer_create(...) */
+  /** Makes a transfer request pairing local_idx[i] with remote_idx[i]. */
   kvp_xfer_create: {
     parameters: [
       "u64", // uint64_t agent
@@ -302,7 +302,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_xfer_post(...) */
+  /** Posts a request: KVP_IN_PROG, KVP_SUCCESS (inline) or an error. */
   kvp_xfer_post: {
     parameters: [
       "u64", // uint64_t agent
@@ -310,7 +310,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_xfer_status(...) */
+  /** Current state without blocking: KVP_IN_PROG, KVP_SUCCESS or the error. */
   kvp_xfer_status: {
     parameters: [
       "u64", // uint64_t agent
@@ -318,7 +318,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_xfer_wait(...): blocks up to timeout_ms */
+  /** Blocks up to timeout_ms: KVP_SUCCESS, the error, or KVP_IN_PROG on timeout. */
   kvp_xfer_wait: {
     parameters: [
       "u64", // uint64_t agent
@@ -328,7 +328,7 @@ export const SYMBOLS = {
     result: "i32",
     blocking: true,
   },
-  /** int32_t kvp_xfer_message(...) */
+  /** The message of a failed request (sized out). */
   kvp_xfer_message: {
     parameters: [
       "u64", // uint64_t agent
@@ -339,7 +339,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_xfer_release(...) */
+  /** Releases a request, cancelling it first when active. */
   kvp_xfer_release: {
     parameters: [
       "u64", // uint64_t agent
@@ -349,7 +349,7 @@ export const SYMBOLS = {
   },
 
   // ------------------------------------------------------------ notifications
-  /** int32_t kvp_notif_send(...) */
+  /** Sends a notification (at most 64 KiB) to a loaded peer. */
   kvp_notif_send: {
     parameters: [
       "u64", // uint64_t agent
@@ -359,7 +359,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_notif_take(...) */
+  /** Takes queued notifications as records: u32le name_len, name, u32le msg_len, msg. */
   kvp_notif_take: {
     parameters: [
       "u64", // uint64_t agent
@@ -370,7 +370,7 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_notif_wait(...): blocks up to timeout_ms */
+  /** Blocks up to timeout_ms until a notification is queued (KVP_IN_PROG on timeout). */
   kvp_notif_wait: {
     parameters: [
       "u64", // uint64_t agent
@@ -381,7 +381,7 @@ export const SYMBOLS = {
   },
 
   // -------------------------------------------------------------------- files
-  /** int32_t kvp_file_open(...) */
+  /** Opens a file for FILE registration (flags KVP_FILE_*; size > 0 grows it). */
   kvp_file_open: {
     parameters: [
       "buffer", // const char *path
@@ -392,14 +392,14 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** int32_t kvp_file_sync(...) */
+  /** fdatasync of an fd from kvp_file_open. */
   kvp_file_sync: {
     parameters: [
       "i32", // int32_t fd
     ],
     result: "i32",
   },
-  /** int32_t kvp_file_close(...) */
+  /** Closes an fd from kvp_file_open. */
   kvp_file_close: {
     parameters: [
       "i32", // int32_t fd
