@@ -5,6 +5,8 @@
  * @module
  */
 import { configCommand } from "./config_cmd.ts";
+import { demoCommand } from "./demo_cmd.ts";
+import { pdReceiverCommand, pdSenderCommand } from "./pd_cmd.ts";
 
 /**
  * One `kvport` subcommand.
@@ -42,4 +44,7 @@ export interface Command {
  */
 export const commands: Command[] = [
   configCommand,
+  demoCommand,
+  pdReceiverCommand,
+  pdSenderCommand,
 ];

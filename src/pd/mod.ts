@@ -58,3 +58,4 @@ export {
   type SendResult,
 } from "./sender.ts";
 export { ProxyNotifier, type ProxyNotifierOptions } from "./proxy.ts";
+export { checkPattern, fillPattern } from "./pattern.ts";

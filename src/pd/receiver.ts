@@ -114,6 +114,7 @@ export class PdReceiver implements AsyncDisposable {
   readonly #entries = new Map<string, ReceivedChunk>();
   readonly #pageKey = new Map<number, string>();
   #waiters: Waiter[] = [];
+  #landedListeners = new Set<(keys: string[]) => void>();
   #unsubscribe: () => void;
   #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0 };
   #lastError: string | null = null;
@@ -357,10 +358,34 @@ export class PdReceiver implements AsyncDisposable {
     this.pool.release([e.page]);
   }
 
+  /**
+   * Calls `handler` with the keys of every WRITE whose data has landed (from the
+   * sender's notification; LMCache senders send none). Returns the unsubscribe function.
+   */
+  onLanded(handler: (keys: string[]) => void): () => void {
+    this.#landedListeners.add(handler);
+    return () => {
+      this.#landedListeners.delete(handler);
+    };
+  }
+
   #landed(keys: string[]): void {
+    const fresh: string[] = [];
     for (const k of keys) {
       const e = this.#entries.get(k);
-      if (e) e.landed = true;
+      if (e && !e.landed) {
+        e.landed = true;
+        fresh.push(k);
+      }
+    }
+    if (fresh.length > 0) {
+      for (const l of this.#landedListeners) {
+        try {
+          l(fresh);
+        } catch {
+          // A listener's failure is its own.
+        }
+      }
     }
     if (this.#waiters.length === 0) return;
     this.#waiters = this.#waiters.filter((w) => {

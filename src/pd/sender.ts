@@ -330,6 +330,33 @@ export class PdSender implements AsyncDisposable {
     return link;
   }
 
+  /**
+   * Handshakes with the receiver of `spec` now (a send would do it on first use), so the
+   * first request does not pay for it. Resolves `true` when a handshake happened.
+   */
+  connect(spec: Omit<DisaggSpec, "reqId" | "isLastPrefill">): Promise<boolean> {
+    if (this.#closing) {
+      return Promise.reject(new ChannelError("CLOSED", "PD sender is closed"));
+    }
+    let link: Link;
+    try {
+      link = this.#link({ ...spec, reqId: "", isLastPrefill: false });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return link.queue.run(async () => {
+      if (link.alloc !== null && link.alloc.lost === null && this.channel.hasPeer(link.id)) {
+        return false;
+      }
+      try {
+        await this.#handshake(link);
+      } catch (e) {
+        throw new PdSendError("(connect)", link.id, "handshake", errorMessage(e), e);
+      }
+      return true;
+    });
+  }
+
   async #send(link: Link, spec: DisaggSpec, batch: SendBatch): Promise<SendResult> {
     const reqId = spec.reqId;
     const fail = async (
@@ -371,16 +398,11 @@ export class PdSender implements AsyncDisposable {
           await restarted(lost ?? "its connection is gone");
         }
         if (!healthy) {
-          await this.#reset(link);
           try {
-            await this.channel.connect(link.id, joinHostPort(link.host, link.initPort));
-            link.alloc = await openRequester(joinHostPort(link.host, link.allocPort), {
-              timeoutMs: this.#allocTimeoutMs,
-            });
+            await this.#handshake(link);
           } catch (e) {
             await fail("handshake", errorMessage(e), e);
           }
-          link.generation++;
           handshook = true;
         }
         if (!track) {
@@ -484,6 +506,21 @@ export class PdSender implements AsyncDisposable {
   async #cancelOnReceiver(link: Link, reqId: string, keys: string[]): Promise<void> {
     if (!link.alloc || link.alloc.lost || keys.length === 0) return;
     await link.alloc.request({ type: "CancelNotif", req_id: reqId, keys }, 2000).catch(() => {});
+  }
+
+  /** Forgets what was known of the receiver, handshakes, opens the allocation socket. */
+  async #handshake(link: Link): Promise<void> {
+    await this.#reset(link);
+    try {
+      await this.channel.connect(link.id, joinHostPort(link.host, link.initPort));
+      link.alloc = await openRequester(joinHostPort(link.host, link.allocPort), {
+        timeoutMs: this.#allocTimeoutMs,
+      });
+    } catch (e) {
+      await this.#reset(link);
+      throw e;
+    }
+    link.generation++;
   }
 
   async #reset(link: Link): Promise<void> {

@@ -1,0 +1,467 @@
+/**
+ * `kvport demo`: a prefill -> decode transfer between two processes, checked byte for
+ * byte. It writes LMCache-style prefiller and decoder configurations to a temporary
+ * directory, starts `kvport pd-receiver` and `kvport pd-sender` as child processes,
+ * collects the proxy notification itself, and prints the throughput next to memcpy
+ * measured in the same run.
+ *
+ * @module
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import process from "node:process";
+import * as readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { ProxyNotifier } from "../src/pd/proxy.ts";
+import type { Command } from "./commands.ts";
+import { err, out } from "./io.ts";
+import { defaultShape, kvGeometry } from "./pd_cmd.ts";
+
+const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--keep]
+
+Runs disaggregated prefill between two processes on this machine: a decoder
+(kvport pd-receiver) and a prefiller (kvport pd-sender), configured by LMCache-style YAML
+files written to a temporary directory. The prefiller sends one request of N chunks of a
+realistic KV shape (28 layers x 2 x 256 tokens x 8 heads x 128 x bf16 = 28 MiB a
+chunk), the decoder checks every byte, this process collects the ProxyNotif, and the
+throughput is printed next to memcpy measured in the same run.
+
+Options:
+      --chunks N     chunks in the request (default: 16, fewer when memory is short)
+      --batch B      chunks per AllocRequest + WRITE (default 8)
+      --kv-shape S   shape of one chunk (default 2,28,256,1024)
+      --timeout S    give up after S seconds (default 120)
+      --keep         keep the temporary directory with the configurations
+      --json         print the result as one JSON line at the end
+  -h, --help         this help`;
+
+/** What one child process reported, line by line. */
+interface Child {
+  name: string;
+  lines: AsyncIterableIterator<Record<string, unknown>>;
+  exited: Promise<number>;
+  stderr: string[];
+  kill(): void;
+}
+
+function cliEntry(): { cmd: string; args: string[] } {
+  const main = new URL("./main.ts", import.meta.url);
+  const script = main.protocol === "file:" ? fileURLToPath(main) : main.href;
+  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
+  return isBun
+    ? { cmd: process.execPath, args: [script] }
+    : { cmd: process.execPath, args: ["run", "-A", script] };
+}
+
+function start(name: string, args: string[]): Child {
+  const entry = cliEntry();
+  const child = spawn(entry.cmd, [...entry.args, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: process.env,
+  });
+  const stderr: string[] = [];
+  readline.createInterface({ input: child.stderr! }).on("line", (l: string) => {
+    stderr.push(l);
+    if (stderr.length > 50) stderr.shift();
+  });
+  const rl = readline.createInterface({ input: child.stdout! });
+  async function* lines(): AsyncIterableIterator<Record<string, unknown>> {
+    for await (const line of rl) {
+      try {
+        yield JSON.parse(line);
+      } catch {
+        stderr.push(line);
+      }
+    }
+  }
+  const exited = new Promise<number>((resolve) => {
+    child.on(
+      "exit",
+      (code: number | null, signal: string | null) => resolve(code ?? (signal ? 128 : 1)),
+    );
+    child.on("error", (e: Error) => {
+      stderr.push(e.message);
+      resolve(127);
+    });
+  });
+  return {
+    name,
+    lines: lines(),
+    exited,
+    stderr,
+    kill: () => {
+      if (child.exitCode === null) child.kill("SIGTERM");
+    },
+  };
+}
+
+async function next(
+  child: Child,
+  event: string,
+  timeoutMs: number,
+): Promise<Record<string, unknown>> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${child.name} did not report "${event}" within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+  });
+  const read = (async () => {
+    for (;;) {
+      const r = await child.lines.next();
+      if (r.done) {
+        const code = await child.exited;
+        throw new Error(
+          `${child.name} exited (code ${code}) before "${event}"` +
+            (child.stderr.length ? `:\n  ${child.stderr.slice(-8).join("\n  ")}` : ""),
+        );
+      }
+      if (r.value.event === event) return r.value;
+    }
+  })();
+  try {
+    return await Promise.race([read, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** memcpy bandwidth (bytes/s) of `bytes`, by `native/build/kvport-limits` or in-process. */
+export async function measureMemcpy(bytes: number): Promise<{ bps: number; source: string }> {
+  const tool = fileURLToPath(new URL("../native/build/kvport-limits", import.meta.url));
+  if (fs.existsSync(tool)) {
+    const size = Math.min(bytes, 512 * 2 ** 20);
+    const reps = Math.max(3, Math.ceil(bytes / size));
+    const line = await new Promise<string>((resolve) => {
+      const p = spawn(tool, ["memcpy", String(size), String(reps)], {
+        stdio: ["ignore", "pipe", "ignore"],
+      });
+      let text = "";
+      p.stdout!.on("data", (d: Uint8Array) => (text += new TextDecoder().decode(d)));
+      p.on("exit", () => resolve(text.trim().split("\n").pop() ?? ""));
+      p.on("error", () => resolve(""));
+    });
+    const bps = bytesPerSecond(line);
+    if (bps > 0) return { bps, source: "kvport-limits memcpy" };
+  }
+  // In-process fallback: TypedArray.set between two large buffers is a memcpy.
+  const size = Math.min(bytes, 256 * 2 ** 20);
+  const a = new Uint8Array(size).fill(1);
+  const b = new Uint8Array(size);
+  b.set(a); // fault the pages in
+  const reps = Math.max(3, Math.ceil(bytes / size));
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) (i & 1 ? a : b).set(i & 1 ? b : a);
+  const s = (performance.now() - t0) / 1000;
+  return { bps: (size * reps) / s, source: "TypedArray.set (kvport-limits not built)" };
+}
+
+/** Bytes per second from a kvport-limits JSON line, whatever its unit. */
+function bytesPerSecond(line: string): number {
+  try {
+    const j = JSON.parse(line) as Record<string, number>;
+    if (typeof j.bytes_per_sec === "number") return j.bytes_per_sec;
+    if (typeof j.bytesPerSec === "number") return j.bytesPerSec;
+    if (typeof j.gbps === "number") return j.gbps * 1e9;
+    if (typeof j.GBps === "number") return j.GBps * 1e9;
+    if (typeof j.gib_per_sec === "number") return j.gib_per_sec * 2 ** 30;
+    if (typeof j.bytes === "number" && typeof j.seconds === "number" && j.seconds > 0) {
+      return (j.bytes * (j.reps ?? 1)) / j.seconds;
+    }
+  } catch {
+    // not JSON
+  }
+  return 0;
+}
+
+class Progress {
+  #tty: boolean;
+  #last = "";
+  #lastPlain = -1;
+  sent = 0;
+  landed = 0;
+  constructor(readonly total: number) {
+    this.#tty = process.stdout.isTTY === true;
+  }
+  draw(): void {
+    if (this.#tty) {
+      const width = 30;
+      const bar = (n: number) => {
+        const f = this.total === 0 ? width : Math.round((n / this.total) * width);
+        return "#".repeat(f) + ".".repeat(width - f);
+      };
+      const line = `  sent [${bar(this.sent)}] ${this.sent}/${this.total}   ` +
+        `verified [${bar(this.landed)}] ${this.landed}/${this.total}`;
+      if (line !== this.#last) {
+        process.stdout.write(`\r${line}`);
+        this.#last = line;
+      }
+    } else {
+      const step = Math.max(1, Math.floor(this.total / 4));
+      if (this.landed === this.total || this.landed - this.#lastPlain >= step) {
+        out(`  ${this.sent}/${this.total} sent, ${this.landed}/${this.total} verified`);
+        this.#lastPlain = this.landed;
+      }
+    }
+  }
+  end(): void {
+    if (this.#tty && this.#last) process.stdout.write("\n");
+  }
+}
+
+function mib(n: number): string {
+  return `${(n / 2 ** 20).toFixed(1)} MiB`;
+}
+
+async function runDemo(args: string[]): Promise<number> {
+  let v;
+  try {
+    v = parseArgs({
+      args,
+      strict: true,
+      options: {
+        chunks: { type: "string" },
+        batch: { type: "string" },
+        "kv-shape": { type: "string" },
+        timeout: { type: "string" },
+        keep: { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }).values;
+  } catch (e) {
+    err(`kvport demo: ${(e as Error).message}\nRun "kvport demo --help" for the options.`);
+    return 2;
+  }
+  if (v.help) {
+    out(HELP);
+    return 0;
+  }
+  const geo = kvGeometry(v["kv-shape"], "bfloat16", 256);
+  const timeoutMs = Number(v.timeout ?? 120) * 1000;
+  // Two buffers of N chunks (sender and receiver), plus room for both runtimes.
+  const free = os.freemem();
+  const fit = Math.floor((free * 0.5) / (2 * geo.pageSize));
+  let chunks = v.chunks === undefined ? Math.min(16, fit) : Number(v.chunks);
+  if (!Number.isSafeInteger(chunks) || chunks < 1) {
+    if (v.chunks !== undefined) {
+      err(`kvport demo: --chunks expects an integer >= 1, got ${v.chunks}`);
+      return 2;
+    }
+    chunks = 1;
+  }
+  const batch = Math.max(1, Math.min(chunks, Number(v.batch ?? 8) || 8));
+  const bufferSize = chunks * geo.pageSize;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-demo-"));
+  const [initPort, allocPort, proxyPort] = [await freePort(), await freePort(), await freePort()];
+  const common = [
+    "enable_pd: true",
+    'transfer_channel: "nixl"',
+    `pd_buffer_size: ${bufferSize}`,
+    'pd_buffer_device: "cpu"',
+    "nixl_backends: [UCX]",
+  ];
+  const decoderYaml = path.join(dir, "lmcache-decoder-config.yaml");
+  const prefillerYaml = path.join(dir, "lmcache-prefiller-config.yaml");
+  fs.writeFileSync(
+    decoderYaml,
+    [
+      "# kvport demo: the decoder (LMCache keys)",
+      ...common,
+      'pd_role: "receiver"',
+      'pd_peer_host: "127.0.0.1"',
+      `pd_peer_init_port: [${initPort}]`,
+      `pd_peer_alloc_port: [${allocPort}]`,
+      "pd_allocation_timeout_sec: 30",
+      "",
+    ].join("\n"),
+  );
+  fs.writeFileSync(
+    prefillerYaml,
+    [
+      "# kvport demo: the prefiller (LMCache keys)",
+      ...common,
+      'pd_role: "sender"',
+      'pd_proxy_host: "127.0.0.1"',
+      `pd_proxy_port: ${proxyPort}`,
+      "",
+    ].join("\n"),
+  );
+  const shape = v["kv-shape"] ?? defaultShape(256).join(",");
+  const reqId = `demo-${process.pid}`;
+  out(`kvport demo: disaggregated prefill between two processes, checked byte for byte`);
+  out(
+    `  request ${reqId}: ${chunks} chunk(s) of ${mib(geo.pageSize)} ` +
+      `(KV shape [${geo.shape.join(", ")}] bfloat16) = ${mib(bufferSize)}` +
+      (v.chunks === undefined && chunks < 16 ? ` (fewer than 16: ${mib(free)} free)` : ""),
+  );
+  out(`  configurations: ${dir}`);
+
+  const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: proxyPort });
+  const children: Child[] = [];
+  const memcpy = measureMemcpy(bufferSize);
+  try {
+    const rx = start("pd-receiver", [
+      "pd-receiver",
+      "--config",
+      decoderYaml,
+      "--kv-shape",
+      shape,
+      "--verify",
+      "--expect",
+      String(chunks),
+      "--timeout",
+      String(Math.ceil(timeoutMs / 1000)),
+      "--json",
+    ]);
+    children.push(rx);
+    const ready = await next(rx, "ready", 30_000);
+    out(
+      `  decoder ${ready.id}: ${ready.engine} engine, handshakes on ${ready.init}, ` +
+        `allocations on ${ready.alloc}`,
+    );
+    const proxyDone = proxy.waitFor(reqId, { timeoutMs });
+    proxyDone.catch(() => {});
+    const tx = start("pd-sender", [
+      "pd-sender",
+      "--config",
+      prefillerYaml,
+      "--receiver-host",
+      "127.0.0.1",
+      "--init-port",
+      String(initPort),
+      "--alloc-port",
+      String(allocPort),
+      "--chunks",
+      String(chunks),
+      "--batch",
+      String(batch),
+      "--kv-shape",
+      shape,
+      "--req-id",
+      reqId,
+      "--json",
+    ]);
+    children.push(tx);
+    const txReady = await next(tx, "ready", 30_000);
+    out(
+      `  prefiller: ${txReady.engine} engine, handshake ${
+        Number(txReady.handshakeMs).toFixed(1)
+      } ms`,
+    );
+    const progress = new Progress(chunks);
+    let txDone: Record<string, unknown> | undefined;
+    let rxDone: Record<string, unknown> | undefined;
+    const readTx = (async () => {
+      for await (const e of tx.lines) {
+        if (e.event === "progress") {
+          progress.sent = Number(e.sent);
+          progress.draw();
+        } else if (e.event === "done") txDone = e;
+      }
+    })();
+    const readRx = (async () => {
+      for await (const e of rx.lines) {
+        if (e.event === "landed") {
+          progress.landed = Number(e.n);
+          progress.draw();
+        } else if (e.event === "done") rxDone = e;
+      }
+    })();
+    const [txCode, rxCode] = await Promise.all([tx.exited, rx.exited]);
+    await Promise.all([readTx, readRx]);
+    progress.end();
+    if (txCode !== 0 || !txDone) {
+      err(
+        `kvport demo: the prefiller failed (exit ${txCode}):\n  ${
+          tx.stderr.slice(-10).join("\n  ")
+        }`,
+      );
+      return 1;
+    }
+    if (!rxDone) {
+      err(
+        `kvport demo: the decoder failed (exit ${rxCode}):\n  ${rx.stderr.slice(-10).join("\n  ")}`,
+      );
+      return 1;
+    }
+    let notified = true;
+    await proxyDone.catch(() => (notified = false));
+    const mc = await memcpy;
+    const bps = Number(txDone.bytes) / Number(txDone.seconds);
+    const ratio = bps / mc.bps;
+    const landed = Number(rxDone.landed);
+    const bad = Number(rxDone.bad);
+    out(
+      `  transfer: ${mib(Number(txDone.bytes))} in ${
+        (Number(txDone.seconds) * 1000).toFixed(1)
+      } ms` +
+        ` = ${(bps / 1e9).toFixed(2)} GB/s, ${Number(txDone.chunksPerSec).toFixed(0)} chunks/s`,
+    );
+    out(
+      `  memcpy:   ${(mc.bps / 1e9).toFixed(2)} GB/s (${mc.source}) -> ratio ${ratio.toFixed(2)}`,
+    );
+    out(
+      `  decoder:  ${landed}/${chunks} chunks landed, ${landed - bad} verified byte for byte` +
+        (bad ? `, ${bad} BAD` : ""),
+    );
+    out(
+      `  proxy:    ${
+        notified ? `ProxyNotif{req_id: "${reqId}"} received` : "NO ProxyNotif received"
+      }`,
+    );
+    const ok = txCode === 0 && rxCode === 0 && bad === 0 && landed === chunks && notified;
+    if (v.json) {
+      out(JSON.stringify({
+        ok,
+        chunks,
+        chunkBytes: geo.pageSize,
+        bytes: Number(txDone.bytes),
+        seconds: Number(txDone.seconds),
+        gbps: bps / 1e9,
+        memcpyGbps: mc.bps / 1e9,
+        ratio,
+        verified: landed - bad,
+        notified,
+      }));
+    }
+    out(ok ? "  result:   OK" : "  result:   FAILED");
+    return ok ? 0 : 1;
+  } finally {
+    for (const c of children) c.kill();
+    await Promise.all(children.map((c) => c.exited));
+    await proxy.close();
+    if (!v.keep) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `kvport demo`.
+ *
+ * @example
+ * ```ts
+ * import { demoCommand } from "./demo_cmd.ts";
+ * const code = await demoCommand.run(["--chunks", "4"]);
+ * ```
+ */
+export const demoCommand: Command = {
+  name: "demo",
+  summary: "a prefill -> decode transfer between two processes, checked byte for byte",
+  run: runDemo,
+};

@@ -1,0 +1,484 @@
+/**
+ * `kvport pd-receiver` and `kvport pd-sender`: each side of disaggregated prefill on
+ * its own, from an LMCache configuration file, with synthetic KV chunks whose every
+ * byte the receiver can check. `kvport demo` runs both.
+ *
+ * @module
+ */
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { ConfigError, type KvportConfig, loadConfig } from "../src/config/mod.ts";
+import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
+import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
+import { PdReceiver } from "../src/pd/receiver.ts";
+import { PdSender } from "../src/pd/sender.ts";
+import type { Command } from "./commands.ts";
+import { err, out } from "./io.ts";
+
+/** KV chunk geometry of the synthetic requests. */
+export interface KvGeometry {
+  /** LMCache `MemoryFormat` value. */
+  fmt: number;
+  /** Shape of one full chunk. */
+  shape: number[];
+  /** Data type name. */
+  dtype: string;
+  /** Bytes of one full chunk (the page size). */
+  pageSize: number;
+}
+
+/** Default KV shape: 2 (K, V) x 28 layers x chunk_size tokens x 8 heads x 128 (bf16). */
+export function defaultShape(chunkSize: number): number[] {
+  return [2, 28, chunkSize, 8 * 128];
+}
+
+/**
+ * The geometry from `--kv-shape`/`--dtype`/`--fmt` and the configuration's chunk size.
+ *
+ * @example
+ * ```ts
+ * import { kvGeometry } from "./pd_cmd.ts";
+ * console.log(kvGeometry(undefined, "bfloat16", 256).pageSize); // 29360128 (28 MiB)
+ * ```
+ */
+export function kvGeometry(
+  shapeText: string | undefined,
+  dtype: string,
+  chunkSize: number,
+): KvGeometry {
+  const shape = shapeText === undefined
+    ? defaultShape(chunkSize)
+    : shapeText.split(/[,x]/).map((s) => Number(s.trim()));
+  if (shape.length === 0 || shape.some((n) => !Number.isSafeInteger(n) || n <= 0)) {
+    throw new UsageError(
+      `--kv-shape expects positive integers like 2,28,256,1024, got ${shapeText}`,
+    );
+  }
+  const fmt = MemoryFormat.KV_2LTD;
+  const pageSize = chunkBytes(fmt, shape, dtype);
+  if (pageSize === undefined) throw new UsageError(`--dtype ${dtype} is not a known dtype`);
+  return { fmt, shape, dtype, pageSize };
+}
+
+/** A mistake on the command line: exit code 2. */
+class UsageError extends Error {}
+
+function int(name: string, text: string | undefined, min: number, dflt?: number): number {
+  if (text === undefined) {
+    if (dflt === undefined) throw new UsageError(`--${name} is required`);
+    return dflt;
+  }
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`--${name} expects an integer >= ${min}, got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
+function ports(name: string, text: string | undefined, dflt: readonly number[] | null): number[] {
+  if (text === undefined) {
+    if (!dflt || dflt.length === 0) {
+      throw new UsageError(`--${name} is required (not in the configuration)`);
+    }
+    return [...dflt];
+  }
+  return text.split(",").map((p) => int(name, p.trim(), 0));
+}
+
+function load(file: string | undefined, overrides: Record<string, unknown>): KvportConfig {
+  const { config, warnings } = loadConfig({
+    ...(file === undefined ? {} : { file }),
+    ...(Object.keys(overrides).length > 0 ? { overrides } : {}),
+  });
+  for (const w of warnings) {
+    if (w.code !== "forced_value") err(`warning: ${w.message}`);
+  }
+  return config;
+}
+
+function emit(json: boolean, event: Record<string, unknown>, text: string): void {
+  if (json) out(JSON.stringify(event));
+  else if (text) out(text);
+}
+
+async function wrap(name: string, help: string, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`kvport ${name}: ${e.message}\nRun "kvport ${name} --help" for the options.`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      err(`kvport ${name}: ${e.message}`);
+      return 2;
+    }
+    void help;
+    throw e;
+  }
+}
+
+type ParseOptions = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
+
+function parse(args: string[], options: ParseOptions) {
+  try {
+    return parseArgs({ args, strict: true, allowPositionals: false, options }).values as Record<
+      string,
+      string | boolean | undefined
+    >;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** Waits for SIGINT or SIGTERM. */
+function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (sig: string) => () => {
+      process.off("SIGINT", onInt);
+      process.off("SIGTERM", onTerm);
+      resolve(sig);
+    };
+    const onInt = on("SIGINT");
+    const onTerm = on("SIGTERM");
+    process.on("SIGINT", onInt);
+    process.on("SIGTERM", onTerm);
+  });
+}
+
+const RECEIVER_HELP = `Usage: kvport pd-receiver --config F [--tp-rank R] [options]
+
+Runs the decoder side of disaggregated prefill: answers handshakes on
+pd_peer_host:pd_peer_init_port[R] and AllocRequests on pd_peer_alloc_port[R], takes the
+chunks senders WRITE, checks each (with --verify) and frees its page.
+
+Options:
+  -c, --config F          LMCache configuration (default: $LMCACHE_CONFIG_FILE)
+  -r, --tp-rank R         TP rank: picks the ports of the port lists (default 0)
+      --kv-shape S        shape of one chunk (default 2,28,chunk_size,1024)
+      --dtype T           dtype (default bfloat16)
+      --init-port P       override pd_peer_init_port[R] (0: any free port)
+      --alloc-port P      override pd_peer_alloc_port[R] (0: any free port)
+      --verify            check every byte of each chunk (kvport pd-sender content)
+      --expect N          exit after N chunks have landed (0 when all were good)
+      --timeout S         with --expect: give up after S seconds (default 120)
+      --json              one JSON object per line (ready, landed, done)
+  -h, --help              this help`;
+
+async function runReceiver(args: string[]): Promise<number> {
+  const v = parse(args, {
+    config: { type: "string", short: "c" },
+    "tp-rank": { type: "string", short: "r" },
+    "kv-shape": { type: "string" },
+    dtype: { type: "string" },
+    "init-port": { type: "string" },
+    "alloc-port": { type: "string" },
+    verify: { type: "boolean", default: false },
+    expect: { type: "string" },
+    timeout: { type: "string" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (v.help) {
+    out(RECEIVER_HELP);
+    return 0;
+  }
+  const json = v.json === true;
+  const config = load(v.config as string | undefined, {});
+  const tpRank = int("tp-rank", v["tp-rank"] as string | undefined, 0, 0);
+  const geo = kvGeometry(
+    v["kv-shape"] as string | undefined,
+    (v.dtype as string) ?? "bfloat16",
+    config.chunk_size,
+  );
+  const expect = v.expect === undefined ? undefined : int("expect", v.expect as string, 1);
+  const timeoutS = int("timeout", v.timeout as string | undefined, 1, 120);
+  const portOverride: { initPort?: number; allocPort?: number } = {};
+  if (v["init-port"] !== undefined) {
+    portOverride.initPort = int("init-port", v["init-port"] as string, 0);
+  }
+  if (v["alloc-port"] !== undefined) {
+    portOverride.allocPort = int("alloc-port", v["alloc-port"] as string, 0);
+  }
+  const rx = await PdReceiver.fromConfig(config, {
+    tpRank,
+    pageSize: geo.pageSize,
+    ...portOverride,
+  });
+  try {
+    for (const w of rx.channel.warnings) err(`warning: ${w}`);
+    emit(
+      json,
+      {
+        event: "ready",
+        id: rx.id,
+        init: rx.initUrl,
+        alloc: rx.allocUrl,
+        engine: rx.channel.engine,
+        pages: rx.channel.pageCount,
+        pageSize: rx.channel.pageSize,
+        pid: process.pid,
+      },
+      `pd-receiver ${rx.id}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl} ` +
+        `(${rx.channel.engine} engine, ${rx.channel.pageCount} pages of ${rx.channel.pageSize} bytes)`,
+    );
+    let landed = 0;
+    let bad = 0;
+    let bytes = 0;
+    let resolveDone!: () => void;
+    const done = new Promise<void>((r) => (resolveDone = r));
+    const t0 = performance.now();
+    rx.onLanded((keys) => {
+      for (const key of keys) {
+        const view = rx.view(key)!;
+        let ok = true;
+        if (v.verify) {
+          const at = checkPattern(key, view);
+          ok = at < 0;
+          if (!ok) {
+            bad++;
+            err(`pd-receiver: chunk ${key} differs from the expected content at byte ${at}`);
+          }
+        }
+        bytes += view.length;
+        landed++;
+        rx.remove(key);
+        emit(json, { event: "landed", key, ok, bytes: view.length, n: landed }, "");
+        if (expect !== undefined && landed >= expect) resolveDone();
+      }
+    });
+    if (expect === undefined) {
+      const sig = await untilSignal();
+      emit(
+        json,
+        { event: "done", landed, bad, bytes, signal: sig },
+        `pd-receiver: ${landed} chunk(s) received (${bad} bad); stopping on ${sig}`,
+      );
+      return bad > 0 ? 1 : 0;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = await Promise.race([
+      done.then(() => false),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutS * 1000))),
+    ]);
+    clearTimeout(timer);
+    const seconds = (performance.now() - t0) / 1000;
+    emit(
+      json,
+      { event: "done", landed, bad, bytes, seconds, timedOut, verified: v.verify === true },
+      `pd-receiver: ${landed} of ${expect} chunk(s) landed` +
+        (v.verify ? `, ${landed - bad} verified byte for byte, ${bad} bad` : "") +
+        (timedOut ? ` (gave up after ${timeoutS} s)` : ""),
+    );
+    return bad > 0 || timedOut ? 1 : 0;
+  } finally {
+    await rx.close();
+  }
+}
+
+const SENDER_HELP = `Usage: kvport pd-sender --config F --init-port P --alloc-port P [options]
+
+Runs the prefiller side of disaggregated prefill with synthetic chunks: for each request
+it asks the receiver for pages (AllocRequest), WRITEs the chunks, and on the last batch
+notifies the proxy (pd_proxy_host:pd_proxy_port) with ProxyNotif{req_id}.
+
+Options:
+  -c, --config F           LMCache configuration (default: $LMCACHE_CONFIG_FILE)
+  -r, --tp-rank R          TP rank (default 0)
+      --receiver-host H    decoder host (default: pd_peer_host, else localhost)
+      --init-port P[,P]    decoder handshake port per TP rank (default: pd_peer_init_port)
+      --alloc-port P[,P]   decoder allocation port per TP rank (default: pd_peer_alloc_port)
+      --chunks N           chunks per request (default 16)
+      --batch B            chunks per AllocRequest/WRITE (default 8)
+      --requests N         number of requests (default 1)
+      --req-id ID          request id (default demo-<pid>; -<n> appended when N > 1)
+      --kv-shape S         shape of one chunk (default 2,28,chunk_size,1024)
+      --dtype T            dtype (default bfloat16)
+      --last-chunk-tokens T  tokens of the last chunk (default: a full chunk)
+      --json               one JSON object per line (ready, progress, done)
+  -h, --help               this help`;
+
+async function runSender(args: string[]): Promise<number> {
+  const v = parse(args, {
+    config: { type: "string", short: "c" },
+    "tp-rank": { type: "string", short: "r" },
+    "receiver-host": { type: "string" },
+    "init-port": { type: "string" },
+    "alloc-port": { type: "string" },
+    chunks: { type: "string" },
+    batch: { type: "string" },
+    requests: { type: "string" },
+    "req-id": { type: "string" },
+    "kv-shape": { type: "string" },
+    dtype: { type: "string" },
+    "last-chunk-tokens": { type: "string" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (v.help) {
+    out(SENDER_HELP);
+    return 0;
+  }
+  const json = v.json === true;
+  const config = load(v.config as string | undefined, {});
+  const tpRank = int("tp-rank", v["tp-rank"] as string | undefined, 0, 0);
+  const geo = kvGeometry(
+    v["kv-shape"] as string | undefined,
+    (v.dtype as string) ?? "bfloat16",
+    config.chunk_size,
+  );
+  const host = (v["receiver-host"] as string | undefined) ?? config.pd_peer_host ?? "localhost";
+  const initPorts = ports(
+    "init-port",
+    v["init-port"] as string | undefined,
+    config.pd_peer_init_port,
+  );
+  const allocPorts = ports(
+    "alloc-port",
+    v["alloc-port"] as string | undefined,
+    config.pd_peer_alloc_port,
+  );
+  const chunks = int("chunks", v.chunks as string | undefined, 0, 16);
+  const batch = int("batch", v.batch as string | undefined, 1, 8);
+  const requests = int("requests", v.requests as string | undefined, 1, 1);
+  const lastToks = int(
+    "last-chunk-tokens",
+    v["last-chunk-tokens"] as string | undefined,
+    1,
+    geo.shape[2],
+  );
+  const baseId = (v["req-id"] as string | undefined) ?? `demo-${process.pid}`;
+  const tx = await PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize });
+  try {
+    for (const w of tx.channel.warnings) err(`warning: ${w}`);
+    const perBatch = Math.min(batch, tx.channel.pageCount);
+    const spec = { receiverHost: host, receiverInitPort: initPorts, receiverAllocPort: allocPorts };
+    const h0 = performance.now();
+    await tx.connect(spec);
+    const handshakeMs = performance.now() - h0;
+    emit(
+      json,
+      { event: "ready", engine: tx.channel.engine, pages: tx.channel.pageCount, handshakeMs },
+      `pd-sender: handshook with ${host}${initPorts[tpRank]} in ${
+        handshakeMs.toFixed(1)
+      } ms (${tx.channel.engine} engine)`,
+    );
+    let totalSent = 0;
+    let totalBytes = 0;
+    let sendMs = 0;
+    const w0 = performance.now();
+    for (let r = 0; r < requests; r++) {
+      const reqId = requests > 1 ? `${baseId}-${r}` : baseId;
+      const keys = Array.from(
+        { length: chunks },
+        (_, i) => demoKey(reqId, i, tpRank, initPorts.length),
+      );
+      let done = 0;
+      if (keys.length === 0) {
+        await tx.send({ ...spec, reqId, isLastPrefill: true }, {
+          keys: [],
+          pages: [],
+          fmt: geo.fmt,
+          shape: geo.shape,
+          dtype: geo.dtype,
+          lastChunkToks: 0,
+        });
+      }
+      while (done < keys.length) {
+        const n = Math.min(perBatch, keys.length - done);
+        const batchKeys = keys.slice(done, done + n);
+        const pages = await tx.allocate(n);
+        const last = done + n === keys.length;
+        batchKeys.forEach((k, i) => {
+          const view = tx.channel.pages[pages[i]];
+          const bytes = last && i === n - 1
+            ? chunkBytes(geo.fmt, geo.shape, geo.dtype, lastToks)!
+            : view.length;
+          fillPattern(k, view.subarray(0, bytes));
+        });
+        const t = performance.now();
+        const res = await tx.send({ ...spec, reqId, isLastPrefill: last }, {
+          keys: batchKeys,
+          pages,
+          fmt: geo.fmt,
+          shape: geo.shape,
+          dtype: geo.dtype,
+          lastChunkToks: last ? lastToks : geo.shape[2],
+        });
+        sendMs += performance.now() - t;
+        done += n;
+        totalSent += res.sent;
+        totalBytes += res.sent * geo.pageSize;
+        emit(json, {
+          event: "progress",
+          req: reqId,
+          sent: done,
+          total: keys.length,
+          skipped: res.skipped,
+        }, "");
+      }
+    }
+    const wallMs = performance.now() - w0;
+    const seconds = sendMs / 1000;
+    const result = {
+      event: "done",
+      requests,
+      chunks: totalSent,
+      bytes: totalBytes,
+      seconds,
+      wallSeconds: wallMs / 1000,
+      gbps: seconds > 0 ? totalBytes / seconds / 1e9 : 0,
+      chunksPerSec: seconds > 0 ? totalSent / seconds : 0,
+      handshakeMs,
+    };
+    emit(
+      json,
+      result,
+      `pd-sender: ${totalSent} chunk(s), ${(totalBytes / 2 ** 20).toFixed(1)} MiB in ` +
+        `${(seconds * 1000).toFixed(1)} ms: ${result.gbps.toFixed(2)} GB/s, ` +
+        `${result.chunksPerSec.toFixed(0)} chunks/s`,
+    );
+    return 0;
+  } finally {
+    await tx.close();
+  }
+}
+
+/** The key of chunk `i` of a synthetic request. */
+export function demoKey(reqId: string, i: number, worker = 0, world = 1): string {
+  let h = 0x811c9dc5;
+  const s = `${reqId}/${i}`;
+  for (let j = 0; j < s.length; j++) h = Math.imul(h ^ s.charCodeAt(j), 0x01000193);
+  const hex = (h >>> 0).toString(16).padStart(8, "0") + i.toString(16).padStart(4, "0");
+  return `vllm@kvport-demo@${world}@${worker}@${hex}@bfloat16`;
+}
+
+/**
+ * `kvport pd-receiver`.
+ *
+ * @example
+ * ```ts
+ * import { pdReceiverCommand } from "./pd_cmd.ts";
+ * await pdReceiverCommand.run(["--config", "decoder.yaml", "--verify", "--expect", "16"]);
+ * ```
+ */
+export const pdReceiverCommand: Command = {
+  name: "pd-receiver",
+  summary: "run the decoder side of disaggregated prefill from an LMCache configuration",
+  run: (args) => wrap("pd-receiver", RECEIVER_HELP, () => runReceiver(args)),
+};
+
+/**
+ * `kvport pd-sender`.
+ *
+ * @example
+ * ```ts
+ * import { pdSenderCommand } from "./pd_cmd.ts";
+ * await pdSenderCommand.run(["--config", "prefiller.yaml", "--init-port", "7300", "--alloc-port", "7400"]);
+ * ```
+ */
+export const pdSenderCommand: Command = {
+  name: "pd-sender",
+  summary: "send synthetic KV chunks to a decoder, as a prefiller does (then notify the proxy)",
+  run: (args) => wrap("pd-sender", SENDER_HELP, () => runSender(args)),
+};
