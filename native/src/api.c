@@ -1,0 +1,404 @@
+/*
+ * api.c - the exported agent-level functions: handle validation, argument checks that
+ * do not depend on the engine, and dispatch through the engine vtable (engine.h).
+ */
+#include <stdio.h>
+#include <sys/stat.h>
+
+#include "engine.h"
+#include "errors.h"
+#include "metadata.h"
+
+/* ------------------------------------------------------------------ engines ---- */
+
+static const char *nixl_prefix(void) {
+    const char *p = getenv("NIXL_PREFIX");
+    return (p && *p) ? p : "/opt/nvidia/nvda_nixl";
+}
+
+const char *kvp_nixl_unavailable_reason(void) {
+    return "NIXL is not available: this library was built without the nixl engine";
+}
+
+/* "searched=..." value: the header and library folders the nixl engine would need. */
+static void nixl_searched(kvp_buf *b) {
+    const char *pre = nixl_prefix();
+    const char *sub[] = {"/include/nixl.h", "/lib/x86_64-linux-gnu", "/lib64", "/lib"};
+    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
+        char path[1024];
+        struct stat st;
+        snprintf(path, sizeof path, "%s%s", pre, sub[i]);
+        bool found = stat(path, &st) == 0;
+        char item[1100];
+        int n = snprintf(item, sizeof item, "%s%s%s", i ? "," : "", path,
+                         found ? "(exists)" : "(missing)");
+        if (n > 0) kvp_buf_put(b, item, (size_t)KVP_MIN((size_t)n, sizeof item - 1));
+    }
+}
+
+KVP_API int32_t kvp_engines(uint8_t *buf, uint64_t cap, uint64_t *len) {
+    kvp_err_clear();
+    static const char e[] = "builtin";
+    return kvp_sized_out(e, sizeof e - 1, buf, cap, len);
+}
+
+KVP_API int32_t kvp_engine_probe(const char *engine, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    kvp_err_clear();
+    if (!engine) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_engine_probe: engine is NULL");
+    kvp_buf b = {0};
+    char line[512];
+    if (strcmp(engine, "builtin") == 0 || strcmp(engine, "auto") == 0) {
+        snprintf(line, sizeof line,
+                 "engine=builtin\navailable=1\nreason=\nplugins=UCX,TCP,POSIX\n"
+                 "version=" KVP_VERSION_STRING "\nabi=%u\n%s",
+                 KVP_ABI_VERSION, engine[0] == 'a' ? "resolved=builtin\n" : "");
+        kvp_buf_put(&b, line, strlen(line));
+        kvp_buf_put(&b, "searched=", 9);
+        if (engine[0] == 'a') nixl_searched(&b);
+        kvp_buf_put(&b, "\n", 1);
+    } else if (strcmp(engine, "nixl") == 0) {
+        snprintf(line, sizeof line, "engine=nixl\navailable=0\nreason=%s\nplugins=\nversion=\n",
+                 kvp_nixl_unavailable_reason());
+        kvp_buf_put(&b, line, strlen(line));
+        kvp_buf_put(&b, "searched=", 9);
+        nixl_searched(&b);
+        kvp_buf_put(&b, "\n", 1);
+    } else {
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "unknown engine \"%.64s\": expected \"auto\", \"builtin\" or \"nixl\"",
+                       engine);
+    }
+    if (b.oom) {
+        kvp_buf_free(&b);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    }
+    int32_t st = kvp_sized_out(b.p, b.len, buf, cap, len);
+    kvp_buf_free(&b);
+    return st;
+}
+
+/* ------------------------------------------------------------------ agents ---- */
+
+static void agent_obj_release(kvp_obj *o) {
+    kvp_agent *a = (kvp_agent *)o;
+    pthread_mutex_lock(&a->life_mu);
+    a->gone = true;
+    pthread_cond_broadcast(&a->life_cv);
+    pthread_mutex_unlock(&a->life_mu);
+}
+
+int32_t kvp_agent_base_init(kvp_agent *a, const kvp_engine_ops *ops, const char *name) {
+    kvp_obj_init(&a->obj, KVP_H_AGENT, agent_obj_release);
+    a->ops = ops;
+    snprintf(a->name, sizeof a->name, "%s", name);
+    atomic_init(&a->dying, false);
+    a->gone = false;
+    if (pthread_mutex_init(&a->life_mu, NULL) != 0)
+        return kvp_err(KVP_ERR_BACKEND, "pthread_mutex_init failed");
+    if (pthread_cond_init(&a->life_cv, NULL) != 0) {
+        pthread_mutex_destroy(&a->life_mu);
+        return kvp_err(KVP_ERR_BACKEND, "pthread_cond_init failed");
+    }
+    return KVP_SUCCESS;
+}
+
+void kvp_agent_base_fini(kvp_agent *a) {
+    pthread_cond_destroy(&a->life_cv);
+    pthread_mutex_destroy(&a->life_mu);
+}
+
+/* Backends: the builtin engine serves UCX, TCP and POSIX; names NIXL knows but the
+ * builtin engine does not serve are refused with a message naming the nixl engine. */
+static int32_t parse_backends(const char *backends, uint32_t *mask) {
+    *mask = 0;
+    if (!backends || !*backends) {
+        *mask = KVP_CAP_UCX | KVP_CAP_POSIX;
+        return KVP_SUCCESS;
+    }
+    const char *p = backends;
+    while (*p) {
+        while (*p == ',' || *p == ' ') p++;
+        if (!*p) break;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ') e++;
+        size_t n = (size_t)(e - p);
+        char nm[64];
+        snprintf(nm, sizeof nm, "%.*s", (int)KVP_MIN(n, sizeof nm - 1), p);
+        if (strcmp(nm, "UCX") == 0) *mask |= KVP_CAP_UCX;
+        else if (strcmp(nm, "TCP") == 0) *mask |= KVP_CAP_TCP;
+        else if (strcmp(nm, "POSIX") == 0) *mask |= KVP_CAP_POSIX;
+        else
+            return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                           "backend %s needs the nixl engine (%s); the builtin engine serves "
+                           "UCX, TCP and POSIX",
+                           nm, kvp_nixl_unavailable_reason());
+        p = e;
+    }
+    if (*mask == 0) *mask = KVP_CAP_UCX | KVP_CAP_POSIX;
+    return KVP_SUCCESS;
+}
+
+KVP_API int32_t kvp_agent_create(const char *name, const char *engine, const char *backends,
+                                 const char *params, uint64_t *out_agent) {
+    kvp_err_clear();
+    if (!out_agent) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_agent_create: out_agent is NULL");
+    *out_agent = 0;
+    if (!name || !*name || strlen(name) > KVP_NAME_MAX)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "agent name must be 1..%d bytes, got %zu", KVP_NAME_MAX,
+                       name ? strlen(name) : (size_t)0);
+    for (const unsigned char *c = (const unsigned char *)name; *c; c++)
+        if (*c < 0x20 || *c == 0x7f)
+            return kvp_err(KVP_ERR_INVALID_PARAM, "agent name contains a control character");
+    const char *eng = (engine && *engine) ? engine : "auto";
+    if (strcmp(eng, "nixl") == 0) {
+        kvp_buf b = {0};
+        nixl_searched(&b);
+        kvp_buf_u8(&b, 0);
+        int32_t st = kvp_err(KVP_ERR_NOT_SUPPORTED, "%s (searched %s); use engine \"builtin\"",
+                             kvp_nixl_unavailable_reason(), b.oom ? "?" : (char *)b.p);
+        kvp_buf_free(&b);
+        return st;
+    }
+    if (strcmp(eng, "auto") != 0 && strcmp(eng, "builtin") != 0)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "unknown engine \"%.64s\": expected \"auto\", \"builtin\" or \"nixl\"", eng);
+    uint32_t mask;
+    int32_t st = parse_backends(backends, &mask);
+    if (st != KVP_SUCCESS) return st;
+    kvp_params pp;
+    st = kvp_params_parse(params, &pp);
+    if (st != KVP_SUCCESS) return st;
+    kvp_agent *a = NULL;
+    st = kvp_builtin_create(name, mask, &pp, &a);
+    kvp_params_free(&pp);
+    if (st != KVP_SUCCESS) return st;
+    st = kvp_handle_insert(&a->obj, out_agent);
+    if (st != KVP_SUCCESS) {
+        /* Never published: drop our ref and tear it down directly. */
+        atomic_store(&a->dying, true);
+        kvp_obj_put(&a->obj);
+        a->ops->destroy(a);
+        return st;
+    }
+    kvp_obj_put(&a->obj); /* the table's reference keeps it */
+    return KVP_SUCCESS;
+}
+
+KVP_API int32_t kvp_agent_destroy(uint64_t h) {
+    kvp_err_clear();
+    kvp_agent *a = (kvp_agent *)kvp_handle_take(h, KVP_H_AGENT);
+    if (!a) return kvp_err_status();
+    atomic_store(&a->dying, true);
+    a->ops->wake_all(a);
+    kvp_obj_put(&a->obj); /* the table's reference, now ours */
+    pthread_mutex_lock(&a->life_mu);
+    while (!a->gone) pthread_cond_wait(&a->life_cv, &a->life_mu);
+    pthread_mutex_unlock(&a->life_mu);
+    a->ops->destroy(a);
+    return KVP_SUCCESS;
+}
+
+/* Every other agent call: take a reference, refuse a dying agent, dispatch, put. */
+#define WITH_AGENT(h, expr)                                                               \
+    do {                                                                                  \
+        kvp_err_clear();                                                                  \
+        kvp_agent *a_ = (kvp_agent *)kvp_handle_get((h), KVP_H_AGENT);                    \
+        if (!a_) return kvp_err_status();                                                 \
+        int32_t st_;                                                                      \
+        if (atomic_load(&a_->dying))                                                      \
+            st_ = kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a_->name);     \
+        else {                                                                            \
+            kvp_agent *a = a_;                                                            \
+            st_ = (expr);                                                                 \
+        }                                                                                 \
+        kvp_obj_put(&a_->obj);                                                            \
+        return st_;                                                                       \
+    } while (0)
+
+static int32_t buf_out(int32_t st, kvp_buf *b, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    if (st == KVP_SUCCESS && b->oom) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+    if (st == KVP_SUCCESS) st = kvp_sized_out(b->p, b->len, buf, cap, len);
+    else if (len) *len = 0;
+    kvp_buf_free(b);
+    return st;
+}
+
+static int32_t do_info(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    kvp_buf b = {0};
+    return buf_out(a->ops->info(a, &b), &b, buf, cap, len);
+}
+KVP_API int32_t kvp_agent_info(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    WITH_AGENT(agent, do_info(a, buf, cap, len));
+}
+
+static int32_t do_register(kvp_agent *a, int32_t mem_type, const uint64_t *addrs,
+                           const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                           const char *meta, uint64_t *out_reg) {
+    if (!out_reg) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: out_reg is NULL");
+    *out_reg = 0;
+    if (count == 0) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: count is 0");
+    if (!addrs || !lens)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: addrs and lens must not be NULL");
+    if (mem_type < KVP_DRAM || mem_type > KVP_FILE)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_register: memory type %d is not one of DRAM=0 VRAM=1 BLK=2 OBJ=3 "
+                       "FILE=4", mem_type);
+    return a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+}
+KVP_API int32_t kvp_register(uint64_t agent, int32_t mem_type, const uint64_t *addrs,
+                             const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                             const char *meta, uint64_t *out_reg) {
+    WITH_AGENT(agent, do_register(a, mem_type, addrs, lens, devs, count, meta, out_reg));
+}
+
+KVP_API int32_t kvp_deregister(uint64_t agent, uint64_t reg) {
+    WITH_AGENT(agent, a->ops->dereg(a, reg));
+}
+
+static int32_t do_md(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    kvp_buf b = {0};
+    return buf_out(a->ops->local_md(a, &b), &b, buf, cap, len);
+}
+KVP_API int32_t kvp_local_metadata(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    WITH_AGENT(agent, do_md(a, buf, cap, len));
+}
+
+static int32_t do_load(kvp_agent *a, const uint8_t *blob, uint64_t blen, uint8_t *name_buf,
+                       uint64_t cap, uint64_t *name_len) {
+    char name[KVP_NAME_MAX + 1] = "";
+    if (name_len) *name_len = 0;
+    int32_t st = a->ops->load_remote(a, blob, blen, name);
+    if (st != KVP_SUCCESS) return st;
+    return kvp_sized_out(name, strlen(name), name_buf, cap, name_len);
+}
+KVP_API int32_t kvp_load_remote_metadata(uint64_t agent, const uint8_t *blob, uint64_t len,
+                                         uint8_t *name_buf, uint64_t cap, uint64_t *name_len) {
+    WITH_AGENT(agent, do_load(a, blob, len, name_buf, cap, name_len));
+}
+
+static int32_t do_invalidate(kvp_agent *a, const char *remote) {
+    if (!remote || !*remote)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_invalidate_remote: remote name is empty");
+    return a->ops->invalidate(a, remote);
+}
+KVP_API int32_t kvp_invalidate_remote(uint64_t agent, const char *remote_name) {
+    WITH_AGENT(agent, do_invalidate(a, remote_name));
+}
+
+static int32_t do_prep(kvp_agent *a, const char *remote, uint64_t dlist, uint64_t *out) {
+    if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_prep_dlist: out_prepped is NULL");
+    *out = 0;
+    kvp_dlist *l = kvp_dlist_get(dlist);
+    if (!l) return kvp_err_status();
+    int32_t st = a->ops->prep(a, remote ? remote : "", l, out);
+    kvp_obj_put(&l->obj);
+    return st;
+}
+KVP_API int32_t kvp_prep_dlist(uint64_t agent, const char *remote, uint64_t dlist,
+                               uint64_t *out_prepped) {
+    WITH_AGENT(agent, do_prep(a, remote, dlist, out_prepped));
+}
+
+KVP_API int32_t kvp_prepped_release(uint64_t agent, uint64_t prepped) {
+    WITH_AGENT(agent, a->ops->prepped_release(a, prepped));
+}
+
+static int32_t do_xfer_create(kvp_agent *a, int32_t op, uint64_t lp, const uint32_t *li,
+                              uint64_t rp, const uint32_t *ri, uint64_t count,
+                              const uint8_t *notif, uint64_t notif_len, uint64_t *out) {
+    if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_xfer_create: out_req is NULL");
+    *out = 0;
+    if (op != KVP_READ && op != KVP_WRITE)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_xfer_create: op %d is neither READ (0) nor "
+                       "WRITE (1)", op);
+    if (count > 0 && (!li || !ri))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_xfer_create: index arrays must not be NULL for %llu pairs",
+                       (unsigned long long)count);
+    if (count > UINT32_MAX)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_xfer_create: %llu pairs is too many",
+                       (unsigned long long)count);
+    if (notif_len > KVP_NOTIF_MAX)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_xfer_create: notification of %llu bytes exceeds %u bytes",
+                       (unsigned long long)notif_len, KVP_NOTIF_MAX);
+    if (notif_len > 0 && !notif)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_xfer_create: notif is NULL but notif_len is "
+                       "%llu", (unsigned long long)notif_len);
+    return a->ops->xfer_create(a, op, lp, li, rp, ri, count, notif, notif_len, out);
+}
+KVP_API int32_t kvp_xfer_create(uint64_t agent, int32_t op, uint64_t local_prepped,
+                                const uint32_t *local_idx, uint64_t remote_prepped,
+                                const uint32_t *remote_idx, uint64_t count,
+                                const uint8_t *notif, uint64_t notif_len, uint64_t *out_req) {
+    WITH_AGENT(agent, do_xfer_create(a, op, local_prepped, local_idx, remote_prepped,
+                                     remote_idx, count, notif, notif_len, out_req));
+}
+
+KVP_API int32_t kvp_xfer_post(uint64_t agent, uint64_t req) {
+    WITH_AGENT(agent, a->ops->xfer_post(a, req));
+}
+
+KVP_API int32_t kvp_xfer_status(uint64_t agent, uint64_t req) {
+    WITH_AGENT(agent, a->ops->xfer_status(a, req));
+}
+
+KVP_API int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms) {
+    WITH_AGENT(agent, timeout_ms < 0
+                          ? kvp_err(KVP_ERR_INVALID_PARAM,
+                                    "kvp_xfer_wait: timeout_ms must be >= 0, got %lld",
+                                    (long long)timeout_ms)
+                          : a->ops->xfer_wait(a, req, timeout_ms));
+}
+
+static int32_t do_msg(kvp_agent *a, uint64_t req, uint8_t *buf, uint64_t cap, uint64_t *len) {
+    kvp_buf b = {0};
+    return buf_out(a->ops->xfer_message(a, req, &b), &b, buf, cap, len);
+}
+KVP_API int32_t kvp_xfer_message(uint64_t agent, uint64_t req, uint8_t *buf, uint64_t cap,
+                                 uint64_t *len) {
+    WITH_AGENT(agent, do_msg(a, req, buf, cap, len));
+}
+
+KVP_API int32_t kvp_xfer_release(uint64_t agent, uint64_t req) {
+    WITH_AGENT(agent, a->ops->xfer_release(a, req));
+}
+
+static int32_t do_notif_send(kvp_agent *a, const char *remote, const uint8_t *msg,
+                             uint64_t len) {
+    if (!remote || !*remote)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_notif_send: remote name is empty");
+    if (len > KVP_NOTIF_MAX)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_notif_send: %llu bytes exceeds the %u-byte limit",
+                       (unsigned long long)len, KVP_NOTIF_MAX);
+    if (len > 0 && !msg)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_notif_send: msg is NULL");
+    return a->ops->notif_send(a, remote, msg, len);
+}
+KVP_API int32_t kvp_notif_send(uint64_t agent, const char *remote, const uint8_t *msg,
+                               uint64_t len) {
+    WITH_AGENT(agent, do_notif_send(a, remote, msg, len));
+}
+
+static int32_t do_take(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len,
+                       uint64_t *count) {
+    if (!len || !count)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_notif_take: len and count must not be NULL");
+    *len = 0;
+    *count = 0;
+    return a->ops->notif_take(a, buf, buf ? cap : 0, len, count);
+}
+KVP_API int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len,
+                               uint64_t *count) {
+    WITH_AGENT(agent, do_take(a, buf, cap, len, count));
+}
+
+KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms) {
+    WITH_AGENT(agent, timeout_ms < 0
+                          ? kvp_err(KVP_ERR_INVALID_PARAM,
+                                    "kvp_notif_wait: timeout_ms must be >= 0, got %lld",
+                                    (long long)timeout_ms)
+                          : a->ops->notif_wait(a, timeout_ms));
+}

@@ -1,0 +1,342 @@
+/*
+ * builtin.h - internals of the builtin engine.
+ *
+ * Threads of one agent:
+ *   - the caller's threads (API calls);
+ *   - io_threads copy workers (bi_pool): same-host copies (memcpy into a mapped peer
+ *     memfd, or process_vm_writev/readv), loopback memcpy and file pread/pwrite;
+ *   - one progress thread (epoll): the TCP listener, every connection (both as target:
+ *     data lands without the application calling anything, and as initiator: acks and
+ *     READ data), pidfds of same-host peers (death detection).
+ *
+ * Locks, in the order they may be taken:
+ *   a->mu (agent state, requests, remotes, notif queue)
+ *     -> c->tx_mu (a connection's send queue)   -> a->reg_rw (read side)
+ *   c->rx_mu (initiator pending requests of a connection) is never held while taking
+ *   a->mu or tx_mu; pool->mu is never held while taking anything else.
+ * a->reg_rw protects the local region index: the target side holds it for reading
+ * around every recv/send that touches registered memory, so kvp_deregister (write
+ * side) cannot return while a peer's bytes are being written into that memory.
+ */
+#ifndef KVP_BUILTIN_H
+#define KVP_BUILTIN_H
+
+#include <sys/uio.h>
+
+#include "common.h"
+#include "engine.h"
+#include "hostid.h"
+#include "metadata.h"
+#include "wire.h"
+
+typedef struct bi_agent bi_agent;
+typedef struct bi_conn bi_conn;
+typedef struct bi_remote bi_remote;
+typedef struct bi_req bi_req;
+
+/* Tag at the start of everything registered with epoll. */
+enum bi_ev_kind { EV_WAKE = 1, EV_LISTEN, EV_CONN, EV_PIDFD };
+typedef struct bi_ev {
+    int kind;
+} bi_ev;
+
+/* ---------------------------------------------------------------- regions ---- */
+
+/* Sorted index of regions: key (mem_type, dev for VRAM/FILE, addr). maxend[i] is the
+ * largest end among entries of the same (mem_type, dev) group up to i, so overlapping
+ * registrations are still found. */
+typedef struct bi_index {
+    uint64_t n;
+    const kvp_md_region **e;
+    uint64_t *maxend;
+} bi_index;
+
+int32_t bi_index_build(bi_index *ix, const kvp_md_region **regs, uint64_t n);
+void bi_index_free(bi_index *ix);
+/* Region containing [addr, addr+len) of that type and device, or NULL. */
+const kvp_md_region *bi_index_find(const bi_index *ix, int32_t mem_type, uint64_t dev,
+                                   uint64_t addr, uint64_t len);
+
+/* One kvp_register call. */
+typedef struct bi_reg {
+    kvp_obj obj;
+    bi_agent *a;
+    uint64_t handle;
+    int32_t mem_type;
+    uint64_t n;
+    kvp_md_region *r;   /* local regions, metadata form (memfd/IPC info filled in) */
+    bool *file_direct;  /* FILE: the fd has O_DIRECT */
+    bool dead;          /* deregistered (under a->mu) */
+    struct bi_reg *next;
+} bi_reg;
+
+/* --------------------------------------------------------------- remotes ---- */
+
+/* An immutable snapshot of a peer's metadata with its region index (refcounted: a
+ * re-sent blob with new regions installs a new snapshot; lists prepared against the
+ * old one keep it). */
+typedef struct bi_rmd {
+    atomic_uint refs;
+    kvp_md md;
+    bi_index idx;
+} bi_rmd;
+void bi_rmd_put(bi_rmd *m);
+
+/* A peer memfd mapped into this process. */
+typedef struct bi_map {
+    uint64_t ino;
+    int32_t fdno;
+    uint8_t *base;
+    uint64_t size;
+} bi_map;
+
+struct bi_remote {
+    bi_ev ev;            /* EV_PIDFD */
+    bi_agent *a;
+    char name[KVP_NAME_MAX + 1];
+    uint8_t token[16];
+    bi_rmd *rmd;         /* current snapshot (a->mu) */
+    bool same_host;      /* same boot id and pid namespace, not forced to TCP */
+    bool same_process;   /* it lives in this very process: plain memcpy */
+    uint32_t pid;
+    int pidfd;           /* -1 if none (a->mu) */
+    atomic_bool dead;    /* peer process gone */
+    bool invalid;        /* invalidated (a->mu); kept until agent destroy, see retire */
+    int cma;             /* 0 untested, 1 works, -1 refused (a->mu) */
+    pthread_mutex_t map_mu;
+    bi_map *maps;
+    size_t nmaps;
+    bi_conn *conn;       /* outbound connection (a->mu), NULL until needed */
+    char host[256];
+    uint16_t port;
+    struct bi_remote *next;
+};
+
+/* --------------------------------------------------------- prepared lists ---- */
+
+enum bi_side { SIDE_LOCAL = 0, SIDE_REMOTE = 1, SIDE_SELF = 2 };
+
+typedef struct bi_prepped {
+    kvp_obj obj;
+    bi_agent *a;
+    uint64_t handle;
+    int side;
+    bi_remote *remote;   /* SIDE_REMOTE (remotes live until agent destroy) */
+    bi_rmd *rmd;         /* SIDE_REMOTE: snapshot the list was checked against (ref) */
+    int32_t mem_type;
+    uint64_t n;
+    kvp_desc *d;
+    uint32_t *ridx;      /* SIDE_REMOTE: index of each descriptor's region in rmd */
+    bool *direct;        /* FILE lists: the descriptor's fd has O_DIRECT */
+    struct bi_prepped *next;
+} bi_prepped;
+
+/* -------------------------------------------------------------- requests ---- */
+
+enum bi_path { PATH_NONE, PATH_MEM, PATH_FILE, PATH_CMA, PATH_TCP };
+enum bi_state { RS_IDLE, RS_ACTIVE, RS_DONE };
+
+/* One merged piece. mem: local memory address; other: the other end, as a pointer in
+ * this process (PATH_MEM: loopback or a mapped peer memfd), a peer address (CMA, TCP)
+ * or a file offset (PATH_FILE, fd). */
+typedef struct bi_piece {
+    uint64_t mem, other, len;
+    int32_t fd;
+    bool direct;
+} bi_piece;
+
+/* A job of the copy workers: pieces p0..p1 inclusive, from offset o0 in p0 to offset
+ * e1 (exclusive) in p1. */
+typedef struct bi_job {
+    uint32_t p0, p1;
+    uint64_t o0, e1;
+} bi_job;
+
+/* Send-queue item (see tcp.c). */
+typedef struct bi_txi bi_txi;
+
+struct bi_req {
+    kvp_obj obj;
+    bi_agent *a;
+    uint64_t handle;
+    int32_t op;
+    int path;
+    bool out;            /* data flows from mem to other (WRITE; FILE: to the file) */
+    bi_remote *remote;   /* NULL for loopback */
+    uint64_t np;
+    bi_piece *p;
+    uint64_t total;
+    uint32_t nj;
+    bi_job *jobs;
+    uint8_t *notif;
+    uint32_t notif_len;
+    /* TCP: preallocated frames, reused on every post (never queued twice: an active
+     * request cannot be posted again, and a finished one has none queued). */
+    bi_txi *tx;
+    uint32_t ntx;
+    /* state (a->mu) */
+    int state;
+    int32_t status;
+    char msg[512];
+    uint64_t post_id;
+    bool released;
+    pthread_cond_t cv;
+    bi_conn *conn;       /* connection used by the current post (ref), or NULL */
+    /* job accounting (pool->mu) */
+    uint32_t next_job, jobs_done, running;
+    uint64_t pool_post;
+    bool queued, cancel;
+    int32_t job_err;
+    char job_msg[400];
+    bi_req *qnext;
+    /* TCP: frames of this request still in a send queue (c->tx_mu) */
+    uint32_t txq;
+    struct bi_req *next, *prev; /* agent's list (a->mu) */
+};
+
+/* ------------------------------------------------------------ worker pool ---- */
+
+typedef struct bi_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_idle;
+    bi_req *head, *tail;
+    bool stop;
+    int nthreads;
+    pthread_t *th;
+    bi_agent *a;
+} bi_pool;
+
+/* ------------------------------------------------------------------ agent ---- */
+
+typedef struct bi_notif {
+    struct bi_notif *next;
+    uint32_t name_len, msg_len;
+    uint8_t data[]; /* name then msg */
+} bi_notif;
+
+struct bi_agent {
+    kvp_agent base;
+    pthread_mutex_t mu;
+    bool dying;                 /* (mu) set by wake_all */
+    uint32_t caps;              /* KVP_CAP_* backends */
+    bool force_tcp;             /* backends=TCP only, or transport=tcp */
+    uint8_t token[16];
+    kvp_hostid id;
+    char listen_host[256], advertise[256];
+    uint16_t port;
+    uint32_t io_threads;
+    uint32_t connect_timeout_ms;
+    uint64_t inline_max;        /* requests up to this many bytes complete inside post */
+    /* registrations */
+    pthread_rwlock_t reg_rw;
+    uint64_t reg_epoch;         /* bumped by every deregistration (reg_rw write) */
+    bi_index lidx;              /* (reg_rw) */
+    bi_reg *regs;               /* (mu + reg_rw write to modify) */
+    /* remotes, lists, requests (mu) */
+    bi_remote *remotes, *retired;
+    bi_prepped *prepped;
+    bi_req *reqs;
+    uint64_t post_seq;
+    /* notifications (mu) */
+    bi_notif *nq_head, *nq_tail;
+    uint64_t nq_count;
+    pthread_cond_t nq_cv;
+    /* threads */
+    bi_pool pool;
+    int epfd, wakefd, lfd;
+    bi_ev ev_wake, ev_listen;
+    pthread_t progress;
+    bool progress_started;
+    atomic_bool stopping;
+    bi_conn *conns;             /* every connection (mu) */
+};
+
+/* builtin_agent.c */
+bi_agent *bi_of(kvp_agent *a);
+/* Remote by name (a->mu held), NULL if none. Invalidated ones are not returned. */
+bi_remote *bi_remote_find(bi_agent *a, const char *name);
+
+/* xfer.c */
+/* Marks a request done if it is still on post post_id (a->mu taken inside). */
+void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg);
+/* Successful end of the data movement: sends the transfer-bound notification (if any)
+ * after the data, then finishes. */
+void bi_req_complete(bi_req *r, uint64_t post_id);
+/* Cancels the active post of a request: after it returns no worker, progress thread or
+ * send queue touches the request's memory. a->mu NOT held. */
+void bi_req_cancel(bi_req *r);
+
+/* pool.c */
+int32_t bi_pool_start(bi_pool *p, bi_agent *a, int nthreads);
+void bi_pool_stop(bi_pool *p);
+/* Queues the jobs of r (current post). */
+void bi_pool_submit(bi_pool *p, bi_req *r);
+/* Removes r's queued jobs and waits until no worker runs one. Returns true when a
+ * worker completed the last job (and so finished the request itself). */
+bool bi_pool_cancel(bi_pool *p, bi_req *r);
+/* Under a->mu at post: resets r's job counters and counts the caller as a running
+ * worker, so a concurrent cancel waits for the inline run. */
+void bi_pool_claim_inline(bi_pool *p, bi_req *r);
+/* Runs every job of r in the calling thread (small requests), after the claim. */
+void bi_pool_run_inline(bi_pool *p, bi_req *r, uint64_t post_id);
+
+/* copy.c: executes one job; returns KVP status and fills msg on failure. */
+int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
+/* Builds r->jobs for r->p (chunking). */
+int32_t bi_jobs_build(bi_req *r, uint32_t nthreads);
+/* Same-host helpers. */
+int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out);
+void bi_remote_unmap_all(bi_remote *rm);
+/* Probes process_vm_readv on one byte of the peer (1 works, -1 refused). */
+int bi_cma_probe(bi_remote *rm, uint64_t addr);
+/* True when the peer process is known to be gone (pidfd readable). */
+bool bi_remote_gone(bi_remote *rm);
+
+/* tcp.c */
+int32_t bi_tcp_start(bi_agent *a);
+void bi_tcp_stop(bi_agent *a);
+/* Returns a referenced live outbound connection to the remote, connecting (with the
+ * connect timeout) and saying hello when there is none. */
+int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out);
+void bi_conn_put(bi_conn *c);
+/* Shuts a connection down; the progress thread then closes it and fails what was
+ * pending on it. */
+void bi_conn_shutdown(bi_conn *c);
+/* Queues a notification frame. */
+int32_t bi_tcp_send_notif(bi_conn *c, const uint8_t *msg, uint32_t len);
+/* Starts a TCP request on c (frames queued, pending entry added). */
+int32_t bi_tcp_post(bi_conn *c, bi_req *r, uint64_t post_id);
+/* Removes r's frames from c's queue and its pending entry (cancel). */
+void bi_tcp_cancel(bi_conn *c, bi_req *r);
+/* Prebuilds r->tx frames at request creation. */
+int32_t bi_tcp_prepare(bi_req *r);
+void bi_tcp_free_frames(bi_req *r);
+bool bi_conn_alive(bi_conn *c);
+void bi_conn_ref(bi_conn *c);
+
+/* notif.c */
+void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
+                   uint32_t len);
+void bi_notif_free_all(bi_agent *a);
+
+/* files.c: file helpers for the workers. */
+int32_t bi_file_rw(bool to_file, int fd, bool direct, uint8_t *mem, uint64_t off,
+                   uint64_t len, char *msg, size_t cap);
+
+/* Ops tables of the builtin engine are split by file; builtin_agent.c assembles them. */
+int32_t bi_xfer_create(kvp_agent *a, int32_t op, uint64_t lp, const uint32_t *li, uint64_t rp,
+                       const uint32_t *ri, uint64_t count, const uint8_t *notif,
+                       uint64_t notif_len, uint64_t *out);
+int32_t bi_xfer_post(kvp_agent *a, uint64_t req);
+int32_t bi_xfer_status(kvp_agent *a, uint64_t req);
+int32_t bi_xfer_wait(kvp_agent *a, uint64_t req, int64_t timeout_ms);
+int32_t bi_xfer_message(kvp_agent *a, uint64_t req, kvp_buf *out);
+int32_t bi_xfer_release(kvp_agent *a, uint64_t req);
+/* Cancels and drops every request (destroy) or those of one remote (invalidate). */
+void bi_reqs_cancel_for(bi_agent *a, bi_remote *rm, int32_t status, const char *msg);
+int32_t bi_notif_send(kvp_agent *a, const char *remote, const uint8_t *msg, uint64_t len);
+int32_t bi_notif_take(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len,
+                      uint64_t *count);
+int32_t bi_notif_wait(kvp_agent *a, int64_t timeout_ms);
+
+#endif

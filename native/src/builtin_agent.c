@@ -1,0 +1,871 @@
+/*
+ * builtin_agent.c - the builtin engine's agent: creation and destruction, registration,
+ * metadata, remote agents and prepared lists. Transfers are in xfer.c, the copy
+ * workers in pool.c/copy.c, TCP in tcp.c, notifications in notif.c.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/pidfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "builtin.h"
+#include "cuda_loader.h"
+#include "errors.h"
+#include "memory.h"
+
+bi_agent *bi_of(kvp_agent *a) { return (bi_agent *)a; }
+
+static void bi_destroy(kvp_agent *ka);
+static void bi_wake_all(kvp_agent *ka);
+static int32_t bi_info(kvp_agent *ka, kvp_buf *out);
+static int32_t bi_register(kvp_agent *ka, int32_t mem_type, const uint64_t *addrs,
+                      const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                      const char *meta, uint64_t *out_reg);
+static int32_t bi_dereg(kvp_agent *ka, uint64_t reg);
+static int32_t bi_local_md(kvp_agent *ka, kvp_buf *out);
+static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
+                              char name_out[KVP_NAME_MAX + 1]);
+static int32_t bi_invalidate(kvp_agent *ka, const char *remote);
+static int32_t bi_prep(kvp_agent *ka, const char *remote, kvp_dlist *l, uint64_t *out);
+static int32_t bi_prepped_release(kvp_agent *ka, uint64_t prepped);
+
+static const kvp_engine_ops g_builtin_ops = {
+    .name = "builtin",
+    .destroy = bi_destroy,
+    .wake_all = bi_wake_all,
+    .info = bi_info,
+    .reg = bi_register,
+    .dereg = bi_dereg,
+    .local_md = bi_local_md,
+    .load_remote = bi_load_remote,
+    .invalidate = bi_invalidate,
+    .prep = bi_prep,
+    .prepped_release = bi_prepped_release,
+    .xfer_create = bi_xfer_create,
+    .xfer_post = bi_xfer_post,
+    .xfer_status = bi_xfer_status,
+    .xfer_wait = bi_xfer_wait,
+    .xfer_message = bi_xfer_message,
+    .xfer_release = bi_xfer_release,
+    .notif_send = bi_notif_send,
+    .notif_take = bi_notif_take,
+    .notif_wait = bi_notif_wait,
+};
+
+/* ---------------------------------------------------------------- create ---- */
+
+static const char *const g_known_params[] = {
+    "listen_host", "listen_port", "advertise_host", "io_threads",
+    "connect_timeout_ms", "transport", "inline_max", NULL,
+};
+
+static int32_t apply_params(bi_agent *a, kvp_params *pp) {
+    const char *v;
+    uint64_t x;
+    int32_t st;
+    v = kvp_params_get(pp, "listen_host");
+    snprintf(a->listen_host, sizeof a->listen_host, "%s", v && *v ? v : "0.0.0.0");
+    if ((st = kvp_params_uint(pp, "listen_port", 0, 65535, 0, &x)) != KVP_SUCCESS) return st;
+    a->port = (uint16_t)x;
+    if ((st = kvp_params_uint(pp, "io_threads", 1, 64, 2, &x)) != KVP_SUCCESS) return st;
+    a->io_threads = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "connect_timeout_ms", 1, 600000, 5000, &x)) != KVP_SUCCESS)
+        return st;
+    a->connect_timeout_ms = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "inline_max", 0, 16u << 20, 64u << 10, &x)) != KVP_SUCCESS)
+        return st;
+    a->inline_max = x;
+    v = kvp_params_get(pp, "transport");
+    if (v && *v) {
+        if (strcmp(v, "tcp") == 0) a->force_tcp = true;
+        else if (strcmp(v, "auto") != 0)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "param transport=\"%s\" is not one of auto, tcp", v);
+    }
+    v = kvp_params_get(pp, "advertise_host");
+    if (v && *v) {
+        snprintf(a->advertise, sizeof a->advertise, "%s", v);
+    } else if (strcmp(a->listen_host, "0.0.0.0") != 0 && strcmp(a->listen_host, "::") != 0) {
+        /* Listening on one address only: that is the one peers can reach. */
+        snprintf(a->advertise, sizeof a->advertise, "%s", a->listen_host);
+    } else {
+        kvp_default_advertise(a->advertise, sizeof a->advertise);
+    }
+    /* Plain keys must be known (typos fail loudly); "BACKEND.key" lines that the builtin
+     * engine does not use are accepted and ignored, since they are meant for NIXL
+     * plugins. */
+    for (size_t i = 0; i < pp->n; i++) {
+        if (pp->v[i].backend) continue;
+        bool known = false;
+        for (size_t k = 0; g_known_params[k]; k++)
+            if (strcmp(pp->v[i].key, g_known_params[k]) == 0) known = true;
+        if (!known)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "unknown param \"%s\" for the builtin engine (known: listen_host, "
+                           "listen_port, advertise_host, io_threads, connect_timeout_ms, "
+                           "transport, inline_max; prefix a key with BACKEND. to pass it to a "
+                           "backend)",
+                           pp->v[i].key);
+    }
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_agent **out) {
+    bi_agent *a = calloc(1, sizeof *a);
+    if (!a) return kvp_err(KVP_ERR_BACKEND, "out of memory creating agent %s", name);
+    int32_t st = kvp_agent_base_init(&a->base, &g_builtin_ops, name);
+    if (st != KVP_SUCCESS) {
+        free(a);
+        return st;
+    }
+    a->caps = caps;
+    a->force_tcp = (caps & KVP_CAP_TCP) && !(caps & KVP_CAP_UCX);
+    a->epfd = a->wakefd = a->lfd = -1;
+    st = apply_params(a, pp);
+    if (st != KVP_SUCCESS) {
+        kvp_agent_base_fini(&a->base);
+        free(a);
+        return st;
+    }
+    kvp_random_bytes(a->token, sizeof a->token);
+    kvp_hostid_self(&a->id);
+    bool mu = false, rw = false, cv = false;
+    if (pthread_mutex_init(&a->mu, NULL) == 0) mu = true;
+    if (pthread_rwlock_init(&a->reg_rw, NULL) == 0) rw = true;
+    if (kvp_cond_init(&a->nq_cv) == 0) cv = true;
+    if (!mu || !rw || !cv) {
+        if (mu) pthread_mutex_destroy(&a->mu);
+        if (rw) pthread_rwlock_destroy(&a->reg_rw);
+        if (cv) pthread_cond_destroy(&a->nq_cv);
+        kvp_agent_base_fini(&a->base);
+        free(a);
+        return kvp_err(KVP_ERR_BACKEND, "cannot initialize agent locks");
+    }
+    atomic_init(&a->stopping, false);
+    st = bi_tcp_start(a);
+    if (st == KVP_SUCCESS) {
+        st = bi_pool_start(&a->pool, a, (int)a->io_threads);
+        if (st != KVP_SUCCESS) bi_tcp_stop(a);
+    }
+    if (st != KVP_SUCCESS) {
+        pthread_mutex_destroy(&a->mu);
+        pthread_rwlock_destroy(&a->reg_rw);
+        pthread_cond_destroy(&a->nq_cv);
+        kvp_agent_base_fini(&a->base);
+        free(a);
+        return st;
+    }
+    *out = &a->base;
+    return KVP_SUCCESS;
+}
+
+static void bi_wake_all(kvp_agent *ka) {
+    bi_agent *a = bi_of(ka);
+    pthread_mutex_lock(&a->mu);
+    a->dying = true;
+    for (bi_req *r = a->reqs; r; r = r->next) pthread_cond_broadcast(&r->cv);
+    pthread_cond_broadcast(&a->nq_cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void remote_free(bi_agent *a, bi_remote *rm) {
+    if (rm->pidfd >= 0) {
+        (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+        kvp_close(rm->pidfd);
+        rm->pidfd = -1;
+    }
+    bi_remote_unmap_all(rm);
+    if (rm->conn) bi_conn_put(rm->conn);
+    if (rm->rmd) bi_rmd_put(rm->rmd);
+    pthread_mutex_destroy(&rm->map_mu);
+    free(rm);
+}
+
+static void bi_destroy(kvp_agent *ka) {
+    bi_agent *a = bi_of(ka);
+    pthread_mutex_lock(&a->mu);
+    a->dying = true;
+    pthread_mutex_unlock(&a->mu);
+    /* 1. Requests: cancel (no byte touched afterwards) and drop their handles. */
+    bi_reqs_cancel_for(a, NULL, KVP_ERR_CANCELED, "agent destroyed");
+    for (;;) {
+        pthread_mutex_lock(&a->mu);
+        bi_req *r = a->reqs;
+        if (r) {
+            a->reqs = r->next;
+            if (r->next) r->next->prev = NULL;
+            r->next = r->prev = NULL;
+            r->released = true;
+        }
+        pthread_mutex_unlock(&a->mu);
+        if (!r) break;
+        kvp_handle_drop(r->handle, &r->obj);
+    }
+    /* 2. Threads: the progress thread first (it owns every connection), then workers. */
+    bi_tcp_stop(a);
+    bi_pool_stop(&a->pool);
+    /* 3. Lists, registrations, remotes. */
+    while (a->prepped) {
+        bi_prepped *p = a->prepped;
+        a->prepped = p->next;
+        p->next = NULL;
+        kvp_handle_drop(p->handle, &p->obj);
+    }
+    while (a->regs) {
+        bi_reg *g = a->regs;
+        a->regs = g->next;
+        g->next = NULL;
+        g->dead = true;
+        kvp_handle_drop(g->handle, &g->obj);
+    }
+    bi_index_free(&a->lidx);
+    while (a->remotes) {
+        bi_remote *rm = a->remotes;
+        a->remotes = rm->next;
+        remote_free(a, rm);
+    }
+    while (a->retired) {
+        bi_remote *rm = a->retired;
+        a->retired = rm->next;
+        remote_free(a, rm);
+    }
+    bi_notif_free_all(a);
+    kvp_close(a->epfd);
+    pthread_mutex_destroy(&a->mu);
+    pthread_rwlock_destroy(&a->reg_rw);
+    pthread_cond_destroy(&a->nq_cv);
+    kvp_agent_base_fini(&a->base);
+    free(a);
+}
+
+static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
+    bi_agent *a = bi_of(ka);
+    char line[1024];
+    snprintf(line, sizeof line,
+             "name=%s\nengine=builtin\nbackends=%s%s%s\nlisten=%s:%u\nadvertise=%s:%u\n"
+             "io_threads=%u\ntransport=%s\nconnect_timeout_ms=%u\ninline_max=%llu\n",
+             a->base.name, (a->caps & KVP_CAP_UCX) ? "UCX," : "",
+             (a->caps & KVP_CAP_TCP) ? "TCP," : "", (a->caps & KVP_CAP_POSIX) ? "POSIX" : "",
+             a->listen_host, a->port, a->advertise, a->port, a->io_threads,
+             a->force_tcp ? "tcp" : "auto", a->connect_timeout_ms,
+             (unsigned long long)a->inline_max);
+    /* Tidy a trailing comma in backends when POSIX is absent. */
+    char *b = strstr(line, "backends=");
+    if (b) {
+        char *nl = strchr(b, '\n');
+        if (nl && nl[-1] == ',') memmove(nl - 1, nl, strlen(nl) + 1);
+    }
+    kvp_buf_put(out, line, strlen(line));
+    return KVP_SUCCESS;
+}
+
+/* ------------------------------------------------------------ registration ---- */
+
+static void reg_release(kvp_obj *o) {
+    bi_reg *g = (bi_reg *)o;
+    free(g->r);
+    free(g->file_direct);
+    free(g);
+}
+
+/* Rebuilds the local index from the live registrations. Caller holds reg_rw (write). */
+static int32_t rebuild_local_index(bi_agent *a) {
+    uint64_t n = 0;
+    for (bi_reg *g = a->regs; g; g = g->next) n += g->n;
+    const kvp_md_region **v = n ? malloc((size_t)n * sizeof *v) : NULL;
+    if (n && !v) return kvp_err(KVP_ERR_BACKEND, "out of memory indexing registrations");
+    uint64_t k = 0;
+    for (bi_reg *g = a->regs; g; g = g->next)
+        for (uint64_t i = 0; i < g->n; i++) v[k++] = &g->r[i];
+    int32_t st = bi_index_build(&a->lidx, v, n);
+    free(v);
+    return st;
+}
+
+static int32_t fill_region(bi_agent *a, int32_t mt, uint64_t i, uint64_t addr, uint64_t len,
+                           uint64_t dev, kvp_md_region *r, bool *direct) {
+    memset(r, 0, sizeof *r);
+    r->mem_type = mt;
+    r->addr = addr;
+    r->len = len;
+    r->dev = dev;
+    r->memfd = -1;
+    if (mt == KVP_DRAM) {
+        r->dev = 0;
+        if (addr == 0 || len == 0 || addr + len < addr)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "kvp_register: DRAM region %llu (addr 0x%llx, len %llu) is empty, "
+                           "NULL or wraps around",
+                           (unsigned long long)i, (unsigned long long)addr,
+                           (unsigned long long)len);
+        kvp_memfd_info mi;
+        if (kvp_mem_find_memfd(addr, len, &mi)) {
+            r->flags |= KVP_MDR_MEMFD;
+            r->memfd = mi.fd;
+            r->memfd_ino = mi.ino;
+            r->memfd_off = addr - mi.base;
+            r->memfd_size = mi.size;
+        }
+        return KVP_SUCCESS;
+    }
+    if (mt == KVP_VRAM) {
+        int32_t st = kvp_cuda_check_dev((int64_t)dev);
+        if (st != KVP_SUCCESS)
+            return kvp_err(st == KVP_ERR_INVALID_PARAM ? st : KVP_ERR_NOT_SUPPORTED,
+                           "kvp_register: VRAM region %llu on device %llu: %s",
+                           (unsigned long long)i, (unsigned long long)dev, kvp_err_text());
+        if (addr == 0 || len == 0 || addr + len < addr)
+            return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: VRAM region %llu is empty or "
+                           "NULL", (unsigned long long)i);
+        uint64_t base = addr;
+        (void)kvp_mem_find_vram(addr, len, (int32_t)dev, &base);
+        /* A same-host peer opens the allocation through this handle (CUDA IPC works on
+         * whole allocations: hence the base and the offset). Without it the region is
+         * still usable locally and over TCP. */
+        if (kvp_cuda_ipc_get((int32_t)dev, base, r->ipc) == KVP_SUCCESS) {
+            r->flags |= KVP_MDR_IPC;
+            r->ipc_off = addr - base;
+        }
+        kvp_err_clear();
+        return KVP_SUCCESS;
+    }
+    if (mt == KVP_FILE) {
+        if (!(a->caps & KVP_CAP_POSIX))
+            return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                           "kvp_register: FILE needs the POSIX backend (agent %s was created "
+                           "without it)", a->base.name);
+        if (dev > INT32_MAX)
+            return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: FILE region %llu: dev %llu is "
+                           "not a file descriptor", (unsigned long long)i,
+                           (unsigned long long)dev);
+        struct stat st;
+        if (fstat((int)dev, &st) != 0)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "kvp_register: FILE region %llu: fd %llu is not usable: %s",
+                           (unsigned long long)i, (unsigned long long)dev, strerror(errno));
+        int fl = fcntl((int)dev, F_GETFL);
+        if (fl < 0)
+            return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: fcntl(fd %llu) failed: %s",
+                           (unsigned long long)dev, strerror(errno));
+        if ((fl & O_ACCMODE) != O_RDWR)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "kvp_register: FILE region %llu: fd %llu must be open read-write",
+                           (unsigned long long)i, (unsigned long long)dev);
+        *direct = (fl & O_DIRECT) != 0;
+        if (len == 0) {
+            if ((uint64_t)st.st_size <= addr)
+                return kvp_err(KVP_ERR_INVALID_PARAM,
+                               "kvp_register: FILE region %llu: len 0 means \"to the end of the "
+                               "file\" but offset %llu is at or past the end (size %lld)",
+                               (unsigned long long)i, (unsigned long long)addr,
+                               (long long)st.st_size);
+            r->len = (uint64_t)st.st_size - addr;
+        }
+        if (r->addr + r->len < r->addr)
+            return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: FILE region %llu wraps around",
+                           (unsigned long long)i);
+        return KVP_SUCCESS;
+    }
+    return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                   "kvp_register: %s memory needs the nixl engine (%s)", kvp_mem_type_name(mt),
+                   kvp_nixl_unavailable_reason());
+}
+
+static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, const uint64_t *lens,
+                      const uint64_t *devs, uint64_t count, const char *meta, uint64_t *out) {
+    bi_agent *a = bi_of(ka);
+    KVP_UNUSED(meta);
+    if (count > (SIZE_MAX / sizeof(kvp_md_region)) / 2)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: %llu regions is too many",
+                       (unsigned long long)count);
+    bi_reg *g = calloc(1, sizeof *g);
+    kvp_md_region *r = calloc((size_t)count, sizeof *r);
+    bool *dir = calloc((size_t)count, sizeof *dir);
+    if (!g || !r || !dir) {
+        free(g);
+        free(r);
+        free(dir);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory registering %llu regions",
+                       (unsigned long long)count);
+    }
+    kvp_obj_init(&g->obj, KVP_H_REG, reg_release);
+    g->a = a;
+    g->mem_type = mt;
+    g->n = count;
+    g->r = r;
+    g->file_direct = dir;
+    for (uint64_t i = 0; i < count; i++) {
+        int32_t st = fill_region(a, mt, i, addrs[i], lens[i], devs ? devs[i] : 0, &r[i], &dir[i]);
+        if (st != KVP_SUCCESS) {
+            kvp_obj_put(&g->obj);
+            return st;
+        }
+    }
+    int32_t st = kvp_handle_insert(&g->obj, &g->handle);
+    if (st != KVP_SUCCESS) {
+        kvp_obj_put(&g->obj);
+        return st;
+    }
+    pthread_mutex_lock(&a->mu);
+    pthread_rwlock_wrlock(&a->reg_rw);
+    g->next = a->regs;
+    a->regs = g;
+    st = rebuild_local_index(a);
+    if (st != KVP_SUCCESS) a->regs = g->next;
+    pthread_rwlock_unlock(&a->reg_rw);
+    pthread_mutex_unlock(&a->mu);
+    if (st != KVP_SUCCESS) {
+        kvp_handle_drop(g->handle, &g->obj);
+        kvp_obj_put(&g->obj);
+        return st;
+    }
+    *out = g->handle;
+    kvp_obj_put(&g->obj); /* the table and the agent list keep it */
+    return KVP_SUCCESS;
+}
+
+static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
+    bi_agent *a = bi_of(ka);
+    bi_reg *g = (bi_reg *)kvp_handle_get(h, KVP_H_REG);
+    if (!g) return kvp_err_status();
+    if (g->a != a) {
+        kvp_obj_put(&g->obj);
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "registration 0x%llx belongs to another agent, not %s",
+                       (unsigned long long)h, a->base.name);
+    }
+    pthread_mutex_lock(&a->mu);
+    /* Write side: waits for any recv/send of a peer that is touching registered memory
+     * right now; later ones revalidate against the new index (epoch changed). */
+    pthread_rwlock_wrlock(&a->reg_rw);
+    bool found = false;
+    for (bi_reg **pp = &a->regs; *pp; pp = &(*pp)->next) {
+        if (*pp == g) {
+            *pp = g->next;
+            g->next = NULL;
+            found = true;
+            break;
+        }
+    }
+    int32_t st = KVP_SUCCESS;
+    if (found) {
+        g->dead = true;
+        a->reg_epoch++;
+        st = rebuild_local_index(a);
+        if (st != KVP_SUCCESS) {
+            /* Could not allocate a new index: an empty one refuses everything, which is
+             * safe (never lets a peer write into memory being deregistered). */
+            bi_index_free(&a->lidx);
+            st = KVP_SUCCESS;
+        }
+    }
+    pthread_rwlock_unlock(&a->reg_rw);
+    pthread_mutex_unlock(&a->mu);
+    if (found) kvp_handle_drop(h, &g->obj);
+    kvp_obj_put(&g->obj);
+    if (!found)
+        return kvp_err(KVP_ERR_NOT_FOUND, "registration 0x%llx was already deregistered",
+                       (unsigned long long)h);
+    return st;
+}
+
+/* -------------------------------------------------------------- metadata ---- */
+
+static int32_t bi_local_md(kvp_agent *ka, kvp_buf *out) {
+    bi_agent *a = bi_of(ka);
+    kvp_md md;
+    memset(&md, 0, sizeof md);
+    snprintf(md.name, sizeof md.name, "%s", a->base.name);
+    memcpy(md.token, a->token, 16);
+    memcpy(md.boot_id, a->id.boot_id, 16);
+    md.pidns = a->id.pidns;
+    md.pid = a->id.pid;
+    md.starttime = a->id.starttime;
+    snprintf(md.host, sizeof md.host, "%s", a->advertise);
+    md.port = a->port;
+    md.caps = a->caps | (a->force_tcp ? 0 : 0);
+    if (a->force_tcp) md.caps &= ~KVP_CAP_UCX;
+    pthread_rwlock_rdlock(&a->reg_rw);
+    uint64_t n = 0;
+    for (bi_reg *g = a->regs; g; g = g->next)
+        if (g->mem_type == KVP_DRAM || g->mem_type == KVP_VRAM) n += g->n;
+    int32_t st = KVP_SUCCESS;
+    if (n > UINT32_MAX) st = kvp_err(KVP_ERR_BACKEND, "too many regions for metadata");
+    if (st == KVP_SUCCESS && n > 0) {
+        md.regions = malloc((size_t)n * sizeof *md.regions);
+        if (!md.regions) st = kvp_err(KVP_ERR_BACKEND, "out of memory building metadata");
+    }
+    if (st == KVP_SUCCESS) {
+        /* Oldest registration first, so the order is stable across calls. */
+        uint64_t k = n;
+        for (bi_reg *g = a->regs; g; g = g->next) {
+            if (g->mem_type != KVP_DRAM && g->mem_type != KVP_VRAM) continue;
+            k -= g->n;
+            memcpy(&md.regions[k], g->r, (size_t)g->n * sizeof *g->r);
+        }
+        md.nregions = n;
+    }
+    pthread_rwlock_unlock(&a->reg_rw);
+    if (st == KVP_SUCCESS) kvp_md_encode(&md, out);
+    free(md.regions);
+    return st;
+}
+
+void bi_rmd_put(bi_rmd *m) {
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1) {
+        bi_index_free(&m->idx);
+        kvp_md_free(&m->md);
+        free(m);
+    }
+}
+
+static int32_t rmd_new(kvp_md *md, bi_rmd **out) {
+    bi_rmd *m = calloc(1, sizeof *m);
+    const kvp_md_region **v = md->nregions ? malloc((size_t)md->nregions * sizeof *v) : NULL;
+    if (!m || (md->nregions && !v)) {
+        free(m);
+        free(v);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory loading metadata");
+    }
+    atomic_init(&m->refs, 1);
+    m->md = *md; /* takes the regions array */
+    memset(md, 0, sizeof *md);
+    for (uint64_t i = 0; i < m->md.nregions; i++) v[i] = &m->md.regions[i];
+    int32_t st = bi_index_build(&m->idx, v, m->md.nregions);
+    free(v);
+    if (st != KVP_SUCCESS) {
+        bi_rmd_put(m);
+        return st;
+    }
+    *out = m;
+    return KVP_SUCCESS;
+}
+
+bi_remote *bi_remote_find(bi_agent *a, const char *name) {
+    for (bi_remote *rm = a->remotes; rm; rm = rm->next)
+        if (strcmp(rm->name, name) == 0) return rm;
+    return NULL;
+}
+
+static void hex16(const uint8_t *t, char out[33]) {
+    static const char hx[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = hx[t[i] >> 4];
+        out[2 * i + 1] = hx[t[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
+                              char name_out[KVP_NAME_MAX + 1]) {
+    bi_agent *a = bi_of(ka);
+    kvp_md md;
+    int32_t st = kvp_md_decode(blob, (size_t)len, &md);
+    if (st != KVP_SUCCESS) return st;
+    snprintf(name_out, KVP_NAME_MAX + 1, "%s", md.name);
+    if (strcmp(md.name, a->base.name) == 0) {
+        /* Our own name: loopback needs no loading. A blob of another incarnation with
+         * our name is a configuration error worth reporting. */
+        st = memcmp(md.token, a->token, 16) == 0
+                 ? KVP_SUCCESS
+                 : kvp_err(KVP_ERR_NOT_ALLOWED,
+                           "metadata names agent %s, which is this agent's own name but "
+                           "another incarnation",
+                           md.name);
+        kvp_md_free(&md);
+        return st;
+    }
+    /* Fast path: already loaded. */
+    pthread_mutex_lock(&a->mu);
+    bi_remote *ex = bi_remote_find(a, md.name);
+    if (ex) {
+        if (memcmp(ex->token, md.token, 16) != 0) {
+            char t1[33], t2[33];
+            hex16(ex->token, t1);
+            hex16(md.token, t2);
+            pthread_mutex_unlock(&a->mu);
+            st = kvp_err(KVP_ERR_NOT_ALLOWED,
+                         "agent %s is already loaded with another incarnation (token %s, new "
+                         "blob has %s: the peer restarted?); call kvp_invalidate_remote(\"%s\") "
+                         "first",
+                         md.name, t1, t2, md.name);
+            kvp_md_free(&md);
+            return st;
+        }
+        if (kvp_md_regions_equal(&ex->rmd->md, &md)) {
+            pthread_mutex_unlock(&a->mu);
+            kvp_md_free(&md);
+            return KVP_SUCCESS; /* identical: no-op */
+        }
+        /* Same incarnation, new region list: install a new snapshot. */
+        bi_rmd *m;
+        st = rmd_new(&md, &m);
+        if (st == KVP_SUCCESS) {
+            bi_rmd *old = ex->rmd;
+            ex->rmd = m;
+            bi_rmd_put(old);
+        }
+        pthread_mutex_unlock(&a->mu);
+        kvp_md_free(&md);
+        return st;
+    }
+    pthread_mutex_unlock(&a->mu);
+
+    bi_remote *rm = calloc(1, sizeof *rm);
+    if (!rm) {
+        kvp_md_free(&md);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory loading %s", name_out);
+    }
+    if (pthread_mutex_init(&rm->map_mu, NULL) != 0) {
+        free(rm);
+        kvp_md_free(&md);
+        return kvp_err(KVP_ERR_BACKEND, "pthread_mutex_init failed");
+    }
+    rm->ev.kind = EV_PIDFD;
+    rm->a = a;
+    rm->pidfd = -1;
+    atomic_init(&rm->dead, false);
+    snprintf(rm->name, sizeof rm->name, "%s", md.name);
+    memcpy(rm->token, md.token, 16);
+    snprintf(rm->host, sizeof rm->host, "%s", md.host);
+    rm->port = md.port;
+    rm->pid = md.pid;
+    static const uint8_t zero[16];
+    bool host_eq = memcmp(md.boot_id, zero, 16) != 0 &&
+                   memcmp(md.boot_id, a->id.boot_id, 16) == 0 && md.pidns == a->id.pidns &&
+                   md.pidns != 0;
+    rm->same_host = host_eq && !a->force_tcp && (a->caps & KVP_CAP_UCX) &&
+                    (md.caps & KVP_CAP_UCX);
+    if (rm->same_host) {
+        rm->same_process = md.pid == a->id.pid && md.starttime == a->id.starttime;
+        if (!rm->same_process) {
+            /* pidfd first, then the start time: if it matches, the pidfd refers to the
+             * process that wrote the metadata (not a later one reusing its pid). */
+            int pfd = pidfd_open((pid_t)md.pid, 0);
+            if (pfd >= 0 && kvp_pid_starttime(md.pid) == md.starttime) {
+                rm->pidfd = pfd;
+            } else {
+                kvp_close(pfd);
+                /* The process that wrote the blob is gone (or invisible to us). */
+                atomic_store(&rm->dead, true);
+            }
+        }
+    }
+    bi_rmd *m;
+    st = rmd_new(&md, &m);
+    kvp_md_free(&md);
+    if (st != KVP_SUCCESS) {
+        kvp_close(rm->pidfd);
+        pthread_mutex_destroy(&rm->map_mu);
+        free(rm);
+        return st;
+    }
+    rm->rmd = m;
+    pthread_mutex_lock(&a->mu);
+    if (bi_remote_find(a, rm->name)) {
+        /* Lost a race with another loader of the same name: keep theirs. */
+        pthread_mutex_unlock(&a->mu);
+        remote_free(a, rm);
+        return bi_load_remote(ka, blob, len, name_out);
+    }
+    if (rm->pidfd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &rm->ev};
+        if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, rm->pidfd, &ev) != 0) {
+            /* Without the watch we still poll the pidfd at request completion. */
+        }
+    }
+    rm->next = a->remotes;
+    a->remotes = rm;
+    pthread_mutex_unlock(&a->mu);
+    return KVP_SUCCESS;
+}
+
+static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
+    bi_agent *a = bi_of(ka);
+    pthread_mutex_lock(&a->mu);
+    bi_remote *rm = NULL;
+    for (bi_remote **pp = &a->remotes; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->name, name) == 0) {
+            rm = *pp;
+            *pp = rm->next;
+            break;
+        }
+    }
+    if (!rm) {
+        pthread_mutex_unlock(&a->mu);
+        return kvp_err(KVP_ERR_NOT_FOUND, "kvp_invalidate_remote: agent %s is not loaded in %s",
+                       name, a->base.name);
+    }
+    rm->invalid = true;
+    /* Kept (not freed) until the agent is destroyed: prepared lists and requests may
+     * still point at it, and they fail with KVP_ERR_NOT_FOUND because of `invalid`. */
+    rm->next = a->retired;
+    a->retired = rm;
+    pthread_mutex_unlock(&a->mu);
+
+    char msg[400];
+    snprintf(msg, sizeof msg, "agent %s was invalidated (kvp_invalidate_remote)", name);
+    bi_reqs_cancel_for(a, rm, KVP_ERR_NOT_FOUND, msg);
+
+    pthread_mutex_lock(&a->mu);
+    if (rm->pidfd >= 0) {
+        (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+        kvp_close(rm->pidfd);
+        rm->pidfd = -1;
+    }
+    bi_conn *c = rm->conn;
+    rm->conn = NULL;
+    pthread_mutex_unlock(&a->mu);
+    if (c) {
+        bi_conn_shutdown(c);
+        bi_conn_put(c);
+    }
+    bi_remote_unmap_all(rm);
+    return KVP_SUCCESS;
+}
+
+/* ------------------------------------------------------------ prepared lists ---- */
+
+static void prepped_release_obj(kvp_obj *o) {
+    bi_prepped *p = (bi_prepped *)o;
+    if (p->rmd) bi_rmd_put(p->rmd);
+    free(p->d);
+    free(p->ridx);
+    free(p->direct);
+    free(p);
+}
+
+static int32_t bad_desc(bi_agent *a, const char *side, kvp_dlist *l, uint64_t i) {
+    return kvp_err(KVP_ERR_INVALID_PARAM,
+                   "descriptor %llu of %llu (%s addr 0x%llx len %llu dev %llu) does not lie "
+                   "inside memory registered by %s (agent %s); register it first",
+                   (unsigned long long)i, (unsigned long long)l->n,
+                   kvp_mem_type_name(l->mem_type), (unsigned long long)l->d[i].addr,
+                   (unsigned long long)l->d[i].len, (unsigned long long)l->d[i].dev, side,
+                   a->base.name);
+}
+
+static int32_t bi_prep(kvp_agent *ka, const char *remote, kvp_dlist *l, uint64_t *out) {
+    bi_agent *a = bi_of(ka);
+    bi_prepped *p = calloc(1, sizeof *p);
+    if (!p) return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    kvp_obj_init(&p->obj, KVP_H_PREPPED, prepped_release_obj);
+    p->a = a;
+    p->mem_type = l->mem_type;
+    p->n = l->n;
+    if (l->n) {
+        p->d = malloc((size_t)l->n * sizeof *p->d);
+        if (!p->d) {
+            kvp_obj_put(&p->obj);
+            return kvp_err(KVP_ERR_BACKEND, "out of memory");
+        }
+        memcpy(p->d, l->d, (size_t)l->n * sizeof *p->d);
+    }
+    int32_t st = KVP_SUCCESS;
+    bool self = !*remote || strcmp(remote, a->base.name) == 0;
+    if (self) {
+        p->side = *remote ? SIDE_SELF : SIDE_LOCAL;
+        if (l->mem_type != KVP_DRAM && l->mem_type != KVP_VRAM && l->mem_type != KVP_FILE) {
+            kvp_obj_put(&p->obj);
+            return kvp_err(KVP_ERR_NOT_SUPPORTED, "%s lists need the nixl engine (%s)",
+                           kvp_mem_type_name(l->mem_type), kvp_nixl_unavailable_reason());
+        }
+        if (l->mem_type == KVP_FILE && l->n) {
+            p->direct = calloc((size_t)l->n, sizeof *p->direct);
+            if (!p->direct) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+        }
+        pthread_rwlock_rdlock(&a->reg_rw);
+        for (uint64_t i = 0; st == KVP_SUCCESS && i < l->n; i++) {
+            const kvp_md_region *r =
+                bi_index_find(&a->lidx, l->mem_type, l->d[i].dev, l->d[i].addr, l->d[i].len);
+            if (!r) {
+                st = bad_desc(a, "this agent", l, i);
+                break;
+            }
+            if (p->direct) {
+                /* Which registration holds it tells whether the fd has O_DIRECT. */
+                for (bi_reg *g = a->regs; g; g = g->next)
+                    if (r >= g->r && r < g->r + g->n) p->direct[i] = g->file_direct[r - g->r];
+            }
+        }
+        pthread_rwlock_unlock(&a->reg_rw);
+    } else {
+        p->side = SIDE_REMOTE;
+        pthread_mutex_lock(&a->mu);
+        bi_remote *rm = bi_remote_find(a, remote);
+        if (!rm) {
+            st = kvp_err(KVP_ERR_NOT_FOUND,
+                         "agent %s is not loaded in %s (call kvp_load_remote_metadata with its "
+                         "metadata first)",
+                         remote, a->base.name);
+        } else {
+            p->remote = rm;
+            p->rmd = rm->rmd;
+            atomic_fetch_add(&p->rmd->refs, 1);
+        }
+        pthread_mutex_unlock(&a->mu);
+        if (st == KVP_SUCCESS && l->mem_type != KVP_DRAM && l->mem_type != KVP_VRAM)
+            st = kvp_err(KVP_ERR_INVALID_PARAM,
+                         "a remote agent's %s descriptors cannot be prepared: only DRAM and "
+                         "VRAM of a peer are reachable (for files use loopback: remote = own "
+                         "name \"%s\")",
+                         kvp_mem_type_name(l->mem_type), a->base.name);
+        if (st == KVP_SUCCESS && l->n) {
+            p->ridx = malloc((size_t)l->n * sizeof *p->ridx);
+            if (!p->ridx) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+        }
+        for (uint64_t i = 0; st == KVP_SUCCESS && i < l->n; i++) {
+            const kvp_md_region *r = bi_index_find(&p->rmd->idx, l->mem_type, l->d[i].dev,
+                                                   l->d[i].addr, l->d[i].len);
+            if (!r) {
+                char side[300];
+                snprintf(side, sizeof side, "remote agent %s (as of its last loaded metadata)",
+                         remote);
+                st = bad_desc(a, side, l, i);
+                break;
+            }
+            p->ridx[i] = (uint32_t)(r - p->rmd->md.regions);
+        }
+    }
+    if (st == KVP_SUCCESS) st = kvp_handle_insert(&p->obj, &p->handle);
+    if (st != KVP_SUCCESS) {
+        kvp_obj_put(&p->obj);
+        return st;
+    }
+    pthread_mutex_lock(&a->mu);
+    p->next = a->prepped;
+    a->prepped = p;
+    pthread_mutex_unlock(&a->mu);
+    *out = p->handle;
+    kvp_obj_put(&p->obj);
+    return KVP_SUCCESS;
+}
+
+static int32_t bi_prepped_release(kvp_agent *ka, uint64_t h) {
+    bi_agent *a = bi_of(ka);
+    bi_prepped *p = (bi_prepped *)kvp_handle_get(h, KVP_H_PREPPED);
+    if (!p) return kvp_err_status();
+    if (p->a != a) {
+        kvp_obj_put(&p->obj);
+        return kvp_err(KVP_ERR_INVALID_PARAM, "prepared list 0x%llx belongs to another agent",
+                       (unsigned long long)h);
+    }
+    pthread_mutex_lock(&a->mu);
+    bool found = false;
+    for (bi_prepped **pp = &a->prepped; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (found) kvp_handle_drop(h, &p->obj);
+    kvp_obj_put(&p->obj);
+    if (!found) return kvp_err(KVP_ERR_NOT_FOUND, "prepared list 0x%llx was already released",
+                               (unsigned long long)h);
+    return KVP_SUCCESS;
+}

@@ -1,0 +1,250 @@
+/*
+ * copy.c - what a copy job does, and the same-host plumbing it relies on.
+ *
+ * Same-host data never goes through a socket: a peer region that lies in kvp_mem_alloc
+ * memory is a memfd, which we open through /proc/<pid>/fd/<n> and map here once (cached
+ * per peer memfd, verified by inode) so that a transfer is a plain memcpy; other peer
+ * memory is reached with process_vm_writev/readv (cross-memory attach), in batches of
+ * up to IOV_MAX segments.
+ */
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "builtin.h"
+#include "errors.h"
+
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+#define CHUNK_MIN (256u << 10)
+#define CHUNK_MAX (8u << 20)
+#define CHUNK_ALIGN (64u << 10)
+
+int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
+    free(r->jobs);
+    r->jobs = NULL;
+    r->nj = 0;
+    if (r->np == 0) return KVP_SUCCESS;
+    /* About four jobs per worker so that workers stay balanced, within bounds that keep
+     * per-job overhead negligible and a cancel (which waits for running jobs) short. The
+     * size is a multiple of 64 KiB so that split pieces keep O_DIRECT alignment. */
+    uint64_t chunk = r->total / ((uint64_t)KVP_MAX(nthreads, 1u) * 4);
+    if (chunk < CHUNK_MIN) chunk = CHUNK_MIN;
+    if (chunk > CHUNK_MAX) chunk = CHUNK_MAX;
+    chunk = (chunk + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
+    uint64_t nj = r->total / chunk + r->np + 1; /* upper bound */
+    if (nj > UINT32_MAX) return kvp_err(KVP_ERR_INVALID_PARAM, "request too large");
+    bi_job *jobs = malloc((size_t)nj * sizeof *jobs);
+    if (!jobs) return kvp_err(KVP_ERR_BACKEND, "out of memory planning the request");
+    uint32_t k = 0;
+    uint32_t cp = 0;   /* current job start piece */
+    uint64_t co = 0;   /* and offset */
+    uint64_t acc = 0;  /* bytes in current job */
+    for (uint32_t p = 0; p < r->np; p++) {
+        uint64_t off = 0, len = r->p[p].len;
+        while (off < len) {
+            uint64_t take = KVP_MIN(len - off, chunk - acc);
+            off += take;
+            acc += take;
+            if (acc == chunk) {
+                jobs[k++] = (bi_job){cp, p, co, off};
+                acc = 0;
+                if (off == len) {
+                    cp = p + 1;
+                    co = 0;
+                } else {
+                    cp = p;
+                    co = off;
+                }
+            }
+        }
+    }
+    if (acc > 0) jobs[k++] = (bi_job){cp, (uint32_t)(r->np - 1), co, r->p[r->np - 1].len};
+    r->jobs = jobs;
+    r->nj = k;
+    return KVP_SUCCESS;
+}
+
+/* Iterates the segments of a job: piece index, offset and length of each. */
+#define FOR_SEGMENTS(r, j, pi, off, n)                                                     \
+    for (uint32_t pi = (j)->p0; pi <= (j)->p1; pi++)                                       \
+        for (uint64_t off = (pi == (j)->p0 ? (j)->o0 : 0),                                 \
+                      n = (pi == (j)->p1 ? (j)->e1 : (r)->p[pi].len) - off,                \
+                      once_ = 1;                                                           \
+             once_; once_ = 0)
+
+static int32_t exec_mem(bi_req *r, const bi_job *j) {
+    FOR_SEGMENTS(r, j, pi, off, n) {
+        const bi_piece *p = &r->p[pi];
+        uint8_t *m = (uint8_t *)(uintptr_t)(p->mem + off);
+        uint8_t *o = (uint8_t *)(uintptr_t)(p->other + off);
+        if (r->out) memmove(o, m, (size_t)n);
+        else memmove(m, o, (size_t)n);
+    }
+    return KVP_SUCCESS;
+}
+
+static int32_t cma_error(bi_req *r, int e, char *msg, size_t cap) {
+    bi_remote *rm = r->remote;
+    if (e == ESRCH) {
+        atomic_store(&rm->dead, true);
+        snprintf(msg, cap, "peer %s (pid %u) exited during the transfer", rm->name, rm->pid);
+        return KVP_ERR_REMOTE_DISCONNECT;
+    }
+    if (e == EPERM) {
+        snprintf(msg, cap, "cross-memory attach to peer %s (pid %u) was refused: %s", rm->name,
+                 rm->pid, strerror(e));
+        return KVP_ERR_NOT_ALLOWED;
+    }
+    if (e == EFAULT) {
+        snprintf(msg, cap,
+                 "peer %s (pid %u): memory of the transfer is not mapped (peer freed or "
+                 "deregistered it?)",
+                 rm->name, rm->pid);
+        return KVP_ERR_BACKEND;
+    }
+    snprintf(msg, cap, "process_vm_%sv with peer %s failed: %s", r->out ? "write" : "read",
+             rm->name, strerror(e));
+    return KVP_ERR_BACKEND;
+}
+
+static int32_t exec_cma(bi_req *r, const bi_job *j, char *msg, size_t cap) {
+    struct iovec lv[IOV_MAX], rv[IOV_MAX];
+    int n = 0;
+    pid_t pid = (pid_t)r->remote->pid;
+    /* Flushes lv/rv[0..n): loops on partial transfers by advancing both arrays. */
+#define FLUSH()                                                                            \
+    do {                                                                                   \
+        int first = 0;                                                                     \
+        while (first < n) {                                                                \
+            ssize_t got = r->out ? process_vm_writev(pid, lv + first, (unsigned long)(n - first), \
+                                                     rv + first, (unsigned long)(n - first), 0) \
+                                 : process_vm_readv(pid, lv + first, (unsigned long)(n - first), \
+                                                    rv + first, (unsigned long)(n - first), 0); \
+            if (got < 0) {                                                                 \
+                if (errno == EINTR) continue;                                              \
+                return cma_error(r, errno, msg, cap);                                      \
+            }                                                                              \
+            if (got == 0) return cma_error(r, EFAULT, msg, cap);                           \
+            size_t left = (size_t)got;                                                     \
+            while (first < n && left >= lv[first].iov_len) {                               \
+                left -= lv[first].iov_len;                                                 \
+                first++;                                                                   \
+            }                                                                              \
+            if (left > 0) {                                                                \
+                lv[first].iov_base = (uint8_t *)lv[first].iov_base + left;                 \
+                lv[first].iov_len -= left;                                                 \
+                rv[first].iov_base = (uint8_t *)rv[first].iov_base + left;                 \
+                rv[first].iov_len -= left;                                                 \
+            }                                                                              \
+        }                                                                                  \
+        n = 0;                                                                             \
+    } while (0)
+    FOR_SEGMENTS(r, j, pi, off, len) {
+        const bi_piece *p = &r->p[pi];
+        lv[n].iov_base = (void *)(uintptr_t)(p->mem + off);
+        lv[n].iov_len = (size_t)len;
+        rv[n].iov_base = (void *)(uintptr_t)(p->other + off);
+        rv[n].iov_len = (size_t)len;
+        n++;
+        if (n == IOV_MAX) FLUSH();
+    }
+    FLUSH();
+#undef FLUSH
+    return KVP_SUCCESS;
+}
+
+static int32_t exec_file(bi_req *r, const bi_job *j, char *msg, size_t cap) {
+    FOR_SEGMENTS(r, j, pi, off, n) {
+        const bi_piece *p = &r->p[pi];
+        int32_t st = bi_file_rw(r->out, p->fd, p->direct, (uint8_t *)(uintptr_t)(p->mem + off),
+                                p->other + off, n, msg, cap);
+        if (st != KVP_SUCCESS) return st;
+    }
+    return KVP_SUCCESS;
+}
+
+int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap) {
+    if (r->remote && atomic_load(&r->remote->dead)) {
+        snprintf(msg, cap, "peer %s (pid %u) exited", r->remote->name, r->remote->pid);
+        return KVP_ERR_REMOTE_DISCONNECT;
+    }
+    switch (r->path) {
+    case PATH_MEM: return exec_mem(r, j);
+    case PATH_CMA: return exec_cma(r, j, msg, cap);
+    case PATH_FILE: return exec_file(r, j, msg, cap);
+    default:
+        snprintf(msg, cap, "internal error: job on path %d", r->path);
+        return KVP_ERR_UNKNOWN;
+    }
+}
+
+/* ------------------------------------------------------------ peer memfds ---- */
+
+int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
+    pthread_mutex_lock(&rm->map_mu);
+    for (size_t i = 0; i < rm->nmaps; i++) {
+        if (rm->maps[i].ino == g->memfd_ino && rm->maps[i].fdno == g->memfd &&
+            rm->maps[i].size >= g->memfd_size) {
+            *out = rm->maps[i].base;
+            pthread_mutex_unlock(&rm->map_mu);
+            return KVP_SUCCESS;
+        }
+    }
+    int32_t st = KVP_SUCCESS;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/fd/%d", rm->pid, g->memfd);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat sb;
+    void *p = MAP_FAILED;
+    if (fd < 0) {
+        st = kvp_err(KVP_ERR_NOT_ALLOWED, "cannot open %s of peer %s: %s", path, rm->name,
+                     strerror(errno));
+    } else if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_ino != g->memfd_ino ||
+               (uint64_t)sb.st_size < g->memfd_size) {
+        /* Not the memfd the metadata described (fd number reused): never map it. */
+        st = kvp_err(KVP_ERR_MISMATCH, "%s of peer %s is not the shared memory its metadata "
+                     "describes", path, rm->name);
+    } else {
+        p = mmap(NULL, (size_t)g->memfd_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED)
+            st = kvp_err(KVP_ERR_BACKEND, "mmap of %s (%llu bytes) failed: %s", path,
+                         (unsigned long long)g->memfd_size, strerror(errno));
+    }
+    kvp_close(fd); /* the mapping keeps the memory */
+    if (st == KVP_SUCCESS) {
+        bi_map *nm = realloc(rm->maps, (rm->nmaps + 1) * sizeof *nm);
+        if (!nm) {
+            munmap(p, (size_t)g->memfd_size);
+            st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+        } else {
+            rm->maps = nm;
+            rm->maps[rm->nmaps++] = (bi_map){g->memfd_ino, g->memfd, p, g->memfd_size};
+            *out = p;
+        }
+    }
+    pthread_mutex_unlock(&rm->map_mu);
+    return st;
+}
+
+void bi_remote_unmap_all(bi_remote *rm) {
+    pthread_mutex_lock(&rm->map_mu);
+    for (size_t i = 0; i < rm->nmaps; i++) munmap(rm->maps[i].base, (size_t)rm->maps[i].size);
+    free(rm->maps);
+    rm->maps = NULL;
+    rm->nmaps = 0;
+    pthread_mutex_unlock(&rm->map_mu);
+}
+
+int bi_cma_probe(bi_remote *rm, uint64_t addr) {
+    uint8_t b;
+    struct iovec l = {&b, 1}, r = {(void *)(uintptr_t)addr, 1};
+    ssize_t n = process_vm_readv((pid_t)rm->pid, &l, 1, &r, 1, 0);
+    return n == 1 ? 1 : -1;
+}

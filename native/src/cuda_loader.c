@@ -1,0 +1,205 @@
+/* cuda_loader.c - see cuda_loader.h. */
+#include "cuda_loader.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+
+#include "errors.h"
+
+typedef int cuda_err;
+typedef struct { char reserved[KVP_CUDA_IPC_BYTES]; } cuda_ipc_handle;
+
+#define CUDA_MEMCPY_DEFAULT 4
+#define CUDA_IPC_LAZY_ENABLE_PEER_ACCESS 1
+
+static struct {
+    void *lib;
+    const char *lib_name;
+    cuda_err (*get_device_count)(int *);
+    cuda_err (*set_device)(int);
+    cuda_err (*malloc_)(void **, size_t);
+    cuda_err (*free_)(void *);
+    cuda_err (*memcpy_)(void *, const void *, size_t, int);
+    cuda_err (*ipc_get)(cuda_ipc_handle *, void *);
+    cuda_err (*ipc_open)(void **, cuda_ipc_handle, unsigned);
+    cuda_err (*ipc_close)(void *);
+    cuda_err (*host_register)(void *, size_t, unsigned);
+    cuda_err (*malloc_host)(void **, size_t);
+    cuda_err (*free_host)(void *);
+    const char *(*error_string)(cuda_err);
+    int32_t status;       /* result of loading + cudaGetDeviceCount */
+    int count;
+    char msg[768];        /* the reason when status != SUCCESS */
+} g_cuda;
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static const char *cerr(cuda_err e) {
+    const char *s = g_cuda.error_string ? g_cuda.error_string(e) : NULL;
+    return s ? s : "unknown CUDA error";
+}
+
+static void load_once(void) {
+    static const char *const names[] = {
+        "libcudart.so", "libcudart.so.13", "libcudart.so.12",
+        "/usr/local/cuda/lib64/libcudart.so", "/usr/local/cuda/lib64/libcudart.so.13",
+        "/usr/local/cuda/lib64/libcudart.so.12",
+    };
+    char tried[512] = "";
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !g_cuda.lib; i++) {
+        g_cuda.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        if (g_cuda.lib) g_cuda.lib_name = names[i];
+        int n = snprintf(tried + off, sizeof tried - off, "%s%s", i ? ", " : "", names[i]);
+        if (n > 0 && (size_t)n < sizeof tried - off) off += (size_t)n;
+    }
+    if (!g_cuda.lib) {
+        g_cuda.status = KVP_ERR_NOT_SUPPORTED;
+        snprintf(g_cuda.msg, sizeof g_cuda.msg,
+                 "no CUDA: libcudart not found (tried %s); VRAM needs the CUDA runtime and a GPU",
+                 tried);
+        return;
+    }
+#define SYM(field, name)                                                                  \
+    do {                                                                                  \
+        *(void **)&g_cuda.field = dlsym(g_cuda.lib, name);                                \
+        if (!g_cuda.field) {                                                              \
+            g_cuda.status = KVP_ERR_NOT_SUPPORTED;                                        \
+            snprintf(g_cuda.msg, sizeof g_cuda.msg, "no CUDA: %s lacks the symbol %s",    \
+                     g_cuda.lib_name, name);                                              \
+            return;                                                                       \
+        }                                                                                 \
+    } while (0)
+    SYM(error_string, "cudaGetErrorString");
+    SYM(get_device_count, "cudaGetDeviceCount");
+    SYM(set_device, "cudaSetDevice");
+    SYM(malloc_, "cudaMalloc");
+    SYM(free_, "cudaFree");
+    SYM(memcpy_, "cudaMemcpy");
+    SYM(ipc_get, "cudaIpcGetMemHandle");
+    SYM(ipc_open, "cudaIpcOpenMemHandle");
+    SYM(ipc_close, "cudaIpcCloseMemHandle");
+    SYM(host_register, "cudaHostRegister");
+    SYM(malloc_host, "cudaMallocHost");
+    SYM(free_host, "cudaFreeHost");
+#undef SYM
+    int n = 0;
+    cuda_err e = g_cuda.get_device_count(&n);
+    if (e != 0 || n <= 0) {
+        g_cuda.status = KVP_ERR_NOT_SUPPORTED;
+        snprintf(g_cuda.msg, sizeof g_cuda.msg,
+                 "no CUDA device: cudaGetDeviceCount returned %d (%s) with %s", e,
+                 e ? cerr(e) : "zero devices", g_cuda.lib_name);
+        return;
+    }
+    g_cuda.count = n;
+    g_cuda.status = KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_devices(int32_t *count) {
+    pthread_once(&g_once, load_once);
+    if (count) *count = g_cuda.status == KVP_SUCCESS ? g_cuda.count : 0;
+    if (g_cuda.status != KVP_SUCCESS) return kvp_err(g_cuda.status, "%s", g_cuda.msg);
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_check_dev(int64_t dev) {
+    int32_t n = 0;
+    int32_t st = kvp_cuda_devices(&n);
+    if (st != KVP_SUCCESS) return st;
+    if (dev < 0 || dev >= n)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "CUDA device %lld does not exist (%d devices)",
+                       (long long)dev, n);
+    return KVP_SUCCESS;
+}
+
+static int32_t set_dev(int32_t dev) {
+    int32_t st = kvp_cuda_check_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.set_device(dev);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaSetDevice(%d) failed: %s", dev, cerr(e));
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_malloc(int32_t dev, uint64_t size, uint64_t *out) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    void *p = NULL;
+    cuda_err e = g_cuda.malloc_(&p, (size_t)size);
+    if (e)
+        return kvp_err(KVP_ERR_BACKEND, "cudaMalloc(%llu) on device %d failed: %s",
+                       (unsigned long long)size, dev, cerr(e));
+    *out = (uint64_t)(uintptr_t)p;
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_free(int32_t dev, uint64_t ptr) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.free_((void *)(uintptr_t)ptr);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaFree failed: %s", cerr(e));
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_memcpy(int32_t dev, uint64_t dst, uint64_t src, uint64_t len) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.memcpy_((void *)(uintptr_t)dst, (const void *)(uintptr_t)src,
+                                (size_t)len, CUDA_MEMCPY_DEFAULT);
+    if (e)
+        return kvp_err(KVP_ERR_BACKEND, "cudaMemcpy of %llu bytes failed: %s",
+                       (unsigned long long)len, cerr(e));
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_ipc_get(int32_t dev, uint64_t ptr, uint8_t out[KVP_CUDA_IPC_BYTES]) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    cuda_ipc_handle h;
+    memset(&h, 0, sizeof h);
+    cuda_err e = g_cuda.ipc_get(&h, (void *)(uintptr_t)ptr);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaIpcGetMemHandle failed: %s", cerr(e));
+    memcpy(out, h.reserved, KVP_CUDA_IPC_BYTES);
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_ipc_open(int32_t dev, const uint8_t h[KVP_CUDA_IPC_BYTES], uint64_t *out) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    cuda_ipc_handle ch;
+    memcpy(ch.reserved, h, KVP_CUDA_IPC_BYTES);
+    void *p = NULL;
+    cuda_err e = g_cuda.ipc_open(&p, ch, CUDA_IPC_LAZY_ENABLE_PEER_ACCESS);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaIpcOpenMemHandle failed: %s", cerr(e));
+    *out = (uint64_t)(uintptr_t)p;
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_ipc_close(int32_t dev, uint64_t ptr) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.ipc_close((void *)(uintptr_t)ptr);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaIpcCloseMemHandle failed: %s", cerr(e));
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_host_alloc(uint64_t size, void **out) {
+    int32_t st = kvp_cuda_devices(NULL);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.malloc_host(out, (size_t)size);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaMallocHost(%llu) failed: %s",
+                          (unsigned long long)size, cerr(e));
+    return KVP_SUCCESS;
+}
+
+void kvp_cuda_host_free(void *p) {
+    if (p && g_cuda.free_host) (void)g_cuda.free_host(p);
+}
+
+KVP_API int32_t kvp_cuda_device_count(int32_t *count) {
+    kvp_err_clear();
+    int32_t n = 0;
+    int32_t st = kvp_cuda_devices(&n);
+    if (count) *count = n;
+    return st;
+}

@@ -1,0 +1,99 @@
+/* notif.c - notification queue of an agent (filled by the progress thread as frames
+ * arrive, or directly for loopback) and kvp_notif_send/take/wait. */
+#include <stdio.h>
+
+#include "builtin.h"
+#include "errors.h"
+
+void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
+                   uint32_t len) {
+    bi_notif *n = malloc(sizeof *n + from_len + len);
+    if (!n) return; /* out of memory: the notification is lost, nothing else breaks */
+    n->next = NULL;
+    n->name_len = from_len;
+    n->msg_len = len;
+    memcpy(n->data, from, from_len);
+    if (len) memcpy(n->data + from_len, msg, len);
+    pthread_mutex_lock(&a->mu);
+    if (a->nq_tail) a->nq_tail->next = n;
+    else a->nq_head = n;
+    a->nq_tail = n;
+    a->nq_count++;
+    pthread_cond_broadcast(&a->nq_cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+void bi_notif_free_all(bi_agent *a) {
+    while (a->nq_head) {
+        bi_notif *n = a->nq_head;
+        a->nq_head = n->next;
+        free(n);
+    }
+    a->nq_tail = NULL;
+    a->nq_count = 0;
+}
+
+int32_t bi_notif_send(kvp_agent *ka, const char *remote, const uint8_t *msg, uint64_t len) {
+    bi_agent *a = bi_of(ka);
+    if (strcmp(remote, a->base.name) == 0) {
+        bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), msg, (uint32_t)len);
+        return KVP_SUCCESS;
+    }
+    pthread_mutex_lock(&a->mu);
+    bi_remote *rm = bi_remote_find(a, remote);
+    pthread_mutex_unlock(&a->mu);
+    if (!rm)
+        return kvp_err(KVP_ERR_NOT_FOUND,
+                       "kvp_notif_send: agent %s is not loaded in %s (load its metadata first)",
+                       remote, a->base.name);
+    bi_conn *c = NULL;
+    int32_t st = bi_tcp_conn_get(a, rm, &c);
+    if (st != KVP_SUCCESS) return st;
+    st = bi_tcp_send_notif(c, msg, (uint32_t)len);
+    bi_conn_put(c);
+    return st;
+}
+
+int32_t bi_notif_take(kvp_agent *ka, uint8_t *buf, uint64_t cap, uint64_t *len,
+                      uint64_t *count) {
+    bi_agent *a = bi_of(ka);
+    uint64_t used = 0, k = 0;
+    pthread_mutex_lock(&a->mu);
+    while (a->nq_head) {
+        bi_notif *n = a->nq_head;
+        uint64_t need = 8ull + n->name_len + n->msg_len;
+        if (!buf || need > cap - used) {
+            if (k == 0) used = need; /* report the size of the first record */
+            break;
+        }
+        uint8_t *q = buf + used;
+        kvp_put_u32(q, n->name_len);
+        memcpy(q + 4, n->data, n->name_len);
+        kvp_put_u32(q + 4 + n->name_len, n->msg_len);
+        if (n->msg_len) memcpy(q + 8 + n->name_len, n->data + n->name_len, n->msg_len);
+        used += need;
+        k++;
+        a->nq_head = n->next;
+        if (!a->nq_head) a->nq_tail = NULL;
+        a->nq_count--;
+        free(n);
+    }
+    pthread_mutex_unlock(&a->mu);
+    *len = used;
+    *count = k;
+    return KVP_SUCCESS;
+}
+
+int32_t bi_notif_wait(kvp_agent *ka, int64_t timeout_ms) {
+    bi_agent *a = bi_of(ka);
+    struct timespec dl = kvp_deadline_ms(timeout_ms);
+    int32_t st;
+    pthread_mutex_lock(&a->mu);
+    while (a->nq_count == 0 && !a->dying) {
+        if (pthread_cond_timedwait(&a->nq_cv, &a->mu, &dl) == ETIMEDOUT) break;
+    }
+    if (a->dying) st = kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a->base.name);
+    else st = a->nq_count > 0 ? KVP_SUCCESS : KVP_IN_PROG;
+    pthread_mutex_unlock(&a->mu);
+    return st;
+}

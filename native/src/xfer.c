@@ -1,0 +1,565 @@
+/*
+ * xfer.c - transfer requests of the builtin engine: creation (validation, merging,
+ * choice of path), post, status, wait, release and cancellation.
+ *
+ * Paths: PATH_MEM (memcpy: loopback, same process, or a same-host peer's memfd mapped
+ * here), PATH_CMA (process_vm_writev/readv into a same-host peer), PATH_FILE
+ * (pread/pwrite, loopback only), PATH_TCP (tcp.c). The first three are split into jobs
+ * for the copy workers, or run inside kvp_xfer_post when small.
+ */
+#include <poll.h>
+#include <stdio.h>
+
+#include "builtin.h"
+#include "errors.h"
+
+static void req_release_obj(kvp_obj *o) {
+    bi_req *r = (bi_req *)o;
+    if (r->conn) bi_conn_put(r->conn);
+    bi_tcp_free_frames(r);
+    free(r->p);
+    free(r->jobs);
+    free(r->notif);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
+
+static bi_prepped *prepped_get(bi_agent *a, uint64_t h, const char *which) {
+    bi_prepped *p = (bi_prepped *)kvp_handle_get(h, KVP_H_PREPPED);
+    if (!p) {
+        char tmp[KVP_MSG_MAX];
+        snprintf(tmp, sizeof tmp, "%s", kvp_err_text());
+        kvp_err(kvp_err_status(), "%s: %s", which, tmp);
+        return NULL;
+    }
+    if (p->a != a) {
+        kvp_obj_put(&p->obj);
+        kvp_err(KVP_ERR_INVALID_PARAM, "%s 0x%llx was prepared by another agent, not %s", which,
+                (unsigned long long)h, a->base.name);
+        return NULL;
+    }
+    return p;
+}
+
+static bi_req *req_get(bi_agent *a, uint64_t h) {
+    bi_req *r = (bi_req *)kvp_handle_get(h, KVP_H_REQ);
+    if (!r) return NULL;
+    if (r->a != a) {
+        kvp_obj_put(&r->obj);
+        kvp_err(KVP_ERR_INVALID_PARAM, "request 0x%llx belongs to another agent, not %s",
+                (unsigned long long)h, a->base.name);
+        return NULL;
+    }
+    return r;
+}
+
+/* ---------------------------------------------------------------- create ---- */
+
+typedef struct pair_ctx {
+    bi_req *r;
+    uint64_t cap;
+} pair_ctx;
+
+static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len, int32_t fd,
+                         bool direct) {
+    bi_req *r = c->r;
+    if (len == 0) return KVP_SUCCESS;
+    if (r->np > 0) {
+        bi_piece *l = &r->p[r->np - 1];
+        /* Merge consecutive descriptors: both ends continue where the last piece ended. */
+        if (l->mem + l->len == mem && l->other + l->len == other && l->fd == fd &&
+            l->direct == direct && l->len + len >= l->len) {
+            l->len += len;
+            r->total += len;
+            return KVP_SUCCESS;
+        }
+    }
+    if (r->np == c->cap) {
+        uint64_t nc = c->cap ? c->cap * 2 : 16;
+        bi_piece *np = realloc(r->p, (size_t)nc * sizeof *np);
+        if (!np) return kvp_err(KVP_ERR_BACKEND, "out of memory building the request");
+        r->p = np;
+        c->cap = nc;
+    }
+    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct};
+    r->total += len;
+    return KVP_SUCCESS;
+}
+
+/* Chooses how to reach a peer and fills the pieces. */
+static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
+                            const uint32_t *ri, uint64_t count) {
+    bi_agent *a = r->a;
+    bi_remote *rm = R->remote;
+    pair_ctx pc = {r, 0};
+    int32_t st = KVP_SUCCESS;
+    r->path = PATH_TCP;
+    if (rm->same_host) {
+        if (rm->same_process) {
+            r->path = PATH_MEM;
+        } else {
+            bool all_memfd = true;
+            for (uint64_t i = 0; i < count && all_memfd; i++) {
+                const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
+                if (!(g->flags & KVP_MDR_MEMFD)) all_memfd = false;
+            }
+            if (all_memfd) {
+                r->path = PATH_MEM;
+                /* Map every region used now (cached per peer memfd), so posts only copy. */
+                for (uint64_t i = 0; i < count; i++) {
+                    uint8_t *base;
+                    const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
+                    if (bi_remote_map(rm, g, &base) != KVP_SUCCESS) {
+                        r->path = PATH_NONE;
+                        kvp_err_clear();
+                        break;
+                    }
+                }
+            }
+            if (r->path != PATH_MEM) {
+                pthread_mutex_lock(&a->mu);
+                int cma = rm->cma;
+                pthread_mutex_unlock(&a->mu);
+                if (cma == 0 && count > 0) {
+                    cma = bi_cma_probe(rm, R->d[ri[0]].addr);
+                    pthread_mutex_lock(&a->mu);
+                    rm->cma = cma;
+                    pthread_mutex_unlock(&a->mu);
+                }
+                r->path = cma >= 0 ? PATH_CMA : PATH_TCP;
+            }
+        }
+    }
+    for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
+        const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
+        uint64_t other = rd->addr;
+        if (r->path == PATH_MEM && !rm->same_process) {
+            const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
+            uint8_t *base;
+            st = bi_remote_map(rm, g, &base);
+            if (st != KVP_SUCCESS) break;
+            other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
+        }
+        st = add_piece(&pc, ld->addr, other, ld->len, -1, false);
+    }
+    return st;
+}
+
+int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *li, uint64_t rp,
+                       const uint32_t *ri, uint64_t count, const uint8_t *notif,
+                       uint64_t notif_len, uint64_t *out) {
+    bi_agent *a = bi_of(ka);
+    bi_prepped *L = prepped_get(a, lp, "local_prepped");
+    if (!L) return kvp_err_status();
+    bi_prepped *R = prepped_get(a, rp, "remote_prepped");
+    if (!R) {
+        kvp_obj_put(&L->obj);
+        return kvp_err_status();
+    }
+    int32_t st = KVP_SUCCESS;
+    bi_req *r = NULL;
+    if (L->side != SIDE_LOCAL)
+        st = kvp_err(KVP_ERR_INVALID_PARAM,
+                     "local_prepped must be a list prepared for the local side (remote \"\"), "
+                     "but it was prepared for a remote");
+    else if (R->side == SIDE_LOCAL)
+        st = kvp_err(KVP_ERR_INVALID_PARAM,
+                     "remote_prepped was prepared for the local side (remote \"\"); prepare it "
+                     "with the peer's name, or this agent's own name (\"%s\") for loopback",
+                     a->base.name);
+    if (st == KVP_SUCCESS && R->side == SIDE_REMOTE) {
+        pthread_mutex_lock(&a->mu);
+        bool invalid = R->remote->invalid;
+        pthread_mutex_unlock(&a->mu);
+        if (invalid)
+            st = kvp_err(KVP_ERR_NOT_FOUND,
+                         "agent %s was invalidated; load its metadata again and prepare new lists",
+                         R->remote->name);
+    }
+    /* Indices and pairwise lengths. */
+    for (uint64_t i = 0; st == KVP_SUCCESS && i < count; i++) {
+        if (li[i] >= L->n)
+            st = kvp_err(KVP_ERR_INVALID_PARAM,
+                         "local_idx[%llu] = %u is out of range: the local list has %llu "
+                         "descriptors",
+                         (unsigned long long)i, li[i], (unsigned long long)L->n);
+        else if (ri[i] >= R->n)
+            st = kvp_err(KVP_ERR_INVALID_PARAM,
+                         "remote_idx[%llu] = %u is out of range: the remote list has %llu "
+                         "descriptors",
+                         (unsigned long long)i, ri[i], (unsigned long long)R->n);
+        else if (L->d[li[i]].len != R->d[ri[i]].len)
+            st = kvp_err(KVP_ERR_MISMATCH,
+                         "pair %llu: local descriptor %u has %llu bytes but remote descriptor "
+                         "%u has %llu",
+                         (unsigned long long)i, li[i], (unsigned long long)L->d[li[i]].len,
+                         ri[i], (unsigned long long)R->d[ri[i]].len);
+    }
+    /* Memory types. */
+    int32_t lt = L->mem_type, rt = R->mem_type;
+    if (st == KVP_SUCCESS && (lt == KVP_VRAM || rt == KVP_VRAM))
+        st = kvp_err(KVP_ERR_NOT_SUPPORTED,
+                     "VRAM transfers are not implemented in the builtin engine yet (local %s, "
+                     "remote %s); stage through DRAM with kvp_mem_copy",
+                     kvp_mem_type_name(lt), kvp_mem_type_name(rt));
+    if (st == KVP_SUCCESS && lt == KVP_FILE && rt == KVP_FILE)
+        st = kvp_err(KVP_ERR_NOT_SUPPORTED, "FILE to FILE transfers are not supported");
+    if (st == KVP_SUCCESS && (lt == KVP_FILE || rt == KVP_FILE) && R->side != SIDE_SELF)
+        st = kvp_err(KVP_ERR_INVALID_PARAM, "FILE transfers are loopback only");
+    if (st == KVP_SUCCESS) {
+        r = calloc(1, sizeof *r);
+        if (!r || kvp_cond_init(&r->cv) != 0) {
+            free(r);
+            r = NULL;
+            st = kvp_err(KVP_ERR_BACKEND, "out of memory creating a request");
+        }
+    }
+    if (st == KVP_SUCCESS) {
+        kvp_obj_init(&r->obj, KVP_H_REQ, req_release_obj);
+        r->a = a;
+        r->op = op;
+        r->state = RS_IDLE;
+        r->status = KVP_ERR_NOT_POSTED;
+        if (notif_len) {
+            r->notif = malloc((size_t)notif_len);
+            if (!r->notif) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+            else memcpy(r->notif, notif, (size_t)notif_len);
+            r->notif_len = (uint32_t)notif_len;
+        }
+    }
+    if (st == KVP_SUCCESS) {
+        pair_ctx pc = {r, 0};
+        if (R->side == SIDE_SELF) {
+            if (lt == KVP_FILE || rt == KVP_FILE) {
+                r->path = PATH_FILE;
+                /* WRITE moves local -> remote: to the file when the remote side is FILE. */
+                r->out = (op == KVP_WRITE) == (rt == KVP_FILE);
+                for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
+                    const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
+                    const kvp_desc *m = lt == KVP_FILE ? rd : ld, *f = lt == KVP_FILE ? ld : rd;
+                    bool dir = lt == KVP_FILE ? L->direct[li[i]] : R->direct[ri[i]];
+                    st = add_piece(&pc, m->addr, f->addr, m->len, (int32_t)f->dev, dir);
+                }
+            } else {
+                r->path = PATH_MEM;
+                r->out = op == KVP_WRITE;
+                for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++)
+                    st = add_piece(&pc, L->d[li[i]].addr, R->d[ri[i]].addr, L->d[li[i]].len, -1,
+                                   false);
+            }
+        } else {
+            r->remote = R->remote;
+            r->out = op == KVP_WRITE;
+            st = build_remote(r, L, li, R, ri, count);
+        }
+    }
+    if (st == KVP_SUCCESS) {
+        if (r->path == PATH_TCP) st = bi_tcp_prepare(r);
+        else st = bi_jobs_build(r, a->io_threads);
+    }
+    if (st == KVP_SUCCESS) st = kvp_handle_insert(&r->obj, &r->handle);
+    if (st == KVP_SUCCESS) {
+        pthread_mutex_lock(&a->mu);
+        r->next = a->reqs;
+        if (a->reqs) a->reqs->prev = r;
+        a->reqs = r;
+        pthread_mutex_unlock(&a->mu);
+        *out = r->handle;
+    }
+    if (r) kvp_obj_put(&r->obj);
+    kvp_obj_put(&L->obj);
+    kvp_obj_put(&R->obj);
+    return st;
+}
+
+/* ----------------------------------------------------------------- finish ---- */
+
+void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg) {
+    bi_agent *a = r->a;
+    pthread_mutex_lock(&a->mu);
+    if (r->post_id == post_id && r->state == RS_ACTIVE) {
+        r->state = RS_DONE;
+        r->status = status;
+        snprintf(r->msg, sizeof r->msg, "%s", msg ? msg : "");
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&a->mu);
+}
+
+bool bi_remote_gone(bi_remote *rm) {
+    if (atomic_load(&rm->dead)) return true;
+    if (rm->pidfd >= 0) {
+        struct pollfd pf = {.fd = rm->pidfd, .events = POLLIN};
+        int n = poll(&pf, 1, 0);
+        if (n > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR))) {
+            atomic_store(&rm->dead, true);
+            return true;
+        }
+    }
+    return false;
+}
+
+void bi_req_complete(bi_req *r, uint64_t post_id) {
+    bi_agent *a = r->a;
+    char msg[512];
+    if (r->remote && r->path != PATH_TCP && !r->remote->same_process &&
+        bi_remote_gone(r->remote)) {
+        snprintf(msg, sizeof msg, "peer %s (pid %u) exited during the transfer",
+                 r->remote->name, r->remote->pid);
+        bi_req_finish(r, post_id, KVP_ERR_REMOTE_DISCONNECT, msg);
+        return;
+    }
+    if (r->notif_len > 0) {
+        if (!r->remote) {
+            bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), r->notif,
+                          r->notif_len);
+        } else {
+            pthread_mutex_lock(&a->mu);
+            bi_conn *c = r->conn;
+            if (c) bi_conn_ref(c);
+            pthread_mutex_unlock(&a->mu);
+            int32_t st = c ? bi_tcp_send_notif(c, r->notif, r->notif_len)
+                           : kvp_err(KVP_ERR_REMOTE_DISCONNECT, "no connection");
+            if (c) bi_conn_put(c);
+            if (st != KVP_SUCCESS) {
+                snprintf(msg, sizeof msg,
+                         "the data landed but the notification to %s could not be sent: %s",
+                         r->remote->name, kvp_err_text());
+                bi_req_finish(r, post_id, KVP_ERR_REMOTE_DISCONNECT, msg);
+                return;
+            }
+        }
+    }
+    bi_req_finish(r, post_id, KVP_SUCCESS, "");
+}
+
+void bi_req_cancel(bi_req *r) {
+    bi_agent *a = r->a;
+    pthread_mutex_lock(&a->mu);
+    bi_conn *c = r->conn;
+    if (c) bi_conn_ref(c);
+    pthread_mutex_unlock(&a->mu);
+    /* Always wait for workers, even for a finished request: the worker that finished it
+     * may still be on its way out of the job. */
+    (void)bi_pool_cancel(&a->pool, r);
+    if (c) {
+        bi_tcp_cancel(c, r);
+        bi_conn_put(c);
+    }
+}
+
+/* Cancels r and, when it was active, finishes it with status/msg. */
+static void cancel_with(bi_req *r, int32_t status, const char *msg) {
+    bi_agent *a = r->a;
+    pthread_mutex_lock(&a->mu);
+    bool active = r->state == RS_ACTIVE;
+    uint64_t post = r->post_id;
+    pthread_mutex_unlock(&a->mu);
+    bi_req_cancel(r);
+    if (active) bi_req_finish(r, post, status, msg);
+}
+
+void bi_reqs_cancel_for(bi_agent *a, bi_remote *rm, int32_t status, const char *msg) {
+    pthread_mutex_lock(&a->mu);
+    size_t n = 0;
+    for (bi_req *r = a->reqs; r; r = r->next)
+        if (!rm || r->remote == rm) n++;
+    bi_req **v = n ? malloc(n * sizeof *v) : NULL;
+    size_t k = 0;
+    if (v) {
+        for (bi_req *r = a->reqs; r; r = r->next) {
+            if (rm && r->remote != rm) continue;
+            kvp_obj_ref(&r->obj);
+            v[k++] = r;
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (n && !v) {
+        /* Out of memory: cancel one at a time under fresh lookups (slow, but correct). */
+        for (;;) {
+            bi_req *t = NULL;
+            pthread_mutex_lock(&a->mu);
+            for (bi_req *r = a->reqs; r; r = r->next)
+                if ((!rm || r->remote == rm) && r->state == RS_ACTIVE) {
+                    t = r;
+                    kvp_obj_ref(&t->obj);
+                    break;
+                }
+            pthread_mutex_unlock(&a->mu);
+            if (!t) break;
+            cancel_with(t, status, msg);
+            kvp_obj_put(&t->obj);
+        }
+        return;
+    }
+    for (size_t i = 0; i < k; i++) {
+        cancel_with(v[i], status, msg);
+        kvp_obj_put(&v[i]->obj);
+    }
+    free(v);
+}
+
+/* ------------------------------------------------------------------- post ---- */
+
+int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
+    bi_agent *a = bi_of(ka);
+    bi_req *r = req_get(a, h);
+    if (!r) return kvp_err_status();
+    int32_t st = KVP_SUCCESS;
+    bi_remote *rm = r->remote;
+    pthread_mutex_lock(&a->mu);
+    if (a->dying) st = kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a->base.name);
+    else if (r->released) st = kvp_err(KVP_ERR_NOT_FOUND, "request is being released");
+    else if (r->state == RS_ACTIVE)
+        st = kvp_err(KVP_ERR_REPOST_ACTIVE,
+                     "request 0x%llx is still in progress; wait for it or release it before "
+                     "posting again",
+                     (unsigned long long)h);
+    else if (rm && rm->invalid)
+        st = kvp_err(KVP_ERR_NOT_FOUND, "agent %s was invalidated", rm->name);
+    pthread_mutex_unlock(&a->mu);
+    if (st == KVP_SUCCESS && rm && !rm->same_process && rm->same_host && bi_remote_gone(rm))
+        st = kvp_err(KVP_ERR_REMOTE_DISCONNECT, "peer %s (pid %u) has exited", rm->name, rm->pid);
+    if (st != KVP_SUCCESS) {
+        kvp_obj_put(&r->obj);
+        return st;
+    }
+    /* A connection is needed for TCP data and for notifications to a peer. Connecting
+     * can block (bounded by connect_timeout_ms), so it happens before taking a->mu. */
+    bi_conn *c = NULL;
+    if (rm && (r->path == PATH_TCP || r->notif_len > 0)) {
+        st = bi_tcp_conn_get(a, rm, &c);
+        if (st != KVP_SUCCESS) {
+            kvp_obj_put(&r->obj);
+            return st;
+        }
+    }
+    bool run_inline = false;
+    uint64_t post_id = 0;
+    bi_conn *old = NULL;
+    pthread_mutex_lock(&a->mu);
+    if (a->dying) st = kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a->base.name);
+    else if (r->released) st = kvp_err(KVP_ERR_NOT_FOUND, "request is being released");
+    else if (r->state == RS_ACTIVE)
+        st = kvp_err(KVP_ERR_REPOST_ACTIVE, "request 0x%llx is still in progress",
+                     (unsigned long long)h);
+    else if (rm && rm->invalid)
+        st = kvp_err(KVP_ERR_NOT_FOUND, "agent %s was invalidated", rm->name);
+    if (st == KVP_SUCCESS) {
+        post_id = ++a->post_seq;
+        r->post_id = post_id;
+        r->state = RS_ACTIVE;
+        r->status = KVP_IN_PROG;
+        r->msg[0] = '\0';
+        old = r->conn;
+        r->conn = c;
+        c = NULL;
+        if (r->path == PATH_TCP && r->np > 0) {
+            st = bi_tcp_post(r->conn, r, post_id);
+            if (st != KVP_SUCCESS) {
+                r->state = RS_DONE;
+                r->status = st;
+                snprintf(r->msg, sizeof r->msg, "%s", kvp_err_text());
+            }
+        } else if (r->np == 0 || r->total <= a->inline_max) {
+            run_inline = true;
+            bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
+        } else {
+            bi_pool_submit(&a->pool, r);
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (old) bi_conn_put(old);
+    if (c) bi_conn_put(c);
+    if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
+    if (st == KVP_SUCCESS) {
+        pthread_mutex_lock(&a->mu);
+        if (r->post_id == post_id && r->state == RS_DONE) {
+            st = r->status;
+            if (st != KVP_SUCCESS) kvp_err(st, "%s", r->msg);
+        } else {
+            st = KVP_IN_PROG;
+        }
+        pthread_mutex_unlock(&a->mu);
+    }
+    kvp_obj_put(&r->obj);
+    return st;
+}
+
+/* ---------------------------------------------------------- status / wait ---- */
+
+static int32_t state_result(bi_agent *a, bi_req *r) {
+    if (r->released) return kvp_err(KVP_ERR_CANCELED, "the request was released meanwhile");
+    if (a->dying) return kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a->base.name);
+    switch (r->state) {
+    case RS_IDLE:
+        return kvp_err(KVP_ERR_NOT_POSTED, "request 0x%llx was never posted",
+                       (unsigned long long)r->handle);
+    case RS_ACTIVE: return KVP_IN_PROG;
+    default:
+        if (r->status != KVP_SUCCESS) return kvp_err(r->status, "%s", r->msg);
+        return KVP_SUCCESS;
+    }
+}
+
+int32_t bi_xfer_status(kvp_agent *ka, uint64_t h) {
+    bi_agent *a = bi_of(ka);
+    bi_req *r = req_get(a, h);
+    if (!r) return kvp_err_status();
+    pthread_mutex_lock(&a->mu);
+    int32_t st = state_result(a, r);
+    pthread_mutex_unlock(&a->mu);
+    kvp_obj_put(&r->obj);
+    return st;
+}
+
+int32_t bi_xfer_wait(kvp_agent *ka, uint64_t h, int64_t timeout_ms) {
+    bi_agent *a = bi_of(ka);
+    bi_req *r = req_get(a, h);
+    if (!r) return kvp_err_status();
+    struct timespec dl = kvp_deadline_ms(timeout_ms);
+    pthread_mutex_lock(&a->mu);
+    while (r->state == RS_ACTIVE && !a->dying && !r->released) {
+        int rc = pthread_cond_timedwait(&r->cv, &a->mu, &dl);
+        if (rc == ETIMEDOUT) break;
+    }
+    int32_t st = state_result(a, r);
+    pthread_mutex_unlock(&a->mu);
+    kvp_obj_put(&r->obj);
+    return st;
+}
+
+int32_t bi_xfer_message(kvp_agent *ka, uint64_t h, kvp_buf *out) {
+    bi_agent *a = bi_of(ka);
+    bi_req *r = req_get(a, h);
+    if (!r) return kvp_err_status();
+    pthread_mutex_lock(&a->mu);
+    if (r->state == RS_DONE && r->status != KVP_SUCCESS) kvp_buf_put(out, r->msg, strlen(r->msg));
+    pthread_mutex_unlock(&a->mu);
+    kvp_obj_put(&r->obj);
+    return KVP_SUCCESS;
+}
+
+int32_t bi_xfer_release(kvp_agent *ka, uint64_t h) {
+    bi_agent *a = bi_of(ka);
+    bi_req *r = req_get(a, h);
+    if (!r) return kvp_err_status();
+    pthread_mutex_lock(&a->mu);
+    if (r->released) {
+        pthread_mutex_unlock(&a->mu);
+        kvp_obj_put(&r->obj);
+        return kvp_err(KVP_ERR_NOT_FOUND, "request 0x%llx is already being released",
+                       (unsigned long long)h);
+    }
+    r->released = true;
+    if (r->prev) r->prev->next = r->next;
+    else if (a->reqs == r) a->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->next = r->prev = NULL;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&a->mu);
+    cancel_with(r, KVP_ERR_CANCELED, "request released");
+    kvp_handle_drop(h, &r->obj);
+    kvp_obj_put(&r->obj);
+    return KVP_SUCCESS;
+}

@@ -1,0 +1,81 @@
+/*
+ * t.h - a tiny test harness. TEST(name) registers a test; main (t_main.c) runs each in
+ * its own forked process with a time limit, so a crash or hang fails that test only.
+ * CHECK* macros print the location, the status names and the library's last error,
+ * then exit the test process with status 1.
+ */
+#ifndef KVP_T_H
+#define KVP_T_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../include/kvport.h"
+
+typedef void (*t_fn)(void);
+void t_register(const char *name, t_fn fn, int timeout_s);
+
+#define TEST_T(name, secs)                                                                 \
+    static void name(void);                                                                \
+    __attribute__((constructor)) static void t_reg_##name(void) {                          \
+        t_register(#name, name, secs);                                                     \
+    }                                                                                      \
+    static void name(void)
+#define TEST(name) TEST_T(name, 20)
+
+void t_fail(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+const char *t_lasterr(void);
+
+#define CHECK(c)                                                                           \
+    do {                                                                                   \
+        if (!(c)) t_fail(__FILE__, __LINE__, "CHECK(%s) failed", #c);                      \
+    } while (0)
+#define CHECK_MSG(c, ...)                                                                  \
+    do {                                                                                   \
+        if (!(c)) t_fail(__FILE__, __LINE__, __VA_ARGS__);                                 \
+    } while (0)
+/* Status check: expr must return want. */
+#define CHECK_ST(expr, want)                                                               \
+    do {                                                                                   \
+        int32_t t_st_ = (expr);                                                            \
+        if (t_st_ != (want))                                                               \
+            t_fail(__FILE__, __LINE__, "%s returned %s, expected %s; last error: %s", #expr, \
+                   kvp_status_name(t_st_), kvp_status_name(want), t_lasterr());            \
+    } while (0)
+#define OK(expr) CHECK_ST(expr, KVP_SUCCESS)
+#define CHECK_ERR_HAS(sub)                                                                 \
+    do {                                                                                   \
+        if (!strstr(t_lasterr(), (sub)))                                                   \
+            t_fail(__FILE__, __LINE__, "last error \"%s\" does not mention \"%s\"",        \
+                   t_lasterr(), (sub));                                                    \
+    } while (0)
+
+/* ------------------------------------------------------------- helpers ---- */
+/* Agent on 127.0.0.1 with an ephemeral port; extra params appended. */
+uint64_t t_agent(const char *name, const char *backends, const char *extra_params);
+/* Its metadata (malloc'ed). */
+uint8_t *t_md(uint64_t agent, uint64_t *len);
+/* Loads blob into agent, returns nothing (checks success). */
+void t_load(uint64_t agent, const uint8_t *blob, uint64_t len);
+/* Length-prefixed blobs over a pipe/socket between test processes. */
+void t_send(int fd, const void *p, uint64_t len);
+uint8_t *t_recv(int fd, uint64_t *len);
+void t_send_u64(int fd, uint64_t v);
+uint64_t t_recv_u64(int fd);
+/* Registers one DRAM region and prepares a list of n equal pages over it. */
+uint64_t t_prep_pages(uint64_t agent, const char *remote, uint64_t base, uint64_t page,
+                      uint32_t n);
+/* Fills len bytes with a pattern derived from seed; checks it. */
+void t_fill(void *p, uint64_t len, uint32_t seed);
+int t_verify(const void *p, uint64_t len, uint32_t seed);
+/* Waits for a child; returns its exit status (0 = passed). */
+int t_wait_child(int pid);
+double t_now(void);
+
+#endif
