@@ -249,6 +249,8 @@ struct bi_agent {
     bool progress_started;
     atomic_bool stopping;
     bi_conn *conns;             /* every connection (mu) */
+    /* posts per path and inline completions (reported by kvp_agent_info) */
+    atomic_uint_fast64_t n_posts[5], n_inline;
 };
 
 /* builtin_agent.c */

@@ -259,6 +259,17 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
         if (nl && nl[-1] == ',') memmove(nl - 1, nl, strlen(nl) + 1);
     }
     kvp_buf_put(out, line, strlen(line));
+    /* Which data paths posts took: lets tests and benchmarks check that same-host data
+     * really bypassed sockets. */
+    snprintf(line, sizeof line,
+             "posts_mem=%llu\nposts_cma=%llu\nposts_tcp=%llu\nposts_file=%llu\n"
+             "posts_inline=%llu\n",
+             (unsigned long long)atomic_load(&a->n_posts[PATH_MEM]),
+             (unsigned long long)atomic_load(&a->n_posts[PATH_CMA]),
+             (unsigned long long)atomic_load(&a->n_posts[PATH_TCP]),
+             (unsigned long long)atomic_load(&a->n_posts[PATH_FILE]),
+             (unsigned long long)atomic_load(&a->n_inline));
+    kvp_buf_put(out, line, strlen(line));
     return KVP_SUCCESS;
 }
 

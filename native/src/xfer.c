@@ -451,6 +451,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         r->state = RS_ACTIVE;
         r->status = KVP_IN_PROG;
         r->msg[0] = '\0';
+        atomic_fetch_add_explicit(&a->n_posts[r->path], 1, memory_order_relaxed);
         old = r->conn;
         r->conn = c;
         c = NULL;
@@ -463,6 +464,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             }
         } else if (r->np == 0 || r->total <= a->inline_max) {
             run_inline = true;
+            atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
         } else {
             bi_pool_submit(&a->pool, r);

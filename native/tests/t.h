@@ -79,3 +79,27 @@ int t_wait_child(int pid);
 double t_now(void);
 
 #endif
+
+/* ------------------------------------------------------------ peer process ---- */
+/* A target agent in a forked child, driven over a socketpair. Fork peers before the
+ * test process creates any agent of its own (a child of a multi-threaded process may
+ * inherit locks held by threads that do not exist in it). */
+typedef struct t_peer {
+    int pid;
+    int fd;
+    uint8_t *md;
+    uint64_t mdlen;
+    uint64_t base, size;
+} t_peer;
+/* anon: memory from mmap(MAP_ANONYMOUS) (reached by cross-memory attach) instead of
+ * kvp_mem_alloc (a memfd the initiator maps). */
+void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
+                  uint64_t size, int anon);
+void t_peer_fill(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
+int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
+/* Waits up to timeout_ms for notifications; when one arrives the peer verifies
+ * [off, off+len) against seed at once (len 0: no check). Returns the number of
+ * records taken; *verified = 1 when the data was there; from/msg of the first. */
+int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t seed,
+                 int *verified, char *from, char *msg);
+void t_peer_stop(t_peer *p);

@@ -107,3 +107,133 @@ int t_verify(const void *p, uint64_t len, uint32_t seed) {
         if (b[i] != (uint8_t)xs(&s)) return 0;
     return 1;
 }
+
+/* ------------------------------------------------------------ peer process ---- */
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT };
+
+static void peer_main(int fd, const char *name, const char *backends, const char *params,
+                      uint64_t size, int anon) {
+    uint64_t a = t_agent(name, backends, params);
+    uint64_t base = 0;
+    if (anon) {
+        void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        CHECK(m != MAP_FAILED);
+        base = (uint64_t)(uintptr_t)m;
+    } else {
+        OK(kvp_mem_alloc(KVP_DRAM, 0, size, &base));
+    }
+    memset((void *)(uintptr_t)base, 0, size);
+    uint64_t reg;
+    OK(kvp_register(a, KVP_DRAM, &base, &size, NULL, 1, NULL, &reg));
+    uint64_t mdlen;
+    uint8_t *md = t_md(a, &mdlen);
+    t_send(fd, md, mdlen);
+    free(md);
+    t_send_u64(fd, base);
+    for (;;) {
+        uint64_t cmd;
+        ssize_t k = read(fd, &cmd, sizeof cmd);
+        if (k != (ssize_t)sizeof cmd) break;
+        if (cmd == P_QUIT) break;
+        uint64_t off = t_recv_u64(fd), len = t_recv_u64(fd), seed = t_recv_u64(fd);
+        if (cmd == P_FILL) {
+            t_fill((void *)(uintptr_t)(base + off), len, (uint32_t)seed);
+            t_send_u64(fd, 1);
+        } else if (cmd == P_VERIFY) {
+            t_send_u64(fd, (uint64_t)t_verify((void *)(uintptr_t)(base + off), len, (uint32_t)seed));
+        } else if (cmd == P_NOTIF) {
+            uint64_t timeout = t_recv_u64(fd);
+            int32_t st = kvp_notif_wait(a, (int64_t)timeout);
+            uint64_t verified = 0;
+            if (st == KVP_SUCCESS && len)
+                verified = (uint64_t)t_verify((void *)(uintptr_t)(base + off), len, (uint32_t)seed);
+            uint8_t buf[4096];
+            uint64_t bl = 0, cnt = 0;
+            if (st == KVP_SUCCESS) OK(kvp_notif_take(a, buf, sizeof buf, &bl, &cnt));
+            t_send_u64(fd, cnt);
+            t_send_u64(fd, verified);
+            t_send(fd, buf, bl);
+        }
+    }
+    OK(kvp_deregister(a, reg));
+    OK(kvp_agent_destroy(a));
+    if (anon) munmap((void *)(uintptr_t)base, size);
+    else OK(kvp_mem_free(base));
+    close(fd);
+    exit(0);
+}
+
+void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
+                  uint64_t size, int anon) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    int pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(sv[0]);
+        peer_main(sv[1], name, backends, params, size, anon);
+    }
+    close(sv[1]);
+    p->pid = pid;
+    p->fd = sv[0];
+    p->size = size;
+    p->md = t_recv(p->fd, &p->mdlen);
+    p->base = t_recv_u64(p->fd);
+}
+
+static void cmd4(t_peer *p, uint64_t c, uint64_t off, uint64_t len, uint64_t seed) {
+    t_send_u64(p->fd, c);
+    t_send_u64(p->fd, off);
+    t_send_u64(p->fd, len);
+    t_send_u64(p->fd, seed);
+}
+
+void t_peer_fill(t_peer *p, uint64_t off, uint64_t len, uint32_t seed) {
+    cmd4(p, P_FILL, off, len, seed);
+    CHECK(t_recv_u64(p->fd) == 1);
+}
+
+int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed) {
+    cmd4(p, P_VERIFY, off, len, seed);
+    return (int)t_recv_u64(p->fd);
+}
+
+int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t seed,
+                 int *verified, char *from, char *msg) {
+    cmd4(p, P_NOTIF, off, len, seed);
+    t_send_u64(p->fd, (uint64_t)timeout_ms);
+    uint64_t cnt = t_recv_u64(p->fd);
+    *verified = (int)t_recv_u64(p->fd);
+    uint64_t bl;
+    uint8_t *b = t_recv(p->fd, &bl);
+    if (cnt > 0 && bl >= 8) {
+        uint32_t nl, ml;
+        memcpy(&nl, b, 4);
+        memcpy(&ml, b + 4 + nl, 4);
+        if (from) {
+            memcpy(from, b + 4, nl);
+            from[nl] = '\0';
+        }
+        if (msg) {
+            memcpy(msg, b + 8 + nl, ml);
+            msg[ml] = '\0';
+        }
+    }
+    free(b);
+    return (int)cnt;
+}
+
+void t_peer_stop(t_peer *p) {
+    t_send_u64(p->fd, P_QUIT);
+    int rc = t_wait_child(p->pid);
+    close(p->fd);
+    free(p->md);
+    CHECK_MSG(rc == 0, "peer process exited with %d", rc);
+}
