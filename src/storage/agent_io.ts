@@ -18,7 +18,7 @@ import {
 import type { HostBuffer } from "../agent/buffers.ts";
 import { closeFile, openFile } from "../agent/files.ts";
 import { StorageError, toStorageError } from "./errors.ts";
-import type { OpenFileOptions, StorageFile, StorageFileSet, StorageIo } from "./io.ts";
+import type { StorageFile, StorageFileSet, StorageIo, StorageOpenOptions } from "./io.ts";
 
 /** Options of {@linkcode createAgentIo}. */
 export interface AgentIoOptions {
@@ -66,7 +66,7 @@ class AgentIo implements StorageIo {
     this.name = `agent ${agent.name} (${agent.engine} engine, ${agent.backends.join(",")})`;
   }
 
-  openFile(path: string, o: OpenFileOptions): StorageFile {
+  openFile(path: string, o: StorageOpenOptions): StorageFile {
     try {
       return openFile(this.#agent, path, {
         create: o.create,

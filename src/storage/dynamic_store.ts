@@ -275,12 +275,17 @@ export class DynamicStore implements Store {
   }
 
   #open(path: string, create: boolean): StorageFile {
-    const f = this.#io.openFile(path, {
-      create,
-      truncate: create,
-      direct: this.#opts.direct,
-      size: create ? this.#fileBytes : 0,
-    });
+    let f: StorageFile;
+    try {
+      f = this.#io.openFile(path, {
+        create,
+        truncate: create,
+        direct: this.#opts.direct,
+        size: create ? this.#fileBytes : 0,
+      });
+    } catch (e) {
+      throw toStorageError(e, create ? "creating a file" : "opening a file", path);
+    }
     if (f.direct) this.#directSeen = true;
     if (this.#opts.direct && !f.direct && !this.#directRefusedNoted) {
       this.#directRefusedNoted = true;

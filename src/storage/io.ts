@@ -25,7 +25,7 @@ export interface StorageFileSet {
 }
 
 /** How {@linkcode StorageIo.openFile} opens a file. */
-export interface OpenFileOptions {
+export interface StorageOpenOptions {
   /** Create it when missing. */
   create: boolean;
   /** Ask for `O_DIRECT` (refused by some file systems: then `direct` is false). */
@@ -55,7 +55,7 @@ export interface StorageIo {
   /** The staging buffer (DRAM), page-aligned. */
   readonly staging: Uint8Array;
   /** Opens a file for registration. Throws with the path and the system's reason. */
-  openFile(path: string, options: OpenFileOptions): StorageFile;
+  openFile(path: string, options: StorageOpenOptions): StorageFile;
   /** Makes a file's data durable (fdatasync). */
   syncFile(file: StorageFile): Promise<void>;
   /** Closes a file from {@linkcode openFile}. */

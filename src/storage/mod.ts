@@ -61,6 +61,6 @@ export {
   storageOptionsFromConfig,
 } from "./config.ts";
 export { StorageError, type StorageErrorCode, toStorageError } from "./errors.ts";
-export type { OpenFileOptions, StorageFile, StorageFileSet, StorageIo } from "./io.ts";
+export type { StorageFile, StorageFileSet, StorageIo, StorageOpenOptions } from "./io.ts";
 export { objectName } from "./naming.ts";
 export { NO_EVICTION_CANDIDATE } from "./static_pool.ts";

@@ -124,7 +124,12 @@ export class StaticPool implements Store {
       let refused = 0;
       for (let i = 0; i < opts.poolSize; i++) {
         const path = `${dir}/${slotFileName(i)}`;
-        const f = io.openFile(path, { create: true, direct: opts.direct, size: opts.slotBytes });
+        let f: StorageFile;
+        try {
+          f = io.openFile(path, { create: true, direct: opts.direct, size: opts.slotBytes });
+        } catch (e) {
+          throw toStorageError(e, "creating a slot file", path);
+        }
         files.push(f);
         if (opts.direct && !f.direct) refused++;
       }

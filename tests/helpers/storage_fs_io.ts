@@ -5,10 +5,10 @@
  */
 import * as fs from "node:fs";
 import type {
-  OpenFileOptions,
   StorageFile,
   StorageFileSet,
   StorageIo,
+  StorageOpenOptions,
 } from "../../src/storage/io.ts";
 
 interface FsSet extends StorageFileSet {
@@ -34,13 +34,21 @@ export class FsStorageIo implements StorageIo {
     this.staging = new Uint8Array(new ArrayBuffer(bytes));
   }
 
-  openFile(path: string, o: OpenFileOptions): StorageFile {
+  openFile(path: string, o: StorageOpenOptions): StorageFile {
     let flags = fs.constants.O_RDWR;
     if (o.create) flags |= fs.constants.O_CREAT;
     if (o.truncate) flags |= fs.constants.O_TRUNC;
     const fd = fs.openSync(path, flags, 0o644);
     try {
-      if (o.size > 0 && fs.fstatSync(fd).size < o.size) fs.ftruncateSync(fd, o.size);
+      // allocate (as the shim's fallocate does), so a full disk shows at open
+      const have = fs.fstatSync(fd).size;
+      if (o.size > have) {
+        const zeros = new Uint8Array(o.size - have);
+        let off = 0;
+        while (off < zeros.length) {
+          off += fs.writeSync(fd, zeros, off, zeros.length - off, have + off);
+        }
+      }
     } catch (e) {
       fs.closeSync(fd);
       throw e;
