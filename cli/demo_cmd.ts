@@ -39,8 +39,8 @@ Options:
       --json         print the result as one JSON line at the end
   -h, --help         this help`;
 
-/** What one child process reported, line by line. */
-interface Child {
+/** A `kvport` child process and the JSON lines it prints. */
+export interface Child {
   name: string;
   lines: AsyncIterableIterator<Record<string, unknown>>;
   exited: Promise<number>;
@@ -57,7 +57,19 @@ function cliEntry(): { cmd: string; args: string[] } {
     : { cmd: process.execPath, args: ["run", "-A", script] };
 }
 
-function start(name: string, args: string[]): Child {
+/**
+ * Starts `kvport <args>` as a child process of the same runtime (Deno: `deno run -A
+ * cli/main.ts`, Bun: `bun cli/main.ts`); its stdout lines are parsed as JSON.
+ *
+ * @example
+ * ```ts
+ * import { nextEvent, spawnKvport } from "./demo_cmd.ts";
+ * const rx = spawnKvport("receiver", ["pd-receiver", "--config", "d.yaml", "--json"]);
+ * console.log(await nextEvent(rx, "ready", 10_000));
+ * rx.kill();
+ * ```
+ */
+export function spawnKvport(name: string, args: string[]): Child {
   const entry = cliEntry();
   const child = spawn(entry.cmd, [...entry.args, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
@@ -99,7 +111,18 @@ function start(name: string, args: string[]): Child {
   };
 }
 
-async function next(
+/**
+ * The next line of `child` whose `event` field is `event`, within `timeoutMs`; an exit
+ * first rejects with the child's last stderr lines.
+ *
+ * @example
+ * ```ts
+ * import { nextEvent, spawnKvport } from "./demo_cmd.ts";
+ * const tx = spawnKvport("sender", ["pd-sender", "--help"]);
+ * await nextEvent(tx, "ready", 1000).catch((e) => console.log(e.message));
+ * ```
+ */
+export async function nextEvent(
   child: Child,
   event: string,
   timeoutMs: number,
@@ -131,7 +154,16 @@ async function next(
   }
 }
 
-function freePort(): Promise<number> {
+/**
+ * A TCP port free on 127.0.0.1 right now.
+ *
+ * @example
+ * ```ts
+ * import { freePort } from "./demo_cmd.ts";
+ * console.log(await freePort());
+ * ```
+ */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.on("error", reject);
@@ -142,7 +174,17 @@ function freePort(): Promise<number> {
   });
 }
 
-/** memcpy bandwidth (bytes/s) of `bytes`, by `native/build/kvport-limits` or in-process. */
+/**
+ * memcpy bandwidth (bytes/s) over `bytes`, measured by `native/build/kvport-limits`
+ * when built, else in-process with `TypedArray.set`.
+ *
+ * @example
+ * ```ts
+ * import { measureMemcpy } from "./demo_cmd.ts";
+ * const { bps, source } = await measureMemcpy(256 << 20);
+ * console.log((bps / 1e9).toFixed(1), "GB/s by", source);
+ * ```
+ */
 export async function measureMemcpy(bytes: number): Promise<{ bps: number; source: string }> {
   const tool = fileURLToPath(new URL("../native/build/kvport-limits", import.meta.url));
   if (fs.existsSync(tool)) {
@@ -315,9 +357,8 @@ async function runDemo(args: string[]): Promise<number> {
 
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: proxyPort });
   const children: Child[] = [];
-  const memcpy = measureMemcpy(bufferSize);
   try {
-    const rx = start("pd-receiver", [
+    const rx = spawnKvport("pd-receiver", [
       "pd-receiver",
       "--config",
       decoderYaml,
@@ -331,14 +372,14 @@ async function runDemo(args: string[]): Promise<number> {
       "--json",
     ]);
     children.push(rx);
-    const ready = await next(rx, "ready", 30_000);
+    const ready = await nextEvent(rx, "ready", 30_000);
     out(
       `  decoder ${ready.id}: ${ready.engine} engine, handshakes on ${ready.init}, ` +
         `allocations on ${ready.alloc}`,
     );
     const proxyDone = proxy.waitFor(reqId, { timeoutMs });
     proxyDone.catch(() => {});
-    const tx = start("pd-sender", [
+    const tx = spawnKvport("pd-sender", [
       "pd-sender",
       "--config",
       prefillerYaml,
@@ -359,7 +400,7 @@ async function runDemo(args: string[]): Promise<number> {
       "--json",
     ]);
     children.push(tx);
-    const txReady = await next(tx, "ready", 30_000);
+    const txReady = await nextEvent(tx, "ready", 30_000);
     out(
       `  prefiller: ${txReady.engine} engine, handshake ${
         Number(txReady.handshakeMs).toFixed(1)
@@ -403,7 +444,8 @@ async function runDemo(args: string[]): Promise<number> {
     }
     let notified = true;
     await proxyDone.catch(() => (notified = false));
-    const mc = await memcpy;
+    // Measured now that the children are done, so it competes with nothing.
+    const mc = await measureMemcpy(bufferSize);
     const bps = Number(txDone.bytes) / Number(txDone.seconds);
     const ratio = bps / mc.bps;
     const landed = Number(rxDone.landed);

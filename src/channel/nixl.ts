@@ -50,6 +50,8 @@ export interface NixlChannelOptions {
   libraryPath?: string;
   /** Extra agent parameters. */
   agentParams?: Readonly<Record<string, string>>;
+  /** Touch every page of the buffer at creation (default true), as pinning would. */
+  prefault?: boolean;
 }
 
 interface NixlPeer extends PeerHandle {
@@ -159,6 +161,9 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     let ch: NixlChannel;
     try {
       const buffer = agent.allocate(size);
+      // Touch every page now (as pinning does): the first transfer must not pay for the
+      // page faults of a fresh buffer.
+      if (options.prefault !== false) buffer.bytes.fill(0);
       const registration = agent.registerMemory(buffer);
       const list = DescList.pages(buffer, options.pageSize, options.pageCount, { agent });
       let local: PreparedDescList;
