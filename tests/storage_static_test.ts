@@ -323,3 +323,20 @@ test("storage static: the index journal is compacted as it grows and reopens the
     cleanup();
   }
 });
+
+test("storage static: use_direct_io refused by the file system is a warning, not an error", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const { store } = await open(dir, { useDirectIo: true }); // the node:fs io never grants it
+    assert.match(
+      store.warnings.join("\n"),
+      /use_direct_io: the file system of .* refused O_DIRECT; 4 slot files use buffered I\/O/,
+    );
+    assert.equal((await store.stats()).direct, false);
+    await store.put("k", pattern(PAGE, 1));
+    assert.deepEqual(await store.get("k"), pattern(PAGE, 1));
+    await store.close();
+  } finally {
+    cleanup();
+  }
+});
