@@ -369,6 +369,8 @@ async function runSender(args: string[]): Promise<number> {
     const w0 = performance.now();
     for (let r = 0; r < requests; r++) {
       const reqId = requests > 1 ? `${baseId}-${r}` : baseId;
+      const reqMs0 = sendMs;
+      const reqBytes0 = totalBytes;
       const keys = Array.from(
         { length: chunks },
         (_, i) => demoKey(reqId, i, tpRank, initPorts.length),
@@ -417,6 +419,24 @@ async function runSender(args: string[]): Promise<number> {
           skipped: res.skipped,
         }, "");
       }
+      const reqSeconds = (sendMs - reqMs0) / 1000;
+      const reqBytes = totalBytes - reqBytes0;
+      emit(
+        json,
+        {
+          event: "request",
+          req: reqId,
+          chunks: keys.length,
+          bytes: reqBytes,
+          seconds: reqSeconds,
+          gbps: reqSeconds > 0 ? reqBytes / reqSeconds / 1e9 : 0,
+        },
+        requests > 1
+          ? `pd-sender: request ${reqId}: ${keys.length} chunk(s) in ${
+            (reqSeconds * 1000).toFixed(1)
+          } ms`
+          : "",
+      );
     }
     const wallMs = performance.now() - w0;
     const seconds = sendMs / 1000;
