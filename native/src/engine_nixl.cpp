@@ -353,13 +353,13 @@ int32_t agent_create(const char *name, const char *backends, const char *params,
         }
         if (wanted.empty())
             fail(KVP_ERR_INVALID_PARAM, "backends '" + blist + "': expected e.g. UCX,POSIX");
+        // Params of a backend not asked for are ignored (as the builtin engine does, so
+        // that "auto" takes the same params either way) and reported by kvp_agent_info.
         for (auto &[be, kv] : p.backend) {
             bool found = false;
             for (auto &w : wanted) found = found || w.first == be || w.second == be;
             if (!found)
-                fail(KVP_ERR_INVALID_PARAM, "params for backend " + be +
-                                                " but backends is '" + blist +
-                                                "': add it to backends or drop the params");
+                for (auto &[k, v] : kv) a->ignored_keys.push_back(be + "." + k);
         }
 
         nixl_thread_sync_t sync = a->sync_mode == "strict"

@@ -235,5 +235,6 @@ void t_peer_stop(t_peer *p) {
     int rc = t_wait_child(p->pid);
     close(p->fd);
     free(p->md);
+    p->md = NULL;
     CHECK_MSG(rc == 0, "peer process exited with %d", rc);
 }
