@@ -9,6 +9,7 @@
  *   `mock_memory`): handshake with peers, move page batches.
  * - {@linkcode PdSender} / {@linkcode PdReceiver} / {@linkcode ProxyNotifier}:
  *   disaggregated prefill, prefiller to decoder.
+ * - {@linkcode NixlStorageBackend}: KV chunks in files (and, with NIXL, object stores).
  *
  * @example
  * ```ts
@@ -26,3 +27,4 @@ export * from "./src/config/mod.ts";
 export * from "./src/agent.ts";
 export * from "./src/channel/mod.ts";
 export * from "./src/pd/mod.ts";
+export * from "./src/storage/mod.ts";

@@ -13,6 +13,20 @@ export function errorMessage(e: unknown): string {
 /**
  * A first-in first-out async mutex: `run(fn)` starts `fn` only after every earlier
  * `run` has settled, so the resource it guards is never touched by two callers at once.
+ * Channels serialize every use of their agent with one.
+ *
+ * @example
+ * ```ts
+ * import { SerialQueue } from "@kvport/nixl";
+ *
+ * const q = new SerialQueue();
+ * const order: number[] = [];
+ * await Promise.all([
+ *   q.run(async () => { await new Promise((r) => setTimeout(r, 10)); order.push(1); }),
+ *   q.run(() => { order.push(2); }),
+ * ]);
+ * console.log(order); // [1, 2]
+ * ```
  */
 export class SerialQueue {
   #tail: Promise<unknown> = Promise.resolve();
@@ -42,43 +56,6 @@ export class SerialQueue {
   idle(): Promise<void> {
     return this.#tail.then(() => undefined);
   }
-}
-
-/** A promise with its resolve/reject exposed. */
-export interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (reason: unknown) => void;
-}
-
-/** Creates a {@linkcode Deferred}. */
-export function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (reason: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
-
-/** Resolves after `ms` milliseconds. */
-export function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Splits `host:port` (IPv6 in brackets allowed, a `tcp://` prefix ignored). */
-export function splitHostPort(url: string): { host: string; port: number } {
-  const s = url.startsWith("tcp://") ? url.slice(6) : url;
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(s) ?? /^([^:]*):(\d+)$/.exec(s);
-  if (!m) {
-    throw new TypeError(`expected "host:port", got ${JSON.stringify(url)}`);
-  }
-  const port = Number(m[2]);
-  if (port < 0 || port > 65535) {
-    throw new TypeError(`port of ${JSON.stringify(url)} is out of range 0..65535`);
-  }
-  return { host: m[1] === "" ? "0.0.0.0" : m[1], port };
 }
 
 /** Formats a host and port as `host:port` (IPv6 hosts in brackets). */

@@ -36,28 +36,39 @@ export interface PeerHandle {
 
 /** Settings shared by every channel type. */
 export interface ChannelBaseInit {
+  /** `"nixl"` or `"mock_memory"`. */
   channelType: ChannelType;
+  /** Role of the channel. */
   role: ChannelRole;
+  /** Id peers store this channel under. */
   localId: string;
+  /** Agent name. */
   agentName: string;
+  /** Engine name. */
   engine: string;
+  /** Bytes per page. */
   pageSize: number;
+  /** The page views. */
   pages: Uint8Array[];
+  /** Warnings for the creator. */
   warnings: string[];
+  /** Default handshake deadline, ms. */
   handshakeTimeoutMs?: number;
+  /** Default transfer deadline, ms. */
   transferTimeoutMs?: number;
+  /** Largest control message accepted (default 64 MiB). */
   maxMessageBytes?: number;
 }
 
-interface PeerEntry<H extends PeerHandle> {
-  handle: H;
+interface PeerEntry {
+  handle: PeerHandle;
 }
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
 /** Bytes or a string, as a string (agent names travel as msgpack bin). */
-export function nameOf(v: unknown): string {
+function nameOf(v: unknown): string {
   if (typeof v === "string") return v;
   if (v instanceof Uint8Array) return dec.decode(v);
   throw new ChannelError("HANDSHAKE_FAILED", `expected an agent name, got ${typeof v}`);
@@ -73,32 +84,59 @@ function bytesField(msg: SideMessage, field: string): Uint8Array {
 }
 
 /**
- * Base class of the channel types. Subclasses implement the `dp*` data-plane methods;
- * every call on the agent goes through {@linkcode ChannelBase.agentQueue}.
+ * Base class of the channel types: the control plane (handshake responder and
+ * initiator, peers, restarts, timeouts, notifications, close). A channel type extends it
+ * and implements the `dp*` data-plane methods; every call on an agent goes through
+ * {@linkcode ChannelBase.agentQueue}.
+ *
+ * @example
+ * ```ts
+ * import { ChannelBase, MockMemoryChannel } from "@kvport/nixl";
+ *
+ * await using ch = await MockMemoryChannel.create({ role: "both", pageSize: 64, pageCount: 2 });
+ * console.log(ch instanceof ChannelBase); // true
+ * ```
  */
-export abstract class ChannelBase<H extends PeerHandle> implements TransferChannel {
+export abstract class ChannelBase implements TransferChannel {
+  /** `"nixl"` or `"mock_memory"`. */
   readonly channelType: ChannelType;
+  /** Role given at creation. */
   readonly role: ChannelRole;
+  /** The id peers store this channel's page list under. */
   readonly localId: string;
+  /** The agent name of this channel. */
   readonly agentName: string;
+  /** Engine serving the data plane. */
   readonly engine: string;
+  /** Bytes per page. */
   readonly pageSize: number;
+  /** Number of pages. */
   readonly pageCount: number;
+  /** Page views over the buffer. */
   readonly pages: readonly Uint8Array[];
+  /** Things the creator may want to print. */
   readonly warnings: readonly string[];
   /** Serializes every use of the agent: callers never touch it at once. */
   protected readonly agentQueue: SerialQueue = new SerialQueue();
+  /** Default handshake deadline, ms. */
   protected readonly handshakeTimeoutMs: number;
+  /** Default transfer deadline, ms. */
   protected readonly transferTimeoutMs: number;
+  /** Largest control message accepted. */
   protected readonly maxMessageBytes: number;
   #server: ControlServer | null = null;
-  #peers = new Map<string, PeerEntry<H>>();
+  #peers = new Map<string, PeerEntry>();
   #connecting = new Map<string, Promise<unknown>>();
   #listeners = new Set<(n: ChannelNotification) => void>();
   #sideHandler: SideMessageHandler | null = null;
   #inflight = new Set<Promise<unknown>>();
   #closing: Promise<void> | null = null;
 
+  /**
+   * Stores the settings shared by every channel type.
+   *
+   * @param init the settings
+   */
   protected constructor(init: ChannelBaseInit) {
     this.channelType = init.channelType;
     this.role = init.role;
@@ -140,14 +178,14 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
   /** This side's serialized page list. */
   protected abstract dpLocalPageList(): Promise<Uint8Array>;
   /** Prepares a peer's page list for transfers. */
-  protected abstract dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<H>;
+  protected abstract dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<PeerHandle>;
   /** Releases what {@linkcode dpPrepRemote} made; `invalidate`: also forget the agent. */
-  protected abstract dpRelease(handle: H, invalidate: boolean): Promise<void>;
+  protected abstract dpRelease(handle: PeerHandle, invalidate: boolean): Promise<void>;
   /** Moves pages; resolves when the data has landed (and the notification is queued). */
   protected abstract dpTransfer(
     op: "READ" | "WRITE",
     local: number[],
-    handle: H,
+    handle: PeerHandle,
     remote: number[],
     timeoutMs: number,
     notification: Uint8Array | undefined,
@@ -219,7 +257,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
   }
 
   /** Stores a peer's prepared list under `peerId`, releasing a previous one. */
-  async #setPeer(peerId: string, prep: () => Promise<H>): Promise<void> {
+  async #setPeer(peerId: string, prep: () => Promise<PeerHandle>): Promise<void> {
     const handle = await prep();
     const old = this.#peers.get(peerId);
     this.#peers.set(peerId, { handle });
@@ -234,6 +272,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     }
   }
 
+  /** Handshakes with a peer; see {@linkcode TransferChannel.connect}. */
   connect(
     peerId: string,
     peerInitUrl: string,
@@ -341,6 +380,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     );
   }
 
+  /** Whether the peer is known. */
   hasPeer(peerId: string): boolean {
     return this.#peers.has(peerId);
   }
@@ -350,6 +390,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     return [...this.#peers.keys()];
   }
 
+  /** Forgets a peer, releasing its handles. */
   async forgetPeer(peerId: string): Promise<void> {
     const entry = this.#peers.get(peerId);
     if (!entry) return;
@@ -360,6 +401,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     await this.dpRelease(entry.handle, !stillUsed);
   }
 
+  /** Page indexes of local pages. */
   localIndexes(pages: LocalPages): number[] {
     const out = new Array<number>(pages.length);
     for (let i = 0; i < pages.length; i++) {
@@ -394,10 +436,12 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     );
   }
 
+  /** WRITEs local pages into the peer's pages. */
   write(local: LocalPages, spec: TransferSpec): Promise<number> {
     return this.#transfer("WRITE", local, spec);
   }
 
+  /** READs the peer's pages into local pages. */
   read(local: LocalPages, spec: TransferSpec): Promise<number> {
     return this.#transfer("READ", local, spec);
   }
@@ -461,6 +505,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     }
   }
 
+  /** Subscribes to notifications. */
   onNotification(handler: (n: ChannelNotification) => void): () => void {
     const before = this.#listeners.size;
     this.#listeners.add(handler);
@@ -472,6 +517,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     };
   }
 
+  /** Sets the side-message handler. */
   onSideMessage(handler: SideMessageHandler | null): void {
     this.#sideHandler = handler;
   }
@@ -489,6 +535,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     return p;
   }
 
+  /** Releases everything; idempotent. */
   close(): Promise<void> {
     this.#closing ??= this.#close();
     return this.#closing;
@@ -505,6 +552,7 @@ export abstract class ChannelBase<H extends PeerHandle> implements TransferChann
     await this.dpClose();
   }
 
+  /** Same as {@linkcode ChannelBase.close}, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }

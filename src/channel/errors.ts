@@ -47,6 +47,8 @@ export class ChannelError extends Error {
   readonly op?: string;
 
   /**
+   * Creates the error.
+   *
    * @param code why it failed
    * @param message the full human-readable message
    * @param details peer, URL, operation and cause
@@ -82,6 +84,8 @@ export class ChannelTimeoutError extends ChannelError {
   readonly timeoutMs: number;
 
   /**
+   * Creates the error; the message says what timed out, with whom, and after how long.
+   *
    * @param op the operation that timed out
    * @param timeoutMs its deadline
    * @param details peer, URL and an optional extra sentence

@@ -46,10 +46,27 @@ export interface CreateTransferChannelOptions {
   asyncMode?: boolean;
 }
 
-/** Channel types {@linkcode createTransferChannel} knows. */
+/**
+ * Channel types {@linkcode createTransferChannel} knows.
+ *
+ * @example
+ * ```ts
+ * import { SUPPORTED_CHANNEL_TYPES } from "@kvport/nixl";
+ * console.log(SUPPORTED_CHANNEL_TYPES.join(", ")); // nixl, mock_memory
+ * ```
+ */
 export const SUPPORTED_CHANNEL_TYPES: readonly string[] = Object.freeze(["nixl", "mock_memory"]);
 
-/** Pages of a buffer: `bufferSize` aligned down to `alignBytes`, with the warning. */
+/**
+ * Pages of a buffer: `bufferSize` aligned down to `alignBytes` (as LMCache's PD does),
+ * with a warning when something was cut.
+ *
+ * @example
+ * ```ts
+ * import { alignBuffer } from "@kvport/nixl";
+ * console.log(alignBuffer(10_000, 4096)); // { pageCount: 2, warnings: ["bufferSize 10000 ..."] }
+ * ```
+ */
 export function alignBuffer(
   bufferSize: number,
   alignBytes: number,
@@ -167,7 +184,15 @@ export async function createTransferChannel(
 /** A buffer device: host memory or one CUDA device. */
 export type BufferDevice = { kind: "cpu" } | { kind: "cuda"; ordinal: number };
 
-/** Parses `cpu`, `cuda`, `cuda:N` (`cuda` alone: the TP rank's device, as LMCache). */
+/**
+ * Parses `cpu`, `cuda`, `cuda:N` (`cuda` alone: the TP rank's device, as LMCache).
+ *
+ * @example
+ * ```ts
+ * import { parseDevice } from "@kvport/nixl";
+ * console.log(parseDevice("cuda", 1)); // { kind: "cuda", ordinal: 1 }
+ * ```
+ */
 export function parseDevice(device: string | null | undefined, tpRank: number): BufferDevice {
   if (device === undefined || device === null || device === "cpu") return { kind: "cpu" };
   const m = /^cuda(?::(\d+))?$/.exec(device);

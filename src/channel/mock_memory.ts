@@ -80,7 +80,7 @@ export interface MockMemoryChannelOptions {
  * console.log(ch.initUrl, ch.pages.length);
  * ```
  */
-export class MockMemoryChannel extends ChannelBase<MockPeer> {
+export class MockMemoryChannel extends ChannelBase {
   private constructor(options: MockMemoryChannelOptions, pages: Uint8Array[], name: string) {
     super({
       channelType: "mock_memory",
@@ -117,12 +117,14 @@ export class MockMemoryChannel extends ChannelBase<MockPeer> {
     return ch;
   }
 
+  /** This side's agent metadata blob. */
   protected dpLocalMetadata(): Promise<Uint8Array> {
     return Promise.resolve(
       enc.encode(JSON.stringify({ kind: "kvport-mock", name: this.agentName })),
     );
   }
 
+  /** Loads a peer's metadata; returns its agent name. */
   protected dpLoadRemote(meta: Uint8Array): Promise<string> {
     try {
       const m = parseJson(meta, "peer metadata");
@@ -140,6 +142,7 @@ export class MockMemoryChannel extends ChannelBase<MockPeer> {
     }
   }
 
+  /** This side's serialized page list. */
   protected dpLocalPageList(): Promise<Uint8Array> {
     return Promise.resolve(
       enc.encode(
@@ -153,7 +156,8 @@ export class MockMemoryChannel extends ChannelBase<MockPeer> {
     );
   }
 
-  protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<MockPeer> {
+  /** Prepares a peer's page list for transfers. */
+  protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<PeerHandle> {
     try {
       const l = parseJson(pageList, "peer page list");
       if (l.name !== agentName) {
@@ -175,19 +179,22 @@ export class MockMemoryChannel extends ChannelBase<MockPeer> {
     }
   }
 
-  protected dpRelease(handle: MockPeer): Promise<void> {
-    handle.released = true;
+  /** Releases a peer's prepared list (and forgets its agent when asked). */
+  protected dpRelease(peer: PeerHandle): Promise<void> {
+    (peer as MockPeer).released = true;
     return Promise.resolve();
   }
 
+  /** Moves pages; resolves once the data has landed. */
   protected dpTransfer(
     op: "READ" | "WRITE",
     local: number[],
-    handle: MockPeer,
+    peer: PeerHandle,
     remote: number[],
     _timeoutMs: number,
     notification: Uint8Array | undefined,
   ): Promise<void> {
+    const handle = peer as MockPeer;
     return this.agentQueue.run(async () => {
       const peerPages = mockMemoryStore.get(handle.agentName);
       if (handle.released || !peerPages) {
@@ -213,6 +220,7 @@ export class MockMemoryChannel extends ChannelBase<MockPeer> {
     });
   }
 
+  /** Frees the buffer and the agent. */
   protected dpClose(): Promise<void> {
     mockMemoryStore.delete(this.agentName);
     deliveries.delete(this.agentName);

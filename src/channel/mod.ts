@@ -46,6 +46,8 @@ export {
   parseDevice,
   SUPPORTED_CHANNEL_TYPES,
 } from "./factory.ts";
+export { ChannelBase, type ChannelBaseInit, type PeerHandle } from "./base.ts";
+export { SerialQueue } from "./_util.ts";
 export {
   MockMemoryChannel,
   type MockMemoryChannelOptions,

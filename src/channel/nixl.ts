@@ -84,7 +84,7 @@ function metadataName(meta: Uint8Array): string | undefined {
  * console.log(ch.engine, ch.initUrl);
  * ```
  */
-export class NixlChannel extends ChannelBase<NixlPeer> {
+export class NixlChannel extends ChannelBase {
   /** The agent (for inspection; use the channel's methods to move data). */
   readonly agent: NixlAgent;
   readonly #buffer: HostBuffer;
@@ -194,10 +194,12 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     return ch;
   }
 
+  /** This side's agent metadata blob. */
   protected dpLocalMetadata(): Promise<Uint8Array> {
     return this.agentQueue.run(() => this.agent.localMetadata());
   }
 
+  /** Loads a peer's metadata; returns its agent name. */
   protected dpLoadRemote(meta: Uint8Array): Promise<string> {
     return this.agentQueue.run(() => {
       try {
@@ -214,11 +216,13 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     });
   }
 
+  /** This side's serialized page list. */
   protected dpLocalPageList(): Promise<Uint8Array> {
     return Promise.resolve(this.#pageList);
   }
 
-  protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<NixlPeer> {
+  /** Prepares a peer's page list for transfers. */
+  protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<PeerHandle> {
     return this.agentQueue.run(() => {
       const list = DescList.deserialize(pageList, { agent: this.agent });
       try {
@@ -236,7 +240,9 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     });
   }
 
-  protected dpRelease(handle: NixlPeer, invalidate: boolean): Promise<void> {
+  /** Releases a peer's prepared list (and forgets its agent when asked). */
+  protected dpRelease(peer: PeerHandle, invalidate: boolean): Promise<void> {
+    const handle = peer as NixlPeer;
     return this.agentQueue.run(() => {
       if (this.agent.closed) return;
       try {
@@ -249,14 +255,16 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     });
   }
 
+  /** Moves pages; resolves once the data has landed. */
   protected async dpTransfer(
     op: "READ" | "WRITE",
     local: number[],
-    handle: NixlPeer,
+    peer: PeerHandle,
     remote: number[],
     timeoutMs: number,
     notification: Uint8Array | undefined,
   ): Promise<void> {
+    const handle = peer as NixlPeer;
     // Create and post under the queue; wait outside it (a native wait on Deno's thread
     // pool, timer-paced polling on Bun); release under the queue, always.
     const req: TransferRequest = await this.agentQueue.run(() =>
@@ -277,6 +285,7 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     }
   }
 
+  /** Starts or stops the notification pump. */
   protected override notificationInterestChanged(interested: boolean): void {
     this.#pumping = interested;
     if (interested && !this.#pump && !this.#stopping) {
@@ -300,6 +309,7 @@ export class NixlChannel extends ChannelBase<NixlPeer> {
     }
   }
 
+  /** Frees the buffer and the agent. */
   protected async dpClose(): Promise<void> {
     this.#stopping = true;
     this.#pumping = false;

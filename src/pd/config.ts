@@ -34,19 +34,33 @@ export interface PdChannelSettings {
 
 /** The configuration keys the PD classes read (a `KvportConfig` has them all). */
 export interface PdConfigLike {
+  /** PD on. */
   readonly enable_pd?: boolean;
+  /** `sender`, `receiver` or `both`. */
   readonly pd_role?: string | null;
+  /** Bytes of the page buffer. */
   readonly pd_buffer_size: number | null;
+  /** `cpu`, `cuda` or `cuda:N`. */
   readonly pd_buffer_device: string | null;
+  /** The decoder's host. */
   readonly pd_peer_host: string | null;
+  /** Handshake port per TP rank. */
   readonly pd_peer_init_port: readonly number[] | null;
+  /** Allocation port per TP rank. */
   readonly pd_peer_alloc_port: readonly number[] | null;
+  /** The proxy's host. */
   readonly pd_proxy_host: string | null;
+  /** The proxy's port. */
   readonly pd_proxy_port: number | null;
+  /** Sender: do not notify a proxy. */
   readonly pd_skip_proxy_notification?: boolean;
+  /** Longest wait for free pages, seconds. */
   readonly pd_allocation_timeout_sec?: number;
+  /** `nixl` or `mock_memory`. */
   readonly transfer_channel: string | null;
+  /** NIXL backends (null: UCX). */
   readonly nixl_backends: readonly string[] | null;
+  /** Tokens per full chunk. */
   readonly chunk_size: number;
 }
 

@@ -78,7 +78,15 @@ export function parseCacheKey(text: string): CacheKey {
   };
 }
 
-/** LMCache's `MemoryFormat` values that AllocRequest carries in `fmt`. */
+/**
+ * LMCache's `MemoryFormat` values that AllocRequest carries in `fmt`.
+ *
+ * @example
+ * ```ts
+ * import { MemoryFormat } from "@kvport/nixl";
+ * console.log(MemoryFormat.KV_2LTD); // 1: [2, layers, tokens, hidden]
+ * ```
+ */
 export const MemoryFormat: {
   readonly UNDEFINED: 0;
   readonly KV_2LTD: 1;

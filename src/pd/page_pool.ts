@@ -36,7 +36,11 @@ export class PagePool {
   #waiters: Waiter[] = [];
   #closed = false;
 
-  /** @param pageCount number of pages (>= 0) */
+  /**
+   * Creates a pool of `pageCount` free pages.
+   *
+   * @param pageCount number of pages (>= 0)
+   */
   constructor(pageCount: number) {
     if (!Number.isInteger(pageCount) || pageCount < 0) {
       throw new RangeError(`pageCount must be an integer >= 0, got ${pageCount}`);

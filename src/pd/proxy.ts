@@ -181,6 +181,7 @@ export class ProxyNotifier implements AsyncDisposable {
     await this.#server.close();
   }
 
+  /** Same as `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }

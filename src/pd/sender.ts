@@ -117,6 +117,8 @@ export class PdSendError extends ChannelError {
   readonly stage: string;
 
   /**
+   * Creates the error.
+   *
    * @param reqId the request
    * @param receiverId the receiver id
    * @param stage where it failed
@@ -542,6 +544,7 @@ export class PdSender implements AsyncDisposable {
     return this.#closing;
   }
 
+  /** Same as `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
