@@ -14,7 +14,7 @@ import {
   NixlChannel,
   type TransferChannel,
 } from "../mod.ts";
-import { RepSocket } from "../src/channel/wire/mod.ts";
+import { decodeMessage, encodeMessage, RepSocket, ReqSocket } from "../src/channel/wire/mod.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -165,4 +165,47 @@ test("nixl channel: backends null means UCX; an unknown backend names the engine
   await using s = await tx({ backends: null });
   assert.equal(s.engine, "builtin");
   await assert.rejects(tx({ backends: ["GDS"] }), /GDS/);
+});
+
+test("nixl channel: corrupt metadata and page lists are refused; the responder goes on", {
+  skip,
+}, async () => {
+  await using r = await rx();
+  await using s = await tx();
+  const meta = await (s as NixlChannel).agent.localMetadata();
+  await using req = ReqSocket.connect(r.initUrl!, { timeoutMs: 3000 });
+  const ask = async (m: Parameters<typeof encodeMessage>[0]) =>
+    decodeMessage((await req.request(encodeMessage(m)))[0]);
+  const bad: Uint8Array[] = [
+    new Uint8Array(0),
+    new Uint8Array(64).fill(0xab),
+    meta.subarray(0, meta.length - 9),
+    (() => {
+      const m = meta.slice();
+      m[m.length - 20] ^= 0xff; // checksum no longer matches
+      return m;
+    })(),
+  ];
+  for (const b of bad) {
+    const reply = await ask({ type: "NixlInitRequest", local_meta_bytes: b });
+    assert.equal(reply.type, "ErrorMsg", `metadata of ${b.length} bytes`);
+  }
+  const enc = new TextEncoder();
+  for (
+    const list of [new Uint8Array(3), new Uint8Array(1000).fill(7), new Uint8Array(0)]
+  ) {
+    const reply = await ask({
+      type: "NixlMemRegRequest",
+      remote_agent_name: enc.encode("nobody"),
+      local_id: "x",
+      local_xfer_dlist_bytes: list,
+    });
+    assert.equal(reply.type, "ErrorMsg");
+  }
+  assert.equal(r.hasPeer("x"), false);
+  // A real peer still handshakes and moves data.
+  await s.connect("d", r.initUrl!);
+  s.pages[0].fill(42);
+  await s.write([0], { peerId: "d", remoteIndexes: [1] });
+  assert.equal(r.pages[1][PAGE - 1], 42);
 });
