@@ -175,9 +175,14 @@ KVP_API int32_t kvp_agent_create(const char *name, const char *engine, const cha
     if (st != KVP_SUCCESS) return st;
     st = kvp_handle_insert(&a->obj, out_agent);
     if (st != KVP_SUCCESS) {
-        /* Never published: drop our ref and tear it down directly. */
+        /* Never published, but an engine may already have lent it out internally (e.g.
+         * to same-process peers): tear down exactly as kvp_agent_destroy does. */
         atomic_store(&a->dying, true);
+        a->ops->wake_all(a);
         kvp_obj_put(&a->obj);
+        pthread_mutex_lock(&a->life_mu);
+        while (!a->gone) pthread_cond_wait(&a->life_cv, &a->life_mu);
+        pthread_mutex_unlock(&a->life_mu);
         a->ops->destroy(a);
         return st;
     }

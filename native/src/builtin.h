@@ -251,10 +251,15 @@ struct bi_agent {
     bi_conn *conns;             /* every connection (mu) */
     /* posts per path and inline completions (reported by kvp_agent_info) */
     atomic_uint_fast64_t n_posts[5], n_inline;
+    struct bi_agent *live_next; /* registry of live agents of this process */
 };
 
 /* builtin_agent.c */
 bi_agent *bi_of(kvp_agent *a);
+/* A live agent of this process with that token (a reference: kvp_obj_put it), or
+ * NULL once it is being destroyed. Same-process peers are reached through it, so that
+ * a copy never writes into memory its owner has deregistered or freed. */
+bi_agent *bi_live_get(const uint8_t token[16]);
 /* Remote by name (a->mu held), NULL if none. Invalidated ones are not returned. */
 bi_remote *bi_remote_find(bi_agent *a, const char *name);
 

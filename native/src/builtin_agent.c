@@ -18,6 +18,44 @@
 
 bi_agent *bi_of(kvp_agent *a) { return (bi_agent *)a; }
 
+/* ------------------------------------------------------ live agent registry ---- */
+
+static pthread_mutex_t g_live_mu = PTHREAD_MUTEX_INITIALIZER;
+static bi_agent *g_live;
+
+static void live_add(bi_agent *a) {
+    pthread_mutex_lock(&g_live_mu);
+    a->live_next = g_live;
+    g_live = a;
+    pthread_mutex_unlock(&g_live_mu);
+}
+
+static void live_remove(bi_agent *a) {
+    pthread_mutex_lock(&g_live_mu);
+    for (bi_agent **pp = &g_live; *pp; pp = &(*pp)->live_next) {
+        if (*pp == a) {
+            *pp = a->live_next;
+            break;
+        }
+    }
+    a->live_next = NULL;
+    pthread_mutex_unlock(&g_live_mu);
+}
+
+bi_agent *bi_live_get(const uint8_t token[16]) {
+    bi_agent *found = NULL;
+    pthread_mutex_lock(&g_live_mu);
+    for (bi_agent *a = g_live; a; a = a->live_next) {
+        if (memcmp(a->token, token, 16) == 0) {
+            kvp_obj_ref(&a->base.obj);
+            found = a;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&g_live_mu);
+    return found;
+}
+
 static void bi_destroy(kvp_agent *ka);
 static void bi_wake_all(kvp_agent *ka);
 static int32_t bi_info(kvp_agent *ka, kvp_buf *out);
@@ -158,12 +196,16 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
         free(a);
         return st;
     }
+    live_add(a);
     *out = &a->base;
     return KVP_SUCCESS;
 }
 
 static void bi_wake_all(kvp_agent *ka) {
     bi_agent *a = bi_of(ka);
+    /* No same-process peer may start a copy into our memory from now on; one running
+     * holds a reference, which kvp_agent_destroy waits for. */
+    live_remove(a);
     pthread_mutex_lock(&a->mu);
     a->dying = true;
     for (bi_req *r = a->reqs; r; r = r->next) pthread_cond_broadcast(&r->cv);
@@ -186,6 +228,7 @@ static void remote_free(bi_agent *a, bi_remote *rm) {
 
 static void bi_destroy(kvp_agent *ka) {
     bi_agent *a = bi_of(ka);
+    live_remove(a);
     pthread_mutex_lock(&a->mu);
     a->dying = true;
     pthread_mutex_unlock(&a->mu);

@@ -90,6 +90,37 @@ static int32_t exec_mem(bi_req *r, const bi_job *j) {
     return KVP_SUCCESS;
 }
 
+/* Same-process peer: its memory is our memory, so a stale pointer would fault in our
+ * own process. The copy runs under the peer's registration lock, and every segment is
+ * checked against its current registrations first: after kvp_deregister (write side of
+ * that lock) or kvp_agent_destroy of the peer, no byte is written there. */
+static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap) {
+    bi_remote *rm = r->remote;
+    bi_agent *peer = bi_live_get(rm->token);
+    if (!peer) {
+        atomic_store(&rm->dead, true);
+        snprintf(msg, cap, "agent %s (in this process) was destroyed", rm->name);
+        return KVP_ERR_REMOTE_DISCONNECT;
+    }
+    int32_t st = KVP_SUCCESS;
+    pthread_rwlock_rdlock(&peer->reg_rw);
+    FOR_SEGMENTS(r, j, pi, off, n) {
+        const bi_piece *p = &r->p[pi];
+        if (st == KVP_SUCCESS &&
+            !bi_index_find(&peer->lidx, KVP_DRAM, 0, p->other + off, n)) {
+            snprintf(msg, cap,
+                     "agent %s no longer has 0x%llx (+%llu bytes) registered (deregistered "
+                     "since the list was prepared?)",
+                     rm->name, (unsigned long long)(p->other + off), (unsigned long long)n);
+            st = KVP_ERR_NOT_FOUND;
+        }
+    }
+    if (st == KVP_SUCCESS) st = exec_mem(r, j);
+    pthread_rwlock_unlock(&peer->reg_rw);
+    kvp_obj_put(&peer->base.obj);
+    return st;
+}
+
 static int32_t cma_error(bi_req *r, int e, char *msg, size_t cap) {
     bi_remote *rm = r->remote;
     if (e == ESRCH) {
@@ -176,7 +207,9 @@ int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap) {
         return KVP_ERR_REMOTE_DISCONNECT;
     }
     switch (r->path) {
-    case PATH_MEM: return exec_mem(r, j);
+    case PATH_MEM:
+        return r->remote && r->remote->same_process ? exec_local_peer(r, j, msg, cap)
+                                                    : exec_mem(r, j);
     case PATH_CMA: return exec_cma(r, j, msg, cap);
     case PATH_FILE: return exec_file(r, j, msg, cap);
     default:
@@ -212,7 +245,9 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
         st = kvp_err(KVP_ERR_MISMATCH, "%s of peer %s is not the shared memory its metadata "
                      "describes", path, rm->name);
     } else {
-        p = mmap(NULL, (size_t)g->memfd_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        /* MAP_POPULATE: fault the pages in now, not during the first transfers. */
+        p = mmap(NULL, (size_t)g->memfd_size, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_POPULATE, fd, 0);
         if (p == MAP_FAILED)
             st = kvp_err(KVP_ERR_BACKEND, "mmap of %s (%llu bytes) failed: %s", path,
                          (unsigned long long)g->memfd_size, strerror(errno));

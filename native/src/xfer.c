@@ -420,6 +420,12 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
     pthread_mutex_unlock(&a->mu);
     if (st == KVP_SUCCESS && rm && !rm->same_process && rm->same_host && bi_remote_gone(rm))
         st = kvp_err(KVP_ERR_REMOTE_DISCONNECT, "peer %s (pid %u) has exited", rm->name, rm->pid);
+    if (st == KVP_SUCCESS && rm && rm->same_process) {
+        bi_agent *peer = bi_live_get(rm->token);
+        if (peer) kvp_obj_put(&peer->base.obj);
+        else st = kvp_err(KVP_ERR_REMOTE_DISCONNECT,
+                          "agent %s (in this process) was destroyed; invalidate it", rm->name);
+    }
     if (st != KVP_SUCCESS) {
         kvp_obj_put(&r->obj);
         return st;

@@ -39,3 +39,39 @@ TEST(smoke_same_process_write_read_notif) {
     OK(kvp_mem_free(ma));
     OK(kvp_mem_free(mb));
 }
+
+/* N1: a same-process peer that deregistered its memory or was destroyed (and freed the
+ * memory) must give an error, never a write into unmapped memory. */
+TEST(same_process_peer_deregistered_or_destroyed) {
+    uint64_t a = t_agent("A", NULL, NULL), b = t_agent("B", NULL, NULL);
+    uint64_t ma, mb, len = 1 << 20, ra, rb;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, len, &ma));
+    OK(kvp_mem_alloc(KVP_DRAM, 0, len, &mb));
+    OK(kvp_register(a, KVP_DRAM, &ma, &len, NULL, 1, NULL, &ra));
+    OK(kvp_register(b, KVP_DRAM, &mb, &len, NULL, 1, NULL, &rb));
+    uint64_t bl;
+    uint8_t *md = t_md(b, &bl);
+    t_load(a, md, bl);
+    free(md);
+    uint64_t lp = t_prep_pages(a, "", ma, 4096, 256), rp = t_prep_pages(a, "B", mb, 4096, 256);
+    uint32_t idx[256];
+    for (uint32_t i = 0; i < 256; i++) idx[i] = i;
+    uint64_t small, big;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 1, NULL, 0, &small));
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 256, NULL, 0, &big));
+    OK(kvp_xfer_post(a, small));
+    /* Deregistered and freed: NOT_FOUND, no crash. */
+    OK(kvp_deregister(b, rb));
+    OK(kvp_mem_free(mb));
+    CHECK_ST(kvp_xfer_post(a, small), KVP_ERR_NOT_FOUND);
+    CHECK_ERR_HAS("no longer has");
+    int32_t st = kvp_xfer_post(a, big);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, big, 5000);
+    CHECK_ST(st, KVP_ERR_NOT_FOUND);
+    /* Destroyed: REMOTE_DISCONNECT. */
+    OK(kvp_agent_destroy(b));
+    CHECK_ST(kvp_xfer_post(a, small), KVP_ERR_REMOTE_DISCONNECT);
+    CHECK_ERR_HAS("was destroyed");
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(ma));
+}

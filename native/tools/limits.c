@@ -1,1 +1,245 @@
-int main(void){return 0;}
+/*
+ * kvport-limits - physical limits the benchmarks compare the engine against. Each probe
+ * prints one JSON line on stdout.
+ *
+ *   kvport-limits memcpy <bytes> <reps>
+ *       single-thread memcpy between two pre-faulted buffers, GB/s (1e9 bytes/s)
+ *   kvport-limits tcp <bytes_per_msg> <total_bytes>
+ *       raw TCP stream over loopback between two processes (fork), GB/s, with the same
+ *       socket options as the engine (TCP_NODELAY, autotuned buffers)
+ *   kvport-limits file <dir> <bytes> <count> [direct]
+ *       sequential write (fdatasync included) then read of count chunks of bytes in a
+ *       temporary file in dir, GB/s each. Without "direct" the read is served by the
+ *       page cache (dropping it needs privileges this tool does not assume).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *probe, const char *what) {
+    printf("{\"probe\":\"%s\",\"error\":\"%s: %s\"}\n", probe, what, strerror(errno));
+    exit(1);
+}
+
+static uint64_t parse_size(const char *s, const char *probe) {
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || !end || end == s) {
+        printf("{\"probe\":\"%s\",\"error\":\"not a number: %s\"}\n", probe, s);
+        exit(2);
+    }
+    /* Accept k/m/g suffixes (binary). */
+    if (*end == 'k' || *end == 'K') v <<= 10;
+    else if (*end == 'm' || *end == 'M') v <<= 20;
+    else if (*end == 'g' || *end == 'G') v <<= 30;
+    return v;
+}
+
+/* Page-aligned, pre-faulted memory (huge pages advised where available). */
+static uint8_t *big_buffer(uint64_t n, const char *probe) {
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die(probe, "mmap");
+    (void)madvise(p, n, MADV_HUGEPAGE);
+    memset(p, 1, n);
+    return p;
+}
+
+static int probe_memcpy(uint64_t bytes, uint64_t reps) {
+    if (bytes == 0 || reps == 0) {
+        printf("{\"probe\":\"memcpy\",\"error\":\"bytes and reps must be > 0\"}\n");
+        return 2;
+    }
+    uint8_t *a = big_buffer(bytes, "memcpy"), *b = big_buffer(bytes, "memcpy");
+    memcpy(b, a, bytes); /* warm-up */
+    double t0 = now();
+    for (uint64_t i = 0; i < reps; i++) {
+        memcpy(i % 2 ? a : b, i % 2 ? b : a, bytes);
+        __asm__ __volatile__("" ::: "memory"); /* keep every copy */
+    }
+    double dt = now() - t0;
+    printf("{\"probe\":\"memcpy\",\"bytes\":%llu,\"reps\":%llu,\"seconds\":%.6f,\"gbps\":%.3f}\n",
+           (unsigned long long)bytes, (unsigned long long)reps, dt,
+           (double)bytes * (double)reps / dt / 1e9);
+    return 0;
+}
+
+static void tcp_opts(int fd) {
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static int probe_tcp(uint64_t msg, uint64_t total) {
+    if (msg == 0 || total == 0) {
+        printf("{\"probe\":\"tcp\",\"error\":\"sizes must be > 0\"}\n");
+        return 2;
+    }
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0) die("tcp", "socket");
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    if (bind(l, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(l, 1) != 0 ||
+        getsockname(l, (struct sockaddr *)&sa, &sl) != 0)
+        die("tcp", "listen");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) die("tcp", "fork");
+    if (pid == 0) {
+        /* Sender: streams total bytes in msg-sized send() calls. */
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) _exit(1);
+        tcp_opts(fd);
+        uint8_t *buf = big_buffer(msg, "tcp");
+        uint64_t sent = 0;
+        while (sent < total) {
+            uint64_t want = total - sent < msg ? total - sent : msg;
+            uint64_t off = 0;
+            while (off < want) {
+                ssize_t k = send(fd, buf + off, want - off, MSG_NOSIGNAL);
+                if (k < 0 && errno == EINTR) continue;
+                if (k <= 0) _exit(1);
+                off += (uint64_t)k;
+            }
+            sent += want;
+        }
+        close(fd);
+        _exit(0);
+    }
+    int fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) die("tcp", "accept");
+    tcp_opts(fd);
+    uint8_t *buf = big_buffer(msg, "tcp");
+    uint64_t got = 0;
+    double t0 = 0;
+    while (got < total) {
+        ssize_t k = recv(fd, buf, msg, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) die("tcp", "recv");
+        if (got == 0) t0 = now();
+        got += (uint64_t)k;
+    }
+    double dt = now() - t0;
+    int st = 0;
+    waitpid(pid, &st, 0);
+    close(fd);
+    close(l);
+    printf("{\"probe\":\"tcp\",\"msg_bytes\":%llu,\"total_bytes\":%llu,\"seconds\":%.6f,"
+           "\"gbps\":%.3f,\"note\":\"loopback, two processes, timed from the first byte\"}\n",
+           (unsigned long long)msg, (unsigned long long)total, dt, (double)total / dt / 1e9);
+    return 0;
+}
+
+static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direct) {
+    if (bytes == 0 || count == 0) {
+        printf("{\"probe\":\"file\",\"error\":\"sizes must be > 0\"}\n");
+        return 2;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/kvport-limits-XXXXXX", dir);
+    int fd = mkstemp(path);
+    if (fd < 0) die("file", "mkstemp");
+    int used_direct = 0;
+    if (direct) {
+        int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+        if (dfd >= 0) {
+            close(fd);
+            fd = dfd;
+            used_direct = 1;
+        }
+    }
+    if (direct && bytes % 4096) {
+        printf("{\"probe\":\"file\",\"error\":\"direct I/O needs bytes to be a multiple of 4096\"}\n");
+        unlink(path);
+        return 2;
+    }
+    uint8_t *buf = big_buffer(bytes, "file");
+    double t0 = now();
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t off = 0;
+        while (off < bytes) {
+            ssize_t k = pwrite(fd, buf + off, bytes - off, (off_t)(i * bytes + off));
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) {
+                unlink(path);
+                die("file", "pwrite");
+            }
+            off += (uint64_t)k;
+        }
+    }
+    if (fdatasync(fd) != 0) {
+        unlink(path);
+        die("file", "fdatasync");
+    }
+    double wt = now() - t0;
+    t0 = now();
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t off = 0;
+        while (off < bytes) {
+            ssize_t k = pread(fd, buf + off, bytes - off, (off_t)(i * bytes + off));
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) {
+                unlink(path);
+                die("file", "pread");
+            }
+            off += (uint64_t)k;
+        }
+    }
+    double rt = now() - t0;
+    close(fd);
+    unlink(path);
+    double total = (double)bytes * (double)count;
+    printf("{\"probe\":\"file\",\"dir\":\"%s\",\"bytes\":%llu,\"count\":%llu,\"direct\":%s,"
+           "\"write_seconds\":%.6f,\"write_gbps\":%.3f,\"read_seconds\":%.6f,"
+           "\"read_gbps\":%.3f,\"note\":\"%s\"}\n",
+           dir, (unsigned long long)bytes, (unsigned long long)count,
+           used_direct ? "true" : "false", wt, total / wt / 1e9, rt, total / rt / 1e9,
+           used_direct ? "O_DIRECT: write includes fdatasync, read bypasses the page cache"
+                       : "buffered: write includes fdatasync; read is from the page cache");
+    return 0;
+}
+
+static int usage(void) {
+    fprintf(stderr,
+            "usage: kvport-limits memcpy <bytes> <reps>\n"
+            "       kvport-limits tcp <bytes_per_msg> <total_bytes>\n"
+            "       kvport-limits file <dir> <bytes> <count> [direct]\n"
+            "sizes accept k/m/g suffixes\n");
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc >= 4 && strcmp(argv[1], "memcpy") == 0)
+        return probe_memcpy(parse_size(argv[2], "memcpy"), parse_size(argv[3], "memcpy"));
+    if (argc >= 4 && strcmp(argv[1], "tcp") == 0)
+        return probe_tcp(parse_size(argv[2], "tcp"), parse_size(argv[3], "tcp"));
+    if (argc >= 5 && strcmp(argv[1], "file") == 0)
+        return probe_file(argv[2], parse_size(argv[3], "file"), parse_size(argv[4], "file"),
+                          argc >= 6 && strcmp(argv[5], "direct") == 0);
+    return usage();
+}
