@@ -340,3 +340,38 @@ test("storage static: use_direct_io refused by the file system is a warning, not
     cleanup();
   }
 });
+
+test("storage static: verifyReads 'always' checks every read, even of chunks written in this session", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const { store } = await open(dir, { verifyReads: "always" });
+    await store.put("k", pattern(PAGE, 1));
+    const slot = readFileSync(`${dir}/obj_0.bin`);
+    slot[5] ^= 1;
+    writeFileSync(`${dir}/obj_0.bin`, slot);
+    assert.equal(await store.get("k"), undefined);
+    assert.equal((await store.stats()).corrupt, 1);
+    await store.close();
+  } finally {
+    cleanup();
+  }
+});
+
+test("storage static: a caller holding every staging page gets a BUSY error, not a hang", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const { store } = await open(dir, { bufferSize: 2 * PAGE, timeoutMs: 50 });
+    await store.put("k", pattern(PAGE, 1));
+    const held = await store.allocatePages(2);
+    await assert.rejects(store.get("k"), (e) => {
+      assert.ok(e instanceof StorageError && e.code === "BUSY", String(e));
+      assert.match(e.message, /the caller holds 2 of 2/);
+      return true;
+    });
+    for (const p of held) p.release();
+    assert.deepEqual(await store.get("k"), pattern(PAGE, 1));
+    await store.close();
+  } finally {
+    cleanup();
+  }
+});

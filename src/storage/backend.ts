@@ -5,7 +5,6 @@
  * @module
  */
 import { createAgentIo } from "./agent_io.ts";
-import { crc32 } from "./checksum.ts";
 import {
   checkBackendDevice,
   type FromConfigOptions,
@@ -160,6 +159,8 @@ export class NixlStorageBackend implements AsyncDisposable {
   #io: StorageIo;
   #pages: PagePool;
   #asyncPut: boolean;
+  #timeoutMs: number;
+  #held = 0;
   #inflight = new Map<string, Promise<void>>();
   #pending = new Set<Promise<void>>();
   #asyncErrors: unknown[] = [];
@@ -172,6 +173,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       pageSize: number;
       pages: number;
       asyncPut: boolean;
+      timeoutMs: number;
     },
     warnings: string[],
   ) {
@@ -183,6 +185,7 @@ export class NixlStorageBackend implements AsyncDisposable {
     this.backend = opts.backend;
     this.#pages = new PagePool(opts.pages);
     this.#asyncPut = opts.asyncPut;
+    this.#timeoutMs = opts.timeoutMs;
     this.warnings = warnings;
   }
 
@@ -293,6 +296,7 @@ export class NixlStorageBackend implements AsyncDisposable {
           slotBytes: stride,
           direct: options.useDirectIo ?? false,
           compactMinBytes: options.compactMinBytes,
+          verifyReads: options.verifyReads,
         }, warnings)
         : await DynamicStore.open(io, {
           dir: options.path,
@@ -300,6 +304,7 @@ export class NixlStorageBackend implements AsyncDisposable {
           direct: options.useDirectIo ?? false,
           presenceCache: options.presenceCache ?? false,
           presenceOnly: options.presenceCacheOnly ?? false,
+          verifyReads: options.verifyReads,
         }, warnings);
     } catch (e) {
       if (!options.io) await io.close().catch(() => {});
@@ -311,6 +316,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       pageSize,
       pages,
       asyncPut: options.asyncPut ?? false,
+      timeoutMs: options.timeoutMs ?? 120_000,
     }, warnings);
   }
 
@@ -417,7 +423,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       const gKeys = group.map((i) => keys[i]);
       const run = async () => {
         try {
-          return await this.#store.putPages(gKeys, staged.pages, staged.lens, staged.crcs);
+          return await this.#store.putPages(gKeys, staged.pages, staged.lens);
         } finally {
           staged.release();
         }
@@ -437,32 +443,51 @@ export class NixlStorageBackend implements AsyncDisposable {
   async #stage(
     chunks: readonly Uint8Array[],
     forceCopy: boolean,
-  ): Promise<{ pages: number[]; lens: number[]; crcs: number[]; release: () => void }> {
+  ): Promise<{ pages: number[]; lens: number[]; release: () => void }> {
     const staging = this.#io.staging;
     const stride = this.#store.pageStride;
     const inPlace = chunks.map((c) => (forceCopy ? -1 : this.#pageOf(c)));
     const need = inPlace.filter((p) => p < 0).length;
-    const own = need > 0 ? await this.#pages.acquire(need) : [];
+    const own = need > 0 ? await this.#acquire(need) : [];
     let next = 0;
     const pages = inPlace.map((p) => (p >= 0 ? p : own[next++]));
     const lens: number[] = [];
-    const crcs: number[] = [];
     chunks.forEach((c, i) => {
-      const at = pages[i] * stride;
-      if (inPlace[i] < 0) staging.set(c, at);
+      if (inPlace[i] < 0) staging.set(c, pages[i] * stride);
       lens.push(c.length);
-      crcs.push(crc32(staging.subarray(at, at + c.length)));
     });
     let released = false;
     return {
       pages,
       lens,
-      crcs,
       release: () => {
         if (!released) this.#pages.release(own);
         released = true;
       },
     };
+  }
+
+  /** Waits for `n` staging pages, at most the transfer timeout. */
+  #acquire(n: number): Promise<number[]> {
+    return this.#pages.acquire(
+      n,
+      this.#timeoutMs,
+      () =>
+        new StorageError("BUSY", `waiting for ${n} staging page(s)`, {
+          reason: `none freed in ${this.#timeoutMs} ms; the caller holds ${this.#held} of ` +
+            `${this.#pages.count} (pages from allocatePages/getPages not released yet)`,
+          fix: "Release StoragePage objects when done with them, or raise nixl_buffer_size",
+        }),
+    );
+  }
+
+  /** A page handed to the caller; counted until released. */
+  #lease(index: number, bytes: Uint8Array): StoragePage {
+    this.#held++;
+    return new StoragePage(index, bytes, () => {
+      this.#held--;
+      this.#pages.release([index]);
+    });
   }
 
   /** The staging page a view starts at, or -1. */
@@ -539,7 +564,7 @@ export class NixlStorageBackend implements AsyncDisposable {
     }
     if (keys.length === 0) return [];
     await Promise.all(keys.map((k) => this.#inflight.get(k)?.catch(() => {})));
-    const pages = await this.#pages.acquire(keys.length);
+    const pages = await this.#acquire(keys.length);
     let chunks;
     try {
       chunks = await this.#store.getPages(keys, pages);
@@ -555,11 +580,7 @@ export class NixlStorageBackend implements AsyncDisposable {
         return undefined;
       }
       const at = c.page * stride;
-      return new StoragePage(
-        c.page,
-        staging.subarray(at, at + c.dataLen),
-        () => this.#pages.release([c.page]),
-      );
+      return this.#lease(c.page, staging.subarray(at, at + c.dataLen));
     });
   }
 
@@ -570,14 +591,10 @@ export class NixlStorageBackend implements AsyncDisposable {
    */
   async allocatePages(n: number): Promise<StoragePage[]> {
     this.#assertOpen();
-    const pages = await this.#pages.acquire(n);
+    const pages = await this.#acquire(n);
     const stride = this.#store.pageStride;
     return pages.map((p) =>
-      new StoragePage(
-        p,
-        this.#io.staging.subarray(p * stride, p * stride + this.pageSize),
-        () => this.#pages.release([p]),
-      )
+      this.#lease(p, this.#io.staging.subarray(p * stride, p * stride + this.pageSize))
     );
   }
 

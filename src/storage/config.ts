@@ -8,6 +8,7 @@
 import type { NixlStorageBackendName } from "../config/mod.ts";
 import { StorageError } from "./errors.ts";
 import type { StorageIo } from "./io.ts";
+import type { VerifyReads } from "./store.ts";
 
 /** The storage plugins of `extra_config.nixl_backend`. */
 export type StorageBackendName = NixlStorageBackendName;
@@ -70,6 +71,13 @@ export interface NixlStorageOptions {
   agentName?: string;
   /** Smallest index journal that is compacted, in bytes (default 1 MiB). */
   compactMinBytes?: number;
+  /**
+   * When a read checks the chunk's CRC-32 (static mode): `"first"` (default) the first
+   * read of a chunk this process did not write (left by an earlier run, a crash or
+   * another process), `"always"`, or `"never"`. Dynamic mode checks every read unless
+   * `"never"`.
+   */
+  verifyReads?: VerifyReads;
   /** A data path other than an agent (tests, mocks). */
   io?: StorageIo;
 }
@@ -90,7 +98,14 @@ export interface StorageConfigSource {
 export type FromConfigOptions = Partial<
   Pick<
     NixlStorageOptions,
-    "pageSize" | "engine" | "libraryPath" | "timeoutMs" | "agentName" | "compactMinBytes" | "io"
+    | "pageSize"
+    | "engine"
+    | "libraryPath"
+    | "timeoutMs"
+    | "agentName"
+    | "compactMinBytes"
+    | "io"
+    | "verifyReads"
   >
 >;
 

@@ -33,7 +33,14 @@ import { StorageError, toStorageError } from "./errors.ts";
 import type { StorageFile, StorageIo } from "./io.ts";
 import { syncDir, writeFileDurably } from "./journal.ts";
 import { objectName, TMP_PREFIX } from "./naming.ts";
-import { IO_ALIGN, type PutResult, type ReadChunk, roundUp, type Store } from "./store.ts";
+import {
+  IO_ALIGN,
+  type PutResult,
+  type ReadChunk,
+  roundUp,
+  type Store,
+  type VerifyReads,
+} from "./store.ts";
 import type { StoreCounters } from "./store.ts";
 
 /** Bytes of the trailer after the data page. */
@@ -98,6 +105,9 @@ export interface DynamicStoreOptions {
   presenceCache: boolean;
   /** Answer `contains` from the presence cache only (`nixl_presence_cache_only`). */
   presenceOnly?: boolean;
+  /** "never" skips the data CRC check of reads (any other value checks every read: the
+   * files may come from other processes). */
+  verifyReads?: VerifyReads;
 }
 
 function hostname(): string {
@@ -300,14 +310,15 @@ export class DynamicStore implements Store {
     keys: readonly string[],
     pages: readonly number[],
     lens: readonly number[],
-    crcs: readonly number[],
   ): Promise<PutResult[]> {
     this.#assertOpen();
     const stride = this.pageStride;
     const staging = this.#io.staging;
     keys.forEach((key, i) => {
-      const at = pages[i] * stride + this.#dataStride;
-      encodeTrailer(staging.subarray(at, at + TRAILER_BYTES), key, lens[i], crcs[i]);
+      const base = pages[i] * stride;
+      const crc = crc32(staging.subarray(base, base + lens[i]));
+      const at = base + this.#dataStride;
+      encodeTrailer(staging.subarray(at, at + TRAILER_BYTES), key, lens[i], crc);
     });
     const tmps = keys.map(() => `${this.#opts.dir}/${this.#tmpPrefix}${this.#tmpSeq++}`);
     const files: StorageFile[] = [];
@@ -394,7 +405,10 @@ export class DynamicStore implements Store {
       if (typeof t === "string") bad = t;
       else if (t.key !== keys[i]) bad = "";
       else if (t.dataLen > this.#opts.pageSize) bad = "data length beyond the page";
-      else if (crc32(staging.subarray(base, base + t.dataLen)) !== t.dataCrc) bad = "data checksum";
+      else if (
+        this.#opts.verifyReads !== "never" &&
+        crc32(staging.subarray(base, base + t.dataLen)) !== t.dataCrc
+      ) bad = "data checksum";
       if (bad === undefined && typeof t !== "string") {
         out[i] = { page: pages[i], dataLen: t.dataLen };
         this.#presence?.add(keys[i]);

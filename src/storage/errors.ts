@@ -17,6 +17,7 @@ export type StorageErrorCode =
   | "FORMAT"
   | "CLOSED"
   | "TOO_LARGE"
+  | "BUSY"
   | "NOT_SUPPORTED";
 
 /**

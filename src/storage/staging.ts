@@ -38,8 +38,11 @@ export class PagePool {
     return this.#free.length;
   }
 
-  /** Takes `n` pages (n <= count), waiting for them when needed. */
-  acquire(n: number): Promise<number[]> {
+  /**
+   * Takes `n` pages (n <= count), waiting for them when needed, at most `timeoutMs`
+   * (then rejects with `onTimeout()`'s error).
+   */
+  acquire(n: number, timeoutMs?: number, onTimeout?: () => Error): Promise<number[]> {
     if (this.#closed) return Promise.reject(this.#closed);
     if (n > this.#count) {
       return Promise.reject(new RangeError(`${n} pages asked, the buffer has ${this.#count}`));
@@ -47,7 +50,30 @@ export class PagePool {
     if (this.#waiters.length === 0 && this.#free.length >= n) {
       return Promise.resolve(this.#take(n));
     }
-    return new Promise((resolve, reject) => this.#waiters.push({ n, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const w = {
+        n,
+        resolve: (p: number[]) => {
+          clearTimeout(timer);
+          resolve(p);
+        },
+        reject: (e: unknown) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      this.#waiters.push(w);
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          const i = this.#waiters.indexOf(w);
+          if (i >= 0) this.#waiters.splice(i, 1);
+          reject(onTimeout ? onTimeout() : new Error(`no ${n} free pages in ${timeoutMs} ms`));
+          // a waiter behind this one may fit now
+          this.release([]);
+        }, timeoutMs);
+      }
+    });
   }
 
   /** Takes `n` pages now, or returns undefined. */

@@ -59,13 +59,12 @@ export interface Store {
   remove(key: string): Promise<boolean>;
   /**
    * Stores keys whose data is already in staging pages (`lens[i]` bytes of page
-   * `pages[i]`, CRC `crcs[i]`). Keys are distinct.
+   * `pages[i]`); the store computes the CRC-32s. Keys are distinct.
    */
   putPages(
     keys: readonly string[],
     pages: readonly number[],
     lens: readonly number[],
-    crcs: readonly number[],
   ): Promise<PutResult[]>;
   /** Reads keys into the given pages; undefined for a miss. */
   getPages(keys: readonly string[], pages: readonly number[]): Promise<(ReadChunk | undefined)[]>;
@@ -76,6 +75,14 @@ export interface Store {
   /** Makes everything durable and releases files. */
   close(): Promise<void>;
 }
+
+/**
+ * When reads check a chunk's CRC-32: `"always"`; `"first"` (default): the first read of
+ * a chunk that this process did not write itself (what a previous run, a crash or another
+ * process left), since a chunk written and synced in this session is known good;
+ * `"never"`.
+ */
+export type VerifyReads = "always" | "first" | "never";
 
 /** Rounds up to a multiple of `align`. */
 export function roundUp(n: number, align: number): number {
