@@ -1,0 +1,152 @@
+/* test_files.c - FILE segments: DRAM <-> FILE through loopback, O_DIRECT with aligned
+ * and unaligned pieces, errors with paths. */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "t.h"
+
+static uint64_t prep_file(uint64_t a, const char *remote, int fd, uint64_t off0,
+                          uint64_t page, uint32_t n) {
+    uint64_t *addrs = malloc(n * 8), *lens = malloc(n * 8), *devs = malloc(n * 8);
+    for (uint32_t i = 0; i < n; i++) {
+        addrs[i] = off0 + (uint64_t)i * page;
+        lens[i] = page;
+        devs[i] = (uint64_t)fd;
+    }
+    uint64_t dl, pp;
+    OK(kvp_dlist_create(KVP_FILE, addrs, lens, devs, n, &dl));
+    OK(kvp_prep_dlist(a, remote, dl, &pp));
+    OK(kvp_dlist_release(dl));
+    free(addrs);
+    free(lens);
+    free(devs);
+    return pp;
+}
+
+static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_off,
+                      uint64_t mem_off) {
+    char path[] = "/tmp/kvport-test-XXXXXX";
+    int tmp = mkstemp(path);
+    CHECK(tmp >= 0);
+    close(tmp);
+    uint64_t total = page * n;
+    int32_t fd = -1, direct = -1;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE | flags, file_off + total, &fd,
+                     &direct));
+    CHECK(fd >= 0);
+    if (flags & KVP_FILE_DIRECT) CHECK(direct == 1 || direct == 0);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && (uint64_t)st.st_size >= file_off + total);
+    uint64_t a = t_agent("F", "UCX,POSIX", NULL);
+    uint64_t m, msize = mem_off + total;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, msize, &m));
+    uint64_t reg, freg, zero = 0, fdev = (uint64_t)fd;
+    OK(kvp_register(a, KVP_DRAM, &m, &msize, NULL, 1, NULL, &reg));
+    OK(kvp_register(a, KVP_FILE, &zero, &zero, &fdev, 1, NULL, &freg)); /* len 0: whole file */
+    uint64_t lp = t_prep_pages(a, "", m + mem_off, page, n);
+    uint64_t fp = prep_file(a, "F", fd, file_off, page, n);
+    uint32_t *idx = malloc(n * sizeof *idx);
+    for (uint32_t i = 0; i < n; i++) idx[i] = i;
+    t_fill((void *)(uintptr_t)(m + mem_off), total, 41);
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, fp, idx, n, (const uint8_t *)"saved", 5, &req));
+    int32_t s = kvp_xfer_post(a, req);
+    CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
+    OK(kvp_xfer_wait(a, req, 10000));
+    OK(kvp_file_sync(fd));
+    /* The bytes are in the file, read back with plain pread. */
+    uint8_t *chk = malloc(total);
+    int rfd = open(path, O_RDONLY);
+    CHECK(rfd >= 0);
+    CHECK(pread(rfd, chk, total, (off_t)file_off) == (ssize_t)total);
+    close(rfd);
+    CHECK(t_verify(chk, total, 41));
+    free(chk);
+    /* The loopback notification. */
+    OK(kvp_notif_wait(a, 1000));
+    uint8_t nb[64];
+    uint64_t nl, cnt;
+    OK(kvp_notif_take(a, nb, sizeof nb, &nl, &cnt));
+    CHECK(cnt == 1 && memcmp(nb + 4, "F", 1) == 0 && memcmp(nb + 9, "saved", 5) == 0);
+    /* READ back into zeroed memory. */
+    memset((void *)(uintptr_t)(m + mem_off), 0, total);
+    uint64_t rreq;
+    OK(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, n, NULL, 0, &rreq));
+    s = kvp_xfer_post(a, rreq);
+    CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
+    OK(kvp_xfer_wait(a, rreq, 10000));
+    CHECK(t_verify((void *)(uintptr_t)(m + mem_off), total, 41));
+    /* The other orientation: FILE as the local list, DRAM as the loopback remote. */
+    uint64_t flp = prep_file(a, "", fd, file_off, page, n);
+    uint64_t mrp = t_prep_pages(a, "F", m + mem_off, page, n);
+    memset((void *)(uintptr_t)(m + mem_off), 0, total);
+    uint64_t oreq;
+    OK(kvp_xfer_create(a, KVP_WRITE, flp, idx, mrp, idx, n, NULL, 0, &oreq)); /* file -> mem */
+    s = kvp_xfer_post(a, oreq);
+    CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
+    OK(kvp_xfer_wait(a, oreq, 10000));
+    CHECK(t_verify((void *)(uintptr_t)(m + mem_off), total, 41));
+    free(idx);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_file_close(fd));
+    OK(kvp_mem_free(m));
+    unlink(path);
+}
+
+TEST(file_roundtrip_buffered) { roundtrip(0, 1 << 20, 16, 0, 0); }
+
+TEST(file_roundtrip_large_in_workers) { roundtrip(0, 4 << 20, 16, 4096, 0); }
+
+TEST(file_roundtrip_direct_aligned) { roundtrip(KVP_FILE_DIRECT, 1 << 20, 16, 0, 0); }
+
+TEST(file_roundtrip_direct_unaligned_pieces) {
+    /* Odd sizes and offsets through an O_DIRECT fd: served by a buffered twin. */
+    roundtrip(KVP_FILE_DIRECT, 1000, 37, 333, 17);
+}
+
+TEST(file_errors_name_the_path) {
+    int32_t fd, d;
+    CHECK_ST(kvp_file_open("/nonexistent-dir/x", KVP_FILE_CREATE, 0, &fd, &d), KVP_ERR_BACKEND);
+    CHECK_ERR_HAS("/nonexistent-dir/x");
+    CHECK_ERR_HAS("No such file");
+    CHECK_ST(kvp_file_open("/tmp", 0, 0, &fd, &d), KVP_ERR_BACKEND); /* EISDIR */
+    CHECK_ERR_HAS("Is a directory");
+    CHECK_ST(kvp_file_sync(-1), KVP_ERR_INVALID_PARAM);
+    CHECK_ST(kvp_file_close(-1), KVP_ERR_INVALID_PARAM);
+    /* A registration past the end of the file: reads fail with a clear message. */
+    char path[] = "/tmp/kvport-test-XXXXXX";
+    int tmp = mkstemp(path);
+    CHECK(tmp >= 0);
+    close(tmp);
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, 4096, &fd, &d));
+    uint64_t a = t_agent("F", NULL, NULL);
+    uint64_t off = 0, len = 8192, dev = (uint64_t)fd, freg;
+    OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &freg));
+    uint64_t m, ml = 8192, reg;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, ml, &m));
+    OK(kvp_register(a, KVP_DRAM, &m, &ml, NULL, 1, NULL, &reg));
+    uint64_t lp = t_prep_pages(a, "", m, 8192, 1), fp = prep_file(a, "F", fd, 0, 8192, 1);
+    uint32_t z = 0;
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_READ, lp, &z, fp, &z, 1, NULL, 0, &req));
+    int32_t s = kvp_xfer_post(a, req);
+    if (s == KVP_IN_PROG) s = kvp_xfer_wait(a, req, 5000);
+    CHECK_ST(s, KVP_ERR_BACKEND);
+    CHECK_ERR_HAS("end of file");
+    /* FILE without the POSIX backend; a read-only fd; offset past the end with len 0. */
+    uint64_t b = t_agent("G", "UCX", NULL);
+    CHECK_ST(kvp_register(b, KVP_FILE, &off, &len, &dev, 1, NULL, &freg), KVP_ERR_NOT_SUPPORTED);
+    int ro = open(path, O_RDONLY);
+    uint64_t rodev = (uint64_t)ro;
+    CHECK_ST(kvp_register(a, KVP_FILE, &off, &len, &rodev, 1, NULL, &freg), KVP_ERR_INVALID_PARAM);
+    close(ro);
+    uint64_t far = 1 << 20, zero = 0;
+    CHECK_ST(kvp_register(a, KVP_FILE, &far, &zero, &dev, 1, NULL, &freg), KVP_ERR_INVALID_PARAM);
+    /* Remote FILE lists are not reachable: only loopback. */
+    OK(kvp_agent_destroy(b));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_file_close(fd));
+    OK(kvp_mem_free(m));
+    unlink(path);
+}
