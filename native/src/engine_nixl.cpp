@@ -25,6 +25,8 @@
 #include <cstring>
 #include <sstream>
 
+#include <utils/serdes/serdes.h>
+
 #include "engine_nixl_internal.hpp"
 
 #ifndef KVPN_NIXL_VERSION
@@ -609,6 +611,40 @@ int32_t local_metadata(uint64_t handle, uint8_t *buf, uint64_t cap, uint64_t *le
     });
 }
 
+// Checks the layout of a NIXL metadata blob (as nixlAgent::loadRemoteMD reads it) before
+// NIXL sees it. NIXL connects the backends first and reads the memory sections after;
+// when the sections are bad it forgets the peer but its UCX backend keeps the
+// connection, and every later load of that name then fails (NIXL 1.4). So a truncated
+// or garbled blob must be refused before it reaches NIXL. Returns the peer's name.
+std::string check_md_layout(const nixl_blob_t &md) {
+    nixlSerDes sd;
+    auto bad = [](const std::string &what) {
+        log_capture_take(); // serdes logs each failed tag; our message says it better
+        fail(KVP_ERR_MISMATCH, "metadata blob does not parse as NIXL metadata: " + what +
+                                   " (truncated or corrupted, or not from a nixl-engine "
+                                   "agent)");
+    };
+    if (sd.importStr(md) != NIXL_SUCCESS) bad("no nixlSerDes header");
+    std::string name = sd.getStr("Agent");
+    if (name.empty()) bad("no agent name");
+    size_t conns = 0;
+    if (sd.getBuf("Conns", &conns, sizeof conns) != NIXL_SUCCESS || conns > 4096)
+        bad("no connection count");
+    for (size_t i = 0; i < conns; i++)
+        if (sd.getStr("t").empty() || sd.getStr("c").empty())
+            bad("connection " + std::to_string(i) + " of " + std::to_string(conns) + " is cut");
+    if (sd.getStr("") != "MemSection") bad("no memory section");
+    size_t segs = 0;
+    if (sd.getBuf("nixlSecElms", &segs, sizeof segs) != NIXL_SUCCESS || segs > (1u << 20))
+        bad("no section count");
+    for (size_t i = 0; i < segs; i++) {
+        if (sd.getStr("bknd").empty()) bad("section " + std::to_string(i) + " names no backend");
+        nixl_reg_dlist_t list(&sd);
+        if (list.isEmpty()) bad("section " + std::to_string(i) + " has no descriptors");
+    }
+    return name;
+}
+
 int32_t load_remote_metadata(uint64_t handle, const uint8_t *blob, uint64_t blen,
                              uint8_t *name_buf, uint64_t cap, uint64_t *name_len) {
     return guarded([&]() -> int32_t {
@@ -617,6 +653,7 @@ int32_t load_remote_metadata(uint64_t handle, const uint8_t *blob, uint64_t blen
             fail(KVP_ERR_MISMATCH, "metadata blob is empty: expected a peer's kvp_local_metadata");
         if (!name_len) fail(KVP_ERR_INVALID_PARAM, "name_len is NULL");
         nixl_blob_t md(reinterpret_cast<const char *>(blob), blen);
+        std::string named = check_md_layout(md);
         std::string remote;
         nixl_status_t s = a->nixl->loadRemoteMD(md, remote);
         if (s == NIXL_ERR_NOT_ALLOWED) {
@@ -626,14 +663,20 @@ int32_t load_remote_metadata(uint64_t handle, const uint8_t *blob, uint64_t blen
                         "the new metadata");
         }
         if (s != NIXL_SUCCESS) {
-            std::string hint = s == NIXL_ERR_MISMATCH
-                                   ? " (not NIXL metadata: is the peer on the builtin engine?)"
-                                   : "";
-            fail(s, nixl_failure("loadRemoteMD of " + std::to_string(blen) + " bytes", s) + hint);
+            std::string m = nixl_failure("loadRemoteMD of peer '" + named + "' (" +
+                                             std::to_string(blen) + " bytes)",
+                                         s);
+            std::lock_guard<std::mutex> g(a->mu);
+            if (a->peers.count(named) == 0 && !a->half_loaded.insert(named).second)
+                m += "; an earlier load of '" + named +
+                     "' failed half-way and NIXL kept its connection (NIXL 1.4 does not drop "
+                     "it): this agent cannot load that name again, recreate the agent";
+            fail(s, m);
         }
         {
             std::lock_guard<std::mutex> g(a->mu);
             if (a->peers.find(remote) == a->peers.end()) a->peers[remote] = ++a->gen_counter;
+            a->half_loaded.erase(remote);
         }
         return sized_out(remote.data(), remote.size(), name_buf, cap, name_len);
     });

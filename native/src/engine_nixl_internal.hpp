@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -148,6 +149,7 @@ struct Agent {
     std::unordered_map<uint64_t, std::shared_ptr<Prepped>> prepped;
     std::unordered_map<uint64_t, std::shared_ptr<Req>> reqs;
     std::map<std::string, uint64_t> peers; // loaded peer -> generation (bumped on invalidate)
+    std::set<std::string> half_loaded; // names whose load failed after NIXL may have connected
     uint64_t gen_counter = 0;
 
     // Notifications taken from NIXL and not yet handed out (guarded by notif_mu).

@@ -4,9 +4,10 @@
  *
  *   kvport-limits memcpy <bytes> <reps>
  *       single-thread memcpy between two pre-faulted buffers, GB/s (1e9 bytes/s)
- *   kvport-limits tcp <bytes_per_msg> <total_bytes>
+ *   kvport-limits tcp <bytes_per_msg> <total_bytes> [window_bytes]
  *       raw TCP stream over loopback between two processes (fork), GB/s, with the same
- *       socket options as the engine (TCP_NODELAY, autotuned buffers)
+ *       socket options as the engine (TCP_NODELAY, autotuned buffers). Each side cycles
+ *       through window_bytes of memory (default: one message buffer, cache-hot)
  *   kvport-limits file <dir> <bytes> <count> [direct]
  *       sequential write (fdatasync included) then read of count chunks of bytes in a
  *       temporary file in dir, GB/s each. Without "direct" the read is served by the
@@ -91,7 +92,11 @@ static void tcp_opts(int fd) {
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-static int probe_tcp(uint64_t msg, uint64_t total) {
+/* window: bytes of distinct memory each side cycles through (default msg: one buffer,
+ * cache-hot when small; the engine streams from and into whole pools, so a window of
+ * the transfer's size is the like-for-like comparison). */
+static int probe_tcp(uint64_t msg, uint64_t total, uint64_t window) {
+    if (window < msg) window = msg;
     if (msg == 0 || total == 0) {
         printf("{\"probe\":\"tcp\",\"error\":\"sizes must be > 0\"}\n");
         return 2;
@@ -114,10 +119,13 @@ static int probe_tcp(uint64_t msg, uint64_t total) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) _exit(1);
         tcp_opts(fd);
-        uint8_t *buf = big_buffer(msg, "tcp");
-        uint64_t sent = 0;
+        uint8_t *win = big_buffer(window, "tcp");
+        uint64_t sent = 0, pos = 0;
         while (sent < total) {
             uint64_t want = total - sent < msg ? total - sent : msg;
+            if (pos + want > window) pos = 0;
+            uint8_t *buf = win + pos;
+            pos += want;
             uint64_t off = 0;
             while (off < want) {
                 ssize_t k = send(fd, buf + off, want - off, MSG_NOSIGNAL);
@@ -133,11 +141,13 @@ static int probe_tcp(uint64_t msg, uint64_t total) {
     int fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0) die("tcp", "accept");
     tcp_opts(fd);
-    uint8_t *buf = big_buffer(msg, "tcp");
-    uint64_t got = 0;
+    uint8_t *win = big_buffer(window, "tcp");
+    uint64_t got = 0, pos = 0;
     double t0 = 0;
     while (got < total) {
-        ssize_t k = recv(fd, buf, msg, 0);
+        if (pos + msg > window) pos = 0;
+        ssize_t k = recv(fd, win + pos, msg, 0);
+        if (k > 0) pos += (uint64_t)k;
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) die("tcp", "recv");
         if (got == 0) t0 = now();
@@ -148,9 +158,11 @@ static int probe_tcp(uint64_t msg, uint64_t total) {
     waitpid(pid, &st, 0);
     close(fd);
     close(l);
-    printf("{\"probe\":\"tcp\",\"msg_bytes\":%llu,\"total_bytes\":%llu,\"seconds\":%.6f,"
-           "\"gbps\":%.3f,\"note\":\"loopback, two processes, timed from the first byte\"}\n",
-           (unsigned long long)msg, (unsigned long long)total, dt, (double)total / dt / 1e9);
+    printf("{\"probe\":\"tcp\",\"msg_bytes\":%llu,\"total_bytes\":%llu,\"window_bytes\":%llu,"
+           "\"seconds\":%.6f,\"gbps\":%.3f,\"note\":\"loopback, two processes, timed from the "
+           "first byte\"}\n",
+           (unsigned long long)msg, (unsigned long long)total, (unsigned long long)window, dt,
+           (double)total / dt / 1e9);
     return 0;
 }
 
@@ -226,7 +238,7 @@ static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direc
 static int usage(void) {
     fprintf(stderr,
             "usage: kvport-limits memcpy <bytes> <reps>\n"
-            "       kvport-limits tcp <bytes_per_msg> <total_bytes>\n"
+            "       kvport-limits tcp <bytes_per_msg> <total_bytes> [window_bytes]\n"
             "       kvport-limits file <dir> <bytes> <count> [direct]\n"
             "sizes accept k/m/g suffixes\n");
     return 2;
@@ -237,7 +249,8 @@ int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "memcpy") == 0)
         return probe_memcpy(parse_size(argv[2], "memcpy"), parse_size(argv[3], "memcpy"));
     if (argc >= 4 && strcmp(argv[1], "tcp") == 0)
-        return probe_tcp(parse_size(argv[2], "tcp"), parse_size(argv[3], "tcp"));
+        return probe_tcp(parse_size(argv[2], "tcp"), parse_size(argv[3], "tcp"),
+                         argc >= 5 ? parse_size(argv[4], "tcp") : 0);
     if (argc >= 5 && strcmp(argv[1], "file") == 0)
         return probe_file(argv[2], parse_size(argv[3], "file"), parse_size(argv[4], "file"),
                           argc >= 6 && strcmp(argv[5], "direct") == 0);
