@@ -7,6 +7,7 @@
 import { configCommand } from "./config_cmd.ts";
 import { demoCommand } from "./demo_cmd.ts";
 import { pdReceiverCommand, pdSenderCommand } from "./pd_cmd.ts";
+import { storageCommand } from "./storage_cmd.ts";
 
 /**
  * One `kvport` subcommand.
@@ -47,4 +48,5 @@ export const commands: Command[] = [
   demoCommand,
   pdReceiverCommand,
   pdSenderCommand,
+  storageCommand,
 ];
