@@ -417,6 +417,7 @@ class Connector {
   /** Called by the owner when the ZMTP connection of this connector closed. */
   connectionClosed(wasReady: boolean, error: WireError | undefined): void {
     if (error) this.lastError = error.message;
+    else if (wasReady) this.lastError = "the peer closed the connection";
     this.#conn = undefined;
     this.#tcp = undefined;
     this.#markIdle();
