@@ -30,6 +30,8 @@ export interface AgentIoOptions {
   engine: "auto" | "builtin" | "nixl";
   /** Parameters for the plugin (sent as `BACKEND.key=value`). */
   params?: Readonly<Record<string, string>>;
+  /** Parameters of the engine itself (`io_threads`, `listen_host`, ...). */
+  engineParams?: Readonly<Record<string, string | number>>;
   /** Path of libkvport.so. */
   libraryPath?: string;
   /** Bytes of the staging buffer. */
@@ -170,7 +172,12 @@ class AgentIo implements StorageIo {
  */
 export async function createAgentIo(o: AgentIoOptions): Promise<StorageIo> {
   if (o.engine === "builtin" && o.backend !== "POSIX") throw needsNixl(o.backend, undefined);
-  const params: Record<string, string> = {};
+  // A storage agent talks only to itself (loopback): its listener stays on 127.0.0.1.
+  const params: Record<string, string | number> = {
+    listen_host: "127.0.0.1",
+    advertise_host: "127.0.0.1",
+    ...o.engineParams,
+  };
   for (const [k, v] of Object.entries(o.params ?? {})) params[`${o.backend}.${k}`] = v;
   let agent: NixlAgent;
   try {

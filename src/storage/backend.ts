@@ -277,6 +277,7 @@ export class NixlStorageBackend implements AsyncDisposable {
         backend,
         engine: options.engine ?? "auto",
         params: options.backendParams,
+        engineParams: options.engineParams,
         libraryPath: options.libraryPath,
         stagingBytes: pages * stride,
         timeoutMs: options.timeoutMs ?? 120_000,

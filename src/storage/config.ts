@@ -67,6 +67,11 @@ export interface NixlStorageOptions {
   libraryPath?: string;
   /** Limit for one transfer, in ms (default 120000). */
   timeoutMs?: number;
+  /**
+   * Parameters of the agent's engine (builtin: `io_threads`, the number of threads that
+   * run pread/pwrite, default 2). Plugin parameters go in `backendParams`.
+   */
+  engineParams?: Readonly<Record<string, string | number>>;
   /** Name of the backend's agent (default `kvport-storage-<pid>-<n>`). */
   agentName?: string;
   /** Smallest index journal that is compacted, in bytes (default 1 MiB). */
@@ -106,6 +111,7 @@ export type FromConfigOptions = Partial<
     | "compactMinBytes"
     | "io"
     | "verifyReads"
+    | "engineParams"
   >
 >;
 
