@@ -20,14 +20,46 @@ import type { NixlAgent } from "../agent.ts";
 import { agentLibraries } from "./desc_list.ts";
 import type { NativeLib } from "../../ffi/mod.ts";
 
-/** `kvp_file_open` flag: create the file when missing (mode 0644). */
+/**
+ * `kvp_file_open` flag: create the file when missing (mode 0644).
+ *
+ * @example
+ * ```ts
+ * import { KVP_FILE_CREATE } from "./files.ts";
+ * console.log(KVP_FILE_CREATE); // 1
+ * ```
+ */
 export const KVP_FILE_CREATE = 1;
-/** `kvp_file_open` flag: O_DIRECT (dropped where the file system refuses it). */
+/**
+ * `kvp_file_open` flag: O_DIRECT (dropped where the file system refuses it).
+ *
+ * @example
+ * ```ts
+ * import { KVP_FILE_DIRECT } from "./files.ts";
+ * console.log(KVP_FILE_DIRECT); // 2
+ * ```
+ */
 export const KVP_FILE_DIRECT = 2;
-/** `kvp_file_open` flag: truncate to 0 first. */
+/**
+ * `kvp_file_open` flag: truncate to 0 first.
+ *
+ * @example
+ * ```ts
+ * import { KVP_FILE_TRUNCATE } from "./files.ts";
+ * console.log(KVP_FILE_TRUNCATE); // 4
+ * ```
+ */
 export const KVP_FILE_TRUNCATE = 4;
 
-/** How {@linkcode openFile} opens a file. */
+/**
+ * How {@linkcode openFile} opens a file.
+ *
+ * @example
+ * ```ts
+ * import type { OpenFileOptions } from "./files.ts";
+ * const o: OpenFileOptions = { create: true, direct: true, size: 1 << 20 };
+ * ```
+ */
 export interface OpenFileOptions {
   /** Create it when missing. */
   create?: boolean;
@@ -39,7 +71,17 @@ export interface OpenFileOptions {
   size?: number | bigint;
 }
 
-/** A file opened by the shim, for FILE registration. */
+/**
+ * A file opened by the shim, for FILE registration.
+ *
+ * @example
+ * ```ts
+ * import { type NativeFile, openFile } from "./files.ts";
+ * import type { NixlAgent } from "../agent.ts";
+ * declare const agent: NixlAgent;
+ * const f: NativeFile = openFile(agent, "/tmp/x.bin", { create: true });
+ * ```
+ */
 export interface NativeFile {
   /** The file descriptor (the `fd` of a FILE region). */
   readonly fd: number;

@@ -72,7 +72,15 @@ export class StoragePage implements Disposable {
   }
 }
 
-/** Statistics of a backend (`kvport storage stats`). */
+/**
+ * Statistics of a backend (`kvport storage stats`).
+ *
+ * @example
+ * ```ts
+ * import type { StorageStats } from "@kvport/nixl";
+ * const show = (s: StorageStats) => `${s.used}/${s.slots ?? "-"} used, ${s.hits} hits`;
+ * ```
+ */
 export interface StorageStats {
   /** "static" (pool) or "dynamic" (file per key). */
   mode: "static" | "dynamic";
@@ -114,7 +122,17 @@ export interface StorageStats {
   details: Record<string, number | string | boolean | null>;
 }
 
-/** Options of `contains` and `batchedContains`. */
+/**
+ * Options of `contains` and `batchedContains`.
+ *
+ * @example
+ * ```ts
+ * import type { ContainsOptions, NixlStorageBackend } from "@kvport/nixl";
+ * declare const store: NixlStorageBackend;
+ * const opts: ContainsOptions = { pin: true };
+ * console.log(await store.batchedContains(["k0", "k1"], opts));
+ * ```
+ */
 export interface ContainsOptions {
   /** Pin the keys found (static mode), as LMCache's `contains(key, pin=True)`. */
   pin?: boolean;
@@ -706,5 +724,13 @@ async function recordedPageSize(
   }
 }
 
-/** Version of the on-disk index format this library writes. */
+/**
+ * Version of the on-disk index format this library writes.
+ *
+ * @example
+ * ```ts
+ * import { STORAGE_FORMAT_VERSION } from "@kvport/nixl";
+ * console.log(STORAGE_FORMAT_VERSION); // 1
+ * ```
+ */
 export const STORAGE_FORMAT_VERSION: number = JOURNAL_VERSION;

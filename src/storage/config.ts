@@ -10,10 +10,26 @@ import { StorageError } from "./errors.ts";
 import type { StorageIo } from "./io.ts";
 import type { VerifyReads } from "./store.ts";
 
-/** The storage plugins of `extra_config.nixl_backend`. */
+/**
+ * The storage plugins of `extra_config.nixl_backend`.
+ *
+ * @example
+ * ```ts
+ * import type { StorageBackendName } from "@kvport/nixl";
+ * const b: StorageBackendName = "POSIX";
+ * ```
+ */
 export type StorageBackendName = NixlStorageBackendName;
 
-/** Buffer devices each storage backend accepts (`cuda` covers `cuda:N`), as in LMCache. */
+/**
+ * Buffer devices each storage backend accepts (`cuda` covers `cuda:N`), as in LMCache.
+ *
+ * @example
+ * ```ts
+ * import { BACKEND_DEVICES } from "@kvport/nixl";
+ * console.log(BACKEND_DEVICES.GDS); // ["cpu", "cuda"]
+ * ```
+ */
 export const BACKEND_DEVICES: Readonly<Record<StorageBackendName, readonly ("cpu" | "cuda")[]>> = {
   GDS: ["cpu", "cuda"],
   GDS_MT: ["cpu", "cuda"],
@@ -23,13 +39,27 @@ export const BACKEND_DEVICES: Readonly<Record<StorageBackendName, readonly ("cpu
   AZURE_BLOB: ["cpu"],
 };
 
-/** Backends that keep chunks in files under `nixl_path`. */
+/**
+ * Backends that keep chunks in files under `nixl_path`.
+ *
+ * @example
+ * ```ts
+ * import { FILE_BACKENDS } from "@kvport/nixl";
+ * console.log(FILE_BACKENDS.includes("POSIX")); // true
+ * ```
+ */
 export const FILE_BACKENDS: readonly StorageBackendName[] = ["GDS", "GDS_MT", "POSIX", "HF3FS"];
 
 /**
  * Options of {@linkcode NixlStorageBackend.create}: the storage keys of LMCache's
  * configuration in camelCase, plus what the configuration does not say (the chunk's
  * byte size, the engine, the library path).
+ *
+ * @example
+ * ```ts
+ * import type { NixlStorageOptions } from "@kvport/nixl";
+ * const options: NixlStorageOptions = { path: "/data/kv", pageSize: 1 << 21, poolSize: 512 };
+ * ```
  */
 export interface NixlStorageOptions {
   /** Directory of the pool or of the per-key files (`extra_config.nixl_path`). */
@@ -87,7 +117,19 @@ export interface NixlStorageOptions {
   io?: StorageIo;
 }
 
-/** The storage-related keys of a configuration (what `loadConfig` returns has them). */
+/**
+ * The storage-related keys of a configuration (what `loadConfig` returns has them).
+ *
+ * @example
+ * ```ts
+ * import type { StorageConfigSource } from "@kvport/nixl";
+ * const cfg: StorageConfigSource = {
+ *   nixl_buffer_size: 1 << 26,
+ *   nixl_buffer_device: "cpu",
+ *   extra_config: { enable_nixl_storage: true, nixl_backend: "POSIX", nixl_pool_size: 0, nixl_path: "/kv" },
+ * };
+ * ```
+ */
 export interface StorageConfigSource {
   /** Bytes of the staging buffer. */
   readonly nixl_buffer_size?: number | null;
@@ -99,7 +141,15 @@ export interface StorageConfigSource {
   readonly extra_config?: Readonly<Record<string, unknown>> | null;
 }
 
-/** What {@linkcode storageOptionsFromConfig} needs besides the configuration. */
+/**
+ * What {@linkcode storageOptionsFromConfig} needs besides the configuration.
+ *
+ * @example
+ * ```ts
+ * import type { FromConfigOptions } from "@kvport/nixl";
+ * const extra: FromConfigOptions = { pageSize: 1 << 21, engine: "builtin" };
+ * ```
+ */
 export type FromConfigOptions = Partial<
   Pick<
     NixlStorageOptions,

@@ -5,7 +5,15 @@
  * @module
  */
 
-/** Machine-readable kinds of {@linkcode StorageError}. */
+/**
+ * Machine-readable kinds of {@linkcode StorageError}.
+ *
+ * @example
+ * ```ts
+ * import { StorageError, type StorageErrorCode } from "@kvport/nixl";
+ * const code: StorageErrorCode = new StorageError("NO_SPACE", "writing").code;
+ * ```
+ */
 export type StorageErrorCode =
   | "CONFIG"
   | "NO_SPACE"
@@ -42,6 +50,8 @@ export class StorageError extends Error {
   readonly fix: string | undefined;
 
   /**
+   * Builds the message "<what> at <path>: <reason>. <fix>".
+   *
    * @param code the failure kind
    * @param what what was being done, e.g. "writing 4 chunks"
    * @param details path, reason (errno text), fix and cause

@@ -6,7 +6,15 @@
  * @module
  */
 
-/** A file opened for FILE registration (NIXL: addr = offset, devId = fd). */
+/**
+ * A file opened for FILE registration (NIXL: addr = offset, devId = fd).
+ *
+ * @example
+ * ```ts
+ * import type { StorageFile } from "@kvport/nixl";
+ * const f: StorageFile = { fd: 7, direct: false, path: "/kv/obj_0.bin" };
+ * ```
+ */
 export interface StorageFile {
   /** The file's descriptor. */
   readonly fd: number;
@@ -16,7 +24,16 @@ export interface StorageFile {
   readonly path: string;
 }
 
-/** A registered and prepared set of files, one descriptor (offset 0) per file. */
+/**
+ * A registered and prepared set of files, one descriptor (offset 0) per file.
+ *
+ * @example
+ * ```ts
+ * import type { StorageFileSet, StorageIo } from "@kvport/nixl";
+ * declare const io: StorageIo;
+ * const set: StorageFileSet = io.registerFiles([], 4096);
+ * ```
+ */
 export interface StorageFileSet {
   /** Number of files (descriptors). */
   readonly count: number;
@@ -24,7 +41,15 @@ export interface StorageFileSet {
   readonly length: number;
 }
 
-/** How {@linkcode StorageIo.openFile} opens a file. */
+/**
+ * How {@linkcode StorageIo.openFile} opens a file.
+ *
+ * @example
+ * ```ts
+ * import type { StorageOpenOptions } from "@kvport/nixl";
+ * const o: StorageOpenOptions = { create: true, direct: true, size: 1 << 21 };
+ * ```
+ */
 export interface StorageOpenOptions {
   /** Create it when missing. */
   create: boolean;

@@ -64,4 +64,4 @@ export { StorageError, type StorageErrorCode, toStorageError } from "./errors.ts
 export type { StorageFile, StorageFileSet, StorageIo, StorageOpenOptions } from "./io.ts";
 export { objectName } from "./naming.ts";
 export { NO_EVICTION_CANDIDATE } from "./static_pool.ts";
-export type { VerifyReads } from "./store.ts";
+export type { StoreCounters, VerifyReads } from "./store.ts";

@@ -41,7 +41,17 @@ interface Live extends SlotEntry {
   verified: boolean;
 }
 
-/** Why a put is dropped when every slot is taken by a pinned (or busy) key. */
+/**
+ * Why a put is dropped when every slot is taken by a pinned (or busy) key.
+ *
+ * @example
+ * ```ts
+ * import { NixlStorageBackend, NO_EVICTION_CANDIDATE } from "@kvport/nixl";
+ * declare const store: NixlStorageBackend;
+ * const r = await store.put("k", new Uint8Array(16));
+ * if (r.reason === NO_EVICTION_CANDIDATE) console.log("every slot is pinned");
+ * ```
+ */
 export const NO_EVICTION_CANDIDATE = "no eviction candidate: every slot is pinned";
 
 /**

@@ -5,7 +5,17 @@
  * @module
  */
 
-/** The outcome of storing one key. */
+/**
+ * The outcome of storing one key.
+ *
+ * @example
+ * ```ts
+ * import type { NixlStorageBackend, PutResult } from "@kvport/nixl";
+ * declare const store: NixlStorageBackend;
+ * const r: PutResult = await store.put("k", new Uint8Array(16));
+ * if (!r.stored && !r.pending) console.warn(r.reason);
+ * ```
+ */
 export interface PutResult {
   /** The key. */
   key: string;
@@ -25,7 +35,17 @@ export interface ReadChunk {
   dataLen: number;
 }
 
-/** Counters every mode keeps. */
+/**
+ * Counters every mode keeps (`NixlStorageBackend.counters`).
+ *
+ * @example
+ * ```ts
+ * import type { NixlStorageBackend, StoreCounters } from "@kvport/nixl";
+ * declare const store: NixlStorageBackend;
+ * const c: Readonly<StoreCounters> = store.counters;
+ * console.log(c.hits / Math.max(1, c.hits + c.misses));
+ * ```
+ */
 export interface StoreCounters {
   /** Reads that found the key. */
   hits: number;
@@ -81,6 +101,12 @@ export interface Store {
  * a chunk that this process did not write itself (what a previous run, a crash or another
  * process left), since a chunk written and synced in this session is known good;
  * `"never"`.
+ *
+ * @example
+ * ```ts
+ * import type { VerifyReads } from "@kvport/nixl";
+ * const paranoid: VerifyReads = "always";
+ * ```
  */
 export type VerifyReads = "always" | "first" | "never";
 
