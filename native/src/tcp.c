@@ -34,6 +34,24 @@
 
 static const uint8_t g_zeros[SCRATCH];
 
+/* KVPORT_TRACE=1: one stderr line per frame-level event (debugging aid, off by default). */
+static int g_trace = -1;
+static bool trace_on(void) {
+    if (g_trace < 0) {
+        const char *e = getenv("KVPORT_TRACE");
+        g_trace = e && *e && *e != '0';
+    }
+    return g_trace;
+}
+#define TRACE(...)                                                                          \
+    do {                                                                                    \
+        if (trace_on()) {                                                                   \
+            fprintf(stderr, "kvport[%d] ", (int)getpid());                                  \
+            fprintf(stderr, __VA_ARGS__);                                                   \
+            fputc('\n', stderr);                                                            \
+        }                                                                                   \
+    } while (0)
+
 struct bi_txi {
     bi_txi *next;
     uint8_t hbuf[W_HDR + 16];
@@ -412,6 +430,8 @@ int32_t bi_tcp_post(bi_conn *c, bi_req *r, uint64_t post_id) {
         bi_tcp_cancel(c, r);
         return kvp_err(KVP_ERR_REMOTE_DISCONNECT, "connection to %s is closed", c->peer);
     }
+    TRACE("post %llu: %u frames to %s (queue %s)", (unsigned long long)post_id, r->ntx, c->peer,
+          c->th ? "busy" : "empty");
     for (uint32_t i = 0; i < r->ntx; i++) {
         bi_txi *t = &r->tx[i];
         uint8_t *h = t->hdyn ? t->hdyn : t->hbuf;
@@ -442,6 +462,10 @@ static void tx_purge(bi_conn *c, bi_req *r) {
                 continue;
             }
             bi_txi *fill = NULL;
+            TRACE("purge frame of post %llu: head=%d hoff=%u/%u poff=%llu/%llu",
+                  (unsigned long long)kvp_get_u64((t->hdyn ? t->hdyn : t->hbuf) + 16),
+                  t == c->th, t->hoff, t->hlen, (unsigned long long)t->poff,
+                  (unsigned long long)t->plen);
             if (t == c->th && (t->hoff > 0 || t->poff > 0)) {
                 fill = calloc(1, sizeof *fill);
                 uint32_t hl = t->hlen - t->hoff;
@@ -700,6 +724,7 @@ int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out) {
  * reference is dropped by the caller after the current epoll batch. */
 static void conn_fail(bi_conn *c, int32_t status, const char *why) {
     bi_agent *a = c->a;
+    TRACE("conn to %s (%s) failed: %s", c->peer, c->inbound ? "in" : "out", why);
     pthread_mutex_lock(&c->tx_mu);
     if (atomic_load(&c->dead)) {
         pthread_mutex_unlock(&c->tx_mu);
@@ -774,6 +799,9 @@ static bi_pend *pend_take(bi_conn *c, uint64_t post_id) {
 static bool dispatch(bi_conn *c, const char **why) {
     bi_agent *a = c->a;
     w_hdr *h = &c->h;
+    TRACE("rx %s op %u req %llu flags %u body %u payload %llu", c->inbound ? "in" : "out",
+          h->op, (unsigned long long)h->req_id, h->flags, h->body_len,
+          (unsigned long long)h->payload_len);
     const uint8_t *b = c->body;
     c->rx = RX_HDR;
     c->hgot = 0;

@@ -289,3 +289,34 @@ TEST(stale_connection_to_restarted_peer_is_refused) {
     OK(kvp_agent_destroy(t));
     OK(kvp_mem_free(m));
 }
+
+/* Agent/ffi engineer's report: release an in-flight 32 x 4 MiB WRITE 300 ms into a
+ * stalled peer, resume it, and the connection must still carry the next transfer; and a
+ * later kill must still fail transfers with REMOTE_DISCONNECT. */
+TEST(tcp_release_mid_frame_then_reuse_then_kill) {
+    setup s;
+    setup_pair(&s, "TCP", NULL, 0, 4 << 20, 32);
+    uint64_t one = mkreq(&s, KVP_WRITE, 1), big = mkreq(&s, KVP_WRITE, 32);
+    post_wait_ok(&s, big);
+    CHECK(kill(s.p.pid, SIGSTOP) == 0);
+    CHECK_ST(kvp_xfer_post(s.a, big), KVP_IN_PROG);
+    usleep(300 * 1000);
+    CHECK_ST(kvp_xfer_status(s.a, big), KVP_IN_PROG);
+    OK(kvp_xfer_release(s.a, big));
+    CHECK(kill(s.p.pid, SIGCONT) == 0);
+    t_fill((void *)(uintptr_t)s.m, 4 << 20, 99);
+    int32_t st = kvp_xfer_post(s.a, one);
+    CHECK(st == KVP_SUCCESS || st == KVP_IN_PROG);
+    OK(kvp_xfer_wait(s.a, one, 10000));
+    CHECK(t_peer_verify(&s.p, 0, 4 << 20, 99));
+    /* And a kill is still detected. */
+    CHECK(kill(s.p.pid, SIGSTOP) == 0);
+    big = mkreq(&s, KVP_WRITE, 32);
+    CHECK_ST(kvp_xfer_post(s.a, big), KVP_IN_PROG);
+    usleep(100 * 1000);
+    CHECK(kill(s.p.pid, SIGKILL) == 0);
+    CHECK_ST(kvp_xfer_wait(s.a, big, 5000), KVP_ERR_REMOTE_DISCONNECT);
+    t_wait_child(s.p.pid);
+    done(&s);
+    close(s.p.fd);
+}
