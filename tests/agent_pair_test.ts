@@ -7,14 +7,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import {
-  DescList,
-  type HostBuffer,
-  NixlAgent,
-  NixlError,
-  NixlTimeoutError,
-  type PreparedDescList,
-} from "../src/agent.ts";
+import { DescList, type HostBuffer, NixlAgent, NixlError, NixlTimeoutError } from "../src/agent.ts";
 import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
 
 if (nativeSkip) console.log(`agent_pair_test skipped: ${nativeSkip}`);
@@ -164,43 +157,58 @@ function transportSuite(tag: string, backends: string[], params?: Record<string,
       assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => `n${i}`));
       assert.deepEqual(await agent.waitNotifications(20), []);
     });
+
+    test(`the transfers went over ${tag === "TCP" ? "TCP only" : "the same-host path"}`, () => {
+      const info = s.agent.info();
+      const tcp = Number(info.posts_tcp);
+      const sameHost = Number(info.posts_mem) + Number(info.posts_cma) +
+        Number(info.posts_inline);
+      if (tag === "TCP") {
+        assert.ok(tcp > 0 && sameHost === 0, JSON.stringify(info));
+      } else {
+        assert.ok(sameHost > 0 && tcp === 0, JSON.stringify(info));
+      }
+    });
   });
 }
 
 transportSuite("UCX", ["UCX"]);
 transportSuite("TCP", ["TCP"], TCP_PARAMS);
 
+async function failurePair() {
+  const s = await setUp("fail", ["TCP"], TCP_PARAMS);
+  const local = s.agent.prepDescList("", DescList.pages(s.buf, 4 * MiB, 32));
+  const remote = s.agent.prepDescList(
+    s.peer.name,
+    DescList.pages({ address: s.peer.address }, 4 * MiB, 32),
+  );
+  return { ...s, local, remote };
+}
+
+async function tearDown(s: Side | undefined) {
+  if (!s) return;
+  s.peer.signal("SIGCONT");
+  s.peer.signal("SIGKILL");
+  await s.peer.exited;
+  await s.agent.close();
+}
+
+const all = new Uint32Array(32).map((_, i) => i);
+
 describe("peer failures over TCP", { skip: nativeSkip }, () => {
-  let s: Side;
-  let local: PreparedDescList;
-  let remote: PreparedDescList;
-  before(async () => {
-    s = await setUp("fail", ["TCP"], TCP_PARAMS);
-    local = s.agent.prepDescList("", DescList.pages(s.buf, 4 * MiB, 32));
-    remote = s.agent.prepDescList(
-      s.peer.name,
-      DescList.pages({ address: s.peer.address }, 4 * MiB, 32),
-    );
-  });
-  after(async () => {
-    s?.peer.child.kill("SIGKILL");
-    await s?.peer.exited;
-    await s?.agent.close();
-  });
-
-  const all = new Uint32Array(32).map((_, i) => i);
-
   test("a stopped peer times the transfer out; the request is released", async () => {
-    await s.agent.transfer("WRITE", local, all, remote, all); // connected and warm
-    s.peer.child.kill("SIGSTOP");
+    const s = await failurePair();
+    const { agent, peer, local, remote } = s;
     try {
+      await agent.transfer("WRITE", local, all, remote, all); // connected and warm
+      peer.signal("SIGSTOP");
       const t0 = performance.now();
       await assert.rejects(
-        s.agent.transfer("WRITE", local, all, remote, all, { timeoutMs: 300 }),
+        agent.transfer("WRITE", local, all, remote, all, { timeoutMs: 300 }),
         (e: NixlTimeoutError) => {
           assert.ok(e instanceof NixlTimeoutError, String(e));
           assert.equal(e.op, "WRITE");
-          assert.equal(e.peer, s.peer.name);
+          assert.equal(e.peer, peer.name);
           assert.equal(e.count, 32);
           assert.equal(e.timeoutMs, 300);
           assert.match(e.message, /cancelled and released/);
@@ -212,39 +220,47 @@ describe("peer failures over TCP", { skip: nativeSkip }, () => {
       const ac = new AbortController();
       setTimeout(() => ac.abort(new Error("stop waiting")), 50);
       await assert.rejects(
-        s.agent.transfer("WRITE", local, all, remote, all, { signal: ac.signal }),
+        agent.transfer("WRITE", local, all, remote, all, { signal: ac.signal }),
         /stop waiting/,
       );
+      peer.signal("SIGCONT");
+      // The connection survives cancelled requests.
+      await agent.transfer("WRITE", local, [0], remote, [0], { timeoutMs: 5_000 });
     } finally {
-      s.peer.child.kill("SIGCONT");
+      await tearDown(s);
     }
-    // The connection survives a cancelled request.
-    await s.agent.transfer("WRITE", local, [0], remote, [0], { timeoutMs: 10_000 });
   });
 
   test("a peer killed mid-transfer fails it with NIXL_ERR_REMOTE_DISCONNECT in time", async () => {
-    const timeoutMs = 10_000;
-    const t0 = performance.now();
-    let error: unknown;
-    let transfers = 0;
-    setTimeout(() => s.peer.child.kill("SIGKILL"), 20);
-    while (performance.now() - t0 < timeoutMs) {
-      try {
-        await s.agent.transfer("WRITE", local, all, remote, all, { timeoutMs });
-        transfers++;
-      } catch (e) {
-        error = e;
-        break;
+    const s = await failurePair();
+    const { agent, peer, local, remote } = s;
+    try {
+      const timeoutMs = 10_000;
+      await agent.transfer("WRITE", local, all, remote, all, { timeoutMs }); // connected
+      const t0 = performance.now();
+      let error: unknown;
+      let transfers = 0;
+      setTimeout(() => peer.signal("SIGKILL"), 20);
+      while (performance.now() - t0 < timeoutMs) {
+        try {
+          await agent.transfer("WRITE", local, all, remote, all, { timeoutMs });
+          transfers++;
+        } catch (e) {
+          error = e;
+          break;
+        }
       }
+      const took = performance.now() - t0;
+      assert.ok(error instanceof NixlError, `expected a NixlError, got ${error}`);
+      assert.equal(error.statusName, "NIXL_ERR_REMOTE_DISCONNECT", error.message);
+      assert.ok(took < timeoutMs, `failed after ${took} ms (${transfers} transfers before)`);
+      // And so does the next one, at once.
+      await assert.rejects(
+        agent.transfer("READ", local, [0], remote, [0], { timeoutMs }),
+        (e: NixlError) => e.statusName === "NIXL_ERR_REMOTE_DISCONNECT",
+      );
+    } finally {
+      await tearDown(s);
     }
-    const took = performance.now() - t0;
-    assert.ok(error instanceof NixlError, `expected a NixlError, got ${error}`);
-    assert.equal(error.statusName, "NIXL_ERR_REMOTE_DISCONNECT", error.message);
-    assert.ok(took < timeoutMs, `failed after ${took} ms (${transfers} transfers before)`);
-    // And so does the next one, at once.
-    await assert.rejects(
-      s.agent.transfer("READ", local, [0], remote, [0], { timeoutMs }),
-      (e: NixlError) => e.statusName === "NIXL_ERR_REMOTE_DISCONNECT",
-    );
   });
 });

@@ -29,6 +29,9 @@ export interface Peer {
   call(cmd: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<Reply>;
   /** Resolves when the process has exited. */
   exited: Promise<number | null>;
+  /** Sends a signal (with process.kill: Deno's child.kill ignores every signal after the
+   * first, so SIGSTOP then SIGCONT would not work through it). */
+  signal(sig: "SIGSTOP" | "SIGCONT" | "SIGKILL"): void;
   /** Asks the peer to exit, then kills it after a grace period. */
   stop(): Promise<void>;
 }
@@ -47,8 +50,15 @@ export async function spawnPeer(
   const child = spawn(process.execPath, [...args, JSON.stringify(options)], {
     stdio: ["pipe", "pipe", "inherit"],
   });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
   const lines = createInterface({ input: child.stdout! });
+  const exited = new Promise<number | null>((resolve) =>
+    child.on("exit", (c) => {
+      lines.close();
+      child.stdin?.destroy();
+      child.stdout?.destroy();
+      resolve(c);
+    })
+  );
   const waiting = new Map<number, (r: Reply) => void>();
   let ready: ((v: Record<string, unknown>) => void) | undefined;
   const readyP = new Promise<Record<string, unknown>>((r) => (ready = r));
@@ -61,15 +71,16 @@ export async function spawnPeer(
       w?.(msg as Reply);
     }
   });
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const first = await Promise.race([
     readyP,
     exited.then((c) => {
       throw new Error(`peer ${options.name} exited (${c}) before it was ready`);
     }),
-    new Promise<never>((_, rej) =>
-      setTimeout(() => rej(new Error(`peer ${options.name} not ready in 20 s`)), 20_000)
-    ),
-  ]);
+    new Promise<never>((_, rej) => {
+      timer = setTimeout(() => rej(new Error(`peer ${options.name} not ready in 20 s`)), 20_000);
+    }),
+  ]).finally(() => clearTimeout(timer));
   let next = 1;
   const peer: Peer = {
     name: first.name as string,
@@ -95,10 +106,18 @@ export async function spawnPeer(
         child.stdin!.write(JSON.stringify({ id, cmd, ...extra }) + "\n");
       });
     },
+    signal(sig) {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      try {
+        process.kill(child.pid!, sig);
+      } catch {
+        // already gone
+      }
+    },
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.stdin!.end();
-      const t = setTimeout(() => child.kill("SIGKILL"), 3000);
+      const t = setTimeout(() => peer.signal("SIGKILL"), 3000);
       await exited;
       clearTimeout(t);
     },
