@@ -82,6 +82,13 @@ typedef struct bi_rmd {
 } bi_rmd;
 void bi_rmd_put(bi_rmd *m);
 
+/* A peer's VRAM allocation opened through its CUDA IPC handle. */
+typedef struct bi_ipc {
+    uint8_t handle[KVP_CUDA_IPC_BYTES];
+    int32_t dev;
+    uint64_t base;
+} bi_ipc;
+
 /* A peer memfd mapped into this process. */
 typedef struct bi_map {
     uint64_t ino;
@@ -106,6 +113,8 @@ struct bi_remote {
     pthread_mutex_t map_mu;
     bi_map *maps;
     size_t nmaps;
+    bi_ipc *ipcs;        /* (map_mu) */
+    size_t nipcs;
     bi_conn *conn;       /* outbound connection (a->mu), NULL until needed */
     char host[256];
     uint16_t port;
@@ -133,16 +142,20 @@ typedef struct bi_prepped {
 
 /* -------------------------------------------------------------- requests ---- */
 
-enum bi_path { PATH_NONE, PATH_MEM, PATH_FILE, PATH_CMA, PATH_TCP };
+enum bi_path { PATH_NONE, PATH_MEM, PATH_FILE, PATH_CMA, PATH_TCP, PATH_CUDA, PATH_COUNT };
 enum bi_state { RS_IDLE, RS_ACTIVE, RS_DONE };
 
 /* One merged piece. mem: local memory address; other: the other end, as a pointer in
- * this process (PATH_MEM: loopback or a mapped peer memfd), a peer address (CMA, TCP)
- * or a file offset (PATH_FILE, fd). */
+ * this process (PATH_MEM: loopback or a mapped peer memfd; PATH_CUDA: any address
+ * cudaMemcpy can reach: ours, a same-process peer's, a peer's VRAM opened through CUDA
+ * IPC, a peer memfd mapped here), a peer address (CMA, TCP) or a file offset
+ * (PATH_FILE, fd). fd: the file descriptor (FILE) or CUDA device to use (CUDA). rdev:
+ * device of the remote side (same-process checks). */
 typedef struct bi_piece {
     uint64_t mem, other, len;
     int32_t fd;
     bool direct;
+    uint64_t rdev;
 } bi_piece;
 
 /* A job of the copy workers: pieces p0..p1 inclusive, from offset o0 in p0 to offset
@@ -161,6 +174,7 @@ struct bi_req {
     uint64_t handle;
     int32_t op;
     int path;
+    int32_t rtype;       /* memory type of the remote side */
     bool out;            /* data flows from mem to other (WRITE; FILE: to the file) */
     bi_remote *remote;   /* NULL for loopback */
     uint64_t np;
@@ -250,7 +264,7 @@ struct bi_agent {
     atomic_bool stopping;
     bi_conn *conns;             /* every connection (mu) */
     /* posts per path and inline completions (reported by kvp_agent_info) */
-    atomic_uint_fast64_t n_posts[5], n_inline;
+    atomic_uint_fast64_t n_posts[PATH_COUNT], n_inline;
     struct bi_agent *live_next; /* registry of live agents of this process */
 };
 
@@ -293,6 +307,9 @@ int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
 int32_t bi_jobs_build(bi_req *r, uint32_t nthreads);
 /* Same-host helpers. */
 int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out);
+/* Opens (once, cached) the CUDA IPC handle of a peer's VRAM region on device dev; *out
+ * is the device address of the allocation's base in this process. */
+int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out);
 void bi_remote_unmap_all(bi_remote *rm);
 /* Probes process_vm_readv on one byte of the peer (1 works, -1 refused). */
 int bi_cma_probe(bi_remote *rm, uint64_t addr);

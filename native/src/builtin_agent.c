@@ -306,11 +306,12 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
      * really bypassed sockets. */
     snprintf(line, sizeof line,
              "posts_mem=%llu\nposts_cma=%llu\nposts_tcp=%llu\nposts_file=%llu\n"
-             "posts_inline=%llu\n",
+             "posts_cuda=%llu\nposts_inline=%llu\n",
              (unsigned long long)atomic_load(&a->n_posts[PATH_MEM]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_CMA]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_TCP]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_FILE]),
+             (unsigned long long)atomic_load(&a->n_posts[PATH_CUDA]),
              (unsigned long long)atomic_load(&a->n_inline));
     kvp_buf_put(out, line, strlen(line));
     return KVP_SUCCESS;
@@ -368,9 +369,9 @@ static int32_t fill_region(bi_agent *a, int32_t mt, uint64_t i, uint64_t addr, u
     if (mt == KVP_VRAM) {
         int32_t st = kvp_cuda_check_dev((int64_t)dev);
         if (st != KVP_SUCCESS)
-            return kvp_err(st == KVP_ERR_INVALID_PARAM ? st : KVP_ERR_NOT_SUPPORTED,
-                           "kvp_register: VRAM region %llu on device %llu: %s",
-                           (unsigned long long)i, (unsigned long long)dev, kvp_err_text());
+            return kvp_err_wrap(st == KVP_ERR_INVALID_PARAM ? st : KVP_ERR_NOT_SUPPORTED,
+                                "kvp_register: VRAM region %llu on device %llu",
+                                (unsigned long long)i, (unsigned long long)dev);
         if (addr == 0 || len == 0 || addr + len < addr)
             return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: VRAM region %llu is empty or "
                            "NULL", (unsigned long long)i);

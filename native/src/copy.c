@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "builtin.h"
+#include "cuda_loader.h"
 #include "errors.h"
 
 #ifndef IOV_MAX
@@ -90,6 +91,22 @@ static int32_t exec_mem(bi_req *r, const bi_job *j) {
     return KVP_SUCCESS;
 }
 
+/* cudaMemcpy with cudaMemcpyDefault: unified addressing tells host from device memory,
+ * so one call covers DRAM<->VRAM and VRAM<->VRAM (a peer's VRAM opened through CUDA IPC
+ * included). */
+static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
+    FOR_SEGMENTS(r, j, pi, off, n) {
+        const bi_piece *p = &r->p[pi];
+        uint64_t m = p->mem + off, o = p->other + off;
+        int32_t st = r->out ? kvp_cuda_memcpy(p->fd, o, m, n) : kvp_cuda_memcpy(p->fd, m, o, n);
+        if (st != KVP_SUCCESS) {
+            snprintf(msg, cap, "%s", kvp_err_text());
+            return st;
+        }
+    }
+    return KVP_SUCCESS;
+}
+
 /* Same-process peer: its memory is our memory, so a stale pointer would fault in our
  * own process. The copy runs under the peer's registration lock, and every segment is
  * checked against its current registrations first: after kvp_deregister (write side of
@@ -107,7 +124,7 @@ static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap
     FOR_SEGMENTS(r, j, pi, off, n) {
         const bi_piece *p = &r->p[pi];
         if (st == KVP_SUCCESS &&
-            !bi_index_find(&peer->lidx, KVP_DRAM, 0, p->other + off, n)) {
+            !bi_index_find(&peer->lidx, r->rtype, p->rdev, p->other + off, n)) {
             snprintf(msg, cap,
                      "agent %s no longer has 0x%llx (+%llu bytes) registered (deregistered "
                      "since the list was prepared?)",
@@ -115,7 +132,7 @@ static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap
             st = KVP_ERR_NOT_FOUND;
         }
     }
-    if (st == KVP_SUCCESS) st = exec_mem(r, j);
+    if (st == KVP_SUCCESS) st = r->path == PATH_CUDA ? exec_cuda(r, j, msg, cap) : exec_mem(r, j);
     pthread_rwlock_unlock(&peer->reg_rw);
     kvp_obj_put(&peer->base.obj);
     return st;
@@ -212,6 +229,9 @@ int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap) {
                                                     : exec_mem(r, j);
     case PATH_CMA: return exec_cma(r, j, msg, cap);
     case PATH_FILE: return exec_file(r, j, msg, cap);
+    case PATH_CUDA:
+        return r->remote && r->remote->same_process ? exec_local_peer(r, j, msg, cap)
+                                                    : exec_cuda(r, j, msg, cap);
     default:
         snprintf(msg, cap, "internal error: job on path %d", r->path);
         return KVP_ERR_UNKNOWN;
@@ -268,8 +288,48 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
     return st;
 }
 
+int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out) {
+    if (!(g->flags & KVP_MDR_IPC))
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "peer %s registered VRAM at 0x%llx without a CUDA IPC handle (its "
+                       "cudaIpcGetMemHandle failed), so this process cannot reach it",
+                       rm->name, (unsigned long long)g->addr);
+    pthread_mutex_lock(&rm->map_mu);
+    for (size_t i = 0; i < rm->nipcs; i++) {
+        if (rm->ipcs[i].dev == dev && memcmp(rm->ipcs[i].handle, g->ipc, KVP_CUDA_IPC_BYTES) == 0) {
+            *out = rm->ipcs[i].base;
+            pthread_mutex_unlock(&rm->map_mu);
+            return KVP_SUCCESS;
+        }
+    }
+    uint64_t base = 0;
+    int32_t st = kvp_cuda_ipc_open(dev, g->ipc, &base);
+    if (st == KVP_SUCCESS) {
+        bi_ipc *n = realloc(rm->ipcs, (rm->nipcs + 1) * sizeof *n);
+        if (!n) {
+            (void)kvp_cuda_ipc_close(dev, base);
+            st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+        } else {
+            rm->ipcs = n;
+            memcpy(n[rm->nipcs].handle, g->ipc, KVP_CUDA_IPC_BYTES);
+            n[rm->nipcs].dev = dev;
+            n[rm->nipcs].base = base;
+            rm->nipcs++;
+            *out = base;
+        }
+    } else {
+        st = kvp_err_wrap(st, "opening the CUDA IPC handle of peer %s", rm->name);
+    }
+    pthread_mutex_unlock(&rm->map_mu);
+    return st;
+}
+
 void bi_remote_unmap_all(bi_remote *rm) {
     pthread_mutex_lock(&rm->map_mu);
+    for (size_t i = 0; i < rm->nipcs; i++) (void)kvp_cuda_ipc_close(rm->ipcs[i].dev, rm->ipcs[i].base);
+    free(rm->ipcs);
+    rm->ipcs = NULL;
+    rm->nipcs = 0;
     for (size_t i = 0; i < rm->nmaps; i++) munmap(rm->maps[i].base, (size_t)rm->maps[i].size);
     free(rm->maps);
     rm->maps = NULL;

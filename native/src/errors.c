@@ -17,6 +17,18 @@ int32_t kvp_err(int32_t status, const char *fmt, ...) {
     return status;
 }
 
+int32_t kvp_err_wrap(int32_t status, const char *fmt, ...) {
+    char old[KVP_MSG_MAX];
+    memcpy(old, t_msg, sizeof old);
+    char pre[KVP_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    if (n < 0) pre[0] = '\0';
+    return kvp_err(status, "%s: %s", pre, old);
+}
+
 void kvp_err_clear(void) {
     t_msg[0] = '\0';
     t_status = KVP_SUCCESS;

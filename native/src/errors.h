@@ -8,6 +8,9 @@
 /* Sets the calling thread's last error and returns status (so callers can write
  * `return kvp_err(KVP_ERR_..., "...")`). */
 int32_t kvp_err(int32_t status, const char *fmt, ...) KVP_PRINTF(2, 3);
+/* Sets status and "<formatted prefix>: <current message>" (the current message is
+ * copied first, so it may be passed through freely). */
+int32_t kvp_err_wrap(int32_t status, const char *fmt, ...) KVP_PRINTF(2, 3);
 /* Clears the calling thread's last error (every API entry point does this first, so a
  * message never outlives the call that caused it). */
 void kvp_err_clear(void);

@@ -61,14 +61,14 @@ typedef struct pair_ctx {
 } pair_ctx;
 
 static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len, int32_t fd,
-                         bool direct) {
+                         bool direct, uint64_t rdev) {
     bi_req *r = c->r;
     if (len == 0) return KVP_SUCCESS;
     if (r->np > 0) {
         bi_piece *l = &r->p[r->np - 1];
         /* Merge consecutive descriptors: both ends continue where the last piece ended. */
         if (l->mem + l->len == mem && l->other + l->len == other && l->fd == fd &&
-            l->direct == direct && l->len + len >= l->len) {
+            l->direct == direct && l->rdev == rdev && l->len + len >= l->len) {
             l->len += len;
             r->total += len;
             return KVP_SUCCESS;
@@ -81,7 +81,7 @@ static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len
         r->p = np;
         c->cap = nc;
     }
-    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct};
+    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev};
     r->total += len;
     return KVP_SUCCESS;
 }
@@ -140,7 +140,54 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
             if (st != KVP_SUCCESS) break;
             other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
         }
-        st = add_piece(&pc, ld->addr, other, ld->len, -1, false);
+        st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0);
+    }
+    return st;
+}
+
+/* VRAM on either side with a peer: everything goes through cudaMemcpy with addresses
+ * valid in this process. */
+static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
+                                 const uint32_t *ri, uint64_t count) {
+    bi_remote *rm = R->remote;
+    int32_t lt = L->mem_type, rt = R->mem_type;
+    if (!rm->same_host)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "VRAM transfers with agent %s over TCP are not implemented yet (staging "
+                       "through pinned host memory is a later GPU issue); agents on one host "
+                       "reach each other's VRAM through CUDA IPC",
+                       rm->name);
+    r->path = PATH_CUDA;
+    pair_ctx pc = {r, 0};
+    int32_t st = KVP_SUCCESS;
+    for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
+        const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
+        /* The device whose context runs the copy: ours when local is VRAM; else the
+         * peer's ordinal (same numbering on one host unless CUDA_VISIBLE_DEVICES
+         * differs). */
+        int32_t dev = (int32_t)(lt == KVP_VRAM ? ld->dev : rd->dev);
+        uint64_t other = rd->addr;
+        if (!rm->same_process) {
+            const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
+            if (rt == KVP_VRAM) {
+                uint64_t base;
+                st = bi_remote_ipc_open(rm, g, dev, &base);
+                if (st != KVP_SUCCESS) break;
+                other = base + g->ipc_off + (rd->addr - g->addr);
+            } else if (g->flags & KVP_MDR_MEMFD) {
+                uint8_t *base;
+                st = bi_remote_map(rm, g, &base);
+                if (st != KVP_SUCCESS) break;
+                other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
+            } else {
+                st = kvp_err(KVP_ERR_NOT_SUPPORTED,
+                             "VRAM to agent %s's DRAM at 0x%llx needs that memory to come from "
+                             "kvp_mem_alloc (shareable); cross-memory attach cannot reach a GPU",
+                             rm->name, (unsigned long long)rd->addr);
+                break;
+            }
+        }
+        st = add_piece(&pc, ld->addr, other, ld->len, dev, false, rd->dev);
     }
     return st;
 }
@@ -197,11 +244,12 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
     }
     /* Memory types. */
     int32_t lt = L->mem_type, rt = R->mem_type;
-    if (st == KVP_SUCCESS && (lt == KVP_VRAM || rt == KVP_VRAM))
+    bool vram = lt == KVP_VRAM || rt == KVP_VRAM;
+    if (st == KVP_SUCCESS && vram && (lt == KVP_FILE || rt == KVP_FILE))
         st = kvp_err(KVP_ERR_NOT_SUPPORTED,
-                     "VRAM transfers are not implemented in the builtin engine yet (local %s, "
-                     "remote %s); stage through DRAM with kvp_mem_copy",
-                     kvp_mem_type_name(lt), kvp_mem_type_name(rt));
+                     "FILE <-> VRAM needs GPUDirect Storage (backend GDS of the nixl engine: %s); "
+                     "stage through DRAM",
+                     kvp_nixl_unavailable_reason());
     if (st == KVP_SUCCESS && lt == KVP_FILE && rt == KVP_FILE)
         st = kvp_err(KVP_ERR_NOT_SUPPORTED, "FILE to FILE transfers are not supported");
     if (st == KVP_SUCCESS && (lt == KVP_FILE || rt == KVP_FILE) && R->side != SIDE_SELF)
@@ -218,6 +266,7 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
         kvp_obj_init(&r->obj, KVP_H_REQ, req_release_obj);
         r->a = a;
         r->op = op;
+        r->rtype = rt;
         r->state = RS_IDLE;
         r->status = KVP_ERR_NOT_POSTED;
         if (notif_len) {
@@ -238,19 +287,28 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
                     const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
                     const kvp_desc *m = lt == KVP_FILE ? rd : ld, *f = lt == KVP_FILE ? ld : rd;
                     bool dir = lt == KVP_FILE ? L->direct[li[i]] : R->direct[ri[i]];
-                    st = add_piece(&pc, m->addr, f->addr, m->len, (int32_t)f->dev, dir);
+                    st = add_piece(&pc, m->addr, f->addr, m->len, (int32_t)f->dev, dir, 0);
+                }
+            } else if (vram) {
+                r->path = PATH_CUDA;
+                r->out = op == KVP_WRITE;
+                for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
+                    const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
+                    st = add_piece(&pc, ld->addr, rd->addr, ld->len,
+                                   (int32_t)(lt == KVP_VRAM ? ld->dev : rd->dev), false, rd->dev);
                 }
             } else {
                 r->path = PATH_MEM;
                 r->out = op == KVP_WRITE;
                 for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++)
                     st = add_piece(&pc, L->d[li[i]].addr, R->d[ri[i]].addr, L->d[li[i]].len, -1,
-                                   false);
+                                   false, 0);
             }
         } else {
             r->remote = R->remote;
             r->out = op == KVP_WRITE;
-            st = build_remote(r, L, li, R, ri, count);
+            st = vram ? build_remote_cuda(r, L, li, R, ri, count)
+                      : build_remote(r, L, li, R, ri, count);
         }
     }
     if (st == KVP_SUCCESS) {

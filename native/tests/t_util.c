@@ -120,16 +120,23 @@ static void peer_main(int fd, const char *name, const char *backends, const char
                       uint64_t size, int anon) {
     uint64_t a = t_agent(name, backends, params);
     uint64_t base = 0;
-    if (anon) {
+    int vram = anon == 2;
+    uint8_t *host = NULL; /* VRAM: staging for fill/verify */
+    if (vram) {
+        OK(kvp_mem_alloc(KVP_VRAM, 0, size, &base));
+        host = calloc(1, size);
+        CHECK(host);
+        OK(kvp_mem_copy(KVP_VRAM, 0, base, KVP_DRAM, 0, (uint64_t)(uintptr_t)host, size));
+    } else if (anon) {
         void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         CHECK(m != MAP_FAILED);
         base = (uint64_t)(uintptr_t)m;
     } else {
         OK(kvp_mem_alloc(KVP_DRAM, 0, size, &base));
     }
-    memset((void *)(uintptr_t)base, 0, size);
-    uint64_t reg;
-    OK(kvp_register(a, KVP_DRAM, &base, &size, NULL, 1, NULL, &reg));
+    if (!vram) memset((void *)(uintptr_t)base, 0, size);
+    uint64_t reg, dev0 = 0;
+    OK(kvp_register(a, vram ? KVP_VRAM : KVP_DRAM, &base, &size, &dev0, 1, NULL, &reg));
     uint64_t mdlen;
     uint8_t *md = t_md(a, &mdlen);
     t_send(fd, md, mdlen);
@@ -141,7 +148,14 @@ static void peer_main(int fd, const char *name, const char *backends, const char
         if (k != (ssize_t)sizeof cmd) break;
         if (cmd == P_QUIT) break;
         uint64_t off = t_recv_u64(fd), len = t_recv_u64(fd), seed = t_recv_u64(fd);
-        if (cmd == P_FILL) {
+        if (cmd == P_FILL && vram) {
+            t_fill(host, len, (uint32_t)seed);
+            OK(kvp_mem_copy(KVP_VRAM, 0, base + off, KVP_DRAM, 0, (uint64_t)(uintptr_t)host, len));
+            t_send_u64(fd, 1);
+        } else if (cmd == P_VERIFY && vram) {
+            OK(kvp_mem_copy(KVP_DRAM, 0, (uint64_t)(uintptr_t)host, KVP_VRAM, 0, base + off, len));
+            t_send_u64(fd, (uint64_t)t_verify(host, len, (uint32_t)seed));
+        } else if (cmd == P_FILL) {
             t_fill((void *)(uintptr_t)(base + off), len, (uint32_t)seed);
             t_send_u64(fd, 1);
         } else if (cmd == P_VERIFY) {
@@ -150,8 +164,12 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             uint64_t timeout = t_recv_u64(fd);
             int32_t st = kvp_notif_wait(a, (int64_t)timeout);
             uint64_t verified = 0;
-            if (st == KVP_SUCCESS && len)
+            if (st == KVP_SUCCESS && len && vram) {
+                OK(kvp_mem_copy(KVP_DRAM, 0, (uint64_t)(uintptr_t)host, KVP_VRAM, 0, base + off, len));
+                verified = (uint64_t)t_verify(host, len, (uint32_t)seed);
+            } else if (st == KVP_SUCCESS && len) {
                 verified = (uint64_t)t_verify((void *)(uintptr_t)(base + off), len, (uint32_t)seed);
+            }
             uint8_t buf[4096];
             uint64_t bl = 0, cnt = 0;
             if (st == KVP_SUCCESS) OK(kvp_notif_take(a, buf, sizeof buf, &bl, &cnt));
@@ -162,8 +180,9 @@ static void peer_main(int fd, const char *name, const char *backends, const char
     }
     OK(kvp_deregister(a, reg));
     OK(kvp_agent_destroy(a));
-    if (anon) munmap((void *)(uintptr_t)base, size);
+    if (anon == 1) munmap((void *)(uintptr_t)base, size);
     else OK(kvp_mem_free(base));
+    free(host);
     close(fd);
     exit(0);
 }
