@@ -946,6 +946,7 @@ export class NixlAgent {
       nb && ((ms) => this.#core.track(nb.kvp_notif_wait(h, BigInt(Math.min(ms, 250))))),
       timeoutMs,
       () => this.#closed || signal?.aborted === true,
+      0, // no spinning: notifications are not expected within microseconds
     );
     if (pending.length > 0) return pending;
     if (status === Status.SUCCESS && !this.#closed) return this.takeNotifications();

@@ -1,5 +1,6 @@
 // 100,000 small transfers (each one creating, posting, waiting for and releasing its
-// request) between two agents leave this process's memory (RSS) and open fds flat.
+// request) between two agents leave this process's memory (RSS) and open fds flat; so do
+// 20,000 over TCP, where transfers are not done at post and are waited for.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
@@ -59,21 +60,53 @@ describe("resources stay flat", { skip: nativeSkip }, () => {
     assert.equal(fdCount(), fds0, "open file descriptors");
   });
 
-  test("descriptor lists, prepared lists, registrations and requests are all released", () => {
+  test("20,000 transfers over TCP (asynchronous waits): RSS and fds flat", async () => {
+    const params = { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" };
+    const stamp = Date.now();
+    await using c = await NixlAgent.create({ name: `leak-c-${stamp}`, backends: ["TCP"], params });
+    await using d = await NixlAgent.create({ name: `leak-d-${stamp}`, backends: ["TCP"], params });
+    const bufC = c.allocate(1 << 16);
+    const bufD = d.allocate(1 << 16);
+    c.registerMemory(bufC);
+    d.registerMemory(bufD);
+    c.addRemoteAgent(d.localMetadata());
+    const l = c.prepDescList("", DescList.pages(bufC, 4096, 16));
+    const r = c.prepDescList(d.name, DescList.pages(bufD, 4096, 16));
+    const idx = new Uint32Array([3]);
+    const run = async (n: number) => {
+      for (let i = 0; i < n; i++) {
+        await c.transfer(i & 1 ? "READ" : "WRITE", l, idx, r, idx, { timeoutMs: 10_000 });
+      }
+    };
+    await run(2_000);
     const rss0 = rssKiB();
     const fds0 = fdCount();
-    for (let i = 0; i < 2000; i++) {
-      const reg = a.registerMemory(new Uint8Array(4096));
-      using list = DescList.pages(bufA, 4096, 256);
-      const p = a.prepDescList("", list);
-      const req = a.createTransfer("WRITE", p, [0, 1], remote, [0, 1], { notification: "x" });
-      req.release();
-      p.release();
-      reg.deregister();
-      a.sendNotification(b.name, "y");
-      if (i % 100 === 0) b.takeNotifications();
-    }
-    b.takeNotifications();
+    await run(20_000);
+    const grown = rssKiB() - rss0;
+    assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB over 20,000 TCP transfers`);
+    assert.equal(fdCount(), fds0, "open file descriptors");
+    assert.ok(Number(c.info().posts_tcp) >= 22_000, "the transfers went over TCP");
+  });
+
+  test("descriptor lists, prepared lists, registrations and requests are all released", () => {
+    const churn = (n: number) => {
+      for (let i = 0; i < n; i++) {
+        const reg = a.registerMemory(new Uint8Array(4096));
+        using list = DescList.pages(bufA, 4096, 256);
+        const p = a.prepDescList("", list);
+        const req = a.createTransfer("WRITE", p, [0, 1], remote, [0, 1], { notification: "x" });
+        req.release();
+        p.release();
+        reg.deregister();
+        a.sendNotification(b.name, "y");
+        if (i % 100 === 0) b.takeNotifications();
+      }
+      b.takeNotifications();
+    };
+    churn(200); // the first notification opens the connection to b (two sockets)
+    const rss0 = rssKiB();
+    const fds0 = fdCount();
+    churn(5000);
     const grown = rssKiB() - rss0;
     assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB`);
     assert.equal(fdCount(), fds0, "open file descriptors");
