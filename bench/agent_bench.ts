@@ -35,7 +35,7 @@ const gbps = (bytes: number, ms: number) => bytes / ms / 1e6;
 
 /** Single-thread memcpy of `bytes`, GB/s: kvport-limits when built, else kvp_mem_copy. */
 function memcpyLimit(bytes: number, scratch: HostBuffer, scratch2: HostBuffer): number {
-  const probe = nativeLimit(["memcpy", "--size", String(bytes)]);
+  const probe = nativeLimit(["memcpy", String(bytes), String(Math.max(3, Math.ceil(2e9 / bytes)))]);
   if (probe && typeof probe.gbps === "number") return probe.gbps;
   let iters = 0;
   const t0 = performance.now();
@@ -55,9 +55,10 @@ function memcpyLimit(bytes: number, scratch: HostBuffer, scratch2: HostBuffer): 
   return gbps(bytes * iters, performance.now() - t0);
 }
 
-/** Raw TCP loopback stream GB/s from kvport-limits, or undefined when not built. */
-function tcpLimit(bytes: number): number | undefined {
-  const probe = nativeLimit(["tcp", "--size", String(bytes)]);
+/** Raw TCP loopback stream of `msgBytes` messages, GB/s, from kvport-limits (undefined
+ * when not built). */
+function tcpLimit(msgBytes: number): number | undefined {
+  const probe = nativeLimit(["tcp", String(msgBytes), String(2 * 1024 * MiB)]);
   return probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
 }
 
@@ -142,7 +143,7 @@ await scratchAgent.close();
 
 // ---- same host and TCP throughput ------------------------------------------------
 await throughput("same_host", "ucx", ["UCX"], undefined, (b) => memcpy.get(b), "memcpy (1 thread)");
-const tcp = new Map(SIZES.map((p) => [p * PAGES, tcpLimit(p * PAGES)]));
+const tcp = new Map(SIZES.map((p) => [p * PAGES, tcpLimit(p)]));
 if ([...tcp.values()].some((v) => v === undefined)) {
   console.log("tcp limit: native/build/kvport-limits not built; TCP ratios not computed");
 }

@@ -284,6 +284,7 @@ function paramsText(params: AgentOptions["params"]): string {
 }
 
 const NOTIF_RECORDS = 1 << 17;
+const encoder = new TextEncoder();
 
 /**
  * A NIXL agent (`nixl_agent`): one per process and role, named uniquely among its peers.
@@ -698,18 +699,21 @@ export class NixlAgent {
         );
       }
       const out = OUT_U64;
-      check(
-        this.#lib,
-        this.#lib.symbols.kvp_prep_dlist(
-          h,
-          this.#cName(remote, "remote"),
-          dl.handle(fn),
-          out,
-        ),
-        "kvp_prep_dlist",
-        `preparing ${dl.count} ${dl.memType} descriptors for ` +
-          (remote === "" ? "the local side" : `peer "${remote}"`),
+      const status = this.#lib.symbols.kvp_prep_dlist(
+        h,
+        this.#cName(remote, "remote"),
+        dl.handle(fn),
+        out,
       );
+      if (status !== Status.SUCCESS) {
+        check(
+          this.#lib,
+          status,
+          "kvp_prep_dlist",
+          `preparing ${dl.count} ${dl.memType} descriptors for ` +
+            (remote === "" ? "the local side" : `peer "${remote}"`),
+        );
+      }
       const prepped = new PreparedDescList(this.#core, out[0], remote, dl.count, dl.memType);
       this.#parts.add(prepped);
       return prepped;
@@ -772,26 +776,29 @@ export class NixlAgent {
       }
     }
     const n = options.notification;
-    const notif = typeof n === "string" ? new TextEncoder().encode(n) : n;
+    const notif = typeof n === "string" ? encoder.encode(n) : n;
     const peer = remote.remote || this.name;
     const out = OUT_U64;
-    check(
-      this.#lib,
-      this.#lib.symbols.kvp_xfer_create(
-        h,
-        op === "READ" ? 0 : 1,
-        local.handle(fn),
-        orNull(li),
-        remote.handle(fn),
-        orNull(ri),
-        BigInt(li.length),
-        orNull(notif),
-        BigInt(notif?.byteLength ?? 0),
-        out,
-      ),
-      "kvp_xfer_create",
-      `${op} of ${li.length} descriptor${li.length === 1 ? "" : "s"} with peer "${peer}"`,
+    const status = this.#lib.symbols.kvp_xfer_create(
+      h,
+      op === "READ" ? 0 : 1,
+      local.handle(fn),
+      orNull(li),
+      remote.handle(fn),
+      orNull(ri),
+      BigInt(li.length),
+      orNull(notif),
+      BigInt(notif?.byteLength ?? 0),
+      out,
     );
+    if (status !== Status.SUCCESS) {
+      check(
+        this.#lib,
+        status,
+        "kvp_xfer_create",
+        `${op} of ${li.length} descriptor${li.length === 1 ? "" : "s"} with peer "${peer}"`,
+      );
+    }
     const req = new TransferRequest(this.#core, out[0], op, peer, li.length, [li, ri, notif]);
     this.#parts.add(req);
     return req;
@@ -856,7 +863,7 @@ export class NixlAgent {
    */
   sendNotification(remote: string, message: Uint8Array | string): void {
     const h = this.#native("sendNotification");
-    const msg = typeof message === "string" ? new TextEncoder().encode(message) : message;
+    const msg = typeof message === "string" ? encoder.encode(message) : message;
     check(
       this.#lib,
       this.#lib.symbols.kvp_notif_send(

@@ -137,6 +137,8 @@ export class TransferRequest {
   /** Number of descriptor pairs. */
   readonly count: number;
   #core: AgentCore;
+  #lib: NativeLib;
+  #agent: bigint;
   #handle: bigint;
   #released = false;
   // C copies these when the request is made; they are kept anyway for as long as the
@@ -153,6 +155,8 @@ export class TransferRequest {
     keep: unknown[],
   ) {
     this.#core = core;
+    this.#lib = core.lib;
+    this.#agent = core.handle("createTransfer");
     this.#handle = handle;
     this.op = op;
     this.peer = peer;
@@ -170,20 +174,22 @@ export class TransferRequest {
       `"${this.peer}"`;
   }
 
-  #native(fn: string): [NativeLib, bigint, bigint] {
+  /** Throws when the request (or its agent) is gone; the hot paths call only this. */
+  #live(fn: string): void {
     if (this.#released) throw releasedError(`request (${this.#describe()})`, fn);
-    return [this.#core.lib, this.#core.handle(fn), this.#handle];
+    if (this.#core.closed) this.#core.handle(fn); // throws "agent ... is closed"
   }
 
   /** The request's own failure message (set by the engine), else the thread's last error. */
-  #message(lib: NativeLib, agent: bigint): string {
+  #message(): string {
+    const lib = this.#lib;
     if (this.#released || this.#core.closed) return lastError(lib);
     try {
       const own = text(
         sizedOut(
           lib,
           "kvp_xfer_message",
-          (buf, cap, len) => lib.symbols.kvp_xfer_message(agent, this.#handle, buf, cap, len),
+          (buf, cap, len) => lib.symbols.kvp_xfer_message(this.#agent, this.#handle, buf, cap, len),
         ),
       );
       return own || lastError(lib);
@@ -192,23 +198,25 @@ export class TransferRequest {
     }
   }
 
-  #state(status: number, fn: string, lib: NativeLib, agent: bigint): TransferState {
+  #state(status: number, fn: string): TransferState {
     if (status === Status.SUCCESS) return "done";
     if (status === Status.IN_PROG) return "pending";
-    throw new NixlError(status, fn, this.#message(lib, agent), { context: this.#describe() });
+    throw new NixlError(status, fn, this.#message(), { context: this.#describe() });
   }
 
   /** Posts the request: `"done"` when it completed inline, else `"pending"`. An active
    * request is `NIXL_ERR_REPOST_ACTIVE`. */
   post(): TransferState {
-    const [lib, agent, req] = this.#native("post");
-    return this.#state(lib.symbols.kvp_xfer_post(agent, req), "kvp_xfer_post", lib, agent);
+    this.#live("post");
+    const s = this.#lib.symbols.kvp_xfer_post(this.#agent, this.#handle);
+    return s === Status.SUCCESS ? "done" : this.#state(s, "kvp_xfer_post");
   }
 
   /** Current state without blocking; a failed request throws its error. */
   status(): TransferState {
-    const [lib, agent, req] = this.#native("status");
-    return this.#state(lib.symbols.kvp_xfer_status(agent, req), "kvp_xfer_status", lib, agent);
+    this.#live("status");
+    const s = this.#lib.symbols.kvp_xfer_status(this.#agent, this.#handle);
+    return s === Status.SUCCESS ? "done" : this.#state(s, "kvp_xfer_status");
   }
 
   /**
@@ -220,7 +228,10 @@ export class TransferRequest {
     checkTimeout(timeoutMs, "wait");
     const signal = options.signal;
     signal?.throwIfAborted();
-    const [lib, agent, req] = this.#native("wait");
+    this.#live("wait");
+    const lib = this.#lib;
+    const agent = this.#agent;
+    const req = this.#handle;
     const nb = lib.nonblocking;
     const onAbort = () => this.release();
     signal?.addEventListener("abort", onAbort, { once: true });
@@ -250,7 +261,7 @@ export class TransferRequest {
         { context: this.#describe() },
       );
     }
-    this.#state(status, nb ? "kvp_xfer_wait" : "kvp_xfer_status", lib, agent);
+    this.#state(status, nb ? "kvp_xfer_wait" : "kvp_xfer_status");
   }
 
   /** Releases the request (idempotent); an active one is cancelled first, and no byte
