@@ -73,7 +73,7 @@ export class Report {
   /** Every figure so far. */
   readonly results: Scored[] = [];
 
-  /** @param suite the suite's name, e.g. `"agent"` */
+  /** A report of suite `suite`, e.g. `"agent"`. */
   constructor(suite: string) {
     this.suite = suite;
   }

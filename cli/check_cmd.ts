@@ -25,6 +25,8 @@ import {
   runtimeVersion,
 } from "../src/agent.ts";
 import type { Command } from "./commands.ts";
+
+export type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 
 /**

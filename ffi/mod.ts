@@ -165,6 +165,8 @@ export class NativeLibraryError extends NixlError {
   readonly tried: readonly { path: string; source: string; reason: string }[];
 
   /**
+   * The failure to load the library from any of `tried`.
+   *
    * @param tried every candidate and its failure
    * @param status `ERR_NOT_FOUND` (nothing loadable) or `ERR_MISMATCH` (wrong ABI)
    */

@@ -417,11 +417,14 @@ export type BlockingName = "kvp_xfer_wait" | "kvp_notif_wait";
 /** What a `"buffer"` parameter accepts: memory C reads or writes during the call. */
 export type BufferArg = ArrayBufferView | null;
 
-type ParamJs<T> = T extends "u64" | "i64" ? bigint
+/** The JavaScript value of a neutral parameter type. */
+export type ParamJs<T> = T extends "u64" | "i64" ? bigint
   : T extends "i32" | "u32" ? number
   : BufferArg;
-type ResultJs<T> = T extends "u64" ? bigint : T extends "cstring" ? string : number;
-type ParamsJs<P> = { -readonly [K in keyof P]: ParamJs<P[K]> };
+/** The JavaScript value of a neutral result type. */
+export type ResultJs<T> = T extends "u64" ? bigint : T extends "cstring" ? string : number;
+/** The JavaScript arguments of a neutral parameter list. */
+export type ParamsJs<P> = { -readonly [K in keyof P]: ParamJs<P[K]> };
 
 /** Every C function as a runtime-neutral JavaScript function (synchronous). */
 export type KvpSymbols = {

@@ -101,6 +101,8 @@ export class NixlError extends Error {
   readonly nativeMessage: string;
 
   /**
+   * A failure of `fn` with NIXL status `status`.
+   *
    * @param status NIXL's status value
    * @param fn the C function or method that failed
    * @param nativeMessage the shim's message (`kvp_last_error` or `kvp_xfer_message`)
@@ -162,6 +164,8 @@ export class NixlTimeoutError extends NixlError {
   readonly timeoutMs: number;
 
   /**
+   * A timeout of `details.op` after `details.timeoutMs`.
+   *
    * @param details what timed out
    * @param note what was done about it (appended to the message)
    */

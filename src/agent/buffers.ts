@@ -20,7 +20,7 @@ import { NixlError, Status } from "../errors.ts";
 import { type MemType, memTypeCode, toU64 } from "./common.ts";
 
 /** What a buffer tells its owner (the agent) when it is freed. */
-type OnFree = (buffer: NativeBuffer) => void;
+export type OnFree = (buffer: NativeBuffer) => void;
 
 /**
  * Memory allocated by the shim (`kvp_mem_alloc`); freed by {@linkcode NativeBuffer.free},
