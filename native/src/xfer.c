@@ -346,15 +346,18 @@ void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg)
 
 bool bi_remote_gone(bi_remote *rm) {
     if (atomic_load(&rm->dead)) return true;
+    /* Under a->mu: kvp_invalidate_remote closes the pidfd under it, and a closed fd
+     * number may already belong to something else. The poll does not block. */
+    bool gone = false;
+    pthread_mutex_lock(&rm->a->mu);
     if (rm->pidfd >= 0) {
         struct pollfd pf = {.fd = rm->pidfd, .events = POLLIN};
         int n = poll(&pf, 1, 0);
-        if (n > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR))) {
-            atomic_store(&rm->dead, true);
-            return true;
-        }
+        gone = n > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR));
     }
-    return false;
+    pthread_mutex_unlock(&rm->a->mu);
+    if (gone) atomic_store(&rm->dead, true);
+    return gone;
 }
 
 void bi_req_complete(bi_req *r, uint64_t post_id) {
