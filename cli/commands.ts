@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { checkCommand } from "./check_cmd.ts";
 import { configCommand } from "./config_cmd.ts";
 import { demoCommand } from "./demo_cmd.ts";
 import { pdReceiverCommand, pdSenderCommand } from "./pd_cmd.ts";
@@ -49,4 +50,5 @@ export const commands: Command[] = [
   pdReceiverCommand,
   pdSenderCommand,
   storageCommand,
+  checkCommand,
 ];
