@@ -86,11 +86,18 @@ int32_t kvp_cuda_device_count(int32_t *count);
 
 /* ----------------------------------------------------------------- memory ---- */
 
-/** Allocates size bytes of mem_type on device dev (DRAM: dev ignored, VRAM: CUDA
- *  ordinal). DRAM comes from a shared-memory file mapped MAP_SHARED and page-aligned, so
- *  a same-host peer can map it directly; VRAM from cudaMalloc. Freed only by
- *  kvp_mem_free (never by an agent). */
+/** Allocates size bytes of mem_type on device dev (DRAM: dev holds KVP_DRAM_* flags, 0
+ *  for the default; VRAM: CUDA ordinal). DRAM comes from a shared-memory file mapped
+ *  MAP_SHARED and page-aligned, so a same-host peer can map it directly; VRAM from
+ *  cudaMalloc. DRAM is pre-faulted. Freed only by kvp_mem_free (never by an agent). */
 int32_t kvp_mem_alloc(int32_t mem_type, int32_t dev, uint64_t size, uint64_t *out_addr);
+
+/* Flags of kvp_mem_alloc for DRAM (in dev). */
+#define KVP_DRAM_PRIVATE 1 /* private anonymous memory with transparent huge pages advised,
+                              for buffers never shared with a peer (e.g. storage staging:
+                              O_DIRECT and copies are faster on huge pages where shared
+                              memory gets none). Same-host peers still reach it, through
+                              cross-memory attach instead of a shared mapping. */
 
 /** Frees memory from kvp_mem_alloc. Unknown addresses: KVP_ERR_NOT_FOUND. */
 int32_t kvp_mem_free(uint64_t addr);

@@ -58,7 +58,7 @@ bool kvp_mem_find_memfd(uint64_t addr, uint64_t len, kvp_memfd_info *out) {
     bool found = false;
     pthread_mutex_lock(&g_mu);
     size_t i = find_le(addr);
-    if (i != SIZE_MAX && g_allocs[i].mem_type == KVP_DRAM &&
+    if (i != SIZE_MAX && g_allocs[i].mem_type == KVP_DRAM && g_allocs[i].fd >= 0 &&
         kvp_range_ok(addr, len, g_allocs[i].base, g_allocs[i].size)) {
         out->base = g_allocs[i].base;
         out->size = g_allocs[i].size;
@@ -95,14 +95,15 @@ static void populate(uint8_t *p, size_t size) {
     for (size_t off = 0; off < size; off += step) ((volatile uint8_t *)p)[off] = 0;
 }
 
-/* Maps a memfd of `size` bytes; sizes of 2 MiB and more get a 2 MiB-aligned address
- * (reserve size + 2 MiB of address space, map the file at the aligned point inside it,
- * return the rest) so that huge pages can back it where shmem THP is enabled (the
- * advice has to come before the pages are faulted in). */
+/* Maps a memfd of `size` bytes (fd < 0: private anonymous memory); sizes of 2 MiB and
+ * more get a 2 MiB-aligned address (reserve size + 2 MiB of address space, map at the
+ * aligned point inside it, return the rest) so that huge pages can back it where THP is
+ * enabled (the advice has to come before the pages are faulted in). */
 static void *map_aligned(int fd, size_t size) {
     uint8_t *a;
+    int flags = fd >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS;
     if (size < HUGE_ALIGN) {
-        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, fd, 0);
         if (p == MAP_FAILED) return NULL;
         a = p;
     } else {
@@ -112,7 +113,7 @@ static void *map_aligned(int fd, size_t size) {
         if (r == MAP_FAILED) return NULL;
         uintptr_t al = ((uintptr_t)r + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1);
         a = (uint8_t *)al;
-        void *p = mmap(a, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0);
+        void *p = mmap(a, size, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, 0);
         if (p == MAP_FAILED) {
             munmap(r, span);
             return NULL;
@@ -126,13 +127,31 @@ static void *map_aligned(int fd, size_t size) {
     return a;
 }
 
-static int32_t dram_alloc(uint64_t size, uint64_t *out) {
+static int32_t dram_alloc(uint64_t size, int32_t flags, uint64_t *out) {
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t psz = pg > 0 ? (uint64_t)pg : 4096;
     if (size > (UINT64_MAX >> 2))
         return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_mem_alloc: size %llu is too large",
                        (unsigned long long)size);
+    if (flags & ~KVP_DRAM_PRIVATE)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_mem_alloc: unknown DRAM flags 0x%x in dev (KVP_DRAM_PRIVATE = 1)",
+                       (unsigned)flags);
     uint64_t rounded = (size + psz - 1) / psz * psz;
+    if (flags & KVP_DRAM_PRIVATE) {
+        void *p = map_aligned(-1, (size_t)rounded);
+        if (!p)
+            return kvp_err(KVP_ERR_BACKEND, "mmap of %llu bytes failed: %s",
+                           (unsigned long long)rounded, strerror(errno));
+        alloc a = {(uint64_t)(uintptr_t)p, rounded, KVP_DRAM, 0, -1, 0};
+        int32_t s = table_add(&a);
+        if (s != KVP_SUCCESS) {
+            munmap(p, (size_t)rounded);
+            return s;
+        }
+        *out = a.base;
+        return KVP_SUCCESS;
+    }
     int fd = memfd_create("kvport", MFD_CLOEXEC);
     if (fd < 0)
         return kvp_err(KVP_ERR_BACKEND, "memfd_create failed: %s", strerror(errno));
@@ -171,7 +190,7 @@ KVP_API int32_t kvp_mem_alloc(int32_t mem_type, int32_t dev, uint64_t size, uint
     if (!out_addr) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_mem_alloc: out_addr is NULL");
     *out_addr = 0;
     if (size == 0) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_mem_alloc: size is 0");
-    if (mem_type == KVP_DRAM) return dram_alloc(size, out_addr);
+    if (mem_type == KVP_DRAM) return dram_alloc(size, dev, out_addr);
     if (mem_type == KVP_VRAM) {
         uint64_t p = 0;
         int32_t s = kvp_cuda_malloc(dev, size, &p);
@@ -207,7 +226,7 @@ KVP_API int32_t kvp_mem_free(uint64_t addr) {
     pthread_mutex_unlock(&g_mu);
     if (a.mem_type == KVP_DRAM) {
         munmap((void *)(uintptr_t)a.base, (size_t)a.size);
-        kvp_close(a.fd);
+        kvp_close(a.fd); /* -1 for private memory */
         return KVP_SUCCESS;
     }
     return kvp_cuda_free(a.dev, a.base);

@@ -92,7 +92,8 @@ typedef struct t_peer {
     uint64_t base, size;
 } t_peer;
 /* anon: 0 = kvp_mem_alloc DRAM (a memfd the initiator maps), 1 = mmap(MAP_ANONYMOUS)
- * (reached by cross-memory attach), 2 = kvp_mem_alloc VRAM on device 0 (CUDA IPC). */
+ * (reached by cross-memory attach), 2 = kvp_mem_alloc VRAM on device 0 (CUDA IPC),
+ * 3 = kvp_mem_alloc DRAM with KVP_DRAM_PRIVATE (cross-memory attach). */
 void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
                   uint64_t size, int anon);
 void t_peer_fill(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);

@@ -127,12 +127,12 @@ static void peer_main(int fd, const char *name, const char *backends, const char
         host = calloc(1, size);
         CHECK(host);
         OK(kvp_mem_copy(KVP_VRAM, 0, base, KVP_DRAM, 0, (uint64_t)(uintptr_t)host, size));
-    } else if (anon) {
+    } else if (anon == 1) {
         void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         CHECK(m != MAP_FAILED);
         base = (uint64_t)(uintptr_t)m;
     } else {
-        OK(kvp_mem_alloc(KVP_DRAM, 0, size, &base));
+        OK(kvp_mem_alloc(KVP_DRAM, anon == 3 ? KVP_DRAM_PRIVATE : 0, size, &base));
     }
     if (!vram) memset((void *)(uintptr_t)base, 0, size);
     uint64_t reg, dev0 = 0;

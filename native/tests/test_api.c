@@ -147,6 +147,13 @@ TEST(mem_alloc_copy_checksum) {
     OK(kvp_mem_checksum(KVP_DRAM, 0, a, 0, &s1));
     CHECK(s1 == 0xcbf29ce484222325ULL);
     CHECK_ST(kvp_mem_alloc(KVP_DRAM, 0, 0, &b), KVP_ERR_INVALID_PARAM);
+    CHECK_ST(kvp_mem_alloc(KVP_DRAM, 8, 4096, &b), KVP_ERR_INVALID_PARAM);
+    uint64_t pv;
+    OK(kvp_mem_alloc(KVP_DRAM, KVP_DRAM_PRIVATE, 5 << 20, &pv));
+    CHECK(pv % (2u << 20) == 0);
+    OK(kvp_mem_copy(KVP_DRAM, 0, pv, KVP_DRAM, 0, a, 100));
+    CHECK(t_verify((void *)(uintptr_t)pv, 100, 3));
+    OK(kvp_mem_free(pv));
     CHECK_ST(kvp_mem_alloc(KVP_FILE, 0, 10, &b), KVP_ERR_NOT_SUPPORTED);
     CHECK_ST(kvp_mem_free(a + 4096), KVP_ERR_NOT_FOUND);
     OK(kvp_mem_free(a));

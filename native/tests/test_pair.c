@@ -140,3 +140,8 @@ TEST(pair_cma_many_small_descriptors) {
     pair_cfg c = {NULL, NULL, NULL, 1, "posts_cma", 256, 3000};
     run_pair(&c);
 }
+
+TEST(pair_private_dram_uses_cma) {
+    pair_cfg c = {NULL, NULL, NULL, 3, "posts_cma", 1 << 20, 16};
+    run_pair(&c);
+}

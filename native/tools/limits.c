@@ -8,10 +8,15 @@
  *       raw TCP stream over loopback between two processes (fork), GB/s, with the same
  *       socket options as the engine (TCP_NODELAY, autotuned buffers). Each side cycles
  *       through window_bytes of memory (default: one message buffer, cache-hot)
- *   kvport-limits file <dir> <bytes> <count> [direct]
+ *   kvport-limits file <dir> <bytes> <count> [direct] [distinct] [4k]
  *       sequential write (fdatasync included) then read of count chunks of bytes in a
  *       temporary file in dir, GB/s each. Without "direct" the read is served by the
  *       page cache (dropping it needs privileges this tool does not assume).
+ *       distinct: every chunk has its own buffer (count x bytes of memory, as an engine
+ *       moving distinct pages has), instead of one cache-hot buffer reused.
+ *       4k: buffers without transparent huge pages, like kvp_mem_alloc's shared memory
+ *       on systems where shmem THP is off (O_DIRECT then builds requests from 4 KiB
+ *       segments, which some VMs serve at half speed).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -59,11 +64,13 @@ static uint64_t parse_size(const char *s, const char *probe) {
     return v;
 }
 
-/* Page-aligned, pre-faulted memory (huge pages advised where available). */
+static int g_small_pages; /* file ... 4k */
+
+/* Page-aligned, pre-faulted memory (huge pages advised where available, unless 4k). */
 static uint8_t *big_buffer(uint64_t n, const char *probe) {
     void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) die(probe, "mmap");
-    (void)madvise(p, n, MADV_HUGEPAGE);
+    (void)madvise(p, n, g_small_pages ? MADV_NOHUGEPAGE : MADV_HUGEPAGE);
     memset(p, 1, n);
     return p;
 }
@@ -166,7 +173,7 @@ static int probe_tcp(uint64_t msg, uint64_t total, uint64_t window) {
     return 0;
 }
 
-static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direct) {
+static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direct, int distinct) {
     if (bytes == 0 || count == 0) {
         printf("{\"probe\":\"file\",\"error\":\"sizes must be > 0\"}\n");
         return 2;
@@ -189,9 +196,10 @@ static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direc
         unlink(path);
         return 2;
     }
-    uint8_t *buf = big_buffer(bytes, "file");
+    uint8_t *mem = big_buffer(distinct ? bytes * count : bytes, "file");
     double t0 = now();
     for (uint64_t i = 0; i < count; i++) {
+        uint8_t *buf = distinct ? mem + i * bytes : mem;
         uint64_t off = 0;
         while (off < bytes) {
             ssize_t k = pwrite(fd, buf + off, bytes - off, (off_t)(i * bytes + off));
@@ -210,6 +218,7 @@ static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direc
     double wt = now() - t0;
     t0 = now();
     for (uint64_t i = 0; i < count; i++) {
+        uint8_t *buf = distinct ? mem + i * bytes : mem;
         uint64_t off = 0;
         while (off < bytes) {
             ssize_t k = pread(fd, buf + off, bytes - off, (off_t)(i * bytes + off));
@@ -226,10 +235,11 @@ static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direc
     unlink(path);
     double total = (double)bytes * (double)count;
     printf("{\"probe\":\"file\",\"dir\":\"%s\",\"bytes\":%llu,\"count\":%llu,\"direct\":%s,"
-           "\"write_seconds\":%.6f,\"write_gbps\":%.3f,\"read_seconds\":%.6f,"
-           "\"read_gbps\":%.3f,\"note\":\"%s\"}\n",
+           "\"distinct\":%s,\"pages\":\"%s\",\"write_seconds\":%.6f,\"write_gbps\":%.3f,"
+           "\"read_seconds\":%.6f,\"read_gbps\":%.3f,\"note\":\"%s\"}\n",
            dir, (unsigned long long)bytes, (unsigned long long)count,
-           used_direct ? "true" : "false", wt, total / wt / 1e9, rt, total / rt / 1e9,
+           used_direct ? "true" : "false", distinct ? "true" : "false",
+           g_small_pages ? "4k" : "thp-advised", wt, total / wt / 1e9, rt, total / rt / 1e9,
            used_direct ? "O_DIRECT: write includes fdatasync, read bypasses the page cache"
                        : "buffered: write includes fdatasync; read is from the page cache");
     return 0;
@@ -239,7 +249,7 @@ static int usage(void) {
     fprintf(stderr,
             "usage: kvport-limits memcpy <bytes> <reps>\n"
             "       kvport-limits tcp <bytes_per_msg> <total_bytes> [window_bytes]\n"
-            "       kvport-limits file <dir> <bytes> <count> [direct]\n"
+            "       kvport-limits file <dir> <bytes> <count> [direct] [distinct] [4k]\n"
             "sizes accept k/m/g suffixes\n");
     return 2;
 }
@@ -251,8 +261,16 @@ int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "tcp") == 0)
         return probe_tcp(parse_size(argv[2], "tcp"), parse_size(argv[3], "tcp"),
                          argc >= 5 ? parse_size(argv[4], "tcp") : 0);
-    if (argc >= 5 && strcmp(argv[1], "file") == 0)
+    if (argc >= 5 && strcmp(argv[1], "file") == 0) {
+        int direct = 0, distinct = 0;
+        for (int i = 5; i < argc; i++) {
+            if (strcmp(argv[i], "direct") == 0) direct = 1;
+            else if (strcmp(argv[i], "distinct") == 0) distinct = 1;
+            else if (strcmp(argv[i], "4k") == 0) g_small_pages = 1;
+            else return usage();
+        }
         return probe_file(argv[2], parse_size(argv[3], "file"), parse_size(argv[4], "file"),
-                          argc >= 6 && strcmp(argv[5], "direct") == 0);
+                          direct, distinct);
+    }
     return usage();
 }
