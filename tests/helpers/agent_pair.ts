@@ -43,7 +43,13 @@ const script = new URL("./agent_peer.ts", import.meta.url).pathname;
 
 /** Spawns a peer with `options` (`name`, `backends`, `params`, `size`). */
 export async function spawnPeer(
-  options: { name: string; backends?: string[]; params?: Record<string, string>; size: number },
+  options: {
+    name: string;
+    backends?: string[];
+    params?: Record<string, string>;
+    size: number;
+    memType?: "DRAM" | "VRAM";
+  },
 ): Promise<Peer> {
   const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
   const args = isDeno ? ["run", "-A", script] : [script];

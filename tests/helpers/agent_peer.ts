@@ -12,13 +12,15 @@
 import process from "node:process";
 import { createInterface } from "node:readline";
 import { Buffer } from "node:buffer";
-import { DescList, NixlAgent, NixlError } from "../../src/agent.ts";
+import { DescList, HostBuffer, NixlAgent, NixlError } from "../../src/agent.ts";
 
 interface Options {
   name: string;
   backends?: string[];
   params?: Record<string, string>;
   size: number;
+  /** "DRAM" (default) or "VRAM" (CUDA device 0): the buffer's memory. */
+  memType?: "DRAM" | "VRAM";
 }
 
 const options = JSON.parse(process.argv[process.argv.length - 1]) as Options;
@@ -28,7 +30,7 @@ const agent = await NixlAgent.create({
   backends: options.backends ?? ["UCX"],
   params: options.params,
 });
-const buf = agent.allocate(options.size);
+const buf = agent.allocate(options.size, { memType: options.memType ?? "DRAM" });
 agent.registerMemory(buf);
 
 function send(value: unknown): void {
@@ -36,10 +38,13 @@ function send(value: unknown): void {
 }
 
 function fillRandom(offset: number, length: number): void {
-  const bytes = buf.bytes.subarray(offset, offset + length);
+  const bytes = buf instanceof HostBuffer
+    ? buf.bytes.subarray(offset, offset + length)
+    : new Uint8Array(length);
   for (let at = 0; at < bytes.length; at += 65536) {
     crypto.getRandomValues(bytes.subarray(at, Math.min(at + 65536, bytes.length)));
   }
+  if (!(buf instanceof HostBuffer)) buf.copyFrom(bytes, offset);
 }
 
 const sums = (ranges: [number, number][]) =>
@@ -103,6 +108,7 @@ send({
   meta: Buffer.from(agent.localMetadata()).toString("base64"),
   address: buf.address.toString(),
   size: buf.size,
+  memType: buf.memType,
   listen: agent.listen,
 });
 
