@@ -313,7 +313,6 @@ export class NixlChannel extends ChannelBase {
   protected async dpClose(): Promise<void> {
     this.#stopping = true;
     this.#pumping = false;
-    await this.#pump?.catch(() => {});
     await this.agentQueue.run(() => {
       try {
         this.#local.release();
@@ -322,7 +321,10 @@ export class NixlChannel extends ChannelBase {
         this.#registration.release();
       } catch { /* closing anyway */ }
     });
+    // Destroying the agent wakes a notification wait at once (and waits for it to
+    // return), so the pump ends now rather than at the end of its wait slice.
     await this.agent.close().catch(() => {});
+    await this.#pump?.catch(() => {});
     try {
       this.#buffer.free();
     } catch { /* the agent frees what it allocated */ }
