@@ -1,8 +1,7 @@
 // The `nixl` channel over the built-in engine, in one process (two agents): handshake,
 // page-batch WRITE/READ, notifications after the data, re-handshake of a restarted
-// peer, timeouts, a cuda buffer without a GPU, and handles released on close. (A peer
-// that dies is covered by pd_process_test: in one process the engine's same-process path
-// must not be exercised against a destroyed agent, see the native bug report N1.)
+// peer, a peer that is gone, timeouts, a cuda buffer without a GPU, and handles released
+// on close.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -208,4 +207,25 @@ test("nixl channel: corrupt metadata and page lists are refused; the responder g
   s.pages[0].fill(42);
   await s.write([0], { peerId: "d", remoteIndexes: [1] });
   assert.equal(r.pages[1][PAGE - 1], 42);
+});
+
+test("nixl channel: a WRITE to a peer that is gone fails fast, naming the peer", {
+  skip,
+}, async () => {
+  const r = await rx();
+  await using s = await tx({ transferTimeoutMs: 2000 });
+  await s.connect("gone", r.initUrl!);
+  await r.close();
+  const t0 = performance.now();
+  await assert.rejects(s.write([0, 1], { peerId: "gone", remoteIndexes: [0, 1] }), (e) => {
+    assert.ok(e instanceof ChannelError, String(e));
+    assert.equal(e.peerId, "gone");
+    assert.equal(e.code, "TRANSFER_FAILED");
+    assert.match(
+      e.message,
+      /WRITE of 2 page\(s\) with peer gone failed: .*NIXL_ERR_REMOTE_DISCONNECT/,
+    );
+    return true;
+  });
+  assert.ok(performance.now() - t0 < 2000);
 });
