@@ -4,7 +4,7 @@
 # Used by `deno task test`; .ci/run calls that task.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-deno_bin=${DENO_BIN:-node_modules/.bin/deno}
+deno_bin=${DENO_BIN:-node_modules/deno/deno}
 bun_bin=${BUN_BIN:-node_modules/.bin/bun}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
