@@ -4,12 +4,12 @@
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { test } from "node:test";
+import { configSchema } from "../src/config/schema.ts";
 import { stringify } from "yaml";
 import {
   CONFIG_ALIASES,
   ConfigError,
   configKeys,
-  configSchema,
   loadConfig,
   type LoadConfigOptions,
 } from "../src/config/mod.ts";

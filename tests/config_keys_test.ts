@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
+import { configSchema } from "../src/config/schema.ts";
 import { fileURLToPath } from "node:url";
 import {
   configKeys,
-  configSchema,
   editDistance,
   formatValue,
   jsonReplacer,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { configKeys, configSchema } from "../src/config/mod.ts";
+import { configKeys } from "../src/config/mod.ts";
+import { configSchema } from "../src/config/schema.ts";
 import { configError, issueFor, load, tmpYaml } from "./config_util.ts";
 
 test("config defaults, sources, freezing: no file, no env: every key at its LMCache default, source default", () => {

@@ -29,7 +29,6 @@ export type { LoadConfigOptions, LoadedConfig } from "./load.ts";
 export { ConfigError } from "./errors.ts";
 export type { ConfigIssue, ConfigSource, ConfigWarning, ConfigWarningCode } from "./errors.ts";
 export {
-  configSchema,
   FILE_STORAGE_BACKENDS,
   NIXL_STORAGE_BACKENDS,
   PD_BACKEND_MODES,

@@ -570,7 +570,7 @@ void _outputFits;
  *
  * @example
  * ```ts
- * import { configSchema } from "@kvport/nixl/config";
+ * import { configSchema } from "./schema.ts";
  * const defaults = configSchema.parse({});
  * console.log(defaults.chunk_size); // 256
  * ```
