@@ -251,6 +251,28 @@ describe("NixlAgent in one process", { skip: nativeSkip }, () => {
     await expectStatus("NIXL_ERR_MISMATCH", () => a.addRemoteAgent(new Uint8Array([9, 9, 9])));
   });
 
+  test("invalidating a peer fails its lists with NIXL_ERR_NOT_FOUND; it can be re-added", async () => {
+    const c = await NixlAgent.create({ name: `local-inv-${Date.now()}`, engine: "builtin" });
+    try {
+      const buf = c.allocate(PAGE * 2);
+      c.registerMemory(buf);
+      assert.equal(c.addRemoteAgent(b.localMetadata()), b.name);
+      assert.equal(c.addRemoteAgent(b.localMetadata()), b.name, "loading again is a no-op");
+      const local = c.prepDescList("", DescList.pages(buf, PAGE, 2));
+      const remote = c.prepDescList(b.name, DescList.pages(bufB, PAGE, 2));
+      await c.transfer("WRITE", local, [0], remote, [0]);
+      c.invalidateRemoteAgent(b.name);
+      assert.deepEqual(c.remoteAgents, []);
+      await expectStatus("NIXL_ERR_NOT_FOUND", () => c.transfer("WRITE", local, [0], remote, [0]));
+      await expectStatus("NIXL_ERR_NOT_FOUND", () => c.sendNotification(b.name, "x"));
+      c.addRemoteAgent(b.localMetadata());
+      const again = c.prepDescList(b.name, DescList.pages(bufB, PAGE, 2));
+      await c.transfer("WRITE", local, [1], again, [1]);
+    } finally {
+      await c.close();
+    }
+  });
+
   test("notifications arrive once, after the data of their transfer", async () => {
     assert.deepEqual(b.takeNotifications(), []);
     bufA.bytes.fill(0xab, 0, PAGE);
