@@ -190,7 +190,7 @@ export class Registration {
   readonly count: number;
   #core: AgentCore;
   #handle: bigint;
-  #keep: unknown;
+  #keep: unknown; // the registered JavaScript memory, held until deregistered
   #buffer: NativeBuffer | undefined;
   #released = false;
 
@@ -257,11 +257,6 @@ export class Registration {
   [Symbol.dispose](): void {
     this.release();
   }
-
-  /** @internal What is kept alive. */
-  get kept(): unknown {
-    return this.#keep;
-  }
 }
 
 function paramsText(params: AgentOptions["params"]): string {
@@ -322,9 +317,7 @@ export class NixlAgent {
     this.#lib = lib;
     this.#handle = handle;
     this.name = name;
-    const info = parseKeyValues(
-      this.#sized("kvp_agent_info", (b, c, l) => lib.symbols.kvp_agent_info(handle, b, c, l)),
-    );
+    const info = this.info();
     this.engine = info.engine ?? "";
     this.backends = info.backends ? info.backends.split(",").filter((s) => s) : [];
     this.listen = info.listen ?? "";

@@ -106,18 +106,20 @@ export class NixlError extends Error {
    * @param status NIXL's status value
    * @param fn the C function or method that failed
    * @param nativeMessage the shim's message (`kvp_last_error` or `kvp_xfer_message`)
-   * @param options `cause`, and `context` put in front of the message
+   * @param options `cause`; `context` put in front of the message; `message` to use
+   *   instead of the one built from the others
    */
   constructor(
     status: number,
     fn: string,
     nativeMessage = "",
-    options: { cause?: unknown; context?: string } = {},
+    options: { cause?: unknown; context?: string; message?: string } = {},
   ) {
     const name = statusName(status);
     const what = options.context ? `${options.context}: ` : "";
     super(
-      `${what}${fn} failed: ${name} (${status})${nativeMessage ? `: ${nativeMessage}` : ""}`,
+      options.message ??
+        `${what}${fn} failed: ${name} (${status})${nativeMessage ? `: ${nativeMessage}` : ""}`,
       options.cause === undefined ? undefined : { cause: options.cause },
     );
     this.name = "NixlError";
@@ -174,13 +176,10 @@ export class NixlTimeoutError extends NixlError {
       ? `${details.op} of ${details.count} descriptor${details.count === 1 ? "" : "s"} ` +
         `with peer "${details.peer}"`
       : `${details.op}${details.peer ? ` for peer "${details.peer}"` : ""}`;
-    super(
-      Status.IN_PROG,
-      details.op,
-      `${what} did not finish within ${details.timeoutMs} ms${note ? `; ${note}` : ""}`,
-    );
-    this.message = `${what} timed out after ${details.timeoutMs} ms (NIXL_IN_PROG)` +
-      (note ? `; ${note}` : "");
+    super(Status.IN_PROG, details.op, "", {
+      message: `${what} timed out after ${details.timeoutMs} ms (NIXL_IN_PROG)` +
+        (note ? `; ${note}` : ""),
+    });
     this.name = "NixlTimeoutError";
     this.op = details.op;
     this.peer = details.peer;
