@@ -69,6 +69,9 @@ int main(int argc, char **argv) {
     int passed = 0, failed = 0;
     double t0 = t_now();
     signal(SIGPIPE, SIG_IGN);
+    /* KVP_TEST_TIMEOUT_SCALE=N multiplies every test's time limit (slow sanitizers). */
+    const char *sc = getenv("KVP_TEST_TIMEOUT_SCALE");
+    int scale = sc && atoi(sc) > 0 ? atoi(sc) : 1;
     for (int i = 0; i < g_n; i++) {
         if (filter && !strstr(g_cases[i].name, filter)) continue;
         fflush(stdout);
@@ -77,7 +80,7 @@ int main(int argc, char **argv) {
         if (pid == 0) {
             /* Own process group, so a hung test's helpers die with it. */
             setpgid(0, 0);
-            alarm((unsigned)g_cases[i].timeout);
+            alarm((unsigned)(g_cases[i].timeout * scale));
             g_cases[i].fn();
             fflush(stdout);
             exit(0); /* exit (not _exit): LeakSanitizer checks at exit under make asan */
