@@ -258,6 +258,7 @@ struct bi_agent {
     /* threads */
     bi_pool pool;
     int epfd, wakefd, lfd;
+    int spare_fd;               /* reserve fd, see accept_all */
     bi_ev ev_wake, ev_listen;
     pthread_t progress;
     bool progress_started;

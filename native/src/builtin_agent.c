@@ -161,7 +161,7 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     }
     a->caps = caps;
     a->force_tcp = (caps & KVP_CAP_TCP) && !(caps & KVP_CAP_UCX);
-    a->epfd = a->wakefd = a->lfd = -1;
+    a->epfd = a->wakefd = a->lfd = a->spare_fd = -1;
     st = apply_params(a, pp);
     if (st != KVP_SUCCESS) {
         kvp_agent_base_fini(&a->base);

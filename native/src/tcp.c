@@ -1141,7 +1141,17 @@ static void accept_all(bi_agent *a) {
         int fd = accept4(a->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR) continue;
-            return; /* EAGAIN, or a transient error (EMFILE...): try again on next event */
+            if ((errno == EMFILE || errno == ENFILE) && a->spare_fd >= 0) {
+                /* Out of descriptors: the pending connection would keep the (level-
+                 * triggered) listener readable and this thread spinning. Free the
+                 * reserve fd, take the connection, refuse it, take the reserve back. */
+                kvp_close(a->spare_fd);
+                int drop = accept4(a->lfd, NULL, NULL, SOCK_CLOEXEC);
+                kvp_close(drop);
+                a->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                if (drop >= 0) continue;
+            }
+            return; /* EAGAIN (or nothing more can be done now) */
         }
         set_sockopts(fd);
         bi_conn *c = conn_new(a, fd, true);
@@ -1276,6 +1286,7 @@ int32_t bi_tcp_start(bi_agent *a) {
     if (st != KVP_SUCCESS) return st;
     a->epfd = epoll_create1(EPOLL_CLOEXEC);
     a->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    a->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (a->epfd < 0 || a->wakefd < 0) {
         st = kvp_err(KVP_ERR_BACKEND, "epoll/eventfd: %s", strerror(errno));
     } else {
@@ -1295,7 +1306,8 @@ int32_t bi_tcp_start(bi_agent *a) {
         kvp_close(a->lfd);
         kvp_close(a->wakefd);
         kvp_close(a->epfd);
-        a->lfd = a->wakefd = a->epfd = -1;
+        kvp_close(a->spare_fd);
+        a->lfd = a->wakefd = a->epfd = a->spare_fd = -1;
     }
     return st;
 }
@@ -1320,5 +1332,6 @@ void bi_tcp_stop(bi_agent *a) {
     }
     kvp_close(a->lfd);
     kvp_close(a->wakefd);
-    a->lfd = a->wakefd = -1;
+    kvp_close(a->spare_fd);
+    a->lfd = a->wakefd = a->spare_fd = -1;
 }

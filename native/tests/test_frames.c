@@ -221,3 +221,58 @@ TEST(frames_out_of_range_and_malformed) {
     OK(kvp_mem_free(m));
     OK(kvp_mem_free(lm));
 }
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+           ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Out of file descriptors, a pending connection must be refused, not leave the
+ * progress thread spinning on a readable listener; afterwards it accepts again. */
+TEST(listener_out_of_fds_does_not_spin) {
+    uint64_t t = t_agent("T", NULL, NULL);
+    uint64_t bl;
+    uint8_t *blob = t_md(t, &bl);
+    kvp_md md;
+    OK(kvp_md_decode(blob, bl, &md));
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    struct rlimit low = {64, rl.rlim_max};
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    int fds[128], nf = 0;
+    while (nf < 128) {
+        int f = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (f < 0) break;
+        fds[nf++] = f;
+    }
+    CHECK(nf < 128); /* the limit was reached */
+    /* Connect from a child (its own descriptor table has room after closing ours). */
+    fflush(stdout);
+    int pid = fork();
+    if (pid == 0) {
+        for (int i = 0; i < nf; i++) close(fds[i]);
+        int fd = dial(md.port);
+        char c;
+        ssize_t k = recv(fd, &c, 1, 0); /* refused: EOF or reset */
+        _exit(k <= 0 ? 0 : 1);
+    }
+    CHECK(t_wait_child(pid) == 0);
+    double c0 = cpu_seconds();
+    usleep(300 * 1000);
+    double used = cpu_seconds() - c0;
+    CHECK_MSG(used < 0.1, "the progress thread spun: %.3f s of CPU in 0.3 s", used);
+    for (int i = 0; i < nf; i++) close(fds[i]);
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    int fd = dial(md.port);
+    hello(fd, md.token, 1);
+    close(fd);
+    kvp_md_free(&md);
+    free(blob);
+    OK(kvp_agent_destroy(t));
+}
