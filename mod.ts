@@ -10,6 +10,7 @@
  * - {@linkcode PdSender} / {@linkcode PdReceiver} / {@linkcode ProxyNotifier}:
  *   disaggregated prefill, prefiller to decoder.
  * - {@linkcode NixlStorageBackend}: KV chunks in files (and, with NIXL, object stores).
+ * - {@linkcode P2PBackend} / {@linkcode P2PRegistry}: KV sharing between instances.
  *
  * @example
  * ```ts
@@ -28,3 +29,4 @@ export * from "./src/agent.ts";
 export * from "./src/channel/mod.ts";
 export * from "./src/pd/mod.ts";
 export * from "./src/storage/mod.ts";
+export * from "./src/p2p/mod.ts";
