@@ -7,6 +7,7 @@
 import { checkCommand } from "./check_cmd.ts";
 import { configCommand } from "./config_cmd.ts";
 import { demoCommand } from "./demo_cmd.ts";
+import { p2pDemoCommand, p2pPeerCommand, p2pRegistryCommand } from "./p2p_cmd.ts";
 import { pdReceiverCommand, pdSenderCommand } from "./pd_cmd.ts";
 import { storageCommand } from "./storage_cmd.ts";
 
@@ -49,6 +50,9 @@ export const commands: Command[] = [
   demoCommand,
   pdReceiverCommand,
   pdSenderCommand,
+  p2pRegistryCommand,
+  p2pPeerCommand,
+  p2pDemoCommand,
   storageCommand,
   checkCommand,
 ];

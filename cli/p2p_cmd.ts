@@ -1,0 +1,816 @@
+/**
+ * `kvport p2p-registry`, `kvport p2p-peer` and `kvport p2p-demo`: the lookup service of
+ * P2P KV sharing, one instance driven by JSON lines on stdin (synthetic chunks whose
+ * every byte the requester checks), and a three-process demo of both.
+ *
+ * @module
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import process from "node:process";
+import * as readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { ConfigError, type KvportConfig, loadConfig } from "../src/config/mod.ts";
+import { P2PBackend, type P2PFetchResult, type P2PLookupResult } from "../src/p2p/backend.ts";
+import { P2PRegistry } from "../src/p2p/registry.ts";
+import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
+import { crc32, fnv1a64Hex } from "../src/storage/checksum.ts";
+import type { Command } from "./commands.ts";
+import { type Child, freePort, measureMemcpy, nextEvent } from "./demo_cmd.ts";
+import { err, out } from "./io.ts";
+import { kvGeometry } from "./pd_cmd.ts";
+
+/**
+ * The key of chunk `index` of synthetic document `doc` (TP rank `rank`):
+ * `vllm@p2p-demo@1@<rank>@<fnv1a64(doc/index)>@bfloat16`. Two documents share a prefix
+ * by sharing the leading documents' keys; the content of a key is
+ * {@linkcode fillPattern}'s.
+ *
+ * @example
+ * ```ts
+ * import { p2pDemoKey } from "./p2p_cmd.ts";
+ * console.log(p2pDemoKey("A", 0)); // vllm@p2p-demo@1@0@...@bfloat16
+ * ```
+ */
+export function p2pDemoKey(doc: string, index: number, rank = 0): string {
+  return `vllm@p2p-demo@1@${rank}@${fnv1a64Hex(`${doc}/${index}`)}@bfloat16`;
+}
+
+/** A mistake on the command line: exit code 2. */
+class UsageError extends Error {}
+
+type ParseOptions = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
+
+function parse(
+  args: string[],
+  options: ParseOptions,
+): Record<string, string | boolean | undefined> {
+  try {
+    return parseArgs({ args, strict: true, allowPositionals: false, options }).values as Record<
+      string,
+      string | boolean | undefined
+    >;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function int(name: string, text: unknown, min: number, dflt?: number): number {
+  if (text === undefined) {
+    if (dflt === undefined) throw new UsageError(`--${name} is required`);
+    return dflt;
+  }
+  const s = String(text).trim();
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`--${name} expects an integer >= ${min}, got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
+function load(file: string | undefined): KvportConfig {
+  const { config, warnings } = loadConfig(file === undefined ? {} : { file });
+  for (const w of warnings) if (w.code !== "forced_value") err(`warning: ${w.message}`);
+  return config;
+}
+
+async function guard(name: string, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`kvport ${name}: ${e.message}\nRun "kvport ${name} --help" for the options.`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      err(`kvport ${name}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+function emit(json: boolean, event: Record<string, unknown>, text: string): void {
+  if (json) out(JSON.stringify(event, (_, v) => (typeof v === "bigint" ? v.toString() : v)));
+  else if (text) out(text);
+}
+
+/** Resolves on SIGINT/SIGTERM, or when stdin ends (the parent went away). */
+function untilStop(commands: AsyncIterable<string> | null): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (sig: string) => () => finish(sig);
+    const onInt = on("SIGINT");
+    const onTerm = on("SIGTERM");
+    const finish = (why: string) => {
+      process.off("SIGINT", onInt);
+      process.off("SIGTERM", onTerm);
+      resolve(why);
+    };
+    process.on("SIGINT", onInt);
+    process.on("SIGTERM", onTerm);
+    if (commands) {
+      (async () => {
+        for await (const _ of commands) { /* consumed by the caller's handler */ }
+        finish("stdin closed");
+      })().catch(() => finish("stdin closed"));
+    }
+  });
+}
+
+// ------------------------------------------------------------------ registry --
+
+const REGISTRY_HELP =
+  `Usage: kvport p2p-registry [--config F] [--pull-url U] [--reply-url U] [options]
+
+Runs the lookup service of P2P KV sharing (LMCache's cache controller, the part P2P
+needs): instances push RegisterMsg, HeartbeatMsg, KVAdmitMsg/KVEvictMsg and
+BatchedKVOperationMsg to the PULL socket on controller_pull_url; BatchedP2PLookupMsg on
+the ROUTER socket on controller_reply_url is answered with the instance holding the
+longest prefix. Instances silent for the heartbeat timeout are forgotten.
+
+Options:
+  -c, --config F             LMCache configuration (default: $LMCACHE_CONFIG_FILE)
+      --pull-url U           override controller_pull_url (host:port; port 0: any)
+      --reply-url U          override controller_reply_url (host:port; port 0: any)
+      --heartbeat-timeout S  forget an instance silent for S seconds
+                             (default 3 x lmcache_worker_heartbeat_time, else 30)
+      --json                 one JSON object per line (ready, register, forget, ...);
+                             stdin takes {"cmd":"instances"} and {"cmd":"exit"}
+  -h, --help                 this help`;
+
+async function runRegistry(args: string[]): Promise<number> {
+  const v = parse(args, {
+    config: { type: "string", short: "c" },
+    "pull-url": { type: "string" },
+    "reply-url": { type: "string" },
+    "heartbeat-timeout": { type: "string" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (v.help) {
+    out(REGISTRY_HELP);
+    return 0;
+  }
+  const json = v.json === true;
+  const config = load(v.config as string | undefined);
+  const timeoutS = v["heartbeat-timeout"] === undefined
+    ? undefined
+    : Number(v["heartbeat-timeout"]);
+  if (timeoutS !== undefined && !(timeoutS > 0)) {
+    throw new UsageError(
+      `--heartbeat-timeout expects seconds > 0, got ${String(v["heartbeat-timeout"])}`,
+    );
+  }
+  const registry = await P2PRegistry.fromConfig(config, {
+    ...(v["pull-url"] ? { pullUrl: v["pull-url"] as string } : {}),
+    ...(v["reply-url"] ? { replyUrl: v["reply-url"] as string } : {}),
+    ...(timeoutS ? { heartbeatTimeoutMs: timeoutS * 1000 } : {}),
+  });
+  try {
+    registry.onEvent((e) =>
+      emit(
+        json,
+        { event: e.type, ...e, type: undefined },
+        `p2p-registry: ${e.type} ${e.instanceId ?? ""}${
+          e.workerId === undefined ? "" : `/${e.workerId}`
+        }${e.peerInitUrl ? ` at ${e.peerInitUrl}` : ""}${e.detail ? ` (${e.detail})` : ""}`,
+      )
+    );
+    emit(
+      json,
+      {
+        event: "ready",
+        pull: registry.pullUrl,
+        reply: registry.replyUrl,
+        heartbeatTimeoutMs: registry.heartbeatTimeoutMs,
+        pid: process.pid,
+      },
+      `p2p-registry: reports on ${registry.pullUrl} (PULL), lookups on ${registry.replyUrl} ` +
+        `(ROUTER); instances silent for ${registry.heartbeatTimeoutMs / 1000} s are forgotten`,
+    );
+    const rl = json ? readline.createInterface({ input: process.stdin }) : null;
+    let stop: (why: string) => void = () => {};
+    const stopped = new Promise<string>((r) => (stop = r));
+    rl?.on("line", (line: string) => {
+      let cmd: Record<string, unknown>;
+      try {
+        cmd = JSON.parse(line);
+      } catch {
+        emit(json, { event: "error", error: `not JSON: ${line}` }, "");
+        return;
+      }
+      if (cmd.cmd === "instances") {
+        emit(json, { event: "instances", stats: registry.stats, list: registry.instances() }, "");
+      } else if (cmd.cmd === "exit") stop("exit");
+      else emit(json, { event: "error", error: `unknown command ${String(cmd.cmd)}` }, "");
+    });
+    const why = await Promise.race([stopped, untilStop(null)]);
+    rl?.close();
+    emit(
+      json,
+      { event: "done", reason: why, ...registry.stats },
+      `p2p-registry: stopping (${why})`,
+    );
+    return 0;
+  } finally {
+    await registry.close();
+    process.stdin.pause();
+  }
+}
+
+// ---------------------------------------------------------------------- peer --
+
+const PEER_HELP = `Usage: kvport p2p-peer --config F [--tp-rank R] [options]
+
+Runs one P2P instance from an LMCache configuration (enable_p2p, p2p_host,
+p2p_init_ports, p2p_lookup_ports, lmcache_instance_id, controller_pull_url,
+controller_reply_url, ...): it holds synthetic chunks (kvport p2p-demo keys, content
+checkable byte for byte), answers other instances' lookups, and with --json takes
+commands as JSON lines on stdin:
+  {"cmd":"store","doc":"A","from":0,"count":8}     hold chunks A/0..A/7
+  {"cmd":"evict","keys":[...]}                      drop chunks
+  {"cmd":"lookup","keys":[...]}                     ask the registry
+  {"cmd":"fetch"}                                   fetch what the last lookup found
+  {"cmd":"retrieve","keys":[...]}                   lookup + fetch, every byte checked
+  {"cmd":"checksum","keys":[...]}                   CRC-32 of held chunks
+  {"cmd":"stats"} / {"cmd":"exit"}
+
+Options:
+  -c, --config F          LMCache configuration (default: $LMCACHE_CONFIG_FILE)
+  -r, --tp-rank R         TP rank: picks the ports of the port lists (default 0)
+      --kv-shape S        shape of one chunk (default 2,28,chunk_size,1024)
+      --dtype T           dtype (default bfloat16)
+      --buffer-mib N      page buffer (default: max_local_cpu_size)
+      --instance-id ID    override lmcache_instance_id
+      --init-port P       override p2p_init_ports[R] (0: any free port)
+      --lookup-port P     override p2p_lookup_ports[R] (0: any free port)
+      --store DOC:N       hold chunks DOC/0..DOC/N-1 from the start
+      --json              JSON lines out (ready, stored, retrieved, ...), commands in
+  -h, --help              this help`;
+
+interface Checked {
+  bad: number;
+  crc: number;
+}
+
+function verifyPages(p2p: P2PBackend, keys: readonly string[], pages: readonly number[]): Checked {
+  let bad = 0;
+  let crc = 0;
+  for (let i = 0; i < pages.length; i++) {
+    const view = p2p.channel.pages[pages[i]];
+    if (checkPattern(keys[i], view) >= 0) bad++;
+    crc = crc32(view, crc);
+  }
+  return { bad, crc };
+}
+
+async function runPeer(args: string[]): Promise<number> {
+  const v = parse(args, {
+    config: { type: "string", short: "c" },
+    "tp-rank": { type: "string", short: "r" },
+    "kv-shape": { type: "string" },
+    dtype: { type: "string" },
+    "buffer-mib": { type: "string" },
+    "instance-id": { type: "string" },
+    "init-port": { type: "string" },
+    "lookup-port": { type: "string" },
+    store: { type: "string" },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (v.help) {
+    out(PEER_HELP);
+    return 0;
+  }
+  const json = v.json === true;
+  const config = load(v.config as string | undefined);
+  const tpRank = int("tp-rank", v["tp-rank"], 0, 0);
+  const geo = kvGeometry(
+    v["kv-shape"] as string | undefined,
+    (v.dtype as string) ?? "bfloat16",
+    config.chunk_size,
+  );
+  const overrides: Record<string, unknown> = {};
+  if (v["buffer-mib"] !== undefined) {
+    overrides.bufferSize = int("buffer-mib", v["buffer-mib"], 1) * 2 ** 20;
+  }
+  if (v["instance-id"] !== undefined) overrides.instanceId = v["instance-id"];
+  if (v["init-port"] !== undefined) overrides.initPort = int("init-port", v["init-port"], 0);
+  if (v["lookup-port"] !== undefined) {
+    overrides.lookupPort = int("lookup-port", v["lookup-port"], 0);
+  }
+  let initial: { doc: string; count: number } | undefined;
+  if (v.store !== undefined) {
+    const m = /^(.+):(\d+)$/.exec(v.store as string);
+    if (!m) throw new UsageError(`--store expects DOC:N, got ${JSON.stringify(v.store)}`);
+    initial = { doc: m[1], count: Number(m[2]) };
+  }
+  const p2p = await P2PBackend.fromConfig(config, { tpRank, pageSize: geo.pageSize, ...overrides });
+  const storeDoc = async (doc: string, from: number, count: number) => {
+    for (let i = from; i < from + count; i++) {
+      const key = p2pDemoKey(doc, i, tpRank);
+      await p2p.store(key, (page) => fillPattern(key, page));
+    }
+    await p2p.flushReports();
+  };
+  try {
+    for (const w of p2p.channel.warnings) err(`warning: ${w}`);
+    if (initial) await storeDoc(initial.doc, 0, initial.count);
+    emit(
+      json,
+      {
+        event: "ready",
+        instanceId: p2p.instanceId,
+        init: p2p.initUrl,
+        lookup: p2p.lookupUrl,
+        engine: p2p.channel.engine,
+        pages: p2p.channel.pageCount,
+        pageSize: p2p.channel.pageSize,
+        stored: p2p.stats.chunks,
+        pid: process.pid,
+      },
+      `p2p-peer ${p2p.instanceId}: handshakes on ${p2p.initUrl}, lookups on ${p2p.lookupUrl} ` +
+        `(${p2p.channel.engine} engine, ${p2p.channel.pageCount} pages of ${p2p.channel.pageSize} ` +
+        `bytes, ${p2p.stats.chunks} chunk(s) held)`,
+    );
+    if (!json) {
+      const why = await untilStop(null);
+      out(`p2p-peer: stopping (${why})`);
+      return 0;
+    }
+    const rl = readline.createInterface({ input: process.stdin });
+    let last: P2PLookupResult | undefined;
+    const report = (kind: string, keys: readonly string[], r: P2PFetchResult, t0: number) => {
+      const seconds = (performance.now() - t0) / 1000;
+      const checked = verifyPages(p2p, r.keys, r.pages);
+      p2p.release(r.pages);
+      emit(json, {
+        event: kind,
+        asked: keys.length,
+        promised: r.promised,
+        hits: r.hitChunks,
+        bad: checked.bad,
+        crc: checked.crc,
+        bytes: r.hitChunks * p2p.channel.pageSize,
+        seconds,
+        fetchSeconds: r.seconds,
+        attempts: r.attempts,
+        handshakes: r.handshakes,
+        holder: r.holder?.instanceId ?? null,
+        error: r.error?.message ?? null,
+        errorCode: r.error?.errorCode ?? null,
+      }, "");
+    };
+    const handle = async (cmd: Record<string, unknown>): Promise<boolean> => {
+      const keys = Array.isArray(cmd.keys) ? (cmd.keys as string[]) : [];
+      switch (cmd.cmd) {
+        case "store":
+          await storeDoc(String(cmd.doc), Number(cmd.from ?? 0), Number(cmd.count ?? 1));
+          emit(json, { event: "stored", chunks: p2p.stats.chunks }, "");
+          return true;
+        case "evict": {
+          const n = keys.filter((k) => p2p.evict(k)).length;
+          await p2p.flushReports();
+          emit(json, { event: "evicted", n, chunks: p2p.stats.chunks }, "");
+          return true;
+        }
+        case "lookup":
+          last = await p2p.lookup(keys);
+          emit(json, {
+            event: "looked",
+            hits: last.hitChunks,
+            holder: last.holder?.instanceId ?? null,
+            error: last.error?.message ?? null,
+          }, "");
+          return true;
+        case "fetch": {
+          if (!last) throw new Error("fetch: no lookup yet");
+          const t0 = performance.now();
+          report("fetched", last.keys, await p2p.fetch(last), t0);
+          return true;
+        }
+        case "retrieve": {
+          const t0 = performance.now();
+          report("retrieved", keys, await p2p.retrieve(keys), t0);
+          return true;
+        }
+        case "checksum": {
+          let crc = 0;
+          let held = 0;
+          for (const k of keys) {
+            const bytes = p2p.get(k);
+            if (!bytes) break;
+            crc = crc32(bytes, crc);
+            held++;
+          }
+          emit(json, { event: "checksum", held, crc }, "");
+          return true;
+        }
+        case "stats":
+          emit(json, { event: "stats", ...p2p.stats }, "");
+          return true;
+        case "exit":
+          return false;
+        default:
+          throw new Error(`unknown command ${JSON.stringify(cmd.cmd)}`);
+      }
+    };
+    let reason = "stdin closed";
+    for await (const line of rl) {
+      if (line.trim() === "") continue;
+      let cmd: Record<string, unknown>;
+      try {
+        cmd = JSON.parse(line);
+      } catch {
+        emit(json, { event: "error", error: `not JSON: ${line}` }, "");
+        continue;
+      }
+      try {
+        if (!(await handle(cmd))) {
+          reason = "exit";
+          break;
+        }
+      } catch (e) {
+        emit(json, { event: "error", error: e instanceof Error ? e.message : String(e) }, "");
+      }
+    }
+    rl.close();
+    emit(json, { event: "done", reason, ...p2p.stats }, "");
+    return 0;
+  } finally {
+    await p2p.close();
+    process.stdin.pause();
+  }
+}
+
+// ---------------------------------------------------------------------- demo --
+
+const DEMO_HELP = `Usage: kvport p2p-demo [--chunks N] [--kv-shape S] [--json]
+
+Runs P2P KV sharing between three processes on this machine, configured by
+LMCache-style YAML files in a temporary directory: a registry (kvport p2p-registry), a
+holder instance (kvport p2p-peer) that stores N chunks of document A, and a requester
+instance that looks up requests with a full prefix (A), a partial prefix (the first half
+of A, then another document) and no prefix (a third document). Every fetched byte is
+checked, the hit rate and the speed (next to memcpy of the same bytes) are printed.
+
+Options:
+      --chunks N     chunks of document A (default 16)
+      --kv-shape S   shape of one chunk (default 2,8,256,1024: 8 MiB of bf16)
+      --timeout S    give up after S seconds (default 60)
+      --keep         keep the temporary directory with the configurations
+      --json         print the result as one JSON line at the end
+  -h, --help         this help`;
+
+interface Retrieved {
+  asked: number;
+  promised: number;
+  hits: number;
+  bad: number;
+  crc: number;
+  bytes: number;
+  seconds: number;
+  error: string | null;
+}
+
+async function runDemo(args: string[]): Promise<number> {
+  const v = parse(args, {
+    chunks: { type: "string" },
+    "kv-shape": { type: "string" },
+    timeout: { type: "string" },
+    keep: { type: "boolean", default: false },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  });
+  if (v.help) {
+    out(DEMO_HELP);
+    return 0;
+  }
+  const n = int("chunks", v.chunks, 2, 16);
+  const shape = (v["kv-shape"] as string | undefined) ?? "2,8,256,1024";
+  const geo = kvGeometry(shape, "bfloat16", 256);
+  const timeoutMs = int("timeout", v.timeout, 1, 60) * 1000;
+  const half = Math.floor(n / 2);
+  const bufferBytes = (n + 2) * geo.pageSize;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-p2p-demo-"));
+  const ports = await Promise.all(Array.from({ length: 8 }, () => freePort()));
+  const [pull, reply, hInit, hLookup, rInit, rLookup, hWorker, rWorker] = ports;
+  const instance = (id: string, init: number, lookup: number, worker: number) =>
+    [
+      `# kvport p2p-demo: instance ${id} (LMCache keys)`,
+      "chunk_size: 256",
+      `max_local_cpu_size: ${(bufferBytes / 2 ** 30).toFixed(6)}`,
+      "enable_p2p: true",
+      'p2p_host: "127.0.0.1"',
+      `p2p_init_ports: [${init}]`,
+      `p2p_lookup_ports: [${lookup}]`,
+      'transfer_channel: "nixl"',
+      "nixl_backends: [UCX]",
+      "enable_controller: true",
+      `lmcache_instance_id: "${id}"`,
+      `controller_pull_url: "127.0.0.1:${pull}"`,
+      `controller_reply_url: "127.0.0.1:${reply}"`,
+      `lmcache_worker_ports: [${worker}]`,
+      "lmcache_worker_heartbeat_time: 1",
+      "lmcache_worker_heartbeat_delay_time: 1",
+      "extra_config:",
+      "  p2p_socket_recv_timeout_ms: 10000",
+      "  p2p_socket_send_timeout_ms: 5000",
+      "  p2p_max_retry_count: 3",
+      "",
+    ].join("\n");
+  const files = {
+    registry: path.join(dir, "lmcache-registry.yaml"),
+    holder: path.join(dir, "lmcache-holder.yaml"),
+    requester: path.join(dir, "lmcache-requester.yaml"),
+  };
+  fs.writeFileSync(
+    files.registry,
+    [
+      "# kvport p2p-demo: the registry (LMCache's controller keys)",
+      `controller_pull_url: "127.0.0.1:${pull}"`,
+      `controller_reply_url: "127.0.0.1:${reply}"`,
+      "lmcache_worker_heartbeat_time: 1",
+      "",
+    ].join("\n"),
+  );
+  fs.writeFileSync(files.holder, instance("holder", hInit, hLookup, hWorker));
+  fs.writeFileSync(files.requester, instance("requester", rInit, rLookup, rWorker));
+  const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+  out("kvport p2p-demo: P2P KV sharing between three processes, checked byte for byte");
+  out(
+    `  holder stores ${n} chunk(s) of ${mib(geo.pageSize)} (KV shape [${
+      geo.shape.join(", ")
+    }] bfloat16); configurations: ${dir}`,
+  );
+  const children: StdinChild[] = [];
+  const send = (c: StdinChild, cmd: Record<string, unknown>) => c.write(JSON.stringify(cmd));
+  try {
+    const registry = spawnWithStdin("p2p-registry", [
+      "p2p-registry",
+      "--config",
+      files.registry,
+      "--json",
+    ]);
+    children.push(registry);
+    const rReady = await nextEvent(registry, "ready", 30_000);
+    out(`  registry:  reports on ${rReady.pull}, lookups on ${rReady.reply}`);
+    const holder = spawnWithStdin("p2p-peer", [
+      "p2p-peer",
+      "--config",
+      files.holder,
+      "--kv-shape",
+      shape,
+      "--store",
+      `A:${n}`,
+      "--json",
+    ]);
+    children.push(holder);
+    const requester = spawnWithStdin("p2p-peer", [
+      "p2p-peer",
+      "--config",
+      files.requester,
+      "--kv-shape",
+      shape,
+      "--json",
+    ]);
+    children.push(requester);
+    const [hReady, qReady] = await Promise.all([
+      nextEvent(holder, "ready", 30_000),
+      nextEvent(requester, "ready", 30_000),
+    ]);
+    out(
+      `  holder:    ${hReady.engine} engine, handshakes on ${hReady.init}, lookups on ` +
+        `${hReady.lookup}, ${hReady.stored} chunk(s) held`,
+    );
+    out(`  requester: ${qReady.engine} engine, handshakes on ${qReady.init}`);
+    const docA = Array.from({ length: n }, (_, i) => p2pDemoKey("A", i));
+    const partial = [
+      ...docA.slice(0, half),
+      ...Array.from(
+        { length: n - half },
+        (_, i) => p2pDemoKey("B", half + i),
+      ),
+    ];
+    const miss = Array.from({ length: n }, (_, i) => p2pDemoKey("C", i));
+    // Reports are asynchronous: wait until the registry has all of A.
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      send(requester, { cmd: "lookup", keys: docA });
+      const l = await nextEvent(requester, "looked", 10_000);
+      if (l.hits === n) break;
+      if (performance.now() > deadline) throw new Error(`the registry never saw ${n} chunks`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const retrieve = async (keys: string[]): Promise<Retrieved> => {
+      send(requester, { cmd: "retrieve", keys });
+      return (await nextEvent(requester, "retrieved", timeoutMs)) as unknown as Retrieved;
+    };
+    const runs: { name: string; keys: string[]; expect: number; r: Retrieved }[] = [];
+    for (
+      const [name, keys, expect] of [
+        ["full (cold)", docA, n],
+        ["full", docA, n],
+        ["partial", partial, half],
+        ["miss", miss, 0],
+        ["full (again)", docA, n],
+      ] as const
+    ) {
+      runs.push({ name, keys: [...keys], expect, r: await retrieve([...keys]) });
+    }
+    send(holder, { cmd: "checksum", keys: docA });
+    const sum = await nextEvent(holder, "checksum", 10_000);
+    const mc = await measureMemcpy(n * geo.pageSize);
+    let asked = 0;
+    let hits = 0;
+    let bad = 0;
+    let ok = true;
+    out("  request        asked  promised  hit  verified   time      speed");
+    for (const { name, expect, r } of runs) {
+      asked += r.asked;
+      hits += r.hits;
+      bad += r.bad;
+      const good = r.hits === expect && r.bad === 0 && r.error === null;
+      ok &&= good;
+      const gbps = r.seconds > 0 ? r.bytes / r.seconds / 1e9 : 0;
+      out(
+        `  ${name.padEnd(13)} ${String(r.asked).padStart(6)} ${String(r.promised).padStart(9)} ` +
+          `${String(r.hits).padStart(4)} ${String(r.hits - r.bad).padStart(9)}  ` +
+          `${(r.seconds * 1000).toFixed(1).padStart(7)} ms ` +
+          (r.hits > 0 ? `${gbps.toFixed(2).padStart(6)} GB/s` : "       -") +
+          (good ? "" : `  UNEXPECTED (want ${expect} hits)${r.error ? `: ${r.error}` : ""}`),
+      );
+    }
+    const warm = runs.filter((x) => x.name.startsWith("full") && x.name !== "full (cold)")
+      .map((x) => x.r);
+    const best = warm.reduce((a, b) => (b.seconds < a.seconds ? b : a));
+    const bps = best.bytes / best.seconds;
+    const crcOk = sum.held === n && sum.crc === runs[1].r.crc;
+    ok &&= crcOk;
+    out(
+      `  hit rate:  ${hits}/${asked} chunks (${((100 * hits) / asked).toFixed(0)}%); ` +
+        `expected ${3 * n + half}/${asked}`,
+    );
+    out(
+      `  speed:     ${(bps / 1e9).toFixed(2)} GB/s warm (${n} chunks, ` +
+        `${(best.seconds * 1000).toFixed(1)} ms end to end incl. lookup); memcpy ` +
+        `${(mc.bps / 1e9).toFixed(2)} GB/s (${mc.source}) -> ratio ${(bps / mc.bps).toFixed(2)}`,
+    );
+    out(
+      `  bytes:     ${hits - bad}/${hits} fetched chunks verified byte for byte; CRC-32 ` +
+        `${(runs[1].r.crc >>> 0).toString(16)} ${crcOk ? "matches" : "DIFFERS FROM"} the holder's`,
+    );
+    if (v.json) {
+      out(JSON.stringify({
+        ok,
+        chunks: n,
+        chunkBytes: geo.pageSize,
+        asked,
+        hits,
+        bad,
+        hitRate: hits / asked,
+        gbps: bps / 1e9,
+        memcpyGbps: mc.bps / 1e9,
+        ratio: bps / mc.bps,
+        crcMatches: crcOk,
+      }));
+    }
+    for (const c of [requester, holder, registry]) send(c, { cmd: "exit" });
+    const codes = await Promise.all(children.map((c) => c.exited));
+    ok &&= codes.every((c) => c === 0);
+    out(ok ? "  result:    OK" : `  result:    FAILED (exit codes ${codes.join(", ")})`);
+    return ok ? 0 : 1;
+  } finally {
+    for (const c of children) c.kill();
+    await Promise.all(children.map((c) => c.exited));
+    if (!v.keep) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A `kvport` child process whose stdin takes lines (see {@linkcode spawnP2p}). */
+export interface StdinChild extends Child {
+  /** Writes one line to the child's stdin. */
+  write(line: string): void;
+}
+
+function cliEntry(): { cmd: string; args: string[] } {
+  const main = new URL("./main.ts", import.meta.url);
+  const script = main.protocol === "file:" ? fileURLToPath(main) : main.href;
+  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
+  return isBun
+    ? { cmd: process.execPath, args: [script] }
+    : { cmd: process.execPath, args: ["run", "-A", script] };
+}
+
+/**
+ * Starts `kvport <args>` as a child process of the same runtime, like
+ * `spawnKvport` of demo_cmd.ts, with a stdin that takes lines (the JSON commands of
+ * `p2p-peer` and `p2p-registry`).
+ *
+ * @example
+ * ```ts
+ * import { spawnP2p } from "./p2p_cmd.ts";
+ * import { nextEvent } from "./demo_cmd.ts";
+ * const reg = spawnP2p("registry", ["p2p-registry", "--pull-url", "127.0.0.1:0",
+ *   "--reply-url", "127.0.0.1:0", "--json"]);
+ * console.log(await nextEvent(reg, "ready", 10_000));
+ * reg.write(JSON.stringify({ cmd: "exit" }));
+ * ```
+ */
+export function spawnP2p(name: string, args: string[]): StdinChild {
+  const entry = cliEntry();
+  const child = spawn(entry.cmd, [...entry.args, ...args], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: process.env,
+  });
+  const stderr: string[] = [];
+  readline.createInterface({ input: child.stderr! }).on("line", (l: string) => {
+    stderr.push(l);
+    if (stderr.length > 50) stderr.shift();
+  });
+  const rl = readline.createInterface({ input: child.stdout! });
+  async function* lines(): AsyncIterableIterator<Record<string, unknown>> {
+    for await (const line of rl) {
+      try {
+        yield JSON.parse(line);
+      } catch {
+        stderr.push(line);
+      }
+    }
+  }
+  const exited = new Promise<number>((resolve) => {
+    child.on(
+      "exit",
+      (code: number | null, signal: string | null) => resolve(code ?? (signal ? 128 : 1)),
+    );
+    child.on("error", (e: Error) => {
+      stderr.push(e.message);
+      resolve(127);
+    });
+  });
+  child.stdin!.on("error", () => {});
+  return {
+    name,
+    lines: lines(),
+    exited,
+    stderr,
+    write: (line: string) => {
+      if (child.exitCode === null && child.stdin!.writable) child.stdin!.write(`${line}\n`);
+    },
+    kill: () => {
+      if (child.exitCode === null) child.kill("SIGTERM");
+    },
+  };
+}
+
+function spawnWithStdin(name: string, args: string[]): StdinChild {
+  return spawnP2p(name, args);
+}
+
+/**
+ * `kvport p2p-registry`.
+ *
+ * @example
+ * ```ts
+ * import { p2pRegistryCommand } from "./p2p_cmd.ts";
+ * const code = await p2pRegistryCommand.run(["--pull-url", "127.0.0.1:8300", "--reply-url", "127.0.0.1:8301"]);
+ * ```
+ */
+export const p2pRegistryCommand: Command = {
+  name: "p2p-registry",
+  summary: "the lookup service of P2P KV sharing (LMCache controller's P2P part)",
+  run: (args) => guard("p2p-registry", () => runRegistry(args)),
+};
+
+/**
+ * `kvport p2p-peer`.
+ *
+ * @example
+ * ```ts
+ * import { p2pPeerCommand } from "./p2p_cmd.ts";
+ * const code = await p2pPeerCommand.run(["--config", "lmcache-p2p.yaml", "--store", "A:8"]);
+ * ```
+ */
+export const p2pPeerCommand: Command = {
+  name: "p2p-peer",
+  summary: "one P2P instance holding synthetic chunks, driven by JSON lines",
+  run: (args) => guard("p2p-peer", () => runPeer(args)),
+};
+
+/**
+ * `kvport p2p-demo`.
+ *
+ * @example
+ * ```ts
+ * import { p2pDemoCommand } from "./p2p_cmd.ts";
+ * const code = await p2pDemoCommand.run(["--chunks", "8"]);
+ * ```
+ */
+export const p2pDemoCommand: Command = {
+  name: "p2p-demo",
+  summary: "P2P sharing between three processes: full, partial and missed prefixes",
+  run: (args) => guard("p2p-demo", () => runDemo(args)),
+};
