@@ -20,7 +20,7 @@ run() { # name, command...
 }
 
 run native make -C native test
-run deno "$deno_bin" test -A --parallel tests/
+run deno "$deno_bin" test -A tests/
 run bun "$bun_bin" test --timeout 120000 tests/
 
 strip() { sed -e 's/\x1b\[[0-9;]*m//g' "$1"; }
