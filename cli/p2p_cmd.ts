@@ -71,6 +71,11 @@ function int(name: string, text: unknown, min: number, dflt?: number): number {
   return n;
 }
 
+function engineOf(text: unknown): "auto" | "builtin" | "nixl" {
+  if (text === "auto" || text === "builtin" || text === "nixl") return text;
+  throw new UsageError(`--engine expects auto, builtin or nixl, got ${JSON.stringify(text)}`);
+}
+
 function load(file: string | undefined): KvportConfig {
   const { config, warnings } = loadConfig(file === undefined ? {} : { file });
   for (const w of warnings) if (w.code !== "forced_value") err(`warning: ${w.message}`);
@@ -248,6 +253,7 @@ Options:
       --init-port P       override p2p_init_ports[R] (0: any free port)
       --lookup-port P     override p2p_lookup_ports[R] (0: any free port)
       --store DOC:N       hold chunks DOC/0..DOC/N-1 from the start
+      --engine E          engine of the nixl channel: auto (default), builtin, nixl
       --json              JSON lines out (ready, stored, retrieved, ...), commands in
   -h, --help              this help`;
 
@@ -278,6 +284,7 @@ async function runPeer(args: string[]): Promise<number> {
     "init-port": { type: "string" },
     "lookup-port": { type: "string" },
     store: { type: "string" },
+    engine: { type: "string" },
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -302,6 +309,7 @@ async function runPeer(args: string[]): Promise<number> {
   if (v["lookup-port"] !== undefined) {
     overrides.lookupPort = int("lookup-port", v["lookup-port"], 0);
   }
+  if (v.engine !== undefined) overrides.engine = engineOf(v.engine);
   let initial: { doc: string; count: number } | undefined;
   if (v.store !== undefined) {
     const m = /^(.+):(\d+)$/.exec(v.store as string);
@@ -461,6 +469,7 @@ Options:
       --chunks N     chunks of document A (default 16)
       --kv-shape S   shape of one chunk (default 2,8,256,1024: 8 MiB of bf16)
       --timeout S    give up after S seconds (default 60)
+      --engine E     engine of the instances' channels: auto (default), builtin, nixl
       --keep         keep the temporary directory with the configurations
       --json         print the result as one JSON line at the end
   -h, --help         this help`;
@@ -481,6 +490,7 @@ async function runDemo(args: string[]): Promise<number> {
     chunks: { type: "string" },
     "kv-shape": { type: "string" },
     timeout: { type: "string" },
+    engine: { type: "string" },
     keep: { type: "boolean", default: false },
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
@@ -493,6 +503,7 @@ async function runDemo(args: string[]): Promise<number> {
   const shape = (v["kv-shape"] as string | undefined) ?? "2,8,256,1024";
   const geo = kvGeometry(shape, "bfloat16", 256);
   const timeoutMs = int("timeout", v.timeout, 1, 60) * 1000;
+  const engine = engineOf(v.engine ?? "auto");
   const half = Math.floor(n / 2);
   const bufferBytes = (n + 2) * geo.pageSize;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-p2p-demo-"));
@@ -566,6 +577,8 @@ async function runDemo(args: string[]): Promise<number> {
       shape,
       "--store",
       `A:${n}`,
+      "--engine",
+      engine,
       "--json",
     ]);
     children.push(holder);
@@ -575,6 +588,8 @@ async function runDemo(args: string[]): Promise<number> {
       files.requester,
       "--kv-shape",
       shape,
+      "--engine",
+      engine,
       "--json",
     ]);
     children.push(requester);
