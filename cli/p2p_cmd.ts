@@ -241,6 +241,7 @@ commands as JSON lines on stdin:
   {"cmd":"fetch"}                                   fetch what the last lookup found
   {"cmd":"retrieve","keys":[...]}                   lookup + fetch, every byte checked
   {"cmd":"checksum","keys":[...]}                   CRC-32 of held chunks
+  {"cmd":"forget","peer":"host:port"}               forget a peer's handshake
   {"cmd":"stats"} / {"cmd":"exit"}
 
 Options:
@@ -417,6 +418,11 @@ async function runPeer(args: string[]): Promise<number> {
           emit(json, { event: "checksum", held, crc }, "");
           return true;
         }
+        case "forget":
+          // Drops what the handshake with that peer set up (as a restart of ours would).
+          await p2p.channel.forgetPeer(String(cmd.peer));
+          emit(json, { event: "forgot", peer: String(cmd.peer) }, "");
+          return true;
         case "stats":
           emit(json, { event: "stats", ...p2p.stats }, "");
           return true;

@@ -1,7 +1,8 @@
 // P2P sharing between three processes on the built-in engine: a `kvport p2p-registry`
 // child, a `kvport p2p-peer` child holding chunks (driven by JSON lines on its stdin), and
-// the requester in this process. Full, partial and missed prefixes; the holder evicting
-// between lookup and fetch; the holder killed and restarted between lookups. Every byte
+// the requester in this process. Full, partial and missed prefixes; error 3 (the holder
+// forgot our handshake) -> re-handshake and retry; the holder evicting between lookup and
+// fetch; the holder killed and restarted between lookups. Every byte
 // of every fetched chunk is checked, and the CRC compared with the holder's.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -111,6 +112,14 @@ test("p2p process: registry, holder and requester processes; every byte checked"
     const miss = await requester.retrieve(docKeys("C", 3));
     assert.deepEqual([miss.hitChunks, miss.error], [0, undefined]);
 
+    // the holder forgets our handshake: it answers error 3, we handshake again and retry
+    cmd(h1.child, { cmd: "forget", peer: requester.receiverId });
+    await nextEvent(h1.child, "forgot", 5000);
+    const retried = await requester.retrieve(a);
+    assert.equal(retried.error, undefined);
+    assert.deepEqual([retried.hitChunks, retried.attempts, retried.handshakes], [8, 2, 1]);
+    assert.equal(checkFetched(requester, retried).bad, 0);
+
     // the holder evicts chunk 5 between our lookup and our fetch
     const l = await requester.lookup(a);
     assert.equal(l.hitChunks, 8);
@@ -131,7 +140,7 @@ test("p2p process: registry, holder and requester processes; every byte checked"
     assert.equal(again.hitChunks, 6);
     assert.ok(again.handshakes >= 1, "the new incarnation was handshaken");
     assert.equal(checkFetched(requester, again).bad, 0);
-    assert.equal(requester.stats.handshakes, 2);
+    assert.equal(requester.stats.handshakes, 3);
     assert.equal(requester.stats.freePages, requester.pool.pageCount, "no page leaked");
 
     for (const c of [h2.child, registry]) cmd(c, { cmd: "exit" });
