@@ -5,7 +5,8 @@
  *
  * @example
  * ```ts
- * import { closeFile, NixlAgent, openFile } from "@kvport/nixl";
+ * import { NixlAgent } from "../agent.ts";
+ * import { closeFile, openFile } from "./files.ts";
  * await using agent = await NixlAgent.create({ name: "files", engine: "builtin", backends: ["POSIX"] });
  * const f = openFile(agent, "/tmp/kvport-example.bin", { create: true, size: 1 << 20 });
  * agent.registerMemory([{ fd: f.fd, offset: 0, length: 1 << 20 }]);
@@ -105,7 +106,8 @@ function libOf(agent: NixlAgent, fn: string): NativeLib {
  *
  * @example
  * ```ts
- * import { NixlAgent, openFile } from "@kvport/nixl";
+ * import { NixlAgent } from "../agent.ts";
+ * import { openFile } from "./files.ts";
  * declare const agent: NixlAgent;
  * const f = openFile(agent, "/data/slot-0.bin", { create: true, direct: true, size: 1 << 21 });
  * console.log(f.fd, f.direct);
@@ -134,7 +136,8 @@ export function openFile(
  *
  * @example
  * ```ts
- * import { NixlAgent, type NativeFile, syncFile } from "@kvport/nixl";
+ * import { NixlAgent } from "../agent.ts";
+ * import { type NativeFile, syncFile } from "./files.ts";
  * declare const agent: NixlAgent;
  * declare const f: NativeFile;
  * syncFile(agent, f);
@@ -150,7 +153,8 @@ export function syncFile(agent: NixlAgent, file: NativeFile): void {
  *
  * @example
  * ```ts
- * import { closeFile, NixlAgent, type NativeFile } from "@kvport/nixl";
+ * import { NixlAgent } from "../agent.ts";
+ * import { closeFile, type NativeFile } from "./files.ts";
  * declare const agent: NixlAgent;
  * declare const f: NativeFile;
  * closeFile(agent, f);

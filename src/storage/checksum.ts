@@ -39,7 +39,7 @@ function softCrc32(data: Uint8Array, value = 0): number {
  *
  * @example
  * ```ts
- * import { crc32 } from "@kvport/nixl";
+ * import { crc32 } from "./checksum.ts";
  * console.log(crc32(new TextEncoder().encode("123456789")).toString(16)); // "cbf43926"
  * ```
  */
@@ -61,7 +61,7 @@ const MASK64 = 0xffffffffffffffffn;
  *
  * @example
  * ```ts
- * import { fnv1a64Hex } from "@kvport/nixl";
+ * import { fnv1a64Hex } from "./checksum.ts";
  * console.log(fnv1a64Hex("")); // "cbf29ce484222325"
  * ```
  */
