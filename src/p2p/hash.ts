@@ -6,11 +6,11 @@
  * @module
  */
 
-import { parseCacheKey } from "../pd/keys.ts";
 import { fnv1a64Hex } from "../storage/checksum.ts";
 
 const INT64_MIN = -(2n ** 63n);
 const UINT64_MAX = 2n ** 64n - 1n;
+const HEX = /^-?[0-9a-f]+$/i;
 
 /**
  * The chunk hash of a cache-engine key: the `hash_hex` part of
@@ -28,12 +28,20 @@ const UINT64_MAX = 2n ** 64n - 1n;
  * ```
  */
 export function chunkHashOf(key: string): bigint {
-  let h: bigint;
-  try {
-    const hex = parseCacheKey(key).hashHex;
-    h = hex.startsWith("-") ? -BigInt(`0x${hex.slice(1)}`) : BigInt(`0x${hex}`);
-  } catch {
+  // The last four `@` end the model name; parsed from the tail (a model may hold `@`),
+  // with the rules of parseCacheKey, without splitting the whole key.
+  const p4 = key.lastIndexOf("@");
+  const p3 = p4 > 0 ? key.lastIndexOf("@", p4 - 1) : -1;
+  const p2 = p3 > 0 ? key.lastIndexOf("@", p3 - 1) : -1;
+  const p1 = p2 > 0 ? key.lastIndexOf("@", p2 - 1) : -1;
+  const p0 = p1 > 0 ? key.lastIndexOf("@", p1 - 1) : -1;
+  const hex = p0 >= 0 ? key.slice(p3 + 1, p4) : "";
+  if (
+    p0 < 0 || !HEX.test(hex) || !Number.isInteger(Number(key.slice(p1 + 1, p2))) ||
+    !Number.isInteger(Number(key.slice(p2 + 1, p3)))
+  ) {
     return BigInt(`0x${fnv1a64Hex(key)}`);
   }
+  const h = hex.charCodeAt(0) === 45 ? -BigInt(`0x${hex.slice(1)}`) : BigInt(`0x${hex}`);
   return h < INT64_MIN || h > UINT64_MAX ? BigInt.asIntN(64, h) : h;
 }
