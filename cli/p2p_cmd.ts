@@ -323,7 +323,9 @@ async function runPeer(args: string[]): Promise<number> {
       const key = p2pDemoKey(doc, i, tpRank);
       await p2p.store(key, (page) => fillPattern(key, page));
     }
-    await p2p.flushReports();
+    await p2p.flushReports().catch((e) =>
+      err(`warning: reports not delivered to the registry yet (sent again later): ${e.message}`)
+    );
   };
   try {
     for (const w of p2p.channel.warnings) err(`warning: ${w}`);

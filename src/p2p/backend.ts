@@ -85,8 +85,10 @@ export interface P2PBackendOptions {
   /** `p2p_max_retry_count`: retries after error 3 or a lost reply (default 3). */
   maxRetryCount?: number;
   /**
-   * How long pages of a fetch whose reply never came stay out of use (the holder may still
-   * write into them), ms (default `lookupRecvTimeoutMs`).
+   * How long the pages of a request whose reply never came stay out of use (the holder may
+   * still be writing into them; a retry takes fresh pages), ms (default
+   * `lookupRecvTimeoutMs`, which covers a holder with the same settings: its WRITE
+   * deadline is 80% of it).
    */
   quarantineMs?: number;
   /** After a failed handshake, fetches from that holder fail at once for this long (ms, default 5000). */
@@ -739,37 +741,40 @@ export class P2PBackend implements AsyncDisposable {
     const result = emptyFetch(lookupId, holder, promised);
     this.#stats.fetches++;
     let pages: number[] = [];
-    // Whether a request went unanswered: the holder may still write into our pages.
+    // Whether the last request went unanswered: the holder may still write into its pages.
     let inDoubt = false;
-    try {
-      pages = await this.allocate(keys.length).catch((e) => {
+    const takePages = () =>
+      this.allocate(keys.length).catch((e) => {
         throw new P2PError(
           e instanceof ChannelError ? e.code : "TIMEOUT",
           `no ${keys.length} free page(s) for the fetch: ${errorMessage(e)}`,
           { op: "fetch", cause: e },
         );
       });
+    try {
+      pages = await takePages();
       let link = await this.#ensurePeer(url, undefined, result);
-      const msg: LmcacheMessage = {
-        type: "BatchedLookupAndGetMsg",
-        lookup_id: lookupId,
-        receiver_id: this.receiverId,
-        keys,
-        mem_indexes: pages,
-      };
       for (;;) {
         result.attempts++;
         if (link.requester.lost !== null) {
           // The lookup connection broke (the holder restarted): handshake again first.
           link = await this.#ensurePeer(url, link, result);
         }
+        const msg: LmcacheMessage = {
+          type: "BatchedLookupAndGetMsg",
+          lookup_id: lookupId,
+          receiver_id: this.receiverId,
+          keys,
+          mem_indexes: pages,
+        };
         let reply: SideMessage | undefined;
         let failure: unknown;
+        inDoubt = true;
         try {
           reply = await link.requester.request(msg as unknown as SideMessage, this.#recvTimeoutMs);
+          inDoubt = false;
         } catch (e) {
           failure = e;
-          inDoubt = true;
         }
         if (reply?.type === "BatchedLookupAndGetRetMsg") {
           const n = reply.num_hit_chunks;
@@ -783,7 +788,7 @@ export class P2PBackend implements AsyncDisposable {
           result.hitChunks = n;
           result.keys = keys.slice(0, n);
           result.pages = pages.slice(0, n);
-          this.#releaseOrQuarantine(pages.slice(n), inDoubt);
+          this.pool.release(pages.slice(n));
           pages = [];
           this.#stats.fetchedChunks += n;
           result.seconds = (performance.now() - t0) / 1000;
@@ -796,6 +801,14 @@ export class P2PBackend implements AsyncDisposable {
           throw fetchError(url, result.attempts, reply, failure, code);
         }
         this.#stats.retries++;
+        if (inDoubt) {
+          // A late WRITE of the unanswered request may still land in these pages: the
+          // retry gets fresh ones, these stay out of use for a while.
+          this.#releaseOrQuarantine(pages, true);
+          pages = [];
+          pages = await takePages();
+          inDoubt = false;
+        }
         link = await this.#ensurePeer(url, link, result);
       }
     } catch (e) {
