@@ -8,6 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   ChunkStore,
+  fillPattern,
   loadConfig,
   MockMemoryChannel,
   P2PBackend,
@@ -356,4 +357,47 @@ test("p2p mock: ChunkStore pins keep a removed chunk's page until the last unpin
   assert.throws(() => store.unpin(pin), /not pinned/);
   store.add("b", 3n, p1, 20); // same page again: in place
   assert.deepEqual([store.peek("b")?.hash, pool.free], [3n, 1]);
+});
+
+test("p2p mock: random fetches while holders evict and store: every fetched byte is right", async () => {
+  await using registry = await startRegistry();
+  const small = { bufferSize: 12 * 64 * 1024 };
+  await using h1 = await instance(registry, "h1", small);
+  await using h2 = await instance(registry, "h2", small);
+  await using requester = await instance(registry, "requester", {
+    bufferSize: 64 * 64 * 1024,
+  });
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const docs = ["A", "B", "C"];
+  for (const h of [h1, h2]) await storeDoc(h, docs[rand(3)], 8);
+  let fetched = 0;
+  let hits = 0;
+  const churn = async () => {
+    for (let i = 0; i < 60; i++) {
+      const h = rand(2) ? h1 : h2;
+      const doc = docs[rand(3)];
+      const k = docKeys(doc, 1, rand(10))[0];
+      if (rand(2)) h.evict(k);
+      else await h.store(k, (page) => fillPattern(k, page)); // evicts the LRU when full
+      await new Promise((r) => setTimeout(r, rand(3)));
+    }
+  };
+  const fetcher = async () => {
+    for (let i = 0; i < 25; i++) {
+      const r = await requester.retrieve(docKeys(docs[rand(3)], 1 + rand(10)));
+      assert.equal(r.error, undefined, String(r.error));
+      assert.ok(r.hitChunks <= r.promised);
+      assert.equal(checkFetched(requester, r).bad, 0, "a fetched chunk had other bytes");
+      fetched++;
+      hits += r.hitChunks;
+    }
+  };
+  await Promise.all([churn(), fetcher(), fetcher()]);
+  assert.equal(fetched, 50);
+  assert.ok(hits > 0, "some chunks were found");
+  assert.equal(requester.stats.freePages, requester.pool.pageCount);
 });
