@@ -126,7 +126,8 @@ test("p2p registry: DEALER requests (newer LMCache) and register/heartbeat reque
   assert.deepEqual(decodeMessage(frames[1], ["BatchedP2PLookupRetMsg"]).layout_info[0][2], 1);
   await dealer.send([empty, encodeMessage(reg("q", 0, "127.0.0.1:9999"))]);
   const ret = new Decoder().decode((await dealer.receive())[1]) as Record<string, unknown>;
-  assert.deepEqual(ret, { type: "RegisterRetMsg", extra_config: {} });
+  // newer workers heartbeat (over a DEALER) to the URL the registration reply names
+  assert.deepEqual(ret, { type: "RegisterRetMsg", extra_config: { heartbeat_url: r.replyUrl } });
   await dealer.send([
     empty,
     encodeMessage({

@@ -36,6 +36,11 @@ export interface P2PRegistryOptions {
   sweepIntervalMs?: number;
   /** Largest message accepted (default 64 MiB). */
   maxMessageBytes?: number;
+  /**
+   * `host:port` newer LMCache workers send heartbeats to (returned in `RegisterRetMsg`'s
+   * `extra_config.heartbeat_url`); default the bound reply URL unless it is a wildcard.
+   */
+  heartbeatUrl?: string;
 }
 
 /** What the registry knows of one instance-worker. */
@@ -157,6 +162,7 @@ export class P2PRegistry implements AsyncDisposable {
   readonly replyUrl: string;
   /** Silence after which an instance is forgotten, ms. */
   readonly heartbeatTimeoutMs: number;
+  readonly #registerReply: Uint8Array;
   readonly #pull: PullSocket;
   readonly #router: RouterSocket;
   readonly #holders = new Map<string, Holder>();
@@ -178,6 +184,12 @@ export class P2PRegistry implements AsyncDisposable {
     this.pullUrl = boundUrl(pull, options.pullUrl);
     this.replyUrl = boundUrl(router, options.replyUrl);
     this.heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? 30_000;
+    const beatUrl = options.heartbeatUrl ??
+      (/^(0\.0\.0\.0|\*|\[::\]):/.test(this.replyUrl) ? undefined : this.replyUrl);
+    this.#registerReply = raw.encode({
+      type: "RegisterRetMsg",
+      extra_config: beatUrl ? { heartbeat_url: beatUrl } : {},
+    });
     const sweepMs = options.sweepIntervalMs ??
       Math.max(10, Math.min(1000, this.heartbeatTimeoutMs / 4));
     if (Number.isFinite(this.heartbeatTimeoutMs)) {
@@ -525,7 +537,7 @@ export class P2PRegistry implements AsyncDisposable {
         return encodeMessage(this.#lookupReply(msg));
       case "RegisterMsg":
         this.report(msg);
-        return raw.encode({ type: "RegisterRetMsg", extra_config: {} });
+        return this.#registerReply;
       case "HeartbeatMsg":
         this.report(msg);
         return raw.encode({ type: "HeartbeatRetMsg", commands: [] });
