@@ -1,7 +1,9 @@
 // The P2P registry on the wire, as LMCache's workers talk to a controller: reports pushed
 // to its PULL socket (several messages as the parts of one message), lookups from REQ and
 // DEALER sockets on its ROUTER socket; longest prefix, the asker excluded, same worker only,
-// re-registration, eviction, and forgetting silent instances.
+// re-registration, eviction, and forgetting silent instances; and a pyzmq (libzmq) worker
+// shaped like LMCache's talking to the registry and to a holder.
+import { spawn } from "node:child_process";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Decoder } from "@msgpack/msgpack";
@@ -14,7 +16,8 @@ import {
   ReqSocket,
 } from "../src/channel/wire/mod.ts";
 import { chunkHashOf, loadConfig, P2PRegistry, type P2PRegistryEvent } from "../mod.ts";
-import { startRegistry, until } from "./helpers/p2p_util.ts";
+import { instance, startRegistry, until } from "./helpers/p2p_util.ts";
+import { PYTHON, pythonSkipReason } from "./helpers/py_peer.ts";
 
 const reg = (id: string, worker = 0, url: string | null = `127.0.0.1:9${worker}00`) =>
   ({
@@ -201,4 +204,32 @@ test("p2p registry: undecodable reports are counted and skipped; fromConfig read
     P2PRegistry.listen({ pullUrl: r.pullUrl, replyUrl: "127.0.0.1:0" }),
     /cannot bind pullUrl/,
   );
+});
+
+const pySkip = pythonSkipReason() ?? false;
+
+test("p2p registry: an LMCache-style worker on libzmq (pyzmq) reports, looks up, asks a holder", {
+  skip: pySkip,
+}, async () => {
+  await using r = await startRegistry();
+  await using holder = await instance(null, "holder");
+  const script = new URL("./helpers/p2p_py_worker.py", import.meta.url).pathname;
+  const child = spawn(PYTHON, [script, r.pullUrl, r.replyUrl, holder.lookupUrl], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Uint8Array) => (stdout += new TextDecoder().decode(d)));
+  child.stderr!.on("data", (d: Uint8Array) => (stderr += new TextDecoder().decode(d)));
+  const code = await new Promise<number | null>((res) => child.on("close", res));
+  assert.equal(code, 0, stderr);
+  const lines = stdout.trim().split("\n").map((l) => JSON.parse(l));
+  const want = {
+    type: "BatchedP2PLookupRetMsg",
+    layout_info: [["py-worker", "LocalCPUBackend", 5, "127.0.0.1:1"]],
+  };
+  assert.deepEqual(lines[0], { via: "dealer", frames: 2, reply: want });
+  assert.deepEqual(lines[1], { via: "req", reply: want });
+  assert.deepEqual(lines[2], { via: "holder", reply: { type: "P2PErrorMsg", error_code: 3 } });
+  assert.equal(r.instances()[0].port, 7777);
 });
