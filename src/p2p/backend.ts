@@ -537,8 +537,11 @@ export class P2PBackend implements AsyncDisposable {
     const [page] = await this.allocate(1);
     try {
       const view = this.channel.pages[page];
-      if (data instanceof Uint8Array) view.set(data);
-      else data(view);
+      if (data instanceof Uint8Array) {
+        view.set(data);
+        // A short chunk still travels as a whole page: no bytes of the page's last owner.
+        if (data.length < view.length) view.fill(0, data.length);
+      } else data(view);
       this.put(key, page, data instanceof Uint8Array ? data.length : view.length);
     } catch (e) {
       if (this.pool.isAllocated(page) && !this.#store.has(key)) this.pool.release([page]);
