@@ -11,6 +11,8 @@ typedef struct { char reserved[KVP_CUDA_IPC_BYTES]; } cuda_ipc_handle;
 
 #define CUDA_MEMCPY_DEFAULT 4
 #define CUDA_IPC_LAZY_ENABLE_PEER_ACCESS 1
+#define CUDA_STREAM_NON_BLOCKING 1
+#define CUDA_EVENT_DISABLE_TIMING 2
 
 static struct {
     void *lib;
@@ -26,6 +28,13 @@ static struct {
     cuda_err (*host_register)(void *, size_t, unsigned);
     cuda_err (*malloc_host)(void **, size_t);
     cuda_err (*free_host)(void *);
+    cuda_err (*stream_create)(void **, unsigned);
+    cuda_err (*stream_sync)(void *);
+    cuda_err (*memcpy_async)(void *, const void *, size_t, int, void *);
+    cuda_err (*event_create)(void **, unsigned);
+    cuda_err (*event_record)(void *, void *);
+    cuda_err (*event_sync)(void *);
+    cuda_err (*event_destroy)(void *);
     const char *(*error_string)(cuda_err);
     int32_t status;       /* result of loading + cudaGetDeviceCount */
     int count;
@@ -33,6 +42,12 @@ static struct {
 } g_cuda;
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static atomic_bool g_loaded;
+
+/* The library's own streams, per device and queue (created on first use, kept until
+ * the process exits: destroying them at unload would race with other threads). */
+static pthread_mutex_t g_stream_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *_Atomic g_streams[KVP_CUDA_MAX_DEVS][KVP_CUDA_NQ];
 
 static const char *cerr(cuda_err e) {
     const char *s = g_cuda.error_string ? g_cuda.error_string(e) : NULL;
@@ -40,17 +55,22 @@ static const char *cerr(cuda_err e) {
 }
 
 static void load_once(void) {
-    static const char *const names[] = {
-        "libcudart.so", "libcudart.so.13", "libcudart.so.12",
+    /* KVPORT_CUDART: an explicit libcudart path, tried first (a CUDA install outside
+     * the loader's path, or a test double). */
+    static const char *names[] = {
+        NULL, "libcudart.so", "libcudart.so.13", "libcudart.so.12",
         "/usr/local/cuda/lib64/libcudart.so", "/usr/local/cuda/lib64/libcudart.so.13",
         "/usr/local/cuda/lib64/libcudart.so.12",
     };
-    char tried[512] = "";
+    const char *env = getenv("KVPORT_CUDART");
+    names[0] = env && *env ? env : NULL;
+    char tried[640] = "";
     size_t off = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0] && !g_cuda.lib; i++) {
+        if (!names[i]) continue;
         g_cuda.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
         if (g_cuda.lib) g_cuda.lib_name = names[i];
-        int n = snprintf(tried + off, sizeof tried - off, "%s%s", i ? ", " : "", names[i]);
+        int n = snprintf(tried + off, sizeof tried - off, "%s%s", off ? ", " : "", names[i]);
         if (n > 0 && (size_t)n < sizeof tried - off) off += (size_t)n;
     }
     if (!g_cuda.lib) {
@@ -82,6 +102,13 @@ static void load_once(void) {
     SYM(host_register, "cudaHostRegister");
     SYM(malloc_host, "cudaMallocHost");
     SYM(free_host, "cudaFreeHost");
+    SYM(stream_create, "cudaStreamCreateWithFlags");
+    SYM(stream_sync, "cudaStreamSynchronize");
+    SYM(memcpy_async, "cudaMemcpyAsync");
+    SYM(event_create, "cudaEventCreateWithFlags");
+    SYM(event_record, "cudaEventRecord");
+    SYM(event_sync, "cudaEventSynchronize");
+    SYM(event_destroy, "cudaEventDestroy");
 #undef SYM
     int n = 0;
     cuda_err e = g_cuda.get_device_count(&n);
@@ -94,6 +121,7 @@ static void load_once(void) {
     }
     g_cuda.count = n;
     g_cuda.status = KVP_SUCCESS;
+    atomic_store(&g_loaded, true);
 }
 
 int32_t kvp_cuda_devices(int32_t *count) {
@@ -194,6 +222,83 @@ int32_t kvp_cuda_host_alloc(uint64_t size, void **out) {
 
 void kvp_cuda_host_free(void *p) {
     if (p && g_cuda.free_host) (void)g_cuda.free_host(p);
+}
+
+bool kvp_cuda_loaded(void) { return atomic_load(&g_loaded); }
+
+static int32_t stream_of(int32_t dev, int q, void **out) {
+    if (dev < 0 || dev >= KVP_CUDA_MAX_DEVS || q < 0 || q >= KVP_CUDA_NQ)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "CUDA device %d is beyond the %d this library "
+                       "keeps streams for", dev, KVP_CUDA_MAX_DEVS);
+    void *s = atomic_load(&g_streams[dev][q]);
+    if (s) {
+        *out = s;
+        return KVP_SUCCESS;
+    }
+    pthread_mutex_lock(&g_stream_mu);
+    s = atomic_load(&g_streams[dev][q]);
+    int32_t st = KVP_SUCCESS;
+    if (!s) {
+        cuda_err e = g_cuda.stream_create(&s, CUDA_STREAM_NON_BLOCKING);
+        if (e) st = kvp_err(KVP_ERR_BACKEND, "cudaStreamCreateWithFlags on device %d failed: %s",
+                            dev, cerr(e));
+        else atomic_store(&g_streams[dev][q], s);
+    }
+    pthread_mutex_unlock(&g_stream_mu);
+    if (st == KVP_SUCCESS) *out = s;
+    return st;
+}
+
+int32_t kvp_cuda_event_create(int32_t dev, void **out) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    void *ev = NULL;
+    cuda_err e = g_cuda.event_create(&ev, CUDA_EVENT_DISABLE_TIMING);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaEventCreateWithFlags failed: %s", cerr(e));
+    *out = ev;
+    return KVP_SUCCESS;
+}
+
+void kvp_cuda_event_destroy(int32_t dev, void *ev) {
+    if (!ev || !g_cuda.event_destroy) return;
+    if (set_dev(dev) == KVP_SUCCESS) (void)g_cuda.event_destroy(ev);
+}
+
+int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint64_t len,
+                            void *ev) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    void *s = NULL;
+    st = stream_of(dev, q, &s);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.memcpy_async((void *)(uintptr_t)dst, (const void *)(uintptr_t)src,
+                                     (size_t)len, CUDA_MEMCPY_DEFAULT, s);
+    if (e)
+        return kvp_err(KVP_ERR_BACKEND, "cudaMemcpyAsync of %llu bytes (0x%llx <- 0x%llx) on "
+                       "device %d failed: %s", (unsigned long long)len, (unsigned long long)dst,
+                       (unsigned long long)src, dev, cerr(e));
+    if (ev) {
+        e = g_cuda.event_record(ev, s);
+        if (e) return kvp_err(KVP_ERR_BACKEND, "cudaEventRecord failed: %s", cerr(e));
+    }
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_event_wait(int32_t dev, void *ev) {
+    KVP_UNUSED(dev);
+    cuda_err e = g_cuda.event_sync(ev);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "waiting for a CUDA copy failed: %s", cerr(e));
+    return KVP_SUCCESS;
+}
+
+void kvp_cuda_quiesce(void) {
+    if (!g_cuda.stream_sync) return;
+    for (int d = 0; d < KVP_CUDA_MAX_DEVS; d++) {
+        for (int q = 0; q < KVP_CUDA_NQ; q++) {
+            void *s = atomic_load(&g_streams[d][q]);
+            if (s && set_dev(d) == KVP_SUCCESS) (void)g_cuda.stream_sync(s);
+        }
+    }
 }
 
 KVP_API int32_t kvp_cuda_device_count(int32_t *count) {

@@ -25,4 +25,27 @@ int32_t kvp_cuda_ipc_close(int32_t dev, uint64_t ptr);
 int32_t kvp_cuda_host_alloc(uint64_t size, void **out);
 void kvp_cuda_host_free(void *p);
 
+/* Asynchronous copies. The library keeps, per device, a few non-blocking streams of its
+ * own (never the legacy default stream, so an application's kernels are not serialised
+ * behind our copies): KVP_CUDA_Q_D2H and KVP_CUDA_Q_H2D for staging through pinned host
+ * memory (one per direction, so both copy engines work), KVP_CUDA_Q_COPY for direct
+ * copies (DRAM<->VRAM, VRAM<->VRAM, a peer's VRAM through CUDA IPC). */
+enum { KVP_CUDA_Q_COPY = 0, KVP_CUDA_Q_D2H = 1, KVP_CUDA_Q_H2D = 2, KVP_CUDA_NQ = 3 };
+#define KVP_CUDA_MAX_DEVS 64
+/* Events: created with timing disabled; recorded after a copy, waited on by the host. */
+int32_t kvp_cuda_event_create(int32_t dev, void **out);
+void kvp_cuda_event_destroy(int32_t dev, void *ev);
+/* Queues a copy of len bytes (cudaMemcpyDefault: unified addressing picks the
+ * direction) on queue q of device dev, then records ev (may be NULL) after it. */
+int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint64_t len,
+                            void *ev);
+/* Blocks until ev has completed. */
+int32_t kvp_cuda_event_wait(int32_t dev, void *ev);
+/* Waits until every copy queued so far on the library's streams has completed (every
+ * device). Deregistration of VRAM calls it so that no staged copy still touches the
+ * memory once kvp_deregister returns. No-op when CUDA was never loaded. */
+void kvp_cuda_quiesce(void);
+/* True once libcudart was loaded successfully (without loading it). */
+bool kvp_cuda_loaded(void);
+
 #endif
