@@ -86,6 +86,7 @@ export class RegistryClient {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #beat: ReturnType<typeof setInterval> | undefined;
   #closed = false;
+  #beating = false;
   /** Pushes that failed (the data is sent again with the next resync). */
   failures = 0;
   /** The last push failure, or null. */
@@ -150,8 +151,10 @@ export class RegistryClient {
   }
 
   #heartbeat(): void {
-    if (this.#closed || !this.#push) return;
+    // One heartbeat at a time: while the registry is away they do not pile up.
+    if (this.#closed || !this.#push || this.#beating) return;
     const o = this.#o;
+    this.#beating = true;
     this.#send([
       {
         type: "HeartbeatMsg",
@@ -161,7 +164,7 @@ export class RegistryClient {
         port: o.port,
         peer_init_url: o.peerInitUrl,
       },
-    ]).catch(() => {});
+    ]).catch(() => {}).finally(() => (this.#beating = false));
     this.#schedule();
   }
 
