@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "engine.h"
+#include "engine_nixl_glue.h"
 #include "errors.h"
 #include "metadata.h"
 
@@ -17,7 +18,8 @@ static const char *nixl_prefix(void) {
 }
 
 const char *kvp_nixl_unavailable_reason(void) {
-    return "NIXL is not available: this library was built without the nixl engine";
+    const char *r = kvp_nixl_reason();
+    return *r ? r : "NIXL is available: create the agent with engine \"nixl\" or \"auto\"";
 }
 
 /* "searched=..." value: the header and library folders the nixl engine would need. */
@@ -34,12 +36,25 @@ static void nixl_searched(kvp_buf *b) {
                          found ? "(exists)" : "(missing)");
         if (n > 0) kvp_buf_put(b, item, (size_t)KVP_MIN((size_t)n, sizeof item - 1));
     }
+    const char *mod = kvp_nixl_searched();
+    if (*mod) {
+        kvp_buf_put(b, ",", 1);
+        kvp_buf_put(b, mod, strlen(mod));
+    }
+}
+
+/* What engine "auto" means: $KVPORT_ENGINE (auto, builtin or nixl) when set. */
+static const char *auto_engine(void) {
+    const char *e = getenv("KVPORT_ENGINE");
+    return (e && (strcmp(e, "builtin") == 0 || strcmp(e, "nixl") == 0)) ? e : "auto";
 }
 
 KVP_API int32_t kvp_engines(uint8_t *buf, uint64_t cap, uint64_t *len) {
     kvp_err_clear();
-    static const char e[] = "builtin";
-    return kvp_sized_out(e, sizeof e - 1, buf, cap, len);
+    static const char e[] = "builtin,nixl";
+    /* "nixl" when the engine module was built (found next to this library), loadable or
+     * not: kvp_engine_probe("nixl") says whether it loads. */
+    return kvp_sized_out(e, kvp_nixl_built() ? sizeof e - 1 : 7, buf, cap, len);
 }
 
 KVP_API int32_t kvp_engine_probe(const char *engine, uint8_t *buf, uint64_t cap, uint64_t *len) {
@@ -47,7 +62,22 @@ KVP_API int32_t kvp_engine_probe(const char *engine, uint8_t *buf, uint64_t cap,
     if (!engine) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_engine_probe: engine is NULL");
     kvp_buf b = {0};
     char line[512];
-    if (strcmp(engine, "builtin") == 0 || strcmp(engine, "auto") == 0) {
+    if (strcmp(engine, "auto") == 0 && strcmp(auto_engine(), "auto") != 0)
+        engine = auto_engine(); /* KVPORT_ENGINE decides what auto is */
+    bool auto_nixl = false;
+    if (strcmp(engine, "auto") == 0 && kvp_nixl_module()) {
+        /* auto takes the nixl engine when its module loads and NIXL is usable */
+        kvp_nixl_probe(&b, &auto_nixl);
+        if (!auto_nixl) {
+            kvp_buf_free(&b);
+            b = (kvp_buf){0};
+        }
+    }
+    if (auto_nixl) {
+        kvp_buf_put(&b, "resolved=nixl\nsearched=", 23);
+        nixl_searched(&b);
+        kvp_buf_put(&b, "\n", 1);
+    } else if (strcmp(engine, "builtin") == 0 || strcmp(engine, "auto") == 0) {
         snprintf(line, sizeof line,
                  "engine=builtin\navailable=1\nreason=\nplugins=UCX,TCP,POSIX\n"
                  "version=" KVP_VERSION_STRING "\nabi=%u\n%s",
@@ -57,9 +87,8 @@ KVP_API int32_t kvp_engine_probe(const char *engine, uint8_t *buf, uint64_t cap,
         if (engine[0] == 'a') nixl_searched(&b);
         kvp_buf_put(&b, "\n", 1);
     } else if (strcmp(engine, "nixl") == 0) {
-        snprintf(line, sizeof line, "engine=nixl\navailable=0\nreason=%s\nplugins=\nversion=\n",
-                 kvp_nixl_unavailable_reason());
-        kvp_buf_put(&b, line, strlen(line));
+        bool avail;
+        kvp_nixl_probe(&b, &avail);
         kvp_buf_put(&b, "searched=", 9);
         nixl_searched(&b);
         kvp_buf_put(&b, "\n", 1);
@@ -93,6 +122,7 @@ int32_t kvp_agent_base_init(kvp_agent *a, const kvp_engine_ops *ops, const char 
     snprintf(a->name, sizeof a->name, "%s", name);
     atomic_init(&a->dying, false);
     a->gone = false;
+    a->note[0] = 0;
     if (pthread_mutex_init(&a->life_mu, NULL) != 0)
         return kvp_err(KVP_ERR_BACKEND, "pthread_mutex_init failed");
     if (pthread_cond_init(&a->life_cv, NULL) != 0) {
@@ -151,28 +181,63 @@ KVP_API int32_t kvp_agent_create(const char *name, const char *engine, const cha
         if (*c < 0x20 || *c == 0x7f)
             return kvp_err(KVP_ERR_INVALID_PARAM, "agent name contains a control character");
     const char *eng = (engine && *engine) ? engine : "auto";
-    if (strcmp(eng, "nixl") == 0) {
-        kvp_buf b = {0};
-        nixl_searched(&b);
-        kvp_buf_u8(&b, 0);
-        int32_t st = kvp_err(KVP_ERR_NOT_SUPPORTED, "%s (searched %s); use engine \"builtin\"",
-                             kvp_nixl_unavailable_reason(), b.oom ? "?" : (char *)b.p);
-        kvp_buf_free(&b);
-        return st;
-    }
-    if (strcmp(eng, "auto") != 0 && strcmp(eng, "builtin") != 0)
+    const char *requested = eng;
+    if (strcmp(eng, "auto") == 0) eng = auto_engine();
+    if (strcmp(eng, "nixl") != 0 && strcmp(eng, "auto") != 0 && strcmp(eng, "builtin") != 0)
         return kvp_err(KVP_ERR_INVALID_PARAM,
                        "unknown engine \"%.64s\": expected \"auto\", \"builtin\" or \"nixl\"", eng);
-    uint32_t mask;
-    int32_t st = parse_backends(backends, &mask);
-    if (st != KVP_SUCCESS) return st;
-    kvp_params pp;
-    st = kvp_params_parse(params, &pp);
-    if (st != KVP_SUCCESS) return st;
     kvp_agent *a = NULL;
-    st = kvp_builtin_create(name, mask, &pp, &a);
-    kvp_params_free(&pp);
-    if (st != KVP_SUCCESS) return st;
+    int32_t st;
+    char nixl_why[KVP_MSG_MAX] = "";
+    int32_t nixl_st = KVP_SUCCESS;
+    if (strcmp(eng, "nixl") == 0) {
+        if (!kvp_nixl_module()) {
+            kvp_buf b = {0};
+            nixl_searched(&b);
+            kvp_buf_u8(&b, 0);
+            st = kvp_err(KVP_ERR_NOT_SUPPORTED, "%s (searched %s); use engine \"builtin\"",
+                         kvp_nixl_unavailable_reason(), b.oom ? "?" : (char *)b.p);
+            kvp_buf_free(&b);
+            return st;
+        }
+        st = kvp_nixl_create(name, requested, backends, params, &a);
+        if (st != KVP_SUCCESS) return st;
+    } else if (strcmp(eng, "auto") == 0 && kvp_nixl_module()) {
+        /* auto: the nixl engine when it creates the agent with these backends and
+         * params, else the builtin engine (which says why NIXL was not used). */
+        st = kvp_nixl_create(name, requested, backends, params, &a);
+        if (st != KVP_SUCCESS) {
+            nixl_st = st;
+            snprintf(nixl_why, sizeof nixl_why, "%s", kvp_err_text());
+            kvp_err_clear();
+            a = NULL;
+        }
+    }
+    if (!a) {
+        uint32_t mask;
+        st = parse_backends(backends, &mask);
+        kvp_params pp;
+        if (st == KVP_SUCCESS) {
+            st = kvp_params_parse(params, &pp);
+            if (st == KVP_SUCCESS) {
+                st = kvp_builtin_create(name, mask, &pp, &a);
+                kvp_params_free(&pp);
+            }
+        }
+        if (st != KVP_SUCCESS) {
+            if (nixl_st != KVP_SUCCESS) {
+                /* NIXL is there and refused: its reason comes first. */
+                char mine[KVP_MSG_MAX];
+                snprintf(mine, sizeof mine, "%s", kvp_err_text());
+                return kvp_err(nixl_st, "%s (engine auto: the builtin engine cannot serve it "
+                               "either: %s)", nixl_why, mine);
+            }
+            return st;
+        }
+        if (nixl_st != KVP_SUCCESS)
+            snprintf(a->note, sizeof a->note, "nixl engine not used (%s): %.560s",
+                     kvp_status_name(nixl_st), nixl_why);
+    }
     st = kvp_handle_insert(&a->obj, out_agent);
     if (st != KVP_SUCCESS) {
         /* Never published, but an engine may already have lent it out internally (e.g.
@@ -231,7 +296,13 @@ static int32_t buf_out(int32_t st, kvp_buf *b, uint8_t *buf, uint64_t cap, uint6
 
 static int32_t do_info(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {
     kvp_buf b = {0};
-    return buf_out(a->ops->info(a, &b), &b, buf, cap, len);
+    int32_t st = a->ops->info(a, &b);
+    if (st == KVP_SUCCESS && a->note[0]) {
+        kvp_buf_put(&b, "engine_note=", 12);
+        for (const char *c = a->note; *c; c++) kvp_buf_u8(&b, *c == '\n' ? ' ' : (uint8_t)*c);
+        kvp_buf_put(&b, "\n", 1);
+    }
+    return buf_out(st, &b, buf, cap, len);
 }
 KVP_API int32_t kvp_agent_info(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len) {
     WITH_AGENT(agent, do_info(a, buf, cap, len));

@@ -58,6 +58,9 @@ struct kvp_agent {
     pthread_mutex_t life_mu;
     pthread_cond_t life_cv;
     bool gone;
+    /* Why engine "auto" did not take the nixl engine ("" when it did, or not asked);
+     * kvp_agent_info reports it as engine_note. */
+    char note[640];
 };
 
 /* Initializes the base (refs = 1). */

@@ -1,4 +1,5 @@
 /* test_api.c - handle misuse, engines, argument checks, descriptor lists. */
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "t.h"
@@ -72,27 +73,37 @@ TEST(status_names_and_last_error) {
 TEST(engines_probe_and_nixl_unavailable) {
     uint8_t buf[2048];
     uint64_t len;
+    /* Where NIXL is installed and the nixl engine was built (test_nixl.c covers that
+     * case), the checks below that need NIXL to be absent are left out. */
+    OK(kvp_engine_probe("nixl", buf, sizeof buf - 1, &len));
+    buf[len] = 0;
+    const bool nixl = strstr((char *)buf, "available=1") != NULL;
+    if (nixl) printf("    (NIXL available here: the nixl-unavailable checks are skipped)\n");
     OK(kvp_engines(buf, sizeof buf, &len));
-    CHECK(len == 7 && memcmp(buf, "builtin", 7) == 0);
+    if (!nixl) CHECK(len == 7 && memcmp(buf, "builtin", 7) == 0);
     OK(kvp_engine_probe("builtin", buf, sizeof buf - 1, &len));
     buf[len] = 0;
     CHECK(strstr((char *)buf, "available=1") && strstr((char *)buf, "plugins=UCX,TCP,POSIX"));
     OK(kvp_engine_probe("nixl", buf, sizeof buf - 1, &len));
     buf[len] = 0;
-    CHECK(strstr((char *)buf, "available=0"));
-    CHECK(strstr((char *)buf, "reason=NIXL is not available"));
+    if (!nixl) {
+        CHECK(strstr((char *)buf, "available=0"));
+        CHECK(strstr((char *)buf, "reason=NIXL is not available"));
+    }
     CHECK(strstr((char *)buf, "nixl.h"));
     OK(kvp_engine_probe("auto", buf, sizeof buf - 1, &len));
     buf[len] = 0;
-    CHECK(strstr((char *)buf, "resolved=builtin"));
+    CHECK(strstr((char *)buf, nixl ? "resolved=nixl" : "resolved=builtin"));
     CHECK_ST(kvp_engine_probe("bogus", buf, sizeof buf, &len), KVP_ERR_INVALID_PARAM);
     /* Too small a buffer: full size reported, nothing copied. */
     uint64_t need;
     OK(kvp_engine_probe("nixl", buf, 3, &need));
     CHECK(need > 3);
     uint64_t a;
-    CHECK_ST(kvp_agent_create("N", "nixl", "UCX", NULL, &a), KVP_ERR_NOT_SUPPORTED);
-    CHECK_ERR_HAS("NIXL is not available");
+    if (!nixl) {
+        CHECK_ST(kvp_agent_create("N", "nixl", "UCX", NULL, &a), KVP_ERR_NOT_SUPPORTED);
+        CHECK_ERR_HAS("NIXL is not available");
+    }
     CHECK_ST(kvp_agent_create("N", "builtin", "UCX,GDS", NULL, &a), KVP_ERR_NOT_SUPPORTED);
     CHECK_ERR_HAS("backend GDS needs the nixl engine");
     CHECK_ST(kvp_agent_create("N", "builtin", "OBJ", NULL, &a), KVP_ERR_NOT_SUPPORTED);
@@ -102,8 +113,8 @@ TEST(engines_probe_and_nixl_unavailable) {
     CHECK_ST(kvp_agent_create("N", "builtin", NULL, "io_threads=0", &a), KVP_ERR_INVALID_PARAM);
     CHECK_ST(kvp_agent_create("N", "builtin", NULL, "nokey", &a), KVP_ERR_INVALID_PARAM);
     /* Backend-prefixed keys are for backends: accepted. */
-    OK(kvp_agent_create("N", "auto", "UCX", "listen_host=127.0.0.1\nUCX.num_workers=4\n"
-                                            "TCP.listen_port=0", &a));
+    OK(kvp_agent_create("N", nixl ? "builtin" : "auto", "UCX",
+                        "listen_host=127.0.0.1\nUCX.num_workers=4\nTCP.listen_port=0", &a));
     OK(kvp_agent_info(a, buf, sizeof buf - 1, &len));
     buf[len] = 0;
     CHECK(strstr((char *)buf, "engine=builtin") && strstr((char *)buf, "listen=127.0.0.1:"));
