@@ -150,12 +150,15 @@ enum bi_state { RS_IDLE, RS_ACTIVE, RS_DONE };
  * cudaMemcpy can reach: ours, a same-process peer's, a peer's VRAM opened through CUDA
  * IPC, a peer memfd mapped here), a peer address (CMA, TCP) or a file offset
  * (PATH_FILE, fd). fd: the file descriptor (FILE) or CUDA device to use (CUDA). rdev:
- * device of the remote side (same-process checks). */
+ * device of the remote side (same-process checks; TCP: the peer's CUDA device when its
+ * side is VRAM). ldev: CUDA device of mem when the local side is VRAM staged through
+ * host memory (TCP, FILE), else -1. */
 typedef struct bi_piece {
     uint64_t mem, other, len;
     int32_t fd;
     bool direct;
     uint64_t rdev;
+    int32_t ldev;
 } bi_piece;
 
 /* A job of the copy workers: pieces p0..p1 inclusive, from offset o0 in p0 to offset
@@ -175,6 +178,7 @@ struct bi_req {
     int32_t op;
     int path;
     int32_t rtype;       /* memory type of the remote side */
+    int32_t ltype;       /* memory type of the local side */
     bool out;            /* data flows from mem to other (WRITE; FILE: to the file) */
     bi_remote *remote;   /* NULL for loopback */
     uint64_t np;
@@ -266,6 +270,10 @@ struct bi_agent {
     bi_conn *conns;             /* every connection (mu) */
     /* posts per path and inline completions (reported by kvp_agent_info) */
     atomic_uint_fast64_t n_posts[PATH_COUNT], n_inline;
+    /* VRAM <-> FILE staging rings, one per job running (stage_mu) */
+    pthread_mutex_t stage_mu;
+    struct bi_fstage *fstage;
+    atomic_uint_fast64_t n_staged;  /* VRAM requests staged through host memory */
     struct bi_agent *live_next; /* registry of live agents of this process */
 };
 
@@ -347,6 +355,12 @@ void bi_notif_free_all(bi_agent *a);
 /* files.c: file helpers for the workers. */
 int32_t bi_file_rw(bool to_file, int fd, bool direct, uint8_t *mem, uint64_t off,
                    uint64_t len, char *msg, size_t cap);
+/* The same for VRAM memory (device ldev), staged through pinned host memory with the
+ * copies overlapped with the file I/O. */
+int32_t bi_file_rw_vram(bi_agent *a, bool to_file, int fd, bool direct, int32_t ldev,
+                        uint64_t mem, uint64_t off, uint64_t len, char *msg, size_t cap);
+/* Frees the agent's staging rings (destroy). */
+void bi_fstage_free_all(bi_agent *a);
 
 /* Ops tables of the builtin engine are split by file; builtin_agent.c assembles them. */
 int32_t bi_xfer_create(kvp_agent *a, int32_t op, uint64_t lp, const uint32_t *li, uint64_t rp,

@@ -170,14 +170,16 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     }
     kvp_random_bytes(a->token, sizeof a->token);
     kvp_hostid_self(&a->id);
-    bool mu = false, rw = false, cv = false;
+    bool mu = false, rw = false, cv = false, smu = false;
     if (pthread_mutex_init(&a->mu, NULL) == 0) mu = true;
     if (pthread_rwlock_init(&a->reg_rw, NULL) == 0) rw = true;
     if (kvp_cond_init(&a->nq_cv) == 0) cv = true;
-    if (!mu || !rw || !cv) {
+    if (pthread_mutex_init(&a->stage_mu, NULL) == 0) smu = true;
+    if (!mu || !rw || !cv || !smu) {
         if (mu) pthread_mutex_destroy(&a->mu);
         if (rw) pthread_rwlock_destroy(&a->reg_rw);
         if (cv) pthread_cond_destroy(&a->nq_cv);
+        if (smu) pthread_mutex_destroy(&a->stage_mu);
         kvp_agent_base_fini(&a->base);
         free(a);
         return kvp_err(KVP_ERR_BACKEND, "cannot initialize agent locks");
@@ -192,6 +194,7 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
         pthread_mutex_destroy(&a->mu);
         pthread_rwlock_destroy(&a->reg_rw);
         pthread_cond_destroy(&a->nq_cv);
+        pthread_mutex_destroy(&a->stage_mu);
         kvp_agent_base_fini(&a->base);
         free(a);
         return st;
@@ -250,6 +253,7 @@ static void bi_destroy(kvp_agent *ka) {
     /* 2. Threads: the progress thread first (it owns every connection), then workers. */
     bi_tcp_stop(a);
     bi_pool_stop(&a->pool);
+    bi_fstage_free_all(a);
     /* 3. Lists, registrations, remotes. */
     while (a->prepped) {
         bi_prepped *p = a->prepped;
@@ -280,6 +284,7 @@ static void bi_destroy(kvp_agent *ka) {
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->reg_rw);
     pthread_cond_destroy(&a->nq_cv);
+    pthread_mutex_destroy(&a->stage_mu);
     kvp_agent_base_fini(&a->base);
     free(a);
 }
@@ -306,13 +311,14 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
      * really bypassed sockets. */
     snprintf(line, sizeof line,
              "posts_mem=%llu\nposts_cma=%llu\nposts_tcp=%llu\nposts_file=%llu\n"
-             "posts_cuda=%llu\nposts_inline=%llu\n",
+             "posts_cuda=%llu\nposts_inline=%llu\nposts_staged=%llu\n",
              (unsigned long long)atomic_load(&a->n_posts[PATH_MEM]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_CMA]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_TCP]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_FILE]),
              (unsigned long long)atomic_load(&a->n_posts[PATH_CUDA]),
-             (unsigned long long)atomic_load(&a->n_inline));
+             (unsigned long long)atomic_load(&a->n_inline),
+             (unsigned long long)atomic_load(&a->n_staged));
     kvp_buf_put(out, line, strlen(line));
     return KVP_SUCCESS;
 }
@@ -507,6 +513,10 @@ static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
     }
     int32_t st = KVP_SUCCESS;
     if (found) {
+        /* Staged VRAM copies are queued on the library's streams and may outlive the
+         * recv/send that queued them: wait for them, so that none touches this memory
+         * once we return (new ones revalidate against the new index). */
+        if (g->mem_type == KVP_VRAM && kvp_cuda_loaded()) kvp_cuda_quiesce();
         g->dead = true;
         a->reg_epoch++;
         st = rebuild_local_index(a);

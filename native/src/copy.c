@@ -32,6 +32,16 @@ int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
     r->jobs = NULL;
     r->nj = 0;
     if (r->np == 0) return KVP_SUCCESS;
+    if (r->path == PATH_CUDA) {
+        /* One job: it queues every piece's copy on the device's copy stream and waits
+         * once, so the GPU runs the copies back to back (consecutive pages were merged
+         * into one copy already); splitting it would only add host round trips. */
+        r->jobs = malloc(sizeof *r->jobs);
+        if (!r->jobs) return kvp_err(KVP_ERR_BACKEND, "out of memory planning the request");
+        r->jobs[0] = (bi_job){0, (uint32_t)(r->np - 1), 0, r->p[r->np - 1].len};
+        r->nj = 1;
+        return KVP_SUCCESS;
+    }
     /* About four jobs per worker so that workers stay balanced, within bounds that keep
      * per-job overhead negligible and a cancel (which waits for running jobs) short. The
      * size is a multiple of 64 KiB so that split pieces keep O_DIRECT alignment. */
@@ -91,20 +101,52 @@ static int32_t exec_mem(bi_req *r, const bi_job *j) {
     return KVP_SUCCESS;
 }
 
-/* cudaMemcpy with cudaMemcpyDefault: unified addressing tells host from device memory,
- * so one call covers DRAM<->VRAM and VRAM<->VRAM (a peer's VRAM opened through CUDA IPC
- * included). */
+/* cudaMemcpyAsync with cudaMemcpyDefault (unified addressing tells host from device
+ * memory, so one call covers DRAM<->VRAM and VRAM<->VRAM, a peer's VRAM opened through
+ * CUDA IPC included) on the library's copy stream of each device the job uses, then one
+ * event per device and one wait: no host round trip between the copies of a batch. On
+ * an error the copies already queued are still waited for, so that nothing touches the
+ * request's memory after it finished. */
+#define CUDA_JOB_DEVS 8
 static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
+    int32_t devs[CUDA_JOB_DEVS];
+    int nd = 0;
+    int32_t st = KVP_SUCCESS;
     FOR_SEGMENTS(r, j, pi, off, n) {
+        if (st != KVP_SUCCESS) continue;
         const bi_piece *p = &r->p[pi];
         uint64_t m = p->mem + off, o = p->other + off;
-        int32_t st = r->out ? kvp_cuda_memcpy(p->fd, o, m, n) : kvp_cuda_memcpy(p->fd, m, o, n);
-        if (st != KVP_SUCCESS) {
+        int k = 0;
+        while (k < nd && devs[k] != p->fd) k++;
+        if (k == nd) {
+            if (nd == CUDA_JOB_DEVS) {
+                /* More devices in one request than we track: synchronous copy. */
+                st = r->out ? kvp_cuda_memcpy(p->fd, o, m, n) : kvp_cuda_memcpy(p->fd, m, o, n);
+                if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
+                continue;
+            }
+            devs[nd++] = p->fd;
+        }
+        st = r->out ? kvp_cuda_copy_async(p->fd, KVP_CUDA_Q_COPY, o, m, n, NULL)
+                    : kvp_cuda_copy_async(p->fd, KVP_CUDA_Q_COPY, m, o, n, NULL);
+        if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
+    }
+    for (int k = 0; k < nd; k++) {
+        void *ev = NULL;
+        int32_t s2 = kvp_cuda_event_get(devs[k], &ev);
+        if (s2 == KVP_SUCCESS) s2 = kvp_cuda_record(devs[k], KVP_CUDA_Q_COPY, ev);
+        if (s2 == KVP_SUCCESS) s2 = kvp_cuda_event_wait(devs[k], ev);
+        else if (ev) {
+            /* Cannot record: wait for the whole stream instead (never return early). */
+            kvp_cuda_quiesce();
+        }
+        kvp_cuda_event_put(devs[k], ev);
+        if (s2 != KVP_SUCCESS && st == KVP_SUCCESS) {
+            st = s2;
             snprintf(msg, cap, "%s", kvp_err_text());
-            return st;
         }
     }
-    return KVP_SUCCESS;
+    return st;
 }
 
 /* Same-process peer: its memory is our memory, so a stale pointer would fault in our
@@ -211,8 +253,12 @@ static int32_t exec_cma(bi_req *r, const bi_job *j, char *msg, size_t cap) {
 static int32_t exec_file(bi_req *r, const bi_job *j, char *msg, size_t cap) {
     FOR_SEGMENTS(r, j, pi, off, n) {
         const bi_piece *p = &r->p[pi];
-        int32_t st = bi_file_rw(r->out, p->fd, p->direct, (uint8_t *)(uintptr_t)(p->mem + off),
-                                p->other + off, n, msg, cap);
+        int32_t st = p->ldev >= 0
+                         ? bi_file_rw_vram(r->a, r->out, p->fd, p->direct, p->ldev, p->mem + off,
+                                           p->other + off, n, msg, cap)
+                         : bi_file_rw(r->out, p->fd, p->direct,
+                                      (uint8_t *)(uintptr_t)(p->mem + off), p->other + off, n,
+                                      msg, cap);
         if (st != KVP_SUCCESS) return st;
     }
     return KVP_SUCCESS;

@@ -284,6 +284,46 @@ int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint
     return KVP_SUCCESS;
 }
 
+int32_t kvp_cuda_record(int32_t dev, int q, void *ev) {
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    void *s = NULL;
+    st = stream_of(dev, q, &s);
+    if (st != KVP_SUCCESS) return st;
+    cuda_err e = g_cuda.event_record(ev, s);
+    if (e) return kvp_err(KVP_ERR_BACKEND, "cudaEventRecord failed: %s", cerr(e));
+    return KVP_SUCCESS;
+}
+
+#define EV_POOL 16
+static void *g_ev_pool[KVP_CUDA_MAX_DEVS][EV_POOL];
+static int g_ev_n[KVP_CUDA_MAX_DEVS];
+
+int32_t kvp_cuda_event_get(int32_t dev, void **out) {
+    if (dev >= 0 && dev < KVP_CUDA_MAX_DEVS) {
+        pthread_mutex_lock(&g_stream_mu);
+        void *ev = g_ev_n[dev] > 0 ? g_ev_pool[dev][--g_ev_n[dev]] : NULL;
+        pthread_mutex_unlock(&g_stream_mu);
+        if (ev) {
+            *out = ev;
+            return KVP_SUCCESS;
+        }
+    }
+    return kvp_cuda_event_create(dev, out);
+}
+
+void kvp_cuda_event_put(int32_t dev, void *ev) {
+    if (!ev) return;
+    if (dev >= 0 && dev < KVP_CUDA_MAX_DEVS) {
+        pthread_mutex_lock(&g_stream_mu);
+        bool kept = g_ev_n[dev] < EV_POOL;
+        if (kept) g_ev_pool[dev][g_ev_n[dev]++] = ev;
+        pthread_mutex_unlock(&g_stream_mu);
+        if (kept) return;
+    }
+    kvp_cuda_event_destroy(dev, ev);
+}
+
 int32_t kvp_cuda_event_wait(int32_t dev, void *ev) {
     KVP_UNUSED(dev);
     cuda_err e = g_cuda.event_sync(ev);

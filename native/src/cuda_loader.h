@@ -39,6 +39,11 @@ void kvp_cuda_event_destroy(int32_t dev, void *ev);
  * direction) on queue q of device dev, then records ev (may be NULL) after it. */
 int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint64_t len,
                             void *ev);
+/* Records ev on queue q of device dev, after everything queued there so far. */
+int32_t kvp_cuda_record(int32_t dev, int q, void *ev);
+/* An event of device dev from a small per-process pool (kvp_cuda_event_put returns it). */
+int32_t kvp_cuda_event_get(int32_t dev, void **out);
+void kvp_cuda_event_put(int32_t dev, void *ev);
 /* Blocks until ev has completed. */
 int32_t kvp_cuda_event_wait(int32_t dev, void *ev);
 /* Waits until every copy queued so far on the library's streams has completed (every

@@ -18,6 +18,7 @@
 
 #include "builtin.h"
 #include "errors.h"
+#include "stage.h"
 
 #define DIRECT_ALIGN 4096u
 
@@ -75,6 +76,106 @@ int32_t bi_file_rw(bool to_file, int fd, bool direct, uint8_t *mem, uint64_t off
         done += (uint64_t)n;
     }
     kvp_close(twin);
+    return st;
+}
+
+/* ------------------------------------------------------------ FILE <-> VRAM ---- */
+
+/* A pair of staging rings for one job (an agent keeps the idle ones for reuse). */
+typedef struct bi_fstage {
+    struct bi_fstage *next;
+    kvp_stx tx;
+    kvp_srx rx;
+} bi_fstage;
+
+static bi_fstage *fstage_get(bi_agent *a) {
+    pthread_mutex_lock(&a->stage_mu);
+    bi_fstage *f = a->fstage;
+    if (f) a->fstage = f->next;
+    pthread_mutex_unlock(&a->stage_mu);
+    if (f) return f;
+    f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    kvp_stx_init(&f->tx, &kvp_stage_cuda_ops, 0, 0);
+    kvp_srx_init(&f->rx, &kvp_stage_cuda_ops, 0, 0);
+    return f;
+}
+
+static void fstage_put(bi_agent *a, bi_fstage *f) {
+    pthread_mutex_lock(&a->stage_mu);
+    f->next = a->fstage;
+    a->fstage = f;
+    pthread_mutex_unlock(&a->stage_mu);
+}
+
+void bi_fstage_free_all(bi_agent *a) {
+    pthread_mutex_lock(&a->stage_mu);
+    bi_fstage *f = a->fstage;
+    a->fstage = NULL;
+    pthread_mutex_unlock(&a->stage_mu);
+    while (f) {
+        bi_fstage *n = f->next;
+        kvp_stx_fini(&f->tx);
+        kvp_srx_fini(&f->rx);
+        free(f);
+        f = n;
+    }
+}
+
+/* VRAM -> file: device-to-host copies of the next chunks run while a chunk is written;
+ * file -> VRAM: a chunk is read while the previous one is copied to the device. */
+int32_t bi_file_rw_vram(bi_agent *a, bool to_file, int fd, bool direct, int32_t ldev,
+                        uint64_t mem, uint64_t off, uint64_t len, char *msg, size_t cap) {
+    bi_fstage *f = fstage_get(a);
+    if (!f) {
+        snprintf(msg, cap, "out of memory staging VRAM for a file transfer");
+        return KVP_ERR_BACKEND;
+    }
+    int32_t st = KVP_SUCCESS;
+    uint64_t done = 0;
+    if (to_file) {
+        uint64_t fed = 0;
+        while (done < len && st == KVP_SUCCESS) {
+            if (fed < len && !kvp_stx_full(&f->tx)) {
+                uint64_t taken = 0;
+                st = kvp_stx_feed(&f->tx, f, ldev, mem, fed, len - fed, &taken);
+                fed += taken;
+                if (st != KVP_SUCCESS) break;
+            }
+            const uint8_t *p;
+            uint64_t n;
+            st = kvp_stx_front(&f->tx, f, done, &p, &n);
+            if (st != KVP_SUCCESS) break;
+            st = bi_file_rw(true, fd, direct, (uint8_t *)p, off + done, n, msg, cap);
+            if (st != KVP_SUCCESS) break;
+            kvp_stx_consume(&f->tx, n);
+            done += n;
+        }
+        if (st != KVP_SUCCESS && !msg[0])
+            snprintf(msg, cap, "staging VRAM (device %d) to fd %d: %s", ldev, fd,
+                     f->tx.r.msg[0] ? f->tx.r.msg : kvp_err_text());
+        kvp_stx_reset(&f->tx);
+    } else {
+        st = kvp_srx_begin(&f->rx, ldev, mem);
+        while (st == KVP_SUCCESS && done < len) {
+            uint8_t *p;
+            uint64_t room;
+            st = kvp_srx_space(&f->rx, &p, &room);
+            if (st != KVP_SUCCESS) break;
+            uint64_t n = KVP_MIN(room, len - done);
+            st = bi_file_rw(false, fd, direct, p, off + done, n, msg, cap);
+            if (st != KVP_SUCCESS) break;
+            done += n;
+            st = kvp_srx_commit(&f->rx, n, done == len);
+        }
+        int32_t s2 = kvp_srx_drain(&f->rx);
+        if (st == KVP_SUCCESS) st = s2;
+        if (st != KVP_SUCCESS && !msg[0])
+            snprintf(msg, cap, "staging fd %d into VRAM (device %d): %s", fd, ldev,
+                     f->rx.r.msg[0] ? f->rx.r.msg : kvp_err_text());
+    }
+    f->tx.r.msg[0] = f->rx.r.msg[0] = '\0';
+    fstage_put(a, f);
     return st;
 }
 

@@ -11,6 +11,13 @@
  * straight into the validated destination (recv into the target's memory); READ data
  * likewise. Posting threads send inline until the socket buffer is full; the progress
  * thread continues on EPOLLOUT.
+ *
+ * VRAM (either side) is staged through pinned host memory (stage.c), overlapped with
+ * the socket: a connection's tx ring queues device-to-host copies of the VRAM payloads
+ * next in its send queue while earlier bytes are sent; its rx ring receives a VRAM
+ * payload slot by slot and queues each slot's host-to-device copy while the next slot
+ * is received. A WRITE is acknowledged, and a READ completes, only after those copies
+ * have finished.
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -26,6 +33,7 @@
 
 #include "builtin.h"
 #include "errors.h"
+#include "stage.h"
 
 #define RX_BUDGET (64ull << 20)   /* bytes per connection per wakeup (fairness) */
 #define SCRATCH (64u << 10)
@@ -64,6 +72,7 @@ struct bi_txi {
     bool owned;           /* free the item once sent */
     bool zero;            /* send zeros for the rest of the payload */
     bool served;          /* payload is this agent's registered memory (target READ) */
+    int32_t vram;         /* payload is VRAM of CUDA device vram - 1 (0: host memory) */
     uint64_t epoch;
     uint64_t saddr;       /* served: address of the payload start */
 };
@@ -108,6 +117,8 @@ struct bi_conn {
     int32_t w_err;
     char w_msg[512];
     uint64_t r_err_req;
+    int32_t rx_vdev;     /* CUDA device of the payload being received, -1: host memory */
+    kvp_srx *srx;        /* staging into VRAM (progress thread; rx_mu for READ data) */
     /* initiator side (rx_mu) */
     pthread_mutex_t rx_mu;
     bi_pend *pend;
@@ -116,6 +127,8 @@ struct bi_conn {
     pthread_mutex_t tx_mu;
     bi_txi *th, *tt;
     bool out_armed;
+    kvp_stx *stx;        /* staging out of VRAM (tx_mu) */
+    char stage_err[400]; /* why staging failed (the connection is then shut down) */
     atomic_bool dead;    /* closed: nothing is sent any more */
     atomic_bool broken;  /* shut down, the progress thread will close it */
     bool freed_pending;  /* progress thread: in the deferred list */
@@ -142,6 +155,14 @@ void bi_conn_put(bi_conn *c) {
         c->pend = p->next;
         kvp_obj_put(&p->req->obj);
         free(p);
+    }
+    if (c->stx) {
+        kvp_stx_fini(c->stx);
+        free(c->stx);
+    }
+    if (c->srx) {
+        kvp_srx_fini(c->srx);
+        free(c->srx);
     }
     kvp_close(c->fd);
     free(c->body);
@@ -172,6 +193,7 @@ static bi_conn *conn_new(bi_agent *a, int fd, bool inbound) {
     c->fd = fd;
     c->inbound = inbound;
     c->rx = RX_HDR;
+    c->rx_vdev = -1;
     return c;
 }
 
@@ -226,8 +248,75 @@ static void arm_out(bi_conn *c, bool on) {
  * reg_rw for reading. */
 static void revalidate_served(bi_agent *a, bi_txi *t) {
     if (!t->served || t->zero || t->epoch == a->reg_epoch) return;
-    if (bi_index_find(&a->lidx, KVP_DRAM, 0, t->saddr, t->plen)) t->epoch = a->reg_epoch;
+    if (bi_index_find(&a->lidx, t->vram ? KVP_VRAM : KVP_DRAM,
+                      t->vram ? (uint64_t)(t->vram - 1) : 0, t->saddr, t->plen))
+        t->epoch = a->reg_epoch;
     else t->zero = true;
+}
+
+/* ----------------------------------------------------------- VRAM staging ---- */
+
+static bool stage_tx_ensure(bi_conn *c) {
+    if (c->stx) return true;
+    c->stx = malloc(sizeof *c->stx);
+    if (!c->stx) return false;
+    kvp_stx_init(c->stx, &kvp_stage_cuda_ops, 0, 0);
+    return true;
+}
+
+static bool stage_rx_ensure(bi_conn *c) {
+    if (c->srx) return true;
+    c->srx = malloc(sizeof *c->srx);
+    if (!c->srx) return false;
+    kvp_srx_init(c->srx, &kvp_stage_cuda_ops, 0, 0);
+    return true;
+}
+
+/* Staging out of VRAM failed: nothing sensible can go on the wire for that frame, so
+ * the connection is shut down (what was pending on it fails with this message). */
+static void stage_tx_fail(bi_conn *c) {
+    snprintf(c->stage_err, sizeof c->stage_err, "staging VRAM through host memory failed: %.300s",
+             c->stx && c->stx->r.msg[0] ? c->stx->r.msg : kvp_err_text());
+    atomic_store(&c->broken, true);
+    (void)shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Queues device-to-host copies of the VRAM payloads next in the send queue, as far as
+ * the ring has room, so that they run while earlier bytes are on the wire. Continues
+ * after the last chunk fed (whose frame is still queued: a frame leaves the queue only
+ * once its chunks were consumed, and removals reset the ring). tx_mu held; on inbound
+ * connections reg_rw too (locked). */
+static bool stage_prefetch(bi_conn *c, bool locked) {
+    kvp_stx *s = c->stx;
+    if (!s || kvp_stx_full(s)) return true;
+    const void *tk;
+    uint64_t tend;
+    bi_txi *t;
+    uint64_t from;
+    if (kvp_stx_tail(s, &tk, &tend)) {
+        t = (bi_txi *)(uintptr_t)tk;
+        from = tend;
+    } else {
+        t = c->th;
+        from = t ? t->poff : 0;
+    }
+    int idle = 0; /* items looked at since the last VRAM one (bounded walk) */
+    while (t && !kvp_stx_full(s) && idle < 64) {
+        if (t->vram && locked) revalidate_served(c->a, t);
+        if (t->vram && !t->zero && from < t->plen) {
+            uint64_t taken = 0;
+            int32_t st = kvp_stx_feed(s, t, t->vram - 1, (uint64_t)(uintptr_t)t->pay, from,
+                                      t->plen - from, &taken);
+            if (st != KVP_SUCCESS) return false;
+            if (taken < t->plen - from) break; /* ring full (or another device next) */
+            idle = 0;
+        } else {
+            idle++;
+        }
+        t = t->next;
+        from = t ? t->poff : 0;
+    }
+    return true;
 }
 
 /* Sends as much as the socket takes. Caller holds c->tx_mu. */
@@ -241,6 +330,12 @@ static void tx_flush_locked(bi_conn *c) {
             pthread_rwlock_rdlock(&a->reg_rw);
             locked = true;
         }
+        if (c->stx && !stage_prefetch(c, locked)) {
+            if (locked) pthread_rwlock_unlock(&a->reg_rw);
+            stage_tx_fail(c);
+            return;
+        }
+        bool failed = false;
         for (bi_txi *t = c->th; t && n < TX_IOV - 1; t = t->next) {
             if (t->hoff < t->hlen) {
                 uint8_t *h = t->hdyn ? t->hdyn : t->hbuf;
@@ -250,6 +345,8 @@ static void tx_flush_locked(bi_conn *c) {
             }
             if (t->poff < t->plen) {
                 if (locked) revalidate_served(a, t);
+                if (t->zero && t->vram && c->stx && kvp_stx_holds(c->stx, t))
+                    kvp_stx_reset(c->stx); /* its staged chunks will not be sent */
                 uint64_t left = t->plen - t->poff;
                 if (t->zero) {
                     iov[n].iov_base = (void *)g_zeros;
@@ -257,11 +354,37 @@ static void tx_flush_locked(bi_conn *c) {
                     n++;
                     break; /* the item is not done after this entry */
                 }
+                if (t->vram) {
+                    /* The staged copy of the next bytes (waits for its copy). */
+                    const uint8_t *sp = NULL;
+                    uint64_t sn = 0;
+                    int32_t st = c->stx ? kvp_stx_front(c->stx, t, t->poff, &sp, &sn)
+                                        : KVP_ERR_BACKEND;
+                    if (st == KVP_ERR_NOT_FOUND) {
+                        kvp_stx_reset(c->stx);
+                        st = stage_prefetch(c, locked)
+                                 ? kvp_stx_front(c->stx, t, t->poff, &sp, &sn)
+                                 : KVP_ERR_BACKEND;
+                    }
+                    if (st != KVP_SUCCESS) {
+                        failed = true;
+                        break;
+                    }
+                    iov[n].iov_base = (void *)sp;
+                    iov[n].iov_len = (size_t)sn;
+                    n++;
+                    break; /* one staged chunk per send */
+                }
                 iov[n].iov_base = (void *)(t->pay + t->poff);
                 iov[n].iov_len = (size_t)KVP_MIN(left, IOV_CAP);
                 n++;
                 if (left > IOV_CAP) break;
             }
+        }
+        if (failed) {
+            if (locked) pthread_rwlock_unlock(&a->reg_rw);
+            stage_tx_fail(c);
+            return;
         }
         struct msghdr mh;
         memset(&mh, 0, sizeof mh);
@@ -292,6 +415,7 @@ static void tx_flush_locked(bi_conn *c) {
                 take = KVP_MIN(pl, left);
                 t->poff += take;
                 left -= take;
+                if (t->vram && !t->zero && take > 0) kvp_stx_consume(c->stx, take);
             }
             if (t->hoff == t->hlen && t->poff == t->plen) {
                 c->th = t->next;
@@ -366,51 +490,73 @@ void bi_tcp_free_frames(bi_req *r) {
     r->ntx = 0;
 }
 
+/* READ_REQ frames: at most W_READ_PIECES_PER_FRAME pieces each, and, when the peer's
+ * side is VRAM, one device per frame (the device travels in the header). */
+static uint64_t read_frames(const bi_req *r, bool build, bi_txi *tx, int32_t *st) {
+    bool vram = r->rtype == KVP_VRAM;
+    uint64_t n = 0, first = 0;
+    while (first < r->np) {
+        uint64_t cnt = 1;
+        while (first + cnt < r->np && cnt < W_READ_PIECES_PER_FRAME &&
+               (!vram || r->p[first + cnt].rdev == r->p[first].rdev))
+            cnt++;
+        if (build) {
+            uint32_t blen = (uint32_t)(8 + 16 * cnt);
+            bi_txi *t = &tx[n];
+            t->hdyn = malloc(W_HDR + blen);
+            if (!t->hdyn) {
+                *st = kvp_err(KVP_ERR_BACKEND, "out of memory preparing frames");
+                return n;
+            }
+            w_hdr wh = {W_READ_REQ, (uint16_t)((first + cnt == r->np ? W_FLAG_ACK : 0) |
+                                               (vram ? W_FLAG_VRAM : 0)),
+                        blen, vram ? (int32_t)r->p[first].rdev : 0, 0, 0};
+            w_hdr_put(t->hdyn, &wh);
+            kvp_put_u32(t->hdyn + W_HDR, (uint32_t)first);
+            kvp_put_u32(t->hdyn + W_HDR + 4, (uint32_t)cnt);
+            for (uint64_t i = 0; i < cnt; i++) {
+                uint8_t *q = t->hdyn + W_HDR + 8 + 16 * i;
+                kvp_put_u64(q, r->p[first + i].other);
+                kvp_put_u64(q + 8, r->p[first + i].len);
+            }
+            t->hlen = W_HDR + blen;
+            t->req = (bi_req *)r;
+        }
+        n++;
+        first += cnt;
+    }
+    return n;
+}
+
 int32_t bi_tcp_prepare(bi_req *r) {
     if (r->np == 0) return KVP_SUCCESS;
-    uint64_t n = r->op == KVP_WRITE ? r->np
-                                    : (r->np + W_READ_PIECES_PER_FRAME - 1) / W_READ_PIECES_PER_FRAME;
     if (r->np > UINT32_MAX) return kvp_err(KVP_ERR_INVALID_PARAM, "too many pieces");
+    int32_t st = KVP_SUCCESS;
+    uint64_t n = r->op == KVP_WRITE ? r->np : read_frames(r, false, NULL, &st);
     r->tx = calloc((size_t)n, sizeof *r->tx);
     if (!r->tx) return kvp_err(KVP_ERR_BACKEND, "out of memory preparing frames");
     r->ntx = (uint32_t)n;
     if (r->op == KVP_WRITE) {
+        bool vram = r->rtype == KVP_VRAM;
         for (uint64_t i = 0; i < n; i++) {
             bi_txi *t = &r->tx[i];
             const bi_piece *p = &r->p[i];
-            w_hdr wh = {W_WRITE, (uint16_t)(i + 1 == n ? W_FLAG_ACK : 0), 8, 0, 0, p->len};
+            w_hdr wh = {W_WRITE,
+                        (uint16_t)((i + 1 == n ? W_FLAG_ACK : 0) | (vram ? W_FLAG_VRAM : 0)), 8,
+                        vram ? (int32_t)p->rdev : 0, 0, p->len};
             w_hdr_put(t->hbuf, &wh);
             kvp_put_u64(t->hbuf + W_HDR, p->other);
             t->hlen = W_HDR + 8;
             t->pay = (const uint8_t *)(uintptr_t)p->mem;
             t->plen = p->len;
+            t->vram = p->ldev >= 0 ? p->ldev + 1 : 0; /* staged out of our VRAM */
             t->req = r;
         }
         return KVP_SUCCESS;
     }
-    for (uint64_t f = 0; f < n; f++) {
-        uint64_t first = f * W_READ_PIECES_PER_FRAME;
-        uint64_t cnt = KVP_MIN((uint64_t)W_READ_PIECES_PER_FRAME, r->np - first);
-        uint32_t blen = (uint32_t)(8 + 16 * cnt);
-        bi_txi *t = &r->tx[f];
-        t->hdyn = malloc(W_HDR + blen);
-        if (!t->hdyn) {
-            bi_tcp_free_frames(r);
-            return kvp_err(KVP_ERR_BACKEND, "out of memory preparing frames");
-        }
-        w_hdr wh = {W_READ_REQ, (uint16_t)(f + 1 == n ? W_FLAG_ACK : 0), blen, 0, 0, 0};
-        w_hdr_put(t->hdyn, &wh);
-        kvp_put_u32(t->hdyn + W_HDR, (uint32_t)first);
-        kvp_put_u32(t->hdyn + W_HDR + 4, (uint32_t)cnt);
-        for (uint64_t i = 0; i < cnt; i++) {
-            uint8_t *q = t->hdyn + W_HDR + 8 + 16 * i;
-            kvp_put_u64(q, r->p[first + i].other);
-            kvp_put_u64(q + 8, r->p[first + i].len);
-        }
-        t->hlen = W_HDR + blen;
-        t->req = r;
-    }
-    return KVP_SUCCESS;
+    (void)read_frames(r, true, r->tx, &st);
+    if (st != KVP_SUCCESS) bi_tcp_free_frames(r);
+    return st;
 }
 
 int32_t bi_tcp_post(bi_conn *c, bi_req *r, uint64_t post_id) {
@@ -429,6 +575,11 @@ int32_t bi_tcp_post(bi_conn *c, bi_req *r, uint64_t post_id) {
         pthread_mutex_unlock(&c->tx_mu);
         bi_tcp_cancel(c, r);
         return kvp_err(KVP_ERR_REMOTE_DISCONNECT, "connection to %s is closed", c->peer);
+    }
+    if (r->op == KVP_WRITE && r->ltype == KVP_VRAM && !stage_tx_ensure(c)) {
+        pthread_mutex_unlock(&c->tx_mu);
+        bi_tcp_cancel(c, r);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory staging VRAM for %s", c->peer);
     }
     TRACE("post %llu: %u frames to %s (queue %s)", (unsigned long long)post_id, r->ntx, c->peer,
           c->th ? "busy" : "empty");
@@ -452,6 +603,8 @@ static void tx_purge(bi_conn *c, bi_req *r) {
      * a filler carrying the rest of its header and zeros for the rest of its payload,
      * so the stream stays well framed and r's memory is no longer referenced. */
     pthread_mutex_lock(&c->tx_mu);
+    /* The ring may hold chunks of r's frames (or, after them, of others): start over. */
+    if (r->txq > 0 && c->stx) kvp_stx_reset(c->stx);
     if (r->txq > 0) {
         bi_txi *prev = NULL;
         for (bi_txi *t = c->th; t;) {
@@ -512,6 +665,9 @@ void bi_tcp_cancel(bi_conn *c, bi_req *r) {
      * memory (it checks c->cur under rx_mu around every recv). */
     bi_pend *drop = NULL;
     pthread_mutex_lock(&c->rx_mu);
+    /* Copies staged into r's VRAM may still be queued: wait for them (the progress
+     * thread queues them under rx_mu, so none starts after this). */
+    if (c->srx && r->ltype == KVP_VRAM) (void)kvp_srx_drain(c->srx);
     for (bi_pend **pp = &c->pend; *pp;) {
         bi_pend *p = *pp;
         if (p->req == r) {
@@ -724,6 +880,7 @@ int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out) {
  * reference is dropped by the caller after the current epoll batch. */
 static void conn_fail(bi_conn *c, int32_t status, const char *why) {
     bi_agent *a = c->a;
+    if (c->stage_err[0]) why = c->stage_err;
     TRACE("conn to %s (%s) failed: %s", c->peer, c->inbound ? "in" : "out", why);
     pthread_mutex_lock(&c->tx_mu);
     if (atomic_load(&c->dead)) {
@@ -734,6 +891,7 @@ static void conn_fail(bi_conn *c, int32_t status, const char *why) {
     (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     kvp_close(c->fd);
     c->fd = -1;
+    if (c->stx) kvp_stx_reset(c->stx); /* no copy may outlive the frames it stages */
     while (c->th) {
         bi_txi *t = c->th;
         c->th = t->next;
@@ -746,9 +904,11 @@ static void conn_fail(bi_conn *c, int32_t status, const char *why) {
     bi_pend *pend = c->pend;
     c->pend = NULL;
     c->cur = NULL;
+    if (c->srx) (void)kvp_srx_drain(c->srx);
+    c->rx_vdev = -1;
     pthread_mutex_unlock(&c->rx_mu);
     char msg[600];
-    snprintf(msg, sizeof msg, "connection to agent %s lost: %s", c->peer[0] ? c->peer : "?",
+    snprintf(msg, sizeof msg, "connection to agent %s lost: %.300s", c->peer[0] ? c->peer : "?",
              why);
     while (pend) {
         bi_pend *p = pend;
@@ -792,6 +952,25 @@ static bi_pend *pend_take(bi_conn *c, uint64_t post_id) {
         }
     }
     return NULL;
+}
+
+/* A READ that cannot land (staging into VRAM failed): the request fails, the rest of
+ * its data is dropped. Progress thread; rx_mu NOT held. */
+static void read_fail(bi_conn *c, uint64_t post_id, const char *what) {
+    char m[600];
+    snprintf(m, sizeof m, "%s: %.400s", what,
+             c->srx && c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
+    if (c->srx) c->srx->r.msg[0] = '\0';
+    pthread_mutex_lock(&c->rx_mu);
+    bi_pend *p = pend_take(c, post_id);
+    if (p && c->cur == p) c->cur = NULL;
+    if (c->srx) (void)kvp_srx_drain(c->srx);
+    pthread_mutex_unlock(&c->rx_mu);
+    if (!p) return;
+    tx_purge(c, p->req);
+    bi_req_finish(p->req, p->post_id, KVP_ERR_BACKEND, m);
+    kvp_obj_put(&p->req->obj);
+    free(p);
 }
 
 /* Handles a complete header+body. Returns false when the connection must close (why
@@ -845,17 +1024,40 @@ static bool dispatch(bi_conn *c, const char **why) {
                 c->w_err = KVP_SUCCESS;
                 c->w_msg[0] = '\0';
             }
+            int32_t vdev = (h->flags & W_FLAG_VRAM) ? h->status : -1;
+            if ((h->flags & W_FLAG_VRAM) && vdev < 0) {
+                *why = "malformed WRITE (VRAM device)";
+                return false;
+            }
             pthread_rwlock_rdlock(&a->reg_rw);
-            bool ok = bi_index_find(&a->lidx, KVP_DRAM, 0, addr, h->payload_len) != NULL;
+            bool ok = bi_index_find(&a->lidx, vdev >= 0 ? KVP_VRAM : KVP_DRAM,
+                                    vdev >= 0 ? (uint64_t)vdev : 0, addr, h->payload_len) != NULL;
             c->epoch = a->reg_epoch;
             pthread_rwlock_unlock(&a->reg_rw);
             if (!ok && c->w_err == KVP_SUCCESS) {
                 c->w_err = KVP_ERR_INVALID_PARAM;
                 snprintf(c->w_msg, sizeof c->w_msg,
-                         "agent %s refused a write of %llu bytes at 0x%llx: not inside its "
+                         "agent %s refused a write of %llu bytes at 0x%llx%s: not inside its "
                          "registered memory",
                          a->base.name, (unsigned long long)h->payload_len,
-                         (unsigned long long)addr);
+                         (unsigned long long)addr, vdev >= 0 ? " (VRAM)" : "");
+            }
+            c->rx_vdev = -1;
+            if (ok && vdev >= 0) {
+                /* Lands in our VRAM: received into pinned slots, copied to the device. */
+                int32_t st = stage_rx_ensure(c) ? kvp_srx_begin(c->srx, vdev, addr)
+                                                : kvp_err(KVP_ERR_BACKEND, "out of memory");
+                if (st == KVP_SUCCESS) {
+                    c->rx_vdev = vdev;
+                } else {
+                    ok = false;
+                    if (c->w_err == KVP_SUCCESS) {
+                        c->w_err = st;
+                        snprintf(c->w_msg, sizeof c->w_msg,
+                                 "agent %s cannot stage a write into VRAM of device %d: %.150s",
+                                 a->base.name, vdev, kvp_err_text());
+                    }
+                }
             }
             c->rx = RX_PAY;
             c->pay = ok ? PAY_WRITE : PAY_DISCARD;
@@ -874,12 +1076,19 @@ static bool dispatch(bi_conn *c, const char **why) {
                 return false;
             }
             if (c->r_err_req == h->req_id && h->req_id != 0) return true; /* already failed */
+            int32_t vdev = (h->flags & W_FLAG_VRAM) ? h->status : -1;
+            if ((h->flags & W_FLAG_VRAM) && vdev < 0) {
+                *why = "malformed READ_REQ (VRAM device)";
+                return false;
+            }
             pthread_rwlock_rdlock(&a->reg_rw);
             uint64_t epoch = a->reg_epoch;
             uint32_t bad = UINT32_MAX;
             for (uint32_t i = 0; i < cnt && bad == UINT32_MAX; i++) {
                 const uint8_t *q = b + 8 + 16 * i;
-                if (!bi_index_find(&a->lidx, KVP_DRAM, 0, kvp_get_u64(q), kvp_get_u64(q + 8)))
+                if (!bi_index_find(&a->lidx, vdev >= 0 ? KVP_VRAM : KVP_DRAM,
+                                   vdev >= 0 ? (uint64_t)vdev : 0, kvp_get_u64(q),
+                                   kvp_get_u64(q + 8)))
                     bad = i;
             }
             pthread_rwlock_unlock(&a->reg_rw);
@@ -918,8 +1127,15 @@ static bool dispatch(bi_conn *c, const char **why) {
                 t->saddr = addr;
                 t->epoch = epoch;
                 t->batch = bt;
+                t->vram = vdev >= 0 ? vdev + 1 : 0; /* staged out of our VRAM */
             }
             pthread_mutex_lock(&c->tx_mu);
+            if (vdev >= 0 && !stage_tx_ensure(c)) {
+                pthread_mutex_unlock(&c->tx_mu);
+                free(bt);
+                *why = "out of memory serving a read of VRAM";
+                return false;
+            }
             for (uint32_t i = 0; i < cnt; i++) tx_append_locked(c, &bt->items[i]);
             tx_flush_locked(c);
             pthread_mutex_unlock(&c->tx_mu);
@@ -983,6 +1199,9 @@ static bool dispatch(bi_conn *c, const char **why) {
         bi_pend *p = NULL;
         for (bi_pend *q = c->pend; q; q = q->next)
             if (q->post_id == h->req_id) p = q;
+        c->rx_vdev = -1;
+        uint64_t fail_post = 0;
+        bi_req *fail_req = NULL;
         if (p) {
             bi_req *r = p->req;
             if (idx >= r->np || r->p[idx].len != h->payload_len) {
@@ -993,8 +1212,23 @@ static bool dispatch(bi_conn *c, const char **why) {
             c->cur = p;
             c->dst = (uint8_t *)(uintptr_t)r->p[idx].mem;
             c->pay = PAY_READ;
+            if (r->p[idx].ldev >= 0) {
+                /* Lands in our VRAM: staged through pinned slots. */
+                int32_t st = stage_rx_ensure(c)
+                                 ? kvp_srx_begin(c->srx, r->p[idx].ldev, r->p[idx].mem)
+                                 : kvp_err(KVP_ERR_BACKEND, "out of memory");
+                if (st == KVP_SUCCESS) {
+                    c->rx_vdev = r->p[idx].ldev;
+                } else {
+                    fail_post = p->post_id;
+                    fail_req = r;
+                    c->cur = NULL;
+                    c->pay = PAY_DISCARD;
+                }
+            }
         }
         pthread_mutex_unlock(&c->rx_mu);
+        if (fail_req) read_fail(c, fail_post, "staging READ data into VRAM failed");
         return true;
     }
     default:
@@ -1009,7 +1243,20 @@ static bool payload_done(bi_conn *c, const char **why) {
     c->rx = RX_HDR;
     c->hgot = 0;
     if (c->h.op == W_WRITE) {
+        c->rx_vdev = -1;
         if (c->h.flags & W_FLAG_ACK) {
+            /* Staged VRAM: acknowledge only once the last copies to the device are done
+             * (the initiator then notifies the peer, which may read the pages at once). */
+            if (c->srx) {
+                int32_t st = kvp_srx_drain(c->srx);
+                if (st != KVP_SUCCESS && c->w_err == KVP_SUCCESS) {
+                    c->w_err = st;
+                    snprintf(c->w_msg, sizeof c->w_msg,
+                             "agent %s: copying a staged write into VRAM failed: %.150s",
+                             a->base.name, c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
+                }
+                c->srx->r.msg[0] = '\0';
+            }
             if (send_ctrl(c, W_WRITE_ACK, c->w_err, c->h.req_id, c->w_msg,
                           (uint32_t)strlen(c->w_msg)) != KVP_SUCCESS) {
                 *why = "cannot send WRITE_ACK";
@@ -1020,16 +1267,30 @@ static bool payload_done(bi_conn *c, const char **why) {
     }
     /* READ_DATA */
     bi_pend *done = NULL;
+    int32_t dst = KVP_SUCCESS;
+    char dmsg[600] = "";
     pthread_mutex_lock(&c->rx_mu);
     bi_pend *p = c->cur;
     c->cur = NULL;
     if (p && c->pay == PAY_READ) {
         if (p->left > 0) p->left--;
-        if (p->left == 0) done = pend_take(c, p->post_id);
+        if (p->left == 0) {
+            /* Staged into VRAM: complete once the copies to the device are done. */
+            if (c->srx && p->req->ltype == KVP_VRAM) {
+                dst = kvp_srx_drain(c->srx);
+                if (dst != KVP_SUCCESS)
+                    snprintf(dmsg, sizeof dmsg, "copying READ data into VRAM failed: %.400s",
+                             c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
+                c->srx->r.msg[0] = '\0';
+            }
+            done = pend_take(c, p->post_id);
+        }
     }
+    c->rx_vdev = -1;
     pthread_mutex_unlock(&c->rx_mu);
     if (done) {
-        bi_req_complete(done->req, done->post_id);
+        if (dst == KVP_SUCCESS) bi_req_complete(done->req, done->post_id);
+        else bi_req_finish(done->req, done->post_id, dst, dmsg);
         kvp_obj_put(&done->req->obj);
         free(done);
     }
@@ -1058,8 +1319,9 @@ static bool conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **
                 pthread_rwlock_rdlock(&a->reg_rw);
                 if (c->epoch != a->reg_epoch) {
                     /* Something was deregistered since the frame was validated. */
-                    if (bi_index_find(&a->lidx, KVP_DRAM, 0, (uint64_t)(uintptr_t)c->dst,
-                                      c->left)) {
+                    if (bi_index_find(&a->lidx, c->rx_vdev >= 0 ? KVP_VRAM : KVP_DRAM,
+                                      c->rx_vdev >= 0 ? (uint64_t)c->rx_vdev : 0,
+                                      (uint64_t)(uintptr_t)c->dst, c->left)) {
                         c->epoch = a->reg_epoch;
                     } else {
                         c->pay = PAY_DISCARD;
@@ -1073,7 +1335,31 @@ static bool conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **
                         continue;
                     }
                 }
-                n = recv(c->fd, c->dst, want, 0);
+                if (c->rx_vdev >= 0) {
+                    /* Into a pinned slot; full slots are copied to the device meanwhile. */
+                    uint8_t *sp = NULL;
+                    uint64_t room = 0;
+                    int32_t st = kvp_srx_space(c->srx, &sp, &room);
+                    n = st == KVP_SUCCESS ? recv(c->fd, sp, (size_t)KVP_MIN((uint64_t)want, room), 0)
+                                          : -2;
+                    if (n > 0) st = kvp_srx_commit(c->srx, (uint64_t)n, (uint64_t)n == c->left);
+                    if (st != KVP_SUCCESS) {
+                        if (c->w_err == KVP_SUCCESS) {
+                            c->w_err = st;
+                            snprintf(c->w_msg, sizeof c->w_msg,
+                                     "agent %s: staging a write into VRAM failed: %.150s",
+                                     a->base.name,
+                                     c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
+                        }
+                        c->pay = PAY_DISCARD;
+                        if (n == -2) {
+                            pthread_rwlock_unlock(&a->reg_rw);
+                            continue;
+                        }
+                    }
+                } else {
+                    n = recv(c->fd, c->dst, want, 0);
+                }
                 pthread_rwlock_unlock(&a->reg_rw);
             } else if (c->pay == PAY_READ) {
                 pthread_mutex_lock(&c->rx_mu);
@@ -1082,8 +1368,24 @@ static bool conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **
                     pthread_mutex_unlock(&c->rx_mu);
                     continue;
                 }
-                n = recv(c->fd, c->dst, want, 0);
+                uint64_t fail_post = 0;
+                if (c->rx_vdev >= 0) {
+                    uint8_t *sp = NULL;
+                    uint64_t room = 0;
+                    int32_t st = kvp_srx_space(c->srx, &sp, &room);
+                    n = st == KVP_SUCCESS ? recv(c->fd, sp, (size_t)KVP_MIN((uint64_t)want, room), 0)
+                                          : -2;
+                    if (n > 0) st = kvp_srx_commit(c->srx, (uint64_t)n, (uint64_t)n == c->left);
+                    if (st != KVP_SUCCESS) {
+                        fail_post = c->cur->post_id;
+                        c->pay = PAY_DISCARD;
+                    }
+                } else {
+                    n = recv(c->fd, c->dst, want, 0);
+                }
                 pthread_mutex_unlock(&c->rx_mu);
+                if (fail_post) read_fail(c, fail_post, "staging READ data into VRAM failed");
+                if (n == -2) continue;
             } else {
                 n = recv(c->fd, scratch, KVP_MIN(want, (size_t)SCRATCH), 0);
             }

@@ -16,9 +16,12 @@
  *   WRITE      body u64 addr, then payload_len bytes that land at addr (validated
  *              against the target's registrations first; refused data is read and
  *              dropped). flags & FLAG_ACK on the last frame of a request.
+ *              flags & FLAG_VRAM: addr is VRAM of the target's CUDA device given in the
+ *              status field (the target stages it through pinned host memory).
  *   WRITE_ACK  after the FLAG_ACK frame landed: status of the request (first error of
  *              any of its frames) and the message as body.
  *   READ_REQ   body u32 first_piece, u32 count, count x (u64 addr, u64 len).
+ *              flags & FLAG_VRAM: the ranges are VRAM of the device in the status field.
  *   READ_DATA  body u32 piece, u32 0, then the piece's bytes.
  *   READ_ERR   status + message body; no data follows for that request.
  *   NOTIF      body = notification bytes (<= 64 KiB); the sender's name is the one of
@@ -48,6 +51,7 @@ enum w_op {
 };
 
 #define W_FLAG_ACK 1u
+#define W_FLAG_VRAM 2u
 
 #define W_MAX_PAYLOAD (1ULL << 40)
 #define W_MAX_MSG 1024u

@@ -61,14 +61,16 @@ typedef struct pair_ctx {
 } pair_ctx;
 
 static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len, int32_t fd,
-                         bool direct, uint64_t rdev) {
+                         bool direct, uint64_t rdev, int32_t ldev) {
     bi_req *r = c->r;
     if (len == 0) return KVP_SUCCESS;
     if (r->np > 0) {
         bi_piece *l = &r->p[r->np - 1];
-        /* Merge consecutive descriptors: both ends continue where the last piece ended. */
+        /* Merge consecutive descriptors: both ends continue where the last piece ended
+         * (for VRAM: one cudaMemcpy for a run of consecutive pages). */
         if (l->mem + l->len == mem && l->other + l->len == other && l->fd == fd &&
-            l->direct == direct && l->rdev == rdev && l->len + len >= l->len) {
+            l->direct == direct && l->rdev == rdev && l->ldev == ldev &&
+            l->len + len >= l->len) {
             l->len += len;
             r->total += len;
             return KVP_SUCCESS;
@@ -81,7 +83,7 @@ static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len
         r->p = np;
         c->cap = nc;
     }
-    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev};
+    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev, ldev};
     r->total += len;
     return KVP_SUCCESS;
 }
@@ -140,7 +142,24 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
             if (st != KVP_SUCCESS) break;
             other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
         }
-        st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0);
+        st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0, -1);
+    }
+    return st;
+}
+
+/* VRAM on either side with a peer on another host (or forced to TCP): the TCP
+ * transport stages VRAM through pinned host memory on whichever side has it (tcp.c,
+ * stage.c), so a process without CUDA can still write into a GPU peer's pages. */
+static int32_t build_remote_staged(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
+                                   const uint32_t *ri, uint64_t count) {
+    pair_ctx pc = {r, 0};
+    int32_t st = KVP_SUCCESS;
+    r->path = PATH_TCP;
+    for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
+        const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
+        st = add_piece(&pc, ld->addr, rd->addr, ld->len, -1, false,
+                       R->mem_type == KVP_VRAM ? rd->dev : 0,
+                       L->mem_type == KVP_VRAM ? (int32_t)ld->dev : -1);
     }
     return st;
 }
@@ -151,12 +170,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                                  const uint32_t *ri, uint64_t count) {
     bi_remote *rm = R->remote;
     int32_t lt = L->mem_type, rt = R->mem_type;
-    if (!rm->same_host)
-        return kvp_err(KVP_ERR_NOT_SUPPORTED,
-                       "VRAM transfers with agent %s over TCP are not implemented yet (staging "
-                       "through pinned host memory is a later GPU issue); agents on one host "
-                       "reach each other's VRAM through CUDA IPC",
-                       rm->name);
+    if (!rm->same_host) return build_remote_staged(r, L, li, R, ri, count);
     r->path = PATH_CUDA;
     pair_ctx pc = {r, 0};
     int32_t st = KVP_SUCCESS;
@@ -187,7 +201,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                 break;
             }
         }
-        st = add_piece(&pc, ld->addr, other, ld->len, dev, false, rd->dev);
+        st = add_piece(&pc, ld->addr, other, ld->len, dev, false, rd->dev, -1);
     }
     return st;
 }
@@ -245,11 +259,8 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
     /* Memory types. */
     int32_t lt = L->mem_type, rt = R->mem_type;
     bool vram = lt == KVP_VRAM || rt == KVP_VRAM;
-    if (st == KVP_SUCCESS && vram && (lt == KVP_FILE || rt == KVP_FILE))
-        st = kvp_err(KVP_ERR_NOT_SUPPORTED,
-                     "FILE <-> VRAM needs GPUDirect Storage (backend GDS of the nixl engine: %s); "
-                     "stage through DRAM",
-                     kvp_nixl_unavailable_reason());
+    /* FILE <-> VRAM: staged through pinned host memory by the copy workers (files.c);
+     * GPUDirect Storage (GDS) is the nixl engine's. */
     if (st == KVP_SUCCESS && lt == KVP_FILE && rt == KVP_FILE)
         st = kvp_err(KVP_ERR_NOT_SUPPORTED, "FILE to FILE transfers are not supported");
     if (st == KVP_SUCCESS && (lt == KVP_FILE || rt == KVP_FILE) && R->side != SIDE_SELF)
@@ -267,6 +278,7 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
         r->a = a;
         r->op = op;
         r->rtype = rt;
+        r->ltype = lt;
         r->state = RS_IDLE;
         r->status = KVP_ERR_NOT_POSTED;
         if (notif_len) {
@@ -287,7 +299,9 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
                     const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
                     const kvp_desc *m = lt == KVP_FILE ? rd : ld, *f = lt == KVP_FILE ? ld : rd;
                     bool dir = lt == KVP_FILE ? L->direct[li[i]] : R->direct[ri[i]];
-                    st = add_piece(&pc, m->addr, f->addr, m->len, (int32_t)f->dev, dir, 0);
+                    int32_t mt = lt == KVP_FILE ? rt : lt;
+                    st = add_piece(&pc, m->addr, f->addr, m->len, (int32_t)f->dev, dir, 0,
+                                   mt == KVP_VRAM ? (int32_t)m->dev : -1);
                 }
             } else if (vram) {
                 r->path = PATH_CUDA;
@@ -295,14 +309,15 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
                 for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
                     const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
                     st = add_piece(&pc, ld->addr, rd->addr, ld->len,
-                                   (int32_t)(lt == KVP_VRAM ? ld->dev : rd->dev), false, rd->dev);
+                                   (int32_t)(lt == KVP_VRAM ? ld->dev : rd->dev), false, rd->dev,
+                                   -1);
                 }
             } else {
                 r->path = PATH_MEM;
                 r->out = op == KVP_WRITE;
                 for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++)
                     st = add_piece(&pc, L->d[li[i]].addr, R->d[ri[i]].addr, L->d[li[i]].len, -1,
-                                   false, 0);
+                                   false, 0, -1);
             }
         } else {
             r->remote = R->remote;
@@ -519,6 +534,9 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         r->status = KVP_IN_PROG;
         r->msg[0] = '\0';
         atomic_fetch_add_explicit(&a->n_posts[r->path], 1, memory_order_relaxed);
+        if ((r->path == PATH_TCP || r->path == PATH_FILE) &&
+            (r->ltype == KVP_VRAM || r->rtype == KVP_VRAM))
+            atomic_fetch_add_explicit(&a->n_staged, 1, memory_order_relaxed);
         old = r->conn;
         r->conn = c;
         c = NULL;

@@ -112,26 +112,199 @@ TEST_T(cuda_ipc_two_processes, 60) {
     t_peer_stop(&p);
 }
 
-TEST(cuda_vram_over_tcp_is_not_supported_yet) {
-    if (!have_gpu()) return;
-    uint64_t t = t_agent("T", NULL, NULL), a = t_agent("I", "TCP", NULL);
-    uint64_t v, len = 1 << 20, dev = 0, reg, d;
-    OK(kvp_mem_alloc(KVP_VRAM, 0, len, &v));
-    OK(kvp_register(t, KVP_VRAM, &v, &len, &dev, 1, NULL, &reg));
-    OK(kvp_mem_alloc(KVP_DRAM, 0, len, &d));
+/* Whether a CUDA device is there, asked in a throw-away child so that this process stays
+ * CUDA-free until its peers are forked (a CUDA context does not survive fork). */
+static int gpu_in_child(void) {
+    fflush(stdout);
+    int pid = fork();
+    if (pid == 0) {
+        int32_t n = 0;
+        _exit(kvp_cuda_device_count(&n) == KVP_SUCCESS && n > 0 ? 0 : 3);
+    }
+    if (t_wait_child(pid) != 0) {
+        fprintf(stderr, "    skipped: no CUDA device\n");
+        return 0;
+    }
+    return 1;
+}
+
+static uint64_t info_count(uint64_t a, const char *key) {
+    uint8_t buf[2048];
+    uint64_t len = 0;
+    OK(kvp_agent_info(a, buf, sizeof buf - 1, &len));
+    buf[len] = '\0';
+    const char *at = strstr((const char *)buf, key);
+    return at ? strtoull(at + strlen(key) + 1, NULL, 10) : 0;
+}
+
+/* Fills page k of a VRAM buffer with seed base + k (through host memory). */
+static void fill_vram_pages(uint64_t v, uint64_t page, uint32_t n, uint32_t base) {
+    uint8_t *h = malloc(page);
+    for (uint32_t k = 0; k < n; k++) {
+        t_fill(h, page, base + k);
+        OK(kvp_mem_copy(KVP_VRAM, 0, v + k * page, KVP_DRAM, 0, (uint64_t)(uintptr_t)h, page));
+    }
+    free(h);
+}
+
+static int vram_page_is(uint64_t v, uint64_t page, uint32_t k, uint32_t seed) {
+    uint8_t *h = malloc(page);
+    OK(kvp_mem_copy(KVP_DRAM, 0, (uint64_t)(uintptr_t)h, KVP_VRAM, 0, v + k * page, page));
+    int ok = t_verify(h, page, seed);
+    free(h);
+    return ok;
+}
+
+/* VRAM over TCP between two processes (forced TCP, as between hosts): every combination
+ * of local DRAM/VRAM with the peer's VRAM, WRITE and READ, consecutive pages (merged
+ * into one frame, staged slot by slot) and scattered ones (a frame per page); pages
+ * larger than a staging slot and not a multiple of it. */
+TEST_T(cuda_vram_over_tcp_staged, 120) {
+    if (!gpu_in_child()) return;
+    enum { N = 6 };
+    const uint64_t page = (5u << 20) + 1234, size = N * page;
+    t_peer p;
+    t_peer_start(&p, "T", "TCP", NULL, size, 2);
+    uint64_t a = t_agent("I", "TCP", NULL), d, v, reg, len = size, dev0 = 0;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &d));
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
     OK(kvp_register(a, KVP_DRAM, &d, &len, NULL, 1, NULL, &reg));
-    uint64_t bl;
-    uint8_t *md = t_md(t, &bl);
-    t_load(a, md, bl);
-    free(md);
-    uint64_t lp = t_prep_pages(a, "", d, len, 1), rp = prep_type(a, "T", KVP_VRAM, v, len, 1);
-    uint32_t z = 0;
+    OK(kvp_register(a, KVP_VRAM, &v, &len, &dev0, 1, NULL, &reg));
+    uint64_t lp = t_prep_pages(a, "", d, page, N);
+    uint64_t lv = prep_type(a, "", KVP_VRAM, v, page, N);
+    uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, N);
+    uint32_t idx[N], rev[N];
+    for (uint32_t i = 0; i < N; i++) {
+        idx[i] = i;
+        rev[i] = N - 1 - i;
+    }
     uint64_t req;
-    CHECK_ST(kvp_xfer_create(a, KVP_WRITE, lp, &z, rp, &z, 1, NULL, 0, &req),
-             KVP_ERR_NOT_SUPPORTED);
-    CHECK_ERR_HAS("over TCP");
+    int verified = 0;
+    char msg[64];
+    /* DRAM -> peer VRAM, consecutive pages: one 31 MiB frame, landing slot by slot. */
+    t_fill((void *)(uintptr_t)d, size, 21);
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, N, (const uint8_t *)"w1", 2, &req));
+    post_wait(a, req);
+    CHECK(t_peer_notif(&p, 10000, 0, size, 21, &verified, NULL, msg) == 1 && verified);
+    OK(kvp_xfer_release(a, req));
+    /* VRAM -> peer VRAM, scattered: staged out of our GPU and into the peer's. */
+    fill_vram_pages(v, page, N, 300);
+    OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, rev, N, NULL, 0, &req));
+    post_wait(a, req);
+    for (uint32_t k = 0; k < N; k++)
+        CHECK_MSG(t_peer_verify(&p, rev[k] * page, page, 300 + k), "peer page %u", rev[k]);
+    /* Posted again: the same frames, the same staging rings. */
+    fill_vram_pages(v, page, N, 400);
+    post_wait(a, req);
+    for (uint32_t k = 0; k < N; k++) CHECK(t_peer_verify(&p, rev[k] * page, page, 400 + k));
+    OK(kvp_xfer_release(a, req));
+    /* peer VRAM -> our VRAM (scattered) and -> our DRAM (consecutive). */
+    t_peer_fill(&p, 0, size, 33);
+    OK(kvp_mem_copy(KVP_VRAM, 0, v, KVP_DRAM, 0, d, size)); /* stale bytes first */
+    OK(kvp_xfer_create(a, KVP_READ, lv, rev, rp, idx, N, NULL, 0, &req));
+    post_wait(a, req);
+    uint8_t *h = malloc(size), *want = malloc(size);
+    t_fill(want, size, 33);
+    OK(kvp_mem_copy(KVP_DRAM, 0, (uint64_t)(uintptr_t)h, KVP_VRAM, 0, v, size));
+    for (uint32_t k = 0; k < N; k++)
+        CHECK_MSG(memcmp(h + rev[k] * page, want + k * page, page) == 0, "page %u", k);
+    OK(kvp_xfer_release(a, req));
+    memset((void *)(uintptr_t)d, 0, size);
+    OK(kvp_xfer_create(a, KVP_READ, lp, idx, rp, idx, N, NULL, 0, &req));
+    post_wait(a, req);
+    CHECK(t_verify((void *)(uintptr_t)d, size, 33));
+    OK(kvp_xfer_release(a, req));
+    /* Every one of those took the TCP path, staged. */
+    CHECK_MSG(info_count(a, "posts_staged") == 5, "posts_staged = %llu",
+              (unsigned long long)info_count(a, "posts_staged"));
+    CHECK(info_count(a, "posts_tcp") == 5);
+    free(h);
+    free(want);
     OK(kvp_agent_destroy(a));
-    OK(kvp_agent_destroy(t));
     OK(kvp_mem_free(v));
     OK(kvp_mem_free(d));
+    t_peer_stop(&p);
+}
+
+/* FILE <-> VRAM within one agent, staged through pinned memory. */
+TEST_T(cuda_file_vram_staged, 60) {
+    if (!have_gpu()) return;
+    enum { N = 5 };
+    const uint64_t page = (3u << 20) + 4096, size = N * page;
+    char path[] = "/tmp/kvport-vram-XXXXXX";
+    int tmp = mkstemp(path);
+    CHECK(tmp >= 0);
+    close(tmp);
+    int32_t fd, direct;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_DIRECT, size, &fd, &direct));
+    unlink(path);
+    uint64_t a = t_agent("F", "POSIX", NULL), v1, v2, reg, len = size;
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v1));
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v2));
+    uint64_t vs[2] = {v1, v2}, ls[2] = {size, size}, ds[2] = {0, 0};
+    OK(kvp_register(a, KVP_VRAM, vs, ls, ds, 2, NULL, &reg));
+    uint64_t off0 = 0, fdv = (uint64_t)fd;
+    OK(kvp_register(a, KVP_FILE, &off0, &len, &fdv, 1, NULL, &reg));
+    uint64_t l1 = prep_type(a, "", KVP_VRAM, v1, page, N), l2 = prep_type(a, "", KVP_VRAM, v2, page, N);
+    uint64_t *fa = malloc(N * 8), *fl = malloc(N * 8), *fdd = malloc(N * 8), fdl, fp;
+    for (uint32_t i = 0; i < N; i++) {
+        fa[i] = i * page;
+        fl[i] = page;
+        fdd[i] = (uint64_t)fd;
+    }
+    OK(kvp_dlist_create(KVP_FILE, fa, fl, fdd, N, &fdl));
+    OK(kvp_prep_dlist(a, "F", fdl, &fp));
+    OK(kvp_dlist_release(fdl));
+    uint32_t idx[N], rev[N];
+    for (uint32_t i = 0; i < N; i++) {
+        idx[i] = i;
+        rev[i] = N - 1 - i;
+    }
+    fill_vram_pages(v1, page, N, 700);
+    uint64_t w, r;
+    OK(kvp_xfer_create(a, KVP_WRITE, l1, idx, fp, rev, N, NULL, 0, &w)); /* VRAM -> file */
+    post_wait(a, w);
+    OK(kvp_xfer_create(a, KVP_READ, l2, idx, fp, idx, N, NULL, 0, &r)); /* file -> VRAM */
+    post_wait(a, r);
+    for (uint32_t k = 0; k < N; k++)
+        CHECK_MSG(vram_page_is(v2, page, rev[k], 700 + k), "page %u", k);
+    CHECK(info_count(a, "posts_staged") == 2 && info_count(a, "posts_file") == 2);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(v1));
+    OK(kvp_mem_free(v2));
+    OK(kvp_file_close(fd));
+    free(fa);
+    free(fl);
+    free(fdd);
+}
+
+/* Many scattered pages to a same-host peer's VRAM through CUDA IPC: every page its own
+ * copy, all queued before one wait. */
+TEST_T(cuda_ipc_scattered_pages, 60) {
+    if (!gpu_in_child()) return;
+    enum { N = 64 };
+    const uint64_t page = 64 << 10, size = N * page;
+    t_peer p;
+    t_peer_start(&p, "T", NULL, NULL, size, 2);
+    uint64_t a = t_agent("I", NULL, NULL), v, reg, len = size, dev0 = 0;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
+    OK(kvp_register(a, KVP_VRAM, &v, &len, &dev0, 1, NULL, &reg));
+    uint64_t lv = prep_type(a, "", KVP_VRAM, v, page, N);
+    uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, N);
+    uint32_t idx[N], perm[N];
+    for (uint32_t i = 0; i < N; i++) {
+        idx[i] = i;
+        perm[i] = (i * 37 + 11) % N; /* 37 is coprime with 64: a permutation */
+    }
+    fill_vram_pages(v, page, N, 900);
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, perm, N, NULL, 0, &req));
+    post_wait(a, req);
+    for (uint32_t k = 0; k < N; k++) CHECK(t_peer_verify(&p, perm[k] * page, page, 900 + k));
+    CHECK(info_count(a, "posts_cuda") == 1 && info_count(a, "posts_staged") == 0);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(v));
+    t_peer_stop(&p);
 }
