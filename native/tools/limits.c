@@ -17,11 +17,17 @@
  *       4k: buffers without transparent huge pages, like kvp_mem_alloc's shared memory
  *       on systems where shmem THP is off (O_DIRECT then builds requests from 4 KiB
  *       segments, which some VMs serve at half speed).
+ *   kvport-limits cuda-memcpy <bytes> <reps> [d2d|h2d|d2h] [device]
+ *       cudaMemcpy of bytes between two cudaMalloc buffers (d2d, default) or between
+ *       pinned host memory (cudaMallocHost) and the device, each copy followed by
+ *       cudaDeviceSynchronize, through libcudart loaded at run time (KVPORT_CUDART or
+ *       the usual names), GB/s counting the bytes once. Exit 3 without CUDA.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -245,11 +251,81 @@ static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direc
     return 0;
 }
 
+/* cudaMemcpy between device buffers (or pinned host and device), as the GPU benchmark's
+ * limit: the engine's VRAM copies are compared with what the runtime itself does. */
+static int probe_cuda_memcpy(uint64_t bytes, uint64_t reps, const char *kind, int dev) {
+    const char *env = getenv("KVPORT_CUDART");
+    const char *names[] = {env && *env ? env : "libcudart.so", "libcudart.so",
+                           "libcudart.so.13", "libcudart.so.12",
+                           "/usr/local/cuda/lib64/libcudart.so"};
+    void *lib = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !lib; i++)
+        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        printf("{\"probe\":\"cuda-memcpy\",\"error\":\"no libcudart\"}\n");
+        return 3;
+    }
+    typedef int (*f_count)(int *);
+    typedef int (*f_set)(int);
+    typedef int (*f_malloc)(void **, size_t);
+    typedef int (*f_free)(void *);
+    typedef int (*f_copy)(void *, const void *, size_t, int);
+    typedef int (*f_sync)(void);
+    typedef const char *(*f_str)(int);
+    f_count count = (f_count)dlsym(lib, "cudaGetDeviceCount");
+    f_set set = (f_set)dlsym(lib, "cudaSetDevice");
+    f_malloc dmalloc = (f_malloc)dlsym(lib, "cudaMalloc");
+    f_malloc hmalloc = (f_malloc)dlsym(lib, "cudaMallocHost");
+    f_free dfree = (f_free)dlsym(lib, "cudaFree");
+    f_free hfree = (f_free)dlsym(lib, "cudaFreeHost");
+    f_copy copy = (f_copy)dlsym(lib, "cudaMemcpy");
+    f_sync sync = (f_sync)dlsym(lib, "cudaDeviceSynchronize");
+    f_str str = (f_str)dlsym(lib, "cudaGetErrorString");
+    int n = 0;
+    if (!count || !set || !dmalloc || !hmalloc || !dfree || !hfree || !copy || !sync || !str ||
+        count(&n) != 0 || n <= dev) {
+        printf("{\"probe\":\"cuda-memcpy\",\"error\":\"no CUDA device %d\"}\n", dev);
+        return 3;
+    }
+    int d2d = strcmp(kind, "d2d") == 0, h2d = strcmp(kind, "h2d") == 0;
+    if (!d2d && !h2d && strcmp(kind, "d2h") != 0) return 2;
+    void *a = NULL, *b = NULL;
+    int e = set(dev);
+    if (!e) e = dmalloc(&a, bytes);
+    if (!e) e = d2d ? dmalloc(&b, bytes) : hmalloc(&b, bytes);
+    if (e) {
+        printf("{\"probe\":\"cuda-memcpy\",\"error\":\"allocation: %s\"}\n", str(e));
+        return 1;
+    }
+    void *dst = h2d ? a : b, *src = h2d ? b : a; /* d2d: a -> b; d2h: a -> b (host) */
+    for (int w = 0; w < 2; w++) copy(dst, src, bytes, 4), sync();
+    double t0 = now();
+    for (uint64_t i = 0; i < reps; i++) {
+        e = copy(dst, src, bytes, 4);
+        if (!e) e = sync();
+        if (e) break;
+    }
+    double t = now() - t0;
+    if (e) {
+        printf("{\"probe\":\"cuda-memcpy\",\"error\":\"cudaMemcpy: %s\"}\n", str(e));
+        return 1;
+    }
+    printf("{\"probe\":\"cuda-memcpy\",\"kind\":\"%s\",\"device\":%d,\"bytes\":%llu,"
+           "\"reps\":%llu,\"seconds\":%.6f,\"gbps\":%.3f}\n",
+           kind, dev, (unsigned long long)bytes, (unsigned long long)reps, t,
+           (double)bytes * (double)reps / t / 1e9);
+    dfree(a);
+    if (d2d) dfree(b);
+    else hfree(b);
+    return 0;
+}
+
 static int usage(void) {
     fprintf(stderr,
             "usage: kvport-limits memcpy <bytes> <reps>\n"
             "       kvport-limits tcp <bytes_per_msg> <total_bytes> [window_bytes]\n"
             "       kvport-limits file <dir> <bytes> <count> [direct] [distinct] [4k]\n"
+            "       kvport-limits cuda-memcpy <bytes> <reps> [d2d|h2d|d2h] [device]\n"
             "sizes accept k/m/g suffixes\n");
     return 2;
 }
@@ -272,5 +348,9 @@ int main(int argc, char **argv) {
         return probe_file(argv[2], parse_size(argv[3], "file"), parse_size(argv[4], "file"),
                           direct, distinct);
     }
+    if (argc >= 4 && strcmp(argv[1], "cuda-memcpy") == 0)
+        return probe_cuda_memcpy(parse_size(argv[2], "cuda-memcpy"),
+                                 parse_size(argv[3], "cuda-memcpy"), argc >= 5 ? argv[4] : "d2d",
+                                 argc >= 6 ? atoi(argv[5]) : 0);
     return usage();
 }
