@@ -21,7 +21,7 @@ import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 import { defaultShape, kvGeometry } from "./pd_cmd.ts";
 
-const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--keep]
+const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--device D] [--keep]
 
 Runs disaggregated prefill between two processes on this machine: a decoder
 (kvport pd-receiver) and a prefiller (kvport pd-sender), configured by LMCache-style YAML
@@ -34,6 +34,9 @@ Options:
       --chunks N     chunks per request (default: 16, fewer when memory is short)
       --batch B      chunks per AllocRequest + WRITE (default 8)
       --kv-shape S   shape of one chunk (default 2,28,256,1024)
+      --device D     pd_buffer_device of both sides: cpu (default), cuda, cuda:N;
+                     with a GPU the pages move VRAM to VRAM (CUDA IPC on one host)
+                     and the ratio is to cudaMemcpy device to device
       --timeout S    give up after S seconds (default 120)
       --keep         keep the temporary directory with the configurations
       --json         print the result as one JSON line at the end
@@ -214,6 +217,41 @@ export async function measureMemcpy(bytes: number): Promise<{ bps: number; sourc
   return { bps: (size * reps) / s, source: "TypedArray.set (kvport-limits not built)" };
 }
 
+/**
+ * cudaMemcpy device-to-device bandwidth (bytes/s) over `bytes` on `device` (`cuda` or
+ * `cuda:N`), measured by `kvport-limits cuda-memcpy`; 0 with the reason as `source` when
+ * it cannot be measured.
+ *
+ * @example
+ * ```ts
+ * import { measureCudaMemcpy } from "./demo_cmd.ts";
+ * const { bps, source } = await measureCudaMemcpy(256 << 20, "cuda:0");
+ * console.log((bps / 1e9).toFixed(1), "GB/s by", source);
+ * ```
+ */
+export async function measureCudaMemcpy(
+  bytes: number,
+  device: string,
+): Promise<{ bps: number; source: string }> {
+  const tool = fileURLToPath(new URL("../native/build/kvport-limits", import.meta.url));
+  if (!fs.existsSync(tool)) return { bps: 0, source: "kvport-limits not built" };
+  const ordinal = device.includes(":") ? device.slice(device.indexOf(":") + 1) : "0";
+  const size = Math.min(bytes, 2 * 2 ** 30);
+  const line = await new Promise<string>((resolve) => {
+    const p = spawn(tool, ["cuda-memcpy", String(size), "20", "d2d", ordinal], {
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    let text = "";
+    p.stdout!.on("data", (d: Uint8Array) => (text += new TextDecoder().decode(d)));
+    p.on("exit", () => resolve(text.trim().split("\n").pop() ?? ""));
+    p.on("error", () => resolve(""));
+  });
+  const bps = bytesPerSecond(line);
+  return bps > 0
+    ? { bps, source: "kvport-limits cuda-memcpy d2d" }
+    : { bps: 0, source: `cudaMemcpy not measured: ${line || "no output"}` };
+}
+
 /** Bytes per second from a kvport-limits JSON line, whatever its unit. */
 function bytesPerSecond(line: string): number {
   try {
@@ -281,6 +319,7 @@ async function runDemo(args: string[]): Promise<number> {
         chunks: { type: "string" },
         batch: { type: "string" },
         "kv-shape": { type: "string" },
+        device: { type: "string" },
         timeout: { type: "string" },
         keep: { type: "boolean", default: false },
         json: { type: "boolean", default: false },
@@ -295,6 +334,12 @@ async function runDemo(args: string[]): Promise<number> {
     out(HELP);
     return 0;
   }
+  const device = v.device ?? "cpu";
+  if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
+    err(`kvport demo: --device expects cpu, cuda or cuda:N, got ${device}`);
+    return 2;
+  }
+  const onGpu = device !== "cpu";
   const geo = kvGeometry(v["kv-shape"], "bfloat16", 256);
   const timeoutMs = Number(v.timeout ?? 120) * 1000;
   // The sender's buffer holds one request, the decoder's two (it frees pages once it has
@@ -317,7 +362,7 @@ async function runDemo(args: string[]): Promise<number> {
   const common = [
     "enable_pd: true",
     'transfer_channel: "nixl"',
-    'pd_buffer_device: "cpu"',
+    `pd_buffer_device: "${device}"`,
     "nixl_backends: [UCX]",
   ];
   const decoderYaml = path.join(dir, "lmcache-decoder-config.yaml");
@@ -357,7 +402,7 @@ async function runDemo(args: string[]): Promise<number> {
       `(KV shape [${geo.shape.join(", ")}] bfloat16) = ${mib(bufferSize)} each` +
       (v.chunks === undefined && chunks < 16 ? ` (fewer than 16: ${mib(free)} free)` : ""),
   );
-  out(`  configurations: ${dir}`);
+  out(`  configurations: ${dir}` + (onGpu ? ` (pd_buffer_device: ${device})` : ""));
 
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: proxyPort });
   const children: Child[] = [];
@@ -453,7 +498,9 @@ async function runDemo(args: string[]): Promise<number> {
     let notified = true;
     await proxyDone.catch(() => (notified = false));
     // Measured now that the children are done, so it competes with nothing.
-    const mc = await measureMemcpy(bufferSize);
+    const mc = onGpu
+      ? await measureCudaMemcpy(bufferSize, device)
+      : await measureMemcpy(bufferSize);
     const warm = perRequest[perRequest.length - 1];
     const bps = Number(warm.bytes) / Number(warm.seconds);
     const ratio = bps / mc.bps;
@@ -469,7 +516,8 @@ async function runDemo(args: string[]): Promise<number> {
       );
     });
     out(
-      `  memcpy:   ${(mc.bps / 1e9).toFixed(2)} GB/s (${mc.source}) -> ratio ${ratio.toFixed(2)}`,
+      `  ${onGpu ? "cudaMemcpy" : "memcpy:  "} ${(mc.bps / 1e9).toFixed(2)} GB/s (${mc.source}) ` +
+        `-> ratio ${ratio.toFixed(2)}`,
     );
     out(
       `  decoder:  ${landed}/${requests * chunks} chunks landed, ${landed - bad} verified ` +
@@ -494,6 +542,8 @@ async function runDemo(args: string[]): Promise<number> {
         seconds: Number(warm.seconds),
         gbps: bps / 1e9,
         coldGbps: Number(perRequest[0].gbps),
+        device,
+        limit: mc.source,
         memcpyGbps: mc.bps / 1e9,
         ratio,
         verified: landed - bad,

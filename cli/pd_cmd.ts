@@ -12,6 +12,7 @@ import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
 import { PdReceiver } from "../src/pd/receiver.ts";
 import { PdSender } from "../src/pd/sender.ts";
+import type { BufferDevice } from "../src/channel/page.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 
@@ -165,6 +166,11 @@ Options:
       --json              one JSON object per line (ready, landed, done)
   -h, --help              this help`;
 
+/** `cpu` or `cuda:N`, for messages. */
+function deviceName(d: BufferDevice): string {
+  return d.kind === "cuda" ? `cuda:${d.ordinal}` : "cpu";
+}
+
 async function runReceiver(args: string[]): Promise<number> {
   const v = parse(args, {
     config: { type: "string", short: "c" },
@@ -215,12 +221,14 @@ async function runReceiver(args: string[]): Promise<number> {
         init: rx.initUrl,
         alloc: rx.allocUrl,
         engine: rx.channel.engine,
+        device: deviceName(rx.channel.device),
         pages: rx.channel.pageCount,
         pageSize: rx.channel.pageSize,
         pid: process.pid,
       },
       `pd-receiver ${rx.id}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl} ` +
-        `(${rx.channel.engine} engine, ${rx.channel.pageCount} pages of ${rx.channel.pageSize} bytes)`,
+        `(${rx.channel.engine} engine, ${rx.channel.pageCount} pages of ${rx.channel.pageSize} ` +
+        `bytes on ${deviceName(rx.channel.device)})`,
     );
     let landed = 0;
     let bad = 0;
@@ -228,9 +236,12 @@ async function runReceiver(args: string[]): Promise<number> {
     let resolveDone!: () => void;
     const done = new Promise<void>((r) => (resolveDone = r));
     const t0 = performance.now();
+    const onGpu = rx.channel.device.kind === "cuda";
     rx.onLanded((keys) => {
       for (const key of keys) {
-        const view = rx.view(key)!;
+        // GPU pages have no view: copy the chunk out (only to check it).
+        const held = rx.page(key)!;
+        const view = onGpu ? held.page.read(0, held.bytes) : rx.view(key)!;
         let ok = true;
         if (v.verify) {
           const at = checkPattern(key, view);
@@ -358,7 +369,13 @@ async function runSender(args: string[]): Promise<number> {
     const handshakeMs = performance.now() - h0;
     emit(
       json,
-      { event: "ready", engine: tx.channel.engine, pages: tx.channel.pageCount, handshakeMs },
+      {
+        event: "ready",
+        engine: tx.channel.engine,
+        device: deviceName(tx.channel.device),
+        pages: tx.channel.pageCount,
+        handshakeMs,
+      },
       `pd-sender: handshook with ${host}${initPorts[tpRank]} in ${
         handshakeMs.toFixed(1)
       } ms (${tx.channel.engine} engine)`,
@@ -366,6 +383,7 @@ async function runSender(args: string[]): Promise<number> {
     let totalSent = 0;
     let totalBytes = 0;
     let sendMs = 0;
+    let scratch: Uint8Array | undefined;
     const w0 = performance.now();
     for (let r = 0; r < requests; r++) {
       const reqId = requests > 1 ? `${baseId}-${r}` : baseId;
@@ -392,11 +410,18 @@ async function runSender(args: string[]): Promise<number> {
         const pages = await tx.allocate(n);
         const last = done + n === keys.length;
         batchKeys.forEach((k, i) => {
-          const view = tx.channel.pages[pages[i]];
           const bytes = last && i === n - 1
             ? chunkBytes(geo.fmt, geo.shape, geo.dtype, lastToks)!
-            : view.length;
-          fillPattern(k, view.subarray(0, bytes));
+            : tx.channel.pageSize;
+          if (tx.channel.device.kind === "cuda") {
+            // A GPU page is filled by a copy from host memory (what a model's KV cache
+            // would already hold on the device).
+            scratch ??= new Uint8Array(tx.channel.pageSize);
+            fillPattern(k, scratch.subarray(0, bytes));
+            tx.channel.page(pages[i]).copyFrom(scratch.subarray(0, bytes));
+          } else {
+            fillPattern(k, tx.channel.pages[pages[i]].subarray(0, bytes));
+          }
         });
         const t = performance.now();
         const res = await tx.send({ ...spec, reqId, isLastPrefill: last }, {

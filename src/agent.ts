@@ -432,11 +432,20 @@ export class NixlAgent {
    * await using agent = await NixlAgent.create({ name: "a", engine: "builtin" });
    * const host = agent.allocate(1 << 20);
    * host.bytes[0] = 1;
+   * // VRAM: agent.allocate(1 << 20, { device: "cuda:0" }) -> DeviceBuffer
    * ```
    */
-  allocate(size: number | bigint, options?: AllocateOptions & { memType?: "DRAM" }): HostBuffer;
+  allocate(
+    size: number | bigint,
+    options?: AllocateOptions & { memType?: "DRAM"; device?: number | "cpu" },
+  ): HostBuffer;
   /** Allocates VRAM on CUDA device `options.device`. */
   allocate(size: number | bigint, options: AllocateOptions & { memType: "VRAM" }): DeviceBuffer;
+  /** Allocates VRAM on the CUDA device named like LMCache does (`"cuda:N"`). */
+  allocate(
+    size: number | bigint,
+    options: AllocateOptions & { device: "cuda" | `cuda:${number}` },
+  ): DeviceBuffer;
   /** Allocates DRAM or VRAM. */
   allocate(size: number | bigint, options?: AllocateOptions): NativeBuffer;
   allocate(size: number | bigint, options: AllocateOptions = {}): NativeBuffer {

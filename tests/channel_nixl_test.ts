@@ -9,6 +9,7 @@ import {
   ChannelTimeoutError,
   createTransferChannel,
   type CreateTransferChannelOptions,
+  cudaDevices,
   nativeLibrary,
   NixlChannel,
   type TransferChannel,
@@ -147,7 +148,10 @@ test("nixl channel: a mock_memory peer is refused during the handshake", { skip 
   await assert.rejects(s.connect("m", mock.initUrl!), { code: "HANDSHAKE_FAILED" });
 });
 
-test("nixl channel: device cuda without a GPU is a clear error", { skip }, async () => {
+const gpus = skip ? 0 : (await cudaDevices()).count;
+test("nixl channel: device cuda without a GPU is a clear error", {
+  skip: skip || (gpus > 0 ? `a CUDA device is there (${gpus}): see channel_vram_test` : false),
+}, async () => {
   await assert.rejects(tx({ device: "cuda" }), (e) => {
     assert.ok(e instanceof ChannelError);
     assert.equal(e.code, "DEVICE_UNAVAILABLE");

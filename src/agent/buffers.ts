@@ -248,10 +248,49 @@ export class DeviceBuffer extends NativeBuffer {
 
 /** Options of `NixlAgent.allocate`. */
 export interface AllocateOptions {
-  /** `"DRAM"` (default) or `"VRAM"`. */
+  /** `"DRAM"` (default, or implied by `device`) or `"VRAM"`. */
   memType?: "DRAM" | "VRAM";
-  /** CUDA ordinal for VRAM (default 0). */
-  device?: number;
+  /**
+   * CUDA ordinal for VRAM (default 0), or a device string as LMCache writes them:
+   * `"cpu"` (DRAM), `"cuda:N"` (VRAM of device N), `"cuda"` (device 0 here; channels
+   * and PD map a bare `"cuda"` to the TP rank's device).
+   */
+  device?: number | string;
+}
+
+/**
+ * Memory type and CUDA ordinal of allocate options (`device` strings included).
+ *
+ * @example
+ * ```ts
+ * import { resolveAllocation } from "./buffers.ts";
+ * console.log(resolveAllocation({ device: "cuda:1" })); // { memType: "VRAM", device: 1 }
+ * ```
+ */
+export function resolveAllocation(
+  options: AllocateOptions,
+): { memType: "DRAM" | "VRAM"; device: number } {
+  const d = options.device;
+  if (typeof d === "string") {
+    const m = /^(?:(cpu)|cuda(?::(\d+))?)$/.exec(d);
+    if (!m) {
+      throw new NixlError(
+        Status.ERR_INVALID_PARAM,
+        "allocate",
+        `device must be "cpu", "cuda" or "cuda:N", got ${JSON.stringify(d)}`,
+      );
+    }
+    const memType = m[1] ? "DRAM" : "VRAM";
+    if (options.memType !== undefined && options.memType !== memType) {
+      throw new NixlError(
+        Status.ERR_INVALID_PARAM,
+        "allocate",
+        `memType ${options.memType} contradicts device ${JSON.stringify(d)}: drop one of them`,
+      );
+    }
+    return { memType, device: m[1] ? 0 : Number(m[2] ?? 0) };
+  }
+  return { memType: options.memType ?? "DRAM", device: d ?? 0 };
 }
 
 /**
@@ -271,7 +310,7 @@ export function allocateBuffer(
   options: AllocateOptions = {},
   onFree?: OnFree,
 ): NativeBuffer {
-  const memType = options.memType ?? "DRAM";
+  const { memType, device } = resolveAllocation(options);
   if (memType !== "DRAM" && memType !== "VRAM") {
     throw new NixlError(
       Status.ERR_INVALID_PARAM,
@@ -283,7 +322,6 @@ export function allocateBuffer(
   if (bytes === 0n || bytes > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new NixlError(Status.ERR_INVALID_PARAM, "allocate", `size must be > 0, got ${size}`);
   }
-  const device = options.device ?? 0;
   if (!Number.isInteger(device) || device < 0) {
     throw new NixlError(Status.ERR_INVALID_PARAM, "allocate", `bad device ${device}`);
   }

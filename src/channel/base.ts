@@ -9,6 +9,7 @@
 import { ChannelError, ChannelTimeoutError } from "./errors.ts";
 import { errorMessage, SerialQueue } from "./_util.ts";
 import { type ControlServer, openRequester, serveRequests } from "./control.ts";
+import { type BufferDevice, type ChannelPage, ViewPage } from "./page.ts";
 import type {
   ChannelNotification,
   ChannelRole,
@@ -48,8 +49,14 @@ export interface ChannelBaseInit {
   engine: string;
   /** Bytes per page. */
   pageSize: number;
-  /** The page views. */
+  /** The page views (empty for a GPU buffer: give `pageCount` and `pageHandle`). */
   pages: Uint8Array[];
+  /** Number of pages when `pages` is empty (GPU buffers). */
+  pageCount?: number;
+  /** Where the buffer lives (default host memory). */
+  device?: BufferDevice;
+  /** Makes the handle of page `index` (default: a handle over `pages[index]`). */
+  pageHandle?: (index: number) => ChannelPage;
   /** Warnings for the creator. */
   warnings: string[];
   /** Default handshake deadline, ms. */
@@ -83,6 +90,26 @@ function bytesField(msg: SideMessage, field: string): Uint8Array {
   );
 }
 
+/** `pages` of a GPU channel: its length, and an error naming the fix on any index. */
+function devicePages(ordinal: number, count: number): readonly Uint8Array[] {
+  const fail = (): never => {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `the channel's pages live in GPU memory (cuda:${ordinal}) and have no Uint8Array ` +
+        "view: use channel.page(i).copyFrom / copyTo / read / checksum, and page indexes " +
+        "for transfers",
+    );
+  };
+  return new Proxy(Object.freeze([] as Uint8Array[]), {
+    get(target, prop, receiver) {
+      if (prop === "length") return count;
+      if (typeof prop === "string" && /^\d+$/.test(prop)) return fail();
+      if (prop === Symbol.iterator || prop === "map" || prop === "forEach") return fail;
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+}
+
 /**
  * Base class of the channel types: the control plane (handshake responder and
  * initiator, peers, restarts, timeouts, notifications, close). A channel type extends it
@@ -112,8 +139,10 @@ export abstract class ChannelBase implements TransferChannel {
   readonly pageSize: number;
   /** Number of pages. */
   readonly pageCount: number;
-  /** Page views over the buffer. */
+  /** Page views over the buffer (host memory; indexing throws for a GPU buffer). */
   readonly pages: readonly Uint8Array[];
+  /** Where the buffer lives. */
+  readonly device: BufferDevice;
   /** Things the creator may want to print. */
   readonly warnings: readonly string[];
   /** Serializes every use of the agent: callers never touch it at once. */
@@ -131,6 +160,8 @@ export abstract class ChannelBase implements TransferChannel {
   #sideHandler: SideMessageHandler | null = null;
   #inflight = new Set<Promise<unknown>>();
   #closing: Promise<void> | null = null;
+  #handles: (ChannelPage | undefined)[];
+  #pageHandle: (index: number) => ChannelPage;
 
   /**
    * Stores the settings shared by every channel type.
@@ -144,8 +175,13 @@ export abstract class ChannelBase implements TransferChannel {
     this.agentName = init.agentName;
     this.engine = init.engine;
     this.pageSize = init.pageSize;
-    this.pageCount = init.pages.length;
-    this.pages = Object.freeze(init.pages);
+    this.device = Object.freeze(init.device ?? { kind: "cpu" });
+    this.pageCount = init.pages.length > 0 ? init.pages.length : init.pageCount ?? 0;
+    this.pages = this.device.kind === "cpu"
+      ? Object.freeze(init.pages)
+      : devicePages(this.device.ordinal, this.pageCount);
+    this.#handles = new Array(this.pageCount);
+    this.#pageHandle = init.pageHandle ?? ((i) => new ViewPage(init.pages[i], i));
     this.warnings = Object.freeze(init.warnings);
     this.handshakeTimeoutMs = init.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.transferTimeoutMs = init.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS;
@@ -401,6 +437,19 @@ export abstract class ChannelBase implements TransferChannel {
     await this.dpRelease(entry.handle, !stillUsed);
   }
 
+  /** A handle on page `index` (host or GPU): copies in and out, checksum. */
+  page(index: number): ChannelPage {
+    if (!Number.isInteger(index) || index < 0 || index >= this.pageCount) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `page index ${index} is outside 0..${this.pageCount - 1}`,
+      );
+    }
+    let h = this.#handles[index];
+    if (!h) h = this.#handles[index] = this.#pageHandle(index);
+    return h;
+  }
+
   /** Page indexes of local pages. */
   localIndexes(pages: LocalPages): number[] {
     const out = new Array<number>(pages.length);
@@ -414,15 +463,23 @@ export abstract class ChannelBase implements TransferChannel {
           );
         }
         out[i] = p;
-      } else {
+      } else if (p instanceof Uint8Array) {
         out[i] = this.#indexOfView(p, i);
+      } else if (this.#handles[p?.index] === p) {
+        out[i] = p.index;
+      } else {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `local page at position ${i} is not a page of this channel ` +
+            "(use channel.page(i) or a page index)",
+        );
       }
     }
     return out;
   }
 
   #indexOfView(view: Uint8Array, pos: number): number {
-    const first = this.pages[0];
+    const first = this.device.kind === "cpu" ? this.pages[0] : undefined;
     if (first && view.buffer === first.buffer) {
       const off = view.byteOffset - first.byteOffset;
       if (off >= 0 && off % this.pageSize === 0 && off / this.pageSize < this.pageCount) {

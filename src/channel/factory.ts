@@ -8,6 +8,7 @@ import { ChannelError } from "./errors.ts";
 import { MockMemoryChannel } from "./mock_memory.ts";
 import { NixlChannel } from "./nixl.ts";
 import type { ChannelRole, TransferChannel } from "./types.ts";
+import type { BufferDevice } from "./page.ts";
 
 /** Options of {@linkcode createTransferChannel}. */
 export interface CreateTransferChannelOptions {
@@ -181,8 +182,7 @@ export async function createTransferChannel(
   });
 }
 
-/** A buffer device: host memory or one CUDA device. */
-export type BufferDevice = { kind: "cpu" } | { kind: "cuda"; ordinal: number };
+export type { BufferDevice } from "./page.ts";
 
 /**
  * Parses `cpu`, `cuda`, `cuda:N` (`cuda` alone: the TP rank's device, as LMCache).

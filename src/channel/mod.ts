@@ -54,3 +54,4 @@ export {
   mockMemoryStore,
 } from "./mock_memory.ts";
 export { NixlChannel, type NixlChannelOptions } from "./nixl.ts";
+export { type ChannelPage, fnv1a64 } from "./page.ts";

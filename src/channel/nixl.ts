@@ -8,7 +8,8 @@
 import {
   cudaDevices,
   DescList,
-  type HostBuffer,
+  HostBuffer,
+  type NativeBuffer,
   NixlAgent,
   NixlError,
   type PreparedDescList,
@@ -19,7 +20,7 @@ import {
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import { ChannelError } from "./errors.ts";
 import { errorMessage } from "./_util.ts";
-import type { BufferDevice } from "./factory.ts";
+import { type BufferDevice, NativePage } from "./page.ts";
 import type { ChannelRole } from "./types.ts";
 
 /** Options of {@linkcode NixlChannel.create}. */
@@ -32,7 +33,8 @@ export interface NixlChannelOptions {
   pageCount: number;
   /** NIXL backends, e.g. `["UCX"]`. */
   backends: readonly string[];
-  /** Where the buffer lives (default host memory). */
+  /** Where the buffer lives (default host memory; `{ kind: "cuda", ordinal }`: VRAM of
+   * that CUDA device, whose pages are handles: see `page(i)`). */
   device?: BufferDevice;
   /** `"auto"` (default), `"builtin"` or `"nixl"`. */
   engine?: "auto" | "builtin" | "nixl";
@@ -87,7 +89,7 @@ function metadataName(meta: Uint8Array): string | undefined {
 export class NixlChannel extends ChannelBase {
   /** The agent (for inspection; use the channel's methods to move data). */
   readonly agent: NixlAgent;
-  readonly #buffer: HostBuffer;
+  readonly #buffer: NativeBuffer;
   readonly #registration: Registration;
   readonly #local: PreparedDescList;
   readonly #pageList: Uint8Array;
@@ -98,17 +100,22 @@ export class NixlChannel extends ChannelBase {
   private constructor(
     options: NixlChannelOptions,
     agent: NixlAgent,
-    buffer: HostBuffer,
+    buffer: NativeBuffer,
     registration: Registration,
     local: PreparedDescList,
     pageList: Uint8Array,
   ) {
     const pages: Uint8Array[] = [];
-    const bytes = buffer.bytes;
-    for (let i = 0; i < options.pageCount; i++) {
-      pages.push(bytes.subarray(i * options.pageSize, (i + 1) * options.pageSize));
+    if (buffer instanceof HostBuffer) {
+      const bytes = buffer.bytes;
+      for (let i = 0; i < options.pageCount; i++) {
+        pages.push(bytes.subarray(i * options.pageSize, (i + 1) * options.pageSize));
+      }
     }
     super({
+      device: buffer.memType === "VRAM" ? { kind: "cuda", ordinal: buffer.device } : undefined,
+      pageCount: options.pageCount,
+      pageHandle: (i) => new NativePage(buffer, i, i * options.pageSize, options.pageSize),
       channelType: "nixl",
       role: options.role,
       localId: options.localId ?? agent.name,
@@ -128,10 +135,10 @@ export class NixlChannel extends ChannelBase {
   }
 
   /**
-   * Creates the agent (`engine`, `backends`), allocates and registers the page buffer,
-   * prepares the local page list, and (with `peerInitUrl`) starts answering handshakes.
-   * `device: cuda` fails with a clear error (no GPU here, or GPU buffers not supported
-   * yet).
+   * Creates the agent (`engine`, `backends`), allocates and registers the page buffer
+   * (host memory, or VRAM of `device` through the shim's CUDA functions), prepares the
+   * local page list, and (with `peerInitUrl`) starts answering handshakes. A CUDA device
+   * that is not there fails with `DEVICE_UNAVAILABLE` saying why.
    */
   static async create(options: NixlChannelOptions): Promise<NixlChannel> {
     const device = options.device ?? { kind: "cpu" };
@@ -140,15 +147,19 @@ export class NixlChannel extends ChannelBase {
         count: 0,
         reason: errorMessage(e),
       }));
-      throw new ChannelError(
-        "DEVICE_UNAVAILABLE",
-        cuda.count === 0
-          ? `device cuda:${device.ordinal} was asked for the page buffer but this machine has ` +
-            `no usable CUDA device (${cuda.reason}): use pd_buffer_device "cpu"`
-          : `device cuda:${device.ordinal}: GPU page buffers are not supported yet ` +
-            `(${cuda.count} CUDA device(s) found); use pd_buffer_device "cpu" for now`,
-        { op: "create" },
-      );
+      if (cuda.count <= device.ordinal) {
+        throw new ChannelError(
+          "DEVICE_UNAVAILABLE",
+          cuda.count === 0
+            ? `device cuda:${device.ordinal} was asked for the page buffer but this machine ` +
+              `has no usable CUDA device (${cuda.reason}): use pd_buffer_device "cpu" ` +
+              '(channel device "cpu")'
+            : `device cuda:${device.ordinal} was asked for the page buffer but there are ` +
+              `only ${cuda.count} CUDA device(s) (0..${cuda.count - 1}); "cuda" alone ` +
+              "means the TP rank's device",
+          { op: "create" },
+        );
+      }
     }
     const size = options.pageSize * options.pageCount;
     const agent = await NixlAgent.create({
@@ -160,10 +171,12 @@ export class NixlChannel extends ChannelBase {
     });
     let ch: NixlChannel;
     try {
-      const buffer = agent.allocate(size);
+      const buffer = device.kind === "cuda"
+        ? agent.allocate(size, { memType: "VRAM", device: device.ordinal })
+        : agent.allocate(size);
       // Touch every page now (as pinning does): the first transfer must not pay for the
-      // page faults of a fresh buffer.
-      if (options.prefault !== false) buffer.bytes.fill(0);
+      // page faults of a fresh buffer. (cudaMalloc memory needs no such thing.)
+      if (options.prefault !== false && buffer instanceof HostBuffer) buffer.bytes.fill(0);
       const registration = agent.registerMemory(buffer);
       const list = DescList.pages(buffer, options.pageSize, options.pageCount, { agent });
       let local: PreparedDescList;

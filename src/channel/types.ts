@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { BufferDevice, ChannelPage } from "./page.ts";
+
 /** Channel types {@linkcode createTransferChannel} builds. */
 export type ChannelType = "nixl" | "mock_memory";
 
@@ -53,8 +55,9 @@ export interface ChannelNotification {
   message: Uint8Array;
 }
 
-/** Local pages of a batch: page indexes, or page views of this channel's buffer. */
-export type LocalPages = readonly number[] | readonly Uint8Array[];
+/** Local pages of a batch: page indexes, page views of this channel's (host) buffer, or
+ * page handles from {@linkcode TransferChannel.page}. */
+export type LocalPages = readonly number[] | readonly Uint8Array[] | readonly ChannelPage[];
 
 /** Handler of a side message arriving on the handshake socket (responder side). */
 export type SideMessageHandler = (
@@ -100,8 +103,18 @@ export interface TransferChannel extends AsyncDisposable {
   readonly pageSize: number;
   /** Number of pages. */
   readonly pageCount: number;
-  /** Page views over the registered buffer (DRAM). */
+  /**
+   * Page views over the registered buffer, for host memory. A GPU channel's pages are
+   * not viewable: indexing `pages` there throws (use {@linkcode page}).
+   */
   readonly pages: readonly Uint8Array[];
+  /** Where the buffer lives: `{ kind: "cpu" }` or `{ kind: "cuda", ordinal }`. */
+  readonly device: BufferDevice;
+  /**
+   * A handle on page `index` (host or GPU): `copyFrom`, `copyTo`, `read`, `checksum`.
+   * The same object for the same index.
+   */
+  page(index: number): ChannelPage;
   /** `host:port` this channel answers handshakes on, or `null` when it does not listen. */
   readonly initUrl: string | null;
   /** Things the creator may want to print (e.g. a buffer size aligned down). */

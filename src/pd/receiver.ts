@@ -10,6 +10,7 @@ import { type ControlServer, serveRequests } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
 import { createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
+import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
@@ -294,11 +295,29 @@ export class PdReceiver implements AsyncDisposable {
 
   /**
    * A view of a held key's bytes in its page (only the chunk's meaningful bytes). Valid
-   * until the key is retrieved or removed.
+   * until the key is retrieved or removed. Host buffers only: with `pd_buffer_device`
+   * `cuda` the pages have no view and this throws; use {@linkcode PdReceiver.page}.
    */
   view(key: string): Uint8Array | undefined {
     const e = this.#entries.get(key);
     return e ? this.channel.pages[e.page].subarray(0, e.bytes) : undefined;
+  }
+
+  /**
+   * The page holding a key (host or GPU: copy out of it with `read`/`copyTo`, or
+   * `checksum` it) and the chunk's meaningful bytes in it; `undefined` when not held.
+   *
+   * @example
+   * ```ts
+   * import { PdReceiver } from "@kvport/nixl";
+   * declare const rx: PdReceiver;
+   * const held = rx.page("vllm@m@1@0@ab@bfloat16");
+   * if (held) console.log(held.page.checksum(0, held.bytes));
+   * ```
+   */
+  page(key: string): { page: ChannelPage; bytes: number } | undefined {
+    const e = this.#entries.get(key);
+    return e ? { page: this.channel.page(e.page), bytes: e.bytes } : undefined;
   }
 
   /**
@@ -339,7 +358,7 @@ export class PdReceiver implements AsyncDisposable {
   retrieve(key: string): { data: Uint8Array; info: ReceivedChunk } | undefined {
     const e = this.#entries.get(key);
     if (!e) return undefined;
-    const data = this.channel.pages[e.page].slice(0, e.bytes);
+    const data = this.channel.page(e.page).read(0, e.bytes);
     this.#drop(key, e);
     return { data, info: e };
   }
