@@ -100,13 +100,18 @@ function devicePages(ordinal: number, count: number): readonly Uint8Array[] {
         "for transfers",
     );
   };
-  return new Proxy(Object.freeze([] as Uint8Array[]), {
+  // The target stays an empty, unfrozen array (a frozen one would pin `length` to 0);
+  // writes are refused by the traps.
+  return new Proxy([] as Uint8Array[], {
     get(target, prop, receiver) {
       if (prop === "length") return count;
       if (typeof prop === "string" && /^\d+$/.test(prop)) return fail();
       if (prop === Symbol.iterator || prop === "map" || prop === "forEach") return fail;
       return Reflect.get(target, prop, receiver);
     },
+    set: () => false,
+    defineProperty: () => false,
+    deleteProperty: () => false,
   });
 }
 
