@@ -169,15 +169,19 @@ int32_t kvp_cuda_free(int32_t dev, uint64_t ptr) {
     return KVP_SUCCESS;
 }
 
+/* Synchronous copies run on the library's copy stream and are waited for by event:
+ * plain cudaMemcpy may return before a device-to-device copy (or the DMA of a pageable
+ * host-to-device one) has finished, and a later copy on our non-blocking streams would
+ * not be ordered after it. */
 int32_t kvp_cuda_memcpy(int32_t dev, uint64_t dst, uint64_t src, uint64_t len) {
-    int32_t st = set_dev(dev);
+    void *ev = NULL;
+    int32_t st = kvp_cuda_event_get(dev, &ev);
     if (st != KVP_SUCCESS) return st;
-    cuda_err e = g_cuda.memcpy_((void *)(uintptr_t)dst, (const void *)(uintptr_t)src,
-                                (size_t)len, CUDA_MEMCPY_DEFAULT);
-    if (e)
-        return kvp_err(KVP_ERR_BACKEND, "cudaMemcpy of %llu bytes failed: %s",
-                       (unsigned long long)len, cerr(e));
-    return KVP_SUCCESS;
+    st = kvp_cuda_copy_async(dev, KVP_CUDA_Q_COPY, dst, src, len, ev);
+    if (st == KVP_SUCCESS) st = kvp_cuda_event_wait(dev, ev);
+    else kvp_cuda_quiesce(); /* the record may not have happened: wait for the streams */
+    kvp_cuda_event_put(dev, ev);
+    return st;
 }
 
 int32_t kvp_cuda_ipc_get(int32_t dev, uint64_t ptr, uint8_t out[KVP_CUDA_IPC_BYTES]) {
