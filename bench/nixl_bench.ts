@@ -62,7 +62,7 @@ const gbps = (bytes: number, ms: number) => bytes / ms / 1e6;
 
 // ---- physical limits measured in this run ----------------------------------------
 function memcpyLimit(bytes: number, a: HostBuffer, b: HostBuffer): number {
-  const probe = nativeLimit(["memcpy", "--size", String(bytes)]);
+  const probe = nativeLimit(["memcpy", String(bytes), String(Math.max(3, Math.ceil(2e9 / bytes)))]);
   if (probe && typeof probe.gbps === "number") return probe.gbps;
   let iters = 0;
   const t0 = performance.now();
@@ -73,8 +73,9 @@ function memcpyLimit(bytes: number, a: HostBuffer, b: HostBuffer): number {
   }
   return gbps(bytes * iters, performance.now() - t0);
 }
-function tcpLimit(bytes: number): number | undefined {
-  const probe = nativeLimit(["tcp", "--size", String(bytes)]);
+/** Raw TCP loopback stream of `msgBytes` messages (one per page), GB/s. */
+function tcpLimit(msgBytes: number): number | undefined {
+  const probe = nativeLimit(["tcp", String(msgBytes), String(1024 * MiB)]);
   return probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
 }
 
@@ -85,7 +86,7 @@ s1.bytes.fill(1);
 s2.bytes.fill(2);
 const limits = {
   memcpy: new Map(SHAPES.map((s) => [s.page * s.count, memcpyLimit(s.page * s.count, s1, s2)])),
-  tcp: new Map(SHAPES.map((s) => [s.page * s.count, tcpLimit(s.page * s.count)])),
+  tcp: new Map(SHAPES.map((s) => [s.page * s.count, tcpLimit(s.page)])),
 };
 await scratch.close();
 if ([...limits.tcp.values()].some((v) => v === undefined)) {
