@@ -63,8 +63,18 @@ describe("resources stay flat", { skip: nativeSkip }, () => {
   test("20,000 transfers over TCP (asynchronous waits): RSS and fds flat", async () => {
     const params = { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" };
     const stamp = Date.now();
-    await using c = await NixlAgent.create({ name: `leak-c-${stamp}`, backends: ["TCP"], params });
-    await using d = await NixlAgent.create({ name: `leak-d-${stamp}`, backends: ["TCP"], params });
+    await using c = await NixlAgent.create({
+      name: `leak-c-${stamp}`,
+      engine: "builtin",
+      backends: ["TCP"],
+      params,
+    });
+    await using d = await NixlAgent.create({
+      name: `leak-d-${stamp}`,
+      engine: "builtin",
+      backends: ["TCP"],
+      params,
+    });
     const bufC = c.allocate(1 << 16);
     const bufD = d.allocate(1 << 16);
     c.registerMemory(bufC);

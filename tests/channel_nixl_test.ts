@@ -29,6 +29,9 @@ const base = {
   alignBytes: PAGE,
   tpRank: 0,
   backends: ["UCX"],
+  // This file is about the built-in engine; where NIXL is installed `auto` would pick it
+  // (tests/nixl_*_test.ts cover that engine).
+  engine: "builtin",
 } as const;
 
 function rx(extra: Partial<CreateTransferChannelOptions> = {}): Promise<TransferChannel> {

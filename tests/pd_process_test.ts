@@ -31,6 +31,11 @@ const skip: string | false = await nativeLibrary().then(
 );
 if (skip) console.log(`pd_process_test skipped: ${skip}`);
 
+// These flows are about the built-in engine: where NIXL is installed, `auto` would pick it
+// (tests/nixl_*_test.ts cover that engine). The decoder children inherit this variable; the
+// sender in this process names its engine (Bun's process.env does not reach C's getenv).
+process.env.KVPORT_ENGINE ??= "builtin";
+
 const SHAPE = [2, 4, 256, 128]; // 512 KiB chunks
 const SHAPE_ARG = SHAPE.join(",");
 const PAGE = chunkBytes(MemoryFormat.KV_2LTD, SHAPE, "bfloat16")!;
@@ -49,7 +54,12 @@ async function sender(proxyPort: number | null, tpRank = 0): Promise<PdSender> {
         : { pd_proxy_host: "127.0.0.1", pd_proxy_port: proxyPort }),
     },
   });
-  return await PdSender.fromConfig(config, { pageSize: PAGE, tpRank, transferTimeoutMs: 5000 });
+  return await PdSender.fromConfig(config, {
+    pageSize: PAGE,
+    tpRank,
+    transferTimeoutMs: 5000,
+    engine: "builtin",
+  });
 }
 
 async function send(
