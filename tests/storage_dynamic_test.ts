@@ -124,10 +124,14 @@ test("storage dynamic: asynchronous put returns at once, flush waits; contains i
   const { dir, cleanup } = tempDir();
   try {
     const { store, io } = await open(dir, { asyncPut: true });
+    let openGate = () => {};
+    io.writeGate = new Promise<void>((resolve) => openGate = resolve); // hold the write
     const r = await store.put("a", pattern(PAGE, 1));
     assert.deepEqual(r, { key: "a", stored: false, pending: true });
     assert.equal(await store.contains("a"), false); // still writing (as LMCache)
     assert.equal((await store.stats()).pendingPuts, 1);
+    io.writeGate = undefined;
+    openGate();
     assert.deepEqual(await store.get("a"), pattern(PAGE, 1)); // read-your-writes
     await store.batchedPut(["b", "c"], [pattern(PAGE, 2), pattern(PAGE, 3)]);
     await store.flush();

@@ -22,6 +22,8 @@ export class FsStorageIo implements StorageIo {
   transfers = { READ: 0, WRITE: 0 };
   /** Descriptors moved per request, in order. */
   batches: { op: string; count: number }[] = [];
+  /** While set, WRITE transfers wait for it: lets a test observe a put in flight. */
+  writeGate: Promise<void> | undefined;
   /** Throw this from the next transfer. */
   failNext: Error | undefined;
   /** Write only half of each page of the next WRITE, then stall forever (a crash). */
@@ -82,6 +84,7 @@ export class FsStorageIo implements StorageIo {
     files: readonly number[],
   ): Promise<void> {
     await Promise.resolve();
+    if (op === "WRITE" && this.writeGate) await this.writeGate;
     this.transfers[op]++;
     this.batches.push({ op, count: pages.length });
     if (this.failNext) {
