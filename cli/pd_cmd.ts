@@ -237,25 +237,43 @@ async function runReceiver(args: string[]): Promise<number> {
     const done = new Promise<void>((r) => (resolveDone = r));
     const t0 = performance.now();
     const onGpu = rx.channel.device.kind === "cuda";
+    const check = (key: string): number => {
+      // GPU pages have no view: copy the chunk out (only to check it).
+      const held = rx.page(key)!;
+      const view = onGpu ? held.page.read(0, held.bytes) : rx.view(key)!;
+      let ok = true;
+      if (v.verify) {
+        const at = checkPattern(key, view);
+        ok = at < 0;
+        if (!ok) {
+          bad++;
+          err(`pd-receiver: chunk ${key} differs from the expected content at byte ${at}`);
+        }
+      }
+      rx.remove(key);
+      return view.length;
+    };
+    // On a GPU, checking a chunk means copying it to host memory first, which would hold
+    // this event loop (and so the next AllocRequest) far longer than the transfer: when
+    // every expected chunk fits in the buffer, the checks wait until all have landed.
+    const deferred: string[] = [];
+    const defer = onGpu && v.verify === true && expect !== undefined &&
+      expect <= rx.pool.pageCount;
     rx.onLanded((keys) => {
       for (const key of keys) {
-        // GPU pages have no view: copy the chunk out (only to check it).
-        const held = rx.page(key)!;
-        const view = onGpu ? held.page.read(0, held.bytes) : rx.view(key)!;
-        let ok = true;
-        if (v.verify) {
-          const at = checkPattern(key, view);
-          ok = at < 0;
-          if (!ok) {
-            bad++;
-            err(`pd-receiver: chunk ${key} differs from the expected content at byte ${at}`);
-          }
-        }
-        bytes += view.length;
         landed++;
-        rx.remove(key);
-        emit(json, { event: "landed", key, ok, bytes: view.length, n: landed }, "");
-        if (expect !== undefined && landed >= expect) resolveDone();
+        if (defer) {
+          deferred.push(key);
+          emit(json, { event: "landed", key, ok: null, n: landed }, "");
+        } else {
+          const n = check(key);
+          bytes += n;
+          emit(json, { event: "landed", key, ok: true, bytes: n, n: landed }, "");
+        }
+        if (expect !== undefined && landed >= expect) {
+          for (const k of deferred.splice(0)) bytes += check(k);
+          resolveDone();
+        }
       }
     });
     if (expect === undefined) {

@@ -200,6 +200,17 @@ struct bi_req {
     bool released;
     pthread_cond_t cv;
     bi_conn *conn;       /* connection used by the current post (ref), or NULL */
+    /* PATH_CUDA: the merged pieces as copy arrays (built with the jobs); cb_onedev when
+     * every piece is on one device (cb_dev) */
+    void **cb_dst;
+    const void **cb_src;
+    size_t *cb_len;
+    int32_t cb_dev;
+    bool cb_onedev;
+    /* PATH_CUDA posted without a worker (a->mu): copies queued by the post, completion
+     * found by whoever waits or polls (the event recorded after the copies) */
+    void *cu_ev;
+    bool cu_pending, cu_waiting;
     /* job accounting (pool->mu) */
     uint32_t next_job, jobs_done, running;
     uint64_t pool_post;
@@ -309,7 +320,13 @@ bool bi_pool_cancel(bi_pool *p, bi_req *r);
 void bi_pool_claim_inline(bi_pool *p, bi_req *r);
 /* Runs every job of r in the calling thread (small requests), after the claim. */
 void bi_pool_run_inline(bi_pool *p, bi_req *r, uint64_t post_id);
+/* Ends a claim without running jobs (the caller did the work itself). */
+void bi_pool_leave(bi_pool *p, bi_req *r);
 
+/* copy.c: PATH_CUDA without a worker: queues the copies and records the completion
+ * event (r->cu_ev), or finishes the request with the error. After
+ * bi_pool_claim_inline; leaves the claim. */
+void bi_cuda_post_async(bi_req *r, uint64_t post_id);
 /* copy.c: executes one job; returns KVP status and fills msg on failure. */
 int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
 /* Builds r->jobs for r->p (chunking). */

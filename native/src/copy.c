@@ -35,11 +35,25 @@ int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
     if (r->path == PATH_CUDA) {
         /* One job: it queues every piece's copy on the device's copy stream and waits
          * once, so the GPU runs the copies back to back (consecutive pages were merged
-         * into one copy already); splitting it would only add host round trips. */
+         * into one copy already); splitting it would only add host round trips. The
+         * copies are also kept as arrays for one batched call. */
         r->jobs = malloc(sizeof *r->jobs);
-        if (!r->jobs) return kvp_err(KVP_ERR_BACKEND, "out of memory planning the request");
+        r->cb_dst = malloc((size_t)r->np * sizeof *r->cb_dst);
+        r->cb_src = malloc((size_t)r->np * sizeof *r->cb_src);
+        r->cb_len = malloc((size_t)r->np * sizeof *r->cb_len);
+        if (!r->jobs || !r->cb_dst || !r->cb_src || !r->cb_len)
+            return kvp_err(KVP_ERR_BACKEND, "out of memory planning the request");
         r->jobs[0] = (bi_job){0, (uint32_t)(r->np - 1), 0, r->p[r->np - 1].len};
         r->nj = 1;
+        r->cb_dev = r->p[0].fd;
+        r->cb_onedev = true;
+        for (uint64_t i = 0; i < r->np; i++) {
+            const bi_piece *p = &r->p[i];
+            r->cb_dst[i] = (void *)(uintptr_t)(r->out ? p->other : p->mem);
+            r->cb_src[i] = (const void *)(uintptr_t)(r->out ? p->mem : p->other);
+            r->cb_len[i] = (size_t)p->len;
+            if (p->fd != r->cb_dev) r->cb_onedev = false;
+        }
         return KVP_SUCCESS;
     }
     /* About four jobs per worker so that workers stay balanced, within bounds that keep
@@ -112,6 +126,15 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
     int32_t devs[CUDA_JOB_DEVS];
     int nd = 0;
     int32_t st = KVP_SUCCESS;
+    if (r->cb_onedev && j->p0 == 0 && j->p1 + 1 == r->np && j->o0 == 0 &&
+        j->e1 == r->p[r->np - 1].len) {
+        /* The whole request on one device: one batched call. */
+        devs[nd++] = r->cb_dev;
+        st = kvp_cuda_copy_batch(r->cb_dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src, r->cb_len,
+                                 (size_t)r->np);
+        if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
+        goto wait;
+    }
     FOR_SEGMENTS(r, j, pi, off, n) {
         if (st != KVP_SUCCESS) continue;
         const bi_piece *p = &r->p[pi];
@@ -131,6 +154,7 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
                     : kvp_cuda_copy_async(p->fd, KVP_CUDA_Q_COPY, m, o, n, NULL);
         if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
     }
+wait:
     for (int k = 0; k < nd; k++) {
         void *ev = NULL;
         int32_t s2 = kvp_cuda_event_get(devs[k], &ev);
@@ -147,6 +171,37 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
         }
     }
     return st;
+}
+
+void bi_cuda_post_async(bi_req *r, uint64_t post_id) {
+    bi_agent *a = r->a;
+    int32_t dev = r->cb_dev;
+    void *ev = NULL;
+    char msg[400] = "";
+    int32_t st = kvp_cuda_event_get(dev, &ev);
+    if (st == KVP_SUCCESS)
+        st = kvp_cuda_copy_batch(dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src, r->cb_len,
+                                 (size_t)r->np);
+    if (st == KVP_SUCCESS) st = kvp_cuda_record(dev, KVP_CUDA_Q_COPY, ev);
+    if (st != KVP_SUCCESS) {
+        snprintf(msg, sizeof msg, "%s", kvp_err_text());
+        kvp_cuda_quiesce(); /* copies may be queued: none may outlive the request */
+        kvp_cuda_event_put(dev, ev);
+        bi_req_finish(r, post_id, st, msg);
+    } else {
+        pthread_mutex_lock(&a->mu);
+        if (r->post_id == post_id && r->state == RS_ACTIVE) {
+            r->cu_ev = ev;
+            r->cu_pending = true;
+            ev = NULL;
+        }
+        pthread_mutex_unlock(&a->mu);
+        if (ev) { /* finished meanwhile: still wait for the copies */
+            (void)kvp_cuda_event_wait(dev, ev);
+            kvp_cuda_event_put(dev, ev);
+        }
+    }
+    bi_pool_leave(&a->pool, r);
 }
 
 /* Same-process peer: its memory is our memory, so a stale pointer would fault in our

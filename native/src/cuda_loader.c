@@ -35,6 +35,11 @@ static struct {
     cuda_err (*event_record)(void *, void *);
     cuda_err (*event_sync)(void *);
     cuda_err (*event_destroy)(void *);
+    cuda_err (*event_query)(void *);
+    /* optional (NULL when the runtime lacks them) */
+    cuda_err (*runtime_version)(int *);
+    void *memcpy_batch;   /* cudaMemcpyBatchAsync; signature by runtime version */
+    int version;          /* cudaRuntimeGetVersion, 0 when unknown */
     const char *(*error_string)(cuda_err);
     int32_t status;       /* result of loading + cudaGetDeviceCount */
     int count;
@@ -109,7 +114,12 @@ static void load_once(void) {
     SYM(event_record, "cudaEventRecord");
     SYM(event_sync, "cudaEventSynchronize");
     SYM(event_destroy, "cudaEventDestroy");
+    SYM(event_query, "cudaEventQuery");
 #undef SYM
+    *(void **)&g_cuda.runtime_version = dlsym(g_cuda.lib, "cudaRuntimeGetVersion");
+    if (g_cuda.runtime_version && g_cuda.runtime_version(&g_cuda.version) != 0) g_cuda.version = 0;
+    /* 12.8 added it with a failIdx argument before the stream; 13.0 dropped that one. */
+    if (g_cuda.version >= 12080) g_cuda.memcpy_batch = dlsym(g_cuda.lib, "cudaMemcpyBatchAsync");
     int n = 0;
     cuda_err e = g_cuda.get_device_count(&n);
     if (e != 0 || n <= 0) {
@@ -286,6 +296,59 @@ int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint
         if (e) return kvp_err(KVP_ERR_BACKEND, "cudaEventRecord failed: %s", cerr(e));
     }
     return KVP_SUCCESS;
+}
+
+/* struct cudaMemcpyAttributes (all 32-bit fields): srcAccessOrder, srcLocHint {type, id},
+ * dstLocHint {type, id}, flags. */
+typedef struct cuda_memcpy_attrs {
+    int src_access_order;
+    int src_type, src_id;
+    int dst_type, dst_id;
+    unsigned flags;
+} cuda_memcpy_attrs;
+#define CUDA_SRC_ACCESS_ORDER_STREAM 1
+typedef cuda_err (*batch13_fn)(void *const *, const void *const *, const size_t *, size_t,
+                               cuda_memcpy_attrs *, size_t *, size_t, void *);
+typedef cuda_err (*batch128_fn)(void *const *, const void *const *, const size_t *, size_t,
+                                cuda_memcpy_attrs *, size_t *, size_t, size_t *, void *);
+
+int32_t kvp_cuda_copy_batch(int32_t dev, int q, void *const *dsts, const void *const *srcs,
+                            const size_t *sizes, size_t count) {
+    if (count == 0) return KVP_SUCCESS;
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    void *s = NULL;
+    st = stream_of(dev, q, &s);
+    if (st != KVP_SUCCESS) return st;
+    if (count > 1 && g_cuda.memcpy_batch) {
+        cuda_memcpy_attrs at;
+        memset(&at, 0, sizeof at);
+        at.src_access_order = CUDA_SRC_ACCESS_ORDER_STREAM;
+        size_t idx0 = 0, fail = 0;
+        cuda_err e = g_cuda.version >= 13000
+                         ? ((batch13_fn)g_cuda.memcpy_batch)(dsts, srcs, sizes, count, &at, &idx0,
+                                                             1, s)
+                         : ((batch128_fn)g_cuda.memcpy_batch)(dsts, srcs, sizes, count, &at,
+                                                              &idx0, 1, &fail, s);
+        if (e == 0) return KVP_SUCCESS;
+        /* Refused (the arguments are validated before anything is queued; e.g. host
+         * memory it does not take in stream order): one copy at a time below. */
+    }
+    for (size_t i = 0; i < count; i++) {
+        cuda_err e = g_cuda.memcpy_async(dsts[i], srcs[i], sizes[i], CUDA_MEMCPY_DEFAULT, s);
+        if (e)
+            return kvp_err(KVP_ERR_BACKEND, "cudaMemcpyAsync of %zu bytes on device %d failed: %s",
+                           sizes[i], dev, cerr(e));
+    }
+    return KVP_SUCCESS;
+}
+
+int32_t kvp_cuda_event_query(int32_t dev, void *ev) {
+    KVP_UNUSED(dev);
+    cuda_err e = g_cuda.event_query(ev);
+    if (e == 0) return KVP_SUCCESS;
+    if (e == 600) return KVP_IN_PROG; /* cudaErrorNotReady */
+    return kvp_err(KVP_ERR_BACKEND, "a CUDA copy failed: %s", cerr(e));
 }
 
 int32_t kvp_cuda_record(int32_t dev, int q, void *ev) {

@@ -39,6 +39,13 @@ void kvp_cuda_event_destroy(int32_t dev, void *ev);
  * direction) on queue q of device dev, then records ev (may be NULL) after it. */
 int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint64_t len,
                             void *ev);
+/* Queues count copies (dsts[i] <- srcs[i], sizes[i] bytes) on queue q of device dev:
+ * one cudaMemcpyBatchAsync where the runtime has it (CUDA 12.8 and later: one call for a
+ * batch of scattered pages instead of one launch each), else one cudaMemcpyAsync each. */
+int32_t kvp_cuda_copy_batch(int32_t dev, int q, void *const *dsts, const void *const *srcs,
+                            const size_t *sizes, size_t count);
+/* cudaEventQuery: KVP_SUCCESS when done, KVP_IN_PROG when not yet, else the error. */
+int32_t kvp_cuda_event_query(int32_t dev, void *ev);
 /* Records ev on queue q of device dev, after everything queued there so far. */
 int32_t kvp_cuda_record(int32_t dev, int q, void *ev);
 /* An event of device dev from a small per-process pool (kvp_cuda_event_put returns it). */

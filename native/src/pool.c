@@ -166,3 +166,5 @@ void bi_pool_run_inline(bi_pool *p, bi_req *r, uint64_t post_id) {
     else bi_req_complete(r, post_id);
     leave(p, r);
 }
+
+void bi_pool_leave(bi_pool *p, bi_req *r) { leave(p, r); }

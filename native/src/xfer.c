@@ -19,6 +19,9 @@ static void req_release_obj(kvp_obj *o) {
     bi_tcp_free_frames(r);
     free(r->p);
     free(r->jobs);
+    free(r->cb_dst);
+    free(r->cb_src);
+    free(r->cb_len);
     free(r->notif);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -418,6 +421,21 @@ void bi_req_cancel(bi_req *r) {
     /* Always wait for workers, even for a finished request: the worker that finished it
      * may still be on its way out of the job. */
     (void)bi_pool_cancel(&a->pool, r);
+    /* Copies queued by an asynchronous CUDA post: wait for them (after whoever is
+     * waiting for them now). */
+    pthread_mutex_lock(&a->mu);
+    while (r->cu_waiting) pthread_cond_wait(&r->cv, &a->mu);
+    void *ev = NULL;
+    if (r->cu_pending) {
+        ev = r->cu_ev;
+        r->cu_ev = NULL;
+        r->cu_pending = false;
+    }
+    pthread_mutex_unlock(&a->mu);
+    if (ev) {
+        (void)kvp_cuda_event_wait(r->cb_dev, ev);
+        kvp_cuda_event_put(r->cb_dev, ev);
+    }
     if (c) {
         bi_tcp_cancel(c, r);
         bi_conn_put(c);
@@ -516,7 +534,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             return st;
         }
     }
-    bool run_inline = false;
+    bool run_inline = false, cu_async = false;
     uint64_t post_id = 0;
     bi_conn *old = NULL;
     pthread_mutex_lock(&a->mu);
@@ -551,6 +569,13 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             run_inline = true;
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
+        } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process) &&
+                   r->notif_len == 0) {
+            /* GPU copies: queued right here (microseconds), completed by whoever waits or
+             * polls; no worker hop. (A notification, to be sent promptly, and a
+             * same-process peer, copied under its lock, take a worker.) */
+            cu_async = true;
+            bi_pool_claim_inline(&a->pool, r);
         } else {
             bi_pool_submit(&a->pool, r);
         }
@@ -559,6 +584,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
     if (old) bi_conn_put(old);
     if (c) bi_conn_put(c);
     if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
+    if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);
     if (st == KVP_SUCCESS) {
         pthread_mutex_lock(&a->mu);
         if (r->post_id == post_id && r->state == RS_DONE) {
@@ -589,11 +615,42 @@ static int32_t state_result(bi_agent *a, bi_req *r) {
     }
 }
 
+/* An asynchronous CUDA post: completes the request once its event has (block: wait
+ * for it; else only ask). a->mu held on entry and on return, dropped meanwhile. */
+static void cuda_poll_locked(bi_agent *a, bi_req *r, bool block) {
+    if (r->state != RS_ACTIVE || !r->cu_pending || r->cu_waiting) return;
+    r->cu_waiting = true;
+    void *ev = r->cu_ev;
+    int32_t dev = r->cb_dev;
+    uint64_t post = r->post_id;
+    pthread_mutex_unlock(&a->mu);
+    int32_t st = block ? kvp_cuda_event_wait(dev, ev) : kvp_cuda_event_query(dev, ev);
+    char msg[400] = "";
+    if (st != KVP_SUCCESS && st != KVP_IN_PROG) snprintf(msg, sizeof msg, "%s", kvp_err_text());
+    pthread_mutex_lock(&a->mu);
+    r->cu_waiting = false;
+    bool done = st != KVP_IN_PROG && r->cu_pending && r->post_id == post &&
+                r->state == RS_ACTIVE;
+    if (done) {
+        r->cu_pending = false;
+        r->cu_ev = NULL;
+    }
+    pthread_cond_broadcast(&r->cv); /* a cancel may wait for cu_waiting */
+    pthread_mutex_unlock(&a->mu);
+    if (done) {
+        kvp_cuda_event_put(dev, ev);
+        if (st == KVP_SUCCESS) bi_req_complete(r, post);
+        else bi_req_finish(r, post, st, msg);
+    }
+    pthread_mutex_lock(&a->mu);
+}
+
 int32_t bi_xfer_status(kvp_agent *ka, uint64_t h) {
     bi_agent *a = bi_of(ka);
     bi_req *r = req_get(a, h);
     if (!r) return kvp_err_status();
     pthread_mutex_lock(&a->mu);
+    if (r->cu_pending && !r->released && !a->dying) cuda_poll_locked(a, r, false);
     int32_t st = state_result(a, r);
     pthread_mutex_unlock(&a->mu);
     kvp_obj_put(&r->obj);
@@ -606,7 +663,15 @@ int32_t bi_xfer_wait(kvp_agent *ka, uint64_t h, int64_t timeout_ms) {
     if (!r) return kvp_err_status();
     struct timespec dl = kvp_deadline_ms(timeout_ms);
     pthread_mutex_lock(&a->mu);
+    bool polled = false;
     while (r->state == RS_ACTIVE && !a->dying && !r->released) {
+        if (r->cu_pending && !r->cu_waiting && (timeout_ms > 0 || !polled)) {
+            /* GPU copies in flight: wait for their event here (a copy takes
+             * milliseconds at most), then the request completes. */
+            cuda_poll_locked(a, r, timeout_ms > 0);
+            polled = true;
+            continue;
+        }
         int rc = pthread_cond_timedwait(&r->cv, &a->mu, &dl);
         if (rc == ETIMEDOUT) break;
     }

@@ -308,3 +308,50 @@ TEST_T(cuda_ipc_scattered_pages, 60) {
     OK(kvp_mem_free(v));
     t_peer_stop(&p);
 }
+
+/* GPU copies posted without a worker: completed by polling (kvp_xfer_status, as Bun
+ * does) or by waiting; released or destroyed while in flight without a fault. */
+TEST_T(cuda_async_post_poll_release_destroy, 60) {
+    if (!have_gpu()) return;
+    enum { N = 64 };
+    const uint64_t page = 1 << 20, size = N * page;
+    uint64_t a = t_agent("A", NULL, NULL), v1, v2, reg;
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v1));
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v2));
+    uint64_t vs[2] = {v1, v2}, ls[2] = {size, size}, ds[2] = {0, 0};
+    OK(kvp_register(a, KVP_VRAM, vs, ls, ds, 2, NULL, &reg));
+    uint64_t l1 = prep_type(a, "", KVP_VRAM, v1, page, N), r2 = prep_type(a, "A", KVP_VRAM, v2, page, N);
+    uint32_t idx[N], perm[N];
+    for (uint32_t i = 0; i < N; i++) {
+        idx[i] = i;
+        perm[i] = (i * 37 + 11) % N;
+    }
+    fill_vram_pages(v1, page, N, 50);
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, l1, idx, r2, perm, N, NULL, 0, &req));
+    int32_t st = kvp_xfer_post(a, req);
+    CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
+    for (int spins = 0; st == KVP_IN_PROG && spins < 200000; spins++) {
+        st = kvp_xfer_status(a, req);
+        if (st == KVP_IN_PROG) usleep(50);
+    }
+    CHECK_ST(st, KVP_SUCCESS);
+    for (uint32_t k = 0; k < N; k++) CHECK_MSG(vram_page_is(v2, page, perm[k], 50 + k), "page %u", k);
+    /* Waiting with a zero timeout only asks. */
+    st = kvp_xfer_post(a, req);
+    CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
+    st = kvp_xfer_wait(a, req, 0);
+    CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
+    OK(kvp_xfer_wait(a, req, 20000));
+    /* Released in flight: returns once the copies are done. */
+    CHECK(kvp_xfer_post(a, req) >= 0);
+    OK(kvp_xfer_release(a, req));
+    /* Destroyed in flight. */
+    OK(kvp_xfer_create(a, KVP_WRITE, l1, idx, r2, idx, N, NULL, 0, &req));
+    CHECK(kvp_xfer_post(a, req) >= 0);
+    uint64_t info_posts = info_count(a, "posts_cuda");
+    CHECK(info_posts == 4);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(v1));
+    OK(kvp_mem_free(v2));
+}

@@ -62,6 +62,12 @@ typedef struct alloc {
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static alloc *g_allocs;
 static __thread int t_device;
+static int g_batches; /* cudaMemcpyBatchAsync calls (FAKE_CUDA_REPORT=1 prints it at exit) */
+
+__attribute__((destructor)) static void report(void) {
+    const char *e = getenv("FAKE_CUDA_REPORT");
+    if (e && *e == '1') fprintf(stderr, "fake_cudart: %d batched copy calls\n", g_batches);
+}
 
 static int ndev(void) {
     const char *e = getenv("FAKE_CUDA_DEVICES");
@@ -353,6 +359,27 @@ API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t len, int kind
     o->src = src;
     o->len = len;
     push(s, o);
+    return cudaSuccess;
+}
+
+API cudaError_t cudaRuntimeGetVersion(int *v) {
+    *v = 13000;
+    return cudaSuccess;
+}
+
+/* The CUDA 13 signature. Every attribute must ask for stream order (what the shim
+ * passes); the copies run in order on the stream. */
+typedef struct { int order, st, si, dt, di; unsigned flags; } fake_attrs;
+API cudaError_t cudaMemcpyBatchAsync(void *const *dsts, const void *const *srcs,
+                                     const size_t *sizes, size_t count, fake_attrs *attrs,
+                                     size_t *idxs, size_t nattrs, void *s) {
+    if (!s || count == 0 || nattrs != 1 || idxs[0] != 0 || attrs[0].order != 1)
+        return cudaErrorInvalidValue;
+    g_batches++;
+    for (size_t i = 0; i < count; i++) {
+        cudaError_t e = cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], 4, s);
+        if (e) return e;
+    }
     return cudaSuccess;
 }
 
