@@ -12,7 +12,9 @@
 # `scripts/gpu_lease.sh --prepare` makes the last two (and checks the first).
 #
 # On the GPU machine:  bash scripts/gpu_lease.sh      (writes $OUT/gpu_lease.log when
-# $OUT is set). Locally, without a GPU, it runs too: set KVPORT_CUDART to the fake
+# $OUT is set). KVPORT_RUNTIME=bun runs the same steps under Bun, from .device-bun/bun.xz
+# (Deno and Bun together are more than one lease carries: carry .device/build,
+# .device/node_modules.tar.xz and .device-bun for that run). Locally, without a GPU, it runs too: set KVPORT_CUDART to the fake
 # runtime (sh native/tools/fake-cudart.sh) to rehearse, or see every step skip.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,9 +44,23 @@ unxz_to() { # unxz_to <file.xz> <dest>: xz, else Python's lzma
 }
 
 # ---- runtime and shim ----------------------------------------------------------------
+runtime=${KVPORT_RUNTIME:-deno}
 deno=node_modules/deno/deno
-if [ -f .device/deno.xz ] && ! "$deno" --version >/dev/null 2>&1; then
+if [ "$runtime" = deno ] && [ -f .device/deno.xz ] && ! "$deno" --version >/dev/null 2>&1; then
   unxz_to .device/deno.xz /tmp/kvport-deno && chmod +x /tmp/kvport-deno && deno=/tmp/kvport-deno
+fi
+bun=node_modules/.bin/bun
+if [ "$runtime" = bun ] && [ -f .device-bun/bun.xz ] && ! "$bun" --version >/dev/null 2>&1; then
+  unxz_to .device-bun/bun.xz /tmp/kvport-bun && chmod +x /tmp/kvport-bun && bun=/tmp/kvport-bun
+fi
+if [ "$runtime" = bun ]; then
+  rt_version="bun $("$bun" --version 2>&1 | head -1)"
+  rt_test="'$bun' test --timeout 120000"
+  rt_run="'$bun'"
+else
+  rt_version=$("$deno" --version 2>&1 | head -1)
+  rt_test="'$deno' test -A --no-check"
+  rt_run="'$deno' run -A --no-check"
 fi
 if [ -f .device/node_modules.tar.xz ] && [ ! -d node_modules/zod ]; then
   if command -v xz >/dev/null; then tar -xJf .device/node_modules.tar.xz
@@ -59,7 +75,7 @@ export KVPORT_ENGINE=${KVPORT_ENGINE:-builtin} # NIXL, if any, is measured elsew
 
 echo "== gpu_lease $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -4
-echo "deno: $("$deno" --version 2>&1 | head -1)"
+echo "runtime: $rt_version"
 
 steps=()
 step() { # step <seconds> <name> <shell command>: a hung step cannot eat the whole lease
@@ -79,21 +95,21 @@ step() { # step <seconds> <name> <shell command>: a hung step cannot eat the who
 step 100 "C tests: VRAM paths" "native/build/kvport-tests cuda_"
 step 20 "C tests: staging pipelines (no GPU needed)" "native/build/kvport-tests stage_"
 
-# ---- 2. TypeScript GPU tests (Deno) ---------------------------------------------------
-step 150 "Deno: VRAM tests (agent, two processes, channels)" \
-  "'$deno' test -A --no-check tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts"
+# ---- 2. TypeScript GPU tests ----------------------------------------------------------
+step 150 "$runtime: VRAM tests (agent, two processes, channels)" \
+  "$rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts"
 
 # ---- 3. PD demo on GPU buffers --------------------------------------------------------
 # (the last JSON line of a run is kept for the summary)
 demo_json=$out/demo.json
 step 100 "PD demo, pd_buffer_device cuda (two processes, every byte checked)" \
-  "'$deno' run -A --no-check cli/main.ts demo --device cuda --json | tee '$out/demo.txt';
+  "$rt_run cli/main.ts demo --device cuda --json | tee '$out/demo.txt';
    rc=\${PIPESTATUS[0]}; grep '^{' '$out/demo.txt' | tail -1 >'$demo_json'; exit \$rc"
 
 # ---- 4. benchmark ---------------------------------------------------------------------
 bench_json=$out/gpu_bench.json
 step 200 "bench/gpu_bench.ts" \
-  "'$deno' run -A --no-check bench/gpu_bench.ts | tee '$out/gpu_bench.txt';
+  "$rt_run bench/gpu_bench.ts | tee '$out/gpu_bench.txt';
    rc=\${PIPESTATUS[0]}; grep '^{' '$out/gpu_bench.txt' | tail -1 >'$bench_json'; exit \$rc"
 
 # ---- summary, last ----------------------------------------------------------------------
