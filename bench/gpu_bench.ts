@@ -4,7 +4,8 @@
  * - VRAM -> VRAM between two processes through CUDA IPC, 64 consecutive pages of 4 MiB
  *   and of 28 MiB per request (merged into one copy) vs cudaMemcpy device to device of
  *   the same bytes (`kvport-limits cuda-memcpy`), goal >= 0.8; the same with the 64 pages
- *   scattered (64 copies queued, one wait), with two requests in flight, and as READ;
+ *   scattered (the library's copy kernel, one launch; for 4 MiB also the runtime's copies,
+ *   vram_copy=memcpy), with two requests in flight, and as READ;
  * - VRAM -> pinned host -> TCP -> pinned host -> VRAM between two processes (backends
  *   TCP, as between hosts) vs a raw TCP stream of the same message size, goal >= 0.8.
  * Every mode ends by checking the moved pages by checksum on both sides.
@@ -164,22 +165,55 @@ let verified = 0;
         extra: { bytesPerRequest: bytes, requests: iters, path: "CUDA IPC, pages merged" },
       });
       verified += await verify(p, page, seq(PAGES), seq(PAGES));
+      // Scattered: page i -> (i * 37 + 11) % 64, no two consecutive: 64 copies, by the
+      // library's copy kernel (one launch) ...
+      const perm = seq(PAGES).map((i) => (i * 37 + 11) % PAGES);
+      const sreq = p.agent.createTransfer("WRITE", local, idx, remote, perm);
+      await run(sreq);
+      const s = await timeLoop(() => run(sreq), { minMs: MIN_MS, minIters: 5 });
+      sreq.release();
+      report.add({
+        name: `vram_ipc_write_${page / MiB}MiB_x${PAGES}_scattered`,
+        value: gbps(bytes * s.iters, s.ms),
+        unit: "GB/s",
+        limit: d2d.get(bytes),
+        limitName: "cudaMemcpy d2d",
+        extra: { path: "CUDA IPC, 64 scattered pages, vram_copy=auto (copy kernel)" },
+      });
+      verified += await verify(p, page, seq(PAGES), perm);
       if (page === 4 * MiB) {
-        // Scattered: page i -> (i * 37 + 11) % 64, no two consecutive: 64 copies.
-        const perm = seq(PAGES).map((i) => (i * 37 + 11) % PAGES);
-        const sreq = p.agent.createTransfer("WRITE", local, idx, remote, perm);
-        await run(sreq);
-        const s = await timeLoop(() => run(sreq), { minMs: MIN_MS, minIters: 5 });
-        sreq.release();
-        report.add({
-          name: `vram_ipc_write_${page / MiB}MiB_x${PAGES}_scattered`,
-          value: gbps(bytes * s.iters, s.ms),
-          unit: "GB/s",
-          limit: d2d.get(bytes),
-          limitName: "cudaMemcpy d2d",
-          extra: { path: "CUDA IPC, 64 copies queued on one stream, one wait" },
+        // ... and, for comparison, by the runtime's copies (vram_copy=memcpy: one
+        // cudaMemcpyBatchAsync, else one cudaMemcpyAsync per page).
+        const a2 = await NixlAgent.create({
+          name: `gpu-bench-memcpy-${process.pid}`,
+          engine: "builtin",
+          params: { vram_copy: "memcpy" },
         });
-        verified += await verify(p, page, seq(PAGES), perm);
+        try {
+          a2.registerMemory(p.gpu);
+          a2.addRemoteAgent(p.peer.meta);
+          using l2 = DescList.pages(p.gpu, page, PAGES);
+          using r2 = DescList.pages(
+            { address: p.peer.address, memType: "VRAM", device: 0 },
+            page,
+            PAGES,
+          );
+          const pl = a2.prepDescList("", l2), pr = a2.prepDescList(p.peer.name, r2);
+          const mreq = a2.createTransfer("WRITE", pl, idx, pr, perm);
+          await run(mreq);
+          const m = await timeLoop(() => run(mreq), { minMs: MIN_MS, minIters: 5 });
+          mreq.release();
+          report.add({
+            name: `vram_ipc_write_${page / MiB}MiB_x${PAGES}_scattered_memcpy`,
+            value: gbps(bytes * m.iters, m.ms),
+            unit: "GB/s",
+            limit: d2d.get(bytes),
+            limitName: "cudaMemcpy d2d",
+            extra: { path: "CUDA IPC, 64 scattered pages, vram_copy=memcpy" },
+          });
+        } finally {
+          await a2.close();
+        }
         // Two requests in flight (pages 0..63 and 64..127).
         const two = lists(p, page, 2 * PAGES);
         const hi = new Uint32Array(seq(PAGES, PAGES));
@@ -221,7 +255,10 @@ let verified = 0;
       remote.release();
     }
     const info = p.agent.info();
-    console.log(`ipc agent: posts_cuda=${info.posts_cuda} posts_staged=${info.posts_staged}`);
+    console.log(
+      `ipc agent: posts_cuda=${info.posts_cuda} posts_staged=${info.posts_staged}, copy ` +
+        `kernel: ${info.vram_copy_note ?? "in use"}`,
+    );
   } finally {
     await p.peer.stop();
     await p.agent.close();

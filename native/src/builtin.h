@@ -207,6 +207,7 @@ struct bi_req {
     size_t *cb_len;
     int32_t cb_dev;
     bool cb_onedev;
+    bool cb_kernel;      /* both ends device memory, several pieces: the copy kernel */
     /* PATH_CUDA posted without a worker (a->mu): copies queued by the post, completion
      * found by whoever waits or polls (the event recorded after the copies) */
     void *cu_ev;
@@ -256,6 +257,7 @@ struct bi_agent {
     uint32_t io_threads;
     uint32_t connect_timeout_ms;
     uint64_t inline_max;        /* requests up to this many bytes complete inside post */
+    bool vram_kernel;           /* vram_copy=auto: scattered VRAM<->VRAM pages by kernel */
     /* registrations */
     pthread_rwlock_t reg_rw;
     uint64_t reg_epoch;         /* bumped by every deregistration (reg_rw write) */

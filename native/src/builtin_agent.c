@@ -97,7 +97,7 @@ static const kvp_engine_ops g_builtin_ops = {
 
 static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
-    "connect_timeout_ms", "transport", "inline_max", NULL,
+    "connect_timeout_ms", "transport", "inline_max", "vram_copy", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -123,6 +123,14 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
             return kvp_err(KVP_ERR_INVALID_PARAM,
                            "param transport=\"%s\" is not one of auto, tcp", v);
     }
+    v = kvp_params_get(pp, "vram_copy");
+    a->vram_kernel = true;
+    if (v && *v) {
+        if (strcmp(v, "memcpy") == 0) a->vram_kernel = false;
+        else if (strcmp(v, "auto") != 0)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "param vram_copy=\"%s\" is not one of auto, memcpy", v);
+    }
     v = kvp_params_get(pp, "advertise_host");
     if (v && *v) {
         snprintf(a->advertise, sizeof a->advertise, "%s", v);
@@ -144,7 +152,8 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
             return kvp_err(KVP_ERR_INVALID_PARAM,
                            "unknown param \"%s\" for the builtin engine (known: listen_host, "
                            "listen_port, advertise_host, io_threads, connect_timeout_ms, "
-                           "transport, inline_max; prefix a key with BACKEND. to pass it to a "
+                           "transport, inline_max, vram_copy; prefix a key with BACKEND. to pass "
+                           "it to a "
                            "backend)",
                            pp->v[i].key);
     }
@@ -294,12 +303,13 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
     char line[1024];
     snprintf(line, sizeof line,
              "name=%s\nengine=builtin\nbackends=%s%s%s\nlisten=%s:%u\nadvertise=%s:%u\n"
-             "io_threads=%u\ntransport=%s\nconnect_timeout_ms=%u\ninline_max=%llu\n",
+             "io_threads=%u\ntransport=%s\nconnect_timeout_ms=%u\ninline_max=%llu\n"
+             "vram_copy=%s\n",
              a->base.name, (a->caps & KVP_CAP_UCX) ? "UCX," : "",
              (a->caps & KVP_CAP_TCP) ? "TCP," : "", (a->caps & KVP_CAP_POSIX) ? "POSIX" : "",
              a->listen_host, a->port, a->advertise, a->port, a->io_threads,
              a->force_tcp ? "tcp" : "auto", a->connect_timeout_ms,
-             (unsigned long long)a->inline_max);
+             (unsigned long long)a->inline_max, a->vram_kernel ? "auto" : "memcpy");
     /* Tidy a trailing comma in backends when POSIX is absent. */
     char *b = strstr(line, "backends=");
     if (b) {
@@ -320,6 +330,12 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->n_inline),
              (unsigned long long)atomic_load(&a->n_staged));
     kvp_buf_put(out, line, strlen(line));
+    /* Why scattered VRAM pages are not copied by the library's kernel, once known. */
+    const char *kn = kvp_cuda_kernel_note();
+    if (kn[0]) {
+        snprintf(line, sizeof line, "vram_copy_note=%s\n", kn);
+        kvp_buf_put(out, line, strlen(line));
+    }
     return KVP_SUCCESS;
 }
 

@@ -54,6 +54,8 @@ int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
             r->cb_len[i] = (size_t)p->len;
             if (p->fd != r->cb_dev) r->cb_onedev = false;
         }
+        r->cb_kernel = r->a->vram_kernel && r->np > 1 && r->ltype == KVP_VRAM &&
+                       r->rtype == KVP_VRAM;
         return KVP_SUCCESS;
     }
     /* About four jobs per worker so that workers stay balanced, within bounds that keep
@@ -130,8 +132,10 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
         j->e1 == r->p[r->np - 1].len) {
         /* The whole request on one device: one batched call. */
         devs[nd++] = r->cb_dev;
-        st = kvp_cuda_copy_batch(r->cb_dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src, r->cb_len,
-                                 (size_t)r->np);
+        st = r->cb_kernel ? kvp_cuda_copy_device_batch(r->cb_dev, KVP_CUDA_Q_COPY, r->cb_dst,
+                                                       r->cb_src, r->cb_len, (size_t)r->np)
+                          : kvp_cuda_copy_batch(r->cb_dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src,
+                                                r->cb_len, (size_t)r->np);
         if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
         goto wait;
     }
@@ -180,8 +184,10 @@ void bi_cuda_post_async(bi_req *r, uint64_t post_id) {
     char msg[400] = "";
     int32_t st = kvp_cuda_event_get(dev, &ev);
     if (st == KVP_SUCCESS)
-        st = kvp_cuda_copy_batch(dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src, r->cb_len,
-                                 (size_t)r->np);
+        st = r->cb_kernel ? kvp_cuda_copy_device_batch(dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src,
+                                                       r->cb_len, (size_t)r->np)
+                          : kvp_cuda_copy_batch(dev, KVP_CUDA_Q_COPY, r->cb_dst, r->cb_src,
+                                                r->cb_len, (size_t)r->np);
     if (st == KVP_SUCCESS) st = kvp_cuda_record(dev, KVP_CUDA_Q_COPY, ev);
     if (st != KVP_SUCCESS) {
         snprintf(msg, sizeof msg, "%s", kvp_err_text());

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <stdio.h>
 
+#include "cuda_kernels_ptx.h"
 #include "errors.h"
 
 typedef int cuda_err;
@@ -339,6 +340,123 @@ int32_t kvp_cuda_copy_batch(int32_t dev, int q, void *const *dsts, const void *c
         if (e)
             return kvp_err(KVP_ERR_BACKEND, "cudaMemcpyAsync of %zu bytes on device %d failed: %s",
                            sizes[i], dev, cerr(e));
+    }
+    return KVP_SUCCESS;
+}
+
+/* ----------------------------------------------------------- copy kernel ---- */
+
+/* The kernel's parameter (struct KvpBatch of batch_copy.cu): 8 + 128 x 24 bytes. */
+#define KBATCH 128
+typedef struct kbatch {
+    uint32_t n, pad;
+    struct {
+        uint64_t dst, src, len;
+    } d[KBATCH];
+} kbatch;
+
+typedef int cu_res;
+static struct {
+    pthread_once_t once;
+    void *lib;
+    cu_res (*module_load_data)(void **, const void *);
+    cu_res (*module_get_function)(void **, void *, const char *);
+    cu_res (*launch)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                     unsigned, void *, void **, void **);
+    cu_res (*error_string)(cu_res, const char **);
+    void *fn[KVP_CUDA_MAX_DEVS];
+    int state[KVP_CUDA_MAX_DEVS]; /* 0 not tried, 1 loaded, -1 failed */
+    char note[256];
+} g_k = {.once = PTHREAD_ONCE_INIT};
+
+static void kernel_lib_once(void) {
+    const char *off = getenv("KVPORT_CUDA_COPY_KERNEL");
+    if (off && *off == '0') {
+        snprintf(g_k.note, sizeof g_k.note, "disabled by KVPORT_CUDA_COPY_KERNEL=0");
+        return;
+    }
+    g_k.lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!g_k.lib) g_k.lib = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
+    if (!g_k.lib) {
+        snprintf(g_k.note, sizeof g_k.note, "no libcuda.so.1 (the driver API)");
+        return;
+    }
+    *(void **)&g_k.module_load_data = dlsym(g_k.lib, "cuModuleLoadData");
+    *(void **)&g_k.module_get_function = dlsym(g_k.lib, "cuModuleGetFunction");
+    *(void **)&g_k.launch = dlsym(g_k.lib, "cuLaunchKernel");
+    *(void **)&g_k.error_string = dlsym(g_k.lib, "cuGetErrorString");
+    if (!g_k.module_load_data || !g_k.module_get_function || !g_k.launch) {
+        snprintf(g_k.note, sizeof g_k.note, "libcuda lacks cuModuleLoadData/cuLaunchKernel");
+        g_k.lib = NULL;
+    }
+}
+
+const char *kvp_cuda_kernel_note(void) { return g_k.note; }
+
+/* The kernel on device dev (the runtime's primary context is current: set_dev ran). */
+static void *kernel_of(int32_t dev) {
+    pthread_once(&g_k.once, kernel_lib_once);
+    if (!g_k.lib || dev < 0 || dev >= KVP_CUDA_MAX_DEVS) return NULL;
+    pthread_mutex_lock(&g_stream_mu);
+    if (g_k.state[dev] == 0) {
+        void *mod = NULL, *fn = NULL;
+        cu_res e = g_k.module_load_data(&mod, kvp_batch_copy_ptx);
+        if (e == 0) e = g_k.module_get_function(&fn, mod, "kvp_batch_copy");
+        if (e == 0) {
+            g_k.fn[dev] = fn;
+            g_k.state[dev] = 1;
+        } else {
+            const char *why = NULL;
+            if (g_k.error_string) g_k.error_string(e, &why);
+            snprintf(g_k.note, sizeof g_k.note, "loading the copy kernel on device %d failed: "
+                     "CUresult %d (%s)", dev, e, why ? why : "?");
+            g_k.state[dev] = -1;
+        }
+    }
+    void *fn = g_k.state[dev] == 1 ? g_k.fn[dev] : NULL;
+    pthread_mutex_unlock(&g_stream_mu);
+    return fn;
+}
+
+int32_t kvp_cuda_copy_device_batch(int32_t dev, int q, void *const *dsts,
+                                   const void *const *srcs, const size_t *sizes, size_t count) {
+    if (count < 2) return kvp_cuda_copy_batch(dev, q, dsts, srcs, sizes, count);
+    int32_t st = set_dev(dev);
+    if (st != KVP_SUCCESS) return st;
+    void *s = NULL;
+    st = stream_of(dev, q, &s); /* (also makes sure the primary context is up) */
+    if (st != KVP_SUCCESS) return st;
+    void *fn = kernel_of(dev);
+    if (!fn) return kvp_cuda_copy_batch(dev, q, dsts, srcs, sizes, count);
+    kbatch b;
+    for (size_t at = 0; at < count; at += KBATCH) {
+        size_t n = KVP_MIN((size_t)KBATCH, count - at);
+        uint64_t longest = 0;
+        memset(&b, 0, sizeof b);
+        b.n = (uint32_t)n;
+        for (size_t i = 0; i < n; i++) {
+            b.d[i].dst = (uint64_t)(uintptr_t)dsts[at + i];
+            b.d[i].src = (uint64_t)(uintptr_t)srcs[at + i];
+            b.d[i].len = (uint64_t)sizes[at + i];
+            if (sizes[at + i] > longest) longest = sizes[at + i];
+        }
+        /* About 1024 blocks of 512 threads in all (a few waves on a large GPU), no more
+         * per copy than it has 32 KiB slices (4 x 16 bytes per thread per round). */
+        uint64_t per = (1024 + n - 1) / n, need = (longest + 32767) / 32768;
+        unsigned gx = (unsigned)KVP_MAX(1, KVP_MIN(per, KVP_MAX(need, 1)));
+        void *args[] = {&b};
+        cu_res e = g_k.launch(fn, gx, (unsigned)n, 1, 512, 1, 1, 0, s, args, NULL);
+        if (e != 0) {
+            const char *why = NULL;
+            if (g_k.error_string) g_k.error_string(e, &why);
+            if (at == 0) { /* nothing queued yet: copy the usual way */
+                snprintf(g_k.note, sizeof g_k.note, "cuLaunchKernel failed: CUresult %d (%s)", e,
+                         why ? why : "?");
+                return kvp_cuda_copy_batch(dev, q, dsts, srcs, sizes, count);
+            }
+            return kvp_err(KVP_ERR_BACKEND, "launching the copy kernel failed: CUresult %d (%s)",
+                           e, why ? why : "?");
+        }
     }
     return KVP_SUCCESS;
 }

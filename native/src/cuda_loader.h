@@ -44,6 +44,15 @@ int32_t kvp_cuda_copy_async(int32_t dev, int q, uint64_t dst, uint64_t src, uint
  * batch of scattered pages instead of one launch each), else one cudaMemcpyAsync each. */
 int32_t kvp_cuda_copy_batch(int32_t dev, int q, void *const *dsts, const void *const *srcs,
                             const size_t *sizes, size_t count);
+/* The same for copies whose both ends are device memory (ours or a peer's opened through
+ * CUDA IPC): one launch of the library's copy kernel (src/kernels/batch_copy.cu, loaded
+ * as PTX through the driver API) per 128 copies, which moves a batch of scattered pages
+ * at close to a single large copy's bandwidth where one copy each pays a launch per page.
+ * Falls back to kvp_cuda_copy_batch when the kernel cannot be loaded. */
+int32_t kvp_cuda_copy_device_batch(int32_t dev, int q, void *const *dsts,
+                                   const void *const *srcs, const size_t *sizes, size_t count);
+/* Why the copy kernel is not used ("" when it is, or was never tried). */
+const char *kvp_cuda_kernel_note(void);
 /* cudaEventQuery: KVP_SUCCESS when done, KVP_IN_PROG when not yet, else the error. */
 int32_t kvp_cuda_event_query(int32_t dev, void *ev);
 /* Records ev on queue q of device dev, after everything queued there so far. */

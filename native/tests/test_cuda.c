@@ -355,3 +355,37 @@ TEST_T(cuda_async_post_poll_release_destroy, 60) {
     OK(kvp_mem_free(v1));
     OK(kvp_mem_free(v2));
 }
+
+/* Scattered VRAM pages whose sizes are not multiples of 16 bytes (the copy kernel's
+ * byte loop) and one of 16-byte multiples (its vector loop), loopback. */
+TEST_T(cuda_scattered_unaligned_pages, 60) {
+    if (!have_gpu()) return;
+    enum { N = 16 };
+    const uint64_t sizes[2] = {(64u << 10) + 5, 3u << 20};
+    for (int k = 0; k < 2; k++) {
+        const uint64_t page = sizes[k], size = N * page;
+        uint64_t a = t_agent("U", NULL, NULL), v1, v2, reg;
+        OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v1));
+        OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v2));
+        uint64_t vs[2] = {v1, v2}, ls[2] = {size, size}, ds[2] = {0, 0};
+        OK(kvp_register(a, KVP_VRAM, vs, ls, ds, 2, NULL, &reg));
+        uint64_t l1 = prep_type(a, "", KVP_VRAM, v1, page, N);
+        uint64_t r2 = prep_type(a, "U", KVP_VRAM, v2, page, N);
+        uint32_t idx[N], perm[N];
+        for (uint32_t i = 0; i < N; i++) {
+            idx[i] = i;
+            perm[i] = (i * 5 + 3) % N;
+        }
+        fill_vram_pages(v1, page, N, 77);
+        fill_vram_pages(v2, page, N, 99); /* stale content everywhere first */
+        uint64_t req;
+        OK(kvp_xfer_create(a, KVP_WRITE, l1, idx, r2, perm, N, NULL, 0, &req));
+        post_wait(a, req);
+        for (uint32_t i = 0; i < N; i++)
+            CHECK_MSG(vram_page_is(v2, page, perm[i], 77 + i), "page size %llu, page %u",
+                      (unsigned long long)page, i);
+        OK(kvp_agent_destroy(a));
+        OK(kvp_mem_free(v1));
+        OK(kvp_mem_free(v2));
+    }
+}
