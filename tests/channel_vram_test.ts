@@ -48,28 +48,32 @@ function open(
   });
 }
 
-test("page handles of a host channel; fnv1a64 is the native checksum", { skip: noLib }, async () => {
-  await using ch = await open("sender", {});
-  assert.equal(ch.device.kind, "cpu");
-  const p = ch.page(2);
-  assert.equal(p, ch.page(2), "one handle per page");
-  const data = new Uint8Array(PAGE);
-  fillRandom(data);
-  p.copyFrom(data);
-  assert.deepEqual(ch.pages[2], data, "a host page handle writes through the view");
-  assert.equal(p.checksum(), fnv1a64(data));
-  assert.deepEqual(p.read(5, 10), data.subarray(5, 15));
-  assert.throws(() => p.copyFrom(new Uint8Array(8), PAGE - 4), ChannelError);
-  assert.throws(() => ch.page(8), /outside 0\.\.7/);
-  assert.deepEqual(ch.localIndexes([p, ch.page(0)]), [2, 0]);
-  await using other = await open("sender", {});
-  assert.throws(() => ch.localIndexes([other.page(1)]), /not a page of this channel/);
-  // The JS FNV-1a matches kvp_mem_checksum on odd lengths too.
-  await using agent = await NixlAgent.create({ name: `fnv-${process.pid}`, engine: "builtin" });
-  const buf = agent.allocate(4099);
-  fillRandom(buf.bytes);
-  assert.equal(fnv1a64(buf.bytes.subarray(3, 4000)), buf.checksum(3, 3997));
-});
+test(
+  "page handles of a host channel; fnv1a64 is the native checksum",
+  { skip: noLib },
+  async () => {
+    await using ch = await open("sender", {});
+    assert.equal(ch.device.kind, "cpu");
+    const p = ch.page(2);
+    assert.equal(p, ch.page(2), "one handle per page");
+    const data = new Uint8Array(PAGE);
+    fillRandom(data);
+    p.copyFrom(data);
+    assert.deepEqual(ch.pages[2], data, "a host page handle writes through the view");
+    assert.equal(p.checksum(), fnv1a64(data));
+    assert.deepEqual(p.read(5, 10), data.subarray(5, 15));
+    assert.throws(() => p.copyFrom(new Uint8Array(8), PAGE - 4), ChannelError);
+    assert.throws(() => ch.page(8), /outside 0\.\.7/);
+    assert.deepEqual(ch.localIndexes([p, ch.page(0)]), [2, 0]);
+    await using other = await open("sender", {});
+    assert.throws(() => ch.localIndexes([other.page(1)]), /not a page of this channel/);
+    // The JS FNV-1a matches kvp_mem_checksum on odd lengths too.
+    await using agent = await NixlAgent.create({ name: `fnv-${process.pid}`, engine: "builtin" });
+    const buf = agent.allocate(4099);
+    fillRandom(buf.bytes);
+    assert.equal(fnv1a64(buf.bytes.subarray(3, 4000)), buf.checksum(3, 3997));
+  },
+);
 
 describe("GPU channels", { skip }, () => {
   test("pages are handles; WRITE and READ between two GPU channels (CUDA)", async () => {

@@ -57,7 +57,10 @@ export interface ChannelNotification {
 
 /** Local pages of a batch: page indexes, page views of this channel's (host) buffer, or
  * page handles from {@linkcode TransferChannel.page}. */
-export type LocalPages = readonly number[] | readonly Uint8Array[] | readonly (number | ChannelPage)[];
+export type LocalPages =
+  | readonly number[]
+  | readonly Uint8Array[]
+  | readonly (number | ChannelPage)[];
 
 /** Handler of a side message arriving on the handshake socket (responder side). */
 export type SideMessageHandler = (
