@@ -97,7 +97,7 @@ step 20 "C tests: staging pipelines (no GPU needed)" "native/build/kvport-tests 
 
 # ---- 2. TypeScript GPU tests ----------------------------------------------------------
 step 150 "$runtime: VRAM tests (agent, two processes, channels)" \
-  "$rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts"
+  "$rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts tests/pd_vram_test.ts"
 
 # ---- 3. PD demo on GPU buffers --------------------------------------------------------
 # (the last JSON line of a run is kept for the summary)
