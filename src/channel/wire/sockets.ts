@@ -38,6 +38,21 @@ function remaining(deadline: number): number {
 }
 
 /**
+ * Creates a socket and binds it to `url`, closing it again when the bind fails: the body
+ * of every socket type's static `bind`.
+ */
+async function bound<S extends WireSocket>(create: () => S, url: string): Promise<S> {
+  const s = create();
+  try {
+    await s.bind(url);
+  } catch (e) {
+    await s.close();
+    throw e;
+  }
+  return s;
+}
+
+/**
  * A REQ socket: strict request/reply with the empty delimiter frame ZeroMQ puts in front
  * of the body. Concurrent `request` calls are queued and run one at a time.
  *
@@ -96,15 +111,8 @@ export class ReqSocket extends WireSocket {
    * @param options see {@linkcode WireSocketOptions}
    * @returns the socket, once listening
    */
-  static override async bind(url: string, options: WireSocketOptions = {}): Promise<ReqSocket> {
-    const s = new ReqSocket(options);
-    try {
-      await s.bind(url);
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-    return s;
+  static override bind(url: string, options: WireSocketOptions = {}): Promise<ReqSocket> {
+    return bound(() => new ReqSocket(options), url);
   }
 
   /**
@@ -262,15 +270,8 @@ export class RepSocket extends WireSocket {
    * @param options see {@linkcode WireSocketOptions}
    * @returns the socket, once listening
    */
-  static override async bind(url: string, options: WireSocketOptions = {}): Promise<RepSocket> {
-    const s = new RepSocket(options);
-    try {
-      await s.bind(url);
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-    return s;
+  static override bind(url: string, options: WireSocketOptions = {}): Promise<RepSocket> {
+    return bound(() => new RepSocket(options), url);
   }
 
   /**
@@ -412,15 +413,8 @@ export class PushSocket extends WireSocket {
    * @param options see {@linkcode WireSocketOptions}
    * @returns the socket, once listening
    */
-  static override async bind(url: string, options: WireSocketOptions = {}): Promise<PushSocket> {
-    const s = new PushSocket(options);
-    try {
-      await s.bind(url);
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-    return s;
+  static override bind(url: string, options: WireSocketOptions = {}): Promise<PushSocket> {
+    return bound(() => new PushSocket(options), url);
   }
 
   /**
@@ -471,15 +465,8 @@ export class PullSocket extends WireSocket {
    * @param options see {@linkcode WireSocketOptions}
    * @returns the socket, once listening
    */
-  static override async bind(url: string, options: WireSocketOptions = {}): Promise<PullSocket> {
-    const s = new PullSocket(options);
-    try {
-      await s.bind(url);
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-    return s;
+  static override bind(url: string, options: WireSocketOptions = {}): Promise<PullSocket> {
+    return bound(() => new PullSocket(options), url);
   }
 
   /**
@@ -559,15 +546,8 @@ export class DealerSocket extends WireSocket {
    * @param options see {@linkcode WireSocketOptions}
    * @returns the socket, once listening
    */
-  static override async bind(url: string, options: WireSocketOptions = {}): Promise<DealerSocket> {
-    const s = new DealerSocket(options);
-    try {
-      await s.bind(url);
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-    return s;
+  static override bind(url: string, options: WireSocketOptions = {}): Promise<DealerSocket> {
+    return bound(() => new DealerSocket(options), url);
   }
 
   /**
@@ -643,15 +623,8 @@ export class RouterSocket extends WireSocket {
    * @param options see {@linkcode WireSocketOptions}
    * @returns the socket, once listening
    */
-  static override async bind(url: string, options: WireSocketOptions = {}): Promise<RouterSocket> {
-    const s = new RouterSocket(options);
-    try {
-      await s.bind(url);
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-    return s;
+  static override bind(url: string, options: WireSocketOptions = {}): Promise<RouterSocket> {
+    return bound(() => new RouterSocket(options), url);
   }
 
   /**
