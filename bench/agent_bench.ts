@@ -15,11 +15,21 @@
  * @module
  */
 import process from "node:process";
-import { Buffer } from "node:buffer";
 import { DescList, type HostBuffer, NixlAgent, type TransferRequest } from "../src/agent.ts";
 import { loadNativeLibrary } from "../ffi/mod.ts";
 import { type Peer, spawnPeer } from "../tests/helpers/agent_pair.ts";
-import { nativeLimit, percentile, Report, timeLoop } from "./lib.ts";
+import {
+  gbps,
+  linkPeer,
+  memcpyLimit,
+  percentile,
+  postLatency,
+  Report,
+  runTransfer,
+  tcpLimit,
+  timeLoop,
+  writeRequest,
+} from "./lib.ts";
 
 const quick = process.argv.includes("--quick");
 const MiB = 1 << 20;
@@ -31,36 +41,6 @@ const TCP_PARAMS = { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" };
 
 const report = new Report("agent");
 const lib = await loadNativeLibrary();
-const gbps = (bytes: number, ms: number) => bytes / ms / 1e6;
-
-/** Single-thread memcpy of `bytes`, GB/s: kvport-limits when built, else kvp_mem_copy. */
-function memcpyLimit(bytes: number, scratch: HostBuffer, scratch2: HostBuffer): number {
-  const probe = nativeLimit(["memcpy", String(bytes), String(Math.max(3, Math.ceil(2e9 / bytes)))]);
-  if (probe && typeof probe.gbps === "number") return probe.gbps;
-  let iters = 0;
-  const t0 = performance.now();
-  while (performance.now() - t0 < MIN_MS / 2 || iters < 3) {
-    const s = lib.symbols.kvp_mem_copy(
-      0,
-      0,
-      scratch2.address,
-      0,
-      0,
-      scratch.address,
-      BigInt(bytes),
-    );
-    if (s !== 0) throw new Error(`kvp_mem_copy failed: ${s}`);
-    iters++;
-  }
-  return gbps(bytes * iters, performance.now() - t0);
-}
-
-/** Raw TCP loopback stream of `msgBytes` messages, GB/s, from kvport-limits (undefined
- * when not built). */
-function tcpLimit(msgBytes: number): number | undefined {
-  const probe = nativeLimit(["tcp", String(msgBytes), String(2 * 1024 * MiB)]);
-  return probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
-}
 
 async function pair(tag: string, backends: string[], params?: Record<string, string>) {
   const stamp = `${process.pid}-${Date.now()}`;
@@ -76,26 +56,15 @@ async function pair(tag: string, backends: string[], params?: Record<string, str
     backends,
     params,
   });
-  const buf = agent.allocate(SIZE);
-  agent.registerMemory(buf);
-  agent.addRemoteAgent(peer.meta);
-  await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
-  buf.bytes.fill(0x5a);
+  const buf = await linkPeer(agent, peer, SIZE);
   return { peer, agent, buf };
 }
 
 function request(agent: NixlAgent, buf: HostBuffer, peer: Peer, page: number, count: number) {
-  using l = DescList.pages(buf, page, count);
-  using r = DescList.pages({ address: peer.address }, page, count);
-  const local = agent.prepDescList("", l);
-  const remote = agent.prepDescList(peer.name, r);
-  const idx = new Uint32Array(count).map((_, i) => i);
-  return agent.createTransfer("WRITE", local, idx, remote, idx);
+  return writeRequest(agent, buf, peer, page, count).req;
 }
 
-async function run(req: TransferRequest): Promise<void> {
-  if (req.post() === "pending") await req.wait(30_000);
-}
+const run = (req: TransferRequest) => runTransfer(req, 30_000);
 
 async function throughput(
   label: string,
@@ -138,12 +107,14 @@ const s1 = scratchAgent.allocate(SIZE);
 const s2 = scratchAgent.allocate(SIZE);
 s1.bytes.fill(1);
 s2.bytes.fill(2);
-const memcpy = new Map(SIZES.map((p) => [p * PAGES, memcpyLimit(p * PAGES, s1, s2)]));
+const memcpy = new Map(
+  SIZES.map((p) => [p * PAGES, memcpyLimit(lib, p * PAGES, s1, s2, MIN_MS / 2)]),
+);
 await scratchAgent.close();
 
 // ---- same host and TCP throughput ------------------------------------------------
 await throughput("same_host", "ucx", ["UCX"], undefined, (b) => memcpy.get(b), "memcpy (1 thread)");
-const tcp = new Map(SIZES.map((p) => [p * PAGES, tcpLimit(p)]));
+const tcp = new Map(SIZES.map((p) => [p * PAGES, tcpLimit(p, 2 * 1024 * MiB)]));
 if ([...tcp.values()].some((v) => v === undefined)) {
   console.log("tcp limit: native/build/kvport-limits not built; TCP ratios not computed");
 }
@@ -155,17 +126,8 @@ await throughput("tcp_loopback", "tcp", ["TCP"], TCP_PARAMS, (b) => tcp.get(b), 
   try {
     const req = request(agent, buf, peer, 4096, 1);
     const n = quick ? 5_000 : 50_000;
-    for (let i = 0; i < 2_000; i++) await run(req);
-    const samples = new Float64Array(n);
-    let inline = 0;
-    for (let i = 0; i < n; i++) {
-      const t0 = performance.now();
-      if (req.post() === "pending") await req.wait(10_000);
-      else inline++;
-      samples[i] = (performance.now() - t0) * 1000;
-    }
+    const { samples, inline } = await postLatency(req, n, 2_000, () => run(req));
     req.release();
-    samples.sort();
     report.add({
       name: "write_4KiB_p50",
       value: percentile(samples, 50),

@@ -16,6 +16,15 @@
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import process from "node:process";
+import { Buffer } from "node:buffer";
+import {
+  DescList,
+  type HostBuffer,
+  type NixlAgent,
+  type PreparedDescList,
+  type TransferRequest,
+} from "../src/agent.ts";
+import type { NativeLib } from "../ffi/mod.ts";
 
 /** A goal on the ratio (value / limit) or on the value itself. */
 export interface Goal {
@@ -205,4 +214,119 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
   if (sorted.length === 0) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[i];
+}
+
+/** GB/s of `bytes` moved in `ms` milliseconds. */
+export const gbps = (bytes: number, ms: number): number => bytes / ms / 1e6;
+
+/**
+ * Single-thread memcpy of `bytes`, GB/s: from kvport-limits when built, else timed here
+ * with `kvp_mem_copy` from `src` to `dst` for at least `minMs` (and 3 copies).
+ */
+export function memcpyLimit(
+  lib: NativeLib,
+  bytes: number,
+  src: HostBuffer,
+  dst: HostBuffer,
+  minMs: number,
+): number {
+  const probe = nativeLimit(["memcpy", String(bytes), String(Math.max(3, Math.ceil(2e9 / bytes)))]);
+  if (probe && typeof probe.gbps === "number") return probe.gbps;
+  let iters = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < minMs || iters < 3) {
+    const s = lib.symbols.kvp_mem_copy(0, 0, dst.address, 0, 0, src.address, BigInt(bytes));
+    if (s !== 0) throw new Error(`kvp_mem_copy failed: ${s}`);
+    iters++;
+  }
+  return gbps(bytes * iters, performance.now() - t0);
+}
+
+/**
+ * Raw TCP loopback stream of `msgBytes` messages, `totalBytes` in all, GB/s, from
+ * kvport-limits (undefined when not built).
+ */
+export function tcpLimit(msgBytes: number, totalBytes: number): number | undefined {
+  const probe = nativeLimit(["tcp", String(msgBytes), String(totalBytes)]);
+  return probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
+}
+
+/** What the pairing helpers need of a spawned peer process (tests/helpers). */
+export interface BenchPeer {
+  /** The peer agent's name. */
+  name: string;
+  /** Its metadata. */
+  meta: Uint8Array;
+  /** Address of its registered buffer. */
+  address: bigint;
+  /** Sends a command to it. */
+  call(cmd: string, args?: Record<string, unknown>): Promise<unknown>;
+}
+
+/**
+ * Pairs `agent` with a spawned `peer`: allocates and registers `size` bytes, loads each
+ * side's metadata into the other, fills the buffer with 0x5a.
+ *
+ * @returns the registered buffer
+ */
+export async function linkPeer(
+  agent: NixlAgent,
+  peer: BenchPeer,
+  size: number,
+): Promise<HostBuffer> {
+  const buf = agent.allocate(size);
+  agent.registerMemory(buf);
+  agent.addRemoteAgent(peer.meta);
+  await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
+  buf.bytes.fill(0x5a);
+  return buf;
+}
+
+/**
+ * A WRITE of pages `0..count` of `page` bytes from `buf` to the same pages of the peer's
+ * buffer, with the prepared lists (the caller releases what it wants to).
+ */
+export function writeRequest(
+  agent: NixlAgent,
+  buf: HostBuffer,
+  peer: BenchPeer,
+  page: number,
+  count: number,
+): { req: TransferRequest; local: PreparedDescList; remote: PreparedDescList } {
+  using l = DescList.pages(buf, page, count);
+  using r = DescList.pages({ address: peer.address }, page, count);
+  const local = agent.prepDescList("", l);
+  const remote = agent.prepDescList(peer.name, r);
+  const idx = new Uint32Array(count).map((_, i) => i);
+  return { req: agent.createTransfer("WRITE", local, idx, remote, idx), local, remote };
+}
+
+/** Posts `req` and waits up to `timeoutMs` for it when it did not complete in the post. */
+export async function runTransfer(req: TransferRequest, timeoutMs: number): Promise<void> {
+  if (req.post() === "pending") await req.wait(timeoutMs);
+}
+
+/**
+ * Post-to-completion latency of `req`, in microseconds, over `n` runs (each waiting up
+ * to 10 s), after `warm()` was awaited `warmup` times.
+ *
+ * @returns the samples, sorted, and how many completed inside the post
+ */
+export async function postLatency(
+  req: TransferRequest,
+  n: number,
+  warmup: number,
+  warm: () => Promise<void>,
+): Promise<{ samples: Float64Array; inline: number }> {
+  for (let i = 0; i < warmup; i++) await warm();
+  const samples = new Float64Array(n);
+  let inline = 0;
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    if (req.post() === "pending") await req.wait(10_000);
+    else inline++;
+    samples[i] = (performance.now() - t0) * 1000;
+  }
+  samples.sort();
+  return { samples, inline };
 }

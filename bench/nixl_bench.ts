@@ -18,17 +18,22 @@
  * @module
  */
 import process from "node:process";
-import { Buffer } from "node:buffer";
-import {
-  DescList,
-  type HostBuffer,
-  NixlAgent,
-  probeEngine,
-  type TransferRequest,
-} from "../src/agent.ts";
+import { NixlAgent, probeEngine, type TransferRequest } from "../src/agent.ts";
 import { loadNativeLibrary } from "../ffi/mod.ts";
-import { type NixlPeer, nixlSkip, spawnNixlPeer } from "../tests/helpers/nixl_env.ts";
-import { nativeLimit, percentile, Report, type Scored, timeLoop } from "./lib.ts";
+import { nixlSkip, spawnNixlPeer } from "../tests/helpers/nixl_env.ts";
+import {
+  gbps,
+  linkPeer,
+  memcpyLimit,
+  percentile,
+  postLatency,
+  Report,
+  runTransfer,
+  type Scored,
+  tcpLimit,
+  timeLoop,
+  writeRequest,
+} from "./lib.ts";
 
 const quick = process.argv.includes("--quick");
 const MiB = 1 << 20;
@@ -58,35 +63,18 @@ function paramsFor(engine: Engine, backends: string[]): Record<string, string> |
 
 const report = new Report("nixl");
 const lib = await loadNativeLibrary();
-const gbps = (bytes: number, ms: number) => bytes / ms / 1e6;
 
 // ---- physical limits measured in this run ----------------------------------------
-function memcpyLimit(bytes: number, a: HostBuffer, b: HostBuffer): number {
-  const probe = nativeLimit(["memcpy", String(bytes), String(Math.max(3, Math.ceil(2e9 / bytes)))]);
-  if (probe && typeof probe.gbps === "number") return probe.gbps;
-  let iters = 0;
-  const t0 = performance.now();
-  while (performance.now() - t0 < MIN_MS / 2 || iters < 3) {
-    const s = lib.symbols.kvp_mem_copy(0, 0, b.address, 0, 0, a.address, BigInt(bytes));
-    if (s !== 0) throw new Error(`kvp_mem_copy failed: ${s}`);
-    iters++;
-  }
-  return gbps(bytes * iters, performance.now() - t0);
-}
-/** Raw TCP loopback stream of `msgBytes` messages (one per page), GB/s. */
-function tcpLimit(msgBytes: number): number | undefined {
-  const probe = nativeLimit(["tcp", String(msgBytes), String(1024 * MiB)]);
-  return probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
-}
-
 const scratch = await NixlAgent.create({ name: `nb-scratch-${process.pid}`, engine: "builtin" });
 const s1 = scratch.allocate(SIZE);
 const s2 = scratch.allocate(SIZE);
 s1.bytes.fill(1);
 s2.bytes.fill(2);
 const limits = {
-  memcpy: new Map(SHAPES.map((s) => [s.page * s.count, memcpyLimit(s.page * s.count, s1, s2)])),
-  tcp: new Map(SHAPES.map((s) => [s.page * s.count, tcpLimit(s.page)])),
+  memcpy: new Map(
+    SHAPES.map((s) => [s.page * s.count, memcpyLimit(lib, s.page * s.count, s1, s2, MIN_MS / 2)]),
+  ),
+  tcp: new Map(SHAPES.map((s) => [s.page * s.count, tcpLimit(s.page, 1024 * MiB)])),
 };
 await scratch.close();
 if ([...limits.tcp.values()].some((v) => v === undefined)) {
@@ -120,11 +108,7 @@ async function pair(engine: Engine, tag: string, backends: string[]) {
     backends,
     params,
   });
-  const buf = agent.allocate(SIZE);
-  agent.registerMemory(buf);
-  agent.addRemoteAgent(peer.meta);
-  await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
-  buf.bytes.fill(0x5a);
+  const buf = await linkPeer(agent, peer, SIZE);
   if (engine === "nixl") {
     const info = agent.info();
     if (info.ucx_version) versions.ucx = info.ucx_version;
@@ -132,18 +116,8 @@ async function pair(engine: Engine, tag: string, backends: string[]) {
   return { peer, agent, buf };
 }
 
-function request(agent: NixlAgent, buf: HostBuffer, peer: NixlPeer, page: number, count: number) {
-  using l = DescList.pages(buf, page, count);
-  using r = DescList.pages({ address: peer.address }, page, count);
-  const local = agent.prepDescList("", l);
-  const remote = agent.prepDescList(peer.name, r);
-  const idx = new Uint32Array(count).map((_, i) => i);
-  return { req: agent.createTransfer("WRITE", local, idx, remote, idx), local, remote };
-}
-
-async function run(req: TransferRequest): Promise<void> {
-  if (req.post() === "pending") await req.wait(60_000);
-}
+const request = writeRequest;
+const run = (req: TransferRequest) => runTransfer(req, 60_000);
 
 const figures = new Map<string, Scored>();
 
@@ -176,19 +150,10 @@ for (const { tag, backends } of TRANSPORTS) {
       }
       // 4 KiB latency
       const { req, local, remote } = request(agent, buf, peer, 4096, 1);
-      for (let i = 0; i < 1000; i++) await run(req);
-      const samples = new Float64Array(LAT_N);
-      let inline = 0;
-      for (let i = 0; i < LAT_N; i++) {
-        const t0 = performance.now();
-        if (req.post() === "pending") await req.wait(10_000);
-        else inline++;
-        samples[i] = (performance.now() - t0) * 1000;
-      }
+      const { samples, inline } = await postLatency(req, LAT_N, 1000, () => run(req));
       req.release();
       local.release();
       remote.release();
-      samples.sort();
       for (const p of [50, 99]) {
         figures.set(
           `${engine}:${tag}_write_4KiB_p${p}`,
