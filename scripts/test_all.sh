@@ -19,9 +19,14 @@ run() { # name, command...
   [ "$rc" -eq 0 ] || { echo "=== $name failed (exit $rc)"; status=1; }
 }
 
+# The leak tests measure the whole process's memory and descriptors, so they run in a
+# process of their own, where no other file's agents (or a loaded NIXL) share the count.
+leak=tests/agent_leak_test.ts
 run native make -C native test
-run deno "$deno_bin" test -A tests/
-run bun "$bun_bin" test --timeout 120000 tests/
+run deno "$deno_bin" test -A --ignore="$leak" tests/
+run deno_leak "$deno_bin" test -A "$leak"
+run bun "$bun_bin" test --timeout 120000 --path-ignore-patterns="$leak" tests/
+run bun_leak "$bun_bin" test --timeout 120000 "$leak"
 
 strip() { sed -e 's/\x1b\[[0-9;]*m//g' "$1"; }
 passed=0
@@ -31,13 +36,24 @@ add() { passed=$((passed + ${1:-0})); failed=$((failed + ${2:-0})); }
 read -r np nf < <(strip "$logs/native.log" | sed -n 's/^\([0-9]\+\) passed, \([0-9]\+\) failed.*/\1 \2/p' | tail -1)
 add "${np:-0}" "${nf:-1}"
 # deno: "ok | N passed | N failed" or "FAILED | N passed | N failed"
-read -r dp df < <(strip "$logs/deno.log" | sed -n 's/.*| \([0-9]\+\) passed[^|]*| \([0-9]\+\) failed.*/\1 \2/p' | tail -1)
-add "${dp:-0}" "${df:-1}"
+deno_counts() {
+  strip "$logs/$1.log" | sed -n 's/.*| \([0-9]\+\) passed[^|]*| \([0-9]\+\) failed.*/\1 \2/p' | tail -1
+}
 # bun: " N pass" / " N fail"
-bp=$(strip "$logs/bun.log" | sed -n 's/^ *\([0-9]\+\) pass$/\1/p' | tail -1)
-bf=$(strip "$logs/bun.log" | sed -n 's/^ *\([0-9]\+\) fail$/\1/p' | tail -1)
-add "${bp:-0}" "${bf:-1}"
-echo "native ${np:-?}/${nf:-?}, deno ${dp:-?}/${df:-?}, bun ${bp:-?}/${bf:-?} (passed/failed)"
+bun_counts() {
+  local p f
+  p=$(strip "$logs/$1.log" | sed -n 's/^ *\([0-9]\+\) pass$/\1/p' | tail -1)
+  f=$(strip "$logs/$1.log" | sed -n 's/^ *\([0-9]\+\) fail$/\1/p' | tail -1)
+  echo "${p:-0} ${f:-1}"
+}
+summary="native ${np:-?}/${nf:-?}"
+for name in deno deno_leak bun bun_leak; do
+  case $name in deno*) counts=$(deno_counts $name) ;; *) counts=$(bun_counts $name) ;; esac
+  read -r p f <<<"${counts:-0 1}"
+  add "$p" "$f"
+  summary="$summary, $name $p/$f"
+done
+echo "$summary (passed/failed)"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] || status=1
 exit $status
