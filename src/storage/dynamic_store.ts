@@ -34,14 +34,18 @@ import type { StorageFile, StorageIo } from "./io.ts";
 import { syncDir, writeFileDurably } from "./journal.ts";
 import { objectName, TMP_PREFIX } from "./naming.ts";
 import {
+  closeFilesQuietly,
   IO_ALIGN,
+  makeStoreDir,
   type PutResult,
   type ReadChunk,
+  removeFilesWhere,
   roundUp,
   type Store,
+  type StoreCounters,
   type VerifyReads,
+  zeroCounters,
 } from "./store.ts";
-import type { StoreCounters } from "./store.ts";
 
 /** Bytes of the trailer after the data page. */
 export const TRAILER_BYTES = 4096;
@@ -130,14 +134,7 @@ export class DynamicStore implements Store {
   /** "dynamic". */
   readonly mode = "dynamic" as const;
   /** Counters. */
-  readonly counters: StoreCounters = {
-    hits: 0,
-    misses: 0,
-    puts: 0,
-    dropped: 0,
-    evictions: 0,
-    corrupt: 0,
-  };
+  readonly counters: StoreCounters = zeroCounters();
   #io: StorageIo;
   #opts: DynamicStoreOptions;
   #warnings: string[];
@@ -177,11 +174,7 @@ export class DynamicStore implements Store {
     warnings: string[],
   ): Promise<DynamicStore> {
     const dir = opts.dir;
-    try {
-      await fsp.mkdir(dir, { recursive: true });
-    } catch (e) {
-      throw toStorageError(e, "creating the storage directory", dir);
-    }
+    await makeStoreDir(dir, "creating the storage directory");
     const manifest = `${dir}/${MANIFEST_NAME}`;
     let text: string | undefined;
     try {
@@ -339,11 +332,7 @@ export class DynamicStore implements Store {
       }
       await syncDir(this.#opts.dir);
     } catch (e) {
-      for (const f of files) {
-        try {
-          this.#io.closeFile(f);
-        } catch { /* already failing */ }
-      }
+      closeFilesQuietly(this.#io, files);
       for (const t of tmps.slice(renamed)) await fsp.rm(t, { force: true }).catch(() => {});
       throw toStorageError(e, `storing ${keys.length} chunk(s)`, this.#opts.dir);
     }
@@ -388,11 +377,7 @@ export class DynamicStore implements Store {
     } catch (e) {
       throw toStorageError(e, `reading ${files.length} chunk(s)`, this.#opts.dir);
     } finally {
-      for (const f of files) {
-        try {
-          this.#io.closeFile(f);
-        } catch { /* nothing to do */ }
-      }
+      closeFilesQuietly(this.#io, files);
     }
     const staging = this.#io.staging;
     const stride = this.pageStride;
@@ -498,20 +483,14 @@ export class DynamicStore implements Store {
   }
 
   async #removeStaleTemps(): Promise<void> {
-    let names: string[] = [];
-    try {
-      names = await fsp.readdir(this.#opts.dir);
-    } catch {
-      return;
-    }
     const host = hostname();
-    for (const name of names) {
-      if (!name.startsWith(TMP_PREFIX)) continue;
+    await removeFilesWhere(this.#opts.dir, (name) => {
+      if (!name.startsWith(TMP_PREFIX)) return false;
       const parts = name.slice(TMP_PREFIX.length).split("-");
-      if (parts.length < 3) continue;
+      if (parts.length < 3) return false;
       const pid = Number(parts[parts.length - 2]);
       const h = parts.slice(0, -2).join("-");
-      if (h !== host || !Number.isInteger(pid)) continue;
+      if (h !== host || !Number.isInteger(pid)) return false;
       let alive = pid === process.pid;
       if (!alive) {
         try {
@@ -522,8 +501,8 @@ export class DynamicStore implements Store {
           alive = (e as any)?.code === "EPERM";
         }
       }
-      if (!alive) await fsp.rm(`${this.#opts.dir}/${name}`, { force: true }).catch(() => {});
-    }
+      return !alive;
+    });
   }
 
   #assertOpen(): void {

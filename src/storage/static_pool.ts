@@ -6,7 +6,6 @@
  *
  * @module
  */
-import * as fsp from "node:fs/promises";
 import { crc32 } from "./checksum.ts";
 import { StorageError, toStorageError } from "./errors.ts";
 import type { StorageFile, StorageFileSet, StorageIo } from "./io.ts";
@@ -14,7 +13,17 @@ import { Journal, type JournalRecord, syncDir } from "./journal.ts";
 import { acquireLock, type PoolLock } from "./lock.ts";
 import { LruSlotIndex, type SlotEntry } from "./lru.ts";
 import { JOURNAL_NAME, JOURNAL_TMP_NAME, LOCK_NAME, slotFileName } from "./naming.ts";
-import type { PutResult, ReadChunk, Store, StoreCounters, VerifyReads } from "./store.ts";
+import {
+  closeFilesQuietly,
+  makeStoreDir,
+  type PutResult,
+  type ReadChunk,
+  removeFilesWhere,
+  type Store,
+  type StoreCounters,
+  type VerifyReads,
+  zeroCounters,
+} from "./store.ts";
 
 /** Options of {@linkcode StaticPool.open}. */
 export interface StaticPoolOptions {
@@ -66,14 +75,7 @@ export class StaticPool implements Store {
   /** "static". */
   readonly mode = "static" as const;
   /** Counters. */
-  readonly counters: StoreCounters = {
-    hits: 0,
-    misses: 0,
-    puts: 0,
-    dropped: 0,
-    evictions: 0,
-    corrupt: 0,
-  };
+  readonly counters: StoreCounters = zeroCounters();
   #io: StorageIo;
   #opts: StaticPoolOptions;
   #journal: Journal;
@@ -116,11 +118,7 @@ export class StaticPool implements Store {
     warnings: string[],
   ): Promise<StaticPool> {
     const dir = opts.dir;
-    try {
-      await fsp.mkdir(dir, { recursive: true });
-    } catch (e) {
-      throw toStorageError(e, "creating the pool directory", dir);
-    }
+    await makeStoreDir(dir, "creating the pool directory");
     const lock = await acquireLock(`${dir}/${LOCK_NAME}`);
     let journal: Journal | undefined;
     const files: StorageFile[] = [];
@@ -165,11 +163,7 @@ export class StaticPool implements Store {
       );
       return new StaticPool(io, opts, journal, index, files, set, lock, warnings);
     } catch (e) {
-      for (const f of files) {
-        try {
-          io.closeFile(f);
-        } catch { /* already failing */ }
-      }
+      closeFilesQuietly(io, files);
       await journal?.close().catch(() => {});
       await lock.release();
       throw e;
@@ -412,15 +406,9 @@ function hex(n: number): string {
 }
 
 /** Deletes slot files `obj_<i>.bin` with i >= size (left by a larger pool). */
-async function removeSlotsBeyond(dir: string, size: number): Promise<void> {
-  let names: string[];
-  try {
-    names = await fsp.readdir(dir);
-  } catch {
-    return;
-  }
-  for (const name of names) {
+function removeSlotsBeyond(dir: string, size: number): Promise<void> {
+  return removeFilesWhere(dir, (name) => {
     const m = /^obj_(\d+)\.bin$/.exec(name);
-    if (m && Number(m[1]) >= size) await fsp.rm(`${dir}/${name}`, { force: true }).catch(() => {});
-  }
+    return m !== null && Number(m[1]) >= size;
+  });
 }

@@ -4,6 +4,9 @@
  *
  * @module
  */
+import * as fsp from "node:fs/promises";
+import { toStorageError } from "./errors.ts";
+import type { StorageFile, StorageIo } from "./io.ts";
 
 /**
  * The outcome of storing one key.
@@ -117,3 +120,50 @@ export function roundUp(n: number, align: number): number {
 
 /** File offsets and lengths are aligned to this for O_DIRECT. */
 export const IO_ALIGN = 4096;
+
+/** Counters at zero: where each mode's {@linkcode StoreCounters} start. */
+export function zeroCounters(): StoreCounters {
+  return { hits: 0, misses: 0, puts: 0, dropped: 0, evictions: 0, corrupt: 0 };
+}
+
+/**
+ * Creates a mode's directory (and its parents) when missing.
+ *
+ * @param what what is being done, for the error (e.g. "creating the pool directory")
+ * @throws {StorageError} when it cannot be created
+ */
+export async function makeStoreDir(dir: string, what: string): Promise<void> {
+  try {
+    await fsp.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw toStorageError(e, what, dir);
+  }
+}
+
+/** Closes `files`, ignoring their errors: for a path that is already failing or finished. */
+export function closeFilesQuietly(io: StorageIo, files: readonly StorageFile[]): void {
+  for (const f of files) {
+    try {
+      io.closeFile(f);
+    } catch { /* already failing, or nothing to do */ }
+  }
+}
+
+/**
+ * Deletes, one after the other, the entries of `dir` whose names `doomed` picks; a
+ * directory that cannot be listed, or an entry that cannot be removed, is left as it is.
+ */
+export async function removeFilesWhere(
+  dir: string,
+  doomed: (name: string) => boolean,
+): Promise<void> {
+  let names: string[];
+  try {
+    names = await fsp.readdir(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (doomed(name)) await fsp.rm(`${dir}/${name}`, { force: true }).catch(() => {});
+  }
+}
