@@ -6,9 +6,15 @@
 // NIXL_ERR_REMOTE_DISCONNECT within the timeout.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
 import { DescList, type HostBuffer, NixlAgent, NixlError, NixlTimeoutError } from "../src/agent.ts";
-import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
+import { nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
+import {
+  checkNotifiedWrite,
+  checkPeerDescList,
+  indices,
+  linkPeer,
+  ranges,
+} from "./helpers/pair_checks.ts";
 
 if (nativeSkip) console.log(`agent_pair_test skipped: ${nativeSkip}`);
 
@@ -28,20 +34,6 @@ const CASES: { page: number; count: number; shuffle: boolean }[] = [
   { page: 64 * MiB, count: 1, shuffle: false },
 ];
 
-function indices(count: number, shuffle: boolean): Uint32Array {
-  const idx = new Uint32Array(count).map((_, i) => i);
-  if (shuffle) {
-    for (let i = count - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1));
-      [idx[i], idx[j]] = [idx[j], idx[i]];
-    }
-  }
-  return idx;
-}
-
-const ranges = (page: number, idx: Uint32Array): [number, number][] =>
-  Array.from(idx, (i) => [i * page, page]);
-
 interface Side {
   agent: NixlAgent;
   buf: HostBuffer;
@@ -57,10 +49,7 @@ async function setUp(tag: string, backends: string[], params?: Record<string, st
     backends,
     params,
   });
-  const buf = agent.allocate(SIZE);
-  agent.registerMemory(buf);
-  assert.equal(agent.addRemoteAgent(peer.meta), peer.name);
-  await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
+  const buf = await linkPeer(agent, peer, SIZE);
   return { agent, buf, peer };
 }
 
@@ -76,17 +65,7 @@ function transportSuite(tag: string, backends: string[], params?: Record<string,
     });
 
     test("the peer's serialized page list prepares and transfers", async () => {
-      const reply = await s.peer.call("dlist", { pageSize: 4096, count: 16 });
-      using list = DescList.deserialize(Buffer.from(reply.bytes as string, "base64"));
-      assert.equal(list.count, 16);
-      const remote = s.agent.prepDescList(s.peer.name, list);
-      const local = s.agent.prepDescList("", DescList.pages(s.buf, 4096, 16));
-      fillRandom(s.buf.bytes.subarray(0, 4096));
-      await s.agent.transfer("WRITE", local, [0], remote, [15]);
-      const { sums } = await s.peer.call("sums", { ranges: [[15 * 4096, 4096]] });
-      assert.deepEqual(sums, [s.buf.checksum(0, 4096).toString(16)]);
-      remote.release();
-      local.release();
+      await checkPeerDescList(s.agent, s.buf, s.peer);
     });
 
     for (const { page, count, shuffle } of CASES) {
@@ -102,26 +81,18 @@ function transportSuite(tag: string, backends: string[], params?: Record<string,
           // peer checksums its pages on arrival (the data must already be there).
           const li = indices(count, shuffle);
           const ri = indices(count, shuffle);
-          fillRandom(buf.bytes.subarray(0, page * count));
-          const tagW = `w-${label}-${Math.random()}`;
-          const waiting = peer.call("waitNotif", {
-            expect: tagW,
-            timeoutMs: 20_000,
-            ranges: ranges(page, ri),
+          await checkNotifiedWrite({
+            agent,
+            buf,
+            peer,
+            local,
+            remote,
+            page,
+            li,
+            ri,
+            label,
             lingerMs: 20,
-          }, 30_000);
-          await agent.transfer("WRITE", local, li, remote, ri, {
-            notification: tagW,
-            timeoutMs: 20_000,
           });
-          const got = await waiting;
-          const want = Array.from(li, (i) => buf.checksum(i * page, page).toString(16));
-          assert.deepEqual(got.sums, want, "remote pages at notification time");
-          assert.deepEqual(
-            (got.seen as string[]).filter((x) => x === `${agent.name}:${tagW}`).length,
-            1,
-            "the notification arrived exactly once",
-          );
 
           // READ: peer's fresh random pages -> local pages in another order.
           await peer.call("fill", { offset: 0, length: page * count });

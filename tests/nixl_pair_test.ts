@@ -6,7 +6,6 @@
 // why) where NIXL is not installed.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
 import { DescList, type HostBuffer, NixlAgent, NixlError } from "../src/agent.ts";
 import {
   fillRandom,
@@ -16,6 +15,13 @@ import {
   spawnNixlPeer,
   uniqueName,
 } from "./helpers/nixl_env.ts";
+import {
+  checkNotifiedWrite,
+  checkPeerDescList,
+  indices,
+  linkPeer,
+  ranges,
+} from "./helpers/pair_checks.ts";
 
 reportSkip("nixl_pair_test");
 
@@ -31,20 +37,6 @@ const CASES: { page: number; count: number; shuffle: boolean }[] = [
   { page: 32 * MiB, count: 1, shuffle: false },
 ];
 
-function indices(count: number, shuffle: boolean): Uint32Array {
-  const idx = new Uint32Array(count).map((_, i) => i);
-  if (shuffle) {
-    for (let i = count - 1; i > 0; i--) {
-      const j = Math.floor(Math.random() * (i + 1));
-      [idx[i], idx[j]] = [idx[j], idx[i]];
-    }
-  }
-  return idx;
-}
-
-const ranges = (page: number, idx: Uint32Array): [number, number][] =>
-  Array.from(idx, (i) => [i * page, page]);
-
 function suite(tag: string, backends: string[]) {
   describe(`nixl engine, two processes over ${tag}`, { skip: nixlSkip }, () => {
     let agent: NixlAgent;
@@ -53,10 +45,7 @@ function suite(tag: string, backends: string[]) {
     before(async () => {
       peer = await spawnNixlPeer({ name: uniqueName(`np-${tag}`), backends, size: SIZE });
       agent = await NixlAgent.create({ name: uniqueName(`nm-${tag}`), engine: "nixl", backends });
-      buf = agent.allocate(SIZE);
-      agent.registerMemory(buf);
-      assert.equal(agent.addRemoteAgent(peer.meta), peer.name);
-      await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
+      buf = await linkPeer(agent, peer, SIZE);
     });
     after(async () => {
       await peer?.stop();
@@ -74,16 +63,7 @@ function suite(tag: string, backends: string[]) {
     });
 
     test("the peer's serialized page list prepares and transfers", async () => {
-      const reply = await peer.call("dlist", { pageSize: 4096, count: 16 });
-      using list = DescList.deserialize(Buffer.from(reply.bytes as string, "base64"));
-      const remote = agent.prepDescList(peer.name, list);
-      const local = agent.prepDescList("", DescList.pages(buf, 4096, 16));
-      fillRandom(buf.bytes.subarray(0, 4096));
-      await agent.transfer("WRITE", local, [0], remote, [15]);
-      const { sums } = await peer.call("sums", { ranges: [[15 * 4096, 4096]] });
-      assert.deepEqual(sums, [buf.checksum(0, 4096).toString(16)]);
-      remote.release();
-      local.release();
+      await checkPeerDescList(agent, buf, peer);
     });
 
     for (const { page, count, shuffle } of CASES) {
@@ -96,26 +76,18 @@ function suite(tag: string, backends: string[]) {
         try {
           const li = indices(count, shuffle);
           const ri = indices(count, shuffle);
-          fillRandom(buf.bytes.subarray(0, page * count));
-          const tagW = `w-${label}-${Math.random()}`;
-          const waiting = peer.call("waitNotif", {
-            expect: tagW,
-            timeoutMs: 20_000,
-            ranges: ranges(page, ri),
+          await checkNotifiedWrite({
+            agent,
+            buf,
+            peer,
+            local,
+            remote,
+            page,
+            li,
+            ri,
+            label,
             lingerMs: 30,
-          }, 30_000);
-          await agent.transfer("WRITE", local, li, remote, ri, {
-            notification: tagW,
-            timeoutMs: 20_000,
           });
-          const got = await waiting;
-          const want = Array.from(li, (i) => buf.checksum(i * page, page).toString(16));
-          assert.deepEqual(got.sums, want, "remote pages at notification time");
-          assert.equal(
-            (got.seen as string[]).filter((s) => s === `${agent.name}:${tagW}`).length,
-            1,
-            "the notification arrives exactly once",
-          );
 
           // READ: the peer refills its pages; pull them into zeroed local pages.
           await peer.call("fill", { offset: 0, length: page * count });

@@ -4,11 +4,11 @@
  *
  * @module
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import process from "node:process";
 import { Buffer } from "node:buffer";
-import { createInterface } from "node:readline";
 import { nativeLibrary } from "../../src/agent.ts";
+import { type PeerReply, startPeerProcess } from "./peer_process.ts";
 
 /** Why the native tests are skipped (`undefined` when the library loads). */
 export const nativeSkip: string | undefined = await nativeLibrary().then(
@@ -37,7 +37,7 @@ export interface Peer {
 }
 
 /** A reply line. */
-export type Reply = Record<string, unknown> & { ok: boolean };
+export type Reply = PeerReply;
 
 const script = new URL("./agent_peer.ts", import.meta.url).pathname;
 
@@ -51,43 +51,12 @@ export async function spawnPeer(
     memType?: "DRAM" | "VRAM";
   },
 ): Promise<Peer> {
-  const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
-  const args = isDeno ? ["run", "-A", script] : [script];
-  const child = spawn(process.execPath, [...args, JSON.stringify(options)], {
-    stdio: ["pipe", "pipe", "inherit"],
+  const { child, exited, ready: first, call } = await startPeerProcess(script, options, {
+    readyMs: 20_000,
+    callMs: 20_000,
+    ignoreNonJson: false,
+    releaseOnExit: true,
   });
-  const lines = createInterface({ input: child.stdout! });
-  const exited = new Promise<number | null>((resolve) =>
-    child.on("exit", (c) => {
-      lines.close();
-      child.stdin?.destroy();
-      child.stdout?.destroy();
-      resolve(c);
-    })
-  );
-  const waiting = new Map<number, (r: Reply) => void>();
-  let ready: ((v: Record<string, unknown>) => void) | undefined;
-  const readyP = new Promise<Record<string, unknown>>((r) => (ready = r));
-  lines.on("line", (line) => {
-    const msg = JSON.parse(line) as Record<string, unknown>;
-    if (msg.ready) ready!(msg);
-    else {
-      const w = waiting.get(msg.id as number);
-      waiting.delete(msg.id as number);
-      w?.(msg as Reply);
-    }
-  });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const first = await Promise.race([
-    readyP,
-    exited.then((c) => {
-      throw new Error(`peer ${options.name} exited (${c}) before it was ready`);
-    }),
-    new Promise<never>((_, rej) => {
-      timer = setTimeout(() => rej(new Error(`peer ${options.name} not ready in 20 s`)), 20_000);
-    }),
-  ]).finally(() => clearTimeout(timer));
-  let next = 1;
   const peer: Peer = {
     name: first.name as string,
     pid: first.pid as number,
@@ -97,21 +66,7 @@ export async function spawnPeer(
     listen: first.listen as string,
     child,
     exited,
-    call(cmd, extra = {}, timeoutMs = 20_000) {
-      const id = next++;
-      return new Promise<Reply>((resolve, reject) => {
-        const timer = setTimeout(() => {
-          waiting.delete(id);
-          reject(new Error(`peer ${options.name}: no reply to ${cmd} in ${timeoutMs} ms`));
-        }, timeoutMs);
-        waiting.set(id, (r) => {
-          clearTimeout(timer);
-          if (r.ok) resolve(r);
-          else reject(new Error(`peer ${options.name}: ${cmd} failed: ${r.error}`));
-        });
-        child.stdin!.write(JSON.stringify({ id, cmd, ...extra }) + "\n");
-      });
-    },
+    call,
     signal(sig) {
       if (child.exitCode !== null || child.signalCode !== null) return;
       try {
@@ -131,9 +86,4 @@ export async function spawnPeer(
   return peer;
 }
 
-/** Fills a byte range with random data (crypto, 64 KiB at a time). */
-export function fillRandom(bytes: Uint8Array): void {
-  for (let at = 0; at < bytes.length; at += 65536) {
-    crypto.getRandomValues(bytes.subarray(at, Math.min(at + 65536, bytes.length)));
-  }
-}
+export { fillRandom } from "./pair_checks.ts";

@@ -8,11 +8,11 @@
  *
  * @module
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import process from "node:process";
 import { Buffer } from "node:buffer";
-import { createInterface } from "node:readline";
 import { nativeLibrary, probeEngine } from "../../src/agent.ts";
+import { type PeerReply, startPeerProcess } from "./peer_process.ts";
 
 // UCX opens TCP interfaces on every network device unless told otherwise: keep the tests
 // on loopback (a user's own UCX_NET_DEVICES wins). Set before any agent exists, so UCX
@@ -62,7 +62,7 @@ export interface NixlPeer {
 }
 
 /** A reply line. */
-export type PeerReply = Record<string, unknown> & { ok: boolean };
+export type { PeerReply };
 
 /** Options of a peer. */
 export interface NixlPeerOptions {
@@ -77,41 +77,12 @@ const script = new URL("./nixl_peer.ts", import.meta.url).pathname;
 
 /** Spawns a peer under the runtime running the tests. */
 export async function spawnNixlPeer(options: NixlPeerOptions): Promise<NixlPeer> {
-  const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
-  const args = isDeno ? ["run", "-A", script] : [script];
-  const child = spawn(process.execPath, [...args, JSON.stringify(options)], {
-    stdio: ["pipe", "pipe", "inherit"],
+  const { child, exited, ready: first, call } = await startPeerProcess(script, options, {
+    readyMs: 30_000,
+    callMs: 30_000,
+    ignoreNonJson: true,
+    releaseOnExit: false,
   });
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
-  const lines = createInterface({ input: child.stdout! });
-  const waiting = new Map<number, (r: PeerReply) => void>();
-  let ready: ((v: Record<string, unknown>) => void) | undefined;
-  const readyP = new Promise<Record<string, unknown>>((r) => (ready = r));
-  lines.on("line", (line) => {
-    let msg: Record<string, unknown>;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      return; // not ours (a library writing to stdout)
-    }
-    if (msg.ready) ready!(msg);
-    else {
-      const w = waiting.get(msg.id as number);
-      waiting.delete(msg.id as number);
-      w?.(msg as PeerReply);
-    }
-  });
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const first = await Promise.race([
-    readyP,
-    exited.then((c) => {
-      throw new Error(`peer ${options.name} exited (${c}) before it was ready`);
-    }),
-    new Promise<never>((_, rej) => {
-      timer = setTimeout(() => rej(new Error(`peer ${options.name} not ready in 30 s`)), 30_000);
-    }),
-  ]).finally(() => clearTimeout(timer));
-  let next = 1;
   return {
     name: first.name as string,
     pid: first.pid as number,
@@ -121,21 +92,7 @@ export async function spawnNixlPeer(options: NixlPeerOptions): Promise<NixlPeer>
     info: first.info as Record<string, string>,
     child,
     exited,
-    call(cmd, extra = {}, timeoutMs = 30_000) {
-      const id = next++;
-      return new Promise<PeerReply>((resolve, reject) => {
-        const t = setTimeout(() => {
-          waiting.delete(id);
-          reject(new Error(`peer ${options.name}: no reply to ${cmd} in ${timeoutMs} ms`));
-        }, timeoutMs);
-        waiting.set(id, (r) => {
-          clearTimeout(t);
-          if (r.ok) resolve(r);
-          else reject(new Error(`peer ${options.name}: ${cmd} failed: ${r.error}`));
-        });
-        child.stdin!.write(JSON.stringify({ id, cmd, ...extra }) + "\n");
-      });
-    },
+    call,
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.stdin!.end();
@@ -151,12 +108,7 @@ export async function spawnNixlPeer(options: NixlPeerOptions): Promise<NixlPeer>
   };
 }
 
-/** Fills bytes with random data (crypto, 64 KiB at a time). */
-export function fillRandom(bytes: Uint8Array): void {
-  for (let at = 0; at < bytes.length; at += 65536) {
-    crypto.getRandomValues(bytes.subarray(at, Math.min(at + 65536, bytes.length)));
-  }
-}
+export { fillRandom } from "./pair_checks.ts";
 
 /** A name no other test run uses. */
 export function uniqueName(tag: string): string {
