@@ -13,13 +13,13 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
-import * as readline from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ProxyNotifier } from "../src/pd/proxy.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 import { defaultShape, kvGeometry } from "./pd_cmd.ts";
+import { type Child, nextEvent, spawnKvport } from "./spawn.ts";
 
 const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--device D] [--keep]
 
@@ -42,120 +42,8 @@ Options:
       --json         print the result as one JSON line at the end
   -h, --help         this help`;
 
-/** A `kvport` child process and the JSON lines it prints. */
-export interface Child {
-  name: string;
-  lines: AsyncIterableIterator<Record<string, unknown>>;
-  exited: Promise<number>;
-  stderr: string[];
-  kill(): void;
-}
-
-function cliEntry(): { cmd: string; args: string[] } {
-  const main = new URL("./main.ts", import.meta.url);
-  const script = main.protocol === "file:" ? fileURLToPath(main) : main.href;
-  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
-  return isBun
-    ? { cmd: process.execPath, args: [script] }
-    : { cmd: process.execPath, args: ["run", "-A", script] };
-}
-
-/**
- * Starts `kvport <args>` as a child process of the same runtime (Deno: `deno run -A
- * cli/main.ts`, Bun: `bun cli/main.ts`); its stdout lines are parsed as JSON.
- *
- * @example
- * ```ts
- * import { nextEvent, spawnKvport } from "./demo_cmd.ts";
- * const rx = spawnKvport("receiver", ["pd-receiver", "--config", "d.yaml", "--json"]);
- * console.log(await nextEvent(rx, "ready", 10_000));
- * rx.kill();
- * ```
- */
-export function spawnKvport(name: string, args: string[]): Child {
-  const entry = cliEntry();
-  const child = spawn(entry.cmd, [...entry.args, ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: process.env,
-  });
-  const stderr: string[] = [];
-  readline.createInterface({ input: child.stderr! }).on("line", (l: string) => {
-    stderr.push(l);
-    if (stderr.length > 50) stderr.shift();
-  });
-  const rl = readline.createInterface({ input: child.stdout! });
-  async function* lines(): AsyncIterableIterator<Record<string, unknown>> {
-    for await (const line of rl) {
-      try {
-        yield JSON.parse(line);
-      } catch {
-        stderr.push(line);
-      }
-    }
-  }
-  const exited = new Promise<number>((resolve) => {
-    child.on(
-      "exit",
-      (code: number | null, signal: string | null) => resolve(code ?? (signal ? 128 : 1)),
-    );
-    child.on("error", (e: Error) => {
-      stderr.push(e.message);
-      resolve(127);
-    });
-  });
-  return {
-    name,
-    lines: lines(),
-    exited,
-    stderr,
-    kill: () => {
-      if (child.exitCode === null) child.kill("SIGTERM");
-    },
-  };
-}
-
-/**
- * The next line of `child` whose `event` field is `event`, within `timeoutMs`; an exit
- * first rejects with the child's last stderr lines.
- *
- * @example
- * ```ts
- * import { nextEvent, spawnKvport } from "./demo_cmd.ts";
- * const tx = spawnKvport("sender", ["pd-sender", "--help"]);
- * await nextEvent(tx, "ready", 1000).catch((e) => console.log(e.message));
- * ```
- */
-export async function nextEvent(
-  child: Child,
-  event: string,
-  timeoutMs: number,
-): Promise<Record<string, unknown>> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${child.name} did not report "${event}" within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-  });
-  const read = (async () => {
-    for (;;) {
-      const r = await child.lines.next();
-      if (r.done) {
-        const code = await child.exited;
-        throw new Error(
-          `${child.name} exited (code ${code}) before "${event}"` +
-            (child.stderr.length ? `:\n  ${child.stderr.slice(-8).join("\n  ")}` : ""),
-        );
-      }
-      if (r.value.event === event) return r.value;
-    }
-  })();
-  try {
-    return await Promise.race([read, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+// The process helpers live in spawn.ts; re-exported here for the tests and callers.
+export { type Child, nextEvent, spawnKvport };
 
 /**
  * A TCP port free on 127.0.0.1 right now.

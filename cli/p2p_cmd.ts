@@ -5,23 +5,21 @@
  *
  * @module
  */
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import * as readline from "node:readline";
-import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
-import { ConfigError, type KvportConfig, loadConfig } from "../src/config/mod.ts";
 import { P2PBackend, type P2PFetchResult, type P2PLookupResult } from "../src/p2p/backend.ts";
 import { P2PRegistry } from "../src/p2p/registry.ts";
 import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
 import { crc32, fnv1a64Hex } from "../src/storage/checksum.ts";
+import { emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
-import { type Child, freePort, measureMemcpy, nextEvent } from "./demo_cmd.ts";
+import { freePort, measureMemcpy } from "./demo_cmd.ts";
 import { err, out } from "./io.ts";
 import { kvGeometry } from "./pd_cmd.ts";
+import { nextEvent, spawnWithStdin, type StdinChild } from "./spawn.ts";
 
 /**
  * The key of chunk `index` of synthetic document `doc` (TP rank `rank`):
@@ -39,90 +37,22 @@ export function p2pDemoKey(doc: string, index: number, rank = 0): string {
   return `vllm@p2p-demo@1@${rank}@${fnv1a64Hex(`${doc}/${index}`)}@bfloat16`;
 }
 
-/** A mistake on the command line: exit code 2. */
-class UsageError extends Error {}
-
-type ParseOptions = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
-
-function parse(
-  args: string[],
-  options: ParseOptions,
-): Record<string, string | boolean | undefined> {
+/**
+ * {@linkcode kvGeometry}, with its `--kv-shape`/`--dtype` mistakes kept as plain errors:
+ * the p2p commands have always reported them with exit code 1, not 2.
+ */
+function geometry(...args: Parameters<typeof kvGeometry>): ReturnType<typeof kvGeometry> {
   try {
-    return parseArgs({ args, strict: true, allowPositionals: false, options }).values as Record<
-      string,
-      string | boolean | undefined
-    >;
+    return kvGeometry(...args);
   } catch (e) {
-    throw new UsageError((e as Error).message);
+    if (e instanceof UsageError) throw new Error(e.message);
+    throw e;
   }
-}
-
-function int(name: string, text: unknown, min: number, dflt?: number): number {
-  if (text === undefined) {
-    if (dflt === undefined) throw new UsageError(`--${name} is required`);
-    return dflt;
-  }
-  const s = String(text).trim();
-  const n = Number(s);
-  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n) || n < min) {
-    throw new UsageError(`--${name} expects an integer >= ${min}, got ${JSON.stringify(text)}`);
-  }
-  return n;
 }
 
 function engineOf(text: unknown): "auto" | "builtin" | "nixl" {
   if (text === "auto" || text === "builtin" || text === "nixl") return text;
   throw new UsageError(`--engine expects auto, builtin or nixl, got ${JSON.stringify(text)}`);
-}
-
-function load(file: string | undefined): KvportConfig {
-  const { config, warnings } = loadConfig(file === undefined ? {} : { file });
-  for (const w of warnings) if (w.code !== "forced_value") err(`warning: ${w.message}`);
-  return config;
-}
-
-async function guard(name: string, body: () => Promise<number>): Promise<number> {
-  try {
-    return await body();
-  } catch (e) {
-    if (e instanceof UsageError) {
-      err(`kvport ${name}: ${e.message}\nRun "kvport ${name} --help" for the options.`);
-      return 2;
-    }
-    if (e instanceof ConfigError) {
-      err(`kvport ${name}: ${e.message}`);
-      return 2;
-    }
-    throw e;
-  }
-}
-
-function emit(json: boolean, event: Record<string, unknown>, text: string): void {
-  if (json) out(JSON.stringify(event, (_, v) => (typeof v === "bigint" ? v.toString() : v)));
-  else if (text) out(text);
-}
-
-/** Resolves on SIGINT/SIGTERM, or when stdin ends (the parent went away). */
-function untilStop(commands: AsyncIterable<string> | null): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (sig: string) => () => finish(sig);
-    const onInt = on("SIGINT");
-    const onTerm = on("SIGTERM");
-    const finish = (why: string) => {
-      process.off("SIGINT", onInt);
-      process.off("SIGTERM", onTerm);
-      resolve(why);
-    };
-    process.on("SIGINT", onInt);
-    process.on("SIGTERM", onTerm);
-    if (commands) {
-      (async () => {
-        for await (const _ of commands) { /* consumed by the caller's handler */ }
-        finish("stdin closed");
-      })().catch(() => finish("stdin closed"));
-    }
-  });
 }
 
 // ------------------------------------------------------------------ registry --
@@ -212,7 +142,7 @@ async function runRegistry(args: string[]): Promise<number> {
       } else if (cmd.cmd === "exit") stop("exit");
       else emit(json, { event: "error", error: `unknown command ${String(cmd.cmd)}` }, "");
     });
-    const why = await Promise.race([stopped, untilStop(null)]);
+    const why = await Promise.race([stopped, untilSignal()]);
     rl?.close();
     emit(
       json,
@@ -296,7 +226,7 @@ async function runPeer(args: string[]): Promise<number> {
   const json = v.json === true;
   const config = load(v.config as string | undefined);
   const tpRank = int("tp-rank", v["tp-rank"], 0, 0);
-  const geo = kvGeometry(
+  const geo = geometry(
     v["kv-shape"] as string | undefined,
     (v.dtype as string) ?? "bfloat16",
     config.chunk_size,
@@ -348,7 +278,7 @@ async function runPeer(args: string[]): Promise<number> {
         `bytes, ${p2p.stats.chunks} chunk(s) held)`,
     );
     if (!json) {
-      const why = await untilStop(null);
+      const why = await untilSignal();
       out(`p2p-peer: stopping (${why})`);
       return 0;
     }
@@ -509,7 +439,7 @@ async function runDemo(args: string[]): Promise<number> {
   }
   const n = int("chunks", v.chunks, 2, 16);
   const shape = (v["kv-shape"] as string | undefined) ?? "2,8,256,1024";
-  const geo = kvGeometry(shape, "bfloat16", 256);
+  const geo = geometry(shape, "bfloat16", 256);
   const timeoutMs = int("timeout", v.timeout, 1, 60) * 1000;
   const engine = engineOf(v.engine ?? "auto");
   const half = Math.floor(n / 2);
@@ -713,85 +643,11 @@ async function runDemo(args: string[]): Promise<number> {
   }
 }
 
-/** A `kvport` child process whose stdin takes lines (see {@linkcode spawnP2p}). */
-export interface StdinChild extends Child {
-  /** Writes one line to the child's stdin. */
-  write(line: string): void;
-}
-
-function cliEntry(): { cmd: string; args: string[] } {
-  const main = new URL("./main.ts", import.meta.url);
-  const script = main.protocol === "file:" ? fileURLToPath(main) : main.href;
-  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
-  return isBun
-    ? { cmd: process.execPath, args: [script] }
-    : { cmd: process.execPath, args: ["run", "-A", script] };
-}
-
 /**
- * Starts `kvport <args>` as a child process of the same runtime, like
- * `spawnKvport` of demo_cmd.ts, with a stdin that takes lines (the JSON commands of
- * `p2p-peer` and `p2p-registry`).
- *
- * @example
- * ```ts
- * import { spawnP2p } from "./p2p_cmd.ts";
- * import { nextEvent } from "./demo_cmd.ts";
- * const reg = spawnP2p("registry", ["p2p-registry", "--pull-url", "127.0.0.1:0",
- *   "--reply-url", "127.0.0.1:0", "--json"]);
- * console.log(await nextEvent(reg, "ready", 10_000));
- * reg.write(JSON.stringify({ cmd: "exit" }));
- * ```
+ * Starts `kvport <args>` with a stdin that takes lines: {@linkcode spawnWithStdin} of
+ * spawn.ts, under its earlier name.
  */
-export function spawnP2p(name: string, args: string[]): StdinChild {
-  const entry = cliEntry();
-  const child = spawn(entry.cmd, [...entry.args, ...args], {
-    stdio: ["pipe", "pipe", "pipe"],
-    env: process.env,
-  });
-  const stderr: string[] = [];
-  readline.createInterface({ input: child.stderr! }).on("line", (l: string) => {
-    stderr.push(l);
-    if (stderr.length > 50) stderr.shift();
-  });
-  const rl = readline.createInterface({ input: child.stdout! });
-  async function* lines(): AsyncIterableIterator<Record<string, unknown>> {
-    for await (const line of rl) {
-      try {
-        yield JSON.parse(line);
-      } catch {
-        stderr.push(line);
-      }
-    }
-  }
-  const exited = new Promise<number>((resolve) => {
-    child.on(
-      "exit",
-      (code: number | null, signal: string | null) => resolve(code ?? (signal ? 128 : 1)),
-    );
-    child.on("error", (e: Error) => {
-      stderr.push(e.message);
-      resolve(127);
-    });
-  });
-  child.stdin!.on("error", () => {});
-  return {
-    name,
-    lines: lines(),
-    exited,
-    stderr,
-    write: (line: string) => {
-      if (child.exitCode === null && child.stdin!.writable) child.stdin!.write(`${line}\n`);
-    },
-    kill: () => {
-      if (child.exitCode === null) child.kill("SIGTERM");
-    },
-  };
-}
-
-function spawnWithStdin(name: string, args: string[]): StdinChild {
-  return spawnP2p(name, args);
-}
+export { spawnWithStdin as spawnP2p, type StdinChild };
 
 /**
  * `kvport p2p-registry`.

@@ -6,13 +6,12 @@
  * @module
  */
 import process from "node:process";
-import { parseArgs } from "node:util";
-import { ConfigError, type KvportConfig, loadConfig } from "../src/config/mod.ts";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
 import { PdReceiver } from "../src/pd/receiver.ts";
 import { PdSender } from "../src/pd/sender.ts";
 import type { BufferDevice } from "../src/channel/page.ts";
+import { emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 
@@ -61,21 +60,6 @@ export function kvGeometry(
   return { fmt, shape, dtype, pageSize };
 }
 
-/** A mistake on the command line: exit code 2. */
-class UsageError extends Error {}
-
-function int(name: string, text: string | undefined, min: number, dflt?: number): number {
-  if (text === undefined) {
-    if (dflt === undefined) throw new UsageError(`--${name} is required`);
-    return dflt;
-  }
-  const n = Number(text);
-  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min) {
-    throw new UsageError(`--${name} expects an integer >= ${min}, got ${JSON.stringify(text)}`);
-  }
-  return n;
-}
-
 function ports(name: string, text: string | undefined, dflt: readonly number[] | null): number[] {
   if (text === undefined) {
     if (!dflt || dflt.length === 0) {
@@ -84,67 +68,6 @@ function ports(name: string, text: string | undefined, dflt: readonly number[] |
     return [...dflt];
   }
   return text.split(",").map((p) => int(name, p.trim(), 0));
-}
-
-function load(file: string | undefined, overrides: Record<string, unknown>): KvportConfig {
-  const { config, warnings } = loadConfig({
-    ...(file === undefined ? {} : { file }),
-    ...(Object.keys(overrides).length > 0 ? { overrides } : {}),
-  });
-  for (const w of warnings) {
-    if (w.code !== "forced_value") err(`warning: ${w.message}`);
-  }
-  return config;
-}
-
-function emit(json: boolean, event: Record<string, unknown>, text: string): void {
-  if (json) out(JSON.stringify(event));
-  else if (text) out(text);
-}
-
-async function wrap(name: string, help: string, body: () => Promise<number>): Promise<number> {
-  try {
-    return await body();
-  } catch (e) {
-    if (e instanceof UsageError) {
-      err(`kvport ${name}: ${e.message}\nRun "kvport ${name} --help" for the options.`);
-      return 2;
-    }
-    if (e instanceof ConfigError) {
-      err(`kvport ${name}: ${e.message}`);
-      return 2;
-    }
-    void help;
-    throw e;
-  }
-}
-
-type ParseOptions = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
-
-function parse(args: string[], options: ParseOptions) {
-  try {
-    return parseArgs({ args, strict: true, allowPositionals: false, options }).values as Record<
-      string,
-      string | boolean | undefined
-    >;
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-}
-
-/** Waits for SIGINT or SIGTERM. */
-function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (sig: string) => () => {
-      process.off("SIGINT", onInt);
-      process.off("SIGTERM", onTerm);
-      resolve(sig);
-    };
-    const onInt = on("SIGINT");
-    const onTerm = on("SIGTERM");
-    process.on("SIGINT", onInt);
-    process.on("SIGTERM", onTerm);
-  });
 }
 
 const RECEIVER_HELP = `Usage: kvport pd-receiver --config F [--tp-rank R] [options]
@@ -528,7 +451,7 @@ export function demoKey(reqId: string, i: number, worker = 0, world = 1): string
 export const pdReceiverCommand: Command = {
   name: "pd-receiver",
   summary: "run the decoder side of disaggregated prefill from an LMCache configuration",
-  run: (args) => wrap("pd-receiver", RECEIVER_HELP, () => runReceiver(args)),
+  run: (args) => guard("pd-receiver", () => runReceiver(args)),
 };
 
 /**
@@ -543,5 +466,5 @@ export const pdReceiverCommand: Command = {
 export const pdSenderCommand: Command = {
   name: "pd-sender",
   summary: "send synthetic KV chunks to a decoder, as a prefiller does (then notify the proxy)",
-  run: (args) => wrap("pd-sender", SENDER_HELP, () => runSender(args)),
+  run: (args) => guard("pd-sender", () => runSender(args)),
 };

@@ -1,0 +1,151 @@
+/**
+ * What the `pd-*` and `p2p-*` commands share: strict option parsing, integer options,
+ * configuration loading, JSON-or-text event lines, the usage/configuration error exit
+ * code (2) and waiting for SIGINT/SIGTERM.
+ *
+ * @module
+ */
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { ConfigError, type KvportConfig, loadConfig } from "../src/config/mod.ts";
+import { err, out } from "./io.ts";
+
+/** A mistake on the command line: exit code 2 under {@linkcode guard}. */
+export class UsageError extends Error {}
+
+/** The `options` argument of `parseArgs`. */
+export type ParseOptions = NonNullable<NonNullable<Parameters<typeof parseArgs>[0]>["options"]>;
+
+/**
+ * `args` parsed strictly (no positionals); a parse error becomes a {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * import { parse } from "./args.ts";
+ * console.log(parse(["--json"], { json: { type: "boolean" } })); // { json: true }
+ * ```
+ */
+export function parse(
+  args: string[],
+  options: ParseOptions,
+): Record<string, string | boolean | undefined> {
+  try {
+    return parseArgs({ args, strict: true, allowPositionals: false, options }).values as Record<
+      string,
+      string | boolean | undefined
+    >;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/**
+ * The integer option `--name` from `text` (at least `min`), or `dflt` when absent; a
+ * missing required option or a bad value is a {@linkcode UsageError}.
+ *
+ * @example
+ * ```ts
+ * import { int } from "./args.ts";
+ * console.log(int("chunks", "8", 1), int("batch", undefined, 1, 8)); // 8 8
+ * ```
+ */
+export function int(name: string, text: unknown, min: number, dflt?: number): number {
+  if (text === undefined) {
+    if (dflt === undefined) throw new UsageError(`--${name} is required`);
+    return dflt;
+  }
+  const s = String(text).trim();
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n) || n < min) {
+    throw new UsageError(`--${name} expects an integer >= ${min}, got ${JSON.stringify(text)}`);
+  }
+  return n;
+}
+
+/**
+ * The configuration from `file` (default: `$LMCACHE_CONFIG_FILE`) with `overrides`;
+ * warnings other than forced values go to stderr.
+ *
+ * @example
+ * ```ts
+ * import { load } from "./args.ts";
+ * const config = load(undefined);
+ * ```
+ */
+export function load(
+  file: string | undefined,
+  overrides: Record<string, unknown> = {},
+): KvportConfig {
+  const { config, warnings } = loadConfig({
+    ...(file === undefined ? {} : { file }),
+    ...(Object.keys(overrides).length > 0 ? { overrides } : {}),
+  });
+  for (const w of warnings) {
+    if (w.code !== "forced_value") err(`warning: ${w.message}`);
+  }
+  return config;
+}
+
+/**
+ * `body`'s exit code; a {@linkcode UsageError} or `ConfigError` is printed as
+ * `kvport <name>: ...` and exits 2, anything else is rethrown.
+ *
+ * @example
+ * ```ts
+ * import { guard, UsageError } from "./args.ts";
+ * const code = await guard("demo", () => Promise.reject(new UsageError("bad"))); // 2
+ * ```
+ */
+export async function guard(name: string, body: () => Promise<number>): Promise<number> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`kvport ${name}: ${e.message}\nRun "kvport ${name} --help" for the options.`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      err(`kvport ${name}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+/**
+ * Prints `event` as one JSON line (bigints as strings) with `json`, else `text` unless
+ * it is empty.
+ *
+ * @example
+ * ```ts
+ * import { emit } from "./args.ts";
+ * emit(true, { event: "ready", port: 8200 }, "ready on 8200");
+ * ```
+ */
+export function emit(json: boolean, event: Record<string, unknown>, text: string): void {
+  if (json) out(JSON.stringify(event, (_, v) => (typeof v === "bigint" ? v.toString() : v)));
+  else if (text) out(text);
+}
+
+/**
+ * Resolves with the signal's name on SIGINT or SIGTERM.
+ *
+ * @example
+ * ```ts
+ * import { untilSignal } from "./args.ts";
+ * const stop = untilSignal(); // resolves with "SIGINT" or "SIGTERM"
+ * ```
+ */
+export function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (sig: string) => () => {
+      process.off("SIGINT", onInt);
+      process.off("SIGTERM", onTerm);
+      resolve(sig);
+    };
+    const onInt = on("SIGINT");
+    const onTerm = on("SIGTERM");
+    process.on("SIGINT", onInt);
+    process.on("SIGTERM", onTerm);
+  });
+}
