@@ -6,6 +6,10 @@
  *   the same bytes (`kvport-limits cuda-memcpy`), goal >= 0.8; the same with the 64 pages
  *   scattered (the library's copy kernel, one launch; for 4 MiB also the runtime's copies,
  *   vram_copy=memcpy), with two requests in flight, and as READ;
+ * - with 2+ devices, the same 64 pages of 28 MiB from cuda:0 here into a peer process's
+ *   cuda:1 (vram_ipc_write_28MiB_x64_cross_device, the usual PD layout of one host) vs
+ *   cudaMemcpyPeer of the same bytes (`kvport-limits cuda-memcpy-peer`); skipped, saying
+ *   why, with one device;
  * - VRAM -> pinned host -> TCP -> pinned host -> VRAM between two processes (backends
  *   TCP, as between hosts) vs a raw TCP stream of the same message size, goal >= 0.8.
  * Every mode ends by checking the moved pages by checksum on both sides.
@@ -79,9 +83,16 @@ interface Pair {
   peer: Peer;
   agent: NixlAgent;
   gpu: DeviceBuffer;
+  /** The CUDA ordinal of the peer's buffer (ours is always cuda:0). */
+  peerDevice: number;
 }
 
-async function pair(tag: string, backends: string[], params?: Record<string, string>) {
+async function pair(
+  tag: string,
+  backends: string[],
+  params?: Record<string, string>,
+  peerDevice = 0,
+) {
   const stamp = `${process.pid}-${Date.now()}`;
   const peer = await spawnPeer({
     name: `gpu-bench-peer-${tag}-${stamp}`,
@@ -89,6 +100,7 @@ async function pair(tag: string, backends: string[], params?: Record<string, str
     params,
     size: SIZE,
     memType: "VRAM",
+    device: peerDevice,
   });
   const agent = await NixlAgent.create({
     name: `gpu-bench-${tag}-${stamp}`,
@@ -109,7 +121,7 @@ async function pair(tag: string, backends: string[], params?: Record<string, str
     new DataView(block.buffer).setUint32(0, n, true);
     gpu.copyFrom(block.subarray(0, Math.min(block.length, SIZE - off)), off);
   }
-  return { peer, agent, gpu } as Pair;
+  return { peer, agent, gpu, peerDevice } as Pair;
 }
 
 interface Lists {
@@ -119,7 +131,11 @@ interface Lists {
 
 function lists(p: Pair, page: number, count: number): Lists {
   using l = DescList.pages(p.gpu, page, count);
-  using r = DescList.pages({ address: p.peer.address, memType: "VRAM", device: 0 }, page, count);
+  using r = DescList.pages(
+    { address: p.peer.address, memType: "VRAM", device: p.peerDevice },
+    page,
+    count,
+  );
   return { local: p.agent.prepDescList("", l), remote: p.agent.prepDescList(p.peer.name, r) };
 }
 
@@ -265,6 +281,50 @@ let verified = 0;
   }
 }
 
+// ---- VRAM(cuda:0) -> VRAM(cuda:1) of another process through CUDA IPC ------------------
+let crossSkipped: string | undefined;
+if (cuda.count >= 2) {
+  const page = 28 * MiB;
+  const bytes = page * PAGES;
+  const reps = Math.max(10, Math.ceil((quick ? 1e11 : 4e11) / bytes));
+  const probe = nativeLimit(["cuda-memcpy-peer", String(bytes), String(reps), "0", "1"]);
+  const peerLimit = probe && typeof probe.gbps === "number" ? probe.gbps : undefined;
+  if (peerLimit === undefined) {
+    console.log(`cudaMemcpyPeer 0 -> 1 limit not measured: ${JSON.stringify(probe)}`);
+  }
+  const p = await pair("cross", ["UCX"], undefined, 1);
+  try {
+    const { local, remote } = lists(p, page, PAGES);
+    const idx = new Uint32Array(seq(PAGES));
+    const req = p.agent.createTransfer("WRITE", local, idx, remote, idx);
+    await run(req); // opens the peer's IPC handle (on cuda:0, peer access enabled lazily)
+    const { iters, ms } = await timeLoop(() => run(req), { minMs: MIN_MS, minIters: 5 });
+    req.release();
+    report.add({
+      name: `vram_ipc_write_${page / MiB}MiB_x${PAGES}_cross_device`,
+      value: gbps(bytes * iters, ms),
+      unit: "GB/s",
+      limit: peerLimit,
+      limitName: "cudaMemcpyPeer 0 -> 1",
+      extra: {
+        bytesPerRequest: bytes,
+        requests: iters,
+        path: "CUDA IPC, cuda:0 -> peer process's cuda:1, pages merged",
+        peerAccess: probe?.peer_access,
+      },
+    });
+    verified += await verify(p, page, seq(PAGES), seq(PAGES));
+    local.release();
+    remote.release();
+  } finally {
+    await p.peer.stop();
+    await p.agent.close();
+  }
+} else {
+  crossSkipped = `needs 2 CUDA devices, found ${cuda.count}`;
+  console.log(`vram_ipc_write_28MiB_x${PAGES}_cross_device skipped: ${crossSkipped}`);
+}
+
 // ---- VRAM -> pinned -> TCP -> pinned -> VRAM ------------------------------------------
 {
   const tcp = new Map(SIZES.map((page) => {
@@ -314,4 +374,10 @@ let verified = 0;
 }
 
 console.log(`verified: ${verified} pages matched by checksum on both sides`);
-report.finish({ gpu, devices: cuda.count, quick, verifiedPages: verified });
+report.finish({
+  gpu,
+  devices: cuda.count,
+  quick,
+  verifiedPages: verified,
+  ...(crossSkipped ? { crossDeviceSkipped: crossSkipped } : {}),
+});

@@ -72,6 +72,9 @@ if [ -d .device/build ] && [ ! -f native/build/libkvport.so ]; then
   cp -f .device/build/* native/build/
 fi
 export KVPORT_ENGINE=${KVPORT_ENGINE:-builtin} # NIXL, if any, is measured elsewhere
+# Guard: no NVLink SHARP / multicast objects on the lent machines (NCCL would create
+# them through cuMulticastCreate); nothing here calls it either.
+export NCCL_NVLS_ENABLE=0
 
 echo "== gpu_lease $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -4
@@ -97,7 +100,7 @@ step 20 "C tests: staging pipelines (no GPU needed)" "native/build/kvport-tests 
 
 # ---- 2. TypeScript GPU tests ----------------------------------------------------------
 step 150 "$runtime: VRAM tests (agent, two processes, channels)" \
-  "$rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts tests/pd_vram_test.ts"
+  "$rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts tests/pd_vram_test.ts tests/gpu_two_devices_test.ts"
 
 # ---- 3. PD demo on GPU buffers --------------------------------------------------------
 # (the last JSON line of a run is kept for the summary)

@@ -47,15 +47,28 @@ int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
         r->nj = 1;
         r->cb_dev = r->p[0].fd;
         r->cb_onedev = true;
+        bool cross_dev = false;
         for (uint64_t i = 0; i < r->np; i++) {
             const bi_piece *p = &r->p[i];
             r->cb_dst[i] = (void *)(uintptr_t)(r->out ? p->other : p->mem);
             r->cb_src[i] = (const void *)(uintptr_t)(r->out ? p->mem : p->other);
             r->cb_len[i] = (size_t)p->len;
             if (p->fd != r->cb_dev) r->cb_onedev = false;
+            /* Both ends on one device (p->rdev: the remote end's ordinal when it is VRAM). */
+            if (r->ltype == KVP_VRAM && r->rtype == KVP_VRAM && (int64_t)p->rdev != p->fd)
+                cross_dev = true;
         }
+        /* The copy kernel dereferences both pointers on the local device, which needs
+         * peer access to the other end's device. Nothing here enables it for memory of
+         * this process on another device (VRAM(0) -> VRAM(1) loopback or a same-process
+         * peer: the kernel would fault with an illegal address), and for a peer's VRAM
+         * opened through CUDA IPC it is on only when the lazy peer-access enable of
+         * cudaIpcOpenMemHandle succeeded. So across devices the runtime's copies
+         * (cudaMemcpyDefault: a peer copy, staged by the driver where P2P is missing) are
+         * used instead. Ordinals are those each process reported; under different
+         * CUDA_VISIBLE_DEVICES they may not tell two physical devices apart. */
         r->cb_kernel = r->a->vram_kernel && r->np > 1 && r->ltype == KVP_VRAM &&
-                       r->rtype == KVP_VRAM;
+                       r->rtype == KVP_VRAM && !cross_dev;
         return KVP_SUCCESS;
     }
     /* About four jobs per worker so that workers stay balanced, within bounds that keep

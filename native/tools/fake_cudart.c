@@ -321,6 +321,12 @@ API cudaError_t cudaMemcpy(void *dst, const void *src, size_t len, int kind) {
     return cudaSuccess;
 }
 
+/* Device ordinals do not matter here: one address space, as with unified addressing. */
+API cudaError_t cudaMemcpyPeer(void *dst, int ddev, const void *src, int sdev, size_t len) {
+    if (ddev < 0 || ddev >= ndev() || sdev < 0 || sdev >= ndev()) return cudaErrorInvalidDevice;
+    return cudaMemcpy(dst, src, len, 4);
+}
+
 API cudaError_t cudaStreamCreateWithFlags(void **out, unsigned flags) {
     (void)flags;
     stream *s = calloc(1, sizeof *s);

@@ -22,6 +22,11 @@
  *       pinned host memory (cudaMallocHost) and the device, each copy followed by
  *       cudaDeviceSynchronize, through libcudart loaded at run time (KVPORT_CUDART or
  *       the usual names), GB/s counting the bytes once. Exit 3 without CUDA.
+ *   kvport-limits cuda-memcpy-peer <bytes> <reps> [src_device] [dst_device]
+ *       cudaMemcpyPeer of bytes from a cudaMalloc buffer on src_device (default 0) to one
+ *       on dst_device (default 1), each copy followed by cudaDeviceSynchronize on both
+ *       devices, peer access enabled both ways where cudaDeviceCanAccessPeer allows it
+ *       ("peer_access" in the output says whether it was). Exit 3 without two devices.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -320,12 +325,99 @@ static int probe_cuda_memcpy(uint64_t bytes, uint64_t reps, const char *kind, in
     return 0;
 }
 
+/* cudaMemcpyPeer between two devices, as the limit of the cross-device GPU figure. */
+static int probe_cuda_memcpy_peer(uint64_t bytes, uint64_t reps, int sdev, int ddev) {
+    const char *env = getenv("KVPORT_CUDART");
+    const char *names[] = {env && *env ? env : "libcudart.so", "libcudart.so",
+                           "libcudart.so.13", "libcudart.so.12",
+                           "/usr/local/cuda/lib64/libcudart.so"};
+    void *lib = NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !lib; i++)
+        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        printf("{\"probe\":\"cuda-memcpy-peer\",\"error\":\"no libcudart\"}\n");
+        return 3;
+    }
+    typedef int (*f_count)(int *);
+    typedef int (*f_set)(int);
+    typedef int (*f_malloc)(void **, size_t);
+    typedef int (*f_free)(void *);
+    typedef int (*f_peer)(void *, int, const void *, int, size_t);
+    typedef int (*f_can)(int *, int, int);
+    typedef int (*f_enable)(int, unsigned);
+    typedef int (*f_sync)(void);
+    typedef const char *(*f_str)(int);
+    f_count count = (f_count)dlsym(lib, "cudaGetDeviceCount");
+    f_set set = (f_set)dlsym(lib, "cudaSetDevice");
+    f_malloc dmalloc = (f_malloc)dlsym(lib, "cudaMalloc");
+    f_free dfree = (f_free)dlsym(lib, "cudaFree");
+    f_peer peer = (f_peer)dlsym(lib, "cudaMemcpyPeer");
+    f_can can = (f_can)dlsym(lib, "cudaDeviceCanAccessPeer");         /* optional */
+    f_enable enable = (f_enable)dlsym(lib, "cudaDeviceEnablePeerAccess"); /* optional */
+    f_sync sync = (f_sync)dlsym(lib, "cudaDeviceSynchronize");
+    f_str str = (f_str)dlsym(lib, "cudaGetErrorString");
+    int n = 0;
+    if (!count || !set || !dmalloc || !dfree || !sync || !str || count(&n) != 0) n = 0;
+    if (!peer) {
+        printf("{\"probe\":\"cuda-memcpy-peer\",\"error\":\"libcudart lacks cudaMemcpyPeer\"}\n");
+        return 3;
+    }
+    if (sdev == ddev || sdev < 0 || ddev < 0 || n <= sdev || n <= ddev) {
+        printf("{\"probe\":\"cuda-memcpy-peer\",\"error\":\"needs CUDA devices %d and %d, "
+               "found %d\"}\n", sdev, ddev, n);
+        return 3;
+    }
+    int access = 0;
+    if (can && enable) {
+        int ab = 0, ba = 0;
+        if (can(&ab, sdev, ddev) == 0 && can(&ba, ddev, sdev) == 0 && ab && ba) {
+            /* 704 = cudaErrorPeerAccessAlreadyEnabled */
+            int e1 = (set(sdev), enable(ddev, 0)), e2 = (set(ddev), enable(sdev, 0));
+            access = (e1 == 0 || e1 == 704) && (e2 == 0 || e2 == 704);
+        }
+    }
+    void *a = NULL, *b = NULL;
+    int e = set(sdev);
+    if (!e) e = dmalloc(&a, bytes);
+    if (!e) e = set(ddev);
+    if (!e) e = dmalloc(&b, bytes);
+    if (e) {
+        printf("{\"probe\":\"cuda-memcpy-peer\",\"error\":\"allocation: %s\"}\n", str(e));
+        return 1;
+    }
+    double t0 = 0;
+    for (uint64_t i = 0; i < reps + 2 && !e; i++) { /* the first two: warm-up */
+        if (i == 2) t0 = now();
+        e = peer(b, ddev, a, sdev, bytes);
+        int devs[2] = {sdev, ddev};
+        for (int k = 0; k < 2 && !e; k++) {
+            e = set(devs[k]);
+            if (!e) e = sync();
+        }
+    }
+    double t = now() - t0;
+    if (e) {
+        printf("{\"probe\":\"cuda-memcpy-peer\",\"error\":\"cudaMemcpyPeer: %s\"}\n", str(e));
+        return 1;
+    }
+    printf("{\"probe\":\"cuda-memcpy-peer\",\"src_device\":%d,\"dst_device\":%d,"
+           "\"peer_access\":%s,\"bytes\":%llu,\"reps\":%llu,\"seconds\":%.6f,\"gbps\":%.3f}\n",
+           sdev, ddev, access ? "true" : "false", (unsigned long long)bytes,
+           (unsigned long long)reps, t, (double)bytes * (double)reps / t / 1e9);
+    set(sdev);
+    dfree(a);
+    set(ddev);
+    dfree(b);
+    return 0;
+}
+
 static int usage(void) {
     fprintf(stderr,
             "usage: kvport-limits memcpy <bytes> <reps>\n"
             "       kvport-limits tcp <bytes_per_msg> <total_bytes> [window_bytes]\n"
             "       kvport-limits file <dir> <bytes> <count> [direct] [distinct] [4k]\n"
             "       kvport-limits cuda-memcpy <bytes> <reps> [d2d|h2d|d2h] [device]\n"
+            "       kvport-limits cuda-memcpy-peer <bytes> <reps> [src_device] [dst_device]\n"
             "sizes accept k/m/g suffixes\n");
     return 2;
 }
@@ -352,5 +444,10 @@ int main(int argc, char **argv) {
         return probe_cuda_memcpy(parse_size(argv[2], "cuda-memcpy"),
                                  parse_size(argv[3], "cuda-memcpy"), argc >= 5 ? argv[4] : "d2d",
                                  argc >= 6 ? atoi(argv[5]) : 0);
+    if (argc >= 4 && strcmp(argv[1], "cuda-memcpy-peer") == 0)
+        return probe_cuda_memcpy_peer(parse_size(argv[2], "cuda-memcpy-peer"),
+                                      parse_size(argv[3], "cuda-memcpy-peer"),
+                                      argc >= 5 ? atoi(argv[4]) : 0,
+                                      argc >= 6 ? atoi(argv[5]) : 1);
     return usage();
 }

@@ -49,6 +49,8 @@ export async function spawnPeer(
     params?: Record<string, string>;
     size: number;
     memType?: "DRAM" | "VRAM";
+    /** CUDA ordinal of a VRAM buffer (default 0). */
+    device?: number;
   },
 ): Promise<Peer> {
   const { child, exited, ready: first, call } = await startPeerProcess(script, options, {

@@ -6,7 +6,7 @@
  *
  * Run: `deno run -A tests/helpers/agent_peer.ts '<json options>'` or
  * `bun tests/helpers/agent_peer.ts '<json options>'`; options: `name`, `backends`,
- * `params`, `size`.
+ * `params`, `size`, `memType`, `device`.
  *
  * @module
  */
@@ -19,8 +19,10 @@ interface Options {
   backends?: string[];
   params?: Record<string, string>;
   size: number;
-  /** "DRAM" (default) or "VRAM" (CUDA device 0): the buffer's memory. */
+  /** "DRAM" (default) or "VRAM" (CUDA device `device`): the buffer's memory. */
   memType?: "DRAM" | "VRAM";
+  /** CUDA ordinal of a VRAM buffer (default 0). */
+  device?: number;
 }
 
 const options = JSON.parse(process.argv[process.argv.length - 1]) as Options;
@@ -30,7 +32,10 @@ const agent = await NixlAgent.create({
   backends: options.backends ?? ["UCX"],
   params: options.params,
 });
-const buf = agent.allocate(options.size, { memType: options.memType ?? "DRAM" });
+const buf = agent.allocate(options.size, {
+  memType: options.memType ?? "DRAM",
+  ...(options.memType === "VRAM" && options.device !== undefined ? { device: options.device } : {}),
+});
 agent.registerMemory(buf);
 
 await servePeer(agent, buf, { memType: buf.memType, listen: agent.listen });
