@@ -103,6 +103,38 @@ describe("NixlAgent in one process", { skip: nativeSkip }, () => {
     assert.throws(() => buf.checksum(), NixlError);
   });
 
+  test("allocate shared: false gives private memory that moves bytes like shared memory", async () => {
+    const PAGE_SIZE = 1 << 16;
+    const src = a.allocate(4 * PAGE_SIZE, { shared: false });
+    const dst = b.allocate(4 * PAGE_SIZE);
+    try {
+      assert.equal(src.address % 4096n, 0n, "page-aligned");
+      fillRandom(src.bytes);
+      assert.equal(src.checksum(), fnv1a(src.bytes));
+      const regSrc = a.registerMemory(src);
+      const regDst = b.registerMemory(dst);
+      a.addRemoteAgent(b.localMetadata());
+      using ls = DescList.pages(src, PAGE_SIZE, 4);
+      using rs = DescList.pages(dst, PAGE_SIZE, 4);
+      const local = a.prepDescList("", ls);
+      const remote = a.prepDescList(b.name, rs);
+      await a.transfer("WRITE", local, [0, 1, 2, 3], remote, [3, 2, 1, 0], { timeoutMs: 5000 });
+      for (let i = 0; i < 4; i++) {
+        assert.equal(
+          dst.checksum((3 - i) * PAGE_SIZE, PAGE_SIZE),
+          src.checksum(i * PAGE_SIZE, PAGE_SIZE),
+        );
+      }
+      local.release();
+      remote.release();
+      a.deregisterMemory(regSrc);
+      b.deregisterMemory(regDst);
+    } finally {
+      src.free();
+      dst.free();
+    }
+  });
+
   test("allocate refuses bad sizes and types", async () => {
     await expectStatus("NIXL_ERR_INVALID_PARAM", () => a.allocate(0));
     await expectStatus("NIXL_ERR_INVALID_PARAM", () => a.allocate(-1));

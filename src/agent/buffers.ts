@@ -256,7 +256,17 @@ export interface AllocateOptions {
    * and PD map a bare `"cuda"` to the TP rank's device).
    */
   device?: number | string;
+  /**
+   * DRAM only. `true` (default): shared memory a same-host peer maps once and copies into.
+   * `false`: private memory with transparent huge pages advised (`KVP_DRAM_PRIVATE`), for
+   * buffers no peer maps, such as storage staging: O_DIRECT and copies run faster on huge
+   * pages, which shared memory does not get. Peers still reach it, by cross-memory attach.
+   */
+  shared?: boolean;
 }
+
+/** kvp_mem_alloc's DRAM flag for private memory (kvport.h `KVP_DRAM_PRIVATE`). */
+const DRAM_PRIVATE = 1;
 
 /**
  * Memory type and CUDA ordinal of allocate options (`device` strings included).
@@ -325,9 +335,11 @@ export function allocateBuffer(
   if (!Number.isInteger(device) || device < 0) {
     throw new NixlError(Status.ERR_INVALID_PARAM, "allocate", `bad device ${device}`);
   }
+  // For DRAM, kvp_mem_alloc's device argument carries its flags.
+  const devArg = memType === "DRAM" ? (options.shared === false ? DRAM_PRIVATE : 0) : device;
   check(
     lib,
-    lib.symbols.kvp_mem_alloc(memTypeCode(memType), device, bytes, OUT_U64),
+    lib.symbols.kvp_mem_alloc(memTypeCode(memType), devArg, bytes, OUT_U64),
     "kvp_mem_alloc",
     `allocating ${bytes} bytes of ${memType}${memType === "VRAM" ? ` on device ${device}` : ""}`,
   );
