@@ -256,9 +256,9 @@ static int probe_file(const char *dir, uint64_t bytes, uint64_t count, int direc
     return 0;
 }
 
-/* cudaMemcpy between device buffers (or pinned host and device), as the GPU benchmark's
- * limit: the engine's VRAM copies are compared with what the runtime itself does. */
-static int probe_cuda_memcpy(uint64_t bytes, uint64_t reps, const char *kind, int dev) {
+/* The CUDA runtime, looked up as the shim does ($KVPORT_CUDART first, e.g. the fake
+ * runtime of the CPU tests); prints the probe's error line and returns NULL when absent. */
+static void *open_cudart(const char *probe) {
     const char *env = getenv("KVPORT_CUDART");
     const char *names[] = {env && *env ? env : "libcudart.so", "libcudart.so",
                            "libcudart.so.13", "libcudart.so.12",
@@ -266,10 +266,15 @@ static int probe_cuda_memcpy(uint64_t bytes, uint64_t reps, const char *kind, in
     void *lib = NULL;
     for (size_t i = 0; i < sizeof names / sizeof names[0] && !lib; i++)
         lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        printf("{\"probe\":\"cuda-memcpy\",\"error\":\"no libcudart\"}\n");
-        return 3;
-    }
+    if (!lib) printf("{\"probe\":\"%s\",\"error\":\"no libcudart\"}\n", probe);
+    return lib;
+}
+
+/* cudaMemcpy between device buffers (or pinned host and device), as the GPU benchmark's
+ * limit: the engine's VRAM copies are compared with what the runtime itself does. */
+static int probe_cuda_memcpy(uint64_t bytes, uint64_t reps, const char *kind, int dev) {
+    void *lib = open_cudart("cuda-memcpy");
+    if (!lib) return 3;
     typedef int (*f_count)(int *);
     typedef int (*f_set)(int);
     typedef int (*f_malloc)(void **, size_t);
@@ -327,17 +332,8 @@ static int probe_cuda_memcpy(uint64_t bytes, uint64_t reps, const char *kind, in
 
 /* cudaMemcpyPeer between two devices, as the limit of the cross-device GPU figure. */
 static int probe_cuda_memcpy_peer(uint64_t bytes, uint64_t reps, int sdev, int ddev) {
-    const char *env = getenv("KVPORT_CUDART");
-    const char *names[] = {env && *env ? env : "libcudart.so", "libcudart.so",
-                           "libcudart.so.13", "libcudart.so.12",
-                           "/usr/local/cuda/lib64/libcudart.so"};
-    void *lib = NULL;
-    for (size_t i = 0; i < sizeof names / sizeof names[0] && !lib; i++)
-        lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-    if (!lib) {
-        printf("{\"probe\":\"cuda-memcpy-peer\",\"error\":\"no libcudart\"}\n");
-        return 3;
-    }
+    void *lib = open_cudart("cuda-memcpy-peer");
+    if (!lib) return 3;
     typedef int (*f_count)(int *);
     typedef int (*f_set)(int);
     typedef int (*f_malloc)(void **, size_t);
