@@ -7,12 +7,9 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import {
-  chunkBytes,
   cudaDevices,
   DescList,
   type DeviceBuffer,
-  type DisaggSpec,
-  MemoryFormat,
   NixlAgent,
   PdReceiver,
   PdSender,
@@ -20,6 +17,7 @@ import {
 } from "../mod.ts";
 import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
 import { checkFor, fillFor, testKey } from "./helpers/pd_util.ts";
+import { GPU_PD_PAGE, GPU_PD_SHAPE, gpuPdCommon, gpuPdSpec } from "./helpers/pd_gpu.ts";
 
 const cuda = nativeSkip ? { count: 0, reason: nativeSkip } : await cudaDevices();
 const skip = cuda.count >= 2
@@ -29,40 +27,21 @@ if (skip) console.log(`gpu_two_devices_test skipped: ${skip}`);
 
 // ---- PD: prefiller on cuda:0, decoder on cuda:1 ---------------------------------------
 
-const SHAPE = [2, 4, 16, 1024] as const; // KV_2LTD: 2 x layers x tokens x hidden (bf16)
-const PD_PAGE = chunkBytes(MemoryFormat.KV_2LTD, SHAPE, "bfloat16")!; // 256 KiB
-const common = {
-  pageSize: PD_PAGE,
-  channelType: "nixl",
-  engine: "builtin",
-  agentParams: { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" },
-} as const;
-
-function spec(rx: PdReceiver, reqId: string, isLastPrefill: boolean): DisaggSpec {
-  return {
-    reqId,
-    receiverHost: "127.0.0.1",
-    receiverInitPort: [rx.initPort],
-    receiverAllocPort: [rx.allocPort],
-    isLastPrefill,
-  };
-}
-
 test("pd: cuda:0 prefiller -> cuda:1 decoder, every byte checked", { skip }, async () => {
   await using proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   await using rx = await PdReceiver.create({
-    ...common,
+    ...gpuPdCommon,
     host: "127.0.0.1",
     initPort: 0,
     allocPort: 0,
-    bufferSize: 24 * PD_PAGE,
+    bufferSize: 24 * GPU_PD_PAGE,
     chunkSize: 16,
     device: "cuda:1",
     backends: ["UCX"],
   });
   await using tx = await PdSender.create({
-    ...common,
-    bufferSize: 8 * PD_PAGE,
+    ...gpuPdCommon,
+    bufferSize: 8 * GPU_PD_PAGE,
     device: "cuda:0",
     backends: ["UCX"],
     proxyHost: "127.0.0.1",
@@ -74,7 +53,7 @@ test("pd: cuda:0 prefiller -> cuda:1 decoder, every byte checked", { skip }, asy
   assert.equal(tx.channel.device.ordinal, 0);
   // 20 pages in batches of 8: scattered pages on both sides (several copies per batch).
   const keys = Array.from({ length: 20 }, (_, i) => testKey("gpu-two-devices", i));
-  const host = new Uint8Array(PD_PAGE);
+  const host = new Uint8Array(GPU_PD_PAGE);
   for (let at = 0; at < keys.length; at += 8) {
     const batch = keys.slice(at, at + 8);
     const pages = await tx.allocate(batch.length);
@@ -83,10 +62,10 @@ test("pd: cuda:0 prefiller -> cuda:1 decoder, every byte checked", { skip }, asy
       tx.channel.page(pages[i]).copyFrom(host);
     });
     const last = at + 8 >= keys.length;
-    const r = await tx.send(spec(rx, "gpu-two-devices", last), {
+    const r = await tx.send(gpuPdSpec(rx, "gpu-two-devices", last), {
       keys: batch,
       pages,
-      shape: SHAPE,
+      shape: GPU_PD_SHAPE,
       dtype: "bfloat16",
       lastChunkToks: 16,
     });

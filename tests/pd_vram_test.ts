@@ -4,58 +4,31 @@
 // host prefiller into a GPU decoder. Skips, saying why, without a CUDA device.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  chunkBytes,
-  cudaDevices,
-  type DisaggSpec,
-  MemoryFormat,
-  nativeLibrary,
-  PdReceiver,
-  PdSender,
-  ProxyNotifier,
-} from "../mod.ts";
+import { cudaDevices, nativeLibrary, PdReceiver, PdSender, ProxyNotifier } from "../mod.ts";
 import { checkFor, fillFor, testKey } from "./helpers/pd_util.ts";
+import { GPU_PD_PAGE, GPU_PD_SHAPE, gpuPdCommon, gpuPdSpec } from "./helpers/pd_gpu.ts";
 
 const noLib = await nativeLibrary().then(() => undefined, (e) => String(e).split("\n")[0]);
 const cuda = noLib ? { count: 0, reason: noLib } : await cudaDevices();
 const skip = cuda.count > 0 ? undefined : `no CUDA device: ${cuda.reason}`;
 if (skip) console.log(`pd_vram_test skipped: ${skip}`);
 
-const SHAPE = [2, 4, 16, 1024] as const; // KV_2LTD: 2 x layers x tokens x hidden (bf16)
-const PAGE = chunkBytes(MemoryFormat.KV_2LTD, SHAPE, "bfloat16")!; // 256 KiB
-const common = {
-  pageSize: PAGE,
-  channelType: "nixl",
-  engine: "builtin",
-  agentParams: { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" },
-} as const;
-
-function spec(rx: PdReceiver, reqId: string, isLastPrefill: boolean): DisaggSpec {
-  return {
-    reqId,
-    receiverHost: "127.0.0.1",
-    receiverInitPort: [rx.initPort],
-    receiverAllocPort: [rx.allocPort],
-    isLastPrefill,
-  };
-}
-
 for (const txDevice of ["cuda", "cpu"] as const) {
   test(`pd: ${txDevice} prefiller -> cuda decoder, every byte checked`, { skip }, async () => {
     await using proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
     await using rx = await PdReceiver.create({
-      ...common,
+      ...gpuPdCommon,
       host: "127.0.0.1",
       initPort: 0,
       allocPort: 0,
-      bufferSize: 24 * PAGE,
+      bufferSize: 24 * GPU_PD_PAGE,
       chunkSize: 16,
       device: "cuda",
       backends: ["UCX"],
     });
     await using tx = await PdSender.create({
-      ...common,
-      bufferSize: 8 * PAGE,
+      ...gpuPdCommon,
+      bufferSize: 8 * GPU_PD_PAGE,
       device: txDevice,
       backends: ["UCX"],
       proxyHost: "127.0.0.1",
@@ -64,7 +37,7 @@ for (const txDevice of ["cuda", "cpu"] as const) {
     assert.equal(rx.channel.device.kind, "cuda");
     assert.equal(tx.channel.device.kind, txDevice);
     const keys = Array.from({ length: 20 }, (_, i) => testKey(`gpu-${txDevice}`, i));
-    const host = new Uint8Array(PAGE);
+    const host = new Uint8Array(GPU_PD_PAGE);
     for (let at = 0; at < keys.length; at += 8) {
       const batch = keys.slice(at, at + 8);
       const pages = await tx.allocate(batch.length);
@@ -73,10 +46,10 @@ for (const txDevice of ["cuda", "cpu"] as const) {
         tx.channel.page(pages[i]).copyFrom(host);
       });
       const last = at + 8 >= keys.length;
-      const r = await tx.send(spec(rx, `gpu-${txDevice}`, last), {
+      const r = await tx.send(gpuPdSpec(rx, `gpu-${txDevice}`, last), {
         keys: batch,
         pages,
-        shape: SHAPE,
+        shape: GPU_PD_SHAPE,
         dtype: "bfloat16",
         lastChunkToks: 16,
       });
