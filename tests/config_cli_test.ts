@@ -3,10 +3,12 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { onlyUnder, test } from "./helpers/skip.ts";
+import { after, onlyUnder, test } from "./helpers/skip.ts";
 import { fileURLToPath } from "node:url";
 import { configKeys } from "../src/config/mod.ts";
-import { fixture, tmpYaml } from "./config_util.ts";
+import { fixture, removeTmpYamls, tmpYaml } from "./config_util.ts";
+
+after(removeTmpYamls);
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const isDeno = "Deno" in globalThis;

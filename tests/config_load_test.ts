@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { configKeys } from "../src/config/mod.ts";
 import { configSchema } from "../src/config/schema.ts";
-import { configError, issueFor, load, tmpYaml } from "./config_util.ts";
+import { configError, issueFor, load, removeTmpYamls, tmpYaml } from "./config_util.ts";
+
+after(removeTmpYamls);
 
 test("config defaults, sources, freezing: no file, no env: every key at its LMCache default, source default", () => {
   const { config, warnings, sources, file } = load();
