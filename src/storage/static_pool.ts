@@ -214,6 +214,7 @@ export class StaticPool implements Store {
         slotBytes: opts.slotBytes,
         direct: opts.direct,
         capacity: Math.max(1, Math.min(opts.maxOpenFiles, opts.poolSize)),
+        poolSize: opts.poolSize,
       });
       if (opts.direct && !probed && opts.poolSize > 0) {
         files.lease([0], false).release(); // whether this file system grants O_DIRECT
