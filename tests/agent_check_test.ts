@@ -1,5 +1,5 @@
 // `kvport check`: the report of the shim, engines, NIXL and CUDA, and its exit codes.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { checkCommand, formatCheck, runCheck } from "../cli/check_cmd.ts";
 import { nativeSkip } from "./helpers/agent_pair.ts";

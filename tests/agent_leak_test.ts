@@ -1,7 +1,7 @@
 // 100,000 small transfers (each one creating, posting, waiting for and releasing its
 // request) between two agents leave this process's memory (RSS) and open fds flat; so do
 // 20,000 over TCP, where transfers are not done at post and are waited for.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { DescList, type HostBuffer, NixlAgent, type PreparedDescList } from "../src/agent.ts";

@@ -1,7 +1,7 @@
 // NixlAgent within one process (builtin engine): lifecycle, memory, registration,
 // descriptor lists, transfers between two in-process agents and loopback, notifications,
 // and the error of every misuse (asserted by NIXL status name).
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
   DescList,

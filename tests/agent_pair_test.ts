@@ -4,7 +4,7 @@
 // and once forced over TCP on loopback. Notifications arrive once and after their
 // data; a stopped peer times a transfer out; a killed peer fails it with
 // NIXL_ERR_REMOTE_DISCONNECT within the timeout.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { DescList, type HostBuffer, NixlAgent, NixlError, NixlTimeoutError } from "../src/agent.ts";
 import { nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";

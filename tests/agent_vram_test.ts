@@ -2,7 +2,7 @@
 // checksums, VRAM registration, loopback DRAM <-> VRAM, and a same-host peer's VRAM
 // (CUDA IPC) written and read from this process's DRAM and VRAM. Skips, saying why,
 // without a CUDA device.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, skipFor, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import {
@@ -16,7 +16,8 @@ import {
 import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
 
 const cuda = nativeSkip ? { count: 0, reason: nativeSkip } : await cudaDevices();
-const skip = cuda.count > 0 ? undefined : `no CUDA device: ${cuda.reason}`;
+const skip = nativeSkip ??
+  (cuda.count > 0 ? undefined : skipFor("needs GPU", `no CUDA device: ${cuda.reason}`));
 if (skip) console.log(`agent_vram_test skipped: ${skip}`);
 
 const MiB = 1 << 20;

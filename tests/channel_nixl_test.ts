@@ -2,7 +2,7 @@
 // page-batch WRITE/READ, notifications after the data, re-handshake of a restarted
 // peer, a peer that is gone, timeouts, a cuda buffer without a GPU, and handles released
 // on close.
-import { test } from "node:test";
+import { skipFor, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
   ChannelError,
@@ -153,7 +153,10 @@ test("nixl channel: a mock_memory peer is refused during the handshake", { skip 
 
 const gpus = skip ? 0 : (await cudaDevices()).count;
 test("nixl channel: device cuda without a GPU is a clear error", {
-  skip: skip || (gpus > 0 ? `a CUDA device is there (${gpus}): see channel_vram_test` : false),
+  skip: skip ||
+    (gpus > 0
+      ? skipFor("needs GPU", `runs without one; ${gpus} here: see channel_vram_test`)
+      : false),
 }, async () => {
   await assert.rejects(tx({ device: "cuda" }), (e) => {
     assert.ok(e instanceof ChannelError);

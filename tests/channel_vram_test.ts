@@ -3,7 +3,7 @@
 // channels, and from a host channel into a GPU channel over TCP (staged). The GPU tests
 // skip, saying why, without a CUDA device; the page-handle checks on host memory run
 // everywhere.
-import { describe, test } from "node:test";
+import { describe, skipFor, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
   ChannelError,
@@ -22,7 +22,8 @@ const noLib: string | undefined = await nativeLibrary().then(
   (e) => `libkvport.so not loadable (build it: make -C native): ${String(e).split("\n")[0]}`,
 );
 const cuda = noLib ? { count: 0, reason: noLib } : await cudaDevices();
-const skip = cuda.count > 0 ? undefined : `no CUDA device: ${cuda.reason}`;
+const skip = noLib ??
+  (cuda.count > 0 ? undefined : skipFor("needs GPU", `no CUDA device: ${cuda.reason}`));
 if (skip) console.log(`channel_vram_test: GPU cases skipped: ${skip}`);
 
 const PAGE = 1 << 20;

@@ -1,7 +1,17 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { CONFIG_ALIASES, configKeys } from "../src/config/mod.ts";
-import { configError, issueFor, load, RECEIVER, SENDER, tmpYaml } from "./config_util.ts";
+import {
+  configError,
+  issueFor,
+  load,
+  RECEIVER,
+  removeTmpYamls,
+  SENDER,
+  tmpYaml,
+} from "./config_util.ts";
+
+after(removeTmpYamls);
 
 const plain = [
   ["nixl_peer_host", "pd_peer_host", "10.0.0.2", "10.0.0.2"],

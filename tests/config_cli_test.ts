@@ -3,10 +3,12 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import process from "node:process";
-import { test } from "node:test";
+import { after, onlyUnder, test } from "./helpers/skip.ts";
 import { fileURLToPath } from "node:url";
 import { configKeys } from "../src/config/mod.ts";
-import { fixture, tmpYaml } from "./config_util.ts";
+import { fixture, removeTmpYamls, tmpYaml } from "./config_util.ts";
+
+after(removeTmpYamls);
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const isDeno = "Deno" in globalThis;
@@ -147,7 +149,9 @@ test("cli: bad options exit 2", () => {
   }
 });
 
-test("cli: under Deno without --allow-env the error says how to fix it", { skip: !isDeno }, () => {
+test("cli: under Deno without --allow-env the error says how to fix it", {
+  skip: onlyUnder("deno", "Deno's permissions"),
+}, () => {
   const r = spawnSync(
     process.execPath,
     ["run", "--no-prompt", "--allow-read", "cli/main.ts", "config"],

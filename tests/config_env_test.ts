@@ -157,3 +157,23 @@ test("env: a str key keeps inner text as given", () => {
   const { config } = env({ LMCACHE_CONTROLLER_PULL_URL: "tcp://h:1,2" });
   assert.equal(config.controller_pull_url, "tcp://h:1,2");
 });
+
+test("env: a deeply nested LMCACHE_EXTRA_CONFIG is a ConfigError naming the variable, not a stack overflow", () => {
+  for (const depth of [33, 1_000, 200_000]) {
+    const text = '{"a":'.repeat(depth) + "1" + "}".repeat(depth);
+    const i = issueFor(configError(() => env({ LMCACHE_EXTRA_CONFIG: text })), "extra_config");
+    assert.equal(i.source, "env:LMCACHE_EXTRA_CONFIG");
+    assert.match(i.message, /^extra_config \(env:LMCACHE_EXTRA_CONFIG\)/);
+    assert.match(i.message, /nested more than 32 levels deep/);
+    assert.ok(i.message.length < 400, `${i.message.length} characters`);
+  }
+  // 32 levels pass (the outer object is one of them), and every entry inside is kept
+  const ok = '{"a":'.repeat(31) + '{"b":"x"}' + "}".repeat(31);
+  let v: unknown = env({ LMCACHE_EXTRA_CONFIG: ok }).config.extra_config;
+  for (let i = 0; i < 31; i++) v = (v as Record<string, unknown>).a;
+  assert.deepEqual(v, { b: "x" });
+  // a typed entry too deep inside: the entry's name and the variable
+  const params = JSON.stringify({ nixl_backend_params: "[".repeat(40) + "]".repeat(40) });
+  const e = configError(() => env({ LMCACHE_EXTRA_CONFIG: params }));
+  assert.equal(issueFor(e, "extra_config.nixl_backend_params").source, "env:LMCACHE_EXTRA_CONFIG");
+});

@@ -3,7 +3,7 @@
 // issues - never anything else.
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { configSchema } from "../src/config/schema.ts";
 import { stringify } from "yaml";
 import {
@@ -13,7 +13,9 @@ import {
   loadConfig,
   type LoadConfigOptions,
 } from "../src/config/mod.ts";
-import { tmpYaml } from "./config_util.ts";
+import { removeTmpYamls, tmpYaml } from "./config_util.ts";
+
+after(removeTmpYamls);
 
 /** mulberry32: a small seeded PRNG. */
 function rng(seed: number): () => number {

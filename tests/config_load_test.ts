@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { after, test } from "node:test";
 import { configKeys } from "../src/config/mod.ts";
 import { configSchema } from "../src/config/schema.ts";
-import { configError, issueFor, load, tmpYaml } from "./config_util.ts";
+import { configError, issueFor, load, removeTmpYamls, tmpYaml } from "./config_util.ts";
+
+after(removeTmpYamls);
 
 test("config defaults, sources, freezing: no file, no env: every key at its LMCache default, source default", () => {
   const { config, warnings, sources, file } = load();
@@ -233,3 +235,34 @@ test("config the file: __proto__ keys are ignored with a warning, nothing is pol
   assert.equal(Object.getPrototypeOf(config.extra_config), Object.prototype);
   assert.deepEqual(warnings.map((w) => w.key).sort(), ["__proto__", "extra_config.__proto__"]);
 });
+
+test("config depth: YAML and overrides nested too deeply are ConfigErrors naming the key, not stack overflows", () => {
+  const deepYaml = (n: number) => `extra_config:\n  x: ${"[".repeat(n)}${"]".repeat(n)}\n`;
+  for (const n of [33, 100_000]) {
+    const path = tmpYaml(deepYaml(n));
+    const e = configError(() => load({ file: path }));
+    const i = e.issues[0];
+    assert.equal(e.issues.length, 1);
+    assert.ok(i.key === "extra_config.x" || i.key === "config_file", i.key);
+    assert.ok(i.message.includes(path) || i.source === `file:${path}`, i.message);
+    assert.match(i.message, /nested (more than 32 levels deep|too deeply)/);
+  }
+  // block mappings thousands of levels deep (the YAML parser itself recurses per level)
+  const block = "a:\n" +
+    Array.from({ length: 3000 }, (_, i) => `${" ".repeat(i + 1)}b${i}:`).join("\n") + " 1\n";
+  assert.match(configError(() => load({ file: tmpYaml(block) })).message, /nested/);
+  assert.deepEqual(load({ file: tmpYaml(deepYaml(31)) }).config.extra_config.x, nest(31));
+  let o: unknown = 1;
+  for (let i = 0; i < 100_000; i++) o = { a: o };
+  for (const overrides of [{ extra_config: { deep: o } }, { "extra_config.deep": o }]) {
+    const i = issueFor(configError(() => load({ overrides })), "extra_config.deep");
+    assert.equal(i.source, "override");
+    assert.match(i.message, /^extra_config\.deep \(override\): nested more than 32 levels/);
+  }
+});
+
+function nest(n: number): unknown {
+  let v: unknown = [];
+  for (let i = 1; i < n; i++) v = [v];
+  return v;
+}

@@ -1,6 +1,6 @@
 // Helpers shared by the tests/config_*_test.ts files (not a test file itself).
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,12 +19,21 @@ export function fixture(name: string): string {
 
 let dir: string | null = null;
 let n = 0;
-/** Writes `text` to a fresh temporary .yaml file and returns its path. */
+/**
+ * Writes `text` to a fresh temporary .yaml file and returns its path. A file that uses it
+ * calls `after(removeTmpYamls)` at its top level.
+ */
 export function tmpYaml(text: string): string {
-  dir ??= mkdtempSync(join(tmpdir(), "kvport-config-test-"));
+  if (dir === null || !existsSync(dir)) dir = mkdtempSync(join(tmpdir(), "kvport-config-test-"));
   const path = join(dir, `c${n++}.yaml`);
   writeFileSync(path, text);
   return path;
+}
+
+/** Removes the files of {@linkcode tmpYaml} (and their directory). */
+export function removeTmpYamls(): void {
+  if (dir !== null) rmSync(dir, { recursive: true, force: true });
+  dir = null;
 }
 
 /** loadConfig with an empty environment unless one is given. */

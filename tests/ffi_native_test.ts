@@ -1,7 +1,7 @@
 // The FFI layer against the real library: ABI, status names, last error, check(), the
 // sized-out convention, native memory views, stale handles, and closing a library only
 // after its nonblocking calls have returned.
-import { test } from "node:test";
+import { onlyUnder, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -144,7 +144,7 @@ test("stale handles are NIXL_ERR_NOT_FOUND, never a crash", { skip: nativeSkip }
 });
 
 test("close() waits for pending nonblocking calls", {
-  skip: nativeSkip ?? (lib?.nonblocking ? undefined : "this runtime has no nonblocking calls"),
+  skip: nativeSkip ?? (lib?.nonblocking ? undefined : onlyUnder("deno", "nonblocking FFI calls")),
 }, async () => {
   // A private copy of the library, so closing it leaves the shared one alone.
   const dir = mkdtempSync(join(tmpdir(), "kvport-ffi-"));

@@ -2,7 +2,7 @@
 // process's GPU buffer and READ back, compared by checksum, over CUDA IPC (same host,
 // UCX) and over TCP staged through pinned host memory (backends TCP, as between hosts);
 // and FILE <-> VRAM within one agent. Skips, saying why, without a CUDA device.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, skipFor, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import * as fs from "node:fs";
@@ -13,7 +13,8 @@ import { closeFile, openFile } from "../src/agent/files.ts";
 import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
 
 const cuda = nativeSkip ? { count: 0, reason: nativeSkip } : await cudaDevices();
-const skip = cuda.count > 0 ? undefined : `no CUDA device: ${cuda.reason}`;
+const skip = nativeSkip ??
+  (cuda.count > 0 ? undefined : skipFor("needs GPU", `no CUDA device: ${cuda.reason}`));
 if (skip) console.log(`gpu_pair_test skipped: ${skip}`);
 
 const MiB = 1 << 20;

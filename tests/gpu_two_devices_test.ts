@@ -3,7 +3,7 @@
 // cuda:1, every byte checked on the decoder; and VRAM(cuda:0) -> VRAM(cuda:1) WRITE and
 // READ between two processes (the builtin engine, CUDA IPC), scattered and consecutive,
 // compared by checksum. Skips, saying why, unless there are at least 2 CUDA devices.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, skipFor, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import {
@@ -20,9 +20,10 @@ import { checkFor, fillFor, testKey } from "./helpers/pd_util.ts";
 import { GPU_PD_PAGE, GPU_PD_SHAPE, gpuPdCommon, gpuPdSpec } from "./helpers/pd_gpu.ts";
 
 const cuda = nativeSkip ? { count: 0, reason: nativeSkip } : await cudaDevices();
-const skip = cuda.count >= 2
-  ? undefined
-  : `needs 2 CUDA devices, found ${cuda.count}${cuda.reason ? ` (${cuda.reason})` : ""}`;
+const skip = nativeSkip ?? (cuda.count >= 2 ? undefined : skipFor(
+  "needs GPU",
+  `needs 2 CUDA devices, found ${cuda.count}${cuda.reason ? ` (${cuda.reason})` : ""}`,
+));
 if (skip) console.log(`gpu_two_devices_test skipped: ${skip}`);
 
 // ---- PD: prefiller on cuda:0, decoder on cuda:1 ---------------------------------------

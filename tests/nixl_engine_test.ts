@@ -2,7 +2,7 @@
 // (NIXL's version, plugins, library, UCX), engine "auto" choosing nixl, backends and
 // "BACKEND.key" params passed to NIXL's createBackend, refusals with NIXL's own status
 // and words, and a destroy that ends a blocked wait. Skips (saying why) without NIXL.
-import { describe, test } from "node:test";
+import { describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { engines, NixlAgent, NixlError, probeEngine } from "../src/agent.ts";
 import { nixlSkip, reportSkip, uniqueName } from "./helpers/nixl_env.ts";

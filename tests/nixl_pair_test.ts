@@ -4,7 +4,7 @@
 // (backend "TCP"), every page checked by checksum. Transfer-bound notifications arrive
 // once and after their data; standalone notifications arrive in order. Skips (saying
 // why) where NIXL is not installed.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { DescList, type HostBuffer, NixlAgent, NixlError } from "../src/agent.ts";
 import {

@@ -4,7 +4,7 @@
 // requests prepared for the old process fail NIXL_ERR_NOT_FOUND; after invalidate +
 // load, transfers to the new process work. A transfer to a killed peer ends (error or
 // timeout) within its timeout, never hangs. Skips (saying why) without NIXL.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { DescList, type HostBuffer, NixlAgent, NixlError } from "../src/agent.ts";

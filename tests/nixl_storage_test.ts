@@ -3,7 +3,7 @@
 // is the agent's own name), every page checked; the file holds the bytes for another
 // process (plain read) and for a new agent after the first is gone; a FILE region that
 // runs past the file's end is refused. Skips (saying why) where NIXL is not installed.
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";

@@ -4,7 +4,7 @@
 // forgot our handshake) -> re-handshake and retry; the holder evicting between lookup and
 // fetch; the holder killed and restarted between lookups. Every byte
 // of every fetched chunk is checked, and the CRC compared with the holder's.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import process from "node:process";
 import { nativeLibrary } from "../mod.ts";

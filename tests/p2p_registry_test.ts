@@ -4,7 +4,7 @@
 // re-registration, eviction, and forgetting silent instances; and a pyzmq (libzmq) worker
 // shaped like LMCache's talking to the registry and to a holder.
 import { spawn } from "node:child_process";
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { Decoder } from "@msgpack/msgpack";
 import {

@@ -2,7 +2,7 @@
 // pd-receiver` child (the decoder) and a PdSender in this process (the prefiller), with
 // the proxy collector here. Every byte is checked by the receiver. Also: TP=2 with two
 // receiver processes, a receiver killed and restarted mid-stream, and `kvport demo`.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import process from "node:process";
 import {

@@ -2,7 +2,7 @@
 // nixl channel and the builtin engine: pages filled by copies into VRAM, sent in batches,
 // checked byte for byte on the decoder through page handles, the proxy notified; and a
 // host prefiller into a GPU decoder. Skips, saying why, without a CUDA device.
-import { test } from "node:test";
+import { skipFor, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { cudaDevices, nativeLibrary, PdReceiver, PdSender, ProxyNotifier } from "../mod.ts";
 import { checkFor, fillFor, testKey } from "./helpers/pd_util.ts";
@@ -10,7 +10,8 @@ import { GPU_PD_PAGE, GPU_PD_SHAPE, gpuPdCommon, gpuPdSpec } from "./helpers/pd_
 
 const noLib = await nativeLibrary().then(() => undefined, (e) => String(e).split("\n")[0]);
 const cuda = noLib ? { count: 0, reason: noLib } : await cudaDevices();
-const skip = cuda.count > 0 ? undefined : `no CUDA device: ${cuda.reason}`;
+const skip = noLib ??
+  (cuda.count > 0 ? undefined : skipFor("needs GPU", `no CUDA device: ${cuda.reason}`));
 if (skip) console.log(`pd_vram_test skipped: ${skip}`);
 
 for (const txDevice of ["cuda", "cpu"] as const) {

@@ -3,7 +3,7 @@
 // saying why when libkvport.so is not built.
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
-import { describe, test } from "node:test";
+import { describe, test } from "./helpers/skip.ts";
 import { nativeLibrary } from "../src/agent.ts";
 import {
   NixlStorageBackend,

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
-import { describe, test } from "node:test";
+import { describe, test } from "./helpers/skip.ts";
 import { fileURLToPath } from "node:url";
 import { nativeLibrary } from "../src/agent.ts";
 import { pattern, tempDir } from "./helpers/storage_util.ts";

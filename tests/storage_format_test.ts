@@ -95,7 +95,13 @@ test("storage journal format: header and records round-trip; every damaged byte 
   const bad = hb.slice();
   bad[17] ^= 1;
   assert.equal(decodeHeader(bad), "header checksum mismatch");
-  assert.equal(decodeHeader(enc.encode("x".repeat(64))), "magic is not KVPORTIX");
+  assert.equal(decodeHeader(enc.encode("x".repeat(64))), 'magic is "xxxxxxxx", not "KVPORTIX"');
+  // a damaged magic need not be UTF-8: every byte flipped is a reason, never a TypeError
+  for (let i = 0; i < 8; i++) {
+    const m = hb.slice();
+    m[i] ^= 0xff;
+    assert.match(decodeHeader(m) as string, /^magic is ".*", not "KVPORTIX"$/, `byte ${i}`);
+  }
 
   const recs: JournalRecord[] = [
     { type: "put", key: "k1", slot: 0, dataLen: 10, dataCrc: 0xdeadbeef, seq: 1n },

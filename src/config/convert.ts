@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { depthProblem } from "./depth.ts";
 import type { KeyKind } from "./schema.ts";
 
 /** The result of one conversion. */
@@ -120,6 +121,8 @@ export function convertEnvText(kind: KeyKind, text: string): Converted {
       } catch (e) {
         return bad(`not valid JSON: ${(e as Error).message}`);
       }
+      const tooDeep = depthProblem(parsed);
+      if (tooDeep !== undefined) return bad(tooDeep);
       return kind === "map" ? (isPlainMap(parsed) ? ok(parsed) : bad("not a JSON object")) : (
         coerceValue("str_map", parsed)
       );

@@ -6,6 +6,7 @@
  */
 import { CONFIG_ALIASES, NIXL_BUFFER_SIZE_RULE } from "./aliases.ts";
 import { configKeys } from "./keys.ts";
+import { MAX_CONFIG_DEPTH } from "./depth.ts";
 
 /** The marker lines around the generated part of README.md. */
 export const CONFIG_TABLE_START = "<!-- config-table:start -->";
@@ -41,7 +42,9 @@ export function renderConfigReference(): string {
     'comma-separated (`LMCACHE_PD_PEER_INIT_PORT="7300, 7301"`, brackets allowed); ' +
     "`LMCACHE_EXTRA_CONFIG` is a JSON object; an empty variable is ignored with a warning. " +
     "In YAML files a single value where a list is expected becomes a one-element list, " +
-    "and YAML 1.1 booleans (`yes`/`no`/`on`/`off`) are read as PyYAML reads them.",
+    "and YAML 1.1 booleans (`yes`/`no`/`on`/`off`) are read as PyYAML reads them. " +
+    `A value nests at most ${MAX_CONFIG_DEPTH} levels of lists and maps (files, variables ` +
+    "and overrides alike); a deeper one is an error naming its key and source.",
     "",
     `**Deprecated names** map to the current ones with one warning per name: ${aliases}. ` +
     "An old and a new name given in the same source with different values is an error; " +

@@ -7,6 +7,7 @@
 import { ALIAS_BY_NAME, LMCACHE_ONLY_KEYS, NON_KEY_ENV, RETIRED_KEYS } from "./aliases.ts";
 import { coerceValue, type Converted, convertEnvText, isPlainMap, unquote } from "./convert.ts";
 import { type EnvMap, lmcacheVariables, processEnv } from "./env.ts";
+import { depthProblem, MAX_CONFIG_DEPTH } from "./depth.ts";
 import { ConfigError, type ConfigIssue, type ConfigSource, type ConfigWarning } from "./errors.ts";
 import { formatValue } from "./format.ts";
 import { type ConfigKeyInfo, EXTRA_KEYS, KEY_BY_NAME, TOP_KEYS } from "./keys.ts";
@@ -99,6 +100,20 @@ class Loader {
     kind: LayerKind,
     envText: boolean,
   ): Entry | null {
+    // First: comparing, validating, printing or freezing a value walks it recursively.
+    const deep = envText ? undefined : depthProblem(raw);
+    if (deep !== undefined) {
+      const key = ALIAS_BY_NAME.get(written)?.to ?? written;
+      this.failed.add(key);
+      this.issues.push({
+        key,
+        source,
+        expected: `a value nested at most ${MAX_CONFIG_DEPTH} levels deep`,
+        received: "a deeper value",
+        message: `${written} (${source}): ${deep}.`,
+      });
+      return null;
+    }
     if (written.startsWith("extra_config.")) {
       const leaf = written.slice(13);
       if (leaf === "__proto__") {
@@ -316,10 +331,15 @@ function envEntries(loader: Loader, env: EnvMap): Entry[] {
   return out;
 }
 
+/** Freezes `value` and everything it holds (without recursion: see depth.ts). */
 function deepFreeze<T>(value: T): T {
-  if (value !== null && typeof value === "object" && !Object.isFrozen(value)) {
-    Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (v !== null && typeof v === "object" && !Object.isFrozen(v)) {
+      Object.freeze(v);
+      for (const child of Object.values(v)) stack.push(child);
+    }
   }
   return value;
 }

@@ -7,6 +7,7 @@ import { readFileSync } from "node:fs";
 import { parseAllDocuments } from "yaml";
 import type { ConfigIssue, ConfigSource } from "./errors.ts";
 import { isPlainMap } from "./convert.ts";
+import { MAX_CONFIG_DEPTH } from "./depth.ts";
 
 /** The result of {@link readYamlFile}: the top-level mapping, or the reason there is none. */
 export type YamlRead =
@@ -57,14 +58,19 @@ export function parseConfigYaml(text: string, source: ConfigSource, path: string
   if (docs.length === 0) return { ok: true, map: {} };
   const doc = docs[0];
   if (doc.errors.length > 0) {
-    const first = doc.errors[0];
-    return fail(`invalid YAML: ${first.message.split("\n")[0]}`, "invalid YAML");
+    const first = doc.errors[0].message.split("\n")[0];
+    // The parser recurses per level: a structure thousands of levels deep ends there.
+    // Shallower values are measured by the loader (depth.ts), key by key.
+    if (/call stack/i.test(first)) return fail(tooDeep(first), "too deeply nested YAML");
+    return fail(`invalid YAML: ${first}`, "invalid YAML");
   }
   let value: unknown;
   try {
     value = doc.toJS({ maxAliasCount: 1000 });
   } catch (e) {
-    return fail(`cannot read YAML: ${(e as Error).message.split("\n")[0]}`, "invalid YAML");
+    const first = (e as Error).message.split("\n")[0];
+    if (e instanceof RangeError) return fail(tooDeep(first), "too deeply nested YAML");
+    return fail(`cannot read YAML: ${first}`, "invalid YAML");
   }
   if (value === null || value === undefined) return { ok: true, map: {} };
   if (!isPlainMap(value)) {
@@ -111,4 +117,9 @@ export function readYamlFile(path: string, source: ConfigSource): YamlRead {
     };
   }
   return parseConfigYaml(text, `file:${path}`, path);
+}
+
+function tooDeep(parserMessage: string): string {
+  return `nested too deeply to read (${parserMessage}); a configuration value nests at most ` +
+    `${MAX_CONFIG_DEPTH} levels`;
 }

@@ -18,7 +18,13 @@ import {
 import type { HostBuffer } from "../agent/buffers.ts";
 import { closeFile, openFile } from "../agent/files.ts";
 import { StorageError, toStorageError } from "./errors.ts";
-import type { StorageFile, StorageFileSet, StorageIo, StorageOpenOptions } from "./io.ts";
+import type {
+  StorageFile,
+  StorageFileSet,
+  StorageIo,
+  StorageOpenOptions,
+  StorageRegistration,
+} from "./io.ts";
 
 /** Options of {@linkcode createAgentIo}. */
 export interface AgentIoOptions {
@@ -44,9 +50,20 @@ class AgentFileSet implements StorageFileSet {
   constructor(
     readonly count: number,
     readonly length: number,
-    readonly reg: Registration,
+    /** The set's own registration (sets from registerFiles), else undefined. */
+    readonly reg: Registration | undefined,
     readonly prepped: PreparedDescList,
   ) {}
+}
+
+/** FILE descriptors (addr = offset 0, dev = fd) of `files`, `length` bytes each. */
+function fileDescs(files: readonly StorageFile[], length: number) {
+  const n = files.length;
+  const addrs = new BigUint64Array(n);
+  const lens = new BigUint64Array(n).fill(BigInt(length));
+  const devs = new BigUint64Array(n);
+  files.forEach((f, i) => (devs[i] = BigInt(f.fd)));
+  return { addrs, lens, devs };
 }
 
 class AgentIo implements StorageIo {
@@ -104,30 +121,32 @@ class AgentIo implements StorageIo {
   }
 
   registerFiles(files: readonly StorageFile[], length: number): StorageFileSet {
-    const n = files.length;
-    const addrs = new BigUint64Array(n);
-    const lens = new BigUint64Array(n).fill(BigInt(length));
-    const devs = new BigUint64Array(n);
-    files.forEach((f, i) => (devs[i] = BigInt(f.fd)));
-    const reg = this.#agent.registerMemory({ addrs, lens, devs }, "FILE");
+    const reg = this.#agent.registerMemory(fileDescs(files, length), "FILE");
     try {
-      const prepped = this.#agent.prepDescList(this.#agent.name, {
-        memType: "FILE",
-        addrs,
-        lens,
-        devs,
-      });
-      return new AgentFileSet(n, length, reg, prepped);
+      const set = this.prepareFiles(files, length) as AgentFileSet;
+      return new AgentFileSet(set.count, length, reg, set.prepped);
     } catch (e) {
       reg.release();
       throw e;
     }
   }
 
+  registerFile(file: StorageFile, length: number): StorageRegistration {
+    return this.#agent.registerMemory(fileDescs([file], length), "FILE");
+  }
+
+  prepareFiles(files: readonly StorageFile[], length: number): StorageFileSet {
+    const prepped = this.#agent.prepDescList(this.#agent.name, {
+      memType: "FILE",
+      ...fileDescs(files, length),
+    });
+    return new AgentFileSet(files.length, length, undefined, prepped);
+  }
+
   releaseFiles(set: StorageFileSet): void {
     const s = set as AgentFileSet;
     s.prepped.release();
-    s.reg.release();
+    s.reg?.release();
   }
 
   #localList(stride: number): PreparedDescList {

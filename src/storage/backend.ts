@@ -18,6 +18,7 @@ import { StorageError } from "./errors.ts";
 import type { StorageIo } from "./io.ts";
 import { decodeHeader, JOURNAL_VERSION } from "./journal.ts";
 import { JOURNAL_NAME } from "./naming.ts";
+import { defaultMaxOpenFiles } from "./slot_files.ts";
 import { StaticPool } from "./static_pool.ts";
 import { PagePool } from "./staging.ts";
 import { IO_ALIGN, type PutResult, roundUp, type Store, type StoreCounters } from "./store.ts";
@@ -257,6 +258,12 @@ export class NixlStorageBackend implements AsyncDisposable {
         reason: `poolSize ${options.poolSize}: expected an integer >= 0`,
       });
     }
+    const maxOpen = options.maxOpenFiles;
+    if (maxOpen !== undefined && (!Number.isSafeInteger(maxOpen) || maxOpen < 1)) {
+      throw new StorageError("CONFIG", "NIXL storage configuration", {
+        reason: `maxOpenFiles ${maxOpen}: expected an integer >= 1`,
+      });
+    }
     if (!device.startsWith("cpu")) {
       throw new StorageError("NOT_SUPPORTED", `staging buffer on ${device}`, {
         reason: "this version stages chunks in DRAM only",
@@ -314,6 +321,7 @@ export class NixlStorageBackend implements AsyncDisposable {
           pageSize,
           slotBytes: stride,
           direct: options.useDirectIo ?? false,
+          maxOpenFiles: options.maxOpenFiles ?? defaultMaxOpenFiles(pages, options.poolSize),
           compactMinBytes: options.compactMinBytes,
           verifyReads: options.verifyReads,
         }, warnings)

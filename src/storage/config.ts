@@ -113,6 +113,13 @@ export interface NixlStorageOptions {
    * `"never"`.
    */
   verifyReads?: VerifyReads;
+  /**
+   * Static mode: the most slot files kept open between transfers (default: a quarter of
+   * the process's open-file limit, at most 1024, at least the staging buffer's pages).
+   * Slots are opened on demand, so a pool may hold more slots than the process may open
+   * files.
+   */
+  maxOpenFiles?: number;
   /** A data path other than an agent (tests, mocks). */
   io?: StorageIo;
 }
@@ -159,6 +166,7 @@ export type FromConfigOptions = Partial<
     | "timeoutMs"
     | "agentName"
     | "compactMinBytes"
+    | "maxOpenFiles"
     | "io"
     | "verifyReads"
     | "engineParams"

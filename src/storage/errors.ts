@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { openFileLimits } from "./fd_limit.ts";
 
 /**
  * Machine-readable kinds of {@linkcode StorageError}.
@@ -20,6 +21,7 @@ export type StorageErrorCode =
   | "PERMISSION"
   | "READ_ONLY"
   | "FILE_TOO_LARGE"
+  | "TOO_MANY_FILES"
   | "IO"
   | "LOCKED"
   | "FORMAT"
@@ -87,12 +89,27 @@ function defaultFix(code: StorageErrorCode, path: string | undefined): string | 
       return `The file system of nixl_path${where} is mounted read-only: choose another nixl_path`;
     case "FILE_TOO_LARGE":
       return "A file size limit (ulimit -f / RLIMIT_FSIZE) is below one chunk: raise it";
+    case "TOO_MANY_FILES":
+      return openFilesFix();
     case "LOCKED":
       return "Another process uses this pool: close it first, or give each process its own " +
         "nixl_path";
     default:
       return undefined;
   }
+}
+
+/**
+ * What to raise when the process runs out of descriptors: the soft and hard limits as
+ * /proc/self/limits reports them (Linux), and where each is set.
+ */
+function openFilesFix(): string {
+  const l = openFileLimits();
+  const now = l ? ` (now: soft ${l.soft}, hard ${l.hard})` : "";
+  return `The process reached its limit of open files, RLIMIT_NOFILE${now}: raise it ` +
+    "(`ulimit -n <n>` in the shell that starts it, up to the hard limit; LimitNOFILE= in a " +
+    "systemd unit; nofile in /etc/security/limits.conf), or lower maxOpenFiles of the " +
+    "storage backend. ENFILE (the whole system's table) is raised with sysctl fs.file-max";
 }
 
 function uid(): string {
@@ -111,6 +128,7 @@ const ERRNO_KINDS: ReadonlyArray<[RegExp, StorageErrorCode]> = [
   [/EACCES|EPERM|Permission denied|Operation not permitted/i, "PERMISSION"],
   [/EROFS|Read-only file system/i, "READ_ONLY"],
   [/EFBIG|File too large/i, "FILE_TOO_LARGE"],
+  [/EMFILE|ENFILE|Too many open files/i, "TOO_MANY_FILES"],
 ];
 
 /**

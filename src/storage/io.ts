@@ -42,6 +42,24 @@ export interface StorageFileSet {
 }
 
 /**
+ * One file registered on its own (see {@linkcode StorageIo.registerFile}).
+ *
+ * @example
+ * ```ts
+ * import type { StorageIo } from "@kvport/nixl";
+ * declare const io: StorageIo;
+ * const f = io.openFile("/kv/obj_0.bin", { create: true, direct: false, size: 4096 });
+ * const reg = io.registerFile(f, 4096);
+ * reg.release();
+ * io.closeFile(f);
+ * ```
+ */
+export interface StorageRegistration {
+  /** Deregisters the file. Idempotent. */
+  release(): void;
+}
+
+/**
  * How {@linkcode StorageIo.openFile} opens a file.
  *
  * @example
@@ -87,7 +105,17 @@ export interface StorageIo {
   closeFile(file: StorageFile): void;
   /** Registers files and prepares their descriptor list (`length` bytes at offset 0 each). */
   registerFiles(files: readonly StorageFile[], length: number): StorageFileSet;
-  /** Deregisters and releases a set. */
+  /**
+   * Registers one file (`length` bytes at offset 0) for sets from
+   * {@linkcode prepareFiles}; release it only once no set that uses it is in use.
+   */
+  registerFile(file: StorageFile, length: number): StorageRegistration;
+  /**
+   * Prepares the descriptor list of files registered with {@linkcode registerFile}
+   * (`length` bytes at offset 0 each), without registering them again.
+   */
+  prepareFiles(files: readonly StorageFile[], length: number): StorageFileSet;
+  /** Releases a set (and deregisters its files when it came from `registerFiles`). */
   releaseFiles(set: StorageFileSet): void;
   /**
    * One transfer request: for every i, staging page `pages[i]` (`pageStride` bytes at

@@ -64,6 +64,12 @@ const TYPE_PUT = 1;
 const TYPE_REMOVE = 2;
 const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
+const MAGIC_BYTES = enc.encode(JOURNAL_MAGIC);
+
+/** Bytes as text for a message, one character per byte (never throws). */
+function latin1(b: Uint8Array): string {
+  return String.fromCharCode(...b);
+}
 
 /** The pool-wide facts in the header. */
 export interface JournalHeader {
@@ -115,7 +121,10 @@ export function encodeHeader(h: JournalHeader): Uint8Array {
 /** Decodes a header; a string says why it is not one. */
 export function decodeHeader(b: Uint8Array): JournalHeader | string {
   if (b.length < HEADER_BYTES) return `file is ${b.length} bytes, shorter than the header`;
-  if (dec.decode(b.subarray(0, 8)) !== JOURNAL_MAGIC) return "magic is not KVPORTIX";
+  // Compared as bytes: a damaged magic need not be UTF-8 (the fatal decoder would throw).
+  if (!MAGIC_BYTES.every((m, i) => b[i] === m)) {
+    return `magic is ${JSON.stringify(latin1(b.subarray(0, 8)))}, not "${JOURNAL_MAGIC}"`;
+  }
   const v = new DataView(b.buffer, b.byteOffset, HEADER_BYTES);
   if (v.getUint32(60, true) !== crc32(b.subarray(0, 60))) return "header checksum mismatch";
   const version = v.getUint32(8, true);
@@ -322,6 +331,8 @@ export class Journal {
   #closed = false;
   #broken: StorageError | undefined;
   #compactions = 0;
+  #found: "none" | "truncated" | "intact" = "intact";
+  #lostReason: string | undefined;
 
   private constructor(
     fh: fsp.FileHandle,
@@ -345,7 +356,13 @@ export class Journal {
       // deno-lint-ignore no-explicit-any
       if ((e as any)?.code !== "ENOENT") throw toStorageError(e, "reading the index", opts.path);
     }
-    if (bytes === undefined || bytes.length === 0) {
+    // Shorter than a header: truncated (the journal is only ever replaced by a rename of a
+    // complete file, so no crash of ours leaves it so). The keys it held are lost; the
+    // slot files hold no keys of their own to rebuild it from. Start again, and say so.
+    const lost = bytes !== undefined && bytes.length < HEADER_BYTES
+      ? `${bytes.length} bytes, shorter than its ${HEADER_BYTES}-byte header (truncated)`
+      : undefined;
+    if (bytes === undefined || lost !== undefined) {
       const header: JournalHeader = {
         pageSize: opts.pageSize,
         poolSize: opts.poolSize,
@@ -355,7 +372,10 @@ export class Journal {
       };
       await writeFileDurably(opts.tmpPath, opts.path, opts.dirPath, encodeHeader(header));
       const fh = await openRw(opts.path);
-      return new Journal(fh, opts, header, HEADER_BYTES);
+      const j = new Journal(fh, opts, header, HEADER_BYTES);
+      j.#found = lost === undefined ? "none" : "truncated";
+      if (lost !== undefined) j.#lostReason = lost;
+      return j;
     }
     const header = decodeHeader(bytes);
     if (typeof header === "string") {
@@ -408,6 +428,20 @@ export class Journal {
       await j.#compactNow();
     }
     return j;
+  }
+
+  /**
+   * What open found: `"intact"` (a journal, replayed), `"none"` (no journal: a new one was
+   * written) or `"truncated"` (shorter than its header: the keys it held are lost, a new
+   * one was written; {@linkcode lostReason} says why).
+   */
+  get found(): "none" | "truncated" | "intact" {
+    return this.#found;
+  }
+
+  /** Why the journal found at open was unusable (with `found === "truncated"`). */
+  get lostReason(): string | undefined {
+    return this.#lostReason;
   }
 
   /** The header as last written. */

@@ -61,7 +61,13 @@ export {
   storageOptionsFromConfig,
 } from "./config.ts";
 export { StorageError, type StorageErrorCode, toStorageError } from "./errors.ts";
-export type { StorageFile, StorageFileSet, StorageIo, StorageOpenOptions } from "./io.ts";
+export type {
+  StorageFile,
+  StorageFileSet,
+  StorageIo,
+  StorageOpenOptions,
+  StorageRegistration,
+} from "./io.ts";
 export { objectName } from "./naming.ts";
 export { NO_EVICTION_CANDIDATE } from "./static_pool.ts";
 export type { StoreCounters, VerifyReads } from "./store.ts";

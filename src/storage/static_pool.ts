@@ -2,19 +2,23 @@
  * Static mode (`nixl_pool_size` > 0): a pool of slot files `obj_<i>.bin` in `nixl_path`,
  * one chunk per slot at offset 0, a key -> slot index in LRU order that survives a
  * restart (see `journal.ts` for the on-disk format and its crash rules), LRU eviction
- * that never evicts a pinned key.
+ * that never evicts a pinned key. Slot files are opened on demand through a bounded
+ * cache (`slot_files.ts`).
  *
  * @module
  */
+import * as fsp from "node:fs/promises";
 import { crc32 } from "./checksum.ts";
+import { checkPoolFits } from "./disk_space.ts";
 import { StorageError, toStorageError } from "./errors.ts";
-import type { StorageFile, StorageFileSet, StorageIo } from "./io.ts";
-import { Journal, type JournalRecord, syncDir } from "./journal.ts";
+import type { StorageFile, StorageIo } from "./io.ts";
+import { decodeHeader, HEADER_BYTES, Journal, type JournalRecord, syncDir } from "./journal.ts";
 import { acquireLock, type PoolLock } from "./lock.ts";
 import { LruSlotIndex, type SlotEntry } from "./lru.ts";
 import { JOURNAL_NAME, JOURNAL_TMP_NAME, LOCK_NAME, slotFileName } from "./naming.ts";
+import { SlotFiles } from "./slot_files.ts";
 import {
-  closeFilesQuietly,
+  IO_ALIGN,
   makeStoreDir,
   type PutResult,
   type ReadChunk,
@@ -37,6 +41,8 @@ export interface StaticPoolOptions {
   slotBytes: number;
   /** Open slot files with O_DIRECT. */
   direct: boolean;
+  /** Most slot files kept open between transfers (see `slot_files.ts`). */
+  maxOpenFiles: number;
   /** Smallest journal that is compacted. */
   compactMinBytes?: number;
   /** When reads check CRCs (default "first"). */
@@ -63,12 +69,24 @@ interface Live extends SlotEntry {
  */
 export const NO_EVICTION_CANDIDATE = "no eviction candidate: every slot is pinned";
 
+/** What an open found in the pool directory before it wrote anything. */
+interface Survey {
+  /** The directory existed. */
+  dirExisted: boolean;
+  /** The index file existed. */
+  journalExisted: boolean;
+  /** Slot files `obj_<i>.bin` there, by index: their size and allocated bytes. */
+  slots: Map<number, { size: number; allocated: number }>;
+}
+
 /**
  * The static pool (see the module doc).
  *
  * @example
  * ```ts ignore
- * const pool = await StaticPool.open(io, { dir, poolSize: 8, pageSize, slotBytes, direct });
+ * const pool = await StaticPool.open(io, {
+ *   dir, poolSize: 8, pageSize, slotBytes, direct, maxOpenFiles: 64,
+ * }, warnings);
  * ```
  */
 export class StaticPool implements Store {
@@ -80,8 +98,8 @@ export class StaticPool implements Store {
   #opts: StaticPoolOptions;
   #journal: Journal;
   #index: LruSlotIndex;
-  #files: StorageFile[];
-  #set: StorageFileSet;
+  #files: SlotFiles;
+  #direct: boolean;
   #lock: PoolLock;
   #warnings: string[];
   #closed = false;
@@ -91,8 +109,8 @@ export class StaticPool implements Store {
     opts: StaticPoolOptions,
     journal: Journal,
     index: LruSlotIndex,
-    files: StorageFile[],
-    set: StorageFileSet,
+    files: SlotFiles,
+    direct: boolean,
     lock: PoolLock,
     warnings: string[],
   ) {
@@ -101,7 +119,7 @@ export class StaticPool implements Store {
     this.#journal = journal;
     this.#index = index;
     this.#files = files;
-    this.#set = set;
+    this.#direct = direct;
     this.#lock = lock;
     this.#warnings = warnings;
   }
@@ -111,49 +129,103 @@ export class StaticPool implements Store {
     return this.#opts.slotBytes;
   }
 
-  /** Opens (creating when needed) the pool in `opts.dir`; `warnings` receives notes. */
+  /**
+   * Opens (creating when needed) the pool in `opts.dir`; `warnings` receives notes. A pool
+   * that would not fit the free space is refused before anything is written; a create
+   * that fails part way removes what it created.
+   */
   static async open(
     io: StorageIo,
     opts: StaticPoolOptions,
     warnings: string[],
   ): Promise<StaticPool> {
     const dir = opts.dir;
+    const pathOf = (i: number) => `${dir}/${slotFileName(i)}`;
+    const survey = await surveyDir(dir);
+    let allocated = 0;
+    let needed = survey.journalExisted ? 0 : IO_ALIGN;
+    for (let i = 0; i < opts.poolSize; i++) {
+      const have = survey.slots.get(i)?.allocated ?? 0;
+      allocated += Math.min(have, opts.slotBytes);
+      needed += Math.max(0, opts.slotBytes - have);
+    }
+    checkPoolFits({ dir, poolSize: opts.poolSize, slotBytes: opts.slotBytes, needed, allocated });
+
     await makeStoreDir(dir, "creating the pool directory");
-    const lock = await acquireLock(`${dir}/${LOCK_NAME}`);
-    let journal: Journal | undefined;
-    const files: StorageFile[] = [];
+    let lock: PoolLock;
     try {
-      journal = await Journal.open({
-        path: `${dir}/${JOURNAL_NAME}`,
-        tmpPath: `${dir}/${JOURNAL_TMP_NAME}`,
-        dirPath: dir,
-        pageSize: opts.pageSize,
-        poolSize: opts.poolSize,
-        slotBytes: opts.slotBytes,
-        compactMinBytes: opts.compactMinBytes,
-      });
-      warnings.push(...journal.warnings.splice(0));
+      lock = await acquireLock(`${dir}/${LOCK_NAME}`, warnings);
+    } catch (e) {
+      if (!survey.dirExisted) await fsp.rmdir(dir).catch(() => {});
+      throw e;
+    }
+    let journal: Journal | undefined;
+    let files: SlotFiles | undefined;
+    const created: string[] = [];
+    const journalOptions = {
+      path: `${dir}/${JOURNAL_NAME}`,
+      tmpPath: `${dir}/${JOURNAL_TMP_NAME}`,
+      dirPath: dir,
+      pageSize: opts.pageSize,
+      poolSize: opts.poolSize,
+      slotBytes: opts.slotBytes,
+      compactMinBytes: opts.compactMinBytes,
+    };
+    try {
+      // An index this pool cannot use (damaged, other chunk size) is refused before the
+      // slot files are touched; a usable one is only rewritten (new pool size, torn tail)
+      // once they are all there, so a create that fails leaves the pool as it was.
+      if (survey.journalExisted && !(await journalUsable(journalOptions))) {
+        journal = await Journal.open(journalOptions); // throws the reason
+      }
+
+      // Slot files are created (or grown) one at a time and closed again: a pool needs
+      // no more descriptors than the cache keeps, whatever its size.
       let refused = 0;
+      let probed = false;
       for (let i = 0; i < opts.poolSize; i++) {
-        const path = `${dir}/${slotFileName(i)}`;
+        const have = survey.slots.get(i);
+        if (have && have.size >= opts.slotBytes) continue;
+        const path = pathOf(i);
         let f: StorageFile;
         try {
           f = io.openFile(path, { create: true, direct: opts.direct, size: opts.slotBytes });
         } catch (e) {
-          throw toStorageError(e, "creating a slot file", path);
+          throw toStorageError(e, `creating slot file ${i} of ${opts.poolSize}`, path);
         }
-        files.push(f);
+        if (!have) created.push(path);
+        probed = true;
         if (opts.direct && !f.direct) refused++;
+        try {
+          io.closeFile(f);
+        } catch (e) {
+          throw toStorageError(e, "closing a new slot file", path);
+        }
+      }
+      journal = await Journal.open(journalOptions);
+      if (journal.found === "none") created.push(journalOptions.path);
+      warnings.push(...journal.warnings.splice(0));
+      const lostNote = lostIndexNote(journal, survey, journalOptions.path);
+      if (lostNote) warnings.push(lostNote);
+      await syncDir(dir);
+      await removeSlotsBeyond(dir, opts.poolSize);
+      files = new SlotFiles(io, {
+        pathOf,
+        slotBytes: opts.slotBytes,
+        direct: opts.direct,
+        capacity: Math.max(1, Math.min(opts.maxOpenFiles, opts.poolSize)),
+        poolSize: opts.poolSize,
+      });
+      if (opts.direct && !probed && opts.poolSize > 0) {
+        files.lease([0], false).release(); // whether this file system grants O_DIRECT
+        refused = files.directRefused;
       }
       if (refused > 0) {
         warnings.push(
-          `use_direct_io: the file system of ${dir} refused O_DIRECT; ${refused} slot files ` +
-            "use buffered I/O",
+          `use_direct_io: the file system of ${dir} refused O_DIRECT; slot files use ` +
+            "buffered I/O",
         );
       }
-      await syncDir(dir);
-      await removeSlotsBeyond(dir, opts.poolSize);
-      const set = io.registerFiles(files, opts.slotBytes);
       const entries = journal.entries();
       const index = LruSlotIndex.fromEntries(
         opts.poolSize,
@@ -161,11 +233,16 @@ export class StaticPool implements Store {
           [key, e],
         ) => [key, { ...e, pins: 0, readers: 0, retired: false, verified: false }]),
       );
-      return new StaticPool(io, opts, journal, index, files, set, lock, warnings);
+      const direct = opts.direct && refused === 0;
+      return new StaticPool(io, opts, journal, index, files, direct, lock, warnings);
     } catch (e) {
-      closeFilesQuietly(io, files);
+      try {
+        files?.close();
+      } catch { /* already failing */ }
       await journal?.close().catch(() => {});
+      for (const path of created) await fsp.rm(path, { force: true }).catch(() => {});
       await lock.release();
+      if (!survey.dirExisted) await fsp.rmdir(dir).catch(() => {});
       throw e;
     }
   }
@@ -244,18 +321,31 @@ export class StaticPool implements Store {
       // A slot named by a committed PUT is overwritten only once its REMOVE is durable.
       if (this.#journal.dirty) await this.#journal.sync();
       const usePages = pages.slice(0, stored);
-      // The CRCs are computed while the engine's threads write the same pages.
-      const writing = this.#io.transfer("WRITE", this.pageStride, usePages, this.#set, slots);
-      const staging = this.#io.staging;
-      const stride = this.pageStride;
+      const lease = this.#files.lease(slots, true);
       try {
-        for (let i = 0; i < stored; i++) {
-          crcs.push(crc32(staging.subarray(usePages[i] * stride, usePages[i] * stride + lens[i])));
+        // The CRCs are computed while the engine's threads write the same pages.
+        const writing = this.#io.transfer(
+          "WRITE",
+          this.pageStride,
+          usePages,
+          lease.set,
+          lease.index,
+        );
+        const staging = this.#io.staging;
+        const stride = this.pageStride;
+        try {
+          for (let i = 0; i < stored; i++) {
+            crcs.push(
+              crc32(staging.subarray(usePages[i] * stride, usePages[i] * stride + lens[i])),
+            );
+          }
+        } finally {
+          await writing;
         }
+        await Promise.all(lease.files.map((f) => this.#io.syncFile(f)));
       } finally {
-        await writing;
+        lease.release();
       }
-      await Promise.all(slots.map((s) => this.#io.syncFile(this.#files[s])));
       const records: JournalRecord[] = [];
       for (let i = 0; i < stored; i++) {
         records.push({
@@ -308,13 +398,18 @@ export class StaticPool implements Store {
     this.counters.misses += keys.length - hits.length;
     if (hits.length === 0) return out;
     try {
-      await this.#io.transfer(
-        "READ",
-        this.pageStride,
-        hits.map((h) => pages[h.i]),
-        this.#set,
-        hits.map((h) => h.e.slot),
-      );
+      const lease = this.#files.lease(hits.map((h) => h.e.slot), false);
+      try {
+        await this.#io.transfer(
+          "READ",
+          this.pageStride,
+          hits.map((h) => pages[h.i]),
+          lease.set,
+          lease.index,
+        );
+      } finally {
+        lease.release();
+      }
     } catch (e) {
       throw toStorageError(e, `reading ${hits.length} chunk(s) from the pool`, this.#opts.dir);
     } finally {
@@ -334,7 +429,7 @@ export class StaticPool implements Store {
         this.counters.corrupt++;
         this.counters.misses++;
         this.#warnings.push(
-          `chunk of key ${JSON.stringify(keys[i])} in ${this.#files[e.slot].path} failed its ` +
+          `chunk of key ${JSON.stringify(keys[i])} in ${this.#slotPath(e.slot)} failed its ` +
             `checksum (crc32 ${hex(got)}, index says ${hex(e.dataCrc)}): dropped`,
         );
         if (this.#index.peek(keys[i]) === e) await this.remove(keys[i]);
@@ -362,7 +457,10 @@ export class StaticPool implements Store {
       journalBytes: this.#journal.bytes,
       journalGeneration: Number(this.#journal.header.generation),
       compactions: this.#journal.compactions,
-      direct: this.#files.length > 0 && this.#files.every((f) => f.direct),
+      direct: this.#direct,
+      openFiles: this.#files.openCount,
+      maxOpenFiles: this.#files.capacity,
+      fileOpens: this.#files.opens,
     });
   }
 
@@ -376,19 +474,16 @@ export class StaticPool implements Store {
       first = e;
     }
     try {
-      this.#io.releaseFiles(this.#set);
+      this.#files.close();
     } catch (e) {
       first ??= e;
     }
-    for (const f of this.#files) {
-      try {
-        this.#io.closeFile(f);
-      } catch (e) {
-        first ??= e;
-      }
-    }
     await this.#lock.release();
     if (first !== undefined) throw toStorageError(first, "closing the pool", this.#opts.dir);
+  }
+
+  #slotPath(slot: number): string {
+    return `${this.#opts.dir}/${slotFileName(slot)}`;
   }
 
   #retire(e: Live): void {
@@ -405,10 +500,76 @@ function hex(n: number): string {
   return (n >>> 0).toString(16).padStart(8, "0");
 }
 
+const SLOT_FILE = /^obj_(\d+)\.bin$/;
+
+/** What is in the pool directory, before anything is written. */
+async function surveyDir(dir: string): Promise<Survey> {
+  const survey: Survey = { dirExisted: false, journalExisted: false, slots: new Map() };
+  let names: string[];
+  try {
+    names = await fsp.readdir(dir);
+  } catch (e) {
+    // deno-lint-ignore no-explicit-any
+    if ((e as any)?.code === "ENOENT") return survey;
+    throw toStorageError(e, "listing the pool directory", dir);
+  }
+  survey.dirExisted = true;
+  for (const name of names) {
+    if (name === JOURNAL_NAME) {
+      survey.journalExisted = true;
+      continue;
+    }
+    const m = SLOT_FILE.exec(name);
+    if (!m) continue;
+    try {
+      const st = await fsp.stat(`${dir}/${name}`);
+      // st_blocks counts 512-byte units actually allocated (a sparse file has fewer)
+      const allocated = typeof st.blocks === "number" ? st.blocks * 512 : st.size;
+      survey.slots.set(Number(m[1]), { size: st.size, allocated });
+    } catch { /* removed meanwhile: it will be created */ }
+  }
+  return survey;
+}
+
+/**
+ * Whether the index at `o.path` has a header this pool can open (else Journal.open says
+ * why), read without writing anything.
+ */
+async function journalUsable(o: { path: string; pageSize: number; slotBytes: number }) {
+  let fh: fsp.FileHandle | undefined;
+  try {
+    fh = await fsp.open(o.path, "r");
+    const b = new Uint8Array(HEADER_BYTES);
+    const { bytesRead } = await fh.read(b, 0, HEADER_BYTES, 0);
+    if (bytesRead < HEADER_BYTES) return true; // truncated: Journal.open starts anew
+    const h = decodeHeader(b);
+    return typeof h !== "string" && h.pageSize === o.pageSize && h.slotBytes === o.slotBytes;
+  } catch {
+    return false; // unreadable: Journal.open names the reason
+  } finally {
+    await fh?.close().catch(() => {});
+  }
+}
+
+/** The warning for an index that is gone while slot files remain (see journal.ts). */
+function lostIndexNote(journal: Journal, survey: Survey, path: string): string | undefined {
+  const slots = survey.slots.size;
+  if (journal.found === "truncated") {
+    return `pool index ${path} was ${journal.lostReason}: the keys it held are lost and the ` +
+      `pool starts empty; its ${slots} slot file(s) hold no keys of their own, so nothing ` +
+      "can be rebuilt from them (their slots are reused)";
+  }
+  if (journal.found === "none" && slots > 0) {
+    return `pool index ${path} is missing but ${slots} slot file(s) remain: the keys they ` +
+      "held are lost and the pool starts empty (their slots are reused)";
+  }
+  return undefined;
+}
+
 /** Deletes slot files `obj_<i>.bin` with i >= size (left by a larger pool). */
 function removeSlotsBeyond(dir: string, size: number): Promise<void> {
   return removeFilesWhere(dir, (name) => {
-    const m = /^obj_(\d+)\.bin$/.exec(name);
+    const m = SLOT_FILE.exec(name);
     return m !== null && Number(m[1]) >= size;
   });
 }

@@ -9,6 +9,7 @@ import type {
   StorageFileSet,
   StorageIo,
   StorageOpenOptions,
+  StorageRegistration,
 } from "../../src/storage/io.ts";
 
 interface FsSet extends StorageFileSet {
@@ -31,12 +32,21 @@ export class FsStorageIo implements StorageIo {
   syncs = 0;
   closed = false;
   openFiles = new Set<number>();
+  /** Descriptors registered one by one (registerFile), not yet released. */
+  registered = new Set<number>();
+  /** Fail opens with EMFILE after this many more (a test of descriptor limits). */
+  opensLeft = Infinity;
 
   constructor(bytes: number) {
     this.staging = new Uint8Array(new ArrayBuffer(bytes));
   }
 
   openFile(path: string, o: StorageOpenOptions): StorageFile {
+    if (this.opensLeft-- <= 0) {
+      throw Object.assign(new Error(`EMFILE: too many open files, open '${path}'`), {
+        code: "EMFILE",
+      });
+    }
     let flags = fs.constants.O_RDWR;
     if (o.create) flags |= fs.constants.O_CREAT;
     if (o.truncate) flags |= fs.constants.O_TRUNC;
@@ -66,11 +76,30 @@ export class FsStorageIo implements StorageIo {
   }
 
   closeFile(f: StorageFile): void {
+    if (this.registered.has(f.fd)) throw new Error(`fd ${f.fd} (${f.path}) is still registered`);
     this.openFiles.delete(f.fd);
     fs.closeSync(f.fd);
   }
 
   registerFiles(files: readonly StorageFile[], length: number): StorageFileSet {
+    return { count: files.length, length, files: [...files] } as FsSet;
+  }
+
+  registerFile(file: StorageFile, _length: number): StorageRegistration {
+    this.registered.add(file.fd);
+    let released = false;
+    return {
+      release: () => {
+        if (!released) this.registered.delete(file.fd);
+        released = true;
+      },
+    };
+  }
+
+  prepareFiles(files: readonly StorageFile[], length: number): StorageFileSet {
+    for (const f of files) {
+      if (!this.registered.has(f.fd)) throw new Error(`fd ${f.fd} (${f.path}) is not registered`);
+    }
     return { count: files.length, length, files: [...files] } as FsSet;
   }
 

@@ -3,9 +3,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-/** A fresh temporary directory; removed by the returned cleanup. */
-export function tempDir(prefix = "kvport-storage-"): { dir: string; cleanup: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
+/** A fresh temporary directory (under `base`, default the OS's); removed by the cleanup. */
+export function tempDir(
+  prefix = "kvport-storage-",
+  base: string = tmpdir(),
+): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(base, prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
