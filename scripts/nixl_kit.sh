@@ -10,6 +10,7 @@
 #                                            VRAM), and the GDS plugins when CUFILE is given
 #   scripts/nixl_kit.sh kvport PREFIX DEST   our libkvport.so, libkvport_nixl.so, kvport-limits
 #                                            and nixl-raw built against PREFIX, copied to DEST
+#   scripts/nixl_kit.sh rpaths PREFIX        (part of build) make every RUNPATH in PREFIX relative
 #   scripts/nixl_kit.sh pack PREFIX OUT.tar.xz
 #                                            strip, make every RUNPATH relative ($ORIGIN),
 #                                            bundle the libraries a bare machine may lack, tar
@@ -108,12 +109,16 @@ cmd_build() {
   SRC=$(cd "$SRC" && pwd)
   cp "$SRC/VERSIONS" "$PREFIX/VERSIONS" 2>/dev/null || true
 
+  # A step that finished once is not redone (its stamp in WORK); delete WORK to redo all.
+  if [ ! -f "$WORK/abseil.done" ]; then
   say "Abseil $(awk '$1=="abseil-cpp"{print $3}' "$SRC/VERSIONS") (C++20, shared, $PREFIX/$multi)"
   cmake -S "$SRC/abseil-cpp" -B "$WORK/abseil" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CXX_STANDARD=20 -DABSL_PROPAGATE_CXX_STD=ON -DBUILD_SHARED_LIBS=ON \
     -DBUILD_TESTING=OFF -DABSL_BUILD_TESTING=OFF -DCMAKE_INSTALL_PREFIX="$PREFIX" \
     -DCMAKE_INSTALL_LIBDIR="$multi" -DCMAKE_INSTALL_RPATH='$ORIGIN' >"$WORK/abseil.log"
   "${NICE[@]}" ninja -C "$WORK/abseil" -j "$JOBS" install >>"$WORK/abseil.log"
+  touch "$WORK/abseil.done"
+  fi
 
   local ucx_cuda=(--without-cuda) cuda_cppflags="" cuda_ldflags=""
   if [ -n "${CUDA:-}" ]; then
@@ -128,6 +133,7 @@ cmd_build() {
     ucx_cuda=(--with-cuda="$CUDA" "--with-nvcc-gencode=-gencode=arch=compute_$CUDA_ARCH,code=sm_$CUDA_ARCH")
   fi
 
+  if [ ! -f "$WORK/ucx.done" ]; then
   say "UCX $(awk '$1=="ucx"{print substr($4,1,7)}' "$SRC/VERSIONS") (${CUDA:+with CUDA }into $PREFIX/lib)"
   rm -rf "$WORK/ucx" && mkdir -p "$WORK/ucx"
   (cd "$WORK/ucx" && "${NICE[@]}" "$SRC/ucx/configure" --prefix="$PREFIX" \
@@ -138,6 +144,8 @@ cmd_build() {
     die "UCX configure failed: $WORK/ucx.log"
   "${NICE[@]}" make -C "$WORK/ucx" -j "$JOBS" >>"$WORK/ucx.log" 2>&1 || die "UCX build failed: $WORK/ucx.log"
   make -C "$WORK/ucx" install >>"$WORK/ucx.log" 2>&1 || die "UCX install failed: $WORK/ucx.log"
+  touch "$WORK/ucx.done"
+  fi
 
   # NIXL: header-only dependencies through pkg-config files of our own; Abseil through
   # the .pc files it installed; no downloads (meson's wraps would fetch).
@@ -172,6 +180,8 @@ cmd_build() {
       "${nixl_cuda[@]}" >"$WORK/nixl.log" 2>&1 || die "NIXL meson setup failed: $WORK/nixl.log"
     "${NICE[@]}" ninja -C "$WORK/nixl" -j "$JOBS" >>"$WORK/nixl.log" 2>&1 || die "NIXL build failed: $WORK/nixl.log"
     ninja -C "$WORK/nixl" install >>"$WORK/nixl.log" 2>&1 || die "NIXL install failed: $WORK/nixl.log")
+  command -v patchelf >/dev/null || die "patchelf is needed (apt-get install patchelf)"
+  relative_rpaths "$PREFIX"
   ls "$PREFIX/$multi/plugins"
   say "built into $PREFIX"
 }
@@ -201,6 +211,24 @@ base_lib() {
       libnvidia-ml.so* | libcudart.so* | libcufile*) return 0 ;;
   esac
   return 1
+}
+
+elf_files() { # elf_files <dir>: the ELF files under dir
+  find "$1" -type f \( -name '*.so*' -o -perm -u+x \) -exec sh -c \
+    'head -c4 "$1" | grep -q ELF && echo "$1"' _ {} \;
+}
+
+# Every library folder of the prefix, relative to each ELF file in it ($ORIGIN/...): NIXL
+# installs libnixl_common.so & co without a RUNPATH to its Abseil, and UCX and NIXL name
+# the build prefix; with this the prefix works wherever it is unpacked, without
+# LD_LIBRARY_PATH.
+relative_rpaths() { # relative_rpaths <prefix>
+  local f d rp dirs="lib lib/ucx lib/x86_64-linux-gnu lib/x86_64-linux-gnu/plugins lib/deps"
+  for f in $(elf_files "$1"); do
+    rp=""
+    for d in $dirs; do rp="$rp:\$ORIGIN/$(relpath "$1/$d" "$(dirname "$f")")"; done
+    patchelf --set-rpath "${rp#:}" "$f"
+  done
 }
 
 relpath() { python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$1" "$2"; }
@@ -234,17 +262,8 @@ cmd_pack() {
       cp -L "$path" "$stage/lib/deps/$name"
     done
   done
-  elfs=$(find "$stage" -type f \( -name '*.so*' -o -perm -u+x \) -exec sh -c \
-    'head -c4 "$1" | grep -q ELF && echo "$1"' _ {} \;)
-  # Every library folder of the kit, relative to each file: the kit works wherever unpacked.
-  local dirs d rp
-  dirs="lib lib/ucx lib/x86_64-linux-gnu lib/x86_64-linux-gnu/plugins lib/deps"
-  for f in $elfs; do
-    strip --strip-unneeded "$f" 2>/dev/null || true
-    rp=""
-    for d in $dirs; do rp="$rp:\$ORIGIN/$(relpath "$stage/$d" "$(dirname "$f")")"; done
-    patchelf --set-rpath "${rp#:}" "$f"
-  done
+  for f in $(elf_files "$stage"); do strip --strip-unneeded "$f" 2>/dev/null || true; done
+  relative_rpaths "$stage"
   # UCX's pkg-config and NIXL's .pc files name the build prefix; the shim does not use them.
   cp "$here/scripts/gpu_nixl.sh" "$stage/" 2>/dev/null || true
   (cd "$WORK/pack" && tar -c "$(basename "$stage")" | xz -9 -T"$JOBS" >"$OUT")
@@ -256,5 +275,6 @@ case "${1:-}" in
   build) shift; cmd_build "$@" ;;
   kvport) shift; cmd_kvport "$@" ;;
   pack) shift; cmd_pack "$@" ;;
+  rpaths) shift; relative_rpaths "${1:?usage: rpaths PREFIX}" ;;
   *) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -116,8 +116,8 @@ static bool try_module(const char *path) {
  *     NIXL_PREFIX is set (without it libnixl.so comes through the module's RUNPATH or
  *     LD_LIBRARY_PATH, and the loader's message in the reason says which file failed);
  *   - each module path (loaded / missing / found, failed to load);
- *   - when no module file was found at all: the NIXL header a build would have used
- *     (header present / header missing), to tell "not built" from "NIXL not installed". */
+ *   - the NIXL header a build looks for (header present / header missing), which tells
+ *     "the module was not built" from "NIXL is not installed". */
 static void load_once(void) {
     const char *pre = getenv("NIXL_PREFIX");
     if (!pre || !*pre) pre = "/opt/nvidia/nvda_nixl";
@@ -141,12 +141,11 @@ static void load_once(void) {
                     (have_dir && (snprintf(path, sizeof path, "%s/" KVPN_MODULE_FILE, dir),
                                   file_exists(path)));
     if (any_file) preload_nixl();
-    if (env && *env && try_module(env)) return;
-    if (have_dir) {
+    if (!(env && *env && try_module(env)) && have_dir) {
         snprintf(path, sizeof path, "%s/" KVPN_MODULE_FILE, dir);
-        if (try_module(path)) return;
+        (void)try_module(path);
     }
-    if (!g_module_file) searched_add(hdr, have_hdr ? "header present" : "header missing");
+    searched_add(hdr, have_hdr ? "header present" : "header missing");
 }
 
 const kvpn_module *kvp_nixl_module(void) {
