@@ -10,7 +10,7 @@
 // post-to-completion latency of one 4 KiB page, p50 and p99.
 //
 //   nixl-raw [--backend UCX|TCP] [--buffer shared|private|vram:N] [--min-ms 1500]
-//            [--lat 20000] [--shape PAGExCOUNT[s]]...
+//            [--lat 20000] [--wait spin|backoff] [--shape PAGExCOUNT[s]]...
 //
 // --buffer: shared = memfd MAP_SHARED (the builtin engine's default), private = anonymous
 // memory with MADV_HUGEPAGE (the nixl engine's default), vram:N = cudaMalloc on device N
@@ -61,6 +61,7 @@ struct Options {
     int device = 0;
     double min_ms = 1500;
     int lat = 20000;
+    bool backoff = false; // --wait backoff: poll as the library waits (see run_once)
     std::vector<Shape> shapes;
 };
 
@@ -76,6 +77,11 @@ Options parse(int argc, char **argv) {
         else if (a == "--buffer") o.buffer = val();
         else if (a == "--min-ms") o.min_ms = std::atof(val().c_str());
         else if (a == "--lat") o.lat = std::atoi(val().c_str());
+        else if (a == "--wait") {
+            std::string w = val();
+            if (w != "spin" && w != "backoff") die("--wait " + w + ": expected spin or backoff");
+            o.backoff = w == "backoff";
+        }
         else if (a == "--shape") {
             std::string v = val();
             Shape s{};
@@ -227,10 +233,22 @@ std::string label(uint64_t page) {
     return page >= (1 << 20) ? std::to_string(page >> 20) + "MiB" : std::to_string(page >> 10) + "KiB";
 }
 
-// post, then poll until done: returns false on a failed transfer
+// Post, then poll until done. spin: getXferStatus back to back. backoff: the way the
+// library waits (src/agent/transfer.ts + kvp_xfer_wait): back-to-back polls for 50 us,
+// then polls between sleeps of 2 us doubling to 1 ms - on a machine with few cores a
+// spinning poller takes CPU from NIXL's progress threads, so this is the fair yardstick.
+bool g_backoff = false;
 inline void run_once(nixlAgent &a, nixlXferReqH *req) {
     nixl_status_t s = a.postXferReq(req);
-    while (s == NIXL_IN_PROG) s = a.getXferStatus(req);
+    if (s == NIXL_IN_PROG) {
+        auto spin_end = Clock::now() + std::chrono::microseconds(50);
+        while ((s = a.getXferStatus(req)) == NIXL_IN_PROG && (!g_backoff || Clock::now() < spin_end)) {
+        }
+        for (long d = 2; s == NIXL_IN_PROG; d = std::min(d * 2, 1000L)) {
+            usleep(static_cast<useconds_t>(d));
+            s = a.getXferStatus(req);
+        }
+    }
     if (s != NIXL_SUCCESS) die(std::string("transfer failed: ") + nixlEnumStrings::statusStr(s));
 }
 
@@ -288,7 +306,8 @@ int initiator(const Options &o, int from_child, const std::string &name, std::ve
         double gbps = static_cast<double>(s.page * s.count * iters) / ms / 1e6;
         std::string nm = "write_" + label(s.page) + "_x" + std::to_string(s.count) +
                          (s.scattered ? "_scattered" : "");
-        std::printf("raw %s %s %s: %.2f GB/s (%llu requests)\n", o.backend.c_str(), o.buffer.c_str(),
+        std::printf("raw %s %s %s %s: %.2f GB/s (%llu requests)\n", o.backend.c_str(), o.buffer.c_str(),
+                    o.backoff ? "backoff" : "spin",
                     nm.c_str(), gbps, static_cast<unsigned long long>(iters));
         char j[512];
         std::snprintf(j, sizeof j,
@@ -318,8 +337,8 @@ int initiator(const Options &o, int from_child, const std::string &name, std::ve
             size_t i = static_cast<size_t>(std::max(0.0, std::ceil(p / 100 * us.size()) - 1));
             return us[std::min(i, us.size() - 1)];
         };
-        std::printf("raw %s %s write_4KiB latency: p50 %.2f us, p99 %.2f us\n", o.backend.c_str(),
-                    o.buffer.c_str(), pct(50), pct(99));
+        std::printf("raw %s %s %s write_4KiB latency: p50 %.2f us, p99 %.2f us\n", o.backend.c_str(),
+                    o.buffer.c_str(), o.backoff ? "backoff" : "spin", pct(50), pct(99));
         char j[256];
         std::snprintf(j, sizeof j, "{\"name\":\"write_4KiB_latency\",\"p50_us\":%.3f,\"p99_us\":%.3f,"
                                    "\"samples\":%d}",
@@ -338,6 +357,7 @@ int initiator(const Options &o, int from_child, const std::string &name, std::ve
 
 int main(int argc, char **argv) {
     Options o = parse(argc, argv);
+    g_backoff = o.backoff;
     int up[2], down[2]; // target -> initiator, initiator -> target
     if (pipe(up) != 0 || pipe(down) != 0) die("pipe failed");
     std::string stamp = std::to_string(getpid());
@@ -356,7 +376,7 @@ int main(int argc, char **argv) {
     int st = 0;
     waitpid(child, &st, 0);
     std::string js = "{\"tool\":\"nixl-raw\",\"backend\":\"" + o.backend + "\",\"buffer\":\"" + o.buffer +
-                     "\",\"results\":[";
+                     "\",\"wait\":\"" + (o.backoff ? "backoff" : "spin") + "\",\"results\":[";
     for (size_t i = 0; i < figures.size(); i++) js += (i ? "," : "") + figures[i].json;
     js += "]}";
     std::printf("%s\n", js.c_str());

@@ -54,6 +54,8 @@ if [ "$found" = 1 ] && command -v ldd >/dev/null 2>&1; then
   # The Abseil libnixl.so is linked with: its headers must sit next to it (lib/../include).
   so="$(ldd "$libdir/libnixl.so" 2>/dev/null | sed -n 's/.*libabsl_log_internal_message[^ ]* => \([^ ]*\).*/\1/p' | head -n1)"
   if [ -n "$so" ]; then
+    # ($ORIGIN-relative RUNPATHs make ldd print paths such as <dir>/./libabsl_...)
+    so="$(readlink -f "$so" 2>/dev/null || echo "$so")"
     adir="$(dirname "$so")"
     # <p>/lib/libabsl_*.so has its headers in <p>/include; so has a multiarch
     # <p>/lib/x86_64-linux-gnu (or <p>/lib64): try one and two levels up.
