@@ -193,7 +193,10 @@ cmd_kvport() {
   DEST=${2:?usage: kvport PREFIX DEST}
   local b="$WORK/kvport-build"
   rm -rf "$b"
-  NIXL_PREFIX="$PREFIX" "${NICE[@]}" make -C "$here/native" BUILD="$b" -j "$JOBS" >&2
+  # A CUDA build of NIXL needs libcuda.so.1 to link against: the stand-ins (link only).
+  local llp=${LD_LIBRARY_PATH:-}
+  [ -d "$WORK/cuda-extra/stubs" ] && llp="$WORK/cuda-extra/stubs${llp:+:$llp}"
+  LD_LIBRARY_PATH="$llp" NIXL_PREFIX="$PREFIX" "${NICE[@]}" make -C "$here/native" BUILD="$b" -j "$JOBS" >&2
   [ -f "$b/libkvport_nixl.so" ] || die "the nixl engine was not built against $PREFIX"
   mkdir -p "$DEST"
   cp "$b/libkvport.so" "$b/libkvport_nixl.so" "$b/kvport-limits" "$b/nixl-raw" "$DEST/"
@@ -246,6 +249,8 @@ cmd_pack() {
     --exclude='lib/cmake' --exclude='include/ucs' --exclude='include/uct' --exclude='share/ucx/examples' \
     --exclude='include/absl/**/*_test*' --exclude='bin/ucx_perftest*' --exclude='bin/io_demo' \
     --exclude='bin/ucx_perftest_daemon' --exclude='lib/ucx/libucx_perftest*' --exclude='lib/ucx/libucs_signal*' \
+    --exclude='lib/python3*' --exclude='lib/pkgconfig' --exclude='lib/x86_64-linux-gnu/pkgconfig' \
+    --exclude='lib/x86_64-linux-gnu/libnixl_test_utils.so' \
     .) | tar -x -C "$stage"
   mkdir -p "$stage/lib/deps" "$stage/lib/cuda-fallback"
   if [ -n "${CUDA:-}" ] && [ -f "$CUDA/lib64/libcudart.so.13" ]; then

@@ -2,7 +2,8 @@
  * A peer process for the agent tests: creates an agent, allocates and registers one DRAM
  * buffer, prints `{ready, name, meta, address, size, pid}` as one JSON line on stdout,
  * then answers JSON-line commands from stdin (one reply line each, same `id`; see
- * `peer_serve.ts`).
+ * `peer_serve.ts`). The engine is the builtin one unless `KVPORT_ENGINE=nixl`
+ * (`test_engine.ts`).
  *
  * Run: `deno run -A tests/helpers/agent_peer.ts '<json options>'` or
  * `bun tests/helpers/agent_peer.ts '<json options>'`; options: `name`, `backends`,
@@ -13,6 +14,7 @@
 import process from "node:process";
 import { NixlAgent } from "../../src/agent.ts";
 import { servePeer } from "./peer_serve.ts";
+import { testEngine } from "./test_engine.ts";
 
 interface Options {
   name: string;
@@ -28,7 +30,7 @@ interface Options {
 const options = JSON.parse(process.argv[process.argv.length - 1]) as Options;
 const agent = await NixlAgent.create({
   name: options.name,
-  engine: "builtin",
+  engine: testEngine,
   backends: options.backends ?? ["UCX"],
   params: options.params,
 });
