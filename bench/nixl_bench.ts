@@ -106,9 +106,13 @@ s1.bytes.fill(1);
 s2.bytes.fill(2);
 const bytesOf = (s: Shape) => s.page * s.count;
 const limits = {
-  memcpy: new Map(SHAPES.map((s) => [bytesOf(s), memcpyLimit(lib, bytesOf(s), s1, s2, MIN_MS / 2)])),
+  memcpy: new Map(
+    SHAPES.map((s) => [bytesOf(s), memcpyLimit(lib, bytesOf(s), s1, s2, MIN_MS / 2)]),
+  ),
   tcp: new Map(
-    SHAPES.map((s) => [wireBytes(s), tcpLimit(wireBytes(s), Math.max(1024 * MiB, 4 * wireBytes(s)))]),
+    SHAPES.map((
+      s,
+    ) => [wireBytes(s), tcpLimit(wireBytes(s), Math.max(1024 * MiB, 4 * wireBytes(s)))]),
   ),
 };
 await scratch.close();
@@ -222,7 +226,11 @@ for (const { tag, backends, raw } of TRANSPORTS) {
               limit: same ? limits.memcpy.get(bytes) : limits.tcp.get(wireBytes(shape)),
               limitName: same
                 ? "memcpy (1 thread)"
-                : `raw TCP stream of ${wireBytes(shape) >= MiB ? `${wireBytes(shape) / MiB} MiB` : `${wireBytes(shape) / 1024} KiB`} messages`,
+                : `raw TCP stream of ${
+                  wireBytes(shape) >= MiB
+                    ? `${wireBytes(shape) / MiB} MiB`
+                    : `${wireBytes(shape) / 1024} KiB`
+                } messages`,
               extra: { ...extraOf(engine), bytesPerRequest: bytes, requests: iters },
             }),
           );

@@ -7,7 +7,7 @@
  *
  * Run: `deno run -A tests/helpers/agent_peer.ts '<json options>'` or
  * `bun tests/helpers/agent_peer.ts '<json options>'`; options: `name`, `backends`,
- * `params`, `size`, `memType`, `device`.
+ * `params`, `size`, `memType`, `device`, `engine`.
  *
  * @module
  */
@@ -18,6 +18,8 @@ import { testEngine } from "./test_engine.ts";
 
 interface Options {
   name: string;
+  /** The engine (default: builtin, or nixl with KVPORT_ENGINE=nixl). */
+  engine?: "builtin" | "nixl";
   backends?: string[];
   params?: Record<string, string>;
   size: number;
@@ -30,7 +32,7 @@ interface Options {
 const options = JSON.parse(process.argv[process.argv.length - 1]) as Options;
 const agent = await NixlAgent.create({
   name: options.name,
-  engine: testEngine,
+  engine: options.engine ?? testEngine,
   backends: options.backends ?? ["UCX"],
   params: options.params,
 });
