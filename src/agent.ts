@@ -42,8 +42,8 @@ import {
 import { NixlError, NixlTimeoutError, Status } from "./errors.ts";
 import {
   allocateBuffer,
-  defaultShared,
   type AllocateOptions,
+  defaultShared,
   type DeviceBuffer,
   type HostBuffer,
   NativeBuffer,
