@@ -9,7 +9,9 @@
 # which runs scripts/gpu_lease.sh --prepare (Deno, npm packages, the builtin shim in
 # .device/) and copies the kit to .device/nixl-cuda-kit.tar.xz. Carry .device, then on
 # the GPU machine:
-#   bash scripts/gpu_nixl.sh                  (writes $OUT/gpu_nixl.log when $OUT is set)
+#   bash scripts/gpu_nixl.sh [all|tests|bench]  (writes $OUT/gpu_nixl_<all/tests/bench>.log with $OUT)
+# "tests" and "bench" run half each (set-up, then the tests, or the benchmark), for leases
+# whose commands are limited to 10 minutes; the kit stays unpacked between the two.
 #
 # Steps: unpack the kit to $NIXL_KIT_DIR (default /opt/nixl-cuda: the prefix it was built
 # for), point NIXL_PREFIX, NIXL_PLUGIN_DIR and LD_LIBRARY_PATH at it, check that UCX sees
@@ -34,9 +36,11 @@ if [ "${1:-}" = "--prepare" ]; then
   exit 0
 fi
 
+what=${1:-all}
+case "$what" in all | tests | bench) ;; *) echo "usage: gpu_nixl.sh [--prepare [KIT] | all | tests | bench]" >&2; exit 2 ;; esac
 out=${OUT:-/tmp/kvport-gpu-nixl}
 mkdir -p "$out"
-log=$out/gpu_nixl.log
+log=$out/gpu_nixl_$what.log
 : >"$log"
 exec > >(tee -a "$log") 2>&1
 
@@ -130,6 +134,7 @@ step 60 "nixl engine loads the CUDA NIXL (kvport check --engine nixl)" \
   "$rt_run cli/main.ts check --engine nixl"
 
 # ---- 3. tests on the nixl engine -----------------------------------------------------
+if [ "$what" != bench ]; then
 step 300 "VRAM tests, KVPORT_ENGINE=nixl (agent, two processes, channels, PD cuda)" \
   "KVPORT_ENGINE=nixl $rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts \
      tests/channel_vram_test.ts tests/pd_vram_test.ts"
@@ -142,10 +147,12 @@ if [ -f "$NIXL_PLUGIN_DIR/libplugin_GDS.so" ]; then
 else
   steps+=("GDS|skipped: the kit has no GDS plugin|0s")
 fi
+fi
 
 # ---- 4. the GPU benchmark: both engines and raw NIXL ----------------------------------
 bench_json=$out/gpu_bench_nixl.json
-step 400 "bench/gpu_bench.ts (builtin, nixl and raw NIXL VRAM -> VRAM)" \
+[ "$what" = tests ] && : >"$bench_json"
+[ "$what" != tests ] && step 400 "bench/gpu_bench.ts (builtin, nixl and raw NIXL VRAM -> VRAM)" \
   "$rt_run bench/gpu_bench.ts | tee '$out/gpu_bench_nixl.txt';
    rc=\${PIPESTATUS[0]}; grep '^{' '$out/gpu_bench_nixl.txt' | tail -1 >'$bench_json'; exit \$rc"
 
