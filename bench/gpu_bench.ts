@@ -1,11 +1,15 @@
 /**
- * GPU benchmarks (builtin engine, CUDA device 0), each figure printed as a ratio to the
- * physical limit measured in the same run, then one JSON line:
+ * GPU benchmarks (builtin engine, CUDA device 0; the nixl engine and raw NIXL beside it
+ * for VRAM -> VRAM where NIXL is there), each figure printed as a ratio to the physical
+ * limit measured in the same run, then one JSON line:
  * - VRAM -> VRAM between two processes through CUDA IPC, 64 consecutive pages of 4 MiB
  *   and of 28 MiB per request (merged into one copy) vs cudaMemcpy device to device of
  *   the same bytes (`kvport-limits cuda-memcpy`), goal >= 0.8; the same with the 64 pages
  *   scattered (the library's copy kernel, one launch; for 4 MiB also the runtime's copies,
  *   vram_copy=memcpy), with two requests in flight, and as READ;
+ * - the same merged and scattered WRITEs on the nixl engine (NIXL's UCX, cuda_ipc) and
+ *   on raw NIXL (native/build/nixl-raw), each vs cudaMemcpy d2d, and nixl / raw (goal
+ *   >= 0.95); skipped, saying why, without the nixl engine;
  * - with 2+ devices, the same 64 pages of 28 MiB from cuda:0 here into a peer process's
  *   cuda:1 (vram_ipc_write_28MiB_x64_cross_device, the usual PD layout of one host) vs
  *   cudaMemcpyPeer of the same bytes (`kvport-limits cuda-memcpy-peer`); skipped, saying
@@ -30,6 +34,7 @@ import {
   type DeviceBuffer,
   NixlAgent,
   type PreparedDescList,
+  probeEngine,
   type TransferRequest,
 } from "../src/agent.ts";
 import { type Peer, spawnPeer } from "../tests/helpers/agent_pair.ts";
@@ -92,6 +97,7 @@ async function pair(
   backends: string[],
   params?: Record<string, string>,
   peerDevice = 0,
+  engine: "builtin" | "nixl" = "builtin",
 ) {
   const stamp = `${process.pid}-${Date.now()}`;
   const peer = await spawnPeer({
@@ -101,10 +107,11 @@ async function pair(
     size: SIZE,
     memType: "VRAM",
     device: peerDevice,
+    engine,
   });
   const agent = await NixlAgent.create({
     name: `gpu-bench-${tag}-${stamp}`,
-    engine: "builtin",
+    engine,
     backends,
     params,
   });
@@ -281,6 +288,123 @@ let verified = 0;
   }
 }
 
+// ---- the same VRAM -> VRAM on the nixl engine (UCX cuda_ipc), and on raw NIXL ----------
+// Both engines in one run: the builtin rows above, the nixl engine's here (NIXL's UCX
+// backend, UCX's cuda_ipc transport), merged and scattered, each against cudaMemcpy d2d,
+// and bench/nixl_raw.cpp on the same shapes (nothing of ours between the program and
+// nixlAgent; its scattered order is the reverse one, as unmergeable as the permutation).
+const nixlProbe = await probeEngine("nixl").catch(() => undefined);
+let nixlSkipped = !nixlProbe?.available
+  ? `nixl engine not available: ${nixlProbe?.reason ?? "probe failed"}`
+  : undefined;
+const nixlFigures = new Map<string, number>();
+// A failure of the nixl half (UCX without CUDA transports, ...) is reported, and the
+// builtin figures still make the JSON line.
+const nixlFailed = (e: unknown) => {
+  nixlSkipped = `nixl engine VRAM rows failed: ${String(e).split("\n")[0]}`;
+  console.log(nixlSkipped);
+};
+if (nixlSkipped) {
+  console.log(`nixl engine VRAM rows skipped: ${nixlSkipped}`);
+} else {
+  await nixlRows().catch(nixlFailed);
+}
+async function nixlRows() {
+  const p = await pair("nixl-ipc", ["UCX"], undefined, 0, "nixl");
+  try {
+    console.log(
+      `nixl engine: NIXL ${nixlProbe!.version}, ${p.agent.info().ucx_version ?? "UCX ?"}`,
+    );
+    for (const page of SIZES) {
+      const bytes = page * PAGES;
+      const { local, remote } = lists(p, page, PAGES);
+      const idx = new Uint32Array(seq(PAGES));
+      const perm = seq(PAGES).map((i) => (i * 37 + 11) % PAGES);
+      for (const [kind, ridx] of [["", idx], ["_scattered", new Uint32Array(perm)]] as const) {
+        const req = p.agent.createTransfer("WRITE", local, idx, remote, ridx);
+        await run(req); // opens the peer's IPC handle
+        const { iters, ms } = await timeLoop(() => run(req), { minMs: MIN_MS, minIters: 5 });
+        req.release();
+        const name = `nixl_vram_ipc_write_${page / MiB}MiB_x${PAGES}${kind}`;
+        const v = gbps(bytes * iters, ms);
+        nixlFigures.set(`write_${page / MiB}MiB_x${PAGES}${kind}`, v);
+        report.add({
+          name,
+          value: v,
+          unit: "GB/s",
+          limit: d2d.get(bytes),
+          limitName: "cudaMemcpy d2d",
+          extra: {
+            engine: "nixl",
+            bytesPerRequest: bytes,
+            requests: iters,
+            path: `NIXL UCX (cuda_ipc), pages ${kind ? "scattered" : "merged"}`,
+          },
+        });
+        verified += await verify(p, page, seq(PAGES), Array.from(ridx));
+      }
+      local.release();
+      remote.release();
+    }
+  } finally {
+    await p.peer.stop();
+    await p.agent.close();
+  }
+  const rawTool = new URL("../native/build/nixl-raw", import.meta.url).pathname;
+  const args = [
+    "--buffer",
+    "vram:0",
+    "--wait",
+    "backoff",
+    "--lat",
+    "0",
+    "--min-ms",
+    String(MIN_MS),
+  ];
+  for (const page of SIZES) {
+    args.push("--shape", `${page}x${PAGES}`, "--shape", `${page}x${PAGES}s`);
+  }
+  const r = spawnSync(rawTool, args, { encoding: "utf8", timeout: 300_000 });
+  const line = r.stdout?.trim().split("\n").pop() ?? "";
+  if (r.status !== 0 || !line.startsWith("{")) {
+    console.log(
+      `raw NIXL VRAM rows skipped: nixl-raw ${args.join(" ")} failed (${r.status}): ` +
+        `${r.stderr?.trim()}`,
+    );
+  } else {
+    for (
+      const f of JSON.parse(line).results as {
+        name: string;
+        gbps: number;
+        count: number;
+        page: number;
+      }[]
+    ) {
+      const bytes = f.page * f.count;
+      report.add({
+        name: `raw_nixl_vram_ipc_${f.name}`,
+        value: f.gbps,
+        unit: "GB/s",
+        limit: d2d.get(bytes),
+        limitName: "cudaMemcpy d2d",
+        extra: { engine: "raw nixl", tool: "native/build/nixl-raw", wait: "backoff" },
+      });
+      const n = nixlFigures.get(f.name);
+      if (n !== undefined) {
+        report.add({
+          name: `nixl_over_raw_vram_ipc_${f.name}`,
+          value: n,
+          unit: "GB/s",
+          limit: f.gbps,
+          limitName: "raw NIXL",
+          goal: { op: ">=", ratio: 0.95 },
+          extra: { engine: "nixl" },
+        });
+      }
+    }
+  }
+}
+
 // ---- VRAM(cuda:0) -> VRAM(cuda:1) of another process through CUDA IPC ------------------
 let crossSkipped: string | undefined;
 if (cuda.count >= 2) {
@@ -379,5 +503,6 @@ report.finish({
   devices: cuda.count,
   quick,
   verifiedPages: verified,
+  ...(nixlSkipped ? { nixlSkipped } : { nixl: nixlProbe?.version }),
   ...(crossSkipped ? { crossDeviceSkipped: crossSkipped } : {}),
 });

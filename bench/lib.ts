@@ -264,8 +264,9 @@ export interface BenchPeer {
 }
 
 /**
- * Pairs `agent` with a spawned `peer`: allocates and registers `size` bytes, loads each
- * side's metadata into the other, fills the buffer with 0x5a.
+ * Pairs `agent` with a spawned `peer`: allocates (with `alloc`: `shared` picks the kind of
+ * DRAM, default the engine's) and registers `size` bytes, loads each side's metadata into
+ * the other, fills the buffer with 0x5a.
  *
  * @returns the registered buffer
  */
@@ -273,8 +274,9 @@ export async function linkPeer(
   agent: NixlAgent,
   peer: BenchPeer,
   size: number,
+  alloc: { shared?: boolean } = {},
 ): Promise<HostBuffer> {
-  const buf = agent.allocate(size);
+  const buf = agent.allocate(size, alloc);
   agent.registerMemory(buf);
   agent.addRemoteAgent(peer.meta);
   await peer.call("load", { meta: Buffer.from(agent.localMetadata()).toString("base64") });
@@ -284,7 +286,9 @@ export async function linkPeer(
 
 /**
  * A WRITE of pages `0..count` of `page` bytes from `buf` to the same pages of the peer's
- * buffer, with the prepared lists (the caller releases what it wants to).
+ * buffer (`scattered`: to the peer's pages in reverse order, so that no two consecutive
+ * descriptors can be merged into one message), with the prepared lists (the caller
+ * releases what it wants to).
  */
 export function writeRequest(
   agent: NixlAgent,
@@ -292,13 +296,15 @@ export function writeRequest(
   peer: BenchPeer,
   page: number,
   count: number,
+  scattered = false,
 ): { req: TransferRequest; local: PreparedDescList; remote: PreparedDescList } {
   using l = DescList.pages(buf, page, count);
   using r = DescList.pages({ address: peer.address }, page, count);
   const local = agent.prepDescList("", l);
   const remote = agent.prepDescList(peer.name, r);
   const idx = new Uint32Array(count).map((_, i) => i);
-  return { req: agent.createTransfer("WRITE", local, idx, remote, idx), local, remote };
+  const ridx = scattered ? idx.map((i) => count - 1 - i) : idx;
+  return { req: agent.createTransfer("WRITE", local, idx, remote, ridx), local, remote };
 }
 
 /** Posts `req` and waits up to `timeoutMs` for it when it did not complete in the post. */

@@ -18,6 +18,11 @@ bun_bin=${BUN_BIN:-node_modules/.bin/bun}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 status=0
+# NIXL reads NIXL_LOG_LEVEL once, when libnixl.so loads: in a run of every file that is
+# whichever file loads NIXL first, not tests/helpers/nixl_env.ts, so set it for the run
+# (NIXL's warnings that the tests provoke on purpose stay off stderr). UCX likewise reads
+# UCX_NET_DEVICES when it starts: keep it on loopback. A caller's own values win.
+export NIXL_LOG_LEVEL=${NIXL_LOG_LEVEL:-ERROR} UCX_NET_DEVICES=${UCX_NET_DEVICES:-lo}
 strict=0
 for v in "${CI:-}" "${KVPORT_REQUIRE_NATIVE:-}"; do
   case "${v,,}" in 1 | true | yes) strict=1 ;; esac

@@ -43,6 +43,7 @@ import { NixlError, NixlTimeoutError, Status } from "./errors.ts";
 import {
   allocateBuffer,
   type AllocateOptions,
+  defaultShared,
   type DeviceBuffer,
   type HostBuffer,
   NativeBuffer,
@@ -422,9 +423,10 @@ export class NixlAgent {
   }
 
   /**
-   * Allocates memory through the shim: DRAM (a {@linkcode HostBuffer} with `bytes`, from
-   * shared memory a same-host peer can map) or VRAM (a {@linkcode DeviceBuffer}). The
-   * agent frees what is still allocated when it closes.
+   * Allocates memory through the shim: DRAM (a {@linkcode HostBuffer} with `bytes`; by
+   * default shared memory a same-host peer can map on the builtin engine, private
+   * huge-page memory on the nixl engine: `shared` chooses) or VRAM (a
+   * {@linkcode DeviceBuffer}). The agent frees what is still allocated when it closes.
    *
    * @example
    * ```ts
@@ -450,7 +452,8 @@ export class NixlAgent {
   allocate(size: number | bigint, options?: AllocateOptions): NativeBuffer;
   allocate(size: number | bigint, options: AllocateOptions = {}): NativeBuffer {
     this.#native("allocate");
-    const buf = allocateBuffer(this.#lib, size, options, (b) => this.#buffers.delete(b));
+    const opts = { ...options, shared: options.shared ?? defaultShared(this.engine) };
+    const buf = allocateBuffer(this.#lib, size, opts, (b) => this.#buffers.delete(b));
     this.#buffers.add(buf);
     return buf;
   }

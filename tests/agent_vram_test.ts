@@ -1,4 +1,4 @@
-// VRAM through the agent (builtin engine, CUDA device 0): DeviceBuffer copies and
+// VRAM through the agent (builtin engine, or nixl with KVPORT_ENGINE=nixl; CUDA device 0): DeviceBuffer copies and
 // checksums, VRAM registration, loopback DRAM <-> VRAM, and a same-host peer's VRAM
 // (CUDA IPC) written and read from this process's DRAM and VRAM. Skips, saying why,
 // without a CUDA device.
@@ -14,6 +14,7 @@ import {
   NixlError,
 } from "../src/agent.ts";
 import { fillRandom, nativeSkip, type Peer, spawnPeer } from "./helpers/agent_pair.ts";
+import { testEngine } from "./helpers/test_engine.ts";
 
 const cuda = nativeSkip ? { count: 0, reason: nativeSkip } : await cudaDevices();
 const skip = nativeSkip ??
@@ -32,7 +33,7 @@ describe("VRAM", { skip }, () => {
 
   before(async () => {
     const stamp = `${Date.now()}`;
-    agent = await NixlAgent.create({ name: `vram-main-${stamp}`, engine: "builtin" });
+    agent = await NixlAgent.create({ name: `vram-main-${stamp}`, engine: testEngine });
     host = agent.allocate(PAGE * PAGES);
     gpu = agent.allocate(PAGE * PAGES, { memType: "VRAM", device: 0 });
     agent.registerMemory(host);

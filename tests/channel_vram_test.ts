@@ -16,6 +16,7 @@ import {
   type TransferChannel,
 } from "../mod.ts";
 import { fillRandom } from "./helpers/agent_pair.ts";
+import { testEngine } from "./helpers/test_engine.ts";
 
 const noLib: string | undefined = await nativeLibrary().then(
   () => undefined,
@@ -32,7 +33,7 @@ const base = {
   bufferSize: 8 * PAGE,
   alignBytes: PAGE,
   tpRank: 0,
-  engine: "builtin",
+  engine: testEngine, // builtin unless KVPORT_ENGINE=nixl
   agentParams: { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" },
 } as const;
 

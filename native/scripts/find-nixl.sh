@@ -7,8 +7,8 @@
 # under lib/x86_64-linux-gnu, lib64 or lib; else asks pkg-config for "nixl". The NIXL
 # version comes from pkg-config, else from the string NIXL logs at start-up in
 # libnixl_common.so. Abseil (for capturing NIXL's log messages into errors) is used when
-# the Abseil that libnixl.so links has its headers installed next to it, or when
-# pkg-config knows absl_log_sink_registry. Never fails: "found" prints 0 and "why" says
+# the Abseil that libnixl.so links has its headers installed next to it (<p>/include for
+# libraries in <p>/lib, <p>/lib64 or <p>/lib/x86_64-linux-gnu). Never fails: "found" prints 0 and "why" says
 # what is missing.
 set -u
 what="${1:-found}"
@@ -54,14 +54,21 @@ if [ "$found" = 1 ] && command -v ldd >/dev/null 2>&1; then
   # The Abseil libnixl.so is linked with: its headers must sit next to it (lib/../include).
   so="$(ldd "$libdir/libnixl.so" 2>/dev/null | sed -n 's/.*libabsl_log_internal_message[^ ]* => \([^ ]*\).*/\1/p' | head -n1)"
   if [ -n "$so" ]; then
+    # ($ORIGIN-relative RUNPATHs make ldd print paths such as <dir>/./libabsl_...)
+    so="$(readlink -f "$so" 2>/dev/null || echo "$so")"
     adir="$(dirname "$so")"
-    ainc="$(dirname "$adir")/include"
-    if [ -f "$ainc/absl/log/log_sink_registry.h" ] && [ -e "$adir/libabsl_log_internal_log_sink_set.so" ] &&
-      [ -e "$adir/libabsl_log_sink.so" ]; then
-      absl=1
-      absl_cflags="-DKVPN_HAVE_ABSL_SINK -isystem $ainc"
-      absl_libs="-L$adir -Wl,-rpath,$adir -labsl_log_internal_log_sink_set -labsl_log_sink"
-    fi
+    # <p>/lib/libabsl_*.so has its headers in <p>/include; so has a multiarch
+    # <p>/lib/x86_64-linux-gnu (or <p>/lib64): try one and two levels up.
+    for up in "$(dirname "$adir")" "$(dirname "$(dirname "$adir")")"; do
+      ainc="$up/include"
+      if [ -f "$ainc/absl/log/log_sink_registry.h" ] && [ -e "$adir/libabsl_log_internal_log_sink_set.so" ] &&
+        [ -e "$adir/libabsl_log_sink.so" ]; then
+        absl=1
+        absl_cflags="-DKVPN_HAVE_ABSL_SINK -isystem $ainc"
+        absl_libs="-L$adir -Wl,-rpath,$adir -labsl_log_internal_log_sink_set -labsl_log_sink"
+        break
+      fi
+    done
   fi
 fi
 

@@ -3,7 +3,6 @@
  * do not depend on the engine, and dispatch through the engine vtable (engine.h).
  */
 #include <stdio.h>
-#include <sys/stat.h>
 
 #include "engine.h"
 #include "engine_nixl_glue.h"
@@ -12,35 +11,15 @@
 
 /* ------------------------------------------------------------------ engines ---- */
 
-static const char *nixl_prefix(void) {
-    const char *p = getenv("NIXL_PREFIX");
-    return (p && *p) ? p : "/opt/nvidia/nvda_nixl";
-}
-
 const char *kvp_nixl_unavailable_reason(void) {
     const char *r = kvp_nixl_reason();
     return *r ? r : "NIXL is available: create the agent with engine \"nixl\" or \"auto\"";
 }
 
-/* "searched=..." value: the header and library folders the nixl engine would need. */
+/* "searched=..." value: what the nixl engine's loader tried (engine_nixl_glue.c). */
 static void nixl_searched(kvp_buf *b) {
-    const char *pre = nixl_prefix();
-    const char *sub[] = {"/include/nixl.h", "/lib/x86_64-linux-gnu", "/lib64", "/lib"};
-    for (size_t i = 0; i < sizeof sub / sizeof sub[0]; i++) {
-        char path[1024];
-        struct stat st;
-        snprintf(path, sizeof path, "%s%s", pre, sub[i]);
-        bool found = stat(path, &st) == 0;
-        char item[1100];
-        int n = snprintf(item, sizeof item, "%s%s%s", i ? "," : "", path,
-                         found ? "(exists)" : "(missing)");
-        if (n > 0) kvp_buf_put(b, item, (size_t)KVP_MIN((size_t)n, sizeof item - 1));
-    }
     const char *mod = kvp_nixl_searched();
-    if (*mod) {
-        kvp_buf_put(b, ",", 1);
-        kvp_buf_put(b, mod, strlen(mod));
-    }
+    kvp_buf_put(b, mod, strlen(mod));
 }
 
 /* What engine "auto" means: $KVPORT_ENGINE (auto, builtin or nixl) when set. */

@@ -166,6 +166,12 @@ uint64_t Agent::peer_gen(const std::string &peer) {
     return it == peers.end() ? 0 : it->second;
 }
 
+bool Agent::forget_peer_locked(const std::string &peer) {
+    bool erased = peers.erase(peer) > 0;
+    if (erased) peers_epoch.fetch_add(1, std::memory_order_release);
+    return erased;
+}
+
 AgentRef::AgentRef(uint64_t handle) {
     {
         std::lock_guard<std::mutex> g(g_agents_mu);
@@ -277,6 +283,7 @@ std::string teardown(Agent &a) {
     a.regs.clear();
     for (auto &[peer, gen] : a.peers) a.nixl->invalidateRemoteMD(peer);
     a.peers.clear();
+    a.peers_epoch.fetch_add(1, std::memory_order_release);
     if (problems.find("request") != std::string::npos) {
         // A request NIXL could not cancel may still touch memory or call back into the
         // agent: leaking the agent is the only safe choice.
@@ -689,7 +696,7 @@ int32_t invalidate_remote(uint64_t handle, const char *remote) {
         bool known;
         {
             std::lock_guard<std::mutex> g(a->mu);
-            known = a->peers.erase(remote) > 0;
+            known = a->forget_peer_locked(remote);
         }
         nixl_status_t s = a->nixl->invalidateRemoteMD(remote);
         if (s == NIXL_ERR_NOT_FOUND && known) return KVP_SUCCESS; // NIXL dropped it already

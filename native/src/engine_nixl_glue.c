@@ -30,8 +30,9 @@
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static const kvpn_module *g_mod;
+static bool g_module_file;    /* a module file was found (loadable or not) */
 static char g_reason[1600];   /* why the module is not available */
-static char g_searched[2048]; /* module paths tried, and the NIXL preload */
+static char g_searched[2048]; /* what was actually tried: see load_once */
 static char g_module_path[1024];
 
 static void searched_add(const char *path, const char *what) {
@@ -71,7 +72,7 @@ static void preload_nixl(void) {
             return;
         }
         const char *e = dlerror();
-        searched_add(p, "exists, failed to load");
+        searched_add(p, "found, failed to load");
         snprintf(g_reason, sizeof g_reason, "%.1000s failed to load: %.500s", p, e ? e : "?");
         return;
     }
@@ -82,10 +83,11 @@ static bool try_module(const char *path) {
         searched_add(path, "missing");
         return false;
     }
+    g_module_file = true;
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *e = dlerror();
-        searched_add(path, "exists, failed to load");
+        searched_add(path, "found, failed to load");
         snprintf(g_reason, sizeof g_reason,
                  "NIXL is not available: %.600s could not be loaded: %.700s (point NIXL_PREFIX "
                  "or LD_LIBRARY_PATH at NIXL's lib folder)",
@@ -109,12 +111,20 @@ static bool try_module(const char *path) {
     return true;
 }
 
+/* The searched list names only what was tried, with what was found:
+ *   - $NIXL_PREFIX's libnixl.so (loaded / missing / found, failed to load), only when
+ *     NIXL_PREFIX is set (without it libnixl.so comes through the module's RUNPATH or
+ *     LD_LIBRARY_PATH, and the loader's message in the reason says which file failed);
+ *   - each module path (loaded / missing / found, failed to load);
+ *   - the NIXL header a build looks for (header present / header missing), which tells
+ *     "the module was not built" from "NIXL is not installed". */
 static void load_once(void) {
     const char *pre = getenv("NIXL_PREFIX");
     if (!pre || !*pre) pre = "/opt/nvidia/nvda_nixl";
     char hdr[1100];
     snprintf(hdr, sizeof hdr, "%.1000s/include/nixl.h", pre);
-    if (file_exists(hdr))
+    bool have_hdr = file_exists(hdr);
+    if (have_hdr)
         snprintf(g_reason, sizeof g_reason,
                  "NIXL is not available to this library: it was built without the nixl "
                  "engine (no " KVPN_MODULE_FILE " next to it, although NIXL is installed at "
@@ -131,11 +141,11 @@ static void load_once(void) {
                     (have_dir && (snprintf(path, sizeof path, "%s/" KVPN_MODULE_FILE, dir),
                                   file_exists(path)));
     if (any_file) preload_nixl();
-    if (env && *env && try_module(env)) return;
-    if (have_dir) {
+    if (!(env && *env && try_module(env)) && have_dir) {
         snprintf(path, sizeof path, "%s/" KVPN_MODULE_FILE, dir);
-        if (try_module(path)) return;
+        (void)try_module(path);
     }
+    searched_add(hdr, have_hdr ? "header present" : "header missing");
 }
 
 const kvpn_module *kvp_nixl_module(void) {
@@ -145,7 +155,7 @@ const kvpn_module *kvp_nixl_module(void) {
 
 bool kvp_nixl_built(void) {
     kvp_nixl_module();
-    return g_mod != NULL || strstr(g_searched, "exists") != NULL;
+    return g_mod != NULL || g_module_file;
 }
 
 const char *kvp_nixl_reason(void) {

@@ -125,6 +125,8 @@ struct Req {
     nixlXferReqH *h = nullptr;
     std::string remote;     // the peer's name ("" never: loopback uses our own name)
     uint64_t remote_gen = 0;
+    bool loopback = false;  // remote is the agent's own name
+    uint64_t epoch_ok = ~0ULL; // Agent::peers_epoch when the peer was last seen current
     bool released = false;  // set by release/destroy; waiters leave with CANCELED
     bool posted = false;
     int32_t last = KVP_ERR_NOT_POSTED;
@@ -149,6 +151,10 @@ struct Agent {
     std::unordered_map<uint64_t, std::shared_ptr<Prepped>> prepped;
     std::unordered_map<uint64_t, std::shared_ptr<Req>> reqs;
     std::map<std::string, uint64_t> peers; // loaded peer -> generation (bumped on invalidate)
+    // Bumped (under mu) whenever a peer leaves `peers`: a request whose peer was current
+    // at epoch E is still current while the epoch is E, so the post path can skip the
+    // lock and the name lookup (forget_peer_locked is the one way to remove a peer).
+    std::atomic<uint64_t> peers_epoch{0};
     std::set<std::string> half_loaded; // names whose load failed after NIXL may have connected
     uint64_t gen_counter = 0;
 
@@ -166,6 +172,7 @@ struct Agent {
     std::condition_variable calls_cv;
 
     uint64_t peer_gen(const std::string &peer); // 0 when not loaded (caller holds mu)
+    bool forget_peer_locked(const std::string &peer); // erases it, bumps peers_epoch (mu held)
 };
 
 // A call in flight on an agent: keeps it alive and counted until the call leaves.

@@ -2,8 +2,8 @@
 //
 // NIXL returns bare statuses (most failures collapse into NIXL_ERR_BACKEND or
 // NIXL_ERR_NOT_FOUND) and writes the reason to its log through Abseil logging. When the
-// module is built against the same Abseil as libnixl (KVPN_HAVE_ABSL_SINK, detected by the
-// Makefile through pkg-config absl_log_sink_registry), a log sink copies the warnings and
+// module is built against the same Abseil as libnixl (KVPN_HAVE_ABSL_SINK, set by
+// scripts/find-nixl.sh when that Abseil's headers sit next to it), a log sink copies the warnings and
 // errors that NIXL logs on the calling thread into a thread-local buffer; every entry
 // point resets it, and error messages append what it caught. NIXL's own stderr output is
 // unchanged (NIXL_LOG_LEVEL still controls it).

@@ -32,10 +32,16 @@ std::shared_ptr<Req> find_req(Agent &a, uint64_t h) {
 }
 
 // The request's peer is still the one it was made for (not invalidated or restarted).
-bool peer_current(Agent &a, const Req &r) {
-    if (r.remote == a.name) return true;
+// r.mu held. Hot path of every post: no lock and no name lookup while no peer has left
+// since the last check (Agent::peers_epoch).
+bool peer_current(Agent &a, Req &r) {
+    if (r.loopback) return true;
+    uint64_t epoch = a.peers_epoch.load(std::memory_order_acquire);
+    if (r.epoch_ok == epoch) return true;
     std::lock_guard<std::mutex> g(a.mu);
-    return a.peer_gen(r.remote) == r.remote_gen;
+    bool ok = a.peer_gen(r.remote) == r.remote_gen;
+    if (ok) r.epoch_ok = epoch;
+    return ok;
 }
 
 // After a NIXL call on r returned s (r.mu held): record failures on the request.
@@ -57,7 +63,7 @@ int32_t record(Agent &a, Req &r, int32_t s, const char *what) {
 void peer_lost(Agent &a, const std::string &peer, uint64_t gen) {
     std::lock_guard<std::mutex> g(a.mu);
     auto it = a.peers.find(peer);
-    if (it != a.peers.end() && it->second == gen) a.peers.erase(it);
+    if (it != a.peers.end() && it->second == gen) a.forget_peer_locked(peer);
 }
 
 int32_t release_req_locked(Agent &a, Req &r, std::string &why) {
@@ -155,6 +161,7 @@ int32_t xfer_create(uint64_t handle, int32_t op, uint64_t local_prepped,
         r->h = h;
         r->remote = rp.remote;
         r->remote_gen = rp.remote_gen;
+        r->loopback = rp.remote == a->name;
         uint64_t rh = new_handle(Kind::Req);
         a->reqs.emplace(rh, r);
         *out_req = rh;
@@ -307,7 +314,7 @@ int32_t notif_send(uint64_t handle, const char *remote, const uint8_t *msg, uint
         if (s != NIXL_SUCCESS) {
             if (s == NIXL_ERR_REMOTE_DISCONNECT) {
                 std::lock_guard<std::mutex> g(a->mu);
-                a->peers.erase(remote);
+                a->forget_peer_locked(remote);
             }
             fail(s, nixl_failure(std::string("genNotif to '") + remote + "'", s));
         }

@@ -257,16 +257,36 @@ export interface AllocateOptions {
    */
   device?: number | string;
   /**
-   * DRAM only. `true` (default): shared memory a same-host peer maps once and copies into.
+   * DRAM only. `true`: shared memory a same-host peer maps once and copies into.
    * `false`: private memory with transparent huge pages advised (`KVP_DRAM_PRIVATE`), for
    * buffers no peer maps, such as storage staging: O_DIRECT and copies run faster on huge
    * pages, which shared memory does not get. Peers still reach it, by cross-memory attach.
+   * Default: what suits the agent's engine ({@linkcode defaultShared}).
    */
   shared?: boolean;
 }
 
 /** kvp_mem_alloc's DRAM flag for private memory (kvport.h `KVP_DRAM_PRIVATE`). */
 const DRAM_PRIVATE = 1;
+
+/**
+ * The kind of DRAM an agent of `engine` allocates when `shared` is not given. The builtin
+ * engine: shared memory, because its same-host path maps the peer's buffer once and
+ * copies straight into it. The nixl engine: private huge-page memory, because NIXL's UCX
+ * never maps a peer's memory (it copies by cross-memory attach or through its own
+ * segments), and those copies run 1.5-2.5x faster on huge pages than on shared memory's
+ * 4 KiB pages where shmem gets no huge pages (`shmem_enabled` `never`, the usual setting;
+ * see BENCHMARKS.md).
+ *
+ * @example
+ * ```ts
+ * import { defaultShared } from "./buffers.ts";
+ * console.log(defaultShared("builtin"), defaultShared("nixl")); // true false
+ * ```
+ */
+export function defaultShared(engine: string): boolean {
+  return engine !== "nixl";
+}
 
 /**
  * Memory type and CUDA ordinal of allocate options (`device` strings included).

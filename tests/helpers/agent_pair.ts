@@ -51,6 +51,8 @@ export async function spawnPeer(
     memType?: "DRAM" | "VRAM";
     /** CUDA ordinal of a VRAM buffer (default 0). */
     device?: number;
+    /** The peer's engine (default: builtin, or nixl with KVPORT_ENGINE=nixl). */
+    engine?: "builtin" | "nixl";
   },
 ): Promise<Peer> {
   const { child, exited, ready: first, call } = await startPeerProcess(script, options, {

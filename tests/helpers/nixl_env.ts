@@ -76,6 +76,8 @@ export interface NixlPeerOptions {
   backends?: string[];
   params?: Record<string, string>;
   size: number;
+  /** The kind of DRAM (`allocate`'s `shared`); default the engine's. */
+  shared?: boolean;
 }
 
 const script = new URL("./nixl_peer.ts", import.meta.url).pathname;

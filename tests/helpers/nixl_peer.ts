@@ -6,7 +6,8 @@
  * `peer_serve.ts`, plus `invalidate`).
  *
  * Run: `deno run -A tests/helpers/nixl_peer.ts '<json options>'` (or under Bun);
- * options: `name`, `engine`, `backends`, `params`, `size`.
+ * options: `name`, `engine`, `backends`, `params`, `size`, `shared` (the kind of DRAM:
+ * `allocate`'s option; default the engine's).
  *
  * @module
  */
@@ -20,6 +21,7 @@ interface Options {
   backends?: string[];
   params?: Record<string, string>;
   size: number;
+  shared?: boolean;
 }
 
 const options = JSON.parse(process.argv[process.argv.length - 1]) as Options;
@@ -29,7 +31,7 @@ const agent = await NixlAgent.create({
   backends: options.backends ?? ["UCX"],
   params: options.params,
 });
-const buf = agent.allocate(options.size);
+const buf = agent.allocate(options.size, { shared: options.shared });
 agent.registerMemory(buf);
 
 await servePeer(agent, buf, { info: agent.info() }, {

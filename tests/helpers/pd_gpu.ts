@@ -1,11 +1,12 @@
 /**
  * The setup the GPU PD tests share: a small KV shape, its page size, the channel options
- * of both sides (built-in engine, loopback) and the request spec of a sender.
+ * of both sides (built-in engine unless KVPORT_ENGINE=nixl, loopback) and the request spec of a sender.
  *
  * @module
  */
 
 import { chunkBytes, type DisaggSpec, MemoryFormat, type PdReceiver } from "../../mod.ts";
+import { testEngine } from "./test_engine.ts";
 
 /** KV_2LTD: 2 x layers x tokens x hidden (bf16). */
 export const GPU_PD_SHAPE = [2, 4, 16, 1024] as const;
@@ -17,7 +18,7 @@ export const GPU_PD_PAGE: number = chunkBytes(MemoryFormat.KV_2LTD, GPU_PD_SHAPE
 export const gpuPdCommon = {
   pageSize: GPU_PD_PAGE,
   channelType: "nixl",
-  engine: "builtin",
+  engine: testEngine,
   agentParams: { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" },
 } as const;
 
