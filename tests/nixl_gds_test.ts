@@ -6,7 +6,6 @@
 // saying why, without NIXL, without NIXL's GDS plugin, or without a CUDA device
 // (scripts/gpu_nixl.sh runs it on the GPU machine, with a cufile.json allowing the
 // compatibility mode).
-import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -23,15 +22,19 @@ import {
 } from "../mod.ts";
 import { closeFile, openFile } from "../src/agent/files.ts";
 import { fillRandom, nixlSkip, uniqueName } from "./helpers/nixl_env.ts";
+import { after, before, describe, skipFor, test } from "./helpers/skip.ts";
 
 const skip: string | undefined = await (async () => {
   if (nixlSkip) return nixlSkip;
   const probe = await probeEngine("nixl");
   if (!probe.plugins.includes("GDS")) {
-    return `NIXL has no GDS plugin (plugins: ${probe.plugins.join(",")}; build NIXL with cuFile)`;
+    return skipFor(
+      "needs NIXL",
+      `NIXL has no GDS plugin (plugins: ${probe.plugins.join(",")}; build NIXL with cuFile)`,
+    );
   }
   const cuda = await cudaDevices();
-  return cuda.count > 0 ? undefined : `no CUDA device: ${cuda.reason}`;
+  return cuda.count > 0 ? undefined : skipFor("needs GPU", `no CUDA device: ${cuda.reason}`);
 })();
 if (skip) console.log(`nixl_gds_test skipped: ${skip}`);
 
