@@ -22,6 +22,9 @@ import { StaticPool } from "./static_pool.ts";
 import { PagePool } from "./staging.ts";
 import { IO_ALIGN, type PutResult, roundUp, type Store, type StoreCounters } from "./store.ts";
 import * as fsp from "node:fs/promises";
+import { collectStorage } from "./metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
+import type { CollectedSource } from "../metrics/source.ts";
 
 export type { PutResult } from "./store.ts";
 
@@ -183,6 +186,7 @@ export class NixlStorageBackend implements AsyncDisposable {
   #pending = new Set<Promise<void>>();
   #asyncErrors: unknown[] = [];
   #closed: Promise<void> | undefined;
+  #metricsSource: CollectedSource;
 
   private constructor(
     store: Store,
@@ -192,6 +196,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       pages: number;
       asyncPut: boolean;
       timeoutMs: number;
+      metrics?: MetricsRegistry;
     },
     warnings: string[],
   ) {
@@ -205,6 +210,22 @@ export class NixlStorageBackend implements AsyncDisposable {
     this.#asyncPut = opts.asyncPut;
     this.#timeoutMs = opts.timeoutMs;
     this.warnings = warnings;
+    this.#metricsSource = collectStorage(
+      opts.metrics ?? metricsRegistry(),
+      this.backend,
+      this.mode,
+      async () => {
+        const d = await this.#store.stats();
+        return {
+          counters: { ...this.#store.counters },
+          used: d.used as number,
+          pinned: d.pinned as number,
+          bytes: d.bytes as number,
+          free: d.free as number | null,
+          pendingPuts: this.#pending.size,
+        };
+      },
+    );
   }
 
   /**
@@ -336,6 +357,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       pages,
       asyncPut: options.asyncPut ?? false,
       timeoutMs: options.timeoutMs ?? 120_000,
+      metrics: options.metrics,
     }, warnings);
   }
 
@@ -667,6 +689,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       } catch (e) {
         err = e;
       }
+      await this.#metricsSource.retire(); // the store's counters, read before it closes
       this.#pages.close(new StorageError("CLOSED", "the storage backend is closed"));
       try {
         await this.#store.close();
