@@ -23,7 +23,7 @@ import type { NativeLib } from "../../ffi/mod.ts";
 import { check, lastError, sizedOut, text } from "../../ffi/native.ts";
 import { NixlError, NixlTimeoutError, Status } from "../errors.ts";
 import { type AgentCore, releasedError } from "./common.ts";
-import type { OpMetrics } from "./metrics.ts";
+import { type OpMetrics, TIMED_POST_BYTES } from "./metrics.ts";
 
 /** A transfer's direction: READ pulls the remote pages into local ones, WRITE pushes. */
 export type TransferOp = "READ" | "WRITE";
@@ -223,11 +223,12 @@ export class TransferRequest {
    * request is `NIXL_ERR_REPOST_ACTIVE`. */
   post(): TransferState {
     this.#live("post");
-    const s = this.#lib.symbols.kvp_xfer_post(this.#agent, this.#handle);
     const m = this.#metrics;
+    const t0 = m !== undefined && this.#bytes >= TIMED_POST_BYTES ? performance.now() : 0;
+    const s = this.#lib.symbols.kvp_xfer_post(this.#agent, this.#handle);
     if (m !== undefined) {
-      if (s === Status.SUCCESS) m.succeeded(this.#bytes);
-      else if (s === Status.IN_PROG) this.#since = m.started();
+      if (s === Status.SUCCESS) m.succeeded(this.#bytes, t0);
+      else if (s === Status.IN_PROG) this.#since = m.started(t0);
       else m.failed(s);
     }
     return s === Status.SUCCESS ? "done" : this.#state(s, "kvp_xfer_post");
