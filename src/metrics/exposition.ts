@@ -20,7 +20,7 @@
 import { type FamilySnapshot, isHistogramSample } from "./snapshot.ts";
 
 /** A number as the text format writes it (`+Inf`, `-Inf`, `NaN`, else JavaScript's form). */
-export function formatValue(v: number): string {
+export function formatSampleValue(v: number): string {
   if (v === Infinity) return "+Inf";
   if (v === -Infinity) return "-Inf";
   if (Number.isNaN(v)) return "NaN";
@@ -55,13 +55,13 @@ export function formatExposition(families: readonly FamilySnapshot[]): string {
       if (isHistogramSample(s)) {
         for (const [le, count] of s.buckets) {
           lines.push(
-            `${f.name}_bucket${labelText(s.labels, ["le", formatValue(le)])} ${formatValue(count)}`,
+            `${f.name}_bucket${labelText(s.labels, ["le", formatSampleValue(le)])} ${formatSampleValue(count)}`,
           );
         }
-        lines.push(`${f.name}_sum${labelText(s.labels)} ${formatValue(s.sum)}`);
-        lines.push(`${f.name}_count${labelText(s.labels)} ${formatValue(s.count)}`);
+        lines.push(`${f.name}_sum${labelText(s.labels)} ${formatSampleValue(s.sum)}`);
+        lines.push(`${f.name}_count${labelText(s.labels)} ${formatSampleValue(s.count)}`);
       } else {
-        lines.push(`${f.name}${labelText(s.labels)} ${formatValue(s.value)}`);
+        lines.push(`${f.name}${labelText(s.labels)} ${formatSampleValue(s.value)}`);
       }
     }
   }

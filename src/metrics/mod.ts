@@ -57,7 +57,7 @@ export {
   sumOf,
   type ValueSample,
 } from "./snapshot.ts";
-export { escapeLabelValue, formatExposition, formatValue } from "./exposition.ts";
+export { escapeLabelValue, formatExposition, formatSampleValue } from "./exposition.ts";
 export { parseExposition } from "./parse.ts";
 export { type MetricsServer, serveMetrics, type ServeMetricsOptions } from "./server.ts";
 export { type CollectedSource, collectFrom } from "./source.ts";
