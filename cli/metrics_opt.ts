@@ -33,6 +33,13 @@ export const METRICS_HELP =
 /**
  * Starts the metrics listener when `--metrics-port` was given (else `null`); a bad port
  * is a usage error, a port that cannot be bound an error naming the address.
+ *
+ * @example
+ * ```ts
+ * import { startMetrics } from "./metrics_opt.ts";
+ * const server = await startMetrics({ "metrics-port": "0" });
+ * await server?.close();
+ * ```
  */
 export async function startMetrics(
   v: Record<string, string | boolean | undefined>,

@@ -41,7 +41,15 @@ Options:
 
 Exit codes: 0 success, 1 the endpoint could not be scraped, 2 usage error.`;
 
-/** The metrics URL from `--url` or `--port`/`--host`. */
+/**
+ * The metrics URL from `--url` or `--port`/`--host`.
+ *
+ * @example
+ * ```ts
+ * import { metricsUrl } from "./stats_cmd.ts";
+ * console.log(metricsUrl(undefined, "9400")); // http://127.0.0.1:9400/metrics
+ * ```
+ */
 export function metricsUrl(url: string | undefined, port: string | undefined, host?: string) {
   if (url !== undefined && port !== undefined) {
     throw new UsageError("give --url or --port, not both");
@@ -66,7 +74,15 @@ export function metricsUrl(url: string | undefined, port: string | undefined, ho
   return u.href;
 }
 
-/** Scrapes `url` within `timeoutMs`; an error names the URL and what went wrong. */
+/**
+ * Scrapes `url` within `timeoutMs`; an error names the URL and what went wrong.
+ *
+ * @example
+ * ```ts
+ * import { scrape } from "./stats_cmd.ts";
+ * const families = await scrape("http://127.0.0.1:9400/metrics", 5000);
+ * ```
+ */
 export async function scrape(url: string, timeoutMs: number): Promise<FamilySnapshot[]> {
   let res: Response;
   try {
@@ -121,6 +137,13 @@ function key(name: string, labels: Record<string, string>): string {
 /**
  * The human view of `families`; with `previous` (and the seconds between), counters get
  * their rate per second.
+ *
+ * @example
+ * ```ts
+ * import { formatStats } from "./stats_cmd.ts";
+ * console.log(formatStats([{ name: "a_total", help: "A.", type: "counter",
+ *   samples: [{ labels: {}, value: 2 }] }]));
+ * ```
  */
 export function formatStats(
   families: readonly FamilySnapshot[],

@@ -119,7 +119,7 @@ test("metrics cli: p2p-registry and p2p-peer serve /metrics; kvport stats shows 
     ]);
     assert.equal(human.code, 0);
     assert.match(human.text, /kvport_p2p_served_chunks_total \(counter\)/);
-    assert.match(human.text, /\{tp_rank="0"\}  6/);
+    assert.match(human.text, /\{tp_rank="0"\} {2}6/);
     assert.doesNotMatch(human.text, /kvport_p2p_lookups_total/, "--filter keeps only matches");
 
     const reg = await stats(["--url", String(rReady.metrics), "--json"]);

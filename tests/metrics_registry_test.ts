@@ -225,7 +225,7 @@ test("kvport stats: the URL from --url or --port; the human view with quantiles 
     '# TYPE kvport_x_bytes_total counter\nkvport_x_bytes_total{peer="a"} 1073741824\n',
   );
   const text = formatStats(families, { families: before, seconds: 2 });
-  assert.match(text, /\{peer="a"\}  3221225472 \(3\.0 GiB\)  \(1073741824 \(1\.0 GiB\)\/s\)/);
+  assert.match(text, /\{peer="a"\} {2}3221225472 \(3\.0 GiB\) {2}\(1073741824 \(1\.0 GiB\)\/s\)/);
   assert.match(text, /count 100, mean 3\.00 ms, p50 1\.00 ms, p99 9\.82 ms/);
   assert.doesNotMatch(text, /kvport_empty/, "families without series are left out");
 });

@@ -30,7 +30,17 @@ const SUCCESS = 0;
  */
 export const TIMED_POST_BYTES = 1 << 20;
 
-/** The cells of one op (`READ` or `WRITE`) of one agent. */
+/**
+ * The cells of one op (`READ` or `WRITE`) of one agent.
+ *
+ * @example
+ * ```ts
+ * import { OpMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * const m = new OpMetrics(new MetricsRegistry(), "WRITE");
+ * m.succeeded(4096, 0); // completed inside its post, untimed
+ * ```
+ */
 export class OpMetrics {
   readonly #ok: CounterCell;
   readonly #bytes: CounterCell;
@@ -122,7 +132,16 @@ export interface AgentMetrics {
 
 const cache = new WeakMap<MetricsRegistry, AgentMetrics>();
 
-/** The agent metrics of `registry`, or `undefined` when it is disabled. */
+/**
+ * The agent metrics of `registry`, or `undefined` when it is disabled.
+ *
+ * @example
+ * ```ts
+ * import { agentMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * console.log(agentMetrics(new MetricsRegistry({ enabled: false }))); // undefined
+ * ```
+ */
 export function agentMetrics(registry: MetricsRegistry): AgentMetrics | undefined {
   if (!registry.enabled) return undefined;
   let m = cache.get(registry);
@@ -149,6 +168,14 @@ const PATHS = ["mem", "cma", "tcp", "file", "cuda"] as const;
  * Collects the engine's counters of one agent at scrape time (`posts_<path>`,
  * `posts_inline`, `posts_staged` of `kvp_agent_info`; engines without them report
  * none) and counts it as a live agent. `retire()` before the agent is destroyed.
+ *
+ * @example
+ * ```ts
+ * import { collectAgentInfo } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * const source = collectAgentInfo(new MetricsRegistry(), "builtin", () => ({ posts_mem: "3" }));
+ * await source.retire();
+ * ```
  */
 export function collectAgentInfo(
   registry: MetricsRegistry,

@@ -17,7 +17,16 @@
 import type { Counter, Histogram } from "../metrics/family.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 
-/** The channel metrics of one role in one registry. */
+/**
+ * The channel metrics of one role in one registry.
+ *
+ * @example
+ * ```ts
+ * import { ChannelMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * new ChannelMetrics(new MetricsRegistry(), "receiver").handshake("responder", true);
+ * ```
+ */
 export class ChannelMetrics {
   readonly #role: string;
   readonly #transfers: Counter;
@@ -93,7 +102,16 @@ export class ChannelMetrics {
 
 const cache = new WeakMap<MetricsRegistry, Map<string, ChannelMetrics>>();
 
-/** The channel metrics of `role` in `registry`, or `undefined` when it is disabled. */
+/**
+ * The channel metrics of `role` in `registry`, or `undefined` when it is disabled.
+ *
+ * @example
+ * ```ts
+ * import { channelMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * channelMetrics(new MetricsRegistry(), "sender")?.failed("WRITE", "TIMEOUT");
+ * ```
+ */
 export function channelMetrics(
   registry: MetricsRegistry,
   role: string,

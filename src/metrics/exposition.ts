@@ -19,7 +19,15 @@
 
 import { type FamilySnapshot, isHistogramSample } from "./snapshot.ts";
 
-/** A number as the text format writes it (`+Inf`, `-Inf`, `NaN`, else JavaScript's form). */
+/**
+ * A number as the text format writes it (`+Inf`, `-Inf`, `NaN`, else JavaScript's form).
+ *
+ * @example
+ * ```ts
+ * import { formatSampleValue } from "./exposition.ts";
+ * console.log(formatSampleValue(Infinity), formatSampleValue(0.25)); // +Inf 0.25
+ * ```
+ */
 export function formatSampleValue(v: number): string {
   if (v === Infinity) return "+Inf";
   if (v === -Infinity) return "-Inf";
@@ -27,7 +35,15 @@ export function formatSampleValue(v: number): string {
   return String(v);
 }
 
-/** A label value escaped for the text format (backslash, double quote, newline). */
+/**
+ * A label value escaped for the text format (backslash, double quote, newline).
+ *
+ * @example
+ * ```ts
+ * import { escapeLabelValue } from "./exposition.ts";
+ * console.log(escapeLabelValue('say "hi"')); // say \"hi\"
+ * ```
+ */
 export function escapeLabelValue(v: string): string {
   return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 }
@@ -45,6 +61,12 @@ function labelText(labels: Record<string, string>, extra?: [string, string]): st
 /**
  * Writes families in the text format. Families without series still get their HELP and
  * TYPE lines.
+ *
+ * @example
+ * ```ts
+ * import { formatExposition } from "./exposition.ts";
+ * const text = formatExposition([{ name: "app_up", help: "Up.", type: "gauge", samples: [] }]);
+ * ```
  */
 export function formatExposition(families: readonly FamilySnapshot[]): string {
   const lines: string[] = [];
@@ -55,7 +77,9 @@ export function formatExposition(families: readonly FamilySnapshot[]): string {
       if (isHistogramSample(s)) {
         for (const [le, count] of s.buckets) {
           lines.push(
-            `${f.name}_bucket${labelText(s.labels, ["le", formatSampleValue(le)])} ${formatSampleValue(count)}`,
+            `${f.name}_bucket${labelText(s.labels, ["le", formatSampleValue(le)])} ${
+              formatSampleValue(count)
+            }`,
           );
         }
         lines.push(`${f.name}_sum${labelText(s.labels)} ${formatSampleValue(s.sum)}`);

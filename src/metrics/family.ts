@@ -109,7 +109,16 @@ export class MetricsError extends Error {
 const NAME_RE = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL_RE = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 
-/** Checks a metric name (and a counter's `_total` suffix). */
+/**
+ * Checks a metric name (and a counter's `_total` suffix); throws a {@linkcode MetricsError}.
+ *
+ * @example
+ * ```ts
+ * import { checkMetricName } from "./family.ts";
+ * checkMetricName("app_requests_total", "counter"); // fine
+ * // checkMetricName("app_requests", "counter") throws: a counter's name ends in _total
+ * ```
+ */
 export function checkMetricName(name: string, type: MetricType): void {
   if (typeof name !== "string" || !NAME_RE.test(name)) {
     throw new MetricsError(
@@ -124,7 +133,15 @@ export function checkMetricName(name: string, type: MetricType): void {
   }
 }
 
-/** Checks label names: valid, distinct, not reserved (`__*`, and `le` for histograms). */
+/**
+ * Checks label names: valid, distinct, not reserved (`__*`, and `le` for histograms).
+ *
+ * @example
+ * ```ts
+ * import { checkLabelNames } from "./family.ts";
+ * checkLabelNames("app_seconds", ["op", "peer"], "histogram"); // fine
+ * ```
+ */
 export function checkLabelNames(metric: string, names: readonly string[], type: MetricType): void {
   const seen = new Set<string>();
   for (const n of names) {
@@ -150,7 +167,17 @@ function positiveInt(metric: string, what: string, v: number | undefined, dflt: 
   return v;
 }
 
-/** A counter cell: only goes up. */
+/**
+ * A counter cell: only goes up.
+ *
+ * @example
+ * ```ts
+ * import { CounterCell } from "./family.ts";
+ * const c = new CounterCell();
+ * c.inc(4096);
+ * console.log(c.value); // 4096
+ * ```
+ */
 export class CounterCell {
   /** The count. */
   value = 0;
@@ -161,7 +188,18 @@ export class CounterCell {
   }
 }
 
-/** A gauge cell: set, raised and lowered. */
+/**
+ * A gauge cell: set, raised and lowered.
+ *
+ * @example
+ * ```ts
+ * import { GaugeCell } from "./family.ts";
+ * const g = new GaugeCell();
+ * g.inc();
+ * g.dec();
+ * console.log(g.value); // 0
+ * ```
+ */
 export class GaugeCell {
   /** The current value. */
   value = 0;
@@ -182,7 +220,17 @@ export class GaugeCell {
   }
 }
 
-/** A histogram cell: counts per bucket (not cumulative), their sum and count. */
+/**
+ * A histogram cell: counts per bucket (not cumulative), their sum and count.
+ *
+ * @example
+ * ```ts
+ * import { HistogramCell } from "./family.ts";
+ * const h = new HistogramCell([0.001, 0.01]);
+ * h.observe(0.005);
+ * console.log(h.counts, h.count); // Float64Array [0, 1, 0] 1
+ * ```
+ */
 export class HistogramCell {
   /** Upper bounds of the buckets (shared with the family). */
   readonly bounds: readonly number[];
@@ -217,6 +265,14 @@ export type Cell = CounterCell | GaugeCell | HistogramCell;
 /**
  * One family: a name, help, label names and the cells by label values. Use
  * {@linkcode Counter}, {@linkcode Gauge} or {@linkcode Histogram}.
+ *
+ * @example
+ * ```ts
+ * import { MetricsRegistry } from "./registry.ts";
+ * const f = new MetricsRegistry().gauge({ name: "app_depth", help: "Depth.", labels: ["q"] });
+ * f.labels("a").set(3);
+ * console.log(f.cells()); // [{ labels: { q: "a" }, cell: GaugeCell { value: 3 } }]
+ * ```
  */
 export abstract class Family<C extends Cell> {
   /** Its name. */

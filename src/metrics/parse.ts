@@ -74,7 +74,16 @@ function parseSample(
   return { name, labels, value: parseNumber(rest[0], line) };
 }
 
-/** Parses text in the exposition format (0.0.4) into families, in order of appearance. */
+/**
+ * Parses text in the exposition format (0.0.4) into families, in order of appearance.
+ *
+ * @example
+ * ```ts
+ * import { parseExposition } from "./parse.ts";
+ * const families = parseExposition("# TYPE app_up gauge\napp_up 1\n");
+ * console.log(families[0].samples); // [{ labels: {}, value: 1 }]
+ * ```
+ */
 export function parseExposition(text: string): FamilySnapshot[] {
   const families = new Map<string, FamilySnapshot>();
   const histo = new Map<string, HistogramSample>();

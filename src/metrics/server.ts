@@ -50,6 +50,14 @@ function urlHost(host: string): string {
 /**
  * Starts answering `GET /metrics` on `host:port` with the registry's exposition text.
  * Fails with a {@linkcode MetricsError} naming the address when it cannot bind.
+ *
+ * @example
+ * ```ts
+ * import { MetricsRegistry, serveMetrics } from "@kvport/nixl/metrics";
+ * const registry = new MetricsRegistry();
+ * await using server = await serveMetrics({ host: "127.0.0.1", port: 0, registry });
+ * const text = await (await fetch(server.url)).text();
+ * ```
  */
 export async function serveMetrics(options: ServeMetricsOptions): Promise<MetricsServer> {
   const host = options.host ?? "127.0.0.1";

@@ -57,6 +57,17 @@ function retiredTotals(registry: MetricsRegistry): Map<string, Retired> {
 /**
  * Collects from `read()` at every scrape through `report`, until `retire()`. With a
  * disabled registry nothing is collected (and `retire` does nothing).
+ *
+ * @example
+ * ```ts
+ * import { collectFrom, MetricsRegistry } from "@kvport/nixl/metrics";
+ * const registry = new MetricsRegistry();
+ * const pool = { free: 3 };
+ * const source = collectFrom(registry, () => pool, (p, sink) => {
+ *   sink.gauge("app_free_pages", "Free pages.", {}, p.free);
+ * });
+ * await source.retire();
+ * ```
  */
 export function collectFrom<S>(
   registry: MetricsRegistry,

@@ -29,7 +29,16 @@ const SERVED_CODE_NAMES: Record<number, string> = {
   3: "REMOTE_XFER_HANDLER_NOT_INITIALIZED",
 };
 
-/** The cells of one P2P instance's TP rank. */
+/**
+ * The cells of one P2P instance's TP rank.
+ *
+ * @example
+ * ```ts
+ * import { P2PMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * new P2PMetrics(new MetricsRegistry(), 0).refused(3);
+ * ```
+ */
 export class P2PMetrics {
   readonly #rank: string;
   readonly #hits: CounterCell;
@@ -75,7 +84,16 @@ export class P2PMetrics {
 
 const cache = new WeakMap<MetricsRegistry, Map<number, P2PMetrics>>();
 
-/** The P2P cells of `tpRank`, or `undefined` when `registry` is disabled. */
+/**
+ * The P2P cells of `tpRank`, or `undefined` when `registry` is disabled.
+ *
+ * @example
+ * ```ts
+ * import { p2pMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * p2pMetrics(new MetricsRegistry(), 0)?.hit();
+ * ```
+ */
 export function p2pMetrics(registry: MetricsRegistry, tpRank: number): P2PMetrics | undefined {
   if (!registry.enabled) return undefined;
   let byRank = cache.get(registry);
@@ -85,7 +103,18 @@ export function p2pMetrics(registry: MetricsRegistry, tpRank: number): P2PMetric
   return m;
 }
 
-/** Reports an instance's `stats` at every scrape, until retired. */
+/**
+ * Reports an instance's `stats` at every scrape, until retired.
+ *
+ * @example
+ * ```ts
+ * import { collectP2PBackend } from "./metrics.ts";
+ * import type { P2PBackend } from "./backend.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * declare const p2p: P2PBackend;
+ * const source = collectP2PBackend(new MetricsRegistry(), 0, p2p.channel.pageSize, () => p2p.stats);
+ * ```
+ */
 export function collectP2PBackend(
   registry: MetricsRegistry,
   tpRank: number,
@@ -136,7 +165,18 @@ export function collectP2PBackend(
   });
 }
 
-/** Reports the registry's `stats` at every scrape, until retired. */
+/**
+ * Reports the registry's `stats` at every scrape, until retired.
+ *
+ * @example
+ * ```ts
+ * import { collectP2PRegistry } from "./metrics.ts";
+ * import type { P2PRegistry } from "./registry.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * declare const registry: P2PRegistry;
+ * const source = collectP2PRegistry(new MetricsRegistry(), () => registry.stats);
+ * ```
+ */
 export function collectP2PRegistry(
   registry: MetricsRegistry,
   read: () => P2PRegistryStats,

@@ -40,7 +40,16 @@ export interface PdReceiverMetrics {
   cancelledChunks: CounterCell;
 }
 
-/** The sender's metrics for one TP rank. */
+/**
+ * The sender's metrics for one TP rank.
+ *
+ * @example
+ * ```ts
+ * import { PdSenderMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * new PdSenderMetrics(new MetricsRegistry(), 0).proxyNotification(true);
+ * ```
+ */
 export class PdSenderMetrics {
   readonly #rank: string;
   readonly #batches: Counter;
@@ -124,7 +133,16 @@ export class PdSenderMetrics {
   }
 }
 
-/** The receiver cells of TP rank `tpRank`, or `undefined` when `registry` is disabled. */
+/**
+ * The receiver cells of TP rank `tpRank`, or `undefined` when `registry` is disabled.
+ *
+ * @example
+ * ```ts
+ * import { pdReceiverMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * pdReceiverMetrics(new MetricsRegistry(), 0)?.allocOk.inc();
+ * ```
+ */
 export function pdReceiverMetrics(
   registry: MetricsRegistry,
   tpRank: number,
@@ -169,7 +187,16 @@ export function pdReceiverMetrics(
 
 const senders = new WeakMap<MetricsRegistry, Map<number, PdSenderMetrics>>();
 
-/** The sender metrics of TP rank `tpRank`, or `undefined` when `registry` is disabled. */
+/**
+ * The sender metrics of TP rank `tpRank`, or `undefined` when `registry` is disabled.
+ *
+ * @example
+ * ```ts
+ * import { pdSenderMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * pdSenderMetrics(new MetricsRegistry(), 1)?.handshake(false);
+ * ```
+ */
 export function pdSenderMetrics(
   registry: MetricsRegistry,
   tpRank: number,
@@ -192,7 +219,17 @@ export interface PdPoolView {
   keys?: { held: number; landed: number };
 }
 
-/** Reports a PD side's pages (free, leased) and keys held at every scrape, until retired. */
+/**
+ * Reports a PD side's pages (free, leased) and keys held at every scrape, until retired.
+ *
+ * @example
+ * ```ts
+ * import { collectPdPool } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * const source = collectPdPool(new MetricsRegistry(), "sender", 0, () => ({ pages: 8, free: 8 }));
+ * await source.retire();
+ * ```
+ */
 export function collectPdPool(
   registry: MetricsRegistry,
   role: "sender" | "receiver",

@@ -37,7 +37,18 @@ export interface StorageView {
   pendingPuts: number;
 }
 
-/** Reports a store's figures at every scrape, until retired (before it closes). */
+/**
+ * Reports a store's figures at every scrape, until retired (before it closes).
+ *
+ * @example
+ * ```ts
+ * import { collectStorage } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * const counters = { hits: 0, misses: 0, puts: 0, dropped: 0, evictions: 0, corrupt: 0 };
+ * const view = { counters, used: 0, pinned: 0, bytes: 0, free: 16, pendingPuts: 0 };
+ * const source = collectStorage(new MetricsRegistry(), "POSIX", "static", () => Promise.resolve(view));
+ * ```
+ */
 export function collectStorage(
   registry: MetricsRegistry,
   backend: string,

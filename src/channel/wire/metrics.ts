@@ -19,7 +19,16 @@
 import type { Counter, CounterCell, GaugeCell } from "../../metrics/family.ts";
 import type { MetricsRegistry } from "../../metrics/registry.ts";
 
-/** The cells of one socket type. */
+/**
+ * The cells of one socket type.
+ *
+ * @example
+ * ```ts
+ * import { WireMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../../metrics/registry.ts";
+ * new WireMetrics(new MetricsRegistry(), "ROUTER").refused("timeout");
+ * ```
+ */
 export class WireMetrics {
   readonly #connections: CounterCell;
   readonly #open: GaugeCell;
@@ -68,7 +77,16 @@ export class WireMetrics {
 
 const cache = new WeakMap<MetricsRegistry, Map<string, WireMetrics>>();
 
-/** The cells of socket type `socket`, or `undefined` when `registry` is disabled. */
+/**
+ * The cells of socket type `socket`, or `undefined` when `registry` is disabled.
+ *
+ * @example
+ * ```ts
+ * import { wireMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../../metrics/registry.ts";
+ * wireMetrics(new MetricsRegistry(), "PULL")?.connected();
+ * ```
+ */
 export function wireMetrics(registry: MetricsRegistry, socket: string): WireMetrics | undefined {
   if (!registry.enabled) return undefined;
   let bySocket = cache.get(registry);
