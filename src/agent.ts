@@ -61,7 +61,7 @@ import {
 import { agentLibraries, DescList, PreparedDescList } from "./agent/desc_list.ts";
 import { agentMetrics, collectAgentInfo } from "./agent/metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "./metrics/registry.ts";
-import type { CollectedSource } from "./metrics/source.ts";
+import { type CollectedSource, weakly } from "./metrics/source.ts";
 import {
   checkTimeout,
   type TransferOp,
@@ -345,7 +345,10 @@ export class NixlAgent {
       },
     };
     agentLibraries.set(this, lib);
-    this.#metricsSource = collectAgentInfo(metrics, this.engine, () => this.info());
+    // Held weakly: the process-wide registry must not keep a dropped agent alive (the
+    // read is a static method: a closure made here would share this constructor's
+    // context, which holds `this`).
+    this.#metricsSource = collectAgentInfo(metrics, this.engine, weakly(this, NixlAgent.#info));
   }
 
   /**
@@ -390,6 +393,10 @@ export class NixlAgent {
       `creating agent "${name}" (engine ${engine}, backends ${backends.join(",")})`,
     );
     return new NixlAgent(lib, out[0], name, options.metrics ?? metricsRegistry());
+  }
+
+  static #info(agent: NixlAgent): Record<string, string> {
+    return agent.info();
   }
 
   #native(fn: string): bigint {

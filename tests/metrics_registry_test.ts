@@ -12,6 +12,7 @@ import {
   quantile,
   serveMetrics,
   sumOf,
+  weakly,
 } from "../src/metrics/mod.ts";
 import { formatStats, metricsUrl } from "../cli/stats_cmd.ts";
 
@@ -150,6 +151,31 @@ test("metrics: collectors add up, a failing one is left out and counted; retired
   await off.collect();
   await none.retire();
   assert.equal(reads, 0, "a disabled registry collects nothing");
+});
+
+test("metrics: a source whose read answers undefined (collected) keeps its last counters, then stops", async () => {
+  const r = new MetricsRegistry();
+  let gone = false;
+  let reads = 0;
+  collectFrom(r, () => {
+    reads++;
+    return gone ? undefined : { served: 3 };
+  }, (s, sink) => {
+    sink.counter("g_served_total", "Served.", {}, s.served);
+    sink.gauge("g_live", "Live.", {}, 1);
+  });
+  assert.equal(sumOf((await r.collect()).find((f) => f.name === "g_live")), 1);
+  gone = true;
+  await r.collect();
+  const snap = await r.collect();
+  assert.equal(sumOf(snap.find((f) => f.name === "g_served_total")), 3, "kept as retired");
+  assert.equal(snap.find((f) => f.name === "g_live"), undefined);
+  const before = reads;
+  await r.collect();
+  assert.equal(reads, before, "no longer read");
+  // weakly() reads through a WeakRef while the target lives.
+  const target = { n: 5 };
+  assert.equal(weakly(target, (t) => t.n)(), 5);
 });
 
 test("metrics: histogram quantiles as histogram_quantile estimates them", () => {

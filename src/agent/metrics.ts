@@ -18,7 +18,7 @@
 
 import type { CounterCell, GaugeCell, HistogramCell } from "../metrics/family.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
-import { type CollectedSource, collectFrom } from "../metrics/source.ts";
+import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
 import { statusName } from "../errors.ts";
 
 const SUCCESS = 0;
@@ -180,7 +180,7 @@ const PATHS = ["mem", "cma", "tcp", "file", "cuda"] as const;
 export function collectAgentInfo(
   registry: MetricsRegistry,
   engine: string,
-  info: () => Record<string, string>,
+  info: StatsRead<Record<string, string>>,
 ): CollectedSource {
   return collectFrom(registry, info, (i, sink) => {
     sink.gauge("kvport_agents", "Live agents, by engine.", { engine }, 1);

@@ -10,9 +10,9 @@ import { ChannelError, ChannelTimeoutError } from "./errors.ts";
 import { errorMessage, SerialQueue } from "./_util.ts";
 import { type ControlServer, openRequester, serveRequests } from "./control.ts";
 import { type BufferDevice, type ChannelPage, ViewPage } from "./page.ts";
-import { type ChannelMetrics, channelMetrics } from "./metrics.ts";
+import { type ChannelMetrics, channelMetrics, collectChannel } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
-import { type CollectedSource, collectFrom } from "../metrics/source.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 import type {
   ChannelNotification,
   ChannelRole,
@@ -200,16 +200,17 @@ export abstract class ChannelBase implements TransferChannel {
     this.maxMessageBytes = init.maxMessageBytes ?? 64 * 1024 * 1024;
     const registry = init.metrics ?? metricsRegistry();
     this.#metrics = channelMetrics(registry, this.role);
-    this.#metricsSource = collectFrom(registry, () => this.#peers.size, (peers, sink) => {
-      const labels = { role: this.role, type: this.channelType };
-      sink.gauge("kvport_channel_peers", "Peers known to live channels.", labels, peers);
-      sink.gauge(
-        "kvport_channel_buffer_pages",
-        "Pages of live channels' buffers.",
-        labels,
-        this.pageCount,
-      );
-    });
+    // Held weakly (a static read, labels computed here): the registry outlives channels.
+    this.#metricsSource = collectChannel(
+      registry,
+      { role: this.role, type: this.channelType },
+      this.pageCount,
+      weakly(this, ChannelBase.#peerCount),
+    );
+  }
+
+  static #peerCount(c: ChannelBase): number {
+    return c.#peers.size;
   }
 
   /** `host:port` this channel answers handshakes on, or `null`. */

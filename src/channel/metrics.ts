@@ -16,6 +16,7 @@
 
 import type { Counter, Histogram } from "../metrics/family.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
 
 /**
  * The channel metrics of one role in one registry.
@@ -122,4 +123,28 @@ export function channelMetrics(
   let m = byRole.get(role);
   if (!m) byRole.set(role, m = new ChannelMetrics(registry, role));
   return m;
+}
+
+/**
+ * Reports a live channel's peers and buffer pages at every scrape, until retired.
+ *
+ * @example
+ * ```ts
+ * import { collectChannel } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * const labels = { role: "sender", type: "nixl" };
+ * const source = collectChannel(new MetricsRegistry(), labels, 16, () => 2);
+ * await source.retire();
+ * ```
+ */
+export function collectChannel(
+  registry: MetricsRegistry,
+  labels: { role: string; type: string },
+  pages: number,
+  peers: StatsRead<number>,
+): CollectedSource {
+  return collectFrom(registry, peers, (n, sink) => {
+    sink.gauge("kvport_channel_peers", "Peers known to live channels.", labels, n);
+    sink.gauge("kvport_channel_buffer_pages", "Pages of live channels' buffers.", labels, pages);
+  });
 }

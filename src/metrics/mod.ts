@@ -60,4 +60,4 @@ export {
 export { escapeLabelValue, formatExposition, formatSampleValue } from "./exposition.ts";
 export { parseExposition } from "./parse.ts";
 export { type MetricsServer, serveMetrics, type ServeMetricsOptions } from "./server.ts";
-export { type CollectedSource, collectFrom } from "./source.ts";
+export { type CollectedSource, collectFrom, type StatsRead, weakly } from "./source.ts";

@@ -23,6 +23,9 @@
 
 import type { MetricSink, MetricsRegistry } from "./registry.ts";
 
+/** Reads an object's figures: `undefined` once the object is gone. */
+export type StatsRead<S> = () => S | undefined | Promise<S | undefined>;
+
 /** What {@linkcode collectFrom} returns. */
 export interface CollectedSource {
   /**
@@ -55,8 +58,10 @@ function retiredTotals(registry: MetricsRegistry): Map<string, Retired> {
 }
 
 /**
- * Collects from `read()` at every scrape through `report`, until `retire()`. With a
- * disabled registry nothing is collected (and `retire` does nothing).
+ * Collects from `read()` at every scrape through `report`, until `retire()`. A `read()`
+ * that answers `undefined` says the object is gone (see {@linkcode weakly}): the values
+ * of the last scrape are retired and collecting stops. With a disabled registry nothing
+ * is collected (and `retire` does nothing).
  *
  * @example
  * ```ts
@@ -71,38 +76,73 @@ function retiredTotals(registry: MetricsRegistry): Map<string, Retired> {
  */
 export function collectFrom<S>(
   registry: MetricsRegistry,
-  read: () => S | Promise<S>,
+  read: StatsRead<S>,
   report: (stats: S, sink: MetricSink) => void,
 ): CollectedSource {
   if (!registry.enabled) return { retire: () => Promise.resolve() };
   let last: S | undefined;
+  let retiring: Promise<void> | undefined;
+  const keepCounters = (final: S) => {
+    const totals = retiredTotals(registry);
+    const keep = (name: string, help: string, labels: Record<string, string>, v: number) => {
+      const key = `${name}\u0000${
+        Object.keys(labels).sort().map((k) => `${k}=${labels[k]}`).join("\u0000")
+      }`;
+      const t = totals.get(key);
+      if (t) t.value += v;
+      else totals.set(key, { name, help, labels: { ...labels }, value: v });
+    };
+    report(final, { counter: keep, gauge: () => {} });
+  };
   const remove = registry.addCollector(async (sink) => {
     const s = await read();
+    if (s === undefined) {
+      // Collected without a close: keep what the last scrape saw, and stop.
+      retiring ??= Promise.resolve().then(() => {
+        remove();
+        if (last !== undefined) keepCounters(last);
+      });
+      return;
+    }
     last = s;
     report(s, sink);
   });
-  let retiring: Promise<void> | undefined;
   return {
     retire: () =>
       retiring ??= (async () => {
         remove();
         let final = last;
         try {
-          final = await read();
+          final = (await read()) ?? last;
         } catch {
           // Already unreadable: the values of the last scrape are the best there is.
         }
-        if (final === undefined) return;
-        const totals = retiredTotals(registry);
-        const keep = (name: string, help: string, labels: Record<string, string>, v: number) => {
-          const key = `${name}\u0000${
-            Object.keys(labels).sort().map((k) => `${k}=${labels[k]}`).join("\u0000")
-          }`;
-          const t = totals.get(key);
-          if (t) t.value += v;
-          else totals.set(key, { name, help, labels: { ...labels }, value: v });
-        };
-        report(final, { counter: keep, gauge: () => {} });
+        if (final !== undefined) keepCounters(final);
       })(),
+  };
+}
+
+/**
+ * A `read` for {@linkcode collectFrom} that holds `target` weakly: the registry (which
+ * lives as long as the process) must not keep alive an agent or a channel that was
+ * dropped without `close()`. Answers `undefined` once `target` was collected.
+ *
+ * @example
+ * ```ts
+ * import { collectFrom, MetricsRegistry, weakly } from "@kvport/nixl/metrics";
+ * const pool = { free: 3 };
+ * collectFrom(new MetricsRegistry(), weakly(pool, (p) => p.free), (free, sink) => {
+ *   sink.gauge("app_free_pages", "Free pages.", {}, free);
+ * });
+ * ```
+ */
+export function weakly<T extends object, S>(
+  target: T,
+  read: (target: T) => S | Promise<S>,
+): StatsRead<S> {
+  const ref = new WeakRef(target);
+  return () => {
+    const t = ref.deref();
+    return t === undefined ? undefined : read(t);
   };
 }

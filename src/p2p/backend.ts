@@ -28,7 +28,7 @@ import { RegistryClient } from "./registry_client.ts";
 import { ChunkStore } from "./store.ts";
 import { collectP2PBackend, type P2PMetrics, p2pMetrics } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
-import type { CollectedSource } from "../metrics/source.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
 
 /** Options of {@linkcode P2PBackend.create}. */
@@ -333,11 +333,16 @@ export class P2PBackend implements AsyncDisposable {
       registry,
       this.workerId,
       channel.pageSize,
-      () => this.stats,
+      weakly(this, P2PBackend.#stats_),
     );
     channel.onSideMessage((m) => this.#onSideMessage(m));
     lookupServer.serve((frames) => this.#serveLookup(frames)).catch(() => {});
     this.#registry.start();
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #stats_(p: P2PBackend): P2PBackendStats {
+    return p.stats;
   }
 
   /**

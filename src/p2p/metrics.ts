@@ -19,7 +19,7 @@
 
 import type { Counter, CounterCell } from "../metrics/family.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
-import { type CollectedSource, collectFrom } from "../metrics/source.ts";
+import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
 import type { P2PBackendStats } from "./backend.ts";
 import type { P2PRegistryStats } from "./registry.ts";
 
@@ -119,7 +119,7 @@ export function collectP2PBackend(
   registry: MetricsRegistry,
   tpRank: number,
   pageSize: number,
-  read: () => P2PBackendStats,
+  read: StatsRead<P2PBackendStats>,
 ): CollectedSource {
   const l = { tp_rank: String(tpRank) };
   return collectFrom(registry, read, (s, sink) => {
@@ -179,7 +179,7 @@ export function collectP2PBackend(
  */
 export function collectP2PRegistry(
   registry: MetricsRegistry,
-  read: () => P2PRegistryStats,
+  read: StatsRead<P2PRegistryStats>,
 ): CollectedSource {
   return collectFrom(registry, read, (s, sink) => {
     sink.gauge("kvport_p2p_registry_instances", "Instance-workers known.", {}, s.instances);

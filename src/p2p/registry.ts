@@ -22,7 +22,7 @@ import {
 } from "../channel/wire/mod.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
-import type { CollectedSource } from "../metrics/source.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 import { collectP2PRegistry } from "./metrics.ts";
 
 /** Options of {@linkcode P2PRegistry.listen}. */
@@ -205,8 +205,13 @@ export class P2PRegistry implements AsyncDisposable {
     this.#loops.push(this.#pullLoop(), this.#routerLoop());
     this.#metricsSource = collectP2PRegistry(
       options.metrics ?? metricsRegistry(),
-      () => this.stats,
+      weakly(this, P2PRegistry.#stats_),
     );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #stats_(r: P2PRegistry): P2PRegistryStats {
+    return r.stats;
   }
 
   /**

@@ -18,7 +18,7 @@
 
 import type { Counter, CounterCell, HistogramCell } from "../metrics/family.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
-import { type CollectedSource, collectFrom } from "../metrics/source.ts";
+import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
 
 /** The receiver's cells for one TP rank. */
 export interface PdReceiverMetrics {
@@ -234,7 +234,7 @@ export function collectPdPool(
   registry: MetricsRegistry,
   role: "sender" | "receiver",
   tpRank: number,
-  read: () => PdPoolView,
+  read: StatsRead<PdPoolView>,
 ): CollectedSource {
   const rank = String(tpRank);
   return collectFrom(registry, read, (v, sink) => {

@@ -14,9 +14,14 @@ import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
-import { collectPdPool, type PdReceiverMetrics, pdReceiverMetrics } from "./metrics.ts";
+import {
+  collectPdPool,
+  type PdPoolView,
+  type PdReceiverMetrics,
+  pdReceiverMetrics,
+} from "./metrics.ts";
 import { metricsRegistry } from "../metrics/registry.ts";
-import type { CollectedSource } from "../metrics/source.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 import {
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
@@ -144,10 +149,18 @@ export class PdReceiver implements AsyncDisposable {
     });
     const registry = options.metrics ?? metricsRegistry();
     this.#metrics = pdReceiverMetrics(registry, options.tpRank ?? 0);
-    this.#metricsSource = collectPdPool(registry, "receiver", options.tpRank ?? 0, () => {
-      const s = this.stats;
-      return { pages: s.pages, free: s.freePages, keys: { held: s.keys, landed: s.landed } };
-    });
+    this.#metricsSource = collectPdPool(
+      registry,
+      "receiver",
+      options.tpRank ?? 0,
+      weakly(this, PdReceiver.#poolView),
+    );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #poolView(rx: PdReceiver): PdPoolView {
+    const s = rx.stats;
+    return { pages: s.pages, free: s.freePages, keys: { held: s.keys, landed: s.landed } };
   }
 
   /** Creates the channel (listening for handshakes) and the allocation listener. */

@@ -14,9 +14,14 @@ import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
-import { collectPdPool, type PdSenderMetrics, pdSenderMetrics } from "./metrics.ts";
+import {
+  collectPdPool,
+  type PdPoolView,
+  type PdSenderMetrics,
+  pdSenderMetrics,
+} from "./metrics.ts";
 import { metricsRegistry } from "../metrics/registry.ts";
-import type { CollectedSource } from "../metrics/source.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 import {
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
@@ -208,10 +213,17 @@ export class PdSender implements AsyncDisposable {
     this.#transferTimeoutMs = options.transferTimeoutMs;
     const registry = options.metrics ?? metricsRegistry();
     this.#metrics = pdSenderMetrics(registry, this.tpRank);
-    this.#metricsSource = collectPdPool(registry, "sender", this.tpRank, () => ({
-      pages: this.pool.pageCount,
-      free: this.pool.free,
-    }));
+    this.#metricsSource = collectPdPool(
+      registry,
+      "sender",
+      this.tpRank,
+      weakly(this, PdSender.#poolView),
+    );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #poolView(tx: PdSender): PdPoolView {
+    return { pages: tx.pool.pageCount, free: tx.pool.free };
   }
 
   /** Creates the sender and its channel (which does not listen). */

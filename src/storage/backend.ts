@@ -22,9 +22,9 @@ import { StaticPool } from "./static_pool.ts";
 import { PagePool } from "./staging.ts";
 import { IO_ALIGN, type PutResult, roundUp, type Store, type StoreCounters } from "./store.ts";
 import * as fsp from "node:fs/promises";
-import { collectStorage } from "./metrics.ts";
+import { collectStorage, type StorageView } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
-import type { CollectedSource } from "../metrics/source.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 
 export type { PutResult } from "./store.ts";
 
@@ -214,18 +214,21 @@ export class NixlStorageBackend implements AsyncDisposable {
       opts.metrics ?? metricsRegistry(),
       this.backend,
       this.mode,
-      async () => {
-        const d = await this.#store.stats();
-        return {
-          counters: { ...this.#store.counters },
-          used: d.used as number,
-          pinned: d.pinned as number,
-          bytes: d.bytes as number,
-          free: d.free as number | null,
-          pendingPuts: this.#pending.size,
-        };
-      },
+      weakly(this, NixlStorageBackend.#view),
     );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static async #view(b: NixlStorageBackend): Promise<StorageView> {
+    const d = await b.#store.stats();
+    return {
+      counters: { ...b.#store.counters },
+      used: d.used as number,
+      pinned: d.pinned as number,
+      bytes: d.bytes as number,
+      free: d.free as number | null,
+      pendingPuts: b.#pending.size,
+    };
   }
 
   /**

@@ -18,7 +18,7 @@
  */
 
 import type { MetricsRegistry } from "../metrics/registry.ts";
-import { type CollectedSource, collectFrom } from "../metrics/source.ts";
+import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
 import type { StoreCounters } from "./store.ts";
 
 /** What a store reports at a scrape. */
@@ -53,7 +53,7 @@ export function collectStorage(
   registry: MetricsRegistry,
   backend: string,
   mode: string,
-  read: () => Promise<StorageView>,
+  read: StatsRead<StorageView>,
 ): CollectedSource {
   const l = { backend, mode };
   return collectFrom(registry, read, (v, sink) => {
