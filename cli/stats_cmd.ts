@@ -106,7 +106,9 @@ export async function scrape(url: string, timeoutMs: number): Promise<FamilySnap
 
 function human(v: number, name: string): string {
   if (!Number.isFinite(v)) return String(v);
-  const plain = Number.isInteger(v) ? String(v) : v.toPrecision(6).replace(/\.?0+$/, "");
+  const plain = Number.isInteger(v) || Math.abs(v) >= 1000
+    ? v.toFixed(0)
+    : v.toPrecision(4).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
   if (!/_bytes(_total)?$/.test(name) || Math.abs(v) < 1024) return plain;
   const units = ["KiB", "MiB", "GiB", "TiB"];
   let x = v;
