@@ -5,7 +5,8 @@
 // seen the transfer in progress, `promtool check metrics` must find nothing wrong with
 // our exposition, and every query of docs/grafana-dashboard.json must answer.
 //
-// Under CI (CI=true) a missing prometheus is a failure: .ci/run installs it.
+// Under CI (CI=true or KVPORT_REQUIRE_NATIVE=1) a missing prometheus is a failure:
+// .ci/run installs it.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
@@ -22,7 +23,9 @@ import {
 } from "./helpers/prometheus.ts";
 
 const bins = prometheusBinaries();
-const inCi = process.env.CI === "true";
+// CI=true (CI) or KVPORT_REQUIRE_NATIVE=1 (main's .ci/run): a missing prometheus fails.
+const inCi = /^(1|true|yes)$/i.test(process.env.CI ?? "") ||
+  /^(1|true|yes)$/i.test(process.env.KVPORT_REQUIRE_NATIVE ?? "");
 const noLib: string | false = await nativeLibrary().then(
   () => false,
   (e) => `libkvport.so not loadable (make -C native): ${String(e).split("\n")[0]}`,
@@ -78,7 +81,7 @@ test(
   },
   async () => {
     if (typeof bins === "string") {
-      assert.fail(`CI=true but ${bins}`);
+      assert.fail(`under CI (CI / KVPORT_REQUIRE_NATIVE) but ${bins}`);
     }
     const { dir, cleanup } = tempDir("kvport-prom-");
     const children: Child[] = [];
