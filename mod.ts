@@ -11,6 +11,8 @@
  *   disaggregated prefill, prefiller to decoder.
  * - {@linkcode NixlStorageBackend}: KV chunks in files (and, with NIXL, object stores).
  * - {@linkcode P2PBackend} / {@linkcode P2PRegistry}: KV sharing between instances.
+ * - {@linkcode metricsRegistry} / {@linkcode serveMetrics}: every layer's metrics in
+ *   Prometheus's text format (also `@kvport/nixl/metrics`, without the native library).
  *
  * @example
  * ```ts
@@ -30,3 +32,4 @@ export * from "./src/channel/mod.ts";
 export * from "./src/pd/mod.ts";
 export * from "./src/storage/mod.ts";
 export * from "./src/p2p/mod.ts";
+export * from "./src/metrics/mod.ts";

@@ -9,6 +9,7 @@ import { configCommand } from "./config_cmd.ts";
 import { demoCommand } from "./demo_cmd.ts";
 import { p2pDemoCommand, p2pPeerCommand, p2pRegistryCommand } from "./p2p_cmd.ts";
 import { pdReceiverCommand, pdSenderCommand } from "./pd_cmd.ts";
+import { statsCommand } from "./stats_cmd.ts";
 import { storageCommand } from "./storage_cmd.ts";
 
 /**
@@ -54,5 +55,6 @@ export const commands: Command[] = [
   p2pPeerCommand,
   p2pDemoCommand,
   storageCommand,
+  statsCommand,
   checkCommand,
 ];

@@ -20,6 +20,7 @@ import { freePort, measureMemcpy } from "./demo_cmd.ts";
 import { err, out } from "./io.ts";
 import { kvGeometry } from "./pd_cmd.ts";
 import { nextEvent, spawnWithStdin, type StdinChild } from "./spawn.ts";
+import { METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
 
 /**
  * The key of chunk `index` of synthetic document `doc` (TP rank `rank`):
@@ -72,6 +73,7 @@ Options:
       --reply-url U          override controller_reply_url (host:port; port 0: any)
       --heartbeat-timeout S  forget an instance silent for S seconds
                              (default 3 x lmcache_worker_heartbeat_time, else 30)
+${METRICS_HELP}
       --json                 one JSON object per line (ready, register, forget, ...);
                              stdin takes {"cmd":"instances"} and {"cmd":"exit"}
   -h, --help                 this help`;
@@ -82,6 +84,7 @@ async function runRegistry(args: string[]): Promise<number> {
     "pull-url": { type: "string" },
     "reply-url": { type: "string" },
     "heartbeat-timeout": { type: "string" },
+    ...METRICS_OPTIONS,
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -99,11 +102,18 @@ async function runRegistry(args: string[]): Promise<number> {
       `--heartbeat-timeout expects seconds > 0, got ${String(v["heartbeat-timeout"])}`,
     );
   }
-  const registry = await P2PRegistry.fromConfig(config, {
-    ...(v["pull-url"] ? { pullUrl: v["pull-url"] as string } : {}),
-    ...(v["reply-url"] ? { replyUrl: v["reply-url"] as string } : {}),
-    ...(timeoutS ? { heartbeatTimeoutMs: timeoutS * 1000 } : {}),
-  });
+  const metrics = await startMetrics(v);
+  let registry: P2PRegistry;
+  try {
+    registry = await P2PRegistry.fromConfig(config, {
+      ...(v["pull-url"] ? { pullUrl: v["pull-url"] as string } : {}),
+      ...(v["reply-url"] ? { replyUrl: v["reply-url"] as string } : {}),
+      ...(timeoutS ? { heartbeatTimeoutMs: timeoutS * 1000 } : {}),
+    });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
   try {
     registry.onEvent((e) =>
       emit(
@@ -121,10 +131,12 @@ async function runRegistry(args: string[]): Promise<number> {
         pull: registry.pullUrl,
         reply: registry.replyUrl,
         heartbeatTimeoutMs: registry.heartbeatTimeoutMs,
+        metrics: metrics?.url ?? null,
         pid: process.pid,
       },
       `p2p-registry: reports on ${registry.pullUrl} (PULL), lookups on ${registry.replyUrl} ` +
-        `(ROUTER); instances silent for ${registry.heartbeatTimeoutMs / 1000} s are forgotten`,
+        `(ROUTER); instances silent for ${registry.heartbeatTimeoutMs / 1000} s are forgotten` +
+        (metrics ? `; metrics on ${metrics.url}` : ""),
     );
     const rl = json ? readline.createInterface({ input: process.stdin }) : null;
     let stop: (why: string) => void = () => {};
@@ -152,6 +164,7 @@ async function runRegistry(args: string[]): Promise<number> {
     return 0;
   } finally {
     await registry.close();
+    await metrics?.close();
     process.stdin.pause();
   }
 }
@@ -185,6 +198,7 @@ Options:
       --lookup-port P     override p2p_lookup_ports[R] (0: any free port)
       --store DOC:N       hold chunks DOC/0..DOC/N-1 from the start
       --engine E          engine of the nixl channel: auto (default), builtin, nixl
+${METRICS_HELP}
       --json              JSON lines out (ready, stored, retrieved, ...), commands in
   -h, --help              this help`;
 
@@ -216,6 +230,7 @@ async function runPeer(args: string[]): Promise<number> {
     "lookup-port": { type: "string" },
     store: { type: "string" },
     engine: { type: "string" },
+    ...METRICS_OPTIONS,
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -247,7 +262,14 @@ async function runPeer(args: string[]): Promise<number> {
     if (!m) throw new UsageError(`--store expects DOC:N, got ${JSON.stringify(v.store)}`);
     initial = { doc: m[1], count: Number(m[2]) };
   }
-  const p2p = await P2PBackend.fromConfig(config, { tpRank, pageSize: geo.pageSize, ...overrides });
+  const metrics = await startMetrics(v);
+  let p2p: P2PBackend;
+  try {
+    p2p = await P2PBackend.fromConfig(config, { tpRank, pageSize: geo.pageSize, ...overrides });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
   const storeDoc = async (doc: string, from: number, count: number) => {
     for (let i = from; i < from + count; i++) {
       const key = p2pDemoKey(doc, i, tpRank);
@@ -271,11 +293,13 @@ async function runPeer(args: string[]): Promise<number> {
         pages: p2p.channel.pageCount,
         pageSize: p2p.channel.pageSize,
         stored: p2p.stats.chunks,
+        metrics: metrics?.url ?? null,
         pid: process.pid,
       },
       `p2p-peer ${p2p.instanceId}: handshakes on ${p2p.initUrl}, lookups on ${p2p.lookupUrl} ` +
         `(${p2p.channel.engine} engine, ${p2p.channel.pageCount} pages of ${p2p.channel.pageSize} ` +
-        `bytes, ${p2p.stats.chunks} chunk(s) held)`,
+        `bytes, ${p2p.stats.chunks} chunk(s) held)` +
+        (metrics ? `; metrics on ${metrics.url}` : ""),
     );
     if (!json) {
       const why = await untilSignal();
@@ -388,6 +412,7 @@ async function runPeer(args: string[]): Promise<number> {
     return 0;
   } finally {
     await p2p.close();
+    await metrics?.close();
     process.stdin.pause();
   }
 }

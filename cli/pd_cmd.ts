@@ -14,6 +14,7 @@ import type { BufferDevice } from "../src/channel/page.ts";
 import { emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
+import { METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
 
 /** KV chunk geometry of the synthetic requests. */
 export interface KvGeometry {
@@ -84,8 +85,11 @@ Options:
       --init-port P       override pd_peer_init_port[R] (0: any free port)
       --alloc-port P      override pd_peer_alloc_port[R] (0: any free port)
       --verify            check every byte of each chunk (kvport pd-sender content)
+      --hold-ms N         keep each landed chunk N ms before freeing its page, as a
+                          decoder does while the model reads it (default 0)
       --expect N          exit after N chunks have landed (0 when all were good)
       --timeout S         with --expect: give up after S seconds (default 120)
+${METRICS_HELP}
       --json              one JSON object per line (ready, landed, done)
   -h, --help              this help`;
 
@@ -103,8 +107,10 @@ async function runReceiver(args: string[]): Promise<number> {
     "init-port": { type: "string" },
     "alloc-port": { type: "string" },
     verify: { type: "boolean", default: false },
+    "hold-ms": { type: "string" },
     expect: { type: "string" },
     timeout: { type: "string" },
+    ...METRICS_OPTIONS,
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -129,11 +135,20 @@ async function runReceiver(args: string[]): Promise<number> {
   if (v["alloc-port"] !== undefined) {
     portOverride.allocPort = int("alloc-port", v["alloc-port"] as string, 0);
   }
-  const rx = await PdReceiver.fromConfig(config, {
-    tpRank,
-    pageSize: geo.pageSize,
-    ...portOverride,
-  });
+  const holdMs = int("hold-ms", v["hold-ms"] as string | undefined, 0, 0);
+  const metrics = await startMetrics(v);
+  let rx: PdReceiver;
+  try {
+    rx = await PdReceiver.fromConfig(config, {
+      tpRank,
+      pageSize: geo.pageSize,
+      ...portOverride,
+    });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
+  const holding = new Set<ReturnType<typeof setTimeout>>();
   try {
     for (const w of rx.channel.warnings) err(`warning: ${w}`);
     emit(
@@ -147,11 +162,13 @@ async function runReceiver(args: string[]): Promise<number> {
         device: deviceName(rx.channel.device),
         pages: rx.channel.pageCount,
         pageSize: rx.channel.pageSize,
+        metrics: metrics?.url ?? null,
         pid: process.pid,
       },
       `pd-receiver ${rx.id}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl} ` +
         `(${rx.channel.engine} engine, ${rx.channel.pageCount} pages of ${rx.channel.pageSize} ` +
-        `bytes on ${deviceName(rx.channel.device)})`,
+        `bytes on ${deviceName(rx.channel.device)})` +
+        (metrics ? `; metrics on ${metrics.url}` : ""),
     );
     let landed = 0;
     let bad = 0;
@@ -173,7 +190,14 @@ async function runReceiver(args: string[]): Promise<number> {
           err(`pd-receiver: chunk ${key} differs from the expected content at byte ${at}`);
         }
       }
-      rx.remove(key);
+      if (holdMs === 0) rx.remove(key);
+      else {
+        const t = setTimeout(() => {
+          holding.delete(t);
+          rx.remove(key);
+        }, holdMs);
+        holding.add(t);
+      }
       return view.length;
     };
     // On a GPU, checking a chunk means copying it to host memory first, which would hold
@@ -224,7 +248,9 @@ async function runReceiver(args: string[]): Promise<number> {
     );
     return bad > 0 || timedOut ? 1 : 0;
   } finally {
+    for (const t of holding) clearTimeout(t);
     await rx.close();
+    await metrics?.close();
   }
 }
 
@@ -247,6 +273,10 @@ Options:
       --kv-shape S         shape of one chunk (default 2,28,chunk_size,1024)
       --dtype T            dtype (default bfloat16)
       --last-chunk-tokens T  tokens of the last chunk (default: a full chunk)
+      --pace-ms N          pause N ms between requests (spreads a run over time)
+      --linger S           after the last request, keep running (and serving metrics)
+                           for S seconds or until SIGINT/SIGTERM (default 0)
+${METRICS_HELP}
       --json               one JSON object per line (ready, progress, done)
   -h, --help               this help`;
 
@@ -264,6 +294,9 @@ async function runSender(args: string[]): Promise<number> {
     "kv-shape": { type: "string" },
     dtype: { type: "string" },
     "last-chunk-tokens": { type: "string" },
+    "pace-ms": { type: "string" },
+    linger: { type: "string" },
+    ...METRICS_OPTIONS,
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -300,7 +333,16 @@ async function runSender(args: string[]): Promise<number> {
     geo.shape[2],
   );
   const baseId = (v["req-id"] as string | undefined) ?? `demo-${process.pid}`;
-  const tx = await PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize });
+  const paceMs = int("pace-ms", v["pace-ms"] as string | undefined, 0, 0);
+  const lingerS = int("linger", v.linger as string | undefined, 0, 0);
+  const metrics = await startMetrics(v);
+  let tx: PdSender;
+  try {
+    tx = await PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
   try {
     for (const w of tx.channel.warnings) err(`warning: ${w}`);
     const perBatch = Math.min(batch, tx.channel.pageCount);
@@ -316,10 +358,11 @@ async function runSender(args: string[]): Promise<number> {
         device: deviceName(tx.channel.device),
         pages: tx.channel.pageCount,
         handshakeMs,
+        metrics: metrics?.url ?? null,
       },
       `pd-sender: handshook with ${host}${initPorts[tpRank]} in ${
         handshakeMs.toFixed(1)
-      } ms (${tx.channel.engine} engine)`,
+      } ms (${tx.channel.engine} engine)` + (metrics ? `; metrics on ${metrics.url}` : ""),
     );
     let totalSent = 0;
     let totalBytes = 0;
@@ -327,6 +370,7 @@ async function runSender(args: string[]): Promise<number> {
     let scratch: Uint8Array | undefined;
     const w0 = performance.now();
     for (let r = 0; r < requests; r++) {
+      if (r > 0 && paceMs > 0) await new Promise((ok) => setTimeout(ok, paceMs));
       const reqId = requests > 1 ? `${baseId}-${r}` : baseId;
       const reqMs0 = sendMs;
       const reqBytes0 = totalBytes;
@@ -424,9 +468,24 @@ async function runSender(args: string[]): Promise<number> {
         `${(seconds * 1000).toFixed(1)} ms: ${result.gbps.toFixed(2)} GB/s, ` +
         `${result.chunksPerSec.toFixed(0)} chunks/s`,
     );
+    if (lingerS > 0) {
+      // Until the time is up or a signal comes, whichever is first; no listener stays.
+      await new Promise<void>((ok) => {
+        const done = () => {
+          clearTimeout(timer);
+          process.off("SIGINT", done);
+          process.off("SIGTERM", done);
+          ok();
+        };
+        const timer = setTimeout(done, lingerS * 1000);
+        process.on("SIGINT", done);
+        process.on("SIGTERM", done);
+      });
+    }
     return 0;
   } finally {
     await tx.close();
+    await metrics?.close();
   }
 }
 

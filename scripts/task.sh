@@ -31,7 +31,7 @@ case "$task" in
     "$deno_bin" check mod.ts src/ ffi/ cli/ tests/ bench/ scripts/
     "$deno_bin" check --doc mod.ts src/ ffi/ cli/
     "$deno_bin" check --doc-only README.md docs/
-    "$deno_bin" doc --lint mod.ts src/config/mod.ts src/channel/wire/mod.ts cli/main.ts
+    "$deno_bin" doc --lint mod.ts src/config/mod.ts src/channel/wire/mod.ts src/metrics/mod.ts cli/main.ts
     exec "$deno_bin" publish --dry-run --allow-dirty
     ;;
   *)

@@ -60,6 +60,9 @@ import {
   toU64,
 } from "./agent/common.ts";
 import { agentLibraries, DescList, PreparedDescList } from "./agent/desc_list.ts";
+import { agentMetrics, collectAgentInfo } from "./agent/metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "./metrics/registry.ts";
+import { type CollectedSource, weakly } from "./metrics/source.ts";
 import {
   checkTimeout,
   type TransferOp,
@@ -101,6 +104,8 @@ export interface AgentOptions extends LibraryOptions {
   /** Engine parameters: `{ listen_host: "127.0.0.1" }`, `"UCX.key": value` for one
    * backend; or the shim's `"key=value"` lines as one string. */
   params?: Record<string, string | number | boolean> | string;
+  /** Registry the agent's transfers are counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /** A DRAM/VRAM region to register: an address (or device address) and a length. */
@@ -313,8 +318,9 @@ export class NixlAgent {
   #names = new Map<string, Uint8Array>();
   #notifBuf: Uint8Array | undefined;
   #core: AgentCore;
+  #metricsSource: CollectedSource;
 
-  private constructor(lib: NativeLib, handle: bigint, name: string) {
+  private constructor(lib: NativeLib, handle: bigint, name: string, metrics: MetricsRegistry) {
     this.#lib = lib;
     this.#handle = handle;
     this.name = name;
@@ -327,6 +333,7 @@ export class NixlAgent {
     this.#core = {
       lib,
       name,
+      metrics: agentMetrics(metrics),
       get closed() {
         return self.#closed;
       },
@@ -339,6 +346,10 @@ export class NixlAgent {
       },
     };
     agentLibraries.set(this, lib);
+    // Held weakly: the process-wide registry must not keep a dropped agent alive (the
+    // read is a static method: a closure made here would share this constructor's
+    // context, which holds `this`).
+    this.#metricsSource = collectAgentInfo(metrics, this.engine, weakly(this, NixlAgent.#info));
   }
 
   /**
@@ -382,7 +393,11 @@ export class NixlAgent {
       "kvp_agent_create",
       `creating agent "${name}" (engine ${engine}, backends ${backends.join(",")})`,
     );
-    return new NixlAgent(lib, out[0], name);
+    return new NixlAgent(lib, out[0], name, options.metrics ?? metricsRegistry());
+  }
+
+  static #info(agent: NixlAgent): Record<string, string> {
+    return agent.info();
   }
 
   #native(fn: string): bigint {
@@ -719,7 +734,14 @@ export class NixlAgent {
             (remote === "" ? "the local side" : `peer "${remote}"`),
         );
       }
-      const prepped = new PreparedDescList(this.#core, out[0], remote, dl.count, dl.memType);
+      const prepped = new PreparedDescList(
+        this.#core,
+        out[0],
+        remote,
+        dl.count,
+        dl.memType,
+        dl.lengths,
+      );
       this.#parts.add(prepped);
       return prepped;
     } finally {
@@ -804,7 +826,16 @@ export class NixlAgent {
         `${op} of ${li.length} descriptor${li.length === 1 ? "" : "s"} with peer "${peer}"`,
       );
     }
-    const req = new TransferRequest(this.#core, out[0], op, peer, li.length, [li, ri, notif]);
+    const bytes = this.#core.metrics ? local.bytesOf(li) : 0;
+    const req = new TransferRequest(
+      this.#core,
+      out[0],
+      op,
+      peer,
+      li.length,
+      [li, ri, notif],
+      bytes,
+    );
     this.#parts.add(req);
     return req;
   }
@@ -880,6 +911,7 @@ export class NixlAgent {
       "kvp_notif_send",
       `notifying peer "${remote}"`,
     );
+    this.#core.metrics?.notifSent.inc();
   }
 
   /**
@@ -909,6 +941,7 @@ export class NixlAgent {
       );
       const n = Number(count[0]);
       const bytes = Number(len[0]);
+      this.#core.metrics?.notifReceived.inc(n);
       if (n === 0) {
         if (bytes <= buf.byteLength) return out; // nothing queued
         this.#notifBuf = new Uint8Array(bytes); // the first record did not fit
@@ -1002,6 +1035,7 @@ export class NixlAgent {
       for (const p of parts) if (p instanceof kind) attempt(() => p.release());
     }
     for (const name of [...this.#remotes]) attempt(() => this.invalidateRemoteAgent(name));
+    await this.#metricsSource.retire(); // the engine's counters, read before they are gone
     this.#closed = true;
     attempt(() =>
       check(this.#lib, this.#lib.symbols.kvp_agent_destroy(this.#handle), "kvp_agent_destroy")

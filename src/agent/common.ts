@@ -12,6 +12,7 @@
 
 import { loadNativeLibrary, type NativeLib } from "../../ffi/mod.ts";
 import { NixlError, Status } from "../errors.ts";
+import type { AgentMetrics } from "./metrics.ts";
 
 /** NIXL's memory types (`nixl_mem_t`). One memory type per list or registration. */
 export type MemType = "DRAM" | "VRAM" | "BLK" | "OBJ" | "FILE";
@@ -182,4 +183,6 @@ export interface AgentCore {
   forget(part: Releasable): void;
   /** Keeps a nonblocking native call in the agent's books until it settles. */
   track<T>(call: Promise<T>): Promise<T>;
+  /** Where the agent's transfers are counted (`undefined`: metrics off). */
+  readonly metrics?: AgentMetrics;
 }

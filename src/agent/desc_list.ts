@@ -95,10 +95,12 @@ export class DescList {
   #lib: NativeLib;
   #handle: bigint;
   #released = false;
+  #lens: BigUint64Array | undefined;
 
-  private constructor(lib: NativeLib, handle: bigint) {
+  private constructor(lib: NativeLib, handle: bigint, lens?: BigUint64Array) {
     this.#lib = lib;
     this.#handle = handle;
+    this.#lens = lens;
     check(lib, lib.symbols.kvp_dlist_info(handle, OUT_U64, OUT_I32), "kvp_dlist_info");
     this.count = Number(OUT_U64[0]);
     this.memType = memTypeName(OUT_I32[0]);
@@ -143,7 +145,7 @@ export class DescList {
       "kvp_dlist_create",
       `building a ${memType} list of ${count} descriptors`,
     );
-    return new DescList(lib, OUT_U64_B[0]);
+    return new DescList(lib, OUT_U64_B[0], lens);
   }
 
   /**
@@ -241,6 +243,12 @@ export class DescList {
     return this.#handle;
   }
 
+  /** @internal The descriptors' lengths, when built here (not deserialized): metrics
+   * count a transfer's bytes from them. */
+  get lengths(): BigUint64Array | undefined {
+    return this.#lens;
+  }
+
   /** @internal The library the list lives in. */
   get lib(): NativeLib {
     return this.#lib;
@@ -302,14 +310,32 @@ export class PreparedDescList {
   #core: AgentCore;
   #handle: bigint;
   #released = false;
+  #lens: BigUint64Array | undefined;
 
   /** @internal Use `NixlAgent.prepDescList`. */
-  constructor(core: AgentCore, handle: bigint, remote: string, count: number, memType: MemType) {
+  constructor(
+    core: AgentCore,
+    handle: bigint,
+    remote: string,
+    count: number,
+    memType: MemType,
+    lens?: BigUint64Array,
+  ) {
     this.#core = core;
     this.#handle = handle;
     this.remote = remote;
     this.count = count;
     this.memType = memType;
+    this.#lens = lens;
+  }
+
+  /** @internal Bytes of the descriptors at `indices` (0 when the lengths are unknown). */
+  bytesOf(indices: Uint32Array): number {
+    const lens = this.#lens;
+    if (lens === undefined) return 0;
+    let n = 0;
+    for (let i = 0; i < indices.length; i++) n += Number(lens[indices[i]] ?? 0n);
+    return n;
   }
 
   /** @internal The native handle (throws once released). */

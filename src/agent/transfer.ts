@@ -23,6 +23,7 @@ import type { NativeLib } from "../../ffi/mod.ts";
 import { check, lastError, sizedOut, text } from "../../ffi/native.ts";
 import { NixlError, NixlTimeoutError, Status } from "../errors.ts";
 import { type AgentCore, releasedError } from "./common.ts";
+import { type OpMetrics, TIMED_POST_BYTES } from "./metrics.ts";
 
 /** A transfer's direction: READ pulls the remote pages into local ones, WRITE pushes. */
 export type TransferOp = "READ" | "WRITE";
@@ -144,6 +145,9 @@ export class TransferRequest {
   // C copies these when the request is made; they are kept anyway for as long as the
   // request lives, so that no engine can ever see freed memory.
   #keep: unknown[];
+  #metrics: OpMetrics | undefined;
+  #bytes: number;
+  #since = 0; // when the pending post started (ms), 0 when not pending
 
   /** @internal Use `NixlAgent.createTransfer`. */
   constructor(
@@ -153,6 +157,7 @@ export class TransferRequest {
     peer: string,
     count: number,
     keep: unknown[],
+    bytes = 0,
   ) {
     this.#core = core;
     this.#lib = core.lib;
@@ -162,6 +167,8 @@ export class TransferRequest {
     this.peer = peer;
     this.count = count;
     this.#keep = keep;
+    this.#metrics = core.metrics?.[op === "READ" ? "read" : "write"];
+    this.#bytes = bytes;
   }
 
   /** True once released. */
@@ -198,6 +205,14 @@ export class TransferRequest {
     }
   }
 
+  /** A pending post ended (counted once per post; nothing when metrics are off). */
+  #ended(status: number): void {
+    if (this.#since !== 0) {
+      this.#metrics?.finished(status, this.#since, this.#bytes);
+      this.#since = 0;
+    }
+  }
+
   #state(status: number, fn: string): TransferState {
     if (status === Status.SUCCESS) return "done";
     if (status === Status.IN_PROG) return "pending";
@@ -208,7 +223,14 @@ export class TransferRequest {
    * request is `NIXL_ERR_REPOST_ACTIVE`. */
   post(): TransferState {
     this.#live("post");
+    const m = this.#metrics;
+    const t0 = m !== undefined && this.#bytes >= TIMED_POST_BYTES ? performance.now() : 0;
     const s = this.#lib.symbols.kvp_xfer_post(this.#agent, this.#handle);
+    if (m !== undefined) {
+      if (s === Status.SUCCESS) m.succeeded(this.#bytes, t0);
+      else if (s === Status.IN_PROG) this.#since = m.started(t0);
+      else m.failed(s);
+    }
     return s === Status.SUCCESS ? "done" : this.#state(s, "kvp_xfer_post");
   }
 
@@ -216,6 +238,7 @@ export class TransferRequest {
   status(): TransferState {
     this.#live("status");
     const s = this.#lib.symbols.kvp_xfer_status(this.#agent, this.#handle);
+    if (s !== Status.IN_PROG) this.#ended(s);
     return s === Status.SUCCESS ? "done" : this.#state(s, "kvp_xfer_status");
   }
 
@@ -246,6 +269,8 @@ export class TransferRequest {
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
+    if (status !== Status.IN_PROG) this.#ended(status);
+    else this.#metrics?.timedOut();
     if (signal?.aborted) throw signal.reason;
     if (status === Status.IN_PROG) {
       throw new NixlTimeoutError(
@@ -269,6 +294,7 @@ export class TransferRequest {
   release(): void {
     if (this.#released) return;
     this.#released = true;
+    this.#ended(Status.ERR_CANCELED); // still pending: cancelled by this release
     this.#core.forget(this);
     this.#keep = [];
     if (this.#core.closed) return;

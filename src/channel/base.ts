@@ -10,6 +10,9 @@ import { ChannelError, ChannelTimeoutError } from "./errors.ts";
 import { errorMessage, SerialQueue } from "./_util.ts";
 import { type ControlServer, openRequester, serveRequests } from "./control.ts";
 import { type BufferDevice, type ChannelPage, ViewPage } from "./page.ts";
+import { type ChannelMetrics, channelMetrics, collectChannel } from "./metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 import type {
   ChannelNotification,
   ChannelRole,
@@ -65,6 +68,8 @@ export interface ChannelBaseInit {
   transferTimeoutMs?: number;
   /** Largest control message accepted (default 64 MiB). */
   maxMessageBytes?: number;
+  /** Registry the channel's transfers are counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 interface PeerEntry {
@@ -167,6 +172,8 @@ export abstract class ChannelBase implements TransferChannel {
   #closing: Promise<void> | null = null;
   #handles: (ChannelPage | undefined)[];
   #pageHandle: (index: number) => ChannelPage;
+  #metrics: ChannelMetrics | undefined;
+  #metricsSource: CollectedSource;
 
   /**
    * Stores the settings shared by every channel type.
@@ -191,6 +198,19 @@ export abstract class ChannelBase implements TransferChannel {
     this.handshakeTimeoutMs = init.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.transferTimeoutMs = init.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS;
     this.maxMessageBytes = init.maxMessageBytes ?? 64 * 1024 * 1024;
+    const registry = init.metrics ?? metricsRegistry();
+    this.#metrics = channelMetrics(registry, this.role);
+    // Held weakly (a static read, labels computed here): the registry outlives channels.
+    this.#metricsSource = collectChannel(
+      registry,
+      { role: this.role, type: this.channelType },
+      this.pageCount,
+      weakly(this, ChannelBase.#peerCount),
+    );
+  }
+
+  static #peerCount(c: ChannelBase): number {
+    return c.#peers.size;
   }
 
   /** `host:port` this channel answers handshakes on, or `null`. */
@@ -278,6 +298,7 @@ export abstract class ChannelBase implements TransferChannel {
         const agent = nameOf(msg.remote_agent_name);
         const list = bytesField(msg, "local_xfer_dlist_bytes");
         await this.#setPeer(localId, () => this.dpPrepRemote(agent, list));
+        this.#metrics?.handshake("responder", true);
         return {
           type: "NixlMemRegResponse",
           remote_xfer_dlist_bytes: await this.dpLocalPageList(),
@@ -302,6 +323,7 @@ export abstract class ChannelBase implements TransferChannel {
     const handle = await prep();
     const old = this.#peers.get(peerId);
     this.#peers.set(peerId, { handle });
+    if (old) this.#metrics?.rehandshake();
     if (old) {
       // A re-handshake: a restarted peer brings a new agent, whose name differs (or
       // whose connection info does); the old one is gone for good.
@@ -337,6 +359,8 @@ export abstract class ChannelBase implements TransferChannel {
       if (this.#connecting.get(peerId) === run) this.#connecting.delete(peerId);
     };
     run.then(done, done);
+    const m = this.#metrics;
+    if (m) run.then(() => m.handshake("initiator", true), () => m.handshake("initiator", false));
     return this.#track(run);
   }
 
@@ -547,6 +571,8 @@ export abstract class ChannelBase implements TransferChannel {
       }
       if (local.length === 0) return Promise.resolve(0);
       const timeoutMs = spec.timeoutMs ?? this.transferTimeoutMs;
+      const m = this.#metrics;
+      const t0 = m ? performance.now() : 0;
       const p = this.dpTransfer(
         op,
         local,
@@ -556,13 +582,20 @@ export abstract class ChannelBase implements TransferChannel {
         spec.notification,
         spec.peerId,
       ).then(
-        () => local.length,
+        () => {
+          const n = local.length;
+          m?.transferred(op, spec.peerId, n, n * this.pageSize, (performance.now() - t0) / 1000);
+          return n;
+        },
         (e) => {
-          throw transferError(op, spec.peerId, timeoutMs, local.length, e);
+          const err = transferError(op, spec.peerId, timeoutMs, local.length, e);
+          m?.failed(op, err.code);
+          throw err;
         },
       );
       return this.#track(p);
     } catch (e) {
+      this.#metrics?.failed(op, e instanceof ChannelError ? e.code : "INVALID_ARGUMENT");
       return Promise.reject(e);
     }
   }
@@ -604,6 +637,7 @@ export abstract class ChannelBase implements TransferChannel {
   }
 
   async #close(): Promise<void> {
+    await this.#metricsSource.retire();
     this.#listeners.clear();
     this.notificationInterestChanged(false);
     await this.#server?.close().catch(() => {});

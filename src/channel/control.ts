@@ -19,6 +19,8 @@ import {
   type WireError,
 } from "./wire/mod.ts";
 import { errorMessage } from "./_util.ts";
+import { countMessageError } from "./wire/metrics.ts";
+import { metricsRegistry } from "../metrics/registry.ts";
 import type { SideMessage } from "./types.ts";
 
 /** A listening socket. */
@@ -70,7 +72,13 @@ export async function serveRequests(
       if (frames.length !== 1) {
         throw new Error(`expected a request of one frame, got ${frames.length}`);
       }
-      const msg = decodeMessage(frames[0], undefined, { peer: peer.address });
+      let msg;
+      try {
+        msg = decodeMessage(frames[0], undefined, { peer: peer.address });
+      } catch (e) {
+        countMessageError(metricsRegistry(), "REP");
+        throw e;
+      }
       reply = await handler(msg as unknown as SideMessage, peer.address);
     } catch (e) {
       options.onError?.(e instanceof Error ? e : new Error(String(e)));
@@ -140,7 +148,12 @@ export async function openRequester(
           throw e;
         });
       if (!sock.peers.includes(first)) lostWhy ??= `the connection to ${url} was replaced`;
-      return decodeMessage(reply, undefined, { peer: url }) as unknown as SideMessage;
+      try {
+        return decodeMessage(reply, undefined, { peer: url }) as unknown as SideMessage;
+      } catch (e) {
+        countMessageError(metricsRegistry(), "REQ");
+        throw e;
+      }
     },
     close: () => sock.close(),
   };
@@ -190,6 +203,7 @@ export async function servePull(
         if (frames.length !== 1) throw new Error(`expected one frame, got ${frames.length}`);
         msg = decodeMessage(frames[0]) as unknown as SideMessage;
       } catch (e) {
+        countMessageError(metricsRegistry(), "PULL");
         msg = { type: "<undecodable>", error: errorMessage(e) };
       }
       try {

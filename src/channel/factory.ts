@@ -9,6 +9,7 @@ import { MockMemoryChannel } from "./mock_memory.ts";
 import { NixlChannel } from "./nixl.ts";
 import type { ChannelRole, TransferChannel } from "./types.ts";
 import type { BufferDevice } from "./page.ts";
+import type { MetricsRegistry } from "../metrics/registry.ts";
 
 /** Options of {@linkcode createTransferChannel}. */
 export interface CreateTransferChannelOptions {
@@ -45,6 +46,8 @@ export interface CreateTransferChannelOptions {
   agentParams?: Readonly<Record<string, string>>;
   /** Ignored: every channel is asynchronous. Kept for LMCache's signature. */
   asyncMode?: boolean;
+  /** Registry the channel is counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /**
@@ -161,6 +164,7 @@ export async function createTransferChannel(
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      metrics: options.metrics,
     });
   }
   if (device.kind === "cuda") {
@@ -179,6 +183,7 @@ export async function createTransferChannel(
     peerInitUrl: options.peerInitUrl,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     transferTimeoutMs: options.transferTimeoutMs,
+    metrics: options.metrics,
   });
 }
 

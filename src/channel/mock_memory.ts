@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import { ChannelError } from "./errors.ts";
 import type { ChannelNotification, ChannelRole } from "./types.ts";
@@ -64,6 +65,8 @@ export interface MockMemoryChannelOptions {
   handshakeTimeoutMs?: number;
   /** Transfer deadline, ms. */
   transferTimeoutMs?: number;
+  /** Registry the channel is counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /**
@@ -93,6 +96,7 @@ export class MockMemoryChannel extends ChannelBase {
       warnings: options.warnings ?? [],
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       transferTimeoutMs: options.transferTimeoutMs,
+      metrics: options.metrics,
     });
   }
 

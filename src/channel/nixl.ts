@@ -18,6 +18,7 @@ import {
   type TransferRequest,
 } from "../agent.ts";
 import { ChannelBase, type PeerHandle } from "./base.ts";
+import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelError } from "./errors.ts";
 import { errorMessage } from "./_util.ts";
 import { type BufferDevice, NativePage } from "./page.ts";
@@ -54,6 +55,8 @@ export interface NixlChannelOptions {
   agentParams?: Readonly<Record<string, string>>;
   /** Touch every page of the buffer at creation (default true), as pinning would. */
   prefault?: boolean;
+  /** Registry the channel and its agent are counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 interface NixlPeer extends PeerHandle {
@@ -126,6 +129,7 @@ export class NixlChannel extends ChannelBase {
       warnings: options.warnings ?? [],
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       transferTimeoutMs: options.transferTimeoutMs,
+      metrics: options.metrics,
     });
     this.agent = agent;
     this.#buffer = buffer;
@@ -168,6 +172,7 @@ export class NixlChannel extends ChannelBase {
       backends: [...options.backends],
       params: options.agentParams ? { ...options.agentParams } : undefined,
       libraryPath: options.libraryPath,
+      metrics: options.metrics,
     });
     let ch: NixlChannel;
     try {

@@ -26,6 +26,10 @@ import { P2PError } from "./errors.ts";
 import { chunkHashOf } from "./hash.ts";
 import { RegistryClient } from "./registry_client.ts";
 import { ChunkStore } from "./store.ts";
+import { collectP2PBackend, type P2PMetrics, p2pMetrics } from "./metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
+import { countMessageError } from "../channel/wire/metrics.ts";
 
 /** Options of {@linkcode P2PBackend.create}. */
 export interface P2PBackendOptions {
@@ -97,6 +101,8 @@ export interface P2PBackendOptions {
   allocTimeoutMs?: number;
   /** The chunk hash of a key (default {@linkcode chunkHashOf}). */
   hashOf?: (key: string) => bigint;
+  /** Registry this instance and its channel are counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /** The holder a lookup found. */
@@ -277,6 +283,8 @@ export class P2PBackend implements AsyncDisposable {
   };
   #lookupSeq = 0;
   #closing: Promise<void> | null = null;
+  #metrics: P2PMetrics | undefined;
+  #metricsSource: CollectedSource;
 
   private constructor(
     channel: TransferChannel,
@@ -319,9 +327,22 @@ export class P2PBackend implements AsyncDisposable {
       sendTimeoutMs: this.#sendTimeoutMs,
       snapshot: () => this.#store.chunks().map((c) => c.hash),
     });
+    const registry = options.metrics ?? metricsRegistry();
+    this.#metrics = p2pMetrics(registry, this.workerId);
+    this.#metricsSource = collectP2PBackend(
+      registry,
+      this.workerId,
+      channel.pageSize,
+      weakly(this, P2PBackend.#stats_),
+    );
     channel.onSideMessage((m) => this.#onSideMessage(m));
     lookupServer.serve((frames) => this.#serveLookup(frames)).catch(() => {});
     this.#registry.start();
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #stats_(p: P2PBackend): P2PBackendStats {
+    return p.stats;
   }
 
   /**
@@ -377,6 +398,7 @@ export class P2PBackend implements AsyncDisposable {
         transferTimeoutMs: options.transferTimeoutMs,
         libraryPath: options.libraryPath,
         agentParams: options.agentParams,
+        metrics: options.metrics,
       });
     } catch (e) {
       await lookupServer.close();
@@ -580,6 +602,7 @@ export class P2PBackend implements AsyncDisposable {
   async #serveLookup(frames: Uint8Array[]): Promise<Uint8Array> {
     const error = (code: number): Uint8Array => {
       this.#stats.servedErrors++;
+      this.#metrics?.refused(code);
       return encodeMessage({ type: "P2PErrorMsg", error_code: code });
     };
     if (frames.length !== 1) return error(P2PErrorCode.P2P_SERVER_ERROR);
@@ -587,6 +610,7 @@ export class P2PBackend implements AsyncDisposable {
     try {
       msg = decodeMessage(frames[0]);
     } catch (e) {
+      countMessageError(metricsRegistry(), "REP");
       const unknown = e instanceof WireMessageError && e.field === "type";
       return error(unknown ? P2PErrorCode.UNKNOWN_MSG_TYPE : P2PErrorCode.P2P_SERVER_ERROR);
     }
@@ -657,6 +681,7 @@ export class P2PBackend implements AsyncDisposable {
         "no registry to look up in: set controller_reply_url (registryReplyUrl)",
         { op: "lookup" },
       );
+      this.#metrics?.failed("lookup", miss.error.code);
       return miss;
     }
     let reply;
@@ -669,6 +694,7 @@ export class P2PBackend implements AsyncDisposable {
         `P2P lookup at the registry failed: ${errorMessage(e)}`,
         { op: "lookup", cause: e },
       );
+      this.#metrics?.failed("lookup", miss.error.code);
       return miss;
     }
     if (reply.type === "ErrorMsg") {
@@ -676,6 +702,7 @@ export class P2PBackend implements AsyncDisposable {
       miss.error = new P2PError("REMOTE_ERROR", `the registry refused the lookup: ${reply.error}`, {
         op: "lookup",
       });
+      this.#metrics?.failed("lookup", miss.error.code);
       return miss;
     }
     const first = reply.layout_info[0];
@@ -683,6 +710,7 @@ export class P2PBackend implements AsyncDisposable {
     const [instanceId, location, n, peerInitUrl] = first;
     const hitChunks = Math.min(n, keys.length);
     this.#stats.promisedChunks += hitChunks;
+    this.#metrics?.hit();
     return { lookupId, keys: [...keys], hitChunks, holder: { instanceId, location, peerInitUrl } };
   }
 
@@ -821,6 +849,7 @@ export class P2PBackend implements AsyncDisposable {
         `P2P fetch from ${url} failed: ${errorMessage(e)}`,
         { peerId: url, op: "fetch", cause: e },
       );
+      this.#metrics?.failed("fetch", result.error.code);
       this.#releaseOrQuarantine(pages, inDoubt);
       result.seconds = (performance.now() - t0) / 1000;
       return result;
@@ -919,6 +948,7 @@ export class P2PBackend implements AsyncDisposable {
     this.#closing ??= (async () => {
       await this.#lookupServer.close().catch(() => {});
       await Promise.allSettled([...this.#inflight]);
+      await this.#metricsSource.retire();
       await this.#registry.close().catch(() => {});
       for (const link of this.#links.values()) await link.requester.close().catch(() => {});
       this.#links.clear();

@@ -20,6 +20,10 @@ import {
   RouterSocket,
   type WireError,
 } from "../channel/wire/mod.ts";
+import { countMessageError } from "../channel/wire/metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
+import { collectP2PRegistry } from "./metrics.ts";
 
 /** Options of {@linkcode P2PRegistry.listen}. */
 export interface P2PRegistryOptions {
@@ -41,6 +45,8 @@ export interface P2PRegistryOptions {
    * `extra_config.heartbeat_url`); default the bound reply URL unless it is a wildcard.
    */
   heartbeatUrl?: string;
+  /** Registry the registry's counters are reported in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /** What the registry knows of one instance-worker. */
@@ -173,6 +179,7 @@ export class P2PRegistry implements AsyncDisposable {
   #sweep: ReturnType<typeof setInterval> | undefined;
   #loops: Promise<void>[] = [];
   #closing: Promise<void> | null = null;
+  #metricsSource: CollectedSource;
 
   private constructor(
     pull: PullSocket,
@@ -196,6 +203,15 @@ export class P2PRegistry implements AsyncDisposable {
       this.#sweep = setInterval(() => this.sweep(), sweepMs);
     }
     this.#loops.push(this.#pullLoop(), this.#routerLoop());
+    this.#metricsSource = collectP2PRegistry(
+      options.metrics ?? metricsRegistry(),
+      weakly(this, P2PRegistry.#stats_),
+    );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #stats_(r: P2PRegistry): P2PRegistryStats {
+    return r.stats;
   }
 
   /**
@@ -491,6 +507,7 @@ export class P2PRegistry implements AsyncDisposable {
           try {
             msg = decodeMessage(frame);
           } catch (e) {
+            countMessageError(metricsRegistry(), "PULL");
             this.#error(`undecodable report: ${errorMessage(e)}`);
             continue;
           }
@@ -517,7 +534,14 @@ export class P2PRegistry implements AsyncDisposable {
               `expected one body frame after the envelope, got ${frames.length - envelope.length}`,
             );
           }
-          reply = this.#request(decodeMessage(body));
+          let msg: LmcacheMessage;
+          try {
+            msg = decodeMessage(body);
+          } catch (e) {
+            countMessageError(metricsRegistry(), "ROUTER");
+            throw e;
+          }
+          reply = this.#request(msg);
         } catch (e) {
           this.#error(`request refused: ${errorMessage(e)}`);
           reply = encodeMessage({ type: "ErrorMsg", error: errorMessage(e) });
@@ -561,6 +585,7 @@ export class P2PRegistry implements AsyncDisposable {
   /** Stops serving and closes both sockets. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
+      await this.#metricsSource.retire();
       if (this.#sweep !== undefined) clearInterval(this.#sweep);
       await Promise.allSettled([this.#pull.close(), this.#router.close()]);
       await Promise.allSettled(this.#loops);

@@ -5,6 +5,7 @@
  */
 
 import { ChannelError } from "../channel/errors.ts";
+import type { MetricsRegistry } from "../metrics/registry.ts";
 
 /** Channel settings shared by {@linkcode PdSender} and {@linkcode PdReceiver}. */
 export interface PdChannelSettings {
@@ -30,6 +31,8 @@ export interface PdChannelSettings {
   libraryPath?: string;
   /** Extra agent parameters. */
   agentParams?: Readonly<Record<string, string>>;
+  /** Registry this side and its channel are counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /** The configuration keys the PD classes read (a `KvportConfig` has them all). */

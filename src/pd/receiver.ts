@@ -15,6 +15,14 @@ import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
 import {
+  collectPdPool,
+  type PdPoolView,
+  type PdReceiverMetrics,
+  pdReceiverMetrics,
+} from "./metrics.ts";
+import { metricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
+import {
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
@@ -120,6 +128,8 @@ export class PdReceiver implements AsyncDisposable {
   #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0 };
   #lastError: string | null = null;
   #closing: Promise<void> | null = null;
+  #metrics: PdReceiverMetrics | undefined;
+  #metricsSource: CollectedSource;
 
   private constructor(
     id: string,
@@ -137,6 +147,20 @@ export class PdReceiver implements AsyncDisposable {
       const keys = decodeLanded(n.message);
       if (keys) this.#landed(keys);
     });
+    const registry = options.metrics ?? metricsRegistry();
+    this.#metrics = pdReceiverMetrics(registry, options.tpRank ?? 0);
+    this.#metricsSource = collectPdPool(
+      registry,
+      "receiver",
+      options.tpRank ?? 0,
+      weakly(this, PdReceiver.#poolView),
+    );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #poolView(rx: PdReceiver): PdPoolView {
+    const s = rx.stats;
+    return { pages: s.pages, free: s.freePages, keys: { held: s.keys, landed: s.landed } };
   }
 
   /** Creates the channel (listening for handshakes) and the allocation listener. */
@@ -157,6 +181,7 @@ export class PdReceiver implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      metrics: options.metrics,
     });
     const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
     const id = `${options.host}${initPort}`;
@@ -395,8 +420,10 @@ export class PdReceiver implements AsyncDisposable {
       if (e && !e.landed) {
         e.landed = true;
         fresh.push(k);
+        this.#metrics?.receivedBytes.inc(e.bytes);
       }
     }
+    this.#metrics?.receivedChunks.inc(fresh.length);
     if (fresh.length > 0) {
       for (const l of this.#landedListeners) {
         try {
@@ -431,6 +458,7 @@ export class PdReceiver implements AsyncDisposable {
       }
     } catch (e) {
       this.#lastError = errorMessage(e);
+      if (msg.type === "AllocRequest") this.#metrics?.allocError.inc();
       throw e;
     }
   }
@@ -465,10 +493,17 @@ export class PdReceiver implements AsyncDisposable {
     });
     let pages: number[] = [];
     if (need.length > 0) {
+      const m = this.#metrics;
+      const t0 = m !== undefined && this.pool.free < need.length ? performance.now() : 0;
       try {
         pages = await this.pool.allocate(need.length, this.#allocTimeoutMs);
       } catch (e) {
+        if (t0) {
+          m!.allocWaits.inc();
+          m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
+        }
         if (!(e instanceof ChannelTimeoutError)) throw e;
+        m?.allocTimeout.inc();
         // LMCache's answer to a failed allocation: remote index -1 for each such key.
         this.#stats.errors++;
         this.#stats.allocTimeouts++;
@@ -480,6 +515,10 @@ export class PdReceiver implements AsyncDisposable {
           already_sent_indexes: already,
           remote_indexes: need.map(() => -1),
         };
+      }
+      if (t0) {
+        m!.allocWaits.inc();
+        m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
       }
     }
     // Keys allocated by another request while this one waited are already there now.
@@ -514,6 +553,7 @@ export class PdReceiver implements AsyncDisposable {
     if (spare.length > 0) this.pool.release(spare);
     finalAlready.sort((a, b) => a - b);
     this.#stats.allocRequests++;
+    this.#metrics?.allocOk.inc();
     return { type: "AllocResponse", already_sent_indexes: finalAlready, remote_indexes: remote };
   }
 
@@ -524,6 +564,7 @@ export class PdReceiver implements AsyncDisposable {
       if (e && !e.landed) {
         this.#drop(k, e);
         this.#stats.cancelled++;
+        this.#metrics?.cancelledChunks.inc();
       }
     }
     // REP must answer; LMCache has no acknowledgement type, so an empty AllocResponse.
@@ -534,6 +575,7 @@ export class PdReceiver implements AsyncDisposable {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#unsubscribe();
+      await this.#metricsSource.retire();
       for (const w of this.#waiters.splice(0)) {
         if (w.timer !== undefined) clearTimeout(w.timer);
         w.reject(new ChannelError("CLOSED", `PD receiver ${this.id} closed while waiting`));

@@ -15,6 +15,14 @@ import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
 import {
+  collectPdPool,
+  type PdPoolView,
+  type PdSenderMetrics,
+  pdSenderMetrics,
+} from "./metrics.ts";
+import { metricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
+import {
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
@@ -190,6 +198,8 @@ export class PdSender implements AsyncDisposable {
   #links = new Map<string, Link>();
   #requests = new Map<string, RequestTrack>();
   #closing: Promise<void> | null = null;
+  #metrics: PdSenderMetrics | undefined;
+  #metricsSource: CollectedSource;
 
   private constructor(channel: TransferChannel, options: PdSenderOptions) {
     this.channel = channel;
@@ -201,6 +211,19 @@ export class PdSender implements AsyncDisposable {
     this.#allocTimeoutMs = options.allocTimeoutMs ?? 30_000;
     this.#notifyTimeoutMs = options.notifyTimeoutMs ?? 5_000;
     this.#transferTimeoutMs = options.transferTimeoutMs;
+    const registry = options.metrics ?? metricsRegistry();
+    this.#metrics = pdSenderMetrics(registry, this.tpRank);
+    this.#metricsSource = collectPdPool(
+      registry,
+      "sender",
+      this.tpRank,
+      weakly(this, PdSender.#poolView),
+    );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static #poolView(tx: PdSender): PdPoolView {
+    return { pages: tx.pool.pageCount, free: tx.pool.free };
   }
 
   /** Creates the sender and its channel (which does not listen). */
@@ -219,6 +242,7 @@ export class PdSender implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      metrics: options.metrics,
     });
     return new PdSender(channel, options);
   }
@@ -290,9 +314,24 @@ export class PdSender implements AsyncDisposable {
       this.#releasePages(batch?.pages ?? []);
       return Promise.reject(e);
     }
-    return link.queue.run(() => this.#send(link, spec, batch)).finally(() =>
-      this.#releasePages(batch.pages)
-    );
+    const m = this.#metrics;
+    const t0 = m ? performance.now() : 0;
+    const sent = link.queue.run(() => this.#send(link, spec, batch));
+    if (m) {
+      sent.then(
+        (r) =>
+          m.batch(
+            "ok",
+            r.receiverId,
+            r.sent,
+            r.skipped,
+            r.sent * this.channel.pageSize,
+            (performance.now() - t0) / 1000,
+          ),
+        (e) => m.batch(e instanceof PdSendError ? e.stage : "error", link.id, 0, 0, 0, 0),
+      );
+    }
+    return sent.finally(() => this.#releasePages(batch.pages));
   }
 
   #releasePages(pages: readonly number[]): void {
@@ -489,7 +528,9 @@ export class PdSender implements AsyncDisposable {
           this.#pusher ??= await openPusher(this.#proxyUrl, { timeoutMs: this.#notifyTimeoutMs });
           await this.#pusher.send({ type: "ProxyNotif", req_id: reqId }, this.#notifyTimeoutMs);
           notified = true;
+          this.#metrics?.proxyNotification(true);
         } catch (e) {
+          this.#metrics?.proxyNotification(false);
           throw new PdSendError(
             reqId,
             link.id,
@@ -522,6 +563,7 @@ export class PdSender implements AsyncDisposable {
       await this.#reset(link);
       throw e;
     }
+    this.#metrics?.handshake(link.generation > 0);
     link.generation++;
   }
 
@@ -536,6 +578,7 @@ export class PdSender implements AsyncDisposable {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
+      await this.#metricsSource.retire();
       for (const l of this.#links.values()) await l.alloc?.close().catch(() => {});
       await this.#pusher?.close().catch(() => {});
       this.pool.close();

@@ -23,6 +23,9 @@ import { StaticPool } from "./static_pool.ts";
 import { PagePool } from "./staging.ts";
 import { IO_ALIGN, type PutResult, roundUp, type Store, type StoreCounters } from "./store.ts";
 import * as fsp from "node:fs/promises";
+import { collectStorage, type StorageView } from "./metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
+import { type CollectedSource, weakly } from "../metrics/source.ts";
 
 export type { PutResult } from "./store.ts";
 
@@ -184,6 +187,7 @@ export class NixlStorageBackend implements AsyncDisposable {
   #pending = new Set<Promise<void>>();
   #asyncErrors: unknown[] = [];
   #closed: Promise<void> | undefined;
+  #metricsSource: CollectedSource;
 
   private constructor(
     store: Store,
@@ -193,6 +197,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       pages: number;
       asyncPut: boolean;
       timeoutMs: number;
+      metrics?: MetricsRegistry;
     },
     warnings: string[],
   ) {
@@ -206,6 +211,25 @@ export class NixlStorageBackend implements AsyncDisposable {
     this.#asyncPut = opts.asyncPut;
     this.#timeoutMs = opts.timeoutMs;
     this.warnings = warnings;
+    this.#metricsSource = collectStorage(
+      opts.metrics ?? metricsRegistry(),
+      this.backend,
+      this.mode,
+      weakly(this, NixlStorageBackend.#view),
+    );
+  }
+
+  // Static: a closure made in the constructor would hold `this` (its context does).
+  static async #view(b: NixlStorageBackend): Promise<StorageView> {
+    const d = await b.#store.stats();
+    return {
+      counters: { ...b.#store.counters },
+      used: d.used as number,
+      pinned: d.pinned as number,
+      bytes: d.bytes as number,
+      free: d.free as number | null,
+      pendingPuts: b.#pending.size,
+    };
   }
 
   /**
@@ -344,6 +368,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       pages,
       asyncPut: options.asyncPut ?? false,
       timeoutMs: options.timeoutMs ?? 120_000,
+      metrics: options.metrics,
     }, warnings);
   }
 
@@ -675,6 +700,7 @@ export class NixlStorageBackend implements AsyncDisposable {
       } catch (e) {
         err = e;
       }
+      await this.#metricsSource.retire(); // the store's counters, read before it closes
       this.#pages.close(new StorageError("CLOSED", "the storage backend is closed"));
       try {
         await this.#store.close();

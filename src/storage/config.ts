@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { MetricsRegistry } from "../metrics/registry.ts";
 import type { NixlStorageBackendName } from "../config/mod.ts";
 import { StorageError } from "./errors.ts";
 import type { StorageIo } from "./io.ts";
@@ -122,6 +123,8 @@ export interface NixlStorageOptions {
   maxOpenFiles?: number;
   /** A data path other than an agent (tests, mocks). */
   io?: StorageIo;
+  /** Registry the store's figures are reported in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /**

@@ -18,6 +18,8 @@
 import * as net from "node:net";
 import { type Endpoint, formatEndpoint, parseEndpoint } from "./endpoint.ts";
 import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
+import { type WireMetrics, wireMetrics } from "./metrics.ts";
+import { type MetricsRegistry, metricsRegistry } from "../../metrics/registry.ts";
 import { ZmtpConnection } from "./connection.ts";
 import { DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, type SocketType } from "./zmtp.ts";
 
@@ -59,6 +61,8 @@ export interface WireSocketOptions {
    * handler failures of `RepSocket.serve`. The library never logs by itself.
    */
   onError?: (error: WireError) => void;
+  /** Registry connections and refused peers are counted in (default: `metricsRegistry()`). */
+  metrics?: MetricsRegistry;
 }
 
 /** Per-call deadline. */
@@ -492,6 +496,7 @@ export abstract class WireSocket {
   #waiters = new Set<Waiter>();
   #closing: Promise<void> | undefined;
   #paused = false;
+  #metrics: WireMetrics | undefined;
   /** The inbound queue (receiving sockets). */
   protected readonly _inbox: Inbox<unknown>;
 
@@ -505,6 +510,7 @@ export abstract class WireSocket {
     this.type = type;
     this.#opts = resolveOptions(options);
     this._inbox = new Inbox<unknown>(() => this.#maybeResume());
+    this.#metrics = wireMetrics(options.metrics ?? metricsRegistry(), type);
   }
 
   /** Endpoints this socket is bound to, with the real port (`tcp://host:port`). */
@@ -682,6 +688,7 @@ export abstract class WireSocket {
         const pipe = this.#byConn.get(c);
         if (pipe) this.#detach(pipe, error);
         if (error instanceof WireProtocolError || error instanceof WireTimeoutError) {
+          this.#metrics?.refused(error instanceof WireProtocolError ? "protocol" : "timeout");
           this.#report(error);
         }
         connector?.connectionClosed(pipe !== undefined, error);
@@ -717,6 +724,7 @@ export abstract class WireSocket {
       info: { address: conn.address, identity, socketType: conn.peerSocketType ?? "" },
     };
     this.#pipes.push(pipe);
+    this.#metrics?.connected();
     this.#byConn.set(conn, pipe);
     this.#byKey.set(key, pipe);
     if (this.#paused) conn.pause();
@@ -734,6 +742,7 @@ export abstract class WireSocket {
     if (this.#byKey.get(pipe.key) === pipe) this.#byKey.delete(pipe.key);
     const i = this.#pipes.indexOf(pipe);
     if (i >= 0) this.#pipes.splice(i, 1);
+    this.#metrics?.disconnected();
     this._onDetach(pipe, error);
   }
 
