@@ -2,7 +2,7 @@
 // and a `kvport p2p-peer` holder serve /metrics (--metrics-port 0, the address on the
 // ready line); a requester here fetches from the holder; `kvport stats` shows the
 // holder's counters (JSON and human form); bad flags exit 2, a dead endpoint exits 1.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { nativeLibrary } from "../mod.ts";
 import { freePort } from "../cli/demo_cmd.ts";

@@ -4,7 +4,7 @@
 // timeouts, pages), the side channel (connections, refused peers), storage (puts, gets,
 // evictions, keys, bytes) and P2P (lookups, hits, fetched bytes, errors by code). A
 // disabled registry records nothing.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
   chunkBytes,

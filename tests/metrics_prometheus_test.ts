@@ -7,7 +7,7 @@
 //
 // Under CI (CI=true or KVPORT_REQUIRE_NATIVE=1) a missing prometheus is a failure:
 // .ci/run installs it.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";

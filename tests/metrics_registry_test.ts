@@ -1,7 +1,7 @@
 // The metrics registry on its own (no native library): families, bounded labels, the
 // text format and its parser, scrape-time collectors and retired totals, the /metrics
 // listener, and the text `kvport stats` shows.
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
   collectFrom,
