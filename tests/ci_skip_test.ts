@@ -13,7 +13,9 @@ const PROBE = "tests/fixtures/skip/probe.ts";
 
 function suite(env: Record<string, string>): { rc: number | null; out: string; last: string } {
   const clean: Record<string, string | undefined> = { ...process.env };
-  for (const k of ["CI", "KVPORT_REQUIRE_NATIVE", "KVPORT_LIB", "KVPORT_SKIP_LOG"]) delete clean[k];
+  // Set to "" rather than deleted: Deno's node:child_process merges `env` into the
+  // parent's environment, so a deleted key would come back from an outer CI run.
+  for (const k of ["CI", "KVPORT_REQUIRE_NATIVE", "KVPORT_LIB", "KVPORT_SKIP_LOG"]) clean[k] = "";
   const r = spawnSync("bash", ["scripts/test_all.sh", "--no-native", PROBE], {
     encoding: "utf8",
     env: { ...clean, ...env },
