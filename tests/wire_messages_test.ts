@@ -34,12 +34,24 @@ test("catalogue: every message type has a sample, and field names match LMCache"
   for (const t of MESSAGE_TYPES) assert.ok(sampled.has(t), `no sample of ${t}`);
   assert.equal(MESSAGE_TYPES.length, 26);
   const names = (t: keyof typeof MESSAGE_FIELDS) => MESSAGE_FIELDS[t].map((f) => f.name);
-  assert.deepEqual(names("NixlInitResponse"), ["remote_agent_name", "remote_meta_bytes"]);
+  assert.deepEqual(names("NixlInitResponse"), [
+    "remote_agent_name",
+    "remote_meta_bytes",
+    "remote_agent_names",
+    "remote_meta_bytes_list",
+  ]);
   assert.deepEqual(names("NixlMemRegRequest"), [
     "remote_agent_name",
     "local_id",
     "local_xfer_dlist_bytes",
+    "remote_agent_names",
+    "local_xfer_dlist_bytes_list",
   ]);
+  // The fields newer LMCache added have defaults: old peers' messages still decode.
+  assert.ok(MESSAGE_FIELDS.NixlInitRequest[1].optional);
+  assert.ok(
+    MESSAGE_FIELDS.AllocResponse.every((f) => f.optional !== (f.name === "remote_indexes")),
+  );
   assert.deepEqual(names("AllocRequest").slice(0, 5), [
     "keys",
     "fmt",
