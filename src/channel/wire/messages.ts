@@ -840,12 +840,16 @@ const FIELD_ORDER: unique symbol = Symbol("kvport.wire.fieldOrder");
  *
  * @example
  * ```ts
- * import { decodeMessage, encodeMessage, receivedFieldOrder, withFieldOrder } from "@kvport/nixl/wire";
+ * import {
+ *   type AllocResponse,
+ *   decodeMessage,
+ *   encodeMessage,
+ *   receivedFieldOrder,
+ *   withFieldOrder,
+ * } from "@kvport/nixl/wire";
  *
- * const sent = withFieldOrder(
- *   { type: "AllocResponse", remote_indexes: [3], already_sent_indexes: [] },
- *   ["remote_indexes", "already_sent_indexes"],
- * );
+ * const reply: AllocResponse = { type: "AllocResponse", remote_indexes: [3], already_sent_indexes: [] };
+ * const sent = withFieldOrder(reply, ["remote_indexes", "already_sent_indexes"]);
  * console.log(receivedFieldOrder(decodeMessage(encodeMessage(sent))));
  * // ["remote_indexes", "already_sent_indexes"]
  * ```
@@ -864,13 +868,12 @@ export function receivedFieldOrder(message: object): readonly string[] | undefin
  *
  * @example
  * ```ts
- * import { encodeMessage, withFieldOrder } from "@kvport/nixl/wire";
+ * import { type AllocResponse, encodeMessage, withFieldOrder } from "@kvport/nixl/wire";
  *
- * const m = withFieldOrder(
- *   { type: "AllocResponse", already_sent_indexes: [], remote_indexes: [-1] },
- *   ["remote_indexes", "already_sent_indexes"],
- * );
- * console.log(encodeMessage(m).length); // 61
+ * const reply: AllocResponse = { type: "AllocResponse", already_sent_indexes: [], remote_indexes: [-1] };
+ * // LMCache's async PD backend declares remote_indexes first.
+ * const m = withFieldOrder(reply, ["remote_indexes", "already_sent_indexes"]);
+ * console.log(encodeMessage(m).length); // 59
  * ```
  */
 export function withFieldOrder<T extends object>(message: T, order: readonly string[]): T {
