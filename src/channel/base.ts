@@ -81,7 +81,15 @@ function nameOf(v: unknown): string {
   throw new ChannelError("HANDSHAKE_FAILED", `expected an agent name, got ${typeof v}`);
 }
 
-/** Most NIXL agents one handshake may list (LMCache runs one per NIC). */
+/**
+ * Most NIXL agents one handshake may list (LMCache runs one per NIC).
+ *
+ * @example
+ * ```ts
+ * import { MAX_HANDSHAKE_AGENTS } from "./base.ts";
+ * console.log(MAX_HANDSHAKE_AGENTS); // 64
+ * ```
+ */
 export const MAX_HANDSHAKE_AGENTS = 64;
 
 /**

@@ -226,7 +226,19 @@ export function refusalReply(
   return reply;
 }
 
-/** The reason a thrown error carries ({@linkcode AllocRefusal}), else `bad_request`. */
+/**
+ * The reason a thrown error carries ({@linkcode AllocRefusal}), else `bad_request`.
+ *
+ * @param error what a request handler threw
+ * @returns the refusal reason to send
+ *
+ * @example
+ * ```ts
+ * import { AllocRefusal, refusalReasonOf } from "@kvport/nixl";
+ * console.log(refusalReasonOf(new AllocRefusal("chunk_too_large", "8192 > 4096"))); // chunk_too_large
+ * console.log(refusalReasonOf(new Error("oops"))); // bad_request
+ * ```
+ */
 export function refusalReasonOf(error: unknown): PdRefusalReason {
   return error instanceof AllocRefusal ? error.reason : "bad_request";
 }
