@@ -21,7 +21,6 @@ const plain = [
   ["nixl_proxy_port", "pd_proxy_port", 7500, 7500],
   ["nixl_role", "pd_role", "both", "both"],
   ["enable_xpyd", "enable_pd", false, false],
-  ["nixl_peer_port", "nixl_receiver_port", 55555, 55555],
   ["controller_url", "controller_pull_url", "h:1", "h:1"],
   ["lmcache_worker_port", "lmcache_worker_ports", 8500, [8500]],
 ] as const;
@@ -36,7 +35,6 @@ test("aliases: the table lists every deprecated name of the reference", () => {
     "nixl_peer_alloc_port->pd_peer_alloc_port",
     "nixl_peer_host->pd_peer_host",
     "nixl_peer_init_port->pd_peer_init_port",
-    "nixl_peer_port->nixl_receiver_port",
     "nixl_proxy_host->pd_proxy_host",
     "nixl_proxy_port->pd_proxy_port",
     "nixl_role->pd_role",
@@ -168,10 +166,10 @@ test("nixl_buffer_size: PD and storage with both sizes given: each sizes its own
     overrides: {
       ...SENDER,
       nixl_buffer_size: 4096,
-      nixl_buffer_device: "cpu",
+      nixl_buffer_device: "cuda",
       extra_config: {
         enable_nixl_storage: true,
-        nixl_backend: "POSIX",
+        nixl_backend: "GDS",
         nixl_pool_size: 4,
         nixl_path: "/tmp",
       },
@@ -188,4 +186,22 @@ test("nixl_buffer_size: PD without storage and two different sizes: unused warni
   assert.equal(warnings.find((w) => w.key === "nixl_buffer_size")?.code, "unused_value");
   const same = load({ overrides: { ...RECEIVER, nixl_buffer_size: RECEIVER.pd_buffer_size } });
   assert.ok(!same.warnings.some((w) => w.key === "nixl_buffer_size"));
+});
+
+test("nixl_peer_port and nixl_receiver_port: current LMCache reads neither; ignored with a warning", () => {
+  const path = tmpYaml("nixl_peer_port: 55555\nnixl_receiver_port: 55556\n");
+  const { config, warnings } = load({ file: path, env: { LMCACHE_NIXL_RECEIVER_PORT: "1" } });
+  assert.equal("nixl_receiver_port" in config, false);
+  const w = warnings.filter((w) => w.code === "retired_key").map((w) => `${w.key} ${w.source}`);
+  assert.deepEqual(
+    w.sort(),
+    [
+      "nixl_peer_port file:" + path,
+      "nixl_receiver_port env:LMCACHE_NIXL_RECEIVER_PORT",
+      "nixl_receiver_port file:" + path,
+    ].sort(),
+  );
+  const peer = warnings.find((w) => w.key === "nixl_peer_port")!;
+  assert.match(peer.message, /is ignored; current LMCache only warns .* reads neither/);
+  assert.match(peer.message, /pd_peer_init_port \(PD\) and p2p_init_ports \(P2P\)/);
 });

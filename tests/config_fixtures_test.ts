@@ -96,9 +96,19 @@ test("fixtures: P2P sharing instance", () => {
   ]);
 });
 
-test("fixtures: NIXL storage on POSIX files (static pool)", () => {
-  const { config, warnings } = load({ file: fixture("nixl_storage_posix.yaml") });
+test("fixtures: NIXL storage on POSIX files, current LMCache's CPU mode (no buffer size)", () => {
+  const { config, warnings } = load({ file: fixture("nixl_storage_posix_cpu.yaml") });
   assert.deepEqual(warnings, []);
+  assert.equal(config.nixl_buffer_size, null);
+  assert.equal(config.nixl_buffer_device, "cpu");
+  assert.equal(config.local_cpu_use_hugepages, false);
+});
+
+test("fixtures: NIXL storage on POSIX files (static pool), the older CPU-mode form", () => {
+  const { config, warnings } = load({ file: fixture("nixl_storage_posix.yaml") });
+  // Accepted, with the warning saying what current LMCache changed.
+  assert.deepEqual(warnings.map((w) => `${w.code}:${w.key}`), ["deprecated_form:nixl_buffer_size"]);
+  assert.match(warnings[0].message, /current LMCache rejects it.*LocalCPUBackend's pinned pool/);
   assert.equal(config.nixl_buffer_size, 536870912);
   assert.equal(config.nixl_buffer_device, "cpu");
   assert.equal(config.pd_buffer_size, null);

@@ -36,7 +36,6 @@ const REFERENCE_KEYS = [
   "nixl_backends",
   "nixl_buffer_size",
   "nixl_buffer_device",
-  "nixl_receiver_port",
   "enable_p2p",
   "p2p_host",
   "p2p_init_ports",

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { storageOptionsFromConfig } from "../mod.ts";
 import { configError, issueFor, load, RECEIVER, SENDER } from "./config_util.ts";
 
 const P2P: Readonly<Record<string, unknown>> = {
@@ -333,4 +334,99 @@ test("unknown keys: a warning suggesting the nearest key; LMCache-only and retir
 test("unknown keys: a misspelt deprecated name suggests the current name", () => {
   const { warnings } = load({ overrides: { nixl_rolle: "sender" } });
   assert.match(warnings[0].message, /did you mean "pd_role"/);
+});
+
+test("rules: NIXL storage in CPU mode follows current LMCache; the older form warns", () => {
+  const current = { ...storage({}), nixl_buffer_size: null };
+  const ok = load({ overrides: current });
+  assert.equal(ok.config.nixl_buffer_size, null);
+  assert.deepEqual(ok.warnings, []);
+  // GPU mode still needs the size.
+  const gpu = configError(() =>
+    load({
+      overrides: {
+        ...storage({ nixl_backend: "GDS" }),
+        nixl_buffer_device: "cuda",
+        nixl_buffer_size: null,
+      },
+    })
+  );
+  assert.match(
+    issueFor(gpu, "nixl_buffer_size").message,
+    /required when extra_config.enable_nixl_storage/,
+  );
+  // The older form: accepted, one warning naming what changed and where it came from.
+  const old = load({ overrides: STORAGE });
+  assert.deepEqual(old.warnings.map((w) => w.code), ["deprecated_form"]);
+  assert.equal(old.warnings[0].source, "override");
+  assert.match(old.warnings[0].message, /older LMCache form: current LMCache rejects it/);
+  assert.equal(old.config.nixl_buffer_size, 1 << 20);
+  // LMCache's other CPU-mode rule: the CPU pool must exist.
+  const none = configError(() => load({ overrides: { ...current, max_local_cpu_size: 0 } }));
+  assert.match(issueFor(none, "max_local_cpu_size").message, /must be > 0 when nixl_buffer_device/);
+});
+
+test("rules: extra_config.nixl_use_hugepages is handled as LMCache does, then removed", () => {
+  const cpu = { ...storage({ nixl_use_hugepages: true }), nixl_buffer_size: null };
+  const a = load({ overrides: cpu });
+  assert.equal(a.config.local_cpu_use_hugepages, true);
+  assert.equal(a.sources.local_cpu_use_hugepages, "override");
+  assert.equal("nixl_use_hugepages" in a.config.extra_config, false);
+  assert.match(
+    a.warnings.find((w) => w.key === "extra_config.nixl_use_hugepages")!.message,
+    /applied to local_cpu_use_hugepages/,
+  );
+  // Same value set in both places: fine; different values: LMCache's conflict error.
+  assert.ok(load({ overrides: { ...cpu, local_cpu_use_hugepages: true } }));
+  const clash = configError(() => load({ overrides: { ...cpu, local_cpu_use_hugepages: false } }));
+  assert.match(issueFor(clash, "local_cpu_use_hugepages").message, /Conflicting hugepage settings/);
+  // GPU mode: no effect, said so; local_cpu_use_hugepages keeps its value.
+  const gpu = load({
+    overrides: {
+      ...storage({ nixl_backend: "GDS", nixl_use_hugepages: true }),
+      nixl_buffer_device: "cuda",
+    },
+  });
+  assert.equal(gpu.config.local_cpu_use_hugepages, false);
+  assert.match(
+    gpu.warnings.find((w) => w.key === "extra_config.nixl_use_hugepages")!.message,
+    /no effect with nixl_buffer_device "cuda"/,
+  );
+  // From the environment's JSON too; a non-boolean is refused by name.
+  const env = load({
+    env: { LMCACHE_EXTRA_CONFIG: JSON.stringify({ ...(cpu.extra_config as object) }) },
+    overrides: { nixl_buffer_device: "cpu" },
+  });
+  assert.equal(env.config.local_cpu_use_hugepages, true);
+  const bad = configError(() =>
+    load({ overrides: { ...storage({ nixl_use_hugepages: "yes" }), nixl_buffer_size: null } })
+  );
+  assert.ok(bad.issues.some((i) => i.key === "extra_config.nixl_use_hugepages"));
+});
+
+test("storage options: CPU mode without nixl_buffer_size leaves the staging size to the backend", () => {
+  const extra = {
+    enable_nixl_storage: true,
+    nixl_backend: "POSIX",
+    nixl_pool_size: 4,
+    nixl_path: "/tmp/x",
+  };
+  const cpu = storageOptionsFromConfig({ nixl_buffer_device: "cpu", extra_config: extra }, {
+    pageSize: 4096,
+  });
+  assert.equal("bufferSize" in cpu, false);
+  const old = storageOptionsFromConfig({
+    nixl_buffer_size: 1 << 16,
+    nixl_buffer_device: "cpu",
+    extra_config: extra,
+  });
+  assert.equal(old.bufferSize, 1 << 16);
+  assert.throws(
+    () =>
+      storageOptionsFromConfig({
+        nixl_buffer_device: "cuda",
+        extra_config: { ...extra, nixl_backend: "GDS" },
+      }),
+    /nixl_buffer_size is null: .*required with nixl_buffer_device "cuda"/,
+  );
 });

@@ -180,6 +180,17 @@ test("p2p registry: an instance that stops sending heartbeats is forgotten, a li
   }
 });
 
+test("p2p registry: a worker_id beyond 2^53 decodes exactly, is refused by name, and the loop goes on", async () => {
+  await using r = await startRegistry();
+  const events: string[] = [];
+  r.onEvent((e) => e.type === "error" && events.push(e.detail ?? ""));
+  await using p = PushSocket.connect(`tcp://${r.pullUrl}`, { timeoutMs: 2000 });
+  await p.send([encodeMessage({ ...reg("huge"), worker_id: 2n ** 60n })]);
+  await p.send([encodeMessage(reg("fine"))]);
+  await until(() => r.stats.instances === 1 && r.stats.errors === 1, 2000, "one refused, one kept");
+  assert.match(events[0], /RegisterMsg field "worker_id".*int 1152921504606846976/);
+});
+
 test("p2p registry: undecodable reports are counted and skipped; fromConfig reads the controller keys", async () => {
   await using r = await startRegistry();
   await using p = PushSocket.connect(`tcp://${r.pullUrl}`, { timeoutMs: 2000 });

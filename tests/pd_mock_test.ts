@@ -8,6 +8,7 @@ import {
   MemoryFormat,
   PagePool,
   parseCacheKey,
+  PdAllocRefusedError,
   PdReceiver,
   type PdReceiverOptions,
   PdSender,
@@ -278,10 +279,12 @@ test("pd: no free pages within pd_allocation_timeout_sec is an error reply, not 
   await assert.rejects(sendKeys(tx, spec(rx, "starved"), [testKey("starved", 0)]), (e) => {
     assert.ok(e instanceof PdSendError);
     assert.equal(e.stage, "alloc");
-    assert.match(
-      e.message,
-      /no free page for 1 of 1 chunk\(s\) within its pd_allocation_timeout_sec/,
-    );
+    // A typed refusal that says why, read from the receiver's AllocResponse.
+    assert.ok(e instanceof PdAllocRefusedError);
+    assert.equal(e.reason, "no_free_pages");
+    assert.equal(e.failed, 1);
+    assert.equal(e.code, "REMOTE_ERROR");
+    assert.match(e.message, /1 page\(s\) wanted, 0 of 2 free after 200 ms/);
     return true;
   });
   assert.ok(performance.now() - t0 < 2000);
@@ -401,7 +404,11 @@ test("pd: malformed, truncated and oversize input on both ports is refused; serv
       const out = await rawExchange(port, c.chunks, 100);
       const text = new TextDecoder().decode(out.received);
       if (c.reply) {
-        assert.match(text, c.reply, `${c.name} on port ${port}: an error reply`);
+        // The allocation socket answers only with PD types (LMCache's sender decodes
+        // nothing else there): an AllocResponse of -1 indexes that says why.
+        const want = port === rx.allocPort ? /AllocResponse[\s\S]*kvport_reason/ : c.reply;
+        assert.match(text, want, `${c.name} on port ${port}: an error reply`);
+        if (port === rx.allocPort) assert.doesNotMatch(text, /ErrorMsg/);
       } else {
         // No reply: the connection is closed (at once, or when the handshake times out).
         assert.doesNotMatch(text, /Response/, `${c.name} on port ${port}: no reply`);

@@ -11,6 +11,7 @@ import {
   MESSAGE_FIELDS,
   MESSAGE_TYPES,
   P2PErrorCode,
+  toSafeInt,
   WireMessageError,
 } from "../src/channel/wire/mod.ts";
 import { digestForm, hex, loadGolden, loadSamples } from "./wire/samples.ts";
@@ -34,12 +35,24 @@ test("catalogue: every message type has a sample, and field names match LMCache"
   for (const t of MESSAGE_TYPES) assert.ok(sampled.has(t), `no sample of ${t}`);
   assert.equal(MESSAGE_TYPES.length, 26);
   const names = (t: keyof typeof MESSAGE_FIELDS) => MESSAGE_FIELDS[t].map((f) => f.name);
-  assert.deepEqual(names("NixlInitResponse"), ["remote_agent_name", "remote_meta_bytes"]);
+  assert.deepEqual(names("NixlInitResponse"), [
+    "remote_agent_name",
+    "remote_meta_bytes",
+    "remote_agent_names",
+    "remote_meta_bytes_list",
+  ]);
   assert.deepEqual(names("NixlMemRegRequest"), [
     "remote_agent_name",
     "local_id",
     "local_xfer_dlist_bytes",
+    "remote_agent_names",
+    "local_xfer_dlist_bytes_list",
   ]);
+  // The fields newer LMCache added have defaults: old peers' messages still decode.
+  assert.ok(MESSAGE_FIELDS.NixlInitRequest[1].optional);
+  assert.ok(
+    MESSAGE_FIELDS.AllocResponse.every((f) => f.optional !== (f.name === "remote_indexes")),
+  );
   assert.deepEqual(names("AllocRequest").slice(0, 5), [
     "keys",
     "fmt",
@@ -238,4 +251,35 @@ test("errors: truncated, trailing and lying msgpack never allocate what they ann
     0x00,
   ]);
   assert.match(errorOf(() => decodeMessage(ext)).got, /ext length/);
+});
+
+test("integers: the whole int64/uint64 range decodes exactly and round-trips", () => {
+  const big = [-(2n ** 63n), -(2n ** 53n), 2n ** 53n, 2n ** 63n - 1n, 2n ** 64n - 1n];
+  const bytes = raw.encode({
+    type: "BatchedLookupAndPutMsg",
+    sender_id: "s",
+    keys: big.map(String),
+    offsets: [0, 1, -1, 2 ** 32, 2 ** 53 - 1],
+    mem_indexes: big,
+  });
+  const m = decodeMessage(bytes, ["BatchedLookupAndPutMsg"]);
+  // Safe integers stay numbers; anything beyond 2^53 is an exact bigint.
+  assert.deepEqual(m.offsets, [0, 1, -1, 2 ** 32, 2 ** 53 - 1]);
+  assert.deepEqual(m.mem_indexes, big);
+  const again = decodeMessage(encodeMessage(m), ["BatchedLookupAndPutMsg"]);
+  assert.deepEqual(again, m);
+  // msgspec writes positive 64-bit values as uint64 and negative ones as int64: so do we.
+  assert.ok(hex(encodeMessage(m)).includes("cf7fffffffffffffff"));
+  assert.ok(hex(encodeMessage(m)).includes("cfffffffffffffffff"));
+  assert.ok(hex(encodeMessage(m)).includes("d38000000000000000"));
+  // A number beyond 2^53 is not exact: encoding refuses it, naming the field.
+  const e = errorOf(() =>
+    encodeMessage({ type: "BatchedLookupAndGetRetMsg", num_hit_chunks: 2 ** 60 })
+  );
+  assert.equal(e.field, "num_hit_chunks");
+  assert.match(e.expected, /bigint beyond 2\^53/);
+  // Consumers that need a small number get a clear error instead of a rounded value.
+  assert.equal(toSafeInt(12n, "port"), 12);
+  const s = errorOf(() => toSafeInt(2n ** 60n, "worker_id", "RegisterMsg"));
+  assert.match(s.message, /RegisterMsg field "worker_id".*int 1152921504606846976/);
 });

@@ -86,6 +86,49 @@ function nameOf(v: unknown): string {
   throw new ChannelError("HANDSHAKE_FAILED", `expected an agent name, got ${typeof v}`);
 }
 
+/**
+ * Most NIXL agents one handshake may list (LMCache runs one per NIC).
+ *
+ * @example
+ * ```ts
+ * import { MAX_HANDSHAKE_AGENTS } from "./base.ts";
+ * console.log(MAX_HANDSHAKE_AGENTS); // 64
+ * ```
+ */
+export const MAX_HANDSHAKE_AGENTS = 64;
+
+/**
+ * A per-agent list of a handshake message as newer LMCache reads it: the list when it
+ * has entries, else the single field (`list or [single]`). `listed` tells whether the
+ * peer sent the list form, which the reply then mirrors.
+ */
+function agentList(
+  msg: SideMessage,
+  listField: string,
+  single: string,
+): { list: Uint8Array[]; listed: boolean } {
+  const v = msg[listField];
+  if (Array.isArray(v) && v.length > 0) {
+    if (v.length > MAX_HANDSHAKE_AGENTS) {
+      throw new ChannelError(
+        "HANDSHAKE_FAILED",
+        `${msg.type} field ${listField} lists ${v.length} NIXL agents; at most ` +
+          `${MAX_HANDSHAKE_AGENTS} are served`,
+      );
+    }
+    v.forEach((x, i) => {
+      if (!(x instanceof Uint8Array)) {
+        throw new ChannelError(
+          "HANDSHAKE_FAILED",
+          `${msg.type} field ${listField}[${i}]: expected bytes, got ${typeof x}`,
+        );
+      }
+    });
+    return { list: v as Uint8Array[], listed: true };
+  }
+  return { list: [bytesField(msg, single)], listed: v !== undefined };
+}
+
 function bytesField(msg: SideMessage, field: string): Uint8Array {
   const v = msg[field];
   if (v instanceof Uint8Array) return v;
@@ -280,12 +323,23 @@ export abstract class ChannelBase implements TransferChannel {
     if (this.closed) throw new ChannelError("CLOSED", "channel is closing");
     switch (msg.type) {
       case "NixlInitRequest": {
-        const name = await this.dpLoadRemote(bytesField(msg, "local_meta_bytes"));
-        return {
+        // A newer LMCache peer lists one metadata blob per NIXL agent. All its agents
+        // register the same buffer, so loading the first one serves every transfer this
+        // side starts; its other agents reach this one agent with our metadata, which
+        // the reply lists once per agent as that peer requires.
+        const metas = agentList(msg, "local_meta_bytes_list", "local_meta_bytes");
+        const name = enc.encode(await this.dpLoadRemote(metas.list[0]));
+        const meta = await this.dpLocalMetadata();
+        const reply: SideMessage = {
           type: "NixlInitResponse",
-          remote_agent_name: enc.encode(name),
-          remote_meta_bytes: await this.dpLocalMetadata(),
+          remote_agent_name: name,
+          remote_meta_bytes: meta,
         };
+        if (metas.listed) {
+          reply.remote_agent_names = metas.list.map(() => name);
+          reply.remote_meta_bytes_list = metas.list.map(() => meta);
+        }
+        return reply;
       }
       case "NixlMemRegRequest": {
         const localId = msg.local_id;
@@ -295,14 +349,23 @@ export abstract class ChannelBase implements TransferChannel {
             `NixlMemRegRequest from ${from}: local_id must be a non-empty string`,
           );
         }
-        const agent = nameOf(msg.remote_agent_name);
-        const list = bytesField(msg, "local_xfer_dlist_bytes");
-        await this.#setPeer(localId, () => this.dpPrepRemote(agent, list));
+        const names = agentList(msg, "remote_agent_names", "remote_agent_name");
+        const lists = agentList(msg, "local_xfer_dlist_bytes_list", "local_xfer_dlist_bytes");
+        if (names.listed && lists.listed && names.list.length !== lists.list.length) {
+          throw new ChannelError(
+            "HANDSHAKE_FAILED",
+            `NixlMemRegRequest from ${from}: remote_agent_names lists ${names.list.length} ` +
+              `agent(s) but local_xfer_dlist_bytes_list ${lists.list.length}: one page list ` +
+              "per agent",
+          );
+        }
+        const agent = nameOf(names.list[0]);
+        await this.#setPeer(localId, () => this.dpPrepRemote(agent, lists.list[0]));
         this.#metrics?.handshake("responder", true);
-        return {
-          type: "NixlMemRegResponse",
-          remote_xfer_dlist_bytes: await this.dpLocalPageList(),
-        };
+        const ours = await this.dpLocalPageList();
+        const reply: SideMessage = { type: "NixlMemRegResponse", remote_xfer_dlist_bytes: ours };
+        if (lists.listed) reply.remote_xfer_dlist_bytes_list = lists.list.map(() => ours);
+        return reply;
       }
       default: {
         const h = this.#sideHandler;
@@ -370,6 +433,13 @@ export abstract class ChannelBase implements TransferChannel {
     options: ConnectOptions,
   ): Promise<SideMessage | null> {
     const timeoutMs = options.timeoutMs ?? this.handshakeTimeoutMs;
+    const agents = options.peerAgents ?? 1;
+    if (!Number.isInteger(agents) || agents < 1 || agents > MAX_HANDSHAKE_AGENTS) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `connect: peerAgents must be an integer from 1 to ${MAX_HANDSHAKE_AGENTS}, got ${agents}`,
+      );
+    }
     const deadline = performance.now() + timeoutMs;
     const left = () => Math.max(1, Math.round(deadline - performance.now()));
     let stage = "connection";
@@ -381,28 +451,43 @@ export abstract class ChannelBase implements TransferChannel {
         throw this.#handshakeError(peerId, url, stage, timeoutMs, e);
       });
     try {
-      stage = "NixlInitResponse";
+      stage = agents === 1
+        ? "NixlInitResponse"
+        : `NixlInitResponse (listing ${agents} agents, as peerAgents asks)`;
+      // Written as current LMCache writes it: the single fields and the per-agent lists
+      // (an older peer ignores the lists). This channel has one agent, listed once per
+      // agent of the peer.
+      const meta = await this.dpLocalMetadata();
       const initResp = await req.request(
-        { type: "NixlInitRequest", local_meta_bytes: await this.dpLocalMetadata() },
+        {
+          type: "NixlInitRequest",
+          local_meta_bytes: meta,
+          local_meta_bytes_list: new Array(agents).fill(meta),
+        },
         left(),
       );
       expectType(initResp, "NixlInitResponse");
-      const agent = await this.dpLoadRemote(bytesField(initResp, "remote_meta_bytes"));
+      const metas = agentList(initResp, "remote_meta_bytes_list", "remote_meta_bytes");
+      expectAgents(metas.list.length, agents, "NixlInitResponse", "remote_meta_bytes_list");
+      const agent = await this.dpLoadRemote(metas.list[0]);
+      const peerNames = agentList(initResp, "remote_agent_names", "remote_agent_name").list;
       stage = "NixlMemRegResponse";
+      const ours = await this.dpLocalPageList();
       const regResp = await req.request(
         {
           type: "NixlMemRegRequest",
-          remote_agent_name: initResp.remote_agent_name instanceof Uint8Array
-            ? initResp.remote_agent_name
-            : enc.encode(nameOf(initResp.remote_agent_name)),
+          remote_agent_name: peerNames[0],
           local_id: this.localId,
-          local_xfer_dlist_bytes: await this.dpLocalPageList(),
+          local_xfer_dlist_bytes: ours,
+          remote_agent_names: peerNames,
+          local_xfer_dlist_bytes_list: new Array(agents).fill(ours),
         },
         left(),
       );
       expectType(regResp, "NixlMemRegResponse");
-      const list = bytesField(regResp, "remote_xfer_dlist_bytes");
-      await this.#setPeer(peerId, () => this.dpPrepRemote(agent, list));
+      const lists = agentList(regResp, "remote_xfer_dlist_bytes_list", "remote_xfer_dlist_bytes");
+      expectAgents(lists.list.length, agents, "NixlMemRegResponse", "remote_xfer_dlist_bytes_list");
+      await this.#setPeer(peerId, () => this.dpPrepRemote(agent, lists.list[0]));
       if (!options.sideMessage) return null;
       stage = `reply to ${options.sideMessage.type}`;
       const reply = await req.request(options.sideMessage, left());
@@ -434,7 +519,9 @@ export abstract class ChannelBase implements TransferChannel {
       return new ChannelTimeoutError("handshake", timeoutMs, {
         peerId,
         url,
-        hint: `waiting for ${stage}; is the peer listening on ${url}? (${errorMessage(e)})`,
+        hint: `waiting for ${stage}; is the peer listening on ${url}? A responder that runs ` +
+          "several NIXL agents answers only a handshake listing as many (connect's " +
+          `peerAgents). (${errorMessage(e)})`,
         cause: e,
       });
     }
@@ -652,6 +739,16 @@ export abstract class ChannelBase implements TransferChannel {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** The peer's per-agent lists must have as many entries as this handshake listed. */
+function expectAgents(got: number, want: number, type: string, field: string): void {
+  if (got === want) return;
+  throw new ChannelError(
+    "HANDSHAKE_FAILED",
+    `${type} field ${field}: the peer runs ${got} NIXL agent(s) but this handshake listed ` +
+      `${want}: connect with peerAgents: ${got}`,
+  );
 }
 
 function expectType(msg: SideMessage, type: string): void {

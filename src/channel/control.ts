@@ -40,6 +40,12 @@ export interface ServeOptions {
   maxMessageBytes?: number;
   /** Told about misbehaving peers and failed requests. */
   onError?: (error: Error) => void;
+  /**
+   * The reply to a request that failed (default `ErrorMsg{error}`). `request` is the
+   * decoded request, `undefined` when it did not decode. PD's allocation socket answers
+   * with its own message types here, since LMCache's sender cannot decode `ErrorMsg`.
+   */
+  errorReply?: (error: Error, request: SideMessage | undefined) => SideMessage;
 }
 
 function toUrl(endpoint: string): string {
@@ -68,6 +74,7 @@ export async function serveRequests(
   const bound = sock.endpoints[0] ?? `tcp://${url}`;
   const serving = sock.serve(async (frames, peer: PeerInfo) => {
     let reply: SideMessage;
+    let request: SideMessage | undefined;
     try {
       if (frames.length !== 1) {
         throw new Error(`expected a request of one frame, got ${frames.length}`);
@@ -79,10 +86,13 @@ export async function serveRequests(
         countMessageError(metricsRegistry(), "REP");
         throw e;
       }
-      reply = await handler(msg as unknown as SideMessage, peer.address);
+      request = msg as unknown as SideMessage;
+      reply = await handler(request, peer.address);
     } catch (e) {
-      options.onError?.(e instanceof Error ? e : new Error(String(e)));
-      reply = { type: "ErrorMsg", error: errorMessage(e) };
+      const error = e instanceof Error ? e : new Error(String(e));
+      options.onError?.(error);
+      reply = options.errorReply?.(error, request) ??
+        { type: "ErrorMsg", error: errorMessage(e) };
     }
     try {
       return encodeMessage(asMessage(reply));

@@ -30,6 +30,13 @@ export interface ConnectOptions {
   sideMessage?: SideMessage;
   /** Deadline of the whole handshake, in milliseconds (default: the channel's). */
   timeoutMs?: number;
+  /**
+   * How many NIXL agents the peer's channel runs (newer LMCache can run several over
+   * one buffer, one per NIC: its `num_agents`); default 1. Such a responder answers only
+   * a handshake that lists that many agents, so this channel's one agent is listed that
+   * many times; the lengths the peer answers with must match.
+   */
+  peerAgents?: number;
 }
 
 /** Which pages of the peer a batch goes to or comes from. */

@@ -28,7 +28,9 @@ export interface ConfigAlias {
 
 /**
  * Every deprecated name kvport maps, as LMCache lists them (`_CONFIG_ALIASES` and
- * `_DEPRECATED_CONFIGS`), limited to the keys kvport knows.
+ * `_DEPRECATED_CONFIGS`), limited to the keys kvport knows. (`nixl_peer_port` is not one:
+ * current LMCache deprecates it for `nixl_receiver_port`, which it no longer defines, and
+ * reads neither; both are in {@link RETIRED_KEYS}.)
  *
  * @example
  * ```ts
@@ -45,7 +47,6 @@ export const CONFIG_ALIASES: readonly ConfigAlias[] = Object.freeze([
   { from: "nixl_buffer_size", to: "pd_buffer_size", conditional: true },
   { from: "nixl_role", to: "pd_role", conditional: false },
   { from: "enable_xpyd", to: "enable_pd", conditional: false },
-  { from: "nixl_peer_port", to: "nixl_receiver_port", conditional: false },
   { from: "controller_url", to: "controller_pull_url", conditional: false },
   { from: "lmcache_worker_port", to: "lmcache_worker_ports", conditional: false },
 ].map((a) => Object.freeze(a)));
@@ -80,7 +81,6 @@ export const ALIAS_BY_NAME: ReadonlyMap<string, ConfigAlias> = new Map(
  * `ignored_key` warning instead of an `unknown_key` one.
  */
 export const LMCACHE_ONLY_KEYS: ReadonlySet<string> = new Set([
-  "local_cpu_use_hugepages",
   "reserve_local_cpu_size",
   "local_disk",
   "local_disk_path_sharding",
@@ -166,6 +166,16 @@ export const RETIRED_KEYS: ReadonlyMap<string, string> = new Map([
   ["enable_nixl", "use enable_pd: true with pd_role (or extra_config.enable_nixl_storage)"],
   ["nixl_receiver_host", "use pd_peer_host"],
   ["nixl_enable_gc", "remove it; it has no effect"],
+  [
+    "nixl_peer_port",
+    "current LMCache only warns that it is deprecated for nixl_receiver_port and reads " +
+    "neither; the NIXL channel's ports are pd_peer_init_port (PD) and p2p_init_ports (P2P)",
+  ],
+  [
+    "nixl_receiver_port",
+    "current LMCache no longer defines it; the NIXL channel's ports are pd_peer_init_port " +
+    "(PD) and p2p_init_ports (P2P)",
+  ],
 ]);
 
 /**

@@ -75,6 +75,7 @@ export type ConfigWarningCode =
   | "retired_key"
   | "forced_value"
   | "unused_value"
+  | "deprecated_form"
   | "empty_env";
 
 /**

@@ -114,6 +114,9 @@ function num(o: NumOpts, int: boolean): z.ZodNumber {
 function bool(def: boolean, o: Opts) {
   return reg(z.boolean().default(def), { kind: "bool", ...o });
 }
+function boolOrNull(o: Opts) {
+  return reg(z.boolean().nullable().default(null), { kind: "bool", ...o });
+}
 function int(def: number, o: NumOpts) {
   return reg(num(o, true).default(def), { kind: "int", ...o });
 }
@@ -211,6 +214,12 @@ const extraShape = {
     group: "storage",
     description: "Dynamic mode: do not wait for a put to reach storage before returning.",
   }),
+  nixl_use_hugepages: boolOrNull({
+    group: "storage",
+    description: "Deprecated (current LMCache moves it to local_cpu_use_hugepages in CPU " +
+      "mode, ignores it in GPU mode, and removes it). kvport applies the same rule and " +
+      "then drops it; its storage staging buffer always asks for transparent huge pages.",
+  }),
   p2p_socket_recv_timeout_ms: int(30000, {
     group: "p2p",
     min: 1,
@@ -248,6 +257,12 @@ const shape = {
     min: 0,
     unit: "GB",
     description: "Size of the local CPU cache, in GB.",
+  }),
+  local_cpu_use_hugepages: bool(false, {
+    group: "core",
+    description: "LMCache: back its local CPU cache with HugeTLB pages. kvport keeps no such " +
+      "cache and does not use it; read only to check extra_config.nixl_use_hugepages against " +
+      "it, as LMCache does.",
   }),
   save_unfull_chunk: bool(false, {
     group: "core",
@@ -350,17 +365,14 @@ const shape = {
     min: 1,
     unit: "bytes",
     description: "Size of the NIXL storage buffer. Required with " +
-      "extra_config.enable_nixl_storage. Also the deprecated name of pd_buffer_size " +
-      "(see the nixl_buffer_size rule).",
+      "extra_config.enable_nixl_storage and a cuda buffer; with a cpu buffer current LMCache " +
+      "forbids it (kvport still takes it as the staging size, with a deprecation warning). " +
+      "Also the deprecated name of pd_buffer_size (see the nixl_buffer_size rule).",
   }),
   nixl_buffer_device: deviceOrNull({
     group: "storage",
     description: "Where the NIXL storage buffer lives. Required with " +
       "extra_config.enable_nixl_storage.",
-  }),
-  nixl_receiver_port: port({
-    group: "transfer",
-    description: "Legacy NIXL connector receiver port (pre-PD layout); not used by PD.",
   }),
   // P2P
   enable_p2p: bool(false, {
@@ -459,6 +471,8 @@ export interface ExtraConfig {
   readonly nixl_presence_cache_only: boolean;
   /** Dynamic mode: asynchronous put. Default `false`. */
   readonly nixl_async_put: boolean;
+  /** Deprecated hugepage switch; removed by the rules (always `null` after loading). */
+  readonly nixl_use_hugepages?: boolean | null;
   /** P2P lookup receive timeout in ms. Default `30000`. */
   readonly p2p_socket_recv_timeout_ms: number;
   /** P2P lookup send timeout in ms. Default `10000`. */
@@ -481,6 +495,8 @@ export interface KvportConfig {
   readonly local_cpu: boolean;
   /** Local CPU cache size in GB. Default `5`. */
   readonly max_local_cpu_size: number;
+  /** LMCache's HugeTLB switch for its CPU cache; unused by kvport. Default `false`. */
+  readonly local_cpu_use_hugepages: boolean;
   /** Keep the last partial chunk. Default `false`; `true` whenever PD is on. */
   readonly save_unfull_chunk: boolean;
   /** Disaggregated prefill on. Default `false`. */
@@ -524,7 +540,6 @@ export interface KvportConfig {
   /** NIXL storage buffer device. Default `null`. */
   readonly nixl_buffer_device: string | null;
   /** Legacy receiver port. Default `null`. */
-  readonly nixl_receiver_port: number | null;
   /** P2P sharing on. Default `false`. */
   readonly enable_p2p: boolean;
   /** P2P host. Default `null`. */

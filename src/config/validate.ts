@@ -250,8 +250,34 @@ export function applyRules(cfg: Mutable<KvportConfig>, ctx: RuleContext): RuleRe
     const why = "extra_config.enable_nixl_storage";
     need("extra_config.nixl_backend", why);
     need("extra_config.nixl_pool_size", why);
-    need("nixl_buffer_size", why);
     need("nixl_buffer_device", why);
+    const cpuMode = cfg.nixl_buffer_device === "cpu";
+    if (!cpuMode) {
+      need("nixl_buffer_size", why);
+    } else if (cfg.nixl_buffer_size !== null) {
+      // Current LMCache rejects this pair; the older form is still accepted here.
+      warnings.push({
+        code: "deprecated_form",
+        key: "nixl_buffer_size",
+        source: src("nixl_buffer_size"),
+        message: `${at("nixl_buffer_size")} = ${cfg.nixl_buffer_size} with ` +
+          `nixl_buffer_device "cpu" is the older LMCache form: current LMCache rejects it, ` +
+          "since in CPU mode its NIXL storage stages through LocalCPUBackend's pinned pool " +
+          "(sized by max_local_cpu_size). kvport still takes it as the size of its own " +
+          "staging buffer; remove it to match current LMCache (the staging buffer then " +
+          "defaults to 64 pages, or the pool size when smaller).",
+      });
+    }
+    if (cpuMode && cfg.max_local_cpu_size <= 0) {
+      add(
+        "max_local_cpu_size",
+        'a size > 0 (GB) with nixl_buffer_device "cpu"',
+        `${at("max_local_cpu_size")} must be > 0 when nixl_buffer_device ` +
+          `(${src("nixl_buffer_device")}) is "cpu" and NIXL storage is on: LMCache stages ` +
+          `CPU-mode storage through that pool; got ${cfg.max_local_cpu_size}.`,
+      );
+    }
+    hugepagesRule(cfg, ctx, add, warnings);
     const backend = cfg.extra_config.nixl_backend as NixlStorageBackendName | null;
     if (backend && FILE_STORAGE_BACKENDS.includes(backend)) {
       need("extra_config.nixl_path", "extra_config.nixl_backend", `nixl_backend is ${backend}`);
@@ -296,4 +322,55 @@ export function applyRules(cfg: Mutable<KvportConfig>, ctx: RuleContext): RuleRe
     }
   }
   return { issues, warnings };
+}
+
+/**
+ * `extra_config.nixl_use_hugepages`, as current LMCache handles it under NIXL storage: in
+ * CPU mode its value moves to `local_cpu_use_hugepages` (a different value set there too
+ * is an error), in GPU mode it has no effect; either way a warning says so and the key
+ * is removed.
+ */
+function hugepagesRule(
+  cfg: Mutable<KvportConfig>,
+  ctx: RuleContext,
+  add: (key: string, expected: string, message: string, received?: unknown) => void,
+  warnings: ConfigWarning[],
+): void {
+  const key = "extra_config.nixl_use_hugepages";
+  const value = cfg.extra_config.nixl_use_hugepages;
+  if (value === null || value === undefined) return;
+  const src = ctx.source(key);
+  delete (cfg.extra_config as Record<string, unknown>).nixl_use_hugepages;
+  if (cfg.nixl_buffer_device !== "cpu") {
+    warnings.push({
+      code: "deprecated_form",
+      key,
+      source: src,
+      message: `${key} (${src}) is deprecated and has no effect with nixl_buffer_device ` +
+        `${JSON.stringify(cfg.nixl_buffer_device)}: hugepages apply only to the CPU pool ` +
+        "(local_cpu_use_hugepages); remove it.",
+    });
+    return;
+  }
+  const set = ctx.source("local_cpu_use_hugepages") !== "default";
+  if (set && cfg.local_cpu_use_hugepages !== value) {
+    add(
+      "local_cpu_use_hugepages",
+      `${value} (the value of ${key}), or remove ${key}`,
+      `Conflicting hugepage settings: ${key} (${src}) = ${value} but local_cpu_use_hugepages ` +
+        `(${ctx.source("local_cpu_use_hugepages")}) = ${cfg.local_cpu_use_hugepages}. ` +
+        `${key} is deprecated: remove it and set local_cpu_use_hugepages only.`,
+    );
+    return;
+  }
+  cfg.local_cpu_use_hugepages = value;
+  ctx.setSource("local_cpu_use_hugepages", src);
+  warnings.push({
+    code: "deprecated_form",
+    key,
+    source: src,
+    message: `${key} (${src}) is deprecated; its value (${value}) is applied to ` +
+      "local_cpu_use_hugepages, as LMCache does: set that instead. (kvport's storage " +
+      "staging buffer asks for transparent huge pages either way.)",
+  });
 }

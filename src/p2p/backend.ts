@@ -18,6 +18,7 @@ import {
   type LmcacheMessage,
   P2PErrorCode,
   RepSocket,
+  toSafeInt,
   WireMessageError,
 } from "../channel/wire/mod.ts";
 import { PagePool } from "../pd/page_pool.ts";
@@ -643,7 +644,9 @@ export class P2PBackend implements AsyncDisposable {
       if (pinned.length > 0) {
         await this.channel.write(pinned.map((c) => c.page), {
           peerId: receiver,
-          remoteIndexes: msg.mem_indexes.slice(0, pinned.length),
+          remoteIndexes: msg.mem_indexes.slice(0, pinned.length).map((x, i) =>
+            toSafeInt(x, `mem_indexes[${i}]`, msg.type)
+          ),
           timeoutMs: this.#writeTimeoutMs,
         });
       }
@@ -708,7 +711,7 @@ export class P2PBackend implements AsyncDisposable {
     const first = reply.layout_info[0];
     if (!first || first[2] <= 0 || first[3] === "") return miss;
     const [instanceId, location, n, peerInitUrl] = first;
-    const hitChunks = Math.min(n, keys.length);
+    const hitChunks = Math.min(toSafeInt(n, "layout_info[0][2]", reply.type), keys.length);
     this.#stats.promisedChunks += hitChunks;
     this.#metrics?.hit();
     return { lookupId, keys: [...keys], hitChunks, holder: { instanceId, location, peerInitUrl } };

@@ -18,6 +18,7 @@ import {
   type LmcacheMessage,
   PullSocket,
   RouterSocket,
+  toSafeInt,
   type WireError,
 } from "../channel/wire/mod.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
@@ -336,13 +337,17 @@ export class P2PRegistry implements AsyncDisposable {
   report(message: LmcacheMessage): void {
     this.#stats.reports++;
     const now = performance.now();
+    // A TP rank beyond 2^53 is no rank: refuse it by name rather than round it.
+    const workerId = "worker_id" in message
+      ? toSafeInt(message.worker_id, "worker_id", message.type)
+      : 0;
     switch (message.type) {
       case "RegisterMsg": {
-        const h = this.#holder(message.instance_id, message.worker_id, now);
+        const h = this.#holder(message.instance_id, workerId, now);
         // A registration is a new incarnation: what the old one held is gone.
         this.#clearChunks(h);
         h.ip = message.ip;
-        h.port = message.port;
+        h.port = toSafeInt(message.port, "port", message.type);
         h.peerInitUrl = message.peer_init_url;
         this.#emit({
           type: "register",
@@ -353,11 +358,11 @@ export class P2PRegistry implements AsyncDisposable {
         return;
       }
       case "HeartbeatMsg": {
-        const known = this.#holders.has(holderKey(message.instance_id, message.worker_id));
-        const h = this.#holder(message.instance_id, message.worker_id, now);
+        const known = this.#holders.has(holderKey(message.instance_id, workerId));
+        const h = this.#holder(message.instance_id, workerId, now);
         h.heartbeats++;
         h.ip = message.ip;
-        h.port = message.port;
+        h.port = toSafeInt(message.port, "port", message.type);
         if (message.peer_init_url !== null) h.peerInitUrl = message.peer_init_url;
         if (!known) {
           this.#emit({
@@ -371,7 +376,7 @@ export class P2PRegistry implements AsyncDisposable {
         return;
       }
       case "DeRegisterMsg": {
-        const h = this.#holders.get(holderKey(message.instance_id, message.worker_id));
+        const h = this.#holders.get(holderKey(message.instance_id, workerId));
         if (h) {
           this.#forget(h);
           this.#emit({
@@ -384,13 +389,13 @@ export class P2PRegistry implements AsyncDisposable {
         return;
       }
       case "KVAdmitMsg":
-        this.#admit(this.#holder(message.instance_id, message.worker_id, now), message);
+        this.#admit(this.#holder(message.instance_id, workerId, now), message);
         return;
       case "KVEvictMsg":
-        this.#evict(this.#holder(message.instance_id, message.worker_id, now), message);
+        this.#evict(this.#holder(message.instance_id, workerId, now), message);
         return;
       case "BatchedKVOperationMsg": {
-        const h = this.#holder(message.instance_id, message.worker_id, now);
+        const h = this.#holder(message.instance_id, workerId, now);
         for (const op of message.operations) {
           const m = { key: op.key, location: message.location };
           if (op.op_type === "admit") this.#admit(h, m);
@@ -511,7 +516,11 @@ export class P2PRegistry implements AsyncDisposable {
             this.#error(`undecodable report: ${errorMessage(e)}`);
             continue;
           }
-          this.report(msg);
+          try {
+            this.report(msg);
+          } catch (e) {
+            this.#error(`refused report: ${errorMessage(e)}`);
+          }
         }
       }
     } catch {
@@ -573,7 +582,11 @@ export class P2PRegistry implements AsyncDisposable {
   }
 
   #lookupReply(msg: BatchedP2PLookupMsg): BatchedP2PLookupRetMsg {
-    const a = this.lookup(msg.hashes, msg.instance_id, msg.worker_id);
+    const a = this.lookup(
+      msg.hashes,
+      msg.instance_id,
+      toSafeInt(msg.worker_id, "worker_id", msg.type),
+    );
     return {
       type: "BatchedP2PLookupRetMsg",
       layout_info: [

@@ -51,11 +51,26 @@ export {
 } from "./receiver.ts";
 export {
   type DisaggSpec,
+  PdAllocRefusedError,
   PdSender,
   type PdSenderOptions,
   PdSendError,
   type SendBatch,
   type SendResult,
 } from "./sender.ts";
+export {
+  ALLOC_RESPONSE_ORDER,
+  type AllocOutcome,
+  AllocRefusal,
+  allocRequest,
+  allocResponse,
+  generationOfRequest,
+  generationOfResponse,
+  type PdRefusalReason,
+  type PdWireGeneration,
+  readAllocResponse,
+  refusalReasonOf,
+  refusalReply,
+} from "./alloc_wire.ts";
 export { ProxyNotifier, type ProxyNotifierOptions } from "./proxy.ts";
 export { checkPattern, fillPattern } from "./pattern.ts";

@@ -23,6 +23,14 @@ import {
 import { metricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, weakly } from "../metrics/source.ts";
 import {
+  AllocRefusal,
+  allocResponse,
+  generationOfRequest,
+  refusalReasonOf,
+  refusalReply,
+} from "./alloc_wire.ts";
+import { toSafeInt, type WireInt } from "../channel/wire/mod.ts";
+import {
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
@@ -76,7 +84,10 @@ export interface PdReceiverStats {
   landed: number;
   /** AllocRequests answered with pages. */
   allocRequests: number;
-  /** Requests refused (answered `ErrorMsg`) and peers dropped for breaking the protocol. */
+  /**
+   * Requests refused (answered `AllocResponse` with index -1 and a `kvport_reason`) and
+   * peers dropped for breaking the protocol.
+   */
   errors: number;
   /** AllocRequests that found no free pages in time (answered with index -1). */
   allocTimeouts: number;
@@ -96,8 +107,12 @@ interface Waiter {
  * `pd_peer_host:pd_peer_init_port[tp]` for handshakes and on
  * `pd_peer_host:pd_peer_alloc_port[tp]` for `AllocRequest`s; for each request it skips
  * keys it already holds, takes pages for the others (waiting at most
- * `pd_allocation_timeout_sec`, then replying an error), records the keys, and replies
- * `AllocResponse`. Senders then WRITE into those pages.
+ * `pd_allocation_timeout_sec`), records the keys, and replies `AllocResponse` in the
+ * request's LMCache generation (see `alloc_wire.ts`). Senders then WRITE into those
+ * pages. A request it cannot serve (a chunk larger than a page, more chunks than the
+ * buffer has, no free page in time, a malformed request) is answered with an
+ * `AllocResponse` of `-1` indexes and a `kvport_reason`: LMCache's senders decode only PD
+ * message types there.
  *
  * @example
  * ```ts
@@ -199,6 +214,7 @@ export class PdReceiver implements AsyncDisposable {
           onError: (e) => {
             if (holder.rx) holder.rx.#noteError(e);
           },
+          errorReply: (e, request) => refusalReply(request, refusalReasonOf(e), e.message),
         },
       );
     } catch (e) {
@@ -451,9 +467,10 @@ export class PdReceiver implements AsyncDisposable {
         case "CancelNotif":
           return this.#cancel(msg);
         default:
-          throw new ChannelError(
-            "INVALID_ARGUMENT",
-            `unexpected ${msg.type} on the allocation socket (expected AllocRequest)`,
+          throw new AllocRefusal(
+            "bad_request",
+            `unexpected ${msg.type} on the allocation socket (expected AllocRequest or ` +
+              "CancelNotif)",
           );
       }
     } catch (e) {
@@ -469,18 +486,36 @@ export class PdReceiver implements AsyncDisposable {
   }
 
   async #allocate(msg: SideMessage, from: string): Promise<SideMessage> {
+    const generation = generationOfRequest(msg);
+    // Integers arrive exact (bigint beyond 2^53); none of these can be that large.
+    const int = (v: unknown, field: string): number => {
+      try {
+        return toSafeInt(v as WireInt, field, "AllocRequest");
+      } catch (e) {
+        throw new AllocRefusal("bad_request", `AllocRequest from ${from}: ${errorMessage(e)}`);
+      }
+    };
     const keys = msg.keys as string[];
-    const fmt = msg.fmt as number;
-    const shape = [...(msg.shape as number[])];
+    const fmt = int(msg.fmt, "fmt");
+    const shape = (msg.shape as WireInt[]).map((x, i) => int(x, `shape[${i}]`));
     const dtype = msg.dtype as string;
-    const lastToks = msg.last_chunk_toks as number;
+    const lastToks = int(msg.last_chunk_toks, "last_chunk_toks");
+    const totalChunks = msg.total_chunks === undefined ? 0 : int(msg.total_chunks, "total_chunks");
     const full = chunkBytes(fmt, shape, dtype);
     if (full !== undefined && full > this.channel.pageSize) {
-      throw new ChannelError(
-        "INVALID_ARGUMENT",
+      throw new AllocRefusal(
+        "chunk_too_large",
         `AllocRequest from ${from}: a chunk of shape [${shape.join(", ")}] ${dtype} is ` +
           `${full} bytes but pages are ${this.channel.pageSize} bytes: ` +
           "sender and receiver must use the same chunk size and KV shape",
+      );
+    }
+    if (totalChunks > this.pool.pageCount) {
+      throw new AllocRefusal(
+        "pool_too_small",
+        `AllocRequest from ${from}: request ${JSON.stringify(msg.req_id ?? "")} declares ` +
+          `total_chunks ${totalChunks} but the buffer has ${this.pool.pageCount} pages: ` +
+          "give the receiver a larger pd_buffer_size",
       );
     }
     const already: number[] = [];
@@ -491,6 +526,14 @@ export class PdReceiver implements AsyncDisposable {
       else need.push(i);
       seen.add(k);
     });
+    if (need.length > this.pool.pageCount) {
+      throw new AllocRefusal(
+        "pool_too_small",
+        `AllocRequest from ${from}: ${need.length} page(s) wanted but the buffer has ` +
+          `${this.pool.pageCount}: send smaller batches or give the receiver a larger ` +
+          "pd_buffer_size",
+      );
+    }
     let pages: number[] = [];
     if (need.length > 0) {
       const m = this.#metrics;
@@ -510,11 +553,12 @@ export class PdReceiver implements AsyncDisposable {
         this.#lastError = `AllocRequest from ${from}: ${need.length} page(s) wanted, ` +
           `${this.pool.free} of ${this.pool.pageCount} free after ${this.#allocTimeoutMs} ms ` +
           "(pd_allocation_timeout_sec)";
-        return {
-          type: "AllocResponse",
-          already_sent_indexes: already,
-          remote_indexes: need.map(() => -1),
-        };
+        return refusalReply(
+          msg,
+          "no_free_pages",
+          `${this.#lastError}: retrieve or remove keys on the receiver, or give it a ` +
+            "larger pd_buffer_size",
+        );
       }
       if (t0) {
         m!.allocWaits.inc();
@@ -554,7 +598,7 @@ export class PdReceiver implements AsyncDisposable {
     finalAlready.sort((a, b) => a - b);
     this.#stats.allocRequests++;
     this.#metrics?.allocOk.inc();
-    return { type: "AllocResponse", already_sent_indexes: finalAlready, remote_indexes: remote };
+    return allocResponse(generation, remote, finalAlready);
   }
 
   #cancel(msg: SideMessage): SideMessage {
@@ -567,8 +611,8 @@ export class PdReceiver implements AsyncDisposable {
         this.#metrics?.cancelledChunks.inc();
       }
     }
-    // REP must answer; LMCache has no acknowledgement type, so an empty AllocResponse.
-    return { type: "AllocResponse", already_sent_indexes: [], remote_indexes: [] };
+    // REP must answer; LMCache's async receiver acknowledges with an empty AllocResponse.
+    return allocResponse("async", [], []);
   }
 
   /** Stops listening, fails pending waits, closes the channel. Idempotent. */

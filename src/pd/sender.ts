@@ -23,6 +23,12 @@ import {
 import { metricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, weakly } from "../metrics/source.ts";
 import {
+  allocRequest,
+  type PdRefusalReason,
+  type PdWireGeneration,
+  readAllocResponse,
+} from "./alloc_wire.ts";
+import {
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
@@ -43,6 +49,12 @@ export interface DisaggSpec {
   receiverAllocPort: number | readonly number[];
   /** Whether this is the request's last prefill step (then the proxy is notified). */
   isLastPrefill: boolean;
+  /**
+   * Chunks of the whole request, when known: sent as `total_chunks` (with `req_id` and
+   * `is_last_batch`) to receivers of LMCache's async generation, which reserve that
+   * many pages up front. Without it they get the defaults (no reservation).
+   */
+  totalChunks?: number;
 }
 
 /** One batch of chunks of a request. */
@@ -85,6 +97,14 @@ export interface PdSenderOptions extends PdChannelSettings {
   allocTimeoutMs?: number;
   /** Deadline of one proxy notification, ms (default 5000). */
   notifyTimeoutMs?: number;
+  /**
+   * The LMCache generation of the receivers' allocation socket (see `alloc_wire.ts`):
+   * `"auto"` (default) learns it from the field order of a receiver's first
+   * `AllocResponse` and writes the async form until then (an older receiver ignores
+   * its extra fields); `"sync"` or `"async"` fix it. `CancelNotif` goes only to async
+   * receivers: LMCache's sync receiver cannot decode it and stops answering.
+   */
+  wireGeneration?: "auto" | PdWireGeneration;
 }
 
 interface Link {
@@ -95,12 +115,16 @@ interface Link {
   alloc: Requester | null;
   generation: number;
   queue: SerialQueue;
+  /** The receiver's LMCache generation, once a reply told it (or as configured). */
+  wire: PdWireGeneration | undefined;
 }
 
 interface RequestTrack {
   receiverId: string;
   generation: number;
   batches: number;
+  /** The form its first AllocRequest was written in; later batches keep it. */
+  wire?: PdWireGeneration;
 }
 
 const MAX_TRACKED_REQUESTS = 65536;
@@ -152,6 +176,56 @@ export class PdSendError extends ChannelError {
 }
 
 /**
+ * The receiver refused to allocate pages for a batch (its `AllocResponse` had `-1`
+ * indexes); `reason` says why (`unspecified` when an LMCache receiver did not say).
+ *
+ * @example
+ * ```ts
+ * import { PdAllocRefusedError } from "@kvport/nixl";
+ *
+ * const e = new PdAllocRefusedError("r1", "localhost7300", "pool_too_small", "9 > 8 pages", 9);
+ * console.log(e.reason, e.code); // pool_too_small REMOTE_ERROR
+ * ```
+ */
+export class PdAllocRefusedError extends PdSendError {
+  /** Why the receiver refused. */
+  readonly reason: PdRefusalReason;
+  /** The receiver's explanation. */
+  readonly detail: string;
+  /** Keys that got no page. */
+  readonly failed: number;
+
+  /**
+   * Creates the error.
+   *
+   * @param reqId the request
+   * @param receiverId the receiver id
+   * @param reason why
+   * @param detail the receiver's explanation
+   * @param failed keys that got no page
+   */
+  constructor(
+    reqId: string,
+    receiverId: string,
+    reason: PdRefusalReason,
+    detail: string,
+    failed: number,
+  ) {
+    super(
+      reqId,
+      receiverId,
+      "alloc",
+      `the receiver refused the allocation (${reason}): ${detail}`,
+      new ChannelError("REMOTE_ERROR", detail, { peerId: receiverId, op: "alloc" }),
+    );
+    this.name = "PdAllocRefusedError";
+    this.reason = reason;
+    this.detail = detail;
+    this.failed = failed;
+  }
+}
+
+/**
  * The prefiller (sender) of disaggregated prefill.
  *
  * Fill pages from {@linkcode allocate}, then {@linkcode send} them with their keys and
@@ -194,6 +268,7 @@ export class PdSender implements AsyncDisposable {
   readonly #allocTimeoutMs: number;
   readonly #notifyTimeoutMs: number;
   readonly #transferTimeoutMs: number | undefined;
+  readonly #wireGeneration: "auto" | PdWireGeneration;
   #pusher: Pusher | null = null;
   #links = new Map<string, Link>();
   #requests = new Map<string, RequestTrack>();
@@ -219,6 +294,7 @@ export class PdSender implements AsyncDisposable {
       this.tpRank,
       weakly(this, PdSender.#poolView),
     );
+    this.#wireGeneration = options.wireGeneration ?? "auto";
   }
 
   // Static: a closure made in the constructor would hold `this` (its context does).
@@ -364,6 +440,7 @@ export class PdSender implements AsyncDisposable {
         alloc: null,
         generation: 0,
         queue: new SerialQueue(),
+        wire: this.#wireGeneration === "auto" ? undefined : this.#wireGeneration,
       };
       this.#links.set(id, link);
     }
@@ -415,14 +492,16 @@ export class PdSender implements AsyncDisposable {
     let sent = 0;
     let skipped = 0;
     if (batch.keys.length > 0) {
-      const allocRequest: SideMessage = {
-        type: "AllocRequest",
+      // A request keeps the form of its first batch; until the receiver's generation is
+      // known, the async form (an older receiver ignores the extra fields).
+      const form = track?.wire ?? link.wire ?? "async";
+      const request = allocRequest(form, {
         keys: [...batch.keys],
         fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
         shape: [...batch.shape],
         dtype: batch.dtype,
         last_chunk_toks: batch.lastChunkToks,
-      };
+      }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
       const restarted = (why: string) =>
         fail(
           "restart",
@@ -447,7 +526,7 @@ export class PdSender implements AsyncDisposable {
           handshook = true;
         }
         if (!track) {
-          track = { receiverId: link.id, generation: link.generation, batches: 0 };
+          track = { receiverId: link.id, generation: link.generation, batches: 0, wire: form };
           if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
             this.#requests.delete(this.#requests.keys().next().value!);
           }
@@ -455,7 +534,7 @@ export class PdSender implements AsyncDisposable {
         }
         track.generation = link.generation;
         try {
-          resp = await link.alloc!.request(allocRequest, this.#allocTimeoutMs);
+          resp = await link.alloc!.request(request, this.#allocTimeoutMs);
         } catch (e) {
           const gone = link.alloc?.lost ?? null;
           if (gone !== null && !midStream && attempt === 0) {
@@ -477,19 +556,25 @@ export class PdSender implements AsyncDisposable {
           false,
         );
       }
-      const already = resp.already_sent_indexes as number[];
-      const remote = resp.remote_indexes as number[];
-      const failed = remote.filter((r) => r < 0).length;
-      if (failed > 0) {
-        return await fail(
-          "alloc",
-          `the receiver had no free page for ${failed} of ${remote.length} chunk(s) within ` +
-            "its pd_allocation_timeout_sec (AllocResponse remote index -1): retrieve or remove " +
-            "keys on the receiver, or give it a larger pd_buffer_size",
-          undefined,
-          false,
+      let outcome;
+      try {
+        outcome = readAllocResponse(resp);
+      } catch (e) {
+        return await fail("alloc", `malformed AllocResponse: ${errorMessage(e)}`, e);
+      }
+      if (this.#wireGeneration === "auto" && outcome.generation) link.wire = outcome.generation;
+      if (!outcome.ok) {
+        this.#requests.delete(reqId);
+        throw new PdAllocRefusedError(
+          reqId,
+          link.id,
+          outcome.reason,
+          outcome.detail,
+          outcome.failed,
         );
       }
+      const already = outcome.already;
+      const remote = outcome.remote;
       const skip = new Set(already);
       const positions: number[] = [];
       for (let i = 0; i < batch.keys.length; i++) if (!skip.has(i)) positions.push(i);
@@ -548,6 +633,9 @@ export class PdSender implements AsyncDisposable {
   /** Best effort: tell the receiver to drop pages it gave for data that never came. */
   async #cancelOnReceiver(link: Link, reqId: string, keys: string[]): Promise<void> {
     if (!link.alloc || link.alloc.lost || keys.length === 0) return;
+    // LMCache's sync receiver has no CancelNotif: it would fail to decode it and never
+    // answer again on that socket.
+    if (link.wire !== "async") return;
     await link.alloc.request({ type: "CancelNotif", req_id: reqId, keys }, 2000).catch(() => {});
   }
 

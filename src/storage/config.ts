@@ -74,8 +74,9 @@ export interface NixlStorageOptions {
   /** Slots of the static pool; 0 selects dynamic mode (`extra_config.nixl_pool_size`). */
   poolSize: number;
   /**
-   * Bytes of the staging buffer (`nixl_buffer_size`): rounded up to whole pages. Default:
-   * 64 pages (or the pool size, when smaller).
+   * Bytes of the staging buffer (`nixl_buffer_size`; current LMCache leaves that key out
+   * in CPU mode): rounded up to whole pages. Default: 64 pages (or the pool size, when
+   * smaller).
    */
   bufferSize?: number;
   /** Device of the staging buffer (`nixl_buffer_device`): "cpu" (default). */
@@ -252,14 +253,22 @@ export function storageOptionsFromConfig(
         "integer >= 0 (0 = dynamic mode, one file per key)",
     );
   }
-  const bufferSize = config.nixl_buffer_size;
-  if (typeof bufferSize !== "number" || !Number.isInteger(bufferSize) || bufferSize <= 0) {
+  const device = config.nixl_buffer_device;
+  // Current LMCache: no nixl_buffer_size in CPU mode (its storage shares LocalCPUBackend's
+  // pool); here the staging buffer then takes its default size. The older form (a size
+  // with "cpu") still sizes it; loadConfig warns about it.
+  const bufferSize = config.nixl_buffer_size ?? undefined;
+  const sizeOk = typeof bufferSize === "number" && Number.isInteger(bufferSize) &&
+    bufferSize > 0;
+  if (bufferSize === undefined ? device !== "cpu" : !sizeOk) {
     issues.push(
       `nixl_buffer_size is ${JSON.stringify(bufferSize ?? null)}: expected the staging ` +
-        "buffer's size in bytes (an integer > 0)",
+        "buffer's size in bytes (an integer > 0)" +
+        (bufferSize === undefined
+          ? ` (required with nixl_buffer_device ${JSON.stringify(device ?? null)})`
+          : ""),
     );
   }
-  const device = config.nixl_buffer_device;
   if (typeof device !== "string") {
     issues.push(`nixl_buffer_device is ${JSON.stringify(device ?? null)}: expected "cpu"`);
   } else if (typeof backend === "string" && backend in BACKEND_DEVICES) {
@@ -327,7 +336,7 @@ export function storageOptionsFromConfig(
   return {
     path: typeof path === "string" ? path : "",
     poolSize: poolSize as number,
-    bufferSize: bufferSize as number,
+    ...(bufferSize === undefined ? {} : { bufferSize }),
     bufferDevice: device as string,
     backend: backend as StorageBackendName,
     backendParams,

@@ -12,9 +12,18 @@
  * what was found.
  *
  * Fields LMCache added later with a default (`AllocRequest.req_id`, `is_last_batch`,
- * `total_chunks`, `KVAdmitMsg.seq_num`...) are optional here: absent on decode when the
- * peer did not send them (LMCache's default applies), and encoded only when set, so
- * either LMCache generation gets the bytes it would produce itself.
+ * `total_chunks`, `KVAdmitMsg.seq_num`, the NIXL handshake's `*_list` fields...) are
+ * optional here: absent on decode when the peer did not send them (LMCache's default
+ * applies), and encoded only when set, so either LMCache generation gets the bytes it
+ * would produce itself. Where two generations order the same fields differently
+ * (`AllocResponse`), {@linkcode decodeMessage} records the order the fields arrived in
+ * ({@linkcode receivedFieldOrder}) and {@linkcode encodeMessage} follows an order set
+ * with {@linkcode withFieldOrder}, so a reply can be written the way the peer writes.
+ *
+ * Integers: msgspec's `int` takes the whole int64/uint64 range, so every integer field
+ * does too. A value that is a safe JavaScript integer decodes as a `number`; one beyond
+ * 2^53 decodes as an exact `bigint` ({@linkcode WireInt}) and encodes back to the same
+ * bytes. Consumers that need a small number (a page index, a port) check the range.
  *
  * @example
  * ```ts
@@ -31,6 +40,23 @@
 import { Decoder, Encoder } from "@msgpack/msgpack";
 import { WireMessageError } from "./errors.ts";
 
+/**
+ * An integer field: a `number` when it is a safe integer, else an exact `bigint` (msgspec
+ * encodes any int64/uint64; JavaScript numbers are exact only up to 2^53).
+ *
+ * @example
+ * ```ts
+ * import { decodeMessage, encodeMessage, type WireInt } from "@kvport/nixl/wire";
+ *
+ * const seq: WireInt = 2n ** 60n;
+ * const bytes = encodeMessage({
+ *   type: "KVAdmitMsg", instance_id: "i", worker_id: 0, key: 1n, location: "L", seq_num: seq,
+ * });
+ * console.log(decodeMessage(bytes, ["KVAdmitMsg"]).seq_num === seq); // true
+ * ```
+ */
+export type WireInt = number | bigint;
+
 // ---------------------------------------------------------------------------------------
 // NIXL channel handshake (lmcache/v1/transfer_channel/nixl_channel.py)
 
@@ -38,8 +64,13 @@ import { WireMessageError } from "./errors.ts";
 export interface NixlInitRequest {
   /** The tag. */
   type: "NixlInitRequest";
-  /** Serialized NIXL agent metadata of the initiator. */
+  /** Serialized NIXL agent metadata of the initiator (its first agent's). */
   local_meta_bytes: Uint8Array;
+  /**
+   * Newer LMCache: the metadata of every agent of the initiator (a channel may run
+   * several NIXL agents over one buffer, one per NIC); `null`/absent: one agent.
+   */
+  local_meta_bytes_list?: Uint8Array[] | null;
 }
 
 /** Reply to {@linkcode NixlInitRequest}: the responder's agent metadata. */
@@ -50,6 +81,10 @@ export interface NixlInitResponse {
   remote_agent_name: Uint8Array;
   /** Serialized NIXL agent metadata of the responder. */
   remote_meta_bytes: Uint8Array;
+  /** Newer LMCache: per initiator agent, the name the responder registered it under. */
+  remote_agent_names?: Uint8Array[] | null;
+  /** Newer LMCache: the metadata of every agent of the responder. */
+  remote_meta_bytes_list?: Uint8Array[] | null;
 }
 
 /** Stage 2 of the channel handshake: the initiator's page descriptor list. */
@@ -62,6 +97,10 @@ export interface NixlMemRegRequest {
   local_id: string;
   /** Serialized transfer descriptor list of the initiator's pages. */
   local_xfer_dlist_bytes: Uint8Array;
+  /** Newer LMCache: `remote_agent_names` of the {@linkcode NixlInitResponse}, sent back. */
+  remote_agent_names?: Uint8Array[] | null;
+  /** Newer LMCache: the page list of every agent of the initiator. */
+  local_xfer_dlist_bytes_list?: Uint8Array[] | null;
 }
 
 /** Reply to {@linkcode NixlMemRegRequest}: the responder's page descriptor list. */
@@ -70,6 +109,8 @@ export interface NixlMemRegResponse {
   type: "NixlMemRegResponse";
   /** Serialized transfer descriptor list of the responder's pages. */
   remote_xfer_dlist_bytes: Uint8Array;
+  /** Newer LMCache: the page list of every agent of the responder. */
+  remote_xfer_dlist_bytes_list?: Uint8Array[] | null;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -99,29 +140,40 @@ export interface AllocRequest {
   /** Keys `fmt@model@world_size@worker_id@hash_hex@dtype`; one page each. */
   keys: string[];
   /** LMCache `MemoryFormat` value. */
-  fmt: number;
+  fmt: WireInt;
   /** Shape of one full chunk. */
-  shape: number[];
+  shape: WireInt[];
   /** Dtype name, e.g. `"bfloat16"`. */
   dtype: string;
   /** Tokens in the last (possibly partial) chunk. */
-  last_chunk_toks: number;
-  /** Newer LMCache: request id for admission control (default `""`). */
+  last_chunk_toks: WireInt;
+  /** Newer LMCache (async PD, PD L2 adapter): request id for admission (default `""`). */
   req_id?: string;
   /** Newer LMCache: the last batch of `req_id` (default false). */
   is_last_batch?: boolean;
-  /** Newer LMCache: total chunks of the request (default 0). */
-  total_chunks?: number;
+  /** Newer LMCache: total chunks of the request, reserved up front (default 0). */
+  total_chunks?: WireInt;
 }
 
-/** Reply to {@linkcode AllocRequest}. */
+/**
+ * Reply to {@linkcode AllocRequest}. LMCache's sync PD backend declares
+ * `already_sent_indexes, remote_indexes`; its async PD backend and PD L2 adapter declare
+ * `remote_indexes, already_sent_indexes = []` (see {@linkcode withFieldOrder}).
+ */
 export interface AllocResponse {
   /** The tag. */
   type: "AllocResponse";
-  /** Positions (in the request) of keys the receiver already has. */
-  already_sent_indexes: number[];
-  /** Receiver page index per key to write (`-1`: allocation failed, newer LMCache). */
-  remote_indexes: number[];
+  /** Positions (in the request) of keys the receiver already has (newer: default `[]`). */
+  already_sent_indexes?: WireInt[];
+  /** Receiver page index per key to write (`-1`: allocation failed for that key). */
+  remote_indexes: WireInt[];
+  /**
+   * kvport only (LMCache ignores unknown fields): why the allocation was refused, a
+   * code such as `"chunk_too_large"`; sent only with `-1` indexes.
+   */
+  kvport_reason?: string;
+  /** kvport only: the refusal in words. */
+  kvport_detail?: string;
 }
 
 /** Sender to proxy (PUSH): the request's KV is at the decoder. */
@@ -157,7 +209,7 @@ export interface CacheQueryResponse {
   /** Keys that exist on the decoder. */
   cached_keys: string[];
   /** Their page indexes there. */
-  cached_indexes: number[];
+  cached_indexes: WireInt[];
 }
 
 // ---------------------------------------------------------------------------------------
@@ -174,7 +226,7 @@ export interface BatchedLookupAndGetMsg {
   /** Keys, in prefix order. */
   keys: string[];
   /** The requester's page index per key. */
-  mem_indexes: number[];
+  mem_indexes: WireInt[];
 }
 
 /** Reply to {@linkcode BatchedLookupAndGetMsg}. */
@@ -182,7 +234,7 @@ export interface BatchedLookupAndGetRetMsg {
   /** The tag. */
   type: "BatchedLookupAndGetRetMsg";
   /** Number of leading keys found and written. */
-  num_hit_chunks: number;
+  num_hit_chunks: WireInt;
 }
 
 /** Pusher to holder: read these pages of mine that you lack. */
@@ -194,9 +246,9 @@ export interface BatchedLookupAndPutMsg {
   /** Keys. */
   keys: string[];
   /** Tokens per chunk. */
-  offsets: number[];
+  offsets: WireInt[];
   /** The pusher's page index per key. */
-  mem_indexes: number[];
+  mem_indexes: WireInt[];
 }
 
 /** Reply to {@linkcode BatchedLookupAndPutMsg}. */
@@ -204,7 +256,7 @@ export interface BatchedLookupAndPutRetMsg {
   /** The tag. */
   type: "BatchedLookupAndPutRetMsg";
   /** Number of pages read. */
-  num_read_chunks: number;
+  num_read_chunks: WireInt;
 }
 
 /** An error reply of the P2P lookup socket; see {@linkcode P2PErrorCode}. */
@@ -212,7 +264,7 @@ export interface P2PErrorMsg {
   /** The tag. */
   type: "P2PErrorMsg";
   /** 1 server error, 2 unknown message type, 3 remote handler not initialized. */
-  error_code: number;
+  error_code: WireInt;
 }
 
 /**
@@ -245,11 +297,11 @@ export interface RegisterMsg {
   /** LMCache instance id. */
   instance_id: string;
   /** Worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
   /** Worker IP. */
   ip: string;
   /** Worker port. */
-  port: number;
+  port: WireInt;
   /** P2P init URL (`host:port`), `null` when P2P is off. */
   peer_init_url: string | null;
 }
@@ -261,11 +313,11 @@ export interface DeRegisterMsg {
   /** LMCache instance id. */
   instance_id: string;
   /** Worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
   /** Worker IP. */
   ip: string;
   /** Worker port. */
-  port: number;
+  port: WireInt;
 }
 
 /** Worker to controller: heartbeat carrying the registration (re-register after a restart). */
@@ -275,11 +327,11 @@ export interface HeartbeatMsg {
   /** LMCache instance id. */
   instance_id: string;
   /** Worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
   /** Worker IP. */
   ip: string;
   /** Worker port. */
-  port: number;
+  port: WireInt;
   /** P2P init URL, `null` when P2P is off. */
   peer_init_url: string | null;
 }
@@ -291,13 +343,13 @@ export interface KVAdmitMsg {
   /** LMCache instance id. */
   instance_id: string;
   /** Worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
   /** The chunk hash (a 64-bit integer). */
   key: bigint;
   /** Storage backend name, e.g. `"LocalCPUBackend"`. */
   location: string;
   /** Newer LMCache: sequence number (default 0). */
-  seq_num?: number;
+  seq_num?: WireInt;
 }
 
 /** Worker to controller (PUSH): a chunk was evicted from a storage location. */
@@ -307,13 +359,13 @@ export interface KVEvictMsg {
   /** LMCache instance id. */
   instance_id: string;
   /** Worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
   /** The chunk hash (a 64-bit integer). */
   key: bigint;
   /** Storage backend name. */
   location: string;
   /** Newer LMCache: sequence number (default 0). */
-  seq_num?: number;
+  seq_num?: WireInt;
 }
 
 /** One admit or evict of a {@linkcode BatchedKVOperationMsg} (an untagged map). */
@@ -323,7 +375,7 @@ export interface KVOpEvent {
   /** The chunk hash. */
   key: bigint;
   /** Sequence number. */
-  seq_num: number;
+  seq_num: WireInt;
 }
 
 /** Worker to controller (PUSH, newer LMCache): admits and evicts in one message. */
@@ -333,7 +385,7 @@ export interface BatchedKVOperationMsg {
   /** LMCache instance id. */
   instance_id: string;
   /** Worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
   /** Storage backend name. */
   location: string;
   /** The operations, in order. */
@@ -349,7 +401,7 @@ export interface BatchedP2PLookupMsg {
   /** The asking instance. */
   instance_id: string;
   /** The asking worker (TP rank). */
-  worker_id: number;
+  worker_id: WireInt;
 }
 
 /** Reply to {@linkcode BatchedP2PLookupMsg}. */
@@ -357,7 +409,7 @@ export interface BatchedP2PLookupRetMsg {
   /** The tag. */
   type: "BatchedP2PLookupRetMsg";
   /** `[instance_id, location, num_hit_chunks, peer_init_url]` per holder. */
-  layout_info: Array<[string, string, number, string]>;
+  layout_info: Array<[string, string, WireInt, string]>;
 }
 
 /** Controller error reply. */
@@ -414,6 +466,7 @@ export type FieldKind =
   | "hash"
   | "hash[]"
   | "str|null"
+  | "bytes[]|null"
   | "layout[]"
   | "kvop[]";
 
@@ -440,18 +493,31 @@ function f(name: string, kind: FieldKind, optional = false): FieldSpec {
  * import { MESSAGE_FIELDS } from "@kvport/nixl/wire";
  *
  * console.log(MESSAGE_FIELDS.AllocResponse.map((x) => x.name));
- * // ["already_sent_indexes", "remote_indexes"]
+ * // ["already_sent_indexes", "remote_indexes", "kvport_reason", "kvport_detail"]
  * ```
  */
 export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>> = {
-  NixlInitRequest: [f("local_meta_bytes", "bytes")],
-  NixlInitResponse: [f("remote_agent_name", "bytes"), f("remote_meta_bytes", "bytes")],
+  NixlInitRequest: [
+    f("local_meta_bytes", "bytes"),
+    f("local_meta_bytes_list", "bytes[]|null", true),
+  ],
+  NixlInitResponse: [
+    f("remote_agent_name", "bytes"),
+    f("remote_meta_bytes", "bytes"),
+    f("remote_agent_names", "bytes[]|null", true),
+    f("remote_meta_bytes_list", "bytes[]|null", true),
+  ],
   NixlMemRegRequest: [
     f("remote_agent_name", "bytes"),
     f("local_id", "str"),
     f("local_xfer_dlist_bytes", "bytes"),
+    f("remote_agent_names", "bytes[]|null", true),
+    f("local_xfer_dlist_bytes_list", "bytes[]|null", true),
   ],
-  NixlMemRegResponse: [f("remote_xfer_dlist_bytes", "bytes")],
+  NixlMemRegResponse: [
+    f("remote_xfer_dlist_bytes", "bytes"),
+    f("remote_xfer_dlist_bytes_list", "bytes[]|null", true),
+  ],
   P2PInitSideMsg: [],
   P2PInitSideRetMsg: [f("peer_lookup_url", "str")],
   AllocRequest: [
@@ -464,7 +530,12 @@ export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>>
     f("is_last_batch", "bool", true),
     f("total_chunks", "int", true),
   ],
-  AllocResponse: [f("already_sent_indexes", "int[]"), f("remote_indexes", "int[]")],
+  AllocResponse: [
+    f("already_sent_indexes", "int[]", true),
+    f("remote_indexes", "int[]"),
+    f("kvport_reason", "str", true),
+    f("kvport_detail", "str", true),
+  ],
   ProxyNotif: [f("req_id", "str")],
   CancelNotif: [f("req_id", "str"), f("keys", "str[]")],
   CacheQueryRequest: [f("keys", "str[]")],
@@ -546,6 +617,10 @@ export function isMessageType(name: string): name is MessageType {
 
 const INT64_MIN = -(2n ** 63n);
 const UINT64_MAX = 2n ** 64n - 1n;
+const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+/** Most entries of one `bytes[]` field (LMCache sends one per NIXL agent). */
+const MAX_LIST_ENTRIES = 1024;
 
 function describe(v: unknown): string {
   if (v === null) return "nil";
@@ -584,15 +659,17 @@ class Checker {
     return v;
   }
 
-  int(field: string, v: unknown): number {
+  /** msgspec's `int`: any int64/uint64; a number when exact, else a bigint. */
+  int(field: string, v: unknown): WireInt {
     if (typeof v === "number" && Number.isSafeInteger(v)) return v;
-    if (
-      typeof v === "bigint" && v >= BigInt(Number.MIN_SAFE_INTEGER) &&
-      v <= BigInt(Number.MAX_SAFE_INTEGER)
-    ) {
-      return Number(v);
+    if (typeof v === "bigint" && v >= INT64_MIN && v <= UINT64_MAX) {
+      return v >= MIN_SAFE && v <= MAX_SAFE ? Number(v) : v;
     }
-    return this.fail(field, "int (a safe integer)", v);
+    if (typeof v === "number" && Number.isInteger(v)) {
+      // A number beyond 2^53 is not exact any more: the caller must give a bigint.
+      return this.fail(field, "int (a bigint beyond 2^53: this number is not exact)", v);
+    }
+    return this.fail(field, "int (64-bit)", v);
   }
 
   hash(field: string, v: unknown): bigint {
@@ -634,6 +711,15 @@ class Checker {
         if (v === null) return null;
         if (typeof v !== "string") this.fail(field, "str or nil", v);
         return v;
+      case "bytes[]|null":
+        if (v === null) return null;
+        if (Array.isArray(v) && v.length > MAX_LIST_ENTRIES) {
+          this.fail(field, `an array of at most ${MAX_LIST_ENTRIES} bin`, v);
+        }
+        return this.list(field, v, (n, x) => {
+          if (!(x instanceof Uint8Array)) this.fail(n, "bin (bytes)", x);
+          return x;
+        });
       case "layout[]":
         return this.list(field, v, (n, x) => {
           if (!Array.isArray(x) || x.length !== 4) {
@@ -741,9 +827,103 @@ function wire(v: unknown): unknown {
 
 const ENCODER = new Encoder({ useBigInt64: true });
 
+/** Where a message object keeps the order of its fields (not enumerable, not copied). */
+const FIELD_ORDER: unique symbol = Symbol("kvport.wire.fieldOrder");
+
+/**
+ * The order in which a decoded message's fields arrived (without `"type"`), or
+ * `undefined` for a message that was not decoded. Two LMCache generations write
+ * `AllocResponse` in different orders; this tells which one a peer speaks.
+ *
+ * @param message a message returned by {@linkcode decodeMessage}
+ * @returns the field names in arrival order, known fields only
+ *
+ * @example
+ * ```ts
+ * import {
+ *   type AllocResponse,
+ *   decodeMessage,
+ *   encodeMessage,
+ *   receivedFieldOrder,
+ *   withFieldOrder,
+ * } from "@kvport/nixl/wire";
+ *
+ * const reply: AllocResponse = { type: "AllocResponse", remote_indexes: [3], already_sent_indexes: [] };
+ * const sent = withFieldOrder(reply, ["remote_indexes", "already_sent_indexes"]);
+ * console.log(receivedFieldOrder(decodeMessage(encodeMessage(sent))));
+ * // ["remote_indexes", "already_sent_indexes"]
+ * ```
+ */
+export function receivedFieldOrder(message: object): readonly string[] | undefined {
+  return (message as { [FIELD_ORDER]?: readonly string[] })[FIELD_ORDER];
+}
+
+/**
+ * Marks `message` to be encoded with its fields in `order` (names not in `order`
+ * follow in catalogue order). Returns the same object.
+ *
+ * @param message the message
+ * @param order field names, e.g. `["remote_indexes", "already_sent_indexes"]`
+ * @returns `message`
+ *
+ * @example
+ * ```ts
+ * import { type AllocResponse, encodeMessage, withFieldOrder } from "@kvport/nixl/wire";
+ *
+ * const reply: AllocResponse = { type: "AllocResponse", already_sent_indexes: [], remote_indexes: [-1] };
+ * // LMCache's async PD backend declares remote_indexes first.
+ * const m = withFieldOrder(reply, ["remote_indexes", "already_sent_indexes"]);
+ * console.log(encodeMessage(m).length); // 59
+ * ```
+ */
+export function withFieldOrder<T extends object>(message: T, order: readonly string[]): T {
+  Object.defineProperty(message, FIELD_ORDER, {
+    value: Object.freeze([...order]),
+    enumerable: false,
+    configurable: true,
+    writable: false,
+  });
+  return message;
+}
+
+/**
+ * An integer field as a `number`, or a {@linkcode WireMessageError} naming the field when
+ * it is beyond 2^53 (a page index, a port or a TP rank never is; a peer that sends one
+ * is answered with an error instead of a silently rounded value).
+ *
+ * @param v the decoded value
+ * @param field the field, named in the error
+ * @param messageType the message type, named in the error
+ * @returns the value as a number
+ *
+ * @example
+ * ```ts
+ * import { toSafeInt } from "@kvport/nixl/wire";
+ *
+ * console.log(toSafeInt(7n, "worker_id")); // 7
+ * try {
+ *   toSafeInt(2n ** 60n, "worker_id", "RegisterMsg");
+ * } catch (e) {
+ *   console.log((e as Error).message); // invalid RegisterMsg field "worker_id": expected ...
+ * }
+ * ```
+ */
+export function toSafeInt(v: WireInt, field: string, messageType?: string): number {
+  if (typeof v === "number" && Number.isSafeInteger(v)) return v;
+  if (typeof v === "bigint" && v >= MIN_SAFE && v <= MAX_SAFE) return Number(v);
+  throw new WireMessageError(
+    `an integer within +-(2^53 - 1)`,
+    typeof v === "bigint" ? `int ${v}` : describe(v),
+    { messageType, field },
+  );
+}
+
 /**
  * Encodes a message exactly as LMCache's `msgspec.msgpack.encode` does: a map with
  * `"type"` first, then the fields in declaration order. The message is validated first.
+ *
+ * The order is the catalogue's unless {@linkcode withFieldOrder} set another (a decoded
+ * message keeps the order it arrived in).
  *
  * @param message the message
  * @returns the msgpack bytes
@@ -760,8 +940,14 @@ const ENCODER = new Encoder({ useBigInt64: true });
 export function encodeMessage(message: LmcacheMessage): Uint8Array {
   const valid = check(message, undefined, undefined) as unknown as Record<string, unknown>;
   const ordered: Record<string, unknown> = { type: valid.type };
+  const order = receivedFieldOrder(message) ?? [];
+  for (const name of order) {
+    if (name !== "type" && Object.prototype.hasOwnProperty.call(valid, name)) {
+      ordered[name] = wire(valid[name]);
+    }
+  }
   for (const spec of MESSAGE_FIELDS[valid.type as MessageType]) {
-    if (spec.name in valid) ordered[spec.name] = wire(valid[spec.name]);
+    if (spec.name in valid && !(spec.name in ordered)) ordered[spec.name] = wire(valid[spec.name]);
   }
   return ENCODER.encode(ordered);
 }
@@ -813,5 +999,8 @@ export function decodeMessage<T extends MessageType = MessageType>(
       { peer: options.peer, cause: e },
     );
   }
-  return check(raw, expected, options.peer) as MessageOf<T>;
+  const msg = check(raw, expected, options.peer);
+  const known = new Set(MESSAGE_FIELDS[msg.type].map((x) => x.name));
+  withFieldOrder(msg, Object.keys(raw as object).filter((k) => known.has(k)));
+  return msg as MessageOf<T>;
 }
