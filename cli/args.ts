@@ -1,14 +1,17 @@
 /**
- * What the `pd-*` and `p2p-*` commands share: strict option parsing, integer options,
- * configuration loading, JSON-or-text event lines, the usage/configuration error exit
- * code (2) and waiting for SIGINT/SIGTERM.
+ * What the `kvport` commands share: strict option parsing, integer options,
+ * configuration loading, JSON-or-text event lines, and one exit-code rule
+ * ({@linkcode guard}): 0 success, 1 failure while running, 2 usage or configuration
+ * error, 130/143 stopped by SIGINT/SIGTERM.
  *
  * @module
  */
-import process from "node:process";
 import { parseArgs } from "node:util";
 import { ConfigError, type KvportConfig, loadConfig } from "../src/config/mod.ts";
+import { Interrupted, untilInterrupted } from "./interrupt.ts";
 import { err, out } from "./io.ts";
+
+export { Interrupted, whileInterruptible } from "./interrupt.ts";
 
 /** A mistake on the command line: exit code 2 under {@linkcode guard}. */
 export class UsageError extends Error {}
@@ -88,7 +91,8 @@ export function load(
 
 /**
  * `body`'s exit code; a {@linkcode UsageError} or `ConfigError` is printed as
- * `kvport <name>: ...` and exits 2, anything else is rethrown.
+ * `kvport <name>: ...` and exits 2, an {@linkcode Interrupted} exits 130 (SIGINT) or 143
+ * (SIGTERM), anything else is rethrown.
  *
  * @example
  * ```ts
@@ -107,6 +111,10 @@ export async function guard(name: string, body: () => Promise<number>): Promise<
     if (e instanceof ConfigError) {
       err(`kvport ${name}: ${e.message}`);
       return 2;
+    }
+    if (e instanceof Interrupted) {
+      err(`kvport ${name}: ${e.message}`);
+      return e.exitCode;
     }
     throw e;
   }
@@ -137,15 +145,5 @@ export function emit(json: boolean, event: Record<string, unknown>, text: string
  * ```
  */
 export function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const on = (sig: string) => () => {
-      process.off("SIGINT", onInt);
-      process.off("SIGTERM", onTerm);
-      resolve(sig);
-    };
-    const onInt = on("SIGINT");
-    const onTerm = on("SIGTERM");
-    process.on("SIGINT", onInt);
-    process.on("SIGTERM", onTerm);
-  });
+  return untilInterrupted();
 }

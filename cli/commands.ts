@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { buildCommand } from "./build_cmd.ts";
 import { checkCommand } from "./check_cmd.ts";
 import { configCommand } from "./config_cmd.ts";
 import { demoCommand } from "./demo_cmd.ts";
@@ -55,4 +56,5 @@ export const commands: Command[] = [
   p2pDemoCommand,
   storageCommand,
   checkCommand,
+  buildCommand,
 ];
