@@ -6,9 +6,9 @@ import {
   ChannelTimeoutError,
   createTransferChannel,
   type CreateTransferChannelOptions,
-  mockMemoryStore,
   type TransferChannel,
 } from "../mod.ts";
+import { mockMemoryStore } from "../src/channel/mock_memory.ts";
 import { RepSocket } from "../src/channel/wire/mod.ts";
 
 const base = {

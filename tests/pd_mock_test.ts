@@ -6,7 +6,6 @@ import {
   formatCacheKey,
   loadConfig,
   MemoryFormat,
-  PagePool,
   parseCacheKey,
   PdReceiver,
   type PdReceiverOptions,
@@ -15,6 +14,7 @@ import {
   PdSendError,
   ProxyNotifier,
 } from "../mod.ts";
+import { PagePool } from "../src/pd/page_pool.ts";
 import { encodeMessage } from "../src/channel/wire/mod.ts";
 import {
   checkFor,

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { TRANSFER_CHANNELS } from "../config/mod.ts";
 import { ChannelError } from "./errors.ts";
 import { MockMemoryChannel } from "./mock_memory.ts";
 import { NixlChannel } from "./nixl.ts";
@@ -48,23 +49,12 @@ export interface CreateTransferChannelOptions {
 }
 
 /**
- * Channel types {@linkcode createTransferChannel} knows.
- *
- * @example
- * ```ts
- * import { SUPPORTED_CHANNEL_TYPES } from "@kvport/nixl";
- * console.log(SUPPORTED_CHANNEL_TYPES.join(", ")); // nixl, mock_memory
- * ```
- */
-export const SUPPORTED_CHANNEL_TYPES: readonly string[] = Object.freeze(["nixl", "mock_memory"]);
-
-/**
  * Pages of a buffer: `bufferSize` aligned down to `alignBytes` (as LMCache's PD does),
  * with a warning when something was cut.
  *
  * @example
  * ```ts
- * import { alignBuffer } from "@kvport/nixl";
+ * import { alignBuffer } from "./factory.ts";
  * console.log(alignBuffer(10_000, 4096)); // { pageCount: 2, warnings: ["bufferSize 10000 ..."] }
  * ```
  */
@@ -126,10 +116,10 @@ export async function createTransferChannel(
   options: CreateTransferChannelOptions,
 ): Promise<TransferChannel> {
   const type = options.channelType;
-  if (!SUPPORTED_CHANNEL_TYPES.includes(type)) {
+  if (!(TRANSFER_CHANNELS as readonly string[]).includes(type)) {
     throw new ChannelError(
       "UNSUPPORTED_CHANNEL_TYPE",
-      `Unsupported channel type: ${type} (supported: ${SUPPORTED_CHANNEL_TYPES.join(", ")})`,
+      `Unsupported channel type: ${type} (supported: ${TRANSFER_CHANNELS.join(", ")})`,
     );
   }
   if (!["sender", "receiver", "both"].includes(options.role)) {

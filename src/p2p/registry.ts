@@ -316,7 +316,9 @@ export class P2PRegistry implements AsyncDisposable {
     return best;
   }
 
-  /** Takes one worker message as if it came on the PULL socket (for embedding, tests). */
+  /** Takes one worker message as if it came on the PULL socket (for embedding, tests;
+   * the message types are in the `./wire` entry point).
+   * @ignore */
   report(message: LmcacheMessage): void {
     this.#stats.reports++;
     const now = performance.now();

@@ -20,7 +20,7 @@ interface Waiter {
  *
  * @example
  * ```ts
- * import { PagePool } from "@kvport/nixl";
+ * import { PagePool } from "./page_pool.ts";
  *
  * const pool = new PagePool(4);
  * const pages = await pool.allocate(3, 1000);

@@ -5,11 +5,11 @@
  * @module
  */
 import { createAgentIo } from "./agent_io.ts";
+import type { NixlStorageBackendName } from "../config/mod.ts";
 import {
   checkBackendDevice,
   type FromConfigOptions,
   type NixlStorageOptions,
-  type StorageBackendName,
   type StorageConfigSource,
   storageOptionsFromConfig,
 } from "./config.ts";
@@ -167,7 +167,7 @@ export class NixlStorageBackend implements AsyncDisposable {
   /** Bytes of one chunk. */
   readonly pageSize: number;
   /** Storage plugin. */
-  readonly backend: StorageBackendName;
+  readonly backend: NixlStorageBackendName;
   /**
    * Things worth knowing that are not errors: O_DIRECT refused by the file system, a torn
    * index tail recovered on open, a damaged chunk dropped. Never printed by the library.
