@@ -248,8 +248,9 @@ export class P2PRegistry implements AsyncDisposable {
    */
   static async fromConfig(
     config: P2PRegistryConfigLike,
-    overrides: Partial<P2PRegistryOptions> = {},
+    overrides?: Partial<P2PRegistryOptions>,
   ): Promise<P2PRegistry> {
+    overrides ??= {};
     const pullUrl = overrides.pullUrl ?? config.controller_pull_url;
     const replyUrl = overrides.replyUrl ?? config.controller_reply_url;
     if (!pullUrl || !replyUrl) {

@@ -323,9 +323,10 @@ export class PdReceiver implements AsyncDisposable {
   /**
    * Resolves once every key in `keys` has been allocated and its data has landed;
    * rejects with a {@linkcode ChannelTimeoutError} naming how many are missing after
-   * `timeoutMs`.
+   * `timeoutMs` (default 30000).
    */
-  waitFor(keys: readonly string[], timeoutMs: number = 30_000): Promise<void> {
+  waitFor(keys: readonly string[], timeoutMs?: number): Promise<void> {
+    timeoutMs ??= 30_000;
     if (this.#closing) {
       return Promise.reject(new ChannelError("CLOSED", "PD receiver is closed"));
     }

@@ -258,8 +258,9 @@ export class PdSender implements AsyncDisposable {
     });
   }
 
-  /** Takes `count` local pages, waiting at most `timeoutMs` for free ones. */
-  allocate(count: number, timeoutMs: number = 30_000): Promise<number[]> {
+  /** Takes `count` local pages, waiting at most `timeoutMs` (default 30000) for free ones. */
+  allocate(count: number, timeoutMs?: number): Promise<number[]> {
+    timeoutMs ??= 30_000;
     return this.pool.allocate(count, timeoutMs);
   }
 

@@ -221,8 +221,9 @@ export class NixlStorageBackend implements AsyncDisposable {
    */
   static fromConfig(
     config: StorageConfigSource,
-    options: FromConfigOptions = {},
+    options?: FromConfigOptions,
   ): Promise<NixlStorageBackend> {
+    options ??= {};
     try {
       return NixlStorageBackend.create(storageOptionsFromConfig(config, options));
     } catch (e) {
@@ -353,7 +354,8 @@ export class NixlStorageBackend implements AsyncDisposable {
    * Whether a key is stored. A key whose asynchronous put is still writing is not (as in
    * LMCache). `{ pin: true }` pins it when found (static mode).
    */
-  async contains(key: string, options: ContainsOptions = {}): Promise<boolean> {
+  async contains(key: string, options?: ContainsOptions): Promise<boolean> {
+    options ??= {};
     return (await this.batchedContains([key], options)) === 1;
   }
 
@@ -361,7 +363,8 @@ export class NixlStorageBackend implements AsyncDisposable {
    * How many of `keys`, from the first, are stored: stops at the first miss (dynamic
    * mode checks 16 files at a time).
    */
-  batchedContains(keys: readonly string[], options: ContainsOptions = {}): Promise<number> {
+  batchedContains(keys: readonly string[], options?: ContainsOptions): Promise<number> {
+    options ??= {};
     this.#assertOpen();
     let n = 0;
     while (n < keys.length && !this.#inflight.has(keys[n])) n++;

@@ -178,8 +178,9 @@ export function checkBackendDevice(backend: string, device: string): string | un
  */
 export function storageOptionsFromConfig(
   config: StorageConfigSource,
-  options: FromConfigOptions = {},
+  options?: FromConfigOptions,
 ): NixlStorageOptions {
+  options ??= {};
   const issues: string[] = [];
   const extra = config.extra_config ?? {};
   const get = (k: string): unknown => extra[k];
