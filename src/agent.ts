@@ -448,7 +448,8 @@ export class NixlAgent {
   ): DeviceBuffer;
   /** Allocates DRAM or VRAM. */
   allocate(size: number | bigint, options?: AllocateOptions): NativeBuffer;
-  allocate(size: number | bigint, options: AllocateOptions = {}): NativeBuffer {
+  allocate(size: number | bigint, options?: AllocateOptions): NativeBuffer {
+    options ??= {};
     this.#native("allocate");
     const buf = allocateBuffer(this.#lib, size, options, (b) => this.#buffers.delete(b));
     this.#buffers.add(buf);
