@@ -188,7 +188,8 @@ export interface TemporaryDirectory {
 
 /**
  * Creates a directory under the system's temporary directory, removed by `remove()`, by
- * a SIGINT/SIGTERM, or when the process exits, whichever comes first.
+ * a SIGINT/SIGTERM, or when the process exits, whichever comes first; with `keep`, never
+ * (`remove()` does nothing: the user asked to look at it afterwards).
  *
  * @example
  * ```ts
@@ -198,8 +199,12 @@ export interface TemporaryDirectory {
  * dir.remove();
  * ```
  */
-export function temporaryDirectory(prefix: string): TemporaryDirectory {
+export function temporaryDirectory(
+  prefix: string,
+  options: { keep?: boolean } = {},
+): TemporaryDirectory {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  if (options.keep) return { path: dir, remove: () => {} };
   let removed = false;
   const remove = () => {
     if (removed) return;

@@ -9,7 +9,7 @@
 import { ChannelError } from "../channel/errors.ts";
 import { openRequester, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
-import { createTransferChannel } from "../channel/factory.ts";
+import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import {
   type BatchedLookupAndGetMsg,
@@ -342,6 +342,7 @@ export class P2PBackend implements AsyncDisposable {
    */
   static async create(options: P2PBackendOptions): Promise<P2PBackend> {
     validate(options);
+    checkBufferSizes(options.pageSize, options.bufferSize);
     const bindHost = options.bindHost ?? options.host;
     const lookupServer = await RepSocket.bind(
       `tcp://${joinHostPort(bindHost, options.lookupPort)}`,

@@ -8,7 +8,7 @@
 import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
 import { type ControlServer, serveRequests } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
-import { createTransferChannel } from "../channel/factory.ts";
+import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
@@ -141,6 +141,7 @@ export class PdReceiver implements AsyncDisposable {
 
   /** Creates the channel (listening for handshakes) and the allocation listener. */
   static async create(options: PdReceiverOptions): Promise<PdReceiver> {
+    checkBufferSizes(options.pageSize, options.bufferSize);
     const bindHost = options.bindHost ?? options.host;
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",

@@ -9,7 +9,7 @@
 import { ChannelError } from "../channel/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
-import { createTransferChannel } from "../channel/factory.ts";
+import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
@@ -205,6 +205,7 @@ export class PdSender implements AsyncDisposable {
 
   /** Creates the sender and its channel (which does not listen). */
   static async create(options: PdSenderOptions): Promise<PdSender> {
+    checkBufferSizes(options.pageSize, options.bufferSize);
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",
       role: "sender",
