@@ -1,11 +1,10 @@
 /**
- * SIGINT and SIGTERM for every `kvport` command, one rule: the command is told (an
- * {@linkcode AbortSignal} it can pass down, {@linkcode untilInterrupted} for commands
- * that run until stopped), registered cleanups run (child processes killed, temporary
- * directories removed), and the process exits `128 + signal number`: 130 for SIGINT,
- * 143 for SIGTERM. A command that does not finish within a grace period after the
- * signal is exited for; a second signal exits at once (cleanups that remove files have
- * run by then, since they are synchronous).
+ * SIGINT and SIGTERM for every `kvport` command, one rule: registered cleanups run
+ * (child processes killed, temporary directories removed) and the process exits
+ * `128 + signal number`: 130 for SIGINT, 143 for SIGTERM. A command that waits for the
+ * signal ({@linkcode untilInterrupted}, {@linkcode whileInterruptible}) is told and
+ * winds down itself (closing what it holds) within a grace period; any other exits as
+ * soon as the cleanups have run. A second signal exits at once.
  *
  * @example
  * ```ts
@@ -49,6 +48,9 @@ const controller = new AbortController();
 const cleanups = new Set<() => void | Promise<void>>();
 let installed = false;
 let received: "SIGINT" | "SIGTERM" | null = null;
+/** Waits that handle the signal themselves: while there are any, the process is not
+ * exited for the command at once. */
+let observers = 0;
 
 /**
  * Aborted, with an {@linkcode Interrupted} as reason, on the first SIGINT or SIGTERM
@@ -112,11 +114,17 @@ export function installInterruptHandlers(): void {
       process.exit(SIGNAL_EXIT_CODES[received]);
     }
     received = sig;
+    const code = SIGNAL_EXIT_CODES[sig];
+    const handled = observers > 0;
     controller.abort(new Interrupted(sig));
-    const exitLater = setTimeout(() => process.exit(SIGNAL_EXIT_CODES[sig]), GRACE_MS);
-    // Nothing else may keep the process alive only for this timer.
-    (exitLater as { unref?: () => void }).unref?.();
-    void Promise.resolve(runCleanups());
+    if (handled) {
+      const exitLater = setTimeout(() => process.exit(code), GRACE_MS);
+      // Nothing else may keep the process alive only for this timer.
+      (exitLater as { unref?: () => void }).unref?.();
+      void runCleanups();
+    } else {
+      void runCleanups().then(() => process.exit(code));
+    }
   };
   process.on("SIGINT", on("SIGINT"));
   process.on("SIGTERM", on("SIGTERM"));
@@ -148,9 +156,10 @@ function runCleanups(): Promise<void> {
 export function untilInterrupted(): Promise<"SIGINT" | "SIGTERM"> {
   installInterruptHandlers();
   if (received !== null) return Promise.resolve(received);
+  observers++;
   return new Promise((resolve) => {
     interruptSignal.addEventListener("abort", () => resolve(received!), { once: true });
-  });
+  }).finally(() => observers--) as Promise<"SIGINT" | "SIGTERM">;
 }
 
 /**
@@ -168,11 +177,14 @@ export function untilInterrupted(): Promise<"SIGINT" | "SIGTERM"> {
  */
 export async function whileInterruptible<T>(body: (signal: AbortSignal) => Promise<T>): Promise<T> {
   let result: T;
+  observers++;
   try {
     result = await body(interruptSignal);
   } catch (e) {
     if (received !== null) throw new Interrupted(received);
     throw e;
+  } finally {
+    observers--;
   }
   if (received !== null) throw new Interrupted(received);
   return result;
