@@ -50,8 +50,8 @@ export function checkHelp(): string {
     "Options:",
     "      --engine E      auto (default), builtin or nixl",
     "      --backends B    backends of the test agent, comma-separated (default UCX)",
-    "      --lib PATH      libkvport.so to load (default: KVPORT_LIB, native/build/,",
-    "                      $NIXL_PREFIX/lib)",
+    "      --lib PATH      libkvport.so to load (default: KVPORT_LIB, native/build/, the",
+    "                      kvport build cache, $NIXL_PREFIX/lib)",
     "      --json          print one JSON object instead of text",
     "  -h, --help          this help",
   ].join("\n");

@@ -256,3 +256,49 @@ test("without --allow-net, a listening mock channel rejects with Deno's permissi
   assert.equal(line.rejected, "NotCapable", r.stdout);
   assert.match(line.message, /Requires net access to "127\.0\.0\.1:0".*--allow-net/);
 });
+
+test("PD and P2P size errors name pageSize and bufferSize, not the channel's alignBytes", async () => {
+  for (const pageSize of [0, 1.5, -1]) {
+    await assert.rejects(
+      root.PdSender.create({ pageSize, bufferSize: 1 << 20, channelType: "mock_memory" }),
+      (e: unknown) => {
+        assert.ok(e instanceof root.ChannelError);
+        assert.equal(e.code, "INVALID_ARGUMENT");
+        assert.match(
+          e.message,
+          new RegExp(`^pageSize must be a positive integer .*got ${pageSize}$`),
+        );
+        return true;
+      },
+    );
+  }
+  await assert.rejects(
+    root.PdReceiver.create({
+      host: "127.0.0.1",
+      initPort: 0,
+      allocPort: 0,
+      pageSize: 1 << 20,
+      bufferSize: 1000,
+      channelType: "mock_memory",
+    }),
+    /bufferSize 1000 is smaller than one page \(pageSize 1048576\)/,
+  );
+  await assert.rejects(
+    root.P2PBackend.create({
+      instanceId: "x",
+      host: "127.0.0.1",
+      initPort: 0,
+      lookupPort: 0,
+      pageSize: 0,
+      bufferSize: 1 << 20,
+      registryPullUrl: "127.0.0.1:1",
+      registryReplyUrl: "127.0.0.1:1",
+      channelType: "mock_memory",
+    }),
+    (e: unknown) => {
+      assert.doesNotMatch(String(e), /alignBytes/);
+      assert.match(String(e), /pageSize must be a positive integer/);
+      return true;
+    },
+  );
+});

@@ -81,7 +81,13 @@ test("the package ships the native sources kvport build fetches", () => {
 });
 
 test("a JSR user's project type-checks against the served package", async () => {
-  const r = await deno(["check", allowImport, "mock_channel_test.ts", "pd_pair.ts", "first_use.ts"]);
+  const r = await deno([
+    "check",
+    allowImport,
+    "mock_channel_test.ts",
+    "pd_pair.ts",
+    "first_use.ts",
+  ]);
   assert.equal(r.code, 0, show("deno check", r));
   assert.doesNotMatch(r.stderr, /TS2307|bun-types/);
   assert.ok(server.requests.includes("ffi/bun.ts"), "the Bun loader was type-checked too");
