@@ -26,10 +26,184 @@
  *
  * @module
  */
-export * from "./src/config/mod.ts";
-export * from "./src/agent.ts";
-export * from "./src/channel/mod.ts";
-export * from "./src/pd/mod.ts";
-export * from "./src/storage/mod.ts";
-export * from "./src/p2p/mod.ts";
-export * from "./src/metrics/mod.ts";
+
+// The root exports what a user of the library needs, one name each; helpers the
+// modules share stay in their modules (tests/public_surface_test.ts holds the list).
+
+export { VERSION } from "./ffi/version.ts";
+
+// Configuration (the `./config` entry point has the key table and parsing helpers too).
+export {
+  ConfigError,
+  FILE_STORAGE_BACKENDS,
+  loadConfig,
+  NIXL_STORAGE_BACKENDS,
+  PD_BACKEND_MODES,
+  PD_ROLES,
+  STORAGE_BACKEND_DEVICES,
+  TRANSFER_CHANNELS,
+} from "./src/config/mod.ts";
+export type {
+  ConfigIssue,
+  ConfigSource,
+  ConfigWarning,
+  ConfigWarningCode,
+  EnvMap,
+  ExtraConfig,
+  KvportConfig,
+  LoadConfigOptions,
+  LoadedConfig,
+  NixlStorageBackendName,
+  PdBackendMode,
+  PdRole,
+  TransferChannelType,
+} from "./src/config/mod.ts";
+
+// The NIXL agent model and the native library.
+export {
+  cudaDeviceCount,
+  cudaDevices,
+  DescList,
+  DeviceBuffer,
+  engines,
+  HostBuffer,
+  NativeBuffer,
+  nativeLibrary,
+  NativeLibraryError,
+  NixlAgent,
+  NixlError,
+  NixlTimeoutError,
+  PreparedDescList,
+  probeEngine,
+  Registration,
+  Status,
+  statusName,
+  TransferRequest,
+} from "./src/agent.ts";
+export type {
+  AgentOptions,
+  AllocateOptions,
+  CudaInfo,
+  DescArrays,
+  DescArraysInput,
+  DescListOptions,
+  EngineName,
+  EngineProbe,
+  FileRegion,
+  LibraryOptions,
+  MemoryRegion,
+  MemType,
+  NativeLibraryInfo,
+  Notification,
+  ObjectRegion,
+  PageSource,
+  RegisterInput,
+  StatusCode,
+  TimeoutDetails,
+  TransferOp,
+  TransferOptions,
+  TransferState,
+  WaitOptions,
+} from "./src/agent.ts";
+
+// Transfer channels.
+export {
+  ChannelError,
+  ChannelTimeoutError,
+  createTransferChannel,
+  MockMemoryChannel,
+  NixlChannel,
+  parseDevice,
+} from "./src/channel/mod.ts";
+export type {
+  BufferDevice,
+  ChannelErrorCode,
+  ChannelNotification,
+  ChannelPage,
+  ChannelRole,
+  ConnectOptions,
+  CreateTransferChannelOptions,
+  LocalPages,
+  MockMemoryChannelOptions,
+  NixlChannelOptions,
+  SideMessage,
+  SideMessageHandler,
+  TransferChannel,
+  TransferSpec,
+} from "./src/channel/mod.ts";
+
+// Disaggregated prefill.
+export {
+  chunkBytes,
+  dtypeBytes,
+  formatCacheKey,
+  MemoryFormat,
+  parseCacheKey,
+  PdAllocRefusedError,
+  PdReceiver,
+  PdSender,
+  PdSendError,
+  ProxyNotifier,
+} from "./src/pd/mod.ts";
+export type {
+  CacheKey,
+  DisaggSpec,
+  PagePool,
+  PdChannelSettings,
+  PdConfigLike,
+  PdReceiverOptions,
+  PdReceiverStats,
+  PdRefusalReason,
+  PdSenderOptions,
+  PdWireGeneration,
+  ProxyNotifierOptions,
+  ReceivedChunk,
+  SendBatch,
+  SendResult,
+} from "./src/pd/mod.ts";
+
+// Storage.
+export {
+  NixlStorageBackend,
+  NO_EVICTION_CANDIDATE,
+  STORAGE_FORMAT_VERSION,
+  StorageError,
+  storageOptionsFromConfig,
+  StoragePage,
+} from "./src/storage/mod.ts";
+export type {
+  ContainsOptions,
+  FromConfigOptions,
+  NixlStorageOptions,
+  PutResult,
+  StorageConfigSource,
+  StorageErrorCode,
+  StorageFile,
+  StorageFileSet,
+  StorageIo,
+  StorageOpenOptions,
+  StorageStats,
+  StoreCounters,
+  VerifyReads,
+} from "./src/storage/mod.ts";
+
+// Peer-to-peer sharing.
+export { chunkHashOf, P2PBackend, P2PError, P2PRegistry } from "./src/p2p/mod.ts";
+export type {
+  P2PBackendOptions,
+  P2PBackendStats,
+  P2PConfigLike,
+  P2PFetchResult,
+  P2PHolder,
+  P2PInstanceInfo,
+  P2PLookupAnswer,
+  P2PLookupResult,
+  P2PRegistryConfigLike,
+  P2PRegistryEvent,
+  P2PRegistryOptions,
+  P2PRegistryStats,
+} from "./src/p2p/mod.ts";
+
+// Metrics (the `./metrics` entry point has the metric types and the text format too).
+export { MetricsRegistry, metricsRegistry, serveMetrics } from "./src/metrics/mod.ts";
+export type { MetricsServer, ServeMetricsOptions } from "./src/metrics/mod.ts";

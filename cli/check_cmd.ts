@@ -50,8 +50,8 @@ export function checkHelp(): string {
     "Options:",
     "      --engine E      auto (default), builtin or nixl",
     "      --backends B    backends of the test agent, comma-separated (default UCX)",
-    "      --lib PATH      libkvport.so to load (default: KVPORT_LIB, native/build/,",
-    "                      $NIXL_PREFIX/lib)",
+    "      --lib PATH      libkvport.so to load (default: KVPORT_LIB, native/build/, the",
+    "                      kvport build cache, $NIXL_PREFIX/lib)",
     "      --json          print one JSON object instead of text",
     "  -h, --help          this help",
   ].join("\n");
@@ -122,12 +122,14 @@ export async function runCheck(
       (asked === "auto" ? (report.nixl.available ? "nixl" : "builtin") : asked);
     report.engine.servedBy = resolved;
     const served = probe.plugins.join(", ") || "no backend";
+    // The reason NIXL is missing is said once, on the NIXL line; the others point to it.
     report.engine.note = asked === "auto" && resolved === "builtin"
-      ? `${served} served by the builtin engine: NIXL not found` +
-        (report.nixl.reason ? ` (${report.nixl.reason})` : "")
+      ? `${served} served by the builtin engine (NIXL not found: see the NIXL line)`
       : probe.available
       ? `${served} served by the ${resolved} engine`
-      : `engine ${asked} is not available: ${probe.reason || "no reason given"}`;
+      : asked === "nixl"
+      ? "none: the nixl engine is not available (see the NIXL line)"
+      : `none: engine ${asked} is not available: ${probe.reason || "no reason given"}`;
   } catch (e) {
     fail(e);
   }
@@ -179,7 +181,7 @@ export function formatCheck(r: CheckReport): string {
         n.available
           ? `NIXL:     found${n.version ? ` (version ${n.version})` : ""}; plugins ` +
             `${n.plugins.join(", ") || "(none)"}`
-          : `NIXL:     not found${n.reason ? `: ${n.reason}` : ""}` +
+          : `NIXL:     not available${n.reason ? `: ${withoutPrefix(n.reason)}` : ""}` +
             (n.searched.length ? `; searched ${n.searched.join(", ")}` : ""),
       );
     }
@@ -190,8 +192,15 @@ export function formatCheck(r: CheckReport): string {
         : `CUDA:     none (${r.cuda.reason})`,
     );
   }
+  // Creating an agent on an engine the probe found missing fails for the reason already
+  // printed: say so instead of printing it again.
+  const known = r.engine.asked === "nixl" && r.nixl !== null && !r.nixl.available;
   if (r.agent && "error" in r.agent) {
-    lines.push(`agent:    failed on engine ${r.engine.asked}`);
+    lines.push(
+      known
+        ? "agent:    not created: the nixl engine is not available (see the NIXL line)"
+        : `agent:    failed on engine ${r.engine.asked}`,
+    );
   } else if (r.agent) {
     lines.push(
       `agent:    created and destroyed on engine ${r.agent.engine} (backends ` +
@@ -200,9 +209,17 @@ export function formatCheck(r: CheckReport): string {
         })`,
     );
   }
-  for (const e of r.errors) lines.push(`error:    ${e.replaceAll("\n", "\n          ")}`);
+  for (const e of r.errors) {
+    if (known && r.agent && "error" in r.agent && e === r.agent.error) continue;
+    lines.push(`error:    ${e.replaceAll("\n", "\n          ")}`);
+  }
   lines.push(r.ok ? `ok: engine ${r.engine.asked} works` : `FAILED: engine ${r.engine.asked}`);
   return lines.join("\n");
+}
+
+/** `reason` without the engine's leading "NIXL is not available: " (the line says it). */
+function withoutPrefix(reason: string): string {
+  return reason.replace(/^NIXL is not available:\s*/, "");
 }
 
 async function runCheckCommand(args: string[]): Promise<number> {

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { buildCommand } from "./build_cmd.ts";
 import { checkCommand } from "./check_cmd.ts";
 import { configCommand } from "./config_cmd.ts";
 import { demoCommand } from "./demo_cmd.ts";
@@ -57,4 +58,5 @@ export const commands: Command[] = [
   storageCommand,
   statsCommand,
   checkCommand,
+  buildCommand,
 ];

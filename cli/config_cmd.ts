@@ -28,13 +28,14 @@ import { err, out } from "./io.ts";
  */
 export function configHelp(): string {
   return [
-    "Usage: kvport config [--file F] [--json] [--tp-size N] [--set KEY=VALUE]...",
+    "Usage: kvport config [[--file] F] [--json] [--tp-size N] [--set KEY=VALUE]...",
     "",
     "Prints the resolved configuration with the source of each value; warnings go to",
     "stderr. Exits 2, listing every problem, when the configuration is invalid.",
     "",
     "Options:",
-    "  -f, --file F        YAML configuration file (default: $LMCACHE_CONFIG_FILE)",
+    "  -f, --file F        YAML configuration file (default: $LMCACHE_CONFIG_FILE); the",
+    "                      file may also be given alone: kvport config lmcache.yaml",
     "      --json          print {ok, file, config, sources, warnings} (or {ok, issues,",
     '                      warnings}) as JSON on stdout; infinity is written "inf"',
     "      --tp-size N     check that port lists have one port per TP rank",
@@ -71,13 +72,16 @@ function warningLines(warnings: readonly ConfigWarning[]): string {
   return warnings.map((w) => `warning: ${w.message}`).join("\n");
 }
 
+const USAGE_LINE = "Usage: kvport config [[--file] F] [--json] [--tp-size N] [--set KEY=VALUE]...";
+
 function runConfig(args: string[]): number {
   let values;
+  let positionals: string[];
   try {
-    ({ values } = parseArgs({
+    ({ values, positionals } = parseArgs({
       args,
       strict: true,
-      allowPositionals: false,
+      allowPositionals: true,
       options: {
         file: { type: "string", short: "f" },
         json: { type: "boolean", default: false },
@@ -94,8 +98,17 @@ function runConfig(args: string[]): number {
     out(configHelp());
     return 0;
   }
+  if (positionals.length > 1 || (positionals.length === 1 && values.file !== undefined)) {
+    const extra = values.file === undefined ? positionals.slice(1) : positionals;
+    err(
+      `kvport config: unexpected argument ${JSON.stringify(extra[0])}: one configuration ` +
+        `file at a time\n${USAGE_LINE}`,
+    );
+    return 2;
+  }
   const options: LoadConfigOptions = {};
-  if (values.file !== undefined) options.file = values.file;
+  const file = values.file ?? positionals[0];
+  if (file !== undefined) options.file = file;
   if (values["tp-size"] !== undefined) {
     const text = values["tp-size"].trim();
     const n = Number(text);

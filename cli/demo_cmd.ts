@@ -14,11 +14,14 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
+import { shimCacheDir } from "../ffi/mod.ts";
 import { ProxyNotifier } from "../src/pd/proxy.ts";
+import { guard, int, parse } from "./args.ts";
 import type { Command } from "./commands.ts";
+import { interrupted, onInterrupt, temporaryDirectory } from "./interrupt.ts";
 import { err, out } from "./io.ts";
 import { defaultShape, kvGeometry } from "./pd_cmd.ts";
+import { LIMITS_NAME } from "./shim_build.ts";
 import { type Child, nextEvent, spawnKvport } from "./spawn.ts";
 
 const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--device D] [--keep]
@@ -40,7 +43,10 @@ Options:
       --timeout S    give up after S seconds (default 120)
       --keep         keep the temporary directory with the configurations
       --json         print the result as one JSON line at the end
-  -h, --help         this help`;
+  -h, --help         this help
+
+The decoder binds free ports and reports them; the prefiller is started with those.
+Ctrl-C stops both processes, removes the temporary directory and exits 130.`;
 
 // The process helpers live in spawn.ts; re-exported here for the tests and callers.
 export { type Child, nextEvent, spawnKvport };
@@ -66,8 +72,26 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * memcpy bandwidth (bytes/s) over `bytes`, measured by `native/build/kvport-limits`
- * when built, else in-process with `TypedArray.set`.
+ * The `kvport-limits` tool next to the shim: `native/build/` of a checkout, else the
+ * cache directory `kvport build` fills; `undefined` when neither has it.
+ *
+ * @example
+ * ```ts
+ * import { limitsTool } from "./demo_cmd.ts";
+ * console.log(limitsTool() ?? "not built");
+ * ```
+ */
+export function limitsTool(): string | undefined {
+  const here = new URL(`../native/build/${LIMITS_NAME}`, import.meta.url);
+  const candidates = here.protocol === "file:" ? [fileURLToPath(here)] : [];
+  const cache = shimCacheDir().path;
+  if (cache !== undefined) candidates.push(path.join(cache, LIMITS_NAME));
+  return candidates.find((p) => fs.existsSync(p));
+}
+
+/**
+ * memcpy bandwidth (bytes/s) over `bytes`, measured by `kvport-limits` (see
+ * {@linkcode limitsTool}) when built, else in-process with `TypedArray.set`.
  *
  * @example
  * ```ts
@@ -77,8 +101,8 @@ export function freePort(): Promise<number> {
  * ```
  */
 export async function measureMemcpy(bytes: number): Promise<{ bps: number; source: string }> {
-  const tool = fileURLToPath(new URL("../native/build/kvport-limits", import.meta.url));
-  if (fs.existsSync(tool)) {
+  const tool = limitsTool();
+  if (tool !== undefined) {
     const size = Math.min(bytes, 512 * 2 ** 20);
     const reps = Math.max(3, Math.ceil(bytes / size));
     const line = await new Promise<string>((resolve) => {
@@ -121,8 +145,8 @@ export async function measureCudaMemcpy(
   bytes: number,
   device: string,
 ): Promise<{ bps: number; source: string }> {
-  const tool = fileURLToPath(new URL("../native/build/kvport-limits", import.meta.url));
-  if (!fs.existsSync(tool)) return { bps: 0, source: "kvport-limits not built" };
+  const tool = limitsTool();
+  if (tool === undefined) return { bps: 0, source: "kvport-limits not built" };
   const ordinal = device.includes(":") ? device.slice(device.indexOf(":") + 1) : "0";
   const size = Math.min(bytes, 2 * 2 ** 30);
   const line = await new Promise<string>((resolve) => {
@@ -198,73 +222,62 @@ function mib(n: number): string {
 }
 
 async function runDemo(args: string[]): Promise<number> {
-  let v;
-  try {
-    v = parseArgs({
-      args,
-      strict: true,
-      options: {
-        chunks: { type: "string" },
-        batch: { type: "string" },
-        "kv-shape": { type: "string" },
-        device: { type: "string" },
-        timeout: { type: "string" },
-        keep: { type: "boolean", default: false },
-        json: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }).values;
-  } catch (e) {
-    err(`kvport demo: ${(e as Error).message}\nRun "kvport demo --help" for the options.`);
-    return 2;
-  }
+  const v = parse(args, {
+    chunks: { type: "string" },
+    batch: { type: "string" },
+    "kv-shape": { type: "string" },
+    device: { type: "string" },
+    timeout: { type: "string" },
+    keep: { type: "boolean", default: false },
+    json: { type: "boolean", default: false },
+    help: { type: "boolean", short: "h", default: false },
+  });
   if (v.help) {
     out(HELP);
     return 0;
   }
-  const device = v.device ?? "cpu";
+  const device = (v.device as string | undefined) ?? "cpu";
   if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
     err(`kvport demo: --device expects cpu, cuda or cuda:N, got ${device}`);
     return 2;
   }
   const onGpu = device !== "cpu";
-  const geo = kvGeometry(v["kv-shape"], "bfloat16", 256);
-  const timeoutMs = Number(v.timeout ?? 120) * 1000;
+  // Checked here, before any process starts: a child would only say it later, worse.
+  const geo = kvGeometry(v["kv-shape"] as string | undefined, "bfloat16", 256);
+  const timeoutMs = int("timeout", v.timeout, 1, 120) * 1000;
   // The sender's buffer holds one request, the decoder's two (it frees pages once it has
   // checked them, a little behind): 3 N chunks in all, within half of the free memory.
   const free = os.freemem();
-  const fit = Math.floor((free * 0.5) / (3 * geo.pageSize));
-  let chunks = v.chunks === undefined ? Math.min(16, fit) : Number(v.chunks);
-  if (!Number.isSafeInteger(chunks) || chunks < 1) {
-    if (v.chunks !== undefined) {
-      err(`kvport demo: --chunks expects an integer >= 1, got ${v.chunks}`);
-      return 2;
-    }
-    chunks = 1;
-  }
-  const batch = Math.max(1, Math.min(chunks, Number(v.batch ?? 8) || 8));
+  const fit = Math.max(1, Math.floor((free * 0.5) / (3 * geo.pageSize)));
+  const chunks = int("chunks", v.chunks, 1, Math.min(16, fit));
+  const batch = Math.min(chunks, int("batch", v.batch, 1, 8));
   const bufferSize = chunks * geo.pageSize;
   const requests = 2;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-demo-"));
-  const [initPort, allocPort, proxyPort] = [await freePort(), await freePort(), await freePort()];
+  const dir = temporaryDirectory("kvport-demo-", { keep: v.keep === true });
   const common = [
     "enable_pd: true",
     'transfer_channel: "nixl"',
     `pd_buffer_device: "${device}"`,
     "nixl_backends: [UCX]",
   ];
-  const decoderYaml = path.join(dir, "lmcache-decoder-config.yaml");
-  const prefillerYaml = path.join(dir, "lmcache-prefiller-config.yaml");
+  // The proxy listens first (port 0), so the prefiller's configuration names its real
+  // port; the decoder binds its own free ports and reports them on its ready line.
+  const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
+  const offProxy = onInterrupt(() => proxy.close());
+  const decoderYaml = path.join(dir.path, "lmcache-decoder-config.yaml");
+  const prefillerYaml = path.join(dir.path, "lmcache-prefiller-config.yaml");
   fs.writeFileSync(
     decoderYaml,
     [
-      "# kvport demo: the decoder (LMCache keys)",
+      "# kvport demo: the decoder (LMCache keys). The ports below are LMCache's usual",
+      "# ones; the demo starts the decoder with --init-port 0 --alloc-port 0 instead, so",
+      "# that it binds free ports and reports them.",
       ...common,
       'pd_role: "receiver"',
       `pd_buffer_size: ${requests * bufferSize}`,
       'pd_peer_host: "127.0.0.1"',
-      `pd_peer_init_port: [${initPort}]`,
-      `pd_peer_alloc_port: [${allocPort}]`,
+      "pd_peer_init_port: [7300]",
+      "pd_peer_alloc_port: [7400]",
       "pd_allocation_timeout_sec: 30",
       "",
     ].join("\n"),
@@ -277,11 +290,11 @@ async function runDemo(args: string[]): Promise<number> {
       'pd_role: "sender"',
       `pd_buffer_size: ${bufferSize}`,
       'pd_proxy_host: "127.0.0.1"',
-      `pd_proxy_port: ${proxyPort}`,
+      `pd_proxy_port: ${proxy.port}`,
       "",
     ].join("\n"),
   );
-  const shape = v["kv-shape"] ?? defaultShape(256).join(",");
+  const shape = (v["kv-shape"] as string | undefined) ?? defaultShape(256).join(",");
   const baseId = `demo-${process.pid}`;
   const reqIds = Array.from({ length: requests }, (_, i) => `${baseId}-${i}`);
   out(`kvport demo: disaggregated prefill between two processes, checked byte for byte`);
@@ -290,15 +303,19 @@ async function runDemo(args: string[]): Promise<number> {
       `(KV shape [${geo.shape.join(", ")}] bfloat16) = ${mib(bufferSize)} each` +
       (v.chunks === undefined && chunks < 16 ? ` (fewer than 16: ${mib(free)} free)` : ""),
   );
-  out(`  configurations: ${dir}` + (onGpu ? ` (pd_buffer_device: ${device})` : ""));
+  out(`  configurations: ${dir.path}` + (onGpu ? ` (pd_buffer_device: ${device})` : ""));
 
-  const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: proxyPort });
   const children: Child[] = [];
+  const offChildren = onInterrupt(() => children.forEach((c) => c.kill()));
   try {
     const rx = spawnKvport("pd-receiver", [
       "pd-receiver",
       "--config",
       decoderYaml,
+      "--init-port",
+      "0",
+      "--alloc-port",
+      "0",
       "--kv-shape",
       shape,
       "--verify",
@@ -310,8 +327,9 @@ async function runDemo(args: string[]): Promise<number> {
     ]);
     children.push(rx);
     const ready = await nextEvent(rx, "ready", 30_000);
+    const portOf = (url: unknown) => String(url).slice(String(url).lastIndexOf(":") + 1);
     out(
-      `  decoder ${ready.id}: ${ready.engine} engine, handshakes on ${ready.init}, ` +
+      `  decoder:   ${ready.engine} engine, handshakes on ${ready.init}, ` +
         `allocations on ${ready.alloc}`,
     );
     const proxyDone = Promise.all(reqIds.map((id) => proxy.waitFor(id, { timeoutMs })));
@@ -323,9 +341,9 @@ async function runDemo(args: string[]): Promise<number> {
       "--receiver-host",
       "127.0.0.1",
       "--init-port",
-      String(initPort),
+      portOf(ready.init),
       "--alloc-port",
-      String(allocPort),
+      portOf(ready.alloc),
       "--chunks",
       String(chunks),
       "--batch",
@@ -369,6 +387,7 @@ async function runDemo(args: string[]): Promise<number> {
     const [txCode, rxCode] = await Promise.all([tx.exited, rx.exited]);
     await Promise.all([readTx, readRx]);
     progress.end();
+    if (interrupted() !== null) return 130; // main exits with the signal's code
     if (txCode !== 0 || !txDone) {
       err(
         `kvport demo: the prefiller failed (exit ${txCode}):\n  ${
@@ -441,10 +460,12 @@ async function runDemo(args: string[]): Promise<number> {
     out(ok ? "  result:   OK" : "  result:   FAILED");
     return ok ? 0 : 1;
   } finally {
+    offChildren();
+    offProxy();
     for (const c of children) c.kill();
     await Promise.all(children.map((c) => c.exited));
     await proxy.close();
-    if (!v.keep) fs.rmSync(dir, { recursive: true, force: true });
+    dir.remove();
   }
 }
 
@@ -460,5 +481,5 @@ async function runDemo(args: string[]): Promise<number> {
 export const demoCommand: Command = {
   name: "demo",
   summary: "a prefill -> decode transfer between two processes, checked byte for byte",
-  run: runDemo,
+  run: (args) => guard("demo", () => runDemo(args)),
 };

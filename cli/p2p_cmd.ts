@@ -6,7 +6,6 @@
  * @module
  */
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import * as readline from "node:readline";
@@ -14,9 +13,10 @@ import { P2PBackend, type P2PFetchResult, type P2PLookupResult } from "../src/p2
 import { P2PRegistry } from "../src/p2p/registry.ts";
 import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
 import { crc32, fnv1a64Hex } from "../src/storage/checksum.ts";
-import { emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
+import { configured, emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
-import { freePort, measureMemcpy } from "./demo_cmd.ts";
+import { measureMemcpy } from "./demo_cmd.ts";
+import { onInterrupt, temporaryDirectory } from "./interrupt.ts";
 import { err, out } from "./io.ts";
 import { kvGeometry } from "./pd_cmd.ts";
 import { nextEvent, spawnWithStdin, type StdinChild } from "./spawn.ts";
@@ -38,18 +38,8 @@ export function p2pDemoKey(doc: string, index: number, rank = 0): string {
   return `vllm@p2p-demo@1@${rank}@${fnv1a64Hex(`${doc}/${index}`)}@bfloat16`;
 }
 
-/**
- * {@linkcode kvGeometry}, with its `--kv-shape`/`--dtype` mistakes kept as plain errors:
- * the p2p commands have always reported them with exit code 1, not 2.
- */
-function geometry(...args: Parameters<typeof kvGeometry>): ReturnType<typeof kvGeometry> {
-  try {
-    return kvGeometry(...args);
-  } catch (e) {
-    if (e instanceof UsageError) throw new Error(e.message);
-    throw e;
-  }
-}
+/** The geometry of `--kv-shape`/`--dtype` (a mistake is a usage error, exit 2). */
+const geometry = kvGeometry;
 
 function engineOf(text: unknown): "auto" | "builtin" | "nixl" {
   if (text === "auto" || text === "builtin" || text === "nixl") return text;
@@ -93,7 +83,7 @@ async function runRegistry(args: string[]): Promise<number> {
     return 0;
   }
   const json = v.json === true;
-  const config = load(v.config as string | undefined);
+  const config = load(v.config as string | undefined, {}, !!(v["pull-url"] && v["reply-url"]));
   const timeoutS = v["heartbeat-timeout"] === undefined
     ? undefined
     : Number(v["heartbeat-timeout"]);
@@ -105,11 +95,12 @@ async function runRegistry(args: string[]): Promise<number> {
   const metrics = await startMetrics(v);
   let registry: P2PRegistry;
   try {
-    registry = await P2PRegistry.fromConfig(config, {
-      ...(v["pull-url"] ? { pullUrl: v["pull-url"] as string } : {}),
-      ...(v["reply-url"] ? { replyUrl: v["reply-url"] as string } : {}),
-      ...(timeoutS ? { heartbeatTimeoutMs: timeoutS * 1000 } : {}),
-    });
+    registry = await configured(config, () =>
+      P2PRegistry.fromConfig(config, {
+        ...(v["pull-url"] ? { pullUrl: v["pull-url"] as string } : {}),
+        ...(v["reply-url"] ? { replyUrl: v["reply-url"] as string } : {}),
+        ...(timeoutS ? { heartbeatTimeoutMs: timeoutS * 1000 } : {}),
+      }));
   } catch (e) {
     await metrics?.close();
     throw e;
@@ -175,16 +166,23 @@ const PEER_HELP = `Usage: kvport p2p-peer --config F [--tp-rank R] [options]
 
 Runs one P2P instance from an LMCache configuration (enable_p2p, p2p_host,
 p2p_init_ports, p2p_lookup_ports, lmcache_instance_id, controller_pull_url,
-controller_reply_url, ...): it holds synthetic chunks (kvport p2p-demo keys, content
-checkable byte for byte), answers other instances' lookups, and with --json takes
-commands as JSON lines on stdin:
-  {"cmd":"store","doc":"A","from":0,"count":8}     hold chunks A/0..A/7
-  {"cmd":"evict","keys":[...]}                      drop chunks
-  {"cmd":"lookup","keys":[...]}                     ask the registry
-  {"cmd":"fetch"}                                   fetch what the last lookup found
-  {"cmd":"retrieve","keys":[...]}                   lookup + fetch, every byte checked
-  {"cmd":"checksum","keys":[...]}                   CRC-32 of held chunks
-  {"cmd":"forget","peer":"host:port"}               forget a peer's handshake
+controller_reply_url, ...): it holds synthetic chunks whose every byte the requester
+checks, answers other instances' lookups, and with --json takes commands as JSON lines
+on stdin.
+
+Chunks are named by document and index: chunk A/0 of TP rank R has the cache key
+vllm@p2p-demo@1@R@<fnv1a64 of "A/0">@bfloat16 (the "keys" command prints them). Every
+command that takes chunks takes either "doc" (with "from", default 0, and "count",
+default 1) or "keys" (a list of cache keys):
+  {"cmd":"store","doc":"A","count":8}              hold chunks A/0..A/7
+  {"cmd":"keys","doc":"A","count":2}               print the keys of A/0 and A/1
+  {"cmd":"lookup","doc":"A","count":8}             ask the registry who holds them
+  {"cmd":"fetch"}                                  fetch what the last lookup found
+  {"cmd":"retrieve","doc":"A","count":8}           lookup + fetch, every byte checked
+  {"cmd":"retrieve","keys":["vllm@p2p-demo@..."]}  the same, by key
+  {"cmd":"evict","doc":"A","from":4,"count":4}     drop chunks A/4..A/7
+  {"cmd":"checksum","doc":"A","count":8}           CRC-32 of held chunks
+  {"cmd":"forget","peer":"host:port"}              forget a peer's handshake
   {"cmd":"stats"} / {"cmd":"exit"}
 
 Options:
@@ -201,6 +199,28 @@ Options:
 ${METRICS_HELP}
       --json              JSON lines out (ready, stored, retrieved, ...), commands in
   -h, --help              this help`;
+
+/**
+ * The cache keys a p2p-peer command names: its `keys`, or chunks `from`..`from+count-1`
+ * of its `doc` (TP rank `rank`).
+ *
+ * @example
+ * ```ts
+ * import { commandKeys } from "./p2p_cmd.ts";
+ * console.log(commandKeys({ cmd: "retrieve", doc: "A", count: 2 }, 0).length); // 2
+ * ```
+ */
+export function commandKeys(cmd: Record<string, unknown>, rank: number): string[] {
+  if (Array.isArray(cmd.keys)) return cmd.keys.map(String);
+  if (typeof cmd.doc !== "string") return [];
+  const from = Number(cmd.from ?? 0);
+  const count = Number(cmd.count ?? 1);
+  if (!Number.isSafeInteger(from) || from < 0 || !Number.isSafeInteger(count) || count < 0) {
+    throw new Error(`"from" and "count" must be integers >= 0, got ${cmd.from} and ${cmd.count}`);
+  }
+  if (count > 1_000_000) throw new Error(`"count" ${count} is more than 1000000 chunks`);
+  return Array.from({ length: count }, (_, i) => p2pDemoKey(cmd.doc as string, from + i, rank));
+}
 
 interface Checked {
   bad: number;
@@ -265,7 +285,10 @@ async function runPeer(args: string[]): Promise<number> {
   const metrics = await startMetrics(v);
   let p2p: P2PBackend;
   try {
-    p2p = await P2PBackend.fromConfig(config, { tpRank, pageSize: geo.pageSize, ...overrides });
+    p2p = await configured(
+      config,
+      () => P2PBackend.fromConfig(config, { tpRank, pageSize: geo.pageSize, ...overrides }),
+    );
   } catch (e) {
     await metrics?.close();
     throw e;
@@ -330,11 +353,15 @@ async function runPeer(args: string[]): Promise<number> {
       }, "");
     };
     const handle = async (cmd: Record<string, unknown>): Promise<boolean> => {
-      const keys = Array.isArray(cmd.keys) ? (cmd.keys as string[]) : [];
+      const keys = commandKeys(cmd, tpRank);
       switch (cmd.cmd) {
         case "store":
-          await storeDoc(String(cmd.doc), Number(cmd.from ?? 0), Number(cmd.count ?? 1));
-          emit(json, { event: "stored", chunks: p2p.stats.chunks }, "");
+          if (typeof cmd.doc !== "string") throw new Error('store needs "doc" (and "count")');
+          await storeDoc(cmd.doc, Number(cmd.from ?? 0), Number(cmd.count ?? 1));
+          emit(json, { event: "stored", chunks: p2p.stats.chunks, keys }, "");
+          return true;
+        case "keys":
+          emit(json, { event: "keys", keys }, "");
           return true;
         case "evict": {
           const n = keys.filter((k) => p2p.evict(k)).length;
@@ -469,24 +496,26 @@ async function runDemo(args: string[]): Promise<number> {
   const engine = engineOf(v.engine ?? "auto");
   const half = Math.floor(n / 2);
   const bufferBytes = (n + 2) * geo.pageSize;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-p2p-demo-"));
-  const ports = await Promise.all(Array.from({ length: 8 }, () => freePort()));
-  const [pull, reply, hInit, hLookup, rInit, rLookup, hWorker, rWorker] = ports;
-  const instance = (id: string, init: number, lookup: number, worker: number) =>
+  const dir = temporaryDirectory("kvport-p2p-demo-", { keep: v.keep === true });
+  // Every process binds port 0 and reports the port it got: the registry first, then
+  // the instances' configurations name the registry's real addresses. The p2p ports in
+  // those files are LMCache's usual ones; --init-port 0 --lookup-port 0 replace them.
+  const instance = (id: string, pull: string, reply: string, worker: number) =>
     [
-      `# kvport p2p-demo: instance ${id} (LMCache keys)`,
+      `# kvport p2p-demo: instance ${id} (LMCache keys); started with --init-port 0`,
+      "# --lookup-port 0, so the two p2p ports below are not the ones it binds.",
       "chunk_size: 256",
       `max_local_cpu_size: ${(bufferBytes / 2 ** 30).toFixed(6)}`,
       "enable_p2p: true",
       'p2p_host: "127.0.0.1"',
-      `p2p_init_ports: [${init}]`,
-      `p2p_lookup_ports: [${lookup}]`,
+      "p2p_init_ports: [8200]",
+      "p2p_lookup_ports: [8300]",
       'transfer_channel: "nixl"',
       "nixl_backends: [UCX]",
       "enable_controller: true",
       `lmcache_instance_id: "${id}"`,
-      `controller_pull_url: "127.0.0.1:${pull}"`,
-      `controller_reply_url: "127.0.0.1:${reply}"`,
+      `controller_pull_url: "${pull}"`,
+      `controller_reply_url: "${reply}"`,
       `lmcache_worker_ports: [${worker}]`,
       "lmcache_worker_heartbeat_time: 1",
       "lmcache_worker_heartbeat_delay_time: 1",
@@ -497,45 +526,52 @@ async function runDemo(args: string[]): Promise<number> {
       "",
     ].join("\n");
   const files = {
-    registry: path.join(dir, "lmcache-registry.yaml"),
-    holder: path.join(dir, "lmcache-holder.yaml"),
-    requester: path.join(dir, "lmcache-requester.yaml"),
+    registry: path.join(dir.path, "lmcache-registry.yaml"),
+    holder: path.join(dir.path, "lmcache-holder.yaml"),
+    requester: path.join(dir.path, "lmcache-requester.yaml"),
   };
   fs.writeFileSync(
     files.registry,
     [
-      "# kvport p2p-demo: the registry (LMCache's controller keys)",
-      `controller_pull_url: "127.0.0.1:${pull}"`,
-      `controller_reply_url: "127.0.0.1:${reply}"`,
+      "# kvport p2p-demo: the registry (LMCache's controller keys); its addresses are",
+      "# given as --pull-url 127.0.0.1:0 --reply-url 127.0.0.1:0 (free ports, reported).",
       "lmcache_worker_heartbeat_time: 1",
       "",
     ].join("\n"),
   );
-  fs.writeFileSync(files.holder, instance("holder", hInit, hLookup, hWorker));
-  fs.writeFileSync(files.requester, instance("requester", rInit, rLookup, rWorker));
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   out("kvport p2p-demo: P2P KV sharing between three processes, checked byte for byte");
   out(
     `  holder stores ${n} chunk(s) of ${mib(geo.pageSize)} (KV shape [${
       geo.shape.join(", ")
-    }] bfloat16); configurations: ${dir}`,
+    }] bfloat16); configurations: ${dir.path}`,
   );
   const children: StdinChild[] = [];
+  const offChildren = onInterrupt(() => children.forEach((c) => c.kill()));
   const send = (c: StdinChild, cmd: Record<string, unknown>) => c.write(JSON.stringify(cmd));
   try {
     const registry = spawnWithStdin("p2p-registry", [
       "p2p-registry",
       "--config",
       files.registry,
+      "--pull-url",
+      "127.0.0.1:0",
+      "--reply-url",
+      "127.0.0.1:0",
       "--json",
     ]);
     children.push(registry);
     const rReady = await nextEvent(registry, "ready", 30_000);
     out(`  registry:  reports on ${rReady.pull}, lookups on ${rReady.reply}`);
+    const [pull, reply] = [String(rReady.pull), String(rReady.reply)];
+    fs.writeFileSync(files.holder, instance("holder", pull, reply, 8400));
+    fs.writeFileSync(files.requester, instance("requester", pull, reply, 8401));
+    const anyPorts = ["--init-port", "0", "--lookup-port", "0"];
     const holder = spawnWithStdin("p2p-peer", [
       "p2p-peer",
       "--config",
       files.holder,
+      ...anyPorts,
       "--kv-shape",
       shape,
       "--store",
@@ -549,6 +585,7 @@ async function runDemo(args: string[]): Promise<number> {
       "p2p-peer",
       "--config",
       files.requester,
+      ...anyPorts,
       "--kv-shape",
       shape,
       "--engine",
@@ -662,9 +699,10 @@ async function runDemo(args: string[]): Promise<number> {
     out(ok ? "  result:    OK" : `  result:    FAILED (exit codes ${codes.join(", ")})`);
     return ok ? 0 : 1;
   } finally {
+    offChildren();
     for (const c of children) c.kill();
     await Promise.all(children.map((c) => c.exited));
-    if (!v.keep) fs.rmSync(dir, { recursive: true, force: true });
+    dir.remove();
   }
 }
 

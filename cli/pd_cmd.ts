@@ -11,7 +11,7 @@ import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
 import { PdReceiver } from "../src/pd/receiver.ts";
 import { PdSender } from "../src/pd/sender.ts";
 import type { BufferDevice } from "../src/channel/page.ts";
-import { emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
+import { configured, emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 import { METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
@@ -34,7 +34,8 @@ export function defaultShape(chunkSize: number): number[] {
 }
 
 /**
- * The geometry from `--kv-shape`/`--dtype`/`--fmt` and the configuration's chunk size.
+ * The geometry from `--kv-shape`/`--dtype` and the configuration's chunk size. The shape
+ * is LMCache's `KV_2LTD`: 2 (K and V), layers, tokens of a full chunk, hidden size.
  *
  * @example
  * ```ts
@@ -50,15 +51,35 @@ export function kvGeometry(
   const shape = shapeText === undefined
     ? defaultShape(chunkSize)
     : shapeText.split(/[,x]/).map((s) => Number(s.trim()));
-  if (shape.length === 0 || shape.some((n) => !Number.isSafeInteger(n) || n <= 0)) {
+  if (
+    shape.length !== 4 || shape[0] !== 2 ||
+    shape.some((n) => !Number.isSafeInteger(n) || n <= 0)
+  ) {
     throw new UsageError(
-      `--kv-shape expects positive integers like 2,28,256,1024, got ${shapeText}`,
+      "--kv-shape expects 2,LAYERS,TOKENS,HIDDEN (K and V, layers, tokens of a full chunk, " +
+        `heads x head size: 4 positive integers, the first 2), e.g. 2,28,256,1024; got ${
+          JSON.stringify(shapeText)
+        }`,
     );
   }
   const fmt = MemoryFormat.KV_2LTD;
   const pageSize = chunkBytes(fmt, shape, dtype);
   if (pageSize === undefined) throw new UsageError(`--dtype ${dtype} is not a known dtype`);
   return { fmt, shape, dtype, pageSize };
+}
+
+/**
+ * A PD buffer (`pd_buffer_size`) must hold at least one chunk of `--kv-shape`: said in
+ * the command's terms before the library would say it in its own.
+ */
+function checkBufferHoldsAChunk(bufferSize: number | null, geo: KvGeometry): void {
+  if (bufferSize !== null && bufferSize < geo.pageSize) {
+    throw new UsageError(
+      `pd_buffer_size ${bufferSize} is smaller than one chunk of --kv-shape ` +
+        `${geo.shape.join(",")} ${geo.dtype} (${geo.pageSize} bytes): raise pd_buffer_size ` +
+        "or pass a smaller --kv-shape",
+    );
+  }
 }
 
 function ports(name: string, text: string | undefined, dflt: readonly number[] | null): number[] {
@@ -90,8 +111,12 @@ Options:
       --expect N          exit after N chunks have landed (0 when all were good)
       --timeout S         with --expect: give up after S seconds (default 120)
 ${METRICS_HELP}
+      --progress          print landed chunks and GB/s every second (the default on a
+                          terminal, without --json)
       --json              one JSON object per line (ready, landed, done)
-  -h, --help              this help`;
+  -h, --help              this help
+
+Without --expect it runs until stopped: Ctrl-C (exit 130) or SIGTERM (143).`;
 
 /** `cpu` or `cuda:N`, for messages. */
 function deviceName(d: BufferDevice): string {
@@ -111,6 +136,7 @@ async function runReceiver(args: string[]): Promise<number> {
     expect: { type: "string" },
     timeout: { type: "string" },
     ...METRICS_OPTIONS,
+    progress: { type: "boolean" },
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -136,19 +162,24 @@ async function runReceiver(args: string[]): Promise<number> {
     portOverride.allocPort = int("alloc-port", v["alloc-port"] as string, 0);
   }
   const holdMs = int("hold-ms", v["hold-ms"] as string | undefined, 0, 0);
+  checkBufferHoldsAChunk(config.pd_buffer_size, geo);
   const metrics = await startMetrics(v);
   let rx: PdReceiver;
   try {
-    rx = await PdReceiver.fromConfig(config, {
-      tpRank,
-      pageSize: geo.pageSize,
-      ...portOverride,
-    });
+    rx = await configured(config, () =>
+      PdReceiver.fromConfig(config, {
+        tpRank,
+        pageSize: geo.pageSize,
+        ...portOverride,
+      }));
   } catch (e) {
     await metrics?.close();
     throw e;
   }
   const holding = new Set<ReturnType<typeof setTimeout>>();
+  const showProgress = v.progress === true ||
+    (v.progress === undefined && !json && process.stdout.isTTY === true);
+  let progress: LandedProgress | undefined;
   try {
     for (const w of rx.channel.warnings) err(`warning: ${w}`);
     emit(
@@ -165,7 +196,7 @@ async function runReceiver(args: string[]): Promise<number> {
         metrics: metrics?.url ?? null,
         pid: process.pid,
       },
-      `pd-receiver ${rx.id}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl} ` +
+      `pd-receiver ${rx.initUrl}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl} ` +
         `(${rx.channel.engine} engine, ${rx.channel.pageCount} pages of ${rx.channel.pageSize} ` +
         `bytes on ${deviceName(rx.channel.device)})` +
         (metrics ? `; metrics on ${metrics.url}` : ""),
@@ -173,6 +204,7 @@ async function runReceiver(args: string[]): Promise<number> {
     let landed = 0;
     let bad = 0;
     let bytes = 0;
+    if (showProgress) progress = new LandedProgress(process.stdout.isTTY === true);
     let resolveDone!: () => void;
     const done = new Promise<void>((r) => (resolveDone = r));
     const t0 = performance.now();
@@ -209,6 +241,7 @@ async function runReceiver(args: string[]): Promise<number> {
     rx.onLanded((keys) => {
       for (const key of keys) {
         landed++;
+        progress?.landed(rx.info(key)?.bytes ?? rx.channel.pageSize);
         if (defer) {
           deferred.push(key);
           emit(json, { event: "landed", key, ok: null, n: landed }, "");
@@ -225,6 +258,7 @@ async function runReceiver(args: string[]): Promise<number> {
     });
     if (expect === undefined) {
       const sig = await untilSignal();
+      progress?.stop();
       emit(
         json,
         { event: "done", landed, bad, bytes, signal: sig },
@@ -238,6 +272,7 @@ async function runReceiver(args: string[]): Promise<number> {
       new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutS * 1000))),
     ]);
     clearTimeout(timer);
+    progress?.stop();
     const seconds = (performance.now() - t0) / 1000;
     emit(
       json,
@@ -249,8 +284,66 @@ async function runReceiver(args: string[]): Promise<number> {
     return bad > 0 || timedOut ? 1 : 0;
   } finally {
     for (const t of holding) clearTimeout(t);
+    progress?.stop();
     await rx.close();
     await metrics?.close();
+  }
+}
+
+/**
+ * The receiver's progress: chunks landed and the rate over the last second, redrawn in
+ * place on a terminal, one line a second (only when something landed) elsewhere.
+ */
+class LandedProgress {
+  #count = 0;
+  #bytes = 0;
+  #windowBytes = 0;
+  #windowStart = performance.now();
+  #gbps = 0;
+  #drawn = "";
+  #timer: ReturnType<typeof setInterval>;
+
+  constructor(readonly tty: boolean) {
+    this.#timer = setInterval(() => this.#tick(), 1000);
+    (this.#timer as { unref?: () => void }).unref?.();
+  }
+
+  /** One chunk of `bytes` landed. */
+  landed(bytes: number): void {
+    this.#count++;
+    this.#bytes += bytes;
+    this.#windowBytes += bytes;
+    if (this.tty) this.#draw();
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    const seconds = (now - this.#windowStart) / 1000;
+    const moved = this.#windowBytes;
+    this.#gbps = seconds > 0 ? moved / seconds / 1e9 : 0;
+    this.#windowBytes = 0;
+    this.#windowStart = now;
+    if (this.tty) this.#draw();
+    else if (moved > 0) out(this.#line());
+  }
+
+  #line(): string {
+    return `pd-receiver: ${this.#count} chunk(s) landed, ` +
+      `${(this.#bytes / 2 ** 20).toFixed(1)} MiB, ${this.#gbps.toFixed(2)} GB/s`;
+  }
+
+  #draw(): void {
+    const line = this.#line();
+    if (line === this.#drawn) return;
+    process.stdout.write(`\r${line}\x1b[K`);
+    this.#drawn = line;
+  }
+
+  /** Stops the timer (and ends the redrawn line). Idempotent. */
+  stop(): void {
+    clearInterval(this.#timer);
+    if (this.tty && this.#drawn) process.stdout.write("\n");
+    this.#drawn = "";
   }
 }
 
@@ -335,10 +428,14 @@ async function runSender(args: string[]): Promise<number> {
   const baseId = (v["req-id"] as string | undefined) ?? `demo-${process.pid}`;
   const paceMs = int("pace-ms", v["pace-ms"] as string | undefined, 0, 0);
   const lingerS = int("linger", v.linger as string | undefined, 0, 0);
+  checkBufferHoldsAChunk(config.pd_buffer_size, geo);
   const metrics = await startMetrics(v);
   let tx: PdSender;
   try {
-    tx = await PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize });
+    tx = await configured(
+      config,
+      () => PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize }),
+    );
   } catch (e) {
     await metrics?.close();
     throw e;
@@ -360,7 +457,7 @@ async function runSender(args: string[]): Promise<number> {
         handshakeMs,
         metrics: metrics?.url ?? null,
       },
-      `pd-sender: handshook with ${host}${initPorts[tpRank]} in ${
+      `pd-sender: handshook with ${host}:${initPorts[tpRank]} in ${
         handshakeMs.toFixed(1)
       } ms (${tx.channel.engine} engine)` + (metrics ? `; metrics on ${metrics.url}` : ""),
     );

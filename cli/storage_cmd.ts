@@ -8,8 +8,9 @@
 import * as fs from "node:fs";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { ConfigError, loadConfig, type LoadConfigOptions } from "../src/config/mod.ts";
+import { ConfigError } from "../src/config/mod.ts";
 import { NixlStorageBackend, StorageError, type StorageStats } from "../src/storage/mod.ts";
+import { load, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 
@@ -24,15 +25,15 @@ import { err, out } from "./io.ts";
  */
 export function storageHelp(): string {
   return [
-    "Usage: kvport storage put   --config F --key K --file PATH",
-    "       kvport storage get   --config F --key K [--file PATH]",
-    "       kvport storage ls    --config F [--json]",
-    "       kvport storage stats --config F [--json]",
+    ...Object.values(USAGE).map((u, i) => `${i === 0 ? "Usage: " : "       "}${u}`),
     "",
     "Opens the NIXL storage backend that the configuration describes (extra_config:",
     "enable_nixl_storage, nixl_backend, nixl_pool_size, nixl_path, ...; nixl_buffer_size,",
     "nixl_buffer_device) and runs one operation on it. A static pool is locked while the",
     "command runs: stop the process that uses it first.",
+    "",
+    "The key and the file may also be given in place: `kvport storage get --config F KEY`,",
+    "`kvport storage put --config F KEY PATH`.",
     "",
     "  put    stores the bytes of PATH (at most one chunk) under key K",
     "  get    writes the chunk of key K to PATH, or to stdout; exit 1 when K is not stored",
@@ -56,9 +57,49 @@ export function storageHelp(): string {
 const OPS = ["put", "get", "ls", "stats"] as const;
 type Op = (typeof OPS)[number];
 
-function usageError(message: string): number {
-  err(`kvport storage: ${message}\nRun "kvport storage --help" for the options.`);
+/** The usage line of each operation. */
+const USAGE: Readonly<Record<Op, string>> = {
+  put: "kvport storage put   --config F [--key] K [--file] PATH [--chunk-bytes N]",
+  get: "kvport storage get   --config F [--key] K [--file PATH]",
+  ls: "kvport storage ls    --config F [--json]",
+  stats: "kvport storage stats --config F [--json]",
+};
+
+function usageError(message: string, op?: Op): number {
+  err(
+    `kvport storage${op ? ` ${op}` : ""}: ${message}\n` +
+      (op ? `Usage: ${USAGE[op]}` : `Run "kvport storage --help" for the options.`),
+  );
   return 2;
+}
+
+/**
+ * Library terms in a storage error, as the command line says them: the chunk size the
+ * library calls `pageSize` is `--chunk-bytes` here.
+ *
+ * @example
+ * ```ts
+ * import { inCliTerms } from "./storage_cmd.ts";
+ * console.log(inCliTerms("Pass pageSize (bytes of one KV chunk)", false));
+ * // Pass --chunk-bytes N (bytes of one KV chunk)
+ * ```
+ */
+export function inCliTerms(message: string, chunkBytesGiven: boolean): string {
+  let m = message.replace(/\bPass pageSize\b/g, "Pass --chunk-bytes N")
+    .replace(/\bpageSize\b/g, "--chunk-bytes");
+  if (chunkBytesGiven) {
+    m = m.replace(
+      /this backend uses (\d+) \((\d+)\)/g,
+      "--chunk-bytes is $1 (slot files of $2 bytes)",
+    )
+      .replace(/this backend uses (\d+)/g, "--chunk-bytes is $1");
+  }
+  return m;
+}
+
+/** A positional that looks like the configuration file, given where the key goes. */
+function looksLikeConfig(arg: string): boolean {
+  return /\.ya?ml$/i.test(arg);
 }
 
 async function runStorage(args: string[]): Promise<number> {
@@ -86,80 +127,112 @@ async function runStorage(args: string[]): Promise<number> {
     out(storageHelp());
     return 0;
   }
-  const op = positionals[0] as Op | undefined;
-  if (!op || !OPS.includes(op) || positionals.length > 1) {
+  const [first, ...rest] = positionals;
+  if (first === undefined) {
+    return usageError(`expected an operation: ${OPS.join(", ")}`);
+  }
+  if (!OPS.includes(first as Op)) {
     return usageError(
-      `expected one of ${OPS.join(", ")}, got ${JSON.stringify(positionals.join(" ") || "(none)")}`,
+      `unknown operation ${JSON.stringify(first)}: expected one of ${OPS.join(", ")}` +
+        (looksLikeConfig(first) ? ` (the configuration goes after --config)` : ""),
     );
   }
-  if ((op === "put" || op === "get") && !values.key) return usageError(`${op} needs --key K`);
-  if (op === "put" && !values.file) return usageError("put needs --file PATH");
+  const op = first as Op;
+  const places = op === "put" ? ["key", "file"] : op === "get" ? ["key"] : [];
+  const given: Record<string, string | undefined> = { key: values.key, file: values.file };
+  for (const [i, arg] of rest.entries()) {
+    const place = places[i];
+    if (place === undefined || given[place] !== undefined) {
+      const why = looksLikeConfig(arg)
+        ? ` (a configuration file? it goes after --config: --config ${arg})`
+        : place === undefined
+        ? ""
+        : ` (--${place} is given already)`;
+      return usageError(`unexpected argument ${JSON.stringify(arg)}${why}`, op);
+    }
+    if (place === "key" && looksLikeConfig(arg) && values.config === undefined) {
+      return usageError(
+        `${JSON.stringify(arg)} looks like a configuration file, not a key: ` +
+          `--config ${arg}`,
+        op,
+      );
+    }
+    given[place] = arg;
+  }
+  const key = given.key;
+  const file = given.file;
+  if ((op === "put" || op === "get") && !key) return usageError(`${op} needs a key`, op);
+  if (op === "put" && !file) return usageError("put needs the file to store", op);
   let pageSize: number | undefined;
   if (values["chunk-bytes"] !== undefined) {
     pageSize = Number(values["chunk-bytes"]);
-    if (!Number.isSafeInteger(pageSize) || pageSize <= 0) {
-      return usageError(`--chunk-bytes expects an integer > 0, got ${values["chunk-bytes"]}`);
+    if (
+      !/^\d+$/.test(values["chunk-bytes"].trim()) || !Number.isSafeInteger(pageSize) ||
+      pageSize <= 0
+    ) {
+      return usageError(
+        `--chunk-bytes expects an integer > 0, got ${JSON.stringify(values["chunk-bytes"])}`,
+        op,
+      );
     }
   }
   const engine = values.engine ?? "auto";
   if (engine !== "auto" && engine !== "builtin" && engine !== "nixl") {
-    return usageError(`--engine expects auto, builtin or nixl, got ${JSON.stringify(engine)}`);
+    return usageError(`--engine expects auto, builtin or nixl, got ${JSON.stringify(engine)}`, op);
   }
 
-  const options: LoadConfigOptions = {};
-  if (values.config !== undefined) options.file = values.config;
   let config;
   try {
-    const loaded = loadConfig(options);
-    for (const w of loaded.warnings) err(`warning: ${w.message}`);
-    config = loaded.config;
+    config = load(values.config);
   } catch (e) {
+    if (e instanceof UsageError) return usageError(e.message, op);
     if (!(e instanceof ConfigError)) throw e;
-    err(`error: ${e.message}`);
+    err(`kvport storage: ${e.message}`);
     return 2;
   }
 
   let data: Uint8Array | undefined;
   if (op === "put") {
     try {
-      data = new Uint8Array(fs.readFileSync(values.file!));
+      data = new Uint8Array(fs.readFileSync(file!));
     } catch (e) {
-      err(`error: cannot read ${values.file}: ${(e as Error).message}`);
+      err(`kvport storage put: cannot read ${file}: ${(e as Error).message}`);
       return 1;
     }
   }
+  const chunkBytesGiven = pageSize !== undefined;
 
   let store: NixlStorageBackend;
   try {
     store = await NixlStorageBackend.fromConfig(config, { pageSize, engine });
   } catch (e) {
     if (e instanceof StorageError) {
-      err(`error: ${e.message}`);
+      err(`kvport storage ${op}: ${inCliTerms(e.message, chunkBytesGiven)}`);
       return e.code === "CONFIG" ? 2 : 1;
     }
     throw e;
   }
   try {
-    for (const w of store.warnings) err(`warning: ${w}`);
+    for (const w of store.warnings) err(`warning: ${inCliTerms(w, chunkBytesGiven)}`);
     switch (op) {
       case "put": {
-        const r = await store.put(values.key!, data!);
+        const r = await store.put(key!, data!);
         if (!r.stored) {
-          err(`error: ${values.key} not stored: ${r.reason}`);
+          err(`kvport storage put: ${key} not stored: ${r.reason}`);
           return 1;
         }
-        out(`stored ${values.key} (${data!.length} bytes) in ${store.path}`);
+        out(`stored ${key} (${data!.length} bytes) in ${store.path}`);
         return 0;
       }
       case "get": {
-        const bytes = await store.get(values.key!);
+        const bytes = await store.get(key!);
         if (!bytes) {
-          err(`error: key ${JSON.stringify(values.key)} is not stored in ${store.path}`);
+          err(`kvport storage get: key ${JSON.stringify(key)} is not stored in ${store.path}`);
           return 1;
         }
-        if (values.file) {
-          fs.writeFileSync(values.file, bytes);
-          out(`wrote ${bytes.length} bytes of ${values.key} to ${values.file}`);
+        if (file) {
+          fs.writeFileSync(file, bytes);
+          out(`wrote ${bytes.length} bytes of ${key} to ${file}`);
         } else {
           await new Promise<void>((resolve, reject) =>
             process.stdout.write(bytes, (e) => (e ? reject(e) : resolve()))
@@ -181,7 +254,7 @@ async function runStorage(args: string[]): Promise<number> {
     }
   } catch (e) {
     if (e instanceof StorageError) {
-      err(`error: ${e.message}`);
+      err(`kvport storage ${op}: ${inCliTerms(e.message, chunkBytesGiven)}`);
       return 1;
     }
     throw e;

@@ -1,4 +1,3 @@
-/// <reference types="bun-types/ffi.d.ts" />
 /**
  * The Bun loader: opens the shim with `bun:ffi`'s `dlopen` and returns a
  * {@linkcode NativeLib}. `bun:ffi` is imported with a literal dynamic import inside
@@ -16,7 +15,31 @@
  */
 
 import type { NativeLib } from "./native.ts";
-import { type KvpSymbols, toBunSymbols } from "./symbols.ts";
+import { type BunSymbolDef, type KvpSymbols, toBunSymbols } from "./symbols.ts";
+
+/**
+ * The part of `bun:ffi` this loader uses, declared here rather than taken from
+ * `bun-types`: a `/// <reference types>` in published code makes every consumer without
+ * `bun-types` in its own dependencies fail `deno check` and `deno test` (TS2307).
+ */
+interface BunFfi {
+  /** Opens a shared library and binds `symbols`. */
+  dlopen(
+    path: string,
+    symbols: Record<string, BunSymbolDef>,
+  ): { symbols: Record<string, unknown>; close(): void };
+  /** The address of a typed array's first byte (a number in Bun). */
+  ptr(view: ArrayBufferView): number;
+  /** An ArrayBuffer over native memory at `address`, without a copy. */
+  toArrayBuffer(address: number, byteOffset: number, byteLength: number): ArrayBuffer;
+}
+
+/** `bun:ffi`, typed as {@linkcode BunFfi}. The specifier stays a literal (a computed one
+ * fails `deno publish`); only Bun ever calls this. */
+async function importBunFfi(): Promise<BunFfi> {
+  // @ts-ignore: `bun:ffi` exists only under Bun, which alone runs this function.
+  return (await import("bun:ffi")) as BunFfi;
+}
 
 /**
  * Opens the library at an absolute path with `bun:ffi`. Throws what `dlopen` throws.
@@ -29,7 +52,7 @@ import { type KvpSymbols, toBunSymbols } from "./symbols.ts";
  * ```
  */
 export async function openBun(path: string): Promise<NativeLib> {
-  const ffi = await import("bun:ffi");
+  const ffi = await importBunFfi();
   const dl = ffi.dlopen(path, toBunSymbols());
   // deno-lint-ignore no-explicit-any
   const raw = dl.symbols as unknown as Record<string, (...args: any[]) => any>;
@@ -51,11 +74,11 @@ export async function openBun(path: string): Promise<NativeLib> {
     },
     addressOf(view: ArrayBufferView): bigint {
       if (view.byteLength === 0) throw new RangeError("an empty buffer has no address");
-      return BigInt(ffi.ptr(view as Uint8Array));
+      return BigInt(ffi.ptr(view));
     },
     view(address: bigint, length: number): ArrayBuffer {
       if (address === 0n) throw new RangeError("cannot view address 0");
-      return ffi.toArrayBuffer(Number(address) as import("bun:ffi").Pointer, 0, length);
+      return ffi.toArrayBuffer(Number(address), 0, length);
     },
     close(): Promise<void> {
       if (!closed) {

@@ -6,8 +6,12 @@
  * 1. the explicit `path` option, or else the `KVPORT_LIB` environment variable: when one
  *    is given it is the only candidate (a wrong setting is an error, never silently
  *    replaced by another library);
- * 2. `native/build/libkvport.so` next to this module (when it was loaded from a file);
- * 3. `$NIXL_PREFIX/lib/libkvport.so`.
+ * 2. `native/build/libkvport.so` next to this module (a checkout: `deno task build`),
+ *    when the module was loaded from a file;
+ * 3. the cache directory that `kvport build` compiles into
+ *    (`$XDG_CACHE_HOME/kvport/<version>/`, else `~/.cache/kvport/<version>/`): the way
+ *    a package fetched from JSR or npm, which brings no binary, gets one;
+ * 4. `$NIXL_PREFIX/lib/libkvport.so`.
  *
  * A library whose `kvp_abi_version()` differs from {@linkcode ABI_VERSION} is refused.
  *
@@ -23,8 +27,10 @@
 import { NixlError, Status } from "../src/errors.ts";
 import { openDeno } from "./deno.ts";
 import type { NativeLib } from "./native.ts";
+import { VERSION } from "./version.ts";
 
 export type { NativeLib } from "./native.ts";
+export { VERSION } from "./version.ts";
 
 /** The `KVP_ABI_VERSION` of kvport.h this package was written against. */
 export const ABI_VERSION = 1;
@@ -98,7 +104,8 @@ export function getEnv(name: string): string | undefined {
 export interface LibraryCandidate {
   /** Absolute path (or `""` when the source gave none). */
   path: string;
-  /** Where the candidate came from: `"option"`, `"KVPORT_LIB"`, `"module"`, `"NIXL_PREFIX"`. */
+  /** Where the candidate came from: `"option"`, `"KVPORT_LIB"`, `"module"`, `"cache"`,
+   * `"NIXL_PREFIX"`. */
   source: string;
   /** Why it was not used (set when it was skipped before trying). */
   skipped?: string;
@@ -129,6 +136,36 @@ function absolute(path: string): string {
 }
 
 /**
+ * The directory `kvport build` compiles the shim into and the loader looks in:
+ * `$XDG_CACHE_HOME/kvport/<version>`, else `$HOME/.cache/kvport/<version>`; a string
+ * saying why there is none when neither variable can be read.
+ *
+ * @example
+ * ```ts
+ * import { shimCacheDir } from "./mod.ts";
+ * const dir = shimCacheDir();
+ * console.log(dir.path ?? dir.missing);
+ * ```
+ */
+export function shimCacheDir(): { path: string; missing?: undefined } | {
+  path?: undefined;
+  missing: string;
+} {
+  const xdg = getEnv("XDG_CACHE_HOME");
+  if (xdg && xdg.startsWith("/")) return { path: `${trimSlash(xdg)}/kvport/${VERSION}` };
+  const home = getEnv("HOME");
+  if (home && home.startsWith("/")) return { path: `${trimSlash(home)}/.cache/kvport/${VERSION}` };
+  return {
+    missing: "neither XDG_CACHE_HOME nor HOME is set to an absolute path (or readable: " +
+      "Deno needs --allow-env)",
+  };
+}
+
+function trimSlash(path: string): string {
+  return path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path;
+}
+
+/**
  * The candidates {@linkcode loadNativeLibrary} tries, in order.
  *
  * @example
@@ -149,14 +186,39 @@ export function libraryCandidates(explicitPath?: string): LibraryCandidate[] {
     out.push({
       path: "",
       source: "module",
-      skipped: `this module was loaded from ${here.origin}, not from a file: build the ` +
-        `shim locally and set KVPORT_LIB`,
+      skipped: `this package was loaded from ${here.origin}, which has no native/build/`,
     });
   }
+  const cache = shimCacheDir();
+  if (cache.path !== undefined) {
+    out.push({ path: `${cache.path}/${LIBRARY_NAME}`, source: "cache" });
+  } else out.push({ path: "", source: "cache", skipped: cache.missing });
   const prefix = getEnv("NIXL_PREFIX");
   if (prefix) out.push({ path: absolute(`${prefix}/lib/${LIBRARY_NAME}`), source: "NIXL_PREFIX" });
   else out.push({ path: "", source: "NIXL_PREFIX", skipped: "NIXL_PREFIX is not set" });
   return out;
+}
+
+/**
+ * The command that builds the shim for this copy of the package, as its user would type
+ * it: `deno run -A jsr:@kvport/nixl@<version>/cli build` when loaded from JSR, the CLI's
+ * URL or path otherwise (`bun <path> build` under Bun).
+ *
+ * @example
+ * ```ts
+ * import { buildCommand } from "./mod.ts";
+ * console.log(`run ${buildCommand()}`);
+ * ```
+ */
+export function buildCommand(): string {
+  const cli = new URL("../cli/main.ts", import.meta.url);
+  if (cli.protocol === "file:") {
+    const path = decodeURIComponent(cli.pathname);
+    return currentRuntime() === "bun" ? `bun ${path} build` : `deno run -A ${path} build`;
+  }
+  const jsr = /^https:\/\/jsr\.io\/@kvport\/nixl\/([^/]+)\//.exec(cli.href);
+  if (jsr) return `deno run -A jsr:@kvport/nixl@${jsr[1]}/cli build`;
+  return `deno run -A ${cli.href} build`;
 }
 
 /** The library could not be found or opened; lists every candidate and its failure. */
@@ -179,8 +241,11 @@ export class NativeLibraryError extends NixlError {
       status,
       "loadNativeLibrary",
       `could not load ${LIBRARY_NAME}; tried:\n${lines.join("\n")}\n` +
-        `Fix: build it with \`deno task build\` (make -C native), or point KVPORT_LIB at an ` +
-        `absolute path of ${LIBRARY_NAME}.`,
+        (status === Status.ERR_MISMATCH
+          ? `Fix: rebuild it with \`${buildCommand()}\``
+          : `Fix: build it with \`${buildCommand()}\``) +
+        ` (in a checkout: \`deno task build\`), or set KVPORT_LIB to the absolute path of ` +
+        `a ${LIBRARY_NAME} built for this version (${VERSION}).`,
     );
     this.name = "NativeLibraryError";
     this.tried = tried;
@@ -234,7 +299,7 @@ export async function loadNativeLibrary(options: LoadOptions = {}): Promise<Nati
       lib = await pending;
     } catch (e) {
       if (loaded.get(c.path) === pending) loaded.delete(c.path);
-      tried.push({ path: c.path, source: c.source, reason: describe(e) });
+      tried.push({ path: c.path, source: c.source, reason: describe(e, c.path) });
       continue;
     }
     if (lib.closed) {
@@ -264,11 +329,34 @@ function reopen(path: string): Promise<NativeLib> {
   return p;
 }
 
-function describe(e: unknown): string {
+function describe(e: unknown, path: string): string {
   const g = globalThis as { Deno?: { errors: { NotCapable?: new () => Error } } };
   const notCapable = g.Deno?.errors.NotCapable;
   if (notCapable && e instanceof notCapable) {
     return `${(e as Error).message} (run with --allow-ffi, or -A)`;
   }
-  return e instanceof Error ? e.message.split("\n")[0] : String(e);
+  return dlopenReason(e instanceof Error ? e.message.split("\n")[0] : String(e), path);
+}
+
+/**
+ * The reason of a failed `dlopen`, without the runtime's wrapping: Deno says "Could not
+ * open library: Could not open library: PATH: why", Bun `Failed to open library "PATH":
+ * PATH: why`; the path is printed next to the reason already.
+ *
+ * @example
+ * ```ts
+ * import { dlopenReason } from "./mod.ts";
+ * console.log(dlopenReason("Could not open library: Could not open library: /x.so: gone", "/x.so"));
+ * // gone
+ * ```
+ */
+export function dlopenReason(message: string, path: string): string {
+  let m = message.trim();
+  for (;;) {
+    const before = m;
+    m = m.replace(/^Could not open library:\s*/, "");
+    m = m.replace(/^Failed to open library\s+"[^"]*":\s*/, "");
+    if (path && m.startsWith(`${path}: `)) m = m.slice(path.length + 2);
+    if (m === before) return m || message;
+  }
 }

@@ -9,13 +9,20 @@ if [ ! -d node_modules/yaml ] || [ ! -x node_modules/deno/deno ]; then
   npm ci --no-audit --no-fund
 fi
 deno_bin=$PWD/node_modules/deno/deno
-task=${1:?usage: scripts/task.sh build|test|bench|demo|check [args...]}
+task=${1:?usage: scripts/task.sh build|test|test:package|bench|demo|check [args...]}
 shift
 case "$task" in
   build) exec make -C native ;;
   test)
     make -C native
     exec bash scripts/test_all.sh "$@"
+    ;;
+  test:package)
+    # The user paths, from the package alone: a Deno project importing the files
+    # `deno publish` lists over HTTP (as from JSR), and a Bun project installing the
+    # `npm pack` tarball; each builds the shim with `kvport build` and runs PD over it.
+    "$deno_bin" test -A tests/package/jsr_user.ts
+    exec node_modules/.bin/bun test --timeout 300000 ./tests/package/bun_consumer.ts
     ;;
   bench)
     make -C native
@@ -35,7 +42,7 @@ case "$task" in
     exec "$deno_bin" publish --dry-run --allow-dirty
     ;;
   *)
-    echo "unknown task: $task (expected build, test, bench, demo or check)" >&2
+    echo "unknown task: $task (expected build, test, test:package, bench, demo or check)" >&2
     exit 2
     ;;
 esac

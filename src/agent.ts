@@ -465,7 +465,8 @@ export class NixlAgent {
   ): DeviceBuffer;
   /** Allocates DRAM or VRAM. */
   allocate(size: number | bigint, options?: AllocateOptions): NativeBuffer;
-  allocate(size: number | bigint, options: AllocateOptions = {}): NativeBuffer {
+  allocate(size: number | bigint, options?: AllocateOptions): NativeBuffer {
+    options ??= {};
     this.#native("allocate");
     const opts = { ...options, shared: options.shared ?? defaultShared(this.engine) };
     const buf = allocateBuffer(this.#lib, size, opts, (b) => this.#buffers.delete(b));
@@ -771,8 +772,9 @@ export class NixlAgent {
     localIdx: Uint32Array | ArrayLike<number>,
     remote: PreparedDescList,
     remoteIdx: Uint32Array | ArrayLike<number>,
-    options: { notification?: Uint8Array | string } = {},
+    options?: { notification?: Uint8Array | string },
   ): TransferRequest {
+    options ??= {};
     const fn = "createTransfer";
     const h = this.#native(fn);
     if (op !== "READ" && op !== "WRITE") {
@@ -865,8 +867,9 @@ export class NixlAgent {
     localIdx: Uint32Array | ArrayLike<number>,
     remote: PreparedDescList,
     remoteIdx: Uint32Array | ArrayLike<number>,
-    options: TransferOptions = {},
+    options?: TransferOptions,
   ): Promise<void> {
+    options ??= {};
     const timeoutMs = checkTimeout(options.timeoutMs ?? 30_000, "transfer");
     options.signal?.throwIfAborted();
     const req = this.createTransfer(op, local, localIdx, remote, remoteIdx, options);
@@ -972,7 +975,9 @@ export class NixlAgent {
    * if (notes.length === 0) console.log("nothing within 5 s");
    * ```
    */
-  async waitNotifications(timeoutMs = 30_000, options: WaitOptions = {}): Promise<Notification[]> {
+  async waitNotifications(timeoutMs?: number, options?: WaitOptions): Promise<Notification[]> {
+    timeoutMs ??= 30_000;
+    options ??= {};
     checkTimeout(timeoutMs, "waitNotifications");
     const first = this.takeNotifications();
     if (first.length > 0 || timeoutMs === 0) return first;
@@ -1079,7 +1084,8 @@ export interface NativeLibraryInfo {
  * console.log(info.path, info.abiVersion);
  * ```
  */
-export async function nativeLibrary(options: LibraryOptions = {}): Promise<NativeLibraryInfo> {
+export async function nativeLibrary(options?: LibraryOptions): Promise<NativeLibraryInfo> {
+  options ??= {};
   const lib = await library(options);
   return {
     path: lib.path,
@@ -1098,7 +1104,8 @@ export async function nativeLibrary(options: LibraryOptions = {}): Promise<Nativ
  * console.log(await engines());
  * ```
  */
-export async function engines(options: LibraryOptions = {}): Promise<string[]> {
+export async function engines(options?: LibraryOptions): Promise<string[]> {
+  options ??= {};
   const lib = await library(options);
   return text(sizedOut(lib, "kvp_engines", (b, c, l) => lib.symbols.kvp_engines(b, c, l)))
     .split(",").filter((s) => s);
@@ -1135,8 +1142,9 @@ export interface EngineProbe {
  */
 export async function probeEngine(
   engine: EngineName | string,
-  options: LibraryOptions = {},
+  options?: LibraryOptions,
 ): Promise<EngineProbe> {
+  options ??= {};
   const lib = await library(options);
   const name = cString(engine, "engine");
   const raw = parseKeyValues(
@@ -1174,7 +1182,8 @@ export interface CudaInfo {
  * console.log(count > 0 ? `${count} GPU(s)` : `no GPU: ${reason}`);
  * ```
  */
-export async function cudaDevices(options: LibraryOptions = {}): Promise<CudaInfo> {
+export async function cudaDevices(options?: LibraryOptions): Promise<CudaInfo> {
+  options ??= {};
   const lib = await library(options);
   const status = lib.symbols.kvp_cuda_device_count(OUT_I32);
   const count = OUT_I32[0];
@@ -1191,6 +1200,7 @@ export async function cudaDevices(options: LibraryOptions = {}): Promise<CudaInf
  * if ((await cudaDeviceCount()) === 0) console.log("DRAM only");
  * ```
  */
-export async function cudaDeviceCount(options: LibraryOptions = {}): Promise<number> {
+export async function cudaDeviceCount(options?: LibraryOptions): Promise<number> {
+  options ??= {};
   return (await cudaDevices(options)).count;
 }

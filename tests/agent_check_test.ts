@@ -31,7 +31,10 @@ test("check --engine auto names who serves the backends", { skip: nativeSkip }, 
   const r = await runCheck({ engine: "auto" });
   assert.equal(r.ok, true, r.errors.join("\n"));
   if (r.nixl && !r.nixl.available) {
-    assert.match(r.engine.note, /served by the builtin engine: NIXL not found/);
+    assert.match(
+      r.engine.note,
+      /served by the builtin engine \(NIXL not found: see the NIXL line\)/,
+    );
   } else {
     assert.match(r.engine.note, /served by the (nixl|builtin) engine/);
   }

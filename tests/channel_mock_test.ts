@@ -6,9 +6,10 @@ import {
   ChannelTimeoutError,
   createTransferChannel,
   type CreateTransferChannelOptions,
-  mockMemoryStore,
   type TransferChannel,
 } from "../mod.ts";
+import { alignBuffer } from "../src/channel/factory.ts";
+import { mockMemoryStore } from "../src/channel/mock_memory.ts";
 import { RepSocket } from "../src/channel/wire/mod.ts";
 
 const base = {
@@ -40,13 +41,18 @@ test("channel: nixl without a backends key fails as LMCache does", async () => {
   );
 });
 
-test("channel: a buffer size not a multiple of the page is aligned down, with a warning", async () => {
+test("channel: a buffer size not a multiple of the page is aligned down, warned about only when that costs a tenth", async () => {
   await using ch = await tx({ bufferSize: 8 * 1024 + 100 });
   assert.equal(ch.pageCount, 8);
   assert.equal(ch.pages.length, 8);
   assert.equal(ch.pages[7].byteLength, 1024);
-  assert.equal(ch.warnings.length, 1);
-  assert.match(ch.warnings[0], /aligned down to 8192 bytes \(8 pages\)/);
+  assert.deepEqual(ch.warnings, [], "100 of 8292 bytes unused (1%) is not worth a warning");
+  await using lossy = await tx({ bufferSize: 2 * 1024 + 900 });
+  assert.equal(lossy.pageCount, 2);
+  assert.equal(lossy.warnings.length, 1);
+  assert.match(lossy.warnings[0], /holds 2 whole page\(s\) of 1024 bytes: 900 bytes \(31%\)/);
+  // LMCache's own 1p1d decoder: 2 GB of 28 MiB chunks leaves 4 MiB (0.2%) over.
+  assert.deepEqual(alignBuffer(2147483648, 28 << 20), { pageCount: 73, warnings: [] });
   await assert.rejects(tx({ bufferSize: 100 }), /smaller than one page of 1024 bytes/);
 });
 

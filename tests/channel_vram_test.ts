@@ -10,11 +10,11 @@ import {
   createTransferChannel,
   type CreateTransferChannelOptions,
   cudaDevices,
-  fnv1a64,
   nativeLibrary,
   NixlAgent,
   type TransferChannel,
 } from "../mod.ts";
+import { fnv1a64 } from "../src/channel/page.ts";
 import { fillRandom } from "./helpers/agent_pair.ts";
 import { testEngine } from "./helpers/test_engine.ts";
 

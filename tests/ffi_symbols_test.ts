@@ -143,7 +143,7 @@ test("library lookup: explicit path first and alone, absolute, every try in the 
   delete process.env.KVPORT_LIB;
   try {
     const all = libraryCandidates();
-    assert.deepEqual(all.map((c) => c.source), ["module", "NIXL_PREFIX"]);
+    assert.deepEqual(all.map((c) => c.source), ["module", "cache", "NIXL_PREFIX"]);
     assert.ok(all[0].path.endsWith("/native/build/libkvport.so"), all[0].path);
   } finally {
     if (saved !== undefined) process.env.KVPORT_LIB = saved;

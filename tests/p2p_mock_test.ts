@@ -6,16 +6,10 @@
 // registry relearning what holders hold; unreachable registry and holders as misses.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  ChunkStore,
-  fillPattern,
-  loadConfig,
-  MockMemoryChannel,
-  P2PBackend,
-  P2PError,
-  P2PRegistry,
-  PagePool,
-} from "../mod.ts";
+import { loadConfig, MockMemoryChannel, P2PBackend, P2PError, P2PRegistry } from "../mod.ts";
+import { ChunkStore } from "../src/p2p/store.ts";
+import { PagePool } from "../src/pd/page_pool.ts";
+import { fillPattern } from "../src/pd/pattern.ts";
 import {
   checkFetched,
   crcOf,

@@ -3,10 +3,9 @@
 // learning the receiver's generation, NIXL handshakes listing several agents. The peers
 // are pyzmq processes that build and decode with msgspec structs mirroring LMCache's
 // classes (tests/helpers/lmcache_structs.py).
-import { test } from "node:test";
+import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
-  ALLOC_RESPONSE_ORDER,
   chunkBytes,
   MemoryFormat,
   MockMemoryChannel,
@@ -14,6 +13,7 @@ import {
   PdReceiver,
   PdSender,
 } from "../mod.ts";
+import { ALLOC_RESPONSE_ORDER } from "../src/pd/mod.ts";
 import { encodeMessage, type LmcacheMessage, withFieldOrder } from "../src/channel/wire/mod.ts";
 import { lmcachePeerPython, startLmcachePeer } from "./helpers/py_lmcache.ts";
 import { testKey } from "./helpers/pd_util.ts";

@@ -6,7 +6,6 @@ import {
   formatCacheKey,
   loadConfig,
   MemoryFormat,
-  PagePool,
   parseCacheKey,
   PdAllocRefusedError,
   PdReceiver,
@@ -16,6 +15,7 @@ import {
   PdSendError,
   ProxyNotifier,
 } from "../mod.ts";
+import { PagePool } from "../src/pd/page_pool.ts";
 import { encodeMessage } from "../src/channel/wire/mod.ts";
 import {
   checkFor,

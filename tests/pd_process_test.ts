@@ -7,7 +7,6 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import {
   chunkBytes,
-  fillPattern,
   loadConfig,
   MemoryFormat,
   nativeLibrary,
@@ -15,6 +14,7 @@ import {
   PdSendError,
   ProxyNotifier,
 } from "../mod.ts";
+import { fillPattern } from "../src/pd/pattern.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
 import {
   decoderConfig,

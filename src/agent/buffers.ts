@@ -96,7 +96,9 @@ export abstract class NativeBuffer {
    * 64-bit FNV-1a checksum of `length` bytes from `offset` (the shim's
    * `kvp_mem_checksum`; VRAM is staged through host memory).
    */
-  checksum(offset = 0, length: number = this.size - offset): bigint {
+  checksum(offset?: number, length?: number): bigint {
+    offset ??= 0;
+    length ??= this.size - offset;
     const addr = this.range(offset, length, "checksum");
     check(
       this.lib,
@@ -113,7 +115,8 @@ export abstract class NativeBuffer {
   }
 
   /** Copies `src` into the buffer at `offset`. */
-  copyFrom(src: Uint8Array, offset = 0): void {
+  copyFrom(src: Uint8Array, offset?: number): void {
+    offset ??= 0;
     const dst = this.range(offset, src.byteLength, "copyFrom");
     if (src.byteLength === 0) return;
     check(
@@ -132,7 +135,8 @@ export abstract class NativeBuffer {
   }
 
   /** Copies bytes from `offset` into `dst` (as many as `dst` holds). */
-  copyTo(dst: Uint8Array, offset = 0): void {
+  copyTo(dst: Uint8Array, offset?: number): void {
+    offset ??= 0;
     const src = this.range(offset, dst.byteLength, "copyTo");
     if (dst.byteLength === 0) return;
     check(

@@ -116,7 +116,8 @@ export class DescList {
    * using list = DescList.fromArrays("DRAM", { addrs, lens: new BigUint64Array(10_000).fill(4096n) });
    * ```
    */
-  static fromArrays(memType: MemType, arrays: DescArrays, options: DescListOptions = {}): DescList {
+  static fromArrays(memType: MemType, arrays: DescArrays, options?: DescListOptions): DescList {
+    options ??= {};
     return DescList.#build(libFor(options, "DescList.fromArrays"), memType, arrays);
   }
 
@@ -166,8 +167,9 @@ export class DescList {
     source: PageSource,
     pageSize: number | bigint,
     count: number,
-    options: DescListOptions & { offset?: number | bigint } = {},
+    options?: DescListOptions & { offset?: number | bigint },
   ): DescList {
+    options ??= {};
     const fn = "DescList.pages";
     const lib = libFor(options, fn, source);
     const size = toU64(pageSize, "pageSize");
@@ -227,7 +229,8 @@ export class DescList {
    * using remotePages = DescList.deserialize(bytesFromPeer);
    * ```
    */
-  static deserialize(bytes: Uint8Array, options: DescListOptions = {}): DescList {
+  static deserialize(bytes: Uint8Array, options?: DescListOptions): DescList {
+    options ??= {};
     const lib = libFor(options, "DescList.deserialize");
     check(
       lib,

@@ -247,7 +247,9 @@ export class TransferRequest {
    * a {@linkcode NixlTimeoutError} and the request stays active (wait again, or release
    * it to cancel). Aborting `signal` releases the request and rejects with its reason.
    */
-  async wait(timeoutMs = 30_000, options: WaitOptions = {}): Promise<void> {
+  async wait(timeoutMs?: number, options?: WaitOptions): Promise<void> {
+    timeoutMs ??= 30_000;
+    options ??= {};
     checkTimeout(timeoutMs, "wait");
     const signal = options.signal;
     signal?.throwIfAborted();

@@ -17,7 +17,7 @@ export function errorMessage(e: unknown): string {
  *
  * @example
  * ```ts
- * import { SerialQueue } from "@kvport/nixl";
+ * import { SerialQueue } from "./_util.ts";
  *
  * const q = new SerialQueue();
  * const order: number[] = [];

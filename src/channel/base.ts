@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { TransferChannelType } from "../config/mod.ts";
 import { ChannelError, ChannelTimeoutError } from "./errors.ts";
 import { errorMessage, SerialQueue } from "./_util.ts";
 import { type ControlServer, openRequester, serveRequests } from "./control.ts";
@@ -16,7 +17,6 @@ import { type CollectedSource, weakly } from "../metrics/source.ts";
 import type {
   ChannelNotification,
   ChannelRole,
-  ChannelType,
   ConnectOptions,
   LocalPages,
   SideMessage,
@@ -41,7 +41,7 @@ export interface PeerHandle {
 /** Settings shared by every channel type. */
 export interface ChannelBaseInit {
   /** `"nixl"` or `"mock_memory"`. */
-  channelType: ChannelType;
+  channelType: TransferChannelType;
   /** Role of the channel. */
   role: ChannelRole;
   /** Id peers store this channel under. */
@@ -171,15 +171,17 @@ function devicePages(ordinal: number, count: number): readonly Uint8Array[] {
  *
  * @example
  * ```ts
- * import { ChannelBase, MockMemoryChannel } from "@kvport/nixl";
+ * import { MockMemoryChannel } from "@kvport/nixl";
+ * import { ChannelBase } from "./base.ts";
  *
  * await using ch = await MockMemoryChannel.create({ role: "both", pageSize: 64, pageCount: 2 });
  * console.log(ch instanceof ChannelBase); // true
  * ```
+ * @ignore
  */
 export abstract class ChannelBase implements TransferChannel {
   /** `"nixl"` or `"mock_memory"`. */
-  readonly channelType: ChannelType;
+  readonly channelType: TransferChannelType;
   /** Role given at creation. */
   readonly role: ChannelRole;
   /** The id peers store this channel's page list under. */
@@ -198,7 +200,8 @@ export abstract class ChannelBase implements TransferChannel {
   readonly device: BufferDevice;
   /** Things the creator may want to print. */
   readonly warnings: readonly string[];
-  /** Serializes every use of the agent: callers never touch it at once. */
+  /** Serializes every use of the agent: callers never touch it at once.
+   * @ignore */
   protected readonly agentQueue: SerialQueue = new SerialQueue();
   /** Default handshake deadline, ms. */
   protected readonly handshakeTimeoutMs: number;

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { TRANSFER_CHANNELS } from "../config/mod.ts";
 import { ChannelError } from "./errors.ts";
 import { MockMemoryChannel } from "./mock_memory.ts";
 import { NixlChannel } from "./nixl.ts";
@@ -51,24 +52,56 @@ export interface CreateTransferChannelOptions {
 }
 
 /**
- * Channel types {@linkcode createTransferChannel} knows.
+ * Checks the page and buffer sizes a PD or P2P class was given, in that class's terms
+ * (`pageSize`, `bufferSize`), before the channel underneath would name them as LMCache's
+ * `alignBytes` does.
  *
  * @example
  * ```ts
- * import { SUPPORTED_CHANNEL_TYPES } from "@kvport/nixl";
- * console.log(SUPPORTED_CHANNEL_TYPES.join(", ")); // nixl, mock_memory
+ * import { checkBufferSizes } from "./factory.ts";
+ * checkBufferSizes(1 << 20, 64 << 20); // fine
+ * try {
+ *   checkBufferSizes(0, 64 << 20);
+ * } catch (e) {
+ *   console.log((e as Error).message); // pageSize must be a positive integer ...
+ * }
  * ```
  */
-export const SUPPORTED_CHANNEL_TYPES: readonly string[] = Object.freeze(["nixl", "mock_memory"]);
+export function checkBufferSizes(pageSize: number, bufferSize: number): void {
+  if (!Number.isSafeInteger(pageSize) || pageSize <= 0) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `pageSize must be a positive integer of bytes (one KV chunk), got ${pageSize}`,
+    );
+  }
+  if (!Number.isSafeInteger(bufferSize) || bufferSize <= 0) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `bufferSize must be a positive integer of bytes, got ${bufferSize}`,
+    );
+  }
+  if (bufferSize < pageSize) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `bufferSize ${bufferSize} is smaller than one page (pageSize ${pageSize}): give at ` +
+        `least ${pageSize} bytes`,
+    );
+  }
+}
+
+/** The share of a buffer left over by aligning down that is worth a warning. */
+const UNUSED_WARNING_SHARE = 0.1;
 
 /**
  * Pages of a buffer: `bufferSize` aligned down to `alignBytes` (as LMCache's PD does),
- * with a warning when something was cut.
+ * with a warning only when a tenth or more of the buffer is left over (LMCache's own
+ * 2 GB buffer of 28 MiB chunks leaves 0.2%: no warning).
  *
  * @example
  * ```ts
- * import { alignBuffer } from "@kvport/nixl";
- * console.log(alignBuffer(10_000, 4096)); // { pageCount: 2, warnings: ["bufferSize 10000 ..."] }
+ * import { alignBuffer } from "./factory.ts";
+ * console.log(alignBuffer(10_000, 4096)); // { pageCount: 2, warnings: ["the buffer of 10000 bytes ..."] }
+ * console.log(alignBuffer(2 ** 31, 28 << 20).warnings); // []
  * ```
  */
 export function alignBuffer(
@@ -95,11 +128,16 @@ export function alignBuffer(
         `give at least ${alignBytes} bytes`,
     );
   }
+  // Aligning down is what LMCache does, silently; only the remainder is not allocated,
+  // so it costs nothing unless it is a real share of what was asked for: then the
+  // buffer holds noticeably fewer chunks than it was sized for, which is worth a line.
   const warnings: string[] = [];
-  if (bufferSize % alignBytes !== 0) {
+  const unused = bufferSize - pageCount * alignBytes;
+  if (unused >= bufferSize * UNUSED_WARNING_SHARE) {
     warnings.push(
-      `bufferSize ${bufferSize} is not a multiple of the page size ${alignBytes}; ` +
-        `aligned down to ${pageCount * alignBytes} bytes (${pageCount} pages)`,
+      `the buffer of ${bufferSize} bytes holds ${pageCount} whole page(s) of ${alignBytes} ` +
+        `bytes: ${unused} bytes (${Math.round((100 * unused) / bufferSize)}%) of it stay ` +
+        "unused; size the buffer as a multiple of the page",
     );
   }
   return { pageCount, warnings };
@@ -129,10 +167,10 @@ export async function createTransferChannel(
   options: CreateTransferChannelOptions,
 ): Promise<TransferChannel> {
   const type = options.channelType;
-  if (!SUPPORTED_CHANNEL_TYPES.includes(type)) {
+  if (!(TRANSFER_CHANNELS as readonly string[]).includes(type)) {
     throw new ChannelError(
       "UNSUPPORTED_CHANNEL_TYPE",
-      `Unsupported channel type: ${type} (supported: ${SUPPORTED_CHANNEL_TYPES.join(", ")})`,
+      `Unsupported channel type: ${type} (supported: ${TRANSFER_CHANNELS.join(", ")})`,
     );
   }
   if (!["sender", "receiver", "both"].includes(options.role)) {

@@ -17,7 +17,7 @@ import type { ChannelNotification, ChannelRole } from "./types.ts";
  *
  * @example
  * ```ts
- * import { mockMemoryStore } from "@kvport/nixl";
+ * import { mockMemoryStore } from "./mock_memory.ts";
  *
  * console.log(mockMemoryStore.size); // number of live mock agents in this process
  * ```
@@ -121,14 +121,16 @@ export class MockMemoryChannel extends ChannelBase {
     return ch;
   }
 
-  /** This side's agent metadata blob. */
+  /** This side's agent metadata blob. (data plane of ChannelBase)
+   * @ignore */
   protected dpLocalMetadata(): Promise<Uint8Array> {
     return Promise.resolve(
       enc.encode(JSON.stringify({ kind: "kvport-mock", name: this.agentName })),
     );
   }
 
-  /** Loads a peer's metadata; returns its agent name. */
+  /** Loads a peer's metadata; returns its agent name. (data plane of ChannelBase)
+   * @ignore */
   protected dpLoadRemote(meta: Uint8Array): Promise<string> {
     try {
       const m = parseJson(meta, "peer metadata");
@@ -146,7 +148,8 @@ export class MockMemoryChannel extends ChannelBase {
     }
   }
 
-  /** This side's serialized page list. */
+  /** This side's serialized page list. (data plane of ChannelBase)
+   * @ignore */
   protected dpLocalPageList(): Promise<Uint8Array> {
     return Promise.resolve(
       enc.encode(
@@ -160,7 +163,8 @@ export class MockMemoryChannel extends ChannelBase {
     );
   }
 
-  /** Prepares a peer's page list for transfers. */
+  /** Prepares a peer's page list for transfers. (data plane of ChannelBase)
+   * @ignore */
   protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<PeerHandle> {
     try {
       const l = parseJson(pageList, "peer page list");
@@ -183,13 +187,15 @@ export class MockMemoryChannel extends ChannelBase {
     }
   }
 
-  /** Releases a peer's prepared list (and forgets its agent when asked). */
+  /** Releases a peer's prepared list (and forgets its agent when asked). (data plane of ChannelBase)
+   * @ignore */
   protected dpRelease(peer: PeerHandle): Promise<void> {
     (peer as MockPeer).released = true;
     return Promise.resolve();
   }
 
-  /** Moves pages; resolves once the data has landed. */
+  /** Moves pages; resolves once the data has landed. (data plane of ChannelBase)
+   * @ignore */
   protected dpTransfer(
     op: "READ" | "WRITE",
     local: number[],
@@ -224,7 +230,8 @@ export class MockMemoryChannel extends ChannelBase {
     });
   }
 
-  /** Frees the buffer and the agent. */
+  /** Frees the buffer and the agent. (data plane of ChannelBase)
+   * @ignore */
   protected dpClose(): Promise<void> {
     mockMemoryStore.delete(this.agentName);
     deliveries.delete(this.agentName);

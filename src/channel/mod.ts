@@ -29,7 +29,6 @@
 export type {
   ChannelNotification,
   ChannelRole,
-  ChannelType,
   ConnectOptions,
   LocalPages,
   SideMessage,
@@ -44,7 +43,6 @@ export {
   createTransferChannel,
   type CreateTransferChannelOptions,
   parseDevice,
-  SUPPORTED_CHANNEL_TYPES,
 } from "./factory.ts";
 export { ChannelBase, type ChannelBaseInit, type PeerHandle } from "./base.ts";
 export { SerialQueue } from "./_util.ts";

@@ -212,12 +212,14 @@ export class NixlChannel extends ChannelBase {
     return ch;
   }
 
-  /** This side's agent metadata blob. */
+  /** This side's agent metadata blob. (data plane of ChannelBase)
+   * @ignore */
   protected dpLocalMetadata(): Promise<Uint8Array> {
     return this.agentQueue.run(() => this.agent.localMetadata());
   }
 
-  /** Loads a peer's metadata; returns its agent name. */
+  /** Loads a peer's metadata; returns its agent name. (data plane of ChannelBase)
+   * @ignore */
   protected dpLoadRemote(meta: Uint8Array): Promise<string> {
     return this.agentQueue.run(() => {
       try {
@@ -234,12 +236,14 @@ export class NixlChannel extends ChannelBase {
     });
   }
 
-  /** This side's serialized page list. */
+  /** This side's serialized page list. (data plane of ChannelBase)
+   * @ignore */
   protected dpLocalPageList(): Promise<Uint8Array> {
     return Promise.resolve(this.#pageList);
   }
 
-  /** Prepares a peer's page list for transfers. */
+  /** Prepares a peer's page list for transfers. (data plane of ChannelBase)
+   * @ignore */
   protected dpPrepRemote(agentName: string, pageList: Uint8Array): Promise<PeerHandle> {
     return this.agentQueue.run(() => {
       const list = DescList.deserialize(pageList, { agent: this.agent });
@@ -258,7 +262,8 @@ export class NixlChannel extends ChannelBase {
     });
   }
 
-  /** Releases a peer's prepared list (and forgets its agent when asked). */
+  /** Releases a peer's prepared list (and forgets its agent when asked). (data plane of ChannelBase)
+   * @ignore */
   protected dpRelease(peer: PeerHandle, invalidate: boolean): Promise<void> {
     const handle = peer as NixlPeer;
     return this.agentQueue.run(() => {
@@ -273,7 +278,8 @@ export class NixlChannel extends ChannelBase {
     });
   }
 
-  /** Moves pages; resolves once the data has landed. */
+  /** Moves pages; resolves once the data has landed. (data plane of ChannelBase)
+   * @ignore */
   protected async dpTransfer(
     op: "READ" | "WRITE",
     local: number[],
@@ -303,7 +309,8 @@ export class NixlChannel extends ChannelBase {
     }
   }
 
-  /** Starts or stops the notification pump. */
+  /** Starts or stops the notification pump. (data plane of ChannelBase)
+   * @ignore */
   protected override notificationInterestChanged(interested: boolean): void {
     this.#pumping = interested;
     if (interested && !this.#pump && !this.#stopping) {
@@ -327,7 +334,8 @@ export class NixlChannel extends ChannelBase {
     }
   }
 
-  /** Frees the buffer and the agent. */
+  /** Frees the buffer and the agent. (data plane of ChannelBase)
+   * @ignore */
   protected async dpClose(): Promise<void> {
     this.#stopping = true;
     this.#pumping = false;

@@ -5,10 +5,8 @@
  * @module
  */
 
+import type { TransferChannelType } from "../config/mod.ts";
 import type { BufferDevice, ChannelPage } from "./page.ts";
-
-/** Channel types {@linkcode createTransferChannel} builds. */
-export type ChannelType = "nixl" | "mock_memory";
 
 /** Role of a channel, as LMCache names it. */
 export type ChannelRole = "sender" | "receiver" | "both";
@@ -102,7 +100,7 @@ export type SideMessageHandler = (
  */
 export interface TransferChannel extends AsyncDisposable {
   /** `"nixl"` or `"mock_memory"`. */
-  readonly channelType: ChannelType;
+  readonly channelType: TransferChannelType;
   /** Role given at creation. */
   readonly role: ChannelRole;
   /** The id peers store this channel's page list under (sent as `local_id`). */

@@ -369,7 +369,8 @@ function deepFreeze<T>(value: T): T {
  * console.log(config.save_unfull_chunk); // true (forced by PD, see warnings)
  * ```
  */
-export function loadConfig(options: LoadConfigOptions = {}): LoadedConfig {
+export function loadConfig(options?: LoadConfigOptions): LoadedConfig {
+  options ??= {};
   const loader = new Loader();
   let env: EnvMap;
   try {

@@ -9,7 +9,7 @@
 import { ChannelError } from "../channel/errors.ts";
 import { openRequester, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
-import { createTransferChannel } from "../channel/factory.ts";
+import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import {
   type BatchedLookupAndGetMsg,
@@ -364,6 +364,7 @@ export class P2PBackend implements AsyncDisposable {
    */
   static async create(options: P2PBackendOptions): Promise<P2PBackend> {
     validate(options);
+    checkBufferSizes(options.pageSize, options.bufferSize);
     const bindHost = options.bindHost ?? options.host;
     const lookupServer = await RepSocket.bind(
       `tcp://${joinHostPort(bindHost, options.lookupPort)}`,
@@ -500,7 +501,8 @@ export class P2PBackend implements AsyncDisposable {
    * Takes `count` pages for chunks, evicting least recently used chunks when none are
    * free, waiting at most `timeoutMs` for pages to free up.
    */
-  async allocate(count: number, timeoutMs: number = this.#allocTimeoutMs): Promise<number[]> {
+  async allocate(count: number, timeoutMs?: number): Promise<number[]> {
+    timeoutMs ??= this.#allocTimeoutMs;
     this.#assertOpen("allocate");
     const now = this.pool.tryAllocate(count);
     if (now) return now;
@@ -521,7 +523,8 @@ export class P2PBackend implements AsyncDisposable {
    * Keeps `page` (allocated from this backend, filled) as the chunk of `key`, and reports
    * the admit. A chunk already held under `key` is replaced.
    */
-  put(key: string, page: number, bytes: number = this.channel.pageSize): void {
+  put(key: string, page: number, bytes?: number): void {
+    bytes ??= this.channel.pageSize;
     this.#assertOpen("put");
     if (typeof key !== "string" || key === "") {
       throw new P2PError("INVALID_ARGUMENT", "put: key must be a non-empty string");

@@ -265,8 +265,9 @@ export class P2PRegistry implements AsyncDisposable {
    */
   static async fromConfig(
     config: P2PRegistryConfigLike,
-    overrides: Partial<P2PRegistryOptions> = {},
+    overrides?: Partial<P2PRegistryOptions>,
   ): Promise<P2PRegistry> {
+    overrides ??= {};
     const pullUrl = overrides.pullUrl ?? config.controller_pull_url;
     const replyUrl = overrides.replyUrl ?? config.controller_reply_url;
     if (!pullUrl || !replyUrl) {
@@ -333,7 +334,9 @@ export class P2PRegistry implements AsyncDisposable {
     return best;
   }
 
-  /** Takes one worker message as if it came on the PULL socket (for embedding, tests). */
+  /** Takes one worker message as if it came on the PULL socket (for embedding, tests;
+   * the message types are in the `./wire` entry point).
+   * @ignore */
   report(message: LmcacheMessage): void {
     this.#stats.reports++;
     const now = performance.now();

@@ -59,7 +59,7 @@ const BATCH = 1000;
  *
  * @example
  * ```ts
- * import { RegistryClient } from "@kvport/nixl";
+ * import { RegistryClient } from "./registry_client.ts";
  *
  * const client = new RegistryClient({
  *   pullUrl: "127.0.0.1:8300", replyUrl: "127.0.0.1:8301", instanceId: "a", workerId: 0,

@@ -40,7 +40,8 @@ interface Entry {
  *
  * @example
  * ```ts
- * import { ChunkStore, PagePool } from "@kvport/nixl";
+ * import { ChunkStore } from "./store.ts";
+ * import { PagePool } from "../pd/page_pool.ts";
  *
  * const pool = new PagePool(2);
  * const store = new ChunkStore(pool);

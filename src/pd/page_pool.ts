@@ -20,7 +20,7 @@ interface Waiter {
  *
  * @example
  * ```ts
- * import { PagePool } from "@kvport/nixl";
+ * import { PagePool } from "./page_pool.ts";
  *
  * const pool = new PagePool(4);
  * const pages = await pool.allocate(3, 1000);
@@ -73,7 +73,8 @@ export class PagePool {
    * be released. Rejects with a {@linkcode ChannelTimeoutError} (op `"allocate"`) when
    * the time runs out, or at once when `count` exceeds the pool.
    */
-  allocate(count: number, timeoutMs: number = Infinity): Promise<number[]> {
+  allocate(count: number, timeoutMs?: number): Promise<number[]> {
+    timeoutMs ??= Infinity;
     this.#check(count);
     const now = this.tryAllocate(count);
     if (now) return Promise.resolve(now);

@@ -58,7 +58,7 @@ function stamp(key: string, block: number): [number, number] {
  *
  * @example
  * ```ts
- * import { checkPattern, fillPattern } from "@kvport/nixl";
+ * import { checkPattern, fillPattern } from "./pattern.ts";
  *
  * const page = new Uint8Array(1 << 20);
  * fillPattern("vllm@m@1@0@ab@bfloat16", page);
@@ -86,7 +86,7 @@ export function fillPattern(key: string, bytes: Uint8Array): void {
  *
  * @example
  * ```ts
- * import { checkPattern, fillPattern } from "@kvport/nixl";
+ * import { checkPattern, fillPattern } from "./pattern.ts";
  *
  * const page = new Uint8Array(4096);
  * fillPattern("k@m@1@0@1@bfloat16", page);

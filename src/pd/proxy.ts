@@ -141,7 +141,8 @@ export class ProxyNotifier implements AsyncDisposable {
    * then forgets the request. Rejects with a {@linkcode ChannelTimeoutError} after
    * `timeoutMs` (default 30000) saying how many arrived.
    */
-  waitFor(reqId: string, options: { count?: number; timeoutMs?: number } = {}): Promise<void> {
+  waitFor(reqId: string, options?: { count?: number; timeoutMs?: number }): Promise<void> {
+    options ??= {};
     if (this.#closed) return Promise.reject(new ChannelError("CLOSED", "proxy notifier closed"));
     const count = options.count ?? this.tpSize;
     const timeoutMs = options.timeoutMs ?? 30_000;

@@ -8,7 +8,7 @@
 import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
 import { type ControlServer, serveRequests } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
-import { createTransferChannel } from "../channel/factory.ts";
+import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
@@ -180,6 +180,7 @@ export class PdReceiver implements AsyncDisposable {
 
   /** Creates the channel (listening for handshakes) and the allocation listener. */
   static async create(options: PdReceiverOptions): Promise<PdReceiver> {
+    checkBufferSizes(options.pageSize, options.bufferSize);
     const bindHost = options.bindHost ?? options.host;
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",
@@ -364,9 +365,10 @@ export class PdReceiver implements AsyncDisposable {
   /**
    * Resolves once every key in `keys` has been allocated and its data has landed;
    * rejects with a {@linkcode ChannelTimeoutError} naming how many are missing after
-   * `timeoutMs`.
+   * `timeoutMs` (default 30000).
    */
-  waitFor(keys: readonly string[], timeoutMs: number = 30_000): Promise<void> {
+  waitFor(keys: readonly string[], timeoutMs?: number): Promise<void> {
+    timeoutMs ??= 30_000;
     if (this.#closing) {
       return Promise.reject(new ChannelError("CLOSED", "PD receiver is closed"));
     }

@@ -9,7 +9,7 @@
 import { ChannelError } from "../channel/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
-import { createTransferChannel } from "../channel/factory.ts";
+import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
@@ -304,6 +304,7 @@ export class PdSender implements AsyncDisposable {
 
   /** Creates the sender and its channel (which does not listen). */
   static async create(options: PdSenderOptions): Promise<PdSender> {
+    checkBufferSizes(options.pageSize, options.bufferSize);
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",
       role: "sender",
@@ -358,8 +359,9 @@ export class PdSender implements AsyncDisposable {
     });
   }
 
-  /** Takes `count` local pages, waiting at most `timeoutMs` for free ones. */
-  allocate(count: number, timeoutMs: number = 30_000): Promise<number[]> {
+  /** Takes `count` local pages, waiting at most `timeoutMs` (default 30000) for free ones. */
+  allocate(count: number, timeoutMs?: number): Promise<number[]> {
+    timeoutMs ??= 30_000;
     return this.pool.allocate(count, timeoutMs);
   }
 

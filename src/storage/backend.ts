@@ -5,11 +5,11 @@
  * @module
  */
 import { createAgentIo } from "./agent_io.ts";
+import type { NixlStorageBackendName } from "../config/mod.ts";
 import {
   checkBackendDevice,
   type FromConfigOptions,
   type NixlStorageOptions,
-  type StorageBackendName,
   type StorageConfigSource,
   storageOptionsFromConfig,
 } from "./config.ts";
@@ -171,7 +171,7 @@ export class NixlStorageBackend implements AsyncDisposable {
   /** Bytes of one chunk. */
   readonly pageSize: number;
   /** Storage plugin. */
-  readonly backend: StorageBackendName;
+  readonly backend: NixlStorageBackendName;
   /**
    * Things worth knowing that are not errors: O_DIRECT refused by the file system, a torn
    * index tail recovered on open, a damaged chunk dropped. Never printed by the library.
@@ -246,8 +246,9 @@ export class NixlStorageBackend implements AsyncDisposable {
    */
   static fromConfig(
     config: StorageConfigSource,
-    options: FromConfigOptions = {},
+    options?: FromConfigOptions,
   ): Promise<NixlStorageBackend> {
+    options ??= {};
     try {
       return NixlStorageBackend.create(storageOptionsFromConfig(config, options));
     } catch (e) {
@@ -386,7 +387,8 @@ export class NixlStorageBackend implements AsyncDisposable {
    * Whether a key is stored. A key whose asynchronous put is still writing is not (as in
    * LMCache). `{ pin: true }` pins it when found (static mode).
    */
-  async contains(key: string, options: ContainsOptions = {}): Promise<boolean> {
+  async contains(key: string, options?: ContainsOptions): Promise<boolean> {
+    options ??= {};
     return (await this.batchedContains([key], options)) === 1;
   }
 
@@ -394,7 +396,8 @@ export class NixlStorageBackend implements AsyncDisposable {
    * How many of `keys`, from the first, are stored: stops at the first miss (dynamic
    * mode checks 16 files at a time).
    */
-  batchedContains(keys: readonly string[], options: ContainsOptions = {}): Promise<number> {
+  batchedContains(keys: readonly string[], options?: ContainsOptions): Promise<number> {
+    options ??= {};
     this.#assertOpen();
     let n = 0;
     while (n < keys.length && !this.#inflight.has(keys[n])) n++;

@@ -6,50 +6,14 @@
  * @module
  */
 import type { MetricsRegistry } from "../metrics/registry.ts";
-import type { NixlStorageBackendName } from "../config/mod.ts";
+import {
+  FILE_STORAGE_BACKENDS,
+  type NixlStorageBackendName,
+  STORAGE_BACKEND_DEVICES,
+} from "../config/mod.ts";
 import { StorageError } from "./errors.ts";
 import type { StorageIo } from "./io.ts";
 import type { VerifyReads } from "./store.ts";
-
-/**
- * The storage plugins of `extra_config.nixl_backend`.
- *
- * @example
- * ```ts
- * import type { StorageBackendName } from "@kvport/nixl";
- * const b: StorageBackendName = "POSIX";
- * ```
- */
-export type StorageBackendName = NixlStorageBackendName;
-
-/**
- * Buffer devices each storage backend accepts (`cuda` covers `cuda:N`), as in LMCache.
- *
- * @example
- * ```ts
- * import { BACKEND_DEVICES } from "@kvport/nixl";
- * console.log(BACKEND_DEVICES.GDS); // ["cpu", "cuda"]
- * ```
- */
-export const BACKEND_DEVICES: Readonly<Record<StorageBackendName, readonly ("cpu" | "cuda")[]>> = {
-  GDS: ["cpu", "cuda"],
-  GDS_MT: ["cpu", "cuda"],
-  POSIX: ["cpu"],
-  HF3FS: ["cpu"],
-  OBJ: ["cpu", "cuda"],
-  AZURE_BLOB: ["cpu"],
-};
-
-/**
- * Backends that keep chunks in files under `nixl_path`.
- *
- * @example
- * ```ts
- * import { FILE_BACKENDS } from "@kvport/nixl";
- * console.log(FILE_BACKENDS.includes("POSIX")); // true
- * ```
- */
-export const FILE_BACKENDS: readonly StorageBackendName[] = ["GDS", "GDS_MT", "POSIX", "HF3FS"];
 
 /**
  * Options of {@linkcode NixlStorageBackend.create}: the storage keys of LMCache's
@@ -82,7 +46,7 @@ export interface NixlStorageOptions {
   /** Device of the staging buffer (`nixl_buffer_device`): "cpu" (default). */
   bufferDevice?: string;
   /** Storage plugin (`extra_config.nixl_backend`), default "POSIX". */
-  backend?: StorageBackendName;
+  backend?: NixlStorageBackendName;
   /** Parameters for the plugin (`extra_config.nixl_backend_params`). */
   backendParams?: Readonly<Record<string, string>>;
   /** Open files with O_DIRECT (`extra_config.use_direct_io`). */
@@ -183,16 +147,16 @@ export type FromConfigOptions = Partial<
  *
  * @example
  * ```ts
- * import { checkBackendDevice } from "@kvport/nixl";
+ * import { checkBackendDevice } from "./config.ts";
  * console.log(checkBackendDevice("POSIX", "cuda:0")); // POSIX takes cpu buffers only ...
  * console.log(checkBackendDevice("GDS", "cuda")); // undefined
  * ```
  */
 export function checkBackendDevice(backend: string, device: string): string | undefined {
-  const allowed = (BACKEND_DEVICES as Record<string, readonly string[]>)[backend];
+  const allowed = (STORAGE_BACKEND_DEVICES as Record<string, readonly string[]>)[backend];
   if (!allowed) {
     return `unknown storage backend ${JSON.stringify(backend)}: expected one of ` +
-      Object.keys(BACKEND_DEVICES).join(", ");
+      Object.keys(STORAGE_BACKEND_DEVICES).join(", ");
   }
   const m = /^(cpu|cuda)(:\d+)?$/.exec(device);
   if (!m || (m[1] === "cpu" && m[2])) {
@@ -226,8 +190,9 @@ export function checkBackendDevice(backend: string, device: string): string | un
  */
 export function storageOptionsFromConfig(
   config: StorageConfigSource,
-  options: FromConfigOptions = {},
+  options?: FromConfigOptions,
 ): NixlStorageOptions {
+  options ??= {};
   const issues: string[] = [];
   const extra = config.extra_config ?? {};
   const get = (k: string): unknown => extra[k];
@@ -240,10 +205,10 @@ export function storageOptionsFromConfig(
     );
   }
   const backend = get("nixl_backend");
-  if (typeof backend !== "string" || !(backend in BACKEND_DEVICES)) {
+  if (typeof backend !== "string" || !(backend in STORAGE_BACKEND_DEVICES)) {
     issues.push(
       `extra_config.nixl_backend is ${JSON.stringify(backend ?? null)}: expected one of ` +
-        Object.keys(BACKEND_DEVICES).join(", "),
+        Object.keys(STORAGE_BACKEND_DEVICES).join(", "),
     );
   }
   const poolSize = get("nixl_pool_size");
@@ -271,12 +236,12 @@ export function storageOptionsFromConfig(
   }
   if (typeof device !== "string") {
     issues.push(`nixl_buffer_device is ${JSON.stringify(device ?? null)}: expected "cpu"`);
-  } else if (typeof backend === "string" && backend in BACKEND_DEVICES) {
+  } else if (typeof backend === "string" && backend in STORAGE_BACKEND_DEVICES) {
     const why = checkBackendDevice(backend, device);
     if (why) issues.push(`nixl_buffer_device / extra_config.nixl_backend: ${why}`);
   }
   const path = get("nixl_path");
-  const fileBackend = FILE_BACKENDS.includes(backend as StorageBackendName);
+  const fileBackend = FILE_STORAGE_BACKENDS.includes(backend as NixlStorageBackendName);
   if (fileBackend && (typeof path !== "string" || path === "")) {
     issues.push(
       `extra_config.nixl_path is ${JSON.stringify(path ?? null)}: the ${backend} backend ` +
@@ -338,7 +303,7 @@ export function storageOptionsFromConfig(
     poolSize: poolSize as number,
     ...(bufferSize === undefined ? {} : { bufferSize }),
     bufferDevice: device as string,
-    backend: backend as StorageBackendName,
+    backend: backend as NixlStorageBackendName,
     backendParams,
     useDirectIo,
     presenceCache,

@@ -137,7 +137,7 @@ const ERRNO_KINDS: ReadonlyArray<[RegExp, StorageErrorCode]> = [
  *
  * @example
  * ```ts
- * import { toStorageError } from "@kvport/nixl";
+ * import { toStorageError } from "./errors.ts";
  * const e = toStorageError(new Error("ENOSPC: no space left"), "writing chunk", "/data/x");
  * console.log(e.code); // "NO_SPACE"
  * ```

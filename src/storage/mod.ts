@@ -51,12 +51,9 @@ export {
   type StorageStats,
 } from "./backend.ts";
 export {
-  BACKEND_DEVICES,
   checkBackendDevice,
-  FILE_BACKENDS,
   type FromConfigOptions,
   type NixlStorageOptions,
-  type StorageBackendName,
   type StorageConfigSource,
   storageOptionsFromConfig,
 } from "./config.ts";

@@ -29,7 +29,7 @@ const UNRESERVED = /[A-Za-z0-9_.\-~]/;
  *
  * @example
  * ```ts
- * import { objectName } from "@kvport/nixl";
+ * import { objectName } from "./naming.ts";
  * console.log(objectName("vllm@llama/8b@1@0@ab12@bfloat16")); // "vllm_llama_8b_1_0_ab12_bfloat16"
  * console.log(objectName("a b")); // "a%20b"
  * ```

@@ -8,14 +8,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import {
-  checkPattern,
-  fillPattern,
-  P2PBackend,
-  type P2PBackendOptions,
-  type P2PFetchResult,
-  P2PRegistry,
-} from "../../mod.ts";
+import { P2PBackend, type P2PBackendOptions, type P2PFetchResult, P2PRegistry } from "../../mod.ts";
+import { checkPattern, fillPattern } from "../../src/pd/pattern.ts";
 import { crc32 } from "../../src/storage/checksum.ts";
 import { p2pDemoKey } from "../../cli/p2p_cmd.ts";
 

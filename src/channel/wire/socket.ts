@@ -22,6 +22,7 @@ import { type WireMetrics, wireMetrics } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../../metrics/registry.ts";
 import { ZmtpConnection } from "./connection.ts";
 import { DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, type SocketType } from "./zmtp.ts";
+import { assertListenAllowed } from "./net_permission.ts";
 
 /** Settings common to every socket. All are optional. */
 export interface WireSocketOptions {
@@ -569,6 +570,7 @@ export abstract class WireSocket {
   async bind(url: string): Promise<string> {
     this.#assertOpen("bind");
     const ep = parseEndpoint(url, "bind");
+    assertListenAllowed(ep.host, ep.port);
     const server = net.createServer((tcp) => {
       if (this.#closing) {
         tcp.destroy();
