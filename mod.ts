@@ -182,6 +182,7 @@ export type {
   StorageFileSet,
   StorageIo,
   StorageOpenOptions,
+  StorageRegistration,
   StorageStats,
   StoreCounters,
   VerifyReads,

@@ -44,16 +44,34 @@ export const METRICS_HELP =
 export async function startMetrics(
   v: Record<string, string | boolean | undefined>,
 ): Promise<MetricsServer | null> {
+  const flags = checkMetricsFlags(v);
+  return flags ? await serveMetrics(flags) : null;
+}
+
+/**
+ * Checks `--metrics-port` / `--metrics-host` without binding anything, so a command
+ * reports a bad flag as a usage error before it reads its configuration. Returns what
+ * to bind, or `null` without `--metrics-port`.
+ *
+ * @example
+ * ```ts
+ * import { checkMetricsFlags } from "./metrics_opt.ts";
+ * console.log(checkMetricsFlags({ "metrics-port": "9400" })); // { host: "127.0.0.1", port: 9400 }
+ * ```
+ */
+export function checkMetricsFlags(
+  v: Record<string, string | boolean | undefined>,
+): { host: string; port: number } | null {
   const portText = v["metrics-port"];
   const host = v["metrics-host"];
   if (portText === undefined) {
     if (host !== undefined) throw new UsageError("--metrics-host needs --metrics-port");
     return null;
   }
-  const port = int("metrics-port", portText, 0);
+  const port = int("metrics-port", portText as string, 0);
   if (port > 65535) throw new UsageError(`--metrics-port expects 0..65535, got ${port}`);
   if (host !== undefined && (typeof host !== "string" || host.trim() === "")) {
     throw new UsageError("--metrics-host expects an address, e.g. 127.0.0.1 or 0.0.0.0");
   }
-  return await serveMetrics({ host: (host as string | undefined) ?? "127.0.0.1", port });
+  return { host: (host as string | undefined) ?? "127.0.0.1", port };
 }

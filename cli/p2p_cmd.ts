@@ -20,7 +20,7 @@ import { onInterrupt, temporaryDirectory } from "./interrupt.ts";
 import { err, out } from "./io.ts";
 import { kvGeometry } from "./pd_cmd.ts";
 import { nextEvent, spawnWithStdin, type StdinChild } from "./spawn.ts";
-import { METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
+import { checkMetricsFlags, METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
 
 /**
  * The key of chunk `index` of synthetic document `doc` (TP rank `rank`):
@@ -83,6 +83,7 @@ async function runRegistry(args: string[]): Promise<number> {
     return 0;
   }
   const json = v.json === true;
+  checkMetricsFlags(v);
   const config = load(v.config as string | undefined, {}, !!(v["pull-url"] && v["reply-url"]));
   const timeoutS = v["heartbeat-timeout"] === undefined
     ? undefined
@@ -259,6 +260,7 @@ async function runPeer(args: string[]): Promise<number> {
     return 0;
   }
   const json = v.json === true;
+  checkMetricsFlags(v);
   const config = load(v.config as string | undefined);
   const tpRank = int("tp-rank", v["tp-rank"], 0, 0);
   const geo = geometry(

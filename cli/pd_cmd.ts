@@ -14,7 +14,7 @@ import type { BufferDevice } from "../src/channel/page.ts";
 import { configured, emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
-import { METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
+import { checkMetricsFlags, METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
 
 /** KV chunk geometry of the synthetic requests. */
 export interface KvGeometry {
@@ -145,6 +145,7 @@ async function runReceiver(args: string[]): Promise<number> {
     return 0;
   }
   const json = v.json === true;
+  checkMetricsFlags(v);
   const config = load(v.config as string | undefined, {});
   const tpRank = int("tp-rank", v["tp-rank"] as string | undefined, 0, 0);
   const geo = kvGeometry(
@@ -398,6 +399,7 @@ async function runSender(args: string[]): Promise<number> {
     return 0;
   }
   const json = v.json === true;
+  checkMetricsFlags(v);
   const config = load(v.config as string | undefined, {});
   const tpRank = int("tp-rank", v["tp-rank"] as string | undefined, 0, 0);
   const geo = kvGeometry(

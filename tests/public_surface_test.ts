@@ -155,6 +155,7 @@ const TYPES = [
   "StorageFile",
   "StorageFileSet",
   "StorageIo",
+  "StorageRegistration",
   "StorageOpenOptions",
   "StorageStats",
   "StoreCounters",

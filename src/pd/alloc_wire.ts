@@ -35,7 +35,7 @@ import {
  *
  * @example
  * ```ts
- * import type { PdWireGeneration } from "@kvport/nixl";
+ * import type { PdWireGeneration } from "./alloc_wire.ts";
  * const g: PdWireGeneration = "async";
  * ```
  */
@@ -46,7 +46,7 @@ export type PdWireGeneration = "sync" | "async";
  *
  * @example
  * ```ts
- * import { ALLOC_RESPONSE_ORDER } from "@kvport/nixl";
+ * import { ALLOC_RESPONSE_ORDER } from "./alloc_wire.ts";
  * console.log(ALLOC_RESPONSE_ORDER.async); // ["remote_indexes", "already_sent_indexes"]
  * ```
  */
@@ -69,7 +69,7 @@ const ASYNC_REQUEST_FIELDS = ["req_id", "is_last_batch", "total_chunks"] as cons
  *
  * @example
  * ```ts
- * import type { PdRefusalReason } from "@kvport/nixl";
+ * import type { PdRefusalReason } from "./alloc_wire.ts";
  * const r: PdRefusalReason = "chunk_too_large";
  * ```
  */
@@ -94,7 +94,7 @@ const REASONS: readonly PdRefusalReason[] = [
  *
  * @example
  * ```ts
- * import { AllocRefusal } from "@kvport/nixl";
+ * import { AllocRefusal } from "./alloc_wire.ts";
  * const e = new AllocRefusal("pool_too_small", "9 pages wanted, the buffer has 8");
  * console.log(e.reason, e.message);
  * ```
@@ -125,7 +125,7 @@ export class AllocRefusal extends Error {
  *
  * @example
  * ```ts
- * import { generationOfRequest } from "@kvport/nixl";
+ * import { generationOfRequest } from "./alloc_wire.ts";
  * console.log(generationOfRequest({ type: "CancelNotif", req_id: "r", keys: [] })); // async
  * ```
  */
@@ -145,7 +145,7 @@ export function generationOfRequest(request: SideMessage | undefined): PdWireGen
  *
  * @example
  * ```ts
- * import { allocResponse, generationOfResponse } from "@kvport/nixl";
+ * import { allocResponse, generationOfResponse } from "./alloc_wire.ts";
  * import { type AllocResponse, decodeMessage, encodeMessage } from "@kvport/nixl/wire";
  *
  * const bytes = encodeMessage(allocResponse("async", [1], []) as unknown as AllocResponse);
@@ -171,7 +171,7 @@ export function generationOfResponse(response: SideMessage): PdWireGeneration | 
  *
  * @example
  * ```ts
- * import { allocResponse } from "@kvport/nixl";
+ * import { allocResponse } from "./alloc_wire.ts";
  * const reply = allocResponse("sync", [4, 5], [0]);
  * console.log(reply.remote_indexes); // [4, 5]
  * ```
@@ -199,7 +199,7 @@ export function allocResponse(
  *
  * @example
  * ```ts
- * import { refusalReply } from "@kvport/nixl";
+ * import { refusalReply } from "./alloc_wire.ts";
  * const r = refusalReply(
  *   { type: "AllocRequest", keys: ["a", "b"], fmt: 1, shape: [2], dtype: "bfloat16", last_chunk_toks: 1 },
  *   "pool_too_small",
@@ -234,7 +234,7 @@ export function refusalReply(
  *
  * @example
  * ```ts
- * import { AllocRefusal, refusalReasonOf } from "@kvport/nixl";
+ * import { AllocRefusal, refusalReasonOf } from "./alloc_wire.ts";
  * console.log(refusalReasonOf(new AllocRefusal("chunk_too_large", "8192 > 4096"))); // chunk_too_large
  * console.log(refusalReasonOf(new Error("oops"))); // bad_request
  * ```
@@ -277,7 +277,7 @@ export type AllocOutcome =
  *
  * @example
  * ```ts
- * import { readAllocResponse, refusalReply } from "@kvport/nixl";
+ * import { readAllocResponse, refusalReply } from "./alloc_wire.ts";
  * const out = readAllocResponse(refusalReply(undefined, "no_free_pages", "0 of 8 free"));
  * if (!out.ok) console.log(out.reason, out.detail); // no_free_pages 0 of 8 free
  * ```
@@ -327,7 +327,7 @@ export function readAllocResponse(response: SideMessage): AllocOutcome {
  *
  * @example
  * ```ts
- * import { allocRequest } from "@kvport/nixl";
+ * import { allocRequest } from "./alloc_wire.ts";
  * const m = allocRequest("async", {
  *   keys: ["k"], fmt: 1, shape: [2, 1, 256, 8], dtype: "bfloat16", last_chunk_toks: 256,
  * }, { reqId: "r1", isLastBatch: true, totalChunks: 1 });
