@@ -168,7 +168,7 @@ typedef struct bi_job {
     uint64_t o0, e1;
 } bi_job;
 
-/* Send-queue item (see tcp.c). */
+/* Send-queue item (see tcp.h). */
 typedef struct bi_txi bi_txi;
 
 struct bi_req {
@@ -344,7 +344,7 @@ int bi_cma_probe(bi_remote *rm, uint64_t addr);
 /* True when the peer process is known to be gone (pidfd readable). */
 bool bi_remote_gone(bi_remote *rm);
 
-/* tcp.c */
+/* tcp_*.c (TCP transport, see tcp.h) */
 int32_t bi_tcp_start(bi_agent *a);
 void bi_tcp_stop(bi_agent *a);
 /* Returns a referenced live outbound connection to the remote, connecting (with the

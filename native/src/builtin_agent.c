@@ -1,7 +1,7 @@
 /*
  * builtin_agent.c - the builtin engine's agent: creation and destruction, registration,
  * metadata, remote agents and prepared lists. Transfers are in xfer.c, the copy
- * workers in pool.c/copy.c, TCP in tcp.c, notifications in notif.c.
+ * workers in pool.c/copy.c, TCP in tcp_*.c (see tcp.h), notifications in notif.c.
  */
 #include <fcntl.h>
 #include <poll.h>

@@ -4,7 +4,7 @@
  *
  * Paths: PATH_MEM (memcpy: loopback, same process, or a same-host peer's memfd mapped
  * here), PATH_CMA (process_vm_writev/readv into a same-host peer), PATH_FILE
- * (pread/pwrite, loopback only), PATH_TCP (tcp.c). The first three are split into jobs
+ * (pread/pwrite, loopback only), PATH_TCP (tcp_*.c). The first three are split into jobs
  * for the copy workers, or run inside kvp_xfer_post when small.
  */
 #include <poll.h>
@@ -151,7 +151,7 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
 }
 
 /* VRAM on either side with a peer on another host (or forced to TCP): the TCP
- * transport stages VRAM through pinned host memory on whichever side has it (tcp.c,
+ * transport stages VRAM through pinned host memory on whichever side has it (tcp_*.c,
  * stage.c), so a process without CUDA can still write into a GPU peer's pages. */
 static int32_t build_remote_staged(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
                                    const uint32_t *ri, uint64_t count) {
