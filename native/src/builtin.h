@@ -23,6 +23,7 @@
 
 #include <sys/uio.h>
 
+#include "agent_page.h"
 #include "common.h"
 #include "engine.h"
 #include "hostid.h"
@@ -57,7 +58,9 @@ void bi_index_free(bi_index *ix);
 const kvp_md_region *bi_index_find(const bi_index *ix, int32_t mem_type, uint64_t dev,
                                    uint64_t addr, uint64_t len);
 
-/* One kvp_register call. */
+/* One kvp_register call. Prepared lists and requests keep a reference to each
+ * registration their local descriptors lie in, and check it at every post: a list
+ * prepared before a deregistration can never reach the memory afterwards. */
 typedef struct bi_reg {
     kvp_obj obj;
     bi_agent *a;
@@ -66,6 +69,9 @@ typedef struct bi_reg {
     uint64_t n;
     kvp_md_region *r;   /* local regions, metadata form (memfd/IPC info filled in) */
     bool *file_direct;  /* FILE: the fd has O_DIRECT */
+    int32_t *slot;      /* each region's slot in the agent page, -1 when not published */
+    uint64_t gen;       /* registration generation (a->reg_gen; never reused) */
+    bool dying;         /* kvp_deregister started (a->mu): no new post may use it */
     bool dead;          /* deregistered (under a->mu) */
     struct bi_reg *next;
 } bi_reg;
@@ -97,6 +103,15 @@ typedef struct bi_map {
     uint64_t size;
 } bi_map;
 
+/* What a peer's agent page said last (rm->map_mu): its live regions, indexed. */
+typedef struct bi_snap {
+    uint64_t seq;        /* the page's reg_seq of this snapshot */
+    uint64_t n;
+    kvp_md_region *r;    /* owner = slot index + 1 */
+    uint64_t *gen;
+    bi_index idx;
+} bi_snap;
+
 struct bi_remote {
     bi_ev ev;            /* EV_PIDFD */
     bi_agent *a;
@@ -115,6 +130,13 @@ struct bi_remote {
     size_t nmaps;
     bi_ipc *ipcs;        /* (map_mu) */
     size_t nipcs;
+    /* Its agent page (map_mu): the live registrations every same-host copy is checked
+     * against (and pinned in) when it starts. */
+    int32_t page_fd;
+    uint64_t page_ino, page_size;
+    int page_state;      /* 0 not opened yet, 1 open, -1 cannot be opened */
+    ap_peer page;
+    bi_snap snap;
     bi_conn *conn;       /* outbound connection (a->mu), NULL until needed */
     char host[256];
     uint16_t port;
@@ -136,6 +158,9 @@ typedef struct bi_prepped {
     uint64_t n;
     kvp_desc *d;
     uint32_t *ridx;      /* SIDE_REMOTE: index of each descriptor's region in rmd */
+    bi_reg **dreg;       /* SIDE_LOCAL/SELF: the registration each descriptor lies in */
+    bi_reg **uregs;      /* the distinct ones, one reference each */
+    uint32_t nuregs;
     bool *direct;        /* FILE lists: the descriptor's fd has O_DIRECT */
     struct bi_prepped *next;
 } bi_prepped;
@@ -221,6 +246,17 @@ struct bi_req {
     bi_req *qnext;
     /* TCP: frames of this request still in a send queue (c->tx_mu) */
     uint32_t txq;
+    /* Local registrations the request's memory lies in (a reference each), checked at
+     * every post under a->mu; kvp_deregister fails the active posts that use one. */
+    bi_reg **lregs;
+    uint32_t nlregs;
+    /* Same-host peer: the slots of its agent page the pieces lie in, with the
+     * generation seen when the request was made; pinned for the length of a post
+     * (pinned, a->mu) so that the peer's deregistration waits for the copy. */
+    int32_t *pslot;
+    uint64_t *pgen;
+    uint32_t npin;
+    bool pinned;
     struct bi_req *next, *prev; /* agent's list (a->mu) */
 };
 
@@ -261,6 +297,9 @@ struct bi_agent {
     /* registrations */
     pthread_rwlock_t reg_rw;
     uint64_t reg_epoch;         /* bumped by every deregistration (reg_rw write) */
+    uint64_t reg_gen;           /* last registration generation handed out (mu) */
+    uint32_t dereg_timeout_ms;  /* how long a deregistration waits for peers' copies */
+    ap_page page;               /* the agent page (slots written under mu) */
     bi_index lidx;              /* (reg_rw) */
     bi_reg *regs;               /* (mu + reg_rw write to modify) */
     /* remotes, lists, requests (mu) */
@@ -283,6 +322,7 @@ struct bi_agent {
     bi_conn *conns;             /* every connection (mu) */
     /* posts per path and inline completions (reported by kvp_agent_info) */
     atomic_uint_fast64_t n_posts[PATH_COUNT], n_inline;
+    atomic_uint_fast64_t n_dereg_timeouts; /* deregistrations that gave up waiting for peers */
     /* VRAM <-> FILE staging rings, one per job running (stage_mu) */
     pthread_mutex_t stage_mu;
     struct bi_fstage *fstage;
@@ -302,6 +342,10 @@ bi_remote *bi_remote_find(bi_agent *a, const char *name);
 /* xfer.c */
 /* Marks a request done if it is still on post post_id (a->mu taken inside). */
 void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg);
+/* The same with a->mu held. */
+void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const char *msg);
+/* Cancels r and, when it was active, finishes it with status/msg (a->mu NOT held). */
+void bi_req_fail_active(bi_req *r, int32_t status, const char *msg);
 /* Successful end of the data movement: sends the transfer-bound notification (if any)
  * after the data, then finishes. */
 void bi_req_complete(bi_req *r, uint64_t post_id);
@@ -339,6 +383,15 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out);
  * is the device address of the allocation's base in this process. */
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out);
 void bi_remote_unmap_all(bi_remote *rm);
+/* The peer's live region (from its agent page) holding [addr, addr+len) of that type
+ * and device: a copy of it in *out, its slot and generation. KVP_ERR_NOT_FOUND when
+ * the page does not list it, KVP_ERR_NOT_SUPPORTED when the page cannot be read. */
+int32_t bi_remote_live_region(bi_remote *rm, int32_t mem_type, uint64_t dev, uint64_t addr,
+                              uint64_t len, kvp_md_region *out, int32_t *slot, uint64_t *gen);
+/* Pins r->pslot (a->mu held); false (with msg) when the peer deregistered one. */
+bool bi_req_pin(bi_req *r, char *msg, size_t cap);
+void bi_req_unpin(bi_req *r);
+void bi_remote_page_close(bi_remote *rm);
 /* Probes process_vm_readv on one byte of the peer (1 works, -1 refused). */
 int bi_cma_probe(bi_remote *rm, uint64_t addr);
 /* True when the peer process is known to be gone (pidfd readable). */

@@ -97,7 +97,7 @@ static const kvp_engine_ops g_builtin_ops = {
 
 static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
-    "connect_timeout_ms", "transport", "inline_max", "vram_copy", NULL,
+    "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -116,6 +116,9 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "inline_max", 0, 16u << 20, 64u << 10, &x)) != KVP_SUCCESS)
         return st;
     a->inline_max = x;
+    if ((st = kvp_params_uint(pp, "dereg_timeout_ms", 0, 600000, 10000, &x)) != KVP_SUCCESS)
+        return st;
+    a->dereg_timeout_ms = (uint32_t)x;
     v = kvp_params_get(pp, "transport");
     if (v && *v) {
         if (strcmp(v, "tcp") == 0) a->force_tcp = true;
@@ -152,9 +155,8 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
             return kvp_err(KVP_ERR_INVALID_PARAM,
                            "unknown param \"%s\" for the builtin engine (known: listen_host, "
                            "listen_port, advertise_host, io_threads, connect_timeout_ms, "
-                           "transport, inline_max, vram_copy; prefix a key with BACKEND. to pass "
-                           "it to a "
-                           "backend)",
+                           "transport, inline_max, vram_copy, dereg_timeout_ms; prefix a key with "
+                           "BACKEND. to pass it to a backend)",
                            pp->v[i].key);
     }
     return KVP_SUCCESS;
@@ -179,12 +181,16 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     }
     kvp_random_bytes(a->token, sizeof a->token);
     kvp_hostid_self(&a->id);
+    /* Without an agent page same-host peers cannot check what is registered when they
+     * copy, so they use TCP (where this agent checks itself): not fatal. */
+    if (ap_create(&a->page, a->token, 4096, 65536) != KVP_SUCCESS) kvp_err_clear();
     bool mu = false, rw = false, cv = false, smu = false;
     if (pthread_mutex_init(&a->mu, NULL) == 0) mu = true;
     if (pthread_rwlock_init(&a->reg_rw, NULL) == 0) rw = true;
     if (kvp_cond_init(&a->nq_cv) == 0) cv = true;
     if (pthread_mutex_init(&a->stage_mu, NULL) == 0) smu = true;
     if (!mu || !rw || !cv || !smu) {
+        ap_destroy(&a->page);
         if (mu) pthread_mutex_destroy(&a->mu);
         if (rw) pthread_rwlock_destroy(&a->reg_rw);
         if (cv) pthread_cond_destroy(&a->nq_cv);
@@ -200,6 +206,7 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
         if (st != KVP_SUCCESS) bi_tcp_stop(a);
     }
     if (st != KVP_SUCCESS) {
+        ap_destroy(&a->page);
         pthread_mutex_destroy(&a->mu);
         pthread_rwlock_destroy(&a->reg_rw);
         pthread_cond_destroy(&a->nq_cv);
@@ -232,6 +239,7 @@ static void remote_free(bi_agent *a, bi_remote *rm) {
         rm->pidfd = -1;
     }
     bi_remote_unmap_all(rm);
+    bi_remote_page_close(rm);
     if (rm->conn) bi_conn_put(rm->conn);
     if (rm->rmd) bi_rmd_put(rm->rmd);
     pthread_mutex_destroy(&rm->map_mu);
@@ -289,6 +297,7 @@ static void bi_destroy(kvp_agent *ka) {
         remote_free(a, rm);
     }
     bi_notif_free_all(a);
+    ap_destroy(&a->page);
     kvp_close(a->epfd);
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->reg_rw);
@@ -345,6 +354,7 @@ static void reg_release(kvp_obj *o) {
     bi_reg *g = (bi_reg *)o;
     free(g->r);
     free(g->file_direct);
+    free(g->slot);
     free(g);
 }
 
@@ -461,10 +471,12 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     bi_reg *g = calloc(1, sizeof *g);
     kvp_md_region *r = calloc((size_t)count, sizeof *r);
     bool *dir = calloc((size_t)count, sizeof *dir);
-    if (!g || !r || !dir) {
+    int32_t *slot = malloc((size_t)count * sizeof *slot);
+    if (!g || !r || !dir || !slot) {
         free(g);
         free(r);
         free(dir);
+        free(slot);
         return kvp_err(KVP_ERR_BACKEND, "out of memory registering %llu regions",
                        (unsigned long long)count);
     }
@@ -474,12 +486,15 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     g->n = count;
     g->r = r;
     g->file_direct = dir;
+    g->slot = slot;
     for (uint64_t i = 0; i < count; i++) {
+        slot[i] = -1;
         int32_t st = fill_region(a, mt, i, addrs[i], lens[i], devs ? devs[i] : 0, &r[i], &dir[i]);
         if (st != KVP_SUCCESS) {
             kvp_obj_put(&g->obj);
             return st;
         }
+        r[i].owner = g;
     }
     int32_t st = kvp_handle_insert(&g->obj, &g->handle);
     if (st != KVP_SUCCESS) {
@@ -488,10 +503,14 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     }
     pthread_mutex_lock(&a->mu);
     pthread_rwlock_wrlock(&a->reg_rw);
+    g->gen = ++a->reg_gen;
     g->next = a->regs;
     a->regs = g;
     st = rebuild_local_index(a);
     if (st != KVP_SUCCESS) a->regs = g->next;
+    /* Published in the agent page for same-host peers (memory they can reach). */
+    if (st == KVP_SUCCESS && (mt == KVP_DRAM || mt == KVP_VRAM))
+        for (uint64_t i = 0; i < count; i++) slot[i] = ap_slot_add(&a->page, &r[i], g->gen);
     pthread_rwlock_unlock(&a->reg_rw);
     pthread_mutex_unlock(&a->mu);
     if (st != KVP_SUCCESS) {
@@ -504,6 +523,23 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     return KVP_SUCCESS;
 }
 
+/* True when request r uses registration g (a->mu held). */
+static bool req_uses(const bi_req *r, const bi_reg *g) {
+    for (uint32_t i = 0; i < r->nlregs; i++)
+        if (r->lregs[i] == g) return true;
+    return false;
+}
+
+/*
+ * Deregistration, in three steps so that nothing touches the memory once it returns:
+ *  1. dying (a->mu): no post may start on the registration from now on (posts check
+ *     their registrations under a->mu), and the posts in flight that use it are failed
+ *     with KVP_ERR_CANCELED (cancelling waits for the workers and unlinks TCP frames);
+ *  2. its slots in the agent page stop granting pins, and the deregistration waits (up
+ *     to dereg_timeout_ms) for same-host peers' copies that hold one;
+ *  3. removal from the index under reg_rw (write): waits for any target-side recv/send
+ *     touching it, later ones see the new epoch and revalidate.
+ */
 static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
     bi_agent *a = bi_of(ka);
     bi_reg *g = (bi_reg *)kvp_handle_get(h, KVP_H_REG);
@@ -515,41 +551,92 @@ static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
                        (unsigned long long)h, a->base.name);
     }
     pthread_mutex_lock(&a->mu);
+    bool found = false;
+    for (bi_reg *q = a->regs; q; q = q->next)
+        if (q == g) found = true;
+    if (!found || g->dying) {
+        pthread_mutex_unlock(&a->mu);
+        kvp_obj_put(&g->obj);
+        return kvp_err(KVP_ERR_NOT_FOUND, "registration 0x%llx was already deregistered",
+                       (unsigned long long)h);
+    }
+    g->dying = true;
+    size_t n = 0, k = 0;
+    for (bi_req *r = a->reqs; r; r = r->next)
+        if (r->state == RS_ACTIVE && req_uses(r, g)) n++;
+    bi_req **busy = n ? malloc(n * sizeof *busy) : NULL;
+    if (busy)
+        for (bi_req *r = a->reqs; r && k < n; r = r->next)
+            if (r->state == RS_ACTIVE && req_uses(r, g)) {
+                kvp_obj_ref(&r->obj);
+                busy[k++] = r;
+            }
+    pthread_mutex_unlock(&a->mu);
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "registration 0x%llx of agent %s was deregistered while this request was in "
+             "flight",
+             (unsigned long long)h, a->base.name);
+    if (n && !busy) {
+        /* Out of memory: one at a time under fresh lookups. */
+        for (;;) {
+            bi_req *t = NULL;
+            pthread_mutex_lock(&a->mu);
+            for (bi_req *r = a->reqs; r && !t; r = r->next)
+                if (r->state == RS_ACTIVE && req_uses(r, g)) {
+                    t = r;
+                    kvp_obj_ref(&t->obj);
+                }
+            pthread_mutex_unlock(&a->mu);
+            if (!t) break;
+            bi_req_fail_active(t, KVP_ERR_CANCELED, msg);
+            kvp_obj_put(&t->obj);
+        }
+    }
+    for (size_t i = 0; i < k; i++) {
+        bi_req_fail_active(busy[i], KVP_ERR_CANCELED, msg);
+        kvp_obj_put(&busy[i]->obj);
+    }
+    free(busy);
+    /* 2. Same-host peers' copies (their pins in the agent page). */
+    for (uint64_t i = 0; i < g->n; i++) {
+        if (g->slot[i] < 0) continue;
+        pthread_mutex_lock(&a->mu);
+        int32_t sl = g->slot[i];
+        g->slot[i] = -1;
+        pthread_mutex_unlock(&a->mu);
+        if (!ap_slot_retire(&a->page, sl, a->dereg_timeout_ms))
+            atomic_fetch_add(&a->n_dereg_timeouts, 1);
+    }
+    /* 3. The index. */
+    pthread_mutex_lock(&a->mu);
     /* Write side: waits for any recv/send of a peer that is touching registered memory
      * right now; later ones revalidate against the new index (epoch changed). */
     pthread_rwlock_wrlock(&a->reg_rw);
-    bool found = false;
     for (bi_reg **pp = &a->regs; *pp; pp = &(*pp)->next) {
         if (*pp == g) {
             *pp = g->next;
             g->next = NULL;
-            found = true;
             break;
         }
     }
-    int32_t st = KVP_SUCCESS;
-    if (found) {
-        /* Staged VRAM copies are queued on the library's streams and may outlive the
-         * recv/send that queued them: wait for them, so that none touches this memory
-         * once we return (new ones revalidate against the new index). */
-        if (g->mem_type == KVP_VRAM && kvp_cuda_loaded()) kvp_cuda_quiesce();
-        g->dead = true;
-        a->reg_epoch++;
-        st = rebuild_local_index(a);
-        if (st != KVP_SUCCESS) {
-            /* Could not allocate a new index: an empty one refuses everything, which is
-             * safe (never lets a peer write into memory being deregistered). */
-            bi_index_free(&a->lidx);
-            st = KVP_SUCCESS;
-        }
+    /* Staged VRAM copies are queued on the library's streams and may outlive the
+     * recv/send that queued them: wait for them, so that none touches this memory once
+     * we return (new ones revalidate against the new index). */
+    if (g->mem_type == KVP_VRAM && kvp_cuda_loaded()) kvp_cuda_quiesce();
+    g->dead = true;
+    a->reg_epoch++;
+    int32_t st = rebuild_local_index(a);
+    if (st != KVP_SUCCESS) {
+        /* Could not allocate a new index: an empty one refuses everything, which is safe
+         * (never lets a peer write into memory being deregistered). */
+        bi_index_free(&a->lidx);
+        st = KVP_SUCCESS;
     }
     pthread_rwlock_unlock(&a->reg_rw);
     pthread_mutex_unlock(&a->mu);
-    if (found) kvp_handle_drop(h, &g->obj);
+    kvp_handle_drop(h, &g->obj);
     kvp_obj_put(&g->obj);
-    if (!found)
-        return kvp_err(KVP_ERR_NOT_FOUND, "registration 0x%llx was already deregistered",
-                       (unsigned long long)h);
     return st;
 }
 
@@ -567,8 +654,11 @@ static int32_t bi_local_md(kvp_agent *ka, kvp_buf *out) {
     md.starttime = a->id.starttime;
     snprintf(md.host, sizeof md.host, "%s", a->advertise);
     md.port = a->port;
-    md.caps = a->caps | (a->force_tcp ? 0 : 0);
+    md.caps = a->caps;
     if (a->force_tcp) md.caps &= ~KVP_CAP_UCX;
+    md.page_fd = a->page.base ? a->page.fd : -1;
+    md.page_ino = a->page.ino;
+    md.page_size = a->page.size;
     pthread_rwlock_rdlock(&a->reg_rw);
     uint64_t n = 0;
     for (bi_reg *g = a->regs; g; g = g->next)
@@ -714,6 +804,9 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     snprintf(rm->host, sizeof rm->host, "%s", md.host);
     rm->port = md.port;
     rm->pid = md.pid;
+    rm->page_fd = md.page_fd;
+    rm->page_ino = md.page_ino;
+    rm->page_size = md.page_size;
     static const uint8_t zero[16];
     bool host_eq = memcmp(md.boot_id, zero, 16) != 0 &&
                    memcmp(md.boot_id, a->id.boot_id, 16) == 0 && md.pidns == a->id.pidns &&
@@ -813,10 +906,29 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
 static void prepped_release_obj(kvp_obj *o) {
     bi_prepped *p = (bi_prepped *)o;
     if (p->rmd) bi_rmd_put(p->rmd);
+    for (uint32_t i = 0; i < p->nuregs; i++) kvp_obj_put(&p->uregs[i]->obj);
+    free(p->uregs);
+    free(p->dreg);
     free(p->d);
     free(p->ridx);
     free(p->direct);
     free(p);
+}
+
+/* Adds g to the list's distinct registrations (with a reference), once. Lists cover
+ * one or a few registrations: a short scan from the last one added. */
+static int32_t add_ureg(bi_prepped *p, bi_reg *g) {
+    for (uint32_t k = p->nuregs; k-- > 0;)
+        if (p->uregs[k] == g) return KVP_SUCCESS;
+    if ((p->nuregs & (p->nuregs - 1)) == 0) { /* 0, 1, 2, 4...: grow */
+        uint32_t cap = p->nuregs ? p->nuregs * 2 : 1;
+        bi_reg **nu = realloc(p->uregs, (size_t)cap * sizeof *nu);
+        if (!nu) return kvp_err(KVP_ERR_BACKEND, "out of memory");
+        p->uregs = nu;
+    }
+    kvp_obj_ref(&g->obj);
+    p->uregs[p->nuregs++] = g;
+    return KVP_SUCCESS;
 }
 
 static int32_t bad_desc(bi_agent *a, const char *side, kvp_dlist *l, uint64_t i) {
@@ -858,21 +970,27 @@ static int32_t bi_prep(kvp_agent *ka, const char *remote, kvp_dlist *l, uint64_t
             p->direct = calloc((size_t)l->n, sizeof *p->direct);
             if (!p->direct) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
         }
+        if (st == KVP_SUCCESS && l->n) {
+            p->dreg = calloc((size_t)l->n, sizeof *p->dreg);
+            if (!p->dreg) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+        }
+        pthread_mutex_lock(&a->mu); /* dying registrations are no longer preparable */
         pthread_rwlock_rdlock(&a->reg_rw);
         for (uint64_t i = 0; st == KVP_SUCCESS && i < l->n; i++) {
             const kvp_md_region *r =
                 bi_index_find(&a->lidx, l->mem_type, l->d[i].dev, l->d[i].addr, l->d[i].len);
-            if (!r) {
+            bi_reg *g = r ? r->owner : NULL;
+            if (!r || g->dying) {
                 st = bad_desc(a, "this agent", l, i);
                 break;
             }
-            if (p->direct) {
-                /* Which registration holds it tells whether the fd has O_DIRECT. */
-                for (bi_reg *g = a->regs; g; g = g->next)
-                    if (r >= g->r && r < g->r + g->n) p->direct[i] = g->file_direct[r - g->r];
-            }
+            p->dreg[i] = g;
+            /* Which registration holds it tells whether the fd has O_DIRECT. */
+            if (p->direct) p->direct[i] = g->file_direct[r - g->r];
+            st = add_ureg(p, g);
         }
         pthread_rwlock_unlock(&a->reg_rw);
+        pthread_mutex_unlock(&a->mu);
     } else {
         p->side = SIDE_REMOTE;
         pthread_mutex_lock(&a->mu);

@@ -103,4 +103,7 @@ int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
  * records taken; *verified = 1 when the data was there; from/msg of the first. */
 int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t seed,
                  int *verified, char *from, char *msg);
+/* The peer deregisters and frees its buffer, then maps other memory at the same
+ * address, filled with seed (t_peer_verify checks it). */
+void t_peer_dereg(t_peer *p, uint32_t seed);
 void t_peer_stop(t_peer *p);

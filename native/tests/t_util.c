@@ -114,7 +114,7 @@ int t_verify(const void *p, uint64_t len, uint32_t seed) {
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT };
+enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT, P_DEREG };
 
 static void peer_main(int fd, const char *name, const char *backends, const char *params,
                       uint64_t size, int anon) {
@@ -160,6 +160,19 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             t_send_u64(fd, 1);
         } else if (cmd == P_VERIFY) {
             t_send_u64(fd, (uint64_t)t_verify((void *)(uintptr_t)(base + off), len, (uint32_t)seed));
+        } else if (cmd == P_DEREG && !vram) {
+            /* Deregister and free the buffer, then put other memory at the same address
+             * (what a reused heap looks like), filled with seed. */
+            OK(kvp_deregister(a, reg));
+            reg = 0;
+            if (anon == 1) munmap((void *)(uintptr_t)base, size);
+            else OK(kvp_mem_free(base));
+            void *m = mmap((void *)(uintptr_t)base, size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            CHECK(m == (void *)(uintptr_t)base);
+            anon = 1; /* munmap at the end */
+            t_fill(m, size, (uint32_t)seed);
+            t_send_u64(fd, 1);
         } else if (cmd == P_NOTIF) {
             uint64_t timeout = t_recv_u64(fd);
             int32_t st = kvp_notif_wait(a, (int64_t)timeout);
@@ -178,7 +191,7 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             t_send(fd, buf, bl);
         }
     }
-    OK(kvp_deregister(a, reg));
+    if (reg) OK(kvp_deregister(a, reg));
     OK(kvp_agent_destroy(a));
     if (anon == 1) munmap((void *)(uintptr_t)base, size);
     else OK(kvp_mem_free(base));
@@ -247,6 +260,11 @@ int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t
     }
     free(b);
     return (int)cnt;
+}
+
+void t_peer_dereg(t_peer *p, uint32_t seed) {
+    cmd4(p, P_DEREG, 0, 0, seed);
+    CHECK(t_recv_u64(p->fd) == 1);
 }
 
 void t_peer_stop(t_peer *p) {
