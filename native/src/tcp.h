@@ -71,10 +71,22 @@ struct bi_txi {
     int32_t vram;         /* payload is VRAM of CUDA device vram - 1 (0: host memory) */
     uint64_t epoch;
     uint64_t saddr;       /* served: address of the payload start */
+    struct bi_serve *end; /* READ_END of that request (ref): header built when sent */
 };
+
+/* What serving one READ request (all its READ_REQ frames) came to: shared by its
+ * batches and its READ_END frame, which carries err/msg once the data went out. */
+typedef struct bi_serve {
+    atomic_uint refs;
+    uint64_t req_id;
+    int32_t err;        /* (tx_mu) first failure while sending the data */
+    char msg[320];
+} bi_serve;
+void tcp_serve_put(bi_serve *s);
 
 typedef struct bi_batch {
     uint32_t left;
+    bi_serve *serve;    /* ref */
     bi_txi items[];
 } bi_batch;
 
@@ -83,7 +95,9 @@ typedef struct bi_pend {
     uint64_t post_id;
     bi_req *req;  /* ref */
     uint64_t left; /* READ: pieces still expected */
+    uint8_t *got;  /* READ: one bit per piece received (duplicates are refused) */
 } bi_pend;
+void tcp_pend_free(bi_pend *p);
 
 enum { RX_HDR, RX_BODY, RX_PAY };
 enum { PAY_DISCARD, PAY_WRITE, PAY_READ };
@@ -113,6 +127,7 @@ struct bi_conn {
     int32_t w_err;
     char w_msg[512];
     uint64_t r_err_req;
+    bi_serve *serve;     /* READ being served (progress thread) */
     int32_t rx_vdev;     /* CUDA device of the payload being received, -1: host memory */
     kvp_srx *srx;        /* staging into VRAM (progress thread; rx_mu for READ data) */
     /* initiator side (rx_mu) */

@@ -35,8 +35,7 @@ void bi_conn_put(bi_conn *c) {
     while (c->pend) {
         bi_pend *p = c->pend;
         c->pend = p->next;
-        kvp_obj_put(&p->req->obj);
-        free(p);
+        tcp_pend_free(p);
     }
     if (c->stx) {
         kvp_stx_fini(c->stx);
@@ -46,6 +45,7 @@ void bi_conn_put(bi_conn *c) {
         kvp_srx_fini(c->srx);
         free(c->srx);
     }
+    tcp_serve_put(c->serve);
     kvp_close(c->fd);
     free(c->body);
     pthread_mutex_destroy(&c->rx_mu);
@@ -142,8 +142,7 @@ void tcp_conn_fail(bi_conn *c, int32_t status, const char *why) {
         bi_pend *p = pend;
         pend = p->next;
         bi_req_finish(p->req, p->post_id, status, msg);
-        kvp_obj_put(&p->req->obj);
-        free(p);
+        tcp_pend_free(p);
     }
     bi_conn *drop = NULL;
     pthread_mutex_lock(&a->mu);

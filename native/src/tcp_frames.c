@@ -84,9 +84,19 @@ int32_t bi_tcp_prepare(bi_req *r) {
     return st;
 }
 
+void tcp_pend_free(bi_pend *p) {
+    kvp_obj_put(&p->req->obj);
+    free(p->got);
+    free(p);
+}
+
 int32_t bi_tcp_post(bi_conn *c, bi_req *r, uint64_t post_id) {
     bi_pend *p = calloc(1, sizeof *p);
     if (!p) return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    if (r->op == KVP_READ && !(p->got = calloc((size_t)((r->np + 7) / 8), 1))) {
+        free(p);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    }
     p->post_id = post_id;
     p->req = r;
     kvp_obj_ref(&r->obj);
@@ -147,8 +157,7 @@ void bi_tcp_cancel(bi_conn *c, bi_req *r) {
     while (drop) {
         bi_pend *p = drop;
         drop = p->next;
-        kvp_obj_put(&p->req->obj);
-        free(p);
+        tcp_pend_free(p);
     }
     tcp_tx_purge(c, r);
 }

@@ -30,11 +30,7 @@ static bi_pend *pend_take(bi_conn *c, uint64_t post_id) {
 
 /* A READ that cannot land (staging into VRAM failed): the request fails, the rest of
  * its data is dropped. Progress thread; rx_mu NOT held. */
-static void read_fail(bi_conn *c, uint64_t post_id, const char *what) {
-    char m[600];
-    snprintf(m, sizeof m, "%s: %.400s", what,
-             c->srx && c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
-    if (c->srx) c->srx->r.msg[0] = '\0';
+static void read_fail_with(bi_conn *c, uint64_t post_id, int32_t status, const char *m) {
     pthread_mutex_lock(&c->rx_mu);
     bi_pend *p = pend_take(c, post_id);
     if (p && c->cur == p) c->cur = NULL;
@@ -42,9 +38,47 @@ static void read_fail(bi_conn *c, uint64_t post_id, const char *what) {
     pthread_mutex_unlock(&c->rx_mu);
     if (!p) return;
     tcp_tx_purge(c, p->req);
-    bi_req_finish(p->req, p->post_id, KVP_ERR_BACKEND, m);
-    kvp_obj_put(&p->req->obj);
-    free(p);
+    bi_req_finish(p->req, p->post_id, status, m);
+    tcp_pend_free(p);
+}
+
+static void read_fail(bi_conn *c, uint64_t post_id, const char *what) {
+    char m[600];
+    snprintf(m, sizeof m, "%s: %.400s", what,
+             c->srx && c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
+    if (c->srx) c->srx->r.msg[0] = '\0';
+    read_fail_with(c, post_id, KVP_ERR_BACKEND, m);
+}
+
+/* READ_END: the target served the whole request; it completes if every piece came. */
+static void read_end(bi_conn *c, const w_hdr *h, const uint8_t *b) {
+    pthread_mutex_lock(&c->rx_mu);
+    bi_pend *p = pend_take(c, h->req_id);
+    int32_t st = KVP_SUCCESS;
+    char m[W_MAX_MSG + 200] = "";
+    if (p && h->status != KVP_SUCCESS) {
+        st = h->status < 0 && h->status >= KVP_ERR_NO_TELEMETRY ? h->status : KVP_ERR_BACKEND;
+        tcp_sanitize_msg(b, h->body_len, m, W_MAX_MSG + 1);
+    } else if (p && p->left > 0) {
+        st = KVP_ERR_BACKEND;
+        snprintf(m, sizeof m, "agent %s ended a READ with %llu of its pieces missing", c->peer,
+                 (unsigned long long)p->left);
+    }
+    /* Staged into VRAM: complete once the copies to the device are done. */
+    if (p && c->srx && p->req->ltype == KVP_VRAM) {
+        int32_t ds = kvp_srx_drain(c->srx);
+        if (ds != KVP_SUCCESS && st == KVP_SUCCESS) {
+            st = ds;
+            snprintf(m, sizeof m, "copying READ data into VRAM failed: %.400s",
+                     c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
+        }
+        c->srx->r.msg[0] = '\0';
+    }
+    pthread_mutex_unlock(&c->rx_mu);
+    if (!p) return; /* cancelled meanwhile */
+    if (st == KVP_SUCCESS) bi_req_complete(p->req, p->post_id);
+    else bi_req_finish(p->req, p->post_id, st, m);
+    tcp_pend_free(p);
 }
 
 /* An answer to one of our requests (outbound connection), header and body complete. May
@@ -67,8 +101,7 @@ static bool initiator_dispatch(bi_conn *c, const char **why) {
                                                                             : KVP_ERR_BACKEND;
             bi_req_finish(p->req, p->post_id, st, m);
         }
-        kvp_obj_put(&p->req->obj);
-        free(p);
+        tcp_pend_free(p);
         return true;
     }
     case W_READ_ERR: {
@@ -84,10 +117,12 @@ static bool initiator_dispatch(bi_conn *c, const char **why) {
         int32_t st = h->status < 0 && h->status >= KVP_ERR_NO_TELEMETRY ? h->status
                                                                         : KVP_ERR_BACKEND;
         bi_req_finish(p->req, p->post_id, st, m);
-        kvp_obj_put(&p->req->obj);
-        free(p);
+        tcp_pend_free(p);
         return true;
     }
+    case W_READ_END:
+        read_end(c, h, b);
+        return true;
     case W_READ_DATA: {
         if (h->body_len != 8) {
             *why = "malformed READ_DATA";
@@ -111,6 +146,19 @@ static bool initiator_dispatch(bi_conn *c, const char **why) {
                 *why = "READ_DATA does not match the request";
                 return false;
             }
+            if (p->got[idx / 8] & (1u << (idx % 8))) {
+                /* A piece already received: never counted twice, never landed twice. */
+                uint64_t post = p->post_id;
+                pthread_mutex_unlock(&c->rx_mu);
+                char m[400];
+                snprintf(m, sizeof m,
+                         "agent %s sent piece %u of a READ twice; the request is failed and "
+                         "the duplicate dropped",
+                         c->peer, idx);
+                read_fail_with(c, post, KVP_ERR_MISMATCH, m);
+                return true;
+            }
+            p->got[idx / 8] |= (uint8_t)(1u << (idx % 8));
             c->cur = p;
             c->dst = (uint8_t *)(uintptr_t)r->p[idx].mem;
             c->pay = PAY_READ;
@@ -156,35 +204,13 @@ static bool payload_done(bi_conn *c, const char **why) {
     c->rx = RX_HDR;
     c->hgot = 0;
     if (c->h.op == W_WRITE) return tcp_target_write_done(c, why);
-    /* READ_DATA */
-    bi_pend *done = NULL;
-    int32_t dst = KVP_SUCCESS;
-    char dmsg[600] = "";
+    /* READ_DATA: one piece more has landed (the request completes on READ_END). */
     pthread_mutex_lock(&c->rx_mu);
     bi_pend *p = c->cur;
     c->cur = NULL;
-    if (p && c->pay == PAY_READ) {
-        if (p->left > 0) p->left--;
-        if (p->left == 0) {
-            /* Staged into VRAM: complete once the copies to the device are done. */
-            if (c->srx && p->req->ltype == KVP_VRAM) {
-                dst = kvp_srx_drain(c->srx);
-                if (dst != KVP_SUCCESS)
-                    snprintf(dmsg, sizeof dmsg, "copying READ data into VRAM failed: %.400s",
-                             c->srx->r.msg[0] ? c->srx->r.msg : kvp_err_text());
-                c->srx->r.msg[0] = '\0';
-            }
-            done = pend_take(c, p->post_id);
-        }
-    }
+    if (p && c->pay == PAY_READ && p->left > 0) p->left--;
     c->rx_vdev = -1;
     pthread_mutex_unlock(&c->rx_mu);
-    if (done) {
-        if (dst == KVP_SUCCESS) bi_req_complete(done->req, done->post_id);
-        else bi_req_finish(done->req, done->post_id, dst, dmsg);
-        kvp_obj_put(&done->req->obj);
-        free(done);
-    }
     return true;
 }
 

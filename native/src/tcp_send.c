@@ -13,6 +13,10 @@
 
 static const uint8_t g_zeros[SCRATCH];
 
+void tcp_serve_put(bi_serve *s) {
+    if (s && atomic_fetch_sub(&s->refs, 1) == 1) free(s);
+}
+
 void tcp_txi_dispose(bi_txi *t) {
     if (t->req) {
         t->req->txq--;
@@ -20,13 +24,33 @@ void tcp_txi_dispose(bi_txi *t) {
     }
     if (t->batch) {
         bi_batch *b = t->batch;
-        if (--b->left == 0) free(b);
+        if (--b->left == 0) {
+            tcp_serve_put(b->serve);
+            free(b);
+        }
         return;
     }
     if (t->owned) {
+        tcp_serve_put(t->end);
         free(t->hdyn);
         free(t);
     }
+}
+
+/* READ_END: its header and message are written when it is about to be sent, after
+ * every data frame of the request before it (so a failure while sending them is in
+ * it). tx_mu held. */
+static bool end_build(bi_conn *c, bi_txi *t) {
+    bi_serve *s = t->end;
+    uint32_t ml = s->err != KVP_SUCCESS ? (uint32_t)strlen(s->msg) : 0;
+    t->hdyn = malloc(W_HDR + ml);
+    if (!t->hdyn) return false;
+    w_hdr wh = {W_READ_END, 0, ml, s->err, s->req_id, 0};
+    w_hdr_put(t->hdyn, &wh);
+    memcpy(t->hdyn + W_HDR, s->msg, ml);
+    t->hlen = W_HDR + ml;
+    TRACE("READ_END of %llu to %s: %d", (unsigned long long)s->req_id, c->peer, s->err);
+    return true;
 }
 
 static void arm_out(bi_conn *c, bool on) {
@@ -41,9 +65,20 @@ static void arm_out(bi_conn *c, bool on) {
 void tcp_revalidate_served(bi_agent *a, bi_txi *t) {
     if (!t->served || t->zero || t->epoch == a->reg_epoch) return;
     if (bi_index_find(&a->lidx, t->vram ? KVP_VRAM : KVP_DRAM,
-                      t->vram ? (uint64_t)(t->vram - 1) : 0, t->saddr, t->plen))
+                      t->vram ? (uint64_t)(t->vram - 1) : 0, t->saddr, t->plen)) {
         t->epoch = a->reg_epoch;
-    else t->zero = true;
+        return;
+    }
+    /* Zeros keep the stream framed; the request's READ_END says it failed. */
+    t->zero = true;
+    bi_serve *s = t->batch ? t->batch->serve : NULL;
+    if (s && s->err == KVP_SUCCESS) {
+        s->err = KVP_ERR_NOT_FOUND;
+        snprintf(s->msg, sizeof s->msg,
+                 "agent %.200s deregistered 0x%llx (+%llu bytes) while serving a READ of it: "
+                 "the data of that piece is lost",
+                 a->base.name, (unsigned long long)t->saddr, (unsigned long long)t->plen);
+    }
 }
 
 
@@ -63,8 +98,17 @@ void tcp_tx_flush_locked(bi_conn *c) {
             tcp_stage_tx_fail(c);
             return;
         }
-        bool failed = false;
+        bool failed = false, oom = false;
         for (bi_txi *t = c->th; t && n < TX_IOV - 1; t = t->next) {
+            if (t->end) {
+                /* Only once every frame before it is on the wire: a failure while
+                 * sending them must be in it. */
+                if (t != c->th) break;
+                if (!t->hdyn && !end_build(c, t)) {
+                    oom = true;
+                    break;
+                }
+            }
             if (t->hoff < t->hlen) {
                 uint8_t *h = t->hdyn ? t->hdyn : t->hbuf;
                 iov[n].iov_base = h + t->hoff;
@@ -109,9 +153,15 @@ void tcp_tx_flush_locked(bi_conn *c) {
                 if (left > IOV_CAP) break;
             }
         }
-        if (failed) {
+        if (failed || oom) {
             if (locked) pthread_rwlock_unlock(&a->reg_rw);
-            tcp_stage_tx_fail(c);
+            if (failed) {
+                tcp_stage_tx_fail(c);
+            } else {
+                snprintf(c->stage_err, sizeof c->stage_err, "out of memory sending READ_END");
+                atomic_store(&c->broken, true);
+                (void)shutdown(c->fd, SHUT_RDWR);
+            }
             return;
         }
         struct msghdr mh;

@@ -136,13 +136,28 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
                              (uint32_t)KVP_MIN((size_t)ml, sizeof m - 1)) == KVP_SUCCESS ||
                    (*why = "cannot answer READ_REQ", false);
         }
-        if (cnt == 0) return true;
-        bi_batch *bt = calloc(1, sizeof *bt + (size_t)cnt * sizeof(bi_txi));
-        if (!bt) {
-            *why = "out of memory serving a read";
-            return false;
+        /* One serve state per request, shared by its batches and its READ_END. */
+        if (!c->serve || c->serve->req_id != h->req_id) {
+            tcp_serve_put(c->serve);
+            c->serve = calloc(1, sizeof *c->serve);
+            if (!c->serve) {
+                *why = "out of memory serving a read";
+                return false;
+            }
+            atomic_init(&c->serve->refs, 1);
+            c->serve->req_id = h->req_id;
         }
-        bt->left = cnt;
+        bi_batch *bt = NULL;
+        if (cnt > 0) {
+            bt = calloc(1, sizeof *bt + (size_t)cnt * sizeof(bi_txi));
+            if (!bt) {
+                *why = "out of memory serving a read";
+                return false;
+            }
+            bt->left = cnt;
+            bt->serve = c->serve;
+            atomic_fetch_add(&c->serve->refs, 1);
+        }
         for (uint32_t i = 0; i < cnt; i++) {
             const uint8_t *q = b + 8 + 16 * i;
             bi_txi *t = &bt->items[i];
@@ -160,14 +175,36 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
             t->batch = bt;
             t->vram = vdev >= 0 ? vdev + 1 : 0; /* staged out of our VRAM */
         }
+        /* The last frame of the request: its READ_END goes after all of its data. */
+        bi_txi *end = NULL;
+        if (h->flags & W_FLAG_ACK) {
+            end = calloc(1, sizeof *end);
+            if (!end) {
+                if (bt) {
+                    tcp_serve_put(bt->serve);
+                    free(bt);
+                }
+                *why = "out of memory serving a read";
+                return false;
+            }
+            end->owned = true;
+            end->hlen = W_HDR; /* not empty: never popped before end_build writes it */
+            end->end = c->serve; /* takes the connection's reference */
+            c->serve = NULL;
+        }
         pthread_mutex_lock(&c->tx_mu);
         if (vdev >= 0 && !tcp_stage_tx_ensure(c)) {
             pthread_mutex_unlock(&c->tx_mu);
-            free(bt);
+            if (bt) {
+                tcp_serve_put(bt->serve);
+                free(bt);
+            }
+            if (end) tcp_txi_dispose(end);
             *why = "out of memory serving a read of VRAM";
             return false;
         }
         for (uint32_t i = 0; i < cnt; i++) tcp_tx_append_locked(c, &bt->items[i]);
+        if (end) tcp_tx_append_locked(c, end);
         tcp_tx_flush_locked(c);
         pthread_mutex_unlock(&c->tx_mu);
         return true;

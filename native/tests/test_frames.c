@@ -146,6 +146,9 @@ TEST(frames_out_of_range_and_malformed) {
         d += (size_t)k;
     }
     CHECK(got[0] == 0xAB && got[15] == 0xAB);
+    /* Then the request's READ_END: all served. */
+    CHECK(read_frame(fd, &h, msg, sizeof msg));
+    CHECK(h.op == W_READ_END && h.req_id == 5 && h.status == KVP_SUCCESS && h.body_len == 0);
     /* Bad magic: the connection is closed. */
     send_all(fd, "garbage-garbage-garbage-garbage!", 32);
     CHECK(closed_by_peer(fd));
