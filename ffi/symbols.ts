@@ -34,7 +34,7 @@ export interface SymbolDef {
 }
 
 /**
- * Every C function of kvport.h (ABI version 1). `blocking` marks the calls that wait
+ * Every C function of kvport.h (ABI version 2). `blocking` marks the calls that wait
  * with a timeout; Deno also binds them `nonblocking: true` (see {@link toDenoSymbols}).
  *
  * @example
@@ -381,28 +381,29 @@ export const SYMBOLS = {
   },
 
   // -------------------------------------------------------------------- files
-  /** Opens a file for FILE registration (flags KVP_FILE_*; size > 0 grows it). */
+  /** Opens a file for FILE registration as a handle, with its fd (flags KVP_FILE_*). */
   kvp_file_open: {
     parameters: [
       "buffer", // const char *path
       "u32", // uint32_t flags
       "u64", // uint64_t size
+      "buffer", // uint64_t *out_file
       "buffer", // int32_t *out_fd
       "buffer", // int32_t *out_direct
     ],
     result: "i32",
   },
-  /** fdatasync of an fd from kvp_file_open. */
+  /** fdatasync of a file from kvp_file_open. */
   kvp_file_sync: {
     parameters: [
-      "i32", // int32_t fd
+      "u64", // uint64_t file
     ],
     result: "i32",
   },
-  /** Closes an fd from kvp_file_open. */
+  /** Closes a file from kvp_file_open (refused while registered). */
   kvp_file_close: {
     parameters: [
-      "i32", // int32_t fd
+      "u64", // uint64_t file
     ],
     result: "i32",
   },

@@ -114,7 +114,7 @@ export interface MemoryRegion {
 
 /** A file region to register (FILE): an open fd, an offset and a length (0: to EOF). */
 export interface FileRegion {
-  /** An open file descriptor (e.g. from `kvp_file_open`). */
+  /** The descriptor of a file from `openFile` (`kvp_file_open`: other descriptors are refused). */
   fd: number;
   /** Offset in bytes (default 0). */
   offset?: bigint | number;

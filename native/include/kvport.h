@@ -30,7 +30,7 @@ extern "C" {
 #endif
 
 /** Bumped on any incompatible change of this header. */
-#define KVP_ABI_VERSION 1
+#define KVP_ABI_VERSION 2
 
 /* Status codes: the values of NIXL's nixl_status_t. */
 #define KVP_IN_PROG 1
@@ -248,17 +248,22 @@ int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms);
                               opened without it and *out_direct is 0 */
 #define KVP_FILE_TRUNCATE 4u
 
-/** Opens a file for FILE registration (addr = offset, dev = fd). size > 0 makes the file
- *  at least that long (fallocate, else ftruncate). ENOSPC/EACCES and the like are
- *  KVP_ERR_BACKEND with the path and the system's reason in the last error. */
-int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, int32_t *out_fd,
-                      int32_t *out_direct);
+/** Opens a file for FILE registration and returns it as a handle (*out_file) with its
+ *  descriptor (*out_fd: the dev of FILE regions and descriptors; addr = offset) and
+ *  whether it has O_DIRECT. size > 0 makes the file at least that long (fallocate, else
+ *  ftruncate). ENOSPC/EACCES and the like are KVP_ERR_BACKEND with the path and the
+ *  system's reason in the last error. FILE registrations accept only descriptors opened
+ *  here: the file stays open until kvp_file_close, so no transfer can reach a
+ *  descriptor that was closed and reused. */
+int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, uint64_t *out_file,
+                      int32_t *out_fd, int32_t *out_direct);
 
-/** fdatasync of an fd from kvp_file_open. */
-int32_t kvp_file_sync(int32_t fd);
+/** fdatasync of a file from kvp_file_open. */
+int32_t kvp_file_sync(uint64_t file);
 
-/** Closes an fd from kvp_file_open. */
-int32_t kvp_file_close(int32_t fd);
+/** Closes a file from kvp_file_open. While a registration (of any agent) uses it:
+ *  KVP_ERR_NOT_ALLOWED (deregister first); a second close: KVP_ERR_NOT_FOUND. */
+int32_t kvp_file_close(uint64_t file);
 
 #ifdef __cplusplus
 }

@@ -8,6 +8,7 @@
 #include "engine.h"
 #include "engine_nixl_glue.h"
 #include "errors.h"
+#include "files.h"
 #include "metadata.h"
 
 /* ------------------------------------------------------------------ engines ---- */
@@ -255,6 +256,36 @@ KVP_API int32_t kvp_agent_create(const char *name, const char *engine, const cha
     return KVP_SUCCESS;
 }
 
+/* FILE registrations pin their files (files.c) until deregistered, whatever the engine:
+ * one record per registration handle. */
+typedef struct file_pins {
+    uint64_t agent; /* its handle (never reused, unlike its address) */
+    uint64_t reg;
+    uint64_t n;
+    uint64_t *fds;
+    struct file_pins *next;
+} file_pins;
+static pthread_mutex_t g_pins_mu = PTHREAD_MUTEX_INITIALIZER;
+static file_pins *g_pins;
+
+/* Unpins the files of one registration (reg != 0) or of every registration of the
+ * agent (reg == 0). */
+static void pins_drop(uint64_t a, uint64_t reg) {
+    pthread_mutex_lock(&g_pins_mu);
+    for (file_pins **pp = &g_pins; *pp;) {
+        file_pins *p = *pp;
+        if (p->agent == a && (reg == 0 || p->reg == reg)) {
+            *pp = p->next;
+            kvp_files_unpin(p->fds, p->n);
+            free(p->fds);
+            free(p);
+        } else {
+            pp = &p->next;
+        }
+    }
+    pthread_mutex_unlock(&g_pins_mu);
+}
+
 KVP_API int32_t kvp_agent_destroy(uint64_t h) {
     kvp_err_clear();
     kvp_agent *a = (kvp_agent *)kvp_handle_take(h, KVP_H_AGENT);
@@ -266,6 +297,7 @@ KVP_API int32_t kvp_agent_destroy(uint64_t h) {
     while (!a->gone) pthread_cond_wait(&a->life_cv, &a->life_mu);
     pthread_mutex_unlock(&a->life_mu);
     a->ops->destroy(a);
+    pins_drop(h, 0); /* its registrations are gone with it */
     return KVP_SUCCESS;
 }
 
@@ -308,7 +340,7 @@ KVP_API int32_t kvp_agent_info(uint64_t agent, uint8_t *buf, uint64_t cap, uint6
     WITH_AGENT(agent, do_info(a, buf, cap, len));
 }
 
-static int32_t do_register(kvp_agent *a, int32_t mem_type, const uint64_t *addrs,
+static int32_t do_register(kvp_agent *a, uint64_t ah, int32_t mem_type, const uint64_t *addrs,
                            const uint64_t *lens, const uint64_t *devs, uint64_t count,
                            const char *meta, uint64_t *out_reg) {
     if (!out_reg) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: out_reg is NULL");
@@ -320,16 +352,52 @@ static int32_t do_register(kvp_agent *a, int32_t mem_type, const uint64_t *addrs
         return kvp_err(KVP_ERR_INVALID_PARAM,
                        "kvp_register: memory type %d is not one of DRAM=0 VRAM=1 BLK=2 OBJ=3 "
                        "FILE=4", mem_type);
-    return a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+    if (mem_type != KVP_FILE) return a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+    if (!devs) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: FILE needs devs (the fds)");
+    file_pins *p = calloc(1, sizeof *p);
+    uint64_t *fds = p ? malloc((size_t)count * sizeof *fds) : NULL;
+    if (!p || !fds) {
+        free(p);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    }
+    memcpy(fds, devs, (size_t)count * sizeof *fds);
+    int32_t st = kvp_files_pin(fds, count);
+    if (st == KVP_SUCCESS) st = a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+    else {
+        free(fds);
+        free(p);
+        return st;
+    }
+    if (st != KVP_SUCCESS) {
+        kvp_files_unpin(fds, count);
+        free(fds);
+        free(p);
+        return st;
+    }
+    p->agent = ah;
+    p->reg = *out_reg;
+    p->n = count;
+    p->fds = fds;
+    pthread_mutex_lock(&g_pins_mu);
+    p->next = g_pins;
+    g_pins = p;
+    pthread_mutex_unlock(&g_pins_mu);
+    return KVP_SUCCESS;
+}
+
+static int32_t do_deregister(kvp_agent *a, uint64_t ah, uint64_t reg) {
+    int32_t st = a->ops->dereg(a, reg);
+    if (st == KVP_SUCCESS) pins_drop(ah, reg);
+    return st;
 }
 KVP_API int32_t kvp_register(uint64_t agent, int32_t mem_type, const uint64_t *addrs,
                              const uint64_t *lens, const uint64_t *devs, uint64_t count,
                              const char *meta, uint64_t *out_reg) {
-    WITH_AGENT(agent, do_register(a, mem_type, addrs, lens, devs, count, meta, out_reg));
+    WITH_AGENT(agent, do_register(a, agent, mem_type, addrs, lens, devs, count, meta, out_reg));
 }
 
 KVP_API int32_t kvp_deregister(uint64_t agent, uint64_t reg) {
-    WITH_AGENT(agent, a->ops->dereg(a, reg));
+    WITH_AGENT(agent, do_deregister(a, agent, reg));
 }
 
 static int32_t do_md(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {

@@ -237,7 +237,8 @@ TEST_T(cuda_file_vram_staged, 60) {
     CHECK(tmp >= 0);
     close(tmp);
     int32_t fd, direct;
-    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_DIRECT, size, &fd, &direct));
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_DIRECT, size, &fh, &fd, &direct));
     unlink(path);
     uint64_t a = t_agent("F", "POSIX", NULL), v1, v2, reg, len = size;
     OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v1));
@@ -273,7 +274,7 @@ TEST_T(cuda_file_vram_staged, 60) {
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v1));
     OK(kvp_mem_free(v2));
-    OK(kvp_file_close(fd));
+    OK(kvp_file_close(fh));
     free(fa);
     free(fl);
     free(fdd);

@@ -314,7 +314,8 @@ TEST_T(nixl_posix_file_write_read, 60) {
     CHECK(tmp >= 0);
     close(tmp);
     int32_t fd, direct;
-    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, size, &fd, &direct));
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, size, &fh, &fd, &direct));
     uint64_t off = 0, zero = 0, dev = (uint64_t)fd, freg;
     OK(kvp_register(a, KVP_FILE, &off, &zero, &dev, 1, NULL, &freg)); /* len 0: to EOF */
     uint64_t lp = prep_pages(a, "", KVP_DRAM, addr, 0, page, count);
@@ -326,7 +327,7 @@ TEST_T(nixl_posix_file_write_read, 60) {
     }
     t_fill((void *)(uintptr_t)addr, size, 42);
     OK(run_xfer(a, KVP_WRITE, lp, li, fp, ri, count, NULL));
-    OK(kvp_file_sync(fd));
+    OK(kvp_file_sync(fh));
     /* Another reader sees page i in slot ri[i]. */
     int rfd = open(path, O_RDONLY);
     CHECK(rfd >= 0);
@@ -348,7 +349,7 @@ TEST_T(nixl_posix_file_write_read, 60) {
     OK(kvp_prepped_release(a, fp));
     OK(kvp_deregister(a, freg));
     OK(kvp_deregister(a, reg));
-    OK(kvp_file_close(fd));
+    OK(kvp_file_close(fh));
     unlink(path);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(addr));

@@ -251,8 +251,9 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
     close(t);
     uint64_t size = (uint64_t)pages * page;
     int32_t fd, d;
+    uint64_t fh;
     check(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE | (direct ? KVP_FILE_DIRECT : 0),
-                        prealloc && *prealloc == '0' ? 0 : size, &fd, &d), "file_open");
+                        prealloc && *prealloc == '0' ? 0 : size, &fh, &fd, &d), "file_open");
     char tp[64];
     snprintf(tp, sizeof tp, "io_threads=%s", threads ? threads : "2");
     uint64_t a = agent("F", "UCX,POSIX", tp), m, reg, freg, zero = 0, dev = (uint64_t)fd;
@@ -277,7 +278,7 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
     double t0 = now();
     check(kvp_xfer_post(a, w), "post");
     check(kvp_xfer_wait(a, w, 60000), "wait");
-    check(kvp_file_sync(fd), "sync");
+    check(kvp_file_sync(fh), "sync");
     double wt = now() - t0;
     t0 = now();
     check(kvp_xfer_post(a, r), "post");
@@ -289,7 +290,7 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
            size / rt / 1e9, d ? "" : "; read from page cache");
     fflush(stdout);
     kvp_agent_destroy(a);
-    kvp_file_close(fd);
+    kvp_file_close(fh);
     kvp_mem_free(m);
     unlink(path);
     free(ad);
