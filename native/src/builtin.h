@@ -237,6 +237,8 @@ struct bi_req {
      * found by whoever waits or polls (the event recorded after the copies) */
     void *cu_ev;
     bool cu_pending, cu_waiting;
+    /* TCP: the posting thread is queueing the frames outside a->mu (a->mu) */
+    bool tcp_posting;
     /* job accounting (pool->mu) */
     uint32_t next_job, jobs_done, running;
     uint64_t pool_post;

@@ -538,7 +538,7 @@ void bi_req_cancel(bi_req *r) {
     /* Copies queued by an asynchronous CUDA post: wait for them (after whoever is
      * waiting for them now). */
     pthread_mutex_lock(&a->mu);
-    while (r->cu_waiting) pthread_cond_wait(&r->cv, &a->mu);
+    while (r->cu_waiting || r->tcp_posting) pthread_cond_wait(&r->cv, &a->mu);
     void *ev = NULL;
     if (r->cu_pending) {
         ev = r->cu_ev;
@@ -647,10 +647,12 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             return st;
         }
     }
-    bool run_inline = false, cu_async = false;
+    bool run_inline = false, cu_async = false, tcp_post = false;
     uint64_t post_id = 0;
     bi_conn *old = NULL;
     pthread_mutex_lock(&a->mu);
+    /* The previous post may still be queueing its frames (they would be queued twice). */
+    while (r->tcp_posting) pthread_cond_wait(&r->cv, &a->mu);
     if (a->dying) st = kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a->base.name);
     else if (r->released) st = kvp_err(KVP_ERR_NOT_FOUND, "request is being released");
     else if (r->state == RS_ACTIVE)
@@ -676,8 +678,11 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         r->conn = c;
         c = NULL;
         if (r->path == PATH_TCP && r->np > 0) {
-            st = bi_tcp_post(r->conn, r, post_id);
-            if (st != KVP_SUCCESS) bi_req_finish_locked(r, post_id, st, kvp_err_text());
+            /* Queued and sent outside a->mu: sending VRAM waits for the staging copies
+             * (a whole device-to-host copy), which must stall neither the caller's
+             * other calls nor the progress thread. A cancel waits for tcp_posting. */
+            tcp_post = true;
+            r->tcp_posting = true;
         } else if (r->np == 0 || r->total <= a->inline_max) {
             run_inline = true;
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
@@ -696,6 +701,16 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
     pthread_mutex_unlock(&a->mu);
     if (old) bi_conn_put(old);
     if (c) bi_conn_put(c);
+    if (tcp_post) {
+        int32_t ts = bi_tcp_post(r->conn, r, post_id);
+        char tmsg[sizeof r->msg];
+        if (ts != KVP_SUCCESS) snprintf(tmsg, sizeof tmsg, "%s", kvp_err_text());
+        pthread_mutex_lock(&a->mu);
+        if (ts != KVP_SUCCESS) bi_req_finish_locked(r, post_id, ts, tmsg);
+        r->tcp_posting = false;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&a->mu);
+    }
     if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
     if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);
     if (st == KVP_SUCCESS) {
