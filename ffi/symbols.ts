@@ -318,12 +318,16 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** Blocks up to timeout_ms: KVP_SUCCESS, the error, or KVP_IN_PROG on timeout. */
+  /** Blocks up to timeout_ms: KVP_SUCCESS, the error, or KVP_IN_PROG on timeout; the
+   * message of a failure comes back with the call (it may run on another thread). */
   kvp_xfer_wait: {
     parameters: [
       "u64", // uint64_t agent
       "u64", // uint64_t req
       "i64", // int64_t timeout_ms
+      "buffer", // uint8_t *msg
+      "u64", // uint64_t cap
+      "buffer", // uint64_t *msg_len
     ],
     result: "i32",
     blocking: true,
@@ -370,11 +374,15 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** Blocks up to timeout_ms until a notification is queued (KVP_IN_PROG on timeout). */
+  /** Blocks up to timeout_ms until a notification is queued (KVP_IN_PROG on timeout); the
+   * message of a failure comes back with the call. */
   kvp_notif_wait: {
     parameters: [
       "u64", // uint64_t agent
       "i64", // int64_t timeout_ms
+      "buffer", // uint8_t *msg
+      "u64", // uint64_t cap
+      "buffer", // uint64_t *msg_len
     ],
     result: "i32",
     blocking: true,

@@ -30,6 +30,7 @@
 import type { NativeLib } from "../ffi/mod.ts";
 import { currentRuntime, runtimeVersion } from "../ffi/mod.ts";
 import {
+  CallMessage,
   check,
   cString,
   lastError,
@@ -945,6 +946,7 @@ export class NixlAgent {
     const nb = lib.nonblocking;
     const signal = options.signal;
     let pending: Notification[] = [];
+    const call = new CallMessage(); // the native wait's message, handed back with the call
     const status = await waitStatus(
       () => {
         if (this.#closed) return Status.ERR_CANCELED;
@@ -952,7 +954,10 @@ export class NixlAgent {
         return pending.length > 0 ? Status.SUCCESS : Status.IN_PROG;
       },
       // Slices of at most 250 ms, so that an abort is seen without waking the thread.
-      nb && ((ms) => this.#core.track(nb.kvp_notif_wait(h, BigInt(Math.min(ms, 250))))),
+      nb && ((ms) =>
+        this.#core.track(
+          nb.kvp_notif_wait(h, BigInt(Math.min(ms, 250)), call.buf, call.cap, call.len),
+        )),
       timeoutMs,
       () => this.#closed || signal?.aborted === true,
       0, // no spinning: notifications are not expected within microseconds
@@ -960,7 +965,8 @@ export class NixlAgent {
     if (pending.length > 0) return pending;
     if (status === Status.SUCCESS && !this.#closed) return this.takeNotifications();
     if (status < 0 && status !== Status.ERR_CANCELED) {
-      throw new NixlError(status, "kvp_notif_wait", lastError(lib));
+      // Only the native wait returns an error here; it ran on another thread.
+      throw new NixlError(status, "kvp_notif_wait", call.text());
     }
     return [];
   }

@@ -15,9 +15,12 @@
  *  - blobs and strings out use the "sized out" convention: (uint8_t *buf, uint64_t cap,
  *    uint64_t *len). *len always receives the full size; the bytes are copied only when
  *    cap >= *len (no NUL is written). A caller with too small a buffer retries with *len.
- *  - after a failing call, kvp_last_error() gives the calling thread's message. Calls
- *    that may run on another thread (kvp_xfer_wait) keep their message on the object:
- *    read it with kvp_xfer_message().
+ *  - after a failing call, kvp_last_error() gives the calling thread's message. The
+ *    waits (kvp_xfer_wait, kvp_notif_wait), which a runtime may run on a thread of its
+ *    own, also hand their message back with the call: (msg, cap, msg_len), msg
+ *    NUL-terminated and truncated to cap - 1 bytes, *msg_len its full length (0 when
+ *    the call did not fail); msg may be NULL. A request's own failure is also kept on
+ *    it: kvp_xfer_message().
  *  - every blocking function takes a timeout in milliseconds; none blocks forever.
  */
 #ifndef KVPORT_H
@@ -213,8 +216,9 @@ int32_t kvp_xfer_status(uint64_t agent, uint64_t req);
 
 /** Blocks up to timeout_ms (>= 0) for the request to finish: KVP_SUCCESS, its error, or
  *  KVP_IN_PROG when the time ran out. KVP_ERR_CANCELED when the request or agent is
- *  released meanwhile. */
-int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms);
+ *  released meanwhile. The message of a failure comes back in msg (see the rules). */
+int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms, uint8_t *msg,
+                      uint64_t cap, uint64_t *msg_len);
 
 /** The message of a failed request (sized out; empty when none). */
 int32_t kvp_xfer_message(uint64_t agent, uint64_t req, uint8_t *buf, uint64_t cap,
@@ -237,8 +241,10 @@ int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len
                        uint64_t *count);
 
 /** Blocks up to timeout_ms until at least one notification is queued: KVP_SUCCESS, or
- *  KVP_IN_PROG when the time ran out, KVP_ERR_CANCELED when the agent is destroyed. */
-int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms);
+ *  KVP_IN_PROG when the time ran out, KVP_ERR_CANCELED when the agent is destroyed. The
+ *  message of a failure comes back in msg (see the rules). */
+int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
+                       uint64_t *msg_len);
 
 /* ------------------------------------------------------------------ files ---- */
 

@@ -488,12 +488,30 @@ KVP_API int32_t kvp_xfer_status(uint64_t agent, uint64_t req) {
     WITH_AGENT(agent, a->ops->xfer_status(a, req));
 }
 
-KVP_API int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms) {
+/* The message of a call's result, handed to the caller with the call: waits may run on
+ * a thread (Deno's pool) whose thread-local last error nobody else can read. */
+static int32_t msg_out(int32_t st, uint8_t *msg, uint64_t cap, uint64_t *msg_len) {
+    const char *t = st < 0 ? kvp_err_text() : "";
+    size_t n = strlen(t);
+    if (msg_len) *msg_len = n;
+    if (msg && cap > 0) {
+        size_t c = n < cap - 1 ? n : (size_t)(cap - 1);
+        memcpy(msg, t, c);
+        msg[c] = '\0';
+    }
+    return st;
+}
+
+static int32_t xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms) {
     WITH_AGENT(agent, timeout_ms < 0
                           ? kvp_err(KVP_ERR_INVALID_PARAM,
                                     "kvp_xfer_wait: timeout_ms must be >= 0, got %lld",
                                     (long long)timeout_ms)
                           : a->ops->xfer_wait(a, req, timeout_ms));
+}
+KVP_API int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms, uint8_t *msg,
+                              uint64_t cap, uint64_t *msg_len) {
+    return msg_out(xfer_wait(agent, req, timeout_ms), msg, cap, msg_len);
 }
 
 static int32_t do_msg(kvp_agent *a, uint64_t req, uint8_t *buf, uint64_t cap, uint64_t *len) {
@@ -539,10 +557,14 @@ KVP_API int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint6
     WITH_AGENT(agent, do_take(a, buf, cap, len, count));
 }
 
-KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms) {
+static int32_t notif_wait(uint64_t agent, int64_t timeout_ms) {
     WITH_AGENT(agent, timeout_ms < 0
                           ? kvp_err(KVP_ERR_INVALID_PARAM,
                                     "kvp_notif_wait: timeout_ms must be >= 0, got %lld",
                                     (long long)timeout_ms)
                           : a->ops->notif_wait(a, timeout_ms));
+}
+KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
+                               uint64_t *msg_len) {
+    return msg_out(notif_wait(agent, timeout_ms), msg, cap, msg_len);
 }

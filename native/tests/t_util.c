@@ -175,7 +175,7 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             t_send_u64(fd, 1);
         } else if (cmd == P_NOTIF) {
             uint64_t timeout = t_recv_u64(fd);
-            int32_t st = kvp_notif_wait(a, (int64_t)timeout);
+            int32_t st = kvp_notif_wait(a, (int64_t)timeout, NULL, 0, NULL);
             uint64_t verified = 0;
             if (st == KVP_SUCCESS && len && vram) {
                 OK(kvp_mem_copy(KVP_DRAM, 0, (uint64_t)(uintptr_t)host, KVP_VRAM, 0, base + off, len));

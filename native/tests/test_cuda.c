@@ -33,7 +33,7 @@ static uint64_t prep_type(uint64_t a, const char *remote, int32_t type, uint64_t
 static void post_wait(uint64_t a, uint64_t req) {
     int32_t st = kvp_xfer_post(a, req);
     CHECK_MSG(st == KVP_SUCCESS || st == KVP_IN_PROG, "%s: %s", kvp_status_name(st), t_lasterr());
-    OK(kvp_xfer_wait(a, req, 20000));
+    OK(kvp_xfer_wait(a, req, 20000, NULL, 0, NULL));
 }
 
 TEST_T(cuda_loopback_dram_vram, 60) {
@@ -341,9 +341,9 @@ TEST_T(cuda_async_post_poll_release_destroy, 60) {
     /* Waiting with a zero timeout only asks. */
     st = kvp_xfer_post(a, req);
     CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
-    st = kvp_xfer_wait(a, req, 0);
+    st = kvp_xfer_wait(a, req, 0, NULL, 0, NULL);
     CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
-    OK(kvp_xfer_wait(a, req, 20000));
+    OK(kvp_xfer_wait(a, req, 20000, NULL, 0, NULL));
     /* Released in flight: returns once the copies are done. */
     CHECK(kvp_xfer_post(a, req) >= 0);
     OK(kvp_xfer_release(a, req));

@@ -151,7 +151,7 @@ static void peer_dereg_case(int anon) {
     uint64_t req = make_req(a, KVP_WRITE, "T", m, p.base, 64 << 10, 16, &lp, &rp);
     /* It works while the peer has the memory registered, by the expected path. */
     int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     OK(st);
     CHECK(t_peer_verify(&p, 0, size, 3));
     char info[4096];
@@ -161,7 +161,7 @@ static void peer_dereg_case(int anon) {
     CHECK_MSG(strstr(info, anon ? "posts_cma=1" : "posts_mem=1"), "unexpected path:\n%s", info);
     t_peer_dereg(&p, 77);
     st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     CHECK_MSG(st == KVP_ERR_NOT_FOUND, "post after the peer's deregistration: %s (%s)",
               kvp_status_name(st), t_lasterr());
     CHECK_ERR_HAS("deregistered");

@@ -55,7 +55,7 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, fp, idx, n, (const uint8_t *)"saved", 5, &req));
     int32_t s = kvp_xfer_post(a, req);
     CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, req, 10000));
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     OK(kvp_file_sync(fh));
     /* The bytes are in the file, read back with plain pread. */
     uint8_t *chk = malloc(total);
@@ -66,7 +66,7 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     CHECK(t_verify(chk, total, 41));
     free(chk);
     /* The loopback notification. */
-    OK(kvp_notif_wait(a, 1000));
+    OK(kvp_notif_wait(a, 1000, NULL, 0, NULL));
     uint8_t nb[64];
     uint64_t nl, cnt;
     OK(kvp_notif_take(a, nb, sizeof nb, &nl, &cnt));
@@ -77,7 +77,7 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     OK(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, n, NULL, 0, &rreq));
     s = kvp_xfer_post(a, rreq);
     CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, rreq, 10000));
+    OK(kvp_xfer_wait(a, rreq, 10000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)(m + mem_off), total, 41));
     /* The other orientation: FILE as the local list, DRAM as the loopback remote. */
     uint64_t flp = prep_file(a, "", fd, file_off, page, n);
@@ -87,7 +87,7 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     OK(kvp_xfer_create(a, KVP_WRITE, flp, idx, mrp, idx, n, NULL, 0, &oreq)); /* file -> mem */
     s = kvp_xfer_post(a, oreq);
     CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, oreq, 10000));
+    OK(kvp_xfer_wait(a, oreq, 10000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)(m + mem_off), total, 41));
     free(idx);
     OK(kvp_agent_destroy(a));
@@ -134,7 +134,7 @@ TEST(file_errors_name_the_path) {
     uint64_t req;
     OK(kvp_xfer_create(a, KVP_READ, lp, &z, fp, &z, 1, NULL, 0, &req));
     int32_t s = kvp_xfer_post(a, req);
-    if (s == KVP_IN_PROG) s = kvp_xfer_wait(a, req, 5000);
+    if (s == KVP_IN_PROG) s = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     CHECK_ST(s, KVP_ERR_BACKEND);
     CHECK_ERR_HAS("end of file");
     /* FILE without the POSIX backend; a read-only fd; offset past the end with len 0. */
@@ -215,7 +215,7 @@ TEST(file_post_never_reaches_a_reused_descriptor) {
     CHECK_MSG(fdb == fda, "the new file got fd %d, not the old %d: cannot test reuse", fdb, fda);
     OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &regb));
     int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     CHECK_ST(st, KVP_ERR_NOT_FOUND);
     uint8_t *chk = calloc(1, size);
     int rfd = open(pb, O_RDONLY);

@@ -89,7 +89,7 @@ static int32_t run_xfer(uint64_t a, int32_t op, uint64_t lp, const uint32_t *li,
     OK(kvp_xfer_create(a, op, lp, li, rp, ri, n, (const uint8_t *)notif,
                        notif ? strlen(notif) : 0, &req));
     int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000, NULL, 0, NULL);
     OK(kvp_xfer_release(a, req));
     return st;
 }
@@ -198,7 +198,7 @@ static void peer_main(int in, int out, const char *name, const char *backends) {
     free(theirs);
     t_send_u64(out, 1); /* loaded */
     for (;;) {
-        OK(kvp_notif_wait(a, 20000));
+        OK(kvp_notif_wait(a, 20000, NULL, 0, NULL));
         uint8_t rec[512];
         uint64_t len, count;
         OK(kvp_notif_take(a, rec, sizeof rec, &len, &count));
@@ -482,7 +482,7 @@ typedef struct waiter {
 static void *notif_waiter(void *p) {
     waiter *w = p;
     double t0 = t_now();
-    w->st = kvp_notif_wait(w->agent, w->timeout);
+    w->st = kvp_notif_wait(w->agent, w->timeout, NULL, 0, NULL);
     w->took = t_now() - t0;
     return NULL;
 }
@@ -503,7 +503,7 @@ TEST(nixl_destroy_ends_a_blocked_wait) {
     a = nixl_agent("waiting2", "UCX", NULL);
     double t0 = t_now();
     clock_t c0 = clock();
-    CHECK_ST(kvp_notif_wait(a, 300), KVP_IN_PROG);
+    CHECK_ST(kvp_notif_wait(a, 300, NULL, 0, NULL), KVP_IN_PROG);
     double wall = t_now() - t0, cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
     CHECK_MSG(wall >= 0.29 && wall < 1.0, "waited %.3f s", wall);
     CHECK_MSG(cpu < 0.5 * wall, "the wait used %.3f s of CPU in %.3f s", cpu, wall);
@@ -528,7 +528,7 @@ static void *xfer_worker(void *p) {
     }
     for (int r = 0; r < w->rounds; r++) {
         int32_t st = kvp_xfer_post(w->agent, req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(w->agent, req, 10000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(w->agent, req, 10000, NULL, 0, NULL);
         if (st != KVP_SUCCESS) w->failures++;
     }
     if (kvp_xfer_release(w->agent, req)) w->failures++;

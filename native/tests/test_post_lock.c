@@ -64,7 +64,7 @@ TEST(vram_tcp_post_does_not_hold_the_agent_lock_across_copies) {
               "kvp_notif_take took %.3fs while the post (%.3fs) waited for a copy: the agent "
               "mutex is held across CUDA waits",
               pr.took, post);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000, NULL, 0, NULL);
     OK(st);
     OK(kvp_xfer_release(a, req));
     OK(kvp_prepped_release(a, lp));

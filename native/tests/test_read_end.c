@@ -213,7 +213,7 @@ static int32_t read_from_fake(int script, uint8_t *local) {
     uint64_t req;
     OK(kvp_xfer_create(a, KVP_READ, lp, li, rp, ri, 2, NULL, 0, &req));
     int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     static char msg[1024];
     kvp_last_error(msg, sizeof msg);
     OK(kvp_xfer_release(a, req));

@@ -171,11 +171,11 @@ static void bw_case(const char *name, const char *backends, const char *params, 
     uint64_t req;
     check(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, pages, NULL, 0, &req), "create");
     check(kvp_xfer_post(a, req), "post");
-    check(kvp_xfer_wait(a, req, 60000), "wait"); /* warm-up (maps, connects) */
+    check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait"); /* warm-up (maps, connects) */
     double t0 = now();
     for (int i = 0; i < reps; i++) {
         check(kvp_xfer_post(a, req), "post");
-        int32_t st = kvp_xfer_wait(a, req, 60000);
+        int32_t st = kvp_xfer_wait(a, req, 60000, NULL, 0, NULL);
         check(st, "wait");
     }
     double dt = now() - t0;
@@ -226,7 +226,7 @@ static void lat_case(const char *name, const char *backends, const char *params,
     for (int i = -100; i < n; i++) {
         double t0 = now();
         int32_t st = kvp_xfer_post(a, req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 10000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 10000, NULL, 0, NULL);
         check(st, "4k");
         if (i >= 0) t[i] = (now() - t0) * 1e6;
     }
@@ -277,12 +277,12 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
     check(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, pages, NULL, 0, &r), "create");
     double t0 = now();
     check(kvp_xfer_post(a, w), "post");
-    check(kvp_xfer_wait(a, w, 60000), "wait");
+    check(kvp_xfer_wait(a, w, 60000, NULL, 0, NULL), "wait");
     check(kvp_file_sync(fh), "sync");
     double wt = now() - t0;
     t0 = now();
     check(kvp_xfer_post(a, r), "post");
-    check(kvp_xfer_wait(a, r, 60000), "wait");
+    check(kvp_xfer_wait(a, r, 60000, NULL, 0, NULL), "wait");
     double rt = now() - t0;
     printf("{\"case\":\"file%s\",\"pages\":%u,\"page_bytes\":%llu,\"direct\":%d,"
            "\"write_gbps\":%.3f,\"read_gbps\":%.3f,\"note\":\"write includes fdatasync%s\"}\n",
