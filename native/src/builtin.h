@@ -12,6 +12,10 @@
  * Locks, in the order they may be taken:
  *   a->mu (agent state, requests, remotes, notif queue)
  *     -> c->tx_mu (a connection's send queue)   -> a->reg_rw (read side)
+ *   (kvp_xfer_post queues TCP frames after leaving a->mu, since sending VRAM waits for
+ *   staging copies under tx_mu; r->tcp_posting makes cancels and re-posts wait.)
+ *   rm->map_mu (a remote's mappings, agent page snapshot) is taken without a->mu held,
+ *   and takes nothing else.
  *   c->rx_mu (initiator pending requests of a connection) is never held while taking
  *   a->mu or tx_mu; pool->mu is never held while taking anything else.
  * a->reg_rw protects the local region index: the target side holds it for reading

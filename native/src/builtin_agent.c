@@ -339,6 +339,9 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->n_inline),
              (unsigned long long)atomic_load(&a->n_staged));
     kvp_buf_put(out, line, strlen(line));
+    snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
+             (unsigned long long)atomic_load(&a->n_dereg_timeouts));
+    kvp_buf_put(out, line, strlen(line));
     /* Why scattered VRAM pages are not copied by the library's kernel, once known. */
     const char *kn = kvp_cuda_kernel_note();
     if (kn[0]) {
