@@ -651,12 +651,12 @@ export class NixlAgent {
    */
   invalidateRemoteAgent(name: string): void {
     const h = this.#native("invalidateRemoteAgent");
-    check(
-      this.#lib,
-      this.#lib.symbols.kvp_invalidate_remote(h, cString(name, "remote name")),
-      "kvp_invalidate_remote",
-      `forgetting peer "${name}"`,
-    );
+    const status = this.#lib.symbols.kvp_invalidate_remote(h, cString(name, "remote name"));
+    // The builtin engine releases on its own a peer that exited once nothing refers to
+    // it: forgetting it then is done already.
+    if (status !== Status.ERR_NOT_FOUND || !this.#remotes.has(name)) {
+      check(this.#lib, status, "kvp_invalidate_remote", `forgetting peer "${name}"`);
+    }
     this.#remotes.delete(name);
     this.#names.delete(name);
   }

@@ -125,9 +125,15 @@ struct bi_remote {
     bool same_host;      /* same boot id and pid namespace, not forced to TCP */
     bool same_process;   /* it lives in this very process: plain memcpy */
     uint32_t pid;
-    int pidfd;           /* -1 if none (a->mu) */
+    int pidfd;           /* -1 if none (a->mu); closed as soon as the peer died */
     atomic_bool dead;    /* peer process gone */
-    bool invalid;        /* invalidated (a->mu); kept until agent destroy, see retire */
+    bool died;           /* its death was seen (pidfd, cross-memory attach): once nothing
+                            refers to it, everything of it is released (a->mu) */
+    bool invalid;        /* invalidated or dropped from the table (a->mu) */
+    /* Prepared lists, requests and calls in progress that use it; a remote leaves the
+     * table only at 0 (and is freed by the progress thread, see bi_remote_drop_locked). */
+    atomic_uint refs;
+    uint64_t used;       /* a->use_seq when last loaded, prepared against or posted to */
     int cma;             /* 0 untested, 1 works, -1 refused (a->mu) */
     pthread_mutex_t map_mu;
     bi_map *maps;
@@ -310,6 +316,10 @@ struct bi_agent {
     bi_reg *regs;               /* (mu + reg_rw write to modify) */
     /* remotes, lists, requests (mu) */
     bi_remote *remotes, *retired;
+    bi_remote *rm_free;         /* dropped remotes the progress thread frees (mu) */
+    uint64_t nremotes, use_seq;
+    uint32_t max_remotes;       /* table limit: full = evict an unused one, else refuse */
+    atomic_uint_fast64_t n_remotes_evicted, n_remotes_refused, n_remotes_released;
     bi_prepped *prepped;
     bi_req *reqs;
     uint64_t post_seq;
@@ -344,6 +354,15 @@ bi_agent *bi_of(kvp_agent *a);
 bi_agent *bi_live_get(const uint8_t token[16]);
 /* Remote by name (a->mu held), NULL if none. Invalidated ones are not returned. */
 bi_remote *bi_remote_find(bi_agent *a, const char *name);
+/* A reference on a remote for a call in progress (taken under a->mu). */
+void bi_remote_ref(bi_remote *rm);
+void bi_remote_unref(bi_remote *rm);
+/* Releases, under a->mu, the remotes that nothing refers to any more and that died or
+ * were invalidated: unlinked here, freed by the progress thread (its epoll may still
+ * hold an event of their pidfd in the batch being handled). */
+void bi_remotes_sweep_locked(bi_agent *a);
+/* Progress thread (or destroy): frees the dropped remotes. */
+void bi_remotes_free_dropped(bi_agent *a);
 
 /* xfer.c */
 /* Marks a request done if it is still on post post_id (a->mu taken inside). */
@@ -424,6 +443,8 @@ int32_t bi_tcp_prepare(bi_req *r);
 void bi_tcp_free_frames(bi_req *r);
 bool bi_conn_alive(bi_conn *c);
 void bi_conn_ref(bi_conn *c);
+/* The remote is leaving (a->mu held): no connection points at it any more. */
+void bi_conns_forget_remote(bi_agent *a, bi_remote *rm);
 
 /* notif.c */
 void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,

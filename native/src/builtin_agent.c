@@ -97,7 +97,8 @@ static const kvp_engine_ops g_builtin_ops = {
 
 static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
-    "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms", NULL,
+    "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms",
+    "max_remotes", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -119,6 +120,9 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "dereg_timeout_ms", 0, 600000, 10000, &x)) != KVP_SUCCESS)
         return st;
     a->dereg_timeout_ms = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_remotes", 1, 1u << 20, 1024, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_remotes = (uint32_t)x;
     v = kvp_params_get(pp, "transport");
     if (v && *v) {
         if (strcmp(v, "tcp") == 0) a->force_tcp = true;
@@ -155,8 +159,8 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
             return kvp_err(KVP_ERR_INVALID_PARAM,
                            "unknown param \"%s\" for the builtin engine (known: listen_host, "
                            "listen_port, advertise_host, io_threads, connect_timeout_ms, "
-                           "transport, inline_max, vram_copy, dereg_timeout_ms; prefix a key with "
-                           "BACKEND. to pass it to a backend)",
+                           "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes; "
+                           "prefix a key with BACKEND. to pass it to a backend)",
                            pp->v[i].key);
     }
     return KVP_SUCCESS;
@@ -246,6 +250,87 @@ static void remote_free(bi_agent *a, bi_remote *rm) {
     free(rm);
 }
 
+void bi_remote_ref(bi_remote *rm) { atomic_fetch_add(&rm->refs, 1); }
+void bi_remote_unref(bi_remote *rm) { atomic_fetch_sub(&rm->refs, 1); }
+
+/* Takes rm out of the table (a->mu held): nothing refers to it (refs 0, checked by the
+ * caller), so no list, request or call can reach it any more. Its pidfd and
+ * connection go now; the rest is freed by the progress thread. */
+static void remote_drop_locked(bi_agent *a, bi_remote *rm) {
+    bool found = false;
+    for (bi_remote **pp = &a->remotes; *pp && !found; pp = &(*pp)->next)
+        if (*pp == rm) {
+            *pp = rm->next;
+            a->nremotes--;
+            found = true;
+            break;
+        }
+    for (bi_remote **pp = &a->retired; *pp && !found; pp = &(*pp)->next)
+        if (*pp == rm) {
+            *pp = rm->next;
+            found = true;
+            break;
+        }
+    rm->invalid = true;
+    if (rm->pidfd >= 0) {
+        (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+        kvp_close(rm->pidfd);
+        rm->pidfd = -1;
+    }
+    bi_conns_forget_remote(a, rm);
+    if (rm->conn) bi_conn_shutdown(rm->conn);
+    rm->next = a->rm_free;
+    a->rm_free = rm;
+    if (a->wakefd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(a->wakefd, &one, sizeof one);
+        KVP_UNUSED(w);
+    }
+}
+
+void bi_remotes_sweep_locked(bi_agent *a) {
+    for (bi_remote *rm = a->remotes, *next; rm; rm = next) {
+        next = rm->next;
+        if (rm->died && atomic_load(&rm->refs) == 0) {
+            remote_drop_locked(a, rm);
+            atomic_fetch_add(&a->n_remotes_released, 1);
+        }
+    }
+    for (bi_remote *rm = a->retired, *next; rm; rm = next) {
+        next = rm->next;
+        if (atomic_load(&rm->refs) == 0) remote_drop_locked(a, rm);
+    }
+}
+
+void bi_remotes_free_dropped(bi_agent *a) {
+    pthread_mutex_lock(&a->mu);
+    bi_remote *l = a->rm_free;
+    a->rm_free = NULL;
+    pthread_mutex_unlock(&a->mu);
+    while (l) {
+        bi_remote *rm = l;
+        l = rm->next;
+        remote_free(a, rm);
+    }
+}
+
+/* The table is full: drops the remote least recently used among those nothing refers
+ * to (the dead first). False when every one is in use. a->mu held. */
+static bool evict_one_locked(bi_agent *a) {
+    bi_remote *victim = NULL;
+    for (bi_remote *rm = a->remotes; rm; rm = rm->next) {
+        if (atomic_load(&rm->refs) != 0) continue;
+        bool dead = atomic_load(&rm->dead);
+        if (!victim || (dead && !atomic_load(&victim->dead)) ||
+            (dead == atomic_load(&victim->dead) && rm->used < victim->used))
+            victim = rm;
+    }
+    if (!victim) return false;
+    remote_drop_locked(a, victim);
+    atomic_fetch_add(&a->n_remotes_evicted, 1);
+    return true;
+}
+
 static void bi_destroy(kvp_agent *ka) {
     bi_agent *a = bi_of(ka);
     live_remove(a);
@@ -296,6 +381,7 @@ static void bi_destroy(kvp_agent *ka) {
         a->retired = rm->next;
         remote_free(a, rm);
     }
+    bi_remotes_free_dropped(a);
     bi_notif_free_all(a);
     ap_destroy(&a->page);
     kvp_close(a->epfd);
@@ -341,6 +427,19 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
              (unsigned long long)atomic_load(&a->n_dereg_timeouts));
+    kvp_buf_put(out, line, strlen(line));
+    /* The remote agent table: its limit, what is in it, what left it and why. */
+    pthread_mutex_lock(&a->mu);
+    uint64_t nrm = a->nremotes, ndead = 0;
+    for (bi_remote *rm = a->remotes; rm; rm = rm->next) ndead += atomic_load(&rm->dead);
+    pthread_mutex_unlock(&a->mu);
+    snprintf(line, sizeof line,
+             "max_remotes=%u\nremotes=%llu\nremotes_dead=%llu\nremotes_released=%llu\n"
+             "remotes_evicted=%llu\nremotes_refused=%llu\n",
+             a->max_remotes, (unsigned long long)nrm, (unsigned long long)ndead,
+             (unsigned long long)atomic_load(&a->n_remotes_released),
+             (unsigned long long)atomic_load(&a->n_remotes_evicted),
+             (unsigned long long)atomic_load(&a->n_remotes_refused));
     kvp_buf_put(out, line, strlen(line));
     /* Why scattered VRAM pages are not copied by the library's kernel, once known. */
     const char *kn = kvp_cuda_kernel_note();
@@ -755,6 +854,7 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     /* Fast path: already loaded. */
     pthread_mutex_lock(&a->mu);
     bi_remote *ex = bi_remote_find(a, md.name);
+    if (ex) ex->used = ++a->use_seq;
     if (ex) {
         if (memcmp(ex->token, md.token, 16) != 0) {
             char t1[33], t2[33];
@@ -802,6 +902,7 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     rm->a = a;
     rm->pidfd = -1;
     atomic_init(&rm->dead, false);
+    atomic_init(&rm->refs, 0);
     snprintf(rm->name, sizeof rm->name, "%s", md.name);
     memcpy(rm->token, md.token, 16);
     snprintf(rm->host, sizeof rm->host, "%s", md.host);
@@ -848,6 +949,20 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
         remote_free(a, rm);
         return bi_load_remote(ka, blob, len, name_out);
     }
+    /* Bounded: metadata from the network must not grow the table without end. */
+    bi_remotes_sweep_locked(a);
+    if (a->nremotes >= a->max_remotes && !evict_one_locked(a)) {
+        pthread_mutex_unlock(&a->mu);
+        atomic_fetch_add(&a->n_remotes_refused, 1);
+        remote_free(a, rm);
+        return kvp_err(KVP_ERR_NOT_ALLOWED,
+                       "cannot load agent %s: the remote agent table of %s is full "
+                       "(max_remotes=%u, every one has prepared lists or requests); release "
+                       "or invalidate some, or raise max_remotes",
+                       name_out, a->base.name, a->max_remotes);
+    }
+    rm->used = ++a->use_seq;
+    a->nremotes++;
     if (rm->pidfd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &rm->ev};
         if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, rm->pidfd, &ev) != 0) {
@@ -868,6 +983,7 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
         if (strcmp((*pp)->name, name) == 0) {
             rm = *pp;
             *pp = rm->next;
+            a->nremotes--;
             break;
         }
     }
@@ -877,10 +993,11 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
                        name, a->base.name);
     }
     rm->invalid = true;
-    /* Kept (not freed) until the agent is destroyed: prepared lists and requests may
-     * still point at it, and they fail with KVP_ERR_NOT_FOUND because of `invalid`. */
+    /* Kept (not freed) while prepared lists or requests still point at it (they fail
+     * with KVP_ERR_NOT_FOUND because of `invalid`); released by a sweep once none do. */
     rm->next = a->retired;
     a->retired = rm;
+    bi_remote_ref(rm); /* ours, for the rest of this call */
     pthread_mutex_unlock(&a->mu);
 
     char msg[400];
@@ -901,6 +1018,10 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
         bi_conn_put(c);
     }
     bi_remote_unmap_all(rm);
+    pthread_mutex_lock(&a->mu);
+    bi_remote_unref(rm);
+    bi_remotes_sweep_locked(a);
+    pthread_mutex_unlock(&a->mu);
     return KVP_SUCCESS;
 }
 
@@ -908,6 +1029,7 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
 
 static void prepped_release_obj(kvp_obj *o) {
     bi_prepped *p = (bi_prepped *)o;
+    if (p->remote) bi_remote_unref(p->remote);
     if (p->rmd) bi_rmd_put(p->rmd);
     for (uint32_t i = 0; i < p->nuregs; i++) kvp_obj_put(&p->uregs[i]->obj);
     free(p->uregs);
@@ -1005,6 +1127,8 @@ static int32_t bi_prep(kvp_agent *ka, const char *remote, kvp_dlist *l, uint64_t
                          remote, a->base.name);
         } else {
             p->remote = rm;
+            bi_remote_ref(rm);
+            rm->used = ++a->use_seq;
             p->rmd = rm->rmd;
             atomic_fetch_add(&p->rmd->refs, 1);
         }
@@ -1069,5 +1193,8 @@ static int32_t bi_prepped_release(kvp_agent *ka, uint64_t h) {
     kvp_obj_put(&p->obj);
     if (!found) return kvp_err(KVP_ERR_NOT_FOUND, "prepared list 0x%llx was already released",
                                (unsigned long long)h);
+    pthread_mutex_lock(&a->mu);
+    bi_remotes_sweep_locked(a); /* a dead or invalidated peer may be unused now */
+    pthread_mutex_unlock(&a->mu);
     return KVP_SUCCESS;
 }

@@ -41,6 +41,7 @@ int32_t bi_notif_send(kvp_agent *ka, const char *remote, const uint8_t *msg, uin
     }
     pthread_mutex_lock(&a->mu);
     bi_remote *rm = bi_remote_find(a, remote);
+    if (rm) bi_remote_ref(rm); /* it cannot leave the table during the call */
     pthread_mutex_unlock(&a->mu);
     if (!rm)
         return kvp_err(KVP_ERR_NOT_FOUND,
@@ -48,9 +49,11 @@ int32_t bi_notif_send(kvp_agent *ka, const char *remote, const uint8_t *msg, uin
                        remote, a->base.name);
     bi_conn *c = NULL;
     int32_t st = bi_tcp_conn_get(a, rm, &c);
-    if (st != KVP_SUCCESS) return st;
-    st = bi_tcp_send_notif(c, msg, (uint32_t)len);
-    bi_conn_put(c);
+    if (st == KVP_SUCCESS) {
+        st = bi_tcp_send_notif(c, msg, (uint32_t)len);
+        bi_conn_put(c);
+    }
+    bi_remote_unref(rm);
     return st;
 }
 

@@ -53,6 +53,11 @@ void bi_conn_put(bi_conn *c) {
     free(c);
 }
 
+void bi_conns_forget_remote(bi_agent *a, bi_remote *rm) {
+    for (bi_conn *c = a->conns; c; c = c->next)
+        if (c->remote == rm) c->remote = NULL;
+}
+
 bool bi_conn_alive(bi_conn *c) { return !atomic_load(&c->dead) && !atomic_load(&c->broken); }
 
 bi_conn *tcp_conn_new(bi_agent *a, int fd, bool inbound) {

@@ -9,12 +9,18 @@
 
 #include "tcp.h"
 
+/* A same-host peer exited: its pidfd goes at once, and everything else of it as soon
+ * as nothing refers to it (a decoder facing restarting prefillers for weeks must not
+ * keep one descriptor per sender it has ever seen). */
 static void pidfd_event(bi_agent *a, bi_remote *rm) {
     pthread_mutex_lock(&a->mu);
     if (rm->pidfd >= 0) {
         atomic_store(&rm->dead, true);
-        /* Stop watching; the fd itself is closed on invalidate/destroy. */
+        rm->died = true;
         (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+        kvp_close(rm->pidfd);
+        rm->pidfd = -1;
+        bi_remotes_sweep_locked(a);
     }
     pthread_mutex_unlock(&a->mu);
 }
@@ -25,6 +31,8 @@ void *tcp_progress_main(void *arg) {
     uint8_t *scratch = malloc(SCRATCH);
     bi_conn *deferred[64];
     while (!atomic_load(&a->stopping)) {
+        /* Remotes dropped since the last batch: no event of theirs can come any more. */
+        bi_remotes_free_dropped(a);
         int n = epoll_wait(a->epfd, evs, 64, -1);
         if (n < 0) {
             if (errno == EINTR) continue;

@@ -8,6 +8,8 @@
  * for the copy workers, or run inside kvp_xfer_post when small.
  */
 #include <poll.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 #include <stdio.h>
 
 #include "builtin.h"
@@ -16,6 +18,7 @@
 static void req_release_obj(kvp_obj *o) {
     bi_req *r = (bi_req *)o;
     if (r->conn) bi_conn_put(r->conn);
+    if (r->remote) bi_remote_unref(r->remote);
     bi_tcp_free_frames(r);
     free(r->p);
     free(r->jobs);
@@ -431,6 +434,7 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
             }
         } else {
             r->remote = R->remote;
+            bi_remote_ref(r->remote); /* the request's own: the list may go first */
             r->out = op == KVP_WRITE;
             st = vram ? build_remote_cuda(r, L, li, R, ri, count)
                       : build_remote(r, L, li, R, ri, count);
@@ -481,14 +485,22 @@ bool bi_remote_gone(bi_remote *rm) {
     /* Under a->mu: kvp_invalidate_remote closes the pidfd under it, and a closed fd
      * number may already belong to something else. The poll does not block. */
     bool gone = false;
-    pthread_mutex_lock(&rm->a->mu);
+    bi_agent *a = rm->a;
+    pthread_mutex_lock(&a->mu);
     if (rm->pidfd >= 0) {
         struct pollfd pf = {.fd = rm->pidfd, .events = POLLIN};
         int n = poll(&pf, 1, 0);
         gone = n > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR));
+        if (gone) {
+            /* Nothing more to learn from it: the descriptor goes now. */
+            (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+            kvp_close(rm->pidfd);
+            rm->pidfd = -1;
+            atomic_store(&rm->dead, true);
+            rm->died = true;
+        }
     }
-    pthread_mutex_unlock(&rm->a->mu);
-    if (gone) atomic_store(&rm->dead, true);
+    pthread_mutex_unlock(&a->mu);
     return gone;
 }
 
@@ -660,7 +672,10 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
                      (unsigned long long)h);
     else if (rm && rm->invalid)
         st = kvp_err(KVP_ERR_NOT_FOUND, "agent %s was invalidated", rm->name);
+    else if (rm && !rm->same_process && rm->same_host && atomic_load(&rm->dead))
+        st = kvp_err(KVP_ERR_REMOTE_DISCONNECT, "peer %s (pid %u) has exited", rm->name, rm->pid);
     if (st == KVP_SUCCESS) st = lregs_check_locked(r);
+    if (st == KVP_SUCCESS && rm) rm->used = ++a->use_seq;
     char pin_msg[400];
     if (st == KVP_SUCCESS && !bi_req_pin(r, pin_msg, sizeof pin_msg))
         st = kvp_err(KVP_ERR_NOT_FOUND, "%s", pin_msg);
@@ -841,5 +856,8 @@ int32_t bi_xfer_release(kvp_agent *ka, uint64_t h) {
     bi_req_fail_active(r, KVP_ERR_CANCELED, "request released");
     kvp_handle_drop(h, &r->obj);
     kvp_obj_put(&r->obj);
+    pthread_mutex_lock(&a->mu);
+    bi_remotes_sweep_locked(a); /* a dead or invalidated peer may be unused now */
+    pthread_mutex_unlock(&a->mu);
     return KVP_SUCCESS;
 }

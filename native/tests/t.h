@@ -96,6 +96,11 @@ typedef struct t_peer {
  * 3 = kvp_mem_alloc DRAM with KVP_DRAM_PRIVATE (cross-memory attach). */
 void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
                   uint64_t size, int anon);
+/* A peer forked now (before this process has threads of its own) that starts its agent
+ * only at t_peer_go: many peers can come and go one after another. */
+void t_peer_fork_gated(t_peer *p, const char *name, const char *backends, const char *params,
+                       uint64_t size, int anon);
+void t_peer_go(t_peer *p);
 void t_peer_fill(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
 int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
 /* Waits up to timeout_ms for notifications; when one arrives the peer verifies

@@ -200,8 +200,8 @@ static void peer_main(int fd, const char *name, const char *backends, const char
     exit(0);
 }
 
-void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
-                  uint64_t size, int anon) {
+static void peer_fork(t_peer *p, const char *name, const char *backends, const char *params,
+                      uint64_t size, int anon, int gated) {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     fflush(stdout);
@@ -210,12 +210,36 @@ void t_peer_start(t_peer *p, const char *name, const char *backends, const char 
     CHECK(pid >= 0);
     if (pid == 0) {
         close(sv[0]);
+        if (gated) {
+            char go;
+            if (read(sv[1], &go, 1) != 1) exit(0); /* never started */
+        }
         peer_main(sv[1], name, backends, params, size, anon);
     }
     close(sv[1]);
     p->pid = pid;
     p->fd = sv[0];
     p->size = size;
+    p->md = NULL;
+    if (!gated) {
+        p->md = t_recv(p->fd, &p->mdlen);
+        p->base = t_recv_u64(p->fd);
+    }
+}
+
+void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
+                  uint64_t size, int anon) {
+    peer_fork(p, name, backends, params, size, anon, 0);
+}
+
+void t_peer_fork_gated(t_peer *p, const char *name, const char *backends, const char *params,
+                       uint64_t size, int anon) {
+    peer_fork(p, name, backends, params, size, anon, 1);
+}
+
+void t_peer_go(t_peer *p) {
+    char go = 1;
+    CHECK(write(p->fd, &go, 1) == 1);
     p->md = t_recv(p->fd, &p->mdlen);
     p->base = t_recv_u64(p->fd);
 }
