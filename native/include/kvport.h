@@ -101,6 +101,9 @@ int32_t kvp_mem_alloc(int32_t mem_type, int32_t dev, uint64_t size, uint64_t *ou
                               O_DIRECT and copies are faster on huge pages where shared
                               memory gets none). Same-host peers still reach it, through
                               cross-memory attach instead of a shared mapping. */
+#define KVP_DRAM_SPARSE 2  /* not pre-faulted: pages are allocated when first touched (a
+                              large receive buffer that is filled over time, or a
+                              benchmark of peers' footprints) */
 
 /** Frees memory from kvp_mem_alloc. Unknown addresses: KVP_ERR_NOT_FOUND. */
 int32_t kvp_mem_free(uint64_t addr);

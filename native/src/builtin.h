@@ -403,7 +403,10 @@ int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
 /* Builds r->jobs for r->p (chunking). */
 int32_t bi_jobs_build(bi_req *r, uint32_t nthreads);
 /* Same-host helpers. */
+/* Maps a peer memfd (once, cached; address space only) and gives its base. */
 int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out);
+/* Faults in [addr, addr+len) of a mapping (the ranges a request touches, at creation). */
+void bi_remote_prefault(uint64_t addr, uint64_t len, bool write);
 /* Opens (once, cached) the CUDA IPC handle of a peer's VRAM region on device dev; *out
  * is the device address of the allocation's base in this process. */
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out);

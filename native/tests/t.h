@@ -93,7 +93,8 @@ typedef struct t_peer {
 } t_peer;
 /* anon: 0 = kvp_mem_alloc DRAM (a memfd the initiator maps), 1 = mmap(MAP_ANONYMOUS)
  * (reached by cross-memory attach), 2 = kvp_mem_alloc VRAM on device 0 (CUDA IPC),
- * 3 = kvp_mem_alloc DRAM with KVP_DRAM_PRIVATE (cross-memory attach). */
+ * 3 = kvp_mem_alloc DRAM with KVP_DRAM_PRIVATE (cross-memory attach), 4 = kvp_mem_alloc DRAM
+ * with KVP_DRAM_SPARSE (a memfd whose pages exist only once touched). */
 void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
                   uint64_t size, int anon);
 /* A peer forked now (before this process has threads of its own) that starts its agent

@@ -132,9 +132,11 @@ static void peer_main(int fd, const char *name, const char *backends, const char
         CHECK(m != MAP_FAILED);
         base = (uint64_t)(uintptr_t)m;
     } else {
-        OK(kvp_mem_alloc(KVP_DRAM, anon == 3 ? KVP_DRAM_PRIVATE : 0, size, &base));
+        OK(kvp_mem_alloc(KVP_DRAM,
+                         anon == 3 ? KVP_DRAM_PRIVATE : anon == 4 ? KVP_DRAM_SPARSE : 0, size,
+                         &base));
     }
-    if (!vram) memset((void *)(uintptr_t)base, 0, size);
+    if (!vram && anon != 4) memset((void *)(uintptr_t)base, 0, size);
     uint64_t reg, dev0 = 0;
     OK(kvp_register(a, vram ? KVP_VRAM : KVP_DRAM, &base, &size, &dev0, 1, NULL, &reg));
     uint64_t mdlen;

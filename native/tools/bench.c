@@ -8,6 +8,10 @@
  * process with one request, reposted `reps` times; "ratio" is GB/s over the limit
  * (memcpy of the same total for same-host paths, a raw loopback TCP stream for tcp).
  * lat: 4 KiB WRITE post-to-completion percentiles, same host (inline) and TCP.
+ * rss: the sender's RSS growth for one 256 MiB same-host WRITE into a receiver buffer of
+ * 1, 4 and 8 GiB (sparse memfds, so the machine needs only what is written); "ratio" is
+ * the growth over the bytes the request touches (1.0: the footprint follows the request,
+ * not the receiver's buffer).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -80,7 +84,9 @@ static pid_t peer(uint64_t size, int anon, int *fd_out, uint8_t **md, uint64_t *
     if (pid == 0) {
         close(sv[0]);
         uint64_t a = agent("T", "UCX,POSIX", NULL), m;
-        if (anon) {
+        if (anon == 2) {
+            check(kvp_mem_alloc(KVP_DRAM, KVP_DRAM_SPARSE, size, &m), "alloc");
+        } else if (anon) {
             void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED) exit(1);
             memset(p, 0, size);
@@ -202,6 +208,57 @@ static void bw_case(const char *name, const char *backends, const char *params, 
            limit, gbps / limit,
            path_key, posts);
     fflush(stdout);
+}
+
+static uint64_t rss_now(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long vs = 0, res = 0;
+    if (!f || fscanf(f, "%llu %llu", &vs, &res) != 2) exit(1);
+    fclose(f);
+    return res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Sender RSS against the receiver's buffer size (issue 19.3). */
+static void rss_case(uint64_t peer_gib) {
+    const uint64_t page = 4u << 20, pages = 64, size = page * pages; /* 256 MiB */
+    uint64_t peer_size = peer_gib << 30;
+    int fd;
+    uint8_t *md;
+    uint64_t mdlen, rbase;
+    pid_t pid = peer(peer_size, 2, &fd, &md, &mdlen, &rbase);
+    uint64_t a = agent("I", "UCX", NULL), m, reg, nl;
+    char nm[300];
+    check(kvp_load_remote_metadata(a, md, mdlen, (uint8_t *)nm, sizeof nm, &nl), "load");
+    check(kvp_mem_alloc(KVP_DRAM, 0, size, &m), "alloc");
+    memset((void *)(uintptr_t)m, 7, size);
+    check(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg), "register");
+    uint64_t before = rss_now();
+    /* The last 256 MiB of the receiver's buffer. */
+    uint64_t lp = prep(a, "", m, page, (uint32_t)pages);
+    uint64_t rp = prep(a, "T", rbase + peer_size - size, page, (uint32_t)pages);
+    uint32_t idx[64];
+    for (uint32_t i = 0; i < pages; i++) idx[i] = i;
+    uint64_t req;
+    double t0 = now();
+    check(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, (uint64_t)pages, NULL, 0, &req), "create");
+    check(kvp_xfer_post(a, req), "post");
+    check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait");
+    double first = now() - t0;
+    t0 = now();
+    check(kvp_xfer_post(a, req), "post");
+    check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait");
+    double warm = now() - t0;
+    uint64_t growth = rss_now() - before;
+    printf("{\"case\":\"rss_sender_vs_receiver_buffer\",\"receiver_gib\":%llu,"
+           "\"request_mib\":%llu,\"sender_rss_growth_mib\":%.1f,\"limit\":\"bytes the request "
+           "touches\",\"ratio\":%.2f,\"first_request_ms\":%.1f,\"warm_request_ms\":%.1f}\n",
+           (unsigned long long)peer_gib, (unsigned long long)(size >> 20), growth / 1048576.0,
+           (double)growth / (double)size, first * 1e3, warm * 1e3);
+    fflush(stdout);
+    kvp_agent_destroy(a);
+    kvp_mem_free(m);
+    peer_end(pid, fd);
+    free(md);
 }
 
 static int cmpd(const void *x, const void *y) {
@@ -366,6 +423,11 @@ int main(int argc, char **argv) {
     if (all || !strcmp(which, "lat")) {
         lat_case("lat_shm_4k", "UCX", NULL, 20000);
         lat_case("lat_tcp_4k", "TCP", NULL, 5000);
+    }
+    if (all || !strcmp(which, "rss")) {
+        rss_case(1);
+        rss_case(4);
+        rss_case(8);
     }
     if (all || !strcmp(which, "file")) {
         file_case(pages, page, 0);
