@@ -127,9 +127,10 @@ int32_t kvp_mem_checksum(int32_t mem_type, int32_t dev, uint64_t addr, uint64_t 
  *            hosts: TCP), TCP (always TCP) and POSIX (files); anything else is
  *            KVP_ERR_NOT_SUPPORTED naming the engine that would serve it.
  *  params:   "key=value" lines ("" or NULL for none). Builtin keys: listen_host
- *            (default 0.0.0.0), listen_port (0 = ephemeral), advertise_host (address put
- *            in metadata; default the first non-loopback IPv4, else 127.0.0.1),
- *            io_threads. "BACKEND.key=value" lines go to that backend. */
+ *            (default 127.0.0.1; 0.0.0.0 only when asked), listen_port (0 = ephemeral),
+ *            advertise_host (address put in metadata; default listen_host when specific,
+ *            else the first non-loopback IPv4, else 127.0.0.1), io_threads, and the
+ *            limits of native/README.md. "BACKEND.key=value" lines go to that backend. */
 int32_t kvp_agent_create(const char *name, const char *engine, const char *backends,
                          const char *params, uint64_t *out_agent);
 

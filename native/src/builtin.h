@@ -122,8 +122,16 @@ struct bi_remote {
     char name[KVP_NAME_MAX + 1];
     uint8_t token[16];
     bi_rmd *rmd;         /* current snapshot (a->mu) */
-    bool same_host;      /* same boot id and pid namespace, not forced to TCP */
-    bool same_process;   /* it lives in this very process: plain memcpy */
+    /* Locality is proven, never taken from the blob: claims_host when the blob says same
+     * boot id and pid namespace (and UCX on both ends); same_host only once the peer
+     * answered the challenge of bi_tcp_conn_get with the secret of the agent page at
+     * /proc/<pid>/fd/<page_fd> (or it is same_process); until then TCP. */
+    bool claims_host;
+    int proof;           /* 0 not tried, 1 proven, -1 failed (a->mu) */
+    atomic_bool same_host;
+    bool same_process;   /* the blob was encoded in this very process (proc_tag) by a
+                            live agent with its token: plain memcpy under its locks */
+    uint64_t starttime;  /* from the blob: checked against the pid once proven */
     uint32_t pid;
     int pidfd;           /* -1 if none (a->mu); closed as soon as the peer died */
     atomic_bool dead;    /* peer process gone */
@@ -431,6 +439,14 @@ void bi_tcp_stop(bi_agent *a);
 /* Returns a referenced live outbound connection to the remote, connecting (with the
  * connect timeout) and saying hello when there is none. */
 int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out);
+/* A remote whose blob claims the same host: connects (once) to run the challenge, so
+ * that the request being made can use the same-host paths when it passes. */
+void bi_remote_prove(bi_agent *a, bi_remote *rm);
+/* The agent page secret of a claimed same-host peer (opens its page). */
+int32_t bi_remote_page_secret(bi_remote *rm, uint8_t out[16]);
+/* The answer to a locality challenge: a keyed hash of nonce and both tokens. */
+void bi_prove_tag(const uint8_t secret[16], const uint8_t nonce[16], const uint8_t init_tok[16],
+                  const uint8_t target_tok[16], uint8_t out[16]);
 void bi_conn_put(bi_conn *c);
 /* Shuts a connection down; the progress thread then closes it and fails what was
  * pending on it. */

@@ -105,8 +105,10 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     const char *v;
     uint64_t x;
     int32_t st;
+    /* Loopback unless the configuration names an address (0.0.0.0 only when asked):
+     * a data plane must not be reachable from networks nobody chose. */
     v = kvp_params_get(pp, "listen_host");
-    snprintf(a->listen_host, sizeof a->listen_host, "%s", v && *v ? v : "0.0.0.0");
+    snprintf(a->listen_host, sizeof a->listen_host, "%s", v && *v ? v : "127.0.0.1");
     if ((st = kvp_params_uint(pp, "listen_port", 0, 65535, 0, &x)) != KVP_SUCCESS) return st;
     a->port = (uint16_t)x;
     if ((st = kvp_params_uint(pp, "io_threads", 1, 64, 2, &x)) != KVP_SUCCESS) return st;
@@ -839,6 +841,16 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     int32_t st = kvp_md_decode(blob, (size_t)len, &md);
     if (st != KVP_SUCCESS) return st;
     snprintf(name_out, KVP_NAME_MAX + 1, "%s", md.name);
+    if (strcmp(md.name, a->base.name) != 0 && memcmp(md.token, a->token, 16) == 0) {
+        /* A blob of another name with our own token is a copy of ours: loading it would
+         * make this agent write into itself. */
+        st = kvp_err(KVP_ERR_NOT_ALLOWED,
+                     "metadata of agent %s carries the token of this agent (%s): it is a copy "
+                     "of this agent's metadata under another name; refused",
+                     md.name, a->base.name);
+        kvp_md_free(&md);
+        return st;
+    }
     if (strcmp(md.name, a->base.name) == 0) {
         /* Our own name: loopback needs no loading. A blob of another incarnation with
          * our name is a configuration error worth reporting. */
@@ -915,21 +927,20 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     bool host_eq = memcmp(md.boot_id, zero, 16) != 0 &&
                    memcmp(md.boot_id, a->id.boot_id, 16) == 0 && md.pidns == a->id.pidns &&
                    md.pidns != 0;
-    rm->same_host = host_eq && !a->force_tcp && (a->caps & KVP_CAP_UCX) &&
-                    (md.caps & KVP_CAP_UCX);
-    if (rm->same_host) {
-        rm->same_process = md.pid == a->id.pid && md.starttime == a->id.starttime;
-        if (!rm->same_process) {
-            /* pidfd first, then the start time: if it matches, the pidfd refers to the
-             * process that wrote the metadata (not a later one reusing its pid). */
-            int pfd = pidfd_open((pid_t)md.pid, 0);
-            if (pfd >= 0 && kvp_pid_starttime(md.pid) == md.starttime) {
-                rm->pidfd = pfd;
-            } else {
-                kvp_close(pfd);
-                /* The process that wrote the blob is gone (or invisible to us). */
-                atomic_store(&rm->dead, true);
-            }
+    /* What the blob says about locality is a claim: same host is proven by a challenge
+     * (bi_remote_prove), same process by the blob's process tag, which only this process
+     * can compute, and a live agent of this process with that token. */
+    rm->claims_host = host_eq && !a->force_tcp && (a->caps & KVP_CAP_UCX) &&
+                      (md.caps & KVP_CAP_UCX);
+    rm->starttime = md.starttime;
+    atomic_init(&rm->same_host, false);
+    if (rm->claims_host && md.pid == a->id.pid && kvp_md_from_this_process(blob, (size_t)len)) {
+        bi_agent *peer = bi_live_get(md.token);
+        if (peer) {
+            rm->same_process = true;
+            atomic_store(&rm->same_host, true);
+            rm->proof = 1;
+            kvp_obj_put(&peer->base.obj);
         }
     }
     bi_rmd *m;

@@ -99,6 +99,26 @@ int32_t bi_remote_live_region(bi_remote *rm, int32_t mem_type, uint64_t dev, uin
     return st;
 }
 
+int32_t bi_remote_page_secret(bi_remote *rm, uint8_t out[16]) {
+    pthread_mutex_lock(&rm->map_mu);
+    int32_t st = page_open_locked(rm);
+    if (st == KVP_SUCCESS) memcpy(out, rm->page.h->secret, 16);
+    pthread_mutex_unlock(&rm->map_mu);
+    return st;
+}
+
+void bi_prove_tag(const uint8_t secret[16], const uint8_t nonce[16], const uint8_t init_tok[16],
+                  const uint8_t target_tok[16], uint8_t out[16]) {
+    uint8_t m[1 + 48];
+    memcpy(m + 1, nonce, 16);
+    memcpy(m + 17, init_tok, 16);
+    memcpy(m + 33, target_tok, 16);
+    m[0] = 1;
+    kvp_put_u64(out, kvp_siphash24(secret, m, sizeof m));
+    m[0] = 2;
+    kvp_put_u64(out + 8, kvp_siphash24(secret, m, sizeof m));
+}
+
 void bi_remote_page_close(bi_remote *rm) {
     pthread_mutex_lock(&rm->map_mu);
     snap_free(&rm->snap);

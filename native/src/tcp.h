@@ -111,6 +111,7 @@ struct bi_conn {
     bi_remote *remote;  /* outbound: the peer (remotes outlive connections) */
     char peer[KVP_NAME_MAX + 1];
     uint32_t peer_len;
+    uint8_t peer_token[16]; /* inbound: the initiator's token from its HELLO */
     bool hello_done;
     /* rx: progress thread only */
     int rx;

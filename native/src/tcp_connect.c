@@ -10,7 +10,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/pidfd.h>
+
 #include "errors.h"
+#include "hostid.h"
 #include "tcp.h"
 
 static int connect_timeout(const char *host, uint16_t port, uint64_t deadline_ns, char *why,
@@ -94,6 +97,73 @@ static bool io_all(int fd, bool wr, uint8_t *p, size_t n, uint64_t deadline_ns) 
     return true;
 }
 
+/* The locality challenge on a fresh connection, after HELLO (blocking, with the connect
+ * deadline): we read the secret of the page the blob points at (through /proc, so only
+ * on this host), the target proves it knows it. Returns 1 proven, -1 not. */
+static int prove(bi_agent *a, bi_remote *rm, int fd, uint64_t deadline) {
+    uint8_t secret[16];
+    if (bi_remote_page_secret(rm, secret) != KVP_SUCCESS) {
+        kvp_err_clear();
+        return -1; /* cannot read its page: not the same host (or not permitted) */
+    }
+    uint8_t f[W_HDR + 16], want[16], rh[W_HDR], got[16];
+    w_hdr wh = {W_PROVE, 0, 16, 0, 0, 0};
+    w_hdr_put(f, &wh);
+    kvp_random_bytes(f + W_HDR, 16);
+    bi_prove_tag(secret, f + W_HDR, a->token, rm->token, want);
+    memset(secret, 0, sizeof secret);
+    w_hdr h;
+    const char *bad = NULL;
+    if (!io_all(fd, true, f, sizeof f, deadline) || !io_all(fd, false, rh, W_HDR, deadline) ||
+        !w_hdr_get(rh, &h, &bad) || h.op != W_PROVE_ACK || h.body_len != 16 ||
+        !io_all(fd, false, got, 16, deadline))
+        return -1;
+    uint8_t d = 0;
+    for (int i = 0; i < 16; i++) d |= (uint8_t)(want[i] ^ got[i]);
+    TRACE("locality of %s: %s", rm->name, d == 0 && h.status == KVP_SUCCESS ? "proven" : "refused");
+    return d == 0 && h.status == KVP_SUCCESS ? 1 : -1;
+}
+
+/* Proven: the same-host paths open, and its death is watched through a pidfd (its start
+ * time checked, so a reused pid is never mistaken for it). */
+static void proven(bi_agent *a, bi_remote *rm, int result) {
+    int pfd = -1;
+    if (result > 0) {
+        pfd = pidfd_open((pid_t)rm->pid, 0);
+        if (pfd >= 0 && kvp_pid_starttime(rm->pid) != rm->starttime) {
+            kvp_close(pfd);
+            pfd = -1;
+            result = -1; /* the pid now belongs to another process */
+        }
+    }
+    pthread_mutex_lock(&a->mu);
+    if (rm->proof == 0 && !rm->invalid) {
+        rm->proof = result;
+        if (result > 0) {
+            atomic_store(&rm->same_host, true);
+            rm->pidfd = pfd;
+            pfd = -1;
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &rm->ev};
+            (void)epoll_ctl(a->epfd, EPOLL_CTL_ADD, rm->pidfd, &ev); /* else polled */
+        }
+    }
+    pthread_mutex_unlock(&a->mu);
+    kvp_close(pfd);
+}
+
+void bi_remote_prove(bi_agent *a, bi_remote *rm) {
+    pthread_mutex_lock(&a->mu);
+    bool need = rm->claims_host && rm->proof == 0 && !rm->invalid;
+    pthread_mutex_unlock(&a->mu);
+    if (!need) return;
+    bi_conn *c = NULL;
+    if (bi_tcp_conn_get(a, rm, &c) == KVP_SUCCESS) bi_conn_put(c);
+    else kvp_err_clear(); /* unreachable: the request (TCP) will say so */
+    pthread_mutex_lock(&a->mu);
+    if (rm->proof == 0) rm->proof = -1; /* tried once: TCP for this incarnation */
+    pthread_mutex_unlock(&a->mu);
+}
+
 int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out) {
     pthread_mutex_lock(&a->mu);
     if (rm->invalid) {
@@ -109,6 +179,7 @@ int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out) {
     char host[256];
     snprintf(host, sizeof host, "%s", rm->host);
     uint16_t port = rm->port;
+    bool need_proof = rm->claims_host && rm->proof == 0;
     pthread_mutex_unlock(&a->mu);
 
     uint64_t deadline = kvp_now_ns() + (uint64_t)a->connect_timeout_ms * 1000000ull;
@@ -154,6 +225,7 @@ int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out) {
                        "invalidate it and load the new one)",
                        rm->name, host, port, msg);
     }
+    if (need_proof) proven(a, rm, prove(a, rm, fd, deadline));
     bi_conn *c = tcp_conn_new(a, fd, false);
     if (!c) {
         kvp_close(fd);

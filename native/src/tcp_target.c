@@ -38,6 +38,7 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
             return false;
         }
         c->peer_len = b[32];
+        memcpy(c->peer_token, b + 16, 16); /* who it says it is: grants are keyed by it */
         memcpy(c->peer, b + 33, c->peer_len);
         c->peer[c->peer_len] = '\0';
         c->hello_done = true;
@@ -212,6 +213,23 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
     case W_NOTIF:
         bi_notif_push(a, c->peer, c->peer_len, b, h->body_len);
         return true;
+    case W_PROVE: {
+        /* Locality challenge: answer with the keyed hash under our page's secret (never
+         * the secret itself). Without a page, an answer nobody can verify. */
+        if (h->body_len != 16) {
+            *why = "malformed PROVE";
+            return false;
+        }
+        uint8_t tag[16];
+        int32_t st = KVP_SUCCESS;
+        if (a->page.base) bi_prove_tag(a->page.h->secret, b, c->peer_token, a->token, tag);
+        else {
+            memset(tag, 0, sizeof tag);
+            st = KVP_ERR_NOT_SUPPORTED;
+        }
+        return tcp_send_ctrl(c, W_PROVE_ACK, st, 0, tag, 16) == KVP_SUCCESS ||
+               (*why = "cannot answer PROVE", false);
+    }
     default:
         *why = "frame not expected from an initiator";
         return false;

@@ -31,6 +31,13 @@
  *   READ_ERR   status + message body; no data follows for that request.
  *   NOTIF      body = notification bytes (<= 64 KiB); the sender's name is the one of
  *              the HELLO of that connection.
+ *   PROVE      initiator -> target, after HELLO: u8[16] nonce. The initiator claims the
+ *              target is on its host and opened the target's agent page through /proc.
+ *   PROVE_ACK  target -> initiator: u8[16] tag = keyed hash (under the page's secret) of
+ *              nonce and both tokens; the initiator compares it with its own. Only a
+ *              process that can read the page knows the secret, which never goes on the
+ *              wire: a listener elsewhere cannot answer, so locality is proven, not
+ *              claimed.
  * Anything else (bad magic, version, op, a length over its bound, a frame before HELLO)
  * closes the connection; requests pending on it fail with KVP_ERR_REMOTE_DISCONNECT.
  */
@@ -53,7 +60,9 @@ enum w_op {
     W_READ_ERR = 8,
     W_NOTIF = 9,
     W_READ_END = 10,
-    W_OP_MAX = 10
+    W_PROVE = 11,
+    W_PROVE_ACK = 12,
+    W_OP_MAX = 12
 };
 
 #define W_FLAG_ACK 1u
@@ -96,6 +105,8 @@ static inline uint32_t w_body_max(uint8_t op) {
     case W_READ_ERR: return W_MAX_MSG;
     case W_NOTIF: return 64u * 1024u;
     case W_READ_END: return W_MAX_MSG;
+    case W_PROVE: return 16;
+    case W_PROVE_ACK: return 16;
     default: return 0;
     }
 }

@@ -330,6 +330,8 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
                      "remote_prepped was prepared for the local side (remote \"\"); prepare it "
                      "with the peer's name, or this agent's own name (\"%s\") for loopback",
                      a->base.name);
+    /* A peer claiming the same host is tried once (challenge) before the path is chosen. */
+    if (st == KVP_SUCCESS && R->side == SIDE_REMOTE) bi_remote_prove(a, R->remote);
     if (st == KVP_SUCCESS && R->side == SIDE_REMOTE) {
         pthread_mutex_lock(&a->mu);
         bool invalid = R->remote->invalid;
