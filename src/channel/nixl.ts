@@ -19,6 +19,7 @@ import {
 } from "../agent.ts";
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import { ChannelError } from "./errors.ts";
+import { parseEndpoint } from "./wire/endpoint.ts";
 import { errorMessage } from "./_util.ts";
 import { type BufferDevice, NativePage } from "./page.ts";
 import type { ChannelRole } from "./types.ts";
