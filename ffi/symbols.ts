@@ -388,6 +388,33 @@ export const SYMBOLS = {
     blocking: true,
   },
 
+  // ------------------------------------------------------------------- grants
+  /** Grants a loaded remote agent READ (1) and/or WRITE (2) of count ranges of registered
+   * memory, for expires_ms (0: until revoked); needs the agent param page_grants=on. */
+  kvp_grant: {
+    parameters: [
+      "u64", // uint64_t agent
+      "buffer", // const char *remote
+      "i32", // int32_t mem_type
+      "buffer", // const uint64_t *addrs
+      "buffer", // const uint64_t *lens
+      "buffer", // const uint64_t *devs
+      "u64", // uint64_t count
+      "u32", // uint32_t access
+      "i64", // int64_t expires_ms
+      "buffer", // uint64_t *out_grant
+    ],
+    result: "i32",
+  },
+  /** Revokes a grant; no byte lands in or leaves its ranges once it returns (TCP). */
+  kvp_revoke: {
+    parameters: [
+      "u64", // uint64_t agent
+      "u64", // uint64_t grant
+    ],
+    result: "i32",
+  },
+
   // -------------------------------------------------------------------- files
   /** Opens a file for FILE registration as a handle, with its fd (flags KVP_FILE_*). */
   kvp_file_open: {

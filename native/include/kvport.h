@@ -250,6 +250,39 @@ int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len
 int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
                        uint64_t *msg_len);
 
+/* ----------------------------------------------------------------- grants ---- */
+
+/* Access of kvp_grant. */
+#define KVP_GRANT_READ 1u  /* the peer may READ the ranges */
+#define KVP_GRANT_WRITE 2u /* the peer may WRITE into them */
+
+/** Page grants: with the agent param page_grants=on (off by default, so that agents
+ *  that never grant keep working), a remote agent may WRITE or READ only the ranges
+ *  granted to it, until revoked or expired; anything else fails that request with
+ *  KVP_ERR_NOT_ALLOWED and a message naming the agent, address and length (the
+ *  connection and other peers go on). Checked in C when each piece is served, on every
+ *  path: TCP target (WRITE frames, READ_REQ pieces, and again while their bytes move
+ *  once a grant changed), same-process peers (under the target's lock), same-host
+ *  peers (the initiator's engine checks the grants the target publishes in its agent
+ *  page, at every post).
+ *
+ *  Grants count: count ranges (mem_type DRAM or VRAM; dev: CUDA ordinal for VRAM, NULL
+ *  devs = 0) inside this agent's registered memory, for the loaded remote agent named
+ *  remote (bound to its token: a restarted peer needs new grants), with access
+ *  KVP_GRANT_READ | KVP_GRANT_WRITE, for expires_ms milliseconds (0: until revoked).
+ *  One handle covers them all. A grant dies with the registration it lies in. At most
+ *  max_grants ranges (agent param, default 65536) are held: beyond, KVP_ERR_NOT_ALLOWED.
+ *  An agent without page_grants=on: KVP_ERR_INVALID_PARAM. The nixl engine enforces no
+ *  grants: KVP_ERR_NOT_SUPPORTED (and kvp_agent_info says page_grants=unsupported). */
+int32_t kvp_grant(uint64_t agent, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                  const uint64_t *lens, const uint64_t *devs, uint64_t count, uint32_t access,
+                  int64_t expires_ms, uint64_t *out_grant);
+
+/** Revokes a grant: once this returns, no byte lands in or leaves its ranges over TCP
+ *  or from a peer of this process; a same-host peer's post that started before it may
+ *  finish (one post). A second revoke: KVP_ERR_NOT_FOUND. */
+int32_t kvp_revoke(uint64_t agent, uint64_t grant);
+
 /* ------------------------------------------------------------------ files ---- */
 
 /* Flags of kvp_file_open. */

@@ -133,6 +133,22 @@ bool ap_slot_retire(ap_page *p, int32_t i, uint32_t timeout_ms) {
     return drained;
 }
 
+void ap_grants_enforce(ap_page *p, bool on) {
+    if (p->base) atomic_store(&p->h->grants_on, on ? 1u : 0u);
+}
+
+void ap_grants_publish(ap_page *p, const ap_grant *t, uint64_t n) {
+    if (!p->base) return;
+    ap_header *h = p->h;
+    if (n > h->grant_cap) n = 0; /* cannot happen (max_grants <= grant_cap): refuse all */
+    uint32_t next = atomic_load(&h->grant_active) ^ 1u;
+    atomic_fetch_add(&h->grant_seq, 1); /* odd: publishing */
+    if (n) memcpy(p->base + h->grants_off[next], t, (size_t)n * sizeof *t);
+    atomic_store(&h->grant_n[next], n);
+    atomic_store(&h->grant_active, next);
+    atomic_fetch_add(&h->grant_seq, 1);
+}
+
 /* ------------------------------------------------------------------ peer ---- */
 
 int32_t ap_peer_open(ap_peer *pp, uint32_t pid, int32_t fd, uint64_t ino, uint64_t size,
@@ -190,6 +206,8 @@ int32_t ap_peer_open(ap_peer *pp, uint32_t pid, int32_t fd, uint64_t ino, uint64
     pp->pins_len = size - po;
     pp->reg_cap = hc.reg_cap;
     pp->grant_cap = hc.grant_cap;
+    pp->grants_off[0] = g0;
+    pp->grants_off[1] = g1;
     pp->size = size;
     pp->h = (const ap_header *)pp->ro;
     pp->slots = (const ap_slot *)(pp->ro + so);
@@ -240,6 +258,31 @@ int64_t ap_peer_snapshot(const ap_peer *pp, kvp_md_region *regs, uint64_t *gens,
             *seq_out = s1;
             return n;
         }
+    }
+    return -1;
+}
+
+bool bi_grants_cover(const ap_grant *tab, uint64_t n, const uint8_t token[16], int32_t mt,
+                     uint64_t dev, uint64_t addr, uint64_t len, uint32_t access,
+                     uint64_t now_ns);
+
+int ap_peer_grants_allow(const ap_peer *pp, const uint8_t token[16], int32_t mem_type,
+                         uint64_t dev, uint64_t addr, uint64_t len, uint32_t access,
+                         uint64_t now_ns) {
+    ap_header *h = (ap_header *)pp->h;
+    if (!atomic_load(&h->grants_on)) return 1;
+    /* Double-buffered: the owner writes the table not in use, then flips. The table read
+     * was left alone if at most one publication (even start) or none (odd start: one in
+     * progress, writing the other table) began meanwhile. */
+    for (int attempt = 0; attempt < 100; attempt++) {
+        uint64_t s1 = atomic_load(&h->grant_seq);
+        uint32_t act = atomic_load(&h->grant_active) & 1u;
+        uint64_t n = atomic_load(&h->grant_n[act]);
+        if (n > pp->grant_cap) n = 0;
+        const ap_grant *t = (const ap_grant *)(pp->ro + pp->grants_off[act]);
+        bool ok = bi_grants_cover(t, n, token, mem_type, dev, addr, len, access, now_ns);
+        uint64_t s2 = atomic_load(&h->grant_seq);
+        if (s2 - s1 <= ((s1 & 1) ? 1u : 2u)) return ok ? 1 : 0;
     }
     return -1;
 }

@@ -59,6 +59,7 @@ typedef struct ap_grant {
     uint32_t access;     /* KVP_GRANT_READ | KVP_GRANT_WRITE */
     uint64_t dev, addr, len;
     uint64_t expires_ns; /* CLOCK_MONOTONIC (host-wide); 0: never */
+    uint64_t maxend;     /* largest end of its (token, type, device) group so far */
 } ap_grant;
 
 typedef struct ap_header {
@@ -98,6 +99,11 @@ int32_t ap_slot_add(ap_page *p, const kvp_md_region *r, uint64_t gen);
  * slot is then never reused). */
 bool ap_slot_retire(ap_page *p, int32_t i, uint32_t timeout_ms);
 
+/* Publishes the sorted grant table (grants.c) for same-host peers, and whether grants
+ * are enforced at all. */
+void ap_grants_publish(ap_page *p, const ap_grant *t, uint64_t n);
+void ap_grants_enforce(ap_page *p, bool on);
+
 /* A peer's page mapped here. */
 typedef struct ap_peer {
     uint8_t *ro;          /* header, slots and grants, read-only */
@@ -106,6 +112,7 @@ typedef struct ap_peer {
     uint64_t pins_len;
     uint32_t reg_cap, grant_cap;
     uint64_t size;
+    uint64_t grants_off[2]; /* checked at open: never taken from the page afterwards */
     const ap_header *h;
     const ap_slot *slots;
 } ap_peer;
@@ -119,6 +126,11 @@ void ap_peer_close(ap_peer *pp);
  * returns the number of regions, or -1 when the page kept changing. */
 int64_t ap_peer_snapshot(const ap_peer *pp, kvp_md_region *regs, uint64_t *gens,
                          int32_t *idx, uint32_t cap, uint64_t *seq_out);
+/* Whether the owner lets the peer with token reach [addr, addr+len) with access: 1 yes
+ * (or grants not enforced), 0 no, -1 the table kept changing while read. */
+int ap_peer_grants_allow(const ap_peer *pp, const uint8_t token[16], int32_t mem_type,
+                         uint64_t dev, uint64_t addr, uint64_t len, uint32_t access,
+                         uint64_t now_ns);
 /* Pin protocol (peer side). */
 bool ap_peer_pin(const ap_peer *pp, int32_t i, uint64_t gen);
 void ap_peer_unpin(const ap_peer *pp, int32_t i);

@@ -329,6 +329,11 @@ static int32_t buf_out(int32_t st, kvp_buf *b, uint8_t *buf, uint64_t cap, uint6
 static int32_t do_info(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {
     kvp_buf b = {0};
     int32_t st = a->ops->info(a, &b);
+    if (st == KVP_SUCCESS && !a->ops->grant) {
+        /* Said plainly: this engine lets a peer reach whole registrations. */
+        static const char pg[] = "page_grants=unsupported\n";
+        kvp_buf_put(&b, pg, sizeof pg - 1);
+    }
     if (st == KVP_SUCCESS && a->note[0]) {
         kvp_buf_put(&b, "engine_note=", 12);
         for (const char *c = a->note; *c; c++) kvp_buf_u8(&b, *c == '\n' ? ' ' : (uint8_t)*c);
@@ -564,6 +569,52 @@ static int32_t notif_wait(uint64_t agent, int64_t timeout_ms) {
                                     (long long)timeout_ms)
                           : a->ops->notif_wait(a, timeout_ms));
 }
+static int32_t do_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                        const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                        uint32_t access, int64_t expires_ms, uint64_t *out) {
+    if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: out_grant is NULL");
+    *out = 0;
+    if (!a->ops->grant)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "kvp_grant: the %s engine enforces no page grants (a peer reaches whole "
+                       "registrations, as NIXL's memory keys do); use the builtin engine",
+                       a->ops->name);
+    if (!remote || !*remote)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: remote name is empty");
+    if (count == 0 || !addrs || !lens)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant: %llu ranges (addrs and lens must not be NULL, count >= 1)",
+                       (unsigned long long)count);
+    if (count > (1u << 20))
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: %llu ranges in one call is too many",
+                       (unsigned long long)count);
+    if (access == 0 || (access & ~(KVP_GRANT_READ | KVP_GRANT_WRITE)))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant: access 0x%x is not READ (1), WRITE (2) or both", access);
+    if (expires_ms < 0)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant: expires_ms must be >= 0 (0: until revoked), got %lld",
+                       (long long)expires_ms);
+    return a->ops->grant(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms, out);
+}
+KVP_API int32_t kvp_grant(uint64_t agent, const char *remote, int32_t mem_type,
+                          const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                          uint64_t count, uint32_t access, int64_t expires_ms,
+                          uint64_t *out_grant) {
+    WITH_AGENT(agent, do_grant(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms,
+                               out_grant));
+}
+
+static int32_t do_revoke(kvp_agent *a, uint64_t grant) {
+    if (!a->ops->revoke)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED, "kvp_revoke: the %s engine has no page grants",
+                       a->ops->name);
+    return a->ops->revoke(a, grant);
+}
+KVP_API int32_t kvp_revoke(uint64_t agent, uint64_t grant) {
+    WITH_AGENT(agent, do_revoke(a, grant));
+}
+
 KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
                                uint64_t *msg_len) {
     return msg_out(notif_wait(agent, timeout_ms), msg, cap, msg_len);

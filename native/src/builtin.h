@@ -202,6 +202,7 @@ typedef struct bi_piece {
     bool direct;
     uint64_t rdev;
     int32_t ldev;
+    uint64_t raddr;  /* same-host and same-process peers: the peer's own address (grants) */
 } bi_piece;
 
 /* A job of the copy workers: pieces p0..p1 inclusive, from offset o0 in p0 to offset
@@ -320,6 +321,15 @@ struct bi_agent {
     uint64_t reg_gen;           /* last registration generation handed out (mu) */
     uint32_t dereg_timeout_ms;  /* how long a deregistration waits for peers' copies */
     ap_page page;               /* the agent page (slots written under mu) */
+    /* page grants (grants.c): grant_rw is taken after reg_rw, never before it */
+    bool page_grants;           /* page_grants=on: peers reach granted ranges only */
+    uint32_t max_grants;
+    pthread_rwlock_t grant_rw;
+    struct bi_grant *grants;    /* live grants (grant_rw) */
+    ap_grant *gtab;             /* their ranges, sorted (grant_rw) */
+    uint64_t gn;
+    atomic_uint_fast64_t grant_epoch; /* bumped by every change of the table */
+    atomic_uint_fast64_t n_grants_refused;
     bi_index lidx;              /* (reg_rw) */
     bi_reg *regs;               /* (mu + reg_rw write to modify) */
     /* remotes, lists, requests (mu) */
@@ -464,6 +474,24 @@ bool bi_conn_alive(bi_conn *c);
 void bi_conn_ref(bi_conn *c);
 /* The remote is leaving (a->mu held): no connection points at it any more. */
 void bi_conns_forget_remote(bi_agent *a, bi_remote *rm);
+
+/* grants.c */
+/* May the peer with this token reach [addr, addr+len) with access (KVP_GRANT_*)? Always
+ * yes when the agent does not enforce grants. Takes grant_rw (read); counts refusals. */
+bool bi_grant_allows(bi_agent *a, const uint8_t token[16], int32_t mem_type, uint64_t dev,
+                     uint64_t addr, uint64_t len, uint32_t access);
+/* The same on a table (own or a peer's published one), no lock. */
+bool bi_grants_cover(const ap_grant *tab, uint64_t n, const uint8_t token[16], int32_t mt,
+                     uint64_t dev, uint64_t addr, uint64_t len, uint32_t access,
+                     uint64_t now_ns);
+/* A registration is going: its granted ranges go with it. */
+void bi_grants_drop_reg(bi_agent *a, bi_reg *r);
+void bi_grants_free_all(bi_agent *a);
+uint64_t bi_grants_count(bi_agent *a);
+int32_t bi_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                 const uint64_t *lens, const uint64_t *devs, uint64_t count, uint32_t access,
+                 int64_t expires_ms, uint64_t *out);
+int32_t bi_revoke(kvp_agent *a, uint64_t grant);
 
 /* notif.c */
 void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,

@@ -91,6 +91,8 @@ static const kvp_engine_ops g_builtin_ops = {
     .notif_send = bi_notif_send,
     .notif_take = bi_notif_take,
     .notif_wait = bi_notif_wait,
+    .grant = bi_grant,
+    .revoke = bi_revoke,
 };
 
 /* ---------------------------------------------------------------- create ---- */
@@ -98,7 +100,7 @@ static const kvp_engine_ops g_builtin_ops = {
 static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
     "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms",
-    "max_remotes", NULL,
+    "max_remotes", "page_grants", "max_grants", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -125,6 +127,16 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "max_remotes", 1, 1u << 20, 1024, &x)) != KVP_SUCCESS)
         return st;
     a->max_remotes = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_grants", 1, AP_GRANT_CAP_MAX, 65536, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_grants = (uint32_t)x;
+    v = kvp_params_get(pp, "page_grants");
+    if (v && *v) {
+        if (strcmp(v, "on") == 0) a->page_grants = true;
+        else if (strcmp(v, "off") != 0)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "param page_grants=\"%s\" is not one of on, off", v);
+    }
     v = kvp_params_get(pp, "transport");
     if (v && *v) {
         if (strcmp(v, "tcp") == 0) a->force_tcp = true;
@@ -161,8 +173,9 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
             return kvp_err(KVP_ERR_INVALID_PARAM,
                            "unknown param \"%s\" for the builtin engine (known: listen_host, "
                            "listen_port, advertise_host, io_threads, connect_timeout_ms, "
-                           "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes; "
-                           "prefix a key with BACKEND. to pass it to a backend)",
+                           "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes, "
+                           "page_grants, max_grants; prefix a key with BACKEND. to pass it to "
+                           "a backend)",
                            pp->v[i].key);
     }
     return KVP_SUCCESS;
@@ -189,14 +202,17 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     kvp_hostid_self(&a->id);
     /* Without an agent page same-host peers cannot check what is registered when they
      * copy, so they use TCP (where this agent checks itself): not fatal. */
-    if (ap_create(&a->page, a->token, 4096, 65536) != KVP_SUCCESS) kvp_err_clear();
-    bool mu = false, rw = false, cv = false, smu = false;
+    if (ap_create(&a->page, a->token, 4096, a->max_grants) != KVP_SUCCESS) kvp_err_clear();
+    ap_grants_enforce(&a->page, a->page_grants);
+    bool mu = false, rw = false, cv = false, smu = false, grw = false;
     if (pthread_mutex_init(&a->mu, NULL) == 0) mu = true;
     if (pthread_rwlock_init(&a->reg_rw, NULL) == 0) rw = true;
+    if (pthread_rwlock_init(&a->grant_rw, NULL) == 0) grw = true;
     if (kvp_cond_init(&a->nq_cv) == 0) cv = true;
     if (pthread_mutex_init(&a->stage_mu, NULL) == 0) smu = true;
-    if (!mu || !rw || !cv || !smu) {
+    if (!mu || !rw || !cv || !smu || !grw) {
         ap_destroy(&a->page);
+        if (grw) pthread_rwlock_destroy(&a->grant_rw);
         if (mu) pthread_mutex_destroy(&a->mu);
         if (rw) pthread_rwlock_destroy(&a->reg_rw);
         if (cv) pthread_cond_destroy(&a->nq_cv);
@@ -213,6 +229,7 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     }
     if (st != KVP_SUCCESS) {
         ap_destroy(&a->page);
+        pthread_rwlock_destroy(&a->grant_rw);
         pthread_mutex_destroy(&a->mu);
         pthread_rwlock_destroy(&a->reg_rw);
         pthread_cond_destroy(&a->nq_cv);
@@ -385,6 +402,8 @@ static void bi_destroy(kvp_agent *ka) {
     }
     bi_remotes_free_dropped(a);
     bi_notif_free_all(a);
+    bi_grants_free_all(a);
+    pthread_rwlock_destroy(&a->grant_rw);
     ap_destroy(&a->page);
     kvp_close(a->epfd);
     pthread_mutex_destroy(&a->mu);
@@ -429,6 +448,11 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
              (unsigned long long)atomic_load(&a->n_dereg_timeouts));
+    kvp_buf_put(out, line, strlen(line));
+    snprintf(line, sizeof line, "page_grants=%s\nmax_grants=%u\ngrants=%llu\ngrants_refused=%llu\n",
+             a->page_grants ? "on" : "off", a->max_grants,
+             (unsigned long long)bi_grants_count(a),
+             (unsigned long long)atomic_load(&a->n_grants_refused));
     kvp_buf_put(out, line, strlen(line));
     /* The remote agent table: its limit, what is in it, what left it and why. */
     pthread_mutex_lock(&a->mu);
@@ -665,6 +689,9 @@ static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
                        (unsigned long long)h);
     }
     g->dying = true;
+    pthread_mutex_unlock(&a->mu);
+    bi_grants_drop_reg(a, g); /* its granted ranges go with it */
+    pthread_mutex_lock(&a->mu);
     size_t n = 0, k = 0;
     for (bi_req *r = a->reqs; r; r = r->next)
         if (r->state == RS_ACTIVE && req_uses(r, g)) n++;

@@ -237,6 +237,9 @@ static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap
     }
     int32_t st = KVP_SUCCESS;
     pthread_rwlock_rdlock(&peer->reg_rw);
+    /* Its grants are checked under its grant lock, held for the copy: a revoke waits. */
+    if (peer->page_grants) pthread_rwlock_rdlock(&peer->grant_rw);
+    uint64_t now = kvp_now_ns();
     FOR_SEGMENTS(r, j, pi, off, n) {
         const bi_piece *p = &r->p[pi];
         if (st == KVP_SUCCESS &&
@@ -247,8 +250,20 @@ static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap
                      rm->name, (unsigned long long)(p->other + off), (unsigned long long)n);
             st = KVP_ERR_NOT_FOUND;
         }
+        if (st == KVP_SUCCESS && peer->page_grants &&
+            !bi_grants_cover(peer->gtab, peer->gn, r->a->token, r->rtype, p->rdev, p->other + off,
+                             n, r->out ? KVP_GRANT_WRITE : KVP_GRANT_READ, now)) {
+            atomic_fetch_add(&peer->n_grants_refused, 1);
+            snprintf(msg, cap,
+                     "agent %s does not grant agent %s a %s of %llu bytes at 0x%llx (page "
+                     "grants)",
+                     rm->name, r->a->base.name, r->out ? "write" : "read", (unsigned long long)n,
+                     (unsigned long long)(p->other + off));
+            st = KVP_ERR_NOT_ALLOWED;
+        }
     }
     if (st == KVP_SUCCESS) st = r->path == PATH_CUDA ? exec_cuda(r, j, msg, cap) : exec_mem(r, j);
+    if (peer->page_grants) pthread_rwlock_unlock(&peer->grant_rw);
     pthread_rwlock_unlock(&peer->reg_rw);
     kvp_obj_put(&peer->base.obj);
     return st;

@@ -70,6 +70,7 @@ struct bi_txi {
     bool served;          /* payload is this agent's registered memory (target READ) */
     int32_t vram;         /* payload is VRAM of CUDA device vram - 1 (0: host memory) */
     uint64_t epoch;
+    uint64_t gepoch;      /* served: grant epoch when last checked */
     uint64_t saddr;       /* served: address of the payload start */
     struct bi_serve *end; /* READ_END of that request (ref): header built when sent */
 };
@@ -124,6 +125,7 @@ struct bi_conn {
     uint8_t *dst;
     uint64_t left;
     uint64_t epoch;
+    uint64_t gepoch;     /* grant epoch the payload being received was checked at */
     uint64_t w_req;
     int32_t w_err;
     char w_msg[512];
@@ -158,7 +160,7 @@ void tcp_conn_fail(bi_conn *c, int32_t status, const char *why);
 void tcp_txi_dispose(bi_txi *t);
 /* Served payloads (target READ): make sure the range is still registered; otherwise
  * the rest of that payload is sent as zeros. Caller holds reg_rw for reading. */
-void tcp_revalidate_served(bi_agent *a, bi_txi *t);
+void tcp_revalidate_served(bi_conn *c, bi_txi *t);
 /* Sends as much as the socket takes. Caller holds c->tx_mu. */
 void tcp_tx_flush_locked(bi_conn *c);
 void tcp_tx_append_locked(bi_conn *c, bi_txi *t);

@@ -214,6 +214,11 @@ static bool payload_done(bi_conn *c, const char **why) {
     return true;
 }
 
+static void rx_unlock(bi_agent *a) {
+    if (a->page_grants) pthread_rwlock_unlock(&a->grant_rw);
+    pthread_rwlock_unlock(&a->reg_rw);
+}
+
 /* Reads what is available. Returns false when the connection must close. */
 bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why) {
     bi_agent *a = c->a;
@@ -233,6 +238,30 @@ bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why
             size_t want = (size_t)KVP_MIN(c->left, KVP_MIN(budget, (uint64_t)1 << 30));
             if (c->pay == PAY_WRITE) {
                 pthread_rwlock_rdlock(&a->reg_rw);
+                /* Held around the recv like reg_rw, so kvp_revoke waits for it. */
+                if (a->page_grants) pthread_rwlock_rdlock(&a->grant_rw);
+                if (a->page_grants && c->gepoch != atomic_load(&a->grant_epoch)) {
+                    /* A grant changed since the frame was checked. */
+                    int32_t mt = c->rx_vdev >= 0 ? KVP_VRAM : KVP_DRAM;
+                    uint64_t dv = c->rx_vdev >= 0 ? (uint64_t)c->rx_vdev : 0;
+                    if (bi_grants_cover(a->gtab, a->gn, c->peer_token, mt, dv,
+                                        (uint64_t)(uintptr_t)c->dst, c->left, KVP_GRANT_WRITE,
+                                        kvp_now_ns())) {
+                        c->gepoch = atomic_load(&a->grant_epoch);
+                    } else {
+                        c->pay = PAY_DISCARD;
+                        if (c->w_err == KVP_SUCCESS) {
+                            c->w_err = KVP_ERR_NOT_ALLOWED;
+                            snprintf(c->w_msg, sizeof c->w_msg,
+                                     "agent %.200s revoked the grant of 0x%llx (+%llu bytes) during "
+                                     "a write of agent %.200s into it",
+                                     a->base.name, (unsigned long long)(uintptr_t)c->dst,
+                                     (unsigned long long)c->left, c->peer);
+                        }
+                        rx_unlock(a);
+                        continue;
+                    }
+                }
                 if (c->epoch != a->reg_epoch) {
                     /* Something was deregistered since the frame was validated. */
                     if (bi_index_find(&a->lidx, c->rx_vdev >= 0 ? KVP_VRAM : KVP_DRAM,
@@ -247,7 +276,7 @@ bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why
                                      "agent %s deregistered the destination during the write",
                                      a->base.name);
                         }
-                        pthread_rwlock_unlock(&a->reg_rw);
+                        rx_unlock(a);
                         continue;
                     }
                 }
@@ -269,14 +298,14 @@ bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why
                         }
                         c->pay = PAY_DISCARD;
                         if (n == -2) {
-                            pthread_rwlock_unlock(&a->reg_rw);
+                            rx_unlock(a);
                             continue;
                         }
                     }
                 } else {
                     n = recv(c->fd, c->dst, want, 0);
                 }
-                pthread_rwlock_unlock(&a->reg_rw);
+                rx_unlock(a);
             } else if (c->pay == PAY_READ) {
                 pthread_mutex_lock(&c->rx_mu);
                 if (!c->cur) {

@@ -62,25 +62,41 @@ static void arm_out(bi_conn *c, bool on) {
 /* Served payloads (target READ): make sure the range is still registered; otherwise the
  * rest of that payload is sent as zeros (the stream must keep its framing). Caller holds
  * reg_rw for reading. */
-void tcp_revalidate_served(bi_agent *a, bi_txi *t) {
-    if (!t->served || t->zero || t->epoch == a->reg_epoch) return;
-    if (bi_index_find(&a->lidx, t->vram ? KVP_VRAM : KVP_DRAM,
-                      t->vram ? (uint64_t)(t->vram - 1) : 0, t->saddr, t->plen)) {
+void tcp_revalidate_served(bi_conn *c, bi_txi *t) {
+    bi_agent *a = c->a;
+    if (!t->served || t->zero) return;
+    uint64_t ge = atomic_load(&a->grant_epoch);
+    if (t->epoch == a->reg_epoch && (!a->page_grants || t->gepoch == ge)) return;
+    int32_t mt = t->vram ? KVP_VRAM : KVP_DRAM;
+    uint64_t dev = t->vram ? (uint64_t)(t->vram - 1) : 0;
+    bool reg = bi_index_find(&a->lidx, mt, dev, t->saddr, t->plen) != NULL;
+    /* grant_rw is held (read) by the caller when grants are enforced. */
+    bool granted = !a->page_grants || bi_grants_cover(a->gtab, a->gn, c->peer_token, mt, dev,
+                                                      t->saddr, t->plen, KVP_GRANT_READ,
+                                                      kvp_now_ns());
+    if (reg && granted) {
         t->epoch = a->reg_epoch;
+        t->gepoch = ge;
         return;
     }
     /* Zeros keep the stream framed; the request's READ_END says it failed. */
     t->zero = true;
     bi_serve *s = t->batch ? t->batch->serve : NULL;
     if (s && s->err == KVP_SUCCESS) {
-        s->err = KVP_ERR_NOT_FOUND;
+        s->err = reg ? KVP_ERR_NOT_ALLOWED : KVP_ERR_NOT_FOUND;
         snprintf(s->msg, sizeof s->msg,
-                 "agent %.200s deregistered 0x%llx (+%llu bytes) while serving a READ of it: "
-                 "the data of that piece is lost",
-                 a->base.name, (unsigned long long)t->saddr, (unsigned long long)t->plen);
+                 "agent %.200s %s 0x%llx (+%llu bytes) while serving a READ of it: the data of "
+                 "that piece is lost",
+                 a->base.name, reg ? "revoked the grant of" : "deregistered",
+                 (unsigned long long)t->saddr, (unsigned long long)t->plen);
     }
 }
 
+
+static void tx_unlock(bi_agent *a) {
+    if (a->page_grants) pthread_rwlock_unlock(&a->grant_rw);
+    pthread_rwlock_unlock(&a->reg_rw);
+}
 
 /* Sends as much as the socket takes. Caller holds c->tx_mu. */
 void tcp_tx_flush_locked(bi_conn *c) {
@@ -91,10 +107,11 @@ void tcp_tx_flush_locked(bi_conn *c) {
         bool locked = false;
         if (c->inbound) {
             pthread_rwlock_rdlock(&a->reg_rw);
+            if (a->page_grants) pthread_rwlock_rdlock(&a->grant_rw);
             locked = true;
         }
         if (c->stx && !tcp_stage_prefetch(c, locked)) {
-            if (locked) pthread_rwlock_unlock(&a->reg_rw);
+            if (locked) tx_unlock(a);
             tcp_stage_tx_fail(c);
             return;
         }
@@ -116,7 +133,7 @@ void tcp_tx_flush_locked(bi_conn *c) {
                 n++;
             }
             if (t->poff < t->plen) {
-                if (locked) tcp_revalidate_served(a, t);
+                if (locked) tcp_revalidate_served(c, t);
                 if (t->zero && t->vram && c->stx && kvp_stx_holds(c->stx, t))
                     kvp_stx_reset(c->stx); /* its staged chunks will not be sent */
                 uint64_t left = t->plen - t->poff;
@@ -154,7 +171,7 @@ void tcp_tx_flush_locked(bi_conn *c) {
             }
         }
         if (failed || oom) {
-            if (locked) pthread_rwlock_unlock(&a->reg_rw);
+            if (locked) tx_unlock(a);
             if (failed) {
                 tcp_stage_tx_fail(c);
             } else {
@@ -170,7 +187,7 @@ void tcp_tx_flush_locked(bi_conn *c) {
         mh.msg_iovlen = (size_t)n;
         ssize_t got = sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         int e = errno;
-        if (locked) pthread_rwlock_unlock(&a->reg_rw);
+        if (locked) tx_unlock(a);
         if (got < 0) {
             if (e == EINTR) continue;
             if (e == EAGAIN || e == EWOULDBLOCK) {

@@ -56,7 +56,7 @@ bool tcp_stage_prefetch(bi_conn *c, bool locked) {
     }
     int idle = 0; /* items looked at since the last VRAM one (bounded walk) */
     while (t && !kvp_stx_full(s) && idle < 64) {
-        if (t->vram && locked) tcp_revalidate_served(c->a, t);
+        if (t->vram && locked) tcp_revalidate_served(c, t);
         if (t->vram && !t->zero && from < t->plen) {
             uint64_t taken = 0;
             int32_t st = kvp_stx_feed(s, t, t->vram - 1, (uint64_t)(uintptr_t)t->pay, from,

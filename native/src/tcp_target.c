@@ -74,6 +74,20 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
                      a->base.name, (unsigned long long)h->payload_len,
                      (unsigned long long)addr, vdev >= 0 ? " (VRAM)" : "");
         }
+        c->gepoch = atomic_load(&a->grant_epoch);
+        if (ok && !bi_grant_allows(a, c->peer_token, vdev >= 0 ? KVP_VRAM : KVP_DRAM,
+                                   vdev >= 0 ? (uint64_t)vdev : 0, addr, h->payload_len,
+                                   KVP_GRANT_WRITE)) {
+            ok = false;
+            if (c->w_err == KVP_SUCCESS) {
+                c->w_err = KVP_ERR_NOT_ALLOWED;
+                snprintf(c->w_msg, sizeof c->w_msg,
+                         "agent %.200s refused a write of %llu bytes at 0x%llx%s from agent %.200s: not "
+                         "granted to it (page grants)",
+                         a->base.name, (unsigned long long)h->payload_len,
+                         (unsigned long long)addr, vdev >= 0 ? " (VRAM)" : "", c->peer);
+            }
+        }
         c->rx_vdev = -1;
         if (ok && vdev >= 0) {
             /* Lands in our VRAM: received into pinned slots, copied to the device. */
@@ -124,17 +138,32 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
                 bad = i;
         }
         pthread_rwlock_unlock(&a->reg_rw);
-        if (bad != UINT32_MAX) {
-            char m[400];
-            const uint8_t *q = b + 8 + 16 * bad;
+        uint64_t gepoch = atomic_load(&a->grant_epoch);
+        uint32_t ungranted = UINT32_MAX;
+        for (uint32_t i = 0; i < cnt && bad == UINT32_MAX && ungranted == UINT32_MAX; i++) {
+            const uint8_t *q = b + 8 + 16 * i;
+            if (!bi_grant_allows(a, c->peer_token, vdev >= 0 ? KVP_VRAM : KVP_DRAM,
+                                 vdev >= 0 ? (uint64_t)vdev : 0, kvp_get_u64(q),
+                                 kvp_get_u64(q + 8), KVP_GRANT_READ))
+                ungranted = i;
+        }
+        if (bad != UINT32_MAX || ungranted != UINT32_MAX) {
+            char m[600];
+            uint32_t at = bad != UINT32_MAX ? bad : ungranted;
+            const uint8_t *q = b + 8 + 16 * at;
             int ml = snprintf(m, sizeof m,
-                              "agent %s refused a read of %llu bytes at 0x%llx (piece %u): "
-                              "not inside its registered memory",
+                              "agent %s refused a read of %llu bytes at 0x%llx (piece %u)%s%s: %s",
                               a->base.name, (unsigned long long)kvp_get_u64(q + 8),
-                              (unsigned long long)kvp_get_u64(q), first + bad);
+                              (unsigned long long)kvp_get_u64(q), first + at,
+                              bad != UINT32_MAX ? "" : " from agent ",
+                              bad != UINT32_MAX ? "" : c->peer,
+                              bad != UINT32_MAX ? "not inside its registered memory"
+                                                : "not granted to it (page grants)");
             c->r_err_req = h->req_id;
-            return tcp_send_ctrl(c, W_READ_ERR, KVP_ERR_INVALID_PARAM, h->req_id, m,
-                             (uint32_t)KVP_MIN((size_t)ml, sizeof m - 1)) == KVP_SUCCESS ||
+            return tcp_send_ctrl(c, W_READ_ERR,
+                                 bad != UINT32_MAX ? KVP_ERR_INVALID_PARAM : KVP_ERR_NOT_ALLOWED,
+                                 h->req_id, m, (uint32_t)KVP_MIN((size_t)ml, sizeof m - 1)) ==
+                       KVP_SUCCESS ||
                    (*why = "cannot answer READ_REQ", false);
         }
         /* One serve state per request, shared by its batches and its READ_END. */
@@ -173,6 +202,7 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
             t->served = true;
             t->saddr = addr;
             t->epoch = epoch;
+            t->gepoch = gepoch;
             t->batch = bt;
             t->vram = vdev >= 0 ? vdev + 1 : 0; /* staged out of our VRAM */
         }

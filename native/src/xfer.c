@@ -68,6 +68,7 @@ static bi_req *req_get(bi_agent *a, uint64_t h) {
 typedef struct pair_ctx {
     bi_req *r;
     uint64_t cap;
+    uint64_t raddr; /* the peer's address of the next piece (grant checks) */
 } pair_ctx;
 
 static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len, int32_t fd,
@@ -80,7 +81,7 @@ static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len
          * (for VRAM: one cudaMemcpy for a run of consecutive pages). */
         if (l->mem + l->len == mem && l->other + l->len == other && l->fd == fd &&
             l->direct == direct && l->rdev == rdev && l->ldev == ldev &&
-            l->len + len >= l->len) {
+            l->raddr + l->len == c->raddr && l->len + len >= l->len) {
             l->len += len;
             r->total += len;
             return KVP_SUCCESS;
@@ -93,7 +94,7 @@ static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len
         r->p = np;
         c->cap = nc;
     }
-    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev, ldev};
+    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev, ldev, c->raddr};
     r->total += len;
     return KVP_SUCCESS;
 }
@@ -133,6 +134,28 @@ static int32_t use_slot(bi_req *r, int32_t slot, uint64_t gen, uint32_t *cap) {
     return KVP_SUCCESS;
 }
 
+/* Same host: the target's grants (published in its agent page) must cover every piece
+ * for us, now. */
+static int32_t peer_grants_check(bi_req *r) {
+    bi_remote *rm = r->remote;
+    uint32_t access = r->out ? KVP_GRANT_WRITE : KVP_GRANT_READ;
+    uint64_t now = kvp_now_ns();
+    for (uint64_t i = 0; i < r->np; i++) {
+        const bi_piece *p = &r->p[i];
+        int ok = ap_peer_grants_allow(&rm->page, r->a->token, r->rtype,
+                                      r->rtype == KVP_VRAM ? p->rdev : 0, p->raddr, p->len,
+                                      access, now);
+        if (ok == 1) continue;
+        return kvp_err(KVP_ERR_NOT_ALLOWED,
+                       "agent %s does not grant agent %s a %s of %llu bytes at 0x%llx%s (page "
+                       "grants)",
+                       rm->name, r->a->base.name, r->out ? "write" : "read",
+                       (unsigned long long)p->len, (unsigned long long)p->raddr,
+                       ok < 0 ? "; its grant table kept changing while read" : "");
+    }
+    return KVP_SUCCESS;
+}
+
 /* Every local registration r uses must still be registered (a->mu held). */
 static int32_t lregs_check_locked(bi_req *r) {
     for (uint32_t i = 0; i < r->nlregs; i++) {
@@ -162,7 +185,7 @@ static int32_t live_piece(bi_req *r, int32_t mt, const kvp_desc *rd, kvp_md_regi
 /* The TCP transport for the whole request (the peer checks every range). */
 static int32_t build_remote_tcp(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
                                 const uint32_t *ri, uint64_t count) {
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
     r->path = PATH_TCP;
     for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++)
@@ -176,7 +199,7 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
                             const uint32_t *ri, uint64_t count) {
     bi_agent *a = r->a;
     bi_remote *rm = R->remote;
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
     uint32_t pcap = 0;
     r->path = PATH_TCP;
@@ -239,6 +262,7 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
             other = (uint64_t)(uintptr_t)(base + g.memfd_off + (rd->addr - g.addr));
             bi_remote_prefault(other, ld->len, r->out);
         }
+        pc.raddr = rd->addr;
         st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0, -1);
     }
     return st;
@@ -249,7 +273,7 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
  * stage.c), so a process without CUDA can still write into a GPU peer's pages. */
 static int32_t build_remote_staged(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
                                    const uint32_t *ri, uint64_t count) {
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
     r->path = PATH_TCP;
     for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
@@ -269,7 +293,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
     int32_t lt = L->mem_type, rt = R->mem_type;
     if (!rm->same_host) return build_remote_staged(r, L, li, R, ri, count);
     r->path = PATH_CUDA;
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
     uint32_t pcap = 0;
     for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
@@ -303,6 +327,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                 break;
             }
         }
+        pc.raddr = rd->addr;
         st = add_piece(&pc, ld->addr, other, ld->len, dev, false, rd->dev, -1);
     }
     return st;
@@ -406,7 +431,7 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
         }
     }
     if (st == KVP_SUCCESS) {
-        pair_ctx pc = {r, 0};
+        pair_ctx pc = {r, 0, 0};
         if (R->side == SIDE_SELF) {
             if (lt == KVP_FILE || rt == KVP_FILE) {
                 r->path = PATH_FILE;
@@ -683,6 +708,10 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
     char pin_msg[400];
     if (st == KVP_SUCCESS && !bi_req_pin(r, pin_msg, sizeof pin_msg))
         st = kvp_err(KVP_ERR_NOT_FOUND, "%s", pin_msg);
+    if (st == KVP_SUCCESS && r->pinned) {
+        st = peer_grants_check(r);
+        if (st != KVP_SUCCESS) bi_req_unpin(r);
+    }
     if (st == KVP_SUCCESS) {
         post_id = ++a->post_seq;
         r->post_id = post_id;

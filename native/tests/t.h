@@ -112,4 +112,9 @@ int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t
 /* The peer deregisters and frees its buffer, then maps other memory at the same
  * address, filled with seed (t_peer_verify checks it). */
 void t_peer_dereg(t_peer *p, uint32_t seed);
+/* The peer (created with page_grants=on) loads md and grants that agent access
+ * (KVP_GRANT_*) to [off, off+len) of its buffer; returns the grant handle. */
+uint64_t t_peer_grant(t_peer *p, const uint8_t *md, uint64_t mdlen, uint64_t off, uint64_t len,
+                      uint32_t access);
+void t_peer_revoke(t_peer *p, uint64_t grant);
 void t_peer_stop(t_peer *p);

@@ -114,7 +114,7 @@ int t_verify(const void *p, uint64_t len, uint32_t seed) {
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT, P_DEREG };
+enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT, P_DEREG, P_GRANT, P_REVOKE };
 
 static void peer_main(int fd, const char *name, const char *backends, const char *params,
                       uint64_t size, int anon) {
@@ -175,6 +175,23 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             anon = 1; /* munmap at the end */
             t_fill(m, size, (uint32_t)seed);
             t_send_u64(fd, 1);
+        } else if (cmd == P_GRANT) {
+            /* seed: access; then the grantee's metadata (loaded if needed). */
+            uint64_t bl;
+            uint8_t *blob = t_recv(fd, &bl);
+            char nm[300];
+            uint64_t nl = 0;
+            int32_t ls = kvp_load_remote_metadata(a, blob, bl, (uint8_t *)nm, sizeof nm, &nl);
+            CHECK(ls == KVP_SUCCESS);
+            nm[nl] = '\0';
+            free(blob);
+            uint64_t addr = base + off, g = 0, dev = 0;
+            int32_t gs = kvp_grant(a, nm, vram ? KVP_VRAM : KVP_DRAM, &addr, &len, &dev, 1,
+                                   (uint32_t)seed, 0, &g);
+            t_send_u64(fd, (uint64_t)(uint32_t)gs);
+            t_send_u64(fd, g);
+        } else if (cmd == P_REVOKE) {
+            t_send_u64(fd, (uint64_t)(uint32_t)kvp_revoke(a, off));
         } else if (cmd == P_NOTIF) {
             uint64_t timeout = t_recv_u64(fd);
             int32_t st = kvp_notif_wait(a, (int64_t)timeout, NULL, 0, NULL);
@@ -291,6 +308,21 @@ int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t
 void t_peer_dereg(t_peer *p, uint32_t seed) {
     cmd4(p, P_DEREG, 0, 0, seed);
     CHECK(t_recv_u64(p->fd) == 1);
+}
+
+uint64_t t_peer_grant(t_peer *p, const uint8_t *md, uint64_t mdlen, uint64_t off, uint64_t len,
+                      uint32_t access) {
+    cmd4(p, P_GRANT, off, len, access);
+    t_send(p->fd, md, mdlen);
+    int32_t st = (int32_t)(uint32_t)t_recv_u64(p->fd);
+    uint64_t g = t_recv_u64(p->fd);
+    CHECK_MSG(st == KVP_SUCCESS, "the peer's kvp_grant returned %s", kvp_status_name(st));
+    return g;
+}
+
+void t_peer_revoke(t_peer *p, uint64_t grant) {
+    cmd4(p, P_REVOKE, grant, 0, 0);
+    CHECK((int32_t)(uint32_t)t_recv_u64(p->fd) == KVP_SUCCESS);
 }
 
 void t_peer_stop(t_peer *p) {
