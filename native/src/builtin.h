@@ -343,8 +343,18 @@ struct bi_agent {
     uint64_t post_seq;
     /* notifications (mu) */
     bi_notif *nq_head, *nq_tail;
-    uint64_t nq_count;
+    uint64_t nq_count, nq_bytes;
     pthread_cond_t nq_cv;
+    uint32_t max_notifs;        /* queue limit (records) ... */
+    uint64_t max_notif_bytes;   /* ... and bytes: full = connections stop being read */
+    atomic_bool nq_full;
+    bool notif_paused;          /* some connection waits for room (mu) */
+    /* data-plane limits (see native/README.md) */
+    uint32_t max_read_queue;    /* served READ pieces queued per connection */
+    uint32_t max_inbound_conns;
+    uint32_t hello_timeout_ms;
+    uint32_t n_inbound;         /* (mu) */
+    atomic_uint_fast64_t n_read_queue_full, n_conns_refused, n_hello_timeouts, n_notifs_refused;
     /* threads */
     bi_pool pool;
     int epfd, wakefd, lfd;
@@ -494,8 +504,12 @@ int32_t bi_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint6
 int32_t bi_revoke(kvp_agent *a, uint64_t grant);
 
 /* notif.c */
-void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
-                   uint32_t len);
+/* Queues a notification. From the wire it is always taken (connections pause at frame
+ * boundaries while the queue is full, so it is exceeded by at most one per
+ * connection); from this process (wire = false) a full queue refuses it: false. */
+bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
+                   uint32_t len, bool wire);
+bool bi_notif_full(bi_agent *a);
 void bi_notif_free_all(bi_agent *a);
 
 /* files.c: file helpers for the workers. */

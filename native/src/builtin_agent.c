@@ -100,7 +100,8 @@ static const kvp_engine_ops g_builtin_ops = {
 static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
     "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms",
-    "max_remotes", "page_grants", "max_grants", NULL,
+    "max_remotes", "page_grants", "max_grants", "max_read_queue", "max_inbound_conns",
+    "hello_timeout_ms", "max_notifs", "max_notif_bytes", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -130,6 +131,23 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "max_grants", 1, AP_GRANT_CAP_MAX, 65536, &x)) != KVP_SUCCESS)
         return st;
     a->max_grants = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_read_queue", 1, 1u << 24, 16384, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_read_queue = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_inbound_conns", 1, 65536, 256, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_inbound_conns = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "hello_timeout_ms", 1, 600000, a->connect_timeout_ms, &x)) !=
+        KVP_SUCCESS)
+        return st;
+    a->hello_timeout_ms = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_notifs", 1, 1u << 24, 65536, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_notifs = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_notif_bytes", 64u << 10, 1ull << 34, 64ull << 20, &x)) !=
+        KVP_SUCCESS)
+        return st;
+    a->max_notif_bytes = x;
     v = kvp_params_get(pp, "page_grants");
     if (v && *v) {
         if (strcmp(v, "on") == 0) a->page_grants = true;
@@ -174,8 +192,9 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
                            "unknown param \"%s\" for the builtin engine (known: listen_host, "
                            "listen_port, advertise_host, io_threads, connect_timeout_ms, "
                            "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes, "
-                           "page_grants, max_grants; prefix a key with BACKEND. to pass it to "
-                           "a backend)",
+                           "page_grants, max_grants, max_read_queue, max_inbound_conns, "
+                           "hello_timeout_ms, max_notifs, max_notif_bytes; prefix a key with "
+                           "BACKEND. to pass it to a backend)",
                            pp->v[i].key);
     }
     return KVP_SUCCESS;
@@ -448,6 +467,21 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
              (unsigned long long)atomic_load(&a->n_dereg_timeouts));
+    kvp_buf_put(out, line, strlen(line));
+    pthread_mutex_lock(&a->mu);
+    uint64_t nq = a->nq_count, nqb = a->nq_bytes;
+    uint32_t nin = a->n_inbound;
+    pthread_mutex_unlock(&a->mu);
+    snprintf(line, sizeof line,
+             "max_read_queue=%u\nread_queue_full=%llu\nmax_inbound_conns=%u\ninbound_conns=%u\n"
+             "conns_refused=%llu\nhello_timeout_ms=%u\nhello_timeouts=%llu\nmax_notifs=%u\n"
+             "max_notif_bytes=%llu\nnotifs_queued=%llu\nnotif_bytes_queued=%llu\n"
+             "notifs_refused=%llu\n",
+             a->max_read_queue, (unsigned long long)atomic_load(&a->n_read_queue_full),
+             a->max_inbound_conns, nin, (unsigned long long)atomic_load(&a->n_conns_refused),
+             a->hello_timeout_ms, (unsigned long long)atomic_load(&a->n_hello_timeouts),
+             a->max_notifs, (unsigned long long)a->max_notif_bytes, (unsigned long long)nq,
+             (unsigned long long)nqb, (unsigned long long)atomic_load(&a->n_notifs_refused));
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "page_grants=%s\nmax_grants=%u\ngrants=%llu\ngrants_refused=%llu\n",
              a->page_grants ? "on" : "off", a->max_grants,

@@ -88,6 +88,7 @@ void tcp_serve_put(bi_serve *s);
 typedef struct bi_batch {
     uint32_t left;
     bi_serve *serve;    /* ref */
+    struct bi_conn *conn; /* whose served_q counts its items */
     bi_txi items[];
 } bi_batch;
 
@@ -141,6 +142,12 @@ struct bi_conn {
     pthread_mutex_t tx_mu;
     bi_txi *th, *tt;
     bool out_armed;
+    /* Receiving paused (tx_mu): PAUSE_READQ while more than max_read_queue served
+     * pieces wait to be sent (a client that never reads stops being read), PAUSE_NOTIF
+     * while the notification queue is full. */
+    uint32_t rx_paused;
+    uint64_t served_q;   /* served READ pieces in the send queue (tx_mu) */
+    uint64_t hello_deadline_ns; /* inbound: closed when no HELLO came by then */
     kvp_stx *stx;        /* staging out of VRAM (tx_mu) */
     char stage_err[400]; /* why staging failed (the connection is then shut down) */
     atomic_bool dead;    /* closed: nothing is sent any more */
@@ -148,6 +155,10 @@ struct bi_conn {
     bool freed_pending;  /* progress thread: in the deferred list */
     struct bi_conn *next;
 };
+
+enum { PAUSE_READQ = 1, PAUSE_NOTIF = 2 };
+/* Recomputes the epoll events of c (EPOLLIN unless paused, EPOLLOUT when armed). tx_mu. */
+void tcp_conn_events_locked(bi_conn *c);
 
 /* tcp_conn.c */
 bi_conn *tcp_conn_new(bi_agent *a, int fd, bool inbound);
@@ -189,6 +200,9 @@ bool tcp_target_write_done(bi_conn *c, const char **why);
 /* Reads what is available. Returns false when the connection must close. */
 bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why);
 void tcp_sanitize_msg(const uint8_t *b, uint32_t n, char *out, size_t cap);
+
+/* tcp_progress.c: connections paused for a full notification queue read again. */
+void tcp_resume_notif_paused(bi_agent *a);
 
 /* tcp_listen.c */
 void tcp_accept_all(bi_agent *a);

@@ -154,6 +154,7 @@ void tcp_conn_fail(bi_conn *c, int32_t status, const char *why) {
     for (bi_conn **pp = &a->conns; *pp; pp = &(*pp)->next) {
         if (*pp == c) {
             *pp = c->next;
+            if (c->inbound && a->n_inbound > 0) a->n_inbound--;
             break;
         }
     }

@@ -31,12 +31,22 @@ void tcp_accept_all(bi_agent *a) {
             }
             return; /* EAGAIN (or nothing more can be done now) */
         }
+        /* Bounded: strangers cannot open connections without end. */
+        pthread_mutex_lock(&a->mu);
+        bool full = a->n_inbound >= a->max_inbound_conns;
+        pthread_mutex_unlock(&a->mu);
+        if (full) {
+            atomic_fetch_add(&a->n_conns_refused, 1);
+            kvp_close(fd);
+            continue;
+        }
         tcp_set_sockopts(fd);
         bi_conn *c = tcp_conn_new(a, fd, true);
         if (!c) {
             kvp_close(fd);
             continue;
         }
+        c->hello_deadline_ns = kvp_now_ns() + (uint64_t)a->hello_timeout_ms * 1000000ull;
         pthread_mutex_lock(&a->mu);
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &c->ev};
         if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
@@ -46,6 +56,7 @@ void tcp_accept_all(bi_agent *a) {
         }
         c->next = a->conns; /* the list's reference is the one from tcp_conn_new */
         a->conns = c;
+        a->n_inbound++;
         pthread_mutex_unlock(&a->mu);
     }
 }

@@ -219,6 +219,33 @@ static void rx_unlock(bi_agent *a) {
     pthread_rwlock_unlock(&a->reg_rw);
 }
 
+/* Backpressure at a frame boundary of an inbound connection: no new frame is read while
+ * its served READ pieces wait in the send queue beyond max_read_queue (a client that
+ * never reads cannot grow us), or while the notification queue is full. */
+static bool rx_should_pause(bi_conn *c) {
+    bi_agent *a = c->a;
+    uint32_t why = 0;
+    pthread_mutex_lock(&c->tx_mu);
+    if (c->served_q >= a->max_read_queue) why |= PAUSE_READQ;
+    pthread_mutex_unlock(&c->tx_mu);
+    if (bi_notif_full(a)) why |= PAUSE_NOTIF;
+    if (!why) return false;
+    pthread_mutex_lock(&c->tx_mu);
+    if ((why & PAUSE_READQ) && !(c->rx_paused & PAUSE_READQ))
+        atomic_fetch_add(&a->n_read_queue_full, 1);
+    c->rx_paused |= why;
+    tcp_conn_events_locked(c);
+    pthread_mutex_unlock(&c->tx_mu);
+    if (why & PAUSE_NOTIF) {
+        pthread_mutex_lock(&a->mu);
+        a->notif_paused = true; /* kvp_notif_take wakes the progress thread to resume */
+        pthread_mutex_unlock(&a->mu);
+        /* It may have drained meanwhile: check once more, so no pause outlives it. */
+        if (!bi_notif_full(a)) tcp_resume_notif_paused(a);
+    }
+    return true;
+}
+
 /* Reads what is available. Returns false when the connection must close. */
 bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why) {
     bi_agent *a = c->a;
@@ -226,6 +253,7 @@ bool tcp_conn_rx(bi_conn *c, uint8_t *scratch, int32_t *status, const char **why
     *status = KVP_ERR_REMOTE_DISCONNECT;
     while (budget > 0) {
         ssize_t n;
+        if (c->inbound && c->rx == RX_HDR && c->hgot == 0 && rx_should_pause(c)) return true;
         if (c->rx == RX_HDR) {
             n = recv(c->fd, c->hdr + c->hgot, W_HDR - c->hgot, 0);
         } else if (c->rx == RX_BODY) {

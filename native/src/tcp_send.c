@@ -24,6 +24,7 @@ void tcp_txi_dispose(bi_txi *t) {
     }
     if (t->batch) {
         bi_batch *b = t->batch;
+        if (b->conn && b->conn->served_q > 0) b->conn->served_q--;
         if (--b->left == 0) {
             tcp_serve_put(b->serve);
             free(b);
@@ -53,10 +54,25 @@ static bool end_build(bi_conn *c, bi_txi *t) {
     return true;
 }
 
+void tcp_conn_events_locked(bi_conn *c) {
+    if (c->fd < 0 || atomic_load(&c->dead)) return;
+    struct epoll_event ev = {.events = (c->rx_paused ? 0 : EPOLLIN) | (c->out_armed ? EPOLLOUT : 0),
+                             .data.ptr = &c->ev};
+    (void)epoll_ctl(c->a->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
 static void arm_out(bi_conn *c, bool on) {
     if (c->out_armed == on) return;
-    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = &c->ev};
-    if (epoll_ctl(c->a->epfd, EPOLL_CTL_MOD, c->fd, &ev) == 0) c->out_armed = on;
+    c->out_armed = on;
+    tcp_conn_events_locked(c);
+}
+
+/* Served pieces went out: a client paused for its queue is read again at half. */
+static void readq_drained(bi_conn *c) {
+    if ((c->rx_paused & PAUSE_READQ) && c->served_q <= c->a->max_read_queue / 2) {
+        c->rx_paused &= ~(uint32_t)PAUSE_READQ;
+        tcp_conn_events_locked(c);
+    }
 }
 
 /* Served payloads (target READ): make sure the range is still registered; otherwise the
@@ -229,6 +245,7 @@ void tcp_tx_flush_locked(bi_conn *c) {
             tcp_txi_dispose(t);
         }
     }
+    if (c->rx_paused & PAUSE_READQ) readq_drained(c);
     if (!c->th && c->fd >= 0 && !atomic_load(&c->dead)) arm_out(c, false);
 }
 

@@ -186,6 +186,7 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
             }
             bt->left = cnt;
             bt->serve = c->serve;
+            bt->conn = c;
             atomic_fetch_add(&c->serve->refs, 1);
         }
         for (uint32_t i = 0; i < cnt; i++) {
@@ -235,13 +236,14 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
             return false;
         }
         for (uint32_t i = 0; i < cnt; i++) tcp_tx_append_locked(c, &bt->items[i]);
+        c->served_q += cnt;
         if (end) tcp_tx_append_locked(c, end);
         tcp_tx_flush_locked(c);
         pthread_mutex_unlock(&c->tx_mu);
         return true;
     }
     case W_NOTIF:
-        bi_notif_push(a, c->peer, c->peer_len, b, h->body_len);
+        (void)bi_notif_push(a, c->peer, c->peer_len, b, h->body_len, true);
         return true;
     case W_PROVE: {
         /* Locality challenge: answer with the keyed hash under our page's secret (never

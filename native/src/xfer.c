@@ -545,8 +545,15 @@ void bi_req_complete(bi_req *r, uint64_t post_id) {
     }
     if (r->notif_len > 0) {
         if (!r->remote) {
-            bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), r->notif,
-                          r->notif_len);
+            if (!bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), r->notif,
+                               r->notif_len, false)) {
+                snprintf(msg, sizeof msg,
+                         "the data landed but the notification queue of agent %s is full "
+                         "(max_notifs=%u): take notifications",
+                         a->base.name, a->max_notifs);
+                bi_req_finish(r, post_id, KVP_ERR_BACKEND, msg);
+                return;
+            }
         } else {
             pthread_mutex_lock(&a->mu);
             bi_conn *c = r->conn;

@@ -186,7 +186,7 @@ static void bw_case(const char *name, const char *backends, const char *params, 
     }
     double dt = now() - t0;
     double gbps = (double)size * reps / dt / 1e9;
-    char info[2048];
+    char info[8192];
     uint64_t il;
     kvp_agent_info(a, (uint8_t *)info, sizeof info - 1, &il);
     info[il] = 0;
