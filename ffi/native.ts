@@ -98,6 +98,35 @@ export function text(bytes: Uint8Array): string {
 let errorBuf = new Uint8Array(1024);
 
 /**
+ * Room for the message a wait (`kvp_xfer_wait`, `kvp_notif_wait`) hands back with the
+ * call: `(msg, cap, msg_len)`. One per call in flight, since Deno runs those waits on a
+ * thread of its pool, whose last error the JavaScript thread cannot read.
+ *
+ * @example
+ * ```ts
+ * import { CallMessage } from "./native.ts";
+ * const m = new CallMessage();
+ * // lib.nonblocking.kvp_xfer_wait(agent, req, 1000n, m.buf, m.cap, m.len)
+ * console.log(m.text()); // "" until a call failed
+ * ```
+ */
+export class CallMessage {
+  /** The message bytes (NUL-terminated, truncated). */
+  readonly buf: Uint8Array<ArrayBuffer> = new Uint8Array(1024);
+  /** The message's full length. */
+  readonly len: BigUint64Array<ArrayBuffer> = new BigUint64Array(1);
+  /** `buf`'s size, as the C side takes it. */
+  get cap(): bigint {
+    return BigInt(this.buf.length);
+  }
+  /** The message of the last call that used this room ("" when it did not fail). */
+  text(): string {
+    const n = Math.min(Number(this.len[0]), this.buf.length - 1);
+    return decoder.decode(this.buf.subarray(0, n));
+  }
+}
+
+/**
  * The calling thread's last error message of the shim (`kvp_last_error`), `""` when there
  * is none.
  *

@@ -34,7 +34,7 @@ export interface SymbolDef {
 }
 
 /**
- * Every C function of kvport.h (ABI version 1). `blocking` marks the calls that wait
+ * Every C function of kvport.h (ABI version 2). `blocking` marks the calls that wait
  * with a timeout; Deno also binds them `nonblocking: true` (see {@link toDenoSymbols}).
  *
  * @example
@@ -318,12 +318,16 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** Blocks up to timeout_ms: KVP_SUCCESS, the error, or KVP_IN_PROG on timeout. */
+  /** Blocks up to timeout_ms: KVP_SUCCESS, the error, or KVP_IN_PROG on timeout; the
+   * message of a failure comes back with the call (it may run on another thread). */
   kvp_xfer_wait: {
     parameters: [
       "u64", // uint64_t agent
       "u64", // uint64_t req
       "i64", // int64_t timeout_ms
+      "buffer", // uint8_t *msg
+      "u64", // uint64_t cap
+      "buffer", // uint64_t *msg_len
     ],
     result: "i32",
     blocking: true,
@@ -370,39 +374,71 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
-  /** Blocks up to timeout_ms until a notification is queued (KVP_IN_PROG on timeout). */
+  /** Blocks up to timeout_ms until a notification is queued (KVP_IN_PROG on timeout); the
+   * message of a failure comes back with the call. */
   kvp_notif_wait: {
     parameters: [
       "u64", // uint64_t agent
       "i64", // int64_t timeout_ms
+      "buffer", // uint8_t *msg
+      "u64", // uint64_t cap
+      "buffer", // uint64_t *msg_len
     ],
     result: "i32",
     blocking: true,
   },
 
+  // ------------------------------------------------------------------- grants
+  /** Grants a loaded remote agent READ (1) and/or WRITE (2) of count ranges of registered
+   * memory, for expires_ms (0: until revoked); needs the agent param page_grants=on. */
+  kvp_grant: {
+    parameters: [
+      "u64", // uint64_t agent
+      "buffer", // const char *remote
+      "i32", // int32_t mem_type
+      "buffer", // const uint64_t *addrs
+      "buffer", // const uint64_t *lens
+      "buffer", // const uint64_t *devs
+      "u64", // uint64_t count
+      "u32", // uint32_t access
+      "i64", // int64_t expires_ms
+      "buffer", // uint64_t *out_grant
+    ],
+    result: "i32",
+  },
+  /** Revokes a grant; no byte lands in or leaves its ranges once it returns (TCP). */
+  kvp_revoke: {
+    parameters: [
+      "u64", // uint64_t agent
+      "u64", // uint64_t grant
+    ],
+    result: "i32",
+  },
+
   // -------------------------------------------------------------------- files
-  /** Opens a file for FILE registration (flags KVP_FILE_*; size > 0 grows it). */
+  /** Opens a file for FILE registration as a handle, with its fd (flags KVP_FILE_*). */
   kvp_file_open: {
     parameters: [
       "buffer", // const char *path
       "u32", // uint32_t flags
       "u64", // uint64_t size
+      "buffer", // uint64_t *out_file
       "buffer", // int32_t *out_fd
       "buffer", // int32_t *out_direct
     ],
     result: "i32",
   },
-  /** fdatasync of an fd from kvp_file_open. */
+  /** fdatasync of a file from kvp_file_open. */
   kvp_file_sync: {
     parameters: [
-      "i32", // int32_t fd
+      "u64", // uint64_t file
     ],
     result: "i32",
   },
-  /** Closes an fd from kvp_file_open. */
+  /** Closes a file from kvp_file_open (refused while registered). */
   kvp_file_close: {
     parameters: [
-      "i32", // int32_t fd
+      "u64", // uint64_t file
     ],
     result: "i32",
   },

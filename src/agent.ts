@@ -30,6 +30,7 @@
 import type { NativeLib } from "../ffi/mod.ts";
 import { currentRuntime, runtimeVersion } from "../ffi/mod.ts";
 import {
+  CallMessage,
   check,
   cString,
   lastError,
@@ -120,7 +121,7 @@ export interface MemoryRegion {
 
 /** A file region to register (FILE): an open fd, an offset and a length (0: to EOF). */
 export interface FileRegion {
-  /** An open file descriptor (e.g. from `kvp_file_open`). */
+  /** The descriptor of a file from `openFile` (`kvp_file_open`: other descriptors are refused). */
   fd: number;
   /** Offset in bytes (default 0). */
   offset?: bigint | number;
@@ -669,12 +670,12 @@ export class NixlAgent {
    */
   invalidateRemoteAgent(name: string): void {
     const h = this.#native("invalidateRemoteAgent");
-    check(
-      this.#lib,
-      this.#lib.symbols.kvp_invalidate_remote(h, cString(name, "remote name")),
-      "kvp_invalidate_remote",
-      `forgetting peer "${name}"`,
-    );
+    const status = this.#lib.symbols.kvp_invalidate_remote(h, cString(name, "remote name"));
+    // The builtin engine releases on its own a peer that exited once nothing refers to
+    // it: forgetting it then is done already.
+    if (status !== Status.ERR_NOT_FOUND || !this.#remotes.has(name)) {
+      check(this.#lib, status, "kvp_invalidate_remote", `forgetting peer "${name}"`);
+    }
     this.#remotes.delete(name);
     this.#names.delete(name);
   }
@@ -986,6 +987,7 @@ export class NixlAgent {
     const nb = lib.nonblocking;
     const signal = options.signal;
     let pending: Notification[] = [];
+    const call = new CallMessage(); // the native wait's message, handed back with the call
     const status = await waitStatus(
       () => {
         if (this.#closed) return Status.ERR_CANCELED;
@@ -993,7 +995,10 @@ export class NixlAgent {
         return pending.length > 0 ? Status.SUCCESS : Status.IN_PROG;
       },
       // Slices of at most 250 ms, so that an abort is seen without waking the thread.
-      nb && ((ms) => this.#core.track(nb.kvp_notif_wait(h, BigInt(Math.min(ms, 250))))),
+      nb && ((ms) =>
+        this.#core.track(
+          nb.kvp_notif_wait(h, BigInt(Math.min(ms, 250)), call.buf, call.cap, call.len),
+        )),
       timeoutMs,
       () => this.#closed || signal?.aborted === true,
       0, // no spinning: notifications are not expected within microseconds
@@ -1001,7 +1006,8 @@ export class NixlAgent {
     if (pending.length > 0) return pending;
     if (status === Status.SUCCESS && !this.#closed) return this.takeNotifications();
     if (status < 0 && status !== Status.ERR_CANCELED) {
-      throw new NixlError(status, "kvp_notif_wait", lastError(lib));
+      // Only the native wait returns an error here; it ran on another thread.
+      throw new NixlError(status, "kvp_notif_wait", call.text());
     }
     return [];
   }

@@ -155,7 +155,7 @@ test("close() waits for pending nonblocking calls", {
     assert.notEqual(own, lib);
     const agent = createAgent(own, `ffi-close-${Date.now()}`);
     const t0 = performance.now();
-    const waiting = own.nonblocking!.kvp_notif_wait(agent, 10_000n);
+    const waiting = own.nonblocking!.kvp_notif_wait(agent, 10_000n, null, 0n, null);
     assert.equal(own.pendingCalls, 1);
     // The agent goes first (its threads run the library's code); destroying it wakes
     // the wait with NIXL_ERR_CANCELED.

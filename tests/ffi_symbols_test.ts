@@ -98,7 +98,10 @@ test("Deno form: buffers stay buffers, blocking waits get nonblocking twins", ()
 
 test("Bun form: buffers become ptr, cstring results stay cstring", () => {
   const b = toBunSymbols();
-  assert.deepEqual(b.kvp_xfer_wait, { args: ["u64", "u64", "i64"], returns: "i32" });
+  assert.deepEqual(b.kvp_xfer_wait, {
+    args: ["u64", "u64", "i64", "ptr", "u64", "ptr"],
+    returns: "i32",
+  });
   assert.deepEqual(b.kvp_last_error, { args: ["ptr", "u64"], returns: "u64" });
   assert.equal(b.kvp_status_name.returns, "cstring");
   assert.equal(Object.keys(b).length, Object.keys(SYMBOLS).length);

@@ -128,12 +128,13 @@ describe("FILE <-> VRAM within one agent (staged)", { skip: fileSkip }, () => {
       direct: true,
       size: SIZE,
     });
+    let fileReg: { deregister(): void } | undefined;
     try {
       const a = agent.allocate(SIZE, { device: "cuda:0" });
       const b = agent.allocate(SIZE, { device: "cuda:0" });
       agent.registerMemory(a);
       agent.registerMemory(b);
-      agent.registerMemory([{ fd: file.fd, offset: 0, length: SIZE }]);
+      fileReg = agent.registerMemory([{ fd: file.fd, offset: 0, length: SIZE }]);
       const data = new Uint8Array(SIZE);
       fillRandom(data);
       a.copyFrom(data);
@@ -145,6 +146,7 @@ describe("FILE <-> VRAM within one agent (staged)", { skip: fileSkip }, () => {
       assert.equal(b.checksum(), a.checksum());
       assert.equal(counter(agent, "posts_staged"), 2);
     } finally {
+      fileReg?.deregister(); // a registered file cannot be closed
       closeFile(agent, file);
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -15,9 +15,12 @@
  *  - blobs and strings out use the "sized out" convention: (uint8_t *buf, uint64_t cap,
  *    uint64_t *len). *len always receives the full size; the bytes are copied only when
  *    cap >= *len (no NUL is written). A caller with too small a buffer retries with *len.
- *  - after a failing call, kvp_last_error() gives the calling thread's message. Calls
- *    that may run on another thread (kvp_xfer_wait) keep their message on the object:
- *    read it with kvp_xfer_message().
+ *  - after a failing call, kvp_last_error() gives the calling thread's message. The
+ *    waits (kvp_xfer_wait, kvp_notif_wait), which a runtime may run on a thread of its
+ *    own, also hand their message back with the call: (msg, cap, msg_len), msg
+ *    NUL-terminated and truncated to cap - 1 bytes, *msg_len its full length (0 when
+ *    the call did not fail); msg may be NULL. A request's own failure is also kept on
+ *    it: kvp_xfer_message().
  *  - every blocking function takes a timeout in milliseconds; none blocks forever.
  */
 #ifndef KVPORT_H
@@ -30,7 +33,7 @@ extern "C" {
 #endif
 
 /** Bumped on any incompatible change of this header. */
-#define KVP_ABI_VERSION 1
+#define KVP_ABI_VERSION 2
 
 /* Status codes: the values of NIXL's nixl_status_t. */
 #define KVP_IN_PROG 1
@@ -98,6 +101,9 @@ int32_t kvp_mem_alloc(int32_t mem_type, int32_t dev, uint64_t size, uint64_t *ou
                               O_DIRECT and copies are faster on huge pages where shared
                               memory gets none). Same-host peers still reach it, through
                               cross-memory attach instead of a shared mapping. */
+#define KVP_DRAM_SPARSE 2  /* not pre-faulted: pages are allocated when first touched (a
+                              large receive buffer that is filled over time, or a
+                              benchmark of peers' footprints) */
 
 /** Frees memory from kvp_mem_alloc. Unknown addresses: KVP_ERR_NOT_FOUND. */
 int32_t kvp_mem_free(uint64_t addr);
@@ -121,9 +127,10 @@ int32_t kvp_mem_checksum(int32_t mem_type, int32_t dev, uint64_t addr, uint64_t 
  *            hosts: TCP), TCP (always TCP) and POSIX (files); anything else is
  *            KVP_ERR_NOT_SUPPORTED naming the engine that would serve it.
  *  params:   "key=value" lines ("" or NULL for none). Builtin keys: listen_host
- *            (default 0.0.0.0), listen_port (0 = ephemeral), advertise_host (address put
- *            in metadata; default the first non-loopback IPv4, else 127.0.0.1),
- *            io_threads. "BACKEND.key=value" lines go to that backend. */
+ *            (default 127.0.0.1; 0.0.0.0 only when asked), listen_port (0 = ephemeral),
+ *            advertise_host (address put in metadata; default listen_host when specific,
+ *            else the first non-loopback IPv4, else 127.0.0.1), io_threads, and the
+ *            limits of native/README.md. "BACKEND.key=value" lines go to that backend. */
 int32_t kvp_agent_create(const char *name, const char *engine, const char *backends,
                          const char *params, uint64_t *out_agent);
 
@@ -213,8 +220,9 @@ int32_t kvp_xfer_status(uint64_t agent, uint64_t req);
 
 /** Blocks up to timeout_ms (>= 0) for the request to finish: KVP_SUCCESS, its error, or
  *  KVP_IN_PROG when the time ran out. KVP_ERR_CANCELED when the request or agent is
- *  released meanwhile. */
-int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms);
+ *  released meanwhile. The message of a failure comes back in msg (see the rules). */
+int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms, uint8_t *msg,
+                      uint64_t cap, uint64_t *msg_len);
 
 /** The message of a failed request (sized out; empty when none). */
 int32_t kvp_xfer_message(uint64_t agent, uint64_t req, uint8_t *buf, uint64_t cap,
@@ -237,8 +245,43 @@ int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len
                        uint64_t *count);
 
 /** Blocks up to timeout_ms until at least one notification is queued: KVP_SUCCESS, or
- *  KVP_IN_PROG when the time ran out, KVP_ERR_CANCELED when the agent is destroyed. */
-int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms);
+ *  KVP_IN_PROG when the time ran out, KVP_ERR_CANCELED when the agent is destroyed. The
+ *  message of a failure comes back in msg (see the rules). */
+int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
+                       uint64_t *msg_len);
+
+/* ----------------------------------------------------------------- grants ---- */
+
+/* Access of kvp_grant. */
+#define KVP_GRANT_READ 1u  /* the peer may READ the ranges */
+#define KVP_GRANT_WRITE 2u /* the peer may WRITE into them */
+
+/** Page grants: with the agent param page_grants=on (off by default, so that agents
+ *  that never grant keep working), a remote agent may WRITE or READ only the ranges
+ *  granted to it, until revoked or expired; anything else fails that request with
+ *  KVP_ERR_NOT_ALLOWED and a message naming the agent, address and length (the
+ *  connection and other peers go on). Checked in C when each piece is served, on every
+ *  path: TCP target (WRITE frames, READ_REQ pieces, and again while their bytes move
+ *  once a grant changed), same-process peers (under the target's lock), same-host
+ *  peers (the initiator's engine checks the grants the target publishes in its agent
+ *  page, at every post).
+ *
+ *  Grants count: count ranges (mem_type DRAM or VRAM; dev: CUDA ordinal for VRAM, NULL
+ *  devs = 0) inside this agent's registered memory, for the loaded remote agent named
+ *  remote (bound to its token: a restarted peer needs new grants), with access
+ *  KVP_GRANT_READ | KVP_GRANT_WRITE, for expires_ms milliseconds (0: until revoked).
+ *  One handle covers them all. A grant dies with the registration it lies in. At most
+ *  max_grants ranges (agent param, default 65536) are held: beyond, KVP_ERR_NOT_ALLOWED.
+ *  An agent without page_grants=on: KVP_ERR_INVALID_PARAM. The nixl engine enforces no
+ *  grants: KVP_ERR_NOT_SUPPORTED (and kvp_agent_info says page_grants=unsupported). */
+int32_t kvp_grant(uint64_t agent, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                  const uint64_t *lens, const uint64_t *devs, uint64_t count, uint32_t access,
+                  int64_t expires_ms, uint64_t *out_grant);
+
+/** Revokes a grant: once this returns, no byte lands in or leaves its ranges over TCP
+ *  or from a peer of this process; a same-host peer's post that started before it may
+ *  finish (one post). A second revoke: KVP_ERR_NOT_FOUND. */
+int32_t kvp_revoke(uint64_t agent, uint64_t grant);
 
 /* ------------------------------------------------------------------ files ---- */
 
@@ -248,17 +291,22 @@ int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms);
                               opened without it and *out_direct is 0 */
 #define KVP_FILE_TRUNCATE 4u
 
-/** Opens a file for FILE registration (addr = offset, dev = fd). size > 0 makes the file
- *  at least that long (fallocate, else ftruncate). ENOSPC/EACCES and the like are
- *  KVP_ERR_BACKEND with the path and the system's reason in the last error. */
-int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, int32_t *out_fd,
-                      int32_t *out_direct);
+/** Opens a file for FILE registration and returns it as a handle (*out_file) with its
+ *  descriptor (*out_fd: the dev of FILE regions and descriptors; addr = offset) and
+ *  whether it has O_DIRECT. size > 0 makes the file at least that long (fallocate, else
+ *  ftruncate). ENOSPC/EACCES and the like are KVP_ERR_BACKEND with the path and the
+ *  system's reason in the last error. FILE registrations accept only descriptors opened
+ *  here: the file stays open until kvp_file_close, so no transfer can reach a
+ *  descriptor that was closed and reused. */
+int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, uint64_t *out_file,
+                      int32_t *out_fd, int32_t *out_direct);
 
-/** fdatasync of an fd from kvp_file_open. */
-int32_t kvp_file_sync(int32_t fd);
+/** fdatasync of a file from kvp_file_open. */
+int32_t kvp_file_sync(uint64_t file);
 
-/** Closes an fd from kvp_file_open. */
-int32_t kvp_file_close(int32_t fd);
+/** Closes a file from kvp_file_open. While a registration (of any agent) uses it:
+ *  KVP_ERR_NOT_ALLOWED (deregister first); a second close: KVP_ERR_NOT_FOUND. */
+int32_t kvp_file_close(uint64_t file);
 
 #ifdef __cplusplus
 }

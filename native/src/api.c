@@ -7,6 +7,7 @@
 #include "engine.h"
 #include "engine_nixl_glue.h"
 #include "errors.h"
+#include "files.h"
 #include "metadata.h"
 
 /* ------------------------------------------------------------------ engines ---- */
@@ -234,6 +235,36 @@ KVP_API int32_t kvp_agent_create(const char *name, const char *engine, const cha
     return KVP_SUCCESS;
 }
 
+/* FILE registrations pin their files (files.c) until deregistered, whatever the engine:
+ * one record per registration handle. */
+typedef struct file_pins {
+    uint64_t agent; /* its handle (never reused, unlike its address) */
+    uint64_t reg;
+    uint64_t n;
+    uint64_t *fds;
+    struct file_pins *next;
+} file_pins;
+static pthread_mutex_t g_pins_mu = PTHREAD_MUTEX_INITIALIZER;
+static file_pins *g_pins;
+
+/* Unpins the files of one registration (reg != 0) or of every registration of the
+ * agent (reg == 0). */
+static void pins_drop(uint64_t a, uint64_t reg) {
+    pthread_mutex_lock(&g_pins_mu);
+    for (file_pins **pp = &g_pins; *pp;) {
+        file_pins *p = *pp;
+        if (p->agent == a && (reg == 0 || p->reg == reg)) {
+            *pp = p->next;
+            kvp_files_unpin(p->fds, p->n);
+            free(p->fds);
+            free(p);
+        } else {
+            pp = &p->next;
+        }
+    }
+    pthread_mutex_unlock(&g_pins_mu);
+}
+
 KVP_API int32_t kvp_agent_destroy(uint64_t h) {
     kvp_err_clear();
     kvp_agent *a = (kvp_agent *)kvp_handle_take(h, KVP_H_AGENT);
@@ -245,6 +276,7 @@ KVP_API int32_t kvp_agent_destroy(uint64_t h) {
     while (!a->gone) pthread_cond_wait(&a->life_cv, &a->life_mu);
     pthread_mutex_unlock(&a->life_mu);
     a->ops->destroy(a);
+    pins_drop(h, 0); /* its registrations are gone with it */
     return KVP_SUCCESS;
 }
 
@@ -276,6 +308,11 @@ static int32_t buf_out(int32_t st, kvp_buf *b, uint8_t *buf, uint64_t cap, uint6
 static int32_t do_info(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {
     kvp_buf b = {0};
     int32_t st = a->ops->info(a, &b);
+    if (st == KVP_SUCCESS && !a->ops->grant) {
+        /* Said plainly: this engine lets a peer reach whole registrations. */
+        static const char pg[] = "page_grants=unsupported\n";
+        kvp_buf_put(&b, pg, sizeof pg - 1);
+    }
     if (st == KVP_SUCCESS && a->note[0]) {
         kvp_buf_put(&b, "engine_note=", 12);
         for (const char *c = a->note; *c; c++) kvp_buf_u8(&b, *c == '\n' ? ' ' : (uint8_t)*c);
@@ -287,7 +324,7 @@ KVP_API int32_t kvp_agent_info(uint64_t agent, uint8_t *buf, uint64_t cap, uint6
     WITH_AGENT(agent, do_info(a, buf, cap, len));
 }
 
-static int32_t do_register(kvp_agent *a, int32_t mem_type, const uint64_t *addrs,
+static int32_t do_register(kvp_agent *a, uint64_t ah, int32_t mem_type, const uint64_t *addrs,
                            const uint64_t *lens, const uint64_t *devs, uint64_t count,
                            const char *meta, uint64_t *out_reg) {
     if (!out_reg) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: out_reg is NULL");
@@ -299,16 +336,52 @@ static int32_t do_register(kvp_agent *a, int32_t mem_type, const uint64_t *addrs
         return kvp_err(KVP_ERR_INVALID_PARAM,
                        "kvp_register: memory type %d is not one of DRAM=0 VRAM=1 BLK=2 OBJ=3 "
                        "FILE=4", mem_type);
-    return a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+    if (mem_type != KVP_FILE) return a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+    if (!devs) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_register: FILE needs devs (the fds)");
+    file_pins *p = calloc(1, sizeof *p);
+    uint64_t *fds = p ? malloc((size_t)count * sizeof *fds) : NULL;
+    if (!p || !fds) {
+        free(p);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    }
+    memcpy(fds, devs, (size_t)count * sizeof *fds);
+    int32_t st = kvp_files_pin(fds, count);
+    if (st == KVP_SUCCESS) st = a->ops->reg(a, mem_type, addrs, lens, devs, count, meta, out_reg);
+    else {
+        free(fds);
+        free(p);
+        return st;
+    }
+    if (st != KVP_SUCCESS) {
+        kvp_files_unpin(fds, count);
+        free(fds);
+        free(p);
+        return st;
+    }
+    p->agent = ah;
+    p->reg = *out_reg;
+    p->n = count;
+    p->fds = fds;
+    pthread_mutex_lock(&g_pins_mu);
+    p->next = g_pins;
+    g_pins = p;
+    pthread_mutex_unlock(&g_pins_mu);
+    return KVP_SUCCESS;
+}
+
+static int32_t do_deregister(kvp_agent *a, uint64_t ah, uint64_t reg) {
+    int32_t st = a->ops->dereg(a, reg);
+    if (st == KVP_SUCCESS) pins_drop(ah, reg);
+    return st;
 }
 KVP_API int32_t kvp_register(uint64_t agent, int32_t mem_type, const uint64_t *addrs,
                              const uint64_t *lens, const uint64_t *devs, uint64_t count,
                              const char *meta, uint64_t *out_reg) {
-    WITH_AGENT(agent, do_register(a, mem_type, addrs, lens, devs, count, meta, out_reg));
+    WITH_AGENT(agent, do_register(a, agent, mem_type, addrs, lens, devs, count, meta, out_reg));
 }
 
 KVP_API int32_t kvp_deregister(uint64_t agent, uint64_t reg) {
-    WITH_AGENT(agent, a->ops->dereg(a, reg));
+    WITH_AGENT(agent, do_deregister(a, agent, reg));
 }
 
 static int32_t do_md(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len) {
@@ -399,12 +472,30 @@ KVP_API int32_t kvp_xfer_status(uint64_t agent, uint64_t req) {
     WITH_AGENT(agent, a->ops->xfer_status(a, req));
 }
 
-KVP_API int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms) {
+/* The message of a call's result, handed to the caller with the call: waits may run on
+ * a thread (Deno's pool) whose thread-local last error nobody else can read. */
+static int32_t msg_out(int32_t st, uint8_t *msg, uint64_t cap, uint64_t *msg_len) {
+    const char *t = st < 0 ? kvp_err_text() : "";
+    size_t n = strlen(t);
+    if (msg_len) *msg_len = n;
+    if (msg && cap > 0) {
+        size_t c = n < cap - 1 ? n : (size_t)(cap - 1);
+        memcpy(msg, t, c);
+        msg[c] = '\0';
+    }
+    return st;
+}
+
+static int32_t xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms) {
     WITH_AGENT(agent, timeout_ms < 0
                           ? kvp_err(KVP_ERR_INVALID_PARAM,
                                     "kvp_xfer_wait: timeout_ms must be >= 0, got %lld",
                                     (long long)timeout_ms)
                           : a->ops->xfer_wait(a, req, timeout_ms));
+}
+KVP_API int32_t kvp_xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms, uint8_t *msg,
+                              uint64_t cap, uint64_t *msg_len) {
+    return msg_out(xfer_wait(agent, req, timeout_ms), msg, cap, msg_len);
 }
 
 static int32_t do_msg(kvp_agent *a, uint64_t req, uint8_t *buf, uint64_t cap, uint64_t *len) {
@@ -450,10 +541,60 @@ KVP_API int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint6
     WITH_AGENT(agent, do_take(a, buf, cap, len, count));
 }
 
-KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms) {
+static int32_t notif_wait(uint64_t agent, int64_t timeout_ms) {
     WITH_AGENT(agent, timeout_ms < 0
                           ? kvp_err(KVP_ERR_INVALID_PARAM,
                                     "kvp_notif_wait: timeout_ms must be >= 0, got %lld",
                                     (long long)timeout_ms)
                           : a->ops->notif_wait(a, timeout_ms));
+}
+static int32_t do_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                        const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                        uint32_t access, int64_t expires_ms, uint64_t *out) {
+    if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: out_grant is NULL");
+    *out = 0;
+    if (!a->ops->grant)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "kvp_grant: the %s engine enforces no page grants (a peer reaches whole "
+                       "registrations, as NIXL's memory keys do); use the builtin engine",
+                       a->ops->name);
+    if (!remote || !*remote)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: remote name is empty");
+    if (count == 0 || !addrs || !lens)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant: %llu ranges (addrs and lens must not be NULL, count >= 1)",
+                       (unsigned long long)count);
+    if (count > (1u << 20))
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: %llu ranges in one call is too many",
+                       (unsigned long long)count);
+    if (access == 0 || (access & ~(KVP_GRANT_READ | KVP_GRANT_WRITE)))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant: access 0x%x is not READ (1), WRITE (2) or both", access);
+    if (expires_ms < 0)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant: expires_ms must be >= 0 (0: until revoked), got %lld",
+                       (long long)expires_ms);
+    return a->ops->grant(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms, out);
+}
+KVP_API int32_t kvp_grant(uint64_t agent, const char *remote, int32_t mem_type,
+                          const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                          uint64_t count, uint32_t access, int64_t expires_ms,
+                          uint64_t *out_grant) {
+    WITH_AGENT(agent, do_grant(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms,
+                               out_grant));
+}
+
+static int32_t do_revoke(kvp_agent *a, uint64_t grant) {
+    if (!a->ops->revoke)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED, "kvp_revoke: the %s engine has no page grants",
+                       a->ops->name);
+    return a->ops->revoke(a, grant);
+}
+KVP_API int32_t kvp_revoke(uint64_t agent, uint64_t grant) {
+    WITH_AGENT(agent, do_revoke(a, grant));
+}
+
+KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
+                               uint64_t *msg_len) {
+    return msg_out(notif_wait(agent, timeout_ms), msg, cap, msg_len);
 }

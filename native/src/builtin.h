@@ -12,6 +12,10 @@
  * Locks, in the order they may be taken:
  *   a->mu (agent state, requests, remotes, notif queue)
  *     -> c->tx_mu (a connection's send queue)   -> a->reg_rw (read side)
+ *   (kvp_xfer_post queues TCP frames after leaving a->mu, since sending VRAM waits for
+ *   staging copies under tx_mu; r->tcp_posting makes cancels and re-posts wait.)
+ *   rm->map_mu (a remote's mappings, agent page snapshot) is taken without a->mu held,
+ *   and takes nothing else.
  *   c->rx_mu (initiator pending requests of a connection) is never held while taking
  *   a->mu or tx_mu; pool->mu is never held while taking anything else.
  * a->reg_rw protects the local region index: the target side holds it for reading
@@ -23,6 +27,7 @@
 
 #include <sys/uio.h>
 
+#include "agent_page.h"
 #include "common.h"
 #include "engine.h"
 #include "hostid.h"
@@ -57,7 +62,9 @@ void bi_index_free(bi_index *ix);
 const kvp_md_region *bi_index_find(const bi_index *ix, int32_t mem_type, uint64_t dev,
                                    uint64_t addr, uint64_t len);
 
-/* One kvp_register call. */
+/* One kvp_register call. Prepared lists and requests keep a reference to each
+ * registration their local descriptors lie in, and check it at every post: a list
+ * prepared before a deregistration can never reach the memory afterwards. */
 typedef struct bi_reg {
     kvp_obj obj;
     bi_agent *a;
@@ -66,6 +73,9 @@ typedef struct bi_reg {
     uint64_t n;
     kvp_md_region *r;   /* local regions, metadata form (memfd/IPC info filled in) */
     bool *file_direct;  /* FILE: the fd has O_DIRECT */
+    int32_t *slot;      /* each region's slot in the agent page, -1 when not published */
+    uint64_t gen;       /* registration generation (a->reg_gen; never reused) */
+    bool dying;         /* kvp_deregister started (a->mu): no new post may use it */
     bool dead;          /* deregistered (under a->mu) */
     struct bi_reg *next;
 } bi_reg;
@@ -97,24 +107,54 @@ typedef struct bi_map {
     uint64_t size;
 } bi_map;
 
+/* What a peer's agent page said last (rm->map_mu): its live regions, indexed. */
+typedef struct bi_snap {
+    uint64_t seq;        /* the page's reg_seq of this snapshot */
+    uint64_t n;
+    kvp_md_region *r;    /* owner = slot index + 1 */
+    uint64_t *gen;
+    bi_index idx;
+} bi_snap;
+
 struct bi_remote {
     bi_ev ev;            /* EV_PIDFD */
     bi_agent *a;
     char name[KVP_NAME_MAX + 1];
     uint8_t token[16];
     bi_rmd *rmd;         /* current snapshot (a->mu) */
-    bool same_host;      /* same boot id and pid namespace, not forced to TCP */
-    bool same_process;   /* it lives in this very process: plain memcpy */
+    /* Locality is proven, never taken from the blob: claims_host when the blob says same
+     * boot id and pid namespace (and UCX on both ends); same_host only once the peer
+     * answered the challenge of bi_tcp_conn_get with the secret of the agent page at
+     * /proc/<pid>/fd/<page_fd> (or it is same_process); until then TCP. */
+    bool claims_host;
+    int proof;           /* 0 not tried, 1 proven, -1 failed (a->mu) */
+    atomic_bool same_host;
+    bool same_process;   /* the blob was encoded in this very process (proc_tag) by a
+                            live agent with its token: plain memcpy under its locks */
+    uint64_t starttime;  /* from the blob: checked against the pid once proven */
     uint32_t pid;
-    int pidfd;           /* -1 if none (a->mu) */
+    int pidfd;           /* -1 if none (a->mu); closed as soon as the peer died */
     atomic_bool dead;    /* peer process gone */
-    bool invalid;        /* invalidated (a->mu); kept until agent destroy, see retire */
+    bool died;           /* its death was seen (pidfd, cross-memory attach): once nothing
+                            refers to it, everything of it is released (a->mu) */
+    bool invalid;        /* invalidated or dropped from the table (a->mu) */
+    /* Prepared lists, requests and calls in progress that use it; a remote leaves the
+     * table only at 0 (and is freed by the progress thread, see bi_remote_drop_locked). */
+    atomic_uint refs;
+    uint64_t used;       /* a->use_seq when last loaded, prepared against or posted to */
     int cma;             /* 0 untested, 1 works, -1 refused (a->mu) */
     pthread_mutex_t map_mu;
     bi_map *maps;
     size_t nmaps;
     bi_ipc *ipcs;        /* (map_mu) */
     size_t nipcs;
+    /* Its agent page (map_mu): the live registrations every same-host copy is checked
+     * against (and pinned in) when it starts. */
+    int32_t page_fd;
+    uint64_t page_ino, page_size;
+    int page_state;      /* 0 not opened yet, 1 open, -1 cannot be opened */
+    ap_peer page;
+    bi_snap snap;
     bi_conn *conn;       /* outbound connection (a->mu), NULL until needed */
     char host[256];
     uint16_t port;
@@ -136,6 +176,9 @@ typedef struct bi_prepped {
     uint64_t n;
     kvp_desc *d;
     uint32_t *ridx;      /* SIDE_REMOTE: index of each descriptor's region in rmd */
+    bi_reg **dreg;       /* SIDE_LOCAL/SELF: the registration each descriptor lies in */
+    bi_reg **uregs;      /* the distinct ones, one reference each */
+    uint32_t nuregs;
     bool *direct;        /* FILE lists: the descriptor's fd has O_DIRECT */
     struct bi_prepped *next;
 } bi_prepped;
@@ -159,6 +202,7 @@ typedef struct bi_piece {
     bool direct;
     uint64_t rdev;
     int32_t ldev;
+    uint64_t raddr;  /* same-host and same-process peers: the peer's own address (grants) */
 } bi_piece;
 
 /* A job of the copy workers: pieces p0..p1 inclusive, from offset o0 in p0 to offset
@@ -168,7 +212,7 @@ typedef struct bi_job {
     uint64_t o0, e1;
 } bi_job;
 
-/* Send-queue item (see tcp.c). */
+/* Send-queue item (see tcp.h). */
 typedef struct bi_txi bi_txi;
 
 struct bi_req {
@@ -212,6 +256,8 @@ struct bi_req {
      * found by whoever waits or polls (the event recorded after the copies) */
     void *cu_ev;
     bool cu_pending, cu_waiting;
+    /* TCP: the posting thread is queueing the frames outside a->mu (a->mu) */
+    bool tcp_posting;
     /* job accounting (pool->mu) */
     uint32_t next_job, jobs_done, running;
     uint64_t pool_post;
@@ -221,6 +267,17 @@ struct bi_req {
     bi_req *qnext;
     /* TCP: frames of this request still in a send queue (c->tx_mu) */
     uint32_t txq;
+    /* Local registrations the request's memory lies in (a reference each), checked at
+     * every post under a->mu; kvp_deregister fails the active posts that use one. */
+    bi_reg **lregs;
+    uint32_t nlregs;
+    /* Same-host peer: the slots of its agent page the pieces lie in, with the
+     * generation seen when the request was made; pinned for the length of a post
+     * (pinned, a->mu) so that the peer's deregistration waits for the copy. */
+    int32_t *pslot;
+    uint64_t *pgen;
+    uint32_t npin;
+    bool pinned;
     struct bi_req *next, *prev; /* agent's list (a->mu) */
 };
 
@@ -261,17 +318,43 @@ struct bi_agent {
     /* registrations */
     pthread_rwlock_t reg_rw;
     uint64_t reg_epoch;         /* bumped by every deregistration (reg_rw write) */
+    uint64_t reg_gen;           /* last registration generation handed out (mu) */
+    uint32_t dereg_timeout_ms;  /* how long a deregistration waits for peers' copies */
+    ap_page page;               /* the agent page (slots written under mu) */
+    /* page grants (grants.c): grant_rw is taken after reg_rw, never before it */
+    bool page_grants;           /* page_grants=on: peers reach granted ranges only */
+    uint32_t max_grants;
+    pthread_rwlock_t grant_rw;
+    struct bi_grant *grants;    /* live grants (grant_rw) */
+    ap_grant *gtab;             /* their ranges, sorted (grant_rw) */
+    uint64_t gn;
+    atomic_uint_fast64_t grant_epoch; /* bumped by every change of the table */
+    atomic_uint_fast64_t n_grants_refused;
     bi_index lidx;              /* (reg_rw) */
     bi_reg *regs;               /* (mu + reg_rw write to modify) */
     /* remotes, lists, requests (mu) */
     bi_remote *remotes, *retired;
+    bi_remote *rm_free;         /* dropped remotes the progress thread frees (mu) */
+    uint64_t nremotes, use_seq;
+    uint32_t max_remotes;       /* table limit: full = evict an unused one, else refuse */
+    atomic_uint_fast64_t n_remotes_evicted, n_remotes_refused, n_remotes_released;
     bi_prepped *prepped;
     bi_req *reqs;
     uint64_t post_seq;
     /* notifications (mu) */
     bi_notif *nq_head, *nq_tail;
-    uint64_t nq_count;
+    uint64_t nq_count, nq_bytes;
     pthread_cond_t nq_cv;
+    uint32_t max_notifs;        /* queue limit (records) ... */
+    uint64_t max_notif_bytes;   /* ... and bytes: full = connections stop being read */
+    atomic_bool nq_full;
+    bool notif_paused;          /* some connection waits for room (mu) */
+    /* data-plane limits (see native/README.md) */
+    uint32_t max_read_queue;    /* served READ pieces queued per connection */
+    uint32_t max_inbound_conns;
+    uint32_t hello_timeout_ms;
+    uint32_t n_inbound;         /* (mu) */
+    atomic_uint_fast64_t n_read_queue_full, n_conns_refused, n_hello_timeouts, n_notifs_refused;
     /* threads */
     bi_pool pool;
     int epfd, wakefd, lfd;
@@ -283,6 +366,7 @@ struct bi_agent {
     bi_conn *conns;             /* every connection (mu) */
     /* posts per path and inline completions (reported by kvp_agent_info) */
     atomic_uint_fast64_t n_posts[PATH_COUNT], n_inline;
+    atomic_uint_fast64_t n_dereg_timeouts; /* deregistrations that gave up waiting for peers */
     /* VRAM <-> FILE staging rings, one per job running (stage_mu) */
     pthread_mutex_t stage_mu;
     struct bi_fstage *fstage;
@@ -298,10 +382,23 @@ bi_agent *bi_of(kvp_agent *a);
 bi_agent *bi_live_get(const uint8_t token[16]);
 /* Remote by name (a->mu held), NULL if none. Invalidated ones are not returned. */
 bi_remote *bi_remote_find(bi_agent *a, const char *name);
+/* A reference on a remote for a call in progress (taken under a->mu). */
+void bi_remote_ref(bi_remote *rm);
+void bi_remote_unref(bi_remote *rm);
+/* Releases, under a->mu, the remotes that nothing refers to any more and that died or
+ * were invalidated: unlinked here, freed by the progress thread (its epoll may still
+ * hold an event of their pidfd in the batch being handled). */
+void bi_remotes_sweep_locked(bi_agent *a);
+/* Progress thread (or destroy): frees the dropped remotes. */
+void bi_remotes_free_dropped(bi_agent *a);
 
 /* xfer.c */
 /* Marks a request done if it is still on post post_id (a->mu taken inside). */
 void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg);
+/* The same with a->mu held. */
+void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const char *msg);
+/* Cancels r and, when it was active, finishes it with status/msg (a->mu NOT held). */
+void bi_req_fail_active(bi_req *r, int32_t status, const char *msg);
 /* Successful end of the data movement: sends the transfer-bound notification (if any)
  * after the data, then finishes. */
 void bi_req_complete(bi_req *r, uint64_t post_id);
@@ -334,22 +431,42 @@ int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
 /* Builds r->jobs for r->p (chunking). */
 int32_t bi_jobs_build(bi_req *r, uint32_t nthreads);
 /* Same-host helpers. */
+/* Maps a peer memfd (once, cached; address space only) and gives its base. */
 int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out);
+/* Faults in [addr, addr+len) of a mapping (the ranges a request touches, at creation). */
+void bi_remote_prefault(uint64_t addr, uint64_t len, bool write);
 /* Opens (once, cached) the CUDA IPC handle of a peer's VRAM region on device dev; *out
  * is the device address of the allocation's base in this process. */
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out);
 void bi_remote_unmap_all(bi_remote *rm);
+/* The peer's live region (from its agent page) holding [addr, addr+len) of that type
+ * and device: a copy of it in *out, its slot and generation. KVP_ERR_NOT_FOUND when
+ * the page does not list it, KVP_ERR_NOT_SUPPORTED when the page cannot be read. */
+int32_t bi_remote_live_region(bi_remote *rm, int32_t mem_type, uint64_t dev, uint64_t addr,
+                              uint64_t len, kvp_md_region *out, int32_t *slot, uint64_t *gen);
+/* Pins r->pslot (a->mu held); false (with msg) when the peer deregistered one. */
+bool bi_req_pin(bi_req *r, char *msg, size_t cap);
+void bi_req_unpin(bi_req *r);
+void bi_remote_page_close(bi_remote *rm);
 /* Probes process_vm_readv on one byte of the peer (1 works, -1 refused). */
 int bi_cma_probe(bi_remote *rm, uint64_t addr);
 /* True when the peer process is known to be gone (pidfd readable). */
 bool bi_remote_gone(bi_remote *rm);
 
-/* tcp.c */
+/* tcp_*.c (TCP transport, see tcp.h) */
 int32_t bi_tcp_start(bi_agent *a);
 void bi_tcp_stop(bi_agent *a);
 /* Returns a referenced live outbound connection to the remote, connecting (with the
  * connect timeout) and saying hello when there is none. */
 int32_t bi_tcp_conn_get(bi_agent *a, bi_remote *rm, bi_conn **out);
+/* A remote whose blob claims the same host: connects (once) to run the challenge, so
+ * that the request being made can use the same-host paths when it passes. */
+void bi_remote_prove(bi_agent *a, bi_remote *rm);
+/* The agent page secret of a claimed same-host peer (opens its page). */
+int32_t bi_remote_page_secret(bi_remote *rm, uint8_t out[16]);
+/* The answer to a locality challenge: a keyed hash of nonce and both tokens. */
+void bi_prove_tag(const uint8_t secret[16], const uint8_t nonce[16], const uint8_t init_tok[16],
+                  const uint8_t target_tok[16], uint8_t out[16]);
 void bi_conn_put(bi_conn *c);
 /* Shuts a connection down; the progress thread then closes it and fails what was
  * pending on it. */
@@ -365,10 +482,34 @@ int32_t bi_tcp_prepare(bi_req *r);
 void bi_tcp_free_frames(bi_req *r);
 bool bi_conn_alive(bi_conn *c);
 void bi_conn_ref(bi_conn *c);
+/* The remote is leaving (a->mu held): no connection points at it any more. */
+void bi_conns_forget_remote(bi_agent *a, bi_remote *rm);
+
+/* grants.c */
+/* May the peer with this token reach [addr, addr+len) with access (KVP_GRANT_*)? Always
+ * yes when the agent does not enforce grants. Takes grant_rw (read); counts refusals. */
+bool bi_grant_allows(bi_agent *a, const uint8_t token[16], int32_t mem_type, uint64_t dev,
+                     uint64_t addr, uint64_t len, uint32_t access);
+/* The same on a table (own or a peer's published one), no lock. */
+bool bi_grants_cover(const ap_grant *tab, uint64_t n, const uint8_t token[16], int32_t mt,
+                     uint64_t dev, uint64_t addr, uint64_t len, uint32_t access,
+                     uint64_t now_ns);
+/* A registration is going: its granted ranges go with it. */
+void bi_grants_drop_reg(bi_agent *a, bi_reg *r);
+void bi_grants_free_all(bi_agent *a);
+uint64_t bi_grants_count(bi_agent *a);
+int32_t bi_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                 const uint64_t *lens, const uint64_t *devs, uint64_t count, uint32_t access,
+                 int64_t expires_ms, uint64_t *out);
+int32_t bi_revoke(kvp_agent *a, uint64_t grant);
 
 /* notif.c */
-void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
-                   uint32_t len);
+/* Queues a notification. From the wire it is always taken (connections pause at frame
+ * boundaries while the queue is full, so it is exceeded by at most one per
+ * connection); from this process (wire = false) a full queue refuses it: false. */
+bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
+                   uint32_t len, bool wire);
+bool bi_notif_full(bi_agent *a);
 void bi_notif_free_all(bi_agent *a);
 
 /* files.c: file helpers for the workers. */

@@ -1,7 +1,7 @@
 /*
  * builtin_agent.c - the builtin engine's agent: creation and destruction, registration,
  * metadata, remote agents and prepared lists. Transfers are in xfer.c, the copy
- * workers in pool.c/copy.c, TCP in tcp.c, notifications in notif.c.
+ * workers in pool.c/copy.c, TCP in tcp_*.c (see tcp.h), notifications in notif.c.
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -91,21 +91,27 @@ static const kvp_engine_ops g_builtin_ops = {
     .notif_send = bi_notif_send,
     .notif_take = bi_notif_take,
     .notif_wait = bi_notif_wait,
+    .grant = bi_grant,
+    .revoke = bi_revoke,
 };
 
 /* ---------------------------------------------------------------- create ---- */
 
 static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
-    "connect_timeout_ms", "transport", "inline_max", "vram_copy", NULL,
+    "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms",
+    "max_remotes", "page_grants", "max_grants", "max_read_queue", "max_inbound_conns",
+    "hello_timeout_ms", "max_notifs", "max_notif_bytes", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     const char *v;
     uint64_t x;
     int32_t st;
+    /* Loopback unless the configuration names an address (0.0.0.0 only when asked):
+     * a data plane must not be reachable from networks nobody chose. */
     v = kvp_params_get(pp, "listen_host");
-    snprintf(a->listen_host, sizeof a->listen_host, "%s", v && *v ? v : "0.0.0.0");
+    snprintf(a->listen_host, sizeof a->listen_host, "%s", v && *v ? v : "127.0.0.1");
     if ((st = kvp_params_uint(pp, "listen_port", 0, 65535, 0, &x)) != KVP_SUCCESS) return st;
     a->port = (uint16_t)x;
     if ((st = kvp_params_uint(pp, "io_threads", 1, 64, 2, &x)) != KVP_SUCCESS) return st;
@@ -116,6 +122,39 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "inline_max", 0, 16u << 20, 64u << 10, &x)) != KVP_SUCCESS)
         return st;
     a->inline_max = x;
+    if ((st = kvp_params_uint(pp, "dereg_timeout_ms", 0, 600000, 10000, &x)) != KVP_SUCCESS)
+        return st;
+    a->dereg_timeout_ms = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_remotes", 1, 1u << 20, 1024, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_remotes = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_grants", 1, AP_GRANT_CAP_MAX, 65536, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_grants = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_read_queue", 1, 1u << 24, 16384, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_read_queue = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_inbound_conns", 1, 65536, 256, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_inbound_conns = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "hello_timeout_ms", 1, 600000, a->connect_timeout_ms, &x)) !=
+        KVP_SUCCESS)
+        return st;
+    a->hello_timeout_ms = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_notifs", 1, 1u << 24, 65536, &x)) != KVP_SUCCESS)
+        return st;
+    a->max_notifs = (uint32_t)x;
+    if ((st = kvp_params_uint(pp, "max_notif_bytes", 64u << 10, 1ull << 34, 64ull << 20, &x)) !=
+        KVP_SUCCESS)
+        return st;
+    a->max_notif_bytes = x;
+    v = kvp_params_get(pp, "page_grants");
+    if (v && *v) {
+        if (strcmp(v, "on") == 0) a->page_grants = true;
+        else if (strcmp(v, "off") != 0)
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "param page_grants=\"%s\" is not one of on, off", v);
+    }
     v = kvp_params_get(pp, "transport");
     if (v && *v) {
         if (strcmp(v, "tcp") == 0) a->force_tcp = true;
@@ -152,9 +191,10 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
             return kvp_err(KVP_ERR_INVALID_PARAM,
                            "unknown param \"%s\" for the builtin engine (known: listen_host, "
                            "listen_port, advertise_host, io_threads, connect_timeout_ms, "
-                           "transport, inline_max, vram_copy; prefix a key with BACKEND. to pass "
-                           "it to a "
-                           "backend)",
+                           "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes, "
+                           "page_grants, max_grants, max_read_queue, max_inbound_conns, "
+                           "hello_timeout_ms, max_notifs, max_notif_bytes; prefix a key with "
+                           "BACKEND. to pass it to a backend)",
                            pp->v[i].key);
     }
     return KVP_SUCCESS;
@@ -179,12 +219,19 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     }
     kvp_random_bytes(a->token, sizeof a->token);
     kvp_hostid_self(&a->id);
-    bool mu = false, rw = false, cv = false, smu = false;
+    /* Without an agent page same-host peers cannot check what is registered when they
+     * copy, so they use TCP (where this agent checks itself): not fatal. */
+    if (ap_create(&a->page, a->token, 4096, a->max_grants) != KVP_SUCCESS) kvp_err_clear();
+    ap_grants_enforce(&a->page, a->page_grants);
+    bool mu = false, rw = false, cv = false, smu = false, grw = false;
     if (pthread_mutex_init(&a->mu, NULL) == 0) mu = true;
     if (pthread_rwlock_init(&a->reg_rw, NULL) == 0) rw = true;
+    if (pthread_rwlock_init(&a->grant_rw, NULL) == 0) grw = true;
     if (kvp_cond_init(&a->nq_cv) == 0) cv = true;
     if (pthread_mutex_init(&a->stage_mu, NULL) == 0) smu = true;
-    if (!mu || !rw || !cv || !smu) {
+    if (!mu || !rw || !cv || !smu || !grw) {
+        ap_destroy(&a->page);
+        if (grw) pthread_rwlock_destroy(&a->grant_rw);
         if (mu) pthread_mutex_destroy(&a->mu);
         if (rw) pthread_rwlock_destroy(&a->reg_rw);
         if (cv) pthread_cond_destroy(&a->nq_cv);
@@ -200,6 +247,8 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
         if (st != KVP_SUCCESS) bi_tcp_stop(a);
     }
     if (st != KVP_SUCCESS) {
+        ap_destroy(&a->page);
+        pthread_rwlock_destroy(&a->grant_rw);
         pthread_mutex_destroy(&a->mu);
         pthread_rwlock_destroy(&a->reg_rw);
         pthread_cond_destroy(&a->nq_cv);
@@ -232,10 +281,92 @@ static void remote_free(bi_agent *a, bi_remote *rm) {
         rm->pidfd = -1;
     }
     bi_remote_unmap_all(rm);
+    bi_remote_page_close(rm);
     if (rm->conn) bi_conn_put(rm->conn);
     if (rm->rmd) bi_rmd_put(rm->rmd);
     pthread_mutex_destroy(&rm->map_mu);
     free(rm);
+}
+
+void bi_remote_ref(bi_remote *rm) { atomic_fetch_add(&rm->refs, 1); }
+void bi_remote_unref(bi_remote *rm) { atomic_fetch_sub(&rm->refs, 1); }
+
+/* Takes rm out of the table (a->mu held): nothing refers to it (refs 0, checked by the
+ * caller), so no list, request or call can reach it any more. Its pidfd and
+ * connection go now; the rest is freed by the progress thread. */
+static void remote_drop_locked(bi_agent *a, bi_remote *rm) {
+    bool found = false;
+    for (bi_remote **pp = &a->remotes; *pp && !found; pp = &(*pp)->next)
+        if (*pp == rm) {
+            *pp = rm->next;
+            a->nremotes--;
+            found = true;
+            break;
+        }
+    for (bi_remote **pp = &a->retired; *pp && !found; pp = &(*pp)->next)
+        if (*pp == rm) {
+            *pp = rm->next;
+            found = true;
+            break;
+        }
+    rm->invalid = true;
+    if (rm->pidfd >= 0) {
+        (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+        kvp_close(rm->pidfd);
+        rm->pidfd = -1;
+    }
+    bi_conns_forget_remote(a, rm);
+    if (rm->conn) bi_conn_shutdown(rm->conn);
+    rm->next = a->rm_free;
+    a->rm_free = rm;
+    if (a->wakefd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(a->wakefd, &one, sizeof one);
+        KVP_UNUSED(w);
+    }
+}
+
+void bi_remotes_sweep_locked(bi_agent *a) {
+    for (bi_remote *rm = a->remotes, *next; rm; rm = next) {
+        next = rm->next;
+        if (rm->died && atomic_load(&rm->refs) == 0) {
+            remote_drop_locked(a, rm);
+            atomic_fetch_add(&a->n_remotes_released, 1);
+        }
+    }
+    for (bi_remote *rm = a->retired, *next; rm; rm = next) {
+        next = rm->next;
+        if (atomic_load(&rm->refs) == 0) remote_drop_locked(a, rm);
+    }
+}
+
+void bi_remotes_free_dropped(bi_agent *a) {
+    pthread_mutex_lock(&a->mu);
+    bi_remote *l = a->rm_free;
+    a->rm_free = NULL;
+    pthread_mutex_unlock(&a->mu);
+    while (l) {
+        bi_remote *rm = l;
+        l = rm->next;
+        remote_free(a, rm);
+    }
+}
+
+/* The table is full: drops the remote least recently used among those nothing refers
+ * to (the dead first). False when every one is in use. a->mu held. */
+static bool evict_one_locked(bi_agent *a) {
+    bi_remote *victim = NULL;
+    for (bi_remote *rm = a->remotes; rm; rm = rm->next) {
+        if (atomic_load(&rm->refs) != 0) continue;
+        bool dead = atomic_load(&rm->dead);
+        if (!victim || (dead && !atomic_load(&victim->dead)) ||
+            (dead == atomic_load(&victim->dead) && rm->used < victim->used))
+            victim = rm;
+    }
+    if (!victim) return false;
+    remote_drop_locked(a, victim);
+    atomic_fetch_add(&a->n_remotes_evicted, 1);
+    return true;
 }
 
 static void bi_destroy(kvp_agent *ka) {
@@ -288,7 +419,11 @@ static void bi_destroy(kvp_agent *ka) {
         a->retired = rm->next;
         remote_free(a, rm);
     }
+    bi_remotes_free_dropped(a);
     bi_notif_free_all(a);
+    bi_grants_free_all(a);
+    pthread_rwlock_destroy(&a->grant_rw);
+    ap_destroy(&a->page);
     kvp_close(a->epfd);
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->reg_rw);
@@ -330,6 +465,42 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->n_inline),
              (unsigned long long)atomic_load(&a->n_staged));
     kvp_buf_put(out, line, strlen(line));
+    snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
+             (unsigned long long)atomic_load(&a->n_dereg_timeouts));
+    kvp_buf_put(out, line, strlen(line));
+    pthread_mutex_lock(&a->mu);
+    uint64_t nq = a->nq_count, nqb = a->nq_bytes;
+    uint32_t nin = a->n_inbound;
+    pthread_mutex_unlock(&a->mu);
+    snprintf(line, sizeof line,
+             "max_read_queue=%u\nread_queue_full=%llu\nmax_inbound_conns=%u\ninbound_conns=%u\n"
+             "conns_refused=%llu\nhello_timeout_ms=%u\nhello_timeouts=%llu\nmax_notifs=%u\n"
+             "max_notif_bytes=%llu\nnotifs_queued=%llu\nnotif_bytes_queued=%llu\n"
+             "notifs_refused=%llu\n",
+             a->max_read_queue, (unsigned long long)atomic_load(&a->n_read_queue_full),
+             a->max_inbound_conns, nin, (unsigned long long)atomic_load(&a->n_conns_refused),
+             a->hello_timeout_ms, (unsigned long long)atomic_load(&a->n_hello_timeouts),
+             a->max_notifs, (unsigned long long)a->max_notif_bytes, (unsigned long long)nq,
+             (unsigned long long)nqb, (unsigned long long)atomic_load(&a->n_notifs_refused));
+    kvp_buf_put(out, line, strlen(line));
+    snprintf(line, sizeof line, "page_grants=%s\nmax_grants=%u\ngrants=%llu\ngrants_refused=%llu\n",
+             a->page_grants ? "on" : "off", a->max_grants,
+             (unsigned long long)bi_grants_count(a),
+             (unsigned long long)atomic_load(&a->n_grants_refused));
+    kvp_buf_put(out, line, strlen(line));
+    /* The remote agent table: its limit, what is in it, what left it and why. */
+    pthread_mutex_lock(&a->mu);
+    uint64_t nrm = a->nremotes, ndead = 0;
+    for (bi_remote *rm = a->remotes; rm; rm = rm->next) ndead += atomic_load(&rm->dead);
+    pthread_mutex_unlock(&a->mu);
+    snprintf(line, sizeof line,
+             "max_remotes=%u\nremotes=%llu\nremotes_dead=%llu\nremotes_released=%llu\n"
+             "remotes_evicted=%llu\nremotes_refused=%llu\n",
+             a->max_remotes, (unsigned long long)nrm, (unsigned long long)ndead,
+             (unsigned long long)atomic_load(&a->n_remotes_released),
+             (unsigned long long)atomic_load(&a->n_remotes_evicted),
+             (unsigned long long)atomic_load(&a->n_remotes_refused));
+    kvp_buf_put(out, line, strlen(line));
     /* Why scattered VRAM pages are not copied by the library's kernel, once known. */
     const char *kn = kvp_cuda_kernel_note();
     if (kn[0]) {
@@ -345,6 +516,7 @@ static void reg_release(kvp_obj *o) {
     bi_reg *g = (bi_reg *)o;
     free(g->r);
     free(g->file_direct);
+    free(g->slot);
     free(g);
 }
 
@@ -461,10 +633,12 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     bi_reg *g = calloc(1, sizeof *g);
     kvp_md_region *r = calloc((size_t)count, sizeof *r);
     bool *dir = calloc((size_t)count, sizeof *dir);
-    if (!g || !r || !dir) {
+    int32_t *slot = malloc((size_t)count * sizeof *slot);
+    if (!g || !r || !dir || !slot) {
         free(g);
         free(r);
         free(dir);
+        free(slot);
         return kvp_err(KVP_ERR_BACKEND, "out of memory registering %llu regions",
                        (unsigned long long)count);
     }
@@ -474,12 +648,15 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     g->n = count;
     g->r = r;
     g->file_direct = dir;
+    g->slot = slot;
     for (uint64_t i = 0; i < count; i++) {
+        slot[i] = -1;
         int32_t st = fill_region(a, mt, i, addrs[i], lens[i], devs ? devs[i] : 0, &r[i], &dir[i]);
         if (st != KVP_SUCCESS) {
             kvp_obj_put(&g->obj);
             return st;
         }
+        r[i].owner = g;
     }
     int32_t st = kvp_handle_insert(&g->obj, &g->handle);
     if (st != KVP_SUCCESS) {
@@ -488,10 +665,14 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     }
     pthread_mutex_lock(&a->mu);
     pthread_rwlock_wrlock(&a->reg_rw);
+    g->gen = ++a->reg_gen;
     g->next = a->regs;
     a->regs = g;
     st = rebuild_local_index(a);
     if (st != KVP_SUCCESS) a->regs = g->next;
+    /* Published in the agent page for same-host peers (memory they can reach). */
+    if (st == KVP_SUCCESS && (mt == KVP_DRAM || mt == KVP_VRAM))
+        for (uint64_t i = 0; i < count; i++) slot[i] = ap_slot_add(&a->page, &r[i], g->gen);
     pthread_rwlock_unlock(&a->reg_rw);
     pthread_mutex_unlock(&a->mu);
     if (st != KVP_SUCCESS) {
@@ -504,6 +685,23 @@ static int32_t bi_register(kvp_agent *ka, int32_t mt, const uint64_t *addrs, con
     return KVP_SUCCESS;
 }
 
+/* True when request r uses registration g (a->mu held). */
+static bool req_uses(const bi_req *r, const bi_reg *g) {
+    for (uint32_t i = 0; i < r->nlregs; i++)
+        if (r->lregs[i] == g) return true;
+    return false;
+}
+
+/*
+ * Deregistration, in three steps so that nothing touches the memory once it returns:
+ *  1. dying (a->mu): no post may start on the registration from now on (posts check
+ *     their registrations under a->mu), and the posts in flight that use it are failed
+ *     with KVP_ERR_CANCELED (cancelling waits for the workers and unlinks TCP frames);
+ *  2. its slots in the agent page stop granting pins, and the deregistration waits (up
+ *     to dereg_timeout_ms) for same-host peers' copies that hold one;
+ *  3. removal from the index under reg_rw (write): waits for any target-side recv/send
+ *     touching it, later ones see the new epoch and revalidate.
+ */
 static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
     bi_agent *a = bi_of(ka);
     bi_reg *g = (bi_reg *)kvp_handle_get(h, KVP_H_REG);
@@ -515,41 +713,95 @@ static int32_t bi_dereg(kvp_agent *ka, uint64_t h) {
                        (unsigned long long)h, a->base.name);
     }
     pthread_mutex_lock(&a->mu);
+    bool found = false;
+    for (bi_reg *q = a->regs; q; q = q->next)
+        if (q == g) found = true;
+    if (!found || g->dying) {
+        pthread_mutex_unlock(&a->mu);
+        kvp_obj_put(&g->obj);
+        return kvp_err(KVP_ERR_NOT_FOUND, "registration 0x%llx was already deregistered",
+                       (unsigned long long)h);
+    }
+    g->dying = true;
+    pthread_mutex_unlock(&a->mu);
+    bi_grants_drop_reg(a, g); /* its granted ranges go with it */
+    pthread_mutex_lock(&a->mu);
+    size_t n = 0, k = 0;
+    for (bi_req *r = a->reqs; r; r = r->next)
+        if (r->state == RS_ACTIVE && req_uses(r, g)) n++;
+    bi_req **busy = n ? malloc(n * sizeof *busy) : NULL;
+    if (busy)
+        for (bi_req *r = a->reqs; r && k < n; r = r->next)
+            if (r->state == RS_ACTIVE && req_uses(r, g)) {
+                kvp_obj_ref(&r->obj);
+                busy[k++] = r;
+            }
+    pthread_mutex_unlock(&a->mu);
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "registration 0x%llx of agent %s was deregistered while this request was in "
+             "flight",
+             (unsigned long long)h, a->base.name);
+    if (n && !busy) {
+        /* Out of memory: one at a time under fresh lookups. */
+        for (;;) {
+            bi_req *t = NULL;
+            pthread_mutex_lock(&a->mu);
+            for (bi_req *r = a->reqs; r && !t; r = r->next)
+                if (r->state == RS_ACTIVE && req_uses(r, g)) {
+                    t = r;
+                    kvp_obj_ref(&t->obj);
+                }
+            pthread_mutex_unlock(&a->mu);
+            if (!t) break;
+            bi_req_fail_active(t, KVP_ERR_CANCELED, msg);
+            kvp_obj_put(&t->obj);
+        }
+    }
+    for (size_t i = 0; i < k; i++) {
+        bi_req_fail_active(busy[i], KVP_ERR_CANCELED, msg);
+        kvp_obj_put(&busy[i]->obj);
+    }
+    free(busy);
+    /* 2. Same-host peers' copies (their pins in the agent page). */
+    for (uint64_t i = 0; i < g->n; i++) {
+        if (g->slot[i] < 0) continue;
+        pthread_mutex_lock(&a->mu);
+        int32_t sl = g->slot[i];
+        g->slot[i] = -1;
+        pthread_mutex_unlock(&a->mu);
+        if (!ap_slot_retire(&a->page, sl, a->dereg_timeout_ms))
+            atomic_fetch_add(&a->n_dereg_timeouts, 1);
+    }
+    /* 3. The index. */
+    pthread_mutex_lock(&a->mu);
     /* Write side: waits for any recv/send of a peer that is touching registered memory
      * right now; later ones revalidate against the new index (epoch changed). */
     pthread_rwlock_wrlock(&a->reg_rw);
-    bool found = false;
     for (bi_reg **pp = &a->regs; *pp; pp = &(*pp)->next) {
         if (*pp == g) {
             *pp = g->next;
             g->next = NULL;
-            found = true;
             break;
         }
     }
-    int32_t st = KVP_SUCCESS;
-    if (found) {
-        /* Staged VRAM copies are queued on the library's streams and may outlive the
-         * recv/send that queued them: wait for them, so that none touches this memory
-         * once we return (new ones revalidate against the new index). */
-        if (g->mem_type == KVP_VRAM && kvp_cuda_loaded()) kvp_cuda_quiesce();
-        g->dead = true;
-        a->reg_epoch++;
-        st = rebuild_local_index(a);
-        if (st != KVP_SUCCESS) {
-            /* Could not allocate a new index: an empty one refuses everything, which is
-             * safe (never lets a peer write into memory being deregistered). */
-            bi_index_free(&a->lidx);
-            st = KVP_SUCCESS;
-        }
+    /* Staged VRAM copies are queued on the library's streams and may outlive the
+     * recv/send that queued them: wait for them, so that none touches this memory once
+     * we return (new ones revalidate against the new index). */
+    if (g->mem_type == KVP_VRAM && kvp_cuda_loaded()) kvp_cuda_quiesce();
+    g->dead = true;
+    a->reg_epoch++;
+    int32_t st = rebuild_local_index(a);
+    if (st != KVP_SUCCESS) {
+        /* Could not allocate a new index: an empty one refuses everything, which is safe
+         * (never lets a peer write into memory being deregistered). */
+        bi_index_free(&a->lidx);
+        st = KVP_SUCCESS;
     }
     pthread_rwlock_unlock(&a->reg_rw);
     pthread_mutex_unlock(&a->mu);
-    if (found) kvp_handle_drop(h, &g->obj);
+    kvp_handle_drop(h, &g->obj);
     kvp_obj_put(&g->obj);
-    if (!found)
-        return kvp_err(KVP_ERR_NOT_FOUND, "registration 0x%llx was already deregistered",
-                       (unsigned long long)h);
     return st;
 }
 
@@ -567,8 +819,11 @@ static int32_t bi_local_md(kvp_agent *ka, kvp_buf *out) {
     md.starttime = a->id.starttime;
     snprintf(md.host, sizeof md.host, "%s", a->advertise);
     md.port = a->port;
-    md.caps = a->caps | (a->force_tcp ? 0 : 0);
+    md.caps = a->caps;
     if (a->force_tcp) md.caps &= ~KVP_CAP_UCX;
+    md.page_fd = a->page.base ? a->page.fd : -1;
+    md.page_ino = a->page.ino;
+    md.page_size = a->page.size;
     pthread_rwlock_rdlock(&a->reg_rw);
     uint64_t n = 0;
     for (bi_reg *g = a->regs; g; g = g->next)
@@ -647,6 +902,16 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     int32_t st = kvp_md_decode(blob, (size_t)len, &md);
     if (st != KVP_SUCCESS) return st;
     snprintf(name_out, KVP_NAME_MAX + 1, "%s", md.name);
+    if (strcmp(md.name, a->base.name) != 0 && memcmp(md.token, a->token, 16) == 0) {
+        /* A blob of another name with our own token is a copy of ours: loading it would
+         * make this agent write into itself. */
+        st = kvp_err(KVP_ERR_NOT_ALLOWED,
+                     "metadata of agent %s carries the token of this agent (%s): it is a copy "
+                     "of this agent's metadata under another name; refused",
+                     md.name, a->base.name);
+        kvp_md_free(&md);
+        return st;
+    }
     if (strcmp(md.name, a->base.name) == 0) {
         /* Our own name: loopback needs no loading. A blob of another incarnation with
          * our name is a configuration error worth reporting. */
@@ -662,6 +927,7 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     /* Fast path: already loaded. */
     pthread_mutex_lock(&a->mu);
     bi_remote *ex = bi_remote_find(a, md.name);
+    if (ex) ex->used = ++a->use_seq;
     if (ex) {
         if (memcmp(ex->token, md.token, 16) != 0) {
             char t1[33], t2[33];
@@ -709,30 +975,33 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
     rm->a = a;
     rm->pidfd = -1;
     atomic_init(&rm->dead, false);
+    atomic_init(&rm->refs, 0);
     snprintf(rm->name, sizeof rm->name, "%s", md.name);
     memcpy(rm->token, md.token, 16);
     snprintf(rm->host, sizeof rm->host, "%s", md.host);
     rm->port = md.port;
     rm->pid = md.pid;
+    rm->page_fd = md.page_fd;
+    rm->page_ino = md.page_ino;
+    rm->page_size = md.page_size;
     static const uint8_t zero[16];
     bool host_eq = memcmp(md.boot_id, zero, 16) != 0 &&
                    memcmp(md.boot_id, a->id.boot_id, 16) == 0 && md.pidns == a->id.pidns &&
                    md.pidns != 0;
-    rm->same_host = host_eq && !a->force_tcp && (a->caps & KVP_CAP_UCX) &&
-                    (md.caps & KVP_CAP_UCX);
-    if (rm->same_host) {
-        rm->same_process = md.pid == a->id.pid && md.starttime == a->id.starttime;
-        if (!rm->same_process) {
-            /* pidfd first, then the start time: if it matches, the pidfd refers to the
-             * process that wrote the metadata (not a later one reusing its pid). */
-            int pfd = pidfd_open((pid_t)md.pid, 0);
-            if (pfd >= 0 && kvp_pid_starttime(md.pid) == md.starttime) {
-                rm->pidfd = pfd;
-            } else {
-                kvp_close(pfd);
-                /* The process that wrote the blob is gone (or invisible to us). */
-                atomic_store(&rm->dead, true);
-            }
+    /* What the blob says about locality is a claim: same host is proven by a challenge
+     * (bi_remote_prove), same process by the blob's process tag, which only this process
+     * can compute, and a live agent of this process with that token. */
+    rm->claims_host = host_eq && !a->force_tcp && (a->caps & KVP_CAP_UCX) &&
+                      (md.caps & KVP_CAP_UCX);
+    rm->starttime = md.starttime;
+    atomic_init(&rm->same_host, false);
+    if (rm->claims_host && md.pid == a->id.pid && kvp_md_from_this_process(blob, (size_t)len)) {
+        bi_agent *peer = bi_live_get(md.token);
+        if (peer) {
+            rm->same_process = true;
+            atomic_store(&rm->same_host, true);
+            rm->proof = 1;
+            kvp_obj_put(&peer->base.obj);
         }
     }
     bi_rmd *m;
@@ -752,6 +1021,20 @@ static int32_t bi_load_remote(kvp_agent *ka, const uint8_t *blob, uint64_t len,
         remote_free(a, rm);
         return bi_load_remote(ka, blob, len, name_out);
     }
+    /* Bounded: metadata from the network must not grow the table without end. */
+    bi_remotes_sweep_locked(a);
+    if (a->nremotes >= a->max_remotes && !evict_one_locked(a)) {
+        pthread_mutex_unlock(&a->mu);
+        atomic_fetch_add(&a->n_remotes_refused, 1);
+        remote_free(a, rm);
+        return kvp_err(KVP_ERR_NOT_ALLOWED,
+                       "cannot load agent %s: the remote agent table of %s is full "
+                       "(max_remotes=%u, every one has prepared lists or requests); release "
+                       "or invalidate some, or raise max_remotes",
+                       name_out, a->base.name, a->max_remotes);
+    }
+    rm->used = ++a->use_seq;
+    a->nremotes++;
     if (rm->pidfd >= 0) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &rm->ev};
         if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, rm->pidfd, &ev) != 0) {
@@ -772,6 +1055,7 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
         if (strcmp((*pp)->name, name) == 0) {
             rm = *pp;
             *pp = rm->next;
+            a->nremotes--;
             break;
         }
     }
@@ -781,10 +1065,11 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
                        name, a->base.name);
     }
     rm->invalid = true;
-    /* Kept (not freed) until the agent is destroyed: prepared lists and requests may
-     * still point at it, and they fail with KVP_ERR_NOT_FOUND because of `invalid`. */
+    /* Kept (not freed) while prepared lists or requests still point at it (they fail
+     * with KVP_ERR_NOT_FOUND because of `invalid`); released by a sweep once none do. */
     rm->next = a->retired;
     a->retired = rm;
+    bi_remote_ref(rm); /* ours, for the rest of this call */
     pthread_mutex_unlock(&a->mu);
 
     char msg[400];
@@ -805,6 +1090,10 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
         bi_conn_put(c);
     }
     bi_remote_unmap_all(rm);
+    pthread_mutex_lock(&a->mu);
+    bi_remote_unref(rm);
+    bi_remotes_sweep_locked(a);
+    pthread_mutex_unlock(&a->mu);
     return KVP_SUCCESS;
 }
 
@@ -812,11 +1101,31 @@ static int32_t bi_invalidate(kvp_agent *ka, const char *name) {
 
 static void prepped_release_obj(kvp_obj *o) {
     bi_prepped *p = (bi_prepped *)o;
+    if (p->remote) bi_remote_unref(p->remote);
     if (p->rmd) bi_rmd_put(p->rmd);
+    for (uint32_t i = 0; i < p->nuregs; i++) kvp_obj_put(&p->uregs[i]->obj);
+    free(p->uregs);
+    free(p->dreg);
     free(p->d);
     free(p->ridx);
     free(p->direct);
     free(p);
+}
+
+/* Adds g to the list's distinct registrations (with a reference), once. Lists cover
+ * one or a few registrations: a short scan from the last one added. */
+static int32_t add_ureg(bi_prepped *p, bi_reg *g) {
+    for (uint32_t k = p->nuregs; k-- > 0;)
+        if (p->uregs[k] == g) return KVP_SUCCESS;
+    if ((p->nuregs & (p->nuregs - 1)) == 0) { /* 0, 1, 2, 4...: grow */
+        uint32_t cap = p->nuregs ? p->nuregs * 2 : 1;
+        bi_reg **nu = realloc(p->uregs, (size_t)cap * sizeof *nu);
+        if (!nu) return kvp_err(KVP_ERR_BACKEND, "out of memory");
+        p->uregs = nu;
+    }
+    kvp_obj_ref(&g->obj);
+    p->uregs[p->nuregs++] = g;
+    return KVP_SUCCESS;
 }
 
 static int32_t bad_desc(bi_agent *a, const char *side, kvp_dlist *l, uint64_t i) {
@@ -858,21 +1167,27 @@ static int32_t bi_prep(kvp_agent *ka, const char *remote, kvp_dlist *l, uint64_t
             p->direct = calloc((size_t)l->n, sizeof *p->direct);
             if (!p->direct) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
         }
+        if (st == KVP_SUCCESS && l->n) {
+            p->dreg = calloc((size_t)l->n, sizeof *p->dreg);
+            if (!p->dreg) st = kvp_err(KVP_ERR_BACKEND, "out of memory");
+        }
+        pthread_mutex_lock(&a->mu); /* dying registrations are no longer preparable */
         pthread_rwlock_rdlock(&a->reg_rw);
         for (uint64_t i = 0; st == KVP_SUCCESS && i < l->n; i++) {
             const kvp_md_region *r =
                 bi_index_find(&a->lidx, l->mem_type, l->d[i].dev, l->d[i].addr, l->d[i].len);
-            if (!r) {
+            bi_reg *g = r ? r->owner : NULL;
+            if (!r || g->dying) {
                 st = bad_desc(a, "this agent", l, i);
                 break;
             }
-            if (p->direct) {
-                /* Which registration holds it tells whether the fd has O_DIRECT. */
-                for (bi_reg *g = a->regs; g; g = g->next)
-                    if (r >= g->r && r < g->r + g->n) p->direct[i] = g->file_direct[r - g->r];
-            }
+            p->dreg[i] = g;
+            /* Which registration holds it tells whether the fd has O_DIRECT. */
+            if (p->direct) p->direct[i] = g->file_direct[r - g->r];
+            st = add_ureg(p, g);
         }
         pthread_rwlock_unlock(&a->reg_rw);
+        pthread_mutex_unlock(&a->mu);
     } else {
         p->side = SIDE_REMOTE;
         pthread_mutex_lock(&a->mu);
@@ -884,6 +1199,8 @@ static int32_t bi_prep(kvp_agent *ka, const char *remote, kvp_dlist *l, uint64_t
                          remote, a->base.name);
         } else {
             p->remote = rm;
+            bi_remote_ref(rm);
+            rm->used = ++a->use_seq;
             p->rmd = rm->rmd;
             atomic_fetch_add(&p->rmd->refs, 1);
         }
@@ -948,5 +1265,8 @@ static int32_t bi_prepped_release(kvp_agent *ka, uint64_t h) {
     kvp_obj_put(&p->obj);
     if (!found) return kvp_err(KVP_ERR_NOT_FOUND, "prepared list 0x%llx was already released",
                                (unsigned long long)h);
+    pthread_mutex_lock(&a->mu);
+    bi_remotes_sweep_locked(a); /* a dead or invalidated peer may be unused now */
+    pthread_mutex_unlock(&a->mu);
     return KVP_SUCCESS;
 }

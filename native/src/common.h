@@ -132,6 +132,9 @@ static inline uint64_t kvp_read_u64(kvp_reader *r) {
     return q ? kvp_get_u64(q) : 0;
 }
 
+/* SipHash-2-4 of n bytes under a 128-bit key (a keyed hash: proc_tag of metadata). */
+uint64_t kvp_siphash24(const uint8_t key[16], const uint8_t *p, size_t n);
+
 /* FNV-1a 64. */
 uint64_t kvp_fnv1a(uint64_t h, const uint8_t *p, size_t n);
 #define KVP_FNV_OFFSET 0xcbf29ce484222325ULL

@@ -237,6 +237,9 @@ static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap
     }
     int32_t st = KVP_SUCCESS;
     pthread_rwlock_rdlock(&peer->reg_rw);
+    /* Its grants are checked under its grant lock, held for the copy: a revoke waits. */
+    if (peer->page_grants) pthread_rwlock_rdlock(&peer->grant_rw);
+    uint64_t now = kvp_now_ns();
     FOR_SEGMENTS(r, j, pi, off, n) {
         const bi_piece *p = &r->p[pi];
         if (st == KVP_SUCCESS &&
@@ -247,8 +250,20 @@ static int32_t exec_local_peer(bi_req *r, const bi_job *j, char *msg, size_t cap
                      rm->name, (unsigned long long)(p->other + off), (unsigned long long)n);
             st = KVP_ERR_NOT_FOUND;
         }
+        if (st == KVP_SUCCESS && peer->page_grants &&
+            !bi_grants_cover(peer->gtab, peer->gn, r->a->token, r->rtype, p->rdev, p->other + off,
+                             n, r->out ? KVP_GRANT_WRITE : KVP_GRANT_READ, now)) {
+            atomic_fetch_add(&peer->n_grants_refused, 1);
+            snprintf(msg, cap,
+                     "agent %s does not grant agent %s a %s of %llu bytes at 0x%llx (page "
+                     "grants)",
+                     rm->name, r->a->base.name, r->out ? "write" : "read", (unsigned long long)n,
+                     (unsigned long long)(p->other + off));
+            st = KVP_ERR_NOT_ALLOWED;
+        }
     }
     if (st == KVP_SUCCESS) st = r->path == PATH_CUDA ? exec_cuda(r, j, msg, cap) : exec_mem(r, j);
+    if (peer->page_grants) pthread_rwlock_unlock(&peer->grant_rw);
     pthread_rwlock_unlock(&peer->reg_rw);
     kvp_obj_put(&peer->base.obj);
     return st;
@@ -385,9 +400,11 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
         st = kvp_err(KVP_ERR_MISMATCH, "%s of peer %s is not the shared memory its metadata "
                      "describes", path, rm->name);
     } else {
-        /* MAP_POPULATE: fault the pages in now, not during the first transfers. */
-        p = mmap(NULL, (size_t)g->memfd_size, PROT_READ | PROT_WRITE,
-                 MAP_SHARED | MAP_POPULATE, fd, 0);
+        /* Address space only: pages are mapped as requests touch them (bi_remote_prefault
+         * at request creation), never the peer's whole buffer (an 8 GiB decoder buffer
+         * would otherwise become every sender's RSS). */
+        p = mmap(NULL, (size_t)g->memfd_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+                 fd, 0);
         if (p == MAP_FAILED)
             st = kvp_err(KVP_ERR_BACKEND, "mmap of %s (%llu bytes) failed: %s", path,
                          (unsigned long long)g->memfd_size, strerror(errno));
@@ -406,6 +423,22 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
     }
     pthread_mutex_unlock(&rm->map_mu);
     return st;
+}
+
+void bi_remote_prefault(uint64_t addr, uint64_t len, bool write) {
+    /* Faults in the pages of one piece, so that posts only copy; failure is harmless
+     * (the copy faults them in itself). */
+    long pg = sysconf(_SC_PAGESIZE);
+    uint64_t ps = pg > 0 ? (uint64_t)pg : 4096;
+    uint64_t s = addr / ps * ps, e = (addr + len + ps - 1) / ps * ps;
+#if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    (void)madvise((void *)(uintptr_t)s, (size_t)(e - s),
+                  write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+#else
+    KVP_UNUSED(s);
+    KVP_UNUSED(e);
+    KVP_UNUSED(write);
+#endif
 }
 
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out) {

@@ -208,8 +208,10 @@ struct Params {
 
 // Keys the builtin engine understands: accepted (so "auto" can take the same params)
 // and reported as ignored in kvp_agent_info.
-const char *const kBuiltinKeys[] = {"listen_host", "listen_port", "advertise_host",
-                                    "io_threads"};
+const char *const kBuiltinKeys[] = {"listen_host",      "listen_port",      "advertise_host",
+                                    "io_threads",       "dereg_timeout_ms", "max_remotes",
+                                    "max_grants",       "max_read_queue",   "max_inbound_conns",
+                                    "hello_timeout_ms", "max_notifs",       "max_notif_bytes"};
 const char *const kNixlKeys[] = {"progress_thread", "sync_mode", "pthr_delay_us"};
 
 Params parse_params(const char *params) {
@@ -330,6 +332,14 @@ int32_t agent_create(const char *name, const char *backends, const char *params,
                                                     ": expected 1..1000000 (0 makes NIXL's "
                                                     "progress thread spin)");
                 a->pthr_delay_us = d;
+            } else if (k == "page_grants") {
+                // Honest: NIXL's memory keys cover whole registrations, nothing here can
+                // enforce grants (engine auto then takes the builtin engine).
+                if (upper(v) != "OFF")
+                    fail(KVP_ERR_NOT_SUPPORTED,
+                         "params page_grants=" + v +
+                             ": the nixl engine enforces no page grants (a peer reaches whole "
+                             "registrations); use the builtin engine");
             } else if (std::find_if(std::begin(kBuiltinKeys), std::end(kBuiltinKeys),
                                     [&](const char *b) { return k == b; }) !=
                        std::end(kBuiltinKeys)) {

@@ -2,6 +2,12 @@
  * files.c - FILE segments: kvp_file_open/sync/close and the pread/pwrite loop the copy
  * workers run.
  *
+ * Files are handles like every other object (KVP_H_FILE): the descriptor stays open
+ * until kvp_file_close, which refuses while a registration uses it (api.c pins the
+ * file for the lifetime of each FILE registration), and a second close is a stale
+ * handle (NIXL_ERR_NOT_FOUND). So a pread/pwrite of the engine can never reach a
+ * descriptor number that was closed and reused for something else.
+ *
  * O_DIRECT: a piece whose memory address, file offset and length are all multiples of
  * 4096 goes through the O_DIRECT fd; any other piece goes through a buffered twin of
  * the same open file (reopened through /proc/self/fd/N for that piece), and an EINVAL
@@ -18,6 +24,7 @@
 
 #include "builtin.h"
 #include "errors.h"
+#include "files.h"
 #include "stage.h"
 
 #define DIRECT_ALIGN 4096u
@@ -179,13 +186,92 @@ int32_t bi_file_rw_vram(bi_agent *a, bool to_file, int fd, bool direct, int32_t 
     return st;
 }
 
-KVP_API int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, int32_t *out_fd,
-                              int32_t *out_direct) {
+/* ------------------------------------------------------------ file handles ---- */
+
+typedef struct kvp_file {
+    kvp_obj obj;
+    int fd;
+    bool direct;
+    bool closed;      /* (g_fmu) */
+    uint32_t regs;    /* registrations using it (g_fmu) */
+    uint64_t handle;
+    char path[512];
+} kvp_file;
+
+/* Open files by descriptor (g_fmu): registrations name files by fd (NIXL's FILE
+ * descriptors carry the fd), so the pins go through this table. */
+static pthread_mutex_t g_fmu = PTHREAD_MUTEX_INITIALIZER;
+static kvp_file **g_byfd;
+static size_t g_nbyfd;
+
+static void file_release(kvp_obj *o) { free(o); }
+
+static kvp_file *byfd_locked(uint64_t fd) {
+    return fd < g_nbyfd ? g_byfd[fd] : NULL;
+}
+
+int32_t kvp_files_pin(const uint64_t *fds, uint64_t n) {
+    pthread_mutex_lock(&g_fmu);
+    for (uint64_t i = 0; i < n; i++) {
+        kvp_file *f = byfd_locked(fds[i]);
+        if (!f || f->closed) {
+            for (uint64_t k = 0; k < i; k++) byfd_locked(fds[k])->regs--;
+            pthread_mutex_unlock(&g_fmu);
+            return kvp_err(KVP_ERR_INVALID_PARAM,
+                           "kvp_register: FILE region %llu: fd %llu is not a file opened with "
+                           "kvp_file_open (files are handles: open them through it, so that a "
+                           "registered descriptor cannot be closed under the engine)",
+                           (unsigned long long)i, (unsigned long long)fds[i]);
+        }
+        f->regs++;
+    }
+    pthread_mutex_unlock(&g_fmu);
+    return KVP_SUCCESS;
+}
+
+void kvp_files_unpin(const uint64_t *fds, uint64_t n) {
+    pthread_mutex_lock(&g_fmu);
+    for (uint64_t i = 0; i < n; i++) {
+        kvp_file *f = byfd_locked(fds[i]);
+        if (f && f->regs > 0) f->regs--;
+    }
+    pthread_mutex_unlock(&g_fmu);
+}
+
+static int32_t byfd_add(kvp_file *f) {
+    pthread_mutex_lock(&g_fmu);
+    size_t fd = (size_t)f->fd;
+    if (fd >= g_nbyfd) {
+        size_t nc = g_nbyfd ? g_nbyfd : 64;
+        while (nc <= fd) nc *= 2;
+        kvp_file **nb = realloc(g_byfd, nc * sizeof *nb);
+        if (!nb) {
+            pthread_mutex_unlock(&g_fmu);
+            return kvp_err(KVP_ERR_BACKEND, "out of memory");
+        }
+        memset(nb + g_nbyfd, 0, (nc - g_nbyfd) * sizeof *nb);
+        g_byfd = nb;
+        g_nbyfd = nc;
+    }
+    g_byfd[fd] = f; /* the descriptor is ours and open: no other entry can hold it */
+    pthread_mutex_unlock(&g_fmu);
+    return KVP_SUCCESS;
+}
+
+static kvp_file *file_get(uint64_t h, const char *fn) {
+    kvp_file *f = (kvp_file *)kvp_handle_get(h, KVP_H_FILE);
+    if (!f) kvp_err_wrap(kvp_err_status(), "%s", fn);
+    return f;
+}
+
+KVP_API int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, uint64_t *out_file,
+                              int32_t *out_fd, int32_t *out_direct) {
     kvp_err_clear();
+    if (out_file) *out_file = 0;
     if (out_fd) *out_fd = -1;
     if (out_direct) *out_direct = 0;
-    if (!path || !*path || !out_fd)
-        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_file_open: path and out_fd are required");
+    if (!path || !*path || !out_file)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_file_open: path and out_file are required");
     if (flags & ~(KVP_FILE_CREATE | KVP_FILE_DIRECT | KVP_FILE_TRUNCATE))
         return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_file_open: unknown flags 0x%x", flags);
     int of = O_RDWR | O_CLOEXEC;
@@ -225,24 +311,68 @@ KVP_API int32_t kvp_file_open(const char *path, uint32_t flags, uint64_t size, i
             }
         }
     }
-    *out_fd = fd;
+    kvp_file *f = calloc(1, sizeof *f);
+    if (!f) {
+        kvp_close(fd);
+        return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    }
+    kvp_obj_init(&f->obj, KVP_H_FILE, file_release);
+    f->fd = fd;
+    f->direct = direct;
+    snprintf(f->path, sizeof f->path, "%s", path);
+    int32_t st = kvp_handle_insert(&f->obj, &f->handle);
+    if (st == KVP_SUCCESS) st = byfd_add(f);
+    if (st != KVP_SUCCESS) {
+        kvp_handle_drop(f->handle, &f->obj);
+        kvp_obj_put(&f->obj);
+        kvp_close(fd);
+        return st;
+    }
+    *out_file = f->handle;
+    if (out_fd) *out_fd = fd;
     if (out_direct) *out_direct = direct ? 1 : 0;
+    kvp_obj_put(&f->obj); /* the table keeps it */
     return KVP_SUCCESS;
 }
 
-KVP_API int32_t kvp_file_sync(int32_t fd) {
+KVP_API int32_t kvp_file_sync(uint64_t file) {
     kvp_err_clear();
-    if (fdatasync(fd) != 0)
-        return kvp_err(errno == EBADF || errno == EINVAL ? KVP_ERR_INVALID_PARAM : KVP_ERR_BACKEND,
-                       "fdatasync(fd %d) failed: %s", fd, strerror(errno));
-    return KVP_SUCCESS;
+    kvp_file *f = file_get(file, "kvp_file_sync");
+    if (!f) return kvp_err_status();
+    int32_t st = KVP_SUCCESS;
+    if (fdatasync(f->fd) != 0)
+        st = kvp_err(KVP_ERR_BACKEND, "fdatasync of %s (fd %d) failed: %s", f->path, f->fd,
+                     strerror(errno));
+    kvp_obj_put(&f->obj);
+    return st;
 }
 
-KVP_API int32_t kvp_file_close(int32_t fd) {
+KVP_API int32_t kvp_file_close(uint64_t file) {
     kvp_err_clear();
-    if (fd < 0) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_file_close: fd %d is not valid", fd);
-    if (close(fd) != 0 && errno != EINTR)
-        return kvp_err(errno == EBADF ? KVP_ERR_INVALID_PARAM : KVP_ERR_BACKEND,
-                       "close(fd %d) failed: %s", fd, strerror(errno));
-    return KVP_SUCCESS;
+    kvp_file *f = file_get(file, "kvp_file_close");
+    if (!f) return kvp_err_status();
+    pthread_mutex_lock(&g_fmu);
+    if (f->closed || f->regs > 0) {
+        uint32_t regs = f->regs;
+        bool closed = f->closed;
+        pthread_mutex_unlock(&g_fmu);
+        int32_t st = closed ? kvp_err(KVP_ERR_NOT_FOUND,
+                                      "kvp_file_close: %s is already being closed", f->path)
+                            : kvp_err(KVP_ERR_NOT_ALLOWED,
+                                      "kvp_file_close: %s (fd %d) is still registered (%u "
+                                      "registration%s): deregister it first",
+                                      f->path, f->fd, regs, regs == 1 ? "" : "s");
+        kvp_obj_put(&f->obj);
+        return st;
+    }
+    f->closed = true;
+    if ((size_t)f->fd < g_nbyfd && g_byfd[f->fd] == f) g_byfd[f->fd] = NULL;
+    pthread_mutex_unlock(&g_fmu);
+    int32_t st = KVP_SUCCESS;
+    if (close(f->fd) != 0 && errno != EINTR)
+        st = kvp_err(KVP_ERR_BACKEND, "close of %s (fd %d) failed: %s", f->path, f->fd,
+                     strerror(errno));
+    kvp_handle_drop(file, &f->obj);
+    kvp_obj_put(&f->obj);
+    return st;
 }

@@ -23,6 +23,8 @@ const char *kvp_htype_name(uint32_t type) {
     case KVP_H_DLIST: return "descriptor list";
     case KVP_H_PREPPED: return "prepared list";
     case KVP_H_REQ: return "transfer request";
+    case KVP_H_FILE: return "file";
+    case KVP_H_GRANT: return "grant";
     default: return "unknown";
     }
 }

@@ -16,6 +16,8 @@ enum kvp_htype {
     KVP_H_DLIST = 3,
     KVP_H_PREPPED = 4,
     KVP_H_REQ = 5,
+    KVP_H_FILE = 6,
+    KVP_H_GRANT = 7,
     KVP_H_TYPES
 };
 

@@ -99,7 +99,7 @@ static void populate(uint8_t *p, size_t size) {
  * more get a 2 MiB-aligned address (reserve size + 2 MiB of address space, map at the
  * aligned point inside it, return the rest) so that huge pages can back it where THP is
  * enabled (the advice has to come before the pages are faulted in). */
-static void *map_aligned(int fd, size_t size) {
+static void *map_aligned(int fd, size_t size, bool sparse) {
     uint8_t *a;
     int flags = fd >= 0 ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS;
     if (size < HUGE_ALIGN) {
@@ -123,7 +123,7 @@ static void *map_aligned(int fd, size_t size) {
         if (tail) munmap(a + size, tail);
         (void)madvise(a, size, MADV_HUGEPAGE); /* advisory: ignored where THP is off */
     }
-    populate(a, size);
+    if (!sparse) populate(a, size);
     return a;
 }
 
@@ -133,13 +133,15 @@ static int32_t dram_alloc(uint64_t size, int32_t flags, uint64_t *out) {
     if (size > (UINT64_MAX >> 2))
         return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_mem_alloc: size %llu is too large",
                        (unsigned long long)size);
-    if (flags & ~KVP_DRAM_PRIVATE)
+    if (flags & ~(KVP_DRAM_PRIVATE | KVP_DRAM_SPARSE))
         return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_mem_alloc: unknown DRAM flags 0x%x in dev (KVP_DRAM_PRIVATE = 1)",
+                       "kvp_mem_alloc: unknown DRAM flags 0x%x in dev (KVP_DRAM_PRIVATE = 1, "
+                       "KVP_DRAM_SPARSE = 2)",
                        (unsigned)flags);
+    bool sparse = (flags & KVP_DRAM_SPARSE) != 0;
     uint64_t rounded = (size + psz - 1) / psz * psz;
     if (flags & KVP_DRAM_PRIVATE) {
-        void *p = map_aligned(-1, (size_t)rounded);
+        void *p = map_aligned(-1, (size_t)rounded, sparse);
         if (!p)
             return kvp_err(KVP_ERR_BACKEND, "mmap of %llu bytes failed: %s",
                            (unsigned long long)rounded, strerror(errno));
@@ -167,7 +169,7 @@ static int32_t dram_alloc(uint64_t size, int32_t flags, uint64_t *out) {
         kvp_close(fd);
         return kvp_err(KVP_ERR_BACKEND, "fstat of a memfd failed: %s", strerror(e));
     }
-    void *p = map_aligned(fd, (size_t)rounded);
+    void *p = map_aligned(fd, (size_t)rounded, sparse);
     if (!p) {
         int e = errno;
         kvp_close(fd);

@@ -1,9 +1,34 @@
 /* metadata.c - encoder and defensive decoder of the metadata blob (see metadata.h). */
 #include "metadata.h"
 
+#include <unistd.h>
+
 #include "errors.h"
+#include "hostid.h"
 
 #define REGION_MIN_BYTES (1 + 1 + 8 + 8 + 8)
+
+/* The process secret behind proc_tag: random, per process (regenerated when the pid
+ * changes, so a forked child never shares its parent's), never written anywhere. */
+static pthread_mutex_t g_key_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t g_key[32];
+static pid_t g_key_pid;
+
+static void proc_tag(const uint8_t *p, size_t n, uint8_t out[16]) {
+    uint8_t k[32];
+    pthread_mutex_lock(&g_key_mu);
+    if (g_key_pid != getpid()) {
+        kvp_random_bytes(g_key, 16);
+        kvp_random_bytes(g_key + 16, 16);
+        g_key_pid = getpid();
+    }
+    memcpy(k, g_key, sizeof k);
+    pthread_mutex_unlock(&g_key_mu);
+    uint64_t a = kvp_siphash24(k, p, n), b = kvp_siphash24(k + 16, p, n);
+    kvp_put_u64(out, a);
+    kvp_put_u64(out + 8, b);
+    memset(k, 0, sizeof k);
+}
 
 void kvp_md_encode(const kvp_md *md, kvp_buf *b) {
     size_t start = b->len;
@@ -22,6 +47,9 @@ void kvp_md_encode(const kvp_md *md, kvp_buf *b) {
     kvp_buf_put(b, md->host, hlen);
     kvp_buf_u16(b, md->port);
     kvp_buf_u32(b, md->caps);
+    kvp_buf_u32(b, (uint32_t)md->page_fd);
+    kvp_buf_u64(b, md->page_ino);
+    kvp_buf_u64(b, md->page_size);
     kvp_buf_u32(b, (uint32_t)md->nregions);
     for (uint64_t i = 0; i < md->nregions; i++) {
         const kvp_md_region *r = &md->regions[i];
@@ -41,7 +69,22 @@ void kvp_md_encode(const kvp_md *md, kvp_buf *b) {
             kvp_buf_u64(b, r->ipc_off);
         }
     }
+    if (!b->oom) {
+        uint8_t tag[16];
+        proc_tag(b->p + start, b->len - start, tag);
+        kvp_buf_put(b, tag, sizeof tag);
+    }
     if (!b->oom) kvp_buf_u64(b, kvp_fnv1a(KVP_FNV_OFFSET, b->p + start, b->len - start));
+}
+
+bool kvp_md_from_this_process(const uint8_t *blob, size_t n) {
+    if (n < 24) return false;
+    uint8_t tag[16];
+    proc_tag(blob, n - 24, tag);
+    /* Constant-time compare: the tag is a secret-derived value. */
+    uint8_t d = 0;
+    for (int i = 0; i < 16; i++) d |= (uint8_t)(tag[i] ^ blob[n - 24 + i]);
+    return d == 0;
 }
 
 void kvp_md_free(kvp_md *md) {
@@ -81,7 +124,9 @@ int32_t kvp_md_decode(const uint8_t *p, size_t n, kvp_md *out) {
     uint64_t want = kvp_get_u64(p + n - 8);
     uint64_t got = kvp_fnv1a(KVP_FNV_OFFSET, p, n - 8);
     if (want != got) BAD("checksum mismatch (truncated or corrupted blob of %zu bytes)", n);
-    r.len = n - 8; /* the body ends where the checksum starts */
+    if (n < 24) BAD("%zu bytes is too short to be kvport metadata", n);
+    r.len = n - 24; /* the body ends where the process tag and checksum start */
+    memcpy(out->proc_tag, p + n - 24, 16);
 
     uint8_t nlen = kvp_read_u8(&r);
     const uint8_t *name = kvp_read_bytes(&r, nlen);
@@ -103,6 +148,9 @@ int32_t kvp_md_decode(const uint8_t *p, size_t n, kvp_md *out) {
     out->host[hlen] = '\0';
     out->port = kvp_read_u16(&r);
     out->caps = kvp_read_u32(&r);
+    out->page_fd = (int32_t)kvp_read_u32(&r);
+    out->page_ino = kvp_read_u64(&r);
+    out->page_size = kvp_read_u64(&r);
     uint32_t nreg = kvp_read_u32(&r);
     if (!r.ok) BAD("truncated header");
     if (nreg > kvp_reader_left(&r) / REGION_MIN_BYTES)

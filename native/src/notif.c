@@ -1,14 +1,25 @@
 /* notif.c - notification queue of an agent (filled by the progress thread as frames
  * arrive, or directly for loopback) and kvp_notif_send/take/wait. */
 #include <stdio.h>
+#include <unistd.h>
 
 #include "builtin.h"
 #include "errors.h"
 
-void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
-                   uint32_t len) {
+bool bi_notif_full(bi_agent *a) { return atomic_load(&a->nq_full); }
+
+static void update_full_locked(bi_agent *a) {
+    atomic_store(&a->nq_full, a->nq_count >= a->max_notifs || a->nq_bytes >= a->max_notif_bytes);
+}
+
+bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8_t *msg,
+                   uint32_t len, bool wire) {
+    if (!wire && bi_notif_full(a)) {
+        atomic_fetch_add(&a->n_notifs_refused, 1);
+        return false;
+    }
     bi_notif *n = malloc(sizeof *n + from_len + len);
-    if (!n) return; /* out of memory: the notification is lost, nothing else breaks */
+    if (!n) return false; /* out of memory: the notification is lost, nothing else breaks */
     n->next = NULL;
     n->name_len = from_len;
     n->msg_len = len;
@@ -19,8 +30,11 @@ void bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8
     else a->nq_head = n;
     a->nq_tail = n;
     a->nq_count++;
+    a->nq_bytes += sizeof *n + from_len + len;
+    update_full_locked(a);
     pthread_cond_broadcast(&a->nq_cv);
     pthread_mutex_unlock(&a->mu);
+    return true;
 }
 
 void bi_notif_free_all(bi_agent *a) {
@@ -31,16 +45,23 @@ void bi_notif_free_all(bi_agent *a) {
     }
     a->nq_tail = NULL;
     a->nq_count = 0;
+    a->nq_bytes = 0;
 }
 
 int32_t bi_notif_send(kvp_agent *ka, const char *remote, const uint8_t *msg, uint64_t len) {
     bi_agent *a = bi_of(ka);
     if (strcmp(remote, a->base.name) == 0) {
-        bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), msg, (uint32_t)len);
+        if (!bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), msg, (uint32_t)len,
+                           false))
+            return kvp_err(KVP_ERR_BACKEND,
+                           "kvp_notif_send: the notification queue of agent %s is full "
+                           "(max_notifs=%u, max_notif_bytes=%llu): take notifications",
+                           a->base.name, a->max_notifs, (unsigned long long)a->max_notif_bytes);
         return KVP_SUCCESS;
     }
     pthread_mutex_lock(&a->mu);
     bi_remote *rm = bi_remote_find(a, remote);
+    if (rm) bi_remote_ref(rm); /* it cannot leave the table during the call */
     pthread_mutex_unlock(&a->mu);
     if (!rm)
         return kvp_err(KVP_ERR_NOT_FOUND,
@@ -48,9 +69,11 @@ int32_t bi_notif_send(kvp_agent *ka, const char *remote, const uint8_t *msg, uin
                        remote, a->base.name);
     bi_conn *c = NULL;
     int32_t st = bi_tcp_conn_get(a, rm, &c);
-    if (st != KVP_SUCCESS) return st;
-    st = bi_tcp_send_notif(c, msg, (uint32_t)len);
-    bi_conn_put(c);
+    if (st == KVP_SUCCESS) {
+        st = bi_tcp_send_notif(c, msg, (uint32_t)len);
+        bi_conn_put(c);
+    }
+    bi_remote_unref(rm);
     return st;
 }
 
@@ -76,9 +99,18 @@ int32_t bi_notif_take(kvp_agent *ka, uint8_t *buf, uint64_t cap, uint64_t *len,
         a->nq_head = n->next;
         if (!a->nq_head) a->nq_tail = NULL;
         a->nq_count--;
+        a->nq_bytes -= sizeof *n + n->name_len + n->msg_len;
         free(n);
     }
+    update_full_locked(a);
+    /* Connections paused for room are read again: the progress thread resumes them. */
+    bool wake = k > 0 && a->notif_paused && !bi_notif_full(a);
     pthread_mutex_unlock(&a->mu);
+    if (wake && a->wakefd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(a->wakefd, &one, sizeof one);
+        KVP_UNUSED(w);
+    }
     *len = used;
     *count = k;
     return KVP_SUCCESS;

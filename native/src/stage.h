@@ -21,7 +21,7 @@
  * The copy functions are a table (kvp_stage_ops) so that the pipelining is tested
  * without a GPU (tests/test_stage.c uses host memory and copies deferred until their
  * event is waited on, which catches a slot read or reused too early). Neither pipeline
- * locks: its owner serialises calls (tcp.c: the connection's tx_mu / the progress
+ * locks: its owner serialises calls (tcp_*.c: the connection's tx_mu / the progress
  * thread; copy.c: one job at a time).
  */
 #ifndef KVP_STAGE_H

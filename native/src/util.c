@@ -98,3 +98,41 @@ uint64_t kvp_fnv1a(uint64_t h, const uint8_t *p, size_t n) {
 void kvp_close(int fd) {
     if (fd >= 0) (void)close(fd);
 }
+
+/* SipHash-2-4 (Aumasson and Bernstein): two compression rounds per 8-byte word, four
+ * finalization rounds. */
+static inline uint64_t rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }
+#define SIPROUND                                                                            \
+    do {                                                                                    \
+        v0 += v1; v1 = rotl64(v1, 13); v1 ^= v0; v0 = rotl64(v0, 32);                       \
+        v2 += v3; v3 = rotl64(v3, 16); v3 ^= v2;                                            \
+        v0 += v3; v3 = rotl64(v3, 21); v3 ^= v0;                                            \
+        v2 += v1; v1 = rotl64(v1, 17); v1 ^= v2; v2 = rotl64(v2, 32);                       \
+    } while (0)
+
+uint64_t kvp_siphash24(const uint8_t key[16], const uint8_t *p, size_t n) {
+    uint64_t k0 = kvp_get_u64(key), k1 = kvp_get_u64(key + 8);
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t m = kvp_get_u64(p + i);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    uint64_t last = (uint64_t)(n & 0xff) << 56;
+    for (size_t j = 0; i + j < n; j++) last |= (uint64_t)p[i + j] << (8 * j);
+    v3 ^= last;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+#undef SIPROUND

@@ -23,9 +23,21 @@
  *   READ_REQ   body u32 first_piece, u32 count, count x (u64 addr, u64 len).
  *              flags & FLAG_VRAM: the ranges are VRAM of the device in the status field.
  *   READ_DATA  body u32 piece, u32 0, then the piece's bytes.
+ *   READ_END   after the last READ_DATA of a request (the target sends it once the
+ *              READ_REQ frame with FLAG_ACK was served): status + message body. Not
+ *              SUCCESS when a served range was deregistered while its bytes were going
+ *              out (the rest of that piece went as zeros to keep the stream framed):
+ *              the initiator completes a READ on READ_END only, never on its data.
  *   READ_ERR   status + message body; no data follows for that request.
  *   NOTIF      body = notification bytes (<= 64 KiB); the sender's name is the one of
  *              the HELLO of that connection.
+ *   PROVE      initiator -> target, after HELLO: u8[16] nonce. The initiator claims the
+ *              target is on its host and opened the target's agent page through /proc.
+ *   PROVE_ACK  target -> initiator: u8[16] tag = keyed hash (under the page's secret) of
+ *              nonce and both tokens; the initiator compares it with its own. Only a
+ *              process that can read the page knows the secret, which never goes on the
+ *              wire: a listener elsewhere cannot answer, so locality is proven, not
+ *              claimed.
  * Anything else (bad magic, version, op, a length over its bound, a frame before HELLO)
  * closes the connection; requests pending on it fail with KVP_ERR_REMOTE_DISCONNECT.
  */
@@ -34,7 +46,7 @@
 #include "common.h"
 
 #define W_MAGIC 0x4650564Bu /* "KVPF" */
-#define W_VERSION 1
+#define W_VERSION 2
 #define W_HDR 32
 
 enum w_op {
@@ -47,7 +59,10 @@ enum w_op {
     W_READ_DATA = 7,
     W_READ_ERR = 8,
     W_NOTIF = 9,
-    W_OP_MAX = 9
+    W_READ_END = 10,
+    W_PROVE = 11,
+    W_PROVE_ACK = 12,
+    W_OP_MAX = 12
 };
 
 #define W_FLAG_ACK 1u
@@ -89,6 +104,9 @@ static inline uint32_t w_body_max(uint8_t op) {
     case W_READ_DATA: return 8;
     case W_READ_ERR: return W_MAX_MSG;
     case W_NOTIF: return 64u * 1024u;
+    case W_READ_END: return W_MAX_MSG;
+    case W_PROVE: return 16;
+    case W_PROVE_ACK: return 16;
     default: return 0;
     }
 }

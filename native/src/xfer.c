@@ -4,10 +4,12 @@
  *
  * Paths: PATH_MEM (memcpy: loopback, same process, or a same-host peer's memfd mapped
  * here), PATH_CMA (process_vm_writev/readv into a same-host peer), PATH_FILE
- * (pread/pwrite, loopback only), PATH_TCP (tcp.c). The first three are split into jobs
+ * (pread/pwrite, loopback only), PATH_TCP (tcp_*.c). The first three are split into jobs
  * for the copy workers, or run inside kvp_xfer_post when small.
  */
 #include <poll.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 #include <stdio.h>
 
 #include "builtin.h"
@@ -16,6 +18,7 @@
 static void req_release_obj(kvp_obj *o) {
     bi_req *r = (bi_req *)o;
     if (r->conn) bi_conn_put(r->conn);
+    if (r->remote) bi_remote_unref(r->remote);
     bi_tcp_free_frames(r);
     free(r->p);
     free(r->jobs);
@@ -23,6 +26,10 @@ static void req_release_obj(kvp_obj *o) {
     free(r->cb_src);
     free(r->cb_len);
     free(r->notif);
+    for (uint32_t i = 0; i < r->nlregs; i++) kvp_obj_put(&r->lregs[i]->obj);
+    free(r->lregs);
+    free(r->pslot);
+    free(r->pgen);
     pthread_cond_destroy(&r->cv);
     free(r);
 }
@@ -61,6 +68,7 @@ static bi_req *req_get(bi_agent *a, uint64_t h) {
 typedef struct pair_ctx {
     bi_req *r;
     uint64_t cap;
+    uint64_t raddr; /* the peer's address of the next piece (grant checks) */
 } pair_ctx;
 
 static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len, int32_t fd,
@@ -73,7 +81,7 @@ static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len
          * (for VRAM: one cudaMemcpy for a run of consecutive pages). */
         if (l->mem + l->len == mem && l->other + l->len == other && l->fd == fd &&
             l->direct == direct && l->rdev == rdev && l->ldev == ldev &&
-            l->len + len >= l->len) {
+            l->raddr + l->len == c->raddr && l->len + len >= l->len) {
             l->len += len;
             r->total += len;
             return KVP_SUCCESS;
@@ -86,9 +94,104 @@ static int32_t add_piece(pair_ctx *c, uint64_t mem, uint64_t other, uint64_t len
         r->p = np;
         c->cap = nc;
     }
-    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev, ldev};
+    r->p[r->np++] = (bi_piece){mem, other, len, fd, direct, rdev, ldev, c->raddr};
     r->total += len;
     return KVP_SUCCESS;
+}
+
+/* Records that r uses local registration g (once, with a reference). */
+static int32_t use_reg(bi_req *r, bi_reg *g, uint32_t *cap) {
+    for (uint32_t k = r->nlregs; k-- > 0;)
+        if (r->lregs[k] == g) return KVP_SUCCESS;
+    if (r->nlregs == *cap) {
+        uint32_t nc = *cap ? *cap * 2 : 2;
+        bi_reg **n = realloc(r->lregs, (size_t)nc * sizeof *n);
+        if (!n) return kvp_err(KVP_ERR_BACKEND, "out of memory building the request");
+        r->lregs = n;
+        *cap = nc;
+    }
+    kvp_obj_ref(&g->obj);
+    r->lregs[r->nlregs++] = g;
+    return KVP_SUCCESS;
+}
+
+/* Records the peer slot a piece lies in (once per slot). */
+static int32_t use_slot(bi_req *r, int32_t slot, uint64_t gen, uint32_t *cap) {
+    for (uint32_t k = r->npin; k-- > 0;)
+        if (r->pslot[k] == slot) return KVP_SUCCESS;
+    if (r->npin == *cap) {
+        uint32_t nc = *cap ? *cap * 2 : 2;
+        int32_t *ns = realloc(r->pslot, (size_t)nc * sizeof *ns);
+        if (ns) r->pslot = ns;
+        uint64_t *ng = ns ? realloc(r->pgen, (size_t)nc * sizeof *ng) : NULL;
+        if (!ns || !ng) return kvp_err(KVP_ERR_BACKEND, "out of memory building the request");
+        r->pgen = ng;
+        *cap = nc;
+    }
+    r->pslot[r->npin] = slot;
+    r->pgen[r->npin] = gen;
+    r->npin++;
+    return KVP_SUCCESS;
+}
+
+/* Same host: the target's grants (published in its agent page) must cover every piece
+ * for us, now. */
+static int32_t peer_grants_check(bi_req *r) {
+    bi_remote *rm = r->remote;
+    uint32_t access = r->out ? KVP_GRANT_WRITE : KVP_GRANT_READ;
+    uint64_t now = kvp_now_ns();
+    for (uint64_t i = 0; i < r->np; i++) {
+        const bi_piece *p = &r->p[i];
+        int ok = ap_peer_grants_allow(&rm->page, r->a->token, r->rtype,
+                                      r->rtype == KVP_VRAM ? p->rdev : 0, p->raddr, p->len,
+                                      access, now);
+        if (ok == 1) continue;
+        return kvp_err(KVP_ERR_NOT_ALLOWED,
+                       "agent %s does not grant agent %s a %s of %llu bytes at 0x%llx%s (page "
+                       "grants)",
+                       rm->name, r->a->base.name, r->out ? "write" : "read",
+                       (unsigned long long)p->len, (unsigned long long)p->raddr,
+                       ok < 0 ? "; its grant table kept changing while read" : "");
+    }
+    return KVP_SUCCESS;
+}
+
+/* Every local registration r uses must still be registered (a->mu held). */
+static int32_t lregs_check_locked(bi_req *r) {
+    for (uint32_t i = 0; i < r->nlregs; i++) {
+        const bi_reg *g = r->lregs[i];
+        if (g->dying || g->dead)
+            return kvp_err(KVP_ERR_NOT_FOUND,
+                           "local memory of this request was deregistered (registration 0x%llx "
+                           "of agent %s) after its list was prepared; register it again and "
+                           "prepare a new list",
+                           (unsigned long long)g->handle, r->a->base.name);
+    }
+    return KVP_SUCCESS;
+}
+
+/* Same-host pieces: every one must lie in a live region of the peer's agent page; the
+ * page's copy of the region (memfd, CUDA IPC handle) is the one used. Returns
+ * KVP_ERR_NOT_SUPPORTED when the page cannot be used (the caller falls back to TCP). */
+static int32_t live_piece(bi_req *r, int32_t mt, const kvp_desc *rd, kvp_md_region *g,
+                          uint32_t *cap) {
+    int32_t slot;
+    uint64_t gen;
+    int32_t st = bi_remote_live_region(r->remote, mt, rd->dev, rd->addr, rd->len, g, &slot, &gen);
+    if (st == KVP_SUCCESS) st = use_slot(r, slot, gen, cap);
+    return st;
+}
+
+/* The TCP transport for the whole request (the peer checks every range). */
+static int32_t build_remote_tcp(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
+                                const uint32_t *ri, uint64_t count) {
+    pair_ctx pc = {r, 0, 0};
+    int32_t st = KVP_SUCCESS;
+    r->path = PATH_TCP;
+    for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++)
+        st = add_piece(&pc, L->d[li[i]].addr, R->d[ri[i]].addr, L->d[li[i]].len, -1, false, 0,
+                       -1);
+    return st;
 }
 
 /* Chooses how to reach a peer and fills the pieces. */
@@ -96,66 +199,81 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
                             const uint32_t *ri, uint64_t count) {
     bi_agent *a = r->a;
     bi_remote *rm = R->remote;
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
+    uint32_t pcap = 0;
     r->path = PATH_TCP;
-    if (rm->same_host) {
-        if (rm->same_process) {
+    bool cma_ok = false;
+    if (rm->same_host && rm->same_process) {
+        r->path = PATH_MEM;
+    } else if (rm->same_host) {
+        /* Every piece must lie in a live region of the peer's page; all in memfds: map
+         * them (memcpy); otherwise cross-memory attach when permitted; else TCP. */
+        bool all_memfd = true, live = true;
+        kvp_md_region g;
+        for (uint64_t i = 0; i < count && live; i++) {
+            st = live_piece(r, KVP_DRAM, &R->d[ri[i]], &g, &pcap);
+            if (st != KVP_SUCCESS) live = false;
+            else if (!(g.flags & KVP_MDR_MEMFD)) all_memfd = false;
+        }
+        if (!live) {
+            /* Not in its page (deregistered since, or no page): TCP, where the peer
+             * checks the ranges itself. */
+            kvp_err_clear();
+            st = KVP_SUCCESS;
+            r->npin = 0;
+        } else if (all_memfd) {
             r->path = PATH_MEM;
         } else {
-            bool all_memfd = true;
-            for (uint64_t i = 0; i < count && all_memfd; i++) {
-                const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
-                if (!(g->flags & KVP_MDR_MEMFD)) all_memfd = false;
-            }
-            if (all_memfd) {
-                r->path = PATH_MEM;
-                /* Map every region used now (cached per peer memfd), so posts only copy. */
-                for (uint64_t i = 0; i < count; i++) {
-                    uint8_t *base;
-                    const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
-                    if (bi_remote_map(rm, g, &base) != KVP_SUCCESS) {
-                        r->path = PATH_NONE;
-                        kvp_err_clear();
-                        break;
-                    }
-                }
-            }
-            if (r->path != PATH_MEM) {
+            pthread_mutex_lock(&a->mu);
+            int cma = rm->cma;
+            pthread_mutex_unlock(&a->mu);
+            if (cma == 0 && count > 0) {
+                cma = bi_cma_probe(rm, R->d[ri[0]].addr);
                 pthread_mutex_lock(&a->mu);
-                int cma = rm->cma;
+                rm->cma = cma;
                 pthread_mutex_unlock(&a->mu);
-                if (cma == 0 && count > 0) {
-                    cma = bi_cma_probe(rm, R->d[ri[0]].addr);
-                    pthread_mutex_lock(&a->mu);
-                    rm->cma = cma;
-                    pthread_mutex_unlock(&a->mu);
-                }
-                r->path = cma >= 0 ? PATH_CMA : PATH_TCP;
             }
+            cma_ok = cma >= 0;
+            r->path = cma_ok ? PATH_CMA : PATH_TCP;
+            if (!cma_ok) r->npin = 0;
         }
     }
     for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
         const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
         uint64_t other = rd->addr;
         if (r->path == PATH_MEM && !rm->same_process) {
-            const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
-            uint8_t *base;
-            st = bi_remote_map(rm, g, &base);
-            if (st != KVP_SUCCESS) break;
-            other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
+            kvp_md_region g;
+            int32_t slot;
+            uint64_t gen;
+            st = bi_remote_live_region(rm, KVP_DRAM, 0, rd->addr, rd->len, &g, &slot, &gen);
+            uint8_t *base = NULL;
+            if (st == KVP_SUCCESS) st = bi_remote_map(rm, &g, &base);
+            if (st != KVP_SUCCESS) {
+                /* Cannot map it after all: TCP for the whole request. */
+                kvp_err_clear();
+                free(r->p);
+                r->p = NULL;
+                r->np = 0;
+                r->total = 0;
+                r->npin = 0;
+                return build_remote_tcp(r, L, li, R, ri, count);
+            }
+            other = (uint64_t)(uintptr_t)(base + g.memfd_off + (rd->addr - g.addr));
+            bi_remote_prefault(other, ld->len, r->out);
         }
+        pc.raddr = rd->addr;
         st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0, -1);
     }
     return st;
 }
 
 /* VRAM on either side with a peer on another host (or forced to TCP): the TCP
- * transport stages VRAM through pinned host memory on whichever side has it (tcp.c,
+ * transport stages VRAM through pinned host memory on whichever side has it (tcp_*.c,
  * stage.c), so a process without CUDA can still write into a GPU peer's pages. */
 static int32_t build_remote_staged(bi_req *r, bi_prepped *L, const uint32_t *li, bi_prepped *R,
                                    const uint32_t *ri, uint64_t count) {
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
     r->path = PATH_TCP;
     for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
@@ -175,8 +293,9 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
     int32_t lt = L->mem_type, rt = R->mem_type;
     if (!rm->same_host) return build_remote_staged(r, L, li, R, ri, count);
     r->path = PATH_CUDA;
-    pair_ctx pc = {r, 0};
+    pair_ctx pc = {r, 0, 0};
     int32_t st = KVP_SUCCESS;
+    uint32_t pcap = 0;
     for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
         const kvp_desc *ld = &L->d[li[i]], *rd = &R->d[ri[i]];
         /* The device whose context runs the copy: ours when local is VRAM; else the
@@ -185,7 +304,10 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
         int32_t dev = (int32_t)(lt == KVP_VRAM ? ld->dev : rd->dev);
         uint64_t other = rd->addr;
         if (!rm->same_process) {
-            const kvp_md_region *g = &R->rmd->md.regions[R->ridx[ri[i]]];
+            kvp_md_region gl;
+            const kvp_md_region *g = &gl;
+            st = live_piece(r, rt, rd, &gl, &pcap);
+            if (st != KVP_SUCCESS) break;
             if (rt == KVP_VRAM) {
                 uint64_t base;
                 st = bi_remote_ipc_open(rm, g, dev, &base);
@@ -196,6 +318,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                 st = bi_remote_map(rm, g, &base);
                 if (st != KVP_SUCCESS) break;
                 other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
+                bi_remote_prefault(other, ld->len, r->out);
             } else {
                 st = kvp_err(KVP_ERR_NOT_SUPPORTED,
                              "VRAM to agent %s's DRAM at 0x%llx needs that memory to come from "
@@ -204,6 +327,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                 break;
             }
         }
+        pc.raddr = rd->addr;
         st = add_piece(&pc, ld->addr, other, ld->len, dev, false, rd->dev, -1);
     }
     return st;
@@ -231,6 +355,8 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
                      "remote_prepped was prepared for the local side (remote \"\"); prepare it "
                      "with the peer's name, or this agent's own name (\"%s\") for loopback",
                      a->base.name);
+    /* A peer claiming the same host is tried once (challenge) before the path is chosen. */
+    if (st == KVP_SUCCESS && R->side == SIDE_REMOTE) bi_remote_prove(a, R->remote);
     if (st == KVP_SUCCESS && R->side == SIDE_REMOTE) {
         pthread_mutex_lock(&a->mu);
         bool invalid = R->remote->invalid;
@@ -292,7 +418,20 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
         }
     }
     if (st == KVP_SUCCESS) {
-        pair_ctx pc = {r, 0};
+        /* The local registrations it uses: checked now and at every post. */
+        uint32_t cap = 0;
+        for (uint64_t i = 0; i < count && st == KVP_SUCCESS; i++) {
+            st = use_reg(r, L->dreg[li[i]], &cap);
+            if (st == KVP_SUCCESS && R->side == SIDE_SELF) st = use_reg(r, R->dreg[ri[i]], &cap);
+        }
+        if (st == KVP_SUCCESS) {
+            pthread_mutex_lock(&a->mu);
+            st = lregs_check_locked(r);
+            pthread_mutex_unlock(&a->mu);
+        }
+    }
+    if (st == KVP_SUCCESS) {
+        pair_ctx pc = {r, 0, 0};
         if (R->side == SIDE_SELF) {
             if (lt == KVP_FILE || rt == KVP_FILE) {
                 r->path = PATH_FILE;
@@ -324,6 +463,7 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
             }
         } else {
             r->remote = R->remote;
+            bi_remote_ref(r->remote); /* the request's own: the list may go first */
             r->out = op == KVP_WRITE;
             st = vram ? build_remote_cuda(r, L, li, R, ri, count)
                       : build_remote(r, L, li, R, ri, count);
@@ -350,15 +490,22 @@ int32_t bi_xfer_create(kvp_agent *ka, int32_t op, uint64_t lp, const uint32_t *l
 
 /* ----------------------------------------------------------------- finish ---- */
 
-void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg) {
-    bi_agent *a = r->a;
-    pthread_mutex_lock(&a->mu);
+void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const char *msg) {
     if (r->post_id == post_id && r->state == RS_ACTIVE) {
         r->state = RS_DONE;
         r->status = status;
         snprintf(r->msg, sizeof r->msg, "%s", msg ? msg : "");
+        /* The data movement of this post has ended (every path finishes only after its
+         * copies): the peer may deregister the memory now. */
+        bi_req_unpin(r);
         pthread_cond_broadcast(&r->cv);
     }
+}
+
+void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg) {
+    bi_agent *a = r->a;
+    pthread_mutex_lock(&a->mu);
+    bi_req_finish_locked(r, post_id, status, msg);
     pthread_mutex_unlock(&a->mu);
 }
 
@@ -367,14 +514,22 @@ bool bi_remote_gone(bi_remote *rm) {
     /* Under a->mu: kvp_invalidate_remote closes the pidfd under it, and a closed fd
      * number may already belong to something else. The poll does not block. */
     bool gone = false;
-    pthread_mutex_lock(&rm->a->mu);
+    bi_agent *a = rm->a;
+    pthread_mutex_lock(&a->mu);
     if (rm->pidfd >= 0) {
         struct pollfd pf = {.fd = rm->pidfd, .events = POLLIN};
         int n = poll(&pf, 1, 0);
         gone = n > 0 && (pf.revents & (POLLIN | POLLHUP | POLLERR));
+        if (gone) {
+            /* Nothing more to learn from it: the descriptor goes now. */
+            (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, rm->pidfd, NULL);
+            kvp_close(rm->pidfd);
+            rm->pidfd = -1;
+            atomic_store(&rm->dead, true);
+            rm->died = true;
+        }
     }
-    pthread_mutex_unlock(&rm->a->mu);
-    if (gone) atomic_store(&rm->dead, true);
+    pthread_mutex_unlock(&a->mu);
     return gone;
 }
 
@@ -390,8 +545,15 @@ void bi_req_complete(bi_req *r, uint64_t post_id) {
     }
     if (r->notif_len > 0) {
         if (!r->remote) {
-            bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), r->notif,
-                          r->notif_len);
+            if (!bi_notif_push(a, a->base.name, (uint32_t)strlen(a->base.name), r->notif,
+                               r->notif_len, false)) {
+                snprintf(msg, sizeof msg,
+                         "the data landed but the notification queue of agent %s is full "
+                         "(max_notifs=%u): take notifications",
+                         a->base.name, a->max_notifs);
+                bi_req_finish(r, post_id, KVP_ERR_BACKEND, msg);
+                return;
+            }
         } else {
             pthread_mutex_lock(&a->mu);
             bi_conn *c = r->conn;
@@ -424,7 +586,7 @@ void bi_req_cancel(bi_req *r) {
     /* Copies queued by an asynchronous CUDA post: wait for them (after whoever is
      * waiting for them now). */
     pthread_mutex_lock(&a->mu);
-    while (r->cu_waiting) pthread_cond_wait(&r->cv, &a->mu);
+    while (r->cu_waiting || r->tcp_posting) pthread_cond_wait(&r->cv, &a->mu);
     void *ev = NULL;
     if (r->cu_pending) {
         ev = r->cu_ev;
@@ -442,8 +604,7 @@ void bi_req_cancel(bi_req *r) {
     }
 }
 
-/* Cancels r and, when it was active, finishes it with status/msg. */
-static void cancel_with(bi_req *r, int32_t status, const char *msg) {
+void bi_req_fail_active(bi_req *r, int32_t status, const char *msg) {
     bi_agent *a = r->a;
     pthread_mutex_lock(&a->mu);
     bool active = r->state == RS_ACTIVE;
@@ -481,13 +642,13 @@ void bi_reqs_cancel_for(bi_agent *a, bi_remote *rm, int32_t status, const char *
                 }
             pthread_mutex_unlock(&a->mu);
             if (!t) break;
-            cancel_with(t, status, msg);
+            bi_req_fail_active(t, status, msg);
             kvp_obj_put(&t->obj);
         }
         return;
     }
     for (size_t i = 0; i < k; i++) {
-        cancel_with(v[i], status, msg);
+        bi_req_fail_active(v[i], status, msg);
         kvp_obj_put(&v[i]->obj);
     }
     free(v);
@@ -534,10 +695,12 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             return st;
         }
     }
-    bool run_inline = false, cu_async = false;
+    bool run_inline = false, cu_async = false, tcp_post = false;
     uint64_t post_id = 0;
     bi_conn *old = NULL;
     pthread_mutex_lock(&a->mu);
+    /* The previous post may still be queueing its frames (they would be queued twice). */
+    while (r->tcp_posting) pthread_cond_wait(&r->cv, &a->mu);
     if (a->dying) st = kvp_err(KVP_ERR_CANCELED, "agent %s is being destroyed", a->base.name);
     else if (r->released) st = kvp_err(KVP_ERR_NOT_FOUND, "request is being released");
     else if (r->state == RS_ACTIVE)
@@ -545,6 +708,17 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
                      (unsigned long long)h);
     else if (rm && rm->invalid)
         st = kvp_err(KVP_ERR_NOT_FOUND, "agent %s was invalidated", rm->name);
+    else if (rm && !rm->same_process && rm->same_host && atomic_load(&rm->dead))
+        st = kvp_err(KVP_ERR_REMOTE_DISCONNECT, "peer %s (pid %u) has exited", rm->name, rm->pid);
+    if (st == KVP_SUCCESS) st = lregs_check_locked(r);
+    if (st == KVP_SUCCESS && rm) rm->used = ++a->use_seq;
+    char pin_msg[400];
+    if (st == KVP_SUCCESS && !bi_req_pin(r, pin_msg, sizeof pin_msg))
+        st = kvp_err(KVP_ERR_NOT_FOUND, "%s", pin_msg);
+    if (st == KVP_SUCCESS && r->pinned) {
+        st = peer_grants_check(r);
+        if (st != KVP_SUCCESS) bi_req_unpin(r);
+    }
     if (st == KVP_SUCCESS) {
         post_id = ++a->post_seq;
         r->post_id = post_id;
@@ -559,12 +733,11 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         r->conn = c;
         c = NULL;
         if (r->path == PATH_TCP && r->np > 0) {
-            st = bi_tcp_post(r->conn, r, post_id);
-            if (st != KVP_SUCCESS) {
-                r->state = RS_DONE;
-                r->status = st;
-                snprintf(r->msg, sizeof r->msg, "%s", kvp_err_text());
-            }
+            /* Queued and sent outside a->mu: sending VRAM waits for the staging copies
+             * (a whole device-to-host copy), which must stall neither the caller's
+             * other calls nor the progress thread. A cancel waits for tcp_posting. */
+            tcp_post = true;
+            r->tcp_posting = true;
         } else if (r->np == 0 || r->total <= a->inline_max) {
             run_inline = true;
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
@@ -583,6 +756,16 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
     pthread_mutex_unlock(&a->mu);
     if (old) bi_conn_put(old);
     if (c) bi_conn_put(c);
+    if (tcp_post) {
+        int32_t ts = bi_tcp_post(r->conn, r, post_id);
+        char tmsg[sizeof r->msg];
+        if (ts != KVP_SUCCESS) snprintf(tmsg, sizeof tmsg, "%s", kvp_err_text());
+        pthread_mutex_lock(&a->mu);
+        if (ts != KVP_SUCCESS) bi_req_finish_locked(r, post_id, ts, tmsg);
+        r->tcp_posting = false;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&a->mu);
+    }
     if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
     if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);
     if (st == KVP_SUCCESS) {
@@ -710,8 +893,11 @@ int32_t bi_xfer_release(kvp_agent *ka, uint64_t h) {
     r->next = r->prev = NULL;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&a->mu);
-    cancel_with(r, KVP_ERR_CANCELED, "request released");
+    bi_req_fail_active(r, KVP_ERR_CANCELED, "request released");
     kvp_handle_drop(h, &r->obj);
     kvp_obj_put(&r->obj);
+    pthread_mutex_lock(&a->mu);
+    bi_remotes_sweep_locked(a); /* a dead or invalidated peer may be unused now */
+    pthread_mutex_unlock(&a->mu);
     return KVP_SUCCESS;
 }

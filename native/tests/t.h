@@ -93,9 +93,15 @@ typedef struct t_peer {
 } t_peer;
 /* anon: 0 = kvp_mem_alloc DRAM (a memfd the initiator maps), 1 = mmap(MAP_ANONYMOUS)
  * (reached by cross-memory attach), 2 = kvp_mem_alloc VRAM on device 0 (CUDA IPC),
- * 3 = kvp_mem_alloc DRAM with KVP_DRAM_PRIVATE (cross-memory attach). */
+ * 3 = kvp_mem_alloc DRAM with KVP_DRAM_PRIVATE (cross-memory attach), 4 = kvp_mem_alloc DRAM
+ * with KVP_DRAM_SPARSE (a memfd whose pages exist only once touched). */
 void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
                   uint64_t size, int anon);
+/* A peer forked now (before this process has threads of its own) that starts its agent
+ * only at t_peer_go: many peers can come and go one after another. */
+void t_peer_fork_gated(t_peer *p, const char *name, const char *backends, const char *params,
+                       uint64_t size, int anon);
+void t_peer_go(t_peer *p);
 void t_peer_fill(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
 int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
 /* Waits up to timeout_ms for notifications; when one arrives the peer verifies
@@ -103,4 +109,12 @@ int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
  * records taken; *verified = 1 when the data was there; from/msg of the first. */
 int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t seed,
                  int *verified, char *from, char *msg);
+/* The peer deregisters and frees its buffer, then maps other memory at the same
+ * address, filled with seed (t_peer_verify checks it). */
+void t_peer_dereg(t_peer *p, uint32_t seed);
+/* The peer (created with page_grants=on) loads md and grants that agent access
+ * (KVP_GRANT_*) to [off, off+len) of its buffer; returns the grant handle. */
+uint64_t t_peer_grant(t_peer *p, const uint8_t *md, uint64_t mdlen, uint64_t off, uint64_t len,
+                      uint32_t access);
+void t_peer_revoke(t_peer *p, uint64_t grant);
 void t_peer_stop(t_peer *p);

@@ -114,7 +114,7 @@ int t_verify(const void *p, uint64_t len, uint32_t seed) {
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT };
+enum { P_FILL = 1, P_VERIFY, P_NOTIF, P_QUIT, P_DEREG, P_GRANT, P_REVOKE };
 
 static void peer_main(int fd, const char *name, const char *backends, const char *params,
                       uint64_t size, int anon) {
@@ -132,9 +132,11 @@ static void peer_main(int fd, const char *name, const char *backends, const char
         CHECK(m != MAP_FAILED);
         base = (uint64_t)(uintptr_t)m;
     } else {
-        OK(kvp_mem_alloc(KVP_DRAM, anon == 3 ? KVP_DRAM_PRIVATE : 0, size, &base));
+        OK(kvp_mem_alloc(KVP_DRAM,
+                         anon == 3 ? KVP_DRAM_PRIVATE : anon == 4 ? KVP_DRAM_SPARSE : 0, size,
+                         &base));
     }
-    if (!vram) memset((void *)(uintptr_t)base, 0, size);
+    if (!vram && anon != 4) memset((void *)(uintptr_t)base, 0, size);
     uint64_t reg, dev0 = 0;
     OK(kvp_register(a, vram ? KVP_VRAM : KVP_DRAM, &base, &size, &dev0, 1, NULL, &reg));
     uint64_t mdlen;
@@ -160,9 +162,39 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             t_send_u64(fd, 1);
         } else if (cmd == P_VERIFY) {
             t_send_u64(fd, (uint64_t)t_verify((void *)(uintptr_t)(base + off), len, (uint32_t)seed));
+        } else if (cmd == P_DEREG && !vram) {
+            /* Deregister and free the buffer, then put other memory at the same address
+             * (what a reused heap looks like), filled with seed. */
+            OK(kvp_deregister(a, reg));
+            reg = 0;
+            if (anon == 1) munmap((void *)(uintptr_t)base, size);
+            else OK(kvp_mem_free(base));
+            void *m = mmap((void *)(uintptr_t)base, size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            CHECK(m == (void *)(uintptr_t)base);
+            anon = 1; /* munmap at the end */
+            t_fill(m, size, (uint32_t)seed);
+            t_send_u64(fd, 1);
+        } else if (cmd == P_GRANT) {
+            /* seed: access; then the grantee's metadata (loaded if needed). */
+            uint64_t bl;
+            uint8_t *blob = t_recv(fd, &bl);
+            char nm[300];
+            uint64_t nl = 0;
+            int32_t ls = kvp_load_remote_metadata(a, blob, bl, (uint8_t *)nm, sizeof nm, &nl);
+            CHECK(ls == KVP_SUCCESS);
+            nm[nl] = '\0';
+            free(blob);
+            uint64_t addr = base + off, g = 0, dev = 0;
+            int32_t gs = kvp_grant(a, nm, vram ? KVP_VRAM : KVP_DRAM, &addr, &len, &dev, 1,
+                                   (uint32_t)seed, 0, &g);
+            t_send_u64(fd, (uint64_t)(uint32_t)gs);
+            t_send_u64(fd, g);
+        } else if (cmd == P_REVOKE) {
+            t_send_u64(fd, (uint64_t)(uint32_t)kvp_revoke(a, off));
         } else if (cmd == P_NOTIF) {
             uint64_t timeout = t_recv_u64(fd);
-            int32_t st = kvp_notif_wait(a, (int64_t)timeout);
+            int32_t st = kvp_notif_wait(a, (int64_t)timeout, NULL, 0, NULL);
             uint64_t verified = 0;
             if (st == KVP_SUCCESS && len && vram) {
                 OK(kvp_mem_copy(KVP_DRAM, 0, (uint64_t)(uintptr_t)host, KVP_VRAM, 0, base + off, len));
@@ -178,7 +210,7 @@ static void peer_main(int fd, const char *name, const char *backends, const char
             t_send(fd, buf, bl);
         }
     }
-    OK(kvp_deregister(a, reg));
+    if (reg) OK(kvp_deregister(a, reg));
     OK(kvp_agent_destroy(a));
     if (anon == 1) munmap((void *)(uintptr_t)base, size);
     else OK(kvp_mem_free(base));
@@ -187,8 +219,8 @@ static void peer_main(int fd, const char *name, const char *backends, const char
     exit(0);
 }
 
-void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
-                  uint64_t size, int anon) {
+static void peer_fork(t_peer *p, const char *name, const char *backends, const char *params,
+                      uint64_t size, int anon, int gated) {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     fflush(stdout);
@@ -197,12 +229,36 @@ void t_peer_start(t_peer *p, const char *name, const char *backends, const char 
     CHECK(pid >= 0);
     if (pid == 0) {
         close(sv[0]);
+        if (gated) {
+            char go;
+            if (read(sv[1], &go, 1) != 1) exit(0); /* never started */
+        }
         peer_main(sv[1], name, backends, params, size, anon);
     }
     close(sv[1]);
     p->pid = pid;
     p->fd = sv[0];
     p->size = size;
+    p->md = NULL;
+    if (!gated) {
+        p->md = t_recv(p->fd, &p->mdlen);
+        p->base = t_recv_u64(p->fd);
+    }
+}
+
+void t_peer_start(t_peer *p, const char *name, const char *backends, const char *params,
+                  uint64_t size, int anon) {
+    peer_fork(p, name, backends, params, size, anon, 0);
+}
+
+void t_peer_fork_gated(t_peer *p, const char *name, const char *backends, const char *params,
+                       uint64_t size, int anon) {
+    peer_fork(p, name, backends, params, size, anon, 1);
+}
+
+void t_peer_go(t_peer *p) {
+    char go = 1;
+    CHECK(write(p->fd, &go, 1) == 1);
     p->md = t_recv(p->fd, &p->mdlen);
     p->base = t_recv_u64(p->fd);
 }
@@ -247,6 +303,26 @@ int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t
     }
     free(b);
     return (int)cnt;
+}
+
+void t_peer_dereg(t_peer *p, uint32_t seed) {
+    cmd4(p, P_DEREG, 0, 0, seed);
+    CHECK(t_recv_u64(p->fd) == 1);
+}
+
+uint64_t t_peer_grant(t_peer *p, const uint8_t *md, uint64_t mdlen, uint64_t off, uint64_t len,
+                      uint32_t access) {
+    cmd4(p, P_GRANT, off, len, access);
+    t_send(p->fd, md, mdlen);
+    int32_t st = (int32_t)(uint32_t)t_recv_u64(p->fd);
+    uint64_t g = t_recv_u64(p->fd);
+    CHECK_MSG(st == KVP_SUCCESS, "the peer's kvp_grant returned %s", kvp_status_name(st));
+    return g;
+}
+
+void t_peer_revoke(t_peer *p, uint64_t grant) {
+    cmd4(p, P_REVOKE, grant, 0, 0);
+    CHECK((int32_t)(uint32_t)t_recv_u64(p->fd) == KVP_SUCCESS);
 }
 
 void t_peer_stop(t_peer *p) {

@@ -6,7 +6,7 @@
 
 TEST(handles_double_destroy_and_released_handles) {
     uint64_t a = t_agent("H", NULL, NULL);
-    uint8_t buf[512];
+    uint8_t buf[4096];
     uint64_t len;
     OK(kvp_agent_info(a, buf, sizeof buf, &len));
     CHECK(len > 0 && len < sizeof buf);

@@ -33,7 +33,7 @@ static uint64_t prep_type(uint64_t a, const char *remote, int32_t type, uint64_t
 static void post_wait(uint64_t a, uint64_t req) {
     int32_t st = kvp_xfer_post(a, req);
     CHECK_MSG(st == KVP_SUCCESS || st == KVP_IN_PROG, "%s: %s", kvp_status_name(st), t_lasterr());
-    OK(kvp_xfer_wait(a, req, 20000));
+    OK(kvp_xfer_wait(a, req, 20000, NULL, 0, NULL));
 }
 
 TEST_T(cuda_loopback_dram_vram, 60) {
@@ -237,7 +237,8 @@ TEST_T(cuda_file_vram_staged, 60) {
     CHECK(tmp >= 0);
     close(tmp);
     int32_t fd, direct;
-    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_DIRECT, size, &fd, &direct));
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_DIRECT, size, &fh, &fd, &direct));
     unlink(path);
     uint64_t a = t_agent("F", "POSIX", NULL), v1, v2, reg, len = size;
     OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v1));
@@ -273,7 +274,7 @@ TEST_T(cuda_file_vram_staged, 60) {
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v1));
     OK(kvp_mem_free(v2));
-    OK(kvp_file_close(fd));
+    OK(kvp_file_close(fh));
     free(fa);
     free(fl);
     free(fdd);
@@ -340,9 +341,9 @@ TEST_T(cuda_async_post_poll_release_destroy, 60) {
     /* Waiting with a zero timeout only asks. */
     st = kvp_xfer_post(a, req);
     CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
-    st = kvp_xfer_wait(a, req, 0);
+    st = kvp_xfer_wait(a, req, 0, NULL, 0, NULL);
     CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
-    OK(kvp_xfer_wait(a, req, 20000));
+    OK(kvp_xfer_wait(a, req, 20000, NULL, 0, NULL));
     /* Released in flight: returns once the copies are done. */
     CHECK(kvp_xfer_post(a, req) >= 0);
     OK(kvp_xfer_release(a, req));

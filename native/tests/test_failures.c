@@ -49,7 +49,7 @@ static uint64_t mkreq(setup *s, int32_t op, uint32_t n) {
 static void post_wait_ok(setup *s, uint64_t req) {
     int32_t st = kvp_xfer_post(s->a, req);
     CHECK_MSG(st == KVP_SUCCESS || st == KVP_IN_PROG, "%s: %s", kvp_status_name(st), t_lasterr());
-    OK(kvp_xfer_wait(s->a, req, 10000));
+    OK(kvp_xfer_wait(s->a, req, 10000, NULL, 0, NULL));
 }
 
 TEST(tcp_peer_killed_mid_transfer_fails_with_remote_disconnect) {
@@ -61,13 +61,13 @@ TEST(tcp_peer_killed_mid_transfer_fails_with_remote_disconnect) {
     CHECK_ST(kvp_xfer_post(s.a, big), KVP_IN_PROG);
     /* The stopped peer cannot take 64 MiB: the wait times out with IN_PROG. */
     double t0 = t_now();
-    CHECK_ST(kvp_xfer_wait(s.a, big, 100), KVP_IN_PROG);
+    CHECK_ST(kvp_xfer_wait(s.a, big, 100, NULL, 0, NULL), KVP_IN_PROG);
     CHECK(t_now() - t0 >= 0.09);
     CHECK_ST(kvp_xfer_status(s.a, big), KVP_IN_PROG);
     CHECK_ST(kvp_xfer_post(s.a, big), KVP_ERR_REPOST_ACTIVE);
     CHECK(kill(s.p.pid, SIGKILL) == 0);
     t0 = t_now();
-    CHECK_ST(kvp_xfer_wait(s.a, big, 5000), KVP_ERR_REMOTE_DISCONNECT);
+    CHECK_ST(kvp_xfer_wait(s.a, big, 5000, NULL, 0, NULL), KVP_ERR_REMOTE_DISCONNECT);
     CHECK(t_now() - t0 < 5.0);
     char msg[512];
     uint64_t ml;
@@ -77,7 +77,7 @@ TEST(tcp_peer_killed_mid_transfer_fails_with_remote_disconnect) {
     t_wait_child(s.p.pid);
     /* Later posts fail quickly too (no peer to connect to). */
     int32_t st = kvp_xfer_post(s.a, small);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(s.a, small, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(s.a, small, 5000, NULL, 0, NULL);
     CHECK_ST(st, KVP_ERR_REMOTE_DISCONNECT);
     done(&s);
     close(s.p.fd);
@@ -91,7 +91,7 @@ TEST(shm_peer_killed_fails_with_remote_disconnect) {
     /* Kill while a second pass runs: it fails unless it finished before the peer died. */
     CHECK_ST(kvp_xfer_post(s.a, big), KVP_IN_PROG);
     CHECK(kill(s.p.pid, SIGKILL) == 0);
-    int32_t st = kvp_xfer_wait(s.a, big, 5000);
+    int32_t st = kvp_xfer_wait(s.a, big, 5000, NULL, 0, NULL);
     CHECK_MSG(st == KVP_ERR_REMOTE_DISCONNECT || st == KVP_SUCCESS, "%s", kvp_status_name(st));
     if (st == KVP_SUCCESS) fprintf(stderr, "    (the copy finished before the peer died)\n");
     t_wait_child(s.p.pid);
@@ -110,7 +110,7 @@ TEST(cma_peer_killed_fails_with_remote_disconnect) {
     CHECK(kill(s.p.pid, SIGKILL) == 0);
     t_wait_child(s.p.pid);
     int32_t st = kvp_xfer_post(s.a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(s.a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(s.a, req, 5000, NULL, 0, NULL);
     CHECK_ST(st, KVP_ERR_REMOTE_DISCONNECT);
     done(&s);
     close(s.p.fd);
@@ -146,7 +146,7 @@ typedef struct waiter {
 static void *wait_thread(void *arg) {
     waiter *w = arg;
     double t0 = t_now();
-    w->st = w->notif ? kvp_notif_wait(w->a, 20000) : kvp_xfer_wait(w->a, w->req, 20000);
+    w->st = w->notif ? kvp_notif_wait(w->a, 20000, NULL, 0, NULL) : kvp_xfer_wait(w->a, w->req, 20000, NULL, 0, NULL);
     w->took = t_now() - t0;
     return NULL;
 }
@@ -171,7 +171,7 @@ TEST(destroy_wakes_waiters_with_canceled) {
     CHECK_MSG(w1.st == KVP_ERR_CANCELED, "xfer wait: %s", kvp_status_name(w1.st));
     CHECK_MSG(w2.st == KVP_ERR_CANCELED, "notif wait: %s", kvp_status_name(w2.st));
     CHECK(w1.took < 3.0 && w2.took < 3.0);
-    CHECK_ST(kvp_xfer_wait(s.a, big, 0), KVP_ERR_NOT_FOUND);
+    CHECK_ST(kvp_xfer_wait(s.a, big, 0, NULL, 0, NULL), KVP_ERR_NOT_FOUND);
     CHECK(kill(s.p.pid, SIGCONT) == 0);
     OK(kvp_mem_free(s.m));
     free(s.idx);
@@ -181,12 +181,12 @@ TEST(destroy_wakes_waiters_with_canceled) {
 TEST(notif_wait_timeout_and_take_sizes) {
     uint64_t a = t_agent("A", NULL, NULL);
     double t0 = t_now();
-    CHECK_ST(kvp_notif_wait(a, 50), KVP_IN_PROG);
+    CHECK_ST(kvp_notif_wait(a, 50, NULL, 0, NULL), KVP_IN_PROG);
     CHECK(t_now() - t0 >= 0.045);
-    CHECK_ST(kvp_notif_wait(a, -1), KVP_ERR_INVALID_PARAM);
+    CHECK_ST(kvp_notif_wait(a, -1, NULL, 0, NULL), KVP_ERR_INVALID_PARAM);
     OK(kvp_notif_send(a, "A", (const uint8_t *)"0123456789", 10)); /* loopback */
     OK(kvp_notif_send(a, "A", (const uint8_t *)"ab", 2));
-    OK(kvp_notif_wait(a, 0));
+    OK(kvp_notif_wait(a, 0, NULL, 0, NULL));
     uint8_t buf[64];
     uint64_t len, cnt;
     OK(kvp_notif_take(a, buf, 5, &len, &cnt)); /* first does not fit: size reported */
@@ -240,7 +240,7 @@ TEST(xfer_create_validation) {
     OK(kvp_dlist_release(dl));
     /* Zero pairs: completes at once. */
     OK(kvp_xfer_create(a, KVP_WRITE, lp, li, rp, ri, 0, NULL, 0, &req));
-    CHECK_ST(kvp_xfer_wait(a, req, 0), KVP_ERR_NOT_POSTED);
+    CHECK_ST(kvp_xfer_wait(a, req, 0, NULL, 0, NULL), KVP_ERR_NOT_POSTED);
     OK(kvp_xfer_post(a, req));
     OK(kvp_xfer_status(a, req));
     OK(kvp_xfer_release(a, req));
@@ -267,7 +267,7 @@ TEST(stale_connection_to_restarted_peer_is_refused) {
     OK(kvp_xfer_create(a, KVP_WRITE, lp, &z, rp, &z, 1, NULL, 0, &req));
     int32_t st0 = kvp_xfer_post(a, req);
     CHECK(st0 == KVP_IN_PROG || st0 == KVP_SUCCESS);
-    OK(kvp_xfer_wait(a, req, 5000));
+    OK(kvp_xfer_wait(a, req, 5000, NULL, 0, NULL));
     /* T restarts on the same port: same name, new incarnation. */
     OK(kvp_agent_destroy(t));
     char params[64];
@@ -275,12 +275,12 @@ TEST(stale_connection_to_restarted_peer_is_refused) {
     t = t_agent("T", NULL, params);
     OK(kvp_register(t, KVP_DRAM, &m, &len, NULL, 1, NULL, &reg));
     int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     CHECK_ST(st, KVP_ERR_REMOTE_DISCONNECT);
     CHECK_MSG(strstr(t_lasterr(), "refused") || strstr(t_lasterr(), "lost"), "%s", t_lasterr());
     /* Once the old connection is gone, every new attempt is refused by the token. */
     st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     CHECK_ST(st, KVP_ERR_REMOTE_DISCONNECT);
     CHECK_ERR_HAS("refused the connection");
     kvp_md_free(&md);
@@ -307,7 +307,7 @@ TEST(tcp_release_mid_frame_then_reuse_then_kill) {
     t_fill((void *)(uintptr_t)s.m, 4 << 20, 99);
     int32_t st = kvp_xfer_post(s.a, one);
     CHECK(st == KVP_SUCCESS || st == KVP_IN_PROG);
-    OK(kvp_xfer_wait(s.a, one, 10000));
+    OK(kvp_xfer_wait(s.a, one, 10000, NULL, 0, NULL));
     CHECK(t_peer_verify(&s.p, 0, 4 << 20, 99));
     /* And a kill is still detected. */
     CHECK(kill(s.p.pid, SIGSTOP) == 0);
@@ -315,7 +315,7 @@ TEST(tcp_release_mid_frame_then_reuse_then_kill) {
     CHECK_ST(kvp_xfer_post(s.a, big), KVP_IN_PROG);
     usleep(100 * 1000);
     CHECK(kill(s.p.pid, SIGKILL) == 0);
-    CHECK_ST(kvp_xfer_wait(s.a, big, 5000), KVP_ERR_REMOTE_DISCONNECT);
+    CHECK_ST(kvp_xfer_wait(s.a, big, 5000, NULL, 0, NULL), KVP_ERR_REMOTE_DISCONNECT);
     t_wait_child(s.p.pid);
     done(&s);
     close(s.p.fd);

@@ -1,5 +1,6 @@
 /* test_files.c - FILE segments: DRAM <-> FILE through loopback, O_DIRECT with aligned
  * and unaligned pieces, errors with paths. */
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,8 +33,9 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     close(tmp);
     uint64_t total = page * n;
     int32_t fd = -1, direct = -1;
-    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE | flags, file_off + total, &fd,
-                     &direct));
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE | flags, file_off + total, &fh,
+                     &fd, &direct));
     CHECK(fd >= 0);
     if (flags & KVP_FILE_DIRECT) CHECK(direct == 1 || direct == 0);
     struct stat st;
@@ -53,8 +55,8 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, fp, idx, n, (const uint8_t *)"saved", 5, &req));
     int32_t s = kvp_xfer_post(a, req);
     CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, req, 10000));
-    OK(kvp_file_sync(fd));
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
+    OK(kvp_file_sync(fh));
     /* The bytes are in the file, read back with plain pread. */
     uint8_t *chk = malloc(total);
     int rfd = open(path, O_RDONLY);
@@ -64,7 +66,7 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     CHECK(t_verify(chk, total, 41));
     free(chk);
     /* The loopback notification. */
-    OK(kvp_notif_wait(a, 1000));
+    OK(kvp_notif_wait(a, 1000, NULL, 0, NULL));
     uint8_t nb[64];
     uint64_t nl, cnt;
     OK(kvp_notif_take(a, nb, sizeof nb, &nl, &cnt));
@@ -75,7 +77,7 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     OK(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, n, NULL, 0, &rreq));
     s = kvp_xfer_post(a, rreq);
     CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, rreq, 10000));
+    OK(kvp_xfer_wait(a, rreq, 10000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)(m + mem_off), total, 41));
     /* The other orientation: FILE as the local list, DRAM as the loopback remote. */
     uint64_t flp = prep_file(a, "", fd, file_off, page, n);
@@ -85,11 +87,11 @@ static void roundtrip(uint32_t flags, uint64_t page, uint32_t n, uint64_t file_o
     OK(kvp_xfer_create(a, KVP_WRITE, flp, idx, mrp, idx, n, NULL, 0, &oreq)); /* file -> mem */
     s = kvp_xfer_post(a, oreq);
     CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, oreq, 10000));
+    OK(kvp_xfer_wait(a, oreq, 10000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)(m + mem_off), total, 41));
     free(idx);
     OK(kvp_agent_destroy(a));
-    OK(kvp_file_close(fd));
+    OK(kvp_file_close(fh));
     OK(kvp_mem_free(m));
     unlink(path);
 }
@@ -107,19 +109,20 @@ TEST(file_roundtrip_direct_unaligned_pieces) {
 
 TEST(file_errors_name_the_path) {
     int32_t fd, d;
-    CHECK_ST(kvp_file_open("/nonexistent-dir/x", KVP_FILE_CREATE, 0, &fd, &d), KVP_ERR_BACKEND);
+    uint64_t fh;
+    CHECK_ST(kvp_file_open("/nonexistent-dir/x", KVP_FILE_CREATE, 0, &fh, &fd, &d), KVP_ERR_BACKEND);
     CHECK_ERR_HAS("/nonexistent-dir/x");
     CHECK_ERR_HAS("No such file");
-    CHECK_ST(kvp_file_open("/tmp", 0, 0, &fd, &d), KVP_ERR_BACKEND); /* EISDIR */
+    CHECK_ST(kvp_file_open("/tmp", 0, 0, &fh, &fd, &d), KVP_ERR_BACKEND); /* EISDIR */
     CHECK_ERR_HAS("Is a directory");
-    CHECK_ST(kvp_file_sync(-1), KVP_ERR_INVALID_PARAM);
-    CHECK_ST(kvp_file_close(-1), KVP_ERR_INVALID_PARAM);
+    CHECK_ST(kvp_file_sync(0), KVP_ERR_NOT_FOUND);
+    CHECK_ST(kvp_file_close(12345), KVP_ERR_NOT_FOUND);
     /* A registration past the end of the file: reads fail with a clear message. */
     char path[] = "/tmp/kvport-test-XXXXXX";
     int tmp = mkstemp(path);
     CHECK(tmp >= 0);
     close(tmp);
-    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, 4096, &fd, &d));
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, 4096, &fh, &fd, &d));
     uint64_t a = t_agent("F", NULL, NULL);
     uint64_t off = 0, len = 8192, dev = (uint64_t)fd, freg;
     OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &freg));
@@ -131,7 +134,7 @@ TEST(file_errors_name_the_path) {
     uint64_t req;
     OK(kvp_xfer_create(a, KVP_READ, lp, &z, fp, &z, 1, NULL, 0, &req));
     int32_t s = kvp_xfer_post(a, req);
-    if (s == KVP_IN_PROG) s = kvp_xfer_wait(a, req, 5000);
+    if (s == KVP_IN_PROG) s = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
     CHECK_ST(s, KVP_ERR_BACKEND);
     CHECK_ERR_HAS("end of file");
     /* FILE without the POSIX backend; a read-only fd; offset past the end with len 0. */
@@ -146,7 +149,88 @@ TEST(file_errors_name_the_path) {
     /* Remote FILE lists are not reachable: only loopback. */
     OK(kvp_agent_destroy(b));
     OK(kvp_agent_destroy(a));
-    OK(kvp_file_close(fd));
+    OK(kvp_file_close(fh));
     OK(kvp_mem_free(m));
     unlink(path);
+}
+
+/* Files are handles (issue 12): a double close and a close while registered are
+ * errors, and only descriptors from kvp_file_open can be registered. */
+TEST(file_handles_refuse_double_close_and_close_while_registered) {
+    char path[] = "/tmp/kvport-test-XXXXXX";
+    int tmp = mkstemp(path);
+    CHECK(tmp >= 0);
+    uint64_t a = t_agent("F", NULL, NULL), fh, freg, off = 0, len = 4096;
+    int32_t fd, d;
+    OK(kvp_file_open(path, KVP_FILE_TRUNCATE, 4096, &fh, &fd, &d));
+    uint64_t dev = (uint64_t)fd;
+    OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &freg));
+    CHECK_ST(kvp_file_close(fh), KVP_ERR_NOT_ALLOWED);
+    CHECK_ERR_HAS("still registered");
+    CHECK(fcntl(fd, F_GETFD) >= 0); /* still open */
+    OK(kvp_deregister(a, freg));
+    OK(kvp_file_close(fh));
+    CHECK(fcntl(fd, F_GETFD) < 0 && errno == EBADF);
+    CHECK_ST(kvp_file_close(fh), KVP_ERR_NOT_FOUND);
+    CHECK_ST(kvp_file_sync(fh), KVP_ERR_NOT_FOUND);
+    /* A descriptor of our own (mkstemp's): not a kvp file, refused. */
+    uint64_t raw = (uint64_t)tmp;
+    CHECK_ST(kvp_register(a, KVP_FILE, &off, &len, &raw, 1, NULL, &freg), KVP_ERR_INVALID_PARAM);
+    CHECK_ERR_HAS("kvp_file_open");
+    /* Destroying the agent releases its registrations' pins. */
+    OK(kvp_file_open(path, 0, 0, &fh, &fd, &d));
+    dev = (uint64_t)fd;
+    OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &freg));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_file_close(fh));
+    close(tmp);
+    unlink(path);
+}
+
+/* Deregister, close, and a new file gets the same descriptor number and is registered
+ * again: a request made on the old list must fail, never write into the new file. */
+TEST(file_post_never_reaches_a_reused_descriptor) {
+    char pa[] = "/tmp/kvport-test-XXXXXX", pb[] = "/tmp/kvport-test-XXXXXX";
+    int t1 = mkstemp(pa), t2 = mkstemp(pb);
+    CHECK(t1 >= 0 && t2 >= 0);
+    close(t1);
+    close(t2);
+    const uint64_t size = 64 << 10;
+    uint64_t a = t_agent("F", NULL, NULL), fa, fb, rega, regb, off = 0, len = size, m, mreg;
+    int32_t fda, fdb, d;
+    OK(kvp_file_open(pa, KVP_FILE_TRUNCATE, size, &fa, &fda, &d));
+    uint64_t dev = (uint64_t)fda;
+    OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &rega));
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
+    t_fill((void *)(uintptr_t)m, size, 12);
+    OK(kvp_register(a, KVP_DRAM, &m, &len, NULL, 1, NULL, &mreg));
+    uint64_t lp = t_prep_pages(a, "", m, 4096, 16), fp = prep_file(a, "F", fda, 0, 4096, 16);
+    uint32_t idx[16];
+    for (uint32_t i = 0; i < 16; i++) idx[i] = i;
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, fp, idx, 16, NULL, 0, &req));
+    OK(kvp_deregister(a, rega));
+    OK(kvp_file_close(fa));
+    OK(kvp_file_open(pb, KVP_FILE_TRUNCATE, size, &fb, &fdb, &d));
+    CHECK_MSG(fdb == fda, "the new file got fd %d, not the old %d: cannot test reuse", fdb, fda);
+    OK(kvp_register(a, KVP_FILE, &off, &len, &dev, 1, NULL, &regb));
+    int32_t st = kvp_xfer_post(a, req);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
+    CHECK_ST(st, KVP_ERR_NOT_FOUND);
+    uint8_t *chk = calloc(1, size);
+    int rfd = open(pb, O_RDONLY);
+    CHECK(rfd >= 0 && pread(rfd, chk, size, 0) == (ssize_t)size);
+    close(rfd);
+    for (uint64_t i = 0; i < size; i++)
+        CHECK_MSG(chk[i] == 0, "byte %llu of the new file was written", (unsigned long long)i);
+    free(chk);
+    OK(kvp_xfer_release(a, req));
+    OK(kvp_prepped_release(a, lp));
+    OK(kvp_prepped_release(a, fp));
+    OK(kvp_deregister(a, regb));
+    OK(kvp_file_close(fb));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(m));
+    unlink(pa);
+    unlink(pb);
 }

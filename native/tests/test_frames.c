@@ -146,6 +146,9 @@ TEST(frames_out_of_range_and_malformed) {
         d += (size_t)k;
     }
     CHECK(got[0] == 0xAB && got[15] == 0xAB);
+    /* Then the request's READ_END: all served. */
+    CHECK(read_frame(fd, &h, msg, sizeof msg));
+    CHECK(h.op == W_READ_END && h.req_id == 5 && h.status == KVP_SUCCESS && h.body_len == 0);
     /* Bad magic: the connection is closed. */
     send_all(fd, "garbage-garbage-garbage-garbage!", 32);
     CHECK(closed_by_peer(fd));
@@ -193,7 +196,7 @@ TEST(frames_out_of_range_and_malformed) {
     close(fd);
 
     /* The notification from the good connection arrived, named after its HELLO. */
-    OK(kvp_notif_wait(t, 2000));
+    OK(kvp_notif_wait(t, 2000, NULL, 0, NULL));
     uint8_t nb[64];
     uint64_t nl, cnt;
     OK(kvp_notif_take(t, nb, sizeof nb, &nl, &cnt));
@@ -212,7 +215,7 @@ TEST(frames_out_of_range_and_malformed) {
     OK(kvp_xfer_create(i, KVP_WRITE, lp, &z, rp, &z, 1, NULL, 0, &req));
     int32_t st = kvp_xfer_post(i, req); /* TCP: may already be acked when post returns */
     CHECK(st == KVP_IN_PROG || st == KVP_SUCCESS);
-    OK(kvp_xfer_wait(i, req, 5000));
+    OK(kvp_xfer_wait(i, req, 5000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)m, 4096, 5));
     kvp_md_free(&md);
     free(blob);

@@ -181,10 +181,13 @@ TEST(metadata_decoder_direct) {
     snprintf(md.name, sizeof md.name, "x");
     snprintf(md.host, sizeof md.host, "127.0.0.1");
     md.port = 5;
+    md.page_fd = 9;
+    md.page_ino = 1234;
+    md.page_size = 8192;
     kvp_md_region regs[2];
     memset(regs, 0, sizeof regs);
-    regs[0] = (kvp_md_region){KVP_DRAM, KVP_MDR_MEMFD, 0x1000, 0x100, 0, 7, 99, 0, 0x100, {0}, 0};
-    regs[1] = (kvp_md_region){KVP_VRAM, KVP_MDR_IPC, 0x9000, 0x100, 1, -1, 0, 0, 0, {1, 2, 3}, 8};
+    regs[0] = (kvp_md_region){KVP_DRAM, KVP_MDR_MEMFD, 0x1000, 0x100, 0, 7, 99, 0, 0x100, {0}, 0, NULL};
+    regs[1] = (kvp_md_region){KVP_VRAM, KVP_MDR_IPC, 0x9000, 0x100, 1, -1, 0, 0, 0, {1, 2, 3}, 8, NULL};
     md.regions = regs;
     md.nregions = 2;
     kvp_buf b = {0};
@@ -195,6 +198,9 @@ TEST(metadata_decoder_direct) {
     CHECK(out.nregions == 2 && out.regions[0].memfd == 7 && out.regions[1].ipc[2] == 3);
     CHECK(out.regions[1].ipc_off == 8 && out.port == 5 && strcmp(out.host, "127.0.0.1") == 0);
     CHECK(kvp_md_regions_equal(&md, &out));
+    CHECK(out.page_fd == 9 && out.page_ino == 1234 && out.page_size == 8192);
+    /* Encoded here: the process tag verifies here, and not once a byte changed. */
+    CHECK(kvp_md_from_this_process(b.p, b.len));
     kvp_md_free(&out);
     /* memfd window larger than the memfd: refused. */
     regs[0].memfd_off = 0x80;

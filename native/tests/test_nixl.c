@@ -89,7 +89,7 @@ static int32_t run_xfer(uint64_t a, int32_t op, uint64_t lp, const uint32_t *li,
     OK(kvp_xfer_create(a, op, lp, li, rp, ri, n, (const uint8_t *)notif,
                        notif ? strlen(notif) : 0, &req));
     int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000, NULL, 0, NULL);
     OK(kvp_xfer_release(a, req));
     return st;
 }
@@ -198,7 +198,7 @@ static void peer_main(int in, int out, const char *name, const char *backends) {
     free(theirs);
     t_send_u64(out, 1); /* loaded */
     for (;;) {
-        OK(kvp_notif_wait(a, 20000));
+        OK(kvp_notif_wait(a, 20000, NULL, 0, NULL));
         uint8_t rec[512];
         uint64_t len, count;
         OK(kvp_notif_take(a, rec, sizeof rec, &len, &count));
@@ -314,7 +314,8 @@ TEST_T(nixl_posix_file_write_read, 60) {
     CHECK(tmp >= 0);
     close(tmp);
     int32_t fd, direct;
-    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, size, &fd, &direct));
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, size, &fh, &fd, &direct));
     uint64_t off = 0, zero = 0, dev = (uint64_t)fd, freg;
     OK(kvp_register(a, KVP_FILE, &off, &zero, &dev, 1, NULL, &freg)); /* len 0: to EOF */
     uint64_t lp = prep_pages(a, "", KVP_DRAM, addr, 0, page, count);
@@ -326,7 +327,7 @@ TEST_T(nixl_posix_file_write_read, 60) {
     }
     t_fill((void *)(uintptr_t)addr, size, 42);
     OK(run_xfer(a, KVP_WRITE, lp, li, fp, ri, count, NULL));
-    OK(kvp_file_sync(fd));
+    OK(kvp_file_sync(fh));
     /* Another reader sees page i in slot ri[i]. */
     int rfd = open(path, O_RDONLY);
     CHECK(rfd >= 0);
@@ -348,7 +349,7 @@ TEST_T(nixl_posix_file_write_read, 60) {
     OK(kvp_prepped_release(a, fp));
     OK(kvp_deregister(a, freg));
     OK(kvp_deregister(a, reg));
-    OK(kvp_file_close(fd));
+    OK(kvp_file_close(fh));
     unlink(path);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(addr));
@@ -481,7 +482,7 @@ typedef struct waiter {
 static void *notif_waiter(void *p) {
     waiter *w = p;
     double t0 = t_now();
-    w->st = kvp_notif_wait(w->agent, w->timeout);
+    w->st = kvp_notif_wait(w->agent, w->timeout, NULL, 0, NULL);
     w->took = t_now() - t0;
     return NULL;
 }
@@ -502,7 +503,7 @@ TEST(nixl_destroy_ends_a_blocked_wait) {
     a = nixl_agent("waiting2", "UCX", NULL);
     double t0 = t_now();
     clock_t c0 = clock();
-    CHECK_ST(kvp_notif_wait(a, 300), KVP_IN_PROG);
+    CHECK_ST(kvp_notif_wait(a, 300, NULL, 0, NULL), KVP_IN_PROG);
     double wall = t_now() - t0, cpu = (double)(clock() - c0) / CLOCKS_PER_SEC;
     CHECK_MSG(wall >= 0.29 && wall < 1.0, "waited %.3f s", wall);
     CHECK_MSG(cpu < 0.5 * wall, "the wait used %.3f s of CPU in %.3f s", cpu, wall);
@@ -527,7 +528,7 @@ static void *xfer_worker(void *p) {
     }
     for (int r = 0; r < w->rounds; r++) {
         int32_t st = kvp_xfer_post(w->agent, req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(w->agent, req, 10000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(w->agent, req, 10000, NULL, 0, NULL);
         if (st != KVP_SUCCESS) w->failures++;
     }
     if (kvp_xfer_release(w->agent, req)) w->failures++;

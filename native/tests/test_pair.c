@@ -52,7 +52,7 @@ static void run_pair(const pair_cfg *cfg) {
     CHECK(t_peer_notif(&p, 10000, 0, size, 11, &verified, from, msg) == 1);
     CHECK_MSG(verified, "notification arrived before the data");
     CHECK(strcmp(from, "I") == 0 && strcmp(msg, "w1") == 0);
-    OK(kvp_xfer_wait(a, req, 10000));
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     /* Exactly once: no second record. */
     CHECK(t_peer_notif(&p, 50, 0, 0, 0, &verified, NULL, NULL) == 0);
 
@@ -60,7 +60,7 @@ static void run_pair(const pair_cfg *cfg) {
     t_fill((void *)(uintptr_t)m, size, 12);
     st = kvp_xfer_post(a, req);
     CHECK(st == KVP_SUCCESS || st == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, req, 10000));
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     CHECK(t_peer_notif(&p, 10000, 0, size, 12, &verified, NULL, msg) == 1 && verified);
     OK(kvp_xfer_release(a, req));
 
@@ -71,7 +71,7 @@ static void run_pair(const pair_cfg *cfg) {
     OK(kvp_xfer_create(a, KVP_READ, lp, li, rp, ri, cfg->npages, NULL, 0, &req));
     st = kvp_xfer_post(a, req);
     CHECK(st == KVP_SUCCESS || st == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, req, 10000));
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     /* local page i holds remote page n-1-i */
     uint8_t *tmp = malloc(size);
     t_fill(tmp, size, 21);
@@ -89,7 +89,7 @@ static void run_pair(const pair_cfg *cfg) {
     OK(kvp_xfer_create(a, KVP_WRITE, lp, li, rp, ri, 1, NULL, 0, &req));
     st = kvp_xfer_post(a, req);
     CHECK(st == KVP_SUCCESS || st == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, req, 10000));
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     CHECK(t_peer_verify(&p, cfg->page, cfg->page, 31));
     OK(kvp_xfer_release(a, req));
 

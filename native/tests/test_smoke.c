@@ -23,9 +23,9 @@ TEST(smoke_same_process_write_read_notif) {
     OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, n, (const uint8_t *)"done", 4, &req));
     int32_t st = kvp_xfer_post(a, req);
     CHECK(st == KVP_SUCCESS || st == KVP_IN_PROG);
-    OK(kvp_xfer_wait(a, req, 5000));
+    OK(kvp_xfer_wait(a, req, 5000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)mb, len, 7));
-    OK(kvp_notif_wait(b, 5000));
+    OK(kvp_notif_wait(b, 5000, NULL, 0, NULL));
     uint8_t buf[256];
     uint64_t bl2, cnt;
     OK(kvp_notif_take(b, buf, sizeof buf, &bl2, &cnt));
@@ -66,7 +66,7 @@ TEST(same_process_peer_deregistered_or_destroyed) {
     CHECK_ST(kvp_xfer_post(a, small), KVP_ERR_NOT_FOUND);
     CHECK_ERR_HAS("no longer has");
     int32_t st = kvp_xfer_post(a, big);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, big, 5000);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, big, 5000, NULL, 0, NULL);
     CHECK_ST(st, KVP_ERR_NOT_FOUND);
     /* Destroyed: REMOTE_DISCONNECT. */
     OK(kvp_agent_destroy(b));

@@ -82,7 +82,7 @@ static uint32_t rnd(void) {
     return g_rng;
 }
 
-/* Consumes sources through a tx pipeline the way tcp.c does: keep the ring fed from the
+/* Consumes sources through a tx pipeline the way tcp_send.c does: keep the ring fed from the
  * current position, take what the head gives in random bites. */
 static void drain_sources(kvp_stx *s, uint8_t **src, const uint64_t *len, int nsrc, int dev,
                           uint8_t *out) {

@@ -24,7 +24,7 @@ static void *post_loop(void *arg) {
     }
     for (uint32_t r = 0; r < p->rounds; r++) {
         int32_t st = kvp_xfer_post(p->a, req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(p->a, req, 20000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(p->a, req, 20000, NULL, 0, NULL);
         if (st != KVP_SUCCESS) p->failures++;
     }
     if (kvp_xfer_release(p->a, req) != KVP_SUCCESS) p->failures++;
@@ -71,7 +71,7 @@ static void *write_loop(void *arg) {
     writer *w = arg;
     while (!w->stop) {
         int32_t st = kvp_xfer_post(w->a, w->req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(w->a, w->req, 10000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(w->a, w->req, 10000, NULL, 0, NULL);
         if (st == KVP_SUCCESS) w->ok++;
         else if (st == KVP_ERR_INVALID_PARAM || st == KVP_ERR_NOT_FOUND) w->refused++;
         else w->other++;
@@ -162,7 +162,7 @@ TEST(no_descriptor_or_mapping_leaks) {
         /* shm path (maps the peer memfd) with a notification (opens a TCP connection). */
         OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 4, (const uint8_t *)"n", 1, &req));
         int32_t st = kvp_xfer_post(a, req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 5000, NULL, 0, NULL);
         OK(st);
         int verified;
         CHECK(t_peer_notif(&p, 5000, 0, 0, 0, &verified, NULL, NULL) == 1);

@@ -8,6 +8,10 @@
  * process with one request, reposted `reps` times; "ratio" is GB/s over the limit
  * (memcpy of the same total for same-host paths, a raw loopback TCP stream for tcp).
  * lat: 4 KiB WRITE post-to-completion percentiles, same host (inline) and TCP.
+ * rss: the sender's RSS growth for one 256 MiB same-host WRITE into a receiver buffer of
+ * 1, 4 and 8 GiB (sparse memfds, so the machine needs only what is written); "ratio" is
+ * the growth over the bytes the request touches (1.0: the footprint follows the request,
+ * not the receiver's buffer).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -80,7 +84,9 @@ static pid_t peer(uint64_t size, int anon, int *fd_out, uint8_t **md, uint64_t *
     if (pid == 0) {
         close(sv[0]);
         uint64_t a = agent("T", "UCX,POSIX", NULL), m;
-        if (anon) {
+        if (anon == 2) {
+            check(kvp_mem_alloc(KVP_DRAM, KVP_DRAM_SPARSE, size, &m), "alloc");
+        } else if (anon) {
             void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED) exit(1);
             memset(p, 0, size);
@@ -171,16 +177,16 @@ static void bw_case(const char *name, const char *backends, const char *params, 
     uint64_t req;
     check(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, pages, NULL, 0, &req), "create");
     check(kvp_xfer_post(a, req), "post");
-    check(kvp_xfer_wait(a, req, 60000), "wait"); /* warm-up (maps, connects) */
+    check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait"); /* warm-up (maps, connects) */
     double t0 = now();
     for (int i = 0; i < reps; i++) {
         check(kvp_xfer_post(a, req), "post");
-        int32_t st = kvp_xfer_wait(a, req, 60000);
+        int32_t st = kvp_xfer_wait(a, req, 60000, NULL, 0, NULL);
         check(st, "wait");
     }
     double dt = now() - t0;
     double gbps = (double)size * reps / dt / 1e9;
-    char info[2048];
+    char info[8192];
     uint64_t il;
     kvp_agent_info(a, (uint8_t *)info, sizeof info - 1, &il);
     info[il] = 0;
@@ -202,6 +208,57 @@ static void bw_case(const char *name, const char *backends, const char *params, 
            limit, gbps / limit,
            path_key, posts);
     fflush(stdout);
+}
+
+static uint64_t rss_now(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long vs = 0, res = 0;
+    if (!f || fscanf(f, "%llu %llu", &vs, &res) != 2) exit(1);
+    fclose(f);
+    return res * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Sender RSS against the receiver's buffer size (issue 19.3). */
+static void rss_case(uint64_t peer_gib) {
+    const uint64_t page = 4u << 20, pages = 64, size = page * pages; /* 256 MiB */
+    uint64_t peer_size = peer_gib << 30;
+    int fd;
+    uint8_t *md;
+    uint64_t mdlen, rbase;
+    pid_t pid = peer(peer_size, 2, &fd, &md, &mdlen, &rbase);
+    uint64_t a = agent("I", "UCX", NULL), m, reg, nl;
+    char nm[300];
+    check(kvp_load_remote_metadata(a, md, mdlen, (uint8_t *)nm, sizeof nm, &nl), "load");
+    check(kvp_mem_alloc(KVP_DRAM, 0, size, &m), "alloc");
+    memset((void *)(uintptr_t)m, 7, size);
+    check(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg), "register");
+    uint64_t before = rss_now();
+    /* The last 256 MiB of the receiver's buffer. */
+    uint64_t lp = prep(a, "", m, page, (uint32_t)pages);
+    uint64_t rp = prep(a, "T", rbase + peer_size - size, page, (uint32_t)pages);
+    uint32_t idx[64];
+    for (uint32_t i = 0; i < pages; i++) idx[i] = i;
+    uint64_t req;
+    double t0 = now();
+    check(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, (uint64_t)pages, NULL, 0, &req), "create");
+    check(kvp_xfer_post(a, req), "post");
+    check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait");
+    double first = now() - t0;
+    t0 = now();
+    check(kvp_xfer_post(a, req), "post");
+    check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait");
+    double warm = now() - t0;
+    uint64_t growth = rss_now() - before;
+    printf("{\"case\":\"rss_sender_vs_receiver_buffer\",\"receiver_gib\":%llu,"
+           "\"request_mib\":%llu,\"sender_rss_growth_mib\":%.1f,\"limit\":\"bytes the request "
+           "touches\",\"ratio\":%.2f,\"first_request_ms\":%.1f,\"warm_request_ms\":%.1f}\n",
+           (unsigned long long)peer_gib, (unsigned long long)(size >> 20), growth / 1048576.0,
+           (double)growth / (double)size, first * 1e3, warm * 1e3);
+    fflush(stdout);
+    kvp_agent_destroy(a);
+    kvp_mem_free(m);
+    peer_end(pid, fd);
+    free(md);
 }
 
 static int cmpd(const void *x, const void *y) {
@@ -226,7 +283,7 @@ static void lat_case(const char *name, const char *backends, const char *params,
     for (int i = -100; i < n; i++) {
         double t0 = now();
         int32_t st = kvp_xfer_post(a, req);
-        if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 10000);
+        if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 10000, NULL, 0, NULL);
         check(st, "4k");
         if (i >= 0) t[i] = (now() - t0) * 1e6;
     }
@@ -251,8 +308,9 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
     close(t);
     uint64_t size = (uint64_t)pages * page;
     int32_t fd, d;
+    uint64_t fh;
     check(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE | (direct ? KVP_FILE_DIRECT : 0),
-                        prealloc && *prealloc == '0' ? 0 : size, &fd, &d), "file_open");
+                        prealloc && *prealloc == '0' ? 0 : size, &fh, &fd, &d), "file_open");
     char tp[64];
     snprintf(tp, sizeof tp, "io_threads=%s", threads ? threads : "2");
     uint64_t a = agent("F", "UCX,POSIX", tp), m, reg, freg, zero = 0, dev = (uint64_t)fd;
@@ -276,12 +334,12 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
     check(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, pages, NULL, 0, &r), "create");
     double t0 = now();
     check(kvp_xfer_post(a, w), "post");
-    check(kvp_xfer_wait(a, w, 60000), "wait");
-    check(kvp_file_sync(fd), "sync");
+    check(kvp_xfer_wait(a, w, 60000, NULL, 0, NULL), "wait");
+    check(kvp_file_sync(fh), "sync");
     double wt = now() - t0;
     t0 = now();
     check(kvp_xfer_post(a, r), "post");
-    check(kvp_xfer_wait(a, r, 60000), "wait");
+    check(kvp_xfer_wait(a, r, 60000, NULL, 0, NULL), "wait");
     double rt = now() - t0;
     printf("{\"case\":\"file%s\",\"pages\":%u,\"page_bytes\":%llu,\"direct\":%d,"
            "\"write_gbps\":%.3f,\"read_gbps\":%.3f,\"note\":\"write includes fdatasync%s\"}\n",
@@ -289,7 +347,7 @@ static void file_case(uint32_t pages, uint64_t page, int direct) {
            size / rt / 1e9, d ? "" : "; read from page cache");
     fflush(stdout);
     kvp_agent_destroy(a);
-    kvp_file_close(fd);
+    kvp_file_close(fh);
     kvp_mem_free(m);
     unlink(path);
     free(ad);
@@ -365,6 +423,11 @@ int main(int argc, char **argv) {
     if (all || !strcmp(which, "lat")) {
         lat_case("lat_shm_4k", "UCX", NULL, 20000);
         lat_case("lat_tcp_4k", "TCP", NULL, 5000);
+    }
+    if (all || !strcmp(which, "rss")) {
+        rss_case(1);
+        rss_case(4);
+        rss_case(8);
     }
     if (all || !strcmp(which, "file")) {
         file_case(pages, page, 0);

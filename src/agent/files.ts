@@ -1,7 +1,9 @@
 /**
  * Files for FILE registration through the shim (`kvp_file_open`, `kvp_file_sync`,
  * `kvp_file_close`): the fd the engine reads and writes (NIXL: addr = offset, devId =
- * fd), opened with `O_DIRECT` where asked and the file system allows it.
+ * fd), opened with `O_DIRECT` where asked and the file system allows it. A file is a
+ * handle of the shim: only its fds can be registered, and it stays open until closed
+ * here (refused while registered), so a transfer never reaches a reused descriptor.
  *
  * @example
  * ```ts
@@ -9,13 +11,14 @@
  * import { closeFile, openFile } from "./files.ts";
  * await using agent = await NixlAgent.create({ name: "files", engine: "builtin", backends: ["POSIX"] });
  * const f = openFile(agent, "/tmp/kvport-example.bin", { create: true, size: 1 << 20 });
- * agent.registerMemory([{ fd: f.fd, offset: 0, length: 1 << 20 }]);
+ * const reg = agent.registerMemory([{ fd: f.fd, offset: 0, length: 1 << 20 }]);
+ * reg.deregister(); // a registered file cannot be closed
  * closeFile(agent, f);
  * ```
  * @module
  */
 
-import { check, cString, OUT_I32, OUT_I32_B } from "../../ffi/native.ts";
+import { check, cString, OUT_I32, OUT_I32_B, OUT_U64 } from "../../ffi/native.ts";
 import { NixlError, Status } from "../errors.ts";
 import type { NixlAgent } from "../agent.ts";
 import { agentLibraries } from "./desc_list.ts";
@@ -84,6 +87,8 @@ export interface OpenFileOptions {
  * ```
  */
 export interface NativeFile {
+  /** The shim's handle of the file (`kvp_file_sync`, `kvp_file_close`). */
+  readonly handle: bigint;
   /** The file descriptor (the `fd` of a FILE region). */
   readonly fd: number;
   /** Whether it is open with O_DIRECT (false when not asked, or refused). */
@@ -124,11 +129,11 @@ export function openFile(
   const size = BigInt(options.size ?? 0);
   check(
     lib,
-    lib.symbols.kvp_file_open(cString(path, "path"), flags, size, OUT_I32, OUT_I32_B),
+    lib.symbols.kvp_file_open(cString(path, "path"), flags, size, OUT_U64, OUT_I32, OUT_I32_B),
     "kvp_file_open",
     `opening ${path}`,
   );
-  return { fd: OUT_I32[0], direct: OUT_I32_B[0] !== 0, path };
+  return { handle: OUT_U64[0], fd: OUT_I32[0], direct: OUT_I32_B[0] !== 0, path };
 }
 
 /**
@@ -145,11 +150,12 @@ export function openFile(
  */
 export function syncFile(agent: NixlAgent, file: NativeFile): void {
   const lib = libOf(agent, "syncFile");
-  check(lib, lib.symbols.kvp_file_sync(file.fd), "kvp_file_sync", `syncing ${file.path}`);
+  check(lib, lib.symbols.kvp_file_sync(file.handle), "kvp_file_sync", `syncing ${file.path}`);
 }
 
 /**
- * Closes a file from {@linkcode openFile}.
+ * Closes a file from {@linkcode openFile}. A file still registered is refused
+ * (`NIXL_ERR_NOT_ALLOWED`: deregister it first); a second close is `NIXL_ERR_NOT_FOUND`.
  *
  * @example
  * ```ts
@@ -162,5 +168,5 @@ export function syncFile(agent: NixlAgent, file: NativeFile): void {
  */
 export function closeFile(agent: NixlAgent, file: NativeFile): void {
   const lib = libOf(agent, "closeFile");
-  check(lib, lib.symbols.kvp_file_close(file.fd), "kvp_file_close", `closing ${file.path}`);
+  check(lib, lib.symbols.kvp_file_close(file.handle), "kvp_file_close", `closing ${file.path}`);
 }

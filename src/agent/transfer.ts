@@ -20,7 +20,7 @@
  */
 
 import type { NativeLib } from "../../ffi/mod.ts";
-import { check, lastError, sizedOut, text } from "../../ffi/native.ts";
+import { CallMessage, check, lastError, sizedOut, text } from "../../ffi/native.ts";
 import { NixlError, NixlTimeoutError, Status } from "../errors.ts";
 import { type AgentCore, releasedError } from "./common.ts";
 import { type OpMetrics, TIMED_POST_BYTES } from "./metrics.ts";
@@ -187,10 +187,13 @@ export class TransferRequest {
     if (this.#core.closed) this.#core.handle(fn); // throws "agent ... is closed"
   }
 
-  /** The request's own failure message (set by the engine), else the thread's last error. */
-  #message(): string {
+  /** The request's own failure message (set by the engine), else the message the call
+   * handed back (`call`, for waits that ran on another thread), else this thread's last
+   * error (for calls made on it). */
+  #message(call?: string): string {
     const lib = this.#lib;
-    if (this.#released || this.#core.closed) return lastError(lib);
+    const fallback = () => call ?? lastError(lib);
+    if (this.#released || this.#core.closed) return fallback();
     try {
       const own = text(
         sizedOut(
@@ -199,9 +202,9 @@ export class TransferRequest {
           (buf, cap, len) => lib.symbols.kvp_xfer_message(this.#agent, this.#handle, buf, cap, len),
         ),
       );
-      return own || lastError(lib);
+      return own || fallback();
     } catch {
-      return lastError(lib);
+      return fallback();
     }
   }
 
@@ -213,10 +216,10 @@ export class TransferRequest {
     }
   }
 
-  #state(status: number, fn: string): TransferState {
+  #state(status: number, fn: string, call?: string): TransferState {
     if (status === Status.SUCCESS) return "done";
     if (status === Status.IN_PROG) return "pending";
-    throw new NixlError(status, fn, this.#message(), { context: this.#describe() });
+    throw new NixlError(status, fn, this.#message(call), { context: this.#describe() });
   }
 
   /** Posts the request: `"done"` when it completed inline, else `"pending"`. An active
@@ -261,10 +264,22 @@ export class TransferRequest {
     const onAbort = () => this.release();
     signal?.addEventListener("abort", onAbort, { once: true });
     let status: number;
+    // The last status and its message: from the native wait (another thread) or the poll.
+    const call = new CallMessage();
+    let fromWait = false;
     try {
       status = await waitStatus(
-        () => lib.symbols.kvp_xfer_status(agent, req),
-        nb && ((ms) => this.#core.track(nb.kvp_xfer_wait(agent, req, BigInt(ms)))),
+        () => {
+          fromWait = false;
+          return lib.symbols.kvp_xfer_status(agent, req);
+        },
+        nb &&
+          ((ms) =>
+            this.#core.track(nb.kvp_xfer_wait(agent, req, BigInt(ms), call.buf, call.cap, call.len))
+              .then((s) => {
+                fromWait = true;
+                return s;
+              })),
         timeoutMs,
         () => this.#released || this.#core.closed,
       );
@@ -288,7 +303,11 @@ export class TransferRequest {
         { context: this.#describe() },
       );
     }
-    this.#state(status, nb ? "kvp_xfer_wait" : "kvp_xfer_status");
+    this.#state(
+      status,
+      fromWait ? "kvp_xfer_wait" : "kvp_xfer_status",
+      fromWait ? call.text() : undefined,
+    );
   }
 
   /** Releases the request (idempotent); an active one is cancelled first, and no byte

@@ -20,6 +20,7 @@ import {
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelError } from "./errors.ts";
+import { parseEndpoint } from "./wire/endpoint.ts";
 import { errorMessage } from "./_util.ts";
 import { type BufferDevice, NativePage } from "./page.ts";
 import type { ChannelRole } from "./types.ts";
@@ -64,6 +65,19 @@ interface NixlPeer extends PeerHandle {
 }
 
 const MD_MAGIC = [0x4b, 0x56, 0x50, 0x4d]; // "KVPM", the built-in engine's metadata
+
+/**
+ * The agent's parameters: the data plane listens where the channel's handshake does
+ * (`peerInitUrl`'s host: `pd_peer_host`, `p2p_host`), unless `agentParams` says where;
+ * without either the engine's default (127.0.0.1) applies.
+ */
+function dataPlaneParams(options: NixlChannelOptions): Record<string, string> | undefined {
+  const params: Record<string, string> = { ...options.agentParams };
+  if (params.listen_host === undefined && options.peerInitUrl) {
+    params.listen_host = parseEndpoint(options.peerInitUrl, "bind").host;
+  }
+  return Object.keys(params).length > 0 ? params : undefined;
+}
 
 /** The agent name inside a built-in engine metadata blob, or `undefined`. */
 function metadataName(meta: Uint8Array): string | undefined {
@@ -170,7 +184,7 @@ export class NixlChannel extends ChannelBase {
       name: `kvport-${options.role}-${crypto.randomUUID()}`,
       engine: options.engine ?? "auto",
       backends: [...options.backends],
-      params: options.agentParams ? { ...options.agentParams } : undefined,
+      params: dataPlaneParams(options),
       libraryPath: options.libraryPath,
       metrics: options.metrics,
     });

@@ -16,7 +16,7 @@ import {
   Status,
 } from "../agent.ts";
 import type { HostBuffer } from "../agent/buffers.ts";
-import { closeFile, openFile } from "../agent/files.ts";
+import { closeFile, type NativeFile, openFile } from "../agent/files.ts";
 import { StorageError, toStorageError } from "./errors.ts";
 import type {
   StorageFile,
@@ -117,7 +117,8 @@ class AgentIo implements StorageIo {
   }
 
   closeFile(f: StorageFile): void {
-    closeFile(this.#agent, f);
+    // Only files of openFile reach here: they are NativeFiles (with the shim's handle).
+    closeFile(this.#agent, f as NativeFile);
   }
 
   registerFiles(files: readonly StorageFile[], length: number): StorageFileSet {
