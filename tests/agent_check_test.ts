@@ -3,6 +3,7 @@ import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { checkCommand, formatCheck, runCheck } from "../cli/check_cmd.ts";
 import { nativeSkip } from "./helpers/agent_pair.ts";
+import { ABI_VERSION } from "../ffi/mod.ts";
 
 if (nativeSkip) console.log(`agent_check_test (native part) skipped: ${nativeSkip}`);
 
@@ -15,13 +16,13 @@ test(
     assert.equal(r.ok, true);
     assert.match(r.runtime, /^(Deno|Bun) \d/);
     assert.ok(r.shim?.path.endsWith("libkvport.so"));
-    assert.equal(r.shim?.abiVersion, 1);
+    assert.equal(r.shim?.abiVersion, ABI_VERSION);
     assert.ok(r.enginesBuilt.includes("builtin"));
     assert.ok(r.engine.probe?.available);
     assert.ok(r.agent && "engine" in r.agent && r.agent.engine === "builtin");
     const text = formatCheck(r);
     assert.match(text, /^runtime: +(Deno|Bun)/m);
-    assert.match(text, /^shim: .*libkvport\.so \(ABI 1\)$/m);
+    assert.match(text, new RegExp(`^shim: .*libkvport\\.so \\(ABI ${ABI_VERSION}\\)$`, "m"));
     assert.match(text, /^CUDA: /m);
     assert.match(text, /^ok: engine builtin works$/m);
   },

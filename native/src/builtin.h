@@ -354,6 +354,7 @@ struct bi_agent {
     uint32_t max_inbound_conns;
     uint32_t hello_timeout_ms;
     uint32_t n_inbound;         /* (mu) */
+    uint32_t n_unhello;         /* inbound connections still without HELLO (mu) */
     atomic_uint_fast64_t n_read_queue_full, n_conns_refused, n_hello_timeouts, n_notifs_refused;
     /* threads */
     bi_pool pool;

@@ -155,6 +155,7 @@ void tcp_conn_fail(bi_conn *c, int32_t status, const char *why) {
         if (*pp == c) {
             *pp = c->next;
             if (c->inbound && a->n_inbound > 0) a->n_inbound--;
+            if (c->inbound && !c->hello_done && a->n_unhello > 0) a->n_unhello--;
             break;
         }
     }

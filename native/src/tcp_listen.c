@@ -57,6 +57,7 @@ void tcp_accept_all(bi_agent *a) {
         c->next = a->conns; /* the list's reference is the one from tcp_conn_new */
         a->conns = c;
         a->n_inbound++;
+        a->n_unhello++;
         pthread_mutex_unlock(&a->mu);
     }
 }

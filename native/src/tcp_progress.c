@@ -47,6 +47,10 @@ static int hello_deadlines(bi_agent *a) {
     bi_conn *late[64];
     int nl = 0;
     pthread_mutex_lock(&a->mu);
+    if (a->n_unhello == 0) { /* the common case: no scan */
+        pthread_mutex_unlock(&a->mu);
+        return -1;
+    }
     for (bi_conn *c = a->conns; c; c = c->next) {
         if (!c->inbound || c->hello_done || c->fd < 0) continue;
         if (c->hello_deadline_ns <= now && nl < 64) late[nl++] = c;

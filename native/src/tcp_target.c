@@ -39,6 +39,9 @@ bool tcp_target_dispatch(bi_conn *c, const char **why) {
         }
         c->peer_len = b[32];
         memcpy(c->peer_token, b + 16, 16); /* who it says it is: grants are keyed by it */
+        pthread_mutex_lock(&a->mu);
+        if (a->n_unhello > 0) a->n_unhello--;
+        pthread_mutex_unlock(&a->mu);
         memcpy(c->peer, b + 33, c->peer_len);
         c->peer[c->peer_len] = '\0';
         c->hello_done = true;

@@ -8,6 +8,9 @@
  * process with one request, reposted `reps` times; "ratio" is GB/s over the limit
  * (memcpy of the same total for same-host paths, a raw loopback TCP stream for tcp).
  * lat: 4 KiB WRITE post-to-completion percentiles, same host (inline) and TCP.
+ * grants: what page grants cost: the shm and tcp figures of the same run with the
+ * target enforcing grants (every page granted to the sender, one range each) and
+ * without; "ratio" is with / without (median of alternating runs; >= 0.98 is the goal).
  * rss: the sender's RSS growth for one 256 MiB same-host WRITE into a receiver buffer of
  * 1, 4 and 8 GiB (sparse memfds, so the machine needs only what is written); "ratio" is
  * the growth over the bytes the request touches (1.0: the footprint follows the request,
@@ -74,7 +77,11 @@ static uint64_t agent(const char *name, const char *backends, const char *extra)
 }
 
 /* Peer process: registers size bytes (memfd or anonymous), sends metadata and base,
- * waits for one byte, exits. */
+ * waits for one byte, exits. grant_page > 0: the agent enforces page grants; it then
+ * reads the initiator's metadata and grants it WRITE of every page of that size (one
+ * range each, as a receiver grants the pages of a request) before the byte. */
+static uint64_t g_grant_page;
+static bool g_scatter;
 static pid_t peer(uint64_t size, int anon, int *fd_out, uint8_t **md, uint64_t *mdlen,
                   uint64_t *base) {
     int sv[2];
@@ -83,7 +90,7 @@ static pid_t peer(uint64_t size, int anon, int *fd_out, uint8_t **md, uint64_t *
     pid_t pid = fork();
     if (pid == 0) {
         close(sv[0]);
-        uint64_t a = agent("T", "UCX,POSIX", NULL), m;
+        uint64_t a = agent("T", "UCX,POSIX", g_grant_page ? "page_grants=on\n" : NULL), m;
         if (anon == 2) {
             check(kvp_mem_alloc(KVP_DRAM, KVP_DRAM_SPARSE, size, &m), "alloc");
         } else if (anon) {
@@ -102,6 +109,25 @@ static pid_t peer(uint64_t size, int anon, int *fd_out, uint8_t **md, uint64_t *
         wr(sv[1], &len, 8);
         wr(sv[1], b, len);
         wr(sv[1], &m, 8);
+        if (g_grant_page) {
+            uint64_t il;
+            rd(sv[1], &il, 8);
+            uint8_t *ib = malloc(il);
+            rd(sv[1], ib, il);
+            char nm[300];
+            uint64_t nl;
+            check(kvp_load_remote_metadata(a, ib, il, (uint8_t *)nm, sizeof nm - 1, &nl), "load");
+            nm[nl] = 0;
+            uint64_t n = size / g_grant_page, g;
+            uint64_t *ad = malloc(n * 8), *ln = malloc(n * 8);
+            for (uint64_t i = 0; i < n; i++) {
+                ad[i] = m + i * g_grant_page;
+                ln[i] = g_grant_page;
+            }
+            check(kvp_grant(a, nm, KVP_DRAM, ad, ln, NULL, n, KVP_GRANT_WRITE, 0, &g), "grant");
+            char ok = 1;
+            wr(sv[1], &ok, 1);
+        }
         char c;
         rd(sv[1], &c, 1);
         kvp_agent_destroy(a);
@@ -157,25 +183,45 @@ static double memcpy_gbps(uint64_t bytes, int reps) {
 /* Raw loopback TCP between two processes, through kvport-limits' method (inline). */
 static double tcp_gbps(uint64_t total, uint64_t window);
 
-static void bw_case(const char *name, const char *backends, const char *params, int anon,
-                    uint32_t pages, uint64_t page, int reps, const char *path_key) {
+/* Moves pages x page to a peer reps times; GB/s. grants: the peer enforces page grants
+ * (every page granted). *posts: the posts counted under path_key. */
+static double bw_measure(const char *backends, const char *params, int anon, uint32_t pages,
+                         uint64_t page, int reps, const char *path_key, bool grants,
+                         unsigned long long *posts) {
     uint64_t size = (uint64_t)pages * page;
     int fd;
     uint8_t *md;
     uint64_t mdlen, rbase;
+    g_grant_page = grants ? page : 0;
     pid_t pid = peer(size, anon, &fd, &md, &mdlen, &rbase);
+    g_grant_page = 0;
     uint64_t a = agent("I", backends, params), m, reg, nl;
     char nm[300];
     check(kvp_load_remote_metadata(a, md, mdlen, (uint8_t *)nm, sizeof nm, &nl), "load");
+    if (grants) {
+        uint64_t il;
+        check(kvp_local_metadata(a, NULL, 0, &il), "md");
+        uint8_t *ib = malloc(il);
+        check(kvp_local_metadata(a, ib, il, &il), "md");
+        wr(fd, &il, 8);
+        wr(fd, ib, il);
+        char ok;
+        rd(fd, &ok, 1);
+        free(ib);
+    }
     check(kvp_mem_alloc(KVP_DRAM, 0, size, &m), "alloc");
     memset((void *)(uintptr_t)m, 7, size);
     check(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg), "register");
     uint64_t lp = prep(a, "", m, page, pages), rp = prep(a, "T", rbase, page, pages);
-    uint32_t *idx = malloc(pages * 4);
-    /* Every other page, so the pieces are not merged into one (like scattered KV). */
-    for (uint32_t i = 0; i < pages; i++) idx[i] = i;
+    uint32_t *idx = malloc(pages * 4), *ridx = malloc(pages * 4);
+    /* g_scatter: remote pages in reverse order, so no two pieces merge (scattered KV,
+     * one check per page); else consecutive pages, merged. */
+    for (uint32_t i = 0; i < pages; i++) {
+        idx[i] = i;
+        ridx[i] = g_scatter ? pages - 1 - i : i;
+    }
     uint64_t req;
-    check(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, pages, NULL, 0, &req), "create");
+    check(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, ridx, pages, NULL, 0, &req), "create");
     check(kvp_xfer_post(a, req), "post");
     check(kvp_xfer_wait(a, req, 60000, NULL, 0, NULL), "wait"); /* warm-up (maps, connects) */
     double t0 = now();
@@ -191,12 +237,21 @@ static void bw_case(const char *name, const char *backends, const char *params, 
     kvp_agent_info(a, (uint8_t *)info, sizeof info - 1, &il);
     info[il] = 0;
     char *pk = strstr(info, path_key);
-    unsigned long long posts = pk ? strtoull(pk + strlen(path_key) + 1, NULL, 10) : 0;
+    *posts = pk ? strtoull(pk + strlen(path_key) + 1, NULL, 10) : 0;
     kvp_agent_destroy(a);
     kvp_mem_free(m);
     peer_end(pid, fd);
     free(md);
     free(idx);
+    free(ridx);
+    return gbps;
+}
+
+static void bw_case(const char *name, const char *backends, const char *params, int anon,
+                    uint32_t pages, uint64_t page, int reps, const char *path_key) {
+    uint64_t size = (uint64_t)pages * page;
+    unsigned long long posts = 0;
+    double gbps = bw_measure(backends, params, anon, pages, page, reps, path_key, false, &posts);
     /* tcp: the raw stream cycles through as much memory as the transfer touches (a 4 MiB
      * buffer reused would stay in cache and flatter the raw side). */
     double limit = strcmp(name, "tcp") == 0 ? tcp_gbps(size * (uint64_t)reps, size)
@@ -264,6 +319,26 @@ static void rss_case(uint64_t peer_gib) {
 static int cmpd(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
     return a < b ? -1 : a > b;
+}
+
+static void grants_case(const char *name, const char *backends, int anon, uint32_t pages,
+                        uint64_t page, int reps, const char *path_key) {
+    enum { RUNS = 9 };
+    double off[RUNS], on[RUNS];
+    unsigned long long p_off = 0, p_on = 0;
+    for (int i = 0; i < RUNS; i++) { /* alternating, so that drift hits both */
+        off[i] = bw_measure(backends, NULL, anon, pages, page, reps, path_key, false, &p_off);
+        on[i] = bw_measure(backends, NULL, anon, pages, page, reps, path_key, true, &p_on);
+    }
+    qsort(off, RUNS, sizeof *off, cmpd);
+    qsort(on, RUNS, sizeof *on, cmpd);
+    double mo = off[RUNS / 2], mn = on[RUNS / 2];
+    printf("{\"case\":\"grants_%s%s\",\"pages\":%u,\"page_bytes\":%llu,\"reps\":%d,"
+           "\"runs\":%d,\"gbps_without\":%.3f,\"gbps_with\":%.3f,\"limit\":\"the same "
+           "transfer without grants\",\"ratio\":%.3f,\"%s\":%llu}\n",
+           name, g_scatter ? "_scattered" : "", pages, (unsigned long long)page, reps, RUNS, mo, mn,
+           mn / mo, path_key, p_on);
+    fflush(stdout);
 }
 
 static void lat_case(const char *name, const char *backends, const char *params, int n) {
@@ -423,6 +498,17 @@ int main(int argc, char **argv) {
     if (all || !strcmp(which, "lat")) {
         lat_case("lat_shm_4k", "UCX", NULL, 20000);
         lat_case("lat_tcp_4k", "TCP", NULL, 5000);
+    }
+    if (all || !strcmp(which, "grants")) {
+        grants_case("shm", "UCX", 0, pages, page, reps, "posts_mem");
+        grants_case("tcp", "TCP", 0, pages, page, reps, "posts_tcp");
+        /* The same bytes as 64 KiB pages that do not merge: one check per page. */
+        g_scatter = true;
+        uint64_t small = 64u << 10;
+        uint32_t many = (uint32_t)((uint64_t)pages * page / small);
+        grants_case("shm", "UCX", 0, many, small, reps, "posts_mem");
+        grants_case("tcp", "TCP", 0, many, small, reps, "posts_tcp");
+        g_scatter = false;
     }
     if (all || !strcmp(which, "rss")) {
         rss_case(1);
