@@ -4,6 +4,7 @@
  * the right ABI, failures (a missing source, no compiler) name what failed and leave
  * nothing behind, and the loader looks where the build puts the library.
  */
+import { ABI_VERSION } from "../ffi/mod.ts";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as http from "node:http";
@@ -113,7 +114,7 @@ test("buildShim builds a loadable libkvport.so and kvport-limits from the packag
     const lines: string[] = [];
     const built = await buildShim({ outDir: out.dir, log: (l) => lines.push(l) });
     assert.equal(built.library, path.join(out.dir, "libkvport.so"));
-    assert.equal(built.abiVersion, 1);
+    assert.equal(built.abiVersion, ABI_VERSION);
     assert.equal(built.source, new URL("native/", `file://${ROOT}`).href);
     assert.deepEqual(fs.readdirSync(out.dir).sort(), ["kvport-limits", "libkvport.so"]);
     assert.ok((fs.statSync(built.limits).mode & 0o111) !== 0, "kvport-limits is not executable");
@@ -138,7 +139,7 @@ test("a source that cannot be fetched fails the build naming its URL, leaving no
   const out = scratch("kvport-build-404-");
   const server = http.createServer((req, res) => {
     const rel = (req.url ?? "/").slice("/native/".length);
-    if (rel === "src/tcp.c" || !NATIVE_FILES.includes(rel)) res.writeHead(404).end();
+    if (rel === "src/xfer.c" || !NATIVE_FILES.includes(rel)) res.writeHead(404).end();
     else res.end(fs.readFileSync(path.join(ROOT, "native", rel)));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
@@ -146,7 +147,7 @@ test("a source that cannot be fetched fails the build naming its URL, leaving no
   try {
     await assert.rejects(buildShim({ outDir: out.dir, sourceUrl: base }), (e: unknown) => {
       assert.ok(e instanceof ShimBuildError);
-      assert.match(e.message, new RegExp(`cannot fetch ${base.href}src/tcp\\.c: HTTP 404`));
+      assert.match(e.message, new RegExp(`cannot fetch ${base.href}src/xfer\\.c: HTTP 404`));
       return true;
     });
     assert.deepEqual(fs.readdirSync(out.dir), []);

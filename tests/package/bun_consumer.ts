@@ -14,6 +14,7 @@
  * ```
  * @module
  */
+import { ABI_VERSION } from "../../ffi/mod.ts";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -129,7 +130,7 @@ test("bunx kvport --version and bunx kvport build work from the installed packag
   assert.equal(r.code, 0, show("bunx kvport build", r));
   const built = lastJson(r.stdout);
   assert.equal(built.library, `${env.XDG_CACHE_HOME}/kvport/${VERSION}/libkvport.so`);
-  assert.equal(built.abiVersion, 1);
+  assert.equal(built.abiVersion, ABI_VERSION);
   assert.match(String(built.source), /^file:\/\/.*\/node_modules\/@kvport\/nixl\/native\/$/);
 });
 

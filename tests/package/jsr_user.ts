@@ -14,6 +14,7 @@
  * ```
  * @module
  */
+import { ABI_VERSION } from "../../ffi/mod.ts";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -121,7 +122,7 @@ test("kvport build fetches the C sources over HTTP and builds the shim into the 
   const built = lastJson(r.stdout);
   const dir = `${env.XDG_CACHE_HOME}/kvport/${VERSION}`;
   assert.equal(built.library, `${dir}/libkvport.so`);
-  assert.equal(built.abiVersion, 1);
+  assert.equal(built.abiVersion, ABI_VERSION);
   assert.equal(built.source, `${server.url}native/`);
   const fetched = new Set(server.requests.slice(before));
   const notFetched = NATIVE_FILES.filter((f) => !fetched.has(`native/${f}`));
