@@ -15,6 +15,7 @@
 //    NOT_ALLOWED, passed through with the fix in the message);
 //  - no C++ exception crosses the C ABI.
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -143,6 +144,13 @@ const char *kind_name(Kind k) {
     case Kind::Req: return "request";
     }
     return "?";
+}
+
+// A CUDA driver this process can load (the GPU machine's libcuda.so.1): then UCX may be
+// asked for its CUDA transports. Checked once; the library stays loaded (UCX loads it too).
+static bool cuda_driver_present() {
+    static const bool present = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL) != nullptr;
+    return present;
 }
 
 static std::string hex(uint64_t v) {
@@ -395,7 +403,10 @@ int32_t agent_create(const char *name, const char *backends, const char *params,
                 if (auto it = p.backend.find(req_name); it != p.backend.end())
                     for (auto &[k, v] : it->second) bp[k] = v;
             if (req_name == "TCP") {
-                std::string ec = "TLS=tcp";
+                // VRAM over TCP needs UCX's cuda_copy to stage through host memory: NIXL's
+                // UCX refuses VRAM registrations without it. Only where a CUDA driver is
+                // there, so that a CPU-only UCX is not asked for a transport it lacks.
+                std::string ec = cuda_driver_present() ? "TLS=tcp,cuda_copy" : "TLS=tcp";
                 if (auto it = bp.find("engine_config"); it != bp.end() && !it->second.empty())
                     ec += "," + it->second;
                 bp["engine_config"] = ec;
