@@ -36,6 +36,27 @@ for (
     { name: "TCP, staged through pinned memory", backends: ["TCP"], path: "posts_staged" },
   ]
 ) {
+  if (testEngine === "nixl" && mode.backends[0] === "TCP") {
+    // NIXL's UCX restricted to TCP cannot move VRAM (no cuda_copy): a clear refusal.
+    test(`VRAM between two processes: ${mode.name}: the nixl engine refuses, naming the fix`, {
+      skip,
+    }, async () => {
+      await using agent = await NixlAgent.create({
+        name: `gpu-tcp-${process.pid}`,
+        engine: "nixl",
+        backends: ["TCP"],
+      });
+      const gpu = agent.allocate(1 << 20, { device: "cuda:0" });
+      assert.throws(() => agent.registerMemory(gpu), (e: Error) => {
+        assert.match(e.message, /NIXL_ERR_NOT_SUPPORTED/);
+        assert.match(e.message, /backend TCP/);
+        assert.match(e.message, /Use backends UCX/);
+        return true;
+      });
+      gpu.free();
+    });
+    continue;
+  }
   describe(`VRAM between two processes: ${mode.name}`, { skip }, () => {
     let agent: NixlAgent;
     let host: HostBuffer;

@@ -15,7 +15,6 @@
 //    NOT_ALLOWED, passed through with the fix in the message);
 //  - no C++ exception crosses the C ABI.
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -144,13 +143,6 @@ const char *kind_name(Kind k) {
     case Kind::Req: return "request";
     }
     return "?";
-}
-
-// A CUDA driver this process can load (the GPU machine's libcuda.so.1): then UCX may be
-// asked for its CUDA transports. Checked once; the library stays loaded (UCX loads it too).
-static bool cuda_driver_present() {
-    static const bool present = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL) != nullptr;
-    return present;
 }
 
 static std::string hex(uint64_t v) {
@@ -403,10 +395,7 @@ int32_t agent_create(const char *name, const char *backends, const char *params,
                 if (auto it = p.backend.find(req_name); it != p.backend.end())
                     for (auto &[k, v] : it->second) bp[k] = v;
             if (req_name == "TCP") {
-                // VRAM over TCP needs UCX's cuda_copy to stage through host memory: NIXL's
-                // UCX refuses VRAM registrations without it. Only where a CUDA driver is
-                // there, so that a CPU-only UCX is not asked for a transport it lacks.
-                std::string ec = cuda_driver_present() ? "TLS=tcp,cuda_copy" : "TLS=tcp";
+                std::string ec = "TLS=tcp";
                 if (auto it = bp.find("engine_config"); it != bp.end() && !it->second.empty())
                     ec += "," + it->second;
                 bp["engine_config"] = ec;
@@ -592,6 +581,16 @@ int32_t reg(uint64_t handle, int32_t mem_type, const uint64_t *addrs, const uint
             r->list.addDesc(nixlBlobDesc(static_cast<uintptr_t>(addrs[i]), len, devs[i],
                                          mem_type == KVP_OBJ ? keys[i] : std::string()));
         }
+        // "TCP" is UCX with TLS=tcp; UCX then has no cuda_copy to stage VRAM, and NIXL's
+        // engine_config splits on ',' so that "TLS=tcp,cuda_copy" cannot be said. Say so
+        // here rather than pass on NIXL's "UCX is likely not configured with CUDA".
+        if (mem_type == KVP_VRAM && a->backends.size() == 1 && a->backends[0] == "TCP")
+            fail(KVP_ERR_NOT_SUPPORTED,
+                 "kvp_register: VRAM on the nixl engine's backend TCP (NIXL's UCX restricted to "
+                 "TLS=tcp) is not supported: UCX needs cuda_copy beside tcp to move VRAM, which "
+                 "NIXL's engine_config cannot name. Use backends UCX (UCX then picks CUDA IPC "
+                 "or TCP with staging itself), or the builtin engine, whose TCP stages VRAM "
+                 "through pinned memory");
         nixl_status_t s = a->nixl->registerMem(r->list);
         if (s != NIXL_SUCCESS) {
             std::string be;
