@@ -115,6 +115,11 @@ export class RegistryClient {
     this.#req = options.replyUrl ? ReqSocket.connect(tcp(options.replyUrl), sockOpts) : null;
   }
 
+  /** Admit/evict reports queued, not yet written (at most 65536: beyond, a resync). */
+  get queuedReports(): number {
+    return this.#ops.length;
+  }
+
   /** Whether lookups can be asked (a reply URL is configured). */
   get canLookup(): boolean {
     return this.#req !== null;
