@@ -68,9 +68,21 @@ export interface ChannelBaseInit {
   transferTimeoutMs?: number;
   /** Largest control message accepted (default 64 MiB). */
   maxMessageBytes?: number;
+  /**
+   * Most peers known at once (default {@linkcode DEFAULT_MAX_PEERS}). A handshake beyond
+   * it forgets the least recently used peer (which handshakes again when it comes back).
+   */
+  maxPeers?: number;
   /** Registry the channel's transfers are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
 }
+
+/**
+ * Default bound of a channel's peer table: a decoder facing restarting prefillers for
+ * weeks would otherwise keep one entry (and one prepared page list) per sender it ever
+ * saw. Far above any live fan-in (8 prefillers x TP 8 is 64).
+ */
+export const DEFAULT_MAX_PEERS = 4096;
 
 interface PeerEntry {
   handle: PeerHandle;
@@ -211,6 +223,7 @@ export abstract class ChannelBase implements TransferChannel {
   protected readonly maxMessageBytes: number;
   #server: ControlServer | null = null;
   #peers = new Map<string, PeerEntry>();
+  readonly #maxPeers: number;
   #connecting = new Map<string, Promise<unknown>>();
   #listeners = new Set<(n: ChannelNotification) => void>();
   #sideHandler: SideMessageHandler | null = null;
@@ -244,6 +257,7 @@ export abstract class ChannelBase implements TransferChannel {
     this.handshakeTimeoutMs = init.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.transferTimeoutMs = init.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS;
     this.maxMessageBytes = init.maxMessageBytes ?? 64 * 1024 * 1024;
+    this.#maxPeers = Math.max(1, init.maxPeers ?? DEFAULT_MAX_PEERS);
     const registry = init.metrics ?? metricsRegistry();
     this.#metrics = channelMetrics(registry, this.role);
     // Held weakly (a static read, labels computed here): the registry outlives channels.
@@ -388,8 +402,14 @@ export abstract class ChannelBase implements TransferChannel {
   async #setPeer(peerId: string, prep: () => Promise<PeerHandle>): Promise<void> {
     const handle = await prep();
     const old = this.#peers.get(peerId);
+    this.#peers.delete(peerId); // re-inserted last: the most recently used
     this.#peers.set(peerId, { handle });
     if (old) this.#metrics?.rehandshake();
+    while (this.#peers.size > this.#maxPeers) {
+      // The table is bounded: the least recently used peer goes (it handshakes again).
+      const [lru] = this.#peers.keys();
+      await this.forgetPeer(lru).catch(() => {});
+    }
     if (old) {
       // A re-handshake: a restarted peer brings a new agent, whose name differs (or
       // whose connection info does); the old one is gone for good.
@@ -627,6 +647,11 @@ export abstract class ChannelBase implements TransferChannel {
       this.#assertOpen(op === "WRITE" ? "write" : "read");
       const local = this.localIndexes(localPages);
       const entry = this.#peers.get(spec?.peerId);
+      if (entry) {
+        // Most recently used last: the bound of the table forgets the others first.
+        this.#peers.delete(spec.peerId);
+        this.#peers.set(spec.peerId, entry);
+      }
       if (!entry) {
         throw new ChannelError(
           "UNKNOWN_PEER",

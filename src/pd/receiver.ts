@@ -126,7 +126,11 @@ interface Waiter {
  * ```
  */
 export class PdReceiver implements AsyncDisposable {
-  /** Receiver id: host + init port, no separator (`"localhost7300"`). */
+  /**
+   * Receiver id: `host:init_port` (`"localhost:7300"`, IPv6 hosts in brackets), the key
+   * senders know it by. LMCache glues them (`"localhost7300"`), which makes
+   * `127.0.0.1:54003` and `127.0.0.15:4003` one id; ours keeps them apart.
+   */
   readonly id: string;
   /** The channel holding the pages. */
   readonly channel: TransferChannel;
@@ -200,7 +204,7 @@ export class PdReceiver implements AsyncDisposable {
       metrics: options.metrics,
     });
     const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
-    const id = `${options.host}${initPort}`;
+    const id = joinHostPort(options.host, initPort);
     const holder: { rx?: PdReceiver } = {};
     let alloc: ControlServer;
     try {

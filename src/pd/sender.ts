@@ -75,7 +75,7 @@ export interface SendBatch {
 
 /** What {@linkcode PdSender.send} did. */
 export interface SendResult {
-  /** The receiver id (host + init port). */
+  /** The receiver id: `host:init_port` (IPv6 hosts in brackets), as {@linkcode PdReceiver.id}. */
   receiverId: string;
   /** Pages written. */
   sent: number;
@@ -136,7 +136,7 @@ const MAX_TRACKED_REQUESTS = 65536;
  * ```ts
  * import { PdSendError } from "@kvport/nixl";
  *
- * const e = new PdSendError("r1", "localhost7300", "alloc", "connection lost");
+ * const e = new PdSendError("r1", "localhost:7300", "alloc", "connection lost");
  * console.log(e.message);
  * ```
  */
@@ -183,7 +183,7 @@ export class PdSendError extends ChannelError {
  * ```ts
  * import { PdAllocRefusedError } from "@kvport/nixl";
  *
- * const e = new PdAllocRefusedError("r1", "localhost7300", "pool_too_small", "9 > 8 pages", 9);
+ * const e = new PdAllocRefusedError("r1", "localhost:7300", "pool_too_small", "9 > 8 pages", 9);
  * console.log(e.reason, e.code); // pool_too_small REMOTE_ERROR
  * ```
  */
@@ -431,7 +431,10 @@ export class PdSender implements AsyncDisposable {
     };
     const initPort = pick(spec.receiverInitPort, "receiverInitPort");
     const allocPort = pick(spec.receiverAllocPort, "receiverAllocPort");
-    const id = `${spec.receiverHost}${initPort}`;
+    // Keyed by (host, port): LMCache's glued `host + port` id makes 127.0.0.1:54003 and
+    // 127.0.0.15:4003 one receiver. That form never travels on the wire (each side sends
+    // its own local_id), so nothing of ours needs it.
+    const id = joinHostPort(spec.receiverHost, initPort);
     let link = this.#links.get(id);
     if (!link) {
       link = {
