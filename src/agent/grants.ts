@@ -112,7 +112,11 @@ export class PageGrant {
     this.remote = remote;
     this.count = count;
     this.bytes = bytes;
-    this.access = access === ACCESS_READ ? "read" : access === ACCESS_WRITE ? "write" : "read-write";
+    this.access = access === ACCESS_READ
+      ? "read"
+      : access === ACCESS_WRITE
+      ? "write"
+      : "read-write";
     this.expiresAt = expiresAt;
   }
 
@@ -241,7 +245,9 @@ export function grantRanges(
       out,
     ),
     "kvp_grant",
-    `granting peer "${remote}" ${access === ACCESS_READ ? "READ" : access === ACCESS_WRITE ? "WRITE" : "READ+WRITE"} ` +
+    `granting peer "${remote}" ${
+      access === ACCESS_READ ? "READ" : access === ACCESS_WRITE ? "WRITE" : "READ+WRITE"
+    } ` +
       `of ${addrs.length} ${memType} range(s)`,
   );
   return new PageGrant(

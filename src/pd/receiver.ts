@@ -14,6 +14,7 @@ import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
+import { PageGrantBook } from "../channel/grants.ts";
 import {
   collectPdPool,
   type PdPoolView,
@@ -70,6 +71,11 @@ export interface PdReceiverOptions extends PdChannelSettings {
   chunkSize?: number;
   /** `pd_allocation_timeout_sec` in ms: longest wait for free pages (default Infinity). */
   allocationTimeoutMs?: number;
+  /**
+   * With page grants on: how long a sender may WRITE the pages of an `AllocResponse`
+   * that never landed nor was cancelled, ms (default 120000; 0: until landed or dropped).
+   */
+  pageGrantTtlMs?: number;
 }
 
 /** Counters of a {@linkcode PdReceiver}. */
@@ -135,6 +141,8 @@ export class PdReceiver implements AsyncDisposable {
   readonly #alloc: ControlServer;
   readonly #chunkSize: number;
   readonly #allocTimeoutMs: number;
+  readonly #grants: PageGrantBook;
+  readonly #grantTtlMs: number;
   readonly #entries = new Map<string, ReceivedChunk>();
   readonly #pageKey = new Map<number, string>();
   #waiters: Waiter[] = [];
@@ -158,6 +166,8 @@ export class PdReceiver implements AsyncDisposable {
     this.pool = new PagePool(channel.pageCount);
     this.#chunkSize = options.chunkSize ?? 256;
     this.#allocTimeoutMs = options.allocationTimeoutMs ?? Infinity;
+    this.#grants = new PageGrantBook(channel);
+    this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     this.#unsubscribe = channel.onNotification((n) => {
       const keys = decodeLanded(n.message);
       if (keys) this.#landed(keys);
@@ -197,6 +207,7 @@ export class PdReceiver implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
     });
     const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
@@ -417,6 +428,8 @@ export class PdReceiver implements AsyncDisposable {
   #drop(key: string, e: ReceivedChunk): void {
     this.#entries.delete(key);
     this.#pageKey.delete(e.page);
+    // Revoked before the page can be granted again (the book runs in call order).
+    void this.#grants.release([e.page]);
     this.pool.release([e.page]);
   }
 
@@ -442,6 +455,8 @@ export class PdReceiver implements AsyncDisposable {
       }
     }
     this.#metrics?.receivedChunks.inc(fresh.length);
+    // Landed: the sender is done with these pages.
+    if (fresh.length > 0) void this.#grants.release(fresh.map((k) => this.#entries.get(k)!.page));
     if (fresh.length > 0) {
       for (const l of this.#landedListeners) {
         try {
@@ -597,10 +612,40 @@ export class PdReceiver implements AsyncDisposable {
       remote.push(page);
     }
     if (spare.length > 0) this.pool.release(spare);
+    if (remote.length > 0 && this.#grants.enforced) await this.#grantSender(msg, from, remote);
     finalAlready.sort((a, b) => a - b);
     this.#stats.allocRequests++;
     this.#metrics?.allocOk.inc();
     return allocResponse(generation, remote, finalAlready);
+  }
+
+  /**
+   * Grants the sender named by the request (`kvport_agent`) WRITE on exactly `pages`,
+   * before the reply tells it them; refuses the request (dropping its pages) when the
+   * sender is not named or not known.
+   */
+  async #grantSender(msg: SideMessage, from: string, pages: number[]): Promise<void> {
+    const agent = msg.kvport_agent;
+    let why: string | undefined;
+    if (typeof agent !== "string" || agent === "") {
+      why = "it names no kvport_agent: this receiver enforces page grants and grants the " +
+        "pages to the sender's agent (an older kvport sender? or turn grants off with " +
+        "extra_config.kvport_page_grants: false)";
+    } else {
+      try {
+        await this.#grants.grantWrite(agent, pages, this.#grantTtlMs);
+      } catch (e) {
+        why = `granting agent ${agent} WRITE on ${pages.length} page(s) failed ` +
+          `(handshake first): ${errorMessage(e)}`;
+      }
+    }
+    if (why === undefined) return;
+    for (const p of pages) {
+      const key = this.#pageKey.get(p);
+      const e = key === undefined ? undefined : this.#entries.get(key);
+      if (key !== undefined && e) this.#drop(key, e);
+    }
+    throw new AllocRefusal("bad_request", `AllocRequest from ${from}: ${why}`);
   }
 
   #cancel(msg: SideMessage): SideMessage {

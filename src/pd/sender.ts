@@ -319,6 +319,7 @@ export class PdSender implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
     });
     return new PdSender(channel, options);
@@ -504,6 +505,8 @@ export class PdSender implements AsyncDisposable {
         dtype: batch.dtype,
         last_chunk_toks: batch.lastChunkToks,
       }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
+      // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
+      request.kvport_agent = this.channel.agentName;
       const restarted = (why: string) =>
         fail(
           "restart",
