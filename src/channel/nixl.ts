@@ -382,7 +382,12 @@ export class NixlChannel extends ChannelBase {
       } catch (e) {
         // A restarted peer that kept its name: forget the old incarnation, load the new.
         const name = metadataName(meta);
-        if (e instanceof NixlError && e.status === Status.ERR_NOT_ALLOWED && name) {
+        // (Only a name that is loaded: other refusals, such as a blob carrying this agent's
+        // own token, are the answer.)
+        if (
+          e instanceof NixlError && e.status === Status.ERR_NOT_ALLOWED && name &&
+          this.agent.remoteAgents.includes(name)
+        ) {
           this.agent.invalidateRemoteAgent(name);
           return this.agent.addRemoteAgent(meta);
         }

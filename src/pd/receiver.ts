@@ -425,12 +425,13 @@ export class PdReceiver implements AsyncDisposable {
     return true;
   }
 
-  #drop(key: string, e: ReceivedChunk): void {
+  #drop(key: string, e: ReceivedChunk): Promise<void> {
     this.#entries.delete(key);
     this.#pageKey.delete(e.page);
     // Revoked before the page can be granted again (the book runs in call order).
-    void this.#grants.release([e.page]);
+    const revoked = this.#grants.release([e.page]);
     this.pool.release([e.page]);
+    return revoked;
   }
 
   /**
@@ -482,7 +483,7 @@ export class PdReceiver implements AsyncDisposable {
         case "AllocRequest":
           return await this.#allocate(msg, from);
         case "CancelNotif":
-          return this.#cancel(msg);
+          return await this.#cancel(msg);
         default:
           throw new AllocRefusal(
             "bad_request",
@@ -648,16 +649,19 @@ export class PdReceiver implements AsyncDisposable {
     throw new AllocRefusal("bad_request", `AllocRequest from ${from}: ${why}`);
   }
 
-  #cancel(msg: SideMessage): SideMessage {
+  async #cancel(msg: SideMessage): Promise<SideMessage> {
     const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+    const revoked: Promise<void>[] = [];
     for (const k of keys) {
       const e = this.#entries.get(k);
       if (e && !e.landed) {
-        this.#drop(k, e);
+        revoked.push(this.#drop(k, e));
         this.#stats.cancelled++;
         this.#metrics?.cancelledChunks.inc();
       }
     }
+    // The acknowledgement comes once the sender can no longer write those pages.
+    await Promise.all(revoked);
     // REP must answer; LMCache's async receiver acknowledges with an empty AllocResponse.
     return allocResponse("async", [], []);
   }
