@@ -413,7 +413,7 @@ export class PdReceiver implements AsyncDisposable {
     const e = this.#entries.get(key);
     if (!e) return undefined;
     const data = this.channel.page(e.page).read(0, e.bytes);
-    this.#drop(key, e);
+    void this.#drop(key, e);
     return { data, info: e };
   }
 
@@ -421,7 +421,7 @@ export class PdReceiver implements AsyncDisposable {
   remove(key: string): boolean {
     const e = this.#entries.get(key);
     if (!e) return false;
-    this.#drop(key, e);
+    void this.#drop(key, e);
     return true;
   }
 
@@ -627,6 +627,11 @@ export class PdReceiver implements AsyncDisposable {
    */
   async #grantSender(msg: SideMessage, from: string, pages: number[]): Promise<void> {
     const agent = msg.kvport_agent;
+    // The entries as they are now: a CancelNotif during the wait may free a page for
+    // another request, whose entry must not be dropped here.
+    const held = pages.map((p) => this.#pageKey.get(p)).map((k) =>
+      k === undefined ? undefined : { key: k, entry: this.#entries.get(k) }
+    );
     let why: string | undefined;
     if (typeof agent !== "string" || agent === "") {
       why = "it names no kvport_agent: this receiver enforces page grants and grants the " +
@@ -641,10 +646,8 @@ export class PdReceiver implements AsyncDisposable {
       }
     }
     if (why === undefined) return;
-    for (const p of pages) {
-      const key = this.#pageKey.get(p);
-      const e = key === undefined ? undefined : this.#entries.get(key);
-      if (key !== undefined && e) this.#drop(key, e);
+    for (const h of held) {
+      if (h?.entry && this.#entries.get(h.key) === h.entry) void this.#drop(h.key, h.entry);
     }
     throw new AllocRefusal("bad_request", `AllocRequest from ${from}: ${why}`);
   }
