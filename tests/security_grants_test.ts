@@ -19,7 +19,7 @@ import {
   MemoryFormat,
   nativeLibrary,
   NixlAgent,
-  NixlChannel,
+  type NixlChannel,
   NixlError,
   P2PBackend,
   PdReceiver,

@@ -8,6 +8,7 @@
 import {
   cudaDevices,
   DescList,
+  type GrantOptions,
   HostBuffer,
   type NativeBuffer,
   NixlAgent,
@@ -67,16 +68,6 @@ export interface NixlChannelOptions {
    * engine cannot, which a warning says (engine `"auto"` is not steered by this).
    */
   pageGrants?: boolean;
-}
-
-/** Options of {@linkcode NixlChannel.grantPages}. */
-export interface ChannelGrantOptions {
-  /** The peer may READ the pages. */
-  read?: boolean;
-  /** The peer may WRITE the pages. */
-  write?: boolean;
-  /** Milliseconds until the grant lapses by itself (0 or absent: until revoked). */
-  expiresMs?: number;
 }
 
 /**
@@ -232,7 +223,7 @@ export class NixlChannel extends ChannelBase {
   grantPages(
     agentName: string,
     pages: readonly number[],
-    options: ChannelGrantOptions,
+    options: Omit<GrantOptions, "memType">,
   ): Promise<PageGrant | null> {
     if (this.#pageGrants !== "on") return Promise.resolve(null);
     let ranges: { addrs: BigUint64Array; lens: BigUint64Array; devs: BigUint64Array };
