@@ -506,7 +506,9 @@ export class PdSender implements AsyncDisposable {
         last_chunk_toks: batch.lastChunkToks,
       }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
       // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
-      request.kvport_agent = this.channel.agentName;
+      // Only the builtin engine enforces them, and only a builtin-engine peer can reach a
+      // builtin-engine receiver: other receivers (LMCache's, on NIXL) get LMCache's form.
+      if (this.channel.engine === "builtin") request.kvport_agent = this.channel.agentName;
       const restarted = (why: string) =>
         fail(
           "restart",
