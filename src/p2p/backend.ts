@@ -432,7 +432,7 @@ export class P2PBackend implements AsyncDisposable {
    * `p2p_lookup_ports[tpRank]`, `lmcache_instance_id`, `controller_pull_url`,
    * `controller_reply_url`, `transfer_channel`, `nixl_backends`, the heartbeat keys, and
    * `extra_config`'s `p2p_socket_recv_timeout_ms`, `p2p_socket_send_timeout_ms`,
-   * `p2p_max_retry_count`. The page buffer is `max_local_cpu_size` GB, as LMCache shares
+   * `p2p_max_retry_count`, `kvport_page_grants`. The page buffer is `max_local_cpu_size` GB, as LMCache shares
    * its local CPU buffer, unless `bufferSize` is given. `pageSize` is one chunk's bytes.
    *
    * @example

@@ -247,7 +247,8 @@ export class PdReceiver implements AsyncDisposable {
    * Creates a receiver from a loaded configuration (`pd_peer_host`,
    * `pd_peer_init_port[tpRank]`, `pd_peer_alloc_port[tpRank]`, `pd_buffer_size`,
    * `pd_buffer_device`, `transfer_channel`, `nixl_backends`, `chunk_size`,
-   * `pd_allocation_timeout_sec`). `pageSize` is the bytes of one full chunk.
+   * `pd_allocation_timeout_sec`, `extra_config.kvport_page_grants`). `pageSize` is the bytes
+   * of one full chunk.
    *
    * @example
    * ```ts

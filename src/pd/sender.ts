@@ -328,7 +328,8 @@ export class PdSender implements AsyncDisposable {
   /**
    * Creates a sender from a loaded configuration (`pd_proxy_host`, `pd_proxy_port`,
    * `pd_skip_proxy_notification`, `pd_buffer_size`, `pd_buffer_device`,
-   * `transfer_channel`, `nixl_backends`). `pageSize` is the bytes of one full chunk.
+   * `transfer_channel`, `nixl_backends`, `extra_config.kvport_page_grants`). `pageSize` is
+   * the bytes of one full chunk.
    *
    * @example
    * ```ts
