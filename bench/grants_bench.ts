@@ -1,29 +1,135 @@
 /**
- * What page grants cost at the channel level: the PD end-to-end transfer of
- * `bench/pd_bench.ts` (prefiller here, decoder a `kvport pd-receiver` process) on the
- * same-host path (`nixl_backends: [UCX]`) and over TCP (`[TCP]`), with page grants on
- * (the default: the decoder grants the sender each AllocResponse's pages, the engine
- * checks every piece, the grant is revoked when the pages land) and off
- * (`extra_config.kvport_page_grants: false`), alternating on/off runs in the same process
- * and taking the median. Each figure is the GB/s with grants as a ratio to the same
- * transfer without them, measured in the same run (goal >= 0.98: grants cost under 2%),
- * with the ratio to memcpy alongside; then one JSON line.
+ * What page grants cost at the channel level: PD end to end (a prefiller here, decoders as
+ * `kvport pd-receiver` processes, as `bench/pd_bench.ts`) on the same-host path
+ * (`nixl_backends: [UCX]`) and over TCP (`[TCP]`), with page grants on (the default: the
+ * decoder grants the sender each AllocResponse's pages before replying, the engine checks
+ * every piece, the grant is revoked when the pages land) and off
+ * (`extra_config.kvport_page_grants: false`). Both pipelines run side by side and the
+ * requests alternate between them one by one (on, off, off, on, ...), so the drift of a
+ * shared machine hits both alike; the figure is the GB/s with grants as a ratio to the
+ * same transfer without them in the same run (median of the per-pair ratios; goal >= 0.98:
+ * grants cost under 2%), with the ratio to memcpy and the spread alongside; then one JSON
+ * line.
  *
  * ```sh
- * deno run -A bench/grants_bench.ts [--rounds 4] [--sizes 8,64] [--chunk-mib 4]
+ * deno run -A bench/grants_bench.ts [--pairs 20] [--sizes 8,64] [--chunk-mib 4] [--transports same_host,tcp]
  * bun bench/grants_bench.ts
  * ```
  *
  * @module
  */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { Report } from "./lib.ts";
-import { type PdBenchResult, runPdBench } from "./pd_bench.ts";
+import { loadConfig } from "../src/config/mod.ts";
+import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
+import { fillPattern } from "../src/pd/pattern.ts";
+import { PdSender } from "../src/pd/sender.ts";
+import { type Child, freePort, measureMemcpy, nextEvent, spawnKvport } from "../cli/demo_cmd.ts";
+import { demoKey } from "../cli/pd_cmd.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+interface Pipeline {
+  tx: PdSender;
+  rx: Child;
+  spec: { receiverHost: string; receiverInitPort: number[]; receiverAllocPort: number[] };
+  dir: string;
+}
+
+/** A decoder process and a sender here, both with page grants `grants`. */
+async function pipeline(
+  grants: boolean,
+  backends: string[],
+  chunk: number,
+  shape: number[],
+  maxChunks: number,
+): Promise<Pipeline> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-grants-bench-"));
+  const [initPort, allocPort] = [await freePort(), await freePort()];
+  const yaml = path.join(dir, "decoder.yaml");
+  fs.writeFileSync(
+    yaml,
+    [
+      "enable_pd: true",
+      "transfer_channel: nixl",
+      "pd_buffer_device: cpu",
+      `nixl_backends: [${backends.join(", ")}]`,
+      `extra_config: {kvport_page_grants: ${grants}}`,
+      "pd_role: receiver",
+      "pd_peer_host: 127.0.0.1",
+      `pd_peer_init_port: [${initPort}]`,
+      `pd_peer_alloc_port: [${allocPort}]`,
+      `pd_buffer_size: ${2 * maxChunks * chunk}`,
+      "pd_allocation_timeout_sec: 60",
+    ].join("\n"),
+  );
+  const rx = spawnKvport("pd-receiver", [
+    "pd-receiver",
+    "--config",
+    yaml,
+    "--kv-shape",
+    shape.join(","),
+    "--json",
+  ]);
+  await nextEvent(rx, "ready", 30_000);
+  (async () => {
+    for await (const _ of rx.lines) { /* landed events: keep the pipe drained */ }
+  })();
+  const { config } = loadConfig({
+    env: {},
+    overrides: {
+      enable_pd: true,
+      pd_role: "sender",
+      transfer_channel: "nixl",
+      pd_buffer_size: maxChunks * chunk,
+      pd_buffer_device: "cpu",
+      pd_skip_proxy_notification: true,
+      nixl_backends: backends,
+      extra_config: { kvport_page_grants: grants },
+    },
+  });
+  const engine = (process.env.KVPORT_ENGINE ??= "builtin") as "auto" | "builtin" | "nixl";
+  const tx = await PdSender.fromConfig(config, { pageSize: chunk, engine });
+  const spec = {
+    receiverHost: "127.0.0.1",
+    receiverInitPort: [initPort],
+    receiverAllocPort: [allocPort],
+  };
+  await tx.connect(spec);
+  return { tx, rx, spec, dir };
+}
+
+async function closePipeline(p: Pipeline): Promise<void> {
+  await p.tx.close();
+  p.rx.kill();
+  await p.rx.exited;
+  fs.rmSync(p.dir, { recursive: true, force: true });
+}
+
+let reqNo = 0;
+
+/** One request of `n` chunks; seconds from the first AllocRequest to the last WRITE. */
+async function request(p: Pipeline, n: number, shape: number[]): Promise<number> {
+  const reqId = `grants-bench-${reqNo++}`;
+  const pages = await p.tx.allocate(n, 60_000);
+  const keys = pages.map((_, i) => demoKey(reqId, i));
+  keys.forEach((k, i) => fillPattern(k, p.tx.channel.pages[pages[i]]));
+  const t0 = performance.now();
+  await p.tx.send({ ...p.spec, reqId, isLastPrefill: true }, {
+    keys,
+    pages,
+    shape,
+    dtype: "bfloat16",
+    lastChunkToks: 256,
+  });
+  return (performance.now() - t0) / 1000;
 }
 
 /**
@@ -32,81 +138,110 @@ function median(xs: number[]): number {
  * @example
  * ```ts
  * import { runGrantsBench } from "./grants_bench.ts";
- * await runGrantsBench({ rounds: 2, sizes: [8], chunkBytes: 1 << 20 });
+ * await runGrantsBench({ pairs: 4, sizes: [8], chunkBytes: 1 << 20 });
  * ```
  */
 export async function runGrantsBench(
-  options: { rounds?: number; sizes?: number[]; chunkBytes?: number } = {},
+  options: { pairs?: number; sizes?: number[]; chunkBytes?: number; transports?: string[] } = {},
 ): Promise<void> {
-  const rounds = options.rounds ?? 4;
+  const pairs = options.pairs ?? 20;
   const sizes = options.sizes ?? [8, 64];
-  const chunkBytes = options.chunkBytes ?? 4 * 2 ** 20;
+  const maxChunks = Math.max(...sizes);
+  const heads = Math.max(1, Math.floor((options.chunkBytes ?? 4 * 2 ** 20) / 1024));
+  const shape = [2, 1, 256, heads]; // K and V, one layer, 256 tokens, bf16
+  const chunk = chunkBytes(MemoryFormat.KV_2LTD, shape, "bfloat16")!;
+  const transports = (options.transports ?? ["same_host", "tcp"]).map((t) => {
+    if (t !== "same_host" && t !== "tcp") throw new Error(`unknown transport ${t}`);
+    return [t, t === "tcp" ? ["TCP"] : ["UCX"]] as const;
+  });
   const report = new Report("grants");
   console.log(
-    `grants bench: PD ${sizes.join(", ")} chunk(s) of ${chunkBytes / 2 ** 20} MiB, ` +
-      `${rounds} alternating rounds with and without page grants per transport`,
+    `grants bench: PD requests of ${sizes.join(", ")} chunk(s) of ${chunk / 2 ** 20} MiB, ` +
+      `${pairs} pairs of requests (with and without page grants, alternating) per size`,
   );
-  for (const [transport, backends] of [["same_host", ["UCX"]], ["tcp", ["TCP"]]] as const) {
-    const runs: Record<"on" | "off", PdBenchResult[][]> = { on: [], off: [] };
-    for (let r = 0; r < rounds; r++) {
-      // Alternate which goes first, so a drift of the machine hits both alike.
-      for (const g of r % 2 === 0 ? [true, false] : [false, true]) {
-        runs[g ? "on" : "off"].push(
-          await runPdBench({
-            sizes,
-            chunkBytes,
-            pageGrants: g,
-            backends: [...backends],
-            quiet: true,
-          }),
+  for (const [transport, backends] of transports) {
+    const on = await pipeline(true, [...backends], chunk, shape, maxChunks);
+    const off = await pipeline(false, [...backends], chunk, shape, maxChunks);
+    try {
+      const grants = (on.tx.channel as { pageGrants?: string }).pageGrants;
+      if (grants !== "on") {
+        console.log(
+          `  (${transport}: the channel's page grants are ${grants}: nothing to measure)`,
         );
       }
+      for (const n of sizes) {
+        await request(on, n, shape); // warm-up, both
+        await request(off, n, shape);
+        const tOn: number[] = [], tOff: number[] = [], paired: number[] = [];
+        for (let i = 0; i < pairs; i++) {
+          // on, off, off, on, ...: neither is always first.
+          const first = i % 2 === 0;
+          const a = await request(first ? on : off, n, shape);
+          const b = await request(first ? off : on, n, shape);
+          const [x, y] = first ? [a, b] : [b, a];
+          tOn.push(x);
+          tOff.push(y);
+          paired.push(y / x); // GB/s with / without
+        }
+        const bytes = n * chunk;
+        const gOn = bytes / median(tOn) / 1e9, gOff = bytes / median(tOff) / 1e9;
+        const mc = (await measureMemcpy(bytes)).bps / 1e9;
+        const ratio = median(paired);
+        const spread = (xs: number[]) => (Math.max(...xs) - Math.min(...xs)) / median(xs);
+        // The figure: the with-grants GB/s whose ratio to the limit is the paired median.
+        report.add({
+          name: `grants_pd_${transport}_${n}x${(chunk / 2 ** 20).toFixed(0)}MiB`,
+          value: gOff * ratio,
+          unit: "GB/s",
+          limit: gOff,
+          limitName: "the same transfer without page grants",
+          goal: { op: ">=", ratio: 0.98 },
+          extra: {
+            engine: on.tx.channel.engine,
+            pageGrants: grants,
+            pairs,
+            withGbps: gOn,
+            withoutGbps: gOff,
+            memcpyGbps: mc,
+            ratioToMemcpy: gOn / mc,
+            spreadWith: spread(tOn),
+            spreadWithout: spread(tOff),
+            pairedRatioMin: Math.min(...paired),
+            pairedRatioMax: Math.max(...paired),
+          },
+        });
+        console.log(
+          `  (${transport}, ${n} chunk(s): medians ${gOn.toFixed(2)} GB/s with, ` +
+            `${gOff.toFixed(2)} without; with = ${(gOn / mc).toFixed(2)} x memcpy ` +
+            `${mc.toFixed(2)} GB/s; per-pair ratios ${Math.min(...paired).toFixed(2)}..` +
+            `${Math.max(...paired).toFixed(2)}; spread ${(100 * spread(tOn)).toFixed(0)}% / ` +
+            `${(100 * spread(tOff)).toFixed(0)}%)`,
+        );
+      }
+    } finally {
+      await closePipeline(on);
+      await closePipeline(off);
     }
-    sizes.forEach((n, i) => {
-      const on = median(runs.on.map((rs) => rs[i].gbps));
-      const off = median(runs.off.map((rs) => rs[i].gbps));
-      const memcpy = median([...runs.on, ...runs.off].map((rs) => rs[i].memcpyGbps));
-      const spread = (xs: number[]) => (Math.max(...xs) - Math.min(...xs)) / median(xs);
-      const s = report.add({
-        name: `grants_pd_${transport}_${n}x${(chunkBytes / 2 ** 20).toFixed(0)}MiB`,
-        value: on,
-        unit: "GB/s",
-        limit: off,
-        limitName: "the same transfer without page grants",
-        goal: { op: ">=", ratio: 0.98 },
-        extra: {
-          engine: runs.on[0][i].engine,
-          withoutGbps: off,
-          memcpyGbps: memcpy,
-          ratioToMemcpy: on / memcpy,
-          rounds,
-          spreadWith: spread(runs.on.map((rs) => rs[i].gbps)),
-          spreadWithout: spread(runs.off.map((rs) => rs[i].gbps)),
-        },
-      });
-      console.log(
-        `  (${transport}, ${n} chunk(s): without grants ${off.toFixed(2)} GB/s; with ` +
-          `${(on / memcpy).toFixed(2)} x memcpy ${memcpy.toFixed(2)} GB/s; run-to-run spread ` +
-          `${(100 * (s.extra!.spreadWith as number)).toFixed(0)}% / ` +
-          `${(100 * (s.extra!.spreadWithout as number)).toFixed(0)}%)`,
-      );
-    });
   }
-  report.finish({ note: "ratio = GB/s with page grants / without, same run (median of rounds)" });
+  report.finish({
+    note: "ratio = GB/s with page grants / without, median of alternating request pairs",
+  });
 }
 
 if (import.meta.main) {
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
-      rounds: { type: "string" },
+      pairs: { type: "string" },
       sizes: { type: "string" },
       "chunk-mib": { type: "string" },
+      transports: { type: "string" },
     },
   });
   await runGrantsBench({
-    rounds: values.rounds ? Number(values.rounds) : undefined,
+    pairs: values.pairs ? Number(values.pairs) : undefined,
     sizes: values.sizes?.split(",").map(Number),
     chunkBytes: values["chunk-mib"] ? Number(values["chunk-mib"]) * 2 ** 20 : undefined,
+    transports: values.transports?.split(","),
   });
 }

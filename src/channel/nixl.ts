@@ -150,7 +150,7 @@ export class NixlChannel extends ChannelBase {
   readonly #local: PreparedDescList;
   readonly #pageList: Uint8Array;
   readonly #pageSize: number;
-  #pageGrants: "on" | "off" | "unsupported";
+  readonly #pageGrants: "on" | "off" | "unsupported";
   #pump: Promise<void> | null = null;
   #pumping = false;
   #stopping = false;
@@ -283,6 +283,8 @@ export class NixlChannel extends ChannelBase {
    * that is not there fails with `DEVICE_UNAVAILABLE` saying why.
    */
   static async create(options: NixlChannelOptions): Promise<NixlChannel> {
+    // Warnings are added below: to a copy, not to the caller's array.
+    options = { ...options, warnings: [...(options.warnings ?? [])] };
     const device = options.device ?? { kind: "cpu" };
     if (device.kind === "cuda") {
       const cuda = await cudaDevices({ libraryPath: options.libraryPath }).catch((e) => ({
@@ -315,7 +317,7 @@ export class NixlChannel extends ChannelBase {
     let ch: NixlChannel;
     try {
       if (options.pageGrants && agent.pageGrants !== "on") {
-        (options.warnings ??= []).push(
+        options.warnings!.push(
           agent.engine === "nixl"
             ? NIXL_GRANTS_WARNING
             : `page grants are off (agent param page_grants=${agent.pageGrants}): every page ` +
