@@ -4,12 +4,14 @@
  * (`nixl_backends: [UCX]`) and over TCP (`[TCP]`), with page grants on (the default: the
  * decoder grants the sender each AllocResponse's pages before replying, the engine checks
  * every piece, the grant is revoked when the pages land) and off
- * (`extra_config.kvport_page_grants: false`). Both pipelines run side by side and the
- * requests alternate between them one by one (on, off, off, on, ...), so the drift of a
- * shared machine hits both alike; the figure is the GB/s with grants as a ratio to the
- * same transfer without them in the same run (median of the per-pair ratios; goal >= 0.98:
- * grants cost under 2%), with the ratio to memcpy and the spread alongside; then one JSON
- * line.
+ * (`extra_config.kvport_page_grants: false`), plus a second pipeline without grants as
+ * a control. The pipelines run side by side and the requests rotate between them one by
+ * one, so the drift of a shared machine hits all alike; the figure is the GB/s with grants
+ * as a ratio to the same transfer without them in the same run (median of the per-round
+ * ratios; goal >= 0.98: grants cost under 2%), with the control's ratio (A/A: the noise of
+ * the method on this machine), the ratio to memcpy and the spread alongside. Then the
+ * receiver's grant bookkeeping alone per request (grant + revoke of its pages through the
+ * channel's grant book), as a ratio to that request's time; then one JSON line.
  *
  * ```sh
  * deno run -A bench/grants_bench.ts [--pairs 20] [--sizes 8,64] [--chunk-mib 4] [--transports same_host,tcp]
@@ -30,6 +32,8 @@ import { fillPattern } from "../src/pd/pattern.ts";
 import { PdSender } from "../src/pd/sender.ts";
 import { type Child, freePort, measureMemcpy, nextEvent, spawnKvport } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
+import { NixlChannel } from "../src/channel/nixl.ts";
+import { PageGrantBook } from "../src/channel/grants.ts";
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -133,6 +137,44 @@ async function request(p: Pipeline, n: number, shape: number[]): Promise<number>
 }
 
 /**
+ * The receiver's own work per request, measured alone: granting a sender `n` pages
+ * through the channel's grant book and revoking them (what `PdReceiver` does per
+ * AllocRequest and landed notification), pages scattered (every other page: `n` ranges,
+ * the worst case) or contiguous (one range). Median microseconds of `reps`.
+ */
+async function grantCycle(n: number, scattered: boolean, reps: number): Promise<number> {
+  const pageCount = 2 * n;
+  const make = (role: "receiver" | "sender", peerInitUrl: string | null) =>
+    NixlChannel.create({
+      role,
+      pageSize: 4096,
+      pageCount,
+      backends: ["UCX"],
+      engine: "builtin",
+      peerInitUrl,
+      pageGrants: true,
+    });
+  const rx = await make("receiver", "127.0.0.1:0");
+  const tx = await make("sender", null);
+  try {
+    await tx.connect("rx", rx.initUrl!);
+    const book = new PageGrantBook(rx);
+    const pages = Array.from({ length: n }, (_, i) => (scattered ? 2 * i : i));
+    const times: number[] = [];
+    for (let r = -5; r < reps; r++) {
+      const t0 = performance.now();
+      await book.grantWrite(tx.agentName, pages, 120_000);
+      await book.release(pages);
+      if (r >= 0) times.push((performance.now() - t0) * 1000);
+    }
+    return median(times);
+  } finally {
+    await tx.close();
+    await rx.close();
+  }
+}
+
+/**
  * Runs the comparison and reports it.
  *
  * @example
@@ -155,6 +197,7 @@ export async function runGrantsBench(
     return [t, t === "tcp" ? ["TCP"] : ["UCX"]] as const;
   });
   const report = new Report("grants");
+  const requestSeconds = new Map<number, number>();
   console.log(
     `grants bench: PD requests of ${sizes.join(", ")} chunk(s) of ${chunk / 2 ** 20} MiB, ` +
       `${pairs} pairs of requests (with and without page grants, alternating) per size`,
@@ -162,6 +205,8 @@ export async function runGrantsBench(
   for (const [transport, backends] of transports) {
     const on = await pipeline(true, [...backends], chunk, shape, maxChunks);
     const off = await pipeline(false, [...backends], chunk, shape, maxChunks);
+    // A second pipeline without grants: its ratio to the first is the noise band (A/A).
+    const ctl = await pipeline(false, [...backends], chunk, shape, maxChunks);
     try {
       const grants = (on.tx.channel as { pageGrants?: string }).pageGrants;
       if (grants !== "on") {
@@ -170,23 +215,26 @@ export async function runGrantsBench(
         );
       }
       for (const n of sizes) {
-        await request(on, n, shape); // warm-up, both
-        await request(off, n, shape);
-        const tOn: number[] = [], tOff: number[] = [], paired: number[] = [];
+        for (const p of [on, off, ctl]) await request(p, n, shape); // warm-up
+        const tOn: number[] = [], tOff: number[] = [], paired: number[] = [], aa: number[] = [];
+        const all = [on, off, ctl];
         for (let i = 0; i < pairs; i++) {
-          // on, off, off, on, ...: neither is always first.
-          const first = i % 2 === 0;
-          const a = await request(first ? on : off, n, shape);
-          const b = await request(first ? off : on, n, shape);
-          const [x, y] = first ? [a, b] : [b, a];
-          tOn.push(x);
-          tOff.push(y);
-          paired.push(y / x); // GB/s with / without
+          // A round runs each pipeline once, in an order that rotates: none is always first.
+          const t = new Map<Pipeline, number>();
+          for (let k = 0; k < 3; k++) {
+            const p = all[(i + k) % 3];
+            t.set(p, await request(p, n, shape));
+          }
+          tOn.push(t.get(on)!);
+          tOff.push(t.get(off)!);
+          paired.push(t.get(off)! / t.get(on)!); // GB/s with / without
+          aa.push(t.get(off)! / t.get(ctl)!); // GB/s without / without
         }
         const bytes = n * chunk;
         const gOn = bytes / median(tOn) / 1e9, gOff = bytes / median(tOff) / 1e9;
         const mc = (await measureMemcpy(bytes)).bps / 1e9;
         const ratio = median(paired);
+        if (transport === "same_host") requestSeconds.set(n, median(tOff));
         const spread = (xs: number[]) => (Math.max(...xs) - Math.min(...xs)) / median(xs);
         // The figure: the with-grants GB/s whose ratio to the limit is the paired median.
         report.add({
@@ -208,19 +256,41 @@ export async function runGrantsBench(
             spreadWithout: spread(tOff),
             pairedRatioMin: Math.min(...paired),
             pairedRatioMax: Math.max(...paired),
+            controlRatio: median(aa),
           },
         });
         console.log(
           `  (${transport}, ${n} chunk(s): medians ${gOn.toFixed(2)} GB/s with, ` +
             `${gOff.toFixed(2)} without; with = ${(gOn / mc).toFixed(2)} x memcpy ` +
             `${mc.toFixed(2)} GB/s; per-pair ratios ${Math.min(...paired).toFixed(2)}..` +
-            `${Math.max(...paired).toFixed(2)}; spread ${(100 * spread(tOn)).toFixed(0)}% / ` +
+            `${Math.max(...paired).toFixed(2)}; A/A control (two pipelines without grants) ` +
+            `${median(aa).toFixed(3)}; spread ${(100 * spread(tOn)).toFixed(0)}% / ` +
             `${(100 * spread(tOff)).toFixed(0)}%)`,
         );
       }
     } finally {
       await closePipeline(on);
       await closePipeline(off);
+      await closePipeline(ctl);
+    }
+  }
+  // The bookkeeping alone, against the time of the request it serves (the transfer's
+  // median without grants, same-host, measured above): an upper bound of what grants add
+  // on the TypeScript side (the engine's per-piece checks: native/tools/bench.c grants).
+  for (const n of sizes) {
+    const base = requestSeconds.get(n);
+    for (const scattered of [false, true]) {
+      const us = await grantCycle(n, scattered, 200);
+      report.add({
+        name: `grants_cycle_${n}_pages${scattered ? "_scattered" : ""}`,
+        value: us,
+        unit: "us",
+        ...(base === undefined
+          ? {}
+          : { limit: base * 1e6, limitName: `one ${n}-chunk request without grants` }),
+        goal: base === undefined ? undefined : { op: "<=", ratio: 0.02 },
+        extra: { ranges: scattered ? n : 1 },
+      });
     }
   }
   report.finish({
