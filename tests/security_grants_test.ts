@@ -300,9 +300,91 @@ test(
       assert.equal(anon.kvport_reason, "bad_request");
       assert.match(String(anon.kvport_detail), /kvport_agent.*kvport_page_grants/);
       assert.equal(rx.contains("vllm@m@1@0@bb03@bfloat16"), false);
+      // Naming an agent this receiver never handshook with: refused too, pages freed.
+      const free = rx.stats.freePages;
+      const stranger = await alloc.request({
+        type: "AllocRequest",
+        keys: ["vllm@m@1@0@bb04@bfloat16"],
+        fmt: MemoryFormat.KV_2LTD,
+        shape: SHAPE,
+        dtype: "bfloat16",
+        last_chunk_toks: 256,
+        kvport_agent: "nobody-we-know",
+      }, 5000);
+      assert.deepEqual(stranger.remote_indexes, [-1]);
+      assert.equal(stranger.kvport_reason, "bad_request");
+      assert.match(String(stranger.kvport_detail), /nobody-we-know.*not loaded/);
+      assert.equal(rx.contains("vllm@m@1@0@bb04@bfloat16"), false);
+      assert.equal(rx.stats.freePages, free);
     } finally {
       await alloc.close();
     }
+  },
+);
+
+test(
+  "grants: a page retrieved and handed to another sender is that sender's alone",
+  { skip },
+  async () => {
+    // One page: the second request must get the page the first one landed in.
+    await using rx = await receiver({ bufferSize: PAGE });
+    await using first = await sender();
+    await using second = await sender();
+    const [d1] = await sendKeys(first, rx, "r1", ["vllm@m@1@0@ee01@bfloat16"]);
+    const page = rx.info("vllm@m@1@0@ee01@bfloat16")!.page;
+    assert.deepEqual(rx.retrieve("vllm@m@1@0@ee01@bfloat16")!.data, d1);
+    const [d2] = await sendKeys(second, rx, "r2", ["vllm@m@1@0@ee02@bfloat16"]);
+    assert.equal(rx.info("vllm@m@1@0@ee02@bfloat16")!.page, page);
+    const [src] = await first.allocate(1);
+    first.channel.pages[src].fill(0x66);
+    const e = await first.channel.write([src], { peerId: rx.id, remoteIndexes: [page] })
+      .then(() => null, (e) => e);
+    assert.ok(e instanceof ChannelError && e.code === "NOT_ALLOWED", String(e));
+    assert.deepEqual(rx.view("vllm@m@1@0@ee02@bfloat16"), d2, "the first sender overwrote it");
+  },
+);
+
+test(
+  "grants: a peer that handshook with a P2P holder can neither READ nor WRITE its chunks",
+  { skip },
+  async () => {
+    await using holder = await P2PBackend.create({
+      instanceId: "holder",
+      host: "127.0.0.1",
+      initPort: 0,
+      lookupPort: 0,
+      pageSize: PAGE,
+      bufferSize: PAGES * PAGE,
+      channelType: "nixl",
+      engine: "builtin",
+      registryPullUrl: null,
+      registryReplyUrl: null,
+      heartbeatIntervalMs: null,
+    });
+    const keys = await storeDoc(holder, "doc", 2);
+    const before = keys.map((k) => sha(holder.get(k)!));
+    await using peer = await createTransferChannel({
+      channelType: "nixl",
+      role: "both",
+      bufferSize: PAGES * PAGE,
+      alignBytes: PAGE,
+      tpRank: 0,
+      peerInitUrl: null,
+      backends: ["UCX"],
+      engine: "builtin",
+    });
+    await peer.connect("holder", holder.initUrl, { sideMessage: { type: "P2PInitSideMsg" } });
+    peer.pages[0].fill(0x77);
+    const all = Array.from({ length: PAGES }, (_, i) => i);
+    for (const op of ["read", "write"] as const) {
+      const e = await peer[op](op === "read" ? all : [0], {
+        peerId: "holder",
+        remoteIndexes: op === "read" ? all : [0],
+      }).then(() => null, (e) => e);
+      assert.ok(e instanceof ChannelError && e.code === "NOT_ALLOWED", `${op}: ${String(e)}`);
+    }
+    assert.ok(peer.pages.slice(1).every((p) => p.every((b) => b === 0)), "holder bytes were read");
+    keys.forEach((k, i) => assert.equal(sha(holder.get(k)!), before[i], `chunk ${i} changed`));
   },
 );
 
