@@ -560,6 +560,12 @@ export abstract class ChannelBase implements TransferChannel {
     return this.#peers.has(peerId);
   }
 
+  /** The agent name a known peer handshook with (what grants are given to), or
+   * `undefined` when the peer is not known. */
+  peerAgentName(peerId: string): string | undefined {
+    return this.#peers.get(peerId)?.handle.agentName;
+  }
+
   /** Peer ids known now. */
   get peerIds(): string[] {
     return [...this.#peers.keys()];
@@ -798,6 +804,14 @@ function transferError(
   e: unknown,
 ): ChannelError {
   if (e instanceof ChannelError) return e;
+  if ((e as { statusName?: string })?.statusName === "NIXL_ERR_NOT_ALLOWED") {
+    // The peer enforces page grants and these pages are not (or no longer) granted to us.
+    return new ChannelError(
+      "NOT_ALLOWED",
+      `${op} of ${count} page(s) with peer ${peerId} was refused: ${errorMessage(e)}`,
+      { peerId, op, cause: e },
+    );
+  }
   const name = (e as { name?: string })?.name ?? "";
   if (name.includes("Timeout")) {
     return new ChannelTimeoutError(op, timeoutMs, {

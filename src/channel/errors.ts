@@ -16,6 +16,7 @@ export type ChannelErrorCode =
   | "HANDSHAKE_FAILED"
   | "UNKNOWN_PEER"
   | "TRANSFER_FAILED"
+  | "NOT_ALLOWED"
   | "PEER_RESTARTED"
   | "REMOTE_ERROR"
   | "CLOSED";

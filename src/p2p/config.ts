@@ -42,6 +42,7 @@ export interface P2PConfigLike {
     readonly p2p_socket_recv_timeout_ms?: number;
     readonly p2p_socket_send_timeout_ms?: number;
     readonly p2p_max_retry_count?: number;
+    readonly kvport_page_grants?: boolean;
     readonly [key: string]: unknown;
   } | null;
 }
@@ -108,5 +109,6 @@ export function p2pOptionsFromConfig(
     lookupRecvTimeoutMs: extra.p2p_socket_recv_timeout_ms ?? 30_000,
     lookupSendTimeoutMs: extra.p2p_socket_send_timeout_ms ?? 10_000,
     maxRetryCount: extra.p2p_max_retry_count ?? 3,
+    pageGrants: extra.kvport_page_grants ?? true,
   };
 }

@@ -31,6 +31,12 @@ export interface PdChannelSettings {
   libraryPath?: string;
   /** Extra agent parameters. */
   agentParams?: Readonly<Record<string, string>>;
+  /**
+   * Enforce page grants on the channel (default true; `extra_config.kvport_page_grants`):
+   * a receiver's peers reach only the pages of their own `AllocResponse`, a sender's none.
+   * Enforced by the builtin engine; the nixl engine cannot (the channel warns).
+   */
+  pageGrants?: boolean;
   /** Registry this side and its channel are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
 }
@@ -65,6 +71,10 @@ export interface PdConfigLike {
   readonly nixl_backends: readonly string[] | null;
   /** Tokens per full chunk. */
   readonly chunk_size: number;
+  /** `kvport_page_grants` (default true). */
+  readonly extra_config?:
+    | { readonly kvport_page_grants?: boolean; readonly [key: string]: unknown }
+    | null;
 }
 
 /** Channel settings from a configuration, for `role` at `tpRank`. */
@@ -95,5 +105,6 @@ export function pdChannelSettingsFromConfig(
     channelType,
     backends: config.nixl_backends,
     device: config.pd_buffer_device ?? "cpu",
+    pageGrants: config.extra_config?.kvport_page_grants ?? true,
   };
 }

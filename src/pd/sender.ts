@@ -319,6 +319,7 @@ export class PdSender implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
     });
     return new PdSender(channel, options);
@@ -327,7 +328,8 @@ export class PdSender implements AsyncDisposable {
   /**
    * Creates a sender from a loaded configuration (`pd_proxy_host`, `pd_proxy_port`,
    * `pd_skip_proxy_notification`, `pd_buffer_size`, `pd_buffer_device`,
-   * `transfer_channel`, `nixl_backends`). `pageSize` is the bytes of one full chunk.
+   * `transfer_channel`, `nixl_backends`, `extra_config.kvport_page_grants`). `pageSize` is
+   * the bytes of one full chunk.
    *
    * @example
    * ```ts
@@ -507,6 +509,10 @@ export class PdSender implements AsyncDisposable {
         dtype: batch.dtype,
         last_chunk_toks: batch.lastChunkToks,
       }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
+      // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
+      // Only the builtin engine enforces them, and only a builtin-engine peer can reach a
+      // builtin-engine receiver: other receivers (LMCache's, on NIXL) get LMCache's form.
+      if (this.channel.engine === "builtin") request.kvport_agent = this.channel.agentName;
       const restarted = (why: string) =>
         fail(
           "restart",
