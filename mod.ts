@@ -111,8 +111,10 @@ export {
   ChannelError,
   ChannelTimeoutError,
   createTransferChannel,
+  LeasePool,
   MockMemoryChannel,
   NixlChannel,
+  PageLease,
   parseDevice,
 } from "./src/channel/mod.ts";
 export type {
@@ -123,6 +125,14 @@ export type {
   ChannelRole,
   ConnectOptions,
   CreateTransferChannelOptions,
+  LeaseAcquireOptions,
+  LeaseHooks,
+  LeaseOptions,
+  LeasePoolOptions,
+  LeaseReleaseEvent,
+  LeaseReleaseOptions,
+  LeaseReleaseReason,
+  LeaseState,
   LocalPages,
   MockMemoryChannelOptions,
   NixlChannelOptions,
@@ -148,7 +158,6 @@ export {
 export type {
   CacheKey,
   DisaggSpec,
-  PagePool,
   PdChannelSettings,
   PdConfigLike,
   PdReceiverOptions,
