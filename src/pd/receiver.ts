@@ -13,7 +13,7 @@ import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
-import { PagePool } from "./page_pool.ts";
+import { LeasePool, type PageLease } from "../channel/lease_pool.ts";
 import {
   collectPdPool,
   type PdPoolView,
@@ -32,6 +32,8 @@ import {
 import { toSafeInt, type WireInt } from "../channel/wire/mod.ts";
 import {
   type PdChannelSettings,
+  pdAllocDeadlines,
+  pdAllocTimeoutFromConfig,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
 } from "./config.ts";
@@ -68,8 +70,26 @@ export interface PdReceiverOptions extends PdChannelSettings {
   bindHost?: string;
   /** Tokens of a full chunk (`chunk_size`, default 256). */
   chunkSize?: number;
-  /** `pd_allocation_timeout_sec` in ms: longest wait for free pages (default Infinity). */
+  /**
+   * Longest wait for free pages, ms. Default: 80% of the senders' round trip
+   * (`pd_allocation_timeout_sec`, 30 s when unset; see `pdAllocDeadlines`), so the
+   * receiver gives up before its senders do and never reserves pages for a sender that
+   * stopped waiting.
+   */
   allocationTimeoutMs?: number;
+  /**
+   * How long pages a sender cancelled (`CancelNotif`) stay out of use, ms: its WRITE may
+   * still land (control and data planes are separate connections). Default: the
+   * transfer timeout (`transferTimeoutMs`, else 30 s).
+   */
+  cancelQuarantineMs?: number;
+  /**
+   * Lifetime of a reservation whose data has not landed, ms (default `Infinity`): at its
+   * end the key is dropped and its page returns to the pool. Only for senders that
+   * notify when data landed (kvport's do; LMCache's send no notification, so their keys
+   * would expire however complete).
+   */
+  reservationTtlMs?: number;
 }
 
 /** Counters of a {@linkcode PdReceiver}. */
@@ -78,6 +98,8 @@ export interface PdReceiverStats {
   pages: number;
   /** Pages free. */
   freePages: number;
+  /** Pages out of use after a CancelNotif or an expiry, until a late WRITE can no longer land. */
+  quarantinedPages: number;
   /** Keys held (allocated). */
   keys: number;
   /** Keys whose data has landed. */
@@ -93,6 +115,8 @@ export interface PdReceiverStats {
   allocTimeouts: number;
   /** Keys dropped by a sender's CancelNotif before their data landed. */
   cancelled: number;
+  /** Reservations dropped because their data did not land within `reservationTtlMs`. */
+  expired: number;
 }
 
 interface Waiter {
@@ -130,17 +154,18 @@ export class PdReceiver implements AsyncDisposable {
   readonly id: string;
   /** The channel holding the pages. */
   readonly channel: TransferChannel;
-  /** Pages of the buffer and who holds them. */
-  readonly pool: PagePool;
+  /** Pages of the buffer and who holds them: one lease per key held. */
+  readonly pool: LeasePool;
   readonly #alloc: ControlServer;
   readonly #chunkSize: number;
   readonly #allocTimeoutMs: number;
   readonly #entries = new Map<string, ReceivedChunk>();
-  readonly #pageKey = new Map<number, string>();
+  readonly #leases = new Map<string, { lease: PageLease; reqId: string | undefined }>();
+  readonly #reservationTtlMs: number;
   #waiters: Waiter[] = [];
   #landedListeners = new Set<(keys: string[]) => void>();
   #unsubscribe: () => void;
-  #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0 };
+  #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0, expired: 0 };
   #lastError: string | null = null;
   #closing: Promise<void> | null = null;
   #metrics: PdReceiverMetrics | undefined;
@@ -155,9 +180,12 @@ export class PdReceiver implements AsyncDisposable {
     this.id = id;
     this.channel = channel;
     this.#alloc = alloc;
-    this.pool = new PagePool(channel.pageCount);
+    this.pool = new LeasePool(channel.pageCount, {
+      quarantineMs: options.cancelQuarantineMs ?? options.transferTimeoutMs ?? 30_000,
+    });
     this.#chunkSize = options.chunkSize ?? 256;
-    this.#allocTimeoutMs = options.allocationTimeoutMs ?? Infinity;
+    this.#allocTimeoutMs = options.allocationTimeoutMs ?? pdAllocDeadlines().receiverWaitMs;
+    this.#reservationTtlMs = options.reservationTtlMs ?? Infinity;
     this.#unsubscribe = channel.onNotification((n) => {
       const keys = decodeLanded(n.message);
       if (keys) this.#landed(keys);
@@ -269,14 +297,13 @@ export class PdReceiver implements AsyncDisposable {
     if (!config.pd_peer_host) {
       throw new ChannelError("INVALID_ARGUMENT", "a PD receiver needs pd_peer_host");
     }
-    const secs = config.pd_allocation_timeout_sec;
     return await PdReceiver.create({
       ...s,
       host: config.pd_peer_host,
       initPort: port(config.pd_peer_init_port, "pd_peer_init_port"),
       allocPort: port(config.pd_peer_alloc_port, "pd_peer_alloc_port"),
       chunkSize: config.chunk_size,
-      allocationTimeoutMs: secs === undefined || !Number.isFinite(secs) ? Infinity : secs * 1000,
+      allocationTimeoutMs: pdAllocDeadlines(pdAllocTimeoutFromConfig(config)).receiverWaitMs,
       ...options,
     });
   }
@@ -308,6 +335,7 @@ export class PdReceiver implements AsyncDisposable {
     return {
       pages: this.pool.pageCount,
       freePages: this.pool.free,
+      quarantinedPages: this.pool.quarantined,
       keys: this.#entries.size,
       landed,
       ...this.#stats,
@@ -402,7 +430,7 @@ export class PdReceiver implements AsyncDisposable {
     const e = this.#entries.get(key);
     if (!e) return undefined;
     const data = this.channel.page(e.page).read(0, e.bytes);
-    this.#drop(key, e);
+    this.#drop(key);
     return { data, info: e };
   }
 
@@ -410,14 +438,16 @@ export class PdReceiver implements AsyncDisposable {
   remove(key: string): boolean {
     const e = this.#entries.get(key);
     if (!e) return false;
-    this.#drop(key, e);
+    this.#drop(key);
     return true;
   }
 
-  #drop(key: string, e: ReceivedChunk): void {
+  /** Forgets a key; `inFlight`: its page may still receive a WRITE (quarantine). */
+  #drop(key: string, inFlight = false): void {
     this.#entries.delete(key);
-    this.#pageKey.delete(e.page);
-    this.pool.release([e.page]);
+    const held = this.#leases.get(key);
+    this.#leases.delete(key);
+    held?.lease.release({ inFlight });
   }
 
   /**
@@ -437,6 +467,7 @@ export class PdReceiver implements AsyncDisposable {
       const e = this.#entries.get(k);
       if (e && !e.landed) {
         e.landed = true;
+        this.#leases.get(k)?.lease.renew(Infinity); // complete: no deadline any more
         fresh.push(k);
         this.#metrics?.receivedBytes.inc(e.bytes);
       }
@@ -536,12 +567,16 @@ export class PdReceiver implements AsyncDisposable {
           "pd_buffer_size",
       );
     }
-    let pages: number[] = [];
+    const reqId = typeof msg.req_id === "string" && msg.req_id !== "" ? msg.req_id : undefined;
+    let lease: PageLease | undefined;
     if (need.length > 0) {
       const m = this.#metrics;
       const t0 = m !== undefined && this.pool.free < need.length ? performance.now() : 0;
       try {
-        pages = await this.pool.allocate(need.length, this.#allocTimeoutMs);
+        lease = await this.pool.acquire(need.length, {
+          owner: `AllocRequest ${reqId ?? ""} from ${from}`,
+          timeoutMs: this.#allocTimeoutMs,
+        });
       } catch (e) {
         if (t0) {
           m!.allocWaits.inc();
@@ -572,6 +607,7 @@ export class PdReceiver implements AsyncDisposable {
     const spare: number[] = [];
     let pi = 0;
     const finalAlready = [...already];
+    const pages = lease ? [...lease.pages] : [];
     for (const i of need) {
       const page = pages[pi++];
       const key = keys[i];
@@ -593,22 +629,41 @@ export class PdReceiver implements AsyncDisposable {
         bytes: Math.min(bytes, this.channel.pageSize),
       };
       this.#entries.set(key, entry);
-      this.#pageKey.set(page, key);
+      // One lease per key: retrieve, remove, cancel and expiry each end exactly its own.
+      const own = lease!.moveTo([page], key, {
+        ttlMs: this.#reservationTtlMs,
+        onExpire: () => this.#expired(key),
+      });
+      own.handTo(from);
+      this.#leases.set(key, { lease: own, reqId });
       remote.push(page);
     }
-    if (spare.length > 0) this.pool.release(spare);
+    if (spare.length > 0) lease!.release({ pages: spare });
     finalAlready.sort((a, b) => a - b);
     this.#stats.allocRequests++;
     this.#metrics?.allocOk.inc();
     return allocResponse(generation, remote, finalAlready);
   }
 
+  /** A reservation whose data did not land in time: its page is back in the pool. */
+  #expired(key: string): void {
+    this.#entries.delete(key);
+    this.#leases.delete(key);
+    this.#stats.expired++;
+  }
+
   #cancel(msg: SideMessage): SideMessage {
     const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+    const reqId = typeof msg.req_id === "string" && msg.req_id !== "" ? msg.req_id : undefined;
     for (const k of keys) {
       const e = this.#entries.get(k);
-      if (e && !e.landed) {
-        this.#drop(k, e);
+      const held = this.#leases.get(k);
+      // A request cancels only its own reservations (a later request may hold the key).
+      const mine = reqId === undefined || held?.reqId === undefined || held.reqId === reqId;
+      if (e && !e.landed && mine) {
+        // The cancelled WRITE may still land: the page sits out the quarantine, so the
+        // next owner never sees those bytes.
+        this.#drop(k, true);
         this.#stats.cancelled++;
         this.#metrics?.cancelledChunks.inc();
       }
