@@ -113,6 +113,8 @@ export interface PdReceiverStats {
   errors: number;
   /** AllocRequests that found no free pages in time (answered with index -1). */
   allocTimeouts: number;
+  /** AllocRequests whose sender gave up (closed its connection) while they waited. */
+  abandoned: number;
   /** Keys dropped by a sender's CancelNotif before their data landed. */
   cancelled: number;
   /** Reservations dropped because their data did not land within `reservationTtlMs`. */
@@ -165,7 +167,14 @@ export class PdReceiver implements AsyncDisposable {
   #waiters: Waiter[] = [];
   #landedListeners = new Set<(keys: string[]) => void>();
   #unsubscribe: () => void;
-  #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0, expired: 0 };
+  #stats = {
+    allocRequests: 0,
+    errors: 0,
+    allocTimeouts: 0,
+    abandoned: 0,
+    cancelled: 0,
+    expired: 0,
+  };
   #lastError: string | null = null;
   #closing: Promise<void> | null = null;
   #metrics: PdReceiverMetrics | undefined;
@@ -234,9 +243,9 @@ export class PdReceiver implements AsyncDisposable {
     try {
       alloc = await serveRequests(
         joinHostPort(bindHost, options.allocPort),
-        (msg, from) => {
+        (msg, from, gone) => {
           if (!holder.rx) throw new ChannelError("CLOSED", "PD receiver is starting");
-          return holder.rx.#handleAlloc(msg, from);
+          return holder.rx.#handleAlloc(msg, from, gone);
         },
         {
           maxMessageBytes: 16 * 1024 * 1024,
@@ -492,11 +501,11 @@ export class PdReceiver implements AsyncDisposable {
     });
   }
 
-  async #handleAlloc(msg: SideMessage, from: string): Promise<SideMessage> {
+  async #handleAlloc(msg: SideMessage, from: string, gone: AbortSignal): Promise<SideMessage> {
     try {
       switch (msg.type) {
         case "AllocRequest":
-          return await this.#allocate(msg, from);
+          return await this.#allocate(msg, from, gone);
         case "CancelNotif":
           return this.#cancel(msg);
         default:
@@ -518,7 +527,7 @@ export class PdReceiver implements AsyncDisposable {
     this.#lastError = e.message;
   }
 
-  async #allocate(msg: SideMessage, from: string): Promise<SideMessage> {
+  async #allocate(msg: SideMessage, from: string, gone: AbortSignal): Promise<SideMessage> {
     const generation = generationOfRequest(msg);
     // Integers arrive exact (bigint beyond 2^53); none of these can be that large.
     const int = (v: unknown, field: string): number => {
@@ -573,15 +582,20 @@ export class PdReceiver implements AsyncDisposable {
       const m = this.#metrics;
       const t0 = m !== undefined && this.pool.free < need.length ? performance.now() : 0;
       try {
+        // Waits no longer than the sender does (see pdAllocDeadlines), and not at all
+        // once the sender's connection closed: pages found then would be reserved for a
+        // reply nobody reads, and held until the pool starves.
         lease = await this.pool.acquire(need.length, {
           owner: `AllocRequest ${reqId ?? ""} from ${from}`,
           timeoutMs: this.#allocTimeoutMs,
+          signal: gone,
         });
       } catch (e) {
         if (t0) {
           m!.allocWaits.inc();
           m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
         }
+        if (gone.aborted) throw this.#abandoned(from, need.length, e);
         if (!(e instanceof ChannelTimeoutError)) throw e;
         m?.allocTimeout.inc();
         // LMCache's answer to a failed allocation: remote index -1 for each such key.
@@ -600,6 +614,10 @@ export class PdReceiver implements AsyncDisposable {
       if (t0) {
         m!.allocWaits.inc();
         m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
+      }
+      if (gone.aborted) {
+        lease.release();
+        throw this.#abandoned(from, need.length, gone.reason);
       }
     }
     // Keys allocated by another request while this one waited are already there now.
@@ -643,6 +661,16 @@ export class PdReceiver implements AsyncDisposable {
     this.#stats.allocRequests++;
     this.#metrics?.allocOk.inc();
     return allocResponse(generation, remote, finalAlready);
+  }
+
+  #abandoned(from: string, pages: number, cause: unknown): ChannelError {
+    this.#stats.abandoned++;
+    return new ChannelError(
+      "CLOSED",
+      `AllocRequest from ${from}: the sender gave up (its connection closed) while ` +
+        `${pages} page(s) were wanted; none are kept for it`,
+      { op: "alloc", cause },
+    );
   }
 
   /** A reservation whose data did not land in time: its page is back in the pool. */

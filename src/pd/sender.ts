@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ChannelError } from "../channel/errors.ts";
+import { ChannelError, timeoutOf } from "../channel/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
@@ -170,6 +170,8 @@ export class PdSendError extends ChannelError {
   constructor(reqId: string, receiverId: string, stage: string, detail: string, cause?: unknown) {
     const code = stage === "restart"
       ? "PEER_RESTARTED"
+      : timeoutOf(cause)
+      ? "TIMEOUT"
       : cause instanceof ChannelError
       ? cause.code
       : "TRANSFER_FAILED";
