@@ -172,3 +172,43 @@ export function deadlineSignal(ms: number): DeadlineSignal {
     [Symbol.dispose]: () => t.clear(),
   };
 }
+
+/**
+ * Runs `fn` every `ms` milliseconds until cleared: `setInterval` without its 2^31-1 ms
+ * limit (`Infinity`: never). A run starts its next wait only after it returned.
+ *
+ * @example
+ * ```ts
+ * import { every } from "./deadline.ts";
+ * let n = 0;
+ * const t = every(10, () => n++);
+ * t.clear();
+ * ```
+ */
+export function every(ms: number, fn: () => void, options: AfterOptions = {}): Timer {
+  let current: Timer | undefined;
+  let cleared = false;
+  let runs = 0;
+  const arm = () => {
+    current = after(ms, () => {
+      runs++;
+      try {
+        fn();
+      } finally {
+        if (!cleared) arm();
+      }
+    }, options);
+  };
+  arm();
+  const clear = () => {
+    cleared = true;
+    current?.clear();
+  };
+  return {
+    clear,
+    get fired() {
+      return runs > 0;
+    },
+    [Symbol.dispose]: clear,
+  };
+}

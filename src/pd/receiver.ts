@@ -14,6 +14,7 @@ import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { LeasePool, type PageLease } from "../channel/lease_pool.ts";
+import { after, type Timer } from "../deadline.ts";
 import {
   collectPdPool,
   type PdPoolView,
@@ -125,7 +126,7 @@ interface Waiter {
   keys: string[];
   resolve: () => void;
   reject: (e: unknown) => void;
-  timer?: ReturnType<typeof setTimeout>;
+  timer?: Timer;
 }
 
 /**
@@ -414,7 +415,7 @@ export class PdReceiver implements AsyncDisposable {
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = { keys: missing, resolve, reject };
       if (Number.isFinite(timeoutMs)) {
-        w.timer = setTimeout(() => {
+        w.timer = after(timeoutMs, () => {
           this.#waiters = this.#waiters.filter((x) => x !== w);
           const left = w.keys.filter((k) => !this.#entries.get(k)?.landed);
           const notAllocated = left.filter((k) => !this.#entries.has(k)).length;
@@ -425,7 +426,7 @@ export class PdReceiver implements AsyncDisposable {
                 `(${notAllocated} never allocated), first: ${left[0]}`,
             }),
           );
-        }, timeoutMs);
+        });
       }
       this.#waiters.push(w);
     });
@@ -495,7 +496,7 @@ export class PdReceiver implements AsyncDisposable {
     this.#waiters = this.#waiters.filter((w) => {
       w.keys = w.keys.filter((k) => !this.#entries.get(k)?.landed);
       if (w.keys.length > 0) return true;
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      w.timer?.clear();
       w.resolve();
       return false;
     });
@@ -706,7 +707,7 @@ export class PdReceiver implements AsyncDisposable {
       this.#unsubscribe();
       await this.#metricsSource.retire();
       for (const w of this.#waiters.splice(0)) {
-        if (w.timer !== undefined) clearTimeout(w.timer);
+        w.timer?.clear();
         w.reject(new ChannelError("CLOSED", `PD receiver ${this.id} closed while waiting`));
       }
       this.pool.close();

@@ -5,7 +5,7 @@
  *
  * @example
  * ```ts
- * import { PullSocket, type WireSocket } from "@kvport/nixl/wire";
+import { PullSocket, type WireSocket } from "@kvport/nixl/wire";
  *
  * const sock: WireSocket = await PullSocket.bind("tcp://127.0.0.1:0");
  * console.log(sock.type, sock.port > 0);
@@ -16,6 +16,7 @@
  */
 
 import * as net from "node:net";
+import { after, type Timer } from "../../deadline.ts";
 import { type Endpoint, formatEndpoint, parseEndpoint } from "./endpoint.ts";
 import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
 import { type WireMetrics, wireMetrics } from "./metrics.ts";
@@ -95,7 +96,7 @@ export interface Pipe {
 interface Waiter {
   resolve: () => void;
   reject: (error: WireError) => void;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  timer: Timer | undefined;
 }
 
 const ENCODER = new TextEncoder();
@@ -177,14 +178,14 @@ export function withDeadline<T>(
 ): Promise<T> {
   if (!Number.isFinite(timeoutMs)) return promise;
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(makeError()), Math.max(0, timeoutMs));
+    const timer = after(timeoutMs, () => reject(makeError()));
     promise.then(
       (v) => {
-        clearTimeout(timer);
+        timer.clear();
         resolve(v);
       },
       (e) => {
-        clearTimeout(timer);
+        timer.clear();
         reject(e);
       },
     );
@@ -235,7 +236,7 @@ export class Inbox<T> {
     if (this.#closed) return;
     const w = this.#waiters.shift();
     if (w) {
-      if (w.waiter.timer !== undefined) clearTimeout(w.waiter.timer);
+      if (w.waiter.timer !== undefined) w.waiter.timer.clear();
       w.resolve(item);
       return;
     }
@@ -267,11 +268,11 @@ export class Inbox<T> {
         waiter: { resolve: () => {}, reject, timer: undefined } as Waiter,
       };
       if (Number.isFinite(timeoutMs)) {
-        entry.waiter.timer = setTimeout(() => {
+        entry.waiter.timer = after(timeoutMs, () => {
           const i = this.#waiters.indexOf(entry);
           if (i >= 0) this.#waiters.splice(i, 1);
           reject(makeTimeoutError());
-        }, Math.max(0, timeoutMs));
+        });
       }
       this.#waiters.push(entry);
     });
@@ -284,7 +285,7 @@ export class Inbox<T> {
     this.#items = [];
     this.#head = 0;
     for (const w of this.#waiters.splice(0)) {
-      if (w.waiter.timer !== undefined) clearTimeout(w.waiter.timer);
+      if (w.waiter.timer !== undefined) w.waiter.timer.clear();
       w.waiter.reject(error as WireError);
     }
   }
@@ -365,7 +366,7 @@ class Connector {
   readonly #opts: Resolved;
   #tcp: net.Socket | undefined;
   #conn: ZmtpConnection | undefined;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: Timer | undefined;
   #delay: number;
   #immediate = false;
   #stopped = false;
@@ -390,16 +391,16 @@ class Connector {
     this.#idle = new Promise((resolve) => (this.#markIdle = resolve));
     const tcp = net.createConnection({ host: this.endpoint.host, port: this.endpoint.port });
     this.#tcp = tcp;
-    let connectTimer: ReturnType<typeof setTimeout> | undefined = setTimeout(() => {
+    let connectTimer: Timer | undefined = after(this.#opts.connectTimeoutMs, () => {
       connectTimer = undefined;
       this.lastError = `TCP connect did not complete within ${this.#opts.connectTimeoutMs} ms`;
       tcp.destroy();
-    }, this.#opts.connectTimeoutMs);
+    });
     tcp.on("error", (err: Error) => {
       this.lastError = err.message;
     });
     tcp.once("connect", () => {
-      if (connectTimer !== undefined) clearTimeout(connectTimer);
+      if (connectTimer !== undefined) connectTimer.clear();
       connectTimer = undefined;
       if (this.#stopped) {
         tcp.destroy();
@@ -408,7 +409,7 @@ class Connector {
       this.#conn = this.#adopt(tcp, this.address, this);
     });
     tcp.once("close", () => {
-      if (connectTimer !== undefined) clearTimeout(connectTimer);
+      if (connectTimer !== undefined) connectTimer.clear();
       connectTimer = undefined;
       if (this.#conn === undefined) {
         // Never got to a ZMTP connection: the connect itself failed.
@@ -439,7 +440,7 @@ class Connector {
     } else {
       this.#delay = Math.min(this.#delay * 2, this.#opts.reconnectMaxIntervalMs);
     }
-    this.#timer = setTimeout(() => this.#attempt(), delay);
+    this.#timer = after(delay, () => this.#attempt());
   }
 
   /** Drops the current connection (if any) and reconnects at once with fresh state. */
@@ -451,7 +452,7 @@ class Connector {
     } else if (this.#tcp) {
       this.#tcp.destroy();
     } else if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
+      this.#timer.clear();
       this.#immediate = false;
       this.#attempt();
     }
@@ -459,7 +460,7 @@ class Connector {
 
   close(): Promise<void> {
     this.#stopped = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    if (this.#timer !== undefined) this.#timer.clear();
     this.#timer = undefined;
     if (this.#conn) this.#conn.destroy();
     else if (this.#tcp) this.#tcp.destroy();
@@ -634,7 +635,7 @@ export abstract class WireSocket {
     const error = new WireClosedError(`${this.type} socket closed`);
     for (const w of [...this.#waiters]) {
       this.#waiters.delete(w);
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      if (w.timer !== undefined) w.timer.clear();
       w.reject(error);
     }
     this._inbox.close(error);
@@ -733,7 +734,7 @@ export abstract class WireSocket {
     this._onAttach(pipe);
     for (const w of [...this.#waiters]) {
       this.#waiters.delete(w);
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      if (w.timer !== undefined) w.timer.clear();
       w.resolve();
     }
   }
@@ -786,7 +787,7 @@ export abstract class WireSocket {
         timer: undefined,
       };
       if (Number.isFinite(timeoutMs)) {
-        w.timer = setTimeout(() => {
+        w.timer = after(timeoutMs, () => {
           this.#waiters.delete(w);
           const last = this.#lastConnectError();
           reject(
@@ -796,7 +797,7 @@ export abstract class WireSocket {
                 (last ? `last connect error: ${last}` : "none completed the ZMTP handshake"),
             }),
           );
-        }, Math.max(0, timeoutMs));
+        });
       }
       this.#waiters.add(w);
     });
