@@ -538,7 +538,13 @@ export class LeasePool {
     const q = options.quarantineMs ?? (options.inFlight ? this.quarantineMs : 0);
     if (!(q >= 0)) throw new RangeError(`quarantineMs must be >= 0, got ${q}`);
     if (pages.length === 0) return true;
-    this.#emit("onRelease", { lease, pages, peer: lease._peer, reason: "released", quarantineMs: q });
+    this.#emit("onRelease", {
+      lease,
+      pages,
+      peer: lease._peer,
+      reason: "released",
+      quarantineMs: q,
+    });
     this.#putBack(pages, q);
     return true;
   }
@@ -574,7 +580,13 @@ export class LeasePool {
     lease._state = "expired";
     // A peer it was handed to may still be transferring into its pages.
     const q = lease._peer === undefined ? 0 : this.quarantineMs;
-    this.#emit("onRelease", { lease, pages, peer: lease._peer, reason: "expired", quarantineMs: q });
+    this.#emit("onRelease", {
+      lease,
+      pages,
+      peer: lease._peer,
+      reason: "expired",
+      quarantineMs: q,
+    });
     this.#putBack(pages, q);
     try {
       lease._onExpire?.(lease, pages);

@@ -32,9 +32,9 @@ import {
 } from "./alloc_wire.ts";
 import { toSafeInt, type WireInt } from "../channel/wire/mod.ts";
 import {
-  type PdChannelSettings,
   pdAllocDeadlines,
   pdAllocTimeoutFromConfig,
+  type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
 } from "./config.ts";
