@@ -7,6 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  ChannelTimeoutError,
   chunkBytes,
   createTransferChannel,
   type DisaggSpec,
@@ -251,4 +252,39 @@ test("pd leases: a reservation whose data never lands expires and returns its pa
   await pause(300);
   assert.ok(rx.contains(kept));
   assert.ok(checkFor(kept, rx.view(kept)!));
+});
+
+test("pd leases: a failed WRITE quarantines the sender's staging pages (it may still read them)", async () => {
+  await using rx = await receiver(4, { cancelQuarantineMs: 200 });
+  await using tx = await PdSender.create({
+    bufferSize: 2 * PAGE,
+    pageSize: PAGE,
+    channelType: "mock_memory",
+    allocTimeoutMs: 3000,
+    transferTimeoutMs: 200,
+  });
+  const ch = tx.channel as { write: typeof tx.channel.write };
+  const write = ch.write.bind(tx.channel);
+  // The WRITE times out: as far as the sender knows, the transfer may still be running.
+  ch.write = (_pages, spec) =>
+    Promise.reject(new ChannelTimeoutError("WRITE", 200, { peerId: spec.peerId }));
+  const keys = [testKey("late", 0), testKey("late", 1)];
+  await assert.rejects(sendKeys(tx, spec(rx, "late"), keys), (e) => {
+    assert.ok(e instanceof PdSendError);
+    assert.equal(e.stage, "write");
+    assert.equal(e.code, "TIMEOUT");
+    return true;
+  });
+  assert.equal(tx.pool.quarantined, 2, "the staging pages sit out the quarantine");
+  assert.equal(tx.pool.free, 0);
+  await assert.rejects(tx.allocate(1, 50), { code: "TIMEOUT" });
+  // The receiver was told (CancelNotif) and quarantines its pages too.
+  assert.ok(await eventually(() => rx.stats.cancelled === 2));
+  assert.equal(rx.stats.quarantinedPages, 2);
+  assert.ok(await eventually(() => tx.pool.free === 2 && rx.stats.freePages === 4));
+  ch.write = write;
+  const again = await sendKeys(tx, spec(rx, "again"), keys);
+  assert.equal(again.sent, 2);
+  await rx.waitFor(keys, 2000);
+  for (const k of keys) assert.ok(checkFor(k, rx.view(k)!));
 });
