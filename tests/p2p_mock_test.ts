@@ -336,7 +336,7 @@ test("p2p mock: fromConfig reads LMCache's keys; a short port list is a clear er
   );
 });
 
-test("p2p mock: ChunkStore pins keep a removed chunk's page until the last unpin", async () => {
+test("p2p mock: ChunkStore pins keep a removed chunk's page until the last unpin", () => {
   const pool = new LeasePool(2, { quarantineMs: 60_000 });
   const store = new ChunkStore(pool);
   const l0 = pool.tryAcquire(1, { owner: "a" })!;

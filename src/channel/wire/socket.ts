@@ -5,7 +5,7 @@
  *
  * @example
  * ```ts
-import { PullSocket, type WireSocket } from "@kvport/nixl/wire";
+ * import { PullSocket, type WireSocket } from "@kvport/nixl/wire";
  *
  * const sock: WireSocket = await PullSocket.bind("tcp://127.0.0.1:0");
  * console.log(sock.type, sock.port > 0);
