@@ -218,3 +218,27 @@ test("transfer timeout: the message says the request was cancelled and released,
     },
   );
 });
+
+test("deadline: no timer of src/ or cli/ bypasses src/deadline.ts", async () => {
+  const { readdirSync, readFileSync } = await import("node:fs");
+  const root = new URL("..", import.meta.url).pathname;
+  // Bun's poll pacing (0-2 ms, never configured) stays on setTimeout: it is the hot path
+  // of every transfer wait there, and its delays are constants far below the limit.
+  const allowed = new Set(["src/agent/transfer.ts", "src/deadline.ts"]);
+  const raw = /\b(setTimeout|setInterval|AbortSignal\.timeout)\s*\(/;
+  const offenders: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of readdirSync(root + dir, { withFileTypes: true })) {
+      const rel = `${dir}/${e.name}`;
+      if (e.isDirectory()) walk(rel);
+      else if (rel.endsWith(".ts") && !allowed.has(rel)) {
+        readFileSync(root + rel, "utf8").split("\n").forEach((line, i) => {
+          if (raw.test(line) && !/^\s*(\*|\/\/)/.test(line)) offenders.push(`${rel}:${i + 1}`);
+        });
+      }
+    }
+  };
+  walk("src");
+  walk("cli");
+  assert.deepEqual(offenders, [], "use after/every/sleep/deadlineSignal of src/deadline.ts");
+});
