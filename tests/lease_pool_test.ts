@@ -34,6 +34,9 @@ test("lease pool: all-or-nothing, first come first served, bounded wait", async 
     return true;
   });
   await assert.rejects(pool.acquire(5, { owner: "d" }), /only 4/);
+  const none = pool.tryAcquire(0, { owner: "empty" })!;
+  assert.deepEqual([none.pages, none.state, pool.leases], [[], "released", 2]);
+  assert.equal(none.release({ pages: [] }), true);
   assert.throws(() => pool.tryAcquire(1, { owner: "" }), /needs an owner/);
   a.release();
   b.release();

@@ -433,6 +433,11 @@ export class LeasePool {
 
   #newLease(pages: number[], options: LeaseOptions): PageLease {
     const lease = new PageLease(this, this.#nextId++, options.owner, pages);
+    // Nothing held, nothing to track (an empty lease would stay in the table for good).
+    if (pages.length === 0) {
+      lease._state = "released";
+      return lease;
+    }
     for (const p of pages) this.#holder[p] = lease;
     lease._onExpire = options.onExpire;
     this.#leases.add(lease);
