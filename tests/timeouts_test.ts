@@ -242,3 +242,37 @@ test("deadline: no timer of src/ or cli/ bypasses src/deadline.ts", async () => 
   walk("cli");
   assert.deepEqual(offenders, [], "use after/every/sleep/deadlineSignal of src/deadline.ts");
 });
+
+test("deadline: a delay past the limit waits in steps and fires once it is due", () => {
+  // Drive after() with a recorded setTimeout and a settable clock.
+  const g = globalThis as unknown as {
+    setTimeout: (fn: () => void, ms: number) => number;
+    clearTimeout: (id: number) => void;
+  };
+  const realSet = g.setTimeout;
+  const realClear = g.clearTimeout;
+  const realNow = performance.now;
+  let now = 1000;
+  const armed: { fn: () => void; ms: number }[] = [];
+  g.setTimeout = (fn, ms) => armed.push({ fn, ms });
+  g.clearTimeout = () => {};
+  performance.now = () => now;
+  try {
+    let fired = 0;
+    const t = after(2 ** 31 + 5000, () => fired++);
+    assert.deepEqual(armed.map((a) => a.ms), [MAX_TIMER_DELAY_MS]);
+    now += MAX_TIMER_DELAY_MS; // the first step ran its course: 5001 ms are left
+    armed[0].fn();
+    assert.deepEqual([fired, armed.map((a) => a.ms)], [0, [MAX_TIMER_DELAY_MS, 5001]]);
+    now += 4000; // a timer that fires early re-arms for the rest
+    armed[1].fn();
+    assert.deepEqual([fired, armed[2].ms], [0, 1001]);
+    now += 1001;
+    armed[2].fn();
+    assert.deepEqual([fired, t.fired, armed.length], [1, true, 3]);
+  } finally {
+    g.setTimeout = realSet;
+    g.clearTimeout = realClear;
+    performance.now = realNow;
+  }
+});
