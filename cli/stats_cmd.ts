@@ -90,7 +90,7 @@ export async function scrape(url: string, timeoutMs: number): Promise<FamilySnap
   try {
     res = await fetch(url, { signal: deadline.signal });
   } catch (e) {
-    const why = (e as Error)?.name === "TimeoutError"
+    const why = deadline.signal.aborted
       ? `no answer within ${timeoutMs} ms`
       : String((e as Error)?.message ?? e);
     throw new Error(`cannot scrape ${url}: ${why}`);
