@@ -115,8 +115,10 @@ export {
   ChannelError,
   ChannelTimeoutError,
   createTransferChannel,
+  LeasePool,
   MockMemoryChannel,
   NixlChannel,
+  PageLease,
   parseDevice,
 } from "./src/channel/mod.ts";
 export type {
@@ -127,6 +129,14 @@ export type {
   ChannelRole,
   ConnectOptions,
   CreateTransferChannelOptions,
+  LeaseAcquireOptions,
+  LeaseHooks,
+  LeaseOptions,
+  LeasePoolOptions,
+  LeaseReleaseEvent,
+  LeaseReleaseOptions,
+  LeaseReleaseReason,
+  LeaseState,
   LocalPages,
   MockMemoryChannelOptions,
   NixlChannelOptions,
@@ -152,7 +162,6 @@ export {
 export type {
   CacheKey,
   DisaggSpec,
-  PagePool,
   PdChannelSettings,
   PdConfigLike,
   PdReceiverOptions,

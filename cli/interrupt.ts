@@ -16,6 +16,7 @@
  * ```
  * @module
  */
+import { after } from "../src/deadline.ts";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -118,9 +119,8 @@ export function installInterruptHandlers(): void {
     const handled = observers > 0;
     controller.abort(new Interrupted(sig));
     if (handled) {
-      const exitLater = setTimeout(() => process.exit(code), GRACE_MS);
       // Nothing else may keep the process alive only for this timer.
-      (exitLater as { unref?: () => void }).unref?.();
+      after(GRACE_MS, () => process.exit(code), { ref: false });
       void runCleanups();
     } else {
       void runCleanups().then(() => process.exit(code));

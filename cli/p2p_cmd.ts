@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { sleep } from "../src/deadline.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import process from "node:process";
@@ -620,7 +621,7 @@ async function runDemo(args: string[]): Promise<number> {
       const l = await nextEvent(requester, "looked", 10_000);
       if (l.hits === n) break;
       if (performance.now() > deadline) throw new Error(`the registry never saw ${n} chunks`);
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
     const retrieve = async (keys: string[]): Promise<Retrieved> => {
       send(requester, { cmd: "retrieve", keys });

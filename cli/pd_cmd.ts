@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { after, every, sleep, type Timer } from "../src/deadline.ts";
 import process from "node:process";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
@@ -177,7 +178,7 @@ async function runReceiver(args: string[]): Promise<number> {
     await metrics?.close();
     throw e;
   }
-  const holding = new Set<ReturnType<typeof setTimeout>>();
+  const holding = new Set<Timer>();
   const showProgress = v.progress === true ||
     (v.progress === undefined && !json && process.stdout.isTTY === true);
   let progress: LandedProgress | undefined;
@@ -225,10 +226,10 @@ async function runReceiver(args: string[]): Promise<number> {
       }
       if (holdMs === 0) rx.remove(key);
       else {
-        const t = setTimeout(() => {
+        const t = after(holdMs, () => {
           holding.delete(t);
           rx.remove(key);
-        }, holdMs);
+        });
         holding.add(t);
       }
       return view.length;
@@ -267,12 +268,12 @@ async function runReceiver(args: string[]): Promise<number> {
       );
       return bad > 0 ? 1 : 0;
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: Timer | undefined;
     const timedOut = await Promise.race([
       done.then(() => false),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutS * 1000))),
+      new Promise<boolean>((r) => (timer = after(timeoutS * 1000, () => r(true)))),
     ]);
-    clearTimeout(timer);
+    timer?.clear();
     progress?.stop();
     const seconds = (performance.now() - t0) / 1000;
     emit(
@@ -284,7 +285,7 @@ async function runReceiver(args: string[]): Promise<number> {
     );
     return bad > 0 || timedOut ? 1 : 0;
   } finally {
-    for (const t of holding) clearTimeout(t);
+    for (const t of holding) t.clear();
     progress?.stop();
     await rx.close();
     await metrics?.close();
@@ -302,11 +303,10 @@ class LandedProgress {
   #windowStart = performance.now();
   #gbps = 0;
   #drawn = "";
-  #timer: ReturnType<typeof setInterval>;
+  #timer: Timer;
 
   constructor(readonly tty: boolean) {
-    this.#timer = setInterval(() => this.#tick(), 1000);
-    (this.#timer as { unref?: () => void }).unref?.();
+    this.#timer = every(1000, () => this.#tick(), { ref: false });
   }
 
   /** One chunk of `bytes` landed. */
@@ -342,7 +342,7 @@ class LandedProgress {
 
   /** Stops the timer (and ends the redrawn line). Idempotent. */
   stop(): void {
-    clearInterval(this.#timer);
+    this.#timer.clear();
     if (this.tty && this.#drawn) process.stdout.write("\n");
     this.#drawn = "";
   }
@@ -469,7 +469,7 @@ async function runSender(args: string[]): Promise<number> {
     let scratch: Uint8Array | undefined;
     const w0 = performance.now();
     for (let r = 0; r < requests; r++) {
-      if (r > 0 && paceMs > 0) await new Promise((ok) => setTimeout(ok, paceMs));
+      if (r > 0 && paceMs > 0) await sleep(paceMs);
       const reqId = requests > 1 ? `${baseId}-${r}` : baseId;
       const reqMs0 = sendMs;
       const reqBytes0 = totalBytes;
@@ -571,12 +571,12 @@ async function runSender(args: string[]): Promise<number> {
       // Until the time is up or a signal comes, whichever is first; no listener stays.
       await new Promise<void>((ok) => {
         const done = () => {
-          clearTimeout(timer);
+          timer.clear();
           process.off("SIGINT", done);
           process.off("SIGTERM", done);
           ok();
         };
-        const timer = setTimeout(done, lingerS * 1000);
+        const timer = after(lingerS * 1000, done);
         process.on("SIGINT", done);
         process.on("SIGTERM", done);
       });

@@ -13,6 +13,7 @@
  * ```
  * @module
  */
+import { deadlineSignal } from "../src/deadline.ts";
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -231,7 +232,8 @@ async function readSource(url: URL, timeoutMs: number, signal?: AbortSignal): Pr
   if (url.protocol !== "https:" && url.protocol !== "http:") {
     throw new ShimBuildError(`cannot fetch ${url.href}: only file:, http: and https: are read`);
   }
-  const timeout = AbortSignal.timeout(timeoutMs);
+  using deadline = deadlineSignal(timeoutMs);
+  const timeout = deadline.signal;
   let res: Response;
   try {
     res = await fetch(url, { signal: signal ? AbortSignal.any([signal, timeout]) : timeout });

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { after, type Timer } from "../src/deadline.ts";
 import { spawn } from "node:child_process";
 import process from "node:process";
 import * as readline from "node:readline";
@@ -132,11 +133,11 @@ export async function nextEvent(
   event: string,
   timeoutMs: number,
 ): Promise<Record<string, unknown>> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let timer: Timer | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${child.name} did not report "${event}" within ${timeoutMs} ms`)),
+    timer = after(
       timeoutMs,
+      () => reject(new Error(`${child.name} did not report "${event}" within ${timeoutMs} ms`)),
     );
   });
   const read = (async () => {
@@ -155,6 +156,6 @@ export async function nextEvent(
   try {
     return await Promise.race([read, timeout]);
   } finally {
-    clearTimeout(timer);
+    timer?.clear();
   }
 }

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { after, deadlineSignal } from "../src/deadline.ts";
 import process from "node:process";
 import { parseExposition } from "../src/metrics/parse.ts";
 import {
@@ -84,11 +85,12 @@ export function metricsUrl(url: string | undefined, port: string | undefined, ho
  * ```
  */
 export async function scrape(url: string, timeoutMs: number): Promise<FamilySnapshot[]> {
+  using deadline = deadlineSignal(timeoutMs);
   let res: Response;
   try {
-    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+    res = await fetch(url, { signal: deadline.signal });
   } catch (e) {
-    const why = (e as Error)?.name === "TimeoutError"
+    const why = deadline.signal.aborted
       ? `no answer within ${timeoutMs} ms`
       : String((e as Error)?.message ?? e);
     throw new Error(`cannot scrape ${url}: ${why}`);
@@ -247,9 +249,9 @@ async function run(args: string[]): Promise<number> {
     let t0 = performance.now();
     while (!stopped) {
       await new Promise<void>((ok) => {
-        const t = setTimeout(ok, watchS * 1000);
+        const t = after(watchS * 1000, ok);
         wake = () => {
-          clearTimeout(t);
+          t.clear();
           ok();
         };
       });

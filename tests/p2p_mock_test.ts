@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadConfig, MockMemoryChannel, P2PBackend, P2PError, P2PRegistry } from "../mod.ts";
 import { ChunkStore } from "../src/p2p/store.ts";
-import { PagePool } from "../src/pd/page_pool.ts";
+import { LeasePool } from "../src/channel/lease_pool.ts";
 import { fillPattern } from "../src/pd/pattern.ts";
 import {
   checkFetched,
@@ -336,12 +336,13 @@ test("p2p mock: fromConfig reads LMCache's keys; a short port list is a clear er
   );
 });
 
-test("p2p mock: ChunkStore pins keep a removed chunk's page until the last unpin", async () => {
-  const pool = new PagePool(2);
+test("p2p mock: ChunkStore pins keep a removed chunk's page until the last unpin", () => {
+  const pool = new LeasePool(2, { quarantineMs: 60_000 });
   const store = new ChunkStore(pool);
-  const [p0, p1] = await pool.allocate(2);
-  store.add("a", 1n, p0, 10);
-  store.add("b", 2n, p1, 10);
+  const l0 = pool.tryAcquire(1, { owner: "a" })!;
+  const l1 = pool.tryAcquire(1, { owner: "b" })!;
+  store.add("a", 1n, l0, 10);
+  store.add("b", 2n, l1, 10);
   const pin = store.pin("a")!;
   assert.equal(store.victim()?.key, "b", "a pinned chunk is never the victim");
   store.remove("a");
@@ -349,8 +350,14 @@ test("p2p mock: ChunkStore pins keep a removed chunk's page until the last unpin
   store.unpin(pin);
   assert.equal(pool.free, 1);
   assert.throws(() => store.unpin(pin), /not pinned/);
-  store.add("b", 3n, p1, 20); // same page again: in place
+  store.add("b", 3n, l1, 20); // same page again: in place
   assert.deepEqual([store.peek("b")?.hash, pool.free], [3n, 1]);
+  // A pin whose WRITE timed out sends the removed chunk's page to quarantine.
+  const late = store.pin("b")!;
+  store.remove("b");
+  store.unpin(late, true);
+  assert.deepEqual([pool.free, pool.quarantined], [1, 1]);
+  pool.close();
 });
 
 test("p2p mock: random fetches while holders evict and store: every fetched byte is right", async () => {

@@ -15,7 +15,6 @@ import {
   PdSendError,
   ProxyNotifier,
 } from "../mod.ts";
-import { PagePool } from "../src/pd/page_pool.ts";
 import { encodeMessage } from "../src/channel/wire/mod.ts";
 import {
   checkFor,
@@ -95,19 +94,6 @@ test("pd: keys format and parse as fmt@model@world_size@worker_id@hash_hex@dtype
   assert.deepEqual(parseCacheKey(s), k);
   assert.throws(() => parseCacheKey("vllm@m@1@0@abc"), /expected fmt@model@world_size/);
   assert.throws(() => parseCacheKey("vllm@m@x@0@abc@bf16"), /integers/);
-});
-
-test("pd: page pool takes pages all at once and waits a bounded time", async () => {
-  const pool = new PagePool(4);
-  assert.deepEqual(await pool.allocate(3), [0, 1, 2]);
-  assert.equal(pool.tryAllocate(2), null);
-  const waiting = pool.allocate(2, 1000);
-  pool.release([0]);
-  assert.deepEqual((await waiting).sort(), [0, 3]);
-  await assert.rejects(pool.allocate(1, 50), { code: "TIMEOUT" });
-  assert.throws(() => pool.release([3, 3]), /not allocated/);
-  assert.throws(() => pool.allocate(5), /only 4/);
-  pool.close();
 });
 
 test("pd: mock channel flow, several batches, every byte checked, proxy notified", async () => {

@@ -7,7 +7,7 @@
  */
 
 import type { TransferChannelType } from "../config/mod.ts";
-import { ChannelError, ChannelTimeoutError } from "./errors.ts";
+import { ChannelError, ChannelTimeoutError, timeoutOf } from "./errors.ts";
 import { errorMessage, SerialQueue } from "./_util.ts";
 import { type ControlServer, openRequester, serveRequests } from "./control.ts";
 import { type BufferDevice, type ChannelPage, ViewPage } from "./page.ts";
@@ -536,9 +536,7 @@ export abstract class ChannelBase implements TransferChannel {
     e: unknown,
   ): ChannelError {
     if (e instanceof ChannelError && e.peerId !== undefined) return e;
-    const isTimeout = (e instanceof Error && /timed? ?out|within \d+ ms/i.test(e.message)) ||
-      (e as { name?: string })?.name?.includes("Timeout");
-    if (isTimeout) {
+    if (timeoutOf(e)) {
       return new ChannelTimeoutError("handshake", timeoutMs, {
         peerId,
         url,
@@ -812,11 +810,12 @@ function transferError(
       { peerId, op, cause: e },
     );
   }
-  const name = (e as { name?: string })?.name ?? "";
-  if (name.includes("Timeout")) {
+  if (timeoutOf(e)) {
+    // The data plane's own error says what became of the request (the NIXL channel
+    // cancels and releases it before it reports the timeout).
     return new ChannelTimeoutError(op, timeoutMs, {
       peerId,
-      hint: `${count} page(s); the request was cancelled and released (${errorMessage(e)})`,
+      hint: `${count} page(s): ${errorMessage(e)}`,
       cause: e,
     });
   }

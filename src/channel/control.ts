@@ -31,8 +31,16 @@ export interface ControlServer {
   close(): Promise<void>;
 }
 
-/** Computes the reply of one request; a throw becomes an `ErrorMsg` reply. */
-export type RequestHandler = (message: SideMessage, from: string) => Promise<SideMessage>;
+/**
+ * Computes the reply of one request; a throw becomes an `ErrorMsg` reply. `gone` aborts
+ * when the requester's connection closes (it gave up or went away): nobody will read
+ * the reply, so a handler that waits can stop and undo what it did for it.
+ */
+export type RequestHandler = (
+  message: SideMessage,
+  from: string,
+  gone: AbortSignal,
+) => Promise<SideMessage>;
 
 /** Options of {@linkcode serveRequests}. */
 export interface ServeOptions {
@@ -72,7 +80,7 @@ export async function serveRequests(
     onError: (e: WireError) => options.onError?.(e),
   });
   const bound = sock.endpoints[0] ?? `tcp://${url}`;
-  const serving = sock.serve(async (frames, peer: PeerInfo) => {
+  const serving = sock.serve(async (frames, peer: PeerInfo, gone: AbortSignal) => {
     let reply: SideMessage;
     let request: SideMessage | undefined;
     try {
@@ -87,7 +95,7 @@ export async function serveRequests(
         throw e;
       }
       request = msg as unknown as SideMessage;
-      reply = await handler(request, peer.address);
+      reply = await handler(request, peer.address, gone);
     } catch (e) {
       const error = e instanceof Error ? e : new Error(String(e));
       options.onError?.(error);

@@ -7,6 +7,9 @@
  * @module
  */
 
+import { WireTimeoutError } from "./wire/errors.ts";
+import { NixlTimeoutError } from "../errors.ts";
+
 /** Machine-readable reason of a {@linkcode ChannelError}. */
 export type ChannelErrorCode =
   | "UNSUPPORTED_CHANNEL_TYPE"
@@ -108,4 +111,29 @@ export class ChannelTimeoutError extends ChannelError {
     this.name = "ChannelTimeoutError";
     this.timeoutMs = timeoutMs;
   }
+}
+
+/**
+ * The operation and deadline of a timeout, whichever layer raised it (a
+ * {@linkcode ChannelTimeoutError}, a `NixlTimeoutError` of the agent, a
+ * `WireTimeoutError` of the sockets, or one of those as the `cause` of another error);
+ * `undefined` for anything else. Timeouts are told by their type, never by their text.
+ *
+ * @example
+ * ```ts
+ * import { ChannelError, ChannelTimeoutError, timeoutOf } from "./errors.ts";
+ * const e = new ChannelError("TRANSFER_FAILED", "x", {
+ *   cause: new ChannelTimeoutError("write", 50),
+ * });
+ * console.log(timeoutOf(e)); // { op: "write", timeoutMs: 50 }
+ * ```
+ */
+export function timeoutOf(e: unknown): { op: string; timeoutMs: number } | undefined {
+  for (let depth = 0; depth < 8 && e instanceof Error; depth++) {
+    if (e instanceof ChannelTimeoutError) return { op: e.op ?? "", timeoutMs: e.timeoutMs };
+    if (e instanceof NixlTimeoutError) return { op: e.op, timeoutMs: e.timeoutMs };
+    if (e instanceof WireTimeoutError) return { op: e.expected, timeoutMs: e.timeoutMs };
+    e = e.cause;
+  }
+  return undefined;
 }

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { sleep } from "../deadline.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import { ChannelError } from "./errors.ts";
@@ -217,7 +218,7 @@ export class MockMemoryChannel extends ChannelBase {
         );
       }
       // Yield once: a transfer completes asynchronously, as a real one does.
-      await new Promise((r) => setTimeout(r, 0));
+      await sleep(0);
       for (let i = 0; i < local.length; i++) {
         const mine = this.pages[local[i]];
         const theirs = peerPages.get(remote[i])!;

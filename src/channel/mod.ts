@@ -53,3 +53,15 @@ export {
 } from "./mock_memory.ts";
 export { NixlChannel, type NixlChannelOptions } from "./nixl.ts";
 export { type ChannelPage, fnv1a64 } from "./page.ts";
+export {
+  type LeaseAcquireOptions,
+  type LeaseHooks,
+  type LeaseOptions,
+  LeasePool,
+  type LeasePoolOptions,
+  type LeaseReleaseEvent,
+  type LeaseReleaseOptions,
+  type LeaseReleaseReason,
+  type LeaseState,
+  PageLease,
+} from "./lease_pool.ts";

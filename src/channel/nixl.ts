@@ -14,6 +14,7 @@ import {
   NixlAgent,
   NixlError,
   type PageGrant,
+  NixlTimeoutError,
   type PreparedDescList,
   probeEngine,
   type Registration,
@@ -25,6 +26,7 @@ import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelError } from "./errors.ts";
 import { parseEndpoint } from "./wire/endpoint.ts";
 import { errorMessage } from "./_util.ts";
+import { clampDelay, sleep } from "../deadline.ts";
 import { type BufferDevice, NativePage } from "./page.ts";
 import type { ChannelRole } from "./types.ts";
 
@@ -456,7 +458,15 @@ export class NixlChannel extends ChannelBase {
     );
     try {
       const state = await this.agentQueue.run(() => req.post());
-      if (state === "pending") await req.wait(Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
+      if (state === "pending") await req.wait(clampDelay(timeoutMs));
+    } catch (e) {
+      if (!(e instanceof NixlTimeoutError)) throw e;
+      // Cancel before reporting, so the error can say what became of the request.
+      await this.agentQueue.run(() => req.release()).catch(() => {});
+      throw new NixlTimeoutError(
+        { op: e.op, peer: e.peer, count: e.count, timeoutMs: e.timeoutMs },
+        "the request was cancelled and released",
+      );
     } finally {
       await this.agentQueue.run(() => req.release()).catch(() => {});
     }
@@ -480,7 +490,7 @@ export class NixlChannel extends ChannelBase {
         notes = await this.agent.waitNotifications(200);
       } catch {
         if (this.#stopping || this.agent.closed) return;
-        await new Promise((r) => setTimeout(r, 50));
+        await sleep(50);
         continue;
       }
       for (const n of notes) this.emitNotification({ from: n.agent, message: n.message });

@@ -343,8 +343,9 @@ const shape = {
     group: "pd",
     gt: 0,
     unit: "s",
-    description: "How long a sender retries a receiver allocation before giving up " +
-      "(inf = no limit).",
+    description: "Deadline of one PD allocation round trip: a sender gives up after it, a " +
+      "receiver stops waiting for free pages at 80% of it, so it always gives up first " +
+      "(inf: 30 s; every wait has a limit).",
   }),
   pd_shutdown_timeout_sec: floatOrInf(5.0, {
     group: "pd",

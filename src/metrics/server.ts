@@ -18,6 +18,7 @@
 import * as http from "node:http";
 import { MetricsError } from "./family.ts";
 import { type MetricsRegistry, metricsRegistry } from "./registry.ts";
+import { after, type Timer } from "../deadline.ts";
 
 /** Options of {@linkcode serveMetrics}. */
 export interface ServeMetricsOptions {
@@ -83,11 +84,11 @@ export async function serveMetrics(options: ServeMetricsOptions): Promise<Metric
       res.writeHead(404, { "content-type": "text/plain" }).end("not found: GET /metrics\n");
       return;
     }
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timer: Timer | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new MetricsError(`the scrape took more than ${timeoutMs} ms`)),
+      timer = after(
         timeoutMs,
+        () => reject(new MetricsError(`the scrape took more than ${timeoutMs} ms`)),
       );
     });
     Promise.race([registry.metrics(), late]).then(
@@ -103,7 +104,7 @@ export async function serveMetrics(options: ServeMetricsOptions): Promise<Metric
           `metrics unavailable: ${e instanceof Error ? e.message : String(e)}\n`,
         );
       },
-    ).finally(() => clearTimeout(timer));
+    ).finally(() => timer?.clear());
   });
   // Scrapers keep connections alive between scrapes; closing must not wait for them.
   const sockets = new Set<import("node:net").Socket>();

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ChannelError } from "../channel/errors.ts";
+import { ChannelError, ChannelTimeoutError, timeoutOf } from "../channel/errors.ts";
 import { openRequester, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
@@ -22,7 +22,7 @@ import {
   toSafeInt,
   WireMessageError,
 } from "../channel/wire/mod.ts";
-import { PagePool } from "../pd/page_pool.ts";
+import { LeasePool, type PageLease } from "../channel/lease_pool.ts";
 import { type P2PConfigLike, p2pOptionsFromConfig } from "./config.ts";
 import { P2PError } from "./errors.ts";
 import { chunkHashOf } from "./hash.ts";
@@ -206,6 +206,9 @@ interface PeerLink {
   generation: number;
 }
 
+/** Owner prefix of the leases of chunks held. */
+const CHUNK = "chunk ";
+
 const RETRYABLE_WRITE = new Set(["UNKNOWN_PEER", "TRANSFER_FAILED", "TIMEOUT", "PEER_RESTARTED"]);
 
 /**
@@ -249,8 +252,11 @@ const RETRYABLE_WRITE = new Set(["UNKNOWN_PEER", "TRANSFER_FAILED", "TIMEOUT", "
 export class P2PBackend implements AsyncDisposable {
   /** The channel whose pages hold the chunks. */
   readonly channel: TransferChannel;
-  /** The pages of the buffer and who holds them. */
-  readonly pool: PagePool;
+  /**
+   * The pages of the buffer and who holds them: a lease per chunk held (owner
+   * `chunk <key>`), per `allocate`, per fetch (handed to the holder writing into it).
+   */
+  readonly pool: LeasePool;
   /** This instance's id at the registry. */
   readonly instanceId: string;
   /** Worker id (TP rank). */
@@ -275,7 +281,6 @@ export class P2PBackend implements AsyncDisposable {
   readonly #links = new Map<string, PeerLink>();
   readonly #connecting = new Map<string, Promise<PeerLink>>();
   readonly #deadUntil = new Map<string, { until: number; error: P2PError }>();
-  readonly #quarantine = new Map<ReturnType<typeof setTimeout>, number[]>();
   readonly #inflight = new Set<Promise<unknown>>();
   readonly #stats = {
     lookups: 0,
@@ -304,7 +309,8 @@ export class P2PBackend implements AsyncDisposable {
     options: P2PBackendOptions,
   ) {
     this.channel = channel;
-    this.pool = new PagePool(channel.pageCount);
+    this.#quarantineMs = options.quarantineMs ?? options.lookupRecvTimeoutMs ?? 30_000;
+    this.pool = new LeasePool(channel.pageCount, { quarantineMs: this.#quarantineMs });
     this.#store = new ChunkStore(this.pool);
     this.#grants = new PageGrantBook(channel);
     this.#lookupServer = lookupServer;
@@ -319,7 +325,6 @@ export class P2PBackend implements AsyncDisposable {
     this.#writeTimeoutMs = options.transferTimeoutMs ??
       Math.max(100, Math.floor(this.#recvTimeoutMs * 0.8));
     this.#maxRetry = options.maxRetryCount ?? 3;
-    this.#quarantineMs = options.quarantineMs ?? this.#recvTimeoutMs;
     this.#deadBackoffMs = options.deadPeerBackoffMs ?? 5000;
     this.#allocTimeoutMs = options.allocTimeoutMs ?? 5000;
     const beat = options.heartbeatIntervalMs === undefined ? 10_000 : options.heartbeatIntervalMs;
@@ -463,12 +468,10 @@ export class P2PBackend implements AsyncDisposable {
 
   /** Counters. */
   get stats(): P2PBackendStats {
-    let q = 0;
-    for (const pages of this.#quarantine.values()) q += pages.length;
     return {
       chunks: this.#store.size,
       freePages: this.pool.free,
-      quarantinedPages: q,
+      quarantinedPages: this.pool.quarantined,
       ...this.#stats,
     };
   }
@@ -513,21 +516,39 @@ export class P2PBackend implements AsyncDisposable {
    * free, waiting at most `timeoutMs` for pages to free up.
    */
   async allocate(count: number, timeoutMs?: number): Promise<number[]> {
+    return [...(await this.#acquire(count, "allocate", timeoutMs)).pages];
+  }
+
+  /** A lease of `count` pages, evicting least recently used chunks to make room. */
+  async #acquire(count: number, owner: string, timeoutMs?: number): Promise<PageLease> {
     timeoutMs ??= this.#allocTimeoutMs;
     this.#assertOpen("allocate");
-    const now = this.pool.tryAllocate(count);
+    const now = this.pool.tryAcquire(count, { owner });
     if (now) return now;
     while (this.pool.free < count) {
       const v = this.#store.victim();
       if (!v) break;
       this.evict(v.key);
     }
-    return await this.pool.allocate(count, timeoutMs);
+    return await this.pool.acquire(count, { owner, timeoutMs });
   }
 
-  /** Returns pages (from `allocate` or a fetch) that hold nothing to keep. */
+  /**
+   * Returns pages (from `allocate` or a fetch) that hold nothing to keep; a page not
+   * taken that way (or released twice) throws.
+   */
   release(pages: readonly number[]): void {
-    if (pages.length > 0) this.pool.release(pages);
+    for (const p of pages) {
+      const lease = this.pool.leaseOf(p);
+      if (!lease || lease.owner.startsWith(CHUNK)) {
+        throw new P2PError(
+          "INVALID_ARGUMENT",
+          `release: page ${p} is ${lease ? `the page of ${lease.owner}` : "not allocated"} ` +
+            "(double release, or a page not from allocate() or a fetch)",
+        );
+      }
+      lease.release({ pages: [p] });
+    }
   }
 
   /**
@@ -540,10 +561,13 @@ export class P2PBackend implements AsyncDisposable {
     if (typeof key !== "string" || key === "") {
       throw new P2PError("INVALID_ARGUMENT", "put: key must be a non-empty string");
     }
-    if (!this.pool.isAllocated(page)) {
+    const lease = this.pool.leaseOf(page);
+    const same = lease !== undefined && this.#store.peek(key)?.lease === lease;
+    if (!lease || (!same && lease.owner.startsWith(CHUNK))) {
       throw new P2PError(
         "INVALID_ARGUMENT",
-        `put: page ${page} is not allocated (take pages from allocate() or a fetch)`,
+        `put: page ${page} is ${lease ? `the page of ${lease.owner}` : "not allocated"} ` +
+          "(take pages from allocate() or a fetch)",
       );
     }
     if (!Number.isInteger(bytes) || bytes < 0 || bytes > this.channel.pageSize) {
@@ -553,7 +577,8 @@ export class P2PBackend implements AsyncDisposable {
       );
     }
     const hash = this.#hashOf(key);
-    const old = this.#store.add(key, hash, page, bytes);
+    const own = same ? lease : lease.moveTo([page], CHUNK + key);
+    const old = this.#store.add(key, hash, own, bytes);
     if (old && old.hash !== hash) this.#registry.evict(old.hash);
     this.#stats.admitted++;
     this.#registry.admit(hash);
@@ -581,7 +606,8 @@ export class P2PBackend implements AsyncDisposable {
       } else data(view);
       this.put(key, page, data instanceof Uint8Array ? data.length : view.length);
     } catch (e) {
-      if (this.pool.isAllocated(page) && !this.#store.has(key)) this.pool.release([page]);
+      const lease = this.pool.leaseOf(page);
+      if (lease && !lease.owner.startsWith(CHUNK)) lease.release({ pages: [page] });
       throw e;
     }
     return page;
@@ -649,6 +675,8 @@ export class P2PBackend implements AsyncDisposable {
     // Pin the leading chunks still held: from here their pages can be neither freed nor
     // reused, whatever is evicted while the WRITE runs.
     const pinned = [];
+    // Whether the WRITE ended without an answer (timed out): it may still read the pages.
+    let inDoubt = false;
     for (const key of msg.keys) {
       const c = this.#store.pin(key);
       if (!c) break;
@@ -666,6 +694,7 @@ export class P2PBackend implements AsyncDisposable {
       }
       return { type: "BatchedLookupAndGetRetMsg", num_hit_chunks: pinned.length };
     } catch (e) {
+      inDoubt = e instanceof ChannelTimeoutError;
       if (e instanceof ChannelError && RETRYABLE_WRITE.has(e.code)) {
         // The requester we knew is gone or unreachable (a restart brings a new agent):
         // forget it, so it handshakes again and retries.
@@ -674,7 +703,7 @@ export class P2PBackend implements AsyncDisposable {
       }
       return P2PErrorCode.P2P_SERVER_ERROR;
     } finally {
-      for (const c of pinned) this.#store.unpin(c);
+      for (const c of pinned) this.#store.unpin(c, inDoubt);
     }
   }
 
@@ -706,10 +735,11 @@ export class P2PBackend implements AsyncDisposable {
       reply = await this.#track(this.#registry.lookup(keys.map((k) => this.#hashOf(k))));
     } catch (e) {
       this.#stats.errors++;
+      const timeout = timeoutOf(e);
       miss.error = new P2PError(
-        e instanceof Error && e.name.includes("Timeout") ? "TIMEOUT" : "REMOTE_ERROR",
+        timeout ? "TIMEOUT" : "REMOTE_ERROR",
         `P2P lookup at the registry failed: ${errorMessage(e)}`,
-        { op: "lookup", cause: e },
+        { op: "lookup", cause: e, timeoutMs: timeout?.timeoutMs },
       );
       this.#metrics?.failed("lookup", miss.error.code);
       return miss;
@@ -788,19 +818,19 @@ export class P2PBackend implements AsyncDisposable {
     const url = holder.peerInitUrl;
     const result = emptyFetch(lookupId, holder, promised);
     this.#stats.fetches++;
-    let pages: number[] = [];
+    let lease: PageLease | undefined;
     // Whether the last request went unanswered: the holder may still write into its pages.
     let inDoubt = false;
     const takePages = () =>
-      this.allocate(keys.length).catch((e) => {
+      this.#acquire(keys.length, `fetch ${lookupId} from ${url}`).catch((e) => {
         throw new P2PError(
-          e instanceof ChannelError ? e.code : "TIMEOUT",
+          e instanceof ChannelError ? e.code : "REMOTE_ERROR",
           `no ${keys.length} free page(s) for the fetch: ${errorMessage(e)}`,
-          { op: "fetch", cause: e },
+          { op: "fetch", cause: e, timeoutMs: timeoutOf(e)?.timeoutMs },
         );
       });
     try {
-      pages = await takePages();
+      lease = await takePages();
       let link = await this.#ensurePeer(url, undefined, result);
       for (;;) {
         result.attempts++;
@@ -813,8 +843,10 @@ export class P2PBackend implements AsyncDisposable {
           lookup_id: lookupId,
           receiver_id: this.receiverId,
           keys,
-          mem_indexes: pages,
+          mem_indexes: [...lease.pages],
         };
+        if (lease.peer !== url) lease.handTo(url); // the holder writes into these pages
+        const pages = [...lease.pages];
         let reply: SideMessage | undefined;
         let failure: unknown;
         try {
@@ -840,9 +872,13 @@ export class P2PBackend implements AsyncDisposable {
           }
           result.hitChunks = n;
           result.keys = keys.slice(0, n);
-          result.pages = pages.slice(0, n);
-          this.pool.release(pages.slice(n));
-          pages = [];
+          // The holder answered: its WRITE is over, nothing more can land anywhere. The
+          // hit pages are the caller's now (a lease no peer holds), the rest are free.
+          const hit = lease.pages.slice(0, n);
+          if (n > 0) lease.moveTo(hit, `fetched ${lookupId}`);
+          result.pages = [...hit];
+          if (lease.state === "held") lease.release();
+          lease = undefined;
           this.#stats.fetchedChunks += n;
           result.seconds = (performance.now() - t0) / 1000;
           return result;
@@ -857,9 +893,9 @@ export class P2PBackend implements AsyncDisposable {
         if (inDoubt) {
           // A late WRITE of the unanswered request may still land in these pages: the
           // retry gets fresh ones, these stay out of use for a while.
-          this.#releaseOrQuarantine(pages, true);
-          pages = [];
-          pages = await takePages();
+          this.#releaseOrQuarantine(lease, true);
+          lease = undefined;
+          lease = await takePages();
           inDoubt = false;
         }
         link = await this.#ensurePeer(url, link, result);
@@ -872,23 +908,15 @@ export class P2PBackend implements AsyncDisposable {
         { peerId: url, op: "fetch", cause: e },
       );
       this.#metrics?.failed("fetch", result.error.code);
-      this.#releaseOrQuarantine(pages, inDoubt);
+      this.#releaseOrQuarantine(lease, inDoubt);
       result.seconds = (performance.now() - t0) / 1000;
       return result;
     }
   }
 
-  #releaseOrQuarantine(pages: number[], inDoubt: boolean): void {
-    if (pages.length === 0) return;
-    if (!inDoubt || this.#closing) {
-      this.pool.release(pages);
-      return;
-    }
-    const timer = setTimeout(() => {
-      this.#quarantine.delete(timer);
-      this.pool.release(pages);
-    }, this.#quarantineMs);
-    this.#quarantine.set(timer, pages);
+  #releaseOrQuarantine(lease: PageLease | undefined, inDoubt: boolean): void {
+    if (!lease || lease.state !== "held") return;
+    lease.release({ inFlight: inDoubt && !this.#closing });
   }
 
   /**
@@ -974,11 +1002,6 @@ export class P2PBackend implements AsyncDisposable {
       await this.#registry.close().catch(() => {});
       for (const link of this.#links.values()) await link.requester.close().catch(() => {});
       this.#links.clear();
-      for (const [timer, pages] of this.#quarantine) {
-        clearTimeout(timer);
-        this.pool.release(pages);
-      }
-      this.#quarantine.clear();
       this.#store.clear();
       this.pool.close();
       await this.channel.close();
@@ -1022,11 +1045,11 @@ function fetchError(
 ): P2PError {
   const tries = `${attempts} attempt(s)`;
   if (failure !== undefined) {
-    const timeout = failure instanceof Error && failure.name.includes("Timeout");
+    const timeout = timeoutOf(failure);
     return new P2PError(
       timeout ? "TIMEOUT" : "REMOTE_ERROR",
       `no reply from holder ${url} after ${tries}: ${errorMessage(failure)}`,
-      { peerId: url, op: "fetch", cause: failure },
+      { peerId: url, op: "fetch", cause: failure, timeoutMs: timeout?.timeoutMs },
     );
   }
   if (code !== undefined) {

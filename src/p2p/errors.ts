@@ -25,6 +25,8 @@ import { ChannelError, type ChannelErrorCode } from "../channel/errors.ts";
 export class P2PError extends ChannelError {
   /** The holder's `P2PErrorMsg.error_code`, when it answered one. */
   readonly errorCode?: number;
+  /** With code `"TIMEOUT"`: the deadline that passed, ms. */
+  readonly timeoutMs?: number;
 
   /**
    * Creates the error.
@@ -36,11 +38,18 @@ export class P2PError extends ChannelError {
   constructor(
     code: ChannelErrorCode,
     message: string,
-    details: { peerId?: string; url?: string; op?: string; errorCode?: number; cause?: unknown } =
-      {},
+    details: {
+      peerId?: string;
+      url?: string;
+      op?: string;
+      errorCode?: number;
+      timeoutMs?: number;
+      cause?: unknown;
+    } = {},
   ) {
     super(code, message, details);
     this.name = "P2PError";
     if (details.errorCode !== undefined) this.errorCode = details.errorCode;
+    if (details.timeoutMs !== undefined) this.timeoutMs = details.timeoutMs;
   }
 }

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { every, type Timer } from "../deadline.ts";
 import { Encoder } from "@msgpack/msgpack";
 import { ChannelError } from "../channel/errors.ts";
 import { errorMessage } from "../channel/_util.ts";
@@ -177,7 +178,7 @@ export class P2PRegistry implements AsyncDisposable {
   readonly #listeners = new Set<(e: P2PRegistryEvent) => void>();
   readonly #stats = { reports: 0, lookups: 0, hits: 0, forgotten: 0, errors: 0 };
   #chunkEntries = 0;
-  #sweep: ReturnType<typeof setInterval> | undefined;
+  #sweep: Timer | undefined;
   #loops: Promise<void>[] = [];
   #closing: Promise<void> | null = null;
   #metricsSource: CollectedSource;
@@ -201,7 +202,7 @@ export class P2PRegistry implements AsyncDisposable {
     const sweepMs = options.sweepIntervalMs ??
       Math.max(10, Math.min(1000, this.heartbeatTimeoutMs / 4));
     if (Number.isFinite(this.heartbeatTimeoutMs)) {
-      this.#sweep = setInterval(() => this.sweep(), sweepMs);
+      this.#sweep = every(sweepMs, () => this.sweep());
     }
     this.#loops.push(this.#pullLoop(), this.#routerLoop());
     this.#metricsSource = collectP2PRegistry(
@@ -602,7 +603,7 @@ export class P2PRegistry implements AsyncDisposable {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await this.#metricsSource.retire();
-      if (this.#sweep !== undefined) clearInterval(this.#sweep);
+      this.#sweep?.clear();
       await Promise.allSettled([this.#pull.close(), this.#router.close()]);
       await Promise.allSettled(this.#loops);
       this.#listeners.clear();

@@ -6,6 +6,7 @@
  */
 
 import { errorMessage } from "../channel/_util.ts";
+import { after, every, type Timer } from "../deadline.ts";
 import {
   type BatchedP2PLookupRetMsg,
   decodeMessage,
@@ -89,8 +90,8 @@ export class RegistryClient {
   #peer: PeerInfo | undefined;
   #flushing: Promise<void> | null = null;
   #again = false;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #beat: ReturnType<typeof setInterval> | undefined;
+  #timer: Timer | undefined;
+  #beat: Timer | undefined;
   #closed = false;
   #beating = false;
   /** Pushes that failed (the data is sent again with the next resync). */
@@ -128,12 +129,12 @@ export class RegistryClient {
   /** Registers (on the next flush) and starts the heartbeat. */
   start(): void {
     this.#schedule();
-    const every = this.#o.heartbeatIntervalMs;
-    if (every === null || !this.#push) return;
-    this.#timer = setTimeout(() => {
+    const interval = this.#o.heartbeatIntervalMs;
+    if (interval === null || !this.#push) return;
+    this.#timer = after(this.#o.heartbeatDelayMs, () => {
       this.#heartbeat();
-      this.#beat = setInterval(() => this.#heartbeat(), every);
-    }, this.#o.heartbeatDelayMs);
+      this.#beat = every(interval, () => this.#heartbeat());
+    });
   }
 
   /** Queues an admit report. */
@@ -300,8 +301,8 @@ export class RegistryClient {
   async close(timeoutMs = 500): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#timer);
-    clearInterval(this.#beat);
+    this.#timer?.clear();
+    this.#beat?.clear();
     await this.#flushing?.catch(() => {});
     if (this.#push && this.#push.peers.length > 0) {
       const o = this.#o;

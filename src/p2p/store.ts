@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { PagePool } from "../pd/page_pool.ts";
+import type { LeasePool, PageLease } from "../channel/lease_pool.ts";
 
 /** One chunk held by a {@linkcode ChunkStore}. */
 export interface StoredChunk {
@@ -15,6 +15,8 @@ export interface StoredChunk {
   readonly hash: bigint;
   /** The page of the channel's buffer holding it. */
   readonly page: number;
+  /** The lease through which it owns the page (owner: the key). */
+  readonly lease: PageLease;
   /** Bytes of the page that hold the chunk (a partial last chunk holds fewer). */
   readonly bytes: number;
   /** Transfers (and callers) reading the page now. */
@@ -27,26 +29,31 @@ interface Entry {
   key: string;
   hash: bigint;
   page: number;
+  lease: PageLease;
   bytes: number;
   pins: number;
   removed: boolean;
+  /** A transfer reading the page ended in doubt (timed out): quarantine it when freed. */
+  inFlight: boolean;
 }
 
 /**
- * Key -> page map over a {@linkcode PagePool}. A removed chunk disappears from lookups at
- * once, but its page returns to the pool only when nobody pins it: a WRITE that pinned it
- * still reads the bytes it promised, and the page cannot be reused for another key
- * meanwhile. Iteration order is least recently used first.
+ * Key -> page map over a {@linkcode LeasePool}: each chunk owns its page through a lease
+ * (owner: the key). A removed chunk disappears from lookups at once, but its lease ends
+ * only when nobody pins it: a WRITE that pinned it still reads the bytes it promised,
+ * and the page cannot be reused for another key meanwhile; a pin that ended in doubt (a
+ * timed-out WRITE) sends the page to quarantine. Iteration order is least recently used
+ * first.
  *
  * @example
  * ```ts
  * import { ChunkStore } from "./store.ts";
- * import { PagePool } from "../pd/page_pool.ts";
+ * import { LeasePool } from "../channel/lease_pool.ts";
  *
- * const pool = new PagePool(2);
+ * const pool = new LeasePool(2);
  * const store = new ChunkStore(pool);
- * const [page] = await pool.allocate(1);
- * store.add("k", 1n, page, 4096);
+ * const lease = await pool.acquire(1, { owner: "k" });
+ * store.add("k", 1n, lease, 4096);
  * const c = store.pin("k")!;
  * store.remove("k"); // gone from lookups, page still held
  * console.log(store.has("k"), pool.free); // false 1
@@ -55,7 +62,7 @@ interface Entry {
  * ```
  */
 export class ChunkStore {
-  readonly #pool: PagePool;
+  readonly #pool: LeasePool;
   readonly #entries = new Map<string, Entry>();
 
   /**
@@ -63,8 +70,13 @@ export class ChunkStore {
    *
    * @param pool the page pool of the channel's buffer
    */
-  constructor(pool: PagePool) {
+  constructor(pool: LeasePool) {
     this.#pool = pool;
+  }
+
+  /** The pool the chunks' leases come from. */
+  get pool(): LeasePool {
+    return this.#pool;
   }
 
   /** Chunks held. */
@@ -102,12 +114,19 @@ export class ChunkStore {
   }
 
   /**
-   * Stores `key` in `page` (the store now owns the page). A chunk already stored under
-   * `key` is replaced and returned (its page freed once unpinned).
+   * Stores `key` in the page of `lease` (one page; the store now owns the lease). A
+   * chunk already stored under `key` is replaced and returned (its page freed once
+   * unpinned).
    */
-  add(key: string, hash: bigint, page: number, bytes: number): StoredChunk | undefined {
+  add(key: string, hash: bigint, lease: PageLease, bytes: number): StoredChunk | undefined {
+    if (lease.pages.length !== 1 || lease.pool !== this.#pool) {
+      throw new RangeError(
+        `a chunk needs a lease of one page of this store's pool, got ${lease.pages.length}`,
+      );
+    }
+    const page = lease.pages[0];
     const old = this.#entries.get(key);
-    if (old && old.page === page) {
+    if (old && old.lease === lease) {
       // The same page again: new contents in place, pins stay.
       old.hash = hash;
       old.bytes = bytes;
@@ -116,7 +135,16 @@ export class ChunkStore {
       return undefined;
     }
     if (old) this.#drop(old);
-    this.#entries.set(key, { key, hash, page, bytes, pins: 0, removed: false });
+    this.#entries.set(key, {
+      key,
+      hash,
+      page,
+      lease,
+      bytes,
+      pins: 0,
+      removed: false,
+      inFlight: false,
+    });
     return old;
   }
 
@@ -134,12 +162,17 @@ export class ChunkStore {
     return e;
   }
 
-  /** Releases one pin; a removed chunk's page returns to the pool with the last one. */
-  unpin(chunk: StoredChunk): void {
+  /**
+   * Releases one pin; a removed chunk's page returns to the pool with the last one.
+   * `inFlight`: the transfer that held the pin may still be reading the page (it timed
+   * out), so the page goes to quarantine rather than to the next owner.
+   */
+  unpin(chunk: StoredChunk, inFlight = false): void {
     const e = chunk as Entry;
     if (e.pins <= 0) throw new RangeError(`chunk ${e.key} is not pinned`);
     e.pins--;
-    if (e.removed && e.pins === 0) this.#pool.release([e.page]);
+    if (inFlight) e.inFlight = true;
+    if (e.removed && e.pins === 0) e.lease.release({ inFlight: e.inFlight });
   }
 
   /** The least recently used chunk nobody pins, or `undefined`. */
@@ -158,6 +191,6 @@ export class ChunkStore {
   #drop(e: Entry): void {
     this.#entries.delete(e.key);
     e.removed = true;
-    if (e.pins === 0) this.#pool.release([e.page]);
+    if (e.pins === 0) e.lease.release({ inFlight: e.inFlight });
   }
 }

@@ -108,3 +108,44 @@ export function pdChannelSettingsFromConfig(
     pageGrants: config.extra_config?.kvport_page_grants ?? true,
   };
 }
+
+/** A sender's deadline for one AllocRequest round trip when none is configured, ms. */
+export const DEFAULT_PD_ALLOC_TIMEOUT_MS = 30_000;
+
+/** Share of the sender's round trip a receiver may spend waiting for free pages. */
+const RECEIVER_WAIT_SHARE = 0.8;
+
+/**
+ * The two allocation deadlines, derived from one setting so that a receiver always
+ * gives up before its sender does: a receiver that found pages after the sender stopped
+ * waiting would hold them for a reply nobody reads (and LMCache's sender sends no
+ * CancelNotif then). `allocTimeoutMs` is the sender's round trip (`Infinity` or
+ * undefined: {@linkcode DEFAULT_PD_ALLOC_TIMEOUT_MS}: every wait has a limit); the
+ * receiver waits 80% of it for free pages, leaving the rest for the reply's way back.
+ *
+ * @example
+ * ```ts
+ * import { pdAllocDeadlines } from "./config.ts";
+ * console.log(pdAllocDeadlines(10_000)); // { senderMs: 10000, receiverWaitMs: 8000 }
+ * ```
+ */
+export function pdAllocDeadlines(
+  allocTimeoutMs?: number,
+): { senderMs: number; receiverWaitMs: number } {
+  const senderMs = allocTimeoutMs === undefined || !Number.isFinite(allocTimeoutMs)
+    ? DEFAULT_PD_ALLOC_TIMEOUT_MS
+    : allocTimeoutMs;
+  if (!(senderMs > 0)) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `the allocation timeout (pd_allocation_timeout_sec) must be > 0, got ${senderMs} ms`,
+    );
+  }
+  return { senderMs, receiverWaitMs: Math.floor(senderMs * RECEIVER_WAIT_SHARE) };
+}
+
+/** `pd_allocation_timeout_sec` in ms for {@linkcode pdAllocDeadlines} (undefined: unset/inf). */
+export function pdAllocTimeoutFromConfig(config: PdConfigLike): number | undefined {
+  const secs = config.pd_allocation_timeout_sec;
+  return secs === undefined || !Number.isFinite(secs) ? undefined : secs * 1000;
+}

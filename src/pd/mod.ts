@@ -41,7 +41,6 @@ export {
   MemoryFormat,
   parseCacheKey,
 } from "./keys.ts";
-export { PagePool } from "./page_pool.ts";
 export type { PdChannelSettings, PdConfigLike } from "./config.ts";
 export {
   PdReceiver,

@@ -9,6 +9,7 @@ import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
 import { type ControlServer, servePull } from "../channel/control.ts";
 import { joinHostPort } from "../channel/_util.ts";
 import type { SideMessage } from "../channel/types.ts";
+import { after, type Timer } from "../deadline.ts";
 
 /** Options of {@linkcode ProxyNotifier.listen}. */
 export interface ProxyNotifierOptions {
@@ -26,7 +27,7 @@ interface Waiter {
   count: number;
   resolve: () => void;
   reject: (e: unknown) => void;
-  timer?: ReturnType<typeof setTimeout>;
+  timer?: Timer;
 }
 
 /**
@@ -126,7 +127,7 @@ export class ProxyNotifier implements AsyncDisposable {
     const n = this.#counts.get(id) ?? 0;
     const left = ws.filter((w) => {
       if (n < w.count) return true;
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      w.timer?.clear();
       w.resolve();
       return false;
     });
@@ -152,7 +153,7 @@ export class ProxyNotifier implements AsyncDisposable {
       list.push(w);
       this.#waiters.set(reqId, list);
       if (Number.isFinite(timeoutMs)) {
-        w.timer = setTimeout(() => {
+        w.timer = after(timeoutMs, () => {
           const ws = (this.#waiters.get(reqId) ?? []).filter((x) => x !== w);
           if (ws.length > 0) this.#waiters.set(reqId, ws);
           else this.#waiters.delete(reqId);
@@ -162,7 +163,7 @@ export class ProxyNotifier implements AsyncDisposable {
               hint: `${this.received(reqId)} of ${count} TP rank(s) reported`,
             }),
           );
-        }, timeoutMs);
+        });
       }
       this.#settle(reqId);
     });
@@ -174,7 +175,7 @@ export class ProxyNotifier implements AsyncDisposable {
     this.#closed = true;
     for (const ws of this.#waiters.values()) {
       for (const w of ws) {
-        if (w.timer !== undefined) clearTimeout(w.timer);
+        w.timer?.clear();
         w.reject(new ChannelError("CLOSED", "proxy notifier closed while waiting"));
       }
     }

@@ -13,8 +13,9 @@ import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
-import { PagePool } from "./page_pool.ts";
 import { PageGrantBook } from "../channel/grants.ts";
+import { LeasePool, type PageLease } from "../channel/lease_pool.ts";
+import { after, type Timer } from "../deadline.ts";
 import {
   collectPdPool,
   type PdPoolView,
@@ -32,6 +33,8 @@ import {
 } from "./alloc_wire.ts";
 import { toSafeInt, type WireInt } from "../channel/wire/mod.ts";
 import {
+  pdAllocDeadlines,
+  pdAllocTimeoutFromConfig,
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
@@ -69,13 +72,31 @@ export interface PdReceiverOptions extends PdChannelSettings {
   bindHost?: string;
   /** Tokens of a full chunk (`chunk_size`, default 256). */
   chunkSize?: number;
-  /** `pd_allocation_timeout_sec` in ms: longest wait for free pages (default Infinity). */
+  /**
+   * Longest wait for free pages, ms. Default: 80% of the senders' round trip
+   * (`pd_allocation_timeout_sec`, 30 s when unset; see `pdAllocDeadlines`), so the
+   * receiver gives up before its senders do and never reserves pages for a sender that
+   * stopped waiting.
+   */
   allocationTimeoutMs?: number;
   /**
    * With page grants on: how long a sender may WRITE the pages of an `AllocResponse`
    * that never landed nor was cancelled, ms (default 120000; 0: until landed or dropped).
    */
   pageGrantTtlMs?: number;
+  /**
+   * How long pages a sender cancelled (`CancelNotif`) stay out of use, ms: its WRITE may
+   * still land (control and data planes are separate connections). Default: the
+   * transfer timeout (`transferTimeoutMs`, else 30 s).
+   */
+  cancelQuarantineMs?: number;
+  /**
+   * Lifetime of a reservation whose data has not landed, ms (default `Infinity`): at its
+   * end the key is dropped and its page returns to the pool. Only for senders that
+   * notify when data landed (kvport's do; LMCache's send no notification, so their keys
+   * would expire however complete).
+   */
+  reservationTtlMs?: number;
 }
 
 /** Counters of a {@linkcode PdReceiver}. */
@@ -84,6 +105,8 @@ export interface PdReceiverStats {
   pages: number;
   /** Pages free. */
   freePages: number;
+  /** Pages out of use after a CancelNotif or an expiry, until a late WRITE can no longer land. */
+  quarantinedPages: number;
   /** Keys held (allocated). */
   keys: number;
   /** Keys whose data has landed. */
@@ -97,15 +120,19 @@ export interface PdReceiverStats {
   errors: number;
   /** AllocRequests that found no free pages in time (answered with index -1). */
   allocTimeouts: number;
+  /** AllocRequests whose sender gave up (closed its connection) while they waited. */
+  abandoned: number;
   /** Keys dropped by a sender's CancelNotif before their data landed. */
   cancelled: number;
+  /** Reservations dropped because their data did not land within `reservationTtlMs`. */
+  expired: number;
 }
 
 interface Waiter {
   keys: string[];
   resolve: () => void;
   reject: (e: unknown) => void;
-  timer?: ReturnType<typeof setTimeout>;
+  timer?: Timer;
 }
 
 /**
@@ -140,19 +167,27 @@ export class PdReceiver implements AsyncDisposable {
   readonly id: string;
   /** The channel holding the pages. */
   readonly channel: TransferChannel;
-  /** Pages of the buffer and who holds them. */
-  readonly pool: PagePool;
+  /** Pages of the buffer and who holds them: one lease per key held. */
+  readonly pool: LeasePool;
   readonly #alloc: ControlServer;
   readonly #chunkSize: number;
   readonly #allocTimeoutMs: number;
   readonly #grants: PageGrantBook;
   readonly #grantTtlMs: number;
   readonly #entries = new Map<string, ReceivedChunk>();
-  readonly #pageKey = new Map<number, string>();
+  readonly #leases = new Map<string, { lease: PageLease; reqId: string | undefined }>();
+  readonly #reservationTtlMs: number;
   #waiters: Waiter[] = [];
   #landedListeners = new Set<(keys: string[]) => void>();
   #unsubscribe: () => void;
-  #stats = { allocRequests: 0, errors: 0, allocTimeouts: 0, cancelled: 0 };
+  #stats = {
+    allocRequests: 0,
+    errors: 0,
+    allocTimeouts: 0,
+    abandoned: 0,
+    cancelled: 0,
+    expired: 0,
+  };
   #lastError: string | null = null;
   #closing: Promise<void> | null = null;
   #metrics: PdReceiverMetrics | undefined;
@@ -167,9 +202,12 @@ export class PdReceiver implements AsyncDisposable {
     this.id = id;
     this.channel = channel;
     this.#alloc = alloc;
-    this.pool = new PagePool(channel.pageCount);
+    this.pool = new LeasePool(channel.pageCount, {
+      quarantineMs: options.cancelQuarantineMs ?? options.transferTimeoutMs ?? 30_000,
+    });
     this.#chunkSize = options.chunkSize ?? 256;
-    this.#allocTimeoutMs = options.allocationTimeoutMs ?? Infinity;
+    this.#allocTimeoutMs = options.allocationTimeoutMs ?? pdAllocDeadlines().receiverWaitMs;
+    this.#reservationTtlMs = options.reservationTtlMs ?? Infinity;
     this.#grants = new PageGrantBook(channel);
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     this.#unsubscribe = channel.onNotification((n) => {
@@ -221,9 +259,9 @@ export class PdReceiver implements AsyncDisposable {
     try {
       alloc = await serveRequests(
         joinHostPort(bindHost, options.allocPort),
-        (msg, from) => {
+        (msg, from, gone) => {
           if (!holder.rx) throw new ChannelError("CLOSED", "PD receiver is starting");
-          return holder.rx.#handleAlloc(msg, from);
+          return holder.rx.#handleAlloc(msg, from, gone);
         },
         {
           maxMessageBytes: 16 * 1024 * 1024,
@@ -285,14 +323,13 @@ export class PdReceiver implements AsyncDisposable {
     if (!config.pd_peer_host) {
       throw new ChannelError("INVALID_ARGUMENT", "a PD receiver needs pd_peer_host");
     }
-    const secs = config.pd_allocation_timeout_sec;
     return await PdReceiver.create({
       ...s,
       host: config.pd_peer_host,
       initPort: port(config.pd_peer_init_port, "pd_peer_init_port"),
       allocPort: port(config.pd_peer_alloc_port, "pd_peer_alloc_port"),
       chunkSize: config.chunk_size,
-      allocationTimeoutMs: secs === undefined || !Number.isFinite(secs) ? Infinity : secs * 1000,
+      allocationTimeoutMs: pdAllocDeadlines(pdAllocTimeoutFromConfig(config)).receiverWaitMs,
       ...options,
     });
   }
@@ -324,6 +361,7 @@ export class PdReceiver implements AsyncDisposable {
     return {
       pages: this.pool.pageCount,
       freePages: this.pool.free,
+      quarantinedPages: this.pool.quarantined,
       keys: this.#entries.size,
       landed,
       ...this.#stats,
@@ -393,7 +431,7 @@ export class PdReceiver implements AsyncDisposable {
     return new Promise<void>((resolve, reject) => {
       const w: Waiter = { keys: missing, resolve, reject };
       if (Number.isFinite(timeoutMs)) {
-        w.timer = setTimeout(() => {
+        w.timer = after(timeoutMs, () => {
           this.#waiters = this.#waiters.filter((x) => x !== w);
           const left = w.keys.filter((k) => !this.#entries.get(k)?.landed);
           const notAllocated = left.filter((k) => !this.#entries.has(k)).length;
@@ -404,7 +442,7 @@ export class PdReceiver implements AsyncDisposable {
                 `(${notAllocated} never allocated), first: ${left[0]}`,
             }),
           );
-        }, timeoutMs);
+        });
       }
       this.#waiters.push(w);
     });
@@ -418,7 +456,7 @@ export class PdReceiver implements AsyncDisposable {
     const e = this.#entries.get(key);
     if (!e) return undefined;
     const data = this.channel.page(e.page).read(0, e.bytes);
-    void this.#drop(key, e);
+    void this.#drop(key);
     return { data, info: e };
   }
 
@@ -426,16 +464,22 @@ export class PdReceiver implements AsyncDisposable {
   remove(key: string): boolean {
     const e = this.#entries.get(key);
     if (!e) return false;
-    void this.#drop(key, e);
+    void this.#drop(key);
     return true;
   }
 
-  #drop(key: string, e: ReceivedChunk): Promise<void> {
+  /**
+   * Forgets a key; `inFlight`: its page may still receive a WRITE (quarantine). The
+   * sender's grant on the page is revoked before the page can be granted again (the
+   * grant book runs in call order); the promise settles when it is.
+   */
+  #drop(key: string, inFlight = false): Promise<void> {
+    const e = this.#entries.get(key);
     this.#entries.delete(key);
-    this.#pageKey.delete(e.page);
-    // Revoked before the page can be granted again (the book runs in call order).
-    const revoked = this.#grants.release([e.page]);
-    this.pool.release([e.page]);
+    const held = this.#leases.get(key);
+    this.#leases.delete(key);
+    const revoked = e ? this.#grants.release([e.page]) : Promise.resolve();
+    held?.lease.release({ inFlight });
     return revoked;
   }
 
@@ -456,6 +500,7 @@ export class PdReceiver implements AsyncDisposable {
       const e = this.#entries.get(k);
       if (e && !e.landed) {
         e.landed = true;
+        this.#leases.get(k)?.lease.renew(Infinity); // complete: no deadline any more
         fresh.push(k);
         this.#metrics?.receivedBytes.inc(e.bytes);
       }
@@ -476,17 +521,17 @@ export class PdReceiver implements AsyncDisposable {
     this.#waiters = this.#waiters.filter((w) => {
       w.keys = w.keys.filter((k) => !this.#entries.get(k)?.landed);
       if (w.keys.length > 0) return true;
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      w.timer?.clear();
       w.resolve();
       return false;
     });
   }
 
-  async #handleAlloc(msg: SideMessage, from: string): Promise<SideMessage> {
+  async #handleAlloc(msg: SideMessage, from: string, gone: AbortSignal): Promise<SideMessage> {
     try {
       switch (msg.type) {
         case "AllocRequest":
-          return await this.#allocate(msg, from);
+          return await this.#allocate(msg, from, gone);
         case "CancelNotif":
           return await this.#cancel(msg);
         default:
@@ -508,7 +553,7 @@ export class PdReceiver implements AsyncDisposable {
     this.#lastError = e.message;
   }
 
-  async #allocate(msg: SideMessage, from: string): Promise<SideMessage> {
+  async #allocate(msg: SideMessage, from: string, gone: AbortSignal): Promise<SideMessage> {
     const generation = generationOfRequest(msg);
     // Integers arrive exact (bigint beyond 2^53); none of these can be that large.
     const int = (v: unknown, field: string): number => {
@@ -557,17 +602,26 @@ export class PdReceiver implements AsyncDisposable {
           "pd_buffer_size",
       );
     }
-    let pages: number[] = [];
+    const reqId = typeof msg.req_id === "string" && msg.req_id !== "" ? msg.req_id : undefined;
+    let lease: PageLease | undefined;
     if (need.length > 0) {
       const m = this.#metrics;
       const t0 = m !== undefined && this.pool.free < need.length ? performance.now() : 0;
       try {
-        pages = await this.pool.allocate(need.length, this.#allocTimeoutMs);
+        // Waits no longer than the sender does (see pdAllocDeadlines), and not at all
+        // once the sender's connection closed: pages found then would be reserved for a
+        // reply nobody reads, and held until the pool starves.
+        lease = await this.pool.acquire(need.length, {
+          owner: `AllocRequest ${reqId ?? ""} from ${from}`,
+          timeoutMs: this.#allocTimeoutMs,
+          signal: gone,
+        });
       } catch (e) {
         if (t0) {
           m!.allocWaits.inc();
           m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
         }
+        if (gone.aborted) throw this.#abandoned(from, need.length, e);
         if (!(e instanceof ChannelTimeoutError)) throw e;
         m?.allocTimeout.inc();
         // LMCache's answer to a failed allocation: remote index -1 for each such key.
@@ -587,12 +641,18 @@ export class PdReceiver implements AsyncDisposable {
         m!.allocWaits.inc();
         m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
       }
+      if (gone.aborted) {
+        lease.release();
+        throw this.#abandoned(from, need.length, gone.reason);
+      }
     }
     // Keys allocated by another request while this one waited are already there now.
     const remote: number[] = [];
+    const granted: { key: string; entry: ReceivedChunk }[] = [];
     const spare: number[] = [];
     let pi = 0;
     const finalAlready = [...already];
+    const pages = lease ? [...lease.pages] : [];
     for (const i of need) {
       const page = pages[pi++];
       const key = keys[i];
@@ -614,11 +674,18 @@ export class PdReceiver implements AsyncDisposable {
         bytes: Math.min(bytes, this.channel.pageSize),
       };
       this.#entries.set(key, entry);
-      this.#pageKey.set(page, key);
+      // One lease per key: retrieve, remove, cancel and expiry each end exactly its own.
+      const own = lease!.moveTo([page], key, {
+        ttlMs: this.#reservationTtlMs,
+        onExpire: () => this.#expired(key),
+      });
+      own.handTo(from);
+      this.#leases.set(key, { lease: own, reqId });
+      granted.push({ key, entry });
       remote.push(page);
     }
-    if (spare.length > 0) this.pool.release(spare);
-    if (remote.length > 0 && this.#grants.enforced) await this.#grantSender(msg, from, remote);
+    if (spare.length > 0) lease!.release({ pages: spare });
+    if (remote.length > 0 && this.#grants.enforced) await this.#grantSender(msg, from, granted);
     finalAlready.sort((a, b) => a - b);
     this.#stats.allocRequests++;
     this.#metrics?.allocOk.inc();
@@ -630,13 +697,13 @@ export class PdReceiver implements AsyncDisposable {
    * before the reply tells it them; refuses the request (dropping its pages) when the
    * sender is not named or not known.
    */
-  async #grantSender(msg: SideMessage, from: string, pages: number[]): Promise<void> {
+  async #grantSender(
+    msg: SideMessage,
+    from: string,
+    held: readonly { key: string; entry: ReceivedChunk }[],
+  ): Promise<void> {
     const agent = msg.kvport_agent;
-    // The entries as they are now: a CancelNotif during the wait may free a page for
-    // another request, whose entry must not be dropped here.
-    const held = pages.map((p) => this.#pageKey.get(p)).map((k) =>
-      k === undefined ? undefined : { key: k, entry: this.#entries.get(k) }
-    );
+    const pages = held.map((h) => h.entry.page);
     let why: string | undefined;
     if (typeof agent !== "string" || agent === "") {
       why = "it names no kvport_agent: this receiver enforces page grants and grants the " +
@@ -652,18 +719,45 @@ export class PdReceiver implements AsyncDisposable {
     }
     if (why === undefined) return;
     for (const h of held) {
-      if (h?.entry && this.#entries.get(h.key) === h.entry) void this.#drop(h.key, h.entry);
+      // Only entries still ours: a CancelNotif during the wait may have dropped one.
+      if (this.#entries.get(h.key) === h.entry) void this.#drop(h.key);
     }
     throw new AllocRefusal("bad_request", `AllocRequest from ${from}: ${why}`);
   }
 
+  #abandoned(from: string, pages: number, cause: unknown): ChannelError {
+    this.#stats.abandoned++;
+    return new ChannelError(
+      "CLOSED",
+      `AllocRequest from ${from}: the sender gave up (its connection closed) while ` +
+        `${pages} page(s) were wanted; none are kept for it`,
+      { op: "alloc", cause },
+    );
+  }
+
+  /** A reservation whose data did not land in time: its page is back in the pool. */
+  #expired(key: string): void {
+    const e = this.#entries.get(key);
+    // The page went to quarantine with its lease; the sender's grant goes too.
+    if (e) void this.#grants.release([e.page]);
+    this.#entries.delete(key);
+    this.#leases.delete(key);
+    this.#stats.expired++;
+  }
+
   async #cancel(msg: SideMessage): Promise<SideMessage> {
     const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+    const reqId = typeof msg.req_id === "string" && msg.req_id !== "" ? msg.req_id : undefined;
     const revoked: Promise<void>[] = [];
     for (const k of keys) {
       const e = this.#entries.get(k);
-      if (e && !e.landed) {
-        revoked.push(this.#drop(k, e));
+      const held = this.#leases.get(k);
+      // A request cancels only its own reservations (a later request may hold the key).
+      const mine = reqId === undefined || held?.reqId === undefined || held.reqId === reqId;
+      if (e && !e.landed && mine) {
+        // The cancelled WRITE may still land: the page sits out the quarantine, so the
+        // next owner never sees those bytes.
+        revoked.push(this.#drop(k, true));
         this.#stats.cancelled++;
         this.#metrics?.cancelledChunks.inc();
       }
@@ -680,7 +774,7 @@ export class PdReceiver implements AsyncDisposable {
       this.#unsubscribe();
       await this.#metricsSource.retire();
       for (const w of this.#waiters.splice(0)) {
-        if (w.timer !== undefined) clearTimeout(w.timer);
+        w.timer?.clear();
         w.reject(new ChannelError("CLOSED", `PD receiver ${this.id} closed while waiting`));
       }
       this.pool.close();

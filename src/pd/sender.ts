@@ -6,14 +6,14 @@
  * @module
  */
 
-import { ChannelError } from "../channel/errors.ts";
+import { ChannelError, timeoutOf } from "../channel/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
-import { PagePool } from "./page_pool.ts";
+import { LeasePool } from "../channel/lease_pool.ts";
 import {
   collectPdPool,
   type PdPoolView,
@@ -29,6 +29,9 @@ import {
   readAllocResponse,
 } from "./alloc_wire.ts";
 import {
+  DEFAULT_PD_ALLOC_TIMEOUT_MS,
+  pdAllocDeadlines,
+  pdAllocTimeoutFromConfig,
   type PdChannelSettings,
   pdChannelSettingsFromConfig,
   type PdConfigLike,
@@ -93,7 +96,11 @@ export interface PdSenderOptions extends PdChannelSettings {
   proxyHost?: string | null;
   /** `pd_proxy_port` (null: no proxy notification). */
   proxyPort?: number | null;
-  /** Deadline of one AllocRequest round trip, ms (default 30000). */
+  /**
+   * Deadline of one AllocRequest round trip, ms (default 30000; `fromConfig`:
+   * `pd_allocation_timeout_sec`). Receivers created from the same setting wait 80% of
+   * it for free pages, so they give up first.
+   */
   allocTimeoutMs?: number;
   /** Deadline of one proxy notification, ms (default 5000). */
   notifyTimeoutMs?: number;
@@ -129,6 +136,9 @@ interface RequestTrack {
 
 const MAX_TRACKED_REQUESTS = 65536;
 
+/** Owner of the sender's staging leases. */
+const STAGING = "PD sender staging";
+
 /**
  * A PD failure of one request, naming the request, the receiver and the stage.
  *
@@ -160,6 +170,8 @@ export class PdSendError extends ChannelError {
   constructor(reqId: string, receiverId: string, stage: string, detail: string, cause?: unknown) {
     const code = stage === "restart"
       ? "PEER_RESTARTED"
+      : timeoutOf(cause)
+      ? "TIMEOUT"
       : cause instanceof ChannelError
       ? cause.code
       : "TRANSFER_FAILED";
@@ -260,8 +272,8 @@ export class PdAllocRefusedError extends PdSendError {
 export class PdSender implements AsyncDisposable {
   /** The channel holding the local pages. */
   readonly channel: TransferChannel;
-  /** Local pages and who holds them. */
-  readonly pool: PagePool;
+  /** Local staging pages and who holds them (one lease per `allocate`). */
+  readonly pool: LeasePool;
   /** TP rank: picks the port of each port list. */
   readonly tpRank: number;
   readonly #proxyUrl: string | null;
@@ -278,12 +290,16 @@ export class PdSender implements AsyncDisposable {
 
   private constructor(channel: TransferChannel, options: PdSenderOptions) {
     this.channel = channel;
-    this.pool = new PagePool(channel.pageCount);
+    // A WRITE that failed or timed out may still read its pages: they sit out a
+    // transfer timeout before a caller can refill them.
+    this.pool = new LeasePool(channel.pageCount, {
+      quarantineMs: options.transferTimeoutMs ?? 30_000,
+    });
     this.tpRank = options.tpRank ?? 0;
     this.#proxyUrl = options.proxyHost && options.proxyPort
       ? joinHostPort(options.proxyHost, options.proxyPort)
       : null;
-    this.#allocTimeoutMs = options.allocTimeoutMs ?? 30_000;
+    this.#allocTimeoutMs = options.allocTimeoutMs ?? DEFAULT_PD_ALLOC_TIMEOUT_MS;
     this.#notifyTimeoutMs = options.notifyTimeoutMs ?? 5_000;
     this.#transferTimeoutMs = options.transferTimeoutMs;
     const registry = options.metrics ?? metricsRegistry();
@@ -357,19 +373,25 @@ export class PdSender implements AsyncDisposable {
       ...s,
       proxyHost: skip ? null : config.pd_proxy_host,
       proxyPort: skip ? null : config.pd_proxy_port,
+      allocTimeoutMs: pdAllocDeadlines(pdAllocTimeoutFromConfig(config)).senderMs,
       ...options,
     });
   }
 
   /** Takes `count` local pages, waiting at most `timeoutMs` (default 30000) for free ones. */
-  allocate(count: number, timeoutMs?: number): Promise<number[]> {
+  async allocate(count: number, timeoutMs?: number): Promise<number[]> {
     timeoutMs ??= 30_000;
-    return this.pool.allocate(count, timeoutMs);
+    const lease = await this.pool.acquire(count, { owner: STAGING, timeoutMs });
+    return [...lease.pages];
   }
 
-  /** Returns local pages to the pool. */
+  /** Returns local pages (from {@linkcode allocate}) to the pool. */
   release(pages: readonly number[]): void {
-    this.pool.release(pages);
+    for (const p of pages) {
+      const lease = this.pool.leaseOf(p);
+      if (!lease) throw new RangeError(`page ${p} is not allocated (double free or foreign index)`);
+      lease.release({ pages: [p] });
+    }
   }
 
   /** Receiver ids this sender has handshaken with. */
@@ -411,12 +433,23 @@ export class PdSender implements AsyncDisposable {
         (e) => m.batch(e instanceof PdSendError ? e.stage : "error", link.id, 0, 0, 0, 0),
       );
     }
-    return sent.finally(() => this.#releasePages(batch.pages));
+    return sent.then(
+      (r) => {
+        this.#releasePages(batch.pages);
+        return r;
+      },
+      (e) => {
+        // A failed WRITE may still be reading the pages: quarantine, not free.
+        this.#releasePages(batch.pages, e instanceof PdSendError && e.stage === "write");
+        throw e;
+      },
+    );
   }
 
-  #releasePages(pages: readonly number[]): void {
-    const mine = pages.filter((p) => Number.isInteger(p) && this.pool.isAllocated(p));
-    if (mine.length > 0) this.pool.release(mine);
+  #releasePages(pages: readonly number[], inFlight = false): void {
+    for (const p of pages) {
+      if (Number.isInteger(p)) this.pool.leaseOf(p)?.release({ pages: [p], inFlight });
+    }
   }
 
   #link(spec: DisaggSpec): Link {

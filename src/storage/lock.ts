@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { sleep } from "../deadline.ts";
 import * as fsp from "node:fs/promises";
 import * as os from "node:os";
 import process from "node:process";
@@ -114,7 +115,7 @@ async function removeStale(path: string, ino: number): Promise<void> {
   }
 }
 
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pause = (ms: number) => sleep(ms);
 
 /**
  * Takes the lock file at `path`, or throws LOCKED naming the process that holds it. A

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { after, type Timer } from "../deadline.ts";
+
 /**
  * A counting allocator of page indexes with a FIFO of waiters.
  *
@@ -51,27 +53,27 @@ export class PagePool {
       return Promise.resolve(this.#take(n));
     }
     return new Promise((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
+      let timer: Timer | undefined;
       const w = {
         n,
         resolve: (p: number[]) => {
-          clearTimeout(timer);
+          timer?.clear();
           resolve(p);
         },
         reject: (e: unknown) => {
-          clearTimeout(timer);
+          timer?.clear();
           reject(e);
         },
       };
       this.#waiters.push(w);
       if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
+        timer = after(timeoutMs, () => {
           const i = this.#waiters.indexOf(w);
           if (i >= 0) this.#waiters.splice(i, 1);
           reject(onTimeout ? onTimeout() : new Error(`no ${n} free pages in ${timeoutMs} ms`));
           // a waiter behind this one may fit now
           this.release([]);
-        }, timeoutMs);
+        });
       }
     });
   }

@@ -21,6 +21,7 @@
 
 import type * as net from "node:net";
 import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
+import { after, type Timer } from "../../deadline.ts";
 import {
   compatiblePeerTypes,
   DEFAULT_MAX_COMMAND_BYTES,
@@ -93,7 +94,7 @@ export class ZmtpConnection {
   readonly #handlers: ZmtpConnectionHandlers;
   readonly #decoder: ZmtpDecoder;
   #state: "greeting" | "handshake" | "ready" | "closed" = "greeting";
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: Timer | undefined;
   #error: WireError | undefined;
   #peerSocketType: string | undefined;
   #peerIdentity: Uint8Array = EMPTY;
@@ -128,7 +129,7 @@ export class ZmtpConnection {
     });
     this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
     const handshakeMs = options.handshakeTimeoutMs ?? 5000;
-    this.#timer = setTimeout(() => {
+    this.#timer = after(handshakeMs, () => {
       this.#timer = undefined;
       this.destroy(
         new WireTimeoutError(
@@ -137,7 +138,7 @@ export class ZmtpConnection {
           { peer: address, hint: "handshake not completed; connection closed" },
         ),
       );
-    }, handshakeMs);
+    });
     socket.setNoDelay?.(true);
     socket.on("data", (chunk: Uint8Array) => this.#onData(chunk));
     socket.on("error", (err: Error) => {
@@ -251,7 +252,7 @@ export class ZmtpConnection {
 
   #clearTimer(): void {
     if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
+      this.#timer.clear();
       this.#timer = undefined;
     }
   }

@@ -16,6 +16,7 @@
  */
 
 import * as net from "node:net";
+import { after, type Timer } from "../../deadline.ts";
 import { type Endpoint, formatEndpoint, parseEndpoint } from "./endpoint.ts";
 import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
 import { type WireMetrics, wireMetrics } from "./metrics.ts";
@@ -102,7 +103,7 @@ export interface Pipe {
 interface Waiter {
   resolve: () => void;
   reject: (error: WireError) => void;
-  timer: ReturnType<typeof setTimeout> | undefined;
+  timer: Timer | undefined;
 }
 
 const ENCODER = new TextEncoder();
@@ -184,14 +185,14 @@ export function withDeadline<T>(
 ): Promise<T> {
   if (!Number.isFinite(timeoutMs)) return promise;
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(makeError()), Math.max(0, timeoutMs));
+    const timer = after(timeoutMs, () => reject(makeError()));
     promise.then(
       (v) => {
-        clearTimeout(timer);
+        timer.clear();
         resolve(v);
       },
       (e) => {
-        clearTimeout(timer);
+        timer.clear();
         reject(e);
       },
     );
@@ -242,7 +243,7 @@ export class Inbox<T> {
     if (this.#closed) return;
     const w = this.#waiters.shift();
     if (w) {
-      if (w.waiter.timer !== undefined) clearTimeout(w.waiter.timer);
+      if (w.waiter.timer !== undefined) w.waiter.timer.clear();
       w.resolve(item);
       return;
     }
@@ -274,11 +275,11 @@ export class Inbox<T> {
         waiter: { resolve: () => {}, reject, timer: undefined } as Waiter,
       };
       if (Number.isFinite(timeoutMs)) {
-        entry.waiter.timer = setTimeout(() => {
+        entry.waiter.timer = after(timeoutMs, () => {
           const i = this.#waiters.indexOf(entry);
           if (i >= 0) this.#waiters.splice(i, 1);
           reject(makeTimeoutError());
-        }, Math.max(0, timeoutMs));
+        });
       }
       this.#waiters.push(entry);
     });
@@ -291,7 +292,7 @@ export class Inbox<T> {
     this.#items = [];
     this.#head = 0;
     for (const w of this.#waiters.splice(0)) {
-      if (w.waiter.timer !== undefined) clearTimeout(w.waiter.timer);
+      if (w.waiter.timer !== undefined) w.waiter.timer.clear();
       w.waiter.reject(error as WireError);
     }
   }
@@ -374,7 +375,7 @@ class Connector {
   readonly #opts: Resolved;
   #tcp: net.Socket | undefined;
   #conn: ZmtpConnection | undefined;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timer: Timer | undefined;
   #delay: number;
   #immediate = false;
   #stopped = false;
@@ -399,16 +400,16 @@ class Connector {
     this.#idle = new Promise((resolve) => (this.#markIdle = resolve));
     const tcp = net.createConnection({ host: this.endpoint.host, port: this.endpoint.port });
     this.#tcp = tcp;
-    let connectTimer: ReturnType<typeof setTimeout> | undefined = setTimeout(() => {
+    let connectTimer: Timer | undefined = after(this.#opts.connectTimeoutMs, () => {
       connectTimer = undefined;
       this.lastError = `TCP connect did not complete within ${this.#opts.connectTimeoutMs} ms`;
       tcp.destroy();
-    }, this.#opts.connectTimeoutMs);
+    });
     tcp.on("error", (err: Error) => {
       this.lastError = err.message;
     });
     tcp.once("connect", () => {
-      if (connectTimer !== undefined) clearTimeout(connectTimer);
+      if (connectTimer !== undefined) connectTimer.clear();
       connectTimer = undefined;
       if (this.#stopped) {
         tcp.destroy();
@@ -417,7 +418,7 @@ class Connector {
       this.#conn = this.#adopt(tcp, this.address, this);
     });
     tcp.once("close", () => {
-      if (connectTimer !== undefined) clearTimeout(connectTimer);
+      if (connectTimer !== undefined) connectTimer.clear();
       connectTimer = undefined;
       if (this.#conn === undefined) {
         // Never got to a ZMTP connection: the connect itself failed.
@@ -448,7 +449,7 @@ class Connector {
     } else {
       this.#delay = Math.min(this.#delay * 2, this.#opts.reconnectMaxIntervalMs);
     }
-    this.#timer = setTimeout(() => this.#attempt(), delay);
+    this.#timer = after(delay, () => this.#attempt());
   }
 
   /** Drops the current connection (if any) and reconnects at once with fresh state. */
@@ -460,7 +461,7 @@ class Connector {
     } else if (this.#tcp) {
       this.#tcp.destroy();
     } else if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
+      this.#timer.clear();
       this.#immediate = false;
       this.#attempt();
     }
@@ -468,7 +469,7 @@ class Connector {
 
   close(): Promise<void> {
     this.#stopped = true;
-    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    if (this.#timer !== undefined) this.#timer.clear();
     this.#timer = undefined;
     if (this.#conn) this.#conn.destroy();
     else if (this.#tcp) this.#tcp.destroy();
@@ -643,7 +644,7 @@ export abstract class WireSocket {
     const error = new WireClosedError(`${this.type} socket closed`);
     for (const w of [...this.#waiters]) {
       this.#waiters.delete(w);
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      if (w.timer !== undefined) w.timer.clear();
       w.reject(error);
     }
     this._inbox.close(error);
@@ -756,7 +757,7 @@ export abstract class WireSocket {
     this._onAttach(pipe);
     for (const w of [...this.#waiters]) {
       this.#waiters.delete(w);
-      if (w.timer !== undefined) clearTimeout(w.timer);
+      if (w.timer !== undefined) w.timer.clear();
       w.resolve();
     }
   }
@@ -809,7 +810,7 @@ export abstract class WireSocket {
         timer: undefined,
       };
       if (Number.isFinite(timeoutMs)) {
-        w.timer = setTimeout(() => {
+        w.timer = after(timeoutMs, () => {
           this.#waiters.delete(w);
           const last = this.#lastConnectError();
           reject(
@@ -819,7 +820,7 @@ export abstract class WireSocket {
                 (last ? `last connect error: ${last}` : "none completed the ZMTP handshake"),
             }),
           );
-        }, Math.max(0, timeoutMs));
+        });
       }
       this.#waiters.add(w);
     });

@@ -230,6 +230,8 @@ export interface RepRequest {
 export type RepHandler = (
   frames: Uint8Array[],
   peer: PeerInfo,
+  /** Aborts when the peer's connection closes: nobody will read the reply. */
+  gone: AbortSignal,
 ) => Message | Promise<Message>;
 
 /**
@@ -308,18 +310,29 @@ export class RepSocket extends WireSocket {
    * peer fails fast instead of waiting for a reply that will never come; the error goes to
    * the `onError` option.
    *
-   * @param handler computes the reply of one request
+   * @param handler computes the reply of one request; its `gone` signal aborts when the
+   *   peer's connection closes (a peer that gave up), so a long wait can stop early
    * @returns a promise resolved when the socket has closed
    */
   async serve(handler: RepHandler): Promise<void> {
     const chains = new Map<Pipe["conn"], Promise<void>>();
+    const gone = new WeakMap<Pipe["conn"], AbortSignal>();
     for await (const req of this) {
       const conn = (req as InternalRequest).pipe.conn;
+      let signal = gone.get(conn);
+      if (!signal) {
+        const ctl = new AbortController();
+        signal = ctl.signal;
+        gone.set(conn, signal);
+        conn.closed.then(() =>
+          ctl.abort(new WireClosedError(`the connection of ${req.peer.address} closed`))
+        );
+      }
       const prev = chains.get(conn) ?? Promise.resolve();
       const next = prev.then(async () => {
         let reply: Message;
         try {
-          reply = await handler(req.frames, req.peer);
+          reply = await handler(req.frames, req.peer, signal);
           await req.reply(reply);
         } catch (e) {
           const err = e instanceof WireError ? e : new WireError(

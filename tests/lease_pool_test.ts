@@ -1,0 +1,184 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ChannelError, ChannelTimeoutError, LeasePool, type LeaseReleaseEvent } from "../mod.ts";
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 5 ms for at most `ms`; true once it held. */
+async function eventually(cond: () => boolean, ms = 2000): Promise<boolean> {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    if (cond()) return true;
+    await pause(5);
+  }
+  return cond();
+}
+
+test("lease pool: all-or-nothing, first come first served, bounded wait", async () => {
+  const pool = new LeasePool(4);
+  const a = await pool.acquire(3, { owner: "a" });
+  assert.deepEqual(a.pages, [0, 1, 2]);
+  assert.equal(pool.tryAcquire(2, { owner: "b" }), null);
+  const waiting = pool.acquire(2, { owner: "b", timeoutMs: 1000 });
+  a.release({ pages: [0] });
+  const b = await waiting;
+  assert.deepEqual([...b.pages].sort(), [0, 3]);
+  assert.equal(pool.leaseOf(3), b);
+  assert.equal(pool.leaseOf(1), a);
+  await assert.rejects(pool.acquire(1, { owner: "c", timeoutMs: 30 }), (e) => {
+    assert.ok(e instanceof ChannelTimeoutError);
+    assert.equal(e.code, "TIMEOUT");
+    assert.equal(e.op, "allocate");
+    assert.equal(e.timeoutMs, 30);
+    assert.match(e.message, /c: 1 page\(s\) wanted, 0 of 4 free, 0 in quarantine/);
+    return true;
+  });
+  await assert.rejects(pool.acquire(5, { owner: "d" }), /only 4/);
+  const none = pool.tryAcquire(0, { owner: "empty" })!;
+  assert.deepEqual([none.pages, none.state, pool.leases], [[], "released", 2]);
+  assert.equal(none.release({ pages: [] }), true);
+  assert.throws(() => pool.tryAcquire(1, { owner: "" }), /needs an owner/);
+  a.release();
+  b.release();
+  assert.equal(pool.free, 4);
+  assert.equal(pool.leases, 0);
+  pool.close();
+});
+
+test("lease pool: a double release throws and changes no count", () => {
+  const pool = new LeasePool(3);
+  const a = pool.tryAcquire(2, { owner: "req-a" })!;
+  const b = pool.tryAcquire(1, { owner: "req-b" })!;
+  assert.equal(a.release(), true);
+  assert.equal(a.state, "released");
+  assert.equal(pool.free, 2);
+  assert.throws(() => a.release(), (e) => {
+    assert.ok(e instanceof ChannelError);
+    assert.equal(e.code, "INVALID_ARGUMENT");
+    assert.match(e.message, /lease \d+ \(req-a\) was released already \(double release\)/);
+    return true;
+  });
+  // A page of another lease cannot be released through this one.
+  const c = pool.tryAcquire(1, { owner: "req-c" })!;
+  assert.throws(() => c.release({ pages: [b.pages[0]] }), /held by lease \d+ \(req-b\)/);
+  assert.throws(() => c.release({ pages: [c.pages[0], c.pages[0]] }), /double release/);
+  assert.equal(pool.free, 1);
+  assert.equal(pool.leased, 2);
+  assert.equal(b.pages.length, 1);
+  b.release();
+  c.release();
+  assert.equal(pool.free, 3);
+  pool.close();
+});
+
+test("lease pool: a lease that expires returns its page; a release after expiry is a no-op", async () => {
+  const pool = new LeasePool(1, { quarantineMs: 0 });
+  const expired: number[][] = [];
+  const a = pool.tryAcquire(1, {
+    owner: "stale",
+    ttlMs: 40,
+    onExpire: (_l, pages) => expired.push([...pages]),
+  })!;
+  assert.equal(pool.free, 0);
+  assert.ok(Number.isFinite(a.deadline));
+  // Waits for the page: it comes back when `a` expires.
+  const b = await pool.acquire(1, { owner: "next", timeoutMs: 2000 });
+  assert.equal(a.state, "expired");
+  assert.deepEqual(expired, [[0]]);
+  assert.deepEqual(b.pages, [0]);
+  // The late owner's release must not free the page now held by `b`.
+  assert.equal(a.release(), false);
+  assert.equal(pool.leaseOf(0), b);
+  assert.equal(pool.free, 0);
+  // Renewed to no deadline: it never expires.
+  b.renew(Infinity);
+  assert.equal(b.deadline, Infinity);
+  await pause(60);
+  assert.equal(b.state, "held");
+  b.release();
+  assert.equal(pool.free, 1);
+  pool.close();
+});
+
+test("lease pool: a lease handed to a peer that expires goes to quarantine first", async () => {
+  const pool = new LeasePool(2, { quarantineMs: 80 });
+  const a = pool.tryAcquire(2, { owner: "r", ttlMs: 20 })!;
+  a.handTo("peer-1");
+  assert.ok(await eventually(() => a.state === "expired"));
+  assert.equal(pool.quarantined, 2);
+  assert.equal(pool.free, 0);
+  assert.ok(await eventually(() => pool.free === 2));
+  assert.equal(pool.quarantined, 0);
+  pool.close();
+});
+
+test("lease pool: quarantine keeps pages from every owner until it ends", async () => {
+  const pool = new LeasePool(2, { quarantineMs: 150 });
+  const a = pool.tryAcquire(2, { owner: "fetch" })!;
+  a.release({ pages: [a.pages[0]], inFlight: true });
+  a.release({ pages: [a.pages[0]], quarantineMs: 0 });
+  assert.equal(pool.quarantined, 1);
+  assert.equal(pool.free, 1);
+  assert.equal(pool.leased, 0);
+  // One page is free, but a request for two must wait for the quarantine.
+  const t0 = performance.now();
+  const b = await pool.acquire(2, { owner: "next", timeoutMs: 2000 });
+  assert.ok(performance.now() - t0 >= 100, `got the pages after ${performance.now() - t0} ms`);
+  assert.equal(pool.quarantined, 0);
+  assert.deepEqual([...b.pages].sort(), [0, 1]);
+  b.release();
+  pool.close();
+});
+
+test("lease pool: hooks see grants, releases (with quarantine) and frees", () => {
+  const pool = new LeasePool(3, { quarantineMs: 10_000 });
+  const log: string[] = [];
+  const off = pool.addHooks({
+    onGrant: (l, pages, peer) => log.push(`grant ${l.owner} [${pages}] ${peer}`),
+    onRelease: (e: LeaseReleaseEvent) =>
+      log.push(`release ${e.lease.owner} [${e.pages}] ${e.peer} ${e.reason} ${e.quarantineMs}`),
+    onFree: (pages) => log.push(`free [${pages}]`),
+  });
+  const a = pool.tryAcquire(2, { owner: "a" })!;
+  a.handTo("p");
+  assert.equal(a.peer, "p");
+  const kept = a.moveTo([a.pages[1]], "chunk");
+  a.release({ inFlight: true });
+  kept.release();
+  off();
+  pool.tryAcquire(1, { owner: "b" })!.release();
+  assert.deepEqual(log, [
+    "grant a [0,1] p",
+    "release a [1] p moved 0",
+    "release a [0] p released 10000",
+    "release chunk [1] undefined released 0",
+    "free [1]",
+  ]);
+  // A failing grant hook stops the hand-over.
+  pool.addHooks({
+    onGrant: () => {
+      throw new Error("no grant");
+    },
+  });
+  const c = pool.tryAcquire(1, { owner: "c" })!;
+  assert.throws(() => c.handTo("q"), /no grant/);
+  assert.equal(c.peer, undefined);
+  pool.close();
+  assert.equal(c.state, "closed");
+  assert.equal(c.release(), false);
+});
+
+test("lease pool: a wait ends on abort and on close; waiters are limited", async () => {
+  const pool = new LeasePool(1, { maxWaiters: 1 });
+  const a = pool.tryAcquire(1, { owner: "a" })!;
+  const ctl = new AbortController();
+  const w = pool.acquire(1, { owner: "w", signal: ctl.signal });
+  await assert.rejects(pool.acquire(1, { owner: "x" }), /1 callers already wait.*maxWaiters 1/);
+  ctl.abort(new Error("gave up"));
+  await assert.rejects(w, /gave up/);
+  assert.equal(pool.waiting, 0);
+  const w2 = pool.acquire(1, { owner: "w2", timeoutMs: Infinity });
+  pool.close();
+  await assert.rejects(w2, { code: "CLOSED" });
+  assert.equal(a.state, "closed");
+});
