@@ -23,6 +23,7 @@ import { type MetricsRegistry, metricsRegistry } from "../../metrics/registry.ts
 import { ZmtpConnection } from "./connection.ts";
 import { DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, type SocketType } from "./zmtp.ts";
 import { assertListenAllowed } from "./net_permission.ts";
+import { type CurveOptions, resolveCurve } from "./curve.ts";
 
 /** Settings common to every socket. All are optional. */
 export interface WireSocketOptions {
@@ -64,6 +65,13 @@ export interface WireSocketOptions {
   onError?: (error: WireError) => void;
   /** Registry connections and refused peers are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /**
+   * CURVE security (ZMTP RFC 26) instead of NULL: `{ server: true, secretKey,
+   * allowedClients }` or `{ secretKey, serverKey }`. Every connection of the socket is then
+   * authenticated and encrypted, and a peer speaking NULL, or a client whose key is not
+   * allowed, is refused. Default: NULL (no security, as LMCache).
+   */
+  curve?: CurveOptions;
 }
 
 /** Per-call deadline. */
@@ -319,6 +327,7 @@ interface Resolved {
   identity: Uint8Array;
   highWaterMark: number;
   onError: ((error: WireError) => void) | undefined;
+  curve: CurveOptions | undefined;
 }
 
 function positive(name: string, v: number | undefined, dflt: number, allowInf = false): number {
@@ -351,6 +360,7 @@ function resolveOptions(o: WireSocketOptions): Resolved {
     identity,
     highWaterMark: Math.max(1, positive("highWaterMark", o.highWaterMark, 1000)),
     onError: o.onError,
+    curve: o.curve === undefined ? undefined : (resolveCurve(o.curve), o.curve),
   };
 }
 
@@ -678,6 +688,7 @@ export abstract class WireSocket {
       maxMessageBytes: this.#opts.maxMessageBytes,
       maxFrames: this.#opts.maxFrames,
       handshakeTimeoutMs: this.#opts.handshakeTimeoutMs,
+      curve: this.#opts.curve,
     }, {
       onReady: (c) => this.#attach(c),
       onMessage: (c, frames) => {
