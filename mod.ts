@@ -114,6 +114,7 @@ export {
   MockMemoryChannel,
   NixlChannel,
   parseDevice,
+  sideChannelCurveFromConfig,
 } from "./src/channel/mod.ts";
 export type {
   BufferDevice,
@@ -123,9 +124,11 @@ export type {
   ChannelRole,
   ConnectOptions,
   CreateTransferChannelOptions,
+  CurveConfigLike,
   LocalPages,
   MockMemoryChannelOptions,
   NixlChannelOptions,
+  SideChannelCurve,
   SideMessage,
   SideMessageHandler,
   TransferChannel,

@@ -4,6 +4,7 @@
  * @module
  */
 
+import type { SideChannelCurve } from "./curve_config.ts";
 import { TRANSFER_CHANNELS } from "../config/mod.ts";
 import { ChannelError } from "./errors.ts";
 import { MockMemoryChannel } from "./mock_memory.ts";
@@ -49,6 +50,8 @@ export interface CreateTransferChannelOptions {
   asyncMode?: boolean;
   /** Registry the channel is counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
+  curve?: SideChannelCurve;
 }
 
 /**
@@ -203,6 +206,7 @@ export async function createTransferChannel(
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
       metrics: options.metrics,
+      curve: options.curve,
     });
   }
   if (device.kind === "cuda") {
@@ -222,6 +226,7 @@ export async function createTransferChannel(
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     transferTimeoutMs: options.transferTimeoutMs,
     metrics: options.metrics,
+    curve: options.curve,
   });
 }
 

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { SideChannelCurve } from "./curve_config.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import { ChannelError } from "./errors.ts";
@@ -67,6 +68,8 @@ export interface MockMemoryChannelOptions {
   transferTimeoutMs?: number;
   /** Registry the channel is counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
+  curve?: SideChannelCurve;
 }
 
 /**
@@ -97,6 +100,7 @@ export class MockMemoryChannel extends ChannelBase {
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       transferTimeoutMs: options.transferTimeoutMs,
       metrics: options.metrics,
+      curve: options.curve,
     });
   }
 

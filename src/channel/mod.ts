@@ -52,4 +52,9 @@ export {
   mockMemoryStore,
 } from "./mock_memory.ts";
 export { NixlChannel, type NixlChannelOptions } from "./nixl.ts";
+export {
+  type CurveConfigLike,
+  type SideChannelCurve,
+  sideChannelCurveFromConfig,
+} from "./curve_config.ts";
 export { type ChannelPage, fnv1a64 } from "./page.ts";

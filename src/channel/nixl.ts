@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { SideChannelCurve } from "./curve_config.ts";
 import {
   cudaDevices,
   DescList,
@@ -58,6 +59,8 @@ export interface NixlChannelOptions {
   prefault?: boolean;
   /** Registry the channel and its agent are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
+  curve?: SideChannelCurve;
 }
 
 interface NixlPeer extends PeerHandle {
@@ -144,6 +147,7 @@ export class NixlChannel extends ChannelBase {
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       transferTimeoutMs: options.transferTimeoutMs,
       metrics: options.metrics,
+      curve: options.curve,
     });
     this.agent = agent;
     this.#buffer = buffer;

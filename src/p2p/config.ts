@@ -4,6 +4,7 @@
  * @module
  */
 
+import { sideChannelCurveFromConfig } from "../channel/curve_config.ts";
 import { ChannelError } from "../channel/errors.ts";
 import type { P2PBackendOptions } from "./backend.ts";
 
@@ -108,5 +109,6 @@ export function p2pOptionsFromConfig(
     lookupRecvTimeoutMs: extra.p2p_socket_recv_timeout_ms ?? 30_000,
     lookupSendTimeoutMs: extra.p2p_socket_send_timeout_ms ?? 10_000,
     maxRetryCount: extra.p2p_max_retry_count ?? 3,
+    curve: sideChannelCurveFromConfig(extra, { listen: true, connect: true }),
   };
 }

@@ -6,6 +6,11 @@
 
 import { ChannelError } from "../channel/errors.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
+import {
+  type CurveConfigLike,
+  type SideChannelCurve,
+  sideChannelCurveFromConfig,
+} from "../channel/curve_config.ts";
 
 /** Channel settings shared by {@linkcode PdSender} and {@linkcode PdReceiver}. */
 export interface PdChannelSettings {
@@ -33,6 +38,11 @@ export interface PdChannelSettings {
   agentParams?: Readonly<Record<string, string>>;
   /** Registry this side and its channel are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /**
+   * CURVE on the side channels (handshake and allocation): the receiver listens with
+   * `server`, the sender connects with `client`. Default NULL, as LMCache.
+   */
+  curve?: SideChannelCurve;
 }
 
 /** The configuration keys the PD classes read (a `KvportConfig` has them all). */
@@ -65,6 +75,8 @@ export interface PdConfigLike {
   readonly nixl_backends: readonly string[] | null;
   /** Tokens per full chunk. */
   readonly chunk_size: number;
+  /** `curve_*` entries (CURVE on the side channels). */
+  readonly extra_config?: CurveConfigLike;
 }
 
 /** Channel settings from a configuration, for `role` at `tpRank`. */
@@ -95,5 +107,9 @@ export function pdChannelSettingsFromConfig(
     channelType,
     backends: config.nixl_backends,
     device: config.pd_buffer_device ?? "cpu",
+    curve: sideChannelCurveFromConfig(config.extra_config, {
+      listen: role === "receiver",
+      connect: role === "sender",
+    }),
   };
 }

@@ -198,6 +198,7 @@ export class PdReceiver implements AsyncDisposable {
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
       metrics: options.metrics,
+      curve: options.curve,
     });
     const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
     const id = `${options.host}${initPort}`;
@@ -216,6 +217,7 @@ export class PdReceiver implements AsyncDisposable {
             if (holder.rx) holder.rx.#noteError(e);
           },
           errorReply: (e, request) => refusalReply(request, refusalReasonOf(e), e.message),
+          curve: options.curve?.server,
         },
       );
     } catch (e) {
