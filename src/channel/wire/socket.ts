@@ -524,7 +524,10 @@ export abstract class WireSocket {
     this.#metrics = wireMetrics(options.metrics ?? metricsRegistry(), type);
   }
 
-  /** Endpoints this socket is bound to, with the real port (`tcp://host:port`). */
+  /**
+   * Endpoints this socket is bound to, as really bound: the address the listener has (a
+   * host name resolved) and the real port (`tcp://host:port`).
+   */
   get endpoints(): readonly string[] {
     return this.#endpoints;
   }
@@ -605,9 +608,13 @@ export abstract class WireSocket {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       throw new WireClosedError(`${this.type} socket was closed while binding ${url}`);
     }
+    // The address really bound (a name such as "localhost" resolved), as peers reach it.
     const addr = server.address();
-    const port = addr && typeof addr !== "string" ? addr.port : ep.port;
-    const endpoint = formatEndpoint({ host: ep.host, port });
+    const real = addr && typeof addr !== "string";
+    const endpoint = formatEndpoint({
+      host: real ? addr.address : ep.host,
+      port: real ? addr.port : ep.port,
+    });
     this.#servers.push(server);
     this.#endpoints.push(endpoint);
     return endpoint;
