@@ -159,3 +159,38 @@ test("listen: kvport pd-receiver's ready line shows the addresses really bound",
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("listen: extra_config.kvport_agent_params reach the agents of PD and P2P channels", {
+  skip,
+}, async () => {
+  const { loadConfig } = await import("../mod.ts");
+  const params = { max_remotes: "7", max_read_queue: "99", max_inbound_conns: "5" };
+  const dec = loadConfig({
+    env: {},
+    overrides: {
+      enable_pd: true,
+      pd_role: "receiver",
+      pd_buffer_size: 8 * PAGE,
+      pd_buffer_device: "cpu",
+      pd_peer_host: "127.0.0.2",
+      pd_peer_init_port: [7300],
+      pd_peer_alloc_port: [7400],
+      transfer_channel: "nixl",
+      extra_config: { kvport_agent_params: params },
+    },
+  }).config;
+  await using rx = await PdReceiver.fromConfig(dec, {
+    pageSize: PAGE,
+    initPort: 0,
+    allocPort: 0,
+    engine: "builtin",
+  });
+  assert.ok(rx.channel instanceof NixlChannel);
+  const info = rx.channel.agent.info();
+  assert.deepEqual(
+    [info.max_remotes, info.max_read_queue, info.max_inbound_conns],
+    ["7", "99", "5"],
+  );
+  // listen_host still follows pd_peer_host when the parameters do not name it.
+  assert.match(info.listen, /^127\.0\.0\.2:\d+$/);
+});

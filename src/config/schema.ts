@@ -277,6 +277,15 @@ const extraShape = {
       "or certificate public-key). Default: the public key of " +
       "curve_server_secret_key_file (peers sharing one server key).",
   }),
+  kvport_agent_params: reg(z.record(z.string(), z.string()).default(() => ({})), {
+    kind: "str_map",
+    group: "transfer",
+    description: "Parameters of the engine agents of the PD and P2P channels, as strings " +
+      "(builtin engine: native/README.md 'Agent params'), e.g. the limits max_remotes, " +
+      "max_read_queue, max_inbound_conns, hello_timeout_ms, max_notifs, max_notif_bytes, " +
+      "max_grants, dereg_timeout_ms, or io_threads, transport. listen_host defaults to " +
+      "the channel's host (pd_peer_host, p2p_host).",
+  }),
 };
 
 const shape = {
@@ -528,6 +537,8 @@ export interface ExtraConfig {
   readonly curve_client_secret_key_file: string | null;
   /** Public key file of the servers connected to. Default `null`. */
   readonly curve_server_public_key_file: string | null;
+  /** Engine agent parameters of the PD and P2P channels. Default `{}`. */
+  readonly kvport_agent_params: Readonly<Record<string, string>>;
   /** Any other entry, kept as given. */
   readonly [key: string]: unknown;
 }

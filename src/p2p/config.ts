@@ -5,6 +5,7 @@
  */
 
 import { sideChannelCurveFromConfig } from "../channel/curve_config.ts";
+import { agentParamsOf } from "../channel/agent_params.ts";
 import { ChannelError } from "../channel/errors.ts";
 import type { P2PBackendOptions } from "./backend.ts";
 
@@ -43,6 +44,7 @@ export interface P2PConfigLike {
     readonly p2p_socket_recv_timeout_ms?: number;
     readonly p2p_socket_send_timeout_ms?: number;
     readonly p2p_max_retry_count?: number;
+    readonly kvport_agent_params?: Readonly<Record<string, string>>;
     readonly [key: string]: unknown;
   } | null;
 }
@@ -110,5 +112,6 @@ export function p2pOptionsFromConfig(
     lookupSendTimeoutMs: extra.p2p_socket_send_timeout_ms ?? 10_000,
     maxRetryCount: extra.p2p_max_retry_count ?? 3,
     curve: sideChannelCurveFromConfig(extra, { listen: true, connect: true }),
+    ...agentParamsOf(extra.kvport_agent_params),
   };
 }

@@ -11,6 +11,7 @@ import {
   type SideChannelCurve,
   sideChannelCurveFromConfig,
 } from "../channel/curve_config.ts";
+import { agentParamsOf } from "../channel/agent_params.ts";
 
 /** Channel settings shared by {@linkcode PdSender} and {@linkcode PdReceiver}. */
 export interface PdChannelSettings {
@@ -75,8 +76,10 @@ export interface PdConfigLike {
   readonly nixl_backends: readonly string[] | null;
   /** Tokens per full chunk. */
   readonly chunk_size: number;
-  /** `curve_*` entries (CURVE on the side channels). */
-  readonly extra_config?: CurveConfigLike;
+  /** `curve_*` entries (CURVE on the side channels) and `kvport_agent_params`. */
+  readonly extra_config?: CurveConfigLike & {
+    readonly kvport_agent_params?: Readonly<Record<string, string>>;
+  };
 }
 
 /** Channel settings from a configuration, for `role` at `tpRank`. */
@@ -107,6 +110,7 @@ export function pdChannelSettingsFromConfig(
     channelType,
     backends: config.nixl_backends,
     device: config.pd_buffer_device ?? "cpu",
+    ...agentParamsOf(config.extra_config?.kvport_agent_params),
     curve: sideChannelCurveFromConfig(config.extra_config, {
       listen: role === "receiver",
       connect: role === "sender",
