@@ -9,6 +9,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
+import process from "node:process";
 import {
   curveKeyPair,
   curvePublicKey,
@@ -380,6 +381,55 @@ test("curve: malformed CURVE commands are refused with a typed error and the con
   assert.deepEqual((await req.request([enc.encode("still here")]))[0], enc.encode("still here"));
 });
 
+test("curve: a PING between the frames of a message is answered; the message arrives whole", async () => {
+  const server = curveKeyPair();
+  const client = curveKeyPair();
+  const errors: WireError[] = [];
+  await using rep = await RepSocket.bind("tcp://127.0.0.1:0", {
+    ...FAST,
+    curve: { server: true, secretKey: server.secretKey, allowedClients: [client.publicKey] },
+    onError: (e) => errors.push(e),
+  });
+  rep.serve((frames) => [enc.encode(`got ${frames.length}`), ...frames]).catch(() => {});
+  const m = new CurveMechanism(
+    resolveCurve({ secretKey: client.secretKey, serverKey: server.publicKey }),
+    "test",
+  );
+  m.setMetadata(
+    new Uint8Array([11, ...enc.encode("Socket-Type"), 0, 0, 0, 3, ...enc.encode("REQ")]),
+  );
+  const opened: Array<{ data: string; command: boolean; more: boolean }> = [];
+  await rawCurveClient(rep.port, async (w, ev) => {
+    assert.equal((await ev.next()).value?.kind, "greeting");
+    w(m.start()[0]);
+    const welcome = (await ev.next()).value!;
+    assert.ok(welcome.kind === "command");
+    w(m.handshake(welcome.name, welcome.data).write[0]);
+    const ready = (await ev.next()).value!;
+    assert.ok(ready.kind === "command");
+    m.handshake(ready.name, ready.data);
+    // REQ's envelope (an empty delimiter), a PING in the middle, then the body.
+    w(m.seal(new Uint8Array(0), true));
+    w(m.seal(new Uint8Array([4, ...enc.encode("PING"), 0, 10, ...enc.encode("ctx")]), false, true));
+    w(m.seal(enc.encode("body"), false));
+    while (opened.filter((f) => !f.command && !f.more).length === 0) {
+      const e = (await ev.next()).value;
+      assert.ok(e && e.kind === "message", JSON.stringify(e));
+      for (const f of e.frames) {
+        const o = m.open(f);
+        opened.push({ data: new TextDecoder().decode(o.data), command: o.command, more: o.more });
+      }
+    }
+  });
+  assert.deepEqual(errors, []);
+  assert.deepEqual(opened, [
+    { data: "\x04PONGctx", command: true, more: false },
+    { data: "", command: false, more: true },
+    { data: "got 1", command: false, more: true },
+    { data: "body", command: false, more: false },
+  ]);
+});
+
 test("curve: key files (Z85, raw, certificate), secret key permissions, allow-lists", () => {
   const dir = tmpDir();
   try {
@@ -457,13 +507,16 @@ test("curve: bad options are refused by name", async () => {
 });
 
 /** Runs tests/helpers/py_curve_peer.py; resolves its port (server mode) and exit. */
-function startPyCurve(args: string[]): {
+function startPyCurve(args: string[], env: Record<string, string> = {}): {
   port: Promise<number>;
   done: Promise<{ code: number | null; out: string }>;
   kill: () => void;
 } {
   const script = new URL("./helpers/py_curve_peer.py", import.meta.url).pathname;
-  const child = spawn(PYTHON, [script, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(PYTHON, [script, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...env },
+  });
   let out = "";
   let gotPort: (p: number) => void = () => {};
   const port = new Promise<number>((r) => (gotPort = r));
@@ -488,13 +541,18 @@ function startPyCurve(args: string[]): {
 }
 
 test(
-  "curve interop: our REQ client -> pyzmq CURVE REP server",
+  "curve interop: our REQ client -> pyzmq CURVE REP server, with heartbeats",
   { skip: pySkip ?? false },
   async () => {
     const dir = tmpDir();
     const server = curveKeyPair();
     const client = curveKeyPair();
-    const py = startPyCurve(["rep-server", writeKey(dir, "server.key_secret", server.secretKey)]);
+    // libzmq sends heartbeats (PING in MESSAGE boxes) every 50 ms and drops a peer that does
+    // not answer within 150 ms: the pauses between requests below outlast that.
+    const py = startPyCurve(
+      ["rep-server", writeKey(dir, "server.key_secret", server.secretKey)],
+      { HEARTBEAT_MS: "50" },
+    );
     try {
       const port = await py.port;
       if (port === 0) assert.fail(`python peer did not start: ${(await py.done).out}`);
@@ -504,6 +562,7 @@ test(
       });
       for (let i = 0; i < 3; i++) {
         const body = pattern(i, 100_000);
+        if (i > 0) await new Promise((r) => setTimeout(r, 400));
         const reply = await req.request([enc.encode(`req-${i}`), body]);
         assert.equal(reply.length, 3);
         assert.equal(new TextDecoder().decode(reply[0]), `rep-${i}`);

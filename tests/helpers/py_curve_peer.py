@@ -10,6 +10,9 @@ usage:
       REQ with curve_serverkey; sends COUNT requests [b"req-<i>", pattern(i, 100000)],
       each reply must be [b"rep-<i>", sha256(frame 2), pattern(i + 100, 300000)].
 
+With env HEARTBEAT_MS set, the socket sends ZMTP heartbeats (PING, inside CURVE MESSAGE
+boxes) that often and drops a peer that does not answer within 3 periods.
+
 pattern(seed, n) is bytes((seed * 31 + k * 7) & 255 for k in range(n)). Prints
 "OK <count>" and exits 0, or "FAIL <reason>" and exits 1. Every wait has a 5 s timeout.
 """
@@ -37,6 +40,14 @@ def key(path):
         return f.read().strip()
 
 
+def heartbeat(sock):
+    ms = int(os.environ.get("HEARTBEAT_MS", "0"))
+    if ms > 0:
+        sock.heartbeat_ivl = ms
+        sock.heartbeat_timeout = 3 * ms
+        sock.heartbeat_ttl = 10 * ms
+
+
 def main():
     if not zmq.has("curve"):
         fail("libzmq has no CURVE")
@@ -49,6 +60,7 @@ def main():
         sock.curve_secretkey = secret
         sock.curve_publickey = zmq.curve_public(secret)
         sock.curve_server = True
+        heartbeat(sock)
         sock.rcvtimeo = TIMEOUT_MS
         sock.sndtimeo = TIMEOUT_MS
         sock.linger = 0

@@ -436,10 +436,9 @@ export class ZmtpConnection {
   #onCurveFrame(body: Uint8Array, fromCommand: boolean): void {
     const f = this.#curve!.open(body, fromCommand);
     if (f.command) {
-      if (this.#parts.length > 0) {
-        throw new WireProtocolError("command frame inside a multipart CURVE message");
-      }
       // Commands inside MESSAGE boxes (libzmq heartbeats): PING is answered, others ignored.
+      // libzmq sends a PING when its timer fires, even between the frames of a multipart
+      // message: the message being reassembled goes on.
       const nameLen = f.data[0] ?? 0;
       const name = String.fromCharCode(...f.data.subarray(1, 1 + nameLen));
       if (name === "PING") {
