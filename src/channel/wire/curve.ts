@@ -133,6 +133,15 @@ export interface CurveSettings {
  * @param options the socket's `curve` option
  * @returns the settings
  * @throws {WireSecurityError} naming the bad field
+ *
+ * @example
+ * ```ts
+ * import { curveKeyPair } from "@kvport/nixl/wire";
+ * import { resolveCurve } from "./curve.ts";
+ *
+ * const s = resolveCurve({ secretKey: curveKeyPair().secretKey, serverKey: curveKeyPair().publicKey });
+ * console.log(s.asServer); // false
+ * ```
  */
 export function resolveCurve(options: CurveOptions): CurveSettings {
   // A socket's connections share its options object: resolve (derive keys) once.
@@ -277,6 +286,20 @@ export interface CurveFrame {
 /**
  * The CURVE state of one connection: the handshake, then sealing and opening message
  * frames. Created by {@linkcode ZmtpConnection} when its socket has a `curve` option.
+ *
+ * @example
+ * ```ts
+ * import { curveKeyPair } from "@kvport/nixl/wire";
+ * import { CurveMechanism, resolveCurve } from "./curve.ts";
+ *
+ * const server = curveKeyPair();
+ * const client = new CurveMechanism(
+ *   resolveCurve({ secretKey: curveKeyPair().secretKey, serverKey: server.publicKey }),
+ *   "tcp://127.0.0.1:7300",
+ * );
+ * const [hello] = client.start(); // the HELLO command frame to write after the greeting
+ * console.log(hello.length); // 202
+ * ```
  */
 export class CurveMechanism {
   readonly #s: CurveSettings;
