@@ -5,7 +5,8 @@ usage:
       REP bound on 127.0.0.1 with curve_server on and the secret key from the file (a
       40-character Z85 key); prints "PORT <n>". For each of COUNT requests (env COUNT,
       default 3): the request must be [b"req-<i>", pattern(i, 100000)]; replies
-      [b"rep-<i>", sha256(frame 2), pattern(i + 100, 300000)].
+      [b"rep-<i>", sha256(frame 2), pattern(i + 100, 300000)]; then prints
+      "HANDSHAKES <n>", the connections that completed a handshake.
   py_curve_peer.py req-client CLIENT_SECRET_FILE SERVER_PUBLIC_FILE ENDPOINT
       REQ with curve_serverkey; sends COUNT requests [b"req-<i>", pattern(i, 100000)],
       each reply must be [b"rep-<i>", sha256(frame 2), pattern(i + 100, 300000)].
@@ -61,6 +62,7 @@ def main():
         sock.curve_publickey = zmq.curve_public(secret)
         sock.curve_server = True
         heartbeat(sock)
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         sock.rcvtimeo = TIMEOUT_MS
         sock.sndtimeo = TIMEOUT_MS
         sock.linger = 0
@@ -76,6 +78,15 @@ def main():
             sock.send_multipart(
                 [f"rep-{i}".encode(), hashlib.sha256(frames[1]).digest(), pattern(i + 100, 300000)]
             )
+        # How many connections completed a handshake: 1 unless one was dropped (e.g. for a
+        # heartbeat not answered) and the client reconnected.
+        handshakes = 0
+        while monitor.poll(100):
+            monitor.recv_multipart()
+            handshakes += 1
+        print(f"HANDSHAKES {handshakes}", flush=True)
+        sock.disable_monitor()
+        monitor.close()
     elif mode == "req-client":
         secret = key(sys.argv[2])
         sock = ctx.socket(zmq.REQ)
