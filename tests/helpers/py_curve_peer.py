@@ -99,7 +99,11 @@ def main():
         sock.connect(sys.argv[4])
         for i in range(count):
             body = pattern(i, 100000)
-            sock.send_multipart([f"req-{i}".encode(), body])
+            try:
+                sock.send_multipart([f"req-{i}".encode(), body])
+            except zmq.Again:
+                # A server that refused us: libzmq keeps no pipe to queue the request in.
+                fail(f"request {i} not sent within {TIMEOUT_MS} ms")
             try:
                 frames = sock.recv_multipart()
             except zmq.Again:
