@@ -365,7 +365,8 @@ async function nixlRows() {
     args.push("--shape", `${page}x${PAGES}`, "--shape", `${page}x${PAGES}s`);
   }
   const r = spawnSync(rawTool, args, { encoding: "utf8", timeout: 300_000 });
-  const line = r.stdout?.trim().split("\n").pop() ?? "";
+  // The JSON line, not whatever UCX logs to stdout after it (it does, on exit).
+  const line = r.stdout?.trim().split("\n").findLast((l) => l.startsWith("{")) ?? "";
   if (r.status !== 0 || !line.startsWith("{")) {
     console.log(
       `raw NIXL VRAM rows skipped: nixl-raw ${args.join(" ")} failed (${r.status}): ` +

@@ -149,7 +149,8 @@ function rawNixl(
   args.push("--lat", String(LAT_N));
   for (const s of SHAPES) args.push("--shape", `${s.page}x${s.count}${s.scattered ? "s" : ""}`);
   const r = spawnSync(rawTool, args, { encoding: "utf8", timeout: 300_000 });
-  const line = r.stdout?.trim().split("\n").pop() ?? "";
+  // The JSON line, not whatever UCX logs to stdout after it (it does, on exit).
+  const line = r.stdout?.trim().split("\n").findLast((l) => l.startsWith("{")) ?? "";
   if (r.status !== 0 || !line.startsWith("{")) {
     console.log(`nixl-raw ${args.join(" ")} failed (${r.status}): ${r.stderr?.trim()}`);
     return undefined;

@@ -19,6 +19,7 @@
 // consecutive descriptors into one message. Prints one line per figure, then one JSON
 // line. Built by native/Makefile (build/nixl-raw) only when NIXL is found.
 
+#include <cerrno>
 #include <dlfcn.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -220,7 +221,10 @@ int target(const Options &o, int to_parent, int from_parent, const std::string &
     uint64_t addr = reinterpret_cast<uintptr_t>(buf);
     write_all(to_parent, &addr, sizeof addr);
     char c;
-    (void)read(from_parent, &c, 1); // EOF: the initiator is done
+    // EOF (or a byte): the initiator is done. Retry on EINTR; any other end is the same.
+    ssize_t got;
+    do got = read(from_parent, &c, 1);
+    while (got < 0 && errno == EINTR);
     agent->deregisterMem(reg);
     return 0;
 }

@@ -74,8 +74,20 @@ function median(xs: number[]): number {
  * ```
  */
 export async function runPdBench(
-  options: { sizes?: number[]; chunkBytes?: number; batch?: number } = {},
+  options: {
+    sizes?: number[];
+    chunkBytes?: number;
+    batch?: number;
+    /** `extra_config.kvport_page_grants` of both sides (default: the default, on). */
+    pageGrants?: boolean;
+    /** `nixl_backends` of both sides (default `["UCX"]`; `["TCP"]` forces TCP). */
+    backends?: string[];
+    /** Print nothing (the caller reports). */
+    quiet?: boolean;
+  } = {},
 ): Promise<PdBenchResult[]> {
+  const log = options.quiet ? () => {} : console.log;
+  const backends = options.backends ?? ["UCX"];
   const sizes = options.sizes ?? [1, 8, 64];
   const maxChunks = Math.max(...sizes);
   const full = chunkBytes(MemoryFormat.KV_2LTD, [2, 28, 256, 1024], "bfloat16")!;
@@ -90,7 +102,7 @@ export async function runPdBench(
   }
   const shape = options.chunkBytes === undefined
     ? [2, layers, 256, 1024]
-    : [1, 1, 256, Math.max(1, Math.floor(chunk / 512))];
+    : [2, 1, 256, Math.max(1, Math.floor(chunk / 1024))]; // K and V: what pd-receiver takes
   chunk = chunkBytes(MemoryFormat.KV_2LTD, shape, "bfloat16")!;
   const note = chunk === full
     ? "28 MiB chunks (28 layers x 2 x 256 tokens x 8 heads x 128 x bf16)"
@@ -109,7 +121,10 @@ export async function runPdBench(
     "enable_pd: true",
     "transfer_channel: nixl",
     "pd_buffer_device: cpu",
-    "nixl_backends: [UCX]",
+    `nixl_backends: [${backends.join(", ")}]`,
+    ...(options.pageGrants === undefined
+      ? []
+      : [`extra_config: {kvport_page_grants: ${options.pageGrants}}`]),
   ];
   const dec = path.join(dir, "decoder.yaml");
   fs.writeFileSync(
@@ -150,6 +165,10 @@ export async function runPdBench(
         pd_buffer_size: maxChunks * chunk,
         pd_buffer_device: "cpu",
         pd_skip_proxy_notification: true,
+        nixl_backends: backends,
+        ...(options.pageGrants === undefined
+          ? {}
+          : { extra_config: { kvport_page_grants: options.pageGrants } }),
       },
     });
     tx = await PdSender.fromConfig(config, { pageSize: chunk, engine: engineName });
@@ -160,7 +179,7 @@ export async function runPdBench(
     };
     await tx.connect(spec);
     const engine = tx.channel.engine;
-    console.log(
+    log(
       `pd bench: ${engine} engine, ${note}; decoder is another process on this host`,
     );
     let reqNo = 0;
@@ -208,12 +227,12 @@ export async function runPdBench(
         limitName: "memcpy (1 thread)",
         ...(n === 64 ? { pass: gbps / (mc.bps / 1e9) >= 0.7 } : {}),
       };
-      console.log(
+      log(
         `  ${String(n).padStart(3)} chunk(s): ${(seconds * 1000).toFixed(2)} ms, ` +
           `${res.chunksPerSec.toFixed(0)} chunks/s, ${gbps.toFixed(2)} GB/s; memcpy ` +
           `${res.memcpyGbps.toFixed(2)} GB/s (${mc.source}) -> ratio ${res.ratio.toFixed(2)}`,
       );
-      console.log(JSON.stringify(res));
+      log(JSON.stringify(res));
       results.push(res);
     }
   } finally {

@@ -22,7 +22,7 @@ root=$PWD
 
 if [ "${1:-}" = "--prepare" ]; then
   set -e
-  make -C native >/dev/null
+  make -C native all build/kvport-tests >/dev/null
   mkdir -p .device/build
   cp native/build/libkvport.so native/build/kvport-limits native/build/kvport-tests .device/build/
   tar -cJf .device/node_modules.tar.xz node_modules/yaml node_modules/zod node_modules/@msgpack node_modules/tweetnacl

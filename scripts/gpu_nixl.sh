@@ -96,6 +96,8 @@ if [ -z "${CUFILE_ENV_PATH_JSON:-}" ]; then
   export CUFILE_ENV_PATH_JSON=$out/cufile.json
 fi
 export NIXL_LOG_LEVEL=${NIXL_LOG_LEVEL:-WARN}
+# A shim that does not load is a failure here, not a skip (as under CI).
+export KVPORT_REQUIRE_NATIVE=1
 export NCCL_NVLS_ENABLE=0 # no NVLink SHARP / multicast objects on the lent machines
 echo "NIXL_PREFIX=$NIXL_PREFIX"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
@@ -123,6 +125,7 @@ if command -v g++ >/dev/null && command -v make >/dev/null &&
   echo "shim: built here against the kit ($(tail -1 "$out/make.log"))"
 else
   echo "shim: the kit's prebuilt copies (no compiler, or the build failed: $out/make.log)"
+  tail -5 "$out/make.log" 2>/dev/null | sed 's/^/  make: /'
   cp -f "$kitdir"/kvport/* native/build/
 fi
 [ -f native/build/kvport-limits ] || cp -f "$kitdir/kvport/kvport-limits" native/build/

@@ -61,6 +61,13 @@ import {
   toU64,
 } from "./agent/common.ts";
 import { agentLibraries, DescList, PreparedDescList } from "./agent/desc_list.ts";
+import {
+  type GrantArrays,
+  type GrantOptions,
+  type GrantRange,
+  grantRanges,
+  PageGrant,
+} from "./agent/grants.ts";
 import { agentMetrics, collectAgentInfo } from "./agent/metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "./metrics/registry.ts";
 import { type CollectedSource, weakly } from "./metrics/source.ts";
@@ -84,6 +91,7 @@ export {
   type PageSource,
   PreparedDescList,
 } from "./agent/desc_list.ts";
+export { type GrantArrays, type GrantOptions, type GrantRange, PageGrant } from "./agent/grants.ts";
 export {
   type TransferOp,
   TransferRequest,
@@ -595,6 +603,71 @@ export class NixlAgent {
   }
 
   /**
+   * Whether the engine enforces page grants for this agent: `"on"` (builtin engine created
+   * with the param `page_grants=on`: peers reach only what {@linkcode NixlAgent.grant}
+   * gave them), `"off"` (every registered byte is reachable by a peer holding this
+   * agent's metadata, as in NIXL), `"unsupported"` (the nixl engine enforces none).
+   *
+   * @example
+   * ```ts
+   * import { NixlAgent } from "@kvport/nixl";
+   * await using a = await NixlAgent.create({ name: "a", engine: "builtin" });
+   * console.log(a.pageGrants); // off
+   * ```
+   */
+  get pageGrants(): "on" | "off" | "unsupported" {
+    const v = this.info().page_grants;
+    return v === "on" ? "on" : v === "off" ? "off" : "unsupported";
+  }
+
+  /**
+   * Grants the loaded peer `remote` READ and/or WRITE of `ranges` of this agent's
+   * registered DRAM (or VRAM: `memType`), for `expiresMs` (default: until revoked). Needs
+   * an agent created with the param `page_grants=on` (else `NIXL_ERR_INVALID_PARAM`); the
+   * nixl engine enforces no grants (`NIXL_ERR_NOT_SUPPORTED`). A peer not loaded is
+   * `NIXL_ERR_NOT_FOUND`, a range outside registered memory `NIXL_ERR_INVALID_PARAM`, more
+   * than `max_grants` ranges held `NIXL_ERR_NOT_ALLOWED`. The grant is bound to the
+   * peer's current token (a restarted peer needs a new one) and dies with the
+   * registration it lies in. Anything the peer does outside its grants fails that
+   * request with `NIXL_ERR_NOT_ALLOWED` naming the agent, address and length.
+   *
+   * @example
+   * ```ts
+   * import { NixlAgent } from "@kvport/nixl";
+   * await using rx = await NixlAgent.create({
+   *   name: "decoder", engine: "builtin", params: { page_grants: "on" },
+   * });
+   * await using tx = await NixlAgent.create({ name: "prefill", engine: "builtin" });
+   * const buf = rx.allocate(16 * 4096);
+   * rx.registerMemory(buf);
+   * rx.addRemoteAgent(tx.localMetadata());
+   * {
+   *   using grant = rx.grant("prefill", [{ address: buf.address, length: 4096 }], {
+   *     write: true,
+   *     expiresMs: 10_000,
+   *   });
+   *   // ... "prefill" WRITEs page 0; any other page is refused ...
+   * } // revoked here
+   * ```
+   */
+  grant(
+    remote: string,
+    ranges: readonly GrantRange[] | GrantArrays,
+    options: GrantOptions,
+  ): PageGrant {
+    this.#native("grant");
+    const g = grantRanges(
+      this.#core,
+      this.#cName(remote, "remote"),
+      remote,
+      ranges,
+      options ?? {},
+    );
+    this.#parts.add(g);
+    return g;
+  }
+
+  /**
    * Deregisters what {@linkcode NixlAgent.registerMemory} registered (same as
    * `reg.deregister()`); a second time is `NIXL_ERR_NOT_FOUND`.
    *
@@ -1041,7 +1114,7 @@ export class NixlAgent {
     };
     // Requests first (they use lists), then lists, then registrations, then peers.
     const parts = [...this.#parts];
-    const order = [TransferRequest, PreparedDescList, Registration];
+    const order = [TransferRequest, PreparedDescList, PageGrant, Registration];
     for (const kind of order) {
       for (const p of parts) if (p instanceof kind) attempt(() => p.release());
     }

@@ -257,3 +257,41 @@ function freePort(): Promise<number> {
     });
   });
 }
+
+test("channel: the peer table is bounded; the least recently used peer goes and can come back", async () => {
+  const { MockMemoryChannel } = await import("../src/channel/mock_memory.ts");
+  await using r = await MockMemoryChannel.create({
+    role: "receiver",
+    pageSize: 1024,
+    pageCount: 8,
+    peerInitUrl: "127.0.0.1:0",
+    maxPeers: 3,
+  });
+  const senders = await Promise.all(
+    [0, 1, 2, 3, 4].map(() =>
+      MockMemoryChannel.create({ role: "sender", pageSize: 1024, pageCount: 8 })
+    ),
+  );
+  try {
+    const [a, b, c, d, e] = senders;
+    for (const s of [a, b, c]) await s.connect("r", r.initUrl!);
+    // The receiver uses a (a WRITE into it), so b is now the least recently used.
+    r.pages[0].fill(0xa1);
+    await r.write([0], { peerId: a.localId, remoteIndexes: [2] });
+    assert.ok(a.pages[2].every((x) => x === 0xa1));
+    assert.deepEqual(r.peerIds.sort(), [a, b, c].map((s) => s.localId).sort());
+    for (const s of [d, e]) await s.connect("r", r.initUrl!);
+    assert.equal(r.peerIds.length, 3, "never more than maxPeers");
+    assert.deepEqual(r.peerIds, [a.localId, d.localId, e.localId], "b and c went first");
+    // A forgotten sender handshakes again and its bytes land.
+    b.pages[1].fill(0xb2);
+    await b.connect("r", r.initUrl!);
+    await b.write([1], { peerId: "r", remoteIndexes: [5] });
+    assert.ok(r.pages[5].every((x) => x === 0xb2));
+    assert.equal(r.peerIds.length, 3);
+    assert.equal(r.hasPeer(b.localId), true);
+    assert.equal(r.hasPeer(a.localId), false, "a was the least recently used by then");
+  } finally {
+    for (const s of senders) await s.close();
+  }
+});

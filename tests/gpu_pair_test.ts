@@ -36,6 +36,27 @@ for (
     { name: "TCP, staged through pinned memory", backends: ["TCP"], path: "posts_staged" },
   ]
 ) {
+  if (testEngine === "nixl" && mode.backends[0] === "TCP") {
+    // NIXL's UCX restricted to TCP cannot move VRAM (no cuda_copy): a clear refusal.
+    test(`VRAM between two processes: ${mode.name}: the nixl engine refuses, naming the fix`, {
+      skip,
+    }, async () => {
+      await using agent = await NixlAgent.create({
+        name: `gpu-tcp-${process.pid}`,
+        engine: "nixl",
+        backends: ["TCP"],
+      });
+      const gpu = agent.allocate(1 << 20, { device: "cuda:0" });
+      assert.throws(() => agent.registerMemory(gpu), (e: Error) => {
+        assert.match(e.message, /NIXL_ERR_NOT_SUPPORTED/);
+        assert.match(e.message, /backend TCP/);
+        assert.match(e.message, /Use backends UCX/);
+        return true;
+      });
+      gpu.free();
+    });
+    continue;
+  }
   describe(`VRAM between two processes: ${mode.name}`, { skip }, () => {
     let agent: NixlAgent;
     let host: HostBuffer;
@@ -112,10 +133,9 @@ for (
   });
 }
 
-// The nixl engine's POSIX plugin moves DRAM only (GDS moves VRAM: tests/nixl_gds_test.ts).
-const fileSkip = skip ??
-  (testEngine === "nixl" ? "the nixl engine's POSIX plugin does not move VRAM" : undefined);
-describe("FILE <-> VRAM within one agent (staged)", { skip: fileSkip }, () => {
+// Always the builtin engine's staged FILE <-> VRAM path (NIXL's POSIX plugin moves DRAM
+// only; NIXL's GDS moves VRAM: tests/nixl_gds_test.ts), also in a KVPORT_ENGINE=nixl run.
+describe("FILE <-> VRAM within one agent (staged)", { skip }, () => {
   test("pages written from VRAM to a file and read back into other VRAM", async () => {
     await using agent = await NixlAgent.create({
       name: `gpu-file-${process.pid}`,

@@ -116,13 +116,16 @@ describe("nixl engine: POSIX storage through NIXL", { skip: nixlSkip }, () => {
     const b2 = second.allocate(8 * PAGE);
     second.registerMemory(b2);
     const f2 = openFile(second, path);
-    second.registerMemory([{ fd: f2.fd, offset: 0, length: 8 * PAGE }]);
+    const r2 = second.registerMemory([{ fd: f2.fd, offset: 0, length: 8 * PAGE }]);
     using m2 = DescList.pages(b2, PAGE, 8);
     using fl2 = DescList.pages({ fd: f2.fd }, PAGE, 8);
     const l2 = second.prepDescList("", m2);
     const d2 = second.prepDescList(second.name, fl2);
     await second.transfer("READ", l2, [0, 1, 2, 3, 4, 5, 6, 7], d2, [7, 6, 5, 4, 3, 2, 1, 0]);
     assert.deepEqual(Array.from({ length: 8 }, (_, i) => b2.checksum(i * PAGE, PAGE)), want);
+    d2.release();
+    l2.release();
+    r2.deregister(); // a registered file cannot be closed (ABI 2 file handles)
     closeFile(second, f2);
   });
 

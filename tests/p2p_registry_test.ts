@@ -244,3 +244,70 @@ test("p2p registry: an LMCache-style worker on libzmq (pyzmq) reports, looks up,
   assert.deepEqual(lines[2], { via: "holder", reply: { type: "P2PErrorMsg", error_code: 3 } });
   assert.equal(r.instances()[0].port, 7777);
 });
+
+test("registry client: reports queued while the registry is away are bounded; a resync says the same", async () => {
+  const { RegistryClient } = await import("../src/p2p/registry_client.ts");
+  let reg = await startRegistry();
+  const pullUrl = reg.pullUrl;
+  const held = new Set<bigint>();
+  const client = new RegistryClient({
+    pullUrl,
+    replyUrl: null,
+    instanceId: "bounded",
+    workerId: 0,
+    ip: "127.0.0.1",
+    port: 1,
+    peerInitUrl: "127.0.0.1:2",
+    location: "LocalCPUBackend",
+    heartbeatIntervalMs: null,
+    heartbeatDelayMs: 0,
+    requestTimeoutMs: 2000,
+    sendTimeoutMs: 3000,
+    snapshot: () => held,
+  });
+  try {
+    client.start();
+    await client.flush();
+    await until(() => reg.stats.instances === 1, 3000, "the registration");
+    await reg.close();
+    // The registry is away: 100,000 admits and 20,000 evicts of them pile up behind a
+    // push that waits for a peer.
+    for (let i = 1n; i <= 100_000n; i++) {
+      held.add(i);
+      client.admit(i);
+      assert.ok(client.queuedReports <= 65_536, `queue at ${client.queuedReports}`);
+    }
+    for (let i = 1n; i <= 20_000n; i++) {
+      held.delete(i);
+      client.evict(i);
+    }
+    assert.ok(client.queuedReports <= 65_536);
+    // The registry comes back on the same address: the client resyncs and the registry
+    // holds exactly what the instance holds.
+    const [host, port] = [
+      pullUrl.slice(0, pullUrl.lastIndexOf(":")),
+      pullUrl.slice(pullUrl.lastIndexOf(":") + 1),
+    ];
+    reg = await P2PRegistry.listen({ pullUrl: `${host}:${port}`, replyUrl: "127.0.0.1:0" });
+    // (A heartbeat would do this; they are off here.) The push under way may still be
+    // waiting out its deadline: flush until the resync went through.
+    const deadline = performance.now() + 20_000;
+    while (reg.stats.chunks !== 80_000 && performance.now() < deadline) {
+      await client.flush().catch(() => {});
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await until(
+      () => reg.stats.chunks === 80_000,
+      20_000,
+      `80000 chunks (got ${reg.stats.chunks})`,
+    );
+    await client.flush().catch(() => {});
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(reg.stats.chunks, 80_000);
+    assert.deepEqual(reg.instances().map((i) => i.chunks), [{ LocalCPUBackend: 80_000 }]);
+    assert.equal(client.queuedReports, 0);
+  } finally {
+    await client.close(1000).catch(() => {});
+    await reg.close();
+  }
+});

@@ -114,8 +114,7 @@ test("pd: mock channel flow, several batches, every byte checked, proxy notified
   await using proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   await using rx = await receiver();
   await using tx = await sender(proxy);
-  assert.match(rx.id, /^127\.0\.0\.1\d+$/);
-  assert.equal(rx.id, `127.0.0.1${rx.initPort}`);
+  assert.equal(rx.id, `127.0.0.1:${rx.initPort}`);
   const keys = Array.from({ length: 10 }, (_, i) => testKey("req-a", i));
   const r1 = await sendKeys(tx, spec(rx, "req-a", false), keys.slice(0, 4));
   assert.deepEqual(r1, {
@@ -229,6 +228,77 @@ test("pd: TP=2, two receivers, two senders, the proxy waits for both ranks", asy
   );
 });
 
+/** Receivers on 127.0.0.1:P and 127.0.0.15:Q with P = 5Q, so LMCache's glued ids match. */
+async function gluedTwins(): Promise<[PdReceiver, PdReceiver]> {
+  let last: unknown;
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const q = 1024 + Math.floor(Math.random() * (9999 - 1024));
+    let b: PdReceiver | undefined;
+    try {
+      b = await receiver({ host: "127.0.0.15", initPort: q });
+      const a = await receiver({ initPort: Number(`5${q}`) });
+      return [a, b];
+    } catch (e) {
+      last = e; // a port in use: pick another pair
+      await b?.close();
+    }
+  }
+  throw new Error(`no free port pair for the glued-id test: ${String(last)}`);
+}
+
+test("pd: receivers whose glued host+port ids collide each get their own bytes", async () => {
+  const [rxA, rxB] = await gluedTwins();
+  await using _a = rxA;
+  await using _b = rxB;
+  assert.equal(
+    `127.0.0.1${rxA.initPort}`,
+    `127.0.0.15${rxB.initPort}`,
+    "precondition: LMCache's glued ids are equal",
+  );
+  assert.notEqual(rxA.id, rxB.id);
+  assert.deepEqual([rxA.id, rxB.id], [`127.0.0.1:${rxA.initPort}`, `127.0.0.15:${rxB.initPort}`]);
+  await using tx = await sender(null);
+  const specOf = (rx: PdReceiver, host: string, reqId: string): DisaggSpec => ({
+    reqId,
+    receiverHost: host,
+    receiverInitPort: [rx.initPort],
+    receiverAllocPort: [rx.allocPort],
+    isLastPrefill: true,
+  });
+  const keysA = [0, 1, 2].map((i) => testKey("glued-a", i));
+  const keysB = [0, 1, 2].map((i) => testKey("glued-b", i));
+  const rA = await sendKeys(tx, specOf(rxA, "127.0.0.1", "glued-a"), keysA);
+  const rB = await sendKeys(tx, specOf(rxB, "127.0.0.15", "glued-b"), keysB);
+  assert.deepEqual([rA.receiverId, rA.sent, rA.handshook], [rxA.id, 3, true]);
+  assert.deepEqual(
+    [rB.receiverId, rB.sent, rB.handshook],
+    [rxB.id, 3, true],
+    "a handshake of its own",
+  );
+  await rxA.waitFor(keysA, 2000);
+  await rxB.waitFor(keysB, 2000);
+  for (const k of keysA) assert.ok(checkFor(k, rxA.view(k)!), `bytes of ${k} at A`);
+  for (const k of keysB) assert.ok(checkFor(k, rxB.view(k)!), `bytes of ${k} at B`);
+  assert.equal(rxA.stats.keys, 3);
+  assert.equal(rxB.stats.keys, 3, "nothing of B's request landed at A");
+  assert.deepEqual(tx.receivers.sort(), [rxA.id, rxB.id].sort());
+  // The wire is LMCache's: each receiver stored the sender under the NixlMemRegRequest
+  // local_id the sender sent (its own id), whatever the receiver's address.
+  assert.ok(rxA.channel.hasPeer(tx.channel.localId));
+  assert.ok(rxB.channel.hasPeer(tx.channel.localId));
+  assert.equal(rxA.channel.hasPeer(rxA.id) || rxB.channel.hasPeer(rxB.id), false);
+  // A second round reuses each link.
+  const again = await sendKeys(tx, specOf(rxB, "127.0.0.15", "glued-b2"), [testKey("glued-b2", 0)]);
+  assert.equal(again.handshook, false);
+  assert.ok(
+    checkFor(
+      testKey("glued-b2", 0),
+      (await rxB.waitFor([testKey("glued-b2", 0)], 2000), rxB.view(testKey("glued-b2", 0))!),
+    ),
+  );
+  assert.equal(rxA.contains(testKey("glued-b2", 0)), false);
+});
+
 test("pd: a receiver restarted mid-stream fails that request clearly, the next succeeds", async () => {
   await using proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const rxA = await receiver();
@@ -242,7 +312,7 @@ test("pd: a receiver restarted mid-stream fails that request clearly, the next s
   await assert.rejects(sendKeys(tx, { ...s, isLastPrefill: true }, [testKey("victim", 1)]), (e) => {
     assert.ok(e instanceof PdSendError, String(e));
     assert.equal(e.reqId, "victim");
-    assert.equal(e.receiverId, `127.0.0.1${initPort}`);
+    assert.equal(e.receiverId, `127.0.0.1:${initPort}`);
     assert.equal(e.stage, "restart");
     assert.equal(e.code, "PEER_RESTARTED");
     assert.match(e.message, /retry the whole request/);
@@ -490,7 +560,7 @@ test("pd: LMCache's example configs load as they are; the cuda buffer is a clear
     allocPort: 0,
     chunkSize: 16,
   });
-  assert.equal(rx.id.startsWith("localhost"), true);
+  assert.equal(rx.id, `localhost:${rx.initPort}`);
   await using tx = await PdSender.fromConfig(preCpu, { pageSize: PAGE });
   const k = testKey("cfg", 0);
   const pages = await tx.allocate(1);

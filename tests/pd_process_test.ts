@@ -98,7 +98,7 @@ test("pd process: prefiller here, decoder in another process, every byte checked
   const tx = await sender(proxy.port);
   try {
     assert.equal(ready.engine, "builtin");
-    assert.equal(ready.id, `127.0.0.1${initPort}`);
+    assert.equal(ready.id, `127.0.0.1:${initPort}`);
     const spec = { receiverInitPort: [initPort], receiverAllocPort: [allocPort] };
     const r1 = await send(tx, spec, "req-1", 0, 8, false);
     assert.deepEqual([r1.sent, r1.handshook], [8, true]);
@@ -132,7 +132,7 @@ test("pd process: TP=2, two decoder processes, the proxy waits for both ranks", 
   await using proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0, tpSize: 2 });
   const txs = await Promise.all([sender(proxy.port, 0), sender(proxy.port, 1)]);
   try {
-    assert.deepEqual(rxs.map((r) => r.ready.id), initPorts.map((p) => `127.0.0.1${p}`));
+    assert.deepEqual(rxs.map((r) => r.ready.id), initPorts.map((p) => `127.0.0.1:${p}`));
     const spec = { receiverInitPort: initPorts, receiverAllocPort: allocPorts };
     const waiting = proxy.waitFor("tp2", { timeoutMs: 10_000 });
     const results = await Promise.all(txs.map((tx) => send(tx, spec, "tp2", 0, 3, true, 2)));
@@ -175,7 +175,7 @@ test(
       await assert.rejects(send(tx, spec, "victim", 2, 2, true), (e) => {
         assert.ok(e instanceof PdSendError, String(e));
         assert.equal(e.reqId, "victim");
-        assert.equal(e.receiverId, `127.0.0.1${initPort}`);
+        assert.equal(e.receiverId, `127.0.0.1:${initPort}`);
         assert.equal(e.code, "PEER_RESTARTED");
         assert.match(e.message, /restarted or lost after 1 batch\(es\).*retry the whole request/);
         return true;

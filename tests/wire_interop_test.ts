@@ -141,3 +141,65 @@ test("interop: pyzmq REQ -> TS ROUTER (generated identity)", opts, async () => {
     }
   });
 });
+
+// Two pyzmq DEALERs claiming one identity: our ROUTER refuses the second as libzmq's does
+// by default, and the first keeps its replies.
+const SAME_IDENTITY_PY = `
+import sys, time, zmq
+ctx = zmq.Context()
+def dealer():
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.IDENTITY, b"worker")
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.RCVTIMEO, 3000)
+    d.connect(sys.argv[1])
+    return d
+first = dealer()
+first.send(b"from first")
+assert first.recv() == b"ack first"
+second = dealer()
+second.send(b"from second")
+time.sleep(0.3)  # the second connection has shaken hands by now
+first.send(b"first again")
+assert first.recv() == b"ack again", "the first peer lost its route"
+second.setsockopt(zmq.RCVTIMEO, 300)
+try:
+    got = second.recv()
+    print("SECOND GOT", got)
+    sys.exit(1)
+except zmq.Again:
+    pass
+print("OK")
+`;
+
+test(
+  "interop: pyzmq DEALERs claiming one identity -> TS ROUTER refuses the second",
+  opts,
+  async () => {
+    const { spawn } = await import("node:child_process");
+    const { PYTHON } = await import("./helpers/py_peer.ts");
+    await using router = await RouterSocket.bind("tcp://127.0.0.1:0", FAST);
+    const child = spawn(PYTHON, ["-c", SAME_IDENTITY_PY, `tcp://127.0.0.1:${router.port}`], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout!.on("data", (d) => out += String(d));
+    child.stderr!.on("data", (d) => out += String(d));
+    const done = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+    try {
+      const seen: string[] = [];
+      for (const reply of ["ack first", "ack again"]) {
+        const [id, body] = await router.receive({ timeoutMs: 5000 });
+        assert.equal(s(id), "worker");
+        seen.push(s(body));
+        await router.send([id, b(reply)]);
+      }
+      assert.deepEqual(seen, ["from first", "first again"], "the second peer's message never came");
+      assert.equal(await done, 0, `python peer failed: ${out}`);
+      assert.match(out, /^OK$/m);
+    } finally {
+      child.kill();
+      await done;
+    }
+  },
+);

@@ -14,7 +14,7 @@ import {
   WireProtocolError,
   WireTimeoutError,
 } from "../src/channel/wire/mod.ts";
-import { b, s, sleep, until } from "./wire/util.ts";
+import { b, frames, handshake, rawConnect, s, sleep, until } from "./wire/util.ts";
 
 const FAST = { timeoutMs: 2000, reconnectIntervalMs: 20 };
 const E = new Uint8Array(0);
@@ -178,8 +178,50 @@ test("REQ: a reply without the empty delimiter is refused and the socket recreat
   assert.deepEqual((await next).map(s), ["fine"]);
 });
 
-test("ROUTER: a peer reconnecting with its identity takes it over", async () => {
-  await using router = await RouterSocket.bind("tcp://127.0.0.1:0", FAST);
+test("ROUTER: a second peer claiming a connected identity is refused (libzmq's default)", async () => {
+  const errors: WireError[] = [];
+  await using router = await RouterSocket.bind("tcp://127.0.0.1:0", {
+    ...FAST,
+    onError: (e) => errors.push(e),
+  });
+  const url = `tcp://127.0.0.1:${router.port}`;
+  await using first = DealerSocket.connect(url, { ...FAST, identity: "worker" });
+  await first.send(b("1"));
+  const [id1, body1] = await router.receive();
+  assert.deepEqual([s(id1), s(body1)], ["worker", "1"]);
+  // A crafted peer: a raw ZMTP DEALER handshake claiming the same identity, then a
+  // message. The router closes it without reading the message.
+  const thief = await rawConnect(router.port);
+  thief.write(handshake("DEALER", new TextEncoder().encode("worker")));
+  thief.write(frames(b("stolen")));
+  await Promise.race([
+    thief.closed,
+    sleep(2000).then(() => assert.fail("the router kept the connection of the second peer")),
+  ]);
+  await until(() => errors.length > 0, 2000, "the refusal to be reported");
+  assert.ok(errors[0] instanceof WireProtocolError);
+  assert.match(errors[0].message, /identity 0x776f726b6572 is held by a connected peer/);
+  assert.equal(router.peers.length, 1, "only the first peer is attached");
+  // The first peer keeps its route: replies go to it, its messages arrive, and the
+  // crafted peer's message never did.
+  await router.send([b("worker"), b("still yours")]);
+  assert.deepEqual((await first.receive()).map(s), ["still yours"]);
+  await first.send(b("2"));
+  const [id2, body2] = await router.receive();
+  assert.deepEqual([s(id2), s(body2)], ["worker", "2"]);
+  // A real DEALER claiming it is refused too (it keeps retrying, never attached).
+  await using second = DealerSocket.connect(url, { ...FAST, identity: "worker" });
+  await until(() => errors.length >= 2, 2000, "the second refusal");
+  await router.send([b("worker"), b("3")]);
+  assert.deepEqual((await first.receive()).map(s), ["3"]);
+  await assert.rejects(second.receive({ timeoutMs: 100 }), WireTimeoutError);
+});
+
+test("ROUTER: with routerHandover a peer reconnecting with its identity takes it over", async () => {
+  await using router = await RouterSocket.bind("tcp://127.0.0.1:0", {
+    ...FAST,
+    routerHandover: true,
+  });
   const url = `tcp://127.0.0.1:${router.port}`;
   const first = DealerSocket.connect(url, { ...FAST, identity: "worker" });
   await first.send(b("1"));

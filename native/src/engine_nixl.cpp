@@ -581,6 +581,16 @@ int32_t reg(uint64_t handle, int32_t mem_type, const uint64_t *addrs, const uint
             r->list.addDesc(nixlBlobDesc(static_cast<uintptr_t>(addrs[i]), len, devs[i],
                                          mem_type == KVP_OBJ ? keys[i] : std::string()));
         }
+        // "TCP" is UCX with TLS=tcp; UCX then has no cuda_copy to stage VRAM, and NIXL's
+        // engine_config splits on ',' so that "TLS=tcp,cuda_copy" cannot be said. Say so
+        // here rather than pass on NIXL's "UCX is likely not configured with CUDA".
+        if (mem_type == KVP_VRAM && a->backends.size() == 1 && a->backends[0] == "TCP")
+            fail(KVP_ERR_NOT_SUPPORTED,
+                 "kvp_register: VRAM on the nixl engine's backend TCP (NIXL's UCX restricted to "
+                 "TLS=tcp) is not supported: UCX needs cuda_copy beside tcp to move VRAM, which "
+                 "NIXL's engine_config cannot name. Use backends UCX (UCX then picks CUDA IPC "
+                 "or TCP with staging itself), or the builtin engine, whose TCP stages VRAM "
+                 "through pinned memory");
         nixl_status_t s = a->nixl->registerMem(r->list);
         if (s != NIXL_SUCCESS) {
             std::string be;

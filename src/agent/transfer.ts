@@ -192,7 +192,10 @@ export class TransferRequest {
    * error (for calls made on it). */
   #message(call?: string): string {
     const lib = this.#lib;
-    const fallback = () => call ?? lastError(lib);
+    // Read now: kvp_xfer_message below clears this thread's last error (a post refused
+    // before it started, e.g. by a same-host peer's page grants, has only that).
+    const last = call ?? lastError(lib);
+    const fallback = () => last;
     if (this.#released || this.#core.closed) return fallback();
     try {
       const own = text(

@@ -69,11 +69,23 @@ export interface ChannelBaseInit {
   transferTimeoutMs?: number;
   /** Largest control message accepted (default 64 MiB). */
   maxMessageBytes?: number;
+  /**
+   * Most peers known at once (default {@linkcode DEFAULT_MAX_PEERS}). A handshake beyond
+   * it forgets the least recently used peer (which handshakes again when it comes back).
+   */
+  maxPeers?: number;
   /** Registry the channel's transfers are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
   /** CURVE on the handshake side channel (default NULL). */
   curve?: SideChannelCurve;
 }
+
+/**
+ * Default bound of a channel's peer table: a decoder facing restarting prefillers for
+ * weeks would otherwise keep one entry (and one prepared page list) per sender it ever
+ * saw. Far above any live fan-in (8 prefillers x TP 8 is 64).
+ */
+export const DEFAULT_MAX_PEERS = 4096;
 
 interface PeerEntry {
   handle: PeerHandle;
@@ -215,6 +227,7 @@ export abstract class ChannelBase implements TransferChannel {
   #server: ControlServer | null = null;
   #curve: SideChannelCurve | undefined;
   #peers = new Map<string, PeerEntry>();
+  readonly #maxPeers: number;
   #connecting = new Map<string, Promise<unknown>>();
   #listeners = new Set<(n: ChannelNotification) => void>();
   #sideHandler: SideMessageHandler | null = null;
@@ -249,6 +262,7 @@ export abstract class ChannelBase implements TransferChannel {
     this.transferTimeoutMs = init.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS;
     this.maxMessageBytes = init.maxMessageBytes ?? 64 * 1024 * 1024;
     this.#curve = init.curve;
+    this.#maxPeers = Math.max(1, init.maxPeers ?? DEFAULT_MAX_PEERS);
     const registry = init.metrics ?? metricsRegistry();
     this.#metrics = channelMetrics(registry, this.role);
     // Held weakly (a static read, labels computed here): the registry outlives channels.
@@ -401,8 +415,14 @@ export abstract class ChannelBase implements TransferChannel {
   async #setPeer(peerId: string, prep: () => Promise<PeerHandle>): Promise<void> {
     const handle = await prep();
     const old = this.#peers.get(peerId);
+    this.#peers.delete(peerId); // re-inserted last: the most recently used
     this.#peers.set(peerId, { handle });
     if (old) this.#metrics?.rehandshake();
+    while (this.#peers.size > this.#maxPeers) {
+      // The table is bounded: the least recently used peer goes (it handshakes again).
+      const [lru] = this.#peers.keys();
+      await this.forgetPeer(lru).catch(() => {});
+    }
     if (old) {
       // A re-handshake: a restarted peer brings a new agent, whose name differs (or
       // whose connection info does); the old one is gone for good.
@@ -561,6 +581,12 @@ export abstract class ChannelBase implements TransferChannel {
     return this.#peers.has(peerId);
   }
 
+  /** The agent name a known peer handshook with (what grants are given to), or
+   * `undefined` when the peer is not known. */
+  peerAgentName(peerId: string): string | undefined {
+    return this.#peers.get(peerId)?.handle.agentName;
+  }
+
   /** Peer ids known now. */
   get peerIds(): string[] {
     return [...this.#peers.keys()];
@@ -648,6 +674,11 @@ export abstract class ChannelBase implements TransferChannel {
       this.#assertOpen(op === "WRITE" ? "write" : "read");
       const local = this.localIndexes(localPages);
       const entry = this.#peers.get(spec?.peerId);
+      if (entry) {
+        // Most recently used last: the bound of the table forgets the others first.
+        this.#peers.delete(spec.peerId);
+        this.#peers.set(spec.peerId, entry);
+      }
       if (!entry) {
         throw new ChannelError(
           "UNKNOWN_PEER",
@@ -794,6 +825,14 @@ function transferError(
   e: unknown,
 ): ChannelError {
   if (e instanceof ChannelError) return e;
+  if ((e as { statusName?: string })?.statusName === "NIXL_ERR_NOT_ALLOWED") {
+    // The peer enforces page grants and these pages are not (or no longer) granted to us.
+    return new ChannelError(
+      "NOT_ALLOWED",
+      `${op} of ${count} page(s) with peer ${peerId} was refused: ${errorMessage(e)}`,
+      { peerId, op, cause: e },
+    );
+  }
   const name = (e as { name?: string })?.name ?? "";
   if (name.includes("Timeout")) {
     return new ChannelTimeoutError(op, timeoutMs, {

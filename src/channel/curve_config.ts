@@ -84,7 +84,7 @@ function need(extra: CurveConfigLike, key: keyof CurveConfigLike, why: string): 
  * ```
  */
 export function sideChannelCurveFromConfig(
-  extra: CurveConfigLike | undefined,
+  extra: CurveConfigLike | null | undefined,
   uses: { listen: boolean; connect: boolean },
 ): SideChannelCurve | undefined {
   if (!extra || extra.curve_enabled !== true) return undefined;

@@ -16,6 +16,7 @@ export type ChannelErrorCode =
   | "HANDSHAKE_FAILED"
   | "UNKNOWN_PEER"
   | "TRANSFER_FAILED"
+  | "NOT_ALLOWED"
   | "PEER_RESTARTED"
   | "REMOTE_ERROR"
   | "CLOSED";
@@ -28,8 +29,8 @@ export type ChannelErrorCode =
  * import { ChannelError } from "@kvport/nixl";
  *
  * try {
- *   throw new ChannelError("TIMEOUT", "handshake with localhost7300 timed out", {
- *     peerId: "localhost7300",
+ *   throw new ChannelError("TIMEOUT", "handshake with localhost:7300 timed out", {
+ *     peerId: "localhost:7300",
  *   });
  * } catch (e) {
  *   if (e instanceof ChannelError && e.code === "TIMEOUT") console.log(e.peerId);
@@ -75,7 +76,7 @@ export class ChannelError extends Error {
  * ```ts
  * import { ChannelTimeoutError } from "@kvport/nixl";
  *
- * const e = new ChannelTimeoutError("write", 5000, { peerId: "localhost7300" });
+ * const e = new ChannelTimeoutError("write", 5000, { peerId: "localhost:7300" });
  * console.log(e.message, e.timeoutMs);
  * ```
  */

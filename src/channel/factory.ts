@@ -46,6 +46,11 @@ export interface CreateTransferChannelOptions {
   libraryPath?: string;
   /** Extra agent parameters (`listen_host`, `advertise_host`, ...). */
   agentParams?: Readonly<Record<string, string>>;
+  /**
+   * `"nixl"` only: enforce page grants (default false; see `NixlChannel`'s `pageGrants`).
+   * The PD and P2P classes turn it on (config `extra_config.kvport_page_grants`).
+   */
+  pageGrants?: boolean;
   /** Ignored: every channel is asynchronous. Kept for LMCache's signature. */
   asyncMode?: boolean;
   /** Registry the channel is counted in (default: `metricsRegistry()`). */
@@ -205,6 +210,7 @@ export async function createTransferChannel(
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      pageGrants: options.pageGrants,
       metrics: options.metrics,
       curve: options.curve,
     });

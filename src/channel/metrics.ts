@@ -9,7 +9,7 @@
  * import { channelMetrics } from "./metrics.ts";
  * import { MetricsRegistry } from "../metrics/registry.ts";
  * const m = channelMetrics(new MetricsRegistry(), "sender")!;
- * m.transferred("WRITE", "localhost7300", 8, 8 * 4096, 0.002);
+ * m.transferred("WRITE", "localhost:7300", 8, 8 * 4096, 0.002);
  * ```
  * @module
  */

@@ -66,6 +66,8 @@ export interface MockMemoryChannelOptions {
   handshakeTimeoutMs?: number;
   /** Transfer deadline, ms. */
   transferTimeoutMs?: number;
+  /** Most peers known at once (default 4096; the least recently used goes first). */
+  maxPeers?: number;
   /** Registry the channel is counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
   /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
@@ -99,6 +101,7 @@ export class MockMemoryChannel extends ChannelBase {
       warnings: options.warnings ?? [],
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       transferTimeoutMs: options.transferTimeoutMs,
+      maxPeers: options.maxPeers,
       metrics: options.metrics,
       curve: options.curve,
     });

@@ -9,11 +9,14 @@ import type { SideChannelCurve } from "./curve_config.ts";
 import {
   cudaDevices,
   DescList,
+  type GrantOptions,
   HostBuffer,
   type NativeBuffer,
   NixlAgent,
   NixlError,
+  type PageGrant,
   type PreparedDescList,
+  probeEngine,
   type Registration,
   Status,
   type TransferRequest,
@@ -61,6 +64,38 @@ export interface NixlChannelOptions {
   metrics?: MetricsRegistry;
   /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
   curve?: SideChannelCurve;
+  /**
+   * Enforce page grants (default false: every page is reachable by a handshaken peer, as
+   * in LMCache): peers then reach only the pages {@linkcode NixlChannel.grantPages} gave
+   * them. The builtin engine enforces them (agent param `page_grants=on`); the nixl
+   * engine cannot, which a warning says (engine `"auto"` is not steered by this).
+   */
+  pageGrants?: boolean;
+}
+
+/**
+ * The warning a channel that was asked for page grants gives on the nixl engine.
+ *
+ * @example
+ * ```ts
+ * import { NIXL_GRANTS_WARNING } from "./nixl.ts";
+ * console.log(NIXL_GRANTS_WARNING.startsWith("page grants are not enforced")); // true
+ * ```
+ */
+export const NIXL_GRANTS_WARNING = "page grants are not enforced by the nixl engine: a peer " +
+  "holding this channel's agent metadata can READ and WRITE its whole buffer (use the builtin " +
+  "engine to enforce them; see docs/SECURITY.md)";
+
+/** Whether the agent of these options will be asked for `page_grants=on`. */
+async function grantsParam(options: NixlChannelOptions): Promise<boolean> {
+  if (!options.pageGrants || options.agentParams?.page_grants !== undefined) return false;
+  const engine = options.engine ?? "auto";
+  if (engine === "builtin") return true;
+  if (engine === "nixl") return false;
+  // "auto": page_grants=on would make auto refuse NIXL and take the builtin engine, so ask
+  // only when auto resolves to builtin anyway.
+  const probe = await probeEngine("auto", { libraryPath: options.libraryPath }).catch(() => null);
+  return probe?.raw.resolved !== "nixl";
 }
 
 interface NixlPeer extends PeerHandle {
@@ -74,8 +109,12 @@ const MD_MAGIC = [0x4b, 0x56, 0x50, 0x4d]; // "KVPM", the built-in engine's meta
  * (`peerInitUrl`'s host: `pd_peer_host`, `p2p_host`), unless `agentParams` says where;
  * without either the engine's default (127.0.0.1) applies.
  */
-function dataPlaneParams(options: NixlChannelOptions): Record<string, string> | undefined {
+function dataPlaneParams(
+  options: NixlChannelOptions,
+  grants: boolean,
+): Record<string, string> | undefined {
   const params: Record<string, string> = { ...options.agentParams };
+  if (grants) params.page_grants = "on";
   if (params.listen_host === undefined && options.peerInitUrl) {
     params.listen_host = parseEndpoint(options.peerInitUrl, "bind").host;
   }
@@ -113,6 +152,8 @@ export class NixlChannel extends ChannelBase {
   readonly #registration: Registration;
   readonly #local: PreparedDescList;
   readonly #pageList: Uint8Array;
+  readonly #pageSize: number;
+  readonly #pageGrants: "on" | "off" | "unsupported";
   #pump: Promise<void> | null = null;
   #pumping = false;
   #stopping = false;
@@ -154,6 +195,89 @@ export class NixlChannel extends ChannelBase {
     this.#registration = registration;
     this.#local = local;
     this.#pageList = pageList;
+    this.#pageSize = options.pageSize;
+    this.#pageGrants = agent.pageGrants;
+  }
+
+  /**
+   * Whether peers reach only the pages granted to them: `"on"` (builtin engine with page
+   * grants), `"off"` (every page reachable by a handshaken peer), `"unsupported"` (the nixl
+   * engine enforces none).
+   */
+  get pageGrants(): "on" | "off" | "unsupported" {
+    return this.#pageGrants;
+  }
+
+  /**
+   * Grants the peer agent `agentName` (as loaded by a handshake) READ and/or WRITE of the
+   * pages `pages` of this channel's buffer (contiguous pages become one range), for
+   * `expiresMs` at most; resolves to the grant, or to `null` when this channel does not
+   * enforce grants (`pageGrants` is not `"on"`: nothing to grant, every page is reachable).
+   * Runs on the agent's queue. Revoke with {@linkcode NixlChannel.revokeGrant}.
+   *
+   * @example
+   * ```ts
+   * import { NixlChannel } from "@kvport/nixl";
+   * declare const ch: NixlChannel;
+   * const g = await ch.grantPages("kvport-sender-1", [4, 5, 9], { write: true, expiresMs: 60_000 });
+   * // ... the peer WRITEs pages 4, 5 and 9; any other page is refused ...
+   * await ch.revokeGrant(g);
+   * ```
+   */
+  grantPages(
+    agentName: string,
+    pages: readonly number[],
+    options: Omit<GrantOptions, "memType">,
+  ): Promise<PageGrant | null> {
+    if (this.#pageGrants !== "on") return Promise.resolve(null);
+    let ranges: { addrs: BigUint64Array; lens: BigUint64Array; devs: BigUint64Array };
+    try {
+      ranges = this.#ranges(pages);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const memType = this.#buffer.memType === "VRAM" ? "VRAM" : "DRAM";
+    return this.agentQueue.run(() => this.agent.grant(agentName, ranges, { ...options, memType }));
+  }
+
+  /** Revokes a grant of {@linkcode NixlChannel.grantPages} on the agent's queue;
+   * idempotent, and `null` is accepted (nothing was granted). */
+  revokeGrant(grant: PageGrant | null): Promise<void> {
+    if (grant === null || grant.revoked) return Promise.resolve();
+    return this.agentQueue.run(() => grant.revoke());
+  }
+
+  /** Page indexes as merged address ranges of the buffer. */
+  #ranges(pages: readonly number[]) {
+    const sorted = [...pages].sort((a, b) => a - b);
+    const addrs: bigint[] = [];
+    const lens: bigint[] = [];
+    const size = BigInt(this.#pageSize);
+    let prev = -2;
+    for (const p of sorted) {
+      if (!Number.isInteger(p) || p < 0 || p >= this.pageCount) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `grantPages: page index ${p} is outside 0..${this.pageCount - 1}`,
+        );
+      }
+      if (p === prev) continue;
+      if (p === prev + 1) lens[lens.length - 1] += size;
+      else {
+        addrs.push(this.#buffer.address + BigInt(p) * size);
+        lens.push(size);
+      }
+      prev = p;
+    }
+    if (addrs.length === 0) {
+      throw new ChannelError("INVALID_ARGUMENT", "grantPages: no pages given");
+    }
+    const dev = BigInt(this.#buffer.device);
+    return {
+      addrs: BigUint64Array.from(addrs),
+      lens: BigUint64Array.from(lens),
+      devs: new BigUint64Array(addrs.length).fill(dev),
+    };
   }
 
   /**
@@ -163,6 +287,8 @@ export class NixlChannel extends ChannelBase {
    * that is not there fails with `DEVICE_UNAVAILABLE` saying why.
    */
   static async create(options: NixlChannelOptions): Promise<NixlChannel> {
+    // Warnings are added below: to a copy, not to the caller's array.
+    options = { ...options, warnings: [...(options.warnings ?? [])] };
     const device = options.device ?? { kind: "cpu" };
     if (device.kind === "cuda") {
       const cuda = await cudaDevices({ libraryPath: options.libraryPath }).catch((e) => ({
@@ -188,12 +314,20 @@ export class NixlChannel extends ChannelBase {
       name: `kvport-${options.role}-${crypto.randomUUID()}`,
       engine: options.engine ?? "auto",
       backends: [...options.backends],
-      params: dataPlaneParams(options),
+      params: dataPlaneParams(options, await grantsParam(options)),
       libraryPath: options.libraryPath,
       metrics: options.metrics,
     });
     let ch: NixlChannel;
     try {
+      if (options.pageGrants && agent.pageGrants !== "on") {
+        options.warnings!.push(
+          agent.engine === "nixl"
+            ? NIXL_GRANTS_WARNING
+            : `page grants are off (agent param page_grants=${agent.pageGrants}): every page ` +
+              "is reachable by a handshaken peer",
+        );
+      }
       const buffer = device.kind === "cuda"
         ? agent.allocate(size, { memType: "VRAM", device: device.ordinal })
         : agent.allocate(size);
@@ -245,7 +379,12 @@ export class NixlChannel extends ChannelBase {
       } catch (e) {
         // A restarted peer that kept its name: forget the old incarnation, load the new.
         const name = metadataName(meta);
-        if (e instanceof NixlError && e.status === Status.ERR_NOT_ALLOWED && name) {
+        // (Only a name that is loaded: other refusals, such as a blob carrying this agent's
+        // own token, are the answer.)
+        if (
+          e instanceof NixlError && e.status === Status.ERR_NOT_ALLOWED && name &&
+          this.agent.remoteAgents.includes(name)
+        ) {
           this.agent.invalidateRemoteAgent(name);
           return this.agent.addRemoteAgent(meta);
         }

@@ -239,6 +239,13 @@ const extraShape = {
     unit: "ms",
     description: "P2P lookup socket send timeout.",
   }),
+  kvport_page_grants: bool(true, {
+    group: "transfer",
+    description: "kvport: PD and P2P channels enforce page grants (builtin engine; the nixl " +
+      "engine cannot, and warns): a PD sender may WRITE only its AllocResponse pages until " +
+      "they land, a P2P holder only the pages offered for that lookup. false: all pages " +
+      "reachable, as in LMCache.",
+  }),
   p2p_max_retry_count: int(3, {
     group: "p2p",
     min: 0,
@@ -539,6 +546,8 @@ export interface ExtraConfig {
   readonly curve_server_public_key_file: string | null;
   /** Engine agent parameters of the PD and P2P channels. Default `{}`. */
   readonly kvport_agent_params: Readonly<Record<string, string>>;
+  /** kvport: PD and P2P channels enforce page grants. Default `true`. */
+  readonly kvport_page_grants: boolean;
   /** Any other entry, kept as given. */
   readonly [key: string]: unknown;
 }

@@ -11,6 +11,7 @@ import { openRequester, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideChannelCurve } from "../channel/curve_config.ts";
+import { PageGrantBook } from "../channel/grants.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import {
   type BatchedLookupAndGetMsg,
@@ -70,6 +71,13 @@ export interface P2PBackendOptions {
   libraryPath?: string;
   /** Extra agent parameters. */
   agentParams?: Readonly<Record<string, string>>;
+  /**
+   * Enforce page grants on the channel (default true; `extra_config.kvport_page_grants`):
+   * a holder reaches only the pages this instance offered for that lookup, until the
+   * reply; nobody reaches this instance's chunks. Enforced by the builtin engine; the
+   * nixl engine cannot (the channel warns).
+   */
+  pageGrants?: boolean;
   /** `controller_pull_url`: where reports go (null: no reports). */
   registryPullUrl?: string | null;
   /** `controller_reply_url`: where lookups go (null: no lookups). */
@@ -270,6 +278,7 @@ export class P2PBackend implements AsyncDisposable {
   readonly #quarantineMs: number;
   readonly #deadBackoffMs: number;
   readonly #allocTimeoutMs: number;
+  readonly #grants: PageGrantBook;
   readonly #links = new Map<string, PeerLink>();
   readonly #connecting = new Map<string, Promise<PeerLink>>();
   readonly #deadUntil = new Map<string, { until: number; error: P2PError }>();
@@ -304,6 +313,7 @@ export class P2PBackend implements AsyncDisposable {
     this.channel = channel;
     this.pool = new PagePool(channel.pageCount);
     this.#store = new ChunkStore(this.pool);
+    this.#grants = new PageGrantBook(channel);
     this.#lookupServer = lookupServer;
     this.instanceId = options.instanceId;
     this.workerId = options.tpRank ?? 0;
@@ -412,6 +422,7 @@ export class P2PBackend implements AsyncDisposable {
         transferTimeoutMs: options.transferTimeoutMs,
         libraryPath: options.libraryPath,
         agentParams: options.agentParams,
+        pageGrants: options.pageGrants ?? true,
         metrics: options.metrics,
         curve: options.curve,
       });
@@ -434,7 +445,7 @@ export class P2PBackend implements AsyncDisposable {
    * `p2p_lookup_ports[tpRank]`, `lmcache_instance_id`, `controller_pull_url`,
    * `controller_reply_url`, `transfer_channel`, `nixl_backends`, the heartbeat keys, and
    * `extra_config`'s `p2p_socket_recv_timeout_ms`, `p2p_socket_send_timeout_ms`,
-   * `p2p_max_retry_count`. The page buffer is `max_local_cpu_size` GB, as LMCache shares
+   * `p2p_max_retry_count`, `kvport_page_grants`. The page buffer is `max_local_cpu_size` GB, as LMCache shares
    * its local CPU buffer, unless `bufferSize` is given. `pageSize` is one chunk's bytes.
    *
    * @example
@@ -819,13 +830,18 @@ export class P2PBackend implements AsyncDisposable {
         };
         let reply: SideMessage | undefined;
         let failure: unknown;
-        inDoubt = true;
         try {
+          // The holder may WRITE exactly these pages, for this lookup only.
+          await this.#grants.grantWriteToPeer(url, pages, this.#recvTimeoutMs + 1000);
+          inDoubt = true;
           reply = await link.requester.request(msg as unknown as SideMessage, this.#recvTimeoutMs);
           inDoubt = false;
         } catch (e) {
           failure = e;
         }
+        // Answered or given up on: from here no byte of the holder reaches these pages
+        // over TCP (a same-host post already running may finish: quarantine covers it).
+        await this.#grants.release(pages);
         if (reply?.type === "BatchedLookupAndGetRetMsg") {
           const n = reply.num_hit_chunks;
           if (typeof n !== "number" || !Number.isInteger(n) || n < 0 || n > keys.length) {

@@ -45,6 +45,7 @@ export interface P2PConfigLike {
     readonly p2p_socket_send_timeout_ms?: number;
     readonly p2p_max_retry_count?: number;
     readonly kvport_agent_params?: Readonly<Record<string, string>>;
+    readonly kvport_page_grants?: boolean;
     readonly [key: string]: unknown;
   } | null;
 }
@@ -113,5 +114,6 @@ export function p2pOptionsFromConfig(
     maxRetryCount: extra.p2p_max_retry_count ?? 3,
     curve: sideChannelCurveFromConfig(extra, { listen: true, connect: true }),
     ...agentParamsOf(extra.kvport_agent_params),
+    pageGrants: extra.kvport_page_grants ?? true,
   };
 }

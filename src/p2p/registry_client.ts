@@ -49,6 +49,12 @@ export interface RegistryClientOptions {
 }
 
 const BATCH = 1000;
+/**
+ * Admit/evict reports queued while a push is under way (a slow or absent registry). Beyond,
+ * the queue is dropped for a resync (RegisterMsg + a snapshot of what is held), which
+ * says the same in at most one entry per held chunk: the queue never outgrows the store.
+ */
+const MAX_QUEUED_REPORTS = 65536;
 
 /**
  * Registration, heartbeats, admit/evict reports (batched, in order, as
@@ -109,6 +115,11 @@ export class RegistryClient {
     this.#req = options.replyUrl ? ReqSocket.connect(tcp(options.replyUrl), sockOpts) : null;
   }
 
+  /** Admit/evict reports queued, not yet written (at most 65536: beyond, a resync). */
+  get queuedReports(): number {
+    return this.#ops.length;
+  }
+
   /** Whether lookups can be asked (a reply URL is configured). */
   get canLookup(): boolean {
     return this.#req !== null;
@@ -137,6 +148,10 @@ export class RegistryClient {
 
   #op(op_type: "admit" | "evict", key: bigint): void {
     if (!this.#push || this.#closed) return;
+    if (!this.#resync && this.#ops.length >= MAX_QUEUED_REPORTS) {
+      this.#ops = [];
+      this.#resync = true;
+    }
     if (!this.#resync) this.#ops.push({ op_type, key, seq_num: this.#seq++ });
     this.#schedule();
   }

@@ -37,6 +37,12 @@ export interface PdChannelSettings {
   libraryPath?: string;
   /** Extra agent parameters. */
   agentParams?: Readonly<Record<string, string>>;
+  /**
+   * Enforce page grants on the channel (default true; `extra_config.kvport_page_grants`):
+   * a receiver's peers reach only the pages of their own `AllocResponse`, a sender's none.
+   * Enforced by the builtin engine; the nixl engine cannot (the channel warns).
+   */
+  pageGrants?: boolean;
   /** Registry this side and its channel are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
   /**
@@ -76,10 +82,16 @@ export interface PdConfigLike {
   readonly nixl_backends: readonly string[] | null;
   /** Tokens per full chunk. */
   readonly chunk_size: number;
-  /** `curve_*` entries (CURVE on the side channels) and `kvport_agent_params`. */
-  readonly extra_config?: CurveConfigLike & {
-    readonly kvport_agent_params?: Readonly<Record<string, string>>;
-  };
+  /**
+   * `curve_*` entries (CURVE on the side channels), `kvport_agent_params`, and
+   * `kvport_page_grants` (default true).
+   */
+  readonly extra_config?:
+    | (CurveConfigLike & {
+      readonly kvport_agent_params?: Readonly<Record<string, string>>;
+      readonly kvport_page_grants?: boolean;
+    })
+    | null;
 }
 
 /** Channel settings from a configuration, for `role` at `tpRank`. */
@@ -115,5 +127,6 @@ export function pdChannelSettingsFromConfig(
       listen: role === "receiver",
       connect: role === "sender",
     }),
+    pageGrants: config.extra_config?.kvport_page_grants ?? true,
   };
 }

@@ -3,7 +3,7 @@
  * for free pages, chunks and bytes that landed, cancellations. Sender: batches by
  * outcome, chunks and bytes sent by receiver, batch latency, handshakes, proxy
  * notifications. Both: pages free and leased, read at scrape time. Labelled by TP rank;
- * the receiver of a sender (its id, host + init port) is a bounded `peer` label. See
+ * the receiver of a sender (its id, `host:init_port`) is a bounded `peer` label. See
  * docs/METRICS.md.
  *
  * @example
@@ -11,7 +11,7 @@
  * import { pdSenderMetrics } from "./metrics.ts";
  * import { MetricsRegistry } from "../metrics/registry.ts";
  * const m = pdSenderMetrics(new MetricsRegistry(), 0)!;
- * m.batch("ok", "localhost7300", 8, 0, 8 * 4096, 0.01);
+ * m.batch("ok", "localhost:7300", 8, 0, 8 * 4096, 0.01);
  * ```
  * @module
  */

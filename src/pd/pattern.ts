@@ -26,13 +26,14 @@ function seedOf(key: string): [number, number] {
 }
 
 const baseCache = new Map<string, Uint8Array>();
+// One scratch block for pages shorter than a block: a fresh 64 KiB block per key of a
+// 1 KiB page churned 64x the page through malloc, which kept it (a P2P holder storing
+// 100k such chunks grew by ~4 KB per chunk).
+const scratch = new Uint8Array(BLOCK);
 
-/** The 64 KiB block every block of `key`'s content starts from. */
-function baseBlock(key: string): Uint8Array {
-  let b = baseCache.get(key);
-  if (b) return b;
-  b = new Uint8Array(BLOCK);
-  const w = new Uint32Array(b.buffer);
+/** Writes the first `bytes` bytes (rounded up to 4) of `key`'s base stream into `out`. */
+function generate(key: string, out: Uint8Array, bytes: number): void {
+  const w = new Uint32Array(out.buffer, out.byteOffset, Math.ceil(bytes / 4));
   let [x, y] = seedOf(key);
   for (let i = 0; i < w.length; i++) {
     // xorshift64 on two halves (xorshift128-lite): fast, good enough to tell keys apart
@@ -42,6 +43,21 @@ function baseBlock(key: string): Uint8Array {
     t = y >>> 0;
     w[i] = t;
   }
+}
+
+/**
+ * The block every block of `key`'s content starts from, at least `bytes` long: cached
+ * whole blocks for multi-block pages, else the shared scratch (valid until the next call).
+ */
+function baseBlock(key: string, bytes: number): Uint8Array {
+  let b = baseCache.get(key);
+  if (b) return b;
+  if (bytes < BLOCK) {
+    generate(key, scratch, bytes);
+    return scratch;
+  }
+  b = new Uint8Array(BLOCK);
+  generate(key, b, BLOCK);
   if (baseCache.size > 256) baseCache.clear();
   baseCache.set(key, b);
   return b;
@@ -66,7 +82,7 @@ function stamp(key: string, block: number): [number, number] {
  * ```
  */
 export function fillPattern(key: string, bytes: Uint8Array): void {
-  const base = baseBlock(key);
+  const base = baseBlock(key, bytes.length);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let off = 0, blk = 0; off < bytes.length; off += BLOCK, blk++) {
     const n = Math.min(BLOCK, bytes.length - off);
@@ -95,7 +111,8 @@ export function fillPattern(key: string, bytes: Uint8Array): void {
  * ```
  */
 export function checkPattern(key: string, bytes: Uint8Array): number {
-  const base = Buffer.from(baseBlock(key).buffer, 0, BLOCK);
+  const block = baseBlock(key, bytes.length);
+  const base = Buffer.from(block.buffer, block.byteOffset, BLOCK);
   const all = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let off = 0, blk = 0; off < bytes.length; off += BLOCK, blk++) {

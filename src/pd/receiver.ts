@@ -14,6 +14,7 @@ import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { PagePool } from "./page_pool.ts";
+import { PageGrantBook } from "../channel/grants.ts";
 import {
   collectPdPool,
   type PdPoolView,
@@ -70,6 +71,11 @@ export interface PdReceiverOptions extends PdChannelSettings {
   chunkSize?: number;
   /** `pd_allocation_timeout_sec` in ms: longest wait for free pages (default Infinity). */
   allocationTimeoutMs?: number;
+  /**
+   * With page grants on: how long a sender may WRITE the pages of an `AllocResponse`
+   * that never landed nor was cancelled, ms (default 120000; 0: until landed or dropped).
+   */
+  pageGrantTtlMs?: number;
 }
 
 /** Counters of a {@linkcode PdReceiver}. */
@@ -126,7 +132,11 @@ interface Waiter {
  * ```
  */
 export class PdReceiver implements AsyncDisposable {
-  /** Receiver id: host + init port, no separator (`"localhost7300"`). */
+  /**
+   * Receiver id: `host:init_port` (`"localhost:7300"`, IPv6 hosts in brackets), the key
+   * senders know it by. LMCache glues them (`"localhost7300"`), which makes
+   * `127.0.0.1:54003` and `127.0.0.15:4003` one id; ours keeps them apart.
+   */
   readonly id: string;
   /** The channel holding the pages. */
   readonly channel: TransferChannel;
@@ -135,6 +145,8 @@ export class PdReceiver implements AsyncDisposable {
   readonly #alloc: ControlServer;
   readonly #chunkSize: number;
   readonly #allocTimeoutMs: number;
+  readonly #grants: PageGrantBook;
+  readonly #grantTtlMs: number;
   readonly #entries = new Map<string, ReceivedChunk>();
   readonly #pageKey = new Map<number, string>();
   #waiters: Waiter[] = [];
@@ -158,6 +170,8 @@ export class PdReceiver implements AsyncDisposable {
     this.pool = new PagePool(channel.pageCount);
     this.#chunkSize = options.chunkSize ?? 256;
     this.#allocTimeoutMs = options.allocationTimeoutMs ?? Infinity;
+    this.#grants = new PageGrantBook(channel);
+    this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     this.#unsubscribe = channel.onNotification((n) => {
       const keys = decodeLanded(n.message);
       if (keys) this.#landed(keys);
@@ -197,11 +211,12 @@ export class PdReceiver implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
       curve: options.curve,
     });
     const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
-    const id = `${options.host}${initPort}`;
+    const id = joinHostPort(options.host, initPort);
     const holder: { rx?: PdReceiver } = {};
     let alloc: ControlServer;
     try {
@@ -238,7 +253,8 @@ export class PdReceiver implements AsyncDisposable {
    * Creates a receiver from a loaded configuration (`pd_peer_host`,
    * `pd_peer_init_port[tpRank]`, `pd_peer_alloc_port[tpRank]`, `pd_buffer_size`,
    * `pd_buffer_device`, `transfer_channel`, `nixl_backends`, `chunk_size`,
-   * `pd_allocation_timeout_sec`). `pageSize` is the bytes of one full chunk.
+   * `pd_allocation_timeout_sec`, `extra_config.kvport_page_grants`). `pageSize` is the bytes
+   * of one full chunk.
    *
    * @example
    * ```ts
@@ -404,7 +420,7 @@ export class PdReceiver implements AsyncDisposable {
     const e = this.#entries.get(key);
     if (!e) return undefined;
     const data = this.channel.page(e.page).read(0, e.bytes);
-    this.#drop(key, e);
+    void this.#drop(key, e);
     return { data, info: e };
   }
 
@@ -412,14 +428,17 @@ export class PdReceiver implements AsyncDisposable {
   remove(key: string): boolean {
     const e = this.#entries.get(key);
     if (!e) return false;
-    this.#drop(key, e);
+    void this.#drop(key, e);
     return true;
   }
 
-  #drop(key: string, e: ReceivedChunk): void {
+  #drop(key: string, e: ReceivedChunk): Promise<void> {
     this.#entries.delete(key);
     this.#pageKey.delete(e.page);
+    // Revoked before the page can be granted again (the book runs in call order).
+    const revoked = this.#grants.release([e.page]);
     this.pool.release([e.page]);
+    return revoked;
   }
 
   /**
@@ -444,6 +463,8 @@ export class PdReceiver implements AsyncDisposable {
       }
     }
     this.#metrics?.receivedChunks.inc(fresh.length);
+    // Landed: the sender is done with these pages.
+    if (fresh.length > 0) void this.#grants.release(fresh.map((k) => this.#entries.get(k)!.page));
     if (fresh.length > 0) {
       for (const l of this.#landedListeners) {
         try {
@@ -469,7 +490,7 @@ export class PdReceiver implements AsyncDisposable {
         case "AllocRequest":
           return await this.#allocate(msg, from);
         case "CancelNotif":
-          return this.#cancel(msg);
+          return await this.#cancel(msg);
         default:
           throw new AllocRefusal(
             "bad_request",
@@ -599,22 +620,58 @@ export class PdReceiver implements AsyncDisposable {
       remote.push(page);
     }
     if (spare.length > 0) this.pool.release(spare);
+    if (remote.length > 0 && this.#grants.enforced) await this.#grantSender(msg, from, remote);
     finalAlready.sort((a, b) => a - b);
     this.#stats.allocRequests++;
     this.#metrics?.allocOk.inc();
     return allocResponse(generation, remote, finalAlready);
   }
 
-  #cancel(msg: SideMessage): SideMessage {
+  /**
+   * Grants the sender named by the request (`kvport_agent`) WRITE on exactly `pages`,
+   * before the reply tells it them; refuses the request (dropping its pages) when the
+   * sender is not named or not known.
+   */
+  async #grantSender(msg: SideMessage, from: string, pages: number[]): Promise<void> {
+    const agent = msg.kvport_agent;
+    // The entries as they are now: a CancelNotif during the wait may free a page for
+    // another request, whose entry must not be dropped here.
+    const held = pages.map((p) => this.#pageKey.get(p)).map((k) =>
+      k === undefined ? undefined : { key: k, entry: this.#entries.get(k) }
+    );
+    let why: string | undefined;
+    if (typeof agent !== "string" || agent === "") {
+      why = "it names no kvport_agent: this receiver enforces page grants and grants the " +
+        "pages to the sender's agent (an older kvport sender? or turn grants off with " +
+        "extra_config.kvport_page_grants: false)";
+    } else {
+      try {
+        await this.#grants.grantWrite(agent, pages, this.#grantTtlMs);
+      } catch (e) {
+        why = `granting agent ${agent} WRITE on ${pages.length} page(s) failed ` +
+          `(handshake first): ${errorMessage(e)}`;
+      }
+    }
+    if (why === undefined) return;
+    for (const h of held) {
+      if (h?.entry && this.#entries.get(h.key) === h.entry) void this.#drop(h.key, h.entry);
+    }
+    throw new AllocRefusal("bad_request", `AllocRequest from ${from}: ${why}`);
+  }
+
+  async #cancel(msg: SideMessage): Promise<SideMessage> {
     const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+    const revoked: Promise<void>[] = [];
     for (const k of keys) {
       const e = this.#entries.get(k);
       if (e && !e.landed) {
-        this.#drop(k, e);
+        revoked.push(this.#drop(k, e));
         this.#stats.cancelled++;
         this.#metrics?.cancelledChunks.inc();
       }
     }
+    // The acknowledgement comes once the sender can no longer write those pages.
+    await Promise.all(revoked);
     // REP must answer; LMCache's async receiver acknowledges with an empty AllocResponse.
     return allocResponse("async", [], []);
   }

@@ -76,7 +76,7 @@ export interface SendBatch {
 
 /** What {@linkcode PdSender.send} did. */
 export interface SendResult {
-  /** The receiver id (host + init port). */
+  /** The receiver id: `host:init_port` (IPv6 hosts in brackets), as {@linkcode PdReceiver.id}. */
   receiverId: string;
   /** Pages written. */
   sent: number;
@@ -137,7 +137,7 @@ const MAX_TRACKED_REQUESTS = 65536;
  * ```ts
  * import { PdSendError } from "@kvport/nixl";
  *
- * const e = new PdSendError("r1", "localhost7300", "alloc", "connection lost");
+ * const e = new PdSendError("r1", "localhost:7300", "alloc", "connection lost");
  * console.log(e.message);
  * ```
  */
@@ -184,7 +184,7 @@ export class PdSendError extends ChannelError {
  * ```ts
  * import { PdAllocRefusedError } from "@kvport/nixl";
  *
- * const e = new PdAllocRefusedError("r1", "localhost7300", "pool_too_small", "9 > 8 pages", 9);
+ * const e = new PdAllocRefusedError("r1", "localhost:7300", "pool_too_small", "9 > 8 pages", 9);
  * console.log(e.reason, e.code); // pool_too_small REMOTE_ERROR
  * ```
  */
@@ -322,6 +322,7 @@ export class PdSender implements AsyncDisposable {
       transferTimeoutMs: options.transferTimeoutMs,
       libraryPath: options.libraryPath,
       agentParams: options.agentParams,
+      pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
       curve: options.curve,
     });
@@ -331,7 +332,8 @@ export class PdSender implements AsyncDisposable {
   /**
    * Creates a sender from a loaded configuration (`pd_proxy_host`, `pd_proxy_port`,
    * `pd_skip_proxy_notification`, `pd_buffer_size`, `pd_buffer_device`,
-   * `transfer_channel`, `nixl_backends`). `pageSize` is the bytes of one full chunk.
+   * `transfer_channel`, `nixl_backends`, `extra_config.kvport_page_grants`). `pageSize` is
+   * the bytes of one full chunk.
    *
    * @example
    * ```ts
@@ -435,7 +437,10 @@ export class PdSender implements AsyncDisposable {
     };
     const initPort = pick(spec.receiverInitPort, "receiverInitPort");
     const allocPort = pick(spec.receiverAllocPort, "receiverAllocPort");
-    const id = `${spec.receiverHost}${initPort}`;
+    // Keyed by (host, port): LMCache's glued `host + port` id makes 127.0.0.1:54003 and
+    // 127.0.0.15:4003 one receiver. That form never travels on the wire (each side sends
+    // its own local_id), so nothing of ours needs it.
+    const id = joinHostPort(spec.receiverHost, initPort);
     let link = this.#links.get(id);
     if (!link) {
       link = {
@@ -508,6 +513,10 @@ export class PdSender implements AsyncDisposable {
         dtype: batch.dtype,
         last_chunk_toks: batch.lastChunkToks,
       }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
+      // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
+      // Only the builtin engine enforces them, and only a builtin-engine peer can reach a
+      // builtin-engine receiver: other receivers (LMCache's, on NIXL) get LMCache's form.
+      if (this.channel.engine === "builtin") request.kvport_agent = this.channel.agentName;
       const restarted = (why: string) =>
         fail(
           "restart",

@@ -66,15 +66,16 @@ export async function startPeerProcess(
   let ready: ((v: Record<string, unknown>) => void) | undefined;
   const readyP = new Promise<Record<string, unknown>>((r) => (ready = r));
   lines.on("line", (line) => {
-    let msg: Record<string, unknown>;
-    if (how.ignoreNonJson) {
-      try {
-        msg = JSON.parse(line);
-      } catch {
-        return; // not ours (a library writing to stdout)
-      }
-    } else {
-      msg = JSON.parse(line) as Record<string, unknown>;
+    // Our replies are JSON objects, one per line; anything else is a library writing to
+    // stdout (UCX logs there): shown on stderr, never parsed as a reply.
+    let msg: Record<string, unknown> | undefined;
+    try {
+      const v = JSON.parse(line);
+      if (v !== null && typeof v === "object" && !Array.isArray(v)) msg = v;
+    } catch { /* not ours */ }
+    if (msg === undefined) {
+      if (!how.ignoreNonJson) process.stderr.write(`[${options.name} stdout] ${line}\n`);
+      return;
     }
     if (msg.ready) ready!(msg);
     else {

@@ -153,6 +153,11 @@ export interface AllocRequest {
   is_last_batch?: boolean;
   /** Newer LMCache: total chunks of the request, reserved up front (default 0). */
   total_chunks?: WireInt;
+  /**
+   * kvport only (LMCache ignores unknown fields): the sender's NIXL agent name, which a
+   * receiver enforcing page grants grants WRITE on the pages of its reply.
+   */
+  kvport_agent?: string;
 }
 
 /**
@@ -529,6 +534,7 @@ export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>>
     f("req_id", "str", true),
     f("is_last_batch", "bool", true),
     f("total_chunks", "int", true),
+    f("kvport_agent", "str", true),
   ],
   AllocResponse: [
     f("already_sent_indexes", "int[]", true),

@@ -54,6 +54,13 @@ export interface WireSocketOptions {
    */
   identity?: Uint8Array | string;
   /**
+   * ROUTER only: whether a peer connecting with the identity of a connected peer takes
+   * over its route (libzmq's `ZMQ_ROUTER_HANDOVER`). Default `false`, as libzmq: the
+   * newcomer is refused (disconnected, reported to `onError`) and the first peer keeps
+   * its replies, so nobody can steal another peer's replies by claiming its identity.
+   */
+  routerHandover?: boolean;
+  /**
    * Inbound messages queued before reading from peers pauses (TCP back-pressure);
    * default 1000.
    */
@@ -325,6 +332,7 @@ interface Resolved {
   maxMessageBytes: number;
   maxFrames: number;
   identity: Uint8Array;
+  routerHandover: boolean;
   highWaterMark: number;
   onError: ((error: WireError) => void) | undefined;
   curve: CurveOptions | undefined;
@@ -358,6 +366,7 @@ function resolveOptions(o: WireSocketOptions): Resolved {
     maxMessageBytes: positive("maxMessageBytes", o.maxMessageBytes, DEFAULT_MAX_MESSAGE_BYTES),
     maxFrames: Math.max(1, positive("maxFrames", o.maxFrames, DEFAULT_MAX_FRAMES)),
     identity,
+    routerHandover: o.routerHandover === true,
     highWaterMark: Math.max(1, positive("highWaterMark", o.highWaterMark, 1000)),
     onError: o.onError,
     curve: o.curve === undefined ? undefined : (resolveCurve(o.curve), o.curve),
@@ -732,8 +741,22 @@ export abstract class WireSocket {
     const identity = this.type === "ROUTER" && peerId.length > 0 ? peerId : generateIdentity();
     const key = toHex(identity);
     const old = this.#byKey.get(key);
+    if (old && !this.#opts.routerHandover) {
+      // libzmq's default: the identity belongs to the peer holding it; a newcomer
+      // claiming it is refused, or it could take that peer's replies.
+      this.#metrics?.refused("protocol");
+      this.#report(
+        new WireProtocolError(
+          `identity 0x${key} is held by a connected peer (${old.info.address}): refused ` +
+            "(routerHandover is off, as libzmq's default)",
+          { peer: conn.address },
+        ),
+      );
+      conn.destroy();
+      return;
+    }
     if (old) {
-      // Identity handover: a peer that reconnects with its identity replaces its old
+      // Handover on: a peer that reconnects with its identity replaces its old
       // connection (e.g. after a restart whose old TCP connection is not yet seen dead).
       this.#detach(old, undefined);
       old.conn.destroy();

@@ -588,8 +588,9 @@ export class DealerSocket extends WireSocket {
 /**
  * A ROUTER socket: every received message is prefixed with the sending peer's identity
  * frame (its own `Identity`, or a 5-byte one generated for an anonymous peer); a sent
- * message's first frame names the peer to route it to. A peer that reconnects with an
- * identity already in use takes it over.
+ * message's first frame names the peer to route it to. A peer claiming an identity a
+ * connected peer holds is refused, as libzmq does by default (`routerHandover: true`
+ * lets it take the route over).
  *
  * @example
  * ```ts
