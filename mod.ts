@@ -120,6 +120,7 @@ export {
   NixlChannel,
   PageLease,
   parseDevice,
+  sideChannelCurveFromConfig,
 } from "./src/channel/mod.ts";
 export type {
   BufferDevice,
@@ -129,6 +130,7 @@ export type {
   ChannelRole,
   ConnectOptions,
   CreateTransferChannelOptions,
+  CurveConfigLike,
   LeaseAcquireOptions,
   LeaseHooks,
   LeaseOptions,
@@ -140,6 +142,7 @@ export type {
   LocalPages,
   MockMemoryChannelOptions,
   NixlChannelOptions,
+  SideChannelCurve,
   SideMessage,
   SideMessageHandler,
   TransferChannel,

@@ -14,7 +14,17 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 
 /** The suites, in the order they run; nixl and gpu skip themselves where unavailable. */
-const SUITES = ["agent", "pd", "grants", "storage", "p2p", "scale", "nixl", "gpu"] as const;
+const SUITES = [
+  "agent",
+  "pd",
+  "grants",
+  "storage",
+  "p2p",
+  "scale",
+  "wire",
+  "nixl",
+  "gpu",
+] as const;
 
 interface Row {
   suite: string;

@@ -40,7 +40,8 @@ import { err, out } from "./io.ts";
  */
 export function checkHelp(): string {
   return [
-    "Usage: kvport check [--engine auto|builtin|nixl] [--backends UCX,...] [--lib PATH] [--json]",
+    "Usage: kvport check [--engine auto|builtin|nixl] [--backends UCX,...] [--listen-host H]",
+    "                    [--lib PATH] [--json]",
     "",
     "Reports the runtime, the native shim (path, ABI version, engines built), whether",
     "NIXL was found (its plugins, or what was searched), the backends the engine serves",
@@ -50,6 +51,8 @@ export function checkHelp(): string {
     "Options:",
     "      --engine E      auto (default), builtin or nixl",
     "      --backends B    backends of the test agent, comma-separated (default UCX)",
+    "      --listen-host H the address the test agent's data plane binds (default",
+    "                      127.0.0.1; the line 'listening on' shows where it really did)",
     "      --lib PATH      libkvport.so to load (default: KVPORT_LIB, native/build/, the",
     "                      kvport build cache, $NIXL_PREFIX/lib)",
     "      --json          print one JSON object instead of text",
@@ -90,7 +93,13 @@ export interface CheckReport {
  * ```
  */
 export async function runCheck(
-  options: { engine?: EngineName; backends?: string[]; libraryPath?: string } = {},
+  options: {
+    engine?: EngineName;
+    backends?: string[];
+    libraryPath?: string;
+    /** Where the test agent's data plane listens (default: the engine's, 127.0.0.1). */
+    listenHost?: string;
+  } = {},
 ): Promise<CheckReport> {
   const asked = options.engine ?? "auto";
   const lib = { libraryPath: options.libraryPath };
@@ -144,6 +153,7 @@ export async function runCheck(
       engine: asked,
       backends: options.backends ?? ["UCX"],
       libraryPath: options.libraryPath,
+      params: options.listenHost ? { listen_host: options.listenHost } : undefined,
     });
     report.agent = {
       engine: agent.engine,
@@ -233,6 +243,7 @@ async function runCheckCommand(args: string[]): Promise<number> {
         engine: { type: "string", default: "auto" },
         backends: { type: "string" },
         lib: { type: "string" },
+        "listen-host": { type: "string" },
         json: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -254,6 +265,7 @@ async function runCheckCommand(args: string[]): Promise<number> {
     engine,
     backends: values.backends?.split(",").map((s) => s.trim()).filter((s) => s),
     libraryPath: values.lib,
+    listenHost: values["listen-host"],
   });
   if (values.json) out(JSON.stringify(report));
   else out(formatCheck(report));

@@ -19,6 +19,7 @@ import type { Command } from "./commands.ts";
 import { measureMemcpy } from "./demo_cmd.ts";
 import { onInterrupt, temporaryDirectory } from "./interrupt.ts";
 import { err, out } from "./io.ts";
+import { dataPlaneAddress } from "./data_plane.ts";
 import { kvGeometry } from "./pd_cmd.ts";
 import { nextEvent, spawnWithStdin, type StdinChild } from "./spawn.ts";
 import { checkMetricsFlags, METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
@@ -315,6 +316,7 @@ async function runPeer(args: string[]): Promise<number> {
         instanceId: p2p.instanceId,
         init: p2p.initUrl,
         lookup: p2p.lookupUrl,
+        data: dataPlaneAddress(p2p.channel),
         engine: p2p.channel.engine,
         pages: p2p.channel.pageCount,
         pageSize: p2p.channel.pageSize,
@@ -322,7 +324,10 @@ async function runPeer(args: string[]): Promise<number> {
         metrics: metrics?.url ?? null,
         pid: process.pid,
       },
-      `p2p-peer ${p2p.instanceId}: handshakes on ${p2p.initUrl}, lookups on ${p2p.lookupUrl} ` +
+      `p2p-peer ${p2p.instanceId}: handshakes on ${p2p.initUrl}, lookups on ${p2p.lookupUrl}` +
+        (dataPlaneAddress(p2p.channel)
+          ? `, data plane on ${dataPlaneAddress(p2p.channel)} `
+          : " ") +
         `(${p2p.channel.engine} engine, ${p2p.channel.pageCount} pages of ${p2p.channel.pageSize} ` +
         `bytes, ${p2p.stats.chunks} chunk(s) held)` +
         (metrics ? `; metrics on ${metrics.url}` : ""),

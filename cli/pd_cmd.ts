@@ -15,6 +15,7 @@ import type { BufferDevice } from "../src/channel/page.ts";
 import { configured, emit, guard, int, load, parse, untilSignal, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
+import { dataPlaneAddress } from "./data_plane.ts";
 import { checkMetricsFlags, METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
 
 /** KV chunk geometry of the synthetic requests. */
@@ -191,6 +192,7 @@ async function runReceiver(args: string[]): Promise<number> {
         id: rx.id,
         init: rx.initUrl,
         alloc: rx.allocUrl,
+        data: dataPlaneAddress(rx.channel),
         engine: rx.channel.engine,
         device: deviceName(rx.channel.device),
         pages: rx.channel.pageCount,
@@ -198,7 +200,8 @@ async function runReceiver(args: string[]): Promise<number> {
         metrics: metrics?.url ?? null,
         pid: process.pid,
       },
-      `pd-receiver ${rx.initUrl}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl} ` +
+      `pd-receiver ${rx.initUrl}: handshakes on ${rx.initUrl}, allocations on ${rx.allocUrl}` +
+        (dataPlaneAddress(rx.channel) ? `, data plane on ${dataPlaneAddress(rx.channel)} ` : " ") +
         `(${rx.channel.engine} engine, ${rx.channel.pageCount} pages of ${rx.channel.pageSize} ` +
         `bytes on ${deviceName(rx.channel.device)})` +
         (metrics ? `; metrics on ${metrics.url}` : ""),

@@ -7,7 +7,7 @@
 # The GPU machine has no Deno, no npm and no compiler for our purposes, so what it needs
 # is prepared here and carried in .device/ (ignored by git):
 #   .device/deno.xz              xz of node_modules/@deno/linux-x64-glibc/deno
-#   .device/node_modules.tar.xz  the npm packages the code imports (yaml, zod, msgpack)
+#   .device/node_modules.tar.xz  the npm packages the code imports (yaml, zod, msgpack, tweetnacl)
 #   .device/build/               libkvport.so, kvport-limits, kvport-tests built here
 # `scripts/gpu_lease.sh --prepare` makes the last two (and checks the first).
 #
@@ -25,7 +25,7 @@ if [ "${1:-}" = "--prepare" ]; then
   make -C native all build/kvport-tests >/dev/null
   mkdir -p .device/build
   cp native/build/libkvport.so native/build/kvport-limits native/build/kvport-tests .device/build/
-  tar -cJf .device/node_modules.tar.xz node_modules/yaml node_modules/zod node_modules/@msgpack
+  tar -cJf .device/node_modules.tar.xz node_modules/yaml node_modules/zod node_modules/@msgpack node_modules/tweetnacl
   [ -f .device/deno.xz ] || xz -9c node_modules/@deno/linux-x64-glibc/deno >.device/deno.xz
   du -sh .device
   exit 0

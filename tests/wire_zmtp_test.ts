@@ -61,9 +61,16 @@ test("greeting: garbage is refused at the first wrong byte", () => {
   const v2 = encodeGreeting().slice(0, 11);
   v2[10] = 2;
   assert.throws(() => checkGreeting(v2), /unsupported ZMTP version 2/);
-  const curve = encodeGreeting();
-  curve.set(enc.encode("CURVE"), 12);
-  assert.throws(() => checkGreeting(curve), /mechanism "CURVE"/);
+  const plain = encodeGreeting();
+  plain.set(enc.encode("PLAIN"), 12);
+  assert.throws(() => checkGreeting(plain), /mechanism "PLAIN": NULL and CURVE/);
+  const curve = encodeGreeting({ mechanism: "CURVE", asServer: true });
+  assert.deepEqual(checkGreeting(curve), {
+    major: 3,
+    minor: 1,
+    mechanism: "CURVE",
+    asServer: true,
+  });
 });
 
 test("frames: short frame header for <= 255 bytes, long for larger", () => {

@@ -10,6 +10,7 @@ import type { TransferChannelType } from "../config/mod.ts";
 import { ChannelError, ChannelTimeoutError, timeoutOf } from "./errors.ts";
 import { errorMessage, SerialQueue } from "./_util.ts";
 import { type ControlServer, openRequester, serveRequests } from "./control.ts";
+import type { SideChannelCurve } from "./curve_config.ts";
 import { type BufferDevice, type ChannelPage, ViewPage } from "./page.ts";
 import { type ChannelMetrics, channelMetrics, collectChannel } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
@@ -75,6 +76,8 @@ export interface ChannelBaseInit {
   maxPeers?: number;
   /** Registry the channel's transfers are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel (default NULL). */
+  curve?: SideChannelCurve;
 }
 
 /**
@@ -222,6 +225,7 @@ export abstract class ChannelBase implements TransferChannel {
   /** Largest control message accepted. */
   protected readonly maxMessageBytes: number;
   #server: ControlServer | null = null;
+  #curve: SideChannelCurve | undefined;
   #peers = new Map<string, PeerEntry>();
   readonly #maxPeers: number;
   #connecting = new Map<string, Promise<unknown>>();
@@ -257,6 +261,7 @@ export abstract class ChannelBase implements TransferChannel {
     this.handshakeTimeoutMs = init.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
     this.transferTimeoutMs = init.transferTimeoutMs ?? DEFAULT_TRANSFER_TIMEOUT_MS;
     this.maxMessageBytes = init.maxMessageBytes ?? 64 * 1024 * 1024;
+    this.#curve = init.curve;
     this.#maxPeers = Math.max(1, init.maxPeers ?? DEFAULT_MAX_PEERS);
     const registry = init.metrics ?? metricsRegistry();
     this.#metrics = channelMetrics(registry, this.role);
@@ -285,8 +290,16 @@ export abstract class ChannelBase implements TransferChannel {
 
   /** Starts answering handshakes on `url` (`host:port`; port 0 = any free port). */
   protected async listen(url: string): Promise<void> {
+    if (this.#curve && !this.#curve.server) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `CURVE is on but this channel has no server key to listen on ${url} with ` +
+          "(extra_config.curve_server_secret_key_file, curve_allowed_clients_file)",
+      );
+    }
     this.#server = await serveRequests(url, (msg, from) => this.#handle(msg, from), {
       maxMessageBytes: this.maxMessageBytes,
+      curve: this.#curve?.server,
     });
   }
 
@@ -466,9 +479,17 @@ export abstract class ChannelBase implements TransferChannel {
     const deadline = performance.now() + timeoutMs;
     const left = () => Math.max(1, Math.round(deadline - performance.now()));
     let stage = "connection";
+    if (this.#curve && !this.#curve.client) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `CURVE is on but this channel has no client key to connect to ${url} with ` +
+          "(extra_config.curve_client_secret_key_file, curve_server_public_key_file)",
+      );
+    }
     const req = await openRequester(url, {
       timeoutMs: left(),
       maxMessageBytes: this.maxMessageBytes,
+      curve: this.#curve?.client,
     })
       .catch((e) => {
         throw this.#handshakeError(peerId, url, stage, timeoutMs, e);

@@ -8,6 +8,8 @@
  */
 
 import {
+  type CurveClientOptions,
+  type CurveServerOptions,
   decodeMessage,
   encodeMessage,
   type LmcacheMessage,
@@ -54,6 +56,8 @@ export interface ServeOptions {
    * with its own message types here, since LMCache's sender cannot decode `ErrorMsg`.
    */
   errorReply?: (error: Error, request: SideMessage | undefined) => SideMessage;
+  /** CURVE server settings (default NULL): clients not allowed are refused. */
+  curve?: CurveServerOptions;
 }
 
 function toUrl(endpoint: string): string {
@@ -78,6 +82,7 @@ export async function serveRequests(
     maxMessageBytes: options.maxMessageBytes,
     maxFrames: 4,
     onError: (e: WireError) => options.onError?.(e),
+    curve: options.curve,
   });
   const bound = sock.endpoints[0] ?? `tcp://${url}`;
   const serving = sock.serve(async (frames, peer: PeerInfo, gone: AbortSignal) => {
@@ -135,9 +140,10 @@ export interface Requester {
  */
 export async function openRequester(
   url: string,
-  options: { timeoutMs: number; maxMessageBytes?: number },
+  options: { timeoutMs: number; maxMessageBytes?: number; curve?: CurveClientOptions },
 ): Promise<Requester> {
   const sock = ReqSocket.connect(url, {
+    curve: options.curve,
     timeoutMs: options.timeoutMs,
     connectTimeoutMs: Math.min(options.timeoutMs, 5000),
     maxMessageBytes: options.maxMessageBytes,

@@ -4,6 +4,7 @@
  * @module
  */
 
+import type { SideChannelCurve } from "./curve_config.ts";
 import { TRANSFER_CHANNELS } from "../config/mod.ts";
 import { ChannelError } from "./errors.ts";
 import { MockMemoryChannel } from "./mock_memory.ts";
@@ -54,6 +55,8 @@ export interface CreateTransferChannelOptions {
   asyncMode?: boolean;
   /** Registry the channel is counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
+  curve?: SideChannelCurve;
 }
 
 /**
@@ -209,6 +212,7 @@ export async function createTransferChannel(
       agentParams: options.agentParams,
       pageGrants: options.pageGrants,
       metrics: options.metrics,
+      curve: options.curve,
     });
   }
   if (device.kind === "cuda") {
@@ -228,6 +232,7 @@ export async function createTransferChannel(
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     transferTimeoutMs: options.transferTimeoutMs,
     metrics: options.metrics,
+    curve: options.curve,
   });
 }
 

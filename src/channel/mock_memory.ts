@@ -7,6 +7,7 @@
  */
 
 import { sleep } from "../deadline.ts";
+import type { SideChannelCurve } from "./curve_config.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelBase, type PeerHandle } from "./base.ts";
 import { ChannelError } from "./errors.ts";
@@ -70,6 +71,8 @@ export interface MockMemoryChannelOptions {
   maxPeers?: number;
   /** Registry the channel is counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
+  curve?: SideChannelCurve;
 }
 
 /**
@@ -101,6 +104,7 @@ export class MockMemoryChannel extends ChannelBase {
       transferTimeoutMs: options.transferTimeoutMs,
       maxPeers: options.maxPeers,
       metrics: options.metrics,
+      curve: options.curve,
     });
   }
 

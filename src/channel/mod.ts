@@ -52,6 +52,11 @@ export {
   mockMemoryStore,
 } from "./mock_memory.ts";
 export { NixlChannel, type NixlChannelOptions } from "./nixl.ts";
+export {
+  type CurveConfigLike,
+  type SideChannelCurve,
+  sideChannelCurveFromConfig,
+} from "./curve_config.ts";
 export { type ChannelPage, fnv1a64 } from "./page.ts";
 export {
   type LeaseAcquireOptions,

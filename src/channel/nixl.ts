@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { SideChannelCurve } from "./curve_config.ts";
 import {
   cudaDevices,
   DescList,
@@ -63,6 +64,8 @@ export interface NixlChannelOptions {
   prefault?: boolean;
   /** Registry the channel and its agent are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** CURVE on the handshake side channel: server keys to listen, client keys to connect. */
+  curve?: SideChannelCurve;
   /**
    * Enforce page grants (default false: every page is reachable by a handshaken peer, as
    * in LMCache): peers then reach only the pages {@linkcode NixlChannel.grantPages} gave
@@ -187,6 +190,7 @@ export class NixlChannel extends ChannelBase {
       handshakeTimeoutMs: options.handshakeTimeoutMs,
       transferTimeoutMs: options.transferTimeoutMs,
       metrics: options.metrics,
+      curve: options.curve,
     });
     this.agent = agent;
     this.#buffer = buffer;

@@ -20,7 +20,14 @@ export type KeyKind =
   | "map";
 
 /** The part of the configuration a key belongs to. */
-export type KeyGroup = "core" | "pd" | "transfer" | "p2p" | "controller" | "storage";
+export type KeyGroup =
+  | "core"
+  | "pd"
+  | "transfer"
+  | "p2p"
+  | "controller"
+  | "storage"
+  | "security";
 
 /** Metadata kept next to each key's zod schema (internal; read it through configKeys). */
 export interface KeyMeta {
@@ -244,6 +251,47 @@ const extraShape = {
     min: 0,
     description: "How many times a P2P lookup re-handshakes and retries after the peer " +
       "answers 'remote handler not initialized'.",
+  }),
+  curve_enabled: bool(false, {
+    group: "security",
+    description: "CURVE security (ZMTP RFC 26, as libzmq's) on the side channels between " +
+      "kvport peers (PD handshake and allocation, P2P handshake and lookup): peers prove " +
+      "their keys, strangers are refused, and every control message (agent metadata and " +
+      "data-plane tokens included) is encrypted. Off by default (NULL, as LMCache); both " +
+      "ends must agree. Keys come from the curve_*_file entries, never inline.",
+  }),
+  curve_server_secret_key_file: strOrNull({
+    group: "security",
+    description: "Path of the secret key the listening side channels (PD receiver, P2P " +
+      "peers) prove: a 40-character Z85 key, 32 raw bytes, or a ZeroMQ certificate " +
+      "(secret-key); mode 600. Required with curve_enabled on a side that listens.",
+  }),
+  curve_allowed_clients_file: strOrNull({
+    group: "security",
+    description: "Path of the allow-list of client public keys: a file with one Z85 key " +
+      "per line ('# ' comments), or a directory of *.key certificates. Any other client is " +
+      "refused. Required with curve_enabled on a side that listens.",
+  }),
+  curve_client_secret_key_file: strOrNull({
+    group: "security",
+    description: "Path of the secret key the connecting side channels (PD sender, P2P " +
+      "lookups) prove; its public key must be in the servers' allow-list. Required with " +
+      "curve_enabled on a side that connects.",
+  }),
+  curve_server_public_key_file: strOrNull({
+    group: "security",
+    description: "Path of the public key of the servers this side connects to (Z85, raw " +
+      "or certificate public-key). Default: the public key of " +
+      "curve_server_secret_key_file (peers sharing one server key).",
+  }),
+  kvport_agent_params: reg(z.record(z.string(), z.string()).default(() => ({})), {
+    kind: "str_map",
+    group: "transfer",
+    description: "Parameters of the engine agents of the PD and P2P channels, as strings " +
+      "(builtin engine: native/README.md 'Agent params'), e.g. the limits max_remotes, " +
+      "max_read_queue, max_inbound_conns, hello_timeout_ms, max_notifs, max_notif_bytes, " +
+      "max_grants, dereg_timeout_ms, or io_threads, transport. listen_host defaults to " +
+      "the channel's host (pd_peer_host, p2p_host).",
   }),
 };
 
@@ -487,6 +535,18 @@ export interface ExtraConfig {
   readonly p2p_socket_send_timeout_ms: number;
   /** P2P retries after "remote handler not initialized". Default `3`. */
   readonly p2p_max_retry_count: number;
+  /** CURVE on the side channels. Default `false`. */
+  readonly curve_enabled: boolean;
+  /** Secret key file of the listening side. Default `null`. */
+  readonly curve_server_secret_key_file: string | null;
+  /** Allow-list of client public keys (file or directory). Default `null`. */
+  readonly curve_allowed_clients_file: string | null;
+  /** Secret key file of the connecting side. Default `null`. */
+  readonly curve_client_secret_key_file: string | null;
+  /** Public key file of the servers connected to. Default `null`. */
+  readonly curve_server_public_key_file: string | null;
+  /** Engine agent parameters of the PD and P2P channels. Default `{}`. */
+  readonly kvport_agent_params: Readonly<Record<string, string>>;
   /** kvport: PD and P2P channels enforce page grants. Default `true`. */
   readonly kvport_page_grants: boolean;
   /** Any other entry, kept as given. */

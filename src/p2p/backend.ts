@@ -10,6 +10,7 @@ import { ChannelError, ChannelTimeoutError, timeoutOf } from "../channel/errors.
 import { openRequester, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
+import type { SideChannelCurve } from "../channel/curve_config.ts";
 import { PageGrantBook } from "../channel/grants.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import {
@@ -97,6 +98,11 @@ export interface P2PBackendOptions {
   lookupSendTimeoutMs?: number;
   /** `p2p_max_retry_count`: retries after error 3 or a lost reply (default 3). */
   maxRetryCount?: number;
+  /**
+   * CURVE on the handshake and lookup side channels (`extra_config.curve_*`): `server`
+   * for the listeners, `client` for the connections to holders. Default NULL.
+   */
+  curve?: SideChannelCurve;
   /**
    * How long the pages of a request whose reply never came stay out of use (the holder may
    * still be writing into them; a retry takes fresh pages), ms (default
@@ -271,6 +277,7 @@ export class P2PBackend implements AsyncDisposable {
   readonly #hashOf: (key: string) => bigint;
   readonly #recvTimeoutMs: number;
   readonly #sendTimeoutMs: number;
+  readonly #curve: SideChannelCurve | undefined;
   readonly #handshakeTimeoutMs: number | undefined;
   readonly #writeTimeoutMs: number;
   readonly #maxRetry: number;
@@ -321,6 +328,7 @@ export class P2PBackend implements AsyncDisposable {
     this.#hashOf = options.hashOf ?? chunkHashOf;
     this.#recvTimeoutMs = options.lookupRecvTimeoutMs ?? 30_000;
     this.#sendTimeoutMs = options.lookupSendTimeoutMs ?? 10_000;
+    this.#curve = options.curve;
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs;
     this.#writeTimeoutMs = options.transferTimeoutMs ??
       Math.max(100, Math.floor(this.#recvTimeoutMs * 0.8));
@@ -383,7 +391,11 @@ export class P2PBackend implements AsyncDisposable {
     const bindHost = options.bindHost ?? options.host;
     const lookupServer = await RepSocket.bind(
       `tcp://${joinHostPort(bindHost, options.lookupPort)}`,
-      { maxFrames: 4, timeoutMs: options.lookupSendTimeoutMs ?? 10_000 },
+      {
+        maxFrames: 4,
+        timeoutMs: options.lookupSendTimeoutMs ?? 10_000,
+        curve: options.curve?.server,
+      },
     ).catch((e) => {
       throw new P2PError(
         "INVALID_ARGUMENT",
@@ -417,6 +429,7 @@ export class P2PBackend implements AsyncDisposable {
         agentParams: options.agentParams,
         pageGrants: options.pageGrants ?? true,
         metrics: options.metrics,
+        curve: options.curve,
       });
     } catch (e) {
       await lookupServer.close();
@@ -959,7 +972,10 @@ export class P2PBackend implements AsyncDisposable {
           { peerId: url, url, op: "connect" },
         );
       }
-      requester = await openRequester(lookupUrl, { timeoutMs: this.#sendTimeoutMs });
+      requester = await openRequester(lookupUrl, {
+        timeoutMs: this.#sendTimeoutMs,
+        curve: this.#curve?.client,
+      });
       const link = { url, lookupUrl, requester, generation: (old?.generation ?? 0) + 1 };
       this.#links.set(url, link);
       this.#deadUntil.delete(url);

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { sideChannelCurveFromConfig } from "../channel/curve_config.ts";
+import { agentParamsOf } from "../channel/agent_params.ts";
 import { ChannelError } from "../channel/errors.ts";
 import type { P2PBackendOptions } from "./backend.ts";
 
@@ -42,6 +44,7 @@ export interface P2PConfigLike {
     readonly p2p_socket_recv_timeout_ms?: number;
     readonly p2p_socket_send_timeout_ms?: number;
     readonly p2p_max_retry_count?: number;
+    readonly kvport_agent_params?: Readonly<Record<string, string>>;
     readonly kvport_page_grants?: boolean;
     readonly [key: string]: unknown;
   } | null;
@@ -109,6 +112,8 @@ export function p2pOptionsFromConfig(
     lookupRecvTimeoutMs: extra.p2p_socket_recv_timeout_ms ?? 30_000,
     lookupSendTimeoutMs: extra.p2p_socket_send_timeout_ms ?? 10_000,
     maxRetryCount: extra.p2p_max_retry_count ?? 3,
+    curve: sideChannelCurveFromConfig(extra, { listen: true, connect: true }),
+    ...agentParamsOf(extra.kvport_agent_params),
     pageGrants: extra.kvport_page_grants ?? true,
   };
 }

@@ -6,6 +6,12 @@
 
 import { ChannelError } from "../channel/errors.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
+import {
+  type CurveConfigLike,
+  type SideChannelCurve,
+  sideChannelCurveFromConfig,
+} from "../channel/curve_config.ts";
+import { agentParamsOf } from "../channel/agent_params.ts";
 
 /** Channel settings shared by {@linkcode PdSender} and {@linkcode PdReceiver}. */
 export interface PdChannelSettings {
@@ -39,6 +45,11 @@ export interface PdChannelSettings {
   pageGrants?: boolean;
   /** Registry this side and its channel are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /**
+   * CURVE on the side channels (handshake and allocation): the receiver listens with
+   * `server`, the sender connects with `client`. Default NULL, as LMCache.
+   */
+  curve?: SideChannelCurve;
 }
 
 /** The configuration keys the PD classes read (a `KvportConfig` has them all). */
@@ -71,9 +82,15 @@ export interface PdConfigLike {
   readonly nixl_backends: readonly string[] | null;
   /** Tokens per full chunk. */
   readonly chunk_size: number;
-  /** `kvport_page_grants` (default true). */
+  /**
+   * `curve_*` entries (CURVE on the side channels), `kvport_agent_params`, and
+   * `kvport_page_grants` (default true).
+   */
   readonly extra_config?:
-    | { readonly kvport_page_grants?: boolean; readonly [key: string]: unknown }
+    | (CurveConfigLike & {
+      readonly kvport_agent_params?: Readonly<Record<string, string>>;
+      readonly kvport_page_grants?: boolean;
+    })
     | null;
 }
 
@@ -105,6 +122,11 @@ export function pdChannelSettingsFromConfig(
     channelType,
     backends: config.nixl_backends,
     device: config.pd_buffer_device ?? "cpu",
+    ...agentParamsOf(config.extra_config?.kvport_agent_params),
+    curve: sideChannelCurveFromConfig(config.extra_config, {
+      listen: role === "receiver",
+      connect: role === "sender",
+    }),
     pageGrants: config.extra_config?.kvport_page_grants ?? true,
   };
 }

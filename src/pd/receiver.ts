@@ -251,6 +251,7 @@ export class PdReceiver implements AsyncDisposable {
       agentParams: options.agentParams,
       pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
+      curve: options.curve,
     });
     const initPort = Number(channel.initUrl!.slice(channel.initUrl!.lastIndexOf(":") + 1));
     const id = joinHostPort(options.host, initPort);
@@ -269,6 +270,7 @@ export class PdReceiver implements AsyncDisposable {
             if (holder.rx) holder.rx.#noteError(e);
           },
           errorReply: (e, request) => refusalReply(request, refusalReasonOf(e), e.message),
+          curve: options.curve?.server,
         },
       );
     } catch (e) {

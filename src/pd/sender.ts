@@ -10,6 +10,7 @@ import { ChannelError, timeoutOf } from "../channel/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
+import type { SideChannelCurve } from "../channel/curve_config.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
@@ -278,6 +279,7 @@ export class PdSender implements AsyncDisposable {
   readonly tpRank: number;
   readonly #proxyUrl: string | null;
   readonly #allocTimeoutMs: number;
+  readonly #curve: SideChannelCurve | undefined;
   readonly #notifyTimeoutMs: number;
   readonly #transferTimeoutMs: number | undefined;
   readonly #wireGeneration: "auto" | PdWireGeneration;
@@ -300,6 +302,7 @@ export class PdSender implements AsyncDisposable {
       ? joinHostPort(options.proxyHost, options.proxyPort)
       : null;
     this.#allocTimeoutMs = options.allocTimeoutMs ?? DEFAULT_PD_ALLOC_TIMEOUT_MS;
+    this.#curve = options.curve;
     this.#notifyTimeoutMs = options.notifyTimeoutMs ?? 5_000;
     this.#transferTimeoutMs = options.transferTimeoutMs;
     const registry = options.metrics ?? metricsRegistry();
@@ -337,6 +340,7 @@ export class PdSender implements AsyncDisposable {
       agentParams: options.agentParams,
       pageGrants: options.pageGrants ?? true,
       metrics: options.metrics,
+      curve: options.curve,
     });
     return new PdSender(channel, options);
   }
@@ -690,6 +694,7 @@ export class PdSender implements AsyncDisposable {
       await this.channel.connect(link.id, joinHostPort(link.host, link.initPort));
       link.alloc = await openRequester(joinHostPort(link.host, link.allocPort), {
         timeoutMs: this.#allocTimeoutMs,
+        curve: this.#curve?.client,
       });
     } catch (e) {
       await this.#reset(link);

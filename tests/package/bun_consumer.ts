@@ -91,7 +91,7 @@ test("npm pack ships the sources, the CLI and the Node stub, nothing of the chec
 test("bun add installs the runtime dependencies only: no Deno, no Bun, no type packages", () => {
   const modules = path.join(project, "node_modules");
   const installed = fs.readdirSync(modules).filter((n) => !n.startsWith(".")).sort();
-  assert.deepEqual(installed, ["@kvport", "@msgpack", "yaml", "zod"]);
+  assert.deepEqual(installed, ["@kvport", "@msgpack", "tweetnacl", "yaml", "zod"]);
   let bytes = 0;
   const walk = (dir: string) => {
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {

@@ -20,7 +20,19 @@
  */
 
 import type * as net from "node:net";
-import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
+import {
+  WireClosedError,
+  WireError,
+  WireProtocolError,
+  WireSecurityError,
+  WireTimeoutError,
+} from "./errors.ts";
+import {
+  CURVE_MESSAGE_OVERHEAD,
+  CurveMechanism,
+  type CurveOptions,
+  resolveCurve,
+} from "./curve.ts";
 import { after, type Timer } from "../../deadline.ts";
 import {
   compatiblePeerTypes,
@@ -30,6 +42,7 @@ import {
   encodeCommand,
   encodeFrames,
   encodeGreeting,
+  encodeMetadata,
   encodeReady,
   parseMetadata,
   type SocketType,
@@ -49,6 +62,8 @@ export interface ZmtpConnectionOptions {
   maxFrames?: number;
   /** Time allowed for the peer's greeting and READY; default 5000 ms. */
   handshakeTimeoutMs?: number;
+  /** CURVE security (RFC 26) instead of NULL: our keys and the peer's (see `curve.ts`). */
+  curve?: CurveOptions;
 }
 
 /** Callbacks of one {@linkcode ZmtpConnection}; each is optional. */
@@ -102,6 +117,13 @@ export class ZmtpConnection {
   #closed: Promise<void>;
   #resolveClosed!: () => void;
   #finished = false;
+  /** The CURVE state, when the socket has a `curve` option. */
+  readonly #curve: CurveMechanism | undefined;
+  readonly #maxMessageBytes: number;
+  readonly #maxFrames: number;
+  /** Decrypted frames of the CURVE message being reassembled, and their bytes. */
+  #parts: Uint8Array[] = [];
+  #partsBytes = 0;
 
   /**
    * Wraps `socket` and starts the handshake by sending our greeting.
@@ -122,9 +144,16 @@ export class ZmtpConnection {
     this.socketType = options.socketType;
     this.#identity = options.identity ?? EMPTY;
     this.#handlers = handlers;
+    this.#maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    this.#maxFrames = options.maxFrames ?? DEFAULT_MAX_FRAMES;
+    this.#curve = options.curve
+      ? new CurveMechanism(resolveCurve(options.curve), address)
+      : undefined;
     this.#decoder = new ZmtpDecoder({
-      maxMessageBytes: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES,
-      maxFrames: options.maxFrames ?? DEFAULT_MAX_FRAMES,
+      // Under CURVE every frame travels alone in a MESSAGE box; the limits apply to the
+      // decrypted message as it is reassembled.
+      maxMessageBytes: this.#maxMessageBytes + (this.#curve ? CURVE_MESSAGE_OVERHEAD : 0),
+      maxFrames: this.#maxFrames,
       maxCommandBytes: DEFAULT_MAX_COMMAND_BYTES,
     });
     this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
@@ -151,7 +180,11 @@ export class ZmtpConnection {
     if (socket.destroyed) {
       queueMicrotask(() => this.#finish());
     } else {
-      socket.write(encodeGreeting());
+      socket.write(
+        this.#curve
+          ? encodeGreeting({ mechanism: "CURVE", asServer: this.#curve.asServer })
+          : encodeGreeting(),
+      );
     }
   }
 
@@ -173,6 +206,11 @@ export class ZmtpConnection {
   /** The peer's identity from its READY (empty when it sent none). */
   get peerIdentity(): Uint8Array {
     return this.#peerIdentity;
+  }
+
+  /** The peer's long-term CURVE public key once the handshake proved it (CURVE only). */
+  get peerPublicKey(): Uint8Array | undefined {
+    return this.#curve?.peerPublicKey;
   }
 
   /** Resolves once the underlying TCP socket has closed. */
@@ -208,7 +246,10 @@ export class ZmtpConnection {
         ),
       );
     }
-    const pieces = encodeFrames(frames);
+    const curve = this.#curve;
+    const pieces = curve
+      ? frames.map((f, i) => curve.seal(f, i < frames.length - 1))
+      : encodeFrames(frames);
     return new Promise<void>((resolve, reject) => {
       const fail = (error: WireError) => {
         this.#pendingSends.delete(fail);
@@ -277,7 +318,9 @@ export class ZmtpConnection {
     try {
       this.#decoder.push(chunk, (event) => this.#onEvent(event));
     } catch (err) {
-      const e = err instanceof WireProtocolError
+      const e = err instanceof WireSecurityError
+        ? (err.peer ? err : new WireSecurityError(err.message, { peer: this.address }))
+        : err instanceof WireProtocolError
         ? new WireProtocolError(err.message, { peer: this.address })
         : err instanceof WireError
         ? err
@@ -292,16 +335,33 @@ export class ZmtpConnection {
   #onEvent(event: ZmtpEvent): void {
     if (this.#state === "closed") return;
     switch (event.kind) {
-      case "greeting":
+      case "greeting": {
+        const ours = this.#curve ? "CURVE" : "NULL";
+        if (event.greeting.mechanism !== ours) {
+          throw new WireSecurityError(
+            `peer speaks the ${event.greeting.mechanism} security mechanism, this socket ` +
+              `${ours} (both ends must be configured alike)`,
+          );
+        }
         this.#state = "handshake";
-        this.#socket.write(encodeReady(this.socketType, this.#identity));
+        if (this.#curve) {
+          this.#curve.setMetadata(this.#ourMetadata());
+          for (const c of this.#curve.start()) this.#socket.write(c);
+        } else {
+          this.#socket.write(encodeReady(this.socketType, this.#identity));
+        }
         return;
+      }
       case "command":
         this.#onCommand(event.name, event.data);
         return;
       case "message":
         if (this.#state !== "ready") {
           throw new WireProtocolError("message frame received before the READY command");
+        }
+        if (this.#curve) {
+          for (const f of event.frames) this.#onCurveFrame(f, false);
+          return;
         }
         this.#handlers.onMessage?.(this, event.frames);
         return;
@@ -310,6 +370,25 @@ export class ZmtpConnection {
 
   #onCommand(name: string, data: Uint8Array): void {
     const upper = name.toUpperCase();
+    if (this.#curve) {
+      if (this.#state === "handshake") {
+        const step = this.#curve.handshake(name, data);
+        for (const c of step.write) this.#socket.write(c);
+        if (step.refuse) {
+          this.#refuse(step.refuse);
+          return;
+        }
+        if (step.metadata) this.#onPeerMetadata(step.metadata);
+        return;
+      }
+      if (upper !== "MESSAGE") {
+        throw new WireSecurityError(
+          `plaintext command ${JSON.stringify(name)} after the CURVE handshake`,
+        );
+      }
+      this.#onCurveFrame(data, true);
+      return;
+    }
     if (upper === "ERROR") {
       const len = data[0] ?? 0;
       const reason = UTF8.decode(data.subarray(1, 1 + len));
@@ -319,30 +398,7 @@ export class ZmtpConnection {
       if (upper !== "READY") {
         throw new WireProtocolError(`expected the READY command, got ${JSON.stringify(name)}`);
       }
-      const meta = parseMetadata(data);
-      const typeBytes = meta.get("socket-type");
-      if (!typeBytes) {
-        throw new WireProtocolError("READY command without the Socket-Type property");
-      }
-      const peerType = UTF8.decode(typeBytes);
-      const allowed = compatiblePeerTypes(this.socketType);
-      if (!allowed.includes(peerType)) {
-        throw new WireProtocolError(
-          `peer socket type ${JSON.stringify(peerType)} cannot talk to our ${this.socketType} ` +
-            `socket (expected ${allowed.join(" or ")})`,
-        );
-      }
-      const identity = meta.get("identity") ?? EMPTY;
-      if (identity.length > 255) {
-        throw new WireProtocolError(
-          `peer identity of ${identity.length} bytes exceeds the ZMTP limit of 255`,
-        );
-      }
-      this.#peerSocketType = peerType;
-      this.#peerIdentity = identity;
-      this.#state = "ready";
-      this.#clearTimer();
-      this.#handlers.onReady?.(this);
+      this.#onPeerMetadata(data);
       return;
     }
     if (upper === "PING") {
@@ -352,5 +408,93 @@ export class ZmtpConnection {
       return;
     }
     // PONG, and commands we have no use for (SUBSCRIBE/CANCEL are for PUB/SUB), are ignored.
+  }
+
+  /** Our handshake metadata: Socket-Type, and Identity for REQ, DEALER and ROUTER. */
+  #ourMetadata(): Uint8Array {
+    const props: Array<readonly [string, Uint8Array]> = [
+      ["Socket-Type", new TextEncoder().encode(this.socketType)],
+    ];
+    if (this.socketType === "REQ" || this.socketType === "DEALER" || this.socketType === "ROUTER") {
+      props.push(["Identity", this.#identity]);
+    }
+    return encodeMetadata(props);
+  }
+
+  /** A CURVE server refused the client: the ERROR is written, then the connection ends. */
+  #refuse(error: WireSecurityError): void {
+    this.#error ??= error;
+    this.#state = "closed";
+    this.#clearTimer();
+    this.#socket.end();
+    // A client that does not close its end is cut off after a second.
+    const timer = setTimeout(() => this.#socket.destroy(), 1000);
+    (timer as { unref?: () => void }).unref?.();
+    this.#socket.once("close", () => clearTimeout(timer));
+  }
+
+  /** One decrypted CURVE frame: reassemble messages under the limits, answer PING. */
+  #onCurveFrame(body: Uint8Array, fromCommand: boolean): void {
+    const f = this.#curve!.open(body, fromCommand);
+    if (f.command) {
+      // Commands inside MESSAGE boxes (libzmq heartbeats): PING is answered, others ignored.
+      // libzmq sends a PING when its timer fires, even between the frames of a multipart
+      // message: the message being reassembled goes on.
+      const nameLen = f.data[0] ?? 0;
+      const name = String.fromCharCode(...f.data.subarray(1, 1 + nameLen));
+      if (name === "PING") {
+        const context = f.data.subarray(1 + nameLen + 2, 1 + nameLen + 18);
+        const pong = new Uint8Array(5 + context.length);
+        pong.set([4, 0x50, 0x4f, 0x4e, 0x47], 0);
+        pong.set(context, 5);
+        this.#socket.write(this.#curve!.seal(pong, false, true));
+      }
+      return;
+    }
+    if (this.#parts.length + 1 > this.#maxFrames) {
+      throw new WireProtocolError(
+        `message has more than ${this.#maxFrames} frames (the limit maxFrames)`,
+      );
+    }
+    if (f.data.length > this.#maxMessageBytes - this.#partsBytes) {
+      throw new WireProtocolError(
+        `message of more than ${this.#maxMessageBytes} bytes (maxMessageBytes)`,
+      );
+    }
+    this.#parts.push(f.data.slice());
+    this.#partsBytes += f.data.length;
+    if (f.more) return;
+    const frames = this.#parts;
+    this.#parts = [];
+    this.#partsBytes = 0;
+    this.#handlers.onMessage?.(this, frames);
+  }
+
+  /** The peer's READY metadata (NULL) or INITIATE/READY box (CURVE): check and go ready. */
+  #onPeerMetadata(data: Uint8Array): void {
+    const meta = parseMetadata(data);
+    const typeBytes = meta.get("socket-type");
+    if (!typeBytes) {
+      throw new WireProtocolError("READY command without the Socket-Type property");
+    }
+    const peerType = UTF8.decode(typeBytes);
+    const allowed = compatiblePeerTypes(this.socketType);
+    if (!allowed.includes(peerType)) {
+      throw new WireProtocolError(
+        `peer socket type ${JSON.stringify(peerType)} cannot talk to our ${this.socketType} ` +
+          `socket (expected ${allowed.join(" or ")})`,
+      );
+    }
+    const identity = meta.get("identity") ?? EMPTY;
+    if (identity.length > 255) {
+      throw new WireProtocolError(
+        `peer identity of ${identity.length} bytes exceeds the ZMTP limit of 255`,
+      );
+    }
+    this.#peerSocketType = peerType;
+    this.#peerIdentity = identity;
+    this.#state = "ready";
+    this.#clearTimer();
+    this.#handlers.onReady?.(this);
   }
 }

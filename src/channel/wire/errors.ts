@@ -128,6 +128,33 @@ export class WireProtocolError extends WireError {
 }
 
 /**
+ * A CURVE failure: a peer that is not allowed in (its public key is not in the server's
+ * allow-list), one that does not hold the server's key, a CURVE command that does not
+ * check (bad layout, a box that does not open, a replayed nonce), or bad key settings.
+ * The connection is dropped; other connections go on.
+ *
+ * @example
+ * ```ts
+ * import { WireProtocolError, WireSecurityError } from "@kvport/nixl/wire";
+ *
+ * const e = new WireSecurityError("CURVE: MESSAGE box does not open", { peer: "tcp://10.0.0.9:41000" });
+ * console.log(e instanceof WireProtocolError, e.name); // true WireSecurityError
+ * ```
+ */
+export class WireSecurityError extends WireProtocolError {
+  /**
+   * Creates the error.
+   *
+   * @param message what failed (the peer address is appended)
+   * @param details peer and cause
+   */
+  constructor(message: string, details: WireErrorDetails = {}) {
+    super(message, details);
+    this.name = "WireSecurityError";
+  }
+}
+
+/**
  * The socket or the connection was closed while an operation needed it.
  *
  * @example

@@ -1,6 +1,6 @@
 /**
  * LMCache's control plane on the wire, in TypeScript for Deno and Bun: ZeroMQ's ZMTP 3.x
- * protocol (NULL security, over `node:net`, interoperable with libzmq 4.x / pyzmq) and
+ * protocol (NULL or CURVE security, over `node:net`, interoperable with libzmq 4.x / pyzmq) and
  * the catalogue of LMCache's msgpack messages.
  *
  * - Sockets: {@linkcode ReqSocket} / {@linkcode RepSocket}, {@linkcode PushSocket} /
@@ -48,3 +48,14 @@ export * from "./connection.ts";
 export * from "./socket.ts";
 export * from "./sockets.ts";
 export * from "./messages.ts";
+export {
+  CURVE_KEY_BYTES,
+  type CurveClientOptions,
+  type CurveKeyPair,
+  curveKeyPair,
+  type CurveOptions,
+  curvePublicKey,
+  type CurveServerOptions,
+} from "./curve.ts";
+export { readCurveAllowList, readCurveKeyFile } from "./curve_keys.ts";
+export { z85Decode, z85Encode } from "./z85.ts";

@@ -24,6 +24,7 @@ import { type MetricsRegistry, metricsRegistry } from "../../metrics/registry.ts
 import { ZmtpConnection } from "./connection.ts";
 import { DEFAULT_MAX_FRAMES, DEFAULT_MAX_MESSAGE_BYTES, type SocketType } from "./zmtp.ts";
 import { assertListenAllowed } from "./net_permission.ts";
+import { type CurveOptions, resolveCurve } from "./curve.ts";
 
 /** Settings common to every socket. All are optional. */
 export interface WireSocketOptions {
@@ -72,6 +73,13 @@ export interface WireSocketOptions {
   onError?: (error: WireError) => void;
   /** Registry connections and refused peers are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /**
+   * CURVE security (ZMTP RFC 26) instead of NULL: `{ server: true, secretKey,
+   * allowedClients }` or `{ secretKey, serverKey }`. Every connection of the socket is then
+   * authenticated and encrypted, and a peer speaking NULL, or a client whose key is not
+   * allowed, is refused. Default: NULL (no security, as LMCache).
+   */
+  curve?: CurveOptions;
 }
 
 /** Per-call deadline. */
@@ -328,6 +336,7 @@ interface Resolved {
   routerHandover: boolean;
   highWaterMark: number;
   onError: ((error: WireError) => void) | undefined;
+  curve: CurveOptions | undefined;
 }
 
 function positive(name: string, v: number | undefined, dflt: number, allowInf = false): number {
@@ -361,6 +370,7 @@ function resolveOptions(o: WireSocketOptions): Resolved {
     routerHandover: o.routerHandover === true,
     highWaterMark: Math.max(1, positive("highWaterMark", o.highWaterMark, 1000)),
     onError: o.onError,
+    curve: o.curve === undefined ? undefined : (resolveCurve(o.curve), o.curve),
   };
 }
 
@@ -524,7 +534,10 @@ export abstract class WireSocket {
     this.#metrics = wireMetrics(options.metrics ?? metricsRegistry(), type);
   }
 
-  /** Endpoints this socket is bound to, with the real port (`tcp://host:port`). */
+  /**
+   * Endpoints this socket is bound to, as really bound: the address the listener has (a
+   * host name resolved) and the real port (`tcp://host:port`).
+   */
   get endpoints(): readonly string[] {
     return this.#endpoints;
   }
@@ -605,9 +618,13 @@ export abstract class WireSocket {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       throw new WireClosedError(`${this.type} socket was closed while binding ${url}`);
     }
+    // The address really bound (a name such as "localhost" resolved), as peers reach it.
     const addr = server.address();
-    const port = addr && typeof addr !== "string" ? addr.port : ep.port;
-    const endpoint = formatEndpoint({ host: ep.host, port });
+    const real = addr && typeof addr !== "string";
+    const endpoint = formatEndpoint({
+      host: real ? addr.address : ep.host,
+      port: real ? addr.port : ep.port,
+    });
     this.#servers.push(server);
     this.#endpoints.push(endpoint);
     return endpoint;
@@ -688,6 +705,7 @@ export abstract class WireSocket {
       maxMessageBytes: this.#opts.maxMessageBytes,
       maxFrames: this.#opts.maxFrames,
       handshakeTimeoutMs: this.#opts.handshakeTimeoutMs,
+      curve: this.#opts.curve,
     }, {
       onReady: (c) => this.#attach(c),
       onMessage: (c, frames) => {

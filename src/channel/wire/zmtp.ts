@@ -1,5 +1,6 @@
 /**
- * ZMTP 3.x codec (RFC 23/ZMTP, RFC 37/ZMTP 3.1) with the NULL security mechanism:
+ * ZMTP 3.x codec (RFC 23/ZMTP, RFC 37/ZMTP 3.1) with the NULL and CURVE (see
+ * `curve.ts`) security mechanisms:
  * greeting, commands (READY, PING/PONG, ERROR), frames and multipart messages, and an
  * incremental decoder that refuses an oversize frame from its header, before any byte of
  * its body is buffered.
@@ -80,23 +81,26 @@ export const DEFAULT_MAX_COMMAND_BYTES: number = 64 * 1024;
 const TEXT = new TextEncoder();
 const UTF8 = new TextDecoder();
 
+/** The security mechanisms this library speaks. */
+export type Mechanism = "NULL" | "CURVE";
+
 /** What a peer's greeting said. */
 export interface Greeting {
   /** Major protocol version (3 for ZMTP 3.x). */
   major: number;
   /** Minor protocol version (0 or 1). */
   minor: number;
-  /** Security mechanism name, e.g. `"NULL"`. */
-  mechanism: string;
+  /** Security mechanism name: `"NULL"` or `"CURVE"`. */
+  mechanism: Mechanism;
   /** The as-server flag. */
   asServer: boolean;
 }
 
 /**
- * Encodes our 64-byte greeting: signature, version 3.1, mechanism NULL.
+ * Encodes our 64-byte greeting: signature, version 3.1, mechanism (NULL by default).
  *
- * @param options minor version (default 1) and the as-server flag (default false; NULL
- *   ignores it)
+ * @param options minor version (default 1), the as-server flag (default false; NULL
+ *   ignores it) and the mechanism (default `"NULL"`)
  * @returns the 64 bytes
  *
  * @example
@@ -107,13 +111,15 @@ export interface Greeting {
  * console.log(g.length, g[0], g[9], g[10], g[11]); // 64 255 127 3 1
  * ```
  */
-export function encodeGreeting(options: { minor?: number; asServer?: boolean } = {}): Uint8Array {
+export function encodeGreeting(
+  options: { minor?: number; asServer?: boolean; mechanism?: Mechanism } = {},
+): Uint8Array {
   const g = new Uint8Array(GREETING_SIZE);
   g[0] = 0xff;
   g[9] = 0x7f;
   g[10] = 3;
   g[11] = options.minor ?? 1;
-  g.set(TEXT.encode("NULL"), 12);
+  g.set(TEXT.encode(options.mechanism ?? "NULL"), 12);
   g[32] = options.asServer ? 1 : 0;
   return g;
 }
@@ -167,14 +173,22 @@ export function checkGreeting(bytes: Uint8Array): Greeting | undefined {
       }
     }
     const mechanism = String.fromCharCode(...mech.subarray(0, end));
-    if (mechanism !== "NULL") {
+    if (mechanism !== "NULL" && mechanism !== "CURVE") {
       throw new WireProtocolError(
-        `unsupported security mechanism ${JSON.stringify(mechanism)}: only NULL is supported`,
+        `unsupported security mechanism ${JSON.stringify(mechanism)}: NULL and CURVE are ` +
+          `supported`,
       );
     }
   }
   if (n < GREETING_SIZE) return undefined;
-  return { major: bytes[10], minor: bytes[11], mechanism: "NULL", asServer: bytes[32] === 1 };
+  const end = bytes.subarray(12, 32).indexOf(0);
+  const mechanism = String.fromCharCode(...bytes.subarray(12, end < 0 ? 32 : 12 + end));
+  return {
+    major: bytes[10],
+    minor: bytes[11],
+    mechanism: mechanism as Mechanism,
+    asServer: bytes[32] === 1,
+  };
 }
 
 function frameHeader(size: number, flags: number): Uint8Array {
