@@ -189,11 +189,19 @@ test("two hosts: a PD transfer over veth, a link cut mid-transfer, recovery", {
       }, timeoutMs);
 
     /** The receiver's counts once `landed` reaches `atLeast` (its notification may trail). */
+    let lastStats: unknown;
     const landedCount = async (atLeast: number) => {
       const until = performance.now() + 5000;
       while (true) {
-        const c = await rx.ask({ op: "count" }, 5000) as { landed: number; bad: number };
-        if (c.landed >= atLeast || performance.now() > until) return c;
+        const c = await rx.ask({ op: "count" }, 5000) as {
+          landed: number;
+          bad: number;
+          stats?: unknown;
+        };
+        lastStats = c.stats;
+        if (c.landed >= atLeast || performance.now() > until) {
+          return { landed: c.landed, bad: c.bad };
+        }
         await new Promise((r) => setTimeout(r, 50));
       }
     };
@@ -221,10 +229,21 @@ test("two hosts: a PD transfer over veth, a link cut mid-transfer, recovery", {
     assert.equal(landedBefore.bad, 0);
     assert.ok(landedBefore.landed < 16 + PAGES, "every chunk of the cut transfer landed");
 
-    // 3. The link returns: a new transfer lands, bytes checked.
+    // 3. The link returns. The receiver gets back every page reserved for the cut
+    // request (the sender's declared deadline passes, then the quarantine), without a
+    // CancelNotif, which could not cross the cut link; then a new transfer lands.
     hosts.link(true);
+    const until = performance.now() + 30_000;
+    let free = -1;
+    while (performance.now() < until) {
+      const c = await rx.ask({ op: "count" }, 5000) as { stats: { freePages: number } };
+      free = c.stats.freePages;
+      if (free === PAGES) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.equal(free, PAGES, `pages still reserved for the cut request: ${free} of ${PAGES} free`);
     const again = await send("again", 16, 60_000);
-    assert.equal(again.ok, true, JSON.stringify(again));
+    assert.equal(again.ok, true, JSON.stringify({ again, receiver: lastStats }));
     assert.ok(again.postsTcp > first.postsTcp, JSON.stringify(again));
     const after = await landedCount(landedBefore.landed + 16);
     assert.equal(after.bad, 0);

@@ -60,6 +60,9 @@ export interface ReceivedChunk {
   bytes: number;
 }
 
+/** The longest reservation a sender's `kvport_ttl_ms` can ask for (a peer's claim). */
+const MAX_DECLARED_TTL_MS = 600_000;
+
 /** Options of {@linkcode PdReceiver.create}. */
 export interface PdReceiverOptions extends PdChannelSettings {
   /** `pd_peer_host`: the host senders reach this receiver at (also bound). */
@@ -91,10 +94,13 @@ export interface PdReceiverOptions extends PdChannelSettings {
    */
   cancelQuarantineMs?: number;
   /**
-   * Lifetime of a reservation whose data has not landed, ms (default `Infinity`): at its
-   * end the key is dropped and its page returns to the pool. Only for senders that
-   * notify when data landed (kvport's do; LMCache's send no notification, so their keys
-   * would expire however complete).
+   * Lifetime of a reservation whose data has not landed, ms: at its end the key is
+   * dropped and its page returns to the pool (through the quarantine: a WRITE may still
+   * be on its way). Default: what a kvport sender declares with its request
+   * (`kvport_ttl_ms`: its round trip plus one transfer timeout, at most 10 minutes), so a
+   * sender whose link died mid-WRITE leaves nothing reserved; `Infinity` for LMCache's
+   * senders, which send no landed notification (their keys would expire however
+   * complete: the decoder's retrieve or remove ends them).
    */
   reservationTtlMs?: number;
 }
@@ -207,7 +213,7 @@ export class PdReceiver implements AsyncDisposable {
     });
     this.#chunkSize = options.chunkSize ?? 256;
     this.#allocTimeoutMs = options.allocationTimeoutMs ?? pdAllocDeadlines().receiverWaitMs;
-    this.#reservationTtlMs = options.reservationTtlMs ?? Infinity;
+    this.#reservationTtlMs = options.reservationTtlMs ?? NaN; // NaN: per request
     this.#grants = new PageGrantBook(channel);
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     this.#unsubscribe = channel.onNotification((n) => {
@@ -605,6 +611,7 @@ export class PdReceiver implements AsyncDisposable {
       );
     }
     const reqId = typeof msg.req_id === "string" && msg.req_id !== "" ? msg.req_id : undefined;
+    const reservationTtl = this.#reservationTtlFor(msg);
     let lease: PageLease | undefined;
     if (need.length > 0) {
       const m = this.#metrics;
@@ -678,7 +685,7 @@ export class PdReceiver implements AsyncDisposable {
       this.#entries.set(key, entry);
       // One lease per key: retrieve, remove, cancel and expiry each end exactly its own.
       const own = lease!.moveTo([page], key, {
-        ttlMs: this.#reservationTtlMs,
+        ttlMs: reservationTtl,
         onExpire: () => this.#expired(key),
       });
       own.handTo(from);
@@ -735,6 +742,19 @@ export class PdReceiver implements AsyncDisposable {
         `${pages} page(s) were wanted; none are kept for it`,
       { op: "alloc", cause },
     );
+  }
+
+  /**
+   * The lifetime of this request's reservations: the option when set; else what a kvport
+   * sender declared (`kvport_ttl_ms`, a positive integer, capped); else none (LMCache).
+   */
+  #reservationTtlFor(msg: SideMessage): number {
+    if (!Number.isNaN(this.#reservationTtlMs)) return this.#reservationTtlMs;
+    const declared = msg.kvport_ttl_ms;
+    if (typeof declared !== "number" || !Number.isSafeInteger(declared) || declared <= 0) {
+      return Infinity;
+    }
+    return Math.min(declared, MAX_DECLARED_TTL_MS);
   }
 
   /** A reservation whose data did not land in time: its page is back in the pool. */

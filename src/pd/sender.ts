@@ -549,7 +549,13 @@ export class PdSender implements AsyncDisposable {
       // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
       // Only the builtin engine enforces them, and only a builtin-engine peer can reach a
       // builtin-engine receiver: other receivers (LMCache's, on NIXL) get LMCache's form.
-      if (this.channel.engine === "builtin") request.kvport_agent = this.channel.agentName;
+      if (this.channel.engine === "builtin") {
+        request.kvport_agent = this.channel.agentName;
+        // How long this sender may still WRITE into what it is given (the rest of this
+        // round trip, then one transfer): a receiver keeps pages reserved for a kvport
+        // sender no longer than that, so a sender whose link died leaks nothing there.
+        request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
+      }
       const restarted = (why: string) =>
         fail(
           "restart",

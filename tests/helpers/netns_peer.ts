@@ -36,6 +36,9 @@ async function receiver(host: string, page: number, pages: number): Promise<void
     pageSize: page,
     chunkSize: SHAPE_TOKENS,
     engine: "builtin",
+    // Pages of a WRITE cut with the link come back after the sender's declared deadline
+    // (kvport_ttl_ms) and this quarantine (default 30 s; short to keep the test short).
+    cancelQuarantineMs: 1000,
   });
   let landed = 0;
   let bad = 0;
@@ -55,7 +58,7 @@ async function receiver(host: string, page: number, pages: number): Promise<void
   });
   for await (const line of readline.createInterface({ input: process.stdin })) {
     const cmd = JSON.parse(line);
-    if (cmd.op === "count") say({ landed, bad });
+    if (cmd.op === "count") say({ landed, bad, stats: rx.stats });
   }
   await rx.close();
 }
