@@ -301,6 +301,8 @@ export class NixlChannel extends ChannelBase {
     remote: number[],
     timeoutMs: number,
     notification: Uint8Array | undefined,
+    _peerId?: string,
+    onPosted?: () => void,
   ): Promise<void> {
     const handle = peer as NixlPeer;
     // Create and post under the queue; wait outside it (a native wait on Deno's thread
@@ -317,6 +319,7 @@ export class NixlChannel extends ChannelBase {
     );
     try {
       const state = await this.agentQueue.run(() => req.post());
+      onPosted?.();
       if (state === "pending") await req.wait(Math.max(0, Math.min(timeoutMs, 2 ** 31 - 1)));
     } finally {
       await this.agentQueue.run(() => req.release()).catch(() => {});

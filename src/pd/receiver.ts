@@ -35,6 +35,7 @@ import {
   pdChannelSettingsFromConfig,
   type PdConfigLike,
 } from "./config.ts";
+import type { PdReceiverStage, PdTimelineHook } from "./timeline.ts";
 
 /** A chunk the receiver holds. */
 export interface ReceivedChunk {
@@ -70,6 +71,8 @@ export interface PdReceiverOptions extends PdChannelSettings {
   chunkSize?: number;
   /** `pd_allocation_timeout_sec` in ms: longest wait for free pages (default Infinity). */
   allocationTimeoutMs?: number;
+  /** Timing hook called at each stage (see `timeline.ts`; benchmarks). */
+  timeline?: PdTimelineHook<PdReceiverStage>;
 }
 
 /** Counters of a {@linkcode PdReceiver}. */
@@ -145,6 +148,7 @@ export class PdReceiver implements AsyncDisposable {
   #closing: Promise<void> | null = null;
   #metrics: PdReceiverMetrics | undefined;
   #metricsSource: CollectedSource;
+  readonly #tl: PdTimelineHook<PdReceiverStage> | undefined;
 
   private constructor(
     id: string,
@@ -158,9 +162,13 @@ export class PdReceiver implements AsyncDisposable {
     this.pool = new PagePool(channel.pageCount);
     this.#chunkSize = options.chunkSize ?? 256;
     this.#allocTimeoutMs = options.allocationTimeoutMs ?? Infinity;
+    const tl = this.#tl = options.timeline;
     this.#unsubscribe = channel.onNotification((n) => {
       const keys = decodeLanded(n.message);
-      if (keys) this.#landed(keys);
+      if (!keys) return;
+      tl?.("notification", "", keys);
+      this.#landed(keys);
+      tl?.("landed", "", keys);
     });
     const registry = options.metrics ?? metricsRegistry();
     this.#metrics = pdReceiverMetrics(registry, options.tpRank ?? 0);
@@ -464,8 +472,16 @@ export class PdReceiver implements AsyncDisposable {
   async #handleAlloc(msg: SideMessage, from: string): Promise<SideMessage> {
     try {
       switch (msg.type) {
-        case "AllocRequest":
-          return await this.#allocate(msg, from);
+        case "AllocRequest": {
+          const tl = this.#tl;
+          if (!tl) return await this.#allocate(msg, from);
+          const reqId = typeof msg.req_id === "string" ? msg.req_id : "";
+          const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+          tl("alloc_received", reqId, keys);
+          const reply = await this.#allocate(msg, from);
+          tl("alloc_replied", reqId, keys);
+          return reply;
+        }
         case "CancelNotif":
           return this.#cancel(msg);
         default:
@@ -566,6 +582,7 @@ export class PdReceiver implements AsyncDisposable {
         m!.allocWaits.inc();
         m!.allocWaitSeconds.observe((performance.now() - t0) / 1000);
       }
+      this.#tl?.("pages_reserved", typeof msg.req_id === "string" ? msg.req_id : "", keys);
     }
     // Keys allocated by another request while this one waited are already there now.
     const remote: number[] = [];

@@ -33,6 +33,7 @@ import {
   pdChannelSettingsFromConfig,
   type PdConfigLike,
 } from "./config.ts";
+import type { PdSenderStage, PdTimelineHook } from "./timeline.ts";
 
 /**
  * Where a request's KV goes (LMCache's `disagg_spec`, which the proxy puts in the
@@ -105,6 +106,8 @@ export interface PdSenderOptions extends PdChannelSettings {
    * receivers: LMCache's sync receiver cannot decode it and stops answering.
    */
   wireGeneration?: "auto" | PdWireGeneration;
+  /** Timing hook called at each stage of a batch (see `timeline.ts`; benchmarks). */
+  timeline?: PdTimelineHook<PdSenderStage>;
 }
 
 interface Link {
@@ -269,6 +272,7 @@ export class PdSender implements AsyncDisposable {
   readonly #notifyTimeoutMs: number;
   readonly #transferTimeoutMs: number | undefined;
   readonly #wireGeneration: "auto" | PdWireGeneration;
+  readonly #tl: PdTimelineHook<PdSenderStage> | undefined;
   #pusher: Pusher | null = null;
   #links = new Map<string, Link>();
   #requests = new Map<string, RequestTrack>();
@@ -295,6 +299,7 @@ export class PdSender implements AsyncDisposable {
       weakly(this, PdSender.#poolView),
     );
     this.#wireGeneration = options.wireGeneration ?? "auto";
+    this.#tl = options.timeline;
   }
 
   // Static: a closure made in the constructor would hold `this` (its context does).
@@ -392,6 +397,7 @@ export class PdSender implements AsyncDisposable {
       this.#releasePages(batch?.pages ?? []);
       return Promise.reject(e);
     }
+    this.#tl?.("send", spec.reqId, batch.keys);
     const m = this.#metrics;
     const t0 = m ? performance.now() : 0;
     const sent = link.queue.run(() => this.#send(link, spec, batch));
@@ -479,6 +485,8 @@ export class PdSender implements AsyncDisposable {
 
   async #send(link: Link, spec: DisaggSpec, batch: SendBatch): Promise<SendResult> {
     const reqId = spec.reqId;
+    const tl = this.#tl;
+    tl?.("queued", reqId, batch.keys);
     const fail = async (
       stage: string,
       detail: string,
@@ -536,7 +544,9 @@ export class PdSender implements AsyncDisposable {
         }
         track.generation = link.generation;
         try {
+          tl?.("alloc_sent", reqId, batch.keys);
           resp = await link.alloc!.request(request, this.#allocTimeoutMs);
+          tl?.("alloc_reply", reqId, batch.keys);
         } catch (e) {
           const gone = link.alloc?.lost ?? null;
           if (gone !== null && !midStream && attempt === 0) {
@@ -593,12 +603,15 @@ export class PdSender implements AsyncDisposable {
       try {
         for (const group of groupForNotification(batch.keys, positions)) {
           const posIndex = group.map((p) => positions.indexOf(p));
+          tl?.("write", reqId, batch.keys);
           await this.channel.write(group.map((p) => batch.pages[p]), {
             peerId: link.id,
             remoteIndexes: posIndex.map((j) => remote[j]),
             notification: encodeLanded(group.map((p) => batch.keys[p])),
             timeoutMs: this.#transferTimeoutMs,
+            onPosted: tl && (() => tl("posted", reqId, batch.keys)),
           });
+          tl?.("written", reqId, batch.keys);
           sent += group.length;
         }
       } catch (e) {
@@ -614,6 +627,7 @@ export class PdSender implements AsyncDisposable {
         try {
           this.#pusher ??= await openPusher(this.#proxyUrl, { timeoutMs: this.#notifyTimeoutMs });
           await this.#pusher.send({ type: "ProxyNotif", req_id: reqId }, this.#notifyTimeoutMs);
+          tl?.("notified", reqId, batch.keys);
           notified = true;
           this.#metrics?.proxyNotification(true);
         } catch (e) {
