@@ -260,7 +260,7 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
                 return build_remote_tcp(r, L, li, R, ri, count);
             }
             other = (uint64_t)(uintptr_t)(base + g.memfd_off + (rd->addr - g.addr));
-            bi_remote_prefault(other, ld->len, r->out);
+            bi_remote_prefault(rm, other, ld->len, r->out);
         }
         pc.raddr = rd->addr;
         st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0, -1);
@@ -318,7 +318,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                 st = bi_remote_map(rm, g, &base);
                 if (st != KVP_SUCCESS) break;
                 other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
-                bi_remote_prefault(other, ld->len, r->out);
+                bi_remote_prefault(rm, other, ld->len, r->out);
             } else {
                 st = kvp_err(KVP_ERR_NOT_SUPPORTED,
                              "VRAM to agent %s's DRAM at 0x%llx needs that memory to come from "
