@@ -6,7 +6,8 @@
  * @module
  */
 
-import { ChannelError } from "../channel/errors.ts";
+import { ChannelError, ChannelTimeoutError } from "../channel/errors.ts";
+import { WireTimeoutError } from "../channel/wire/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
@@ -623,6 +624,16 @@ export class PdSender implements AsyncDisposable {
         tl?.("alloc_reply", reqId, batch.keys);
       } catch (e) {
         if (run.failed) throw aborted(run.failed);
+        // No answer in time is a timeout, whatever it did to the connection.
+        if (e instanceof WireTimeoutError) {
+          const t = new ChannelTimeoutError("AllocRequest", this.#allocTimeoutMs, {
+            peerId: link.id,
+            hint: "the receiver did not answer (no free pages in time? see its " +
+              "pd_allocation_timeout_sec)",
+            cause: e,
+          });
+          return await fail("alloc", t.message, t);
+        }
         const gone = link.alloc?.lost ?? null;
         if (gone !== null && !midStream && attempt === 0) {
           // The connection predates a restart of the receiver: nothing of this request
