@@ -14,7 +14,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 
 /** The suites, in the order they run; nixl and gpu skip themselves where unavailable. */
-const SUITES = ["agent", "pd", "storage", "p2p", "nixl", "gpu"] as const;
+const SUITES = ["agent", "pd", "latency", "storage", "p2p", "nixl", "gpu"] as const;
 
 interface Row {
   suite: string;
