@@ -101,6 +101,7 @@ function startPeer(pageSize: number, pages: number) {
       return;
     }
     if (e.event === "ready") ready(e);
+    else if (e.event === "pong") pong?.(e);
     else if (e.event === "landed") {
       const id = String(e.key);
       const w = waiting.get(id);
@@ -111,9 +112,29 @@ function startPeer(pageSize: number, pages: number) {
     }
   });
   const exited = new Promise<number>((r) => child.on("exit", (c: number | null) => r(c ?? 1)));
+  let pong: ((e: Record<string, unknown>) => void) | undefined;
   return {
     ready: readyP,
     exited,
+    /**
+     * The decoder's clock minus ours, ms, from the ping with the shortest round trip
+     * (NTP's estimate; the error is at most half that round trip, returned as `bound`).
+     */
+    async clockOffset(n: number): Promise<{ offset: number; bound: number }> {
+      let best = { offset: 0, bound: Infinity };
+      for (let i = 0; i < n; i++) {
+        const t0 = abs();
+        const reply = new Promise<Record<string, unknown>>((r) => (pong = r));
+        child.stdin!.write(JSON.stringify({ ping: i }) + "\n");
+        const e = await reply;
+        const t1 = abs();
+        if ((t1 - t0) / 2 < best.bound) {
+          best = { offset: Number(e.t) - (t0 + t1) / 2, bound: (t1 - t0) / 2 };
+        }
+      }
+      pong = undefined;
+      return best;
+    },
     /** The decoder's landed line of the request whose first key is `firstKey`. */
     landed(firstKey: string, timeoutMs: number): Promise<Record<string, unknown>> {
       const e = early.get(firstKey);
@@ -212,6 +233,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       receiverAllocPort: Number(ready.allocPort),
     };
     await tx.connect(spec);
+    // The decoder's marks on this process's clock.
+    const clock = await peer.clockOffset(50);
     const scratch = onGpu ? new Uint8Array(pageSize) : undefined;
     const reps = values.reps
       ? Number(values.reps)
@@ -242,9 +265,11 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       const s = marks.get(reqId)!;
       marks.delete(reqId);
       if (r >= 0) {
-        samples.push(
-          durations(s, ev.marks as Partial<Record<PdReceiverStage, number>>, proxyAt),
-        );
+        const rxMarks: Partial<Record<PdReceiverStage, number>> = {};
+        for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
+          rxMarks[k as PdReceiverStage] = v - clock.offset;
+        }
+        samples.push(durations(s, rxMarks, proxyAt));
       }
     }
     const bytes = size.chunks * size.bytes;
@@ -254,7 +279,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     console.log(
       `\n${size.label}: ${reps} requests, ${engineName} engine, ` +
         `${onGpu ? `GPU buffers (${device})` : "host buffers"}, decoder in another process; ` +
-        `copy of the same bytes ${copyUs.toFixed(1)} us (${limit.source})`,
+        `copy of the same bytes ${copyUs.toFixed(1)} us (${limit.source}); the two ` +
+        `processes' clocks agree within ${(clock.bound * 1000).toFixed(0)} us`,
     );
     console.log(`  ${"stage".padEnd(48)} ${"p50 us".padStart(9)} ${"p99 us".padStart(9)}`);
     for (const name of Object.keys(samples[0])) {
@@ -289,7 +315,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       value: percentile(added, 99),
       unit: "us",
     });
-    return { size: size.label, chunks: size.chunks, chunkBytes: size.bytes, copyUs, stats };
+    return {
+      size: size.label,
+      chunks: size.chunks,
+      chunkBytes: size.bytes,
+      copyUs,
+      clockBoundUs: clock.bound * 1000,
+      stats,
+    };
   } finally {
     await tx?.close();
     await proxy.close();

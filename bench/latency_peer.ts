@@ -10,6 +10,7 @@
  * ```
  * Prints `{"event":"ready","initPort":..,"allocPort":..}`, then
  * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..}}` per request.
+ * Answers `{"ping":n}` lines on stdin with `{"event":"pong","n":n,"t":<its clock>}`.
  * Ends on stdin EOF or SIGTERM.
  *
  * @module
@@ -94,5 +95,23 @@ const stop = async () => {
 };
 process.on("SIGTERM", stop);
 process.stdin.on("end", stop);
-process.stdin.on("data", () => {});
+// Clock pings: `{"ping":n}` is answered with this process's clock, so that the bench
+// can put both processes' marks on one time line (see latency_bench.ts).
+let pending = "";
+process.stdin.on("data", (d: Uint8Array | string) => {
+  pending += typeof d === "string" ? d : new TextDecoder().decode(d);
+  let nl: number;
+  while ((nl = pending.indexOf("\n")) >= 0) {
+    const line = pending.slice(0, nl);
+    pending = pending.slice(nl + 1);
+    try {
+      const m = JSON.parse(line) as { ping?: number };
+      if (m.ping !== undefined) {
+        process.stdout.write(JSON.stringify({ event: "pong", n: m.ping, t: abs() }) + "\n");
+      }
+    } catch {
+      // not a command
+    }
+  }
+});
 process.stdin.resume();
