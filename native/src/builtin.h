@@ -350,6 +350,9 @@ struct bi_agent {
     uint64_t post_seq;
     /* notifications (mu) */
     bi_notif *nq_head, *nq_tail;
+    /* Our end of the event socket handed out by kvp_event_fd, -1 when none (set under
+     * mu, read without it by bi_event). */
+    atomic_int event_w;
     uint64_t nq_count, nq_bytes;
     pthread_cond_t nq_cv;
     uint32_t max_notifs;        /* queue limit (records) ... */
@@ -546,6 +549,9 @@ void bi_reqs_cancel_for(bi_agent *a, bi_remote *rm, int32_t status, const char *
 int32_t bi_notif_send(kvp_agent *a, const char *remote, const uint8_t *msg, uint64_t len);
 int32_t bi_notif_take(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len,
                       uint64_t *count);
+/* One byte on the event socket of kvp_event_fd, if handed out (never blocks). */
+void bi_event(bi_agent *a);
+int32_t bi_event_fd(kvp_agent *a, int32_t *out);
 int32_t bi_notif_wait(kvp_agent *a, int64_t timeout_ms);
 
 #endif
