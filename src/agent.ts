@@ -355,6 +355,9 @@ export class NixlAgent {
         return this.#events;
       },
     };
+    // Bun: the event descriptor from the start, before any post: a GPU post made before
+    // it was handed out would complete only when polled (see kvp_event_fd).
+    if (lib.eventStream) this.#events = AgentEvents.open(lib, handle);
     agentLibraries.set(this, lib);
     // Held weakly: the process-wide registry must not keep a dropped agent alive (the
     // read is a static method: a closure made here would share this constructor's

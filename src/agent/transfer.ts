@@ -47,6 +47,9 @@ export interface WaitOptions {
  */
 export const SPIN_MICROS = 50;
 
+/** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
+const EVENT_SLICE_MS = 100;
+
 /** How long Bun's poll loop yields with `setImmediate` (a few us a turn) before timers. */
 const YIELD_MS = 0.3;
 
@@ -105,7 +108,9 @@ export async function waitStatus(
     if (blocking) {
       s = await blocking(Math.ceil(left));
     } else if (events) {
-      await events.changed(seen, Math.ceil(left));
+      // Slices of at most EVENT_SLICE_MS: the wake comes from the descriptor; the slice
+      // only bounds the cost of a completion path that would fail to signal.
+      await events.changed(seen, Math.min(Math.ceil(left), EVENT_SLICE_MS));
       if (stop()) return Status.ERR_CANCELED;
       seen = events.gen;
       s = poll();
