@@ -1069,7 +1069,7 @@ export class NixlAgent {
       check(this.#lib, this.#lib.symbols.kvp_agent_destroy(this.#handle), "kvp_agent_destroy")
     );
     await Promise.allSettled([...this.#inflight]);
-    await this.#events?.close(); // the destroy closed its other end
+    await this.#events?.close();
     for (const p of this.#parts) attempt(() => p.release());
     this.#parts.clear();
     for (const b of [...this.#buffers]) attempt(() => b.free());

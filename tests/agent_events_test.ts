@@ -6,6 +6,8 @@
 import { describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import { spawnSync } from "node:child_process";
+import process from "node:process";
 import { DescList, NixlAgent } from "../src/agent.ts";
 import { nativeSkip, spawnPeer } from "./helpers/agent_pair.ts";
 import { linkPeer } from "./helpers/pair_checks.ts";
@@ -112,5 +114,15 @@ describe("agent waits without polling timers", { skip: nativeSkip }, () => {
       await a.close();
     }
     assert.ok(fds() <= before + 2, `descriptors grew from ${before} to ${fds()}`);
+  });
+
+  test("a process whose wait ran out exits by itself (no read left pending)", () => {
+    const script = new URL("./helpers/events_idle_child.ts", import.meta.url).pathname;
+    const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
+    const args = isDeno ? ["run", "-A", script] : [script];
+    const r = spawnSync(process.execPath, args, { encoding: "utf8", timeout: 20_000 });
+    assert.equal(r.stdout.trim(), "waited", r.stderr);
+    assert.equal(r.signal, null, "the process did not exit by itself within 20 s");
+    assert.equal(r.status, 0, r.stderr);
   });
 });

@@ -27,16 +27,20 @@ import { Status } from "../errors.ts";
  */
 export class AgentEvents {
   #fd: number;
-  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #stream: ReadableStream<Uint8Array>;
+  /** Held only while a read is pending (a held reader with a pending read keeps Bun's
+   * event loop, and so the process, alive). */
+  #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
   #gen = 0;
   #reading: Promise<void> | null = null;
+  #releasing = false;
   #ended = false;
   #closed = false;
   #waiters = new Set<() => void>();
 
   private constructor(fd: number, stream: ReadableStream<Uint8Array>) {
     this.#fd = fd;
-    this.#reader = stream.getReader();
+    this.#stream = stream;
   }
 
   /**
@@ -70,6 +74,9 @@ export class AgentEvents {
       const done = () => {
         clearTimeout(timer);
         this.#waiters.delete(done);
+        // Nobody waits any more but the read is pending (woken by its deadline): give the
+        // reader up, so that an idle agent keeps no read (and no process) alive.
+        if (this.#waiters.size === 0 && this.#reading) this.#release();
         resolve();
       };
       // The deadline only: the wake itself comes from the descriptor.
@@ -85,39 +92,41 @@ export class AgentEvents {
     for (const w of [...this.#waiters]) w();
   }
 
+  #release(): void {
+    if (!this.#reader) return;
+    this.#releasing = true;
+    this.#reader.releaseLock(); // rejects the pending read
+    this.#reader = null;
+  }
+
   #read(): void {
-    if (this.#reading || this.#ended) return;
+    if (this.#reading || this.#ended || this.#closed) return;
+    this.#reader ??= this.#stream.getReader();
     this.#reading = this.#reader.read().then(
       ({ done }) => {
         if (done) this.#ended = true;
       },
       () => {
-        this.#ended = true;
+        // Given up by #release (not the end), or the stream failed (the end).
+        if (!this.#releasing) this.#ended = true;
       },
     ).finally(() => {
+      this.#releasing = false;
       this.#reading = null;
       this.poke();
-      // Someone still waiting (woken by a stale byte, polled, and waiting again): read on.
-      if (this.#waiters.size > 0) this.#read();
     });
   }
 
-  /**
-   * After `kvp_agent_destroy` (which closes the writing end): reads to the end of file,
-   * then closes the descriptor. Idempotent.
-   */
+  /** Stops reading and closes the descriptor (Bun leaves it open). Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.poke();
+    this.#release();
     await this.#reading?.catch(() => {});
-    while (!this.#ended) {
-      const { done } = await this.#reader.read().catch(() => ({ done: true }));
-      if (done) this.#ended = true;
-    }
-    this.#reader.releaseLock();
+    await this.#stream.cancel().catch(() => {});
     try {
-      closeSync(this.#fd); // Bun leaves it open at end of file
+      closeSync(this.#fd);
     } catch {
       // already closed
     }
