@@ -17,6 +17,7 @@ import { parseArgs } from "node:util";
 const SUITES = [
   "agent",
   "pd",
+  "latency",
   "grants",
   "storage",
   "p2p",

@@ -491,45 +491,65 @@ async function runSender(args: string[]): Promise<number> {
           lastChunkToks: 0,
         });
       }
+      // The batches of a request are filled first (the KV is ready), as many as the
+      // buffer holds, then sent all at once: the sender pipelines them (the AllocRequest
+      // of one batch goes out while the one before it is written). The time counted is
+      // from the first send() to the last one settled.
       while (done < keys.length) {
-        const n = Math.min(perBatch, keys.length - done);
-        const batchKeys = keys.slice(done, done + n);
-        const pages = await tx.allocate(n);
-        const last = done + n === keys.length;
-        batchKeys.forEach((k, i) => {
-          const bytes = last && i === n - 1
-            ? chunkBytes(geo.fmt, geo.shape, geo.dtype, lastToks)!
-            : tx.channel.pageSize;
-          if (tx.channel.device.kind === "cuda") {
-            // A GPU page is filled by a copy from host memory (what a model's KV cache
-            // would already hold on the device).
-            scratch ??= new Uint8Array(tx.channel.pageSize);
-            fillPattern(k, scratch.subarray(0, bytes));
-            tx.channel.page(pages[i]).copyFrom(scratch.subarray(0, bytes));
-          } else {
-            fillPattern(k, tx.channel.pages[pages[i]].subarray(0, bytes));
-          }
-        });
+        const window: { keys: string[]; pages: number[]; last: boolean }[] = [];
+        let free = tx.pool.free;
+        for (let at = done; at < keys.length;) {
+          const n = Math.min(perBatch, keys.length - at);
+          if (n > free && window.length > 0) break;
+          window.push({
+            keys: keys.slice(at, at + n),
+            pages: await tx.allocate(n),
+            last: at + n === keys.length,
+          });
+          free -= n;
+          at += n;
+        }
+        for (const w of window) {
+          w.keys.forEach((k, i) => {
+            const bytes = w.last && i === w.keys.length - 1
+              ? chunkBytes(geo.fmt, geo.shape, geo.dtype, lastToks)!
+              : tx.channel.pageSize;
+            if (tx.channel.device.kind === "cuda") {
+              // A GPU page is filled by a copy from host memory (what a model's KV cache
+              // would already hold on the device).
+              scratch ??= new Uint8Array(tx.channel.pageSize);
+              fillPattern(k, scratch.subarray(0, bytes));
+              tx.channel.page(w.pages[i]).copyFrom(scratch.subarray(0, bytes));
+            } else {
+              fillPattern(k, tx.channel.pages[w.pages[i]].subarray(0, bytes));
+            }
+          });
+        }
         const t = performance.now();
-        const res = await tx.send({ ...spec, reqId, isLastPrefill: last }, {
-          keys: batchKeys,
-          pages,
-          fmt: geo.fmt,
-          shape: geo.shape,
-          dtype: geo.dtype,
-          lastChunkToks: last ? lastToks : geo.shape[2],
-        });
+        const results = await Promise.all(window.map(async (w) => {
+          const res = await tx.send({ ...spec, reqId, isLastPrefill: w.last }, {
+            keys: w.keys,
+            pages: w.pages,
+            fmt: geo.fmt,
+            shape: geo.shape,
+            dtype: geo.dtype,
+            lastChunkToks: w.last ? lastToks : geo.shape[2],
+          });
+          done += w.keys.length;
+          emit(json, {
+            event: "progress",
+            req: reqId,
+            sent: done,
+            total: keys.length,
+            skipped: res.skipped,
+          }, "");
+          return res;
+        }));
         sendMs += performance.now() - t;
-        done += n;
-        totalSent += res.sent;
-        totalBytes += res.sent * geo.pageSize;
-        emit(json, {
-          event: "progress",
-          req: reqId,
-          sent: done,
-          total: keys.length,
-          skipped: res.skipped,
-        }, "");
+        for (const res of results) {
+          totalSent += res.sent;
+          totalBytes += res.sent * geo.pageSize;
+        }
       }
       const reqSeconds = (sendMs - reqMs0) / 1000;
       const reqBytes = totalBytes - reqBytes0;

@@ -3,7 +3,8 @@
  * {@linkcode NativeLib}. `bun:ffi` is imported with a literal dynamic import inside
  * {@linkcode openBun}, so Deno never evaluates it.
  *
- * Bun has no nonblocking FFI calls: `nonblocking` is `null` and callers poll.
+ * Bun has no nonblocking FFI calls: `nonblocking` is `null`; waits sleep on the agent's
+ * `kvp_event_fd` descriptor instead, read through `eventStream` (no polling timers).
  *
  * @example
  * ```ts
@@ -32,6 +33,12 @@ interface BunFfi {
   ptr(view: ArrayBufferView): number;
   /** An ArrayBuffer over native memory at `address`, without a copy. */
   toArrayBuffer(address: number, byteOffset: number, byteLength: number): ArrayBuffer;
+}
+
+/** `Bun.file(fd)`: a descriptor's bytes as a stream read by Bun's event loop. */
+function bunFile(fd: number): { stream(): ReadableStream<Uint8Array> } {
+  const g = globalThis as { Bun?: { file(fd: number): { stream(): ReadableStream<Uint8Array> } } };
+  return g.Bun!.file(fd);
 }
 
 /** `bun:ffi`, typed as {@linkcode BunFfi}. The specifier stays a literal (a computed one
@@ -68,6 +75,7 @@ export async function openBun(path: string): Promise<NativeLib> {
     abiVersion: symbols.kvp_abi_version(),
     symbols,
     nonblocking: null,
+    eventStream: (fd: number) => bunFile(fd).stream(),
     pendingCalls: 0,
     get closed() {
       return closed;

@@ -59,6 +59,8 @@ export function openDeno(path: string): NativeLib {
     abiVersion: symbols.kvp_abi_version(),
     symbols,
     nonblocking,
+    // Deno waits on its thread pool (kvp_xfer_wait / kvp_notif_wait run there).
+    eventStream: null,
     get pendingCalls() {
       return pending.count;
     },

@@ -33,7 +33,7 @@ export type { NativeLib } from "./native.ts";
 export { VERSION } from "./version.ts";
 
 /** The `KVP_ABI_VERSION` of kvport.h this package was written against. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** The file name of the shim. */
 export const LIBRARY_NAME = "libkvport.so";

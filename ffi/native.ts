@@ -42,6 +42,12 @@ export interface NativeLib {
   addressOf(view: ArrayBufferView): bigint;
   /** An ArrayBuffer over native memory (no copy); valid only while that memory is. */
   view(address: bigint, length: number): ArrayBuffer;
+  /**
+   * A stream of the bytes arriving on a descriptor from `kvp_event_fd` (Bun: the
+   * runtime's own nonblocking reads, woken by its event loop), or `null` where the
+   * runtime waits on its thread pool instead (Deno). The stream ends at end of file.
+   */
+  eventStream: ((fd: number) => ReadableStream<Uint8Array>) | null;
   /** Closes the library after every pending nonblocking call has returned. */
   close(): Promise<void>;
 }

@@ -387,6 +387,16 @@ export const SYMBOLS = {
     result: "i32",
     blocking: true,
   },
+  /** A descriptor readable whenever a request finishes or a notification is queued
+   * (one byte per event, coalesced), end of file at destroy; the caller owns it. Once
+   * per agent; builtin engine only. */
+  kvp_event_fd: {
+    parameters: [
+      "u64", // uint64_t agent
+      "buffer", // int32_t *fd
+    ],
+    result: "i32",
+  },
 
   // ------------------------------------------------------------------- grants
   /** Grants a loaded remote agent READ (1) and/or WRITE (2) of count ranges of registered

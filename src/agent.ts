@@ -60,6 +60,7 @@ import {
   toIndices,
   toU64,
 } from "./agent/common.ts";
+import { AgentEvents } from "./agent/events.ts";
 import { agentLibraries, DescList, PreparedDescList } from "./agent/desc_list.ts";
 import {
   type GrantArrays,
@@ -328,6 +329,8 @@ export class NixlAgent {
   #notifBuf: Uint8Array | undefined;
   #core: AgentCore;
   #metricsSource: CollectedSource;
+  /** undefined: not opened yet; null: not used here. */
+  #events: AgentEvents | null | undefined;
 
   private constructor(lib: NativeLib, handle: bigint, name: string, metrics: MetricsRegistry) {
     this.#lib = lib;
@@ -353,7 +356,16 @@ export class NixlAgent {
         call.then(() => this.#inflight.delete(call), () => this.#inflight.delete(call));
         return call;
       },
+      events: () => {
+        if (this.#events === undefined) {
+          this.#events = this.#closed ? null : AgentEvents.open(lib, this.#handle);
+        }
+        return this.#events;
+      },
     };
+    // Bun: the event descriptor from the start, before any post: a GPU post made before
+    // it was handed out would complete only when polled (see kvp_event_fd).
+    if (lib.eventStream) this.#events = AgentEvents.open(lib, handle);
     agentLibraries.set(this, lib);
     // Held weakly: the process-wide registry must not keep a dropped agent alive (the
     // read is a static method: a closure made here would share this constructor's
@@ -1061,6 +1073,10 @@ export class NixlAgent {
     const signal = options.signal;
     let pending: Notification[] = [];
     const call = new CallMessage(); // the native wait's message, handed back with the call
+    // Bun sleeps on the event descriptor; an abort is no native event, so it wakes it.
+    const events = nb ? null : this.#core.events();
+    const poke = () => events?.poke();
+    signal?.addEventListener("abort", poke, { once: true });
     const status = await waitStatus(
       () => {
         if (this.#closed) return Status.ERR_CANCELED;
@@ -1075,7 +1091,8 @@ export class NixlAgent {
       timeoutMs,
       () => this.#closed || signal?.aborted === true,
       0, // no spinning: notifications are not expected within microseconds
-    );
+      events,
+    ).finally(() => signal?.removeEventListener("abort", poke));
     if (pending.length > 0) return pending;
     if (status === Status.SUCCESS && !this.#closed) return this.takeNotifications();
     if (status < 0 && status !== Status.ERR_CANCELED) {
@@ -1125,6 +1142,7 @@ export class NixlAgent {
       check(this.#lib, this.#lib.symbols.kvp_agent_destroy(this.#handle), "kvp_agent_destroy")
     );
     await Promise.allSettled([...this.#inflight]);
+    await this.#events?.close();
     for (const p of this.#parts) attempt(() => p.release());
     this.#parts.clear();
     for (const b of [...this.#buffers]) attempt(() => b.free());

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /** Bumped on any incompatible change of this header. */
-#define KVP_ABI_VERSION 2
+#define KVP_ABI_VERSION 3
 
 /* Status codes: the values of NIXL's nixl_status_t. */
 #define KVP_IN_PROG 1
@@ -249,6 +249,19 @@ int32_t kvp_notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len
  *  message of a failure comes back in msg (see the rules). */
 int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
                        uint64_t *msg_len);
+
+/** An event descriptor for event loops that cannot block in kvp_xfer_wait or
+ *  kvp_notif_wait (Bun has no nonblocking FFI): *fd becomes readable whenever one of
+ *  this agent's requests finishes (done, failed or cancelled) or a notification is
+ *  queued, and at kvp_agent_destroy. Each event is one byte, written without blocking
+ *  and coalesced (when the reader is behind, the bytes already there wake it): read
+ *  and discard whatever is there, then check kvp_xfer_status / kvp_notif_take. The
+ *  caller owns *fd (a nonblocking, close-on-exec UNIX stream socket) and closes it;
+ *  kvp_agent_destroy closes the other end, so a reader sees end of file. Once per agent
+ *  (again: KVP_ERR_NOT_ALLOWED). Builtin engine only (else KVP_ERR_NOT_SUPPORTED). With
+ *  it handed out, GPU copies of a request complete on a worker thread (which signals)
+ *  rather than in the waiter's status poll. */
+int32_t kvp_event_fd(uint64_t agent, int32_t *fd);
 
 /* ----------------------------------------------------------------- grants ---- */
 

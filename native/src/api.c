@@ -594,6 +594,20 @@ KVP_API int32_t kvp_revoke(uint64_t agent, uint64_t grant) {
     WITH_AGENT(agent, do_revoke(a, grant));
 }
 
+static int32_t do_event_fd(kvp_agent *a, int32_t *out) {
+    if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_event_fd: fd is NULL");
+    *out = -1;
+    if (!a->ops->event_fd)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "kvp_event_fd: the %s engine has no event descriptor; wait with "
+                       "kvp_xfer_wait / kvp_notif_wait or poll",
+                       a->ops->name);
+    return a->ops->event_fd(a, out);
+}
+KVP_API int32_t kvp_event_fd(uint64_t agent, int32_t *fd) {
+    WITH_AGENT(agent, do_event_fd(a, fd));
+}
+
 KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
                                uint64_t *msg_len) {
     return msg_out(notif_wait(agent, timeout_ms), msg, cap, msg_len);

@@ -91,6 +91,7 @@ static const kvp_engine_ops g_builtin_ops = {
     .notif_send = bi_notif_send,
     .notif_take = bi_notif_take,
     .notif_wait = bi_notif_wait,
+    .event_fd = bi_event_fd,
     .grant = bi_grant,
     .revoke = bi_revoke,
 };
@@ -211,6 +212,7 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     a->caps = caps;
     a->force_tcp = (caps & KVP_CAP_TCP) && !(caps & KVP_CAP_UCX);
     a->epfd = a->wakefd = a->lfd = a->spare_fd = -1;
+    atomic_init(&a->event_w, -1);
     st = apply_params(a, pp);
     if (st != KVP_SUCCESS) {
         kvp_agent_base_fini(&a->base);
@@ -272,6 +274,7 @@ static void bi_wake_all(kvp_agent *ka) {
     for (bi_req *r = a->reqs; r; r = r->next) pthread_cond_broadcast(&r->cv);
     pthread_cond_broadcast(&a->nq_cv);
     pthread_mutex_unlock(&a->mu);
+    bi_event(a);
 }
 
 static void remote_free(bi_agent *a, bi_remote *rm) {
@@ -425,6 +428,9 @@ static void bi_destroy(kvp_agent *ka) {
     pthread_rwlock_destroy(&a->grant_rw);
     ap_destroy(&a->page);
     kvp_close(a->epfd);
+    /* Nothing signals any more: the reader of kvp_event_fd sees end of file. */
+    int ew = atomic_exchange(&a->event_w, -1);
+    if (ew >= 0) kvp_close(ew);
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->reg_rw);
     pthread_cond_destroy(&a->nq_cv);

@@ -417,7 +417,16 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
             st = kvp_err(KVP_ERR_BACKEND, "out of memory");
         } else {
             rm->maps = nm;
-            rm->maps[rm->nmaps++] = (bi_map){g->memfd_ino, g->memfd, p, g->memfd_size};
+            /* One bit per extent, for writing and for reading; without them (out of
+             * memory) every request prefaults, which is only slower. */
+            size_t words = (size_t)((g->memfd_size / BI_POP_EXTENT + 64) / 64);
+            uint64_t *pw = calloc(words, sizeof *pw), *pr = calloc(words, sizeof *pr);
+            if (!pw || !pr) {
+                free(pw);
+                free(pr);
+                pw = pr = NULL;
+            }
+            rm->maps[rm->nmaps++] = (bi_map){g->memfd_ino, g->memfd, p, g->memfd_size, pw, pr};
             *out = p;
         }
     }
@@ -425,9 +434,8 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
     return st;
 }
 
-void bi_remote_prefault(uint64_t addr, uint64_t len, bool write) {
-    /* Faults in the pages of one piece, so that posts only copy; failure is harmless
-     * (the copy faults them in itself). */
+static void prefault_range(uint64_t addr, uint64_t len, bool write) {
+    /* Failure is harmless (the copy faults the pages in itself). */
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t ps = pg > 0 ? (uint64_t)pg : 4096;
     uint64_t s = addr / ps * ps, e = (addr + len + ps - 1) / ps * ps;
@@ -439,6 +447,53 @@ void bi_remote_prefault(uint64_t addr, uint64_t len, bool write) {
     KVP_UNUSED(e);
     KVP_UNUSED(write);
 #endif
+}
+
+#define POP_HAS(bm, i) (((bm)[(i) / 64] >> ((i) % 64)) & 1u)
+
+void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) {
+    if (len == 0) return;
+    pthread_mutex_lock(&rm->map_mu);
+    bi_map *m = NULL;
+    for (size_t i = 0; i < rm->nmaps; i++) {
+        uint64_t b = (uint64_t)(uintptr_t)rm->maps[i].base;
+        if (addr >= b && addr - b < rm->maps[i].size && len <= rm->maps[i].size - (addr - b)) {
+            m = &rm->maps[i];
+            break;
+        }
+    }
+    if (!m || !m->popw) {
+        pthread_mutex_unlock(&rm->map_mu);
+        prefault_range(addr, len, write);
+        return;
+    }
+    /* The bitmaps and the mapping live as long as the remote (bi_remote_unmap_all), which
+     * the request creating this holds; the array of maps may move, they do not. */
+    uint64_t base = (uint64_t)(uintptr_t)m->base, size = m->size;
+    uint64_t *popw = m->popw, *popr = m->popr;
+    uint64_t off = addr - base, end = off + len;
+    uint64_t e0 = off / BI_POP_EXTENT, e1 = (end - 1) / BI_POP_EXTENT;
+    pthread_mutex_unlock(&rm->map_mu);
+    uint64_t e = e0;
+    while (e <= e1) {
+        pthread_mutex_lock(&rm->map_mu);
+        while (e <= e1 && (POP_HAS(popw, e) || (!write && POP_HAS(popr, e)))) e++;
+        uint64_t run = e;
+        while (e <= e1 && !(POP_HAS(popw, e) || (!write && POP_HAS(popr, e)))) e++;
+        pthread_mutex_unlock(&rm->map_mu);
+        if (run == e) break;
+        /* Extents run..e-1 are not known to be faulted in: do the part of them inside the
+         * piece, and mark those wholly covered (or ending at the end of the mapping). */
+        uint64_t s = KVP_MAX(off, run * BI_POP_EXTENT);
+        uint64_t t = KVP_MIN(end, e * BI_POP_EXTENT);
+        prefault_range(base + s, t - s, write);
+        pthread_mutex_lock(&rm->map_mu);
+        for (uint64_t k = run; k < e; k++) {
+            uint64_t ks = k * BI_POP_EXTENT, ke = KVP_MIN(ks + BI_POP_EXTENT, size);
+            if (s <= ks && t >= ke) (write ? popw : popr)[k / 64] |= 1ull << (k % 64);
+        }
+        pthread_mutex_unlock(&rm->map_mu);
+    }
 }
 
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out) {
@@ -483,7 +538,11 @@ void bi_remote_unmap_all(bi_remote *rm) {
     free(rm->ipcs);
     rm->ipcs = NULL;
     rm->nipcs = 0;
-    for (size_t i = 0; i < rm->nmaps; i++) munmap(rm->maps[i].base, (size_t)rm->maps[i].size);
+    for (size_t i = 0; i < rm->nmaps; i++) {
+        munmap(rm->maps[i].base, (size_t)rm->maps[i].size);
+        free(rm->maps[i].popw);
+        free(rm->maps[i].popr);
+    }
     free(rm->maps);
     rm->maps = NULL;
     rm->nmaps = 0;

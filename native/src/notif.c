@@ -1,6 +1,9 @@
 /* notif.c - notification queue of an agent (filled by the progress thread as frames
  * arrive, or directly for loopback) and kvp_notif_send/take/wait. */
+#include <errno.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "builtin.h"
@@ -34,7 +37,38 @@ bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8
     update_full_locked(a);
     pthread_cond_broadcast(&a->nq_cv);
     pthread_mutex_unlock(&a->mu);
+    bi_event(a);
     return true;
+}
+
+void bi_event(bi_agent *a) {
+    int fd = atomic_load_explicit(&a->event_w, memory_order_acquire);
+    if (fd < 0) return;
+    /* Full (the reader is behind: it will wake for the bytes already there), or the
+     * reader closed its end: nothing to do. MSG_NOSIGNAL: never SIGPIPE. */
+    (void)send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+int32_t bi_event_fd(kvp_agent *ka, int32_t *out) {
+    bi_agent *a = bi_of(ka);
+    int sv[2];
+    pthread_mutex_lock(&a->mu);
+    int32_t st = KVP_SUCCESS;
+    if (atomic_load(&a->event_w) >= 0) {
+        st = kvp_err(KVP_ERR_NOT_ALLOWED,
+                     "kvp_event_fd: agent %s has handed out its event descriptor already",
+                     a->base.name);
+    } else if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
+        st = kvp_err(KVP_ERR_BACKEND, "kvp_event_fd: socketpair failed: %s", strerror(errno));
+    } else {
+        /* Only our end writes, only theirs reads. */
+        (void)shutdown(sv[0], SHUT_WR);
+        (void)shutdown(sv[1], SHUT_RD);
+        atomic_store_explicit(&a->event_w, sv[1], memory_order_release);
+        *out = sv[0];
+    }
+    pthread_mutex_unlock(&a->mu);
+    return st;
 }
 
 void bi_notif_free_all(bi_agent *a) {

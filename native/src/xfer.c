@@ -260,7 +260,7 @@ static int32_t build_remote(bi_req *r, bi_prepped *L, const uint32_t *li, bi_pre
                 return build_remote_tcp(r, L, li, R, ri, count);
             }
             other = (uint64_t)(uintptr_t)(base + g.memfd_off + (rd->addr - g.addr));
-            bi_remote_prefault(other, ld->len, r->out);
+            bi_remote_prefault(rm, other, ld->len, r->out);
         }
         pc.raddr = rd->addr;
         st = add_piece(&pc, ld->addr, other, ld->len, -1, false, 0, -1);
@@ -318,7 +318,7 @@ static int32_t build_remote_cuda(bi_req *r, bi_prepped *L, const uint32_t *li, b
                 st = bi_remote_map(rm, g, &base);
                 if (st != KVP_SUCCESS) break;
                 other = (uint64_t)(uintptr_t)(base + g->memfd_off + (rd->addr - g->addr));
-                bi_remote_prefault(other, ld->len, r->out);
+                bi_remote_prefault(rm, other, ld->len, r->out);
             } else {
                 st = kvp_err(KVP_ERR_NOT_SUPPORTED,
                              "VRAM to agent %s's DRAM at 0x%llx needs that memory to come from "
@@ -499,6 +499,7 @@ void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const cha
          * copies): the peer may deregister the memory now. */
         bi_req_unpin(r);
         pthread_cond_broadcast(&r->cv);
+        bi_event(r->a);
     }
 }
 
@@ -743,10 +744,12 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
         } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process) &&
-                   r->notif_len == 0) {
+                   r->notif_len == 0 && atomic_load(&a->event_w) < 0) {
             /* GPU copies: queued right here (microseconds), completed by whoever waits or
-             * polls; no worker hop. (A notification, to be sent promptly, and a
-             * same-process peer, copied under its lock, take a worker.) */
+             * polls; no worker hop. (A notification, to be sent promptly, a same-process
+             * peer, copied under its lock, and an agent whose waiters sleep on the
+             * kvp_event_fd descriptor, which only a finishing worker signals, take a
+             * worker.) */
             cu_async = true;
             bi_pool_claim_inline(&a->pool, r);
         } else {

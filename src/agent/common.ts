@@ -13,6 +13,7 @@
 import { loadNativeLibrary, type NativeLib } from "../../ffi/mod.ts";
 import { NixlError, Status } from "../errors.ts";
 import type { AgentMetrics } from "./metrics.ts";
+import type { AgentEvents } from "./events.ts";
 
 /** NIXL's memory types (`nixl_mem_t`). One memory type per list or registration. */
 export type MemType = "DRAM" | "VRAM" | "BLK" | "OBJ" | "FILE";
@@ -183,6 +184,9 @@ export interface AgentCore {
   forget(part: Releasable): void;
   /** Keeps a nonblocking native call in the agent's books until it settles. */
   track<T>(call: Promise<T>): Promise<T>;
+  /** The agent's event descriptor as a waitable (opened on first use; `null` where
+   * waits use the thread pool or the engine has none: see `events.ts`). */
+  events(): AgentEvents | null;
   /** Where the agent's transfers are counted (`undefined`: metrics off). */
   readonly metrics?: AgentMetrics;
 }

@@ -1,8 +1,10 @@
 /**
  * Transfer requests (NIXL's `makeXferReq` handles) and the one wait used by every
  * transfer: quick synchronous status checks first (tiny transfers finish there), then
- * Deno's nonblocking `kvp_xfer_wait` on a pool thread, or on Bun a poll with a backoff
- * timer (Bun has no nonblocking FFI). Nothing spins past a few microseconds.
+ * Deno's nonblocking `kvp_xfer_wait` on a pool thread, or on Bun a sleep until the
+ * agent's event descriptor says something finished (`events.ts`; Bun has no nonblocking
+ * FFI), else (an engine without one) a poll with a backoff timer. Nothing spins past a
+ * few microseconds.
  *
  * @example
  * ```ts
@@ -24,6 +26,7 @@ import { CallMessage, check, lastError, sizedOut, text } from "../../ffi/native.
 import { NixlError, NixlTimeoutError, Status } from "../errors.ts";
 import { type AgentCore, releasedError } from "./common.ts";
 import { type OpMetrics, TIMED_POST_BYTES } from "./metrics.ts";
+import type { AgentEvents } from "./events.ts";
 
 /** A transfer's direction: READ pulls the remote pages into local ones, WRITE pushes. */
 export type TransferOp = "READ" | "WRITE";
@@ -44,6 +47,9 @@ export interface WaitOptions {
  */
 export const SPIN_MICROS = 50;
 
+/** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
+const EVENT_SLICE_MS = 100;
+
 /** How long Bun's poll loop yields with `setImmediate` (a few us a turn) before timers. */
 const YIELD_MS = 0.3;
 
@@ -60,10 +66,11 @@ function pause(elapsedMs: number): Promise<void> {
 
 /**
  * Waits for `poll()` to stop returning `IN_PROG`: synchronous checks for up to
- * `spinMicros`, then `blocking` (Deno: a nonblocking native wait with the time left) or
- * polls paced by event-loop turns and short timers (Bun). Returns the final status, or
+ * `spinMicros`, then `blocking` (Deno: a nonblocking native wait with the time left), or
+ * with `events` (Bun) a poll each time the agent's event descriptor has news, or else
+ * polls paced by event-loop turns and short timers. Returns the final status, or
  * `IN_PROG` when `timeoutMs` ran out. `stop()` ends the wait early (it returns
- * `ERR_CANCELED`).
+ * `ERR_CANCELED`; with `events`, whoever makes it true also calls `events.poke()`).
  *
  * @example
  * ```ts
@@ -79,12 +86,17 @@ export async function waitStatus(
   timeoutMs: number,
   stop: () => boolean,
   spinMicros: number = SPIN_MICROS,
+  events: AgentEvents | null = null,
 ): Promise<number> {
+  // An event between a poll and the sleep after it is not lost: the sleep compares the
+  // count read before the poll.
+  let seen = events?.gen ?? 0;
   let s = poll();
   if (s !== Status.IN_PROG) return s;
   const start = performance.now();
   const spinEnd = start + spinMicros / 1000;
   while (performance.now() < spinEnd) {
+    seen = events?.gen ?? 0;
     s = poll();
     if (s !== Status.IN_PROG) return s;
   }
@@ -95,6 +107,13 @@ export async function waitStatus(
     if (left <= 0) return Status.IN_PROG;
     if (blocking) {
       s = await blocking(Math.ceil(left));
+    } else if (events) {
+      // Slices of at most EVENT_SLICE_MS: the wake comes from the descriptor; the slice
+      // only bounds the cost of a completion path that would fail to signal.
+      await events.changed(seen, Math.min(Math.ceil(left), EVENT_SLICE_MS));
+      if (stop()) return Status.ERR_CANCELED;
+      seen = events.gen;
+      s = poll();
     } else {
       await pause(now - start);
       s = stop() ? Status.ERR_CANCELED : poll();
@@ -285,6 +304,8 @@ export class TransferRequest {
               })),
         timeoutMs,
         () => this.#released || this.#core.closed,
+        SPIN_MICROS,
+        nb ? null : this.#core.events(),
       );
     } finally {
       signal?.removeEventListener("abort", onAbort);

@@ -324,6 +324,7 @@ export abstract class ChannelBase implements TransferChannel {
     timeoutMs: number,
     notification: Uint8Array | undefined,
     peerId: string,
+    onPosted?: () => void,
   ): Promise<void>;
   /** Stops the data plane and frees the buffer and the agent. */
   protected abstract dpClose(): Promise<void>;
@@ -721,6 +722,7 @@ export abstract class ChannelBase implements TransferChannel {
         timeoutMs,
         spec.notification,
         spec.peerId,
+        spec.onPosted,
       ).then(
         () => {
           const n = local.length;

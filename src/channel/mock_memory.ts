@@ -211,9 +211,12 @@ export class MockMemoryChannel extends ChannelBase {
     remote: number[],
     _timeoutMs: number,
     notification: Uint8Array | undefined,
+    _peerId?: string,
+    onPosted?: () => void,
   ): Promise<void> {
     const handle = peer as MockPeer;
     return this.agentQueue.run(async () => {
+      onPosted?.();
       const peerPages = mockMemoryStore.get(handle.agentName);
       if (handle.released || !peerPages) {
         throw new ChannelError(

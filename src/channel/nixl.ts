@@ -446,6 +446,8 @@ export class NixlChannel extends ChannelBase {
     remote: number[],
     timeoutMs: number,
     notification: Uint8Array | undefined,
+    _peerId?: string,
+    onPosted?: () => void,
   ): Promise<void> {
     const handle = peer as NixlPeer;
     // Create and post under the queue; wait outside it (a native wait on Deno's thread
@@ -462,6 +464,7 @@ export class NixlChannel extends ChannelBase {
     );
     try {
       const state = await this.agentQueue.run(() => req.post());
+      onPosted?.();
       if (state === "pending") await req.wait(clampDelay(timeoutMs));
     } catch (e) {
       if (!(e instanceof NixlTimeoutError)) throw e;

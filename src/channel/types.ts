@@ -50,6 +50,9 @@ export interface TransferSpec {
    * sees it through {@linkcode TransferChannel.onNotification}.
    */
   notification?: Uint8Array;
+  /** Called once the transfer has been posted to the engine (timing hooks; must be
+   * cheap and must not throw). */
+  onPosted?: () => void;
 }
 
 /** A notification from a peer. */

@@ -72,4 +72,5 @@ export {
   refusalReply,
 } from "./alloc_wire.ts";
 export { ProxyNotifier, type ProxyNotifierOptions } from "./proxy.ts";
+export type { PdReceiverStage, PdSenderStage, PdTimelineHook } from "./timeline.ts";
 export { checkPattern, fillPattern } from "./pattern.ts";

@@ -39,6 +39,7 @@ import {
   pdChannelSettingsFromConfig,
   type PdConfigLike,
 } from "./config.ts";
+import type { PdReceiverStage, PdTimelineHook } from "./timeline.ts";
 
 /** A chunk the receiver holds. */
 export interface ReceivedChunk {
@@ -103,6 +104,8 @@ export interface PdReceiverOptions extends PdChannelSettings {
    * complete: the decoder's retrieve or remove ends them).
    */
   reservationTtlMs?: number;
+  /** Timing hook called at each stage (see `timeline.ts`; benchmarks). */
+  timeline?: PdTimelineHook<PdReceiverStage>;
 }
 
 /** Counters of a {@linkcode PdReceiver}. */
@@ -198,6 +201,7 @@ export class PdReceiver implements AsyncDisposable {
   #closing: Promise<void> | null = null;
   #metrics: PdReceiverMetrics | undefined;
   #metricsSource: CollectedSource;
+  readonly #tl: PdTimelineHook<PdReceiverStage> | undefined;
 
   private constructor(
     id: string,
@@ -216,9 +220,13 @@ export class PdReceiver implements AsyncDisposable {
     this.#reservationTtlMs = options.reservationTtlMs ?? NaN; // NaN: per request
     this.#grants = new PageGrantBook(channel);
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
+    const tl = this.#tl = options.timeline;
     this.#unsubscribe = channel.onNotification((n) => {
       const keys = decodeLanded(n.message);
-      if (keys) this.#landed(keys);
+      if (!keys) return;
+      tl?.("notification", "", keys);
+      this.#landed(keys);
+      tl?.("landed", "", keys);
     });
     const registry = options.metrics ?? metricsRegistry();
     this.#metrics = pdReceiverMetrics(registry, options.tpRank ?? 0);
@@ -538,8 +546,16 @@ export class PdReceiver implements AsyncDisposable {
   async #handleAlloc(msg: SideMessage, from: string, gone: AbortSignal): Promise<SideMessage> {
     try {
       switch (msg.type) {
-        case "AllocRequest":
-          return await this.#allocate(msg, from, gone);
+        case "AllocRequest": {
+          const tl = this.#tl;
+          if (!tl) return await this.#allocate(msg, from, gone);
+          const reqId = typeof msg.req_id === "string" ? msg.req_id : "";
+          const keys = Array.isArray(msg.keys) ? msg.keys as string[] : [];
+          tl("alloc_received", reqId, keys);
+          const reply = await this.#allocate(msg, from, gone);
+          tl("alloc_replied", reqId, keys);
+          return reply;
+        }
         case "CancelNotif":
           return await this.#cancel(msg);
         default:
@@ -654,6 +670,7 @@ export class PdReceiver implements AsyncDisposable {
         lease.release();
         throw this.#abandoned(from, need.length, gone.reason);
       }
+      this.#tl?.("pages_reserved", typeof msg.req_id === "string" ? msg.req_id : "", keys);
     }
     // Keys allocated by another request while this one waited are already there now.
     const remote: number[] = [];

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { ChannelError, timeoutOf } from "../channel/errors.ts";
+import { ChannelError, ChannelTimeoutError, timeoutOf } from "../channel/errors.ts";
+import { WireTimeoutError } from "../channel/wire/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
@@ -37,6 +38,7 @@ import {
   pdChannelSettingsFromConfig,
   type PdConfigLike,
 } from "./config.ts";
+import type { PdSenderStage, PdTimelineHook } from "./timeline.ts";
 
 /**
  * Where a request's KV goes (LMCache's `disagg_spec`, which the proxy puts in the
@@ -113,6 +115,8 @@ export interface PdSenderOptions extends PdChannelSettings {
    * receivers: LMCache's sync receiver cannot decode it and stops answering.
    */
   wireGeneration?: "auto" | PdWireGeneration;
+  /** Timing hook called at each stage of a batch (see `timeline.ts`; benchmarks). */
+  timeline?: PdTimelineHook<PdSenderStage>;
 }
 
 interface Link {
@@ -130,7 +134,10 @@ interface Link {
 interface RequestTrack {
   receiverId: string;
   generation: number;
+  /** Batches written. */
   batches: number;
+  /** Batches the receiver gave pages for (ahead of `batches` while pipelined). */
+  allocated: number;
   /** The form its first AllocRequest was written in; later batches keep it. */
   wire?: PdWireGeneration;
 }
@@ -139,6 +146,40 @@ const MAX_TRACKED_REQUESTS = 65536;
 
 /** Owner of the sender's staging leases. */
 const STAGING = "PD sender staging";
+
+/** What phase 1 of a batch learnt: where its pages go. */
+interface Plan {
+  /** Positions (into the batch) of the keys to write. */
+  positions: number[];
+  /** The receiver's page for each of them. */
+  remote: number[];
+  /** Keys the receiver already held. */
+  skipped: number;
+  handshook: boolean;
+  /** Its keys were already cancelled on the receiver (an earlier batch failed). */
+  cancelled: boolean;
+}
+
+/** The batches of one request in flight at once (pipelined sends). */
+interface PdRun {
+  /** The first failure: batches after it fail too. */
+  failed: PdSendError | undefined;
+  /** Batches not settled yet. */
+  pending: number;
+  /** Batches allocated on the receiver, not written yet. */
+  planned: Set<{ plan: Plan; keys: string[] }>;
+}
+
+/** The failure of a batch queued behind a failed batch of the same request. */
+function aborted(first: PdSendError): PdSendError {
+  return new PdSendError(
+    first.reqId,
+    first.receiverId,
+    first.stage,
+    `an earlier batch of this request failed, so this one was not sent: ${first.message}`,
+    first,
+  );
+}
 
 /**
  * A PD failure of one request, naming the request, the receiver and the stage.
@@ -283,9 +324,12 @@ export class PdSender implements AsyncDisposable {
   readonly #notifyTimeoutMs: number;
   readonly #transferTimeoutMs: number | undefined;
   readonly #wireGeneration: "auto" | PdWireGeneration;
+  readonly #tl: PdTimelineHook<PdSenderStage> | undefined;
   #pusher: Pusher | null = null;
   #links = new Map<string, Link>();
   #requests = new Map<string, RequestTrack>();
+  #runs = new Map<string, PdRun>();
+  #writeQueues = new WeakMap<Link, SerialQueue>();
   #closing: Promise<void> | null = null;
   #metrics: PdSenderMetrics | undefined;
   #metricsSource: CollectedSource;
@@ -314,6 +358,7 @@ export class PdSender implements AsyncDisposable {
       weakly(this, PdSender.#poolView),
     );
     this.#wireGeneration = options.wireGeneration ?? "auto";
+    this.#tl = options.timeline;
   }
 
   // Static: a closure made in the constructor would hold `this` (its context does).
@@ -420,9 +465,25 @@ export class PdSender implements AsyncDisposable {
       this.#releasePages(batch?.pages ?? []);
       return Promise.reject(e);
     }
+    this.#tl?.("send", spec.reqId, batch.keys);
     const m = this.#metrics;
     const t0 = m ? performance.now() : 0;
-    const sent = link.queue.run(() => this.#send(link, spec, batch));
+    // Batches of one request sent while earlier ones are in flight share a run: a failure
+    // of one fails those after it (they never write).
+    let run = this.#runs.get(spec.reqId);
+    if (!run || run.failed) {
+      run = { failed: undefined, pending: 0, planned: new Set() };
+      this.#runs.set(spec.reqId, run);
+    }
+    const r = run;
+    r.pending++;
+    const planned = link.queue.run(() => this.#allocate(link, spec, batch, r));
+    planned.catch(() => {}); // settled through `sent`
+    const sent = this.#writesOf(link).run(() =>
+      planned.then((plan) => this.#write(link, spec, batch, r, plan))
+    ).finally(() => {
+      if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
+    });
     if (m) {
       sent.then(
         (r) =>
@@ -448,6 +509,13 @@ export class PdSender implements AsyncDisposable {
         throw e;
       },
     );
+  }
+
+  /** The write queue of a link (see {@linkcode PdSender.send}). */
+  #writesOf(link: Link): SerialQueue {
+    let q = this.#writeQueues.get(link);
+    if (!q) this.#writeQueues.set(link, q = new SerialQueue());
+    return q;
   }
 
   #releasePages(pages: readonly number[], inFlight = false): void {
@@ -519,146 +587,229 @@ export class PdSender implements AsyncDisposable {
     });
   }
 
-  async #send(link: Link, spec: DisaggSpec, batch: SendBatch): Promise<SendResult> {
+  /**
+   * Phase 1 of a batch, under the link's queue: handshake when needed, the AllocRequest
+   * round trip, the receiver's answer checked. The link's queue is free again once this
+   * settles, so the next batch's AllocRequest goes out while this batch is written.
+   */
+  async #allocate(link: Link, spec: DisaggSpec, batch: SendBatch, run: PdRun): Promise<Plan> {
     const reqId = spec.reqId;
+    const tl = this.#tl;
+    tl?.("queued", reqId, batch.keys);
     const fail = async (
       stage: string,
       detail: string,
       cause?: unknown,
       reset = true,
     ): Promise<never> => {
+      const err = new PdSendError(reqId, link.id, stage, detail, cause);
+      run.failed ??= err;
       this.#requests.delete(reqId);
       if (reset) await this.#reset(link);
-      throw new PdSendError(reqId, link.id, stage, detail, cause);
+      throw err;
     };
+    if (run.failed) throw aborted(run.failed);
     let track = this.#requests.get(reqId);
     let handshook = false;
-    let sent = 0;
-    let skipped = 0;
-    if (batch.keys.length > 0) {
-      // A request keeps the form of its first batch; until the receiver's generation is
-      // known, the async form (an older receiver ignores the extra fields).
-      const form = track?.wire ?? link.wire ?? "async";
-      const request = allocRequest(form, {
-        keys: [...batch.keys],
-        fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
-        shape: [...batch.shape],
-        dtype: batch.dtype,
-        last_chunk_toks: batch.lastChunkToks,
-      }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
-      // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
-      // Only the builtin engine enforces them, and only a builtin-engine peer can reach a
-      // builtin-engine receiver: other receivers (LMCache's, on NIXL) get LMCache's form.
-      if (this.channel.engine === "builtin") {
-        request.kvport_agent = this.channel.agentName;
-        // How long this sender may still WRITE into what it is given (the rest of this
-        // round trip, then one transfer): a receiver keeps pages reserved for a kvport
-        // sender no longer than that, so a sender whose link died leaks nothing there.
-        request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
+    const plan: Plan = { positions: [], remote: [], skipped: 0, handshook, cancelled: false };
+    if (batch.keys.length === 0) return plan;
+    // A request keeps the form of its first batch; until the receiver's generation is
+    // known, the async form (an older receiver ignores the extra fields).
+    const form = track?.wire ?? link.wire ?? "async";
+    const request = allocRequest(form, {
+      keys: [...batch.keys],
+      fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
+      shape: [...batch.shape],
+      dtype: batch.dtype,
+      last_chunk_toks: batch.lastChunkToks,
+    }, { reqId, isLastBatch: spec.isLastPrefill, totalChunks: spec.totalChunks });
+    // A receiver enforcing page grants grants this agent WRITE on the pages it answers.
+    // Only the builtin engine enforces them, and only a builtin-engine peer can reach a
+    // builtin-engine receiver: other receivers (LMCache's, on NIXL) get LMCache's form.
+    if (this.channel.engine === "builtin") {
+      request.kvport_agent = this.channel.agentName;
+      // How long this sender may still WRITE into what it is given (the rest of this
+      // round trip, then one transfer): a receiver keeps pages reserved for a kvport
+      // sender no longer than that, so a sender whose link died leaks nothing there.
+      request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
+    }
+    const restarted = (why: string) =>
+      fail(
+        "restart",
+        `the receiver was restarted or lost after ${track!.allocated} batch(es) of this ` +
+          `request (${why}); the pages sent before are lost, so retry the whole request: ` +
+          "the next one handshakes again",
+      );
+    let resp: SideMessage | undefined;
+    for (let attempt = 0; resp === undefined; attempt++) {
+      const lost = link.alloc?.lost ?? null;
+      const healthy = link.alloc !== null && lost === null && this.channel.hasPeer(link.id);
+      const midStream = track !== undefined && track.allocated > 0;
+      if (midStream && (!healthy || track!.generation !== link.generation)) {
+        await restarted(lost ?? "its connection is gone");
       }
-      const restarted = (why: string) =>
-        fail(
-          "restart",
-          `the receiver was restarted or lost after ${track!.batches} batch(es) of this ` +
-            `request (${why}); the pages sent before are lost, so retry the whole request: ` +
-            "the next one handshakes again",
-        );
-      let resp: SideMessage | undefined;
-      for (let attempt = 0; resp === undefined; attempt++) {
-        const lost = link.alloc?.lost ?? null;
-        const healthy = link.alloc !== null && lost === null && this.channel.hasPeer(link.id);
-        const midStream = track !== undefined && track.batches > 0;
-        if (midStream && (!healthy || track!.generation !== link.generation)) {
-          await restarted(lost ?? "its connection is gone");
-        }
-        if (!healthy) {
-          try {
-            await this.#handshake(link);
-          } catch (e) {
-            await fail("handshake", errorMessage(e), e);
-          }
-          handshook = true;
-        }
-        if (!track) {
-          track = { receiverId: link.id, generation: link.generation, batches: 0, wire: form };
-          if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
-            this.#requests.delete(this.#requests.keys().next().value!);
-          }
-          this.#requests.set(reqId, track);
-        }
-        track.generation = link.generation;
+      if (!healthy) {
         try {
-          resp = await link.alloc!.request(request, this.#allocTimeoutMs);
+          await this.#handshake(link);
         } catch (e) {
-          const gone = link.alloc?.lost ?? null;
-          if (gone !== null && !midStream && attempt === 0) {
-            // The connection predates a restart of the receiver: nothing of this request
-            // was sent yet, so handshake again and retry once.
-            await this.#reset(link);
-            continue;
-          }
-          if (gone !== null && midStream) await restarted(gone);
-          return await fail("alloc", errorMessage(e), e);
+          await fail("handshake", errorMessage(e), e);
         }
+        handshook = true;
       }
-      if (resp.type !== "AllocResponse") {
-        const why = resp.type === "ErrorMsg" ? String(resp.error) : `a ${resp.type} reply`;
-        return await fail(
-          "alloc",
-          `the receiver refused the AllocRequest: ${why}`,
-          undefined,
-          false,
-        );
+      if (!track) {
+        track = {
+          receiverId: link.id,
+          generation: link.generation,
+          batches: 0,
+          allocated: 0,
+          wire: form,
+        };
+        if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
+          this.#requests.delete(this.#requests.keys().next().value!);
+        }
+        this.#requests.set(reqId, track);
       }
-      let outcome;
+      track.generation = link.generation;
       try {
-        outcome = readAllocResponse(resp);
+        tl?.("alloc_sent", reqId, batch.keys);
+        resp = await link.alloc!.request(request, this.#allocTimeoutMs);
+        tl?.("alloc_reply", reqId, batch.keys);
       } catch (e) {
-        return await fail("alloc", `malformed AllocResponse: ${errorMessage(e)}`, e);
+        if (run.failed) throw aborted(run.failed);
+        // No answer in time is a timeout, whatever it did to the connection.
+        if (e instanceof WireTimeoutError) {
+          const t = new ChannelTimeoutError("AllocRequest", this.#allocTimeoutMs, {
+            peerId: link.id,
+            hint: "the receiver did not answer (no free pages in time? see its " +
+              "pd_allocation_timeout_sec)",
+            cause: e,
+          });
+          return await fail("alloc", t.message, t);
+        }
+        const gone = link.alloc?.lost ?? null;
+        if (gone !== null && !midStream && attempt === 0) {
+          // The connection predates a restart of the receiver: nothing of this request
+          // was sent yet, so handshake again and retry once.
+          await this.#reset(link);
+          continue;
+        }
+        if (gone !== null && midStream) await restarted(gone);
+        return await fail("alloc", errorMessage(e), e);
       }
-      if (this.#wireGeneration === "auto" && outcome.generation) link.wire = outcome.generation;
-      if (!outcome.ok) {
-        this.#requests.delete(reqId);
-        throw new PdAllocRefusedError(
-          reqId,
-          link.id,
-          outcome.reason,
-          outcome.detail,
-          outcome.failed,
-        );
+    }
+    if (resp.type !== "AllocResponse") {
+      const why = resp.type === "ErrorMsg" ? String(resp.error) : `a ${resp.type} reply`;
+      return await fail(
+        "alloc",
+        `the receiver refused the AllocRequest: ${why}`,
+        undefined,
+        false,
+      );
+    }
+    let outcome;
+    try {
+      outcome = readAllocResponse(resp);
+    } catch (e) {
+      return await fail("alloc", `malformed AllocResponse: ${errorMessage(e)}`, e);
+    }
+    if (this.#wireGeneration === "auto" && outcome.generation) link.wire = outcome.generation;
+    if (!outcome.ok) {
+      this.#requests.delete(reqId);
+      const err = new PdAllocRefusedError(
+        reqId,
+        link.id,
+        outcome.reason,
+        outcome.detail,
+        outcome.failed,
+      );
+      run.failed ??= err;
+      throw err;
+    }
+    const already = outcome.already;
+    const remote = outcome.remote;
+    const skip = new Set(already);
+    const positions: number[] = [];
+    for (let i = 0; i < batch.keys.length; i++) if (!skip.has(i)) positions.push(i);
+    if (
+      remote.length !== positions.length || already.some((i) => i < 0 || i >= batch.keys.length)
+    ) {
+      return await fail(
+        "alloc",
+        `AllocResponse does not match the request: ${batch.keys.length} key(s), ` +
+          `${already.length} already sent, ${remote.length} page(s) given`,
+      );
+    }
+    track!.allocated++;
+    plan.positions = positions;
+    plan.remote = remote;
+    plan.skipped = already.length;
+    plan.handshook = handshook;
+    if (run.failed) {
+      // An earlier batch of this request failed while this one was being allocated.
+      await this.#cancelOnReceiver(link, reqId, positions.map((p) => batch.keys[p]));
+      throw aborted(run.failed);
+    }
+    run.planned.add({ plan, keys: positions.map((p) => batch.keys[p]) });
+    return plan;
+  }
+
+  /**
+   * Phase 2 of a batch, in the link's write order (batches are written in the order they
+   * were sent): the WRITE of the pages the receiver did not hold, then, on the last
+   * batch, the ProxyNotif (every earlier batch has landed by then).
+   */
+  async #write(
+    link: Link,
+    spec: DisaggSpec,
+    batch: SendBatch,
+    run: PdRun,
+    plan: Plan,
+  ): Promise<SendResult> {
+    const reqId = spec.reqId;
+    const tl = this.#tl;
+    for (const p of run.planned) if (p.plan === plan) run.planned.delete(p);
+    if (run.failed) {
+      if (!plan.cancelled) {
+        await this.#cancelOnReceiver(link, reqId, plan.positions.map((p) => batch.keys[p]));
       }
-      const already = outcome.already;
-      const remote = outcome.remote;
-      const skip = new Set(already);
-      const positions: number[] = [];
-      for (let i = 0; i < batch.keys.length; i++) if (!skip.has(i)) positions.push(i);
-      if (
-        remote.length !== positions.length || already.some((i) => i < 0 || i >= batch.keys.length)
-      ) {
-        return await fail(
-          "alloc",
-          `AllocResponse does not match the request: ${batch.keys.length} key(s), ` +
-            `${already.length} already sent, ${remote.length} page(s) given`,
-        );
-      }
-      skipped = already.length;
+      throw aborted(run.failed);
+    }
+    const { positions, remote } = plan;
+    let sent = 0;
+    if (positions.length > 0) {
       try {
         for (const group of groupForNotification(batch.keys, positions)) {
           const posIndex = group.map((p) => positions.indexOf(p));
+          tl?.("write", reqId, batch.keys);
           await this.channel.write(group.map((p) => batch.pages[p]), {
             peerId: link.id,
             remoteIndexes: posIndex.map((j) => remote[j]),
             notification: encodeLanded(group.map((p) => batch.keys[p])),
             timeoutMs: this.#transferTimeoutMs,
+            onPosted: tl && (() => tl("posted", reqId, batch.keys)),
           });
+          tl?.("written", reqId, batch.keys);
           sent += group.length;
         }
       } catch (e) {
-        await this.#cancelOnReceiver(link, reqId, positions.map((p) => batch.keys[p]));
-        return await fail("write", errorMessage(e), e);
+        const err = new PdSendError(reqId, link.id, "write", errorMessage(e), e);
+        run.failed ??= err;
+        this.#requests.delete(reqId);
+        // This batch's keys and those of later batches of the request that the receiver
+        // has already given pages for: one CancelNotif, then a fresh connection (under
+        // the link's queue, so no AllocRequest of this request is caught halfway).
+        const keys = positions.map((p) => batch.keys[p]);
+        for (const p of run.planned) {
+          p.plan.cancelled = true;
+          keys.push(...p.keys);
+        }
+        await this.#cancelOnReceiver(link, reqId, keys);
+        await link.queue.run(() => this.#reset(link));
+        throw err;
       }
-      track!.batches++;
     }
+    const track = this.#requests.get(reqId);
+    if (track && batch.keys.length > 0) track.batches++;
     let notified = false;
     if (spec.isLastPrefill) {
       this.#requests.delete(reqId);
@@ -666,6 +817,7 @@ export class PdSender implements AsyncDisposable {
         try {
           this.#pusher ??= await openPusher(this.#proxyUrl, { timeoutMs: this.#notifyTimeoutMs });
           await this.#pusher.send({ type: "ProxyNotif", req_id: reqId }, this.#notifyTimeoutMs);
+          tl?.("notified", reqId, batch.keys);
           notified = true;
           this.#metrics?.proxyNotification(true);
         } catch (e) {
@@ -681,7 +833,13 @@ export class PdSender implements AsyncDisposable {
         }
       }
     }
-    return { receiverId: link.id, sent, skipped, notified, handshook };
+    return {
+      receiverId: link.id,
+      sent,
+      skipped: plan.skipped,
+      notified,
+      handshook: plan.handshook,
+    };
   }
 
   /** Best effort: tell the receiver to drop pages it gave for data that never came. */
@@ -721,6 +879,7 @@ export class PdSender implements AsyncDisposable {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
+      await Promise.allSettled([...this.#links.values()].map((l) => this.#writesOf(l).idle()));
       await this.#metricsSource.retire();
       for (const l of this.#links.values()) await l.alloc?.close().catch(() => {});
       await this.#pusher?.close().catch(() => {});

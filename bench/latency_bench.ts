@@ -1,0 +1,393 @@
+/**
+ * The timeline of one PD request: a prefiller (this process, {@linkcode PdSender} with a
+ * timeline hook) sends requests of one batch to a decoder in another process
+ * (`bench/latency_peer.ts`, a {@linkcode PdReceiver} with its own hook), one request at a
+ * time, and a {@linkcode ProxyNotifier} here takes the ProxyNotif. Every stage on both
+ * sides is timed with `performance.now()` (absolute, `timeOrigin +`, so the two
+ * processes' marks compare) and printed as p50 / p99; the end-to-end time (`send()`
+ * called -> the decoder's landed event) is set against the copy time of the same bytes
+ * (one synchronous memcpy on CPU, cudaMemcpy device to device with `--device cuda`, timed
+ * right after each request so that both see the same load; p50), and the difference is
+ * the added latency (goal: p50 <= 100 us for one chunk). The engine copies host pages
+ * with two threads, so on CPU a large chunk can land faster than one memcpy thread
+ * copies it (a negative added latency). Then one JSON line.
+ *
+ * ```sh
+ * deno run -A bench/latency_bench.ts [--device cpu|cuda] [--sizes 1x28,1x0.25,16x28] [--reps N]
+ * bun bench/latency_bench.ts --device cuda
+ * ```
+ * `--sizes` lists `<chunks>x<MiB per chunk>`: each request is one batch of that many
+ * chunks.
+ *
+ * @module
+ */
+import { spawn } from "node:child_process";
+import * as readline from "node:readline";
+import * as os from "node:os";
+import process from "node:process";
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { PdSender } from "../src/pd/sender.ts";
+import { ProxyNotifier } from "../src/pd/proxy.ts";
+import { fillPattern } from "../src/pd/pattern.ts";
+import type { PdReceiverStage, PdSenderStage } from "../src/pd/timeline.ts";
+import { measureCudaMemcpy, measureMemcpy } from "../cli/demo_cmd.ts";
+import { demoKey } from "../cli/pd_cmd.ts";
+import { percentile, Report } from "./lib.ts";
+import type { NixlChannel } from "../src/channel/nixl.ts";
+import { loadNativeLibrary } from "../ffi/mod.ts";
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    device: { type: "string", default: "cpu" },
+    sizes: { type: "string" },
+    reps: { type: "string" },
+  },
+});
+const device = values.device!;
+if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
+  console.error(`latency bench: --device expects cpu, cuda or cuda:N, got ${device}`);
+  process.exit(2);
+}
+const onGpu = device !== "cpu";
+const sizes = (values.sizes ?? "1x28,1x0.25,16x28").split(",").map((s) => {
+  const m = /^(\d+)x([\d.]+)$/.exec(s.trim());
+  if (!m) {
+    console.error(`latency bench: --sizes expects <chunks>x<MiB>, got ${s}`);
+    process.exit(2);
+  }
+  const chunks = Number(m[1]);
+  // A whole number of 4 KiB, as a KV chunk of bf16 would be.
+  const bytes = Math.max(4096, Math.round((Number(m[2]) * 2 ** 20) / 4096) * 4096);
+  return { chunks, bytes, label: `${chunks}x${fmtMiB(bytes)}` };
+});
+const engine = (process.env.KVPORT_ENGINE ??= "builtin") as "auto" | "builtin" | "nixl";
+const origin = performance.timeOrigin;
+const abs = () => origin + performance.now();
+
+function fmtMiB(bytes: number): string {
+  const m = bytes / 2 ** 20;
+  return m >= 1 ? `${Number(m.toFixed(2))}MiB` : `${Math.round(bytes / 1024)}KiB`;
+}
+
+// Each size gets its own decoder process and sender, with pages of that size: a WRITE
+// moves whole pages, and nothing of one size (mappings, pools) skews the next.
+for (const size of sizes) {
+  if (!onGpu && 3 * size.chunks * size.bytes > os.freemem() / 2) {
+    console.error(
+      `latency bench: ${size.chunks} chunks of ${fmtMiB(size.bytes)} need ` +
+        `${(3 * size.chunks * size.bytes / 2 ** 30).toFixed(1)} GiB; pick smaller --sizes`,
+    );
+    process.exit(2);
+  }
+}
+
+/** The decoder process, with pages of `pageSize` bytes. */
+function startPeer(pageSize: number, pages: number) {
+  const script = fileURLToPath(new URL("./latency_peer.ts", import.meta.url));
+  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
+  const arg = JSON.stringify({ pageSize, pages, device, engine });
+  const child = spawn(
+    process.execPath,
+    isBun ? [script, arg] : ["run", "-A", script, arg],
+    { stdio: ["pipe", "pipe", "inherit"] },
+  );
+  const waiting = new Map<string, (e: Record<string, unknown>) => void>();
+  const early = new Map<string, Record<string, unknown>>();
+  let ready: (e: Record<string, unknown>) => void;
+  const readyP = new Promise<Record<string, unknown>>((r) => (ready = r));
+  readline.createInterface({ input: child.stdout! }).on("line", (line: string) => {
+    let e: Record<string, unknown>;
+    try {
+      e = JSON.parse(line);
+    } catch {
+      return;
+    }
+    if (e.event === "ready") ready(e);
+    else if (e.event === "pong") pong?.(e);
+    else if (e.event === "landed") {
+      const id = String(e.key);
+      const w = waiting.get(id);
+      if (w) {
+        waiting.delete(id);
+        w(e);
+      } else early.set(id, e);
+    }
+  });
+  const exited = new Promise<number>((r) => child.on("exit", (c: number | null) => r(c ?? 1)));
+  let pong: ((e: Record<string, unknown>) => void) | undefined;
+  return {
+    ready: readyP,
+    exited,
+    /**
+     * The decoder's clock minus ours, ms, from the ping with the shortest round trip
+     * (NTP's estimate; the error is at most half that round trip, returned as `bound`).
+     */
+    async clockOffset(n: number): Promise<{ offset: number; bound: number }> {
+      let best = { offset: 0, bound: Infinity };
+      for (let i = 0; i < n; i++) {
+        const t0 = abs();
+        const reply = new Promise<Record<string, unknown>>((r) => (pong = r));
+        child.stdin!.write(JSON.stringify({ ping: i }) + "\n");
+        const e = await reply;
+        const t1 = abs();
+        if ((t1 - t0) / 2 < best.bound) {
+          best = { offset: Number(e.t) - (t0 + t1) / 2, bound: (t1 - t0) / 2 };
+        }
+      }
+      pong = undefined;
+      return best;
+    },
+    /** The decoder's landed line of the request whose first key is `firstKey`. */
+    landed(firstKey: string, timeoutMs: number): Promise<Record<string, unknown>> {
+      const e = early.get(firstKey);
+      if (e) {
+        early.delete(firstKey);
+        return Promise.resolve(e);
+      }
+      return new Promise((resolve, reject) => {
+        const t = setTimeout(() => {
+          waiting.delete(firstKey);
+          reject(
+            new Error(`the decoder reported no landed event for ${firstKey} in ${timeoutMs} ms`),
+          );
+        }, timeoutMs);
+        waiting.set(firstKey, (ev) => {
+          clearTimeout(t);
+          resolve(ev);
+        });
+      });
+    },
+    close() {
+      child.stdin!.end();
+      const t = setTimeout(() => child.kill(), 2000);
+      (t as { unref?: () => void }).unref?.();
+    },
+  };
+}
+
+/** Durations of one request, microseconds, by name. */
+type Sample = Record<string, number>;
+
+/** The stage durations a request's marks give (sender `s`, receiver `r`, proxy at `p`). */
+function durations(
+  s: Partial<Record<PdSenderStage, number>>,
+  r: Partial<Record<PdReceiverStage, number>>,
+  proxyAt: number,
+): Sample {
+  const d = (a: number | undefined, b: number | undefined) =>
+    a === undefined || b === undefined ? NaN : (b - a) * 1000;
+  return {
+    "sender queue (send -> its turn)": d(s.send, s.queued),
+    "its turn -> AllocRequest sent (handshake if due)": d(s.queued, s.alloc_sent),
+    "AllocRequest round trip": d(s.alloc_sent, s.alloc_reply),
+    "  AllocRequest on the wire (tx -> rx handler)": d(s.alloc_sent, r.alloc_received),
+    "  page reservation (rx)": d(r.alloc_received, r.pages_reserved),
+    "  AllocResponse back (rx reply -> tx)": d(r.alloc_replied, s.alloc_reply),
+    "reply -> write starts (tx)": d(s.alloc_reply, s.write),
+    "write -> posted (create + post)": d(s.write, s.posted),
+    "posted -> data landed (copy + wait)": d(s.posted, s.written),
+    "data landed -> decoder sees notification": d(s.written, r.notification),
+    "notification -> landed event (rx bookkeeping)": d(r.notification, r.landed),
+    "data landed -> ProxyNotif sent (tx)": d(s.written, s.notified),
+    "ProxyNotif sent -> delivered (proxy)": d(s.notified, proxyAt),
+    "end to end: send() -> decoder landed": d(s.send, r.landed),
+    "end to end: send() -> ProxyNotif delivered": d(s.send, proxyAt),
+  };
+}
+
+const report = new Report("latency");
+const rows: Record<string, unknown>[] = [];
+let reqNo = 0;
+let engineName = engine as string;
+for (const size of sizes) {
+  const row = await measure(size);
+  rows.push(row);
+}
+
+async function measure(size: { chunks: number; bytes: number; label: string }) {
+  const pageSize = size.bytes;
+  const peer = startPeer(pageSize, 2 * size.chunks);
+  const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
+  const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
+  let tx: PdSender | undefined;
+  try {
+    const ready = await Promise.race([
+      peer.ready,
+      peer.exited.then((c) => Promise.reject(new Error(`decoder exited (${c}) before ready`))),
+    ]);
+    tx = await PdSender.create({
+      pageSize,
+      bufferSize: pageSize * size.chunks,
+      channelType: "nixl",
+      engine,
+      device,
+      proxyHost: "127.0.0.1",
+      proxyPort: proxy.port,
+      timeline: (stage, reqId) => {
+        let m = marks.get(reqId);
+        if (!m) marks.set(reqId, m = {});
+        m[stage] = abs();
+      },
+    });
+    engineName = tx.channel.engine;
+    const spec = {
+      receiverHost: "127.0.0.1",
+      receiverInitPort: Number(ready.initPort),
+      receiverAllocPort: Number(ready.allocPort),
+    };
+    await tx.connect(spec);
+    // The decoder's marks on this process's clock.
+    const clock = await peer.clockOffset(50);
+    const scratch = onGpu ? new Uint8Array(pageSize) : undefined;
+    // The copy of the same bytes, timed right after each request (same noise as the
+    // request: this machine's memcpy moves by 2x within a minute): one synchronous
+    // kvp_mem_copy between two buffers of the sender's agent, host or the GPU's.
+    const agent = (tx.channel as NixlChannel).agent;
+    const bytesPerReq = size.chunks * size.bytes;
+    const ordinal = Number(device.split(":")[1] ?? 0);
+    const cpSrc = onGpu
+      ? agent.allocate(bytesPerReq, { memType: "VRAM", device: ordinal })
+      : agent.allocate(bytesPerReq);
+    const cpDst = onGpu
+      ? agent.allocate(bytesPerReq, { memType: "VRAM", device: ordinal })
+      : agent.allocate(bytesPerReq);
+    const lib = await loadNativeLibrary();
+    const memType = onGpu ? 1 : 0;
+    const dev = onGpu ? ordinal : 0;
+    const copyOnce = (): number => {
+      const t0 = performance.now();
+      const st = lib.symbols.kvp_mem_copy(
+        memType,
+        dev,
+        cpDst.address,
+        memType,
+        dev,
+        cpSrc.address,
+        BigInt(bytesPerReq),
+      );
+      if (st !== 0) throw new Error(`kvp_mem_copy failed: status ${st}`);
+      return (performance.now() - t0) * 1000;
+    };
+    if (!onGpu) {
+      (cpSrc as { bytes: Uint8Array }).bytes.fill(1);
+      (cpDst as { bytes: Uint8Array }).bytes.fill(2);
+    }
+    copyOnce();
+    const copies: number[] = [];
+    const reps = values.reps
+      ? Number(values.reps)
+      : size.chunks * size.bytes > 64 * 2 ** 20
+      ? 20
+      : 200;
+    const samples: Sample[] = [];
+    let handshakes = 0; // after the warm-up: each one is a cost a request should not pay
+    for (let r = -3; r < reps; r++) {
+      const reqId = `lat-${process.pid}-${reqNo++}`;
+      const pages = await tx.allocate(size.chunks, 30_000);
+      const keys = pages.map((_, i) => demoKey(reqId, i));
+      keys.forEach((k, i) => {
+        if (scratch) {
+          fillPattern(k, scratch);
+          tx!.channel.page(pages[i]).copyFrom(scratch);
+        } else fillPattern(k, tx!.channel.pages[pages[i]]);
+      });
+      const proxied = proxy.waitFor(reqId, { timeoutMs: 30_000 }).then(abs);
+      const landed = peer.landed(keys[0], 30_000);
+      const res = await tx.send({ ...spec, reqId, isLastPrefill: true }, {
+        keys,
+        pages,
+        shape: [2, 1, size.bytes / 512, 128], // KV_2LTD: K and V x 1 layer x tokens x 128 bf16
+        dtype: "bfloat16",
+        lastChunkToks: size.bytes / 512,
+      });
+      if (res.handshook && r >= 0) handshakes++;
+      const [proxyAt, ev] = await Promise.all([proxied, landed]);
+      const s = marks.get(reqId)!;
+      marks.delete(reqId);
+      if (r >= 0) copies.push(copyOnce());
+      if (r >= 0) {
+        const rxMarks: Partial<Record<PdReceiverStage, number>> = {};
+        for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
+          rxMarks[k as PdReceiverStage] = v - clock.offset;
+        }
+        samples.push(durations(s, rxMarks, proxyAt));
+      }
+    }
+    const bytes = size.chunks * size.bytes;
+    const copyUs = percentile(Float64Array.from(copies).sort(), 50);
+    const limit = {
+      bps: bytes / (copyUs / 1e6),
+      source: onGpu
+        ? "cudaMemcpy d2d, one after each request"
+        : "memcpy (1 thread), one after each request",
+    };
+    // The long-run probe, for reference (measured once, after the requests).
+    const probe = onGpu ? await measureCudaMemcpy(bytes, device) : await measureMemcpy(bytes);
+    const stats: Record<string, { p50: number; p99: number }> = {};
+    console.log(
+      `\n${size.label}: ${reps} requests, ${engineName} engine, ` +
+        `${onGpu ? `GPU buffers (${device})` : "host buffers"}, decoder in another process; ` +
+        `copy of the same bytes ${copyUs.toFixed(1)} us (${limit.source}); the two ` +
+        `processes' clocks agree within ${(clock.bound * 1000).toFixed(0)} us; ` +
+        `${handshakes} handshake(s) after the warm-up`,
+    );
+    console.log(`  ${"stage".padEnd(48)} ${"p50 us".padStart(9)} ${"p99 us".padStart(9)}`);
+    for (const name of Object.keys(samples[0])) {
+      const xs = Float64Array.from(samples.map((x) => x[name])).sort();
+      const p50 = percentile(xs, 50);
+      const p99 = percentile(xs, 99);
+      stats[name] = { p50, p99 };
+      console.log(
+        `  ${name.padEnd(48)} ${p50.toFixed(1).padStart(9)} ${p99.toFixed(1).padStart(9)}`,
+      );
+    }
+    const e2e = Float64Array.from(samples.map((x) => x["end to end: send() -> decoder landed"]))
+      .sort();
+    const added = Float64Array.from(e2e, (x) => x - copyUs).sort();
+    const e2eP50 = percentile(e2e, 50);
+    report.add({
+      name: `pd_latency_${size.label}_e2e`,
+      value: bytes / e2eP50 / 1e3,
+      unit: "GB/s",
+      limit: limit.bps / 1e9,
+      limitName: onGpu ? "cudaMemcpy d2d (interleaved)" : "memcpy (interleaved)",
+      extra: {
+        e2eP50Us: e2eP50,
+        e2eP99Us: percentile(e2e, 99),
+        copyUs,
+        reps,
+        device,
+        probeGbps: probe.bps / 1e9,
+        probe: probe.source,
+      },
+    });
+    report.add({
+      name: `pd_latency_${size.label}_added_p50`,
+      value: percentile(added, 50),
+      unit: "us",
+      goal: size.chunks === 1 ? { op: "<=", value: 100 } : undefined,
+    });
+    report.add({
+      name: `pd_latency_${size.label}_added_p99`,
+      value: percentile(added, 99),
+      unit: "us",
+    });
+    return {
+      size: size.label,
+      chunks: size.chunks,
+      chunkBytes: size.bytes,
+      copyUs,
+      clockBoundUs: clock.bound * 1000,
+      handshakes,
+      stats,
+    };
+  } finally {
+    await tx?.close();
+    await proxy.close();
+    peer.close();
+    await peer.exited;
+  }
+}
+report.finish({ device, engine: engineName, stages: rows });

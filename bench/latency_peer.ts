@@ -1,0 +1,117 @@
+/**
+ * The decoder of `bench/latency_bench.ts`: a {@linkcode PdReceiver} in its own process
+ * whose timeline hook records when each stage happened (absolute milliseconds,
+ * `performance.timeOrigin + performance.now()`, comparable across processes of one
+ * host), and that prints, once every key of a request has landed, one JSON line with
+ * the request's marks; it then frees the request's pages.
+ *
+ * ```sh
+ * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":32,"device":"cpu"}'
+ * ```
+ * Prints `{"event":"ready","initPort":..,"allocPort":..}`, then
+ * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..}}` per request.
+ * Answers `{"ping":n}` lines on stdin with `{"event":"pong","n":n,"t":<its clock>}`.
+ * Ends on stdin EOF or SIGTERM.
+ *
+ * @module
+ */
+import process from "node:process";
+import { PdReceiver } from "../src/pd/receiver.ts";
+import type { PdReceiverStage } from "../src/pd/timeline.ts";
+
+const args = JSON.parse(process.argv[2] ?? "{}") as {
+  pageSize: number;
+  pages: number;
+  device?: string;
+  engine?: "auto" | "builtin" | "nixl";
+};
+const origin = performance.timeOrigin;
+const abs = () => origin + performance.now();
+
+interface Pending {
+  marks: Partial<Record<PdReceiverStage, number>>;
+  keys: readonly string[];
+  left: Set<string>;
+}
+/** Requests by their first key (an AllocRequest of LMCache's sync form, and of the async
+ * form without `total_chunks`, carries no request id). */
+const byFirst = new Map<string, Pending>();
+const firstOf = new Map<string, string>();
+
+const rx = await PdReceiver.create({
+  host: "127.0.0.1",
+  initPort: 0,
+  allocPort: 0,
+  pageSize: args.pageSize,
+  bufferSize: args.pageSize * args.pages,
+  channelType: "nixl",
+  engine: args.engine ?? "builtin",
+  device: args.device ?? "cpu",
+  allocationTimeoutMs: 30_000,
+  timeline: (stage, _reqId, keys) => {
+    const t = abs();
+    if (keys.length === 0) return;
+    let first = firstOf.get(keys[0]);
+    if (first === undefined && stage === "alloc_received") {
+      first = keys[0];
+      byFirst.set(first, { marks: {}, keys: [...keys], left: new Set(keys) });
+      for (const k of keys) firstOf.set(k, first);
+    }
+    const p = first === undefined ? undefined : byFirst.get(first);
+    if (!p) return;
+    // The first AllocRequest's marks, the last notification's.
+    if (stage.startsWith("alloc") || stage === "pages_reserved") p.marks[stage] ??= t;
+    else p.marks[stage] = t;
+    if (stage === "landed") {
+      for (const k of keys) p.left.delete(k);
+      if (p.left.size === 0) queueMicrotask(() => finish(first!, p));
+    }
+  },
+});
+
+function finish(first: string, p: Pending): void {
+  byFirst.delete(first);
+  for (const k of p.keys) {
+    firstOf.delete(k);
+    rx.remove(k);
+  }
+  process.stdout.write(JSON.stringify({ event: "landed", key: first, marks: p.marks }) + "\n");
+}
+
+process.stdout.write(
+  JSON.stringify({
+    event: "ready",
+    initPort: rx.initPort,
+    allocPort: rx.allocPort,
+    engine: rx.channel.engine,
+  }) + "\n",
+);
+let closing = false;
+const stop = async () => {
+  if (closing) return;
+  closing = true;
+  await rx.close();
+  process.exit(0);
+};
+process.on("SIGTERM", stop);
+process.stdin.on("end", stop);
+// Clock pings: `{"ping":n}` is answered with this process's clock, so that the bench
+// can put both processes' marks on one time line (see latency_bench.ts).
+let pending = "";
+process.stdin.on("data", (d: Uint8Array | string) => {
+  pending += typeof d === "string" ? d : new TextDecoder().decode(d);
+  let nl: number;
+  while ((nl = pending.indexOf("\n")) >= 0) {
+    const line = pending.slice(0, nl);
+    pending = pending.slice(nl + 1);
+    try {
+      const m = JSON.parse(line) as { ping?: number };
+      if (m.ping !== undefined) {
+        process.stdout.write(JSON.stringify({ event: "pong", n: m.ping, t: abs() }) + "\n");
+      }
+    } catch {
+      // not a command
+    }
+  }
+});
+process.stdin.resume();
