@@ -20,6 +20,7 @@ import { closeSync } from "node:fs";
 import type { NativeLib } from "../../ffi/mod.ts";
 import { OUT_I32 } from "../../ffi/native.ts";
 import { Status } from "../errors.ts";
+import { after } from "../deadline.ts";
 
 /**
  * The event descriptor of one agent, read on demand: a read is pending only while
@@ -72,7 +73,7 @@ export class AgentEvents {
     if (gen !== this.#gen || this.#ended || this.#closed) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const done = () => {
-        clearTimeout(timer);
+        timer.clear();
         this.#waiters.delete(done);
         // Nobody waits any more but the read is pending (woken by its deadline): give the
         // reader up, so that an idle agent keeps no read (and no process) alive.
@@ -80,7 +81,7 @@ export class AgentEvents {
         resolve();
       };
       // The deadline only: the wake itself comes from the descriptor.
-      const timer = setTimeout(done, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
+      const timer = after(ms, done);
       this.#waiters.add(done);
       this.#read();
     });

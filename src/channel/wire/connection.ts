@@ -428,9 +428,8 @@ export class ZmtpConnection {
     this.#clearTimer();
     this.#socket.end();
     // A client that does not close its end is cut off after a second.
-    const timer = setTimeout(() => this.#socket.destroy(), 1000);
-    (timer as { unref?: () => void }).unref?.();
-    this.#socket.once("close", () => clearTimeout(timer));
+    const timer = after(1000, () => this.#socket.destroy(), { ref: false });
+    this.#socket.once("close", () => timer.clear());
   }
 
   /** One decrypted CURVE frame: reassemble messages under the limits, answer PING. */
