@@ -504,8 +504,11 @@ export class PdSender implements AsyncDisposable {
         return r;
       },
       (e) => {
-        // A failed WRITE may still be reading the pages: quarantine, not free.
-        this.#releasePages(batch.pages, e instanceof PdSendError && e.stage === "write");
+        // A failed WRITE may still be reading the pages: quarantine, not free. A batch
+        // failed because an earlier one did (its cause) never wrote: free at once.
+        const wrote = e instanceof PdSendError && e.stage === "write" &&
+          !(e.cause instanceof PdSendError);
+        this.#releasePages(batch.pages, wrote);
         throw e;
       },
     );
