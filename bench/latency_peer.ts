@@ -48,6 +48,7 @@ const rx = await PdReceiver.create({
   engine: args.engine ?? "builtin",
   device: args.device ?? "cpu",
   allocationTimeoutMs: 30_000,
+  pageGrants: process.env.KVPORT_BENCH_GRANTS !== "off",
   timeline: (stage, _reqId, keys) => {
     const t = abs();
     if (keys.length === 0) return;
