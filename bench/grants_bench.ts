@@ -25,8 +25,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { Report } from "./lib.ts";
-import { loadConfig } from "../src/config/mod.ts";
+import { benchSenderConfig, Report } from "./lib.ts";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { fillPattern } from "../src/pd/pattern.ts";
 import { PdSender } from "../src/pd/sender.ts";
@@ -86,18 +85,9 @@ async function pipeline(
   (async () => {
     for await (const _ of rx.lines) { /* landed events: keep the pipe drained */ }
   })();
-  const { config } = loadConfig({
-    env: {},
-    overrides: {
-      enable_pd: true,
-      pd_role: "sender",
-      transfer_channel: "nixl",
-      pd_buffer_size: maxChunks * chunk,
-      pd_buffer_device: "cpu",
-      pd_skip_proxy_notification: true,
-      nixl_backends: backends,
-      extra_config: { kvport_page_grants: grants },
-    },
+  const config = benchSenderConfig(maxChunks * chunk, {
+    nixl_backends: backends,
+    extra_config: { kvport_page_grants: grants },
   });
   const engine = (process.env.KVPORT_ENGINE ??= "builtin") as "auto" | "builtin" | "nixl";
   const tx = await PdSender.fromConfig(config, { pageSize: chunk, engine });

@@ -25,6 +25,7 @@ import {
   type TransferRequest,
 } from "../src/agent.ts";
 import type { NativeLib } from "../ffi/mod.ts";
+import { type KvportConfig, loadConfig } from "../src/config/mod.ts";
 
 /** A goal on the ratio (value / limit) or on the value itself. */
 export interface Goal {
@@ -335,4 +336,26 @@ export async function postLatency(
   }
   samples.sort();
   return { samples, inline };
+}
+
+/**
+ * The configuration of a benchmark's PD sender: the nixl channel on a CPU buffer of
+ * `bufferBytes`, no proxy notification, plus `extra` keys (backends, extra_config).
+ */
+export function benchSenderConfig(
+  bufferBytes: number,
+  extra: Readonly<Record<string, unknown>> = {},
+): KvportConfig {
+  return loadConfig({
+    env: {},
+    overrides: {
+      enable_pd: true,
+      pd_role: "sender",
+      transfer_channel: "nixl",
+      pd_buffer_size: bufferBytes,
+      pd_buffer_device: "cpu",
+      pd_skip_proxy_notification: true,
+      ...extra,
+    },
+  }).config;
 }

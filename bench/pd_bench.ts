@@ -16,7 +16,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { loadConfig } from "../src/config/mod.ts";
+import { benchSenderConfig } from "./lib.ts";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { fillPattern } from "../src/pd/pattern.ts";
 import { PdSender } from "../src/pd/sender.ts";
@@ -158,20 +158,11 @@ export async function runPdBench(
     (async () => {
       for await (const _ of rx.lines) { /* landed events */ }
     })();
-    const { config } = loadConfig({
-      env: {},
-      overrides: {
-        enable_pd: true,
-        pd_role: "sender",
-        transfer_channel: "nixl",
-        pd_buffer_size: maxChunks * chunk,
-        pd_buffer_device: "cpu",
-        pd_skip_proxy_notification: true,
-        nixl_backends: backends,
-        ...(options.pageGrants === undefined
-          ? {}
-          : { extra_config: { kvport_page_grants: options.pageGrants } }),
-      },
+    const config = benchSenderConfig(maxChunks * chunk, {
+      nixl_backends: backends,
+      ...(options.pageGrants === undefined
+        ? {}
+        : { extra_config: { kvport_page_grants: options.pageGrants } }),
     });
     tx = await PdSender.fromConfig(config, { pageSize: chunk, engine: engineName });
     const spec = {

@@ -38,7 +38,6 @@ import process from "node:process";
 import * as readline from "node:readline";
 import { spawn, spawnSync } from "node:child_process";
 import { parseArgs } from "node:util";
-import { loadConfig } from "../src/config/mod.ts";
 import { checkPattern, fillPattern } from "../src/pd/pattern.ts";
 import { PdReceiver } from "../src/pd/receiver.ts";
 import { PdSender } from "../src/pd/sender.ts";
@@ -47,7 +46,7 @@ import { P2PRegistry } from "../src/p2p/registry.ts";
 import { NixlStorageBackend } from "../src/storage/backend.ts";
 import { decodeMessage, encodeMessage, ReqSocket } from "../src/channel/wire/mod.ts";
 import { measureMemcpy } from "../cli/demo_cmd.ts";
-import { percentile, Report, type Scored } from "./lib.ts";
+import { benchSenderConfig, percentile, Report, type Scored } from "./lib.ts";
 
 const CHUNK = 256 * 1024; // 2 x 1 layer x 256 tokens x 256 x bf16
 const SHAPE = [2, 1, 256, 256];
@@ -151,17 +150,7 @@ function senderArgs(rx: PdReceiver, extra: string[]): string[] {
 // -------------------------------------------------------------- child roles --
 
 async function senderRole(v: Record<string, string | boolean | undefined>): Promise<void> {
-  const { config } = loadConfig({
-    env: {},
-    overrides: {
-      enable_pd: true,
-      pd_role: "sender",
-      transfer_channel: "nixl",
-      pd_buffer_size: 2 * BATCH * CHUNK,
-      pd_buffer_device: "cpu",
-      pd_skip_proxy_notification: true,
-    },
-  });
+  const config = benchSenderConfig(2 * BATCH * CHUNK);
   const tx = await PdSender.fromConfig(config, { pageSize: CHUNK, engine: ENGINE });
   const spec = {
     receiverHost: "127.0.0.1",
