@@ -688,31 +688,6 @@ class Checker {
     return b;
   }
 
-  /**
-   * An array of str, as it is (strings need no normalising): no copy, and an element's
-   * name (`keys[3]`) is only formatted for the error. A PD AllocRequest carries one key
-   * per chunk, checked on both sides of every round trip.
-   */
-  strs(field: string, v: unknown): string[] {
-    if (!Array.isArray(v)) this.fail(field, "array", v);
-    for (let i = 0; i < v.length; i++) {
-      if (typeof v[i] !== "string") this.fail(`${field}[${i}]`, "str", v[i]);
-    }
-    return v;
-  }
-
-  /** An array of int, copied only when an element needs normalising (see `int`). */
-  ints(field: string, v: unknown): WireInt[] {
-    if (!Array.isArray(v)) this.fail(field, "array", v);
-    for (let i = 0; i < v.length; i++) {
-      const x = v[i];
-      if (typeof x !== "number" || !Number.isSafeInteger(x)) {
-        return v.map((y, j) => this.int(`${field}[${j}]`, y));
-      }
-    }
-    return v;
-  }
-
   list<T>(field: string, v: unknown, item: (field: string, x: unknown) => T): T[] {
     if (!Array.isArray(v)) this.fail(field, "array", v);
     return v.map((x, i) => item(`${field}[${i}]`, x));
@@ -731,9 +706,9 @@ class Checker {
         if (typeof v !== "boolean") this.fail(field, "bool", v);
         return v;
       case "str[]":
-        return this.strs(field, v);
+        return this.list(field, v, (n, x) => this.str(n, x));
       case "int[]":
-        return this.ints(field, v);
+        return this.list(field, v, (n, x) => this.int(n, x));
       case "hash":
         return this.hash(field, v);
       case "hash[]":
@@ -983,15 +958,6 @@ export function encodeMessage(message: LmcacheMessage): Uint8Array {
   return ENCODER.encode(ordered);
 }
 
-const KNOWN_FIELDS = new Map<MessageType, ReadonlySet<string>>();
-
-/** The field names of a message type (made once per type, not per message). */
-function knownFields(type: MessageType): ReadonlySet<string> {
-  let known = KNOWN_FIELDS.get(type);
-  if (!known) KNOWN_FIELDS.set(type, known = new Set(MESSAGE_FIELDS[type].map((x) => x.name)));
-  return known;
-}
-
 /**
  * Decodes and validates one message. Never trusts a size: every length in the bytes is
  * checked against the bytes present before anything is allocated for it.
@@ -1040,7 +1006,7 @@ export function decodeMessage<T extends MessageType = MessageType>(
     );
   }
   const msg = check(raw, expected, options.peer);
-  const known = knownFields(msg.type);
+  const known = new Set(MESSAGE_FIELDS[msg.type].map((x) => x.name));
   withFieldOrder(msg, Object.keys(raw as object).filter((k) => known.has(k)));
   return msg as MessageOf<T>;
 }

@@ -79,8 +79,6 @@ async function bound<S extends WireSocket>(create: () => S, url: string): Promis
  */
 export class ReqSocket extends WireSocket {
   #queue: Promise<unknown> = Promise.resolve();
-  /** Requests started or waiting in `#queue` and not yet settled. */
-  #queued = 0;
   #pending:
     | { pipe: Pipe; resolve: (f: Uint8Array[]) => void; reject: (e: WireError) => void }
     | undefined;
@@ -133,14 +131,8 @@ export class ReqSocket extends WireSocket {
     const timeoutMs = options.timeoutMs ?? this._timeoutMs;
     const deadline = performance.now() + timeoutMs;
     const run = () => this.#run(frames, timeoutMs, deadline);
-    // With nothing queued the request starts now, not a few microtask turns later (each
-    // turn of a cold event loop costs microseconds on the PD AllocRequest path).
-    const result = this.#queued === 0 ? run() : this.#queue.then(run, run);
-    this.#queued++;
-    const settled = () => {
-      this.#queued--;
-    };
-    this.#queue = result.then(settled, settled);
+    const result = this.#queue.then(run, run);
+    this.#queue = result.catch(() => {});
     return result;
   }
 
@@ -336,7 +328,8 @@ export class RepSocket extends WireSocket {
           ctl.abort(new WireClosedError(`the connection of ${req.peer.address} closed`))
         );
       }
-      const serveOne = async () => {
+      const prev = chains.get(conn) ?? Promise.resolve();
+      const next = prev.then(async () => {
         let reply: Message;
         try {
           reply = await handler(req.frames, req.peer, signal);
@@ -349,10 +342,7 @@ export class RepSocket extends WireSocket {
           this._report(err);
           if (!(e instanceof WireClosedError)) await conn.destroy();
         }
-      };
-      // One request at a time per connection; an idle connection's starts at once.
-      const prev = chains.get(conn);
-      const next = prev ? prev.then(serveOne) : serveOne();
+      });
       chains.set(conn, next);
       next.then(() => {
         if (chains.get(conn) === next) chains.delete(conn);
