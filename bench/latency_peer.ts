@@ -8,7 +8,8 @@
  * ```sh
  * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":32,"device":"cpu"}'
  * ```
- * Prints `{"event":"ready","initPort":..,"allocPort":..}`, then
+ * Prints `{"event":"ready","initPort":..,"allocPort":..,"echoUrl":..}` (a bare REQ/REP echo,
+ * the limit of the AllocRequest round trip), then
  * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..}}` per request.
  * Answers `{"ping":n}` lines on stdin with `{"event":"pong","n":n,"t":<its clock>}`.
  * Ends on stdin EOF or SIGTERM.
@@ -17,6 +18,7 @@
  */
 import process from "node:process";
 import { PdReceiver } from "../src/pd/receiver.ts";
+import { RepSocket } from "../src/channel/wire/mod.ts";
 import type { PdReceiverStage } from "../src/pd/timeline.ts";
 
 const args = JSON.parse(process.argv[2] ?? "{}") as {
@@ -79,11 +81,17 @@ function finish(first: string, p: Pending): void {
   process.stdout.write(JSON.stringify({ event: "landed", key: first, marks: p.marks }) + "\n");
 }
 
+// The limit of the AllocRequest round trip: a bare REQ/REP echo of our ZeroMQ wire in this
+// process, with no PD code behind it (the bench pings it once after each request).
+const echo = await RepSocket.bind("tcp://127.0.0.1:0");
+echo.serve((frames) => frames).catch(() => {});
+
 process.stdout.write(
   JSON.stringify({
     event: "ready",
     initPort: rx.initPort,
     allocPort: rx.allocPort,
+    echoUrl: echo.endpoints[0],
     engine: rx.channel.engine,
   }) + "\n",
 );
@@ -91,6 +99,7 @@ let closing = false;
 const stop = async () => {
   if (closing) return;
   closing = true;
+  await echo.close();
   await rx.close();
   process.exit(0);
 };
