@@ -25,6 +25,7 @@
  * @module
  */
 import { spawn } from "node:child_process";
+import * as net from "node:net";
 import * as readline from "node:readline";
 import * as os from "node:os";
 import process from "node:process";
@@ -218,6 +219,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;
   let echo: ReqSocket | undefined;
+  let tcp: net.Socket | undefined;
   try {
     const ready = await Promise.race([
       peer.ready,
@@ -247,6 +249,26 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     // The decoder's marks on this process's clock.
     const clock = await peer.clockOffset(50);
     echo = ReqSocket.connect(String(ready.echoUrl), { timeoutMs: 30_000 });
+    const conn = tcp = net.createConnection({
+      host: "127.0.0.1",
+      port: Number(ready.tcpEchoPort),
+    });
+    conn.setNoDelay(true);
+    await new Promise<void>((r, j) => conn.once("connect", () => r()).once("error", j));
+    let tcpWant = 0;
+    let tcpWake = () => {};
+    conn.on("data", (d: Uint8Array) => {
+      tcpWant -= d.length;
+      if (tcpWant <= 0) tcpWake();
+    });
+    const tcpPingOnce = (body: Uint8Array): Promise<number> => {
+      const t0 = performance.now();
+      return new Promise<number>((resolve) => {
+        tcpWant = body.length;
+        tcpWake = () => resolve((performance.now() - t0) * 1000);
+        conn.write(body);
+      });
+    };
     const pingOnce = async (body: Uint8Array): Promise<number> => {
       const t0 = performance.now();
       const [back] = await echo!.request([body]);
@@ -291,6 +313,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     copyOnce();
     const copies: number[] = [];
     const pings: number[] = [];
+    const tcpPings: number[] = [];
     const reps = values.reps
       ? Number(values.reps)
       : size.chunks * size.bytes > 64 * 2 ** 20
@@ -332,8 +355,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
           last_chunk_toks: size.bytes / 512,
         }, { reqId, isLastBatch: true, totalChunks: size.chunks }) as unknown as LmcacheMessage,
       );
+      // Whichever goes second finds both processes awake: the order alternates.
+      const tcpFirst = (r & 1) === 1 ? await tcpPingOnce(wireBytes) : NaN;
       const ping = await pingOnce(wireBytes);
-      if (r >= 0) pings.push(ping);
+      const tcpPing = Number.isNaN(tcpFirst) ? await tcpPingOnce(wireBytes) : tcpFirst;
+      if (r >= 0) {
+        pings.push(ping);
+        tcpPings.push(tcpPing);
+      }
       if (r >= 0) {
         const rxMarks: Partial<Record<PdReceiverStage, number>> = {};
         for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
@@ -375,9 +404,10 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     const added = Float64Array.from(e2e, (x) => x - copyUs).sort();
     const e2eP50 = percentile(e2e, 50);
     const pingP50 = percentile(Float64Array.from(pings).sort(), 50);
+    const tcpP50 = percentile(Float64Array.from(tcpPings).sort(), 50);
     console.log(
       `  bare REQ/REP echo of the AllocRequest's bytes, same processes: p50 ` +
-        `${pingP50.toFixed(1)} us round trip`,
+        `${pingP50.toFixed(1)} us round trip (bare TCP echo: ${tcpP50.toFixed(1)} us)`,
     );
     report.add({
       name: `pd_latency_${size.label}_e2e`,
@@ -401,7 +431,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       unit: "us",
       limit: pingP50,
       limitName: "bare REQ/REP echo of the same bytes (interleaved)",
-      extra: { p99: stats["AllocRequest round trip"].p99, echoP50Us: pingP50 },
+      extra: { p99: stats["AllocRequest round trip"].p99, echoP50Us: pingP50, tcpP50Us: tcpP50 },
     });
     report.add({
       name: `pd_latency_${size.label}_added_p50`,
@@ -425,6 +455,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     };
   } finally {
     await echo?.close();
+    tcp?.destroy();
     await tx?.close();
     await proxy.close();
     peer.close();

@@ -16,6 +16,7 @@
  *
  * @module
  */
+import * as net from "node:net";
 import process from "node:process";
 import { PdReceiver } from "../src/pd/receiver.ts";
 import { RepSocket } from "../src/channel/wire/mod.ts";
@@ -85,6 +86,12 @@ function finish(first: string, p: Pending): void {
 // process, with no PD code behind it (the bench pings it once after each request).
 const echo = await RepSocket.bind("tcp://127.0.0.1:0");
 echo.serve((frames) => frames).catch(() => {});
+// And a bare TCP echo (what the kernel and the runtime's sockets cost).
+const tcpEcho = net.createServer((s) => {
+  s.setNoDelay(true);
+  s.on("data", (d: Uint8Array) => s.write(d));
+});
+await new Promise<void>((r) => tcpEcho.listen(0, "127.0.0.1", () => r()));
 
 process.stdout.write(
   JSON.stringify({
@@ -92,6 +99,7 @@ process.stdout.write(
     initPort: rx.initPort,
     allocPort: rx.allocPort,
     echoUrl: echo.endpoints[0],
+    tcpEchoPort: (tcpEcho.address() as net.AddressInfo).port,
     engine: rx.channel.engine,
   }) + "\n",
 );
@@ -100,6 +108,7 @@ const stop = async () => {
   if (closing) return;
   closing = true;
   await echo.close();
+  tcpEcho.close();
   await rx.close();
   process.exit(0);
 };
