@@ -8,7 +8,10 @@
  * called -> the decoder's landed event) is set against the copy time of the same bytes
  * (one synchronous memcpy on CPU, cudaMemcpy device to device with `--device cuda`, timed
  * right after each request so that both see the same load; p50), and the difference is
- * the added latency (goal: p50 <= 100 us for one chunk). The engine copies host pages
+ * the added latency (goal: p50 <= 100 us for one chunk). The AllocRequest round trip is
+ * set against a bare REQ/REP echo of our ZeroMQ wire between the same two processes, of
+ * the same bytes, pinged once right after each request (what the wire itself costs; the
+ * rest is PD code, event-loop turns and wake-ups: issue 15). The engine copies host pages
  * with two threads, so on CPU a large chunk can land faster than one memcpy thread
  * copies it (a negative added latency). Then one JSON line.
  *
@@ -22,6 +25,7 @@
  * @module
  */
 import { spawn } from "node:child_process";
+import * as net from "node:net";
 import * as readline from "node:readline";
 import * as os from "node:os";
 import process from "node:process";
@@ -36,6 +40,8 @@ import { demoKey } from "../cli/pd_cmd.ts";
 import { percentile, Report } from "./lib.ts";
 import type { NixlChannel } from "../src/channel/nixl.ts";
 import { loadNativeLibrary } from "../ffi/mod.ts";
+import { encodeMessage, type LmcacheMessage, ReqSocket } from "../src/channel/wire/mod.ts";
+import { allocRequest } from "../src/pd/alloc_wire.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -212,6 +218,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;
+  let echo: ReqSocket | undefined;
+  let tcp: net.Socket | undefined;
   try {
     const ready = await Promise.race([
       peer.ready,
@@ -240,6 +248,34 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     await tx.connect(spec);
     // The decoder's marks on this process's clock.
     const clock = await peer.clockOffset(50);
+    echo = ReqSocket.connect(String(ready.echoUrl), { timeoutMs: 30_000 });
+    const conn = tcp = net.createConnection({
+      host: "127.0.0.1",
+      port: Number(ready.tcpEchoPort),
+    });
+    conn.setNoDelay(true);
+    await new Promise<void>((r, j) => conn.once("connect", () => r()).once("error", j));
+    let tcpWant = 0;
+    let tcpWake = () => {};
+    conn.on("data", (d: Uint8Array) => {
+      tcpWant -= d.length;
+      if (tcpWant <= 0) tcpWake();
+    });
+    const tcpPingOnce = (body: Uint8Array): Promise<number> => {
+      const t0 = performance.now();
+      return new Promise<number>((resolve) => {
+        tcpWant = body.length;
+        tcpWake = () => resolve((performance.now() - t0) * 1000);
+        conn.write(body);
+      });
+    };
+    const pingOnce = async (body: Uint8Array): Promise<number> => {
+      const t0 = performance.now();
+      const [back] = await echo!.request([body]);
+      const us = (performance.now() - t0) * 1000;
+      if (back.length !== body.length) throw new Error("the echo answered other bytes");
+      return us;
+    };
     const scratch = onGpu ? new Uint8Array(pageSize) : undefined;
     // The copy of the same bytes, timed right after each request (same noise as the
     // request: this machine's memcpy moves by 2x within a minute): one synchronous
@@ -276,6 +312,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     }
     copyOnce();
     const copies: number[] = [];
+    const pings: number[] = [];
+    const tcpPings: number[] = [];
     const reps = values.reps
       ? Number(values.reps)
       : size.chunks * size.bytes > 64 * 2 ** 20
@@ -307,6 +345,24 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       const s = marks.get(reqId)!;
       marks.delete(reqId);
       if (r >= 0) copies.push(copyOnce());
+      // The same bytes as this request's AllocRequest, over the bare wire.
+      const wireBytes = encodeMessage(
+        allocRequest("async", {
+          keys,
+          fmt: 1,
+          shape: [2, 1, size.bytes / 512, 128],
+          dtype: "bfloat16",
+          last_chunk_toks: size.bytes / 512,
+        }, { reqId, isLastBatch: true, totalChunks: size.chunks }) as unknown as LmcacheMessage,
+      );
+      // Whichever goes second finds both processes awake: the order alternates.
+      const tcpFirst = (r & 1) === 1 ? await tcpPingOnce(wireBytes) : NaN;
+      const ping = await pingOnce(wireBytes);
+      const tcpPing = Number.isNaN(tcpFirst) ? await tcpPingOnce(wireBytes) : tcpFirst;
+      if (r >= 0) {
+        pings.push(ping);
+        tcpPings.push(tcpPing);
+      }
       if (r >= 0) {
         const rxMarks: Partial<Record<PdReceiverStage, number>> = {};
         for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
@@ -347,6 +403,12 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       .sort();
     const added = Float64Array.from(e2e, (x) => x - copyUs).sort();
     const e2eP50 = percentile(e2e, 50);
+    const pingP50 = percentile(Float64Array.from(pings).sort(), 50);
+    const tcpP50 = percentile(Float64Array.from(tcpPings).sort(), 50);
+    console.log(
+      `  bare REQ/REP echo of the AllocRequest's bytes, same processes: p50 ` +
+        `${pingP50.toFixed(1)} us round trip (bare TCP echo: ${tcpP50.toFixed(1)} us)`,
+    );
     report.add({
       name: `pd_latency_${size.label}_e2e`,
       value: bytes / e2eP50 / 1e3,
@@ -362,6 +424,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         probeGbps: probe.bps / 1e9,
         probe: probe.source,
       },
+    });
+    report.add({
+      name: `pd_latency_${size.label}_alloc_round_trip_p50`,
+      value: stats["AllocRequest round trip"].p50,
+      unit: "us",
+      limit: pingP50,
+      limitName: "bare REQ/REP echo of the same bytes (interleaved)",
+      extra: { p99: stats["AllocRequest round trip"].p99, echoP50Us: pingP50, tcpP50Us: tcpP50 },
     });
     report.add({
       name: `pd_latency_${size.label}_added_p50`,
@@ -384,6 +454,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       stats,
     };
   } finally {
+    await echo?.close();
+    tcp?.destroy();
     await tx?.close();
     await proxy.close();
     peer.close();

@@ -8,15 +8,18 @@
  * ```sh
  * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":32,"device":"cpu"}'
  * ```
- * Prints `{"event":"ready","initPort":..,"allocPort":..}`, then
+ * Prints `{"event":"ready","initPort":..,"allocPort":..,"echoUrl":..}` (a bare REQ/REP echo,
+ * the limit of the AllocRequest round trip), then
  * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..}}` per request.
  * Answers `{"ping":n}` lines on stdin with `{"event":"pong","n":n,"t":<its clock>}`.
  * Ends on stdin EOF or SIGTERM.
  *
  * @module
  */
+import * as net from "node:net";
 import process from "node:process";
 import { PdReceiver } from "../src/pd/receiver.ts";
+import { RepSocket } from "../src/channel/wire/mod.ts";
 import type { PdReceiverStage } from "../src/pd/timeline.ts";
 
 const args = JSON.parse(process.argv[2] ?? "{}") as {
@@ -79,11 +82,24 @@ function finish(first: string, p: Pending): void {
   process.stdout.write(JSON.stringify({ event: "landed", key: first, marks: p.marks }) + "\n");
 }
 
+// The limit of the AllocRequest round trip: a bare REQ/REP echo of our ZeroMQ wire in this
+// process, with no PD code behind it (the bench pings it once after each request).
+const echo = await RepSocket.bind("tcp://127.0.0.1:0");
+echo.serve((frames) => frames).catch(() => {});
+// And a bare TCP echo (what the kernel and the runtime's sockets cost).
+const tcpEcho = net.createServer((s) => {
+  s.setNoDelay(true);
+  s.on("data", (d: Uint8Array) => s.write(d));
+});
+await new Promise<void>((r) => tcpEcho.listen(0, "127.0.0.1", () => r()));
+
 process.stdout.write(
   JSON.stringify({
     event: "ready",
     initPort: rx.initPort,
     allocPort: rx.allocPort,
+    echoUrl: echo.endpoints[0],
+    tcpEchoPort: (tcpEcho.address() as net.AddressInfo).port,
     engine: rx.channel.engine,
   }) + "\n",
 );
@@ -91,6 +107,8 @@ let closing = false;
 const stop = async () => {
   if (closing) return;
   closing = true;
+  await echo.close();
+  tcpEcho.close();
   await rx.close();
   process.exit(0);
 };
