@@ -185,7 +185,7 @@ export class PdReceiver implements AsyncDisposable {
   readonly #grantTtlMs: number;
   readonly #entries = new Map<string, ReceivedChunk>();
   readonly #leases = new Map<string, { lease: PageLease; reqId: string | undefined }>();
-  readonly #reservationTtlMs: number;
+  readonly #reservationTtlMs: number | undefined;
   #waiters: Waiter[] = [];
   #landedListeners = new Set<(keys: string[]) => void>();
   #unsubscribe: () => void;
@@ -217,7 +217,7 @@ export class PdReceiver implements AsyncDisposable {
     });
     this.#chunkSize = options.chunkSize ?? 256;
     this.#allocTimeoutMs = options.allocationTimeoutMs ?? pdAllocDeadlines().receiverWaitMs;
-    this.#reservationTtlMs = options.reservationTtlMs ?? NaN; // NaN: per request
+    this.#reservationTtlMs = options.reservationTtlMs; // undefined: per request
     this.#grants = new PageGrantBook(channel);
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     const tl = this.#tl = options.timeline;
@@ -766,7 +766,7 @@ export class PdReceiver implements AsyncDisposable {
    * sender declared (`kvport_ttl_ms`, a positive integer, capped); else none (LMCache).
    */
   #reservationTtlFor(msg: SideMessage): number {
-    if (!Number.isNaN(this.#reservationTtlMs)) return this.#reservationTtlMs;
+    if (this.#reservationTtlMs !== undefined) return this.#reservationTtlMs;
     const declared = msg.kvport_ttl_ms;
     if (typeof declared !== "number" || !Number.isSafeInteger(declared) || declared <= 0) {
       return Infinity;
@@ -776,11 +776,9 @@ export class PdReceiver implements AsyncDisposable {
 
   /** A reservation whose data did not land in time: its page is back in the pool. */
   #expired(key: string): void {
-    const e = this.#entries.get(key);
-    // The page went to quarantine with its lease; the sender's grant goes too.
-    if (e) void this.#grants.release([e.page]);
-    this.#entries.delete(key);
-    this.#leases.delete(key);
+    // The page went to quarantine with its lease (releasing it again is a no-op); the
+    // key and the sender's grant go as on any drop.
+    void this.#drop(key);
     this.#stats.expired++;
   }
 

@@ -7,7 +7,6 @@
  */
 
 import { ChannelError, ChannelTimeoutError, timeoutOf } from "../channel/errors.ts";
-import { WireTimeoutError } from "../channel/wire/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
 import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
@@ -680,7 +679,7 @@ export class PdSender implements AsyncDisposable {
       } catch (e) {
         if (run.failed) throw aborted(run.failed);
         // No answer in time is a timeout, whatever it did to the connection.
-        if (e instanceof WireTimeoutError) {
+        if (timeoutOf(e)) {
           const t = new ChannelTimeoutError("AllocRequest", this.#allocTimeoutMs, {
             peerId: link.id,
             hint: "the receiver did not answer (no free pages in time? see its " +
