@@ -15,6 +15,7 @@ import {
   crcOf,
   docKeys,
   instance,
+  silentHolder,
   startRegistry,
   storeDoc,
   until,
@@ -267,24 +268,13 @@ test("p2p mock: an unreachable registry or holder is a miss with an error, never
 });
 
 test("p2p mock: a reply that never comes quarantines the pages, then frees them", async () => {
-  await using lookup = await RepSocket.bind("tcp://127.0.0.1:0");
-  lookup.serve(() => new Promise<Uint8Array>(() => {})); // never answers
-  await using fake = await MockMemoryChannel.create({
-    role: "both",
-    pageSize: 64 * 1024,
-    pageCount: 4,
-    peerInitUrl: "127.0.0.1:0",
-  });
-  fake.onSideMessage(() => ({
-    type: "P2PInitSideRetMsg",
-    peer_lookup_url: `127.0.0.1:${lookup.port}`,
-  }));
+  await using fake = await silentHolder();
   await using requester = await instance(null, "requester", {
     lookupRecvTimeoutMs: 150,
     maxRetryCount: 1,
     quarantineMs: 300,
   });
-  const r = await requester.fetchFrom(fake.initUrl!, docKeys("A", 3));
+  const r = await requester.fetchFrom(fake.initUrl, docKeys("A", 3));
   assert.equal(r.error?.code, "TIMEOUT");
   assert.equal(r.attempts, 2);
   // each unanswered attempt's pages (the retry took fresh ones)

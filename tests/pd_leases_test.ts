@@ -21,7 +21,7 @@ import {
 } from "../mod.ts";
 import { openRequester } from "../src/channel/control.ts";
 import { allocRequest, readAllocResponse } from "../src/pd/alloc_wire.ts";
-import { checkFor, fillFor, testKey } from "./helpers/pd_util.ts";
+import { checkFor, fillFor, mockReceiver, testKey } from "./helpers/pd_util.ts";
 
 const SHAPE = [2, 2, 16, 32] as const;
 const TOKENS = 16;
@@ -39,16 +39,7 @@ async function eventually(cond: () => boolean, ms = 3000): Promise<boolean> {
 }
 
 function receiver(pages: number, extra: Partial<PdReceiverOptions> = {}) {
-  return PdReceiver.create({
-    host: "127.0.0.1",
-    initPort: 0,
-    allocPort: 0,
-    bufferSize: pages * PAGE,
-    pageSize: PAGE,
-    chunkSize: TOKENS,
-    channelType: "mock_memory",
-    ...extra,
-  });
+  return mockReceiver(pages, PAGE, TOKENS, extra);
 }
 
 function sender(allocTimeoutMs: number) {

@@ -10,13 +10,12 @@ import {
   MemoryFormat,
   MockMemoryChannel,
   PdAllocRefusedError,
-  PdReceiver,
   PdSender,
 } from "../mod.ts";
 import { ALLOC_RESPONSE_ORDER } from "../src/pd/mod.ts";
 import { encodeMessage, type LmcacheMessage, withFieldOrder } from "../src/channel/wire/mod.ts";
 import { lmcachePeerPython, startLmcachePeer } from "./helpers/py_lmcache.ts";
-import { testKey } from "./helpers/pd_util.ts";
+import { mockReceiver, testKey } from "./helpers/pd_util.ts";
 
 const SHAPE = [2, 1, 32, 32]; // KV_2LTD bf16: 4096 bytes
 const BIG = [2, 2, 32, 32]; // 8192 bytes: larger than a page
@@ -45,16 +44,7 @@ async function decoy(pages = 4) {
 }
 
 function receiver(pages: number) {
-  return PdReceiver.create({
-    host: "127.0.0.1",
-    initPort: 0,
-    allocPort: 0,
-    bufferSize: pages * PAGE,
-    pageSize: PAGE,
-    chunkSize: 32,
-    channelType: "mock_memory",
-    allocationTimeoutMs: 300,
-  });
+  return mockReceiver(pages, PAGE, 32, { allocationTimeoutMs: 300 });
 }
 
 interface Reply {

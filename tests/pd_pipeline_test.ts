@@ -8,7 +8,6 @@ import {
   ChannelError,
   chunkBytes,
   MemoryFormat,
-  PdReceiver,
   PdSender,
   type PdSenderStage,
   ProxyNotifier,
@@ -18,22 +17,13 @@ import { allocRequest, allocResponse } from "../src/pd/mod.ts";
 import { serveRequests } from "../src/channel/control.ts";
 import { createTransferChannel } from "../src/channel/factory.ts";
 import type { SideMessage } from "../src/channel/types.ts";
-import { checkFor, fillFor, portOf, testKey } from "./helpers/pd_util.ts";
+import { checkFor, fillFor, mockReceiver, portOf, testKey } from "./helpers/pd_util.ts";
 
 const SHAPE = [2, 2, 16, 32]; // KV_2LTD bf16, 16 tokens: 4096 bytes
 const PAGE = chunkBytes(MemoryFormat.KV_2LTD, SHAPE, "bfloat16")!;
 
 function receiver(pages: number, allocationTimeoutMs = 5000) {
-  return PdReceiver.create({
-    host: "127.0.0.1",
-    initPort: 0,
-    allocPort: 0,
-    bufferSize: pages * PAGE,
-    pageSize: PAGE,
-    chunkSize: 16,
-    channelType: "mock_memory",
-    allocationTimeoutMs,
-  });
+  return mockReceiver(pages, PAGE, 16, { allocationTimeoutMs });
 }
 
 function spec(initPort: number, allocPort: number, reqId: string, last: boolean) {

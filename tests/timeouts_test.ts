@@ -25,7 +25,7 @@ import {
   MAX_TIMER_DELAY_MS,
   sleep,
 } from "../src/deadline.ts";
-import { instance } from "./helpers/p2p_util.ts";
+import { instance, silentHolder } from "./helpers/p2p_util.ts";
 import { startPeerProcess } from "./helpers/peer_process.ts";
 
 const LONG = 2 ** 31 + 1000; // just past setTimeout's limit
@@ -131,24 +131,13 @@ test("typed timeouts: a handshake timeout is a ChannelTimeoutError; a peer's tex
 });
 
 test("typed timeouts: a P2P fetch whose reply never comes is TIMEOUT with its deadline", async () => {
-  await using lookup = await RepSocket.bind("tcp://127.0.0.1:0");
-  lookup.serve(() => new Promise<Uint8Array>(() => {})); // never answers
-  await using fake = await MockMemoryChannel.create({
-    role: "both",
-    pageSize: 64 * 1024,
-    pageCount: 4,
-    peerInitUrl: "127.0.0.1:0",
-  });
-  fake.onSideMessage(() => ({
-    type: "P2PInitSideRetMsg",
-    peer_lookup_url: `127.0.0.1:${lookup.port}`,
-  }));
+  await using fake = await silentHolder();
   await using requester = await instance(null, "requester", {
     lookupRecvTimeoutMs: 120,
     maxRetryCount: 0,
     quarantineMs: 50,
   });
-  const r = await requester.fetchFrom(fake.initUrl!, ["vllm@m@1@0@a1@bfloat16"]);
+  const r = await requester.fetchFrom(fake.initUrl, ["vllm@m@1@0@a1@bfloat16"]);
   assert.ok(r.error instanceof P2PError);
   assert.equal(r.error.code, "TIMEOUT");
   assert.equal(r.error.timeoutMs, 120);

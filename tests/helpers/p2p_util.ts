@@ -8,7 +8,14 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { P2PBackend, type P2PBackendOptions, type P2PFetchResult, P2PRegistry } from "../../mod.ts";
+import {
+  MockMemoryChannel,
+  P2PBackend,
+  type P2PBackendOptions,
+  type P2PFetchResult,
+  P2PRegistry,
+} from "../../mod.ts";
+import { RepSocket } from "../../src/channel/wire/mod.ts";
 import { checkPattern, fillPattern } from "../../src/pd/pattern.ts";
 import { crc32 } from "../../src/storage/checksum.ts";
 import { p2pDemoKey } from "../../cli/p2p_cmd.ts";
@@ -162,4 +169,30 @@ export function instanceConfig(
     ].join("\n"),
   );
   return file;
+}
+
+/**
+ * A P2P holder that completes the handshake but never answers a lookup (its lookup socket
+ * takes requests and lets them hang): `initUrl` to fetch from; dispose to close both.
+ */
+export async function silentHolder(): Promise<{ initUrl: string } & AsyncDisposable> {
+  const lookup = await RepSocket.bind("tcp://127.0.0.1:0");
+  lookup.serve(() => new Promise<Uint8Array>(() => {})); // never answers
+  const fake = await MockMemoryChannel.create({
+    role: "both",
+    pageSize: 64 * 1024,
+    pageCount: 4,
+    peerInitUrl: "127.0.0.1:0",
+  });
+  fake.onSideMessage(() => ({
+    type: "P2PInitSideRetMsg",
+    peer_lookup_url: `127.0.0.1:${lookup.port}`,
+  }));
+  return {
+    initUrl: fake.initUrl!,
+    async [Symbol.asyncDispose]() {
+      await fake.close();
+      await lookup.close();
+    },
+  };
 }

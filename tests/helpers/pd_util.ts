@@ -5,6 +5,29 @@
  */
 
 import * as net from "node:net";
+import { PdReceiver, type PdReceiverOptions } from "../../mod.ts";
+
+/**
+ * A PD receiver of the mock tests: `pages` pages of `pageSize` bytes on loopback (any
+ * free ports), the mock_memory channel, chunks of `chunkSize` tokens, plus `extra`.
+ */
+export function mockReceiver(
+  pages: number,
+  pageSize: number,
+  chunkSize: number,
+  extra: Partial<PdReceiverOptions> = {},
+): Promise<PdReceiver> {
+  return PdReceiver.create({
+    host: "127.0.0.1",
+    initPort: 0,
+    allocPort: 0,
+    bufferSize: pages * pageSize,
+    pageSize,
+    chunkSize,
+    channelType: "mock_memory",
+    ...extra,
+  });
+}
 
 /** A key of chunk `i` of request `req`. */
 export function testKey(req: string, i: number, worker = 0, world = 1): string {
