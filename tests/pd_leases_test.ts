@@ -279,3 +279,38 @@ test("pd leases: a failed WRITE quarantines the sender's staging pages (it may s
   await rx.waitFor(keys, 2000);
   for (const k of keys) assert.ok(checkFor(k, rx.view(k)!));
 });
+
+test("pd leases: a sender's declared kvport_ttl_ms bounds its reservations, capped at 10 minutes; a bad claim sets none", async () => {
+  await using rx = await receiver(4, { cancelQuarantineMs: 100 });
+  const req = await openRequester(rx.allocUrl, { timeoutMs: 2000 });
+  try {
+    const reserve = async (reqId: string, ttl: unknown) => {
+      const key = testKey(reqId, 0);
+      const msg = { ...allocFor([key], reqId), kvport_ttl_ms: ttl };
+      const got = readAllocResponse(await req.request(msg, 2000));
+      assert.ok(got.ok, reqId);
+      const lease = rx.pool.leaseOf(got.remote[0]);
+      assert.ok(lease, `${reqId}: page ${got.remote[0]} is leased`);
+      return { key, left: lease.deadline - performance.now() };
+    };
+    // Honoured: the key goes once the sender can no longer write, its page comes back.
+    const short = await reserve("short", 200);
+    assert.ok(short.left > 0 && short.left <= 200, `short: ${short.left} ms left`);
+    assert.ok(await eventually(() => !rx.contains(short.key)), "the short reservation expired");
+    // A peer's claim is capped: ten days, or an int beyond 2^53, become ten minutes.
+    const long = await reserve("long", 10 * 86_400_000);
+    assert.ok(long.left > 590_000 && long.left <= 600_000, `long: ${long.left} ms left`);
+    const huge = await reserve("huge", 2n ** 60n);
+    assert.ok(huge.left > 590_000 && huge.left <= 600_000, `huge: ${huge.left} ms left`);
+    // Not positive: no deadline (as for LMCache's senders, which send none). A claim of
+    // the wrong type cannot even be written: the wire's int field refuses it by name.
+    for (const [id, bad] of [["neg", -5], ["zero", 0]] as const) {
+      assert.equal((await reserve(id, bad)).left, Infinity, id);
+      rx.remove(testKey(id, 0));
+    }
+    assert.ok(rx.contains(long.key));
+    assert.equal(rx.stats.expired, 1);
+  } finally {
+    await req.close();
+  }
+});

@@ -767,7 +767,8 @@ export class PdReceiver implements AsyncDisposable {
    */
   #reservationTtlFor(msg: SideMessage): number {
     if (this.#reservationTtlMs !== undefined) return this.#reservationTtlMs;
-    const declared = msg.kvport_ttl_ms;
+    const declared = msg.kvport_ttl_ms; // an int of the wire: a number, or a bigint past 2^53
+    if (typeof declared === "bigint") return declared > 0n ? MAX_DECLARED_TTL_MS : Infinity;
     if (typeof declared !== "number" || !Number.isSafeInteger(declared) || declared <= 0) {
       return Infinity;
     }

@@ -158,6 +158,11 @@ export interface AllocRequest {
    * receiver enforcing page grants grants WRITE on the pages of its reply.
    */
   kvport_agent?: string;
+  /**
+   * kvport only: how long the sender may still WRITE into what it is given, ms; the
+   * receiver keeps such reservations no longer (capped).
+   */
+  kvport_ttl_ms?: WireInt;
 }
 
 /**
@@ -535,6 +540,7 @@ export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>>
     f("is_last_batch", "bool", true),
     f("total_chunks", "int", true),
     f("kvport_agent", "str", true),
+    f("kvport_ttl_ms", "int", true),
   ],
   AllocResponse: [
     f("already_sent_indexes", "int[]", true),
