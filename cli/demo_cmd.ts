@@ -23,6 +23,7 @@ import { err, out } from "./io.ts";
 import { defaultShape, kvGeometry } from "./pd_cmd.ts";
 import { LIMITS_NAME } from "./shim_build.ts";
 import { type Child, nextEvent, spawnKvport } from "./spawn.ts";
+import { type BatchStages, describeBatch } from "./stage_clock.ts";
 
 const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--device D] [--keep]
 
@@ -354,6 +355,7 @@ async function runDemo(args: string[]): Promise<number> {
       baseId,
       "--requests",
       String(requests),
+      "--timeline",
       "--json",
     ]);
     children.push(tx);
@@ -365,6 +367,7 @@ async function runDemo(args: string[]): Promise<number> {
     );
     const progress = new Progress(requests * chunks);
     const perRequest: Record<string, unknown>[] = [];
+    const stages = new Map<string, BatchStages[]>();
     let txDone: Record<string, unknown> | undefined;
     let rxDone: Record<string, unknown> | undefined;
     const readTx = (async () => {
@@ -373,6 +376,7 @@ async function runDemo(args: string[]): Promise<number> {
           progress.sent = perRequest.length * chunks + Number(e.sent);
           progress.draw();
         } else if (e.event === "request") perRequest.push(e);
+        else if (e.event === "timeline") stages.set(String(e.req), e.batches as BatchStages[]);
         else if (e.event === "done") txDone = e;
       }
     })();
@@ -422,6 +426,8 @@ async function runDemo(args: string[]): Promise<number> {
           `${(Number(r.chunks) / secs).toFixed(0)} chunks/s  (${what})`,
       );
     });
+    // Where the warm request's time went, batch by batch (the sender's marks).
+    for (const b of stages.get(String(warm.req)) ?? []) out(`            ${describeBatch(b)}`);
     out(
       `  ${onGpu ? "cudaMemcpy" : "memcpy:  "} ${(mc.bps / 1e9).toFixed(2)} GB/s (${mc.source}) ` +
         `-> ratio ${ratio.toFixed(2)}`,

@@ -16,6 +16,7 @@ import { configured, emit, guard, int, load, parse, untilSignal, UsageError } fr
 import type { Command } from "./commands.ts";
 import { err, out } from "./io.ts";
 import { dataPlaneAddress } from "./data_plane.ts";
+import { describeBatch, StageClock } from "./stage_clock.ts";
 import { checkMetricsFlags, METRICS_HELP, METRICS_OPTIONS, startMetrics } from "./metrics_opt.ts";
 
 /** KV chunk geometry of the synthetic requests. */
@@ -374,7 +375,9 @@ Options:
       --linger S           after the last request, keep running (and serving metrics)
                            for S seconds or until SIGINT/SIGTERM (default 0)
 ${METRICS_HELP}
-      --json               one JSON object per line (ready, progress, done)
+      --timeline           after each request, the stages of each batch (AllocRequest
+                           round trip, write, landed, ProxyNotif), ms after its send()
+      --json               one JSON object per line (ready, progress, timeline, done)
   -h, --help               this help`;
 
 async function runSender(args: string[]): Promise<number> {
@@ -394,6 +397,7 @@ async function runSender(args: string[]): Promise<number> {
     "pace-ms": { type: "string" },
     linger: { type: "string" },
     ...METRICS_OPTIONS,
+    timeline: { type: "boolean", default: false },
     json: { type: "boolean", default: false },
     help: { type: "boolean", short: "h", default: false },
   });
@@ -434,12 +438,13 @@ async function runSender(args: string[]): Promise<number> {
   const paceMs = int("pace-ms", v["pace-ms"] as string | undefined, 0, 0);
   const lingerS = int("linger", v.linger as string | undefined, 0, 0);
   checkBufferHoldsAChunk(config.pd_buffer_size, geo);
+  const clock = v.timeline === true ? new StageClock() : undefined;
   const metrics = await startMetrics(v);
   let tx: PdSender;
   try {
     tx = await configured(
       config,
-      () => PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize }),
+      () => PdSender.fromConfig(config, { tpRank, pageSize: geo.pageSize, timeline: clock?.hook }),
     );
   } catch (e) {
     await metrics?.close();
@@ -553,6 +558,14 @@ async function runSender(args: string[]): Promise<number> {
       }
       const reqSeconds = (sendMs - reqMs0) / 1000;
       const reqBytes = totalBytes - reqBytes0;
+      if (clock) {
+        const batches = clock.take(reqId);
+        emit(
+          json,
+          { event: "timeline", req: reqId, batches },
+          batches.map((b) => `pd-sender: request ${reqId}, ${describeBatch(b)}`).join("\n"),
+        );
+      }
       emit(
         json,
         {
