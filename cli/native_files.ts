@@ -21,6 +21,7 @@ export const NATIVE_FILES: readonly string[] = [
   "src/builtin_agent.c",
   "src/common.h",
   "src/copy.c",
+  "src/cuda_kernels_fatbin.h",
   "src/cuda_kernels_ptx.h",
   "src/cuda_loader.c",
   "src/cuda_loader.h",

@@ -507,6 +507,13 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->n_remotes_evicted),
              (unsigned long long)atomic_load(&a->n_remotes_refused));
     kvp_buf_put(out, line, strlen(line));
+    /* Which copy kernel device 0 runs (machine code or JIT-compiled PTX), once loaded. */
+    int sm = 0;
+    const char *ki = kvp_cuda_kernel_image(0, &sm);
+    if (ki[0]) {
+        snprintf(line, sizeof line, "vram_copy_kernel_dev0=%s sm_%d\n", ki, sm);
+        kvp_buf_put(out, line, strlen(line));
+    }
     /* Why scattered VRAM pages are not copied by the library's kernel, once known. */
     const char *kn = kvp_cuda_kernel_note();
     if (kn[0]) {
@@ -577,6 +584,7 @@ static int32_t fill_region(bi_agent *a, int32_t mt, uint64_t i, uint64_t addr, u
                            "NULL", (unsigned long long)i);
         uint64_t base = addr;
         (void)kvp_mem_find_vram(addr, len, (int32_t)dev, &base);
+        kvp_cuda_prepare_copy_kernel((int32_t)dev);
         /* A same-host peer opens the allocation through this handle (CUDA IPC works on
          * whole allocations: hence the base and the offset). Without it the region is
          * still usable locally and over TCP. */

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <stdio.h>
 
+#include "cuda_kernels_fatbin.h"
 #include "cuda_kernels_ptx.h"
 #include "errors.h"
 
@@ -364,8 +365,12 @@ static struct {
     cu_res (*launch)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                      unsigned, void *, void **, void **);
     cu_res (*error_string)(cu_res, const char **);
+    cu_res (*device_get)(int *, int);
+    cu_res (*device_attribute)(int *, int, int);
     void *fn[KVP_CUDA_MAX_DEVS];
     int state[KVP_CUDA_MAX_DEVS]; /* 0 not tried, 1 loaded, -1 failed */
+    const char *image[KVP_CUDA_MAX_DEVS]; /* what loaded: "sass" or "ptx" */
+    int sm[KVP_CUDA_MAX_DEVS];            /* compute capability x 10 (90: sm_90), 0 unknown */
     char note[256];
 } g_k = {.once = PTHREAD_ONCE_INIT};
 
@@ -385,6 +390,8 @@ static void kernel_lib_once(void) {
     *(void **)&g_k.module_get_function = dlsym(g_k.lib, "cuModuleGetFunction");
     *(void **)&g_k.launch = dlsym(g_k.lib, "cuLaunchKernel");
     *(void **)&g_k.error_string = dlsym(g_k.lib, "cuGetErrorString");
+    *(void **)&g_k.device_get = dlsym(g_k.lib, "cuDeviceGet");
+    *(void **)&g_k.device_attribute = dlsym(g_k.lib, "cuDeviceGetAttribute");
     if (!g_k.module_load_data || !g_k.module_get_function || !g_k.launch) {
         snprintf(g_k.note, sizeof g_k.note, "libcuda lacks cuModuleLoadData/cuLaunchKernel");
         g_k.lib = NULL;
@@ -393,6 +400,16 @@ static void kernel_lib_once(void) {
 
 const char *kvp_cuda_kernel_note(void) { return g_k.note; }
 
+const char *kvp_cuda_kernel_image(int32_t dev, int *sm) {
+    *sm = 0;
+    if (dev < 0 || dev >= KVP_CUDA_MAX_DEVS) return "";
+    pthread_mutex_lock(&g_stream_mu);
+    const char *image = g_k.state[dev] == 1 ? g_k.image[dev] : "";
+    if (image[0]) *sm = g_k.sm[dev];
+    pthread_mutex_unlock(&g_stream_mu);
+    return image;
+}
+
 /* The kernel on device dev (the runtime's primary context is current: set_dev ran). */
 static void *kernel_of(int32_t dev) {
     pthread_once(&g_k.once, kernel_lib_once);
@@ -400,11 +417,25 @@ static void *kernel_of(int32_t dev) {
     pthread_mutex_lock(&g_stream_mu);
     if (g_k.state[dev] == 0) {
         void *mod = NULL, *fn = NULL;
-        cu_res e = g_k.module_load_data(&mod, kvp_batch_copy_ptx);
+        /* Machine code first (a millisecond); the PTX, JIT-compiled by the driver (tens to
+         * hundreds of milliseconds), only for a GPU or a driver the fat binary does not
+         * serve. */
+        const char *image = "sass";
+        cu_res e = g_k.module_load_data(&mod, kvp_batch_copy_fatbin);
+        if (e != 0) {
+            image = "ptx";
+            e = g_k.module_load_data(&mod, kvp_batch_copy_ptx);
+        }
         if (e == 0) e = g_k.module_get_function(&fn, mod, "kvp_batch_copy");
         if (e == 0) {
             g_k.fn[dev] = fn;
+            g_k.image[dev] = image;
             g_k.state[dev] = 1;
+            int d = 0, major = 0, minor = 0;
+            /* CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR / _MINOR (for the agent's info) */
+            if (g_k.device_get && g_k.device_attribute && g_k.device_get(&d, dev) == 0 &&
+                g_k.device_attribute(&major, 75, d) == 0 && g_k.device_attribute(&minor, 76, d) == 0)
+                g_k.sm[dev] = major * 10 + minor;
         } else {
             const char *why = NULL;
             if (g_k.error_string) g_k.error_string(e, &why);
@@ -416,6 +447,14 @@ static void *kernel_of(int32_t dev) {
     void *fn = g_k.state[dev] == 1 ? g_k.fn[dev] : NULL;
     pthread_mutex_unlock(&g_stream_mu);
     return fn;
+}
+
+void kvp_cuda_prepare_copy_kernel(int32_t dev) {
+    if (set_dev(dev) != KVP_SUCCESS) {
+        kvp_err_clear();
+        return;
+    }
+    (void)kernel_of(dev);
 }
 
 int32_t kvp_cuda_copy_device_batch(int32_t dev, int q, void *const *dsts,

@@ -46,11 +46,19 @@ int32_t kvp_cuda_copy_batch(int32_t dev, int q, void *const *dsts, const void *c
                             const size_t *sizes, size_t count);
 /* The same for copies whose both ends are device memory (ours or a peer's opened through
  * CUDA IPC): one launch of the library's copy kernel (src/kernels/batch_copy.cu, loaded
- * as PTX through the driver API) per 128 copies, which moves a batch of scattered pages
+ * through the driver API: machine code for the GPU, else its PTX) per 128 copies, which moves a batch of scattered pages
  * at close to a single large copy's bandwidth where one copy each pays a launch per page.
  * Falls back to kvp_cuda_copy_batch when the kernel cannot be loaded. */
 int32_t kvp_cuda_copy_device_batch(int32_t dev, int q, void *const *dsts,
                                    const void *const *srcs, const size_t *sizes, size_t count);
+/* Loads the copy kernel on device dev now (when VRAM is registered), so that the first
+ * transfer of scattered pages does not wait for it; failures are left for that transfer
+ * to see (it falls back to one copy per page). */
+void kvp_cuda_prepare_copy_kernel(int32_t dev);
+/* What copy kernel device dev runs: "sass" (machine code of the fat binary), "ptx"
+ * (JIT-compiled), or "" (not loaded); *sm gets the device's compute capability x 10
+ * (0 when unknown or not loaded). */
+const char *kvp_cuda_kernel_image(int32_t dev, int *sm);
 /* Why the copy kernel is not used ("" when it is, or was never tried). */
 const char *kvp_cuda_kernel_note(void);
 /* cudaEventQuery: KVP_SUCCESS when done, KVP_IN_PROG when not yet, else the error. */

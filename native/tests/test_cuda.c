@@ -390,3 +390,40 @@ TEST_T(cuda_scattered_unaligned_pages, 60) {
         OK(kvp_mem_free(v2));
     }
 }
+
+/* The copy kernel loads when VRAM is registered, as machine code on the GPUs the fat
+ * binary serves (sm_80, 90, 100, 120): a JIT compile of its PTX would cost the first
+ * transfer of scattered pages 50-150 ms (seen as a 126 ms "warm" PD request on an H200). */
+TEST_T(cuda_copy_kernel_loads_at_registration_as_machine_code, 60) {
+    if (!have_gpu()) return;
+    const uint64_t size = 1 << 20;
+    uint64_t a = t_agent("K", NULL, NULL), v, reg, len = size, dv = 0;
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
+    OK(kvp_register(a, KVP_VRAM, &v, &len, &dv, 1, NULL, &reg));
+    uint8_t buf[2048];
+    uint64_t n = 0;
+    OK(kvp_agent_info(a, buf, sizeof buf - 1, &n));
+    buf[n] = '\0';
+    const char *at = strstr((const char *)buf, "vram_copy_kernel_dev0=");
+    if (!at && strstr((const char *)buf, "vram_copy_note=no libcuda")) {
+        /* A runtime without the driver API (tools/fake_cudart.c): no kernel to load. */
+        fprintf(stderr, "    skipped: no libcuda.so.1 (a stand-in CUDA runtime)\n");
+        OK(kvp_deregister(a, reg));
+        OK(kvp_agent_destroy(a));
+        OK(kvp_mem_free(v));
+        return;
+    }
+    CHECK_MSG(at != NULL, "no copy kernel loaded at registration; agent info:\n%s", buf);
+    char image[16] = "";
+    int sm = 0;
+    CHECK_MSG(sscanf(at, "vram_copy_kernel_dev0=%15s sm_%d", image, &sm) == 2,
+              "unreadable line in agent info:\n%s", buf);
+    int major = sm / 10;
+    int served = major == 8 || major == 9 || major == 10 || major == 12;
+    const char *want = served ? "sass" : "ptx";
+    CHECK_MSG(strcmp(image, want) == 0, "sm_%d: expected the %s kernel, agent info:\n%s", sm,
+              want, buf);
+    OK(kvp_deregister(a, reg));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(v));
+}
