@@ -345,6 +345,8 @@ struct bi_agent {
     uint64_t nremotes, use_seq;
     uint32_t max_remotes;       /* table limit: full = evict an unused one, else refuse */
     atomic_uint_fast64_t n_remotes_evicted, n_remotes_refused, n_remotes_released;
+    /* Peers' CUDA IPC handles open in this process now (bi_remote_ipc_open). */
+    atomic_uint_fast64_t n_ipc_open;
     bi_prepped *prepped;
     bi_req *reqs;
     uint64_t post_seq;

@@ -523,6 +523,7 @@ int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, u
             n[rm->nipcs].dev = dev;
             n[rm->nipcs].base = base;
             rm->nipcs++;
+            atomic_fetch_add(&rm->a->n_ipc_open, 1);
             *out = base;
         }
     } else {
@@ -535,6 +536,7 @@ int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, u
 void bi_remote_unmap_all(bi_remote *rm) {
     pthread_mutex_lock(&rm->map_mu);
     for (size_t i = 0; i < rm->nipcs; i++) (void)kvp_cuda_ipc_close(rm->ipcs[i].dev, rm->ipcs[i].base);
+    atomic_fetch_sub(&rm->a->n_ipc_open, rm->nipcs);
     free(rm->ipcs);
     rm->ipcs = NULL;
     rm->nipcs = 0;

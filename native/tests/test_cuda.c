@@ -427,3 +427,36 @@ TEST_T(cuda_copy_kernel_loads_at_registration_as_machine_code, 60) {
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v));
 }
+
+/* Preparing a same-host peer's VRAM pages opens its CUDA IPC handle then (the demo's
+ * first request waited ~20 ms for it on an H200); the first WRITE uses that mapping. */
+TEST_T(cuda_prep_of_peer_vram_opens_its_ipc_handle_before_the_first_request, 60) {
+    if (!gpu_in_child()) return;
+    t_peer p;
+    const uint64_t page = 1 << 20, size = 8 * page;
+    t_peer_start(&p, "T", NULL, NULL, size, 2);
+    uint64_t a = t_agent("I", NULL, NULL), v, reg, len = size, dv = 0;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
+    OK(kvp_register(a, KVP_VRAM, &v, &len, &dv, 1, NULL, &reg));
+    uint8_t *h = malloc(size);
+    t_fill(h, size, 40);
+    OK(kvp_mem_copy(KVP_VRAM, 0, v, KVP_DRAM, 0, (uint64_t)(uintptr_t)h, size));
+    free(h);
+    uint64_t lp = prep_type(a, "", KVP_VRAM, v, page, 8);
+    CHECK(info_count(a, "ipc_handles_open") == 0);
+    uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, 8);
+    CHECK_MSG(info_count(a, "ipc_handles_open") == 1, "the peer's IPC handle is not open yet");
+    uint32_t idx[8];
+    for (uint32_t i = 0; i < 8; i++) idx[i] = i;
+    uint64_t w;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 8, (const uint8_t *)"v", 1, &w));
+    post_wait(a, w);
+    int verified = 0;
+    CHECK(t_peer_notif(&p, 10000, 0, size, 40, &verified, NULL, NULL) == 1 && verified);
+    CHECK(info_count(a, "ipc_handles_open") == 1);
+    CHECK(info_count(a, "posts_cuda") == 1);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(v));
+    t_peer_stop(&p);
+}

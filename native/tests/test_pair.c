@@ -145,3 +145,40 @@ TEST(pair_private_dram_uses_cma) {
     pair_cfg c = {NULL, NULL, NULL, 3, "posts_cma", 1 << 20, 16};
     run_pair(&c);
 }
+
+/* Preparing a same-host peer's pages proves locality then (a connection and a challenge),
+ * so the first request does not wait for it: the peer counts the connection and this
+ * agent the peer as same host before any transfer; the first WRITE then takes the shared
+ * memory path and connects no second time. */
+TEST(prep_of_a_same_host_peer_proves_locality_before_the_first_request) {
+    t_peer p;
+    const uint64_t page = 64 << 10, size = 8 * page;
+    t_peer_start(&p, "T", NULL, NULL, size, 0);
+    uint64_t a = t_agent("I", NULL, NULL);
+    t_load(a, p.md, p.mdlen);
+    CHECK(info_num(a, "remotes_same_host") == 0);
+    uint64_t m, reg, len = size;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
+    OK(kvp_register(a, KVP_DRAM, &m, &len, NULL, 1, NULL, &reg));
+    uint64_t lp = t_prep_pages(a, "", m, page, 8);
+    uint64_t rp = t_prep_pages(a, "T", p.base, page, 8);
+    CHECK_MSG(info_num(a, "remotes_same_host") == 1, "locality not proven at preparation");
+    CHECK(info_num(a, "posts_mem") == 0);
+    uint32_t idx[8];
+    for (uint32_t i = 0; i < 8; i++) idx[i] = i;
+    t_fill((void *)(uintptr_t)m, size, 21);
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 8, NULL, 0, &req));
+    int32_t st = kvp_xfer_post(a, req);
+    CHECK_MSG(st == KVP_SUCCESS || st == KVP_IN_PROG, "post: %s", t_lasterr());
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
+    CHECK(t_peer_verify(&p, 0, size, 21));
+    CHECK(info_num(a, "posts_mem") == 1);
+    OK(kvp_xfer_release(a, req));
+    OK(kvp_prepped_release(a, rp));
+    OK(kvp_prepped_release(a, lp));
+    OK(kvp_deregister(a, reg));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(m));
+    t_peer_stop(&p);
+}
