@@ -42,11 +42,33 @@ bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8
 }
 
 void bi_event(bi_agent *a) {
+    kvp_notifier *n = atomic_load_explicit(&a->notifier, memory_order_acquire);
+    if (n) kvp_notifier_signal(n);
     int fd = atomic_load_explicit(&a->event_w, memory_order_acquire);
     if (fd < 0) return;
     /* Full (the reader is behind: it will wake for the bytes already there), or the
      * reader closed its end: nothing to do. MSG_NOSIGNAL: never SIGPIPE. */
     (void)send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+bool bi_events_wanted(bi_agent *a) {
+    return atomic_load(&a->event_w) >= 0 || atomic_load(&a->notifier) != NULL;
+}
+
+int32_t bi_event_notify(kvp_agent *ka, kvp_event_fn fn, uint64_t ctx) {
+    bi_agent *a = bi_of(ka);
+    pthread_mutex_lock(&a->mu);
+    int32_t st = KVP_SUCCESS;
+    if (atomic_load(&a->notifier) != NULL) {
+        st = kvp_err(KVP_ERR_NOT_ALLOWED, "kvp_event_notify: agent %s has a notifier already",
+                     a->base.name);
+    } else {
+        kvp_notifier *n = NULL;
+        st = kvp_notifier_start(fn, ctx, a->base.name, &n);
+        if (st == KVP_SUCCESS) atomic_store_explicit(&a->notifier, n, memory_order_release);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return st;
 }
 
 int32_t bi_event_fd(kvp_agent *ka, int32_t *out) {

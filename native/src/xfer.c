@@ -744,12 +744,12 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
         } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process) &&
-                   r->notif_len == 0 && atomic_load(&a->event_w) < 0) {
+                   r->notif_len == 0 && !bi_events_wanted(a)) {
             /* GPU copies: queued right here (microseconds), completed by whoever waits or
              * polls; no worker hop. (A notification, to be sent promptly, a same-process
-             * peer, copied under its lock, and an agent whose waiters sleep on the
-             * kvp_event_fd descriptor, which only a finishing worker signals, take a
-             * worker.) */
+             * peer, copied under its lock, and an agent whose waiters sleep on its
+             * events (kvp_event_fd, kvp_event_notify), which only a finishing worker
+             * signals, take a worker.) */
             cu_async = true;
             bi_pool_claim_inline(&a->pool, r);
         } else {
