@@ -204,7 +204,7 @@ TEST_T(notify_quiesce_stops_live_agents_of_that_fn_only, 30) {
 TEST_T(notify_many_agents_each_get_their_own_calls, 60) {
     enum { N = 48 };
     uint64_t ag[N];
-    char names[N][16];
+    char names[N][32];
     for (int round = 0; round < 3; round++) {
         for (int i = 0; i < N; i++) {
             snprintf(names[i], sizeof names[i], "M%d_%d", round, i);
