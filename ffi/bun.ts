@@ -22,6 +22,9 @@ import type { NativeLib } from "./native.ts";
 import { type BunSymbolDef, type KvpSymbols, toBunSymbols } from "./symbols.ts";
 import { QUIESCE_MS, WakeTable } from "./wakes.ts";
 
+/** KVP_EVENT_DIRECT of kvport.h. */
+const EVENT_DIRECT = 1;
+
 /**
  * The part of `bun:ffi` this loader uses, declared here rather than taken from
  * `bun-types`: a `/// <reference types>` in published code makes every consumer without
@@ -83,9 +86,9 @@ export async function openBun(path: string): Promise<NativeLib> {
     ...raw,
     kvp_status_name: (status: number): string => String(statusName(status) ?? ""),
   } as unknown as KvpSymbols;
-  // One threadsafe callback for every agent's notifier, made at the first watch. Bun
-  // queues each call to the event loop and returns at once; the callback keeps nothing
-  // alive (a wait's deadline timer does).
+  // One threadsafe callback for every agent, made at the first watch. Bun queues each
+  // call to the event loop and returns at once; the callback keeps nothing alive (a
+  // wait's deadline timer does).
   let callback: { readonly ptr: number | null; close(): void } | null = null;
   const notify = raw.kvp_event_notify;
   const wakes: WakeTable | null = notify
@@ -94,7 +97,9 @@ export async function openBun(path: string): Promise<NativeLib> {
         ((id: number | bigint): void => wakes!.dispatch(id)) as (...args: never[]) => void,
         { args: ["u64"], returns: "void", threadsafe: true },
       );
-      return notify(agent, callback.ptr, id) as number;
+      // KVP_EVENT_DIRECT: Bun queues the call and returns at once, so the thread of the
+      // event calls it (no notifier thread, one hop fewer).
+      return notify(agent, callback.ptr, id, EVENT_DIRECT) as number;
     })
     : null;
   let closed = false;
@@ -122,7 +127,7 @@ export async function openBun(path: string): Promise<NativeLib> {
       if (closed) return;
       closed = true;
       if (callback) {
-        // Bun's callback never blocks its caller, so the notifiers leave at once.
+        // Bun's callback never blocks its caller, so the calls in progress end at once.
         const st = symbols.kvp_event_quiesce(callback.ptr, BigInt(QUIESCE_MS));
         if (st !== Status.SUCCESS) {
           throw new NixlError(

@@ -79,7 +79,9 @@ export function openDeno(path: string): NativeLib {
         );
         callback.unref();
       }
-      return notify(agent, callback.pointer, id) as number;
+      // No KVP_EVENT_DIRECT: a Deno callback blocks its caller until the event loop
+      // ran it, so it needs the notifier thread (nothing else waits for that one).
+      return notify(agent, callback.pointer, id, 0) as number;
     })
     : null;
   let closed = false;

@@ -404,12 +404,14 @@ export const SYMBOLS = {
     result: "i32",
   },
   /** Calls fn(ctx) on the agent's notifier thread after its events (as kvp_event_fd's),
-   * coalesced, no lock held; stopped (never joined) at destroy. Once per agent. */
+   * coalesced, no lock held; stopped (never joined) at destroy. Once per agent. Flags:
+   * KVP_EVENT_DIRECT (1): fn never blocks, call it on the thread of the event. */
   kvp_event_notify: {
     parameters: [
       "u64", // uint64_t agent
       "function", // kvp_event_fn fn
       "u64", // uint64_t ctx
+      "u32", // uint32_t flags
     ],
     result: "i32",
     since: 4,

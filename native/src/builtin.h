@@ -554,10 +554,15 @@ int32_t bi_notif_send(kvp_agent *a, const char *remote, const uint8_t *msg, uint
 int32_t bi_notif_take(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len,
                       uint64_t *count);
 /* One event: a byte on the event socket of kvp_event_fd and a signal to the notifier
- * of kvp_event_notify, where handed out (never blocks). */
+ * of kvp_event_notify, where handed out (never blocks). No lock of the library held
+ * (a direct notifier's callback runs here). */
 void bi_event(bi_agent *a);
+/* The same under a->mu: a direct notifier is called by bi_event_flush, which the
+ * caller calls once it released a->mu. */
+void bi_event_locked(bi_agent *a);
+void bi_event_flush(void);
 int32_t bi_event_fd(kvp_agent *a, int32_t *out);
-int32_t bi_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx);
+int32_t bi_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
 /* Whether someone sleeps on this agent's events (kvp_event_fd or kvp_event_notify): then
  * only a finishing worker completes a request, so that the event is signalled. */
 bool bi_events_wanted(bi_agent *a);

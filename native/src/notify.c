@@ -7,7 +7,11 @@
  * agent, returns to its event loop): destroy never joins, it only sets `stop`. Threads
  * that have exited are joined by the next start or stop (they are past fn, so a join
  * returns at once) and by kvp_event_quiesce, which waits (bounded) for every notifier
- * of one fn and joins them before the caller unloads fn's code. */
+ * of one fn and joins them before the caller unloads fn's code.
+ *
+ * A direct notifier (KVP_EVENT_DIRECT, for callbacks that never block: Bun's) has no
+ * thread: the signalling thread calls fn itself, counted in `running`, and quiesce
+ * waits for that count to drop to zero once `stop` is set. */
 #include "notify.h"
 
 #include <signal.h>
@@ -21,11 +25,13 @@ struct kvp_notifier {
     bool pending;
     bool stop;
     uint64_t calls;
+    int running; /* direct calls in progress (mu) */
+    bool direct; /* set at start */
     kvp_event_fn fn;
     uint64_t ctx;
     /* Under g_mu. */
     pthread_t th;
-    bool exited; /* the thread left fn for good and is about to return */
+    bool exited; /* no call runs or starts any more (a thread: about to return) */
     int refs;    /* agent + list */
     kvp_notifier *next;
 };
@@ -56,7 +62,7 @@ static void reap_locked(kvp_event_fn fn) {
         kvp_notifier *n = *pp;
         if (n->exited && (!fn || n->fn == fn)) {
             *pp = n->next;
-            int rc = pthread_join(n->th, NULL);
+            int rc = n->direct ? 0 : pthread_join(n->th, NULL);
             if (rc != 0) fprintf(stderr, "kvport: joining a notifier failed: %s\n", strerror(rc));
             put_locked(n);
         } else {
@@ -85,8 +91,8 @@ static void *notifier_main(void *arg) {
     return NULL;
 }
 
-int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, const char *agent_name,
-                           kvp_notifier **out) {
+int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, uint32_t flags,
+                           const char *agent_name, kvp_notifier **out) {
     *out = NULL;
     int rc = pthread_once(&g_once, g_init);
     if (rc == 0) rc = g_cv_rc;
@@ -99,7 +105,7 @@ int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, const char *agent_name
         free(n);
         return kvp_err(KVP_ERR_BACKEND, "kvp_event_notify: mutex: %s", strerror(rc));
     }
-    rc = pthread_cond_init(&n->cv, NULL);
+    rc = kvp_cond_init(&n->cv); /* CLOCK_MONOTONIC: quiesce waits on it with a deadline */
     if (rc != 0) {
         pthread_mutex_destroy(&n->mu);
         free(n);
@@ -109,6 +115,16 @@ int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, const char *agent_name
     n->fn = fn;
     n->ctx = ctx;
     n->refs = 2;
+    n->direct = (flags & KVP_EVENT_DIRECT) != 0;
+    if (n->direct) {
+        pthread_mutex_lock(&g_mu);
+        reap_locked(NULL);
+        n->next = g_list;
+        g_list = n;
+        pthread_mutex_unlock(&g_mu);
+        *out = n;
+        return KVP_SUCCESS;
+    }
     /* The thread takes no signal of the runtime's (they stay with its own threads). */
     sigset_t all, old;
     sigfillset(&all);
@@ -131,7 +147,28 @@ int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, const char *agent_name
     return KVP_SUCCESS;
 }
 
+bool kvp_notifier_direct(const kvp_notifier *n) { return n->direct; }
+
+static void call_direct(kvp_notifier *n) {
+    pthread_mutex_lock(&n->mu);
+    if (n->stop) {
+        pthread_mutex_unlock(&n->mu);
+        return;
+    }
+    n->running++;
+    n->calls++;
+    pthread_mutex_unlock(&n->mu);
+    n->fn(n->ctx);
+    pthread_mutex_lock(&n->mu);
+    if (--n->running == 0) pthread_cond_broadcast(&n->cv); /* a quiesce may wait */
+    pthread_mutex_unlock(&n->mu);
+}
+
 void kvp_notifier_signal(kvp_notifier *n) {
+    if (n->direct) {
+        call_direct(n);
+        return;
+    }
     pthread_mutex_lock(&n->mu);
     if (!n->pending) {
         n->pending = true;
@@ -150,6 +187,11 @@ static void stop_one(kvp_notifier *n) {
 void kvp_notifier_stop(kvp_notifier *n) {
     stop_one(n);
     pthread_mutex_lock(&g_mu);
+    if (n->direct) {
+        pthread_mutex_lock(&n->mu);
+        n->exited = n->running == 0; /* else the quiesce of its fn waits for the call */
+        pthread_mutex_unlock(&n->mu);
+    }
     reap_locked(NULL);
     put_locked(n);
     pthread_mutex_unlock(&g_mu);
@@ -180,6 +222,16 @@ KVP_API int32_t kvp_event_quiesce(kvp_event_fn fn, int64_t timeout_ms) {
     pthread_mutex_lock(&g_mu);
     for (kvp_notifier *n = g_list; n; n = n->next)
         if (n->fn == fn) stop_one(n); /* lock order: g_mu -> n->mu (n->mu is a leaf) */
+    /* Direct notifiers: done once the calls in progress returned (none starts now). */
+    bool late = false;
+    for (kvp_notifier *n = g_list; n; n = n->next) {
+        if (n->fn != fn || !n->direct || n->exited) continue;
+        pthread_mutex_lock(&n->mu);
+        while (n->running > 0 && !late)
+            late = pthread_cond_timedwait(&n->cv, &n->mu, &dl) == ETIMEDOUT;
+        n->exited = n->running == 0;
+        pthread_mutex_unlock(&n->mu);
+    }
     int32_t st = KVP_SUCCESS;
     while (any_running_locked(fn)) {
         rc = pthread_cond_timedwait(&g_cv, &g_mu, &dl);

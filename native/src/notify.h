@@ -10,12 +10,16 @@
 
 typedef struct kvp_notifier kvp_notifier;
 
-/* Starts a notifier calling fn(ctx) for agent_name (messages only); *out holds the
- * caller's reference until kvp_notifier_stop. */
-int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, const char *agent_name,
-                           kvp_notifier **out);
+/* Starts a notifier calling fn(ctx) for agent_name (messages only); flags:
+ * KVP_EVENT_DIRECT (no thread). *out holds the caller's reference until
+ * kvp_notifier_stop. */
+int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, uint32_t flags,
+                           const char *agent_name, kvp_notifier **out);
+/* Whether fn is called by the signalling thread (KVP_EVENT_DIRECT). */
+bool kvp_notifier_direct(const kvp_notifier *n);
 /* Marks an event: the notifier makes one call for every run of signals (any thread;
- * takes only the notifier's own mutex, a leaf lock, never blocks on fn). */
+ * takes only the notifier's own mutex, a leaf lock, never blocks on fn). A direct
+ * notifier calls fn right here: the caller must hold no lock of the library. */
 void kvp_notifier_signal(kvp_notifier *n);
 /* Tells the notifier to stop and drops the caller's reference: no call starts after
  * this returns; a call in progress finishes on its own (never waited for here). */

@@ -499,7 +499,7 @@ void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const cha
          * copies): the peer may deregister the memory now. */
         bi_req_unpin(r);
         pthread_cond_broadcast(&r->cv);
-        bi_event(r->a);
+        bi_event_locked(r->a);
     }
 }
 
@@ -508,6 +508,7 @@ void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg)
     pthread_mutex_lock(&a->mu);
     bi_req_finish_locked(r, post_id, status, msg);
     pthread_mutex_unlock(&a->mu);
+    bi_event_flush();
 }
 
 bool bi_remote_gone(bi_remote *rm) {
@@ -768,6 +769,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         r->tcp_posting = false;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&a->mu);
+        bi_event_flush();
     }
     if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
     if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);

@@ -53,10 +53,10 @@ static void notify_self(uint64_t a, const char *name) {
 
 TEST_T(notify_calls_after_each_event_and_checks_arguments, 30) {
     uint64_t a = t_agent("N1", NULL, NULL);
-    CHECK_ST(kvp_event_notify(a, NULL, 1), KVP_ERR_INVALID_PARAM);
+    CHECK_ST(kvp_event_notify(a, NULL, 1, 0), KVP_ERR_INVALID_PARAM);
     CHECK_ST(kvp_event_quiesce(NULL, 10), KVP_ERR_INVALID_PARAM);
-    OK(kvp_event_notify(a, fn, 1));
-    CHECK_ST(kvp_event_notify(a, fn, 1), KVP_ERR_NOT_ALLOWED);
+    OK(kvp_event_notify(a, fn, 1, 0));
+    CHECK_ST(kvp_event_notify(a, fn, 1, 0), KVP_ERR_NOT_ALLOWED);
     CHECK_ERR_HAS("already");
     usleep(20000);
     CHECK_MSG(calls(1) == 0, "called %llu times before any event", (unsigned long long)calls(1));
@@ -79,7 +79,7 @@ TEST_T(notify_calls_after_each_event_and_checks_arguments, 30) {
 
 TEST_T(notify_coalesces_events_that_come_during_a_call, 30) {
     uint64_t a = t_agent("N2", NULL, NULL);
-    OK(kvp_event_notify(a, fn, 2));
+    OK(kvp_event_notify(a, fn, 2, 0));
     atomic_store(&g_gate_closed, 1);
     notify_self(a, "N2");
     CHECK(wait_calls(2, 1, 5000));
@@ -102,7 +102,7 @@ TEST_T(notify_a_finished_transfer_calls_fn, 60) {
     t_peer_start(&p, "NT", NULL, NULL, size, 4);
     uint64_t a = t_agent("NI", NULL, NULL), m, reg;
     t_load(a, p.md, p.mdlen);
-    OK(kvp_event_notify(a, fn, 3));
+    OK(kvp_event_notify(a, fn, 3, 0));
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     t_fill((void *)(uintptr_t)m, size, 9);
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
@@ -149,7 +149,7 @@ static void *destroy_thread(void *arg) {
 
 TEST_T(notify_destroy_while_fn_blocks_neither_waits_nor_calls_after_quiesce, 30) {
     uint64_t a = t_agent("N4", NULL, NULL);
-    OK(kvp_event_notify(a, fn, 4));
+    OK(kvp_event_notify(a, fn, 4, 0));
     atomic_store(&g_block_ms, 100); /* like a Deno callback while JavaScript is busy */
     notify_self(a, "N4");
     CHECK(wait_calls(4, 1, 5000));
@@ -180,8 +180,8 @@ TEST_T(notify_destroy_while_fn_blocks_neither_waits_nor_calls_after_quiesce, 30)
 
 TEST_T(notify_quiesce_stops_live_agents_of_that_fn_only, 30) {
     uint64_t a = t_agent("N5", NULL, NULL), b = t_agent("N6", NULL, NULL);
-    OK(kvp_event_notify(a, fn, 5));
-    OK(kvp_event_notify(b, other_fn, 6));
+    OK(kvp_event_notify(a, fn, 5, 0));
+    OK(kvp_event_notify(b, other_fn, 6, 0));
     notify_self(a, "N5");
     CHECK(wait_calls(5, 1, 5000));
     OK(kvp_event_quiesce(fn, 5000));
@@ -209,7 +209,7 @@ TEST_T(notify_many_agents_each_get_their_own_calls, 60) {
         for (int i = 0; i < N; i++) {
             snprintf(names[i], sizeof names[i], "M%d_%d", round, i);
             ag[i] = t_agent(names[i], NULL, NULL);
-            OK(kvp_event_notify(ag[i], fn, (uint64_t)(8 + i % 8)));
+            OK(kvp_event_notify(ag[i], fn, (uint64_t)(8 + i % 8), 0));
         }
         uint64_t before[8];
         for (int c = 0; c < 8; c++) before[c] = calls((uint64_t)(8 + c));
@@ -225,4 +225,85 @@ TEST_T(notify_many_agents_each_get_their_own_calls, 60) {
         for (int i = N / 2; i < N; i++) OK(kvp_agent_destroy(ag[i]));
     }
     CHECK(atomic_load(&g_bad) == 0);
+}
+
+typedef struct {
+    uint64_t agent;
+    const char *name;
+} send_job;
+
+static void *send_thread(void *arg) {
+    send_job *j = arg;
+    (void)kvp_notif_send(j->agent, j->name, (const uint8_t *)"x", 1);
+    return NULL;
+}
+
+TEST_T(notify_direct_calls_on_the_signalling_thread_and_quiesce_waits_for_them, 60) {
+    uint64_t a = t_agent("D1", NULL, NULL);
+    CHECK_ST(kvp_event_notify(a, fn, 20, 2), KVP_ERR_INVALID_PARAM);
+    CHECK_ERR_HAS("flags");
+    OK(kvp_event_notify(a, fn, 20, KVP_EVENT_DIRECT));
+    /* A loopback notification is queued by the sending thread: the call is made there,
+     * before kvp_notif_send returns, one per event (nothing coalesces). */
+    for (uint64_t i = 1; i <= 100; i++) {
+        notify_self(a, "D1");
+        CHECK_MSG(calls(20) == i, "%llu calls after %llu events", (unsigned long long)calls(20),
+                  (unsigned long long)i);
+    }
+    /* A call in progress on another thread: quiesce waits for it (bounded). */
+    atomic_store(&g_block_ms, 100);
+    send_job j = {.agent = a, .name = "D1"};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, send_thread, &j) == 0);
+    double end = t_now() + 5;
+    while (atomic_load(&g_inside) == 0 && t_now() < end) usleep(100);
+    CHECK(atomic_load(&g_inside) == 1);
+    CHECK_ST(kvp_event_quiesce(fn, 5), KVP_IN_PROG);
+    OK(kvp_event_quiesce(fn, 5000));
+    CHECK_MSG(atomic_load(&g_inside) == 0, "quiesce returned while a direct call was running");
+    atomic_store(&g_block_ms, 0);
+    atomic_store(&g_after_quiesce, 1);
+    notify_self(a, "D1"); /* stopped: no call */
+    CHECK(pthread_join(th, NULL) == 0);
+    CHECK(calls(20) == 101);
+    OK(kvp_agent_destroy(a));
+    CHECK(atomic_load(&g_bad) == 0);
+}
+
+TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
+    t_peer p;
+    const uint64_t size = 8 << 20;
+    t_peer_start(&p, "DT", NULL, NULL, size, 4);
+    uint64_t a = t_agent("DI", NULL, NULL), m, reg;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_event_notify(a, fn, 21, KVP_EVENT_DIRECT));
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
+    t_fill((void *)(uintptr_t)m, size, 11);
+    OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
+    uint64_t lp = t_prep_pages(a, "", m, 1 << 20, 8), rp = t_prep_pages(a, "DT", p.base, 1 << 20, 8);
+    uint32_t idx[8];
+    for (uint32_t i = 0; i < 8; i++) idx[i] = i;
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 8, NULL, 0, &req));
+    int pending_posts = 0;
+    for (int round = 0; round < 20; round++) {
+        uint64_t before = calls(21);
+        int32_t st = kvp_xfer_post(a, req);
+        if (st == KVP_IN_PROG) {
+            pending_posts++;
+            CHECK_MSG(wait_calls(21, before + 1, 10000), "no call for a request that finished");
+            OK(kvp_xfer_status(a, req)); /* called after the finish: done */
+        } else {
+            OK(st);
+        }
+    }
+    CHECK(pending_posts > 0);
+    CHECK(t_peer_verify(&p, 0, size, 11));
+    OK(kvp_xfer_release(a, req));
+    OK(kvp_prepped_release(a, lp));
+    OK(kvp_prepped_release(a, rp));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_event_quiesce(fn, 5000));
+    OK(kvp_mem_free(m));
+    t_peer_stop(&p);
 }
