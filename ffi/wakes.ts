@@ -87,3 +87,8 @@ export class WakeTable implements EventWakes {
 /** How long a library close waits for the notifier threads (each is at most one
  * callback away from its exit). */
 export const QUIESCE_MS = 10_000;
+
+/** How long the process's exit waits for notifier threads to leave the callback (they
+ * need microseconds, unless one is blocked in a call the event loop will not run any
+ * more: then the exit goes on after this). */
+export const EXIT_QUIESCE_MS = 200;
