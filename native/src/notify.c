@@ -32,6 +32,7 @@ struct kvp_notifier {
     /* Under g_mu. */
     pthread_t th;
     bool exited; /* no call runs or starts any more (a thread: about to return) */
+    bool joined; /* its thread was joined (by notify_fini) */
     int refs;    /* agent + list */
     kvp_notifier *next;
 };
@@ -62,7 +63,7 @@ static void reap_locked(kvp_event_fn fn) {
         kvp_notifier *n = *pp;
         if (n->exited && (!fn || n->fn == fn)) {
             *pp = n->next;
-            int rc = n->direct ? 0 : pthread_join(n->th, NULL);
+            int rc = n->direct || n->joined ? 0 : pthread_join(n->th, NULL);
             if (rc != 0) fprintf(stderr, "kvport: joining a notifier failed: %s\n", strerror(rc));
             put_locked(n);
         } else {
@@ -209,6 +210,33 @@ static bool any_running_locked(kvp_event_fn fn) {
     for (kvp_notifier *n = g_list; n; n = n->next)
         if (n->fn == fn && !n->exited) return true;
     return false;
+}
+
+/* The library is being unloaded (dlclose; a runtime unloads it at exit without asking us,
+ * Deno under `deno test` for one) or the process exits: a notifier thread still parked
+ * in this code would run into unmapped memory when woken (seen: a SIGSEGV at exit under
+ * deno test, an agent left open). Stop them all and join those that leave within a
+ * bound; one blocked in a runtime callback that will never run is left behind. */
+__attribute__((destructor)) static void notify_fini(void) {
+    if (pthread_once(&g_once, g_init) != 0 || g_cv_rc != 0) return;
+    struct timespec dl = kvp_deadline_ms(200);
+    pthread_mutex_lock(&g_mu);
+    for (kvp_notifier *n = g_list; n; n = n->next) stop_one(n);
+    for (;;) {
+        bool running = false;
+        for (kvp_notifier *n = g_list; n; n = n->next)
+            if (!n->direct && !n->exited) running = true;
+        if (!running || pthread_cond_timedwait(&g_cv, &g_mu, &dl) == ETIMEDOUT) break;
+    }
+    /* Join the exited ones; the list (and the rest) is left as it is: the agents that
+     * hold them may still signal, and the process is ending or the code going away. */
+    for (kvp_notifier *n = g_list; n; n = n->next) {
+        if (!n->direct && n->exited && !n->joined) {
+            (void)pthread_join(n->th, NULL);
+            n->joined = true;
+        }
+    }
+    pthread_mutex_unlock(&g_mu);
 }
 
 KVP_API int32_t kvp_event_quiesce(kvp_event_fn fn, int64_t timeout_ms) {
