@@ -1,7 +1,7 @@
 // A process whose agents woke through the wake callback (kvp_event_notify), then closes
-// the library: after closing its agents ("after"), or with one still open ("open",
-// whose notifier the close stops). Prints what it saw; it must exit by itself
-// (tests/agent_events_test.ts).
+// the library after closing its agents ("after"; "open" leaves one open, whose notifier
+// the close stops, but whose own threads stay: not tested). Prints what it saw; it must
+// exit by itself (tests/agent_events_test.ts).
 import process from "node:process";
 import { DescList, NixlAgent } from "../../src/agent.ts";
 import { library } from "../../src/agent/common.ts";
