@@ -98,8 +98,12 @@ export async function openBun(path: string): Promise<NativeLib> {
         { args: ["u64"], returns: "void", threadsafe: true },
       );
       // KVP_EVENT_DIRECT: Bun queues the call and returns at once, so the thread of the
-      // event calls it (no notifier thread, one hop fewer).
+      // event calls it (no notifier thread, one hop fewer); one call until acknowledged.
       return notify(agent, callback.ptr, id, EVENT_DIRECT) as number;
+    }, (agent) => {
+      // Direct calls coalesce until acknowledged (else a burst of events would queue
+      // one call each while the event loop is busy).
+      symbols.kvp_event_ack(agent);
     })
     : null;
   let closed = false;

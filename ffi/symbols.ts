@@ -416,6 +416,15 @@ export const SYMBOLS = {
     result: "i32",
     since: 4,
   },
+  /** KVP_EVENT_DIRECT: the call was run (before the status checks); the next event calls
+   * fn again (until then events coalesce). */
+  kvp_event_ack: {
+    parameters: [
+      "u64", // uint64_t agent
+    ],
+    result: "i32",
+    since: 4,
+  },
   /** Stops every notifier calling fn and waits up to timeout_ms for their threads to
    * exit (NIXL_IN_PROG: one is still inside fn); before fn's code goes. */
   kvp_event_quiesce: {
@@ -491,7 +500,7 @@ export type SymbolName = keyof typeof SYMBOLS;
 export type BlockingName = "kvp_xfer_wait" | "kvp_notif_wait";
 
 /** The names of the C functions an ABI-3 library lacks (bound only from ABI 4). */
-export type LaterName = "kvp_event_notify" | "kvp_event_quiesce";
+export type LaterName = "kvp_event_notify" | "kvp_event_ack" | "kvp_event_quiesce";
 
 /** What a `"buffer"` parameter accepts: memory C reads or writes during the call. */
 export type BufferArg = ArrayBufferView | null;

@@ -52,11 +52,15 @@ export interface EventWakes {
  */
 export class WakeTable implements EventWakes {
   #next = 1;
-  #wakes = new Map<number, () => void>();
+  #wakes = new Map<number, { agent: bigint; wake: () => void }>();
   #notify: (agent: bigint, id: bigint) => number;
+  #ack: ((agent: bigint) => void) | undefined;
 
-  constructor(notify: (agent: bigint, id: bigint) => number) {
+  /** `ack(agent)`, where given, runs before each wake (`kvp_event_ack` of direct calls:
+   * the next event calls again). */
+  constructor(notify: (agent: bigint, id: bigint) => number, ack?: (agent: bigint) => void) {
     this.#notify = notify;
+    this.#ack = ack;
   }
 
   /** Watches alive. */
@@ -66,10 +70,11 @@ export class WakeTable implements EventWakes {
 
   /** Calls the wake function of watch `id` (what the native callback does). */
   dispatch(id: number | bigint): void {
-    const wake = this.#wakes.get(Number(id));
-    if (!wake) return;
+    const w = this.#wakes.get(Number(id));
+    if (!w) return;
     try {
-      wake();
+      this.#ack?.(w.agent); // before the waiters check statuses: nothing is missed
+      w.wake();
     } catch {
       // A wake only resolves promises; nothing may be thrown into the runtime's callback.
     }
@@ -77,7 +82,7 @@ export class WakeTable implements EventWakes {
 
   watch(agent: bigint, wake: () => void): EventWatch {
     const id = this.#next++;
-    this.#wakes.set(id, wake);
+    this.#wakes.set(id, { agent, wake });
     const status = this.#notify(agent, BigInt(id));
     if (status !== 0) this.#wakes.delete(id);
     return { status, unwatch: () => this.#wakes.delete(id) };

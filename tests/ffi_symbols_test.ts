@@ -99,7 +99,7 @@ test("Deno form: buffers stay buffers, blocking waits get nonblocking twins", ()
 });
 
 test("an ABI-3 library is bound without the functions of ABI 4", () => {
-  const later = ["kvp_event_notify", "kvp_event_quiesce"];
+  const later = ["kvp_event_notify", "kvp_event_ack", "kvp_event_quiesce"];
   for (const name of later) {
     assert.equal((SYMBOLS as Record<string, { since?: number }>)[name].since, 4, name);
   }

@@ -269,8 +269,8 @@ typedef void (*kvp_event_fn)(uint64_t ctx);
 /* Flags of kvp_event_notify. */
 /** fn returns at once and never calls this library (Bun's threadsafe callbacks queue
  *  the call to the event loop): call it from the thread where the event happens, once
- *  that thread holds no lock of the library, one call per event and no notifier
- *  thread. */
+ *  that thread holds no lock of the library, and no notifier thread. Events coalesce
+ *  until kvp_event_ack: after a call, none is made until the caller acknowledged it. */
 #define KVP_EVENT_DIRECT 1u
 
 /** Calls fn(ctx) after this agent's requests finish or notifications are queued (the
@@ -289,6 +289,11 @@ typedef void (*kvp_event_fn)(uint64_t ctx);
  *  it makes GPU copies complete on a worker thread. Before fn's code goes away (the
  *  callback is closed, the library unloaded), call kvp_event_quiesce(fn). */
 int32_t kvp_event_notify(uint64_t agent, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
+
+/** KVP_EVENT_DIRECT: the call of fn was run (call it there, before checking statuses):
+ *  the next event calls fn again. A no-op for other notifiers; KVP_ERR_NOT_SUPPORTED
+ *  where the engine has none. */
+int32_t kvp_event_ack(uint64_t agent);
 
 /** Stops every notifier that calls fn (of live agents too: they get no more calls) and
  *  waits up to timeout_ms for their threads to exit (KVP_EVENT_DIRECT: for the calls in

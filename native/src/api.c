@@ -620,6 +620,14 @@ static int32_t do_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint
                        a->ops->name);
     return a->ops->event_notify(a, fn, ctx, flags);
 }
+static int32_t do_event_ack(kvp_agent *a) {
+    if (!a->ops->event_ack)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED, "kvp_event_ack: the %s engine has no notifier",
+                       a->ops->name);
+    return a->ops->event_ack(a);
+}
+KVP_API int32_t kvp_event_ack(uint64_t agent) { WITH_AGENT(agent, do_event_ack(a)); }
+
 KVP_API int32_t kvp_event_notify(uint64_t agent, kvp_event_fn fn, uint64_t ctx,
                                  uint32_t flags) {
     WITH_AGENT(agent, do_event_notify(a, fn, ctx, flags));

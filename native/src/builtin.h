@@ -563,6 +563,7 @@ void bi_event_locked(bi_agent *a);
 void bi_event_flush(void);
 int32_t bi_event_fd(kvp_agent *a, int32_t *out);
 int32_t bi_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
+int32_t bi_event_ack(kvp_agent *a);
 /* Whether someone sleeps on this agent's events (kvp_event_fd or kvp_event_notify): then
  * only a finishing worker completes a request, so that the event is signalled. */
 bool bi_events_wanted(bi_agent *a);

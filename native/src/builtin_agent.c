@@ -93,6 +93,7 @@ static const kvp_engine_ops g_builtin_ops = {
     .notif_wait = bi_notif_wait,
     .event_fd = bi_event_fd,
     .event_notify = bi_event_notify,
+    .event_ack = bi_event_ack,
     .grant = bi_grant,
     .revoke = bi_revoke,
 };

@@ -74,6 +74,12 @@ void bi_event_flush(void) {
     if (n) kvp_notifier_signal(n);
 }
 
+int32_t bi_event_ack(kvp_agent *ka) {
+    kvp_notifier *n = atomic_load_explicit(&bi_of(ka)->notifier, memory_order_acquire);
+    if (n) kvp_notifier_ack(n);
+    return KVP_SUCCESS;
+}
+
 bool bi_events_wanted(bi_agent *a) {
     return atomic_load(&a->event_w) >= 0 || atomic_load(&a->notifier) != NULL;
 }

@@ -26,6 +26,7 @@ struct kvp_notifier {
     bool stop;
     uint64_t calls;
     int running; /* direct calls in progress (mu) */
+    bool queued; /* direct: a call was made and not acknowledged yet (mu) */
     bool direct; /* set at start */
     kvp_event_fn fn;
     uint64_t ctx;
@@ -152,10 +153,11 @@ bool kvp_notifier_direct(const kvp_notifier *n) { return n->direct; }
 
 static void call_direct(kvp_notifier *n) {
     pthread_mutex_lock(&n->mu);
-    if (n->stop) {
+    if (n->stop || n->queued) { /* queued: the runtime has one call to run already */
         pthread_mutex_unlock(&n->mu);
         return;
     }
+    n->queued = true;
     n->running++;
     n->calls++;
     pthread_mutex_unlock(&n->mu);
@@ -196,6 +198,12 @@ void kvp_notifier_stop(kvp_notifier *n) {
     reap_locked(NULL);
     put_locked(n);
     pthread_mutex_unlock(&g_mu);
+}
+
+void kvp_notifier_ack(kvp_notifier *n) {
+    pthread_mutex_lock(&n->mu);
+    n->queued = false;
+    pthread_mutex_unlock(&n->mu);
 }
 
 uint64_t kvp_notifier_calls(kvp_notifier *n) {

@@ -24,6 +24,8 @@ void kvp_notifier_signal(kvp_notifier *n);
 /* Tells the notifier to stop and drops the caller's reference: no call starts after
  * this returns; a call in progress finishes on its own (never waited for here). */
 void kvp_notifier_stop(kvp_notifier *n);
+/* A direct notifier's call was run: the next event calls fn again. */
+void kvp_notifier_ack(kvp_notifier *n);
 /* Calls made so far (tests). */
 uint64_t kvp_notifier_calls(kvp_notifier *n);
 

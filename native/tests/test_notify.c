@@ -98,7 +98,7 @@ TEST_T(notify_coalesces_events_that_come_during_a_call, 30) {
 
 TEST_T(notify_a_finished_transfer_calls_fn, 60) {
     t_peer p;
-    const uint64_t size = 8 << 20;
+    const uint64_t size = 32 << 20;
     t_peer_start(&p, "NT", NULL, NULL, size, 4);
     uint64_t a = t_agent("NI", NULL, NULL), m, reg;
     t_load(a, p.md, p.mdlen);
@@ -106,7 +106,7 @@ TEST_T(notify_a_finished_transfer_calls_fn, 60) {
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     t_fill((void *)(uintptr_t)m, size, 9);
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
-    uint64_t lp = t_prep_pages(a, "", m, 1 << 20, 8), rp = t_prep_pages(a, "NT", p.base, 1 << 20, 8);
+    uint64_t lp = t_prep_pages(a, "", m, 4 << 20, 8), rp = t_prep_pages(a, "NT", p.base, 4 << 20, 8);
     uint32_t idx[8];
     for (uint32_t i = 0; i < 8; i++) idx[i] = i;
     uint64_t req;
@@ -244,11 +244,14 @@ TEST_T(notify_direct_calls_on_the_signalling_thread_and_quiesce_waits_for_them, 
     CHECK_ERR_HAS("flags");
     OK(kvp_event_notify(a, fn, 20, KVP_EVENT_DIRECT));
     /* A loopback notification is queued by the sending thread: the call is made there,
-     * before kvp_notif_send returns, one per event (nothing coalesces). */
+     * before kvp_notif_send returns; then none until acknowledged (coalesced). */
     for (uint64_t i = 1; i <= 100; i++) {
         notify_self(a, "D1");
         CHECK_MSG(calls(20) == i, "%llu calls after %llu events", (unsigned long long)calls(20),
                   (unsigned long long)i);
+        notify_self(a, "D1"); /* not acknowledged yet: coalesced */
+        CHECK(calls(20) == i);
+        OK(kvp_event_ack(a));
     }
     /* A call in progress on another thread: quiesce waits for it (bounded). */
     atomic_store(&g_block_ms, 100);
@@ -266,13 +269,16 @@ TEST_T(notify_direct_calls_on_the_signalling_thread_and_quiesce_waits_for_them, 
     notify_self(a, "D1"); /* stopped: no call */
     CHECK(pthread_join(th, NULL) == 0);
     CHECK(calls(20) == 101);
+    OK(kvp_event_ack(a)); /* after quiesce: harmless, still no call */
+    notify_self(a, "D1");
+    CHECK(calls(20) == 101);
     OK(kvp_agent_destroy(a));
     CHECK(atomic_load(&g_bad) == 0);
 }
 
 TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
     t_peer p;
-    const uint64_t size = 8 << 20;
+    const uint64_t size = 32 << 20;
     t_peer_start(&p, "DT", NULL, NULL, size, 4);
     uint64_t a = t_agent("DI", NULL, NULL), m, reg;
     t_load(a, p.md, p.mdlen);
@@ -280,7 +286,7 @@ TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     t_fill((void *)(uintptr_t)m, size, 11);
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
-    uint64_t lp = t_prep_pages(a, "", m, 1 << 20, 8), rp = t_prep_pages(a, "DT", p.base, 1 << 20, 8);
+    uint64_t lp = t_prep_pages(a, "", m, 4 << 20, 8), rp = t_prep_pages(a, "DT", p.base, 4 << 20, 8);
     uint32_t idx[8];
     for (uint32_t i = 0; i < 8; i++) idx[i] = i;
     uint64_t req;
@@ -288,6 +294,7 @@ TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
     int pending_posts = 0;
     for (int round = 0; round < 20; round++) {
         uint64_t before = calls(21);
+        OK(kvp_event_ack(a)); /* the last call was "run" */
         int32_t st = kvp_xfer_post(a, req);
         if (st == KVP_IN_PROG) {
             pending_posts++;

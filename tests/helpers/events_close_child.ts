@@ -34,6 +34,11 @@ for (let i = 0; i < 20; i++) {
   }
 }
 const landed = dst.checksum(0, size) === src.checksum(0, size);
+// A notification wait is always woken through the callback (the posts above may all
+// have finished inside post).
+const woken = agent.waitNotifications(5_000);
+agent.sendNotification(agent.name, "wake");
+if ((await woken).length === 1) waited++;
 // A wake queued right before the close: delivered or dropped, never a hang or a crash.
 agent.sendNotification(agent.name, "bye");
 req.release();
