@@ -38,6 +38,11 @@ import type { PdReceiverStage, PdSenderStage } from "../src/pd/timeline.ts";
 import { measureCudaMemcpy, measureMemcpy } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
 import { percentile, Report } from "./lib.ts";
+import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
+
+// KVPORT_BENCH_WAKE=legacy: the wake-ups of an ABI-3 library (Deno's pool-thread waits,
+// Bun's event descriptor), to compare with the wake callback (issue 15).
+if (process.env.KVPORT_BENCH_WAKE) setWakeMode(process.env.KVPORT_BENCH_WAKE as WakeMode);
 import type { NixlChannel } from "../src/channel/nixl.ts";
 import { loadNativeLibrary } from "../ffi/mod.ts";
 import { encodeMessage, type LmcacheMessage, ReqSocket } from "../src/channel/wire/mod.ts";

@@ -21,6 +21,11 @@ import process from "node:process";
 import { PdReceiver } from "../src/pd/receiver.ts";
 import { RepSocket } from "../src/channel/wire/mod.ts";
 import type { PdReceiverStage } from "../src/pd/timeline.ts";
+import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
+
+// KVPORT_BENCH_WAKE=legacy: the wake-ups of an ABI-3 library (Deno's pool-thread waits,
+// Bun's event descriptor), to compare with the wake callback (issue 15).
+if (process.env.KVPORT_BENCH_WAKE) setWakeMode(process.env.KVPORT_BENCH_WAKE as WakeMode);
 
 const args = JSON.parse(process.argv[2] ?? "{}") as {
   pageSize: number;

@@ -18,6 +18,7 @@ const SUITES = [
   "agent",
   "pd",
   "latency",
+  "wake",
   "grants",
   "storage",
   "p2p",

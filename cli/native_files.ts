@@ -46,6 +46,8 @@ export const NATIVE_FILES: readonly string[] = [
   "src/metadata.c",
   "src/metadata.h",
   "src/notif.c",
+  "src/notify.c",
+  "src/notify.h",
   "src/params.c",
   "src/params.h",
   "src/peer_page.c",

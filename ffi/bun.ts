@@ -3,8 +3,10 @@
  * {@linkcode NativeLib}. `bun:ffi` is imported with a literal dynamic import inside
  * {@linkcode openBun}, so Deno never evaluates it.
  *
- * Bun has no nonblocking FFI calls: `nonblocking` is `null`; waits sleep on the agent's
- * `kvp_event_fd` descriptor instead, read through `eventStream` (no polling timers).
+ * Bun has no nonblocking FFI calls: `nonblocking` is `null`; waits sleep until the
+ * agent's notifier thread calls the library's threadsafe `JSCallback` (`wakes`, ABI 4),
+ * or, with an ABI-3 library, on the agent's `kvp_event_fd` descriptor read through
+ * `eventStream` (no polling timers either way).
  *
  * @example
  * ```ts
@@ -15,8 +17,13 @@
  * @module
  */
 
+import { NixlError, Status } from "../src/errors.ts";
 import type { NativeLib } from "./native.ts";
 import { type BunSymbolDef, type KvpSymbols, toBunSymbols } from "./symbols.ts";
+import { QUIESCE_MS, WakeTable } from "./wakes.ts";
+
+/** KVP_EVENT_DIRECT of kvport.h. */
+const EVENT_DIRECT = 1;
 
 /**
  * The part of `bun:ffi` this loader uses, declared here rather than taken from
@@ -33,6 +40,12 @@ interface BunFfi {
   ptr(view: ArrayBufferView): number;
   /** An ArrayBuffer over native memory at `address`, without a copy. */
   toArrayBuffer(address: number, byteOffset: number, byteLength: number): ArrayBuffer;
+  /** A C function pointer calling `fn`; `threadsafe`: callable from any thread (the call
+   * is queued to the event loop and returns at once). */
+  JSCallback: new (
+    fn: (...args: never[]) => void,
+    def: { args: string[]; returns: string; threadsafe?: boolean },
+  ) => { readonly ptr: number | null; close(): void };
 }
 
 /** `Bun.file(fd)`: a descriptor's bytes as a stream read by Bun's event loop. */
@@ -60,7 +73,12 @@ async function importBunFfi(): Promise<BunFfi> {
  */
 export async function openBun(path: string): Promise<NativeLib> {
   const ffi = await importBunFfi();
-  const dl = ffi.dlopen(path, toBunSymbols());
+  // The ABI first: an ABI-3 library lacks the functions of a later one (Bun refuses a
+  // table with a missing symbol).
+  const probe = ffi.dlopen(path, { kvp_abi_version: { args: [], returns: "u32" } });
+  const abi = (probe.symbols.kvp_abi_version as () => number)();
+  probe.close();
+  const dl = ffi.dlopen(path, toBunSymbols(abi));
   // deno-lint-ignore no-explicit-any
   const raw = dl.symbols as unknown as Record<string, (...args: any[]) => any>;
   const statusName = raw.kvp_status_name;
@@ -68,6 +86,26 @@ export async function openBun(path: string): Promise<NativeLib> {
     ...raw,
     kvp_status_name: (status: number): string => String(statusName(status) ?? ""),
   } as unknown as KvpSymbols;
+  // One threadsafe callback for every agent, made at the first watch. Bun queues each
+  // call to the event loop and returns at once; the callback keeps nothing alive (a
+  // wait's deadline timer does).
+  let callback: { readonly ptr: number | null; close(): void } | null = null;
+  const notify = raw.kvp_event_notify;
+  const wakes: WakeTable | null = notify
+    ? new WakeTable((agent, id): number => {
+      callback ??= new ffi.JSCallback(
+        ((id: number | bigint): void => wakes!.dispatch(id)) as (...args: never[]) => void,
+        { args: ["u64"], returns: "void", threadsafe: true },
+      );
+      // KVP_EVENT_DIRECT: Bun queues the call and returns at once, so the thread of the
+      // event calls it (no notifier thread, one hop fewer); one call until acknowledged.
+      return notify(agent, callback.ptr, id, EVENT_DIRECT) as number;
+    }, (agent) => {
+      // Direct calls coalesce until acknowledged (else a burst of events would queue
+      // one call each while the event loop is busy).
+      symbols.kvp_event_ack(agent);
+    })
+    : null;
   let closed = false;
   return {
     runtime: "bun",
@@ -76,6 +114,7 @@ export async function openBun(path: string): Promise<NativeLib> {
     symbols,
     nonblocking: null,
     eventStream: (fd: number) => bunFile(fd).stream(),
+    wakes,
     pendingCalls: 0,
     get closed() {
       return closed;
@@ -88,12 +127,27 @@ export async function openBun(path: string): Promise<NativeLib> {
       if (address === 0n) throw new RangeError("cannot view address 0");
       return ffi.toArrayBuffer(Number(address), 0, length);
     },
-    close(): Promise<void> {
-      if (!closed) {
-        closed = true;
-        dl.close();
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      if (callback) {
+        // Bun's callback never blocks its caller, so the calls in progress end at once.
+        const st = symbols.kvp_event_quiesce(callback.ptr, BigInt(QUIESCE_MS));
+        if (st !== Status.SUCCESS) {
+          throw new NixlError(
+            st,
+            "kvp_event_quiesce",
+            `a notifier thread did not leave the wake callback within ${QUIESCE_MS} ms; ` +
+              "the library stays loaded",
+          );
+        }
+        // Calls already queued run on the next turns of the event loop: let them run
+        // before the callback goes.
+        for (let i = 0; i < 2; i++) await new Promise((r) => setTimeout(r, 0));
+        callback.close();
+        callback = null;
       }
-      return Promise.resolve();
+      dl.close();
     },
   };
 }

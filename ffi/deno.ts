@@ -13,14 +13,17 @@
  * @module
  */
 
+import { NixlError, Status } from "../src/errors.ts";
 import type { NativeLib } from "./native.ts";
 import { PendingCalls } from "./pending.ts";
 import {
   type KvpNonblocking,
   type KvpSymbols,
   NONBLOCKING_SUFFIX,
+  SYMBOLS,
   toDenoSymbols,
 } from "./symbols.ts";
+import { EXIT_QUIESCE_MS, QUIESCE_MS, WakeTable } from "./wakes.ts";
 
 // deno-lint-ignore no-explicit-any
 type AnyFn = (...args: any[]) => any;
@@ -37,7 +40,15 @@ type AnyFn = (...args: any[]) => any;
  * ```
  */
 export function openDeno(path: string): NativeLib {
-  const dl = Deno.dlopen(path, toDenoSymbols() as Deno.ForeignLibraryInterface);
+  // The functions of a later ABI are optional: an ABI-3 library binds without them.
+  const defs = toDenoSymbols();
+  for (const [name, def] of Object.entries(defs)) {
+    const key = (def.name ?? name) as keyof typeof SYMBOLS;
+    if ((SYMBOLS[key] as { since?: number }).since) {
+      (def as { optional?: boolean }).optional = true;
+    }
+  }
+  const dl = Deno.dlopen(path, defs as Deno.ForeignLibraryInterface);
   const raw = dl.symbols as unknown as Record<string, AnyFn>;
   const statusName = raw.kvp_status_name;
   const symbols = {
@@ -52,6 +63,34 @@ export function openDeno(path: string): NativeLib {
     kvp_xfer_wait: pending.track(raw["kvp_xfer_wait" + NONBLOCKING_SUFFIX]),
     kvp_notif_wait: pending.track(raw["kvp_notif_wait" + NONBLOCKING_SUFFIX]),
   };
+  // One thread-safe callback for every agent's notifier, made at the first watch and
+  // unref'ed: it never keeps the event loop alive (a wait's deadline timer does). A call
+  // from a notifier blocks that thread until the event loop ran it, so no thread that
+  // other work waits for ever calls it (see kvp_event_notify).
+  let callback: Deno.UnsafeCallback<{ parameters: ["u64"]; result: "void" }> | null = null;
+  const notify = raw.kvp_event_notify as AnyFn | null;
+  const quiesce = raw["kvp_event_quiesce" + NONBLOCKING_SUFFIX] as AnyFn | null;
+  // At exit: a notifier still returning from the callback when the runtime tears down
+  // crashes the process (seen: 1 exit in 3 right after a wake). Stop them and wait,
+  // briefly and on this thread (the event loop is done), until they have left it.
+  const onUnload = () => {
+    if (callback) raw.kvp_event_quiesce(callback.pointer, BigInt(EXIT_QUIESCE_MS));
+  };
+  const wakes: WakeTable | null = notify && quiesce
+    ? new WakeTable((agent, id): number => {
+      if (!callback) {
+        callback = Deno.UnsafeCallback.threadSafe(
+          { parameters: ["u64"], result: "void" },
+          (id: number | bigint): void => wakes!.dispatch(id),
+        );
+        callback.unref();
+        globalThis.addEventListener("unload", onUnload);
+      }
+      // No KVP_EVENT_DIRECT: a Deno callback blocks its caller until the event loop
+      // ran it, so it needs the notifier thread (nothing else waits for that one).
+      return notify(agent, callback.pointer, id, 0) as number;
+    })
+    : null;
   let closed = false;
   return {
     runtime: "deno",
@@ -59,8 +98,10 @@ export function openDeno(path: string): NativeLib {
     abiVersion: symbols.kvp_abi_version(),
     symbols,
     nonblocking,
-    // Deno waits on its thread pool (kvp_xfer_wait / kvp_notif_wait run there).
+    // Deno waits on its thread pool (kvp_xfer_wait / kvp_notif_wait run there) or, from
+    // ABI 4, for the wake callback.
     eventStream: null,
+    wakes,
     get pendingCalls() {
       return pending.count;
     },
@@ -82,6 +123,23 @@ export function openDeno(path: string): NativeLib {
       if (closed) return;
       closed = true;
       await pending.drained();
+      if (callback) {
+        // Off this thread: a notifier blocked in the callback returns once this event
+        // loop ran it, which it does while the quiesce runs on the pool.
+        const st = await quiesce!(callback.pointer, BigInt(QUIESCE_MS)) as number;
+        if (st !== Status.SUCCESS) {
+          // A notifier still inside the callback: unloading now would crash it.
+          throw new NixlError(
+            st,
+            "kvp_event_quiesce",
+            `a notifier thread did not leave the wake callback within ${QUIESCE_MS} ms; ` +
+              "the library stays loaded",
+          );
+        }
+        globalThis.removeEventListener("unload", onUnload);
+        callback.close();
+        callback = null;
+      }
       dl.close();
     },
   };

@@ -13,7 +13,8 @@
  *    a package fetched from JSR or npm, which brings no binary, gets one;
  * 4. `$NIXL_PREFIX/lib/libkvport.so`.
  *
- * A library whose `kvp_abi_version()` differs from {@linkcode ABI_VERSION} is refused.
+ * A library whose `kvp_abi_version()` is outside {@linkcode MIN_ABI_VERSION}..{@linkcode ABI_VERSION}
+ * is refused.
  *
  * @example
  * ```ts
@@ -33,7 +34,11 @@ export type { NativeLib } from "./native.ts";
 export { VERSION } from "./version.ts";
 
 /** The `KVP_ABI_VERSION` of kvport.h this package was written against. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
+
+/** The oldest ABI version loaded: ABI 4 only added functions (`kvp_event_notify`,
+ * `kvp_event_quiesce`); without them waits keep the mechanisms of ABI 3. */
+export const MIN_ABI_VERSION = 3;
 
 /** The file name of the shim. */
 export const LIBRARY_NAME = "libkvport.so";
@@ -306,14 +311,15 @@ export async function loadNativeLibrary(options: LoadOptions = {}): Promise<Nati
       loaded.delete(c.path);
       lib = await reopen(c.path);
     }
-    if (lib.abiVersion !== ABI_VERSION) {
+    if (lib.abiVersion < MIN_ABI_VERSION || lib.abiVersion > ABI_VERSION) {
       mismatch = true;
       loaded.delete(c.path);
       await lib.close();
       tried.push({
         path: c.path,
         source: c.source,
-        reason: `ABI version ${lib.abiVersion}, this package needs ${ABI_VERSION} ` +
+        reason:
+          `ABI version ${lib.abiVersion}, this package needs ${MIN_ABI_VERSION}..${ABI_VERSION} ` +
           `(a stale or foreign build: rebuild it)`,
       });
       continue;

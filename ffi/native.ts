@@ -20,6 +20,7 @@
 
 import { NixlError, Status } from "../src/errors.ts";
 import type { KvpNonblocking, KvpSymbols } from "./symbols.ts";
+import type { EventWakes } from "./wakes.ts";
 
 /** The library as one runtime's loader opened it; everything above is runtime-neutral. */
 export interface NativeLib {
@@ -48,7 +49,14 @@ export interface NativeLib {
    * runtime waits on its thread pool instead (Deno). The stream ends at end of file.
    */
   eventStream: ((fd: number) => ReadableStream<Uint8Array>) | null;
-  /** Closes the library after every pending nonblocking call has returned. */
+  /**
+   * Wake-ups of waiters from the agents' notifier threads through one thread-safe
+   * callback (`kvp_event_notify`, ABI 4; both runtimes), or `null` for a library of ABI
+   * 3, which keeps the pool-thread waits (Deno) and the event descriptor (Bun).
+   */
+  readonly wakes: EventWakes | null;
+  /** Closes the library after every pending nonblocking call has returned and every
+   * notifier thread has exited (then the wake callback is closed). */
   close(): Promise<void>;
 }
 

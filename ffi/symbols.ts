@@ -7,6 +7,8 @@
  * - `"i32"`, `"u32"`: `number`;
  * - `"u64"`, `"i64"`: `bigint` (always, in both runtimes);
  * - `"buffer"`: a typed array (or `null`) whose bytes C reads or writes during the call;
+ * - `"function"`: a C function pointer, the runtime's own callback pointer
+ *   (`Deno.UnsafeCallback.pointer`, Bun's `JSCallback.ptr`);
  * - `"cstring"`: a result only, a static NUL-terminated string, returned as `string`.
  *
  * @example
@@ -19,7 +21,7 @@
  */
 
 /** A parameter type of the neutral table. */
-export type ParamType = "i32" | "u32" | "i64" | "u64" | "buffer";
+export type ParamType = "i32" | "u32" | "i64" | "u64" | "buffer" | "function";
 /** A result type of the neutral table. */
 export type ResultType = "i32" | "u32" | "u64" | "cstring";
 
@@ -31,11 +33,15 @@ export interface SymbolDef {
   readonly result: ResultType;
   /** The call may block up to a timeout: Deno gets a `nonblocking: true` twin. */
   readonly blocking?: boolean;
+  /** The ABI version that added it (absent: every version the loaders accept); a
+   * library of an older version is bound without it. */
+  readonly since?: number;
 }
 
 /**
- * Every C function of kvport.h (ABI version 2). `blocking` marks the calls that wait
+ * Every C function of kvport.h (ABI version 4). `blocking` marks the calls that wait
  * with a timeout; Deno also binds them `nonblocking: true` (see {@link toDenoSymbols}).
+ * `since` marks the functions an older library (ABI 3) lacks.
  *
  * @example
  * ```ts
@@ -397,6 +403,39 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
+  /** Calls fn(ctx) on the agent's notifier thread after its events (as kvp_event_fd's),
+   * coalesced, no lock held; stopped (never joined) at destroy. Once per agent. Flags:
+   * KVP_EVENT_DIRECT (1): fn never blocks, call it on the thread of the event. */
+  kvp_event_notify: {
+    parameters: [
+      "u64", // uint64_t agent
+      "function", // kvp_event_fn fn
+      "u64", // uint64_t ctx
+      "u32", // uint32_t flags
+    ],
+    result: "i32",
+    since: 4,
+  },
+  /** KVP_EVENT_DIRECT: the call was run (before the status checks); the next event calls
+   * fn again (until then events coalesce). */
+  kvp_event_ack: {
+    parameters: [
+      "u64", // uint64_t agent
+    ],
+    result: "i32",
+    since: 4,
+  },
+  /** Stops every notifier calling fn and waits up to timeout_ms for their threads to
+   * exit (NIXL_IN_PROG: one is still inside fn); before fn's code goes. */
+  kvp_event_quiesce: {
+    parameters: [
+      "function", // kvp_event_fn fn
+      "i64", // int64_t timeout_ms
+    ],
+    result: "i32",
+    blocking: true,
+    since: 4,
+  },
 
   // ------------------------------------------------------------------- grants
   /** Grants a loaded remote agent READ (1) and/or WRITE (2) of count ranges of registered
@@ -460,26 +499,32 @@ export type SymbolName = keyof typeof SYMBOLS;
 /** The names of the C functions that block up to a timeout. */
 export type BlockingName = "kvp_xfer_wait" | "kvp_notif_wait";
 
+/** The names of the C functions an ABI-3 library lacks (bound only from ABI 4). */
+export type LaterName = "kvp_event_notify" | "kvp_event_ack" | "kvp_event_quiesce";
+
 /** What a `"buffer"` parameter accepts: memory C reads or writes during the call. */
 export type BufferArg = ArrayBufferView | null;
 
 /** The JavaScript value of a neutral parameter type. */
 export type ParamJs<T> = T extends "u64" | "i64" ? bigint
   : T extends "i32" | "u32" ? number
+  : T extends "function" ? unknown
   : BufferArg;
 /** The JavaScript value of a neutral result type. */
 export type ResultJs<T> = T extends "u64" ? bigint : T extends "cstring" ? string : number;
 /** The JavaScript arguments of a neutral parameter list. */
 export type ParamsJs<P> = { -readonly [K in keyof P]: ParamJs<P[K]> };
 
-/** Every C function as a runtime-neutral JavaScript function (synchronous). */
+/** Every C function as a runtime-neutral JavaScript function (synchronous); those of
+ * {@linkcode LaterName} are absent from a library of an older ABI (see `since`). */
 export type KvpSymbols = {
   [K in SymbolName]: (
     ...args: ParamsJs<(typeof SYMBOLS)[K]["parameters"]>
   ) => ResultJs<(typeof SYMBOLS)[K]["result"]>;
 };
 
-/** The blocking functions as promises (Deno's `nonblocking: true` twins). */
+/** The blocking functions as promises (Deno's `nonblocking: true` twins); the waits only
+ * (kvp_event_quiesce's twin is the loader's own). */
 export type KvpNonblocking = {
   [K in BlockingName]: (
     ...args: ParamsJs<(typeof SYMBOLS)[K]["parameters"]>
@@ -491,11 +536,16 @@ export interface DenoSymbolDef {
   /** The C name, when the key differs from it. */
   name?: string;
   /** Deno parameter types. */
-  parameters: ("i32" | "u32" | "i64" | "u64" | "buffer")[];
+  parameters: ("i32" | "u32" | "i64" | "u64" | "buffer" | "function")[];
   /** Deno result type. */
   result: "i32" | "u32" | "u64" | "pointer";
   /** Run on Deno's blocking thread pool and return a promise. */
   nonblocking?: boolean;
+}
+
+/** Whether a function of the table exists in a library of ABI version `abi`. */
+function inAbi(def: SymbolDef, abi: number | undefined): boolean {
+  return abi === undefined || (def.since ?? 0) <= abi;
 }
 
 /** Suffix of the keys under which Deno binds the nonblocking twins. */
@@ -504,17 +554,20 @@ export const NONBLOCKING_SUFFIX = "_nonblocking";
 /**
  * The table in `Deno.dlopen` form: `"cstring"` results become `"pointer"` (read back
  * with `Deno.UnsafePointerView.getCString`), and every blocking function gets a twin
- * `<name>_nonblocking` bound with `nonblocking: true`.
+ * `<name>_nonblocking` bound with `nonblocking: true`. With `abi`, only the functions a
+ * library of that ABI version has.
  *
  * @example
  * ```ts
  * import { toDenoSymbols } from "./symbols.ts";
  * console.log(toDenoSymbols().kvp_xfer_wait_nonblocking.nonblocking); // true
+ * console.log("kvp_event_notify" in toDenoSymbols(3)); // false
  * ```
  */
-export function toDenoSymbols(): Record<string, DenoSymbolDef> {
+export function toDenoSymbols(abi?: number): Record<string, DenoSymbolDef> {
   const out: Record<string, DenoSymbolDef> = {};
   for (const [name, def] of Object.entries(SYMBOLS) as [string, SymbolDef][]) {
+    if (!inAbi(def, abi)) continue;
     const result = def.result === "cstring" ? "pointer" : def.result;
     out[name] = { parameters: [...def.parameters], result };
     if (def.blocking) {
@@ -531,7 +584,7 @@ export function toDenoSymbols(): Record<string, DenoSymbolDef> {
 
 /** One symbol in the form `bun:ffi`'s `dlopen` takes (type names as strings). */
 export interface BunSymbolDef {
-  /** Bun argument types. */
+  /** Bun argument types (a `"function"` pointer passes as `"ptr"`). */
   args: ("i32" | "u32" | "i64" | "u64" | "ptr")[];
   /** Bun return type. */
   returns: "i32" | "u32" | "u64" | "cstring";
@@ -541,6 +594,8 @@ export interface BunSymbolDef {
  * The table in `bun:ffi` form: `"buffer"` parameters become `"ptr"` (Bun passes a typed
  * array's address, or NULL for `null`). Bun has no nonblocking calls: blocking
  * functions are bound as they are and called with a timeout of 0 (a status check).
+ * `"function"` parameters are `"ptr"` too (a `JSCallback`'s `ptr`). With `abi`, only
+ * the functions a library of that ABI version has.
  *
  * @example
  * ```ts
@@ -548,11 +603,12 @@ export interface BunSymbolDef {
  * console.log(toBunSymbols().kvp_register.args[2]); // "ptr"
  * ```
  */
-export function toBunSymbols(): Record<string, BunSymbolDef> {
+export function toBunSymbols(abi?: number): Record<string, BunSymbolDef> {
   const out: Record<string, BunSymbolDef> = {};
   for (const [name, def] of Object.entries(SYMBOLS) as [string, SymbolDef][]) {
+    if (!inAbi(def, abi)) continue;
     out[name] = {
-      args: def.parameters.map((p) => (p === "buffer" ? "ptr" : p)),
+      args: def.parameters.map((p) => (p === "buffer" || p === "function" ? "ptr" : p)),
       returns: def.result,
     };
   }

@@ -363,9 +363,10 @@ export class NixlAgent {
         return this.#events;
       },
     };
-    // Bun: the event descriptor from the start, before any post: a GPU post made before
-    // it was handed out would complete only when polled (see kvp_event_fd).
-    if (lib.eventStream) this.#events = AgentEvents.open(lib, handle);
+    // The events (wake callback, or Bun's descriptor) from the start, before any post: a
+    // GPU post made before they were asked for would complete only when polled (see
+    // kvp_event_fd, kvp_event_notify).
+    this.#events = AgentEvents.open(lib, handle);
     agentLibraries.set(this, lib);
     // Held weakly: the process-wide registry must not keep a dropped agent alive (the
     // read is a static method: a closure made here would share this constructor's
@@ -1068,13 +1069,13 @@ export class NixlAgent {
     const first = this.takeNotifications();
     if (first.length > 0 || timeoutMs === 0) return first;
     const h = this.#native("waitNotifications");
-    const lib = this.#lib;
-    const nb = lib.nonblocking;
     const signal = options.signal;
     let pending: Notification[] = [];
     const call = new CallMessage(); // the native wait's message, handed back with the call
-    // Bun sleeps on the event descriptor; an abort is no native event, so it wakes it.
-    const events = nb ? null : this.#core.events();
+    // The agent's events where it has them (an abort is no native event, so it wakes
+    // them), else Deno's pool-thread wait.
+    const events = this.#core.events();
+    const nb = events ? null : this.#lib.nonblocking;
     const poke = () => events?.poke();
     signal?.addEventListener("abort", poke, { once: true });
     const status = await waitStatus(

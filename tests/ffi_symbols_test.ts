@@ -37,6 +37,7 @@ function neutral(cDecl: string): string {
     uint32_t: "u32",
     int64_t: "i64",
     uint64_t: "u64",
+    kvp_event_fn: "function",
   };
   if (map[type]) return map[type];
   throw new Error(`no neutral type for ${cDecl}`);
@@ -89,11 +90,29 @@ test("Deno form: buffers stay buffers, blocking waits get nonblocking twins", ()
     "buffer",
   ]);
   assert.equal(d.kvp_status_name.result, "pointer");
-  for (const name of ["kvp_xfer_wait", "kvp_notif_wait"]) {
+  for (const name of ["kvp_xfer_wait", "kvp_notif_wait", "kvp_event_quiesce"]) {
     assert.equal(d[name].nonblocking, undefined);
     assert.deepEqual(d[`${name}_nonblocking`], { ...d[name], name, nonblocking: true });
   }
-  assert.equal(Object.values(d).filter((s) => s.nonblocking).length, 2);
+  assert.equal(Object.values(d).filter((s) => s.nonblocking).length, 3);
+  assert.deepEqual(d.kvp_event_notify.parameters, ["u64", "function", "u64", "u32"]);
+});
+
+test("an ABI-3 library is bound without the functions of ABI 4", () => {
+  const later = ["kvp_event_notify", "kvp_event_ack", "kvp_event_quiesce"];
+  for (const name of later) {
+    assert.equal((SYMBOLS as Record<string, { since?: number }>)[name].since, 4, name);
+  }
+  const d3 = toDenoSymbols(3), b3 = toBunSymbols(3);
+  for (const name of later) {
+    assert.equal(d3[name], undefined, `Deno, ABI 3: ${name}`);
+    assert.equal(d3[`${name}_nonblocking`], undefined, `Deno, ABI 3: ${name} twin`);
+    assert.equal(b3[name], undefined, `Bun, ABI 3: ${name}`);
+  }
+  assert.equal(Object.keys(b3).length, Object.keys(SYMBOLS).length - later.length);
+  assert.ok(d3.kvp_event_fd && b3.kvp_event_fd, "ABI 3 keeps kvp_event_fd");
+  assert.deepEqual(toBunSymbols(4), toBunSymbols());
+  assert.deepEqual(toBunSymbols().kvp_event_notify.args, ["u64", "ptr", "u64", "u32"]);
 });
 
 test("Bun form: buffers become ptr, cstring results stay cstring", () => {

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /** Bumped on any incompatible change of this header. */
-#define KVP_ABI_VERSION 3
+#define KVP_ABI_VERSION 4
 
 /* Status codes: the values of NIXL's nixl_status_t. */
 #define KVP_IN_PROG 1
@@ -262,6 +262,45 @@ int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_
  *  it handed out, GPU copies of a request complete on a worker thread (which signals)
  *  rather than in the waiter's status poll. */
 int32_t kvp_event_fd(uint64_t agent, int32_t *fd);
+
+/** What kvp_event_notify calls: ctx is the value given there. */
+typedef void (*kvp_event_fn)(uint64_t ctx);
+
+/* Flags of kvp_event_notify. */
+/** fn returns at once and never calls this library (Bun's threadsafe callbacks queue
+ *  the call to the event loop): call it from the thread where the event happens, once
+ *  that thread holds no lock of the library, and no notifier thread. Events coalesce
+ *  until kvp_event_ack: after a call, none is made until the caller acknowledged it. */
+#define KVP_EVENT_DIRECT 1u
+
+/** Calls fn(ctx) after this agent's requests finish or notifications are queued (the
+ *  events of kvp_event_fd), for runtimes whose thread-safe callbacks wake their event
+ *  loop (Deno, Bun). By default on a thread of the agent's own (its notifier, started
+ *  here), and events coalesce: the notifier sleeps (condition variable, no spinning)
+ *  until one is signalled, then makes one call for all that came before it; events
+ *  during a call make one more call after it. fn runs with no lock of the library held
+ *  and may block (Deno's thread-safe callbacks block until the event loop ran them):
+ *  nothing else waits for this thread. With KVP_EVENT_DIRECT in flags (fn never
+ *  blocks): no notifier thread, see the flag. kvp_agent_destroy only tells the notifier
+ *  to stop: it never waits for a call in progress, and no call starts once it returned
+ *  (one in progress finishes). Check kvp_xfer_status / kvp_notif_take after each call.
+ *  Once per agent (again: KVP_ERR_NOT_ALLOWED); fn must not be NULL, flags only
+ *  KVP_EVENT_DIRECT. Builtin engine only (else KVP_ERR_NOT_SUPPORTED). Like kvp_event_fd,
+ *  it makes GPU copies complete on a worker thread. Before fn's code goes away (the
+ *  callback is closed, the library unloaded), call kvp_event_quiesce(fn). */
+int32_t kvp_event_notify(uint64_t agent, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
+
+/** KVP_EVENT_DIRECT: the call of fn was run (call it there, before checking statuses):
+ *  the next event calls fn again. A no-op for other notifiers; KVP_ERR_NOT_SUPPORTED
+ *  where the engine has none. */
+int32_t kvp_event_ack(uint64_t agent);
+
+/** Stops every notifier that calls fn (of live agents too: they get no more calls) and
+ *  waits up to timeout_ms for their threads to exit (KVP_EVENT_DIRECT: for the calls in
+ *  progress to return): KVP_SUCCESS once none is left (no call of fn is running or will
+ *  start), else KVP_IN_PROG (a call still running: keep fn's code loaded). Deno must run it as a nonblocking call: a notifier blocked in a
+ *  Deno callback returns only once the event loop ran it. */
+int32_t kvp_event_quiesce(kvp_event_fn fn, int64_t timeout_ms);
 
 /* ----------------------------------------------------------------- grants ---- */
 

@@ -608,6 +608,31 @@ KVP_API int32_t kvp_event_fd(uint64_t agent, int32_t *fd) {
     WITH_AGENT(agent, do_event_fd(a, fd));
 }
 
+static int32_t do_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint32_t flags) {
+    if (!fn) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_event_notify: fn is NULL");
+    if (flags & ~KVP_EVENT_DIRECT)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_event_notify: unknown flags 0x%x",
+                       flags & ~KVP_EVENT_DIRECT);
+    if (!a->ops->event_notify)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "kvp_event_notify: the %s engine has no notifier; wait with "
+                       "kvp_xfer_wait / kvp_notif_wait or poll",
+                       a->ops->name);
+    return a->ops->event_notify(a, fn, ctx, flags);
+}
+static int32_t do_event_ack(kvp_agent *a) {
+    if (!a->ops->event_ack)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED, "kvp_event_ack: the %s engine has no notifier",
+                       a->ops->name);
+    return a->ops->event_ack(a);
+}
+KVP_API int32_t kvp_event_ack(uint64_t agent) { WITH_AGENT(agent, do_event_ack(a)); }
+
+KVP_API int32_t kvp_event_notify(uint64_t agent, kvp_event_fn fn, uint64_t ctx,
+                                 uint32_t flags) {
+    WITH_AGENT(agent, do_event_notify(a, fn, ctx, flags));
+}
+
 KVP_API int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_t cap,
                                uint64_t *msg_len) {
     return msg_out(notif_wait(agent, timeout_ms), msg, cap, msg_len);

@@ -28,6 +28,7 @@
 #include <sys/uio.h>
 
 #include "agent_page.h"
+#include "notify.h"
 #include "common.h"
 #include "engine.h"
 #include "hostid.h"
@@ -355,6 +356,9 @@ struct bi_agent {
     /* Our end of the event socket handed out by kvp_event_fd, -1 when none (set under
      * mu, read without it by bi_event). */
     atomic_int event_w;
+    /* The notifier of kvp_event_notify, NULL when none (set under mu, read without it by
+     * bi_event; stopped at destroy, once nothing signals any more). */
+    _Atomic(kvp_notifier *) notifier;
     uint64_t nq_count, nq_bytes;
     pthread_cond_t nq_cv;
     uint32_t max_notifs;        /* queue limit (records) ... */
@@ -551,9 +555,20 @@ void bi_reqs_cancel_for(bi_agent *a, bi_remote *rm, int32_t status, const char *
 int32_t bi_notif_send(kvp_agent *a, const char *remote, const uint8_t *msg, uint64_t len);
 int32_t bi_notif_take(kvp_agent *a, uint8_t *buf, uint64_t cap, uint64_t *len,
                       uint64_t *count);
-/* One byte on the event socket of kvp_event_fd, if handed out (never blocks). */
+/* One event: a byte on the event socket of kvp_event_fd and a signal to the notifier
+ * of kvp_event_notify, where handed out (never blocks). No lock of the library held
+ * (a direct notifier's callback runs here). */
 void bi_event(bi_agent *a);
+/* The same under a->mu: a direct notifier is called by bi_event_flush, which the
+ * caller calls once it released a->mu. */
+void bi_event_locked(bi_agent *a);
+void bi_event_flush(void);
 int32_t bi_event_fd(kvp_agent *a, int32_t *out);
+int32_t bi_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
+int32_t bi_event_ack(kvp_agent *a);
+/* Whether someone sleeps on this agent's events (kvp_event_fd or kvp_event_notify): then
+ * only a finishing worker completes a request, so that the event is signalled. */
+bool bi_events_wanted(bi_agent *a);
 int32_t bi_notif_wait(kvp_agent *a, int64_t timeout_ms);
 
 #endif

@@ -92,6 +92,8 @@ static const kvp_engine_ops g_builtin_ops = {
     .notif_take = bi_notif_take,
     .notif_wait = bi_notif_wait,
     .event_fd = bi_event_fd,
+    .event_notify = bi_event_notify,
+    .event_ack = bi_event_ack,
     .grant = bi_grant,
     .revoke = bi_revoke,
 };
@@ -213,6 +215,7 @@ int32_t kvp_builtin_create(const char *name, uint32_t caps, kvp_params *pp, kvp_
     a->force_tcp = (caps & KVP_CAP_TCP) && !(caps & KVP_CAP_UCX);
     a->epfd = a->wakefd = a->lfd = a->spare_fd = -1;
     atomic_init(&a->event_w, -1);
+    atomic_init(&a->notifier, NULL);
     st = apply_params(a, pp);
     if (st != KVP_SUCCESS) {
         kvp_agent_base_fini(&a->base);
@@ -431,6 +434,10 @@ static void bi_destroy(kvp_agent *ka) {
     /* Nothing signals any more: the reader of kvp_event_fd sees end of file. */
     int ew = atomic_exchange(&a->event_w, -1);
     if (ew >= 0) kvp_close(ew);
+    /* Never joined here: its thread may be inside a callback that waits for this very
+     * thread (Deno); it exits after that call, holding its own reference. */
+    kvp_notifier *nt = atomic_exchange(&a->notifier, NULL);
+    if (nt) kvp_notifier_stop(nt);
     pthread_mutex_destroy(&a->mu);
     pthread_rwlock_destroy(&a->reg_rw);
     pthread_cond_destroy(&a->nq_cv);

@@ -48,6 +48,9 @@ typedef struct kvp_engine_ops {
     int32_t (*notif_wait)(kvp_agent *a, int64_t timeout_ms);
     /* kvp_event_fd; NULL when the engine has none (api.c: NIXL_ERR_NOT_SUPPORTED). */
     int32_t (*event_fd)(kvp_agent *a, int32_t *out);
+    /* kvp_event_notify; NULL when the engine has none (NIXL_ERR_NOT_SUPPORTED). */
+    int32_t (*event_notify)(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
+    int32_t (*event_ack)(kvp_agent *a); /* with event_notify */
     /* Page grants; NULL when the engine enforces none (api.c: NIXL_ERR_NOT_SUPPORTED). */
     int32_t (*grant)(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
                      const uint64_t *lens, const uint64_t *devs, uint64_t count,

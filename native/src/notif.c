@@ -41,12 +41,63 @@ bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8
     return true;
 }
 
-void bi_event(bi_agent *a) {
+/* The event of the agent whose a->mu this thread held (bi_event_locked), for a direct
+ * notifier, which is called only once the lock is gone (bi_event_flush). */
+static _Thread_local bi_agent *t_deferred;
+
+static void event_byte(bi_agent *a) {
     int fd = atomic_load_explicit(&a->event_w, memory_order_acquire);
     if (fd < 0) return;
     /* Full (the reader is behind: it will wake for the bytes already there), or the
      * reader closed its end: nothing to do. MSG_NOSIGNAL: never SIGPIPE. */
     (void)send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+void bi_event(bi_agent *a) {
+    kvp_notifier *n = atomic_load_explicit(&a->notifier, memory_order_acquire);
+    if (n) kvp_notifier_signal(n);
+    event_byte(a);
+}
+
+void bi_event_locked(bi_agent *a) {
+    kvp_notifier *n = atomic_load_explicit(&a->notifier, memory_order_acquire);
+    if (n && kvp_notifier_direct(n)) t_deferred = a;
+    else if (n) kvp_notifier_signal(n); /* a leaf lock: fine under a->mu */
+    event_byte(a);
+}
+
+void bi_event_flush(void) {
+    bi_agent *a = t_deferred;
+    if (!a) return;
+    t_deferred = NULL;
+    kvp_notifier *n = atomic_load_explicit(&a->notifier, memory_order_acquire);
+    if (n) kvp_notifier_signal(n);
+}
+
+int32_t bi_event_ack(kvp_agent *ka) {
+    kvp_notifier *n = atomic_load_explicit(&bi_of(ka)->notifier, memory_order_acquire);
+    if (n) kvp_notifier_ack(n);
+    return KVP_SUCCESS;
+}
+
+bool bi_events_wanted(bi_agent *a) {
+    return atomic_load(&a->event_w) >= 0 || atomic_load(&a->notifier) != NULL;
+}
+
+int32_t bi_event_notify(kvp_agent *ka, kvp_event_fn fn, uint64_t ctx, uint32_t flags) {
+    bi_agent *a = bi_of(ka);
+    pthread_mutex_lock(&a->mu);
+    int32_t st = KVP_SUCCESS;
+    if (atomic_load(&a->notifier) != NULL) {
+        st = kvp_err(KVP_ERR_NOT_ALLOWED, "kvp_event_notify: agent %s has a notifier already",
+                     a->base.name);
+    } else {
+        kvp_notifier *n = NULL;
+        st = kvp_notifier_start(fn, ctx, flags, a->base.name, &n);
+        if (st == KVP_SUCCESS) atomic_store_explicit(&a->notifier, n, memory_order_release);
+    }
+    pthread_mutex_unlock(&a->mu);
+    return st;
 }
 
 int32_t bi_event_fd(kvp_agent *ka, int32_t *out) {

@@ -499,7 +499,7 @@ void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const cha
          * copies): the peer may deregister the memory now. */
         bi_req_unpin(r);
         pthread_cond_broadcast(&r->cv);
-        bi_event(r->a);
+        bi_event_locked(r->a);
     }
 }
 
@@ -508,6 +508,7 @@ void bi_req_finish(bi_req *r, uint64_t post_id, int32_t status, const char *msg)
     pthread_mutex_lock(&a->mu);
     bi_req_finish_locked(r, post_id, status, msg);
     pthread_mutex_unlock(&a->mu);
+    bi_event_flush();
 }
 
 bool bi_remote_gone(bi_remote *rm) {
@@ -744,12 +745,12 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
         } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process) &&
-                   r->notif_len == 0 && atomic_load(&a->event_w) < 0) {
+                   r->notif_len == 0 && !bi_events_wanted(a)) {
             /* GPU copies: queued right here (microseconds), completed by whoever waits or
              * polls; no worker hop. (A notification, to be sent promptly, a same-process
-             * peer, copied under its lock, and an agent whose waiters sleep on the
-             * kvp_event_fd descriptor, which only a finishing worker signals, take a
-             * worker.) */
+             * peer, copied under its lock, and an agent whose waiters sleep on its
+             * events (kvp_event_fd, kvp_event_notify), which only a finishing worker
+             * signals, take a worker.) */
             cu_async = true;
             bi_pool_claim_inline(&a->pool, r);
         } else {
@@ -768,6 +769,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         r->tcp_posting = false;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&a->mu);
+        bi_event_flush();
     }
     if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
     if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);

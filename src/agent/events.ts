@@ -1,9 +1,16 @@
 /**
- * Waits without polling timers where the runtime has no nonblocking FFI (Bun): the
- * agent's `kvp_event_fd` descriptor gets a byte whenever one of its requests finishes or
- * a notification is queued, and the runtime's event loop reads it as a stream, so a
- * waiter sleeps until something happened (or its deadline). Deno keeps its thread-pool
- * wait (`kvp_xfer_wait` on a pool thread), which needs no descriptor.
+ * Waits without polling timers or pool threads: a waiter sleeps until the agent says
+ * something happened (one of its requests finished, a notification was queued, it was
+ * destroyed), or until its deadline. Two back ends:
+ * - the wake callback (`kvp_event_notify`, ABI 4, both runtimes): the agent's notifier
+ *   thread calls the library's one thread-safe callback, which runs on the event loop
+ *   and wakes the waiters (one thread hop: native thread -> event loop);
+ * - the event descriptor (`kvp_event_fd`, Bun with an ABI-3 library): a byte per event
+ *   on a socket that Bun's event loop reads as a stream.
+ *
+ * Deno with an ABI-3 library waits on its thread pool instead (`kvp_xfer_wait` as a
+ * nonblocking call), and an engine without either (nixl) polls: {@linkcode
+ * AgentEvents.open} returns `null` there.
  *
  * @example
  * ```ts
@@ -22,38 +29,74 @@ import { OUT_I32 } from "../../ffi/native.ts";
 import { Status } from "../errors.ts";
 import { after } from "../deadline.ts";
 
+/** Which wake-up mechanism new agents use: `"auto"` (the wake callback where the library
+ * has it) or `"legacy"` (what an ABI-3 library does: Deno's pool-thread waits, Bun's
+ * event descriptor). */
+export type WakeMode = "auto" | "legacy";
+
+let wakeMode: WakeMode = "auto";
+
 /**
- * The event descriptor of one agent, read on demand: a read is pending only while
- * someone waits, so an idle agent keeps no I/O (and no process) alive.
+ * Picks the wake-up mechanism of agents created from now on (benchmarks compare the
+ * two; the default is `"auto"`). Internal: not exported by the package.
+ *
+ * @example
+ * ```ts
+ * import { setWakeMode } from "./events.ts";
+ * setWakeMode("legacy"); // agents created now wait as with an ABI-3 library
+ * setWakeMode("auto");
+ * ```
+ */
+export function setWakeMode(mode: WakeMode): void {
+  if (mode !== "auto" && mode !== "legacy") {
+    throw new TypeError(`wake mode must be "auto" or "legacy", got ${JSON.stringify(mode)}`);
+  }
+  wakeMode = mode;
+}
+
+/** Where an agent's events come from: started while someone waits, stopped otherwise
+ * (a pending read keeps Bun's process alive), closed with the agent. */
+interface EventSource {
+  arm(): void;
+  disarm(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * The events of one agent: a count (`gen`) bumped by each wake, and waiters that sleep
+ * until it moves. An idle agent keeps nothing of the event loop alive.
  */
 export class AgentEvents {
-  #fd: number;
-  #stream: ReadableStream<Uint8Array>;
-  /** Held only while a read is pending (a held reader with a pending read keeps Bun's
-   * event loop, and so the process, alive). */
-  #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
   #gen = 0;
-  #reading: Promise<void> | null = null;
-  #releasing = false;
   #ended = false;
   #closed = false;
   #waiters = new Set<() => void>();
+  #source: EventSource | null = null;
 
-  private constructor(fd: number, stream: ReadableStream<Uint8Array>) {
-    this.#fd = fd;
-    this.#stream = stream;
-  }
+  private constructor() {}
 
   /**
    * The events of agent `handle`, or `null` where they are not used: the runtime waits
-   * on its thread pool (Deno), or the engine has no event descriptor (nixl).
+   * on its thread pool (Deno with an ABI-3 library, or the `"legacy"` mode), or the
+   * engine has neither notifier nor event descriptor (nixl).
    */
   static open(lib: NativeLib, handle: bigint): AgentEvents | null {
+    const events = new AgentEvents();
+    if (lib.wakes && wakeMode === "auto") {
+      const watch = lib.wakes.watch(handle, () => events.poke());
+      if (watch.status === Status.SUCCESS) {
+        events.#source = { arm() {}, disarm() {}, close: () => Promise.resolve(watch.unwatch()) };
+        return events;
+      }
+      // NIXL_ERR_NOT_SUPPORTED: this engine has no notifier (nor a descriptor).
+      return null;
+    }
     if (!lib.eventStream) return null;
     if (lib.symbols.kvp_event_fd(handle, OUT_I32) !== Status.SUCCESS) return null;
     const fd = OUT_I32[0];
     try {
-      return new AgentEvents(fd, lib.eventStream(fd));
+      events.#source = new DescriptorSource(fd, lib.eventStream(fd), events);
+      return events;
     } catch {
       closeSync(fd);
       return null;
@@ -75,22 +118,84 @@ export class AgentEvents {
       const done = () => {
         timer.clear();
         this.#waiters.delete(done);
-        // Nobody waits any more but the read is pending (woken by its deadline): give the
-        // reader up, so that an idle agent keeps no read (and no process) alive.
-        if (this.#waiters.size === 0 && this.#reading) this.#release();
+        // Nobody waits any more: stop listening, so that an idle agent keeps nothing
+        // (a pending read: a process) alive.
+        if (this.#waiters.size === 0) this.#source?.disarm();
         resolve();
       };
-      // The deadline only: the wake itself comes from the descriptor.
+      // The deadline only (it also keeps the event loop alive meanwhile): the wake
+      // itself comes from the agent.
       const timer = after(ms, done);
       this.#waiters.add(done);
-      this.#read();
+      this.#source?.arm();
     });
   }
 
-  /** Wakes every waiter now (an abort: nothing native happened). */
+  /** Wakes every waiter now (an event, or an abort: nothing native happened). */
   poke(): void {
     this.#gen++;
     for (const w of [...this.#waiters]) w();
+  }
+
+  /** @internal The source ended (end of file): waits return at once from now on. */
+  end(): void {
+    this.#ended = true;
+  }
+
+  /** Stops listening (and closes the descriptor, which Bun leaves open). Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.poke();
+    await this.#source?.close();
+  }
+}
+
+/** The event descriptor read as a stream, only while someone waits. */
+class DescriptorSource implements EventSource {
+  #fd: number;
+  #stream: ReadableStream<Uint8Array>;
+  #events: AgentEvents;
+  /** Held only while a read is pending (a held reader with a pending read keeps Bun's
+   * event loop, and so the process, alive). */
+  #reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+  #reading: Promise<void> | null = null;
+  #releasing = false;
+  #ended = false;
+  #closed = false;
+
+  constructor(fd: number, stream: ReadableStream<Uint8Array>, events: AgentEvents) {
+    this.#fd = fd;
+    this.#stream = stream;
+    this.#events = events;
+  }
+
+  arm(): void {
+    if (this.#reading || this.#ended || this.#closed) return;
+    this.#reader ??= this.#stream.getReader();
+    this.#reading = this.#reader.read().then(
+      ({ done }) => {
+        if (done) this.#end();
+      },
+      () => {
+        // Given up by disarm (not the end), or the stream failed (the end).
+        if (!this.#releasing) this.#end();
+      },
+    ).finally(() => {
+      this.#releasing = false;
+      this.#reading = null;
+      this.#events.poke();
+    });
+  }
+
+  #end(): void {
+    this.#ended = true;
+    this.#events.end();
+  }
+
+  /** Gives the reader up when a read is pending (woken by its deadline). */
+  disarm(): void {
+    if (this.#reading) this.#release();
   }
 
   #release(): void {
@@ -100,29 +205,8 @@ export class AgentEvents {
     this.#reader = null;
   }
 
-  #read(): void {
-    if (this.#reading || this.#ended || this.#closed) return;
-    this.#reader ??= this.#stream.getReader();
-    this.#reading = this.#reader.read().then(
-      ({ done }) => {
-        if (done) this.#ended = true;
-      },
-      () => {
-        // Given up by #release (not the end), or the stream failed (the end).
-        if (!this.#releasing) this.#ended = true;
-      },
-    ).finally(() => {
-      this.#releasing = false;
-      this.#reading = null;
-      this.poke();
-    });
-  }
-
-  /** Stops reading and closes the descriptor (Bun leaves it open). Idempotent. */
   async close(): Promise<void> {
-    if (this.#closed) return;
     this.#closed = true;
-    this.poke();
     this.#release();
     await this.#reading?.catch(() => {});
     await this.#stream.cancel().catch(() => {});

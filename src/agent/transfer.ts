@@ -1,10 +1,10 @@
 /**
  * Transfer requests (NIXL's `makeXferReq` handles) and the one wait used by every
- * transfer: quick synchronous status checks first (tiny transfers finish there), then
- * Deno's nonblocking `kvp_xfer_wait` on a pool thread, or on Bun a sleep until the
- * agent's event descriptor says something finished (`events.ts`; Bun has no nonblocking
- * FFI), else (an engine without one) a poll with a backoff timer. Nothing spins past a
- * few microseconds.
+ * transfer: quick synchronous status checks first (tiny transfers finish there), then a
+ * sleep until the agent says something finished (`events.ts`: its notifier thread calls
+ * the library's wake callback; with an ABI-3 library Bun reads the event descriptor and
+ * Deno runs the nonblocking `kvp_xfer_wait` on a pool thread), else (an engine without
+ * events) a poll with a backoff timer. Nothing spins past a few microseconds.
  *
  * @example
  * ```ts
@@ -282,7 +282,10 @@ export class TransferRequest {
     const lib = this.#lib;
     const agent = this.#agent;
     const req = this.#handle;
-    const nb = lib.nonblocking;
+    // The agent's events (wake callback or descriptor) where it has them, else Deno's
+    // pool-thread wait, else polls.
+    const events = this.#core.events();
+    const nb = events ? null : lib.nonblocking;
     const onAbort = () => this.release();
     signal?.addEventListener("abort", onAbort, { once: true });
     let status: number;
@@ -305,7 +308,7 @@ export class TransferRequest {
         timeoutMs,
         () => this.#released || this.#core.closed,
         SPIN_MICROS,
-        nb ? null : this.#core.events(),
+        events,
       );
     } finally {
       signal?.removeEventListener("abort", onAbort);
