@@ -56,7 +56,8 @@ const rx = await PdReceiver.create({
     const t = abs();
     if (keys.length === 0) return;
     let first = firstOf.get(keys[0]);
-    if (first === undefined && stage === "alloc_received") {
+    // A request begins with its AllocRequest, or (page credits) with its bind notification.
+    if (first === undefined && (stage === "alloc_received" || stage === "notification")) {
       first = keys[0];
       byFirst.set(first, { marks: {}, keys: [...keys], left: new Set(keys) });
       for (const k of keys) firstOf.set(k, first);

@@ -227,8 +227,12 @@ test("pd credits: a stale credit falls back to an AllocRequest and delivers exac
   checkAndRemove(rx, c, (await sendKeys(tx, rx, "s3", c)).hashes);
   assert.equal(allocs.length, 2, "the stale credits were not used: the third request asked");
   assert.equal(tx.credits.batches, 1);
-  // The receiver's TTL (3.5 s) ends the stale lots: through the quarantine, back to free.
-  await eventually(() => rx.stats.creditsExpired >= 2, "credits expired", 6000);
+  // ... and gave them back with its AllocRequest, before their expiry.
+  assert.ok(rx.stats.creditsReturned >= 2, `${rx.stats.creditsReturned} returned`);
+  // The receiver's TTL (3.5 s) ends the lot the third request got, never used.
+  const given = rx.stats.creditPages;
+  assert.ok(given > 0);
+  await eventually(() => rx.stats.creditsExpired === given, "credits expired", 6000);
   await eventually(
     () => rx.stats.freePages + rx.stats.creditPages === PAGES,
     "expired credits free again",
@@ -258,6 +262,44 @@ test("pd credits: a receiver restart drops the credits, and the next request wor
   checkAndRemove(second.rx, c, (await sendKeys(tx, second.rx, "r3", c)).hashes);
   assert.equal(second.allocs.length, 1);
   assert.equal(second.rx.stats.binds, 1);
+});
+
+test("pd credits: a receiver that forgets the sender's peer keeps its credits (no early reclaim): the next request lands through them", {
+  skip,
+}, async () => {
+  const PAGES = 32;
+  const { rx, allocs } = await receiver(PAGES);
+  await using _rx = rx;
+  await using tx = await sender({ creditPages: 4 });
+  const a = keysOf("f1", 2);
+  checkAndRemove(rx, a, (await sendKeys(tx, rx, "f1", a)).hashes);
+  await eventually(() => rx.stats.creditPages === 4 && tx.credits.pages === 4, "credits");
+  const [peer] = (rx.channel as NixlChannel).peerIds;
+  await rx.channel.forgetPeer(peer);
+  // The sender does not know: were its credits ended now, its WRITE could land before the
+  // revocation and its bind be refused after its send succeeded (data lost, no error).
+  assert.equal(rx.stats.creditPages, 4);
+  const b = keysOf("f2", 2);
+  const { hashes } = await sendKeys(tx, rx, "f2", b);
+  checkAndRemove(rx, b, hashes);
+  assert.equal(allocs.length, 1, "the second request used its credits");
+  assert.equal(rx.stats.binds, 1);
+});
+
+test("pd credits: a closing sender gives its credits back (through the quarantine)", {
+  skip,
+}, async () => {
+  const PAGES = 32;
+  const { rx } = await receiver(PAGES, { cancelQuarantineMs: 50 });
+  await using _rx = rx;
+  const tx = await sender({ creditPages: 6 });
+  const a = keysOf("z1", 3);
+  checkAndRemove(rx, a, (await sendKeys(tx, rx, "z1", a)).hashes);
+  await eventually(() => rx.stats.creditPages === 6, "credits given");
+  await tx.close();
+  assert.equal(rx.stats.creditPages, 0);
+  assert.equal(rx.stats.creditsReturned, 6);
+  await eventually(() => rx.stats.freePages === PAGES, "the pages free again");
 });
 
 /** A raw AllocRequest of `agent` on the receiver's allocation socket. */

@@ -230,7 +230,6 @@ export abstract class ChannelBase implements TransferChannel {
   readonly #maxPeers: number;
   #connecting = new Map<string, Promise<unknown>>();
   #listeners = new Set<(n: ChannelNotification) => void>();
-  #peerChange = new Set<(agentName: string) => void>();
   #sideHandler: SideMessageHandler | null = null;
   #inflight = new Set<Promise<unknown>>();
   #closing: Promise<void> | null = null;
@@ -419,8 +418,6 @@ export abstract class ChannelBase implements TransferChannel {
     const old = this.#peers.get(peerId);
     this.#peers.delete(peerId); // re-inserted last: the most recently used
     this.#peers.set(peerId, { handle });
-    this.#peerChanged(handle.agentName);
-    if (old && old.handle.agentName !== handle.agentName) this.#peerChanged(old.handle.agentName);
     if (old) this.#metrics?.rehandshake();
     while (this.#peers.size > this.#maxPeers) {
       // The table is bounded: the least recently used peer goes (it handshakes again).
@@ -602,38 +599,7 @@ export abstract class ChannelBase implements TransferChannel {
     const stillUsed = [...this.#peers.values()].some((p) =>
       p.handle.agentName === entry.handle.agentName
     );
-    this.#peerChanged(entry.handle.agentName);
     await this.dpRelease(entry.handle, !stillUsed);
-  }
-
-  /**
-   * Calls `handler` with a peer's agent name whenever that peer handshakes (again) or is
-   * forgotten: what was given to the agent before (the PD receiver's page credits) is
-   * no longer in use by it. Returns the unsubscribe function.
-   *
-   * @example
-   * ```ts
-   * import type { ChannelBase } from "./base.ts";
-   * declare const ch: ChannelBase;
-   * const off = ch.onPeerChange((agent) => console.log(`${agent} started over or left`));
-   * off();
-   * ```
-   */
-  onPeerChange(handler: (agentName: string) => void): () => void {
-    this.#peerChange.add(handler);
-    return () => {
-      this.#peerChange.delete(handler);
-    };
-  }
-
-  #peerChanged(agentName: string): void {
-    for (const h of this.#peerChange) {
-      try {
-        h(agentName);
-      } catch {
-        // A listener's failure is its own.
-      }
-    }
   }
 
   /** A handle on page `index` (host or GPU): copies in and out, checksum. */

@@ -12,7 +12,10 @@
  *   the pages in quarantine, as for any page a peer may still be writing), with a
  *   lifetime; each page granted WRITE to that agent alone, one grant per page.
  * - Never taken back early while the agent may use it: a credit ends when it is bound,
- *   expires, or the agent handshakes again / is forgotten (then through the quarantine).
+ *   expires, or the agent itself gives it back (`kvport_credit_return`: it stopped
+ *   using it; then through the quarantine). Forgetting the agent's peer entry does not
+ *   end them: a sender that does not know could still WRITE them, and its bind would
+ *   then be refused after its send had succeeded (data lost without an error).
  *
  * @module
  */
@@ -148,20 +151,22 @@ export class CreditBook {
   }
 
   /**
-   * Ends every credit of `agent` (it handshook again, or was forgotten): its pages go
-   * through the quarantine (a WRITE of its may still be on its way) and its grants are
-   * revoked. Returns how many pages that was.
+   * Ends the credits among `pages` that are `agent`'s (it gave them back: it no longer
+   * writes there; other pages are ignored): they go through the quarantine (a WRITE of
+   * its that failed may still be on its way) and their grants are revoked. Returns how
+   * many pages that was.
    */
-  drop(agent: string): number {
-    const mine = [...this.#byPage].filter(([, c]) => c.agent === agent);
-    if (mine.length === 0) return 0;
-    const pages = mine.map(([p]) => p);
-    this.#forget(pages);
-    void this.#grants.release(pages);
-    for (const [p, c] of mine) {
-      if (c.lease.state === "held") c.lease.release({ pages: [p], inFlight: true });
+  giveBack(agent: string, pages: Iterable<number>): number {
+    const mine: [number, Credit][] = [];
+    for (const p of new Set(pages)) {
+      if (this.isCreditOf(p, agent)) mine.push([p, this.#byPage.get(p)!]);
     }
-    return pages.length;
+    if (mine.length === 0) return 0;
+    const list = mine.map(([p]) => p);
+    this.#forget(list);
+    void this.#grants.release(list);
+    for (const [p, c] of mine) c.lease.release({ pages: [p], inFlight: true });
+    return list.length;
   }
 
   /** Forgets every credit (the pool and the channel are closing). */

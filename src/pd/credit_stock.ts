@@ -7,9 +7,16 @@
  * away: a WRITE begun then ends (or fails) before the receiver takes the pages back.
  * A lot also remembers the chunk form (fmt, shape, dtype) of the request that got it:
  * only batches of that form use it (the receiver checked that form fits its pages).
+ * Credits it stops using (stale, or the link was reset) are remembered, to be given back
+ * with the next request to that receiver (`kvport_credit_return`): the receiver never
+ * takes a credit back by itself before its expiry, since only the sender knows it no
+ * longer writes there.
  *
  * @module
  */
+
+/** Most pages remembered to give back (beyond, the receiver's expiry ends them). */
+const MAX_DROPPED = 4096;
 
 /** One lot of credits, from one reply. */
 interface Lot {
@@ -47,13 +54,20 @@ export function chunkForm(fmt: number, shape: readonly number[], dtype: string):
  */
 export class CreditStock {
   #lots: Lot[] = [];
+  #dropped: number[] = [];
 
-  /** Adds a lot usable until `usableUntil` (a `performance.now()` time). Pages already
-   * held are not added twice. */
+  /**
+   * Adds a lot usable until `usableUntil` (a `performance.now()` time). A page given
+   * again is the receiver's new credit: an older lot's copy of it, or a give-back of it
+   * not sent yet, is obsolete (giving it back now would end the new one).
+   */
   add(pages: readonly number[], form: string, usableUntil: number): void {
-    const held = new Set(this.#lots.flatMap((l) => l.pages));
-    const fresh = [...new Set(pages)].filter((p) => !held.has(p));
+    const fresh = [...new Set(pages)];
     if (fresh.length === 0) return;
+    const again = new Set(fresh);
+    for (const l of this.#lots) l.pages = l.pages.filter((p) => !again.has(p));
+    this.#lots = this.#lots.filter((l) => l.pages.length > 0);
+    this.#dropped = this.#dropped.filter((p) => !again.has(p));
     this.#lots.push({ pages: fresh, usableUntil, form });
     // Soonest to expire first: they are used before they go stale.
     this.#lots.sort((a, b) => a.usableUntil - b.usableUntil);
@@ -92,16 +106,39 @@ export class CreditStock {
 
   /** Gives back pages taken but not written (their batch never ran), as usable as before. */
   putBack(pages: readonly number[], form: string, usableUntil: number): void {
-    this.add(pages, form, usableUntil);
+    if (pages.length === 0) return;
+    this.#lots.push({ pages: [...pages], usableUntil, form });
+    this.#lots.sort((a, b) => a.usableUntil - b.usableUntil);
   }
 
-  /** Forgets every credit (the link was reset: the receiver ends them itself). */
+  /** Stops using every credit (the link was reset): they are to be given back. */
   clear(): void {
+    for (const l of this.#lots) this.#drop(l.pages);
     this.#lots = [];
+  }
+
+  /** Pages no longer used, to tell the receiver (then forgotten here). */
+  takeDropped(): number[] {
+    const out = this.#dropped;
+    this.#dropped = [];
+    return out;
+  }
+
+  /** Pages to give back. */
+  get dropped(): number {
+    return this.#dropped.length;
+  }
+
+  #drop(pages: readonly number[]): void {
+    this.#dropped.push(...pages);
+    if (this.#dropped.length > MAX_DROPPED) {
+      this.#dropped.splice(0, this.#dropped.length - MAX_DROPPED);
+    }
   }
 
   #prune(now: number): void {
     if (this.#lots.length > 0 && this.#lots[0].usableUntil <= now) {
+      for (const l of this.#lots) if (l.usableUntil <= now) this.#drop(l.pages);
       this.#lots = this.#lots.filter((l) => l.usableUntil > now);
     }
   }

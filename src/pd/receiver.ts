@@ -163,8 +163,11 @@ export interface PdReceiverStats {
   creditsGiven: number;
   /** Credit pages that expired unused (back through the quarantine). */
   creditsExpired: number;
-  /** Credit pages ended because their sender handshook again or was forgotten. */
-  creditsDropped: number;
+  /**
+   * Credit pages their sender gave back (`kvport_credit_return`: stale, its link was
+   * reset, or it closed), ended through the quarantine.
+   */
+  creditsReturned: number;
   /** Bind notifications accepted (keys created landed in credit pages). */
   binds: number;
   /**
@@ -242,7 +245,7 @@ export class PdReceiver implements AsyncDisposable {
     cancelled: 0,
     expired: 0,
     creditRefills: 0,
-    creditsDropped: 0,
+    creditsReturned: 0,
     binds: 0,
     landedRefused: 0,
   };
@@ -287,17 +290,7 @@ export class PdReceiver implements AsyncDisposable {
       this.#landed(keys, n.from);
       tl?.("landed", "", keys);
     });
-    // A sender that handshakes again (or is forgotten) started over: what it held as
-    // credits is no longer in use by it.
-    const offPeers = channel instanceof ChannelBase
-      ? channel.onPeerChange((agent) => {
-        this.#stats.creditsDropped += this.#credits.drop(agent);
-      })
-      : () => {};
-    this.#unsubscribe = () => {
-      offNotify();
-      offPeers();
-    };
+    this.#unsubscribe = offNotify;
     const registry = options.metrics ?? metricsRegistry();
     this.#metrics = pdReceiverMetrics(registry, options.tpRank ?? 0);
     this.#metricsSource = collectPdPool(
@@ -724,6 +717,13 @@ export class PdReceiver implements AsyncDisposable {
     const creditWant = msg.kvport_credit_want === undefined
       ? undefined
       : int(msg.kvport_credit_want, "kvport_credit_want");
+    // Credits the sender no longer uses (of that agent only: other pages are ignored).
+    if (agent !== undefined && Array.isArray(msg.kvport_credit_return)) {
+      const back = (msg.kvport_credit_return as unknown[]).filter((p): p is number =>
+        typeof p === "number" && Number.isSafeInteger(p)
+      );
+      this.#stats.creditsReturned += this.#credits.giveBack(agent, back);
+    }
     const reservationTtl = this.#reservationTtlFor(msg);
     let lease: PageLease | undefined;
     if (need.length > 0) {

@@ -761,6 +761,9 @@ export class PdSender implements AsyncDisposable {
           request.kvport_credit_want = want;
           request.kvport_credit_ttl_ms = this.#creditTtlMs;
         } else delete request.kvport_credit_want;
+        const back = link.credits.takeDropped();
+        if (back.length > 0) request.kvport_credit_return = back;
+        else delete request.kvport_credit_return;
         tl?.("alloc_sent", reqId, batch.keys);
         sentAt = performance.now();
         resp = await link.alloc!.request(request, this.#allocTimeoutMs);
@@ -949,7 +952,6 @@ export class PdSender implements AsyncDisposable {
     }
     const track = this.#requests.get(reqId);
     if (track && batch.keys.length > 0) track.batches++;
-    if (credit) this.#refill(link, fmt, batch);
     let notified = false;
     if (spec.isLastPrefill) {
       this.#requests.delete(reqId);
@@ -962,6 +964,7 @@ export class PdSender implements AsyncDisposable {
           this.#metrics?.proxyNotification(true);
         } catch (e) {
           this.#metrics?.proxyNotification(false);
+          if (credit) this.#refill(link, fmt, batch);
           throw new PdSendError(
             reqId,
             link.id,
@@ -973,6 +976,9 @@ export class PdSender implements AsyncDisposable {
         }
       }
     }
+    // The credits used are topped up once this request is done with the CPU (the
+    // ProxyNotif is out): the refill never delays it.
+    if (credit) this.#refill(link, fmt, batch);
     return {
       receiverId: link.id,
       sent,
@@ -1104,6 +1110,8 @@ export class PdSender implements AsyncDisposable {
       request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
       request.kvport_credit_want = want;
       request.kvport_credit_ttl_ms = this.#creditTtlMs;
+      const back = link.credits.takeDropped();
+      if (back.length > 0) request.kvport_credit_return = back;
       const sentAt = performance.now();
       const resp = await link.alloc!.request(request, this.#allocTimeoutMs);
       if (resp.type !== "AllocResponse") {
@@ -1154,11 +1162,36 @@ export class PdSender implements AsyncDisposable {
     await this.channel.forgetPeer(link.id).catch(() => {});
   }
 
+  /**
+   * Closing: gives the receiver back the credits of `link` (best effort, 2 s at most),
+   * so that they do not wait for their expiry.
+   */
+  async #returnCredits(link: Link): Promise<void> {
+    link.credits.clear();
+    const back = link.credits.takeDropped();
+    if (back.length === 0 || link.alloc === null || link.alloc.lost !== null) return;
+    const request = allocRequest(link.wire ?? "async", {
+      keys: [],
+      fmt: MemoryFormat.KV_2LTD,
+      shape: [0],
+      dtype: "bfloat16",
+      last_chunk_toks: 0,
+    }, { reqId: "", isLastBatch: false });
+    request.kvport_agent = this.channel.agentName;
+    request.kvport_credit_return = back;
+    await link.alloc.request(request, Math.min(this.#allocTimeoutMs, 2000)).catch(() => {});
+  }
+
   /** Closes every socket and the channel. Idempotent. */
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
       await Promise.allSettled([...this.#links.values()].map((l) => this.#writesOf(l).idle()));
+      await Promise.allSettled(
+        [...this.#links.values()].filter((l) => l.givesCredits).map((l) =>
+          this.#returnCredits(l)
+        ),
+      );
       await this.#metricsSource.retire();
       for (const l of this.#links.values()) await l.alloc?.close().catch(() => {});
       await this.#pusher?.close().catch(() => {});

@@ -170,6 +170,8 @@ export interface AllocRequest {
   kvport_credit_want?: WireInt;
   /** kvport only: how long the sender wants its credits to live, ms (capped). */
   kvport_credit_ttl_ms?: WireInt;
+  /** kvport only: credit pages the sender no longer uses (stale, link reset, closing). */
+  kvport_credit_return?: WireInt[];
 }
 
 /**
@@ -555,6 +557,7 @@ export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>>
     f("kvport_ttl_ms", "int", true),
     f("kvport_credit_want", "int", true),
     f("kvport_credit_ttl_ms", "int", true),
+    f("kvport_credit_return", "int[]", true),
   ],
   AllocResponse: [
     f("already_sent_indexes", "int[]", true),
