@@ -24,6 +24,9 @@ import { errorMessage } from "../channel/_util.ts";
 import type { PageGrantBook } from "../channel/grants.ts";
 import type { LeasePool, PageLease } from "../channel/lease_pool.ts";
 
+/** Most credits in one reply (a list field of a message holds 1024 entries at most). */
+const MAX_PER_REPLY = 1024;
+
 /** One credit page: whose it is and the lease it sits in. */
 interface Credit {
   agent: string;
@@ -107,6 +110,7 @@ export class CreditBook {
   async give(agent: string, want: number, ttlMs: number): Promise<number[]> {
     const room = Math.min(
       want,
+      MAX_PER_REPLY,
       this.#limits.maxPerAgent - this.held(agent),
       this.#limits.maxTotal - this.held(),
       this.#pool.free,

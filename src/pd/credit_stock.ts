@@ -15,8 +15,9 @@
  * @module
  */
 
-/** Most pages remembered to give back (beyond, the receiver's expiry ends them). */
-const MAX_DROPPED = 4096;
+/** Most pages remembered to give back (a list field of a message holds 1024 at most;
+ * beyond, the receiver's expiry ends them). */
+const MAX_DROPPED = 1024;
 
 /** One lot of credits, from one reply. */
 interface Lot {
