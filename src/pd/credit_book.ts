@@ -12,10 +12,11 @@
  *   the pages in quarantine, as for any page a peer may still be writing), with a
  *   lifetime; each page granted WRITE to that agent alone, one grant per page.
  * - Never taken back early while the agent may use it: a credit ends when it is bound,
- *   expires, or the agent itself gives it back (`kvport_credit_return`: it stopped
- *   using it; then through the quarantine). Forgetting the agent's peer entry does not
- *   end them: a sender that does not know could still WRITE them, and its bind would
- *   then be refused after its send had succeeded (data lost without an error).
+ *   expires (then through the quarantine), or the agent itself gives it back
+ *   (`kvport_credit_return`: credits it never wrote and no longer uses, free at once).
+ *   Forgetting the agent's peer entry does not end them: a sender that does not know
+ *   could still WRITE them, and its bind would then be refused after its send had
+ *   succeeded (data lost without an error).
  *
  * @module
  */
@@ -155,10 +156,11 @@ export class CreditBook {
   }
 
   /**
-   * Ends the credits among `pages` that are `agent`'s (it gave them back: it no longer
-   * writes there; other pages are ignored): they go through the quarantine (a WRITE of
-   * its that failed may still be on its way) and their grants are revoked. Returns how
-   * many pages that was.
+   * Ends the credits among `pages` that are `agent`'s (it gave them back: pages it never
+   * wrote and no longer uses; other pages are ignored): their grants are revoked (before
+   * anyone can be granted them again: the grant book runs in call order) and they are
+   * free at once, e.g. for the AllocRequest that gave them back. Returns how many pages
+   * that was.
    */
   giveBack(agent: string, pages: Iterable<number>): number {
     const mine: [number, Credit][] = [];
@@ -169,7 +171,7 @@ export class CreditBook {
     const list = mine.map(([p]) => p);
     this.#forget(list);
     void this.#grants.release(list);
-    for (const [p, c] of mine) c.lease.release({ pages: [p], inFlight: true });
+    for (const [p, c] of mine) c.lease.release({ pages: [p] });
     return list.length;
   }
 

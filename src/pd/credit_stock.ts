@@ -7,10 +7,11 @@
  * away: a WRITE begun then ends (or fails) before the receiver takes the pages back.
  * A lot also remembers the chunk form (fmt, shape, dtype) of the request that got it:
  * only batches of that form use it (the receiver checked that form fits its pages).
- * Credits it stops using (stale, or the link was reset) are remembered, to be given back
- * with the next request to that receiver (`kvport_credit_return`): the receiver never
- * takes a credit back by itself before its expiry, since only the sender knows it no
- * longer writes there.
+ * Credits it stops using (stale, the link was reset, too few for a batch) are remembered,
+ * to be given back with the next request to that receiver (`kvport_credit_return`): the
+ * receiver never takes a credit back by itself before its expiry, since only the sender
+ * knows it no longer writes there. What is given back was never written: a page taken
+ * for a batch leaves the stock, and comes back only if its batch never ran.
  *
  * @module
  */

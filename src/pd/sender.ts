@@ -756,6 +756,11 @@ export class PdSender implements AsyncDisposable {
       try {
         // Page credits for the next requests (asked after any handshake: a reset empties
         // the stock).
+        // Credits too few for this batch are given back with it: on a receiver whose
+        // pool is tight they may be the very pages this request waits for.
+        if (this.#creditPages > 0 && link.credits.count(form) < batch.keys.length) {
+          link.credits.clear();
+        }
         const want = this.#creditPages > 0 ? link.creditTarget - link.credits.count(form) : 0;
         if (want > 0) {
           request.kvport_credit_want = want;
