@@ -928,11 +928,12 @@ export class PdSender implements AsyncDisposable {
         }
       } catch (e) {
         const fresh = this.#requests.get(reqId);
-        if (credit && sent === 0 && !run.failed && (fresh === undefined || fresh.batches === 0)) {
+        const first = fresh === undefined || fresh.batches === 0;
+        if (credit && sent === 0 && !run.failed && first && !timeoutOf(e)) {
           // Nothing of this request reached the receiver yet (a receiver that restarted
-          // before we noticed, a connection gone): start again the AllocRequest way, on a
-          // fresh connection. Credit pages that WRITE may still reach end by the
-          // receiver's quarantine.
+          // before we noticed, a connection gone, a credit it no longer honours): start
+          // again the AllocRequest way, on a fresh connection. Not after a timeout: that
+          // WRITE may still be moving (and reading our pages), so it fails as any.
           await link.queue.run(() => this.#reset(link));
           const again = await this.#replan(link, spec, batch, run);
           return await this.#write(link, spec, batch, run, again);
