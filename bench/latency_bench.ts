@@ -95,11 +95,12 @@ for (const size of sizes) {
   }
 }
 
-/** The decoder process, with pages of `pageSize` bytes. */
-function startPeer(pageSize: number, pages: number) {
+/** The decoder process, with `pages` pages of `pageSize` bytes, `creditTotal` of them at
+ * most held as page credits. */
+function startPeer(pageSize: number, pages: number, creditTotal: number) {
   const script = fileURLToPath(new URL("./latency_peer.ts", import.meta.url));
   const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
-  const arg = JSON.stringify({ pageSize, pages, device, engine });
+  const arg = JSON.stringify({ pageSize, pages, creditTotal, device, engine });
   const child = spawn(
     process.execPath,
     isBun ? [script, arg] : ["run", "-A", script, arg],
@@ -221,9 +222,9 @@ for (const size of sizes) {
 
 async function measure(size: { chunks: number; bytes: number; label: string }) {
   const pageSize = size.bytes;
-  // Room for a request, the credits of the next (a quarter of the pool at most) and the
-  // refill racing the last bind.
-  const peer = startPeer(pageSize, 8 * size.chunks);
+  // Room for a request and the sender's credits (twice a request: the next one finds them
+  // while the refill after this one is on its way), and a refill that overtakes a bind.
+  const peer = startPeer(pageSize, 4 * size.chunks, 3 * size.chunks);
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;

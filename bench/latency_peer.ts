@@ -6,7 +6,7 @@
  * the request's marks; it then frees the request's pages.
  *
  * ```sh
- * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":32,"device":"cpu"}'
+ * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":48,"creditTotal":32,"device":"cpu"}'
  * ```
  * Prints `{"event":"ready","initPort":..,"allocPort":..,"echoUrl":..}` (a bare REQ/REP echo,
  * the limit of the AllocRequest round trip), then
@@ -25,6 +25,7 @@ import type { PdReceiverStage } from "../src/pd/timeline.ts";
 const args = JSON.parse(process.argv[2] ?? "{}") as {
   pageSize: number;
   pages: number;
+  creditTotal?: number;
   device?: string;
   engine?: "auto" | "builtin" | "nixl";
 };
@@ -52,6 +53,7 @@ const rx = await PdReceiver.create({
   device: args.device ?? "cpu",
   allocationTimeoutMs: 30_000,
   pageGrants: process.env.KVPORT_BENCH_GRANTS !== "off",
+  creditMaxTotal: args.creditTotal,
   timeline: (stage, _reqId, keys) => {
     const t = abs();
     if (keys.length === 0) return;

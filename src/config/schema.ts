@@ -250,8 +250,8 @@ const extraShape = {
     group: "transfer",
     min: 0,
     description: "kvport: PD sender page credits. A kvport sender (builtin engine) asks a " +
-      "kvport receiver for this many free pages ahead of its requests (more when a batch " +
-      "is larger), so that a request of at most that many chunks needs no AllocRequest " +
+      "kvport receiver for this many free pages ahead of its requests (twice its largest " +
+      "batch when that is more), so that a request of at most that many chunks needs no AllocRequest " +
       "round trip; it tops them up in the background. 0: off (every batch asks). LMCache " +
       "peers never see it.",
   }),

@@ -120,8 +120,8 @@ export interface PdSenderOptions extends PdChannelSettings {
    * Page credits (kvport receivers, builtin engine): receiver pages asked for ahead of
    * requests, so that a batch of at most that many chunks is written with no
    * AllocRequest round trip and bound to its keys by its notification; topped up in the
-   * background after use. The stock aims at the larger of this and the largest batch
-   * sent on the link. Default 16 (`fromConfig`: `extra_config.kvport_pd_credit_pages`);
+   * background after use. The stock aims at the larger of this and twice the largest
+   * batch sent on the link (the receiver caps what it gives). Default 16 (`fromConfig`: `extra_config.kvport_pd_credit_pages`);
    * 0: off, every batch asks. LMCache receivers ignore the ask and give none.
    */
   creditPages?: number;
@@ -710,9 +710,11 @@ export class PdSender implements AsyncDisposable {
     }
     const form = chunkForm(request.fmt as number, batch.shape, batch.dtype);
     if (this.#creditPages > 0) {
+      // Twice the largest batch: the next request finds credits while the refill after
+      // this one is still on its way.
       link.creditTarget = Math.min(
         MAX_CREDIT_TARGET,
-        Math.max(link.creditTarget, batch.keys.length),
+        Math.max(link.creditTarget, 2 * batch.keys.length),
       );
     }
     let sentAt = 0;
