@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { decodeBind, encodeBind, groupForBind, isBind } from "../src/pd/bind_notify.ts";
 import { chunkForm, CreditStock } from "../src/pd/credit_stock.ts";
 import { MAX_NOTIFICATION_BYTES } from "../src/pd/notify.ts";
+import { PdReceiver, PdSender } from "../mod.ts";
 
 const enc = new TextEncoder();
 const raw = (body: string) => enc.encode("kvport.pd.bind\n" + body);
@@ -108,4 +109,17 @@ test("credit stock: a page given again is the new credit; its pending give-back 
   // Pages of a batch that never ran come back as they were.
   s.putBack([2, 3], f, now + 60_000);
   assert.equal(s.count(f, now + 30), 2);
+});
+
+test("credit options: a bad value is refused, naming the option and the value", async () => {
+  const base = { bufferSize: 4 * 4096, pageSize: 4096, channelType: "mock_memory" as const };
+  await assert.rejects(PdSender.create({ ...base, creditPages: -1 }), /creditPages .*got -1/);
+  await assert.rejects(PdSender.create({ ...base, creditPages: 1.5 }), /creditPages .*got 1.5/);
+  await assert.rejects(PdSender.create({ ...base, creditTtlMs: 0 }), /creditTtlMs .*got 0/);
+  const rx = { ...base, host: "127.0.0.1", initPort: 0, allocPort: 0 };
+  await assert.rejects(
+    PdReceiver.create({ ...rx, creditMaxPerSender: -2 }),
+    /creditMaxPerSender .*got -2/,
+  );
+  await assert.rejects(PdReceiver.create({ ...rx, creditMaxTotal: NaN }), /creditMaxTotal .*got NaN/);
 });

@@ -68,7 +68,7 @@ export interface ReceivedChunk {
 const MAX_DECLARED_TTL_MS = 600_000;
 
 /** Default of {@linkcode PdReceiverOptions.creditMaxPerSender}. */
-export const DEFAULT_PD_CREDIT_MAX = 64;
+const DEFAULT_PD_CREDIT_MAX = 64;
 
 /** Lifetime of credits when the sender declares none, ms. */
 const DEFAULT_CREDIT_TTL_MS = 120_000;
@@ -273,10 +273,9 @@ export class PdReceiver implements AsyncDisposable {
     this.#reservationTtlMs = options.reservationTtlMs; // undefined: per request
     this.#grants = new PageGrantBook(channel);
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
-    const perSender = options.creditMaxPerSender ?? DEFAULT_PD_CREDIT_MAX;
     this.#credits = new CreditBook(this.pool, this.#grants, {
-      maxPerAgent: Math.max(0, perSender),
-      maxTotal: Math.max(0, options.creditMaxTotal ?? Math.floor(channel.pageCount / 4)),
+      maxPerAgent: options.creditMaxPerSender ?? DEFAULT_PD_CREDIT_MAX,
+      maxTotal: options.creditMaxTotal ?? Math.floor(channel.pageCount / 4),
     });
     const tl = this.#tl = options.timeline;
     const offNotify = channel.onNotification((n) => {
@@ -310,6 +309,15 @@ export class PdReceiver implements AsyncDisposable {
   /** Creates the channel (listening for handshakes) and the allocation listener. */
   static async create(options: PdReceiverOptions): Promise<PdReceiver> {
     checkBufferSizes(options.pageSize, options.bufferSize);
+    for (const name of ["creditMaxPerSender", "creditMaxTotal"] as const) {
+      const v = options[name];
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `PdReceiver ${name} must be an integer >= 0 (0: no credits), got ${v}`,
+        );
+      }
+    }
     const bindHost = options.bindHost ?? options.host;
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",

@@ -136,7 +136,7 @@ export interface PdSenderOptions extends PdChannelSettings {
 }
 
 /** Default of {@linkcode PdSenderOptions.creditPages}. */
-export const DEFAULT_PD_CREDIT_PAGES = 16;
+const DEFAULT_PD_CREDIT_PAGES = 16;
 
 /** Default of {@linkcode PdSenderOptions.creditTtlMs}. */
 const DEFAULT_CREDIT_TTL_MS = 120_000;
@@ -402,12 +402,6 @@ export class PdSender implements AsyncDisposable {
     this.#wireGeneration = options.wireGeneration ?? "auto";
     this.#tl = options.timeline;
     const credits = options.creditPages ?? DEFAULT_PD_CREDIT_PAGES;
-    if (!Number.isInteger(credits) || credits < 0) {
-      throw new ChannelError(
-        "INVALID_ARGUMENT",
-        `creditPages must be an integer >= 0 (0: no credits), got ${credits}`,
-      );
-    }
     // Only a builtin-engine sender names its agent, and only such a receiver gives credits.
     this.#creditPages = channel.engine === "builtin" ? credits : 0;
     this.#creditTtlMs = options.creditTtlMs ?? DEFAULT_CREDIT_TTL_MS;
@@ -431,6 +425,19 @@ export class PdSender implements AsyncDisposable {
   /** Creates the sender and its channel (which does not listen). */
   static async create(options: PdSenderOptions): Promise<PdSender> {
     checkBufferSizes(options.pageSize, options.bufferSize);
+    const { creditPages, creditTtlMs } = options;
+    if (creditPages !== undefined && (!Number.isSafeInteger(creditPages) || creditPages < 0)) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `PdSender creditPages must be an integer >= 0 (0: no credits), got ${creditPages}`,
+      );
+    }
+    if (creditTtlMs !== undefined && (!Number.isSafeInteger(creditTtlMs) || creditTtlMs <= 0)) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `PdSender creditTtlMs must be a positive integer (ms), got ${creditTtlMs}`,
+      );
+    }
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",
       role: "sender",
