@@ -62,7 +62,9 @@ if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
   process.exit(2);
 }
 const onGpu = device !== "cpu";
-const creditPages = values["credit-pages"] === undefined ? undefined : Number(values["credit-pages"]);
+const creditPages = values["credit-pages"] === undefined
+  ? undefined
+  : Number(values["credit-pages"]);
 const sizes = (values.sizes ?? "1x28,1x0.25,16x28").split(",").map((s) => {
   const m = /^(\d+)x([\d.]+)$/.exec(s.trim());
   if (!m) {

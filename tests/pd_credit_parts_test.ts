@@ -121,5 +121,8 @@ test("credit options: a bad value is refused, naming the option and the value", 
     PdReceiver.create({ ...rx, creditMaxPerSender: -2 }),
     /creditMaxPerSender .*got -2/,
   );
-  await assert.rejects(PdReceiver.create({ ...rx, creditMaxTotal: NaN }), /creditMaxTotal .*got NaN/);
+  await assert.rejects(
+    PdReceiver.create({ ...rx, creditMaxTotal: NaN }),
+    /creditMaxTotal .*got NaN/,
+  );
 });

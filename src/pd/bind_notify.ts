@@ -83,7 +83,9 @@ export function isBind(bytes: Uint8Array): boolean {
 export function decodeBind(bytes: Uint8Array): BindNotice | null {
   if (!isBind(bytes)) return null;
   if (bytes.length > MAX_NOTIFICATION_BYTES) {
-    throw new Error(`bind notification of ${bytes.length} bytes (at most ${MAX_NOTIFICATION_BYTES})`);
+    throw new Error(
+      `bind notification of ${bytes.length} bytes (at most ${MAX_NOTIFICATION_BYTES})`,
+    );
   }
   let v: unknown;
   try {

@@ -1203,9 +1203,7 @@ export class PdSender implements AsyncDisposable {
       await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
       await Promise.allSettled([...this.#links.values()].map((l) => this.#writesOf(l).idle()));
       await Promise.allSettled(
-        [...this.#links.values()].filter((l) => l.givesCredits).map((l) =>
-          this.#returnCredits(l)
-        ),
+        [...this.#links.values()].filter((l) => l.givesCredits).map((l) => this.#returnCredits(l)),
       );
       await this.#metricsSource.retire();
       for (const l of this.#links.values()) await l.alloc?.close().catch(() => {});
