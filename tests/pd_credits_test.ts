@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
   type DisaggSpec,
+  loadConfig,
   nativeLibrary,
   type NixlChannel,
   NixlError,
@@ -526,3 +527,58 @@ test("pd: a landed notification counts only from the agent the key's pages were 
   assert.equal(sha(rx.view(k)!), sha(ownerCh.pages[0]));
   assert.deepEqual(landed, [k]);
 });
+
+test(
+  "pd credits: from the configuration: extra_config.kvport_pd_credit_pages 0 turns them off, the receiver's caps hold",
+  {
+    skip,
+  },
+  async () => {
+    const fixture = (name: string) => new URL(`./fixtures/pd/${name}`, import.meta.url).pathname;
+    const common = { pd_buffer_device: "cpu", transfer_channel: "nixl", nixl_backends: null };
+    const dec = loadConfig({
+      file: fixture("lmcache-decoder-config.yaml"),
+      env: {},
+      overrides: {
+        ...common,
+        pd_buffer_size: 32 * PAGE,
+        extra_config: { kvport_pd_credit_max: 3, kvport_pd_credit_total: 2 },
+      },
+    }).config;
+    const pre = (pages: number) =>
+      loadConfig({
+        file: fixture("lmcache-prefiller-config.yaml"),
+        env: {},
+        overrides: {
+          ...common,
+          pd_buffer_size: 16 * PAGE,
+          pd_skip_proxy_notification: true,
+          extra_config: { kvport_pd_credit_pages: pages },
+        },
+      }).config;
+    await using rx = await PdReceiver.fromConfig(dec, {
+      pageSize: PAGE,
+      host: "127.0.0.1",
+      initPort: 0,
+      allocPort: 0,
+      engine: "builtin",
+    });
+    await using off = await PdSender.fromConfig(pre(0), { pageSize: PAGE, engine: "builtin" });
+    for (let r = 0; r < 2; r++) {
+      const keys = keysOf(`cfg-off${r}`, 2);
+      checkAndRemove(rx, keys, (await sendKeys(off, rx, `cfg-off${r}`, keys)).hashes);
+    }
+    assert.equal(rx.stats.allocRequests, 2);
+    assert.equal(rx.stats.creditsGiven, 0);
+    await using on = await PdSender.fromConfig(pre(8), { pageSize: PAGE, engine: "builtin" });
+    const a = keysOf("cfg-on0", 1);
+    checkAndRemove(rx, a, (await sendKeys(on, rx, "cfg-on0", a)).hashes);
+    // Eight asked for, the receiver's total cap (2) given.
+    await eventually(() => on.credits.pages === 2, "two credits");
+    assert.equal(rx.stats.creditPages, 2);
+    const b = keysOf("cfg-on1", 2);
+    checkAndRemove(rx, b, (await sendKeys(on, rx, "cfg-on1", b)).hashes);
+    assert.equal(rx.stats.allocRequests, 3, "the last request used the two credits");
+    assert.equal(rx.stats.binds, 1);
+  },
+);
