@@ -150,6 +150,28 @@ test("pd credits: the second request of a kvport pair makes no AllocRequest and 
 });
 
 test(
+  "pd credits: connect() with the chunk form fetches credits, so even the first request makes no AllocRequest",
+  {
+    skip,
+  },
+  async () => {
+    const { rx, allocs } = await receiver(32);
+    await using _rx = rx;
+    await using tx = await sender({ creditPages: 4 });
+    assert.equal(
+      await tx.connect(spec(rx, ""), { credits: { shape: SHAPE, dtype: "bfloat16" } }),
+      true,
+    );
+    assert.equal(tx.credits.pages, 4);
+    assert.equal(rx.stats.creditRefills, 1);
+    const k = keysOf("first", 3);
+    checkAndRemove(rx, k, (await sendKeys(tx, rx, "first", k)).hashes);
+    assert.equal(allocs.length, 0, "no AllocRequest carried keys");
+    assert.equal(rx.stats.binds, 1);
+  },
+);
+
+test(
   "pd credits: 200 requests in a row with refills: every chunk exact, within the caps, every page back",
   {
     skip,

@@ -644,9 +644,25 @@ export class PdSender implements AsyncDisposable {
 
   /**
    * Handshakes with the receiver of `spec` now (a send would do it on first use), so the
-   * first request does not pay for it. Resolves `true` when a handshake happened.
+   * first request does not pay for it. Resolves `true` when a handshake happened. With
+   * `credits` (the chunk form of the requests to come) and page credits on, it also asks
+   * the receiver for credits, so that even the first request needs no AllocRequest (best
+   * effort: a receiver that gives none, or fails to answer, fails nothing here).
+   *
+   * @example
+   * ```ts
+   * import type { PdSender } from "@kvport/nixl";
+   * declare const tx: PdSender;
+   * await tx.connect(
+   *   { receiverHost: "127.0.0.1", receiverInitPort: 7300, receiverAllocPort: 7400 },
+   *   { credits: { shape: [2, 32, 256, 1024], dtype: "bfloat16" } },
+   * );
+   * ```
    */
-  connect(spec: Omit<DisaggSpec, "reqId" | "isLastPrefill">): Promise<boolean> {
+  connect(
+    spec: Omit<DisaggSpec, "reqId" | "isLastPrefill">,
+    options?: { credits?: { shape: readonly number[]; dtype: string; fmt?: number } },
+  ): Promise<boolean> {
     if (this.#closing) {
       return Promise.reject(new ChannelError("CLOSED", "PD sender is closed"));
     }
@@ -666,6 +682,17 @@ export class PdSender implements AsyncDisposable {
         throw new PdSendError("(connect)", link.id, "handshake", errorMessage(e), e);
       }
       return true;
+    }).then(async (handshook) => {
+      const want = options?.credits;
+      if (want && this.#creditPages > 0) {
+        const fmt = want.fmt ?? MemoryFormat.KV_2LTD;
+        await link.queue.run(() =>
+          this.#askCredits(link, fmt, [...want.shape], want.dtype, link.generation)
+        ).catch(() => {
+          this.#creditErrors++;
+        });
+      }
+      return handshook;
     });
   }
 
@@ -1109,35 +1136,50 @@ export class PdSender implements AsyncDisposable {
     const generation = link.generation;
     const shape = [...like.shape];
     const dtype = like.dtype;
-    link.refill = link.queue.run(async () => {
-      const want = link.creditTarget - link.credits.count(form);
-      const healthy = link.alloc !== null && link.alloc.lost === null &&
-        this.channel.hasPeer(link.id);
-      if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return;
-      const request = allocRequest(link.wire ?? "async", {
-        keys: [],
-        fmt,
-        shape,
-        dtype,
-        last_chunk_toks: 0,
-      }, { reqId: "", isLastBatch: false });
-      request.kvport_agent = this.channel.agentName;
-      request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
-      request.kvport_credit_want = want;
-      request.kvport_credit_ttl_ms = this.#creditTtlMs;
-      const back = link.credits.takeDropped();
-      if (back.length > 0) request.kvport_credit_return = back;
-      const sentAt = performance.now();
-      const resp = await link.alloc!.request(request, this.#allocTimeoutMs);
-      if (resp.type !== "AllocResponse") {
-        throw new ChannelError("REMOTE_ERROR", `credit refill answered by a ${resp.type}`);
-      }
-      this.#stockCredits(link, resp, sentAt, form, generation);
-    }).catch(() => {
-      this.#creditErrors++;
-    }).finally(() => {
-      link.refill = null;
-    });
+    link.refill = link.queue.run(() => this.#askCredits(link, fmt, shape, dtype, generation))
+      .catch(() => {
+        this.#creditErrors++;
+      }).finally(() => {
+        link.refill = null;
+      });
+  }
+
+  /**
+   * One key-less AllocRequest asking credits for chunks of (fmt, shape, dtype) up to the
+   * link's target, under the link's queue (the caller's), on the connection of
+   * `generation` only (never a handshake).
+   */
+  async #askCredits(
+    link: Link,
+    fmt: number,
+    shape: number[],
+    dtype: string,
+    generation: number,
+  ): Promise<void> {
+    const form = chunkForm(fmt, shape, dtype);
+    const want = link.creditTarget - link.credits.count(form);
+    const healthy = link.alloc !== null && link.alloc.lost === null &&
+      this.channel.hasPeer(link.id);
+    if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return;
+    const request = allocRequest(link.wire ?? "async", {
+      keys: [],
+      fmt,
+      shape,
+      dtype,
+      last_chunk_toks: 0,
+    }, { reqId: "", isLastBatch: false });
+    request.kvport_agent = this.channel.agentName;
+    request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
+    request.kvport_credit_want = want;
+    request.kvport_credit_ttl_ms = this.#creditTtlMs;
+    const back = link.credits.takeDropped();
+    if (back.length > 0) request.kvport_credit_return = back;
+    const sentAt = performance.now();
+    const resp = await link.alloc!.request(request, this.#allocTimeoutMs);
+    if (resp.type !== "AllocResponse") {
+      throw new ChannelError("REMOTE_ERROR", `credit request answered by a ${resp.type}`);
+    }
+    this.#stockCredits(link, resp, sentAt, form, generation);
   }
 
   /** Best effort: tell the receiver to drop pages it gave for data that never came. */
