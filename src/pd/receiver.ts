@@ -825,7 +825,10 @@ export class PdReceiver implements AsyncDisposable {
     // Only a kvport sender asks; LMCache's reply bytes stay LMCache's.
     if (creditWant !== undefined) {
       const ttlMs = this.#creditTtlFor(msg);
-      reply.kvport_credit = await this.#giveCredits(agent, creditWant, ttlMs);
+      const credits = await this.#giveCredits(agent, creditWant, ttlMs);
+      // Nobody reads the reply of a sender that gave up: its credits are no one's.
+      if (gone.aborted && agent !== undefined) this.#credits.giveBack(agent, credits);
+      reply.kvport_credit = gone.aborted ? [] : credits;
       reply.kvport_credit_ttl_ms = ttlMs;
     }
     return reply;
