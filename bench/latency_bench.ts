@@ -11,12 +11,16 @@
  * the added latency (goal: p50 <= 100 us for one chunk). The AllocRequest round trip is
  * set against a bare REQ/REP echo of our ZeroMQ wire between the same two processes, of
  * the same bytes, pinged once right after each request (what the wire itself costs; the
- * rest is PD code, event-loop turns and wake-ups: issue 15). The engine copies host pages
+ * rest is PD code, event-loop turns and wake-ups: issue 15). After the warm-up a request
+ * normally takes page credits instead (no AllocRequest at all, see `credit_stock.ts`);
+ * the bench says how many measured requests did, and `--credit-pages 0` turns them off
+ * (every request asks, as before). The engine copies host pages
  * with two threads, so on CPU a large chunk can land faster than one memcpy thread
  * copies it (a negative added latency). Then one JSON line.
  *
  * ```sh
  * deno run -A bench/latency_bench.ts [--device cpu|cuda] [--sizes 1x28,1x0.25,16x28] [--reps N]
+ *   [--credit-pages N]
  * bun bench/latency_bench.ts --device cuda
  * ```
  * `--sizes` lists `<chunks>x<MiB per chunk>`: each request is one batch of that many
@@ -54,6 +58,7 @@ const { values } = parseArgs({
     device: { type: "string", default: "cpu" },
     sizes: { type: "string" },
     reps: { type: "string" },
+    "credit-pages": { type: "string" },
   },
 });
 const device = values.device!;
@@ -62,6 +67,9 @@ if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
   process.exit(2);
 }
 const onGpu = device !== "cpu";
+const creditPages = values["credit-pages"] === undefined
+  ? undefined
+  : Number(values["credit-pages"]);
 const sizes = (values.sizes ?? "1x28,1x0.25,16x28").split(",").map((s) => {
   const m = /^(\d+)x([\d.]+)$/.exec(s.trim());
   if (!m) {
@@ -94,11 +102,12 @@ for (const size of sizes) {
   }
 }
 
-/** The decoder process, with pages of `pageSize` bytes. */
-function startPeer(pageSize: number, pages: number) {
+/** The decoder process, with `pages` pages of `pageSize` bytes, `creditTotal` of them at
+ * most held as page credits. */
+function startPeer(pageSize: number, pages: number, creditTotal: number) {
   const script = fileURLToPath(new URL("./latency_peer.ts", import.meta.url));
   const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
-  const arg = JSON.stringify({ pageSize, pages, device, engine });
+  const arg = JSON.stringify({ pageSize, pages, creditTotal, device, engine });
   const child = spawn(
     process.execPath,
     isBun ? [script, arg] : ["run", "-A", script, arg],
@@ -190,13 +199,14 @@ function durations(
   const d = (a: number | undefined, b: number | undefined) =>
     a === undefined || b === undefined ? NaN : (b - a) * 1000;
   return {
+    "credits taken (send -> no AllocRequest)": d(s.send, s.credits),
     "sender queue (send -> its turn)": d(s.send, s.queued),
     "its turn -> AllocRequest sent (handshake if due)": d(s.queued, s.alloc_sent),
     "AllocRequest round trip": d(s.alloc_sent, s.alloc_reply),
     "  AllocRequest on the wire (tx -> rx handler)": d(s.alloc_sent, r.alloc_received),
     "  page reservation (rx)": d(r.alloc_received, r.pages_reserved),
     "  AllocResponse back (rx reply -> tx)": d(r.alloc_replied, s.alloc_reply),
-    "reply -> write starts (tx)": d(s.alloc_reply, s.write),
+    "reply (or credits) -> write starts (tx)": d(s.alloc_reply ?? s.credits, s.write),
     "write -> posted (create + post)": d(s.write, s.posted),
     "posted -> data landed (copy + wait)": d(s.posted, s.written),
     "data landed -> decoder sees notification": d(s.written, r.notification),
@@ -219,7 +229,9 @@ for (const size of sizes) {
 
 async function measure(size: { chunks: number; bytes: number; label: string }) {
   const pageSize = size.bytes;
-  const peer = startPeer(pageSize, 2 * size.chunks);
+  // Room for a request and the sender's credits (twice a request: the next one finds them
+  // while the refill after this one is on its way), and a refill that overtakes a bind.
+  const peer = startPeer(pageSize, 4 * size.chunks, 3 * size.chunks);
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;
@@ -238,6 +250,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       device,
       proxyHost: "127.0.0.1",
       proxyPort: proxy.port,
+      creditPages,
       timeline: (stage, reqId) => {
         let m = marks.get(reqId);
         if (!m) marks.set(reqId, m = {});
@@ -326,6 +339,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       : 200;
     const samples: Sample[] = [];
     let handshakes = 0; // after the warm-up: each one is a cost a request should not pay
+    let withCredits = 0; // measured requests that took page credits (no AllocRequest)
     for (let r = -3; r < reps; r++) {
       const reqId = `lat-${process.pid}-${reqNo++}`;
       const pages = await tx.allocate(size.chunks, 30_000);
@@ -349,6 +363,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       const [proxyAt, ev] = await Promise.all([proxied, landed]);
       const s = marks.get(reqId)!;
       marks.delete(reqId);
+      if (r >= 0 && s.credits !== undefined) withCredits++;
       if (r >= 0) copies.push(copyOnce());
       // The same bytes as this request's AllocRequest, over the bare wire.
       const wireBytes = encodeMessage(
@@ -392,11 +407,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         `${onGpu ? `GPU buffers (${device})` : "host buffers"}, decoder in another process; ` +
         `copy of the same bytes ${copyUs.toFixed(1)} us (${limit.source}); the two ` +
         `processes' clocks agree within ${(clock.bound * 1000).toFixed(0)} us; ` +
-        `${handshakes} handshake(s) after the warm-up`,
+        `${handshakes} handshake(s) after the warm-up; ${withCredits} of ${reps} requests ` +
+        `used page credits, ${reps - withCredits} an AllocRequest`,
     );
     console.log(`  ${"stage".padEnd(48)} ${"p50 us".padStart(9)} ${"p99 us".padStart(9)}`);
     for (const name of Object.keys(samples[0])) {
-      const xs = Float64Array.from(samples.map((x) => x[name])).sort();
+      // Stages a request did not go through (credits or AllocRequest) are left out.
+      const xs = Float64Array.from(samples.map((x) => x[name]).filter(Number.isFinite)).sort();
+      if (xs.length === 0) continue;
       const p50 = percentile(xs, 50);
       const p99 = percentile(xs, 99);
       stats[name] = { p50, p99 };
@@ -428,16 +446,21 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         device,
         probeGbps: probe.bps / 1e9,
         probe: probe.source,
+        withCredits,
+        withAllocRequest: reps - withCredits,
       },
     });
-    report.add({
-      name: `pd_latency_${size.label}_alloc_round_trip_p50`,
-      value: stats["AllocRequest round trip"].p50,
-      unit: "us",
-      limit: pingP50,
-      limitName: "bare REQ/REP echo of the same bytes (interleaved)",
-      extra: { p99: stats["AllocRequest round trip"].p99, echoP50Us: pingP50, tcpP50Us: tcpP50 },
-    });
+    const rt = stats["AllocRequest round trip"];
+    if (rt) {
+      report.add({
+        name: `pd_latency_${size.label}_alloc_round_trip_p50`,
+        value: rt.p50,
+        unit: "us",
+        limit: pingP50,
+        limitName: "bare REQ/REP echo of the same bytes (interleaved)",
+        extra: { p99: rt.p99, echoP50Us: pingP50, tcpP50Us: tcpP50, samples: reps - withCredits },
+      });
+    }
     report.add({
       name: `pd_latency_${size.label}_added_p50`,
       value: percentile(added, 50),
@@ -456,6 +479,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       copyUs,
       clockBoundUs: clock.bound * 1000,
       handshakes,
+      withCredits,
       stats,
     };
   } finally {

@@ -6,7 +6,7 @@
  * the request's marks; it then frees the request's pages.
  *
  * ```sh
- * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":32,"device":"cpu"}'
+ * deno run -A bench/latency_peer.ts '{"pageSize":29360128,"pages":48,"creditTotal":32,"device":"cpu"}'
  * ```
  * Prints `{"event":"ready","initPort":..,"allocPort":..,"echoUrl":..}` (a bare REQ/REP echo,
  * the limit of the AllocRequest round trip), then
@@ -30,6 +30,7 @@ if (process.env.KVPORT_BENCH_WAKE) setWakeMode(process.env.KVPORT_BENCH_WAKE as 
 const args = JSON.parse(process.argv[2] ?? "{}") as {
   pageSize: number;
   pages: number;
+  creditTotal?: number;
   device?: string;
   engine?: "auto" | "builtin" | "nixl";
 };
@@ -57,11 +58,13 @@ const rx = await PdReceiver.create({
   device: args.device ?? "cpu",
   allocationTimeoutMs: 30_000,
   pageGrants: process.env.KVPORT_BENCH_GRANTS !== "off",
+  creditMaxTotal: args.creditTotal,
   timeline: (stage, _reqId, keys) => {
     const t = abs();
     if (keys.length === 0) return;
     let first = firstOf.get(keys[0]);
-    if (first === undefined && stage === "alloc_received") {
+    // A request begins with its AllocRequest, or (page credits) with its bind notification.
+    if (first === undefined && (stage === "alloc_received" || stage === "notification")) {
       first = keys[0];
       byFirst.set(first, { marks: {}, keys: [...keys], left: new Set(keys) });
       for (const k of keys) firstOf.set(k, first);

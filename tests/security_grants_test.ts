@@ -58,12 +58,15 @@ function receiver(extra: Partial<Parameters<typeof PdReceiver.create>[0]> = {}) 
   });
 }
 
+// Page credits off: these tests follow the grants of AllocResponse pages (credit pages
+// and their grants are tested in pd_credits_test.ts).
 function sender() {
   return PdSender.create({
     bufferSize: PAGES * PAGE,
     pageSize: PAGE,
     channelType: "nixl",
     engine: "builtin",
+    creditPages: 0,
   });
 }
 

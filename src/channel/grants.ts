@@ -101,6 +101,45 @@ export class PageGrantBook {
   }
 
   /**
+   * Like {@linkcode grantWrite}, but one grant per page: releasing one page later revokes
+   * only its own grant, so the peer's WRITEs into the others never meet the moment a
+   * shared grant is revoked and made again (the PD receiver's page credits, which a
+   * sender writes while others of the same lot are being bound). All or nothing: when
+   * one grant fails, those made are revoked and the promise rejects.
+   *
+   * @example
+   * ```ts
+   * import { PageGrantBook } from "./grants.ts";
+   * import type { TransferChannel } from "./types.ts";
+   * declare const channel: TransferChannel;
+   * const book = new PageGrantBook(channel);
+   * await book.grantWriteEach("kvport-sender-1", [7, 8, 9], 120_000);
+   * await book.release([8]); // 7 and 9 stay writable throughout
+   * ```
+   */
+  grantWriteEach(agent: string, pages: readonly number[], expiresMs: number): Promise<void> {
+    const ch = this.#channel;
+    if (ch === null || pages.length === 0) return Promise.resolve();
+    const list = [...new Set(pages)];
+    return this.#serial(async () => {
+      const made: PageGrant[] = [];
+      try {
+        for (const p of list) {
+          const g = await ch.grantPages(agent, [p], { write: true, expiresMs });
+          if (g) made.push(g);
+        }
+      } catch (e) {
+        for (const g of made) await ch.revokeGrant(g).catch(() => {});
+        throw e;
+      }
+      const deadline = expiresMs > 0 ? performance.now() + expiresMs : null;
+      list.forEach((p, i) => {
+        this.#byPage.set(p, { agent, pages: new Set([p]), grant: made[i] ?? null, deadline });
+      });
+    });
+  }
+
+  /**
    * {@linkcode grantWrite} to the agent the peer `peerId` handshook with (a
    * `ChannelError` `UNKNOWN_PEER` when it is not known).
    */

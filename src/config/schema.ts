@@ -246,6 +246,27 @@ const extraShape = {
       "they land, a P2P holder only the pages offered for that lookup. false: all pages " +
       "reachable, as in LMCache.",
   }),
+  kvport_pd_credit_pages: int(16, {
+    group: "transfer",
+    min: 0,
+    description: "kvport: PD sender page credits. A kvport sender (builtin engine) asks a " +
+      "kvport receiver for this many free pages ahead of its requests (twice its largest " +
+      "batch when that is more), so that a request of at most that many chunks needs no AllocRequest " +
+      "round trip; it tops them up in the background. 0: off (every batch asks). LMCache " +
+      "peers never see it.",
+  }),
+  kvport_pd_credit_max: int(64, {
+    group: "transfer",
+    min: 0,
+    description: "kvport: PD receiver, most credit pages one sender agent may hold (taken " +
+      "only from pages free at that moment; 0: give no credits).",
+  }),
+  kvport_pd_credit_total: intOrNull({
+    group: "transfer",
+    min: 0,
+    description: "kvport: PD receiver, most credit pages all senders hold together " +
+      "(null: a quarter of the buffer's pages).",
+  }),
   p2p_max_retry_count: int(3, {
     group: "p2p",
     min: 0,
@@ -549,6 +570,12 @@ export interface ExtraConfig {
   readonly kvport_agent_params: Readonly<Record<string, string>>;
   /** kvport: PD and P2P channels enforce page grants. Default `true`. */
   readonly kvport_page_grants: boolean;
+  /** kvport: PD sender page credits asked for ahead of requests. Default `16`. */
+  readonly kvport_pd_credit_pages: number;
+  /** kvport: PD receiver, most credit pages per sender agent. Default `64`. */
+  readonly kvport_pd_credit_max: number;
+  /** kvport: PD receiver, most credit pages in all. Default `null` (a quarter of the pages). */
+  readonly kvport_pd_credit_total: number | null;
   /** Any other entry, kept as given. */
   readonly [key: string]: unknown;
 }

@@ -84,12 +84,16 @@ export interface PdConfigLike {
   readonly chunk_size: number;
   /**
    * `curve_*` entries (CURVE on the side channels), `kvport_agent_params`, and
-   * `kvport_page_grants` (default true).
+   * `kvport_page_grants` (default true), the page-credit limits `kvport_pd_credit_pages`
+   * (sender), `kvport_pd_credit_max` and `kvport_pd_credit_total` (receiver).
    */
   readonly extra_config?:
     | (CurveConfigLike & {
       readonly kvport_agent_params?: Readonly<Record<string, string>>;
       readonly kvport_page_grants?: boolean;
+      readonly kvport_pd_credit_pages?: number;
+      readonly kvport_pd_credit_max?: number;
+      readonly kvport_pd_credit_total?: number | null;
     })
     | null;
 }

@@ -13,6 +13,9 @@ import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
+import { type BindNotice, decodeBind, isBind } from "./bind_notify.ts";
+import { CreditBook } from "./credit_book.ts";
+import { ChannelBase } from "../channel/base.ts";
 import { PageGrantBook } from "../channel/grants.ts";
 import { LeasePool, type PageLease } from "../channel/lease_pool.ts";
 import { after, type Timer } from "../deadline.ts";
@@ -64,6 +67,12 @@ export interface ReceivedChunk {
 /** The longest reservation a sender's `kvport_ttl_ms` can ask for (a peer's claim). */
 const MAX_DECLARED_TTL_MS = 600_000;
 
+/** Default of {@linkcode PdReceiverOptions.creditMaxPerSender}. */
+const DEFAULT_PD_CREDIT_MAX = 64;
+
+/** Lifetime of credits when the sender declares none, ms. */
+const DEFAULT_CREDIT_TTL_MS = 120_000;
+
 /** Options of {@linkcode PdReceiver.create}. */
 export interface PdReceiverOptions extends PdChannelSettings {
   /** `pd_peer_host`: the host senders reach this receiver at (also bound). */
@@ -104,6 +113,17 @@ export interface PdReceiverOptions extends PdChannelSettings {
    * complete: the decoder's retrieve or remove ends them).
    */
   reservationTtlMs?: number;
+  /**
+   * Page credits (kvport senders only): most pages one sender agent may hold ahead of
+   * its requests (default 64; `fromConfig`: `extra_config.kvport_pd_credit_max`; 0: no
+   * credits). A credit is taken only from pages free at that moment.
+   */
+  creditMaxPerSender?: number;
+  /**
+   * Most credit pages all senders hold together (default a quarter of the pages;
+   * `fromConfig`: `extra_config.kvport_pd_credit_total`).
+   */
+  creditMaxTotal?: number;
   /** Timing hook called at each stage (see `timeline.ts`; benchmarks). */
   timeline?: PdTimelineHook<PdReceiverStage>;
 }
@@ -135,6 +155,30 @@ export interface PdReceiverStats {
   cancelled: number;
   /** Reservations dropped because their data did not land within `reservationTtlMs`. */
   expired: number;
+  /** Key-less AllocRequests of kvport senders that only asked for page credits. */
+  creditRefills: number;
+  /** Credit pages held by senders now (not bound yet). */
+  creditPages: number;
+  /** Credit pages given so far. */
+  creditsGiven: number;
+  /** Credit pages that expired unused (back through the quarantine). */
+  creditsExpired: number;
+  /**
+   * Credit pages their sender gave back (`kvport_credit_return`: stale, its link was
+   * reset, or it closed), ended through the quarantine.
+   */
+  creditsReturned: number;
+  /** Bind notifications accepted (keys created landed in credit pages). */
+  binds: number;
+  /**
+   * Bind notifications refused, by why: `malformed` (not a bind this receiver can read),
+   * `not_credit` (a page is not a live credit of the sending agent: another agent's,
+   * expired, bound already, never given), `chunk_too_large` (the shape does not fit a
+   * page). A refused bind touches no entry; `lastError` says more.
+   */
+  bindsRefused: { malformed: number; not_credit: number; chunk_too_large: number };
+  /** Keys of landed notifications ignored: sent by an agent other than the key's sender. */
+  landedRefused: number;
 }
 
 interface Waiter {
@@ -184,7 +228,11 @@ export class PdReceiver implements AsyncDisposable {
   readonly #grants: PageGrantBook;
   readonly #grantTtlMs: number;
   readonly #entries = new Map<string, ReceivedChunk>();
-  readonly #leases = new Map<string, { lease: PageLease; reqId: string | undefined }>();
+  readonly #leases = new Map<
+    string,
+    { lease: PageLease; reqId: string | undefined; agent: string | undefined }
+  >();
+  readonly #credits: CreditBook;
   readonly #reservationTtlMs: number | undefined;
   #waiters: Waiter[] = [];
   #landedListeners = new Set<(keys: string[]) => void>();
@@ -196,7 +244,12 @@ export class PdReceiver implements AsyncDisposable {
     abandoned: 0,
     cancelled: 0,
     expired: 0,
+    creditRefills: 0,
+    creditsReturned: 0,
+    binds: 0,
+    landedRefused: 0,
   };
+  #bindsRefused = { malformed: 0, not_credit: 0, chunk_too_large: 0 };
   #lastError: string | null = null;
   #closing: Promise<void> | null = null;
   #metrics: PdReceiverMetrics | undefined;
@@ -220,14 +273,23 @@ export class PdReceiver implements AsyncDisposable {
     this.#reservationTtlMs = options.reservationTtlMs; // undefined: per request
     this.#grants = new PageGrantBook(channel);
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
+    this.#credits = new CreditBook(this.pool, this.#grants, {
+      maxPerAgent: options.creditMaxPerSender ?? DEFAULT_PD_CREDIT_MAX,
+      maxTotal: options.creditMaxTotal ?? Math.floor(channel.pageCount / 4),
+    });
     const tl = this.#tl = options.timeline;
-    this.#unsubscribe = channel.onNotification((n) => {
+    const offNotify = channel.onNotification((n) => {
+      if (isBind(n.message)) {
+        this.#bind(n.message, n.from);
+        return;
+      }
       const keys = decodeLanded(n.message);
       if (!keys) return;
       tl?.("notification", "", keys);
-      this.#landed(keys);
+      this.#landed(keys, n.from);
       tl?.("landed", "", keys);
     });
+    this.#unsubscribe = offNotify;
     const registry = options.metrics ?? metricsRegistry();
     this.#metrics = pdReceiverMetrics(registry, options.tpRank ?? 0);
     this.#metricsSource = collectPdPool(
@@ -247,6 +309,15 @@ export class PdReceiver implements AsyncDisposable {
   /** Creates the channel (listening for handshakes) and the allocation listener. */
   static async create(options: PdReceiverOptions): Promise<PdReceiver> {
     checkBufferSizes(options.pageSize, options.bufferSize);
+    for (const name of ["creditMaxPerSender", "creditMaxTotal"] as const) {
+      const v = options[name];
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `PdReceiver ${name} must be an integer >= 0 (0: no credits), got ${v}`,
+        );
+      }
+    }
     const bindHost = options.bindHost ?? options.host;
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",
@@ -305,8 +376,9 @@ export class PdReceiver implements AsyncDisposable {
    * Creates a receiver from a loaded configuration (`pd_peer_host`,
    * `pd_peer_init_port[tpRank]`, `pd_peer_alloc_port[tpRank]`, `pd_buffer_size`,
    * `pd_buffer_device`, `transfer_channel`, `nixl_backends`, `chunk_size`,
-   * `pd_allocation_timeout_sec`, `extra_config.kvport_page_grants`). `pageSize` is the bytes
-   * of one full chunk.
+   * `pd_allocation_timeout_sec`, `extra_config.kvport_page_grants`,
+   * `extra_config.kvport_pd_credit_max`, `extra_config.kvport_pd_credit_total`). `pageSize`
+   * is the bytes of one full chunk.
    *
    * @example
    * ```ts
@@ -346,6 +418,8 @@ export class PdReceiver implements AsyncDisposable {
       allocPort: port(config.pd_peer_alloc_port, "pd_peer_alloc_port"),
       chunkSize: config.chunk_size,
       allocationTimeoutMs: pdAllocDeadlines(pdAllocTimeoutFromConfig(config)).receiverWaitMs,
+      creditMaxPerSender: config.extra_config?.kvport_pd_credit_max,
+      creditMaxTotal: config.extra_config?.kvport_pd_credit_total ?? undefined,
       ...options,
     });
   }
@@ -381,6 +455,10 @@ export class PdReceiver implements AsyncDisposable {
       keys: this.#entries.size,
       landed,
       ...this.#stats,
+      creditPages: this.#credits.held(),
+      creditsGiven: this.#credits.counts.given,
+      creditsExpired: this.#credits.counts.expired,
+      bindsRefused: { ...this.#bindsRefused },
     };
   }
 
@@ -510,20 +588,34 @@ export class PdReceiver implements AsyncDisposable {
     };
   }
 
-  #landed(keys: string[]): void {
+  #landed(keys: string[], from: string): void {
     const fresh: string[] = [];
     for (const k of keys) {
       const e = this.#entries.get(k);
       if (e && !e.landed) {
+        const held = this.#leases.get(k);
+        // Only the agent the pages were given to says its data is there (keys of an
+        // LMCache sender name no agent: anyone's word, as before).
+        if (held?.agent !== undefined && held.agent !== from) {
+          this.#stats.landedRefused++;
+          this.#lastError = `landed notification from agent ${from} for key ${k}, whose ` +
+            `pages were given to agent ${held.agent}: ignored`;
+          continue;
+        }
         e.landed = true;
-        this.#leases.get(k)?.lease.renew(Infinity); // complete: no deadline any more
+        held?.lease.renew(Infinity); // complete: no deadline any more
         fresh.push(k);
-        this.#metrics?.receivedBytes.inc(e.bytes);
       }
     }
-    this.#metrics?.receivedChunks.inc(fresh.length);
     // Landed: the sender is done with these pages.
     if (fresh.length > 0) void this.#grants.release(fresh.map((k) => this.#entries.get(k)!.page));
+    this.#announce(fresh);
+  }
+
+  /** Tells metrics, listeners and waiters that `fresh` keys landed. */
+  #announce(fresh: string[]): void {
+    for (const k of fresh) this.#metrics?.receivedBytes.inc(this.#entries.get(k)!.bytes);
+    this.#metrics?.receivedChunks.inc(fresh.length);
     if (fresh.length > 0) {
       for (const l of this.#landedListeners) {
         try {
@@ -627,6 +719,19 @@ export class PdReceiver implements AsyncDisposable {
       );
     }
     const reqId = typeof msg.req_id === "string" && msg.req_id !== "" ? msg.req_id : undefined;
+    const agent = typeof msg.kvport_agent === "string" && msg.kvport_agent !== ""
+      ? msg.kvport_agent
+      : undefined;
+    const creditWant = msg.kvport_credit_want === undefined
+      ? undefined
+      : int(msg.kvport_credit_want, "kvport_credit_want");
+    // Credits the sender no longer uses (of that agent only: other pages are ignored).
+    if (agent !== undefined && Array.isArray(msg.kvport_credit_return)) {
+      const back = (msg.kvport_credit_return as unknown[]).filter((p): p is number =>
+        typeof p === "number" && Number.isSafeInteger(p)
+      );
+      this.#stats.creditsReturned += this.#credits.giveBack(agent, back);
+    }
     const reservationTtl = this.#reservationTtlFor(msg);
     let lease: PageLease | undefined;
     if (need.length > 0) {
@@ -706,16 +811,128 @@ export class PdReceiver implements AsyncDisposable {
         onExpire: () => this.#expired(key),
       });
       own.handTo(from);
-      this.#leases.set(key, { lease: own, reqId });
+      this.#leases.set(key, { lease: own, reqId, agent });
       granted.push({ key, entry });
       remote.push(page);
     }
     if (spare.length > 0) lease!.release({ pages: spare });
     if (remote.length > 0 && this.#grants.enforced) await this.#grantSender(msg, from, granted);
     finalAlready.sort((a, b) => a - b);
-    this.#stats.allocRequests++;
+    if (keys.length > 0) this.#stats.allocRequests++;
+    else if (creditWant !== undefined) this.#stats.creditRefills++;
     this.#metrics?.allocOk.inc();
-    return allocResponse(generation, remote, finalAlready);
+    const reply = allocResponse(generation, remote, finalAlready);
+    // Only a kvport sender asks; LMCache's reply bytes stay LMCache's.
+    if (creditWant !== undefined) {
+      const ttlMs = this.#creditTtlFor(msg);
+      const credits = await this.#giveCredits(agent, creditWant, ttlMs);
+      // Nobody reads the reply of a sender that gave up: its credits are no one's.
+      if (gone.aborted && agent !== undefined) this.#credits.giveBack(agent, credits);
+      reply.kvport_credit = gone.aborted ? [] : credits;
+      reply.kvport_credit_ttl_ms = ttlMs;
+    }
+    return reply;
+  }
+
+  /**
+   * Page credits for `agent`: only to a named agent this receiver knows (it handshook;
+   * with grants enforced the grant itself checks that), only from pages free now, within
+   * the limits. Never fails the request that asked: none is none.
+   */
+  #giveCredits(agent: string | undefined, want: number, ttlMs: number): Promise<number[]> {
+    if (agent === undefined || want <= 0 || this.#closing) return Promise.resolve([]);
+    if (!this.#grants.enforced) {
+      const ch = this.channel;
+      const known = ch instanceof ChannelBase &&
+        ch.peerIds.some((id) => ch.peerAgentName(id) === agent);
+      if (!known) return Promise.resolve([]);
+    }
+    return this.#credits.give(agent, want, ttlMs);
+  }
+
+  /** How long credits live: what the sender declared (capped), else 2 minutes. */
+  #creditTtlFor(msg: SideMessage): number {
+    const declared = msg.kvport_credit_ttl_ms;
+    if (typeof declared === "bigint") return MAX_DECLARED_TTL_MS;
+    if (typeof declared !== "number" || !Number.isSafeInteger(declared) || declared <= 0) {
+      return DEFAULT_CREDIT_TTL_MS;
+    }
+    return Math.min(declared, MAX_DECLARED_TTL_MS);
+  }
+
+  /**
+   * A bind notification from agent `from`: its data is in `from`'s credit pages (the
+   * notification comes after the data), so the keys are created landed. All or nothing:
+   * a bind with a page that is not a live credit of `from`, a shape larger than a page,
+   * or bytes that do not decode is refused and touches no entry.
+   */
+  #bind(bytes: Uint8Array, from: string): void {
+    let n: BindNotice;
+    try {
+      n = decodeBind(bytes)!;
+    } catch (e) {
+      this.#refuseBind("malformed", `from agent ${from}: ${errorMessage(e)}`);
+      return;
+    }
+    const foreign = n.pages.find((p) => !this.#credits.isCreditOf(p, from));
+    if (foreign !== undefined) {
+      this.#refuseBind(
+        "not_credit",
+        `from agent ${from}: page ${foreign} is not a live credit of that agent (another ` +
+          "agent's, expired, bound already, or never given)",
+      );
+      return;
+    }
+    const full = chunkBytes(n.fmt, n.shape, n.dtype);
+    if (full !== undefined && full > this.channel.pageSize) {
+      this.#refuseBind(
+        "chunk_too_large",
+        `from agent ${from}: a chunk of shape [${n.shape.join(", ")}] ${n.dtype} is ${full} ` +
+          `bytes but pages are ${this.channel.pageSize} bytes`,
+      );
+      return;
+    }
+    const tl = this.#tl;
+    tl?.("notification", n.reqId, n.keys);
+    const reqId = n.reqId === "" ? undefined : n.reqId;
+    const fresh: string[] = [];
+    const spare: number[] = [];
+    n.keys.forEach((key, i) => {
+      const page = n.pages[i];
+      const lease = this.#credits.take(page);
+      if (this.#entries.has(key)) {
+        // Held already: the page was written (completely), so it is simply free again.
+        spare.push(page);
+        lease.release({ pages: [page] });
+        return;
+      }
+      const last = n.lastChunkToks !== null && i === n.keys.length - 1;
+      const tokens = last ? n.lastChunkToks! : this.#chunkSize;
+      const bytes = chunkBytes(n.fmt, n.shape, n.dtype, tokens) ?? this.channel.pageSize;
+      this.#entries.set(key, {
+        key,
+        page,
+        landed: true,
+        fmt: n.fmt,
+        shape: withTokens(n.fmt, n.shape, tokens),
+        dtype: n.dtype,
+        tokens,
+        bytes: Math.min(bytes, this.channel.pageSize),
+      });
+      this.#leases.set(key, { lease: lease.moveTo([page], key), reqId, agent: from });
+      fresh.push(key);
+    });
+    // Bound (or spare): the sender is done with these pages. The grant book runs in call
+    // order, so a spare page is revoked before it can be granted to anyone again.
+    void this.#grants.release(n.pages);
+    this.#stats.binds++;
+    this.#announce(fresh);
+    tl?.("landed", n.reqId, n.keys);
+  }
+
+  #refuseBind(why: keyof PdReceiver["stats"]["bindsRefused"], detail: string): void {
+    this.#bindsRefused[why]++;
+    this.#lastError = `bind notification refused (${why}) ${detail}`;
   }
 
   /**
@@ -815,6 +1032,7 @@ export class PdReceiver implements AsyncDisposable {
         w.timer?.clear();
         w.reject(new ChannelError("CLOSED", `PD receiver ${this.id} closed while waiting`));
       }
+      this.#credits.close();
       this.pool.close();
       await this.#alloc.close().catch(() => {});
       await this.channel.close();

@@ -14,6 +14,8 @@ import type { SideChannelCurve } from "../channel/curve_config.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
+import { encodeBind, groupForBind } from "./bind_notify.ts";
+import { chunkForm, CreditStock } from "./credit_stock.ts";
 import { LeasePool } from "../channel/lease_pool.ts";
 import {
   collectPdPool,
@@ -114,9 +116,36 @@ export interface PdSenderOptions extends PdChannelSettings {
    * receivers: LMCache's sync receiver cannot decode it and stops answering.
    */
   wireGeneration?: "auto" | PdWireGeneration;
+  /**
+   * Page credits (kvport receivers, builtin engine): receiver pages asked for ahead of
+   * requests, so that a batch of at most that many chunks is written with no
+   * AllocRequest round trip and bound to its keys by its notification; topped up in the
+   * background after use. The stock aims at the larger of this and twice the largest
+   * batch sent on the link (the receiver caps what it gives). Default 16 (`fromConfig`: `extra_config.kvport_pd_credit_pages`);
+   * 0: off, every batch asks. LMCache receivers ignore the ask and give none.
+   */
+  creditPages?: number;
+  /**
+   * How long credits should live, ms (default 120000; the receiver caps it at 10
+   * minutes). A credit is used only while more than a transfer timeout and 2 s of it are
+   * left, counted from when the request that got it was sent.
+   */
+  creditTtlMs?: number;
   /** Timing hook called at each stage of a batch (see `timeline.ts`; benchmarks). */
   timeline?: PdTimelineHook<PdSenderStage>;
 }
+
+/** Default of {@linkcode PdSenderOptions.creditPages}. */
+const DEFAULT_PD_CREDIT_PAGES = 16;
+
+/** Default of {@linkcode PdSenderOptions.creditTtlMs}. */
+const DEFAULT_CREDIT_TTL_MS = 120_000;
+
+/** How much of a credit's life must be left, beyond one transfer timeout, to use it. */
+const CREDIT_MARGIN_MS = 2_000;
+
+/** Largest credit stock a link aims at (the receiver caps what it gives anyway). */
+const MAX_CREDIT_TARGET = 1024;
 
 interface Link {
   id: string;
@@ -128,6 +157,14 @@ interface Link {
   queue: SerialQueue;
   /** The receiver's LMCache generation, once a reply told it (or as configured). */
   wire: PdWireGeneration | undefined;
+  /** Page credits at the receiver (emptied on a reset: the receiver ends them itself). */
+  credits: CreditStock;
+  /** The receiver answered a credit ask (a kvport receiver): refills may go to it. */
+  givesCredits: boolean;
+  /** The stock this link aims at. */
+  creditTarget: number;
+  /** The background refill in flight, if any. */
+  refill: Promise<void> | null;
 }
 
 interface RequestTrack {
@@ -157,6 +194,8 @@ interface Plan {
   handshook: boolean;
   /** Its keys were already cancelled on the receiver (an earlier batch failed). */
   cancelled: boolean;
+  /** Set when `remote` are page credits (no AllocRequest): the WRITE binds them. */
+  credit?: { form: string; usableUntil: number; generation: number };
 }
 
 /** The batches of one request in flight at once (pipelined sends). */
@@ -324,6 +363,10 @@ export class PdSender implements AsyncDisposable {
   readonly #transferTimeoutMs: number | undefined;
   readonly #wireGeneration: "auto" | PdWireGeneration;
   readonly #tl: PdTimelineHook<PdSenderStage> | undefined;
+  readonly #creditPages: number;
+  readonly #creditTtlMs: number;
+  #creditErrors = 0;
+  #creditBatches = 0;
   #pusher: Pusher | null = null;
   #links = new Map<string, Link>();
   #requests = new Map<string, RequestTrack>();
@@ -358,6 +401,20 @@ export class PdSender implements AsyncDisposable {
     );
     this.#wireGeneration = options.wireGeneration ?? "auto";
     this.#tl = options.timeline;
+    const credits = options.creditPages ?? DEFAULT_PD_CREDIT_PAGES;
+    // Only a builtin-engine sender names its agent, and only such a receiver gives credits.
+    this.#creditPages = channel.engine === "builtin" ? credits : 0;
+    this.#creditTtlMs = options.creditTtlMs ?? DEFAULT_CREDIT_TTL_MS;
+  }
+
+  /**
+   * Page credits: usable credit pages held now (all links), batches sent with credits,
+   * and background refills that failed.
+   */
+  get credits(): { pages: number; batches: number; refillErrors: number } {
+    let pages = 0;
+    for (const l of this.#links.values()) pages += l.credits.count();
+    return { pages, batches: this.#creditBatches, refillErrors: this.#creditErrors };
   }
 
   // Static: a closure made in the constructor would hold `this` (its context does).
@@ -368,6 +425,19 @@ export class PdSender implements AsyncDisposable {
   /** Creates the sender and its channel (which does not listen). */
   static async create(options: PdSenderOptions): Promise<PdSender> {
     checkBufferSizes(options.pageSize, options.bufferSize);
+    const { creditPages, creditTtlMs } = options;
+    if (creditPages !== undefined && (!Number.isSafeInteger(creditPages) || creditPages < 0)) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `PdSender creditPages must be an integer >= 0 (0: no credits), got ${creditPages}`,
+      );
+    }
+    if (creditTtlMs !== undefined && (!Number.isSafeInteger(creditTtlMs) || creditTtlMs <= 0)) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `PdSender creditTtlMs must be a positive integer (ms), got ${creditTtlMs}`,
+      );
+    }
     const channel = await createTransferChannel({
       channelType: options.channelType ?? "nixl",
       role: "sender",
@@ -392,7 +462,8 @@ export class PdSender implements AsyncDisposable {
   /**
    * Creates a sender from a loaded configuration (`pd_proxy_host`, `pd_proxy_port`,
    * `pd_skip_proxy_notification`, `pd_buffer_size`, `pd_buffer_device`,
-   * `transfer_channel`, `nixl_backends`, `extra_config.kvport_page_grants`). `pageSize` is
+   * `transfer_channel`, `nixl_backends`, `extra_config.kvport_page_grants`,
+   * `extra_config.kvport_pd_credit_pages`). `pageSize` is
    * the bytes of one full chunk.
    *
    * @example
@@ -422,6 +493,7 @@ export class PdSender implements AsyncDisposable {
       proxyHost: skip ? null : config.pd_proxy_host,
       proxyPort: skip ? null : config.pd_proxy_port,
       allocTimeoutMs: pdAllocDeadlines(pdAllocTimeoutFromConfig(config)).senderMs,
+      creditPages: config.extra_config?.kvport_pd_credit_pages,
       ...options,
     });
   }
@@ -476,7 +548,11 @@ export class PdSender implements AsyncDisposable {
     }
     const r = run;
     r.pending++;
-    const planned = link.queue.run(() => this.#allocate(link, spec, batch, r));
+    // With credits enough for the batch: no AllocRequest, and no wait behind the queue.
+    const credit = this.#creditPlan(link, spec, batch);
+    const planned = credit
+      ? this.#creditBatch(spec, batch, r, credit, link)
+      : link.queue.run(() => this.#allocate(link, spec, batch, r));
     planned.catch(() => {}); // settled through `sent`
     const sent = this.#writesOf(link).run(() =>
       planned.then((plan) => this.#write(link, spec, batch, r, plan))
@@ -555,6 +631,10 @@ export class PdSender implements AsyncDisposable {
         generation: 0,
         queue: new SerialQueue(),
         wire: this.#wireGeneration === "auto" ? undefined : this.#wireGeneration,
+        credits: new CreditStock(),
+        givesCredits: false,
+        creditTarget: this.#creditPages,
+        refill: null,
       };
       this.#links.set(id, link);
     }
@@ -564,9 +644,25 @@ export class PdSender implements AsyncDisposable {
 
   /**
    * Handshakes with the receiver of `spec` now (a send would do it on first use), so the
-   * first request does not pay for it. Resolves `true` when a handshake happened.
+   * first request does not pay for it. Resolves `true` when a handshake happened. With
+   * `credits` (the chunk form of the requests to come) and page credits on, it also asks
+   * the receiver for credits, so that even the first request needs no AllocRequest (best
+   * effort: a receiver that gives none, or fails to answer, fails nothing here).
+   *
+   * @example
+   * ```ts
+   * import type { PdSender } from "@kvport/nixl";
+   * declare const tx: PdSender;
+   * await tx.connect(
+   *   { receiverHost: "127.0.0.1", receiverInitPort: 7300, receiverAllocPort: 7400 },
+   *   { credits: { shape: [2, 32, 256, 1024], dtype: "bfloat16" } },
+   * );
+   * ```
    */
-  connect(spec: Omit<DisaggSpec, "reqId" | "isLastPrefill">): Promise<boolean> {
+  connect(
+    spec: Omit<DisaggSpec, "reqId" | "isLastPrefill">,
+    options?: { credits?: { shape: readonly number[]; dtype: string; fmt?: number } },
+  ): Promise<boolean> {
     if (this.#closing) {
       return Promise.reject(new ChannelError("CLOSED", "PD sender is closed"));
     }
@@ -586,6 +682,17 @@ export class PdSender implements AsyncDisposable {
         throw new PdSendError("(connect)", link.id, "handshake", errorMessage(e), e);
       }
       return true;
+    }).then(async (handshook) => {
+      const want = options?.credits;
+      if (want && this.#creditPages > 0) {
+        const fmt = want.fmt ?? MemoryFormat.KV_2LTD;
+        await link.queue.run(() =>
+          this.#askCredits(link, fmt, [...want.shape], want.dtype, link.generation)
+        ).catch(() => {
+          this.#creditErrors++;
+        });
+      }
+      return handshook;
     });
   }
 
@@ -617,8 +724,8 @@ export class PdSender implements AsyncDisposable {
     if (batch.keys.length === 0) return plan;
     // A request keeps the form of its first batch; until the receiver's generation is
     // known, the async form (an older receiver ignores the extra fields).
-    const form = track?.wire ?? link.wire ?? "async";
-    const request = allocRequest(form, {
+    const wireForm = track?.wire ?? link.wire ?? "async";
+    const request = allocRequest(wireForm, {
       keys: [...batch.keys],
       fmt: batch.fmt ?? MemoryFormat.KV_2LTD,
       shape: [...batch.shape],
@@ -635,6 +742,16 @@ export class PdSender implements AsyncDisposable {
       // sender no longer than that, so a sender whose link died leaks nothing there.
       request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
     }
+    const form = chunkForm(request.fmt as number, batch.shape, batch.dtype);
+    if (this.#creditPages > 0) {
+      // Twice the largest batch: the next request finds credits while the refill after
+      // this one is still on its way.
+      link.creditTarget = Math.min(
+        MAX_CREDIT_TARGET,
+        Math.max(link.creditTarget, 2 * batch.keys.length),
+      );
+    }
+    let sentAt = 0;
     const restarted = (why: string) =>
       fail(
         "restart",
@@ -664,7 +781,7 @@ export class PdSender implements AsyncDisposable {
           generation: link.generation,
           batches: 0,
           allocated: 0,
-          wire: form,
+          wire: wireForm,
         };
         if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
           this.#requests.delete(this.#requests.keys().next().value!);
@@ -673,7 +790,23 @@ export class PdSender implements AsyncDisposable {
       }
       track.generation = link.generation;
       try {
+        // Page credits for the next requests (asked after any handshake: a reset empties
+        // the stock).
+        // Credits too few for this batch are given back with it: on a receiver whose
+        // pool is tight they may be the very pages this request waits for.
+        if (this.#creditPages > 0 && link.credits.count(form) < batch.keys.length) {
+          link.credits.clear();
+        }
+        const want = this.#creditPages > 0 ? link.creditTarget - link.credits.count(form) : 0;
+        if (want > 0) {
+          request.kvport_credit_want = want;
+          request.kvport_credit_ttl_ms = this.#creditTtlMs;
+        } else delete request.kvport_credit_want;
+        const back = link.credits.takeDropped();
+        if (back.length > 0) request.kvport_credit_return = back;
+        else delete request.kvport_credit_return;
         tl?.("alloc_sent", reqId, batch.keys);
+        sentAt = performance.now();
         resp = await link.alloc!.request(request, this.#allocTimeoutMs);
         tl?.("alloc_reply", reqId, batch.keys);
       } catch (e) {
@@ -715,6 +848,7 @@ export class PdSender implements AsyncDisposable {
       return await fail("alloc", `malformed AllocResponse: ${errorMessage(e)}`, e);
     }
     if (this.#wireGeneration === "auto" && outcome.generation) link.wire = outcome.generation;
+    this.#stockCredits(link, resp, sentAt, form, link.generation);
     if (!outcome.ok) {
       this.#requests.delete(reqId);
       const err = new PdAllocRefusedError(
@@ -770,23 +904,58 @@ export class PdSender implements AsyncDisposable {
     const reqId = spec.reqId;
     const tl = this.#tl;
     for (const p of run.planned) if (p.plan === plan) run.planned.delete(p);
+    if (run.failed && plan.credit) {
+      // Never written: the credits are as good as before.
+      if (link.generation === plan.credit.generation) {
+        link.credits.putBack(plan.remote, plan.credit.form, plan.credit.usableUntil);
+      }
+      throw aborted(run.failed);
+    }
     if (run.failed) {
       if (!plan.cancelled) {
         await this.#cancelOnReceiver(link, reqId, plan.positions.map((p) => batch.keys[p]));
       }
       throw aborted(run.failed);
     }
+    if (plan.credit && plan.credit.generation !== link.generation) {
+      // The link was reset since the credits were taken: they belong to a connection
+      // (perhaps a receiver) that is gone. Ask the current one.
+      return await this.#write(link, spec, batch, run, await this.#replan(link, spec, batch, run));
+    }
     const { positions, remote } = plan;
+    const credit = plan.credit;
+    const fmt = batch.fmt ?? MemoryFormat.KV_2LTD;
+    const groups = credit
+      ? groupForBind(
+        batch.keys,
+        positions,
+        reqId.length * 6 + batch.dtype.length * 6 + 24 * batch.shape.length,
+      )
+      : groupForNotification(batch.keys, positions);
     let sent = 0;
     if (positions.length > 0) {
       try {
-        for (const group of groupForNotification(batch.keys, positions)) {
+        for (const group of groups) {
           const posIndex = group.map((p) => positions.indexOf(p));
+          const remoteIndexes = posIndex.map((j) => remote[j]);
+          const keys = group.map((p) => batch.keys[p]);
           tl?.("write", reqId, batch.keys);
           await this.channel.write(group.map((p) => batch.pages[p]), {
             peerId: link.id,
-            remoteIndexes: posIndex.map((j) => remote[j]),
-            notification: encodeLanded(group.map((p) => batch.keys[p])),
+            remoteIndexes,
+            // Credit pages are bound to their keys by the notification (it comes after
+            // the data); pages of an AllocResponse were bound by it.
+            notification: credit
+              ? encodeBind({
+                reqId,
+                fmt,
+                shape: [...batch.shape],
+                dtype: batch.dtype,
+                lastChunkToks: group.includes(batch.keys.length - 1) ? batch.lastChunkToks : null,
+                keys,
+                pages: remoteIndexes,
+              })
+              : encodeLanded(keys),
             timeoutMs: this.#transferTimeoutMs,
             onPosted: tl && (() => tl("posted", reqId, batch.keys)),
           });
@@ -794,13 +963,26 @@ export class PdSender implements AsyncDisposable {
           sent += group.length;
         }
       } catch (e) {
+        const fresh = this.#requests.get(reqId);
+        const first = fresh === undefined || fresh.batches === 0;
+        if (credit && sent === 0 && !run.failed && first && !timeoutOf(e)) {
+          // Nothing of this request reached the receiver yet (a receiver that restarted
+          // before we noticed, a connection gone, a credit it no longer honours): start
+          // again the AllocRequest way, on a fresh connection. Not after a timeout: that
+          // WRITE may still be moving (and reading our pages), so it fails as any.
+          await link.queue.run(() => this.#reset(link));
+          const again = await this.#replan(link, spec, batch, run);
+          return await this.#write(link, spec, batch, run, again);
+        }
         const err = new PdSendError(reqId, link.id, "write", errorMessage(e), e);
         run.failed ??= err;
         this.#requests.delete(reqId);
         // This batch's keys and those of later batches of the request that the receiver
         // has already given pages for: one CancelNotif, then a fresh connection (under
-        // the link's queue, so no AllocRequest of this request is caught halfway).
-        const keys = positions.map((p) => batch.keys[p]);
+        // the link's queue, so no AllocRequest of this request is caught halfway). Keys
+        // of credit pages were never given to the receiver (its credits end by their
+        // expiry, or by the re-handshake).
+        const keys = credit ? [] : positions.map((p) => batch.keys[p]);
         for (const p of run.planned) {
           p.plan.cancelled = true;
           keys.push(...p.keys);
@@ -824,6 +1006,7 @@ export class PdSender implements AsyncDisposable {
           this.#metrics?.proxyNotification(true);
         } catch (e) {
           this.#metrics?.proxyNotification(false);
+          if (credit) this.#refill(link, fmt, batch);
           throw new PdSendError(
             reqId,
             link.id,
@@ -835,6 +1018,9 @@ export class PdSender implements AsyncDisposable {
         }
       }
     }
+    // The credits used are topped up once this request is done with the CPU (the
+    // ProxyNotif is out): the refill never delays it.
+    if (credit) this.#refill(link, fmt, batch);
     return {
       receiverId: link.id,
       sent,
@@ -842,6 +1028,158 @@ export class PdSender implements AsyncDisposable {
       notified,
       handshook: plan.handshook,
     };
+  }
+
+  /**
+   * Credits for a whole batch, taken now (in send order), or `null`: the batch then goes
+   * the AllocRequest way. Only on a healthy link, for a batch of distinct keys of the
+   * form the credits were given for, and for a request not begun on an older connection.
+   */
+  #creditPlan(link: Link, spec: DisaggSpec, batch: SendBatch): Plan | null {
+    if (this.#creditPages === 0 || !link.givesCredits || batch.keys.length === 0) return null;
+    if (link.alloc === null || link.alloc.lost !== null || !this.channel.hasPeer(link.id)) {
+      return null;
+    }
+    const track = this.#requests.get(spec.reqId);
+    if (track && track.generation !== link.generation) return null;
+    if (new Set(batch.keys).size !== batch.keys.length) return null;
+    const form = chunkForm(batch.fmt ?? MemoryFormat.KV_2LTD, batch.shape, batch.dtype);
+    // Usable only while a WRITE begun now ends before the receiver takes the pages back.
+    const got = link.credits.take(batch.keys.length, form);
+    if (!got) return null;
+    if (track) track.allocated++;
+    else {
+      if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
+        this.#requests.delete(this.#requests.keys().next().value!);
+      }
+      this.#requests.set(spec.reqId, {
+        receiverId: link.id,
+        generation: link.generation,
+        batches: 0,
+        allocated: 1,
+        wire: link.wire ?? "async",
+      });
+    }
+    this.#creditBatches++;
+    return {
+      positions: batch.keys.map((_, i) => i),
+      remote: got.pages,
+      skipped: 0,
+      handshook: false,
+      cancelled: false,
+      credit: { form, usableUntil: got.usableUntil, generation: link.generation },
+    };
+  }
+
+  /**
+   * A batch planned on credits that can no longer be used, sent the AllocRequest way. A
+   * request none of whose batches was written yet starts over (its track is dropped);
+   * one begun on the old connection fails as a restart there.
+   */
+  #replan(link: Link, spec: DisaggSpec, batch: SendBatch, run: PdRun): Promise<Plan> {
+    const track = this.#requests.get(spec.reqId);
+    if (track && track.batches === 0) this.#requests.delete(spec.reqId);
+    return link.queue.run(() => this.#allocate(link, spec, batch, run));
+  }
+
+  /** Phase 1 of a batch sent with credits: nothing to ask; fails after a failed batch. */
+  #creditBatch(
+    spec: DisaggSpec,
+    batch: SendBatch,
+    run: PdRun,
+    plan: Plan,
+    link: Link,
+  ): Promise<Plan> {
+    this.#tl?.("credits", spec.reqId, batch.keys);
+    if (run.failed) {
+      if (link.generation === plan.credit!.generation) {
+        link.credits.putBack(plan.remote, plan.credit!.form, plan.credit!.usableUntil);
+      }
+      return Promise.reject(aborted(run.failed));
+    }
+    return Promise.resolve(plan);
+  }
+
+  /** Usable credit pages of an AllocResponse (a kvport receiver's `kvport_credit`). */
+  #stockCredits(
+    link: Link,
+    resp: SideMessage,
+    sentAt: number,
+    form: string,
+    generation: number,
+  ): void {
+    const given = resp.kvport_credit;
+    if (!Array.isArray(given)) return;
+    link.givesCredits = true;
+    const ttl = resp.kvport_credit_ttl_ms;
+    if (typeof ttl !== "number" || !(ttl > 0) || link.generation !== generation) return;
+    const pages = given.filter((p): p is number =>
+      typeof p === "number" && Number.isSafeInteger(p) && p >= 0
+    );
+    // Counted from when the request was sent: the receiver's clock started later.
+    const usableUntil = sentAt + ttl - (this.#transferTimeoutMs ?? 30_000) - CREDIT_MARGIN_MS;
+    if (pages.length > 0 && usableUntil > performance.now()) {
+      link.credits.add(pages, form, usableUntil);
+    }
+  }
+
+  /**
+   * Tops the link's credits up in the background after a batch used some: one key-less
+   * AllocRequest through the link's queue. It never fails a send: errors are counted
+   * (`credits.refillErrors`), and it handshakes never (a broken link waits for the next
+   * send). `close()` waits for it (it waits for the queue).
+   */
+  #refill(link: Link, fmt: number, like: SendBatch): void {
+    if (this.#closing || link.refill !== null || !link.givesCredits) return;
+    const form = chunkForm(fmt, like.shape, like.dtype);
+    if (link.credits.count(form) >= link.creditTarget) return;
+    const generation = link.generation;
+    const shape = [...like.shape];
+    const dtype = like.dtype;
+    link.refill = link.queue.run(() => this.#askCredits(link, fmt, shape, dtype, generation))
+      .catch(() => {
+        this.#creditErrors++;
+      }).finally(() => {
+        link.refill = null;
+      });
+  }
+
+  /**
+   * One key-less AllocRequest asking credits for chunks of (fmt, shape, dtype) up to the
+   * link's target, under the link's queue (the caller's), on the connection of
+   * `generation` only (never a handshake).
+   */
+  async #askCredits(
+    link: Link,
+    fmt: number,
+    shape: number[],
+    dtype: string,
+    generation: number,
+  ): Promise<void> {
+    const form = chunkForm(fmt, shape, dtype);
+    const want = link.creditTarget - link.credits.count(form);
+    const healthy = link.alloc !== null && link.alloc.lost === null &&
+      this.channel.hasPeer(link.id);
+    if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return;
+    const request = allocRequest(link.wire ?? "async", {
+      keys: [],
+      fmt,
+      shape,
+      dtype,
+      last_chunk_toks: 0,
+    }, { reqId: "", isLastBatch: false });
+    request.kvport_agent = this.channel.agentName;
+    request.kvport_ttl_ms = this.#allocTimeoutMs + (this.#transferTimeoutMs ?? 30_000);
+    request.kvport_credit_want = want;
+    request.kvport_credit_ttl_ms = this.#creditTtlMs;
+    const back = link.credits.takeDropped();
+    if (back.length > 0) request.kvport_credit_return = back;
+    const sentAt = performance.now();
+    const resp = await link.alloc!.request(request, this.#allocTimeoutMs);
+    if (resp.type !== "AllocResponse") {
+      throw new ChannelError("REMOTE_ERROR", `credit request answered by a ${resp.type}`);
+    }
+    this.#stockCredits(link, resp, sentAt, form, generation);
   }
 
   /** Best effort: tell the receiver to drop pages it gave for data that never came. */
@@ -873,8 +1211,32 @@ export class PdSender implements AsyncDisposable {
   async #reset(link: Link): Promise<void> {
     const alloc = link.alloc;
     link.alloc = null;
+    // A new connection (a restarted receiver, or one that dropped ours) starts without
+    // credits: the receiver ends the old ones itself (expiry, or our re-handshake).
+    link.credits.clear();
+    link.givesCredits = false;
     await alloc?.close().catch(() => {});
     await this.channel.forgetPeer(link.id).catch(() => {});
+  }
+
+  /**
+   * Closing: gives the receiver back the credits of `link` (best effort, 2 s at most),
+   * so that they do not wait for their expiry.
+   */
+  async #returnCredits(link: Link): Promise<void> {
+    link.credits.clear();
+    const back = link.credits.takeDropped();
+    if (back.length === 0 || link.alloc === null || link.alloc.lost !== null) return;
+    const request = allocRequest(link.wire ?? "async", {
+      keys: [],
+      fmt: MemoryFormat.KV_2LTD,
+      shape: [0],
+      dtype: "bfloat16",
+      last_chunk_toks: 0,
+    }, { reqId: "", isLastBatch: false });
+    request.kvport_agent = this.channel.agentName;
+    request.kvport_credit_return = back;
+    await link.alloc.request(request, Math.min(this.#allocTimeoutMs, 2000)).catch(() => {});
   }
 
   /** Closes every socket and the channel. Idempotent. */
@@ -882,6 +1244,9 @@ export class PdSender implements AsyncDisposable {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
       await Promise.allSettled([...this.#links.values()].map((l) => this.#writesOf(l).idle()));
+      await Promise.allSettled(
+        [...this.#links.values()].filter((l) => l.givesCredits).map((l) => this.#returnCredits(l)),
+      );
       await this.#metricsSource.retire();
       for (const l of this.#links.values()) await l.alloc?.close().catch(() => {});
       await this.#pusher?.close().catch(() => {});

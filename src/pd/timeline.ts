@@ -19,6 +19,8 @@
  * Stages of one batch on the sender, in order:
  * - `send`: `send()` was called;
  * - `queued`: the batch's turn came (batches to one receiver go one after the other);
+ * - `credits`: instead of `queued` .. `alloc_reply`: the batch took page credits it
+ *   held (no AllocRequest, no wait behind the link's queue);
  * - `alloc_sent`: the `AllocRequest` was handed to the socket;
  * - `alloc_reply`: its `AllocResponse` arrived;
  * - `write`: the WRITE of the batch's pages starts;
@@ -29,6 +31,7 @@
 export type PdSenderStage =
   | "send"
   | "queued"
+  | "credits"
   | "alloc_sent"
   | "alloc_reply"
   | "write"
@@ -41,7 +44,8 @@ export type PdSenderStage =
  * - `alloc_received`: an `AllocRequest` reached the handler;
  * - `pages_reserved`: its pages were taken from the pool;
  * - `alloc_replied`: the `AllocResponse` was handed back to the socket;
- * - `notification`: a sender's landed notification reached the receiver (`keys`);
+ * - `notification`: a sender's landed (or credit bind) notification reached the
+ *   receiver (`keys`);
  * - `landed`: its keys were marked landed and listeners called (`keys`).
  */
 export type PdReceiverStage =

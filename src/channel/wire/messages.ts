@@ -163,6 +163,15 @@ export interface AllocRequest {
    * receiver keeps such reservations no longer (capped).
    */
   kvport_ttl_ms?: WireInt;
+  /**
+   * kvport only: page credits wanted (free pages given ahead of requests, written with
+   * no AllocRequest and bound by a notification); `keys` may then be empty.
+   */
+  kvport_credit_want?: WireInt;
+  /** kvport only: how long the sender wants its credits to live, ms (capped). */
+  kvport_credit_ttl_ms?: WireInt;
+  /** kvport only: credit pages the sender no longer uses (stale, link reset, closing). */
+  kvport_credit_return?: WireInt[];
 }
 
 /**
@@ -184,6 +193,10 @@ export interface AllocResponse {
   kvport_reason?: string;
   /** kvport only: the refusal in words. */
   kvport_detail?: string;
+  /** kvport only, to a request with `kvport_credit_want`: the credit pages given. */
+  kvport_credit?: WireInt[];
+  /** kvport only: how long those credits live from the reply, ms. */
+  kvport_credit_ttl_ms?: WireInt;
 }
 
 /** Sender to proxy (PUSH): the request's KV is at the decoder. */
@@ -503,7 +516,8 @@ function f(name: string, kind: FieldKind, optional = false): FieldSpec {
  * import { MESSAGE_FIELDS } from "@kvport/nixl/wire";
  *
  * console.log(MESSAGE_FIELDS.AllocResponse.map((x) => x.name));
- * // ["already_sent_indexes", "remote_indexes", "kvport_reason", "kvport_detail"]
+ * // ["already_sent_indexes", "remote_indexes", "kvport_reason", "kvport_detail", "kvport_credit",
+ * //  "kvport_credit_ttl_ms"]
  * ```
  */
 export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>> = {
@@ -541,12 +555,17 @@ export const MESSAGE_FIELDS: Readonly<Record<MessageType, readonly FieldSpec[]>>
     f("total_chunks", "int", true),
     f("kvport_agent", "str", true),
     f("kvport_ttl_ms", "int", true),
+    f("kvport_credit_want", "int", true),
+    f("kvport_credit_ttl_ms", "int", true),
+    f("kvport_credit_return", "int[]", true),
   ],
   AllocResponse: [
     f("already_sent_indexes", "int[]", true),
     f("remote_indexes", "int[]"),
     f("kvport_reason", "str", true),
     f("kvport_detail", "str", true),
+    f("kvport_credit", "int[]", true),
+    f("kvport_credit_ttl_ms", "int", true),
   ],
   ProxyNotif: [f("req_id", "str")],
   CancelNotif: [f("req_id", "str"), f("keys", "str[]")],
