@@ -251,11 +251,13 @@ for (const { tag, backends, raw } of TRANSPORTS) {
     const same = tag === "same_host";
     const limitOf = (shape: Shape) => ({
       limit: same ? limits.memcpy.get(bytesOf(shape)) : limits.tcp.get(wireBytes(shape)),
-      limitName: same ? "memcpy (1 thread)" : `raw TCP stream of ${
-        wireBytes(shape) >= MiB
-          ? `${wireBytes(shape) / MiB} MiB`
-          : `${wireBytes(shape) / 1024} KiB`
-      } messages`,
+      limitName: same
+        ? "memcpy (1 thread)"
+        : `raw TCP stream of ${
+          wireBytes(shape) >= MiB
+            ? `${wireBytes(shape) / MiB} MiB`
+            : `${wireBytes(shape) / 1024} KiB`
+        } messages`,
     });
     for (const engine of ENGINES) {
       const { peer, agent, buf } = await pair(engine, tag, backends, b.shared);

@@ -18,9 +18,12 @@
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createInterface } from "node:readline";
+import process from "node:process";
 
-/** Where `make -C native` puts the program (built only when NIXL is found). */
-export const RAW_TOOL: string = new URL("../native/build/nixl-raw", import.meta.url).pathname;
+/** Where `make -C native` puts the program (built only when NIXL is found);
+ * `KVPORT_NIXL_RAW` names another build. */
+export const RAW_TOOL: string = process.env.KVPORT_NIXL_RAW ||
+  new URL("../native/build/nixl-raw", import.meta.url).pathname;
 
 /** How raw NIXL waits: `backoff` polls the way the library does (the yardstick),
  * `spin` polls `getXferStatus` back to back. */
@@ -91,7 +94,10 @@ export async function startRawNixl(
   });
   const next = (timeoutMs: number) =>
     new Promise<Record<string, unknown>>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`nixl-raw: no reply in ${timeoutMs} ms`)), timeoutMs);
+      const t = setTimeout(
+        () => reject(new Error(`nixl-raw: no reply in ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       queue.push((v) => {
         clearTimeout(t);
         if (v instanceof Error) reject(v);
