@@ -36,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -252,21 +253,39 @@ std::string shape_name(const Shape &s) {
     return "write_" + label(s.page) + "_x" + std::to_string(s.count) + (s.scattered ? "_scattered" : "");
 }
 
+// The library's spin window (src/agent/transfer.ts: spinWindow, typicalWait): 1.5 x the
+// request's typical wait (a moving average, weight 1/8, of its waits capped at 400 us),
+// between 50 and 200 us; 50 us when even 200 would not cover it.
+struct Typical {
+    double us = -1; // none yet
+    double window_us() const {
+        if (us < 0 || us > 200) return 50;
+        return std::min(200.0, std::max(50.0, 1.5 * us));
+    }
+    void add(double w) {
+        double x = std::min(w, 400.0);
+        us = us < 0 ? x : us + (x - us) / 8;
+    }
+};
+
 // Post, then poll until done. spin: getXferStatus back to back. backoff: the way the
-// library waits (src/agent/transfer.ts + kvp_xfer_wait): back-to-back polls for 50 us,
-// then polls between sleeps of 2 us doubling to 1 ms - on a machine with few cores a
-// spinning poller takes CPU from NIXL's progress threads, so this is the fair yardstick.
-inline void run_once(nixlAgent &a, nixlXferReqH *req, bool backoff) {
+// library waits (src/agent/transfer.ts + kvp_xfer_wait): back-to-back polls for the spin
+// window above, then polls between sleeps of 2 us doubling to 1 ms - on a machine with
+// few cores a spinning poller takes CPU from NIXL's progress threads, so this is the fair
+// yardstick.
+inline void run_once(nixlAgent &a, nixlXferReqH *req, bool backoff, Typical &t) {
     nixl_status_t s = a.postXferReq(req);
     if (s == NIXL_IN_PROG) {
-        auto spin_end = Clock::now() + std::chrono::microseconds(50);
+        auto start = Clock::now();
+        auto spin_end = start + std::chrono::duration<double, std::micro>(t.window_us());
         while ((s = a.getXferStatus(req)) == NIXL_IN_PROG && (!backoff || Clock::now() < spin_end)) {
         }
         for (long d = 2; s == NIXL_IN_PROG; d = std::min(d * 2, 1000L)) {
             usleep(static_cast<useconds_t>(d));
             s = a.getXferStatus(req);
         }
-    }
+        if (s == NIXL_SUCCESS) t.add(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    } // done inside the post: the library does not wait, nor learn from it
     if (s != NIXL_SUCCESS) die(std::string("transfer failed: ") + nixlEnumStrings::statusStr(s));
 }
 
@@ -297,12 +316,13 @@ class Initiator {
 
     // WRITE requests of shape s back to back for at least min_ms (and 3 requests).
     std::string bandwidth(const Shape &s, double min_ms, bool backoff) {
-        nixlXferReqH *req = request(s);
+        Prepared &p = request(s);
+        nixlXferReqH *req = p.req;
         uint64_t iters = 0;
         auto t0 = Clock::now();
         double ms = 0;
         while (ms < min_ms || iters < 3) {
-            run_once(*agent_, req, backoff);
+            run_once(*agent_, req, backoff, p.typical);
             iters++;
             ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         }
@@ -324,12 +344,13 @@ class Initiator {
 
     // Post-to-completion latency of one 4 KiB page, n samples (after `warm` unmeasured).
     std::string latency(int n, int warm, bool backoff) {
-        nixlXferReqH *req = request({4096, 1, false});
-        for (int i = 0; i < warm; i++) run_once(*agent_, req, backoff);
+        Prepared &p = request({4096, 1, false});
+        nixlXferReqH *req = p.req;
+        for (int i = 0; i < warm; i++) run_once(*agent_, req, backoff, p.typical);
         std::vector<double> us(static_cast<size_t>(n));
         for (auto &v : us) {
             auto t0 = Clock::now();
-            run_once(*agent_, req, backoff);
+            run_once(*agent_, req, backoff, p.typical);
             v = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
         }
         std::sort(us.begin(), us.end());
@@ -356,11 +377,12 @@ class Initiator {
         Shape s;
         nixlDlistH *lh, *rh;
         nixlXferReqH *req;
+        Typical typical;
     };
 
-    nixlXferReqH *request(const Shape &s) {
+    Prepared &request(const Shape &s) {
         for (auto &r : reqs_)
-            if (r.s.page == s.page && r.s.count == s.count && r.s.scattered == s.scattered) return r.req;
+            if (r.s.page == s.page && r.s.count == s.count && r.s.scattered == s.scattered) return r;
         if (s.page * s.count > buffer_size(o_)) die("shape " + shape_name(s) + " exceeds the buffer");
         nixl_xfer_dlist_t l(mem_of(o_)), r(mem_of(o_));
         for (uint64_t i = 0; i < s.count; i++) {
@@ -383,9 +405,10 @@ class Initiator {
         }
         nixlXferReqH *req = nullptr;
         check(agent_->makeXferReq(NIXL_WRITE, lh, li, rh, ri, req, nullptr), "makeXferReq");
-        for (int i = 0; i < 3; i++) run_once(*agent_, req, true); // connect, fault in
-        reqs_.push_back({s, lh, rh, req});
-        return req;
+        reqs_.push_back({s, lh, rh, req, {}});
+        Prepared &p = reqs_.back();
+        for (int i = 0; i < 3; i++) run_once(*agent_, req, true, p.typical); // connect, fault in
+        return p;
     }
 
     const Options &o_;
@@ -394,7 +417,7 @@ class Initiator {
     uintptr_t base_ = 0;
     uint64_t peer_addr_ = 0;
     std::string peer_;
-    std::vector<Prepared> reqs_;
+    std::deque<Prepared> reqs_; // stable references
 };
 
 // --serve: one command per stdin line, one JSON line per command on stdout, so that a
