@@ -49,6 +49,9 @@ export interface Result {
   limit?: number;
   /** What the limit is, e.g. `"memcpy (1 thread)"`. */
   limitName?: string;
+  /** value / limit as measured otherwise (e.g. the median of per-round ratios), used
+   * instead of value / limit for the printed ratio and the goal. */
+  ratio?: number;
   /** The goal. */
   goal?: Goal;
   /** Anything else worth keeping (sizes, counts, iterations). */
@@ -91,7 +94,9 @@ export class Report {
   /** Scores a figure and prints its human line. */
   add(result: Result): Scored {
     const s: Scored = { ...result };
-    if (result.limit !== undefined && result.limit > 0) s.ratio = result.value / result.limit;
+    if (result.ratio === undefined && result.limit !== undefined && result.limit > 0) {
+      s.ratio = result.value / result.limit;
+    }
     const g = result.goal;
     if (g) {
       const x = g.ratio !== undefined ? s.ratio : result.value;

@@ -15,22 +15,25 @@
  * - TCP on loopback (backend TCP: the builtin engine's TCP, NIXL's UCX restricted to TCP)
  *   for the same requests, vs a raw TCP stream of the messages that go on the wire: the
  *   whole request when its pages merge, one page when they do not;
- * - 4 KiB WRITE post-to-completion latency, p50 and p99;
+ * - 4 KiB WRITE post-to-completion latency, p50 and p99 (the stopwatch's own cost, measured
+ *   in the same run, taken out of every sample here and in nixl-raw);
  * - the nixl engine against raw NIXL on the same buffer and transport, waiting the same
  *   way (polls for 50 us, then sleeps of 2 us doubling to 1 ms): bandwidth (goal >= 0.95
  *   of raw), 4 KiB p50 (goal <= 1.1 x raw) and p99 (goal <= 1.3 x raw); raw NIXL polling
- *   back to back (`raw_nixl_spin_*`) is printed beside it;
+ *   back to back (`raw_nixl_spin_*`) is printed beside it. Raw NIXL runs as
+ *   `nixl-raw --serve` beside the engine's agents, and every figure is taken in
+ *   `--rounds` rounds (5; 3 with `--quick`) alternating with raw NIXL's (engine then raw,
+ *   raw then engine, ...), so a load on the machine hits both; each row prints the
+ *   per-round ratios, and the nixl / raw ratio is their median;
  * - for each figure on each buffer, nixl / builtin.
  * Without NIXL the builtin half runs and the rest is reported as skipped.
  *
  * ```sh
- * deno run -A bench/nixl_bench.ts [--quick]
- * bun bench/nixl_bench.ts [--quick]
+ * deno run -A bench/nixl_bench.ts [--quick] [--rounds N]
+ * bun bench/nixl_bench.ts [--quick] [--rounds N]
  * ```
  * @module
  */
-import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import process from "node:process";
 import { NixlAgent, probeEngine, type TransferRequest } from "../src/agent.ts";
 import { loadNativeLibrary } from "../ffi/mod.ts";
@@ -48,8 +51,19 @@ import {
   timeLoop,
   writeRequest,
 } from "./lib.ts";
+import { RAW_TOOL, type RawLatency, startRawNixl } from "./raw_nixl.ts";
 
 const quick = process.argv.includes("--quick");
+/** Rounds of each nixl-engine figure, alternated with rounds of raw NIXL. */
+const ROUNDS = (() => {
+  const i = process.argv.indexOf("--rounds");
+  if (i < 0) return quick ? 3 : 5;
+  const n = Number(process.argv[i + 1]);
+  if (!Number.isInteger(n) || n < 1 || n > 100) {
+    throw new Error(`--rounds: expected an integer 1..100, got ${process.argv[i + 1]}`);
+  }
+  return n;
+})();
 const MiB = 1 << 20;
 interface Shape {
   page: number;
@@ -65,6 +79,18 @@ const SHAPES: Shape[] = [
 const SIZE = 256 * MiB;
 const MIN_MS = quick ? 300 : 1500;
 const LAT_N = quick ? 3_000 : 20_000;
+/** What reading the clock twice costs this runtime (us, the median of 20,000 pairs): part
+ * of every latency sample, taken out of each (nixl-raw does the same with its C++ clock),
+ * so that a slower stopwatch is not billed to the engine. */
+const STOPWATCH_US = (() => {
+  const d = new Float64Array(20_000);
+  for (let i = 0; i < d.length; i++) {
+    const t0 = performance.now();
+    d[i] = (performance.now() - t0) * 1000;
+  }
+  return percentile(d.sort(), 50);
+})();
+console.log(`stopwatch: ${(STOPWATCH_US * 1000).toFixed(0)} ns per sample, taken out of latencies`);
 
 type Engine = "builtin" | "nixl";
 const ENGINES: Engine[] = nixlSkip ? ["builtin"] : ["builtin", "nixl"];
@@ -130,37 +156,6 @@ if (nixlSkip) {
   versions.nixl_lib = p.raw.nixl_lib ?? "";
 }
 
-// ---- raw NIXL (bench/nixl_raw.cpp) ----------------------------------------------
-interface RawFigure {
-  name: string;
-  gbps?: number;
-  p50_us?: number;
-  p99_us?: number;
-}
-const rawTool = new URL("../native/build/nixl-raw", import.meta.url).pathname;
-function rawNixl(
-  backend: string,
-  buffer: BufferKind,
-  wait: "spin" | "backoff",
-): Map<string, RawFigure> | undefined {
-  if (nixlSkip || !existsSync(rawTool)) return undefined;
-  const args = ["--backend", backend, "--buffer", buffer, "--min-ms", String(MIN_MS)];
-  args.push("--wait", wait);
-  args.push("--lat", String(LAT_N));
-  for (const s of SHAPES) args.push("--shape", `${s.page}x${s.count}${s.scattered ? "s" : ""}`);
-  const r = spawnSync(rawTool, args, { encoding: "utf8", timeout: 300_000 });
-  // The JSON line, not whatever UCX logs to stdout after it (it does, on exit).
-  const line = r.stdout?.trim().split("\n").findLast((l) => l.startsWith("{")) ?? "";
-  if (r.status !== 0 || !line.startsWith("{")) {
-    console.log(`nixl-raw ${args.join(" ")} failed (${r.status}): ${r.stderr?.trim()}`);
-    return undefined;
-  }
-  for (const l of r.stdout.trim().split("\n").slice(0, -1)) console.log(l);
-  const out = new Map<string, RawFigure>();
-  for (const f of JSON.parse(line).results as RawFigure[]) out.set(f.name, f);
-  return out;
-}
-
 // ---- one engine x transport x buffer --------------------------------------------
 async function pair(engine: Engine, tag: string, backends: string[], shared: boolean) {
   const stamp = `${process.pid}-${Date.now()}`;
@@ -189,6 +184,74 @@ async function pair(engine: Engine, tag: string, backends: string[], shared: boo
 
 const run = (req: TransferRequest) => runTransfer(req, 60_000);
 const figures = new Map<string, Scored>();
+const median = (xs: number[]) => {
+  const s = [...xs].sort((x, y) => x - y);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const spread = (xs: number[]) => `${fmt2(Math.min(...xs))}-${fmt2(Math.max(...xs))}`;
+const fmt2 = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+
+/** One engine's figures for one transport and buffer, each shape timed `rounds` times
+ * for `MIN_MS / rounds` (and the 4 KiB latency in `rounds` batches), with `between`
+ * awaited before (even rounds) or after (odd rounds) each of ours: the rounds of raw
+ * NIXL, so that both see the same moments of the machine. */
+interface Rounds {
+  gbps: Map<string, number[]>;
+  p50: number[];
+  p99: number[];
+  inline: number;
+}
+type Between = (round: number, what: { shape?: Shape; lat?: number }) => Promise<void>;
+
+async function measure(
+  agent: NixlAgent,
+  buf: Awaited<ReturnType<typeof pair>>["buf"],
+  peer: Awaited<ReturnType<typeof pair>>["peer"],
+  rounds: number,
+  between: Between,
+): Promise<Rounds> {
+  const out: Rounds = { gbps: new Map(), p50: [], p99: [], inline: 0 };
+  for (const shape of SHAPES) {
+    const { req, local, remote } = writeRequest(
+      agent,
+      buf,
+      peer,
+      shape.page,
+      shape.count,
+      shape.scattered,
+    );
+    await run(req); // connect, fault in
+    const per: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      if (r % 2 === 0) await between(r, { shape });
+      const { iters, ms } = await timeLoop(() => run(req), {
+        minMs: MIN_MS / rounds,
+        minIters: 3,
+      });
+      per.push(gbps(bytesOf(shape) * iters, ms));
+      if (r % 2 === 1) await between(r, { shape });
+    }
+    out.gbps.set(shapeName(shape), per);
+    req.release();
+    local.release();
+    remote.release();
+  }
+  const { req, local, remote } = writeRequest(agent, buf, peer, 4096, 1);
+  const n = Math.ceil(LAT_N / rounds);
+  for (let r = 0; r < rounds; r++) {
+    if (r % 2 === 0) await between(r, { lat: n });
+    const { samples, inline } = await postLatency(req, n, r === 0 ? 1000 : 200, () => run(req));
+    out.p50.push(percentile(samples, 50) - STOPWATCH_US);
+    out.p99.push(percentile(samples, 99) - STOPWATCH_US);
+    out.inline += inline;
+    if (r % 2 === 1) await between(r, { lat: n });
+  }
+  req.release();
+  local.release();
+  remote.release();
+  return out;
+}
 
 for (const { tag, backends, raw } of TRANSPORTS) {
   for (const b of BUFFERS) {
@@ -198,136 +261,134 @@ for (const { tag, backends, raw } of TRANSPORTS) {
       buffer: `${b.kind} (${b.note})`,
       engineDefault: b.defaultOf === engine,
     });
+    const same = tag === "same_host";
+    const limitOf = (shape: Shape) => ({
+      limit: same ? limits.memcpy.get(bytesOf(shape)) : limits.tcp.get(wireBytes(shape)),
+      limitName: same
+        ? "memcpy (1 thread)"
+        : `raw TCP stream of ${
+          wireBytes(shape) >= MiB
+            ? `${wireBytes(shape) / MiB} MiB`
+            : `${wireBytes(shape) / 1024} KiB`
+        } messages`,
+    });
     for (const engine of ENGINES) {
       const { peer, agent, buf } = await pair(engine, tag, backends, b.shared);
+      // raw NIXL on the same buffer and transport beside the nixl engine, its rounds
+      // interleaved with the engine's: backoff (waits the way the library does: the
+      // yardstick) and spin (getXferStatus back to back, printed beside it).
+      const rawNixl = engine === "nixl"
+        ? await startRawNixl({ backend: raw, buffer: b.kind, size: SIZE })
+        : undefined;
+      const rawGbps = new Map<string, { backoff: number[]; spin: number[] }>();
+      const rawLat = { backoff: [] as RawLatency[], spin: [] as RawLatency[] };
+      const between: Between = async (_round, { shape, lat }) => {
+        if (!rawNixl) return;
+        if (shape) {
+          const row = rawGbps.get(shapeName(shape)) ?? { backoff: [], spin: [] };
+          rawGbps.set(shapeName(shape), row);
+          for (const w of ["backoff", "spin"] as const) {
+            row[w].push((await rawNixl.bandwidth(shape, MIN_MS / ROUNDS, w)).gbps);
+          }
+        } else if (lat) {
+          for (const w of ["backoff", "spin"] as const) {
+            rawLat[w].push(await rawNixl.latency(lat, _round === 0 ? 1000 : 200, w));
+          }
+        }
+      };
+      let m: Rounds;
       try {
-        for (const shape of SHAPES) {
-          const bytes = bytesOf(shape);
-          const { req, local, remote } = writeRequest(
-            agent,
-            buf,
-            peer,
-            shape.page,
-            shape.count,
-            shape.scattered,
-          );
-          await run(req); // connect, fault in
-          const { iters, ms } = await timeLoop(() => run(req), { minMs: MIN_MS, minIters: 3 });
-          req.release();
-          local.release();
-          remote.release();
-          const name = `${tag}_${b.kind}_${shapeName(shape)}`;
-          const same = tag === "same_host";
-          figures.set(
-            `${engine}:${name}`,
-            report.add({
-              name: `${engine}_${name}`,
-              value: gbps(bytes * iters, ms),
-              unit: "GB/s",
-              limit: same ? limits.memcpy.get(bytes) : limits.tcp.get(wireBytes(shape)),
-              limitName: same
-                ? "memcpy (1 thread)"
-                : `raw TCP stream of ${
-                  wireBytes(shape) >= MiB
-                    ? `${wireBytes(shape) / MiB} MiB`
-                    : `${wireBytes(shape) / 1024} KiB`
-                } messages`,
-              extra: { ...extraOf(engine), bytesPerRequest: bytes, requests: iters },
-            }),
-          );
-        }
-        // 4 KiB latency
-        const { req, local, remote } = writeRequest(agent, buf, peer, 4096, 1);
-        const { samples, inline } = await postLatency(req, LAT_N, 1000, () => run(req));
-        req.release();
-        local.release();
-        remote.release();
-        for (const p of [50, 99]) {
-          figures.set(
-            `${engine}:${tag}_${b.kind}_write_4KiB_p${p}`,
-            report.add({
-              name: `${engine}_${tag}_${b.kind}_write_4KiB_p${p}`,
-              value: percentile(samples, p),
-              unit: "us",
-              extra: { ...extraOf(engine), samples: LAT_N, completedInPost: inline },
-            }),
-          );
-        }
+        m = await measure(agent, buf, peer, engine === "nixl" ? ROUNDS : 1, between);
       } finally {
+        await rawNixl?.close();
         await peer.stop();
         await agent.close();
       }
-    }
+      for (const shape of SHAPES) {
+        const name = `${tag}_${b.kind}_${shapeName(shape)}`;
+        const per = m.gbps.get(shapeName(shape))!;
+        figures.set(
+          `${engine}:${name}`,
+          report.add({
+            name: `${engine}_${name}`,
+            value: median(per),
+            unit: "GB/s",
+            ...limitOf(shape),
+            extra: { ...extraOf(engine), bytesPerRequest: bytesOf(shape), rounds: per },
+          }),
+        );
+      }
+      for (const [p, per] of [[50, m.p50], [99, m.p99]] as const) {
+        figures.set(
+          `${engine}:${tag}_${b.kind}_write_4KiB_p${p}`,
+          report.add({
+            name: `${engine}_${tag}_${b.kind}_write_4KiB_p${p}`,
+            value: median(per),
+            unit: "us",
+            extra: { ...extraOf(engine), samples: LAT_N, completedInPost: m.inline, rounds: per },
+          }),
+        );
+      }
+      if (engine !== "nixl" || !rawNixl) continue;
 
-    // raw NIXL on the same buffer and transport, and the nixl engine against it. The
-    // yardstick waits the way the library does (backoff: 50 us of polls, then sleeps);
-    // the spinning variant (getXferStatus back to back) is printed beside it.
-    const rawSpin = ENGINES.includes("nixl") ? rawNixl(raw, b.kind, "spin") : undefined;
-    const rawFigures = ENGINES.includes("nixl") ? rawNixl(raw, b.kind, "backoff") : undefined;
-    if (!rawFigures) continue;
-    for (const shape of SHAPES) {
-      const r = rawFigures.get(shapeName(shape));
-      const name = `${tag}_${b.kind}_${shapeName(shape)}`;
-      const n = figures.get(`nixl:${name}`);
-      if (!r?.gbps) continue;
-      const spin = rawSpin?.get(shapeName(shape))?.gbps;
-      if (spin !== undefined) {
+      // nixl / raw: per round (the engine's round against the raw rounds next to it),
+      // then the median of those ratios, so a load that hit one round moves one ratio.
+      const compare = (
+        name: string,
+        unit: string,
+        ours: number[],
+        theirs: { backoff: number[]; spin: number[] },
+        goal: { op: ">=" | "<="; ratio: number },
+        extra: Record<string, unknown>,
+      ) => {
+        const ratios = ours.map((v, i) => v / theirs.backoff[i]);
         report.add({
           name: `raw_nixl_spin_${name}`,
-          value: spin,
-          unit: "GB/s",
-          extra: { ...extraOf("raw nixl"), wait: "spin", tool: "native/build/nixl-raw" },
+          value: median(theirs.spin),
+          unit,
+          extra: { ...extraOf("raw nixl"), wait: "spin", rounds: theirs.spin, ...extra },
         });
-      }
-      const rawRow = report.add({
-        name: `raw_nixl_${name}`,
-        value: r.gbps,
-        unit: "GB/s",
-        extra: { ...extraOf("raw nixl"), wait: "backoff", tool: "native/build/nixl-raw" },
-      });
-      figures.set(`raw:${name}`, rawRow);
-      if (n) {
+        figures.set(
+          `raw:${name}`,
+          report.add({
+            name: `raw_nixl_${name}`,
+            value: median(theirs.backoff),
+            unit,
+            extra: { ...extraOf("raw nixl"), wait: "backoff", rounds: theirs.backoff, ...extra },
+          }),
+        );
+        console.log(
+          `  nixl / raw per round: ${ratios.map((r) => r.toFixed(2)).join(" ")} ` +
+            `(nixl ${spread(ours)}, raw ${spread(theirs.backoff)} ${unit})`,
+        );
         report.add({
           name: `nixl_over_raw_${name}`,
-          value: n.value,
-          unit: "GB/s",
-          limit: r.gbps,
-          limitName: "raw NIXL",
-          goal: { op: ">=", ratio: 0.95 },
-          extra: extraOf("nixl"),
+          value: median(ours),
+          unit,
+          limit: median(theirs.backoff),
+          limitName: "raw NIXL (median of rounds)",
+          ratio: median(ratios),
+          goal,
+          extra: { ...extraOf("nixl"), ratio: "median of per-round ratios", rounds: ratios },
+        });
+      };
+      for (const shape of SHAPES) {
+        const name = `${tag}_${b.kind}_${shapeName(shape)}`;
+        const theirs = rawGbps.get(shapeName(shape));
+        if (!theirs) continue;
+        compare(name, "GB/s", m.gbps.get(shapeName(shape))!, theirs, { op: ">=", ratio: 0.95 }, {
+          tool: "native/build/nixl-raw --serve",
         });
       }
-    }
-    const lat = rawFigures.get("write_4KiB_latency");
-    for (const [p, key] of [[50, "p50_us"], [99, "p99_us"]] as const) {
-      const v = lat?.[key];
-      const n = figures.get(`nixl:${tag}_${b.kind}_write_4KiB_p${p}`);
-      if (v === undefined) continue;
-      const spin = rawSpin?.get("write_4KiB_latency")?.[key];
-      if (spin !== undefined) {
-        report.add({
-          name: `raw_nixl_spin_${tag}_${b.kind}_write_4KiB_p${p}`,
-          value: spin,
-          unit: "us",
-          extra: { ...extraOf("raw nixl"), wait: "spin", samples: LAT_N },
-        });
-      }
-      report.add({
-        name: `raw_nixl_${tag}_${b.kind}_write_4KiB_p${p}`,
-        value: v,
-        unit: "us",
-        extra: { ...extraOf("raw nixl"), samples: LAT_N },
-      });
-      if (n) {
-        report.add({
-          name: `nixl_over_raw_${tag}_${b.kind}_write_4KiB_p${p}`,
-          value: n.value,
-          unit: "us",
-          limit: v,
-          limitName: "raw NIXL",
-          goal: { op: "<=", ratio: p === 50 ? 1.1 : 1.3 },
-          extra: extraOf("nixl"),
-        });
+      for (const [p, key] of [[50, "p50_us"], [99, "p99_us"]] as const) {
+        compare(
+          `${tag}_${b.kind}_write_4KiB_p${p}`,
+          "us",
+          p === 50 ? m.p50 : m.p99,
+          { backoff: rawLat.backoff.map((l) => l[key]), spin: rawLat.spin.map((l) => l[key]) },
+          { op: "<=", ratio: p === 50 ? 1.1 : 1.3 },
+          { samples: LAT_N },
+        );
       }
     }
   }
@@ -355,7 +416,9 @@ report.finish({
   engines: ENGINES,
   buffers: Object.fromEntries(BUFFERS.map((b) => [b.kind, `${b.note}; default of ${b.defaultOf}`])),
   nixlSkipped: nixlSkip ?? null,
-  rawNixl: existsSync(rawTool) ? rawTool : null,
+  rawNixl: RAW_TOOL,
+  rounds: ROUNDS,
+  stopwatchNs: STOPWATCH_US * 1000,
   versions,
   nixlOverBuiltin: comparisons,
 });

@@ -11,7 +11,11 @@
 //
 //   nixl-raw [--backend UCX|TCP] [--buffer shared|private|vram:N] [--min-ms 1500]
 //            [--lat 20000] [--wait spin|backoff] [--shape PAGExCOUNT[s]]...
+//   nixl-raw --serve --size BYTES [--backend UCX|TCP] [--buffer ...]
 //
+// --serve keeps both agents up and takes commands on stdin, one JSON line per command
+// (see serve()): bench/nixl_bench.ts alternates short rounds of it with rounds of the
+// library, so that a load on the shared machine hits both sides alike.
 // --buffer: shared = memfd MAP_SHARED (the builtin engine's default), private = anonymous
 // memory with MADV_HUGEPAGE (the nixl engine's default), vram:N = cudaMalloc on device N
 // (libcudart is dlopened: KVPORT_CUDART, else libcudart.so.13/.12). A shape ending in "s"
@@ -32,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +68,8 @@ struct Options {
     double min_ms = 1500;
     int lat = 20000;
     bool backoff = false; // --wait backoff: poll as the library waits (see run_once)
+    bool serve = false;   // --serve: commands on stdin (see serve)
+    uint64_t size = 0;    // --size: bytes of each side's buffer (default: the largest shape)
     std::vector<Shape> shapes;
 };
 
@@ -78,6 +85,11 @@ Options parse(int argc, char **argv) {
         else if (a == "--buffer") o.buffer = val();
         else if (a == "--min-ms") o.min_ms = std::atof(val().c_str());
         else if (a == "--lat") o.lat = std::atoi(val().c_str());
+        else if (a == "--serve") o.serve = true;
+        else if (a == "--size") {
+            o.size = std::strtoull(val().c_str(), nullptr, 10);
+            if (o.size < 4096) die("--size: expected bytes >= 4096");
+        }
         else if (a == "--wait") {
             std::string w = val();
             if (w != "spin" && w != "backoff") die("--wait " + w + ": expected spin or backoff");
@@ -202,7 +214,7 @@ std::unique_ptr<nixlAgent> make_agent(const std::string &name, const Options &o)
 nixl_mem_t mem_of(const Options &o) { return o.buffer == "vram" ? VRAM_SEG : DRAM_SEG; }
 
 uint64_t buffer_size(const Options &o) {
-    uint64_t m = 4096;
+    uint64_t m = std::max<uint64_t>(4096, o.size);
     for (auto &s : o.shapes) m = std::max(m, s.page * s.count);
     return m;
 }
@@ -237,123 +249,226 @@ std::string label(uint64_t page) {
     return page >= (1 << 20) ? std::to_string(page >> 20) + "MiB" : std::to_string(page >> 10) + "KiB";
 }
 
+std::string shape_name(const Shape &s) {
+    return "write_" + label(s.page) + "_x" + std::to_string(s.count) + (s.scattered ? "_scattered" : "");
+}
+
+// The library's spin window (src/agent/transfer.ts: spinWindow, typicalWait): 1.5 x the
+// request's typical wait (a moving average, weight 1/8, of its waits capped at 400 us),
+// between 50 and 200 us; 50 us when even 200 would not cover it.
+struct Typical {
+    double us = -1; // none yet
+    double window_us() const {
+        if (us < 0 || us > 200) return 50;
+        return std::min(200.0, std::max(50.0, 1.5 * us));
+    }
+    void add(double w) {
+        double x = std::min(w, 400.0);
+        us = us < 0 ? x : us + (x - us) / 8;
+    }
+};
+
 // Post, then poll until done. spin: getXferStatus back to back. backoff: the way the
-// library waits (src/agent/transfer.ts + kvp_xfer_wait): back-to-back polls for 50 us,
-// then polls between sleeps of 2 us doubling to 1 ms - on a machine with few cores a
-// spinning poller takes CPU from NIXL's progress threads, so this is the fair yardstick.
-bool g_backoff = false;
-inline void run_once(nixlAgent &a, nixlXferReqH *req) {
+// library waits (src/agent/transfer.ts + kvp_xfer_wait): back-to-back polls for the spin
+// window above, then polls between sleeps of 2 us doubling to 1 ms - on a machine with
+// few cores a spinning poller takes CPU from NIXL's progress threads, so this is the fair
+// yardstick.
+inline void run_once(nixlAgent &a, nixlXferReqH *req, bool backoff, Typical &t) {
     nixl_status_t s = a.postXferReq(req);
     if (s == NIXL_IN_PROG) {
-        auto spin_end = Clock::now() + std::chrono::microseconds(50);
-        while ((s = a.getXferStatus(req)) == NIXL_IN_PROG && (!g_backoff || Clock::now() < spin_end)) {
+        auto start = Clock::now();
+        auto spin_end = start + std::chrono::duration<double, std::micro>(t.window_us());
+        while ((s = a.getXferStatus(req)) == NIXL_IN_PROG && (!backoff || Clock::now() < spin_end)) {
         }
         for (long d = 2; s == NIXL_IN_PROG; d = std::min(d * 2, 1000L)) {
             usleep(static_cast<useconds_t>(d));
             s = a.getXferStatus(req);
         }
-    }
+        if (s == NIXL_SUCCESS) t.add(std::chrono::duration<double, std::micro>(Clock::now() - start).count());
+    } // done inside the post: the library does not wait, nor learn from it
     if (s != NIXL_SUCCESS) die(std::string("transfer failed: ") + nixlEnumStrings::statusStr(s));
 }
 
-int initiator(const Options &o, int from_child, const std::string &name, std::vector<Figure> &out) {
-    auto agent = make_agent(name, o);
-    uint64_t size = buffer_size(o);
-    void *buf = alloc(o, size, 0x5a);
-    nixl_reg_dlist_t reg(mem_of(o));
-    reg.addDesc(nixlBlobDesc(reinterpret_cast<uintptr_t>(buf), size, o.device, ""));
-    check(agent->registerMem(reg), "registerMem (initiator)");
-    nixl_blob_t peer_md = recv_blob(from_child);
-    uint64_t peer_addr = 0;
-    if (!read_all(from_child, &peer_addr, sizeof peer_addr)) die("no address from the target");
-    std::string peer;
-    check(agent->loadRemoteMD(peer_md, peer), "loadRemoteMD");
-    uintptr_t base = reinterpret_cast<uintptr_t>(buf);
+// The initiator's side: its agent, its registered buffer, the loaded target, and one
+// prepared request per shape (made on first use, kept for the next rounds).
+class Initiator {
+  public:
+    Initiator(const Options &o, int from_child, const std::string &name) : o_(o), reg_(mem_of(o)) {
+        agent_ = make_agent(name, o);
+        uint64_t size = buffer_size(o);
+        base_ = reinterpret_cast<uintptr_t>(alloc(o, size, 0x5a));
+        reg_.addDesc(nixlBlobDesc(base_, size, o.device, ""));
+        check(agent_->registerMem(reg_), "registerMem (initiator)");
+        nixl_blob_t peer_md = recv_blob(from_child);
+        if (!read_all(from_child, &peer_addr_, sizeof peer_addr_)) die("no address from the target");
+        check(agent_->loadRemoteMD(peer_md, peer_), "loadRemoteMD");
+    }
 
-    auto request = [&](uint64_t page, uint64_t count, bool scattered, nixlDlistH *&lh,
-                       nixlDlistH *&rh) {
-        nixl_xfer_dlist_t l(mem_of(o)), r(mem_of(o));
-        for (uint64_t i = 0; i < count; i++) {
-            l.addDesc(nixlBasicDesc(base + i * page, page, o.device));
-            r.addDesc(nixlBasicDesc(peer_addr + i * page, page, o.device));
+    ~Initiator() {
+        for (auto &r : reqs_) {
+            agent_->releaseXferReq(r.req);
+            agent_->releasedDlistH(r.lh);
+            agent_->releasedDlistH(r.rh);
         }
-        check(agent->prepXferDlist(NIXL_INIT_AGENT, l, lh), "prepXferDlist (local)");
-        // The peer's connection may still be forming: retry for a while.
-        nixl_status_t s = NIXL_ERR_NOT_FOUND;
-        for (int t = 0; t < 2000 && s != NIXL_SUCCESS; t++) {
-            s = agent->prepXferDlist(peer, r, rh);
-            if (s != NIXL_SUCCESS) usleep(1000);
-        }
-        check(s, "prepXferDlist (remote)");
-        std::vector<int> li(count), ri(count);
-        for (uint64_t i = 0; i < count; i++) {
-            li[i] = static_cast<int>(i);
-            ri[i] = static_cast<int>(scattered ? count - 1 - i : i);
-        }
-        nixlXferReqH *req = nullptr;
-        check(agent->makeXferReq(NIXL_WRITE, lh, li, rh, ri, req, nullptr), "makeXferReq");
-        return req;
-    };
+        agent_->invalidateRemoteMD(peer_);
+        agent_->deregisterMem(reg_);
+    }
 
-    for (const Shape &s : o.shapes) {
-        nixlDlistH *lh = nullptr, *rh = nullptr;
-        nixlXferReqH *req = request(s.page, s.count, s.scattered, lh, rh);
-        for (int i = 0; i < 3; i++) run_once(*agent, req); // connect, fault in
+    // WRITE requests of shape s back to back for at least min_ms (and 3 requests).
+    std::string bandwidth(const Shape &s, double min_ms, bool backoff) {
+        Prepared &p = request(s);
+        nixlXferReqH *req = p.req;
         uint64_t iters = 0;
         auto t0 = Clock::now();
         double ms = 0;
-        while (ms < o.min_ms || iters < 3) {
-            run_once(*agent, req);
+        while (ms < min_ms || iters < 3) {
+            run_once(*agent_, req, backoff, p.typical);
             iters++;
             ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
         }
         double gbps = static_cast<double>(s.page * s.count * iters) / ms / 1e6;
-        std::string nm = "write_" + label(s.page) + "_x" + std::to_string(s.count) +
-                         (s.scattered ? "_scattered" : "");
-        std::printf("raw %s %s %s %s: %.2f GB/s (%llu requests)\n", o.backend.c_str(), o.buffer.c_str(),
-                    o.backoff ? "backoff" : "spin",
-                    nm.c_str(), gbps, static_cast<unsigned long long>(iters));
+        std::string nm = shape_name(s);
+        if (!serving)
+            std::printf("raw %s %s %s %s: %.2f GB/s (%llu requests)\n", o_.backend.c_str(),
+                        o_.buffer.c_str(), backoff ? "backoff" : "spin", nm.c_str(), gbps,
+                        static_cast<unsigned long long>(iters));
         char j[512];
         std::snprintf(j, sizeof j,
                       "{\"name\":\"%s\",\"page\":%llu,\"count\":%llu,\"scattered\":%s,"
-                      "\"gbps\":%.4f,\"requests\":%llu}",
+                      "\"gbps\":%.4f,\"requests\":%llu,\"ms\":%.3f}",
                       nm.c_str(), static_cast<unsigned long long>(s.page),
                       static_cast<unsigned long long>(s.count), s.scattered ? "true" : "false", gbps,
-                      static_cast<unsigned long long>(iters));
-        out.push_back({j});
-        agent->releaseXferReq(req);
-        agent->releasedDlistH(lh);
-        agent->releasedDlistH(rh);
+                      static_cast<unsigned long long>(iters), ms);
+        return j;
     }
 
-    if (o.lat > 0) {
-        nixlDlistH *lh = nullptr, *rh = nullptr;
-        nixlXferReqH *req = request(4096, 1, false, lh, rh);
-        for (int i = 0; i < 1000; i++) run_once(*agent, req);
-        std::vector<double> us(static_cast<size_t>(o.lat));
+    // Post-to-completion latency of one 4 KiB page, n samples (after `warm` unmeasured).
+    std::string latency(int n, int warm, bool backoff) {
+        Prepared &p = request({4096, 1, false});
+        nixlXferReqH *req = p.req;
+        for (int i = 0; i < warm; i++) run_once(*agent_, req, backoff, p.typical);
+        // What reading the clock twice costs (the median of 20,000 pairs): part of every
+        // sample, taken out of each, as bench/nixl_bench.ts does with its own clock.
+        std::vector<double> sw(20000);
+        for (auto &v : sw) {
+            auto a = Clock::now();
+            v = std::chrono::duration<double, std::micro>(Clock::now() - a).count();
+        }
+        std::nth_element(sw.begin(), sw.begin() + sw.size() / 2, sw.end());
+        const double stopwatch = sw[sw.size() / 2];
+        std::vector<double> us(static_cast<size_t>(n));
         for (auto &v : us) {
             auto t0 = Clock::now();
-            run_once(*agent, req);
-            v = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+            run_once(*agent_, req, backoff, p.typical);
+            v = std::chrono::duration<double, std::micro>(Clock::now() - t0).count() - stopwatch;
         }
         std::sort(us.begin(), us.end());
         auto pct = [&](double p) {
             size_t i = static_cast<size_t>(std::max(0.0, std::ceil(p / 100 * us.size()) - 1));
             return us[std::min(i, us.size() - 1)];
         };
-        std::printf("raw %s %s %s write_4KiB latency: p50 %.2f us, p99 %.2f us\n", o.backend.c_str(),
-                    o.buffer.c_str(), o.backoff ? "backoff" : "spin", pct(50), pct(99));
+        if (!serving)
+            std::printf("raw %s %s %s write_4KiB latency: p50 %.2f us, p99 %.2f us\n",
+                        o_.backend.c_str(), o_.buffer.c_str(), backoff ? "backoff" : "spin", pct(50),
+                        pct(99));
         char j[256];
-        std::snprintf(j, sizeof j, "{\"name\":\"write_4KiB_latency\",\"p50_us\":%.3f,\"p99_us\":%.3f,"
-                                   "\"samples\":%d}",
-                      pct(50), pct(99), o.lat);
-        out.push_back({j});
-        agent->releaseXferReq(req);
-        agent->releasedDlistH(lh);
-        agent->releasedDlistH(rh);
+        std::snprintf(j, sizeof j,
+                      "{\"name\":\"write_4KiB_latency\",\"p50_us\":%.3f,\"p99_us\":%.3f,"
+                      "\"samples\":%d,\"stopwatch_ns\":%.1f}",
+                      pct(50), pct(99), n, stopwatch * 1000);
+        return j;
     }
-    agent->invalidateRemoteMD(peer);
-    agent->deregisterMem(reg);
+
+    bool serving = false;
+
+  private:
+    struct Prepared {
+        Shape s;
+        nixlDlistH *lh, *rh;
+        nixlXferReqH *req;
+        Typical typical;
+    };
+
+    Prepared &request(const Shape &s) {
+        for (auto &r : reqs_)
+            if (r.s.page == s.page && r.s.count == s.count && r.s.scattered == s.scattered) return r;
+        if (s.page * s.count > buffer_size(o_)) die("shape " + shape_name(s) + " exceeds the buffer");
+        nixl_xfer_dlist_t l(mem_of(o_)), r(mem_of(o_));
+        for (uint64_t i = 0; i < s.count; i++) {
+            l.addDesc(nixlBasicDesc(base_ + i * s.page, s.page, o_.device));
+            r.addDesc(nixlBasicDesc(peer_addr_ + i * s.page, s.page, o_.device));
+        }
+        nixlDlistH *lh = nullptr, *rh = nullptr;
+        check(agent_->prepXferDlist(NIXL_INIT_AGENT, l, lh), "prepXferDlist (local)");
+        // The peer's connection may still be forming: retry for a while.
+        nixl_status_t st = NIXL_ERR_NOT_FOUND;
+        for (int t = 0; t < 2000 && st != NIXL_SUCCESS; t++) {
+            st = agent_->prepXferDlist(peer_, r, rh);
+            if (st != NIXL_SUCCESS) usleep(1000);
+        }
+        check(st, "prepXferDlist (remote)");
+        std::vector<int> li(s.count), ri(s.count);
+        for (uint64_t i = 0; i < s.count; i++) {
+            li[i] = static_cast<int>(i);
+            ri[i] = static_cast<int>(s.scattered ? s.count - 1 - i : i);
+        }
+        nixlXferReqH *req = nullptr;
+        check(agent_->makeXferReq(NIXL_WRITE, lh, li, rh, ri, req, nullptr), "makeXferReq");
+        reqs_.push_back({s, lh, rh, req, {}});
+        Prepared &p = reqs_.back();
+        for (int i = 0; i < 3; i++) run_once(*agent_, req, true, p.typical); // connect, fault in
+        return p;
+    }
+
+    const Options &o_;
+    std::unique_ptr<nixlAgent> agent_;
+    nixl_reg_dlist_t reg_;
+    uintptr_t base_ = 0;
+    uint64_t peer_addr_ = 0;
+    std::string peer_;
+    std::deque<Prepared> reqs_; // stable references
+};
+
+// --serve: one command per stdin line, one JSON line per command on stdout, so that a
+// benchmark can alternate short rounds of this program with rounds of the library:
+//   bw PAGE COUNT c|s MS spin|backoff   -> {"name":..,"gbps":..,"requests":..,"ms":..}
+//   lat N WARM spin|backoff             -> {"name":"write_4KiB_latency","p50_us":..,..}
+// A bad line answers {"error":"..."}; end of input ends the program.
+void serve(Initiator &in) {
+    in.serving = true;
+    std::printf("{\"ready\":true}\n");
+    std::fflush(stdout);
+    char line[256];
+    while (std::fgets(line, sizeof line, stdin)) {
+        char cmd[8] = {0}, kind[2] = {0}, wait[16] = {0};
+        unsigned long long page = 0, count = 0;
+        double ms = 0;
+        int n = 0, warm = 0;
+        std::string out;
+        if (std::sscanf(line, "bw %llu %llu %1s %lf %15s", &page, &count, kind, &ms, wait) == 5 &&
+            page > 0 && count > 0 && (kind[0] == 'c' || kind[0] == 's') && ms >= 0 &&
+            (!std::strcmp(wait, "spin") || !std::strcmp(wait, "backoff")))
+            out = in.bandwidth({page, count, kind[0] == 's'}, ms, !std::strcmp(wait, "backoff"));
+        else if (std::sscanf(line, "lat %d %d %15s", &n, &warm, wait) == 3 && n > 0 && warm >= 0 &&
+                 (!std::strcmp(wait, "spin") || !std::strcmp(wait, "backoff")))
+            out = in.latency(n, warm, !std::strcmp(wait, "backoff"));
+        else if (std::sscanf(line, "%7s", cmd) == 1)
+            out = "{\"error\":\"expected 'bw PAGE COUNT c|s MS spin|backoff' or 'lat N WARM "
+                  "spin|backoff'\"}";
+        else continue;
+        std::printf("%s\n", out.c_str());
+        std::fflush(stdout);
+    }
+}
+
+int initiator(const Options &o, int from_child, const std::string &name, std::vector<Figure> &out) {
+    Initiator in(o, from_child, name);
+    if (o.serve) {
+        serve(in);
+        return 0;
+    }
+    for (const Shape &s : o.shapes) out.push_back({in.bandwidth(s, o.min_ms, o.backoff)});
+    if (o.lat > 0) out.push_back({in.latency(o.lat, 1000, o.backoff)});
     return 0;
 }
 
@@ -361,7 +476,6 @@ int initiator(const Options &o, int from_child, const std::string &name, std::ve
 
 int main(int argc, char **argv) {
     Options o = parse(argc, argv);
-    g_backoff = o.backoff;
     int up[2], down[2]; // target -> initiator, initiator -> target
     if (pipe(up) != 0 || pipe(down) != 0) die("pipe failed");
     std::string stamp = std::to_string(getpid());
@@ -379,6 +493,7 @@ int main(int argc, char **argv) {
     close(down[1]);
     int st = 0;
     waitpid(child, &st, 0);
+    if (o.serve) return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
     std::string js = "{\"tool\":\"nixl-raw\",\"backend\":\"" + o.backend + "\",\"buffer\":\"" + o.buffer +
                      "\",\"wait\":\"" + (o.backoff ? "backoff" : "spin") + "\",\"results\":[";
     for (size_t i = 0; i < figures.size(); i++) js += (i ? "," : "") + figures[i].json;

@@ -193,6 +193,12 @@ AgentRef::~AgentRef() {
     }
 }
 
+void *agent_object(uint64_t handle) {
+    std::lock_guard<std::mutex> g(g_agents_mu);
+    auto it = g_agents.find(handle);
+    return it == g_agents.end() ? nullptr : it->second.get();
+}
+
 void agent_nap(Agent &a, std::chrono::microseconds d) {
     std::unique_lock<std::mutex> lk(a.wait_mu);
     if (a.closing.load()) return;
@@ -874,6 +880,9 @@ const kvpn_module g_module = {
     notif_send,
     notif_take,
     notif_wait,
+    agent_object,
+    xfer_post_on,
+    xfer_status_on,
 };
 
 } // namespace

@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever kvpn_module changes shape. */
-#define KVPN_MODULE_ABI 1
+#define KVPN_MODULE_ABI 2
 
 /* File name of the module, looked for next to libkvport.so. */
 #define KVPN_MODULE_FILE "libkvport_nixl.so"
@@ -90,6 +90,15 @@ typedef struct kvpn_module {
     int32_t (*notif_take)(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len,
                           uint64_t *count);
     int32_t (*notif_wait)(uint64_t agent, int64_t timeout_ms);
+
+    /* The hot calls (kvp_xfer_post, kvp_xfer_status) on the agent's own object instead
+     * of its handle. agent_object returns it (NULL for an unknown handle); it stays valid
+     * until agent_destroy. The host makes these calls only while it holds its own
+     * reference on the agent (api.c), which kvp_agent_destroy waits out before it calls
+     * agent_destroy, so they skip the module's agent lookup and call count. */
+    void *(*agent_object)(uint64_t agent);
+    int32_t (*xfer_post_on)(void *agent, uint64_t req);
+    int32_t (*xfer_status_on)(void *agent, uint64_t req);
 } kvpn_module;
 
 /* Returns the module's table when the host speaks abi, else NULL. */

@@ -215,10 +215,12 @@ static int32_t sized_into(kvp_buf *out, sized_fn fn, void *ctx) {
 typedef struct nixl_agent {
     kvp_agent base;
     uint64_t mh; /* the module's agent handle */
+    void *mo;    /* the module's agent object (agent_object): the hot calls take it */
     char requested[16];
 } nixl_agent;
 
 #define MH(a) (((nixl_agent *)(a))->mh)
+#define MO(a) (((nixl_agent *)(a))->mo)
 
 static void n_destroy(kvp_agent *a) {
     g_mod->agent_destroy(MH(a));
@@ -307,9 +309,13 @@ static int32_t n_xfer_create(kvp_agent *a, int32_t op, uint64_t lp, const uint32
         g_mod->xfer_create(MH(a), op, lp, li, rp, ri, count, notif, notif_len, out));
 }
 
-static int32_t n_xfer_post(kvp_agent *a, uint64_t r) { return from_mod(g_mod->xfer_post(MH(a), r)); }
+/* The hot pair: on the module's agent object, which stays valid while this call holds
+ * the agent (api.c), so the module looks nothing up. */
+static int32_t n_xfer_post(kvp_agent *a, uint64_t r) {
+    return from_mod(g_mod->xfer_post_on(MO(a), r));
+}
 static int32_t n_xfer_status(kvp_agent *a, uint64_t r) {
-    return from_mod(g_mod->xfer_status(MH(a), r));
+    return from_mod(g_mod->xfer_status_on(MO(a), r));
 }
 static int32_t n_xfer_wait(kvp_agent *a, uint64_t r, int64_t t) {
     return from_mod(g_mod->xfer_wait(MH(a), r, t));
@@ -380,8 +386,13 @@ int32_t kvp_nixl_create(const char *name, const char *requested, const char *bac
     }
     snprintf(na->requested, sizeof na->requested, "%s", requested);
     st = g_mod->agent_create(name, backends, params, &na->mh);
-    if (st != KVP_SUCCESS) {
+    if (st == KVP_SUCCESS && !(na->mo = g_mod->agent_object(na->mh))) {
+        g_mod->agent_destroy(na->mh);
+        st = kvp_err(KVP_ERR_BACKEND, "nixl engine: the new agent has no object");
+    } else if (st != KVP_SUCCESS) {
         st = from_mod(st);
+    }
+    if (st != KVP_SUCCESS) {
         kvp_agent_base_fini(&na->base);
         free(na);
         return st;

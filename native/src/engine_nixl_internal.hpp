@@ -189,6 +189,9 @@ class AgentRef {
     std::shared_ptr<Agent> a_;
 };
 
+// The agent's object for kvpn_module.agent_object (nullptr for an unknown handle).
+void *agent_object(uint64_t handle);
+
 // Sleeps up to d on the agent's wait condvar (woken early by release/destroy).
 void agent_nap(Agent &a, std::chrono::microseconds d);
 
@@ -199,6 +202,9 @@ int32_t xfer_create(uint64_t agent, int32_t op, uint64_t local_prepped,
                     uint64_t notif_len, uint64_t *out_req);
 int32_t xfer_post(uint64_t agent, uint64_t req);
 int32_t xfer_status(uint64_t agent, uint64_t req);
+// The same on the agent's object (kvpn_module.agent_object): no agent lookup.
+int32_t xfer_post_on(void *agent, uint64_t req);
+int32_t xfer_status_on(void *agent, uint64_t req);
 int32_t xfer_wait(uint64_t agent, uint64_t req, int64_t timeout_ms);
 int32_t xfer_message(uint64_t agent, uint64_t req, uint8_t *buf, uint64_t cap, uint64_t *len);
 int32_t xfer_release(uint64_t agent, uint64_t req);

@@ -31,6 +31,30 @@ std::shared_ptr<Req> find_req(Agent &a, uint64_t h) {
     return it->second;
 }
 
+// find_req for the hot calls: a small per-thread cache of the requests this thread used
+// last, so that a post or a status poll takes no agent lock and copies no shared_ptr.
+// An entry keeps its request's memory alive (never its NIXL handle: release and destroy
+// mark it released under its mutex, and post/status check that first); handles are never
+// reused, so an entry can only ever stand for its own request. The cached reference stays
+// put for the whole call (a call looks up one request).
+struct ReqCacheEntry {
+    const Agent *agent = nullptr;
+    uint64_t handle = 0;
+    std::shared_ptr<Req> req;
+};
+constexpr size_t REQ_CACHE = 4;
+thread_local ReqCacheEntry t_reqs[REQ_CACHE];
+
+Req &req_on(Agent &a, uint64_t h) {
+    ReqCacheEntry &e = t_reqs[h % REQ_CACHE];
+    if (e.handle == h && e.agent == &a && e.req) return *e.req;
+    auto r = find_req(a, h);
+    e.agent = &a;
+    e.handle = h;
+    e.req = std::move(r);
+    return *e.req;
+}
+
 // The request's peer is still the one it was made for (not invalidated or restarted).
 // r.mu held. Hot path of every post: no lock and no name lookup while no peer has left
 // since the last check (Agent::peers_epoch).
@@ -169,39 +193,70 @@ int32_t xfer_create(uint64_t handle, int32_t op, uint64_t local_prepped,
     });
 }
 
+namespace {
+
+// Posts r (the hot path: no lock but the request's own, no lookup while the peer set
+// has not changed).
+int32_t post_on(Agent &a, uint64_t req) {
+    Req &r = req_on(a, req);
+    std::lock_guard<std::mutex> g(r.mu);
+    if (r.released || !r.h) fail(KVP_ERR_NOT_FOUND, "request " + hex(req) + " was released");
+    if (!peer_current(a, r))
+        fail(KVP_ERR_NOT_FOUND, "peer '" + r.remote +
+                                    "' was invalidated (or restarted) after this request was "
+                                    "made: load its metadata and make the request again");
+    nixl_status_t s = a.nixl->postXferReq(r.h);
+    r.posted = true;
+    if (s == NIXL_ERR_REPOST_ACTIVE) {
+        set_last_error("request " + hex(req) + " is still in progress: wait for it before "
+                       "posting it again");
+        return s; // the request itself has not failed
+    }
+    return record(a, r, s, "postXferReq");
+}
+
+int32_t status_on(Agent &a, uint64_t req) {
+    Req &r = req_on(a, req);
+    std::lock_guard<std::mutex> g(r.mu);
+    if (r.released) fail(KVP_ERR_NOT_FOUND, "request " + hex(req) + " was released");
+    if (!r.posted) return KVP_ERR_NOT_POSTED;
+    if (r.last < 0) {
+        set_last_error(r.message);
+        return r.last;
+    }
+    return record(a, r, a.nixl->getXferStatus(r.h), "getXferStatus");
+}
+
+// The agent behind kvpn_module.agent_object, refused once it is closing (as AgentRef).
+Agent &agent_on(void *p) {
+    auto *a = static_cast<Agent *>(p);
+    if (!a || a->closing.load(std::memory_order_acquire))
+        fail(KVP_ERR_NOT_FOUND, "nixl engine: no such agent (destroyed, or being destroyed)");
+    return *a;
+}
+
+} // namespace
+
 int32_t xfer_post(uint64_t handle, uint64_t req) {
     return guarded([&]() -> int32_t {
         AgentRef a(handle);
-        auto r = find_req(*a, req);
-        std::lock_guard<std::mutex> g(r->mu);
-        if (r->released || !r->h) fail(KVP_ERR_NOT_FOUND, "request " + hex(req) + " was released");
-        if (!peer_current(*a, *r))
-            fail(KVP_ERR_NOT_FOUND, "peer '" + r->remote +
-                                        "' was invalidated (or restarted) after this request was "
-                                        "made: load its metadata and make the request again");
-        nixl_status_t s = a->nixl->postXferReq(r->h);
-        r->posted = true;
-        if (s == NIXL_ERR_REPOST_ACTIVE) {
-            set_last_error("request " + hex(req) + " is still in progress: wait for it before "
-                           "posting it again");
-            return s; // the request itself has not failed
-        }
-        return record(*a, *r, s, "postXferReq");
+        return post_on(*a, req);
     });
+}
+
+int32_t xfer_post_on(void *agent, uint64_t req) {
+    return guarded([&]() -> int32_t { return post_on(agent_on(agent), req); });
 }
 
 int32_t xfer_status(uint64_t handle, uint64_t req) {
     return guarded([&]() -> int32_t {
         AgentRef a(handle);
-        auto r = find_req(*a, req);
-        std::lock_guard<std::mutex> g(r->mu);
-        if (!r->posted) return KVP_ERR_NOT_POSTED;
-        if (r->last < 0) {
-            set_last_error(r->message);
-            return r->last;
-        }
-        return record(*a, *r, a->nixl->getXferStatus(r->h), "getXferStatus");
+        return status_on(*a, req);
     });
+}
+
+int32_t xfer_status_on(void *agent, uint64_t req) {
+    return guarded([&]() -> int32_t { return status_on(agent_on(agent), req); });
 }
 
 int32_t xfer_wait(uint64_t handle, uint64_t req, int64_t timeout_ms) {

@@ -568,3 +568,71 @@ TEST_T(nixl_threads_share_an_agent, 60) {
     OK(kvp_mem_free(ma));
     OK(kvp_mem_free(mb));
 }
+
+typedef struct status_probe {
+    uint64_t agent, req;
+    int32_t st;
+} status_probe;
+
+static void *status_once(void *p) {
+    status_probe *s = p;
+    s->st = kvp_xfer_status(s->agent, s->req);
+    return NULL;
+}
+
+/* The hot calls (post, status) find the request without the agent's table lock, through
+ * a per-thread cache (engine_nixl_xfer.cpp): the cache must never answer for a request
+ * that is released, another agent's, or a destroyed agent's, on this thread or another. */
+TEST_T(nixl_hot_calls_refuse_released_and_foreign_requests, 60) {
+    NEED_NIXL();
+    uint64_t a = nixl_agent("hot-a", "UCX", NULL), b = nixl_agent("hot-b", "UCX", NULL);
+    uint64_t ra, rb, ma = alloc_reg(a, 1 << 20, &ra), mb = alloc_reg(b, 1 << 20, &rb);
+    uint64_t ml;
+    uint8_t *md = t_md(b, &ml);
+    t_load(a, md, ml);
+    free(md);
+    uint64_t lp = prep_pages(a, "", KVP_DRAM, ma, 0, 4096, 16);
+    uint64_t rp = prep_pages(a, "hot-b", KVP_DRAM, mb, 0, 4096, 16);
+    uint32_t li[2] = {0, 1}, ri[2] = {5, 9};
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, li, rp, ri, 2, NULL, 0, &req));
+    for (int round = 0; round < 20; round++) {
+        t_fill((void *)(uintptr_t)ma, 2 * 4096, (uint32_t)round + 1);
+        int32_t st = kvp_xfer_post(a, req);
+        while (st == KVP_IN_PROG) st = kvp_xfer_status(a, req);
+        OK(st);
+        CHECK_MSG(memcmp((void *)(uintptr_t)ma, (void *)(uintptr_t)(mb + 5 * 4096), 4096) == 0 &&
+                      memcmp((void *)(uintptr_t)(ma + 4096), (void *)(uintptr_t)(mb + 9 * 4096),
+                             4096) == 0,
+                  "round %d: the peer's pages differ", round);
+    }
+    OK(kvp_xfer_status(a, req)); /* done stays done */
+    /* Through the other agent: not its request, cache or not. */
+    CHECK_ST(kvp_xfer_status(b, req), KVP_ERR_NOT_FOUND);
+    CHECK_ST(kvp_xfer_post(b, req), KVP_ERR_NOT_FOUND);
+    /* Released: refused on this thread (whose cache holds it) and on another. */
+    OK(kvp_xfer_release(a, req));
+    CHECK_ST(kvp_xfer_status(a, req), KVP_ERR_NOT_FOUND);
+    CHECK_ST(kvp_xfer_post(a, req), KVP_ERR_NOT_FOUND);
+    CHECK_ERR_HAS("released");
+    status_probe sp = {a, req, 0};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, status_once, &sp) == 0);
+    pthread_join(th, NULL);
+    CHECK_ST(sp.st, KVP_ERR_NOT_FOUND);
+    /* A live request, then its agent destroyed: the handle is gone, and a new agent
+     * (whose object may take the old one's memory) does not see the cached request. */
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, li, rp, ri, 2, NULL, 0, &req));
+    int32_t st = kvp_xfer_post(a, req);
+    while (st == KVP_IN_PROG) st = kvp_xfer_status(a, req);
+    OK(st);
+    OK(kvp_agent_destroy(a));
+    CHECK_ST(kvp_xfer_status(a, req), KVP_ERR_NOT_FOUND);
+    uint64_t c = nixl_agent("hot-c", "UCX", NULL);
+    CHECK_ST(kvp_xfer_status(c, req), KVP_ERR_NOT_FOUND);
+    CHECK_ST(kvp_xfer_post(c, req), KVP_ERR_NOT_FOUND);
+    OK(kvp_agent_destroy(c));
+    OK(kvp_agent_destroy(b));
+    OK(kvp_mem_free(ma));
+    OK(kvp_mem_free(mb));
+}

@@ -1,10 +1,11 @@
 /**
  * Transfer requests (NIXL's `makeXferReq` handles) and the one wait used by every
- * transfer: quick synchronous status checks first (tiny transfers finish there), then a
- * sleep until the agent says something finished (`events.ts`: its notifier thread calls
- * the library's wake callback; with an ABI-3 library Bun reads the event descriptor and
- * Deno runs the nonblocking `kvp_xfer_wait` on a pool thread), else (an engine without
- * events) a poll with a backoff timer. Nothing spins past a few microseconds.
+ * transfer: quick synchronous status checks first (tiny transfers finish there: 50 us,
+ * or up to 200 us for a request whose recent waits took about that long), then a sleep
+ * until the agent says something finished (`events.ts`: the library's wake callback;
+ * with an ABI-3 library Bun reads the event descriptor and Deno runs the nonblocking
+ * `kvp_xfer_wait` on a pool thread), else (an engine without events) a poll with a
+ * backoff timer. Nothing spins longer than SPIN_MAX_MICROS (200 us) per wait.
  *
  * @example
  * ```ts
@@ -47,6 +48,52 @@ export interface WaitOptions {
  */
 export const SPIN_MICROS = 50;
 
+/**
+ * The longest a wait ever checks synchronously (microseconds): a request whose recent
+ * waits ended within about this long (a 4 KiB TCP round trip: 40-60 us here) spins for
+ * 1.5 x its typical wait instead of {@linkcode SPIN_MICROS}, so that a round trip just
+ * above 50 us does not pay a thread hop (Deno) or a timer (Bun) on every other wait.
+ * Longer requests keep the 50 us. See {@linkcode spinWindow}.
+ */
+export const SPIN_MAX_MICROS = 200;
+
+/**
+ * The spin window of a wait (microseconds) for a request whose typical wait is
+ * `typicalUs` (see {@linkcode typicalWait}; `undefined` before its first wait): 1.5 x
+ * that, between
+ * {@linkcode SPIN_MICROS} and {@linkcode SPIN_MAX_MICROS}, and {@linkcode SPIN_MICROS}
+ * when even the longest window would not cover it (spinning then only burns the CPU).
+ *
+ * @example
+ * ```ts
+ * import { spinWindow } from "./transfer.ts";
+ * console.log(spinWindow(45), spinWindow(10), spinWindow(5000)); // 67.5 50 50
+ * ```
+ */
+export function spinWindow(typicalUs: number | undefined): number {
+  if (typicalUs === undefined || !(typicalUs <= SPIN_MAX_MICROS)) return SPIN_MICROS;
+  return Math.min(SPIN_MAX_MICROS, Math.max(SPIN_MICROS, 1.5 * typicalUs));
+}
+
+/**
+ * The next typical wait of a request (microseconds) after one that took `us`: a moving
+ * average (weight 1/8) of its waits, each capped at 2 x {@linkcode SPIN_MAX_MICROS} so
+ * that one stall (a scheduling hiccup of milliseconds) does not take the window away.
+ * `previous` is `undefined` before the first wait.
+ *
+ * @example
+ * ```ts
+ * import { typicalWait } from "./transfer.ts";
+ * let t = typicalWait(undefined, 45);
+ * t = typicalWait(t, 3000); // one stall: 45 + (400 - 45) / 8
+ * console.log(t.toFixed(1)); // 89.4
+ * ```
+ */
+export function typicalWait(previous: number | undefined, us: number): number {
+  const x = Math.min(us, 2 * SPIN_MAX_MICROS);
+  return previous === undefined ? x : previous + (x - previous) / 8;
+}
+
 /** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
 const EVENT_SLICE_MS = 100;
 
@@ -71,6 +118,8 @@ function pause(elapsedMs: number): Promise<void> {
  * polls paced by event-loop turns and short timers. Returns the final status, or
  * `IN_PROG` when `timeoutMs` ran out. `stop()` ends the wait early (it returns
  * `ERR_CANCELED`; with `events`, whoever makes it true also calls `events.poke()`).
+ * `took`, when given, receives how long the wait took (microseconds; 0 when the first
+ * check already saw the end).
  *
  * @example
  * ```ts
@@ -87,18 +136,23 @@ export async function waitStatus(
   stop: () => boolean,
   spinMicros: number = SPIN_MICROS,
   events: AgentEvents | null = null,
+  took: { us: number } | null = null,
 ): Promise<number> {
   // An event between a poll and the sleep after it is not lost: the sleep compares the
   // count read before the poll.
   let seen = events?.gen ?? 0;
   let s = poll();
+  if (took) took.us = 0;
   if (s !== Status.IN_PROG) return s;
   const start = performance.now();
   const spinEnd = start + spinMicros / 1000;
-  while (performance.now() < spinEnd) {
+  for (let now = start; now < spinEnd; now = performance.now()) {
     seen = events?.gen ?? 0;
     s = poll();
-    if (s !== Status.IN_PROG) return s;
+    if (s !== Status.IN_PROG) {
+      if (took) took.us = (now - start) * 1000;
+      return s;
+    }
   }
   const deadline = start + timeoutMs;
   for (;;) {
@@ -119,7 +173,10 @@ export async function waitStatus(
       s = stop() ? Status.ERR_CANCELED : poll();
     }
     if (stop()) return Status.ERR_CANCELED;
-    if (s !== Status.IN_PROG) return s;
+    if (s !== Status.IN_PROG) {
+      if (took) took.us = (performance.now() - start) * 1000;
+      return s;
+    }
   }
 }
 
@@ -167,6 +224,9 @@ export class TransferRequest {
   #metrics: OpMetrics | undefined;
   #bytes: number;
   #since = 0; // when the pending post started (ms), 0 when not pending
+  // This request's typical wait (us; typicalWait), which sets its spin window.
+  #typicalUs: number | undefined;
+  #took = { us: 0 };
 
   /** @internal Use `NixlAgent.createTransfer`. */
   constructor(
@@ -271,6 +331,9 @@ export class TransferRequest {
    * Waits up to `timeoutMs` for the posted request to finish. On timeout it rejects with
    * a {@linkcode NixlTimeoutError} and the request stays active (wait again, or release
    * it to cancel). Aborting `signal` releases the request and rejects with its reason.
+   * It checks synchronously for {@linkcode spinWindow} of this request's typical wait
+   * (50 us, up to {@linkcode SPIN_MAX_MICROS} for a request that usually takes that
+   * long), then waits without spinning.
    */
   async wait(timeoutMs?: number, options?: WaitOptions): Promise<void> {
     timeoutMs ??= 30_000;
@@ -307,12 +370,14 @@ export class TransferRequest {
               })),
         timeoutMs,
         () => this.#released || this.#core.closed,
-        SPIN_MICROS,
+        spinWindow(this.#typicalUs),
         events,
+        this.#took,
       );
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
+    if (status === Status.SUCCESS) this.#typicalUs = typicalWait(this.#typicalUs, this.#took.us);
     if (status !== Status.IN_PROG) this.#ended(status);
     else this.#metrics?.timedOut();
     if (signal?.aborted) throw signal.reason;
