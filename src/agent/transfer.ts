@@ -47,6 +47,14 @@ export interface WaitOptions {
  */
 export const SPIN_MICROS = 50;
 
+/**
+ * Transfers of at least this many bytes skip those checks: they take longer than the spin
+ * (256 KiB is a 13 us copy at 20 GB/s, plus a copy worker's wake-up of tens of
+ * microseconds), so it would only take a core from the copy workers; on a 2-core host
+ * that is half of the machine.
+ */
+export const NO_SPIN_BYTES = 256 * 1024;
+
 /** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
 const EVENT_SLICE_MS = 100;
 
@@ -167,6 +175,7 @@ export class TransferRequest {
   #metrics: OpMetrics | undefined;
   #bytes: number;
   #since = 0; // when the pending post started (ms), 0 when not pending
+  #spinMicros: number;
 
   /** @internal Use `NixlAgent.createTransfer`. */
   constructor(
@@ -177,6 +186,7 @@ export class TransferRequest {
     count: number,
     keep: unknown[],
     bytes = 0,
+    large = false,
   ) {
     this.#core = core;
     this.#lib = core.lib;
@@ -188,6 +198,7 @@ export class TransferRequest {
     this.#keep = keep;
     this.#metrics = core.metrics?.[op === "READ" ? "read" : "write"];
     this.#bytes = bytes;
+    this.#spinMicros = large ? 0 : SPIN_MICROS;
   }
 
   /** True once released. */
@@ -304,7 +315,7 @@ export class TransferRequest {
               })),
         timeoutMs,
         () => this.#released || this.#core.closed,
-        SPIN_MICROS,
+        this.#spinMicros,
         nb ? null : this.#core.events(),
       );
     } finally {
