@@ -321,6 +321,8 @@ struct bi_agent {
     uint32_t io_threads;
     uint32_t connect_timeout_ms;
     uint64_t inline_max;        /* requests up to this many bytes complete inside post */
+    uint64_t mem_inline_max;    /* memory copies (same host, loopback) up to this many
+                                 * bytes complete inside post */
     uint64_t cached_read_max;   /* buffered file READs up to this many bytes that the page
                                  * cache holds complete inside post (never waiting for I/O) */
     bool vram_kernel;           /* vram_copy=auto: scattered VRAM<->VRAM pages by kernel */

@@ -1,6 +1,8 @@
 /* test_wait_msg.c - the waits hand their message back with the call (issue 12): a
  * wait run on another thread (as Deno runs it on its pool) reports why it failed
- * without anyone reading a thread-local last error that belongs to another thread. */
+ * without anyone reading a thread-local last error that belongs to another thread.
+ * Also where memory copies run (issue 15): inside the post up to mem_inline_max, else
+ * by the workers and by the waiters. */
 #include <pthread.h>
 #include <unistd.h>
 
@@ -121,4 +123,56 @@ TEST(waiters_of_a_memory_copy_help_and_see_the_bytes) {
     }
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(m));
+}
+
+static uint64_t posts_inline(uint64_t a) {
+    char buf[4096];
+    uint64_t len = 0;
+    OK(kvp_agent_info(a, (uint8_t *)buf, sizeof buf - 1, &len));
+    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
+    const char *at = strstr(buf, "posts_inline=");
+    CHECK(at != NULL);
+    return strtoull(at + strlen("posts_inline="), NULL, 10);
+}
+
+/* A loopback copy of `pages` pages of 1 MiB: done inside the post (SUCCESS, counted
+ * inline) when want_inline, else by the workers; the bytes checked either way. */
+static void mem_copy(const char *params, uint32_t pages, int want_inline) {
+    uint64_t a = t_agent("M", "UCX,POSIX", params);
+    uint64_t page = 1 << 20, total = page * pages, m, size = 2 * total, reg;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
+    OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
+    uint64_t lp = t_prep_pages(a, "", m, page, pages);
+    uint64_t rp = t_prep_pages(a, "M", m + total, page, pages);
+    uint32_t idx[16];
+    for (uint32_t i = 0; i < pages; i++) idx[i] = i;
+    t_fill((void *)(uintptr_t)m, total, 7);
+    memset((void *)(uintptr_t)(m + total), 0, total);
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, pages, NULL, 0, &req));
+    uint64_t before = posts_inline(a);
+    int32_t s = kvp_xfer_post(a, req);
+    if (want_inline) {
+        CHECK_ST(s, KVP_SUCCESS);
+        CHECK(posts_inline(a) == before + 1);
+    } else {
+        CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG); /* workers may finish first */
+        CHECK(posts_inline(a) == before);
+        OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
+    }
+    CHECK(t_verify((void *)(uintptr_t)(m + total), total, 7));
+    OK(kvp_xfer_release(a, req));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(m));
+}
+
+TEST(memory_copies_up_to_mem_inline_max_complete_inside_post) {
+    mem_copy(NULL, 4, 1);                      /* 4 MiB: the default */
+    mem_copy(NULL, 8, 0);                      /* 8 MiB: the workers */
+    mem_copy("mem_inline_max=0\n", 4, 0);      /* off */
+    mem_copy("mem_inline_max=8388608\n", 8, 1); /* raised */
+    uint64_t a = 0;
+    CHECK_ST(kvp_agent_create("M2", "builtin", "UCX,POSIX", "mem_inline_max=99999999999", &a),
+             KVP_ERR_INVALID_PARAM);
+    CHECK_ERR_HAS("mem_inline_max");
 }
