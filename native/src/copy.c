@@ -77,17 +77,17 @@ int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
     uint64_t chunk = r->total / ((uint64_t)KVP_MAX(nthreads, 1u) * 4);
     if (r->path == PATH_FILE) {
         /* O_DIRECT: each job is one I/O the device serves as a whole, and a device
-         * pays per request (a virtio disk: tens of microseconds each), so jobs are as
-         * large as a piece (a chunk's file), up to CHUNK_MAX: the device, not the split,
-         * gives the parallelism. Buffered I/O keeps the split: it copies from the page
-         * cache, which two workers do faster than one. */
+         * pays per request (a virtio disk: tens of microseconds each), so jobs are at
+         * least as large as a piece (a chunk's file), up to CHUNK_MAX: the device, not
+         * the split, gives the parallelism. Buffered I/O keeps the split: it copies from
+         * the page cache, which two workers do faster than one. */
         bool direct = false;
         uint64_t largest = 0;
         for (uint32_t p = 0; p < r->np; p++) {
             direct = direct || r->p[p].direct;
             largest = KVP_MAX(largest, r->p[p].len);
         }
-        if (direct) chunk = largest;
+        if (direct) chunk = KVP_MAX(chunk, largest);
     }
     if (chunk < CHUNK_MIN) chunk = CHUNK_MIN;
     if (chunk > CHUNK_MAX) chunk = CHUNK_MAX;
