@@ -17,6 +17,8 @@
  * ```sh
  * deno run -A bench/storage_bench.ts [--quick] [--dir DIR] [--iters N] [--min-ms MS]
  * bun bench/storage_bench.ts [--quick] [--dir DIR] [--iters N] [--min-ms MS]
+ * # one case only: 4 MiB chunks, one per request, buffered (or --direct on|off)
+ * bun bench/storage_bench.ts --size-mib 4 --batch 1 --direct off
  * ```
  * @module
  */
@@ -299,9 +301,19 @@ async function main(): Promise<void> {
   const report = new Report("storage");
   const notes: string[] = [];
   try {
-    for (const direct of [false, true]) {
-      for (const size of [4 * MiB, 28 * MiB]) {
-        for (const batchWanted of [1, 64]) {
+    const only = <T>(all: T[], v: T | undefined) => v === undefined ? all : [v];
+    const sizeOpt = option("--size-mib");
+    const batchOpt = option("--batch");
+    const directOpt = option("--direct");
+    const directs = only([false, true], directOpt === undefined ? undefined : directOpt === "on");
+    const sizes = only(
+      [4 * MiB, 28 * MiB],
+      sizeOpt === undefined ? undefined : Number(sizeOpt) * MiB,
+    );
+    const batches = only([1, 64], batchOpt === undefined ? undefined : Number(batchOpt));
+    for (const direct of directs) {
+      for (const size of sizes) {
+        for (const batchWanted of batches) {
           let batch = batchWanted;
           // pool (2 x batch) + raw files (batch) on disk; staging + raw buffer in memory
           const disk = freeBytes(root);

@@ -60,6 +60,7 @@ export class StageClock {
 
 /** The stages in the order a batch passes them, with words for a person. */
 const STAGE_WORDS: readonly [PdSenderStage, string][] = [
+  ["credits", "page credits taken"],
   ["alloc_sent", "AllocRequest sent"],
   ["alloc_reply", "reply"],
   ["write", "write"],

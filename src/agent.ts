@@ -74,6 +74,7 @@ import { type MetricsRegistry, metricsRegistry } from "./metrics/registry.ts";
 import { type CollectedSource, weakly } from "./metrics/source.ts";
 import {
   checkTimeout,
+  NO_SPIN_BYTES,
   type TransferOp,
   TransferRequest,
   type WaitOptions,
@@ -924,6 +925,7 @@ export class NixlAgent {
       li.length,
       [li, ri, notif],
       bytes,
+      bytes > 0 ? bytes >= NO_SPIN_BYTES : local.holdsAtLeast(li, NO_SPIN_BYTES),
     );
     this.#parts.add(req);
     return req;

@@ -12,6 +12,16 @@ import {
   StorageError,
 } from "../src/storage/mod.ts";
 import { pattern, tempDir } from "./helpers/storage_util.ts";
+import { metricsRegistry } from "../src/metrics/registry.ts";
+import { sumOf } from "../src/metrics/snapshot.ts";
+
+/** Posts of every agent of the default registry that completed inside the post call. */
+async function postsInline(): Promise<number> {
+  const f = (await metricsRegistry().collect()).find((x) =>
+    x.name === "kvport_agent_posts_inline_total"
+  );
+  return sumOf(f) ?? 0;
+}
 
 const skip = await nativeLibrary().then(
   () => undefined,
@@ -166,6 +176,34 @@ describe("NixlStorageBackend over the agent", { skip }, () => {
       );
     } finally {
       cleanup();
+    }
+  });
+
+  test("a get the page cache can serve is read inside the post, else by the workers: same bytes", async () => {
+    // cached_read_max (builtin engine, default 4 MiB): buffered reads of cached data skip
+    // the copy workers' two thread hops (issue 15); 0 turns it off.
+    for (const [params, inline] of [[undefined, 1], [{ cached_read_max: 0 }, 0]] as const) {
+      const { dir, cleanup } = tempDir();
+      try {
+        await using store = await open(dir, { engineParams: params });
+        const data = pattern(PAGE, 9);
+        await store.batchedPut(["k"], [data]);
+        const before = await postsInline();
+        const [page] = await store.getPages(["k"]);
+        const after = await postsInline();
+        assert.ok(page, "the chunk was read");
+        assert.deepEqual(page.bytes, data, "the bytes read are the bytes put");
+        page.release();
+        assert.equal(
+          after - before,
+          inline,
+          `posts inside the post call with ${JSON.stringify(params)}`,
+        );
+        // And the next reads of it: the same bytes.
+        assert.deepEqual(await store.get("k"), data);
+      } finally {
+        cleanup();
+      }
     }
   });
 });

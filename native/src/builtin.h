@@ -322,6 +322,10 @@ struct bi_agent {
     uint32_t io_threads;
     uint32_t connect_timeout_ms;
     uint64_t inline_max;        /* requests up to this many bytes complete inside post */
+    uint64_t mem_inline_max;    /* memory copies (same host, loopback) up to this many
+                                 * bytes complete inside post */
+    uint64_t cached_read_max;   /* buffered file READs up to this many bytes that the page
+                                 * cache holds complete inside post (never waiting for I/O) */
     bool vram_kernel;           /* vram_copy=auto: scattered VRAM<->VRAM pages by kernel */
     /* registrations */
     pthread_rwlock_t reg_rw;
@@ -438,6 +442,17 @@ void bi_pool_claim_inline(bi_pool *p, bi_req *r);
 void bi_pool_run_inline(bi_pool *p, bi_req *r, uint64_t post_id);
 /* Ends a claim without running jobs (the caller did the work itself). */
 void bi_pool_leave(bi_pool *p, bi_req *r);
+/* Under a->mu at post, for a buffered file READ of DRAM: whether every piece may be
+ * tried from the page cache inside post (see bi_pool_try_cached). */
+bool bi_req_cached_read_ok(const bi_req *r);
+/* After bi_pool_claim_inline: reads every piece from the page cache without waiting for
+ * the disk (RWF_NOWAIT) and completes r; when some data is not cached, hands r to the
+ * workers instead (unless a cancel came meanwhile). Leaves the claim. Returns whether
+ * r was completed here. */
+bool bi_pool_try_cached(bi_pool *p, bi_req *r, uint64_t post_id);
+/* Runs r's jobs that no worker has claimed yet in the calling thread (a waiter of r,
+ * which would otherwise sleep until a worker finished them). a->mu NOT held. */
+void bi_pool_help(bi_pool *p, bi_req *r);
 
 /* copy.c: PATH_CUDA without a worker: queues the copies and records the completion
  * event (r->cu_ev), or finishes the request with the error. After
@@ -445,6 +460,10 @@ void bi_pool_leave(bi_pool *p, bi_req *r);
 void bi_cuda_post_async(bi_req *r, uint64_t post_id);
 /* copy.c: executes one job; returns KVP status and fills msg on failure. */
 int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
+/* copy.c: reads every piece of a buffered file READ from the page cache, never waiting
+ * for the device (preadv2 RWF_NOWAIT). False when some data is not cached or a read
+ * failed: then nothing is known of the pages and the workers do it all again. */
+bool bi_file_read_cached(bi_req *r);
 /* Builds r->jobs for r->p (chunking). */
 int32_t bi_jobs_build(bi_req *r, uint32_t nthreads);
 /* Same-host helpers. */

@@ -75,6 +75,20 @@ int32_t bi_jobs_build(bi_req *r, uint32_t nthreads) {
      * per-job overhead negligible and a cancel (which waits for running jobs) short. The
      * size is a multiple of 64 KiB so that split pieces keep O_DIRECT alignment. */
     uint64_t chunk = r->total / ((uint64_t)KVP_MAX(nthreads, 1u) * 4);
+    if (r->path == PATH_FILE) {
+        /* O_DIRECT: each job is one I/O the device serves as a whole, and a device
+         * pays per request (a virtio disk: tens of microseconds each), so jobs are at
+         * least as large as a piece (a chunk's file), up to CHUNK_MAX: the device, not
+         * the split, gives the parallelism. Buffered I/O keeps the split: it copies from
+         * the page cache, which two workers do faster than one. */
+        bool direct = false;
+        uint64_t largest = 0;
+        for (uint32_t p = 0; p < r->np; p++) {
+            direct = direct || r->p[p].direct;
+            largest = KVP_MAX(largest, r->p[p].len);
+        }
+        if (direct) chunk = KVP_MAX(chunk, largest);
+    }
     if (chunk < CHUNK_MIN) chunk = CHUNK_MIN;
     if (chunk > CHUNK_MAX) chunk = CHUNK_MAX;
     chunk = (chunk + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
@@ -351,6 +365,37 @@ static int32_t exec_file(bi_req *r, const bi_job *j, char *msg, size_t cap) {
         if (st != KVP_SUCCESS) return st;
     }
     return KVP_SUCCESS;
+}
+
+bool bi_req_cached_read_ok(const bi_req *r) {
+    if (r->path != PATH_FILE || r->out || r->np == 0 || r->total > r->a->cached_read_max)
+        return false;
+    for (uint64_t i = 0; i < r->np; i++)
+        if (r->p[i].direct || r->p[i].ldev >= 0) return false; /* O_DIRECT, or VRAM staging */
+    return true;
+}
+
+bool bi_file_read_cached(bi_req *r) {
+#ifdef RWF_NOWAIT
+    for (uint64_t i = 0; i < r->np; i++) {
+        const bi_piece *p = &r->p[i];
+        uint64_t done = 0;
+        while (done < p->len) {
+            struct iovec v = {(uint8_t *)(uintptr_t)(p->mem + done),
+                              (size_t)KVP_MIN(p->len - done, (uint64_t)1 << 30)};
+            ssize_t n = preadv2(p->fd, &v, 1, (off_t)(p->other + done), RWF_NOWAIT);
+            if (n < 0 && errno == EINTR) continue;
+            /* EAGAIN: not cached; 0: end of file; an error (EOPNOTSUPP on a file system
+             * without RWF_NOWAIT): the workers' read reports it properly. */
+            if (n <= 0) return false;
+            done += (uint64_t)n;
+        }
+    }
+    return true;
+#else
+    (void)r;
+    return false;
+#endif
 }
 
 int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap) {

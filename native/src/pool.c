@@ -116,6 +116,34 @@ static void reset(bi_req *r) {
     r->pool_post = r->post_id;
 }
 
+/* Appends r to the queue and wakes workers. p->mu held. */
+static void enqueue(bi_pool *p, bi_req *r) {
+    r->qnext = NULL;
+    if (p->tail) p->tail->qnext = r;
+    else p->head = r;
+    p->tail = r;
+    r->queued = true;
+    if (r->nj > 1) pthread_cond_broadcast(&p->cv_work);
+    else pthread_cond_signal(&p->cv_work);
+}
+
+bool bi_pool_try_cached(bi_pool *p, bi_req *r, uint64_t post_id) {
+    if (bi_file_read_cached(r)) {
+        bi_req_complete(r, post_id);
+        leave(p, r);
+        return true;
+    }
+    /* Not all in the page cache (or an error the workers will report): the whole request
+     * goes to the workers (what was read is read again). The claim ends under the same
+     * lock, so a cancel that came meanwhile (it waits for the claim) is not undone. */
+    pthread_mutex_lock(&p->mu);
+    if (!r->cancel && !p->stop) enqueue(p, r);
+    r->running--;
+    if (r->running == 0) pthread_cond_broadcast(&p->cv_idle);
+    pthread_mutex_unlock(&p->mu);
+    return false;
+}
+
 void bi_pool_submit(bi_pool *p, bi_req *r) {
     pthread_mutex_lock(&p->mu);
     reset(r);
@@ -168,3 +196,39 @@ void bi_pool_run_inline(bi_pool *p, bi_req *r, uint64_t post_id) {
 }
 
 void bi_pool_leave(bi_pool *p, bi_req *r) { leave(p, r); }
+
+/* Takes r out of the queue (its last job was claimed). p->mu held. */
+static void unqueue(bi_pool *p, bi_req *r) {
+    bi_req *prev = NULL;
+    for (bi_req *q = p->head; q; prev = q, q = q->qnext) {
+        if (q != r) continue;
+        if (prev) prev->qnext = q->qnext;
+        else p->head = q->qnext;
+        if (p->tail == q) p->tail = prev;
+        break;
+    }
+    r->qnext = NULL;
+    r->queued = false;
+}
+
+void bi_pool_help(bi_pool *p, bi_req *r) {
+    char msg[400];
+    pthread_mutex_lock(&p->mu);
+    /* The same claim as a worker's (next_job under p->mu, running counted, so a cancel
+     * waits for the job), only of r's jobs. */
+    while (r->queued && !p->stop && r->next_job < r->nj) {
+        uint32_t j = r->next_job++;
+        if (r->next_job >= r->nj) unqueue(p, r);
+        r->running++;
+        uint64_t post = r->pool_post;
+        bool skip = r->job_err != KVP_SUCCESS;
+        pthread_mutex_unlock(&p->mu);
+        int32_t st = KVP_SUCCESS;
+        msg[0] = '\0';
+        if (!skip) st = bi_job_exec(r, &r->jobs[j], msg, sizeof msg);
+        job_done(p, r, post, st, msg);
+        leave(p, r);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+}

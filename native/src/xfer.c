@@ -697,7 +697,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             return st;
         }
     }
-    bool run_inline = false, cu_async = false, tcp_post = false;
+    bool run_inline = false, cu_async = false, tcp_post = false, try_cached = false;
     uint64_t post_id = 0;
     bi_conn *old = NULL;
     pthread_mutex_lock(&a->mu);
@@ -740,10 +740,23 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
              * other calls nor the progress thread. A cancel waits for tcp_posting. */
             tcp_post = true;
             r->tcp_posting = true;
-        } else if (r->np == 0 || r->total <= a->inline_max) {
+        } else if (r->np == 0 || r->total <= a->inline_max ||
+                   ((r->path == PATH_MEM || r->path == PATH_CMA) &&
+                    r->total <= a->mem_inline_max)) {
+            /* A memory copy of a chunk or so costs about what the thread hops around a
+             * worker do (its wake-up, then the waiter's: tens of microseconds each on a
+             * busy host), so it runs here; files (the disk) and TCP never do past
+             * inline_max. */
             run_inline = true;
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */
+        } else if (bi_req_cached_read_ok(r)) {
+            /* A buffered read of a chunk or so: from the page cache, a read in this thread
+             * costs what the copy does, where a worker adds two thread hops (its wake-up
+             * and the waiter's) that cost as much as the copy of a few MiB. Data not
+             * cached goes to the workers: this thread never waits for the disk. */
+            try_cached = true;
+            bi_pool_claim_inline(&a->pool, r);
         } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process) &&
                    r->notif_len == 0 && !bi_events_wanted(a)) {
             /* GPU copies: queued right here (microseconds), completed by whoever waits or
@@ -772,6 +785,8 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
         bi_event_flush();
     }
     if (st == KVP_SUCCESS && run_inline) bi_pool_run_inline(&a->pool, r, post_id);
+    if (st == KVP_SUCCESS && try_cached && bi_pool_try_cached(&a->pool, r, post_id))
+        atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
     if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);
     if (st == KVP_SUCCESS) {
         pthread_mutex_lock(&a->mu);
@@ -851,6 +866,17 @@ int32_t bi_xfer_wait(kvp_agent *ka, uint64_t h, int64_t timeout_ms) {
     if (!r) return kvp_err_status();
     struct timespec dl = kvp_deadline_ms(timeout_ms);
     pthread_mutex_lock(&a->mu);
+    if (timeout_ms > 0 && r->path == PATH_MEM && r->state == RS_ACTIVE && !a->dying &&
+        !r->released) {
+        /* A memory copy still queued: this thread copies what no worker has started
+         * rather than sleep until one has (it would only wait for them). Saves a
+         * thread hop at each end: no worker wake-up before the first job and, when this
+         * thread copies the last one, none after. Memory copies only: they end in
+         * bounded time (a file job could block past the wait's deadline). */
+        pthread_mutex_unlock(&a->mu);
+        bi_pool_help(&a->pool, r);
+        pthread_mutex_lock(&a->mu);
+    }
     bool polled = false;
     while (r->state == RS_ACTIVE && !a->dying && !r->released) {
         if (r->cu_pending && !r->cu_waiting && (timeout_ms > 0 || !polled)) {

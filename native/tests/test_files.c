@@ -2,6 +2,7 @@
  * and unaligned pieces, errors with paths. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -233,4 +234,131 @@ TEST(file_post_never_reaches_a_reused_descriptor) {
     OK(kvp_mem_free(m));
     unlink(pa);
     unlink(pb);
+}
+
+/* posts_inline of kvp_agent_info: requests done inside kvp_xfer_post. */
+static uint64_t posts_inline(uint64_t a) {
+    char buf[4096];
+    uint64_t len = 0;
+    OK(kvp_agent_info(a, (uint8_t *)buf, sizeof buf - 1, &len));
+    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
+    const char *at = strstr(buf, "posts_inline=");
+    CHECK(at != NULL);
+    return strtoull(at + strlen("posts_inline="), NULL, 10);
+}
+
+/* A buffered READ of a file the page cache holds (cached_read_max, default 4 MiB): done
+ * inside kvp_xfer_post, no worker; the same READ with cached_read_max=0, or of data the
+ * cache dropped, goes to the workers. Every case checks the bytes. */
+static void cached_read(const char *params, uint64_t page, uint32_t n, bool drop_cache,
+                        bool want_inline) {
+    char path[] = "/tmp/kvport-test-XXXXXX";
+    int tmp = mkstemp(path);
+    CHECK(tmp >= 0);
+    close(tmp);
+    uint64_t total = page * n;
+    int32_t fd = -1, direct = -1;
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, total, &fh, &fd, &direct));
+    uint8_t *src = malloc(total);
+    t_fill(src, total, 77);
+    CHECK(pwrite(fd, src, total, 0) == (ssize_t)total);
+    free(src);
+    if (drop_cache) {
+        CHECK(fdatasync(fd) == 0);
+        CHECK(posix_fadvise(fd, 0, (off_t)total, POSIX_FADV_DONTNEED) == 0);
+    }
+    uint64_t a = t_agent("C", "UCX,POSIX", params);
+    uint64_t m, msize = total;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, msize, &m));
+    memset((void *)(uintptr_t)m, 0, total);
+    uint64_t reg, freg, zero = 0, fdev = (uint64_t)fd;
+    OK(kvp_register(a, KVP_DRAM, &m, &msize, NULL, 1, NULL, &reg));
+    OK(kvp_register(a, KVP_FILE, &zero, &zero, &fdev, 1, NULL, &freg));
+    uint64_t lp = t_prep_pages(a, "", m, page, n);
+    uint64_t fp = prep_file(a, "C", fd, 0, page, n);
+    uint32_t *idx = malloc(n * sizeof *idx);
+    for (uint32_t i = 0; i < n; i++) idx[i] = i;
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, n, NULL, 0, &req));
+    uint64_t inl = posts_inline(a);
+    int32_t s = kvp_xfer_post(a, req);
+    /* Done inside the post (SUCCESS, counted inline), or by the workers (either status:
+     * they may finish before the post returns). */
+    if (want_inline) {
+        CHECK_ST(s, KVP_SUCCESS);
+        CHECK(posts_inline(a) == inl + 1);
+    } else {
+        CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
+        /* Data the cache dropped: it may keep a few pages, never all of them. */
+        CHECK(posts_inline(a) == inl);
+    }
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
+    CHECK(t_verify((void *)(uintptr_t)m, total, 77));
+    /* Posted again (the pages zeroed): the same bytes again. */
+    memset((void *)(uintptr_t)m, 0, total);
+    s = kvp_xfer_post(a, req);
+    CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
+    OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
+    CHECK(t_verify((void *)(uintptr_t)m, total, 77));
+    OK(kvp_xfer_release(a, req));
+    free(idx);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_file_close(fh));
+    OK(kvp_mem_free(m));
+    unlink(path);
+}
+
+TEST(file_read_from_page_cache_completes_inside_post) {
+    cached_read(NULL, 4 << 20, 1, false, true);
+    cached_read(NULL, 1 << 20, 4, false, true);
+}
+
+TEST(file_read_beyond_cached_read_max_goes_to_workers) {
+    cached_read("cached_read_max=0", 4 << 20, 1, false, false);
+    cached_read(NULL, 1 << 20, 8, false, false); /* 8 MiB > the default 4 MiB */
+}
+
+TEST(file_read_not_in_page_cache_goes_to_workers) { cached_read(NULL, 4 << 20, 1, true, false); }
+
+TEST(file_cached_read_max_is_checked) {
+    uint64_t a = 0;
+    CHECK_ST(kvp_agent_create("C2", "builtin", "UCX,POSIX", "cached_read_max=99999999999", &a),
+             KVP_ERR_INVALID_PARAM);
+    CHECK_ERR_HAS("cached_read_max");
+}
+
+TEST(file_cached_read_of_a_short_file_reports_the_workers_error) {
+    /* The page cache cannot serve it all (the file ends early): the workers read it and
+     * say why it failed. */
+    char path[] = "/tmp/kvport-test-XXXXXX";
+    int tmp = mkstemp(path);
+    CHECK(tmp >= 0);
+    close(tmp);
+    uint64_t page = 1 << 20;
+    int32_t fd = -1, direct = -1;
+    uint64_t fh;
+    OK(kvp_file_open(path, KVP_FILE_CREATE | KVP_FILE_TRUNCATE, page, &fh, &fd, &direct));
+    uint64_t a = t_agent("C3", "UCX,POSIX", NULL);
+    uint64_t m, msize = page;
+    OK(kvp_mem_alloc(KVP_DRAM, 0, msize, &m));
+    uint64_t reg, freg, zero = 0, fdev = (uint64_t)fd;
+    OK(kvp_register(a, KVP_DRAM, &m, &msize, NULL, 1, NULL, &reg));
+    OK(kvp_register(a, KVP_FILE, &zero, &zero, &fdev, 1, NULL, &freg));
+    uint64_t lp = t_prep_pages(a, "", m, page, 1);
+    uint64_t fp = prep_file(a, "C3", fd, 0, page, 1);
+    CHECK(ftruncate(fd, (off_t)(page / 2)) == 0);
+    uint32_t idx = 0;
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_READ, lp, &idx, fp, &idx, 1, NULL, 0, &req));
+    int32_t s = kvp_xfer_post(a, req); /* a worker may fail it before the post returns */
+    CHECK_MSG(s == KVP_IN_PROG || s == KVP_ERR_BACKEND, "post returned %s", kvp_status_name(s));
+    if (s == KVP_IN_PROG) CHECK_ST(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL), KVP_ERR_BACKEND);
+    CHECK_ERR_HAS("end of file");
+    CHECK(posts_inline(a) == 0);
+    OK(kvp_xfer_release(a, req));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_file_close(fh));
+    OK(kvp_mem_free(m));
+    unlink(path);
 }

@@ -341,6 +341,16 @@ export class PreparedDescList {
     return n;
   }
 
+  /** @internal Whether the descriptors at `indices` hold at least `bytes` (false when
+   * the lengths are unknown); stops counting once they do. */
+  holdsAtLeast(indices: Uint32Array, bytes: number): boolean {
+    const lens = this.#lens;
+    if (lens === undefined) return false;
+    let n = 0;
+    for (let i = 0; i < indices.length && n < bytes; i++) n += Number(lens[indices[i]] ?? 0n);
+    return n >= bytes;
+  }
+
   /** @internal The native handle (throws once released). */
   handle(fn: string): bigint {
     if (this.#released) throw releasedError("this PreparedDescList", fn);
