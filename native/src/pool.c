@@ -157,20 +157,23 @@ void bi_pool_submit(bi_pool *p, bi_req *r) {
     pthread_mutex_unlock(&p->mu);
 }
 
+/* Takes r out of the queue (cancelled, or its last job was claimed). p->mu held. */
+static void unqueue(bi_pool *p, bi_req *r) {
+    bi_req *prev = NULL;
+    for (bi_req *q = p->head; q; prev = q, q = q->qnext) {
+        if (q != r) continue;
+        if (prev) prev->qnext = q->qnext;
+        else p->head = q->qnext;
+        if (p->tail == q) p->tail = prev;
+        break;
+    }
+    r->qnext = NULL;
+    r->queued = false;
+}
+
 bool bi_pool_cancel(bi_pool *p, bi_req *r) {
     pthread_mutex_lock(&p->mu);
-    if (r->queued) {
-        bi_req *prev = NULL;
-        for (bi_req *q = p->head; q; prev = q, q = q->qnext) {
-            if (q != r) continue;
-            if (prev) prev->qnext = q->qnext;
-            else p->head = q->qnext;
-            if (p->tail == q) p->tail = prev;
-            break;
-        }
-        r->qnext = NULL;
-        r->queued = false;
-    }
+    if (r->queued) unqueue(p, r);
     r->cancel = true;
     while (r->running > 0) pthread_cond_wait(&p->cv_idle, &p->mu);
     bool finished = r->nj > 0 && r->jobs_done == r->nj;
@@ -196,20 +199,6 @@ void bi_pool_run_inline(bi_pool *p, bi_req *r, uint64_t post_id) {
 }
 
 void bi_pool_leave(bi_pool *p, bi_req *r) { leave(p, r); }
-
-/* Takes r out of the queue (its last job was claimed). p->mu held. */
-static void unqueue(bi_pool *p, bi_req *r) {
-    bi_req *prev = NULL;
-    for (bi_req *q = p->head; q; prev = q, q = q->qnext) {
-        if (q != r) continue;
-        if (prev) prev->qnext = q->qnext;
-        else p->head = q->qnext;
-        if (p->tail == q) p->tail = prev;
-        break;
-    }
-    r->qnext = NULL;
-    r->queued = false;
-}
 
 void bi_pool_help(bi_pool *p, bi_req *r) {
     char msg[400];
