@@ -59,6 +59,9 @@ const char *t_lasterr(void);
 /* ------------------------------------------------------------- helpers ---- */
 /* Agent on 127.0.0.1 with an ephemeral port; extra params appended. */
 uint64_t t_agent(const char *name, const char *backends, const char *extra_params);
+/* The number after `key=` on its own line of kvp_agent_info (fails the test when the
+ * agent reports no such line). */
+uint64_t t_info_num(uint64_t agent, const char *key);
 /* Its metadata (malloc'ed). */
 uint8_t *t_md(uint64_t agent, uint64_t *len);
 /* Loads blob into agent, returns nothing (checks success). */

@@ -333,3 +333,16 @@ void t_peer_stop(t_peer *p) {
     p->md = NULL;
     CHECK_MSG(rc == 0, "peer process exited with %d", rc);
 }
+
+uint64_t t_info_num(uint64_t agent, const char *key) {
+    char buf[8192];
+    uint64_t len = 0;
+    OK(kvp_agent_info(agent, (uint8_t *)buf + 1, sizeof buf - 2, &len));
+    buf[0] = '\n'; /* so that the first line matches like the others */
+    buf[1 + (len < sizeof buf - 2 ? len : sizeof buf - 2)] = '\0';
+    char k[80];
+    snprintf(k, sizeof k, "\n%s=", key);
+    const char *p = strstr(buf, k);
+    CHECK_MSG(p, "no %s in agent info", key);
+    return strtoull(p + strlen(k), NULL, 10);
+}

@@ -128,15 +128,6 @@ static int gpu_in_child(void) {
     return 1;
 }
 
-static uint64_t info_count(uint64_t a, const char *key) {
-    uint8_t buf[2048];
-    uint64_t len = 0;
-    OK(kvp_agent_info(a, buf, sizeof buf - 1, &len));
-    buf[len] = '\0';
-    const char *at = strstr((const char *)buf, key);
-    return at ? strtoull(at + strlen(key) + 1, NULL, 10) : 0;
-}
-
 /* Fills page k of a VRAM buffer with seed base + k (through host memory). */
 static void fill_vram_pages(uint64_t v, uint64_t page, uint32_t n, uint32_t base) {
     uint8_t *h = malloc(page);
@@ -216,9 +207,9 @@ TEST_T(cuda_vram_over_tcp_staged, 120) {
     CHECK(t_verify((void *)(uintptr_t)d, size, 33));
     OK(kvp_xfer_release(a, req));
     /* Every one of those took the TCP path, staged. */
-    CHECK_MSG(info_count(a, "posts_staged") == 5, "posts_staged = %llu",
-              (unsigned long long)info_count(a, "posts_staged"));
-    CHECK(info_count(a, "posts_tcp") == 5);
+    CHECK_MSG(t_info_num(a, "posts_staged") == 5, "posts_staged = %llu",
+              (unsigned long long)t_info_num(a, "posts_staged"));
+    CHECK(t_info_num(a, "posts_tcp") == 5);
     free(h);
     free(want);
     OK(kvp_agent_destroy(a));
@@ -270,7 +261,7 @@ TEST_T(cuda_file_vram_staged, 60) {
     post_wait(a, r);
     for (uint32_t k = 0; k < N; k++)
         CHECK_MSG(vram_page_is(v2, page, rev[k], 700 + k), "page %u", k);
-    CHECK(info_count(a, "posts_staged") == 2 && info_count(a, "posts_file") == 2);
+    CHECK(t_info_num(a, "posts_staged") == 2 && t_info_num(a, "posts_file") == 2);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v1));
     OK(kvp_mem_free(v2));
@@ -304,7 +295,7 @@ TEST_T(cuda_ipc_scattered_pages, 60) {
     OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, perm, N, NULL, 0, &req));
     post_wait(a, req);
     for (uint32_t k = 0; k < N; k++) CHECK(t_peer_verify(&p, perm[k] * page, page, 900 + k));
-    CHECK(info_count(a, "posts_cuda") == 1 && info_count(a, "posts_staged") == 0);
+    CHECK(t_info_num(a, "posts_cuda") == 1 && t_info_num(a, "posts_staged") == 0);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v));
     t_peer_stop(&p);
@@ -350,7 +341,7 @@ TEST_T(cuda_async_post_poll_release_destroy, 60) {
     /* Destroyed in flight. */
     OK(kvp_xfer_create(a, KVP_WRITE, l1, idx, r2, idx, N, NULL, 0, &req));
     CHECK(kvp_xfer_post(a, req) >= 0);
-    uint64_t info_posts = info_count(a, "posts_cuda");
+    uint64_t info_posts = t_info_num(a, "posts_cuda");
     CHECK(info_posts == 4);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v1));
@@ -444,9 +435,9 @@ TEST_T(cuda_prep_of_peer_vram_opens_its_ipc_handle_before_the_first_request, 60)
     OK(kvp_mem_copy(KVP_VRAM, 0, v, KVP_DRAM, 0, (uint64_t)(uintptr_t)h, size));
     free(h);
     uint64_t lp = prep_type(a, "", KVP_VRAM, v, page, 8);
-    CHECK(info_count(a, "ipc_handles_open") == 0);
+    CHECK(t_info_num(a, "ipc_handles_open") == 0);
     uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, 8);
-    CHECK_MSG(info_count(a, "ipc_handles_open") == 1, "the peer's IPC handle is not open yet");
+    CHECK_MSG(t_info_num(a, "ipc_handles_open") == 1, "the peer's IPC handle is not open yet");
     uint32_t idx[8];
     for (uint32_t i = 0; i < 8; i++) idx[i] = i;
     uint64_t w;
@@ -454,8 +445,8 @@ TEST_T(cuda_prep_of_peer_vram_opens_its_ipc_handle_before_the_first_request, 60)
     post_wait(a, w);
     int verified = 0;
     CHECK(t_peer_notif(&p, 10000, 0, size, 40, &verified, NULL, NULL) == 1 && verified);
-    CHECK(info_count(a, "ipc_handles_open") == 1);
-    CHECK(info_count(a, "posts_cuda") == 1);
+    CHECK(t_info_num(a, "ipc_handles_open") == 1);
+    CHECK(t_info_num(a, "posts_cuda") == 1);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v));
     t_peer_stop(&p);

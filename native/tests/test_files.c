@@ -236,17 +236,6 @@ TEST(file_post_never_reaches_a_reused_descriptor) {
     unlink(pb);
 }
 
-/* posts_inline of kvp_agent_info: requests done inside kvp_xfer_post. */
-static uint64_t posts_inline(uint64_t a) {
-    char buf[4096];
-    uint64_t len = 0;
-    OK(kvp_agent_info(a, (uint8_t *)buf, sizeof buf - 1, &len));
-    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
-    const char *at = strstr(buf, "posts_inline=");
-    CHECK(at != NULL);
-    return strtoull(at + strlen("posts_inline="), NULL, 10);
-}
-
 /* A buffered READ of a file the page cache holds (cached_read_max, default 4 MiB): done
  * inside kvp_xfer_post, no worker; the same READ with cached_read_max=0, or of data the
  * cache dropped, goes to the workers. Every case checks the bytes. */
@@ -281,17 +270,17 @@ static void cached_read(const char *params, uint64_t page, uint32_t n, bool drop
     for (uint32_t i = 0; i < n; i++) idx[i] = i;
     uint64_t req;
     OK(kvp_xfer_create(a, KVP_READ, lp, idx, fp, idx, n, NULL, 0, &req));
-    uint64_t inl = posts_inline(a);
+    uint64_t inl = t_info_num(a, "posts_inline");
     int32_t s = kvp_xfer_post(a, req);
     /* Done inside the post (SUCCESS, counted inline), or by the workers (either status:
      * they may finish before the post returns). */
     if (want_inline) {
         CHECK_ST(s, KVP_SUCCESS);
-        CHECK(posts_inline(a) == inl + 1);
+        CHECK(t_info_num(a, "posts_inline") == inl + 1);
     } else {
         CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG);
         /* Data the cache dropped: it may keep a few pages, never all of them. */
-        CHECK(posts_inline(a) == inl);
+        CHECK(t_info_num(a, "posts_inline") == inl);
     }
     OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     CHECK(t_verify((void *)(uintptr_t)m, total, 77));
@@ -355,7 +344,7 @@ TEST(file_cached_read_of_a_short_file_reports_the_workers_error) {
     CHECK_MSG(s == KVP_IN_PROG || s == KVP_ERR_BACKEND, "post returned %s", kvp_status_name(s));
     if (s == KVP_IN_PROG) CHECK_ST(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL), KVP_ERR_BACKEND);
     CHECK_ERR_HAS("end of file");
-    CHECK(posts_inline(a) == 0);
+    CHECK(t_info_num(a, "posts_inline") == 0);
     OK(kvp_xfer_release(a, req));
     OK(kvp_agent_destroy(a));
     OK(kvp_file_close(fh));

@@ -122,18 +122,6 @@ static uint8_t *forge(const uint8_t *blob, uint64_t len, const char *name, uint1
     return b.p;
 }
 
-static uint64_t counter(uint64_t a, const char *key) {
-    char buf[8192];
-    uint64_t len;
-    OK(kvp_agent_info(a, (uint8_t *)buf, sizeof buf - 1, &len));
-    buf[len] = '\0';
-    char k[64];
-    snprintf(k, sizeof k, "\n%s=", key);
-    char *p = strstr(buf, k);
-    CHECK_MSG(p, "no %s in agent info", key);
-    return strtoull(p + strlen(k), NULL, 10);
-}
-
 /* Writes 16 pages from a fresh buffer to the forged agent; returns the status. */
 static int32_t write_to(uint64_t a, const char *remote, uint64_t rbase, uint64_t *mem) {
     const uint64_t size = 1 << 20;
@@ -166,8 +154,8 @@ TEST(forged_same_host_blob_is_reached_over_tcp) {
     uint8_t *fb = forge(v.md, v.mdlen, "forged", f.port, NULL, &fl);
     t_load(a, fb, fl);
     OK(write_to(a, "forged", v.base, &m)); /* the fake acknowledged it */
-    CHECK_MSG(counter(a, "posts_tcp") == 1 && counter(a, "posts_mem") == 0 &&
-                  counter(a, "posts_cma") == 0,
+    CHECK_MSG(t_info_num(a, "posts_tcp") == 1 && t_info_num(a, "posts_mem") == 0 &&
+                  t_info_num(a, "posts_cma") == 0,
               "the forged peer was not reached over TCP");
     CHECK(f.proves == 1 && f.writes >= 1); /* the pages went to the fake, merged */
     CHECK_MSG(t_peer_verify(&v, 0, 1 << 20, 5), "the victim's memory was written");
@@ -175,7 +163,7 @@ TEST(forged_same_host_blob_is_reached_over_tcp) {
     t_load(a, v.md, v.mdlen);
     uint64_t m2;
     OK(write_to(a, "V", v.base, &m2));
-    CHECK(counter(a, "posts_mem") == 1);
+    CHECK(t_info_num(a, "posts_mem") == 1);
     CHECK(t_peer_verify(&v, 0, 1 << 20, 66));
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(m));
@@ -199,7 +187,7 @@ TEST(forged_same_process_blob_cannot_make_a_peer_local) {
     uint8_t *ghost = forge(bblob, bl, "ghost", f.port, NULL, &gl);
     t_load(h, ghost, gl);
     OK(write_to(h, "ghost", bm, &m));
-    CHECK_MSG(counter(h, "posts_tcp") == 1 && counter(h, "posts_mem") == 0,
+    CHECK_MSG(t_info_num(h, "posts_tcp") == 1 && t_info_num(h, "posts_mem") == 0,
               "the forged blob was treated as a peer in this process");
     CHECK_MSG(t_verify((void *)(uintptr_t)bm, size, 5), "B's memory was written");
     /* A copy of H's own metadata under another name: refused outright. */
@@ -213,7 +201,7 @@ TEST(forged_same_process_blob_cannot_make_a_peer_local) {
     t_load(h, bblob, bl);
     uint64_t m2;
     OK(write_to(h, "B", bm, &m2));
-    CHECK(counter(h, "posts_mem") == 1);
+    CHECK(t_info_num(h, "posts_mem") == 1);
     CHECK(t_verify((void *)(uintptr_t)bm, size, 66));
     OK(kvp_agent_destroy(h));
     OK(kvp_agent_destroy(b));

@@ -5,18 +5,6 @@
 
 #include "t.h"
 
-static uint64_t info_num(uint64_t agent, const char *key) {
-    char buf[2048];
-    uint64_t len;
-    OK(kvp_agent_info(agent, (uint8_t *)buf, sizeof buf - 1, &len));
-    buf[len] = 0;
-    char k[64];
-    snprintf(k, sizeof k, "%s=", key);
-    char *p = strstr(buf, k);
-    CHECK_MSG(p, "agent info lacks %s", key);
-    return strtoull(p + strlen(k), NULL, 10);
-}
-
 typedef struct pair_cfg {
     const char *init_backends, *init_params, *tgt_backends;
     int anon;
@@ -98,7 +86,7 @@ static void run_pair(const pair_cfg *cfg) {
     CHECK(t_peer_notif(&p, 10000, 0, 0, 0, &verified, from, msg) == 1);
     CHECK(strcmp(msg, "hello") == 0);
 
-    CHECK_MSG(info_num(a, cfg->path_key) >= 4, "expected the %s path", cfg->path_key);
+    CHECK_MSG(t_info_num(a, cfg->path_key) >= 4, "expected the %s path", cfg->path_key);
     free(li);
     free(ri);
     OK(kvp_agent_destroy(a));
@@ -156,14 +144,14 @@ TEST(prep_of_a_same_host_peer_proves_locality_before_the_first_request) {
     t_peer_start(&p, "T", NULL, NULL, size, 0);
     uint64_t a = t_agent("I", NULL, NULL);
     t_load(a, p.md, p.mdlen);
-    CHECK(info_num(a, "remotes_same_host") == 0);
+    CHECK(t_info_num(a, "remotes_same_host") == 0);
     uint64_t m, reg, len = size;
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &len, NULL, 1, NULL, &reg));
     uint64_t lp = t_prep_pages(a, "", m, page, 8);
     uint64_t rp = t_prep_pages(a, "T", p.base, page, 8);
-    CHECK_MSG(info_num(a, "remotes_same_host") == 1, "locality not proven at preparation");
-    CHECK(info_num(a, "posts_mem") == 0);
+    CHECK_MSG(t_info_num(a, "remotes_same_host") == 1, "locality not proven at preparation");
+    CHECK(t_info_num(a, "posts_mem") == 0);
     uint32_t idx[8];
     for (uint32_t i = 0; i < 8; i++) idx[i] = i;
     t_fill((void *)(uintptr_t)m, size, 21);
@@ -173,7 +161,7 @@ TEST(prep_of_a_same_host_peer_proves_locality_before_the_first_request) {
     CHECK_MSG(st == KVP_SUCCESS || st == KVP_IN_PROG, "post: %s", t_lasterr());
     OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     CHECK(t_peer_verify(&p, 0, size, 21));
-    CHECK(info_num(a, "posts_mem") == 1);
+    CHECK(t_info_num(a, "posts_mem") == 1);
     OK(kvp_xfer_release(a, req));
     OK(kvp_prepped_release(a, rp));
     OK(kvp_prepped_release(a, lp));

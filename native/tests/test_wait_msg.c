@@ -125,16 +125,6 @@ TEST(waiters_of_a_memory_copy_help_and_see_the_bytes) {
     OK(kvp_mem_free(m));
 }
 
-static uint64_t posts_inline(uint64_t a) {
-    char buf[4096];
-    uint64_t len = 0;
-    OK(kvp_agent_info(a, (uint8_t *)buf, sizeof buf - 1, &len));
-    buf[len < sizeof buf ? len : sizeof buf - 1] = '\0';
-    const char *at = strstr(buf, "posts_inline=");
-    CHECK(at != NULL);
-    return strtoull(at + strlen("posts_inline="), NULL, 10);
-}
-
 /* A loopback copy of `pages` pages of 1 MiB: done inside the post (SUCCESS, counted
  * inline) when want_inline, else by the workers; the bytes checked either way. */
 static void mem_copy(const char *params, uint32_t pages, int want_inline) {
@@ -150,14 +140,14 @@ static void mem_copy(const char *params, uint32_t pages, int want_inline) {
     memset((void *)(uintptr_t)(m + total), 0, total);
     uint64_t req;
     OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, pages, NULL, 0, &req));
-    uint64_t before = posts_inline(a);
+    uint64_t before = t_info_num(a, "posts_inline");
     int32_t s = kvp_xfer_post(a, req);
     if (want_inline) {
         CHECK_ST(s, KVP_SUCCESS);
-        CHECK(posts_inline(a) == before + 1);
+        CHECK(t_info_num(a, "posts_inline") == before + 1);
     } else {
         CHECK(s == KVP_SUCCESS || s == KVP_IN_PROG); /* workers may finish first */
-        CHECK(posts_inline(a) == before);
+        CHECK(t_info_num(a, "posts_inline") == before);
         OK(kvp_xfer_wait(a, req, 10000, NULL, 0, NULL));
     }
     CHECK(t_verify((void *)(uintptr_t)(m + total), total, 7));
