@@ -7,7 +7,8 @@
 //
 // Under CI (CI=true or KVPORT_REQUIRE_NATIVE=1) a missing prometheus is a failure:
 // .ci/run installs it.
-import { test } from "./helpers/skip.ts";
+import { test as anyEngineTest, type TestOptions } from "./helpers/skip.ts";
+import { withEnvDefaults } from "./helpers/env_scope.ts";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -33,7 +34,13 @@ const noLib: string | false = await nativeLibrary().then(
 const skip = noLib || (typeof bins === "string" && !inCi ? bins : false);
 if (skip) console.log(`metrics_prometheus_test skipped: ${skip}`);
 
-process.env.KVPORT_ENGINE ??= "builtin";
+// These flows are about the built-in engine: where NIXL is installed, `auto` would pick it
+// (tests/nixl_*_test.ts cover that engine). The children inherit KVPORT_ENGINE, set for
+// each test only (a file-level setting reached every later file of the run); the sender
+// in this process names its engine (Bun's process.env does not reach C's getenv).
+function test(name: string, options: TestOptions, fn: () => Promise<void>): void {
+  anyEngineTest(name, options, withEnvDefaults({ KVPORT_ENGINE: "builtin" }, fn));
+}
 
 const SHAPE = "2,4,256,128"; // 512 KiB chunks
 const PAGE = chunkBytes(MemoryFormat.KV_2LTD, [2, 4, 256, 128], "bfloat16")!;

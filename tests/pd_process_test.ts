@@ -2,7 +2,8 @@
 // pd-receiver` child (the decoder) and a PdSender in this process (the prefiller), with
 // the proxy collector here. Every byte is checked by the receiver. Also: TP=2 with two
 // receiver processes, a receiver killed and restarted mid-stream, and `kvport demo`.
-import { test } from "./helpers/skip.ts";
+import { test as anyEngineTest, type TestOptions } from "./helpers/skip.ts";
+import { withEnvDefaults } from "./helpers/env_scope.ts";
 import assert from "node:assert/strict";
 import process from "node:process";
 import {
@@ -32,9 +33,12 @@ const skip: string | false = await nativeLibrary().then(
 if (skip) console.log(`pd_process_test skipped: ${skip}`);
 
 // These flows are about the built-in engine: where NIXL is installed, `auto` would pick it
-// (tests/nixl_*_test.ts cover that engine). The decoder children inherit this variable; the
-// sender in this process names its engine (Bun's process.env does not reach C's getenv).
-process.env.KVPORT_ENGINE ??= "builtin";
+// (tests/nixl_*_test.ts cover that engine). The children inherit KVPORT_ENGINE, set for
+// each test only (a file-level setting reached every later file of the run); the sender
+// in this process names its engine (Bun's process.env does not reach C's getenv).
+function test(name: string, options: TestOptions, fn: () => Promise<void>): void {
+  anyEngineTest(name, options, withEnvDefaults({ KVPORT_ENGINE: "builtin" }, fn));
+}
 
 const SHAPE = [2, 4, 256, 128]; // 512 KiB chunks
 const SHAPE_ARG = SHAPE.join(",");
