@@ -205,7 +205,13 @@ const modes: WakeMode[] = ["auto", "legacy"];
 const sides = [];
 for (const mode of modes) {
   setWakeMode(mode); // read when the agent opens its events
-  const agent = await NixlAgent.create({ name: `wake-${mode}-${stamp}`, engine: "builtin" });
+  // mem_inline_max=0: a copy this size would otherwise run inside the post (nothing to
+  // wait for, so nothing to measure); here the wait after a worker's copy is the point.
+  const agent = await NixlAgent.create({
+    name: `wake-${mode}-${stamp}`,
+    engine: "builtin",
+    params: { mem_inline_max: "0" },
+  });
   const buf = await linkPeer(agent, peer, PAGE);
   const { req } = writeRequest(agent, buf, peer, PAGE, 1);
   sides.push({ mode, agent, buf, req, samples: [] as number[], inline: 0 });
