@@ -218,6 +218,20 @@ function durations(
   };
 }
 
+/** Where the sender's GPU posts went, per post, from the engine's counters (`cuda_*` of
+ * `kvp_agent_info`, builtin engine) between two snapshots; undefined without GPU posts. */
+function gpuPostStages(before: Record<string, string>, after: Record<string, string>) {
+  const delta = (k: string) => Number(after[k] ?? 0) - Number(before[k] ?? 0);
+  const posts = delta("cuda_launched");
+  if (!(posts > 0)) return undefined;
+  return {
+    posts,
+    queueUs: delta("cuda_queue_ns") / posts / 1e3,
+    hopUs: delta("cuda_worker_hop_ns") / posts / 1e3,
+    eventWaitUs: delta("cuda_event_wait_ns") / posts / 1e3,
+  };
+}
+
 const report = new Report("latency");
 const rows: Record<string, unknown>[] = [];
 let reqNo = 0;
@@ -340,7 +354,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     const samples: Sample[] = [];
     let handshakes = 0; // after the warm-up: each one is a cost a request should not pay
     let withCredits = 0; // measured requests that took page credits (no AllocRequest)
+    let infoAtStart: Record<string, string> = {};
     for (let r = -3; r < reps; r++) {
+      if (r === 0) infoAtStart = agent.info();
       const reqId = `lat-${process.pid}-${reqNo++}`;
       const pages = await tx.allocate(size.chunks, 30_000);
       const keys = pages.map((_, i) => demoKey(reqId, i));
@@ -391,6 +407,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         samples.push(durations(s, rxMarks, proxyAt));
       }
     }
+    const native = gpuPostStages(infoAtStart, agent.info());
     const bytes = size.chunks * size.bytes;
     const copyUs = percentile(Float64Array.from(copies).sort(), 50);
     const limit = {
@@ -420,6 +437,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       stats[name] = { p50, p99 };
       console.log(
         `  ${name.padEnd(48)} ${p50.toFixed(1).padStart(9)} ${p99.toFixed(1).padStart(9)}`,
+      );
+    }
+    if (native) {
+      console.log(
+        `  sender's engine, mean of ${native.posts} GPU posts: copies queued in the post ` +
+          `${native.queueUs.toFixed(1)} us; its worker started ${native.hopUs.toFixed(1)} us ` +
+          `later (while the GPU copies); the worker's wait for the copies ` +
+          `${native.eventWaitUs.toFixed(1)} us`,
       );
     }
     const e2e = Float64Array.from(samples.map((x) => x["end to end: send() -> decoder landed"]))
@@ -481,6 +506,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       handshakes,
       withCredits,
       stats,
+      native,
     };
   } finally {
     await echo?.close();

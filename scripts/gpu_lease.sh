@@ -18,8 +18,8 @@
 # JSON lines when $OUT is set). Environment:
 #   KVPORT_RUNTIMES  "deno", "bun" or "deno bun" (default: deno; the old KVPORT_RUNTIME
 #                    is still read)
-#   KVPORT_STEPS     comma list of c,ts,demo,bench,latency (default: all of them), so that
-#                    a lease can be split into commands of under 10 minutes each
+#   KVPORT_STEPS     comma list of c,ts,demo,bench,latency,ce (default: all of them), so
+#                    that a lease can be split into commands of under 10 minutes each
 # Locally, without a GPU, it runs too: KVPORT_CUDART=$(sh native/tools/fake-cudart.sh)
 # rehearses every step on the fake runtime (figures meaningless); without it the GPU
 # steps skip or fail saying why.
@@ -65,7 +65,7 @@ unxz_to() { # unxz_to <file.xz> <dest>: xz, else Python's lzma
 
 # ---- runtimes and shim ------------------------------------------------------------------
 runtimes=${KVPORT_RUNTIMES:-${KVPORT_RUNTIME:-deno}}
-steps_wanted=",${KVPORT_STEPS:-c,ts,demo,bench,latency},"
+steps_wanted=",${KVPORT_STEPS:-c,ts,demo,bench,latency,ce},"
 want() { [[ $steps_wanted == *",$1,"* ]]; }
 deno=node_modules/deno/deno
 if [[ " $runtimes " == *" deno "* ]] && ! "$deno" --version >/dev/null 2>&1; then
@@ -171,6 +171,13 @@ for r in $runtimes; do
       "$rt_run bench/latency_bench.ts --device cuda --sizes 1x28,8x28,16x28,1x0.25"
     json_step 200 "$runtime: bench/latency_bench.ts --device cpu" "latency-$runtime-cpu" \
       "$rt_run bench/latency_bench.ts --device cpu --sizes 1x28,16x28,1x0.25"
+  fi
+  # ---- 6. the GPU requests with the copy kernel off (runtime copies on the copy engines),
+  # to tell whether scattered 28 MiB pages copy faster by kernel or by copy engine
+  if want ce; then
+    json_step 200 "$runtime: latency_bench --device cuda, KVPORT_CUDA_COPY_KERNEL=0" \
+      "latency-$runtime-cuda-ce" \
+      "KVPORT_CUDA_COPY_KERNEL=0 $rt_run bench/latency_bench.ts --device cuda --sizes 16x28,8x28"
   fi
 done
 

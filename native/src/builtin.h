@@ -264,6 +264,12 @@ struct bi_req {
      * found by whoever waits or polls (the event recorded after the copies) */
     void *cu_ev;
     bool cu_pending, cu_waiting;
+    /* PATH_CUDA with a worker (a notification to send, or waiters on the agent's
+     * events): the post queued the copies and recorded this event after them; the
+     * worker only waits for it, so its wake-up overlaps the copy instead of preceding
+     * it. Handed over under pool->mu: the worker's job or a cancel takes it. */
+    void *cu_launched;
+    uint64_t cu_launched_at; /* kvp_now_ns() once queued (pool->mu) */
     /* TCP: the posting thread is queueing the frames outside a->mu (a->mu) */
     bool tcp_posting;
     /* job accounting (pool->mu) */
@@ -392,6 +398,10 @@ struct bi_agent {
     pthread_mutex_t stage_mu;
     struct bi_fstage *fstage;
     atomic_uint_fast64_t n_staged;  /* VRAM requests staged through host memory */
+    /* GPU posts whose copies the post queued for a worker to wait on, and where their
+     * time went (ns, summed): queueing in the post, the worker's start after that (its
+     * wake-up, overlapped with the copy) and its wait for the copies' event. */
+    atomic_uint_fast64_t n_cu_launched, cu_queue_ns, cu_hop_ns, cu_event_wait_ns;
     struct bi_agent *live_next; /* registry of live agents of this process */
 };
 
@@ -458,6 +468,15 @@ void bi_pool_help(bi_pool *p, bi_req *r);
  * event (r->cu_ev), or finishes the request with the error. After
  * bi_pool_claim_inline; leaves the claim. */
 void bi_cuda_post_async(bi_req *r, uint64_t post_id);
+/* copy.c: PATH_CUDA completed by a worker: queues the copies and records an event here,
+ * then hands r to a worker that waits for that event and completes r (its notification
+ * included), or finishes r with the error. After bi_pool_claim_inline; leaves it. */
+void bi_cuda_post_launched(bi_req *r, uint64_t post_id);
+/* After bi_pool_claim_inline: sets r->cu_launched = ev and queues r for a worker
+ * (unless a cancel came meanwhile: then the cancel waits for ev); leaves the claim. */
+void bi_pool_submit_launched(bi_pool *p, bi_req *r, void *ev);
+/* Takes r->cu_launched (NULL when none is left) and when it was set (*at, may be NULL). */
+void *bi_pool_take_launched(bi_pool *p, bi_req *r, uint64_t *at);
 /* copy.c: executes one job; returns KVP status and fills msg on failure. */
 int32_t bi_job_exec(bi_req *r, const bi_job *j, char *msg, size_t cap);
 /* copy.c: reads every piece of a buffered file READ from the page cache, never waiting

@@ -488,6 +488,14 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->n_inline),
              (unsigned long long)atomic_load(&a->n_staged));
     kvp_buf_put(out, line, strlen(line));
+    snprintf(line, sizeof line,
+             "cuda_launched=%llu\ncuda_queue_ns=%llu\ncuda_worker_hop_ns=%llu\n"
+             "cuda_event_wait_ns=%llu\n",
+             (unsigned long long)atomic_load(&a->n_cu_launched),
+             (unsigned long long)atomic_load(&a->cu_queue_ns),
+             (unsigned long long)atomic_load(&a->cu_hop_ns),
+             (unsigned long long)atomic_load(&a->cu_event_wait_ns));
+    kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
              (unsigned long long)atomic_load(&a->n_dereg_timeouts));
     kvp_buf_put(out, line, strlen(line));

@@ -155,6 +155,19 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
     int32_t devs[CUDA_JOB_DEVS];
     int nd = 0;
     int32_t st = KVP_SUCCESS;
+    uint64_t launched_at = 0;
+    void *launched = bi_pool_take_launched(&r->a->pool, r, &launched_at);
+    if (launched) {
+        /* The post queued the copies already (bi_cuda_post_launched): only wait. */
+        bi_agent *a = r->a;
+        uint64_t t0 = kvp_now_ns();
+        st = kvp_cuda_event_wait(r->cb_dev, launched);
+        if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
+        kvp_cuda_event_put(r->cb_dev, launched);
+        atomic_fetch_add_explicit(&a->cu_hop_ns, t0 - launched_at, memory_order_relaxed);
+        atomic_fetch_add_explicit(&a->cu_event_wait_ns, kvp_now_ns() - t0, memory_order_relaxed);
+        return st;
+    }
     if (r->cb_onedev && j->p0 == 0 && j->p1 + 1 == r->np && j->o0 == 0 &&
         j->e1 == r->p[r->np - 1].len) {
         /* The whole request on one device: one batched call. */
@@ -204,8 +217,10 @@ wait:
     return st;
 }
 
-void bi_cuda_post_async(bi_req *r, uint64_t post_id) {
-    bi_agent *a = r->a;
+/* Queues every copy of r (one device) on the copy stream and records an event after
+ * them into *ev. On an error finishes r with it (after every copy that may have been
+ * queued has ended: none may outlive the request) and returns false. */
+static bool queue_recorded(bi_req *r, uint64_t post_id, void **ev_out) {
     int32_t dev = r->cb_dev;
     void *ev = NULL;
     char msg[400] = "";
@@ -218,10 +233,33 @@ void bi_cuda_post_async(bi_req *r, uint64_t post_id) {
     if (st == KVP_SUCCESS) st = kvp_cuda_record(dev, KVP_CUDA_Q_COPY, ev);
     if (st != KVP_SUCCESS) {
         snprintf(msg, sizeof msg, "%s", kvp_err_text());
-        kvp_cuda_quiesce(); /* copies may be queued: none may outlive the request */
+        kvp_cuda_quiesce();
         kvp_cuda_event_put(dev, ev);
         bi_req_finish(r, post_id, st, msg);
-    } else {
+        return false;
+    }
+    *ev_out = ev;
+    return true;
+}
+
+void bi_cuda_post_launched(bi_req *r, uint64_t post_id) {
+    bi_agent *a = r->a;
+    uint64_t t0 = kvp_now_ns();
+    void *ev = NULL;
+    if (!queue_recorded(r, post_id, &ev)) {
+        bi_pool_leave(&a->pool, r);
+        return;
+    }
+    atomic_fetch_add_explicit(&a->n_cu_launched, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&a->cu_queue_ns, kvp_now_ns() - t0, memory_order_relaxed);
+    bi_pool_submit_launched(&a->pool, r, ev);
+}
+
+void bi_cuda_post_async(bi_req *r, uint64_t post_id) {
+    bi_agent *a = r->a;
+    int32_t dev = r->cb_dev;
+    void *ev = NULL;
+    if (queue_recorded(r, post_id, &ev)) {
         pthread_mutex_lock(&a->mu);
         if (r->post_id == post_id && r->state == RS_ACTIVE) {
             r->cu_ev = ev;

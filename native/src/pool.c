@@ -144,6 +144,27 @@ bool bi_pool_try_cached(bi_pool *p, bi_req *r, uint64_t post_id) {
     return false;
 }
 
+void bi_pool_submit_launched(bi_pool *p, bi_req *r, void *ev) {
+    pthread_mutex_lock(&p->mu);
+    r->cu_launched = ev;
+    r->cu_launched_at = kvp_now_ns();
+    /* The claim ends under the same lock (as in bi_pool_try_cached): a cancel that came
+     * meanwhile waited for it, and takes the event after. */
+    if (!r->cancel && !p->stop) enqueue(p, r);
+    r->running--;
+    if (r->running == 0) pthread_cond_broadcast(&p->cv_idle);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void *bi_pool_take_launched(bi_pool *p, bi_req *r, uint64_t *at) {
+    pthread_mutex_lock(&p->mu);
+    void *ev = r->cu_launched;
+    r->cu_launched = NULL;
+    if (at) *at = r->cu_launched_at;
+    pthread_mutex_unlock(&p->mu);
+    return ev;
+}
+
 void bi_pool_submit(bi_pool *p, bi_req *r) {
     pthread_mutex_lock(&p->mu);
     reset(r);

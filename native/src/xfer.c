@@ -585,6 +585,13 @@ void bi_req_cancel(bi_req *r) {
     /* Always wait for workers, even for a finished request: the worker that finished it
      * may still be on its way out of the job. */
     (void)bi_pool_cancel(&a->pool, r);
+    /* Copies a post queued for a worker that never ran (the cancel took r out of the
+     * queue): wait for them here. */
+    void *launched = bi_pool_take_launched(&a->pool, r, NULL);
+    if (launched) {
+        (void)kvp_cuda_event_wait(r->cb_dev, launched);
+        kvp_cuda_event_put(r->cb_dev, launched);
+    }
     /* Copies queued by an asynchronous CUDA post: wait for them (after whoever is
      * waiting for them now). */
     pthread_mutex_lock(&a->mu);
@@ -697,7 +704,8 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             return st;
         }
     }
-    bool run_inline = false, cu_async = false, tcp_post = false, try_cached = false;
+    bool run_inline = false, cu_async = false, cu_launch = false, tcp_post = false;
+    bool try_cached = false;
     uint64_t post_id = 0;
     bi_conn *old = NULL;
     pthread_mutex_lock(&a->mu);
@@ -757,14 +765,16 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
              * cached goes to the workers: this thread never waits for the disk. */
             try_cached = true;
             bi_pool_claim_inline(&a->pool, r);
-        } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process) &&
-                   r->notif_len == 0 && !bi_events_wanted(a)) {
-            /* GPU copies: queued right here (microseconds), completed by whoever waits or
-             * polls; no worker hop. (A notification, to be sent promptly, a same-process
-             * peer, copied under its lock, and an agent whose waiters sleep on its
-             * events (kvp_event_fd, kvp_event_notify), which only a finishing worker
-             * signals, take a worker.) */
-            cu_async = true;
+        } else if (r->path == PATH_CUDA && r->cb_onedev && !(rm && rm->same_process)) {
+            /* GPU copies: queued right here (microseconds). Without a notification or
+             * event waiters, whoever waits or polls completes the request: no worker
+             * hop at all. Otherwise (a notification to send promptly, or waiters that
+             * sleep on the agent's events, kvp_event_fd / kvp_event_notify, which a
+             * finishing worker signals) a worker waits for the copies' event: it wakes
+             * while the GPU copies, not before the copies start. (A same-process peer,
+             * copied under its lock, takes a worker for the whole job.) */
+            if (r->notif_len == 0 && !bi_events_wanted(a)) cu_async = true;
+            else cu_launch = true;
             bi_pool_claim_inline(&a->pool, r);
         } else {
             bi_pool_submit(&a->pool, r);
@@ -788,6 +798,7 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
     if (st == KVP_SUCCESS && try_cached && bi_pool_try_cached(&a->pool, r, post_id))
         atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
     if (st == KVP_SUCCESS && cu_async) bi_cuda_post_async(r, post_id);
+    if (st == KVP_SUCCESS && cu_launch) bi_cuda_post_launched(r, post_id);
     if (st == KVP_SUCCESS) {
         pthread_mutex_lock(&a->mu);
         if (r->post_id == post_id && r->state == RS_DONE) {

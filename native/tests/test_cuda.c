@@ -103,6 +103,7 @@ TEST_T(cuda_ipc_two_processes, 60) {
     int verified = 0;
     char msg[64];
     CHECK(t_peer_notif(&p, 10000, 0, size, 8, &verified, NULL, msg) == 1 && verified);
+    CHECK(t_info_num(a, "cuda_launched") == 1);
     t_peer_fill(&p, 0, size, 9);
     OK(kvp_xfer_create(a, KVP_READ, lp, idx, rp, idx, 16, NULL, 0, &r));
     post_wait(a, r);
@@ -298,6 +299,54 @@ TEST_T(cuda_ipc_scattered_pages, 60) {
     CHECK(t_info_num(a, "posts_cuda") == 1 && t_info_num(a, "posts_staged") == 0);
     OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(v));
+    t_peer_stop(&p);
+}
+
+/* GPU copies with a notification: the post queues the copies and a worker waits for
+ * their event, then sends the notification, so the peer sees it only after every byte
+ * (checked there, each round with new bytes). Then released and destroyed right after a
+ * post (the copies still running): both return once the copies are done, no fault. */
+TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
+    if (!gpu_in_child()) return;
+    enum { N = 16, ROUNDS = 4 };
+    const uint64_t page = 1 << 20, size = N * page;
+    t_peer p;
+    t_peer_start(&p, "T", NULL, NULL, size, 2);
+    uint64_t a = t_agent("I", NULL, NULL), v, reg, len = size, dev0 = 0;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
+    OK(kvp_register(a, KVP_VRAM, &v, &len, &dev0, 1, NULL, &reg));
+    uint64_t lv = prep_type(a, "", KVP_VRAM, v, page, N);
+    uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, N);
+    uint32_t idx[N];
+    for (uint32_t i = 0; i < N; i++) idx[i] = i;
+    uint8_t *h = malloc(size);
+    uint64_t req;
+    OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, idx, N, (const uint8_t *)"landed", 6, &req));
+    for (uint32_t round = 0; round < ROUNDS; round++) {
+        t_fill(h, size, 70 + round);
+        OK(kvp_mem_copy(KVP_VRAM, 0, v, KVP_DRAM, 0, (uint64_t)(uintptr_t)h, size));
+        post_wait(a, req);
+        int verified = 0;
+        char msg[64] = "";
+        CHECK_MSG(t_peer_notif(&p, 10000, 0, size, 70 + round, &verified, NULL, msg) == 1,
+                  "round %u: no notification", round);
+        CHECK_MSG(verified, "round %u: the notification came before the bytes", round);
+        CHECK_MSG(memcmp(msg, "landed", 6) == 0, "round %u: notification %.6s", round, msg);
+    }
+    CHECK_MSG(t_info_num(a, "cuda_launched") == ROUNDS, "cuda_launched = %llu, expected %d",
+              (unsigned long long)t_info_num(a, "cuda_launched"), ROUNDS);
+    CHECK(t_info_num(a, "cuda_event_wait_ns") > 0);
+    CHECK(t_info_num(a, "posts_cuda") == ROUNDS && t_info_num(a, "posts_staged") == 0);
+    /* Released in flight: returns once the copies are done. */
+    CHECK(kvp_xfer_post(a, req) >= 0);
+    OK(kvp_xfer_release(a, req));
+    /* Destroyed in flight. */
+    OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, idx, N, (const uint8_t *)"x", 1, &req));
+    CHECK(kvp_xfer_post(a, req) >= 0);
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(v));
+    free(h);
     t_peer_stop(&p);
 }
 
