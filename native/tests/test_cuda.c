@@ -274,18 +274,38 @@ TEST_T(cuda_file_vram_staged, 60) {
 
 /* Many scattered pages to a same-host peer's VRAM through CUDA IPC: every page its own
  * copy, all queued before one wait. */
+/* Agent "I" with n VRAM pages registered and prepared (lv), and a forked peer "T" whose
+ * n VRAM pages are prepared as the remote side (rp). */
+typedef struct {
+    t_peer p;
+    uint64_t a, v, lv, rp;
+} vram_pair;
+
+static void vram_pair_start(vram_pair *x, uint64_t page, uint32_t n) {
+    uint64_t size = page * n, reg, len = size, dev0 = 0;
+    t_peer_start(&x->p, "T", NULL, NULL, size, 2);
+    x->a = t_agent("I", NULL, NULL);
+    t_load(x->a, x->p.md, x->p.mdlen);
+    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &x->v));
+    OK(kvp_register(x->a, KVP_VRAM, &x->v, &len, &dev0, 1, NULL, &reg));
+    x->lv = prep_type(x->a, "", KVP_VRAM, x->v, page, n);
+    x->rp = prep_type(x->a, "T", KVP_VRAM, x->p.base, page, n);
+}
+
+static void vram_pair_stop(vram_pair *x) {
+    OK(kvp_agent_destroy(x->a));
+    OK(kvp_mem_free(x->v));
+    t_peer_stop(&x->p);
+}
+
 TEST_T(cuda_ipc_scattered_pages, 60) {
     if (!gpu_in_child()) return;
     enum { N = 64 };
-    const uint64_t page = 64 << 10, size = N * page;
-    t_peer p;
-    t_peer_start(&p, "T", NULL, NULL, size, 2);
-    uint64_t a = t_agent("I", NULL, NULL), v, reg, len = size, dev0 = 0;
-    t_load(a, p.md, p.mdlen);
-    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
-    OK(kvp_register(a, KVP_VRAM, &v, &len, &dev0, 1, NULL, &reg));
-    uint64_t lv = prep_type(a, "", KVP_VRAM, v, page, N);
-    uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, N);
+    const uint64_t page = 64 << 10;
+    vram_pair x;
+    vram_pair_start(&x, page, N);
+    uint64_t a = x.a, v = x.v, lv = x.lv, rp = x.rp;
+    t_peer *pp = &x.p;
     uint32_t idx[N], perm[N];
     for (uint32_t i = 0; i < N; i++) {
         idx[i] = i;
@@ -295,11 +315,9 @@ TEST_T(cuda_ipc_scattered_pages, 60) {
     uint64_t req;
     OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, perm, N, NULL, 0, &req));
     post_wait(a, req);
-    for (uint32_t k = 0; k < N; k++) CHECK(t_peer_verify(&p, perm[k] * page, page, 900 + k));
+    for (uint32_t k = 0; k < N; k++) CHECK(t_peer_verify(pp, perm[k] * page, page, 900 + k));
     CHECK(t_info_num(a, "posts_cuda") == 1 && t_info_num(a, "posts_staged") == 0);
-    OK(kvp_agent_destroy(a));
-    OK(kvp_mem_free(v));
-    t_peer_stop(&p);
+    vram_pair_stop(&x);
 }
 
 /* GPU copies with a notification: the post queues the copies and a worker waits for
@@ -310,14 +328,9 @@ TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
     if (!gpu_in_child()) return;
     enum { N = 16, ROUNDS = 4 };
     const uint64_t page = 1 << 20, size = N * page;
-    t_peer p;
-    t_peer_start(&p, "T", NULL, NULL, size, 2);
-    uint64_t a = t_agent("I", NULL, NULL), v, reg, len = size, dev0 = 0;
-    t_load(a, p.md, p.mdlen);
-    OK(kvp_mem_alloc(KVP_VRAM, 0, size, &v));
-    OK(kvp_register(a, KVP_VRAM, &v, &len, &dev0, 1, NULL, &reg));
-    uint64_t lv = prep_type(a, "", KVP_VRAM, v, page, N);
-    uint64_t rp = prep_type(a, "T", KVP_VRAM, p.base, page, N);
+    vram_pair x;
+    vram_pair_start(&x, page, N);
+    uint64_t a = x.a, v = x.v, lv = x.lv, rp = x.rp;
     uint32_t idx[N];
     for (uint32_t i = 0; i < N; i++) idx[i] = i;
     uint8_t *h = malloc(size);
@@ -329,7 +342,7 @@ TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
         post_wait(a, req);
         int verified = 0;
         char msg[64] = "";
-        CHECK_MSG(t_peer_notif(&p, 10000, 0, size, 70 + round, &verified, NULL, msg) == 1,
+        CHECK_MSG(t_peer_notif(&x.p, 10000, 0, size, 70 + round, &verified, NULL, msg) == 1,
                   "round %u: no notification", round);
         CHECK_MSG(verified, "round %u: the notification came before the bytes", round);
         CHECK_MSG(memcmp(msg, "landed", 6) == 0, "round %u: notification %.6s", round, msg);
@@ -344,10 +357,8 @@ TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
     /* Destroyed in flight. */
     OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, idx, N, (const uint8_t *)"x", 1, &req));
     CHECK(kvp_xfer_post(a, req) >= 0);
-    OK(kvp_agent_destroy(a));
-    OK(kvp_mem_free(v));
+    vram_pair_stop(&x);
     free(h);
-    t_peer_stop(&p);
 }
 
 /* GPU copies posted without a worker: completed by polling (kvp_xfer_status, as Bun
