@@ -355,6 +355,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     let handshakes = 0; // after the warm-up: each one is a cost a request should not pay
     let withCredits = 0; // measured requests that took page credits (no AllocRequest)
     let infoAtStart: Record<string, string> = {};
+    const refillBusy: number[] = [];
     for (let r = -3; r < reps; r++) {
       if (r === 0) infoAtStart = agent.info();
       const reqId = `lat-${process.pid}-${reqNo++}`;
@@ -405,6 +406,16 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
           rxMarks[k as PdReceiverStage] = v - clock.offset;
         }
         samples.push(durations(s, rxMarks, proxyAt));
+        // Time the decoder spent serving a credit refill (JavaScript on its only thread)
+        // between this request's post and the moment it saw the notification.
+        const from = s.posted, to = rxMarks.notification;
+        let busy = 0;
+        if (from !== undefined && to !== undefined) {
+          for (const [a, b] of (ev.refills ?? []) as [number, number][]) {
+            busy += Math.max(0, Math.min(b - clock.offset, to) - Math.max(a - clock.offset, from));
+          }
+        }
+        refillBusy.push(busy * 1000);
       }
     }
     const native = gpuPostStages(infoAtStart, agent.info());
@@ -439,6 +450,12 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         `  ${name.padEnd(48)} ${p50.toFixed(1).padStart(9)} ${p99.toFixed(1).padStart(9)}`,
       );
     }
+    const busyOnes = Float64Array.from(refillBusy.filter((x) => x > 0)).sort();
+    console.log(
+      `  decoder serving a credit refill between the post and the notification: ` +
+        `${busyOnes.length} of ${refillBusy.length} requests` +
+        (busyOnes.length > 0 ? ` (p50 ${percentile(busyOnes, 50).toFixed(1)} us of it)` : ""),
+    );
     if (native) {
       console.log(
         `  sender's engine, mean of ${native.posts} GPU posts: copies queued in the post ` +
@@ -507,6 +524,10 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       withCredits,
       stats,
       native,
+      refillBusy: {
+        requests: busyOnes.length,
+        p50Us: busyOnes.length ? percentile(busyOnes, 50) : 0,
+      },
     };
   } finally {
     await echo?.close();

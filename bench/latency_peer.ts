@@ -10,7 +10,8 @@
  * ```
  * Prints `{"event":"ready","initPort":..,"allocPort":..,"echoUrl":..}` (a bare REQ/REP echo,
  * the limit of the AllocRequest round trip), then
- * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..}}` per request.
+ * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..},
+ * "refills":[[received, replied], ...]}` per request (the last credit refills served).
  * Answers `{"ping":n}` lines on stdin with `{"event":"pong","n":n,"t":<its clock>}`.
  * Ends on stdin EOF or SIGTERM.
  *
@@ -46,6 +47,11 @@ interface Pending {
  * form without `total_chunks`, carries no request id). */
 const byFirst = new Map<string, Pending>();
 const firstOf = new Map<string, string>();
+/** The last credit refills served (key-less AllocRequests): [received, replied] in
+ * absolute ms, so that the bench can tell when one kept this process busy while a
+ * request's notification was waiting for it. */
+const refills: [number, number][] = [];
+let refillAt: number | undefined;
 
 const rx = await PdReceiver.create({
   host: "127.0.0.1",
@@ -61,7 +67,15 @@ const rx = await PdReceiver.create({
   creditMaxTotal: args.creditTotal,
   timeline: (stage, _reqId, keys) => {
     const t = abs();
-    if (keys.length === 0) return;
+    if (keys.length === 0) {
+      if (stage === "alloc_received") refillAt = t;
+      else if (stage === "alloc_replied" && refillAt !== undefined) {
+        refills.push([refillAt, t]);
+        if (refills.length > 8) refills.shift();
+        refillAt = undefined;
+      }
+      return;
+    }
     let first = firstOf.get(keys[0]);
     // A request begins with its AllocRequest, or (page credits) with its bind notification.
     if (first === undefined && (stage === "alloc_received" || stage === "notification")) {
@@ -87,7 +101,9 @@ function finish(first: string, p: Pending): void {
     firstOf.delete(k);
     rx.remove(k);
   }
-  process.stdout.write(JSON.stringify({ event: "landed", key: first, marks: p.marks }) + "\n");
+  process.stdout.write(
+    JSON.stringify({ event: "landed", key: first, marks: p.marks, refills }) + "\n",
+  );
 }
 
 // The limit of the AllocRequest round trip: a bare REQ/REP echo of our ZeroMQ wire in this
