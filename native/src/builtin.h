@@ -330,6 +330,8 @@ struct bi_agent {
     uint64_t inline_max;        /* requests up to this many bytes complete inside post */
     uint64_t mem_inline_max;    /* memory copies (same host, loopback) up to this many
                                  * bytes complete inside post */
+    uint64_t vram_inline_max;   /* device-to-device copies up to this many bytes complete
+                                 * inside post (queued, then their event waited for) */
     uint64_t cached_read_max;   /* buffered file READs up to this many bytes that the page
                                  * cache holds complete inside post (never waiting for I/O) */
     bool vram_kernel;           /* vram_copy=auto: scattered VRAM<->VRAM pages by kernel */

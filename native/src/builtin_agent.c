@@ -104,7 +104,8 @@ static const char *const g_known_params[] = {
     "listen_host", "listen_port", "advertise_host", "io_threads",
     "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms",
     "max_remotes", "page_grants", "max_grants", "max_read_queue", "max_inbound_conns",
-    "hello_timeout_ms", "max_notifs", "max_notif_bytes", "cached_read_max", "mem_inline_max", NULL,
+    "hello_timeout_ms", "max_notifs", "max_notif_bytes", "cached_read_max", "mem_inline_max",
+    "vram_inline_max", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -131,6 +132,9 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "mem_inline_max", 0, 64u << 20, 4u << 20, &x)) != KVP_SUCCESS)
         return st;
     a->mem_inline_max = x;
+    if ((st = kvp_params_uint(pp, "vram_inline_max", 0, 1u << 30, 32u << 20, &x)) != KVP_SUCCESS)
+        return st;
+    a->vram_inline_max = x;
     if ((st = kvp_params_uint(pp, "dereg_timeout_ms", 0, 600000, 10000, &x)) != KVP_SUCCESS)
         return st;
     a->dereg_timeout_ms = (uint32_t)x;
@@ -203,7 +207,7 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
                            "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes, "
                            "page_grants, max_grants, max_read_queue, max_inbound_conns, "
                            "hello_timeout_ms, max_notifs, max_notif_bytes, cached_read_max, "
-                           "mem_inline_max; "
+                           "mem_inline_max, vram_inline_max; "
                            "prefix a key with "
                            "BACKEND. to pass it to a backend)",
                            pp->v[i].key);
@@ -460,13 +464,13 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
     snprintf(line, sizeof line,
              "name=%s\nengine=builtin\nbackends=%s%s%s\nlisten=%s:%u\nadvertise=%s:%u\n"
              "io_threads=%u\ntransport=%s\nconnect_timeout_ms=%u\ninline_max=%llu\n"
-             "cached_read_max=%llu\nmem_inline_max=%llu\nvram_copy=%s\n",
+             "cached_read_max=%llu\nmem_inline_max=%llu\nvram_inline_max=%llu\nvram_copy=%s\n",
              a->base.name, (a->caps & KVP_CAP_UCX) ? "UCX," : "",
              (a->caps & KVP_CAP_TCP) ? "TCP," : "", (a->caps & KVP_CAP_POSIX) ? "POSIX" : "",
              a->listen_host, a->port, a->advertise, a->port, a->io_threads,
              a->force_tcp ? "tcp" : "auto", a->connect_timeout_ms,
              (unsigned long long)a->inline_max, (unsigned long long)a->cached_read_max,
-             (unsigned long long)a->mem_inline_max,
+             (unsigned long long)a->mem_inline_max, (unsigned long long)a->vram_inline_max,
              a->vram_kernel ? "auto" : "memcpy");
     /* Tidy a trailing comma in backends when POSIX is absent. */
     char *b = strstr(line, "backends=");

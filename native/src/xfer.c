@@ -750,11 +750,15 @@ int32_t bi_xfer_post(kvp_agent *ka, uint64_t h) {
             r->tcp_posting = true;
         } else if (r->np == 0 || r->total <= a->inline_max ||
                    ((r->path == PATH_MEM || r->path == PATH_CMA) &&
-                    r->total <= a->mem_inline_max)) {
+                    r->total <= a->mem_inline_max) ||
+                   (r->path == PATH_CUDA && r->ltype == KVP_VRAM && r->rtype == KVP_VRAM &&
+                    r->total <= a->vram_inline_max)) {
             /* A memory copy of a chunk or so costs about what the thread hops around a
              * worker do (its wake-up, then the waiter's: tens of microseconds each on a
              * busy host), so it runs here; files (the disk) and TCP never do past
-             * inline_max. */
+             * inline_max. Device to device, a chunk copies in microseconds (28 MiB: some
+             * 15 us on an H200) where a worker's wake-up on a VM costs 30-90 us: the
+             * post queues the copies and waits for them itself. */
             run_inline = true;
             atomic_fetch_add_explicit(&a->n_inline, 1, memory_order_relaxed);
             bi_pool_claim_inline(&a->pool, r); /* counts as a running worker */

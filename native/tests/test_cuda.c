@@ -281,10 +281,10 @@ typedef struct {
     uint64_t a, v, lv, rp;
 } vram_pair;
 
-static void vram_pair_start(vram_pair *x, uint64_t page, uint32_t n) {
+static void vram_pair_start(vram_pair *x, uint64_t page, uint32_t n, const char *params) {
     uint64_t size = page * n, reg, len = size, dev0 = 0;
     t_peer_start(&x->p, "T", NULL, NULL, size, 2);
-    x->a = t_agent("I", NULL, NULL);
+    x->a = t_agent("I", NULL, params);
     t_load(x->a, x->p.md, x->p.mdlen);
     OK(kvp_mem_alloc(KVP_VRAM, 0, size, &x->v));
     OK(kvp_register(x->a, KVP_VRAM, &x->v, &len, &dev0, 1, NULL, &reg));
@@ -303,7 +303,7 @@ TEST_T(cuda_ipc_scattered_pages, 60) {
     enum { N = 64 };
     const uint64_t page = 64 << 10;
     vram_pair x;
-    vram_pair_start(&x, page, N);
+    vram_pair_start(&x, page, N, NULL);
     uint64_t a = x.a, v = x.v, lv = x.lv, rp = x.rp;
     t_peer *pp = &x.p;
     uint32_t idx[N], perm[N];
@@ -320,26 +320,25 @@ TEST_T(cuda_ipc_scattered_pages, 60) {
     vram_pair_stop(&x);
 }
 
-/* GPU copies with a notification: the post queues the copies and a worker waits for
- * their event, then sends the notification, so the peer sees it only after every byte
- * (checked there, each round with new bytes). Then released and destroyed right after a
- * post (the copies still running): both return once the copies are done, no fault. */
-TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
-    if (!gpu_in_child()) return;
-    enum { N = 16, ROUNDS = 4 };
-    const uint64_t page = 1 << 20, size = N * page;
+/* Rounds of a VRAM -> peer VRAM WRITE of n pages with a notification, new bytes each
+ * round: the peer sees the notification only after every byte (checked there). Then a
+ * post released and one destroyed right away (copies possibly running): both return
+ * once the copies are done, no fault. Returns the agent's counter `counter` before the
+ * release. */
+static uint64_t notified_vram_rounds(const char *params, uint32_t n, uint32_t rounds,
+                                     const char *counter) {
+    const uint64_t page = 1 << 20, size = n * page;
     vram_pair x;
-    vram_pair_start(&x, page, N);
-    uint64_t a = x.a, v = x.v, lv = x.lv, rp = x.rp;
-    uint32_t idx[N];
-    for (uint32_t i = 0; i < N; i++) idx[i] = i;
+    vram_pair_start(&x, page, n, params);
+    uint32_t *idx = malloc(n * sizeof *idx);
+    for (uint32_t i = 0; i < n; i++) idx[i] = i;
     uint8_t *h = malloc(size);
     uint64_t req;
-    OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, idx, N, (const uint8_t *)"landed", 6, &req));
-    for (uint32_t round = 0; round < ROUNDS; round++) {
+    OK(kvp_xfer_create(x.a, KVP_WRITE, x.lv, idx, x.rp, idx, n, (const uint8_t *)"landed", 6, &req));
+    for (uint32_t round = 0; round < rounds; round++) {
         t_fill(h, size, 70 + round);
-        OK(kvp_mem_copy(KVP_VRAM, 0, v, KVP_DRAM, 0, (uint64_t)(uintptr_t)h, size));
-        post_wait(a, req);
+        OK(kvp_mem_copy(KVP_VRAM, 0, x.v, KVP_DRAM, 0, (uint64_t)(uintptr_t)h, size));
+        post_wait(x.a, req);
         int verified = 0;
         char msg[64] = "";
         CHECK_MSG(t_peer_notif(&x.p, 10000, 0, size, 70 + round, &verified, NULL, msg) == 1,
@@ -347,18 +346,32 @@ TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
         CHECK_MSG(verified, "round %u: the notification came before the bytes", round);
         CHECK_MSG(memcmp(msg, "landed", 6) == 0, "round %u: notification %.6s", round, msg);
     }
-    CHECK_MSG(t_info_num(a, "cuda_launched") == ROUNDS, "cuda_launched = %llu, expected %d",
-              (unsigned long long)t_info_num(a, "cuda_launched"), ROUNDS);
-    CHECK(t_info_num(a, "cuda_event_wait_ns") > 0);
-    CHECK(t_info_num(a, "posts_cuda") == ROUNDS && t_info_num(a, "posts_staged") == 0);
-    /* Released in flight: returns once the copies are done. */
-    CHECK(kvp_xfer_post(a, req) >= 0);
-    OK(kvp_xfer_release(a, req));
-    /* Destroyed in flight. */
-    OK(kvp_xfer_create(a, KVP_WRITE, lv, idx, rp, idx, N, (const uint8_t *)"x", 1, &req));
-    CHECK(kvp_xfer_post(a, req) >= 0);
+    CHECK(t_info_num(x.a, "posts_cuda") == rounds && t_info_num(x.a, "posts_staged") == 0);
+    uint64_t got = t_info_num(x.a, counter);
+    CHECK(kvp_xfer_post(x.a, req) >= 0);
+    OK(kvp_xfer_release(x.a, req));
+    OK(kvp_xfer_create(x.a, KVP_WRITE, x.lv, idx, x.rp, idx, n, (const uint8_t *)"x", 1, &req));
+    CHECK(kvp_xfer_post(x.a, req) >= 0);
     vram_pair_stop(&x);
     free(h);
+    free(idx);
+    return got;
+}
+
+/* Past vram_inline_max, the post queues the copies and a worker waits for their event,
+ * then sends the notification. */
+TEST_T(cuda_post_with_notification_queues_the_copies_and_a_worker_waits, 60) {
+    if (!gpu_in_child()) return;
+    uint64_t launched = notified_vram_rounds("vram_inline_max=0", 16, 4, "cuda_launched");
+    CHECK_MSG(launched == 4, "cuda_launched = %llu, expected 4", (unsigned long long)launched);
+}
+
+/* Up to vram_inline_max (32 MiB by default) device-to-device copies complete inside the
+ * post: no worker at all, the notification sent from the posting thread. */
+TEST_T(cuda_small_device_copies_complete_inside_the_post, 60) {
+    if (!gpu_in_child()) return;
+    uint64_t inlined = notified_vram_rounds(NULL, 16, 4, "posts_inline");
+    CHECK_MSG(inlined == 4, "posts_inline = %llu, expected 4", (unsigned long long)inlined);
 }
 
 /* GPU copies posted without a worker: completed by polling (kvp_xfer_status, as Bun
