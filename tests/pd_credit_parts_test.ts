@@ -16,6 +16,7 @@ import {
 import { chunkForm, CreditStock } from "../src/pd/credit_stock.ts";
 import { MAX_NOTIFICATION_BYTES } from "../src/pd/notify.ts";
 import { PdReceiver, PdSender } from "../mod.ts";
+import { defaultCreditTotal } from "../src/pd/receiver.ts";
 
 const enc = new TextEncoder();
 const raw = (body: string) => enc.encode("kvport.pd.bind\n" + body);
@@ -172,5 +173,12 @@ test("credit options: a bad value is refused, naming the option and the value", 
   await assert.rejects(
     PdReceiver.create({ ...rx, creditMaxTotal: NaN }),
     /creditMaxTotal .*got NaN/,
+  );
+});
+
+test("credit total default: a quarter of the pages, at least 16 or half of them if less", () => {
+  assert.deepEqual(
+    [1, 6, 20, 32, 64, 65, 400].map(defaultCreditTotal),
+    [0, 3, 10, 16, 16, 16, 100],
   );
 });

@@ -120,8 +120,9 @@ export interface PdReceiverOptions extends PdChannelSettings {
    */
   creditMaxPerSender?: number;
   /**
-   * Most credit pages all senders hold together (default a quarter of the pages;
-   * `fromConfig`: `extra_config.kvport_pd_credit_total`).
+   * Most credit pages all senders hold together (default a quarter of the pages, but at
+   * least a sender's default stock of 16 or half of them, whichever is less: see
+   * {@linkcode defaultCreditTotal}; `fromConfig`: `extra_config.kvport_pd_credit_total`).
    */
   creditMaxTotal?: number;
   /** Timing hook called at each stage (see `timeline.ts`; benchmarks). */
@@ -275,7 +276,7 @@ export class PdReceiver implements AsyncDisposable {
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     this.#credits = new CreditBook(this.pool, this.#grants, {
       maxPerAgent: options.creditMaxPerSender ?? DEFAULT_PD_CREDIT_MAX,
-      maxTotal: options.creditMaxTotal ?? Math.floor(channel.pageCount / 4),
+      maxTotal: options.creditMaxTotal ?? defaultCreditTotal(channel.pageCount),
     });
     const tl = this.#tl = options.timeline;
     const offNotify = channel.onNotification((n) => {
@@ -1053,6 +1054,30 @@ export class PdReceiver implements AsyncDisposable {
     return this.close();
   }
 }
+
+/**
+ * The default of {@linkcode PdReceiverOptions.creditMaxTotal} for a buffer of `pages`
+ * pages: a quarter of them, but at least 16 (a sender's default stock,
+ * `kvport_pd_credit_pages`) or half of them, whichever is less. A sender uses credits
+ * only for a whole batch, so with a quarter of a small buffer (8 of 32 pages, 1 of 6)
+ * a sender's batches of more than that always asked, and the credit pages it held sat
+ * idle; half of the buffer still leaves the other half to AllocRequests.
+ *
+ * @example
+ * ```ts
+ * import { defaultCreditTotal } from "./receiver.ts";
+ * console.log(defaultCreditTotal(6), defaultCreditTotal(32), defaultCreditTotal(400)); // 3 16 100
+ * ```
+ */
+export function defaultCreditTotal(pages: number): number {
+  return Math.max(
+    Math.floor(pages / 4),
+    Math.min(DEFAULT_SENDER_CREDIT_STOCK, Math.floor(pages / 2)),
+  );
+}
+
+/** A sender's default stock of credits (`kvport_pd_credit_pages`'s default). */
+const DEFAULT_SENDER_CREDIT_STOCK = 16;
 
 function withTokens(fmt: number, shape: readonly number[], tokens: number): number[] {
   const td = ({ 1: 2, 2: 0, 3: 1, 6: 1 } as Record<number, number>)[fmt];
