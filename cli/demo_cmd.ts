@@ -218,6 +218,33 @@ class Progress {
   }
 }
 
+/**
+ * How many of a request's batches were written into page credits (no AllocRequest) and
+ * how many asked with an AllocRequest (a batch whose credits could not be used and that
+ * asked after all counts as asking), from the sender's timeline marks.
+ *
+ * @example
+ * ```ts
+ * import { batchWays } from "./demo_cmd.ts";
+ * const w = batchWays([
+ *   { firstKey: "a", chunks: 8, stages: { send: 0, credits: 0.1, written: 9 } },
+ *   { firstKey: "b", chunks: 8, stages: { send: 0, alloc_sent: 0.1, written: 12 } },
+ * ]);
+ * console.log(w); // { credits: 1, allocRequests: 1 }
+ * ```
+ */
+export function batchWays(
+  batches: readonly BatchStages[],
+): { credits: number; allocRequests: number } {
+  let credits = 0;
+  let allocRequests = 0;
+  for (const b of batches) {
+    if (b.stages.alloc_sent !== undefined) allocRequests++;
+    else if (b.stages.credits !== undefined) credits++;
+  }
+  return { credits, allocRequests };
+}
+
 function mib(n: number): string {
   return `${(n / 2 ** 20).toFixed(1)} MiB`;
 }
@@ -428,6 +455,20 @@ async function runDemo(args: string[]): Promise<number> {
     });
     // Where the warm request's time went, batch by batch (the sender's marks).
     for (const b of stages.get(String(warm.req)) ?? []) out(`            ${describeBatch(b)}`);
+    // How each request's batches got their pages: page credits, or an AllocRequest.
+    const ways = perRequest.map((r) => ({
+      req: String(r.req),
+      ...batchWays(stages.get(String(r.req)) ?? []),
+    }));
+    const warmWays = ways[ways.length - 1];
+    out(
+      `  batches:  ${
+        ways.map((w, i) =>
+          `${i === 0 ? "cold" : "warm"} ${w.credits} on page credits, ` +
+          `${w.allocRequests} by AllocRequest`
+        ).join("; ")
+      }`,
+    );
     out(
       `  ${onGpu ? "cudaMemcpy" : "memcpy:  "} ${(mc.bps / 1e9).toFixed(2)} GB/s (${mc.source}) ` +
         `-> ratio ${ratio.toFixed(2)}`,
@@ -461,6 +502,10 @@ async function runDemo(args: string[]): Promise<number> {
         ratio,
         verified: landed - bad,
         notified,
+        // The warm request's batches by how they got their pages, then every request's.
+        creditBatches: warmWays.credits,
+        allocBatches: warmWays.allocRequests,
+        batches: ways,
       }));
     }
     out(ok ? "  result:   OK" : "  result:   FAILED");

@@ -36,6 +36,7 @@ import {
   lastError,
   OUT_I32,
   OUT_U64,
+  OUT_U64_B,
   parseKeyValues,
   sizedOut,
   text,
@@ -328,6 +329,7 @@ export class NixlAgent {
   #inflight = new Set<Promise<unknown>>();
   #names = new Map<string, Uint8Array>();
   #notifBuf: Uint8Array | undefined;
+  #lastPeer: { bytes: Uint8Array; name: string } | null = null;
   #core: AgentCore;
   #metricsSource: CollectedSource;
   /** undefined: not opened yet; null: not used here. */
@@ -1023,7 +1025,7 @@ export class NixlAgent {
     const lib = this.#lib;
     const out: Notification[] = [];
     const len = OUT_U64;
-    const count = new BigUint64Array(1);
+    const count = OUT_U64_B;
     for (;;) {
       const buf = this.#notifBuf ??= new Uint8Array(NOTIF_RECORDS);
       check(
@@ -1043,13 +1045,69 @@ export class NixlAgent {
       let at = 0;
       for (let i = 0; i < n; i++) {
         const nameLen = view.getUint32(at, true);
-        const agent = text(buf.subarray(at + 4, at + 4 + nameLen));
+        const agent = this.#peerName(buf.subarray(at + 4, at + 4 + nameLen));
         at += 4 + nameLen;
         const msgLen = view.getUint32(at, true);
         out.push({ agent, message: buf.slice(at + 4, at + 4 + msgLen) });
         at += 4 + msgLen;
       }
     }
+  }
+
+  /**
+   * Calls `handler` with the notifications queued so far at every wake of this agent, in
+   * the turn of the wake: no promise, timer or poll between the engine's signal and the
+   * handler (a wake with none queued calls nothing). Returns the function that stops it,
+   * or `null` where this agent has no wake callback (the nixl engine, an ABI-3 library,
+   * the `"legacy"` wake mode): wait with {@linkcode waitNotifications} there. The
+   * callback keeps nothing alive: a process that only listens needs a timer or a wait of
+   * its own (the channel's notification pump keeps one). Notifications queued before
+   * the call are taken at the next wake (or by {@linkcode takeNotifications}).
+   *
+   * @example
+   * ```ts
+   * import { NixlAgent } from "@kvport/nixl";
+   * declare const agent: NixlAgent;
+   * const stop = agent.onNotifications((notes) => {
+   *   for (const n of notes) console.log(n.agent, n.message.length);
+   * });
+   * if (stop === null) console.log("no wake callback: use waitNotifications");
+   * stop?.();
+   * ```
+   */
+  onNotifications(handler: (notes: Notification[]) => void): (() => void) | null {
+    if (this.#closed) return null;
+    const events = this.#core.events();
+    if (!events) return null;
+    return events.onWake(() => {
+      if (this.#closed) return;
+      let notes: Notification[];
+      try {
+        notes = this.takeNotifications();
+      } catch {
+        return; // the agent is going away; the waits see it too
+      }
+      if (notes.length > 0) handler(notes);
+    });
+  }
+
+  /** The name in `bytes` (a notification's sender): the last one read is kept, as the
+   * next notification is most likely from the same peer (no decoding then). */
+  #peerName(bytes: Uint8Array): string {
+    const last = this.#lastPeer;
+    if (last !== null && last.bytes.length === bytes.length) {
+      let same = true;
+      for (let i = 0; i < bytes.length; i++) {
+        if (last.bytes[i] !== bytes[i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return last.name;
+    }
+    const name = text(bytes);
+    this.#lastPeer = { bytes: bytes.slice(), name };
+    return name;
   }
 
   /**
@@ -1080,7 +1138,7 @@ export class NixlAgent {
     const nb = events ? null : this.#lib.nonblocking;
     const poke = () => events?.poke();
     signal?.addEventListener("abort", poke, { once: true });
-    const status = await waitStatus(
+    const waiting = waitStatus(
       () => {
         if (this.#closed) return Status.ERR_CANCELED;
         pending = this.takeNotifications();
@@ -1095,7 +1153,12 @@ export class NixlAgent {
       () => this.#closed || signal?.aborted === true,
       0, // no spinning: notifications are not expected within microseconds
       events,
-    ).finally(() => signal?.removeEventListener("abort", poke));
+    );
+    // (No signal, nothing to remove: the wait's result is taken without the turns of a
+    // `finally`, which every notification would pay for.)
+    const status = signal
+      ? await waiting.finally(() => signal.removeEventListener("abort", poke))
+      : await waiting;
     if (pending.length > 0) return pending;
     if (status === Status.SUCCESS && !this.#closed) return this.takeNotifications();
     if (status < 0 && status !== Status.ERR_CANCELED) {

@@ -139,6 +139,60 @@ describe("agent waits without polling timers", { skip: nativeSkip }, () => {
     }
   });
 
+  for (const mode of ["auto", "legacy"] as WakeMode[]) {
+    test(`onNotifications hands notifications over in the turn of the wake (${mode})`, async () => {
+      const stamp = `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+      const peer = await spawnPeer({ name: `evo-peer-${stamp}`, size: MiB });
+      await using agent = await agentWith(mode, `evo-${mode}-${stamp}`);
+      const lib = await library();
+      try {
+        await linkPeer(agent, peer, MiB);
+        const got: { agent: string; text: string }[] = [];
+        let arrived = () => {};
+        const stop = agent.onNotifications((notes) => {
+          for (const n of notes) {
+            got.push({ agent: n.agent, text: new TextDecoder().decode(n.message) });
+          }
+          if (got.length >= 3) arrived();
+        });
+        if (mode === "legacy" || !lib.wakes) {
+          // No wake callback (Deno's pool-thread waits, Bun's descriptor): nothing to
+          // listen to, and waits still work.
+          assert.equal(stop, null, "onNotifications without a wake callback");
+          await peer.call("notify", { remote: agent.name, message: "w" });
+          const notes = await agent.waitNotifications(10_000);
+          assert.equal(new TextDecoder().decode(notes[0].message), "w");
+          return;
+        }
+        assert.ok(stop, "the wake callback is there but onNotifications gave no listener");
+        const { polls } = await countPolls(async () => {
+          const all = new Promise<void>((r) => arrived = r);
+          for (const m of ["m0", "m1", "m2"]) {
+            await peer.call("notify", { remote: agent.name, message: m });
+          }
+          await Promise.race([
+            all,
+            new Promise((_, reject) =>
+              setTimeout(() => reject(new Error(`only ${got.length} of 3 came`)), 10_000)
+            ),
+          ]);
+        });
+        assert.deepEqual(got.map((g) => g.text), ["m0", "m1", "m2"], "in order, each once");
+        assert.ok(got.every((g) => g.agent === peer.name), `from ${got[0].agent}`);
+        assert.equal(polls, 0, `${polls} short timers / event-loop polls`);
+        assert.deepEqual(agent.takeNotifications(), [], "the listener took them");
+        // Stopped: the next one waits for whoever asks.
+        stop();
+        await peer.call("notify", { remote: agent.name, message: "after" });
+        const later = await agent.waitNotifications(10_000);
+        assert.equal(new TextDecoder().decode(later[0].message), "after");
+        assert.equal(got.length, 3, "a stopped listener was called");
+      } finally {
+        await peer.call("exit").catch(() => {});
+      }
+    });
+  }
+
   test("the event descriptor does not outlive its agent", async () => {
     const fds = () => fs.readdirSync("/proc/self/fd").length;
     const stamp = `${Date.now()}-${Math.floor(Math.random() * 1e6)}`;

@@ -442,5 +442,10 @@ test("kvport demo: the decoder's ports come from the decoder, shown as host:port
   // The decoder's configuration names LMCache's usual ports; the decoder bound others.
   assert.notEqual(m[1], "7300");
   assert.notEqual(m[2], "7400");
+  // The warm request (one batch of 2) took page credits: no AllocRequest.
+  assert.match(
+    r.stdout,
+    /batches: +cold 0 on page credits, 1 by AllocRequest; warm 1 on page credits, 0 by AllocRequest/,
+  );
   assert.match(r.stdout, /result: +OK/);
 });

@@ -182,3 +182,38 @@ test("lease pool: a wait ends on abort and on close; waiters are limited", async
   await assert.rejects(w2, { code: "CLOSED" });
   assert.equal(a.state, "closed");
 });
+
+test("lease pool: pages moved out one by one leave the rest, and an emptied lease never expires", async () => {
+  const pool = new LeasePool(5, { quarantineMs: 0 });
+  const expired: number[][] = [];
+  const credits = pool.tryAcquire(4, {
+    owner: "credits",
+    ttlMs: 40,
+    onExpire: (_l, pages) => expired.push([...pages]),
+  })!;
+  const all = credits.pages;
+  assert.equal(all.length, 4);
+  const [p0, p1, p2, p3] = all;
+  // One page at a time (as binds do), from the middle, the front and the back.
+  const k1 = credits.moveTo([p1], "k1");
+  assert.deepEqual(credits.pages, [p0, p2, p3]);
+  assert.deepEqual(all, [p0, p1, p2, p3], "a list read before the move stays as it was");
+  const k0 = credits.moveTo([p0], "k0");
+  assert.deepEqual(credits.pages, [p2, p3]);
+  assert.ok(credits.release({ pages: [p3] }));
+  assert.deepEqual(credits.pages, [p2]);
+  assert.equal(pool.free, 2);
+  assert.throws(() => credits.moveTo([p3], "again"), /not held by lease/);
+  assert.throws(() => credits.moveTo([p1], "again"), /held by lease/);
+  const k2 = credits.moveTo([p2], "k2");
+  assert.deepEqual(credits.pages, []);
+  assert.equal(credits.state, "released");
+  assert.deepEqual([k0.pages, k1.pages, k2.pages], [[p0], [p1], [p2]]);
+  assert.equal(pool.leaseOf(p1), k1);
+  // The emptied lease's deadline passes: nothing expires, every moved page stays held.
+  await pause(80);
+  assert.deepEqual(expired, []);
+  assert.deepEqual([k0.state, k1.state, k2.state], ["held", "held", "held"]);
+  assert.equal(pool.free, 2);
+  pool.close();
+});

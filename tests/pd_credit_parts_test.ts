@@ -6,10 +6,17 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { decodeBind, encodeBind, groupForBind, isBind } from "../src/pd/bind_notify.ts";
+import {
+  bindEncoder,
+  decodeBind,
+  encodeBind,
+  groupForBind,
+  isBind,
+} from "../src/pd/bind_notify.ts";
 import { chunkForm, CreditStock } from "../src/pd/credit_stock.ts";
 import { MAX_NOTIFICATION_BYTES } from "../src/pd/notify.ts";
 import { PdReceiver, PdSender } from "../mod.ts";
+import { defaultCreditTotal } from "../src/pd/receiver.ts";
 
 const enc = new TextEncoder();
 const raw = (body: string) => enc.encode("kvport.pd.bind\n" + body);
@@ -29,6 +36,48 @@ test("bind notification: round trip, and not a bind", () => {
   assert.deepEqual(decodeBind(bytes), good);
   assert.equal(decodeBind(enc.encode("kvport.pd.landed\nk0")), null);
   assert.equal(decodeBind(new Uint8Array(3)), null);
+});
+
+test("bind notification: the batch encoder writes the bytes of the whole object's JSON", () => {
+  const fields = { reqId: 'r"\\é', fmt: 2, shape: [2, 1, 256, 64], dtype: "float16" };
+  const encode = bindEncoder(fields);
+  for (
+    const [keys, pages, last] of [
+      [["k0"], [3], 17],
+      [['a"b', "ключ", "k\u0001"], [9, 0, 4], null],
+    ] as [string[], number[], number | null][]
+  ) {
+    const bytes = encode(keys, pages, last);
+    const json = JSON.stringify({
+      r: fields.reqId,
+      f: fields.fmt,
+      s: fields.shape,
+      d: fields.dtype,
+      t: last,
+      k: keys,
+      p: pages,
+    });
+    assert.equal(new TextDecoder().decode(bytes), "kvport.pd.bind\n" + json);
+    assert.deepEqual(
+      encodeBind({ ...fields, lastChunkToks: last, keys, pages }),
+      bytes,
+      "encodeBind",
+    );
+    assert.deepEqual(decodeBind(bytes), { ...fields, lastChunkToks: last, keys, pages });
+  }
+});
+
+test("bind notification: groups count a key's escaped UTF-8 bytes", () => {
+  // Keys of 99-100 bytes as JSON (plain, escaped, two-byte UTF-8): 2 fit a group of 2 * 118
+  // bytes, 3 do not (counting characters, or unescaped, 3 would).
+  const plain = "p".repeat(98);
+  const escaped = '"'.repeat(49); // 49 * 2 + 2 quotes
+  const wide = "é".repeat(49); // 49 * 2 bytes + 2 quotes
+  for (const k of [plain, escaped, wide]) {
+    const keys = [k + "0", k + "1", k + "2", k + "3"].map((x) => x.slice(1));
+    const base = "kvport.pd.bind\n".length + 64;
+    assert.deepEqual(groupForBind(keys, [0, 1, 2, 3], 0, base + 2 * 118), [[0, 1], [2, 3]], k);
+  }
 });
 
 test("bind notification: every malformed field is refused, naming it", () => {
@@ -124,5 +173,12 @@ test("credit options: a bad value is refused, naming the option and the value", 
   await assert.rejects(
     PdReceiver.create({ ...rx, creditMaxTotal: NaN }),
     /creditMaxTotal .*got NaN/,
+  );
+});
+
+test("credit total default: a quarter of the pages, at least 16 or half of them if less", () => {
+  assert.deepEqual(
+    [1, 6, 20, 32, 64, 65, 400].map(defaultCreditTotal),
+    [0, 3, 10, 16, 16, 16, 100],
   );
 });

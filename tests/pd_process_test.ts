@@ -199,8 +199,29 @@ test(
   },
 );
 
-test("pd process: kvport demo runs end to end and checks every byte", { skip }, async () => {
+test("pd process: kvport demo runs end to end, checks every byte, the warm request on credits", {
+  skip,
+}, async () => {
   const demo = spawnKvport("demo", ["demo", "--chunks", "3", "--kv-shape", SHAPE_ARG, "--json"]);
+  const results: Record<string, unknown>[] = [];
+  const reading = (async () => {
+    for await (const line of demo.lines) if ("ok" in line) results.push(line);
+  })();
   const code = await demo.exited;
+  await reading;
   assert.equal(code, 0, demo.stderr.join("\n"));
+  assert.equal(results.length, 1, `one JSON result line: ${demo.stderr.join("\n")}`);
+  const r = results[0] as {
+    ok: boolean;
+    verified: number;
+    creditBatches: number;
+    allocBatches: number;
+    batches: { req: string; credits: number; allocRequests: number }[];
+  };
+  assert.equal(r.ok, true);
+  assert.equal(r.verified, 6, "2 requests of 3 chunks checked byte for byte");
+  // The first request asks (nothing is known yet) and is given credits with its pages;
+  // the warm one (one batch of 3) is written into them with no AllocRequest.
+  assert.deepEqual(r.batches.map((b) => [b.credits, b.allocRequests]), [[0, 1], [1, 0]]);
+  assert.deepEqual([r.creditBatches, r.allocBatches], [1, 0]);
 });

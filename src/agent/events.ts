@@ -71,7 +71,10 @@ export class AgentEvents {
   #ended = false;
   #closed = false;
   #waiters = new Set<() => void>();
+  #listeners = new Set<() => void>();
   #source: EventSource | null = null;
+  /** Whether events arrive with nobody waiting (the wake callback), see `onWake`. */
+  #live = false;
 
   private constructor() {}
 
@@ -86,6 +89,7 @@ export class AgentEvents {
       const watch = lib.wakes.watch(handle, () => events.poke());
       if (watch.status === Status.SUCCESS) {
         events.#source = { arm() {}, disarm() {}, close: () => Promise.resolve(watch.unwatch()) };
+        events.#live = true;
         return events;
       }
       // NIXL_ERR_NOT_SUPPORTED: this engine has no notifier (nor a descriptor).
@@ -131,9 +135,43 @@ export class AgentEvents {
     });
   }
 
+  /**
+   * Calls `fn` in the turn of every wake from now on (before the waiters are woken),
+   * with no promise or timer in between; returns the function that stops it. Only where
+   * events come with nobody waiting (the wake callback): `null` for the event descriptor,
+   * which is read only while someone waits in {@linkcode changed}. A wake says only that
+   * something may have happened: `fn` checks what (a notification queued, or none).
+   *
+   * @example
+   * ```ts
+   * import { AgentEvents } from "./events.ts";
+   * declare const events: AgentEvents;
+   * const stop = events.onWake(() => console.log("look at the notifications"));
+   * stop?.();
+   * ```
+   */
+  onWake(fn: () => void): (() => void) | null {
+    if (!this.#live || this.#closed) return null;
+    // A wrapper of its own, so that one function given twice is two listeners.
+    const listener = () => fn();
+    this.#listeners.add(listener);
+    return () => {
+      this.#listeners.delete(listener);
+    };
+  }
+
   /** Wakes every waiter now (an event, or an abort: nothing native happened). */
   poke(): void {
     this.#gen++;
+    if (this.#listeners.size > 0) {
+      for (const l of this.#listeners) {
+        try {
+          l();
+        } catch {
+          // A listener's failure is its own: the waiters are still woken.
+        }
+      }
+    }
     for (const w of [...this.#waiters]) w();
   }
 
@@ -146,6 +184,7 @@ export class AgentEvents {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#listeners.clear();
     this.poke();
     await this.#source?.close();
   }

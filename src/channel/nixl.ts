@@ -27,7 +27,7 @@ import type { MetricsRegistry } from "../metrics/registry.ts";
 import { ChannelError } from "./errors.ts";
 import { parseEndpoint } from "./wire/endpoint.ts";
 import { errorMessage } from "./_util.ts";
-import { clampDelay, sleep } from "../deadline.ts";
+import { clampDelay, every, sleep, type Timer } from "../deadline.ts";
 import { type BufferDevice, NativePage } from "./page.ts";
 import type { ChannelRole } from "./types.ts";
 
@@ -106,6 +106,10 @@ interface NixlPeer extends PeerHandle {
 
 const MD_MAGIC = [0x4b, 0x56, 0x50, 0x4d]; // "KVPM", the built-in engine's metadata
 
+/** How long one wait of the notification pump lasts, and the period of the backstop of
+ * the wake callback, ms. */
+const PUMP_SLICE_MS = 200;
+
 /**
  * The agent's parameters: the data plane listens where the channel's handshake does
  * (`peerInitUrl`'s host: `pd_peer_host`, `p2p_host`), unless `agentParams` says where;
@@ -157,6 +161,9 @@ export class NixlChannel extends ChannelBase {
   readonly #pageSize: number;
   readonly #pageGrants: "on" | "off" | "unsupported";
   #pump: Promise<void> | null = null;
+  /** With a wake callback: its stop function and the backstop timer (no pump then). */
+  #offWake: (() => void) | null = null;
+  #backstop: Timer | null = null;
   #pumping = false;
   #stopping = false;
 
@@ -450,32 +457,48 @@ export class NixlChannel extends ChannelBase {
     onPosted?: () => void,
   ): Promise<void> {
     const handle = peer as NixlPeer;
-    // Create and post under the queue; wait outside it (a native wait on Deno's thread
-    // pool, timer-paced polling on Bun); release under the queue, always.
-    const req: TransferRequest = await this.agentQueue.run(() =>
-      this.agent.createTransfer(
+    const q = this.agentQueue;
+    // Create and post as one task of the queue; wait outside it (a native wait on Deno's
+    // thread pool, timer-paced polling on Bun); release under the queue, always. When
+    // the queue is idle (nothing queued, nothing running) a task runs in this turn: the
+    // calls into the agent stay one at a time, without the turns a queued task costs.
+    let req: TransferRequest | undefined;
+    const begin = () => {
+      req = this.agent.createTransfer(
         op,
         this.#local,
         Uint32Array.from(local),
         handle.prepped,
         Uint32Array.from(remote),
         { notification },
-      )
-    );
+      );
+      return req.post();
+    };
+    const release = () => {
+      if (q.pending === 0) {
+        try {
+          req!.release();
+        } catch { /* released in any case */ }
+        return;
+      }
+      return q.run(() => req!.release()).catch(() => {});
+    };
     try {
-      const state = await this.agentQueue.run(() => req.post());
+      const state = q.pending === 0 ? begin() : await q.run(begin);
       onPosted?.();
-      if (state === "pending") await req.wait(clampDelay(timeoutMs));
+      if (state === "pending") await req!.wait(clampDelay(timeoutMs));
     } catch (e) {
-      if (!(e instanceof NixlTimeoutError)) throw e;
+      if (!(e instanceof NixlTimeoutError) || !req) throw e;
       // Cancel before reporting, so the error can say what became of the request.
-      await this.agentQueue.run(() => req.release()).catch(() => {});
+      const released = release();
+      if (released) await released;
       throw new NixlTimeoutError(
         { op: e.op, peer: e.peer, count: e.count, timeoutMs: e.timeoutMs },
         "the request was cancelled and released",
       );
     } finally {
-      await this.agentQueue.run(() => req.release()).catch(() => {});
+      const released = req && release();
+      if (released) await released;
     }
   }
 
@@ -483,24 +506,57 @@ export class NixlChannel extends ChannelBase {
    * @ignore */
   protected override notificationInterestChanged(interested: boolean): void {
     this.#pumping = interested;
-    if (interested && !this.#pump && !this.#stopping) {
-      this.#pump = this.#runPump().finally(() => {
-        this.#pump = null;
-      });
+    if (!interested) {
+      this.#offWake?.();
+      this.#offWake = null;
+      this.#backstop?.clear();
+      this.#backstop = null;
+      return;
     }
+    if (this.#stopping || this.#pump || this.#offWake) return;
+    // Where the agent has a wake callback, notifications are handed to the listeners in
+    // the turn of the wake (no promise or timer in between); a slow timer takes what a
+    // wake would have missed and keeps the process alive while someone listens, as the
+    // pump's waits do.
+    const off = this.agent.onNotifications((notes) => this.#emitAll(notes));
+    if (off) {
+      this.#offWake = off;
+      this.#backstop = every(PUMP_SLICE_MS, () => this.#takeNow());
+      queueMicrotask(() => this.#takeNow()); // those queued before the listener came
+      return;
+    }
+    this.#pump = this.#runPump().finally(() => {
+      this.#pump = null;
+    });
+  }
+
+  #emitAll(notes: readonly { agent: string; message: Uint8Array }[]): void {
+    for (const n of notes) this.emitNotification({ from: n.agent, message: n.message });
+  }
+
+  /** What is queued now, to the listeners (the backstop of the wake callback). */
+  #takeNow(): void {
+    if (!this.#pumping || this.#stopping || this.agent.closed) return;
+    let notes;
+    try {
+      notes = this.agent.takeNotifications();
+    } catch {
+      return; // closing: the next tick (if any) tries again
+    }
+    this.#emitAll(notes);
   }
 
   async #runPump(): Promise<void> {
     while (this.#pumping && !this.#stopping && !this.agent.closed) {
       let notes;
       try {
-        notes = await this.agent.waitNotifications(200);
+        notes = await this.agent.waitNotifications(PUMP_SLICE_MS);
       } catch {
         if (this.#stopping || this.agent.closed) return;
         await sleep(50);
         continue;
       }
-      for (const n of notes) this.emitNotification({ from: n.agent, message: n.message });
+      this.#emitAll(notes);
     }
   }
 
@@ -509,6 +565,10 @@ export class NixlChannel extends ChannelBase {
   protected async dpClose(): Promise<void> {
     this.#stopping = true;
     this.#pumping = false;
+    this.#offWake?.();
+    this.#offWake = null;
+    this.#backstop?.clear();
+    this.#backstop = null;
     await this.agentQueue.run(() => {
       try {
         this.#local.release();

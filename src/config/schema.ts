@@ -265,7 +265,10 @@ const extraShape = {
     group: "transfer",
     min: 0,
     description: "kvport: PD receiver, most credit pages all senders hold together " +
-      "(null: a quarter of the buffer's pages).",
+      "(null: a quarter of the buffer's pages, but at least 16, a sender's default " +
+      "kvport_pd_credit_pages, or half of them if that is less: a sender uses credits " +
+      "only for a whole batch, so a quarter of a small buffer left its batches asking " +
+      "while its credit pages sat idle).",
   }),
   p2p_max_retry_count: int(3, {
     group: "p2p",

@@ -55,17 +55,33 @@ export interface BindNotice {
  * ```
  */
 export function encodeBind(n: BindNotice): Uint8Array {
-  return enc.encode(
-    PREFIX + JSON.stringify({
-      r: n.reqId,
-      f: n.fmt,
-      s: n.shape,
-      d: n.dtype,
-      t: n.lastChunkToks,
-      k: n.keys,
-      p: n.pages,
-    }),
-  );
+  return bindEncoder(n)(n.keys, n.pages, n.lastChunkToks);
+}
+
+/**
+ * The encoder of the bind notifications of one batch: the fields every group of the batch
+ * shares (request id, fmt, shape, dtype) are written once, and each call adds a group's
+ * `t`, keys and pages. The bytes are those of {@linkcode encodeBind} (the same JSON, field
+ * for field, in the same order).
+ *
+ * @example
+ * ```ts
+ * import { bindEncoder, decodeBind } from "./bind_notify.ts";
+ * const encode = bindEncoder({ reqId: "r1", fmt: 1, shape: [2, 1, 256, 64], dtype: "bfloat16" });
+ * console.log(decodeBind(encode(["k0", "k1"], [7, 3], 100))?.keys); // ["k0", "k1"]
+ * ```
+ */
+export function bindEncoder(
+  n: { reqId: string; fmt: number; shape: readonly number[]; dtype: string },
+): (keys: readonly string[], pages: readonly number[], lastChunkToks: number | null) => Uint8Array {
+  // What JSON.stringify of the whole object writes before "t", as one string.
+  const head = PREFIX + '{"r":' + JSON.stringify(n.reqId) + ',"f":' + JSON.stringify(n.fmt) +
+    ',"s":' + JSON.stringify(n.shape) + ',"d":' + JSON.stringify(n.dtype) + ',"t":';
+  return (keys, pages, last) =>
+    enc.encode(
+      head + JSON.stringify(last) + ',"k":' + JSON.stringify(keys) + ',"p":' +
+        JSON.stringify(pages) + "}",
+    );
 }
 
 /** Whether `bytes` start like a bind notification (then {@linkcode decodeBind} reads it). */
@@ -75,6 +91,14 @@ export function isBind(bytes: Uint8Array): boolean {
   return true;
 }
 
+/** `x` when it is a safe integer >= `min`, else throws naming `what`. */
+function int(x: unknown, what: string, min: number): number {
+  if (typeof x !== "number" || !Number.isSafeInteger(x) || x < min) {
+    throw new Error(`bind notification: ${what} must be an integer >= ${min}, got ${String(x)}`);
+  }
+  return x;
+}
+
 /**
  * Reads a bind notification; throws an `Error` naming the field when it is malformed
  * (not JSON, a field of the wrong type, out of bounds, duplicate keys or pages, keys and
@@ -82,6 +106,24 @@ export function isBind(bytes: Uint8Array): boolean {
  */
 export function decodeBind(bytes: Uint8Array): BindNotice | null {
   if (!isBind(bytes)) return null;
+  return readBind(bytes);
+}
+
+/**
+ * {@linkcode decodeBind} of bytes known to start like a bind notification (the receiver
+ * asked {@linkcode isBind} already): every field is checked here, once.
+ *
+ * @example
+ * ```ts
+ * import { encodeBind, isBind, readBind } from "./bind_notify.ts";
+ * const bytes = encodeBind({
+ *   reqId: "", fmt: 1, shape: [2, 1, 256, 64], dtype: "bfloat16", lastChunkToks: null,
+ *   keys: ["k0"], pages: [7],
+ * });
+ * if (isBind(bytes)) console.log(readBind(bytes).keys); // ["k0"]
+ * ```
+ */
+export function readBind(bytes: Uint8Array): BindNotice {
   if (bytes.length > MAX_NOTIFICATION_BYTES) {
     throw new Error(
       `bind notification of ${bytes.length} bytes (at most ${MAX_NOTIFICATION_BYTES})`,
@@ -97,36 +139,45 @@ export function decodeBind(bytes: Uint8Array): BindNotice | null {
     throw new Error("bind notification: expected an object");
   }
   const o = v as Record<string, unknown>;
-  const int = (x: unknown, what: string, min: number): number => {
-    if (typeof x !== "number" || !Number.isSafeInteger(x) || x < min) {
-      throw new Error(`bind notification: ${what} must be an integer >= ${min}, got ${String(x)}`);
-    }
-    return x;
-  };
   if (typeof o.r !== "string") throw new Error("bind notification: r (req_id) must be a string");
   if (typeof o.d !== "string" || o.d === "") {
     throw new Error("bind notification: d (dtype) must be a non-empty string");
   }
-  if (!Array.isArray(o.s) || o.s.length === 0 || o.s.length > MAX_DIMS) {
+  const s = o.s;
+  if (!Array.isArray(s) || s.length === 0 || s.length > MAX_DIMS) {
     throw new Error(`bind notification: s (shape) must be a list of 1..${MAX_DIMS} integers`);
   }
-  const shape = o.s.map((x, i) => int(x, `s[${i}]`, 0));
+  // The parsed arrays are fresh and ours: checked in place, not copied.
+  for (let i = 0; i < s.length; i++) int(s[i], `s[${i}]`, 0);
   const fmt = int(o.f, "f (fmt)", 0);
   const last = o.t === null ? null : int(o.t, "t (last_chunk_toks)", 0);
-  if (!Array.isArray(o.k) || !Array.isArray(o.p) || o.k.length !== o.p.length) {
+  const keys = o.k;
+  const pages = o.p;
+  if (!Array.isArray(keys) || !Array.isArray(pages) || keys.length !== pages.length) {
     throw new Error("bind notification: k (keys) and p (pages) must be lists of one length");
   }
-  if (o.k.length === 0) throw new Error("bind notification: no keys");
-  const keys = o.k.map((k, i) => {
+  const n = keys.length;
+  if (n === 0) throw new Error("bind notification: no keys");
+  for (let i = 0; i < n; i++) {
+    const k = keys[i];
     if (typeof k !== "string" || k === "" || k.includes("\n")) {
       throw new Error(`bind notification: k[${i}] must be a non-empty key without newlines`);
     }
-    return k;
-  });
-  const pages = o.p.map((p, i) => int(p, `p[${i}]`, 0));
-  if (new Set(keys).size !== keys.length) throw new Error("bind notification: a key twice");
-  if (new Set(pages).size !== pages.length) throw new Error("bind notification: a page twice");
-  return { reqId: o.r, fmt, shape, dtype: o.d, lastChunkToks: last, keys, pages };
+  }
+  for (let i = 0; i < n; i++) int(pages[i], `p[${i}]`, 0);
+  if (n > 1) {
+    if (new Set(keys).size !== n) throw new Error("bind notification: a key twice");
+    if (new Set(pages).size !== n) throw new Error("bind notification: a page twice");
+  }
+  return {
+    reqId: o.r,
+    fmt,
+    shape: s as number[],
+    dtype: o.d,
+    lastChunkToks: last,
+    keys: keys as string[],
+    pages: pages as number[],
+  };
 }
 
 /**
@@ -152,7 +203,7 @@ export function groupForBind(
   let size = base;
   for (const p of positions) {
     // The key as a JSON string, a comma, and a page index of up to 16 digits and a comma.
-    const k = enc.encode(JSON.stringify(keys[p])).length + 18;
+    const k = jsonBytes(keys[p]) + 18;
     if (cur.length > 0 && size + k > maxBytes) {
       groups.push(cur);
       cur = [];
@@ -163,4 +214,13 @@ export function groupForBind(
   }
   if (cur.length > 0) groups.push(cur);
   return groups;
+}
+
+/** Characters a JSON string may not carry as they are, and any beyond ASCII. */
+const NOT_PLAIN = /[^\x20\x21\x23-\x5b\x5d-\x7e]/;
+
+/** UTF-8 bytes of `key` as a JSON string (no encoding for a plain ASCII key). */
+function jsonBytes(key: string): number {
+  if (!NOT_PLAIN.test(key)) return key.length + 2;
+  return enc.encode(JSON.stringify(key)).length;
 }

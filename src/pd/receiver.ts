@@ -13,7 +13,7 @@ import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
 import { chunkBytes } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
-import { type BindNotice, decodeBind, isBind } from "./bind_notify.ts";
+import { type BindNotice, isBind, readBind } from "./bind_notify.ts";
 import { CreditBook } from "./credit_book.ts";
 import { ChannelBase } from "../channel/base.ts";
 import { PageGrantBook } from "../channel/grants.ts";
@@ -120,8 +120,9 @@ export interface PdReceiverOptions extends PdChannelSettings {
    */
   creditMaxPerSender?: number;
   /**
-   * Most credit pages all senders hold together (default a quarter of the pages;
-   * `fromConfig`: `extra_config.kvport_pd_credit_total`).
+   * Most credit pages all senders hold together (default a quarter of the pages, but at
+   * least a sender's default stock of 16 or half of them, whichever is less: see
+   * {@linkcode defaultCreditTotal}; `fromConfig`: `extra_config.kvport_pd_credit_total`).
    */
   creditMaxTotal?: number;
   /** Timing hook called at each stage (see `timeline.ts`; benchmarks). */
@@ -275,7 +276,7 @@ export class PdReceiver implements AsyncDisposable {
     this.#grantTtlMs = options.pageGrantTtlMs ?? 120_000;
     this.#credits = new CreditBook(this.pool, this.#grants, {
       maxPerAgent: options.creditMaxPerSender ?? DEFAULT_PD_CREDIT_MAX,
-      maxTotal: options.creditMaxTotal ?? Math.floor(channel.pageCount / 4),
+      maxTotal: options.creditMaxTotal ?? defaultCreditTotal(channel.pageCount),
     });
     const tl = this.#tl = options.timeline;
     const offNotify = channel.onNotification((n) => {
@@ -869,46 +870,53 @@ export class PdReceiver implements AsyncDisposable {
   #bind(bytes: Uint8Array, from: string): void {
     let n: BindNotice;
     try {
-      n = decodeBind(bytes)!;
+      n = readBind(bytes); // the caller asked isBind: the prefix is there
     } catch (e) {
       this.#refuseBind("malformed", `from agent ${from}: ${errorMessage(e)}`);
       return;
     }
-    const foreign = n.pages.find((p) => !this.#credits.isCreditOf(p, from));
-    if (foreign !== undefined) {
-      this.#refuseBind(
-        "not_credit",
-        `from agent ${from}: page ${foreign} is not a live credit of that agent (another ` +
-          "agent's, expired, bound already, or never given)",
-      );
-      return;
+    const { keys, pages } = n;
+    const count = keys.length;
+    for (let i = 0; i < count; i++) {
+      if (!this.#credits.isCreditOf(pages[i], from)) {
+        this.#refuseBind(
+          "not_credit",
+          `from agent ${from}: page ${pages[i]} is not a live credit of that agent (another ` +
+            "agent's, expired, bound already, or never given)",
+        );
+        return;
+      }
     }
+    const pageSize = this.channel.pageSize;
     const full = chunkBytes(n.fmt, n.shape, n.dtype);
-    if (full !== undefined && full > this.channel.pageSize) {
+    if (full !== undefined && full > pageSize) {
       this.#refuseBind(
         "chunk_too_large",
         `from agent ${from}: a chunk of shape [${n.shape.join(", ")}] ${n.dtype} is ${full} ` +
-          `bytes but pages are ${this.channel.pageSize} bytes`,
+          `bytes but pages are ${pageSize} bytes`,
       );
       return;
     }
     const tl = this.#tl;
-    tl?.("notification", n.reqId, n.keys);
+    tl?.("notification", n.reqId, keys);
     const reqId = n.reqId === "" ? undefined : n.reqId;
     const fresh: string[] = [];
-    const spare: number[] = [];
-    n.keys.forEach((key, i) => {
-      const page = n.pages[i];
+    // Every key but perhaps the last is a full chunk: its size is worked out once.
+    const chunk = this.#chunkSize;
+    const chunkSize = Math.min(chunkBytes(n.fmt, n.shape, n.dtype, chunk) ?? pageSize, pageSize);
+    for (let i = 0; i < count; i++) {
+      const key = keys[i];
+      const page = pages[i];
       const lease = this.#credits.take(page);
       if (this.#entries.has(key)) {
         // Held already: the page was written (completely), so it is simply free again.
-        spare.push(page);
         lease.release({ pages: [page] });
-        return;
+        continue;
       }
-      const last = n.lastChunkToks !== null && i === n.keys.length - 1;
-      const tokens = last ? n.lastChunkToks! : this.#chunkSize;
-      const bytes = chunkBytes(n.fmt, n.shape, n.dtype, tokens) ?? this.channel.pageSize;
+      const tokens = n.lastChunkToks !== null && i === count - 1 ? n.lastChunkToks : chunk;
+      const bytes = tokens === chunk
+        ? chunkSize
+        : Math.min(chunkBytes(n.fmt, n.shape, n.dtype, tokens) ?? pageSize, pageSize);
       this.#entries.set(key, {
         key,
         page,
@@ -917,17 +925,18 @@ export class PdReceiver implements AsyncDisposable {
         shape: withTokens(n.fmt, n.shape, tokens),
         dtype: n.dtype,
         tokens,
-        bytes: Math.min(bytes, this.channel.pageSize),
+        bytes,
       });
-      this.#leases.set(key, { lease: lease.moveTo([page], key), reqId, agent: from });
+      const moved = lease.moveTo([page], key);
+      this.#leases.set(key, { lease: moved, reqId, agent: from });
       fresh.push(key);
-    });
+    }
     // Bound (or spare): the sender is done with these pages. The grant book runs in call
     // order, so a spare page is revoked before it can be granted to anyone again.
-    void this.#grants.release(n.pages);
+    void this.#grants.release(pages);
     this.#stats.binds++;
     this.#announce(fresh);
-    tl?.("landed", n.reqId, n.keys);
+    tl?.("landed", n.reqId, keys);
   }
 
   #refuseBind(why: keyof PdReceiver["stats"]["bindsRefused"], detail: string): void {
@@ -1045,6 +1054,30 @@ export class PdReceiver implements AsyncDisposable {
     return this.close();
   }
 }
+
+/**
+ * The default of {@linkcode PdReceiverOptions.creditMaxTotal} for a buffer of `pages`
+ * pages: a quarter of them, but at least 16 (a sender's default stock,
+ * `kvport_pd_credit_pages`) or half of them, whichever is less. A sender uses credits
+ * only for a whole batch, so with a quarter of a small buffer (8 of 32 pages, 1 of 6)
+ * a sender's batches of more than that always asked, and the credit pages it held sat
+ * idle; half of the buffer still leaves the other half to AllocRequests.
+ *
+ * @example
+ * ```ts
+ * import { defaultCreditTotal } from "./receiver.ts";
+ * console.log(defaultCreditTotal(6), defaultCreditTotal(32), defaultCreditTotal(400)); // 3 16 100
+ * ```
+ */
+export function defaultCreditTotal(pages: number): number {
+  return Math.max(
+    Math.floor(pages / 4),
+    Math.min(DEFAULT_SENDER_CREDIT_STOCK, Math.floor(pages / 2)),
+  );
+}
+
+/** A sender's default stock of credits (`kvport_pd_credit_pages`'s default). */
+const DEFAULT_SENDER_CREDIT_STOCK = 16;
 
 function withTokens(fmt: number, shape: readonly number[], tokens: number): number[] {
   const td = ({ 1: 2, 2: 0, 3: 1, 6: 1 } as Record<number, number>)[fmt];

@@ -14,7 +14,7 @@ import type { SideChannelCurve } from "../channel/curve_config.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import { MemoryFormat } from "./keys.ts";
 import { encodeLanded, groupForNotification } from "./notify.ts";
-import { encodeBind, groupForBind } from "./bind_notify.ts";
+import { bindEncoder, groupForBind } from "./bind_notify.ts";
 import { chunkForm, CreditStock } from "./credit_stock.ts";
 import { LeasePool } from "../channel/lease_pool.ts";
 import {
@@ -935,27 +935,33 @@ export class PdSender implements AsyncDisposable {
     let sent = 0;
     if (positions.length > 0) {
       try {
+        // The fields every bind notification of the batch shares, encoded once.
+        const bind = credit
+          ? bindEncoder({ reqId, fmt, shape: batch.shape, dtype: batch.dtype })
+          : null;
+        const lastKey = batch.keys.length - 1;
+        // Groups are consecutive runs of `positions`: `at` is where this one starts.
+        let at = 0;
         for (const group of groups) {
-          const posIndex = group.map((p) => positions.indexOf(p));
-          const remoteIndexes = posIndex.map((j) => remote[j]);
-          const keys = group.map((p) => batch.keys[p]);
+          const len = group.length;
+          const remoteIndexes = remote.slice(at, at + len);
+          at += len;
+          const keys = new Array<string>(len);
+          const pages = new Array<number>(len);
+          for (let i = 0; i < len; i++) {
+            keys[i] = batch.keys[group[i]];
+            pages[i] = batch.pages[group[i]];
+          }
           tl?.("write", reqId, batch.keys);
-          await this.channel.write(group.map((p) => batch.pages[p]), {
+          // Credit pages are bound to their keys by the notification (it comes after the
+          // data); pages of an AllocResponse were bound by it.
+          const notification = bind
+            ? bind(keys, remoteIndexes, group.includes(lastKey) ? batch.lastChunkToks : null)
+            : encodeLanded(keys);
+          await this.channel.write(pages, {
             peerId: link.id,
             remoteIndexes,
-            // Credit pages are bound to their keys by the notification (it comes after
-            // the data); pages of an AllocResponse were bound by it.
-            notification: credit
-              ? encodeBind({
-                reqId,
-                fmt,
-                shape: [...batch.shape],
-                dtype: batch.dtype,
-                lastChunkToks: group.includes(batch.keys.length - 1) ? batch.lastChunkToks : null,
-                keys,
-                pages: remoteIndexes,
-              })
-              : encodeLanded(keys),
+            notification,
             timeoutMs: this.#transferTimeoutMs,
             onPosted: tl && (() => tl("posted", reqId, batch.keys)),
           });
