@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { DescList, type HostBuffer, NixlAgent, type PreparedDescList } from "../src/agent.ts";
 import { nativeSkip } from "./helpers/agent_pair.ts";
+import { fullGc } from "./helpers/full_gc.ts";
 
 if (nativeSkip) console.log(`agent_leak_test skipped: ${nativeSkip}`);
 
@@ -49,12 +50,11 @@ describe("resources stay flat", { skip: nativeSkip }, () => {
       }
     };
     await run(20_000); // warm up: JIT, allocator pools, connections
-    const gc = (globalThis as { gc?: () => void }).gc;
-    gc?.();
+    fullGc();
     const rss0 = rssKiB();
     const fds0 = fdCount();
     await run(100_000);
-    gc?.();
+    fullGc();
     const grown = rssKiB() - rss0;
     assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB over 100,000 transfers`);
     assert.equal(fdCount(), fds0, "open file descriptors");
@@ -89,9 +89,11 @@ describe("resources stay flat", { skip: nativeSkip }, () => {
       }
     };
     await run(2_000);
+    fullGc();
     const rss0 = rssKiB();
     const fds0 = fdCount();
     await run(20_000);
+    fullGc();
     const grown = rssKiB() - rss0;
     assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB over 20,000 TCP transfers`);
     assert.equal(fdCount(), fds0, "open file descriptors");
@@ -117,9 +119,13 @@ describe("resources stay flat", { skip: nativeSkip }, () => {
       b.takeNotifications();
     };
     churn(200); // the first notification opens the connection to b (two sockets)
+    // Collected before both readings: each round's lists and requests are garbage, a few
+    // MB per 5,000 rounds, that RSS counted as growth until the collector ran.
+    fullGc();
     const rss0 = rssKiB();
     const fds0 = fdCount();
     churn(5000);
+    fullGc();
     const grown = rssKiB() - rss0;
     assert.ok(grown < 16 * 1024, `RSS grew by ${grown} KiB`);
     assert.equal(fdCount(), fds0, "open file descriptors");

@@ -12,6 +12,7 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { VERSION } from "../ffi/version.ts";
 import { PdSender } from "../mod.ts";
+import { withEnvDefaults } from "./helpers/env_scope.ts";
 import {
   cliEnv,
   processesMentioning,
@@ -23,6 +24,15 @@ import {
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const SHIM = path.join(ROOT, "native/build/libkvport.so");
 const nativeSkip = fs.existsSync(SHIM) ? false : `no shim at ${SHIM} (deno task build)`;
+
+// The pd-receiver and demo cases check the builtin engine's lines (its data-plane
+// address, "builtin engine"), and `kvport pd-receiver` and `kvport demo` have no engine
+// option: where NIXL is installed, `auto` would take the nixl engine in the children.
+// They inherit KVPORT_ENGINE=builtin (through cliEnv), set for that test only (a
+// file-level setting would reach every later file of the run).
+function builtinTest(name: string, options: { skip: string | false }, fn: () => Promise<void>) {
+  test(name, options, withEnvDefaults({ KVPORT_ENGINE: "builtin" }, fn));
+}
 
 function storageYaml(dir: string): string {
   const file = path.join(dir, "lmcache-storage.yaml");
@@ -379,56 +389,62 @@ test("kvport check says once why NIXL is missing; the dlopen reason is not doubl
   assert.doesNotMatch(lib.stdout, /Failed to open library/);
 });
 
-test("kvport pd-receiver: host:port in its lines, progress without --verify, 130 on SIGINT", {
-  skip: nativeSkip,
-}, async () => {
-  const s = scratch("kvport-cli-rx-");
-  const page = 2 * 4 * 256 * 128 * 2;
-  const p = startKvport([
-    "pd-receiver",
-    "--config",
-    decoderYaml(s.dir, 16 * page),
-    "--init-port",
-    "0",
-    "--alloc-port",
-    "0",
-    "--kv-shape",
-    "2,4,256,128",
-    "--progress",
-  ]);
-  let tx: PdSender | undefined;
-  try {
-    const ready = await p.line(/^pd-receiver /);
-    const m =
-      /^pd-receiver 127\.0\.0\.1:(\d+): handshakes on 127\.0\.0\.1:\1, allocations on 127\.0\.0\.1:(\d+)/
-        .exec(ready);
-    assert.ok(m, ready);
-    tx = await PdSender.create({ pageSize: page, bufferSize: 8 * page, engine: "builtin" });
-    const pages = await tx.allocate(8);
-    const keys = pages.map((_, i) => `vllm@cli@1@0@${i.toString(16)}@bfloat16`);
-    await tx.send(
-      {
-        reqId: "cli-progress",
-        receiverHost: "127.0.0.1",
-        receiverInitPort: Number(m[1]),
-        receiverAllocPort: Number(m[2]),
-        isLastPrefill: true,
-      },
-      { keys, pages, shape: [2, 4, 256, 128], dtype: "bfloat16", lastChunkToks: 256 },
-    );
-    const progress = await p.line(/8 chunk\(s\) landed/, 10_000);
-    assert.match(progress, /^pd-receiver: 8 chunk\(s\) landed, 4\.0 MiB, \d+\.\d\d GB\/s$/);
-    p.child.kill("SIGINT");
-    assert.equal(await p.exited, 130, p.stderr.join("\n"));
-    assert.ok(p.stdout.some((l) => /8 chunk\(s\) received \(0 bad\); stopping on SIGINT/.test(l)));
-  } finally {
-    await tx?.close();
-    p.child.kill("SIGKILL");
-    s.remove();
-  }
-});
+builtinTest(
+  "kvport pd-receiver: host:port in its lines, progress without --verify, 130 on SIGINT",
+  {
+    skip: nativeSkip,
+  },
+  async () => {
+    const s = scratch("kvport-cli-rx-");
+    const page = 2 * 4 * 256 * 128 * 2;
+    const p = startKvport([
+      "pd-receiver",
+      "--config",
+      decoderYaml(s.dir, 16 * page),
+      "--init-port",
+      "0",
+      "--alloc-port",
+      "0",
+      "--kv-shape",
+      "2,4,256,128",
+      "--progress",
+    ]);
+    let tx: PdSender | undefined;
+    try {
+      const ready = await p.line(/^pd-receiver /);
+      const m =
+        /^pd-receiver 127\.0\.0\.1:(\d+): handshakes on 127\.0\.0\.1:\1, allocations on 127\.0\.0\.1:(\d+)/
+          .exec(ready);
+      assert.ok(m, ready);
+      tx = await PdSender.create({ pageSize: page, bufferSize: 8 * page, engine: "builtin" });
+      const pages = await tx.allocate(8);
+      const keys = pages.map((_, i) => `vllm@cli@1@0@${i.toString(16)}@bfloat16`);
+      await tx.send(
+        {
+          reqId: "cli-progress",
+          receiverHost: "127.0.0.1",
+          receiverInitPort: Number(m[1]),
+          receiverAllocPort: Number(m[2]),
+          isLastPrefill: true,
+        },
+        { keys, pages, shape: [2, 4, 256, 128], dtype: "bfloat16", lastChunkToks: 256 },
+      );
+      const progress = await p.line(/8 chunk\(s\) landed/, 10_000);
+      assert.match(progress, /^pd-receiver: 8 chunk\(s\) landed, 4\.0 MiB, \d+\.\d\d GB\/s$/);
+      p.child.kill("SIGINT");
+      assert.equal(await p.exited, 130, p.stderr.join("\n"));
+      assert.ok(
+        p.stdout.some((l) => /8 chunk\(s\) received \(0 bad\); stopping on SIGINT/.test(l)),
+      );
+    } finally {
+      await tx?.close();
+      p.child.kill("SIGKILL");
+      s.remove();
+    }
+  },
+);
 
-test("kvport demo: the decoder's ports come from the decoder, shown as host:port", {
+builtinTest("kvport demo: the decoder's ports come from the decoder, shown as host:port", {
   skip: nativeSkip,
 }, async () => {
   const r = await runKvport(["demo", "--chunks", "2", "--kv-shape", "2,4,256,128"], {

@@ -19,6 +19,7 @@ import {
 } from "../mod.ts";
 import { RepSocket } from "../src/channel/wire/mod.ts";
 import { cliEnv, startKvport } from "./helpers/kvport_cli.ts";
+import { withEnvDefaults } from "./helpers/env_scope.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -115,50 +116,57 @@ test("listen: the PD proxy binds its host; a host name is reported as the addres
   assert.ok(host === "127.0.0.1" || host === "[::1]", rep.endpoints[0]);
 });
 
-test("listen: kvport pd-receiver's ready line shows the addresses really bound", {
-  skip,
-}, async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-listen-"));
-  const yaml = path.join(dir, "decoder.yaml");
-  fs.writeFileSync(
-    yaml,
-    [
-      "enable_pd: true",
-      'transfer_channel: "nixl"',
-      'pd_role: "receiver"',
-      'pd_peer_host: "127.0.0.2"',
-      "pd_peer_init_port: [7300]",
-      "pd_peer_alloc_port: [7400]",
-      `pd_buffer_size: ${16 * 2 * 4 * 256 * 128 * 2}`,
-      'pd_buffer_device: "cpu"',
-      "nixl_backends: [UCX]",
-      "",
-    ].join("\n"),
-  );
-  const p = startKvport(
-    [
-      "pd-receiver",
-      "--config",
+// `kvport pd-receiver` has no engine option: under `auto`, with NIXL installed, the child
+// would take the nixl engine, which has no data-plane listener of its own (`data` is
+// null). It inherits KVPORT_ENGINE=builtin (through cliEnv), set for this test only.
+test(
+  "listen: kvport pd-receiver's ready line shows the addresses really bound",
+  {
+    skip,
+  },
+  withEnvDefaults({ KVPORT_ENGINE: "builtin" }, async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kvport-listen-"));
+    const yaml = path.join(dir, "decoder.yaml");
+    fs.writeFileSync(
       yaml,
-      "--init-port",
-      "0",
-      "--alloc-port",
-      "0",
-      "--kv-shape",
-      "2,4,256,128",
-      "--json",
-    ],
-    { env: cliEnv() },
-  );
-  try {
-    const ready = JSON.parse(await p.line(/"event":"ready"/, 30_000));
-    await boundOnly([ready.init, ready.alloc, ready.data], "127.0.0.2", "127.0.0.1");
-  } finally {
-    p.child.kill("SIGKILL");
-    await p.exited;
-    fs.rmSync(dir, { recursive: true, force: true });
-  }
-});
+      [
+        "enable_pd: true",
+        'transfer_channel: "nixl"',
+        'pd_role: "receiver"',
+        'pd_peer_host: "127.0.0.2"',
+        "pd_peer_init_port: [7300]",
+        "pd_peer_alloc_port: [7400]",
+        `pd_buffer_size: ${16 * 2 * 4 * 256 * 128 * 2}`,
+        'pd_buffer_device: "cpu"',
+        "nixl_backends: [UCX]",
+        "",
+      ].join("\n"),
+    );
+    const p = startKvport(
+      [
+        "pd-receiver",
+        "--config",
+        yaml,
+        "--init-port",
+        "0",
+        "--alloc-port",
+        "0",
+        "--kv-shape",
+        "2,4,256,128",
+        "--json",
+      ],
+      { env: cliEnv() },
+    );
+    try {
+      const ready = JSON.parse(await p.line(/"event":"ready"/, 30_000));
+      await boundOnly([ready.init, ready.alloc, ready.data], "127.0.0.2", "127.0.0.1");
+    } finally {
+      p.child.kill("SIGKILL");
+      await p.exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }),
+);
 
 test("listen: extra_config.kvport_agent_params reach the agents of PD and P2P channels", {
   skip,

@@ -46,6 +46,7 @@ const slots = idx.map((i) => (i * 5 + 3) % PAGES); // a permutation: every page 
 
 describe("nixl engine: GDS", { skip }, () => {
   let dir: string;
+  let setJson = false;
   before(() => {
     // Where cuFile reads its settings: allow the compatibility mode (no nvidia-fs needed)
     // unless the caller pointed it elsewhere. Read when the GDS plugin opens cuFile.
@@ -54,9 +55,13 @@ describe("nixl engine: GDS", { skip }, () => {
       const json = join(dir, "cufile.json");
       writeFileSync(json, JSON.stringify({ properties: { allow_compat_mode: true } }));
       process.env.CUFILE_ENV_PATH_JSON = json;
+      setJson = true;
     }
   });
   after(() => {
+    // Unset what before() set: it names a file removed here, and later files of the run
+    // share this process's environment.
+    if (setJson) delete process.env.CUFILE_ENV_PATH_JSON;
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 

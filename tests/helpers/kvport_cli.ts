@@ -15,8 +15,10 @@ import { fileURLToPath } from "node:url";
 const MAIN = fileURLToPath(new URL("../../cli/main.ts", import.meta.url));
 const IS_BUN = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
 
-/** The environment of a `kvport` child: this one's, without `LMCACHE_*` or `KVPORT_*`
- * variables, plus `extra` (`undefined` removes). */
+/** The environment of a `kvport` child: this one's, without `LMCACHE_*` variables or
+ * `KVPORT_LIB`, plus `extra` (`undefined` removes). Other `KVPORT_*` variables pass
+ * through: a test that sets `KVPORT_ENGINE` for itself (tests/helpers/env_scope.ts)
+ * reaches its children so. */
 export function cliEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) {
