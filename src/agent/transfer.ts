@@ -102,6 +102,9 @@ export function typicalWait(previous: number | undefined, us: number): number {
  */
 export const NO_SPIN_BYTES = 256 * 1024;
 
+/** What a wait that ended in its spin returns (one settled promise, shared). */
+const DONE: Promise<void> = Promise.resolve();
+
 /** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
 const EVENT_SLICE_MS = 100;
 
@@ -346,37 +349,52 @@ export class TransferRequest {
    * (50 us, up to {@linkcode SPIN_MAX_MICROS} for a request that usually takes that
    * long), then waits without spinning.
    */
-  async wait(timeoutMs?: number, options?: WaitOptions): Promise<void> {
-    timeoutMs ??= 30_000;
-    options ??= {};
-    checkTimeout(timeoutMs, "wait");
-    const signal = options.signal;
-    signal?.throwIfAborted();
-    this.#live("wait");
+  wait(timeoutMs?: number, options?: WaitOptions): Promise<void> {
+    // Not an async function: most short waits end in the spin below, and then neither an
+    // async frame nor anything of the slower path (its closures, the message buffer, an
+    // await of its own) is made: together a few tenths of a microsecond on a wait of two
+    // or three (a 4 KiB same-host WRITE). Errors still come as a rejection.
+    try {
+      timeoutMs ??= 30_000;
+      options ??= {};
+      checkTimeout(timeoutMs, "wait");
+      const signal = options.signal;
+      signal?.throwIfAborted();
+      this.#live("wait");
+      let spunUs = 0;
+      if (this.#spinMicros !== 0 && timeoutMs > 0) {
+        const lib = this.#lib, agent = this.#agent, req = this.#handle;
+        const start = performance.now();
+        const end = start + Math.min(spinWindow(this.#typicalUs), timeoutMs * 1000) / 1000;
+        for (let now = start;; now = performance.now()) {
+          const s = lib.symbols.kvp_xfer_status(agent, req);
+          if (s !== Status.IN_PROG) {
+            if (s === Status.SUCCESS) {
+              this.#typicalUs = typicalWait(this.#typicalUs, (now - start) * 1000);
+            }
+            this.#ended(s);
+            this.#state(s, "kvp_xfer_status");
+            return DONE;
+          }
+          if (now >= end) break;
+        }
+        spunUs = (performance.now() - start) * 1000;
+      }
+      return this.#waitLonger(timeoutMs, signal, spunUs);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** The part of {@linkcode TransferRequest.wait} past its spin (`spunUs` long). */
+  async #waitLonger(
+    timeoutMs: number,
+    signal: AbortSignal | undefined,
+    spunUs: number,
+  ): Promise<void> {
     const lib = this.#lib;
     const agent = this.#agent;
     const req = this.#handle;
-    // Most short waits end in the spin: it runs here, before anything of the slower path
-    // (its closures, the message buffer, an await of its own) is made, which would cost
-    // a few tenths of a microsecond on a wait of two or three (a 4 KiB same-host WRITE).
-    let spunUs = 0;
-    if (this.#spinMicros !== 0 && timeoutMs > 0) {
-      const start = performance.now();
-      const end = start + Math.min(spinWindow(this.#typicalUs), timeoutMs * 1000) / 1000;
-      for (let now = start;; now = performance.now()) {
-        const s = lib.symbols.kvp_xfer_status(agent, req);
-        if (s !== Status.IN_PROG) {
-          this.#typicalUs = s === Status.SUCCESS
-            ? typicalWait(this.#typicalUs, (now - start) * 1000)
-            : this.#typicalUs;
-          this.#ended(s);
-          this.#state(s, "kvp_xfer_status");
-          return;
-        }
-        if (now >= end) break;
-      }
-      spunUs = (performance.now() - start) * 1000;
-    }
     // The agent's events (wake callback or descriptor) where it has them, else Deno's
     // pool-thread wait, else polls.
     const events = this.#core.events();
