@@ -6,20 +6,24 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import { onlyUnder, test } from "./helpers/skip.ts";
 import {
+  BunTcpStream,
   DenoTcpStream,
   tcpConnect,
   tcpListen,
   type TcpListener,
   type TcpStream,
+  type WireTcpKind,
   wireTcpKind,
 } from "../src/channel/wire/tcp.ts";
 import { RepSocket, ReqSocket, WireError } from "../src/channel/wire/mod.ts";
 
 const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
-const KINDS: Array<"node" | "deno"> = isDeno ? ["node", "deno"] : ["node"];
+const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
+const own: WireTcpKind = isDeno ? "deno" : isBun ? "bun" : "node";
+const KINDS: WireTcpKind[] = own === "node" ? ["node"] : ["node", own];
 
 /** Runs `fn` with `KVPORT_WIRE_TCP=kind`, and puts the variable back after. */
-async function withKind<T>(kind: "node" | "deno", fn: () => Promise<T>): Promise<T> {
+async function withKind<T>(kind: WireTcpKind, fn: () => Promise<T>): Promise<T> {
   const before = process.env.KVPORT_WIRE_TCP;
   process.env.KVPORT_WIRE_TCP = kind;
   try {
@@ -80,6 +84,7 @@ for (const kind of KINDS) {
         c.setNoDelay?.(true);
         await connected(c);
         if (kind === "deno") assert.ok(c instanceof DenoTcpStream);
+        if (kind === "bun") assert.ok(c instanceof BunTcpStream);
         const sizes = [1, 7, 64, 3000, 4096, 4097, 65_536, 1 << 20, 10, 3 << 20, 5, 4 << 20];
         const pieces = sizes.map((n, i) => pattern(n, i));
         const total = sizes.reduce((a, n) => a + n, 0);
@@ -188,6 +193,34 @@ for (const kind of KINDS) {
       }
     }));
 
+  test(`tcp ${kind}: bytes whose write callback ran reach the peer when we destroy right after`, () =>
+    withKind(kind, async () => {
+      // PUSH sends, then closes: the peer must still get every message (a reset would make
+      // its kernel drop what it had not read yet).
+      let arrived!: (bytes: Uint8Array) => void;
+      const got = new Promise<Uint8Array>((r) => (arrived = r));
+      const listener = await tcpListen("127.0.0.1", 0, (s) => {
+        const chunks: Uint8Array[] = [];
+        s.on("data", (c) => chunks.push(c));
+        s.on("error", () => {});
+        closed(s).then(() => arrived(concat(chunks)));
+      });
+      try {
+        const c = tcpConnect("127.0.0.1", listener.port);
+        await connected(c);
+        const body = pattern(3_000_000, 3);
+        await new Promise<void>((resolve, reject) =>
+          c.write(body, (e) => e ? reject(e) : resolve())
+        );
+        c.destroy();
+        const back = await got;
+        assert.equal(back.length, body.length);
+        assert.equal(firstDifference(back, body), -1);
+      } finally {
+        await listener.close();
+      }
+    }));
+
   test(`tcp ${kind}: binding a port in use rejects; the listener reports its real address`, () =>
     withKind(kind, async () => {
       const a: TcpListener = await tcpListen("127.0.0.1", 0, () => {});
@@ -234,26 +267,33 @@ test("tcp: KVPORT_WIRE_TCP names node or deno; anything else is refused by name"
   const before = process.env.KVPORT_WIRE_TCP;
   try {
     process.env.KVPORT_WIRE_TCP = "uv";
-    assert.throws(() => wireTcpKind(), /KVPORT_WIRE_TCP must be "node" or "deno".*got "uv"/);
+    assert.throws(
+      () => wireTcpKind(),
+      /KVPORT_WIRE_TCP must be "node", "deno" or "bun".*got "uv"/,
+    );
     delete process.env.KVPORT_WIRE_TCP;
-    assert.equal(wireTcpKind(), isDeno ? "deno" : "node");
-    process.env.KVPORT_WIRE_TCP = "deno";
-    if (isDeno) assert.equal(wireTcpKind(), "deno");
-    else assert.throws(() => wireTcpKind(), /KVPORT_WIRE_TCP=deno needs Deno/);
+    assert.equal(wireTcpKind(), own);
+    for (const k of ["deno", "bun"] as const) {
+      process.env.KVPORT_WIRE_TCP = k;
+      if (own === k) assert.equal(wireTcpKind(), k);
+      else assert.throws(() => wireTcpKind(), new RegExp(`KVPORT_WIRE_TCP=${k} needs`));
+    }
   } finally {
     if (before === undefined) delete process.env.KVPORT_WIRE_TCP;
     else process.env.KVPORT_WIRE_TCP = before;
   }
 });
 
-test("tcp: Deno's streams are the default under Deno", {
-  skip: onlyUnder("deno", "Deno.connect exists only under Deno"),
-}, () => {
-  const before = process.env.KVPORT_WIRE_TCP;
-  delete process.env.KVPORT_WIRE_TCP;
-  try {
-    assert.equal(wireTcpKind(), "deno");
-  } finally {
-    if (before !== undefined) process.env.KVPORT_WIRE_TCP = before;
-  }
-});
+for (const runtime of ["deno", "bun"] as const) {
+  test(`tcp: ${runtime}'s own streams are the default under ${runtime}`, {
+    skip: onlyUnder(runtime, `${runtime}'s socket API exists only there`),
+  }, () => {
+    const before = process.env.KVPORT_WIRE_TCP;
+    delete process.env.KVPORT_WIRE_TCP;
+    try {
+      assert.equal(wireTcpKind(), runtime);
+    } finally {
+      if (before !== undefined) process.env.KVPORT_WIRE_TCP = before;
+    }
+  });
+}

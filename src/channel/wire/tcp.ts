@@ -1,15 +1,17 @@
 /**
- * The TCP streams under the wire: `node:net` (Bun, Node, and Deno on request) or Deno's
- * own `Deno.connect` / `Deno.listen` (Deno by default). Under Deno every `node:net` read
- * and write goes through its Node compatibility layer (a stream, an emitter and a
- * `nextTick` on top of the same socket op); a bare echo between two Deno processes took
- * 76-88 us per round trip through it against 42-59 us through `Deno.connect` on the
- * 2-core development machine (BENCHMARKS.md, issue 15). Both give a
+ * The TCP streams under the wire: the runtime's own sockets (`Deno.connect` /
+ * `Deno.listen` under Deno, `Bun.connect` / `Bun.listen` under Bun) by default, or
+ * `node:net` (Node, or on request). Both runtimes build `node:net` as a compatibility
+ * layer (a stream, an emitter, deferred callbacks) over the same socket: a bare echo of
+ * 200 bytes between two processes on the 2-core development machine took 76-88 us per
+ * round trip through Deno's `node:net` against 42-59 us through `Deno.connect`, and 50-53
+ * against 24-25 us through Bun's (BENCHMARKS.md, issue 15). All give a
  * {@linkcode TcpStream}, the subset of `net.Socket` that {@linkcode ZmtpConnection}
  * uses, so the ZMTP layer above does not know which one it runs on.
  *
- * `KVPORT_WIRE_TCP=node` makes Deno use `node:net` as well (tests run the wire suites both
- * ways; a comparison needs both in one build); `KVPORT_WIRE_TCP=deno` outside Deno fails.
+ * `KVPORT_WIRE_TCP=node` picks `node:net` in either runtime (the tests run the wire
+ * suites both ways; a comparison needs both in one build); `deno` or `bun` in the other
+ * runtime fails.
  *
  * @example
  * ```ts
@@ -19,7 +21,7 @@
  * const c = tcpConnect("127.0.0.1", server.port);
  * c.once("connect", () => c.write(new Uint8Array([1, 2, 3])));
  * c.on("data", (d) => {
- *   console.log(wireTcpKind(), d); // "deno" Uint8Array(3) [1, 2, 3] (under Deno)
+ *   console.log(wireTcpKind(), d); // "deno" (or "bun") Uint8Array(3) [1, 2, 3]
  *   c.destroy();
  *   server.close();
  * });
@@ -34,7 +36,7 @@ import { WireError } from "./errors.ts";
 
 /**
  * The part of a connected TCP socket the wire uses: `node:net`'s `Socket` has it, and so
- * has {@linkcode DenoTcpStream}. Events: `connect` (outgoing streams), `data`, `error`
+ * have {@linkcode DenoTcpStream} and {@linkcode BunTcpStream}. Events: `connect` (outgoing streams), `data`, `error`
  * (then `close`), `close` (once, whatever ended the stream).
  *
  * @example
@@ -130,30 +132,37 @@ function denoNet(): DenoNet | undefined {
     : undefined;
 }
 
+/** The TCP implementations of {@linkcode wireTcpKind}. */
+export type WireTcpKind = "deno" | "bun" | "node";
+
 /**
- * Which TCP implementation the wire uses in this process: `"deno"` (Deno's own sockets;
- * the default under Deno) or `"node"` (`node:net`; Bun, Node, or `KVPORT_WIRE_TCP=node`).
- * Read at each call, so a test may switch it between sockets.
+ * Which TCP implementation the wire uses in this process: the runtime's own sockets
+ * (`"deno"`, `"bun"`; the default) or `"node"` (`node:net`: under Node, or with
+ * `KVPORT_WIRE_TCP=node`). Read at each call, so a test may switch it between sockets.
  *
- * @throws {WireError} when `KVPORT_WIRE_TCP` is neither `node` nor `deno`, or is `deno`
- *   outside Deno
+ * @throws {WireError} when `KVPORT_WIRE_TCP` is not `node`, `deno` or `bun`, or names the
+ *   other runtime
  *
  * @example
  * ```ts
  * import { wireTcpKind } from "./tcp.ts";
- * console.log(wireTcpKind()); // "deno" under Deno, "node" under Bun
+ * console.log(wireTcpKind()); // "deno" under Deno, "bun" under Bun
  * ```
  */
-export function wireTcpKind(): "deno" | "node" {
+export function wireTcpKind(): WireTcpKind {
   const want = process.env.KVPORT_WIRE_TCP;
-  if (want === undefined || want === "") return denoNet() ? "deno" : "node";
+  const own: WireTcpKind = denoNet() ? "deno" : bunNet() ? "bun" : "node";
+  if (want === undefined || want === "") return own;
   if (want === "node") return "node";
-  if (want === "deno") {
-    if (denoNet()) return "deno";
-    throw new WireError("KVPORT_WIRE_TCP=deno needs Deno (Deno.connect is not available here)");
+  if (want === "deno" || want === "bun") {
+    if (own === want) return want;
+    throw new WireError(
+      `KVPORT_WIRE_TCP=${want} needs ${want === "deno" ? "Deno" : "Bun"} (this runtime's ` +
+        `own sockets are ${own === "node" ? "none" : own})`,
+    );
   }
   throw new WireError(
-    `KVPORT_WIRE_TCP must be "node" or "deno" (or unset), got ${JSON.stringify(want)}`,
+    `KVPORT_WIRE_TCP must be "node", "deno" or "bun" (or unset), got ${JSON.stringify(want)}`,
   );
 }
 
@@ -174,11 +183,14 @@ export function wireTcpKind(): "deno" | "node" {
  * ```
  */
 export function tcpConnect(host: string, port: number): TcpStream {
-  const deno = wireTcpKind() === "deno" ? denoNet() : undefined;
-  if (!deno) return net.createConnection({ host, port });
-  const s = new DenoTcpStream();
-  s.connectWith(deno.connect({ hostname: host, port, transport: "tcp" }));
-  return s;
+  const kind = wireTcpKind();
+  if (kind === "deno") {
+    const s = new DenoTcpStream();
+    s.connectWith(denoNet()!.connect({ hostname: host, port, transport: "tcp" }));
+    return s;
+  }
+  if (kind === "bun") return BunTcpStream.connect(bunNet()!, host, port);
+  return net.createConnection({ host, port });
 }
 
 /**
@@ -205,8 +217,9 @@ export async function tcpListen(
   onConnection: (stream: TcpStream) => void,
   onError: (error: Error) => void = () => {},
 ): Promise<TcpListener> {
-  const deno = wireTcpKind() === "deno" ? denoNet() : undefined;
-  if (deno) return listenDeno(deno, host, port, onConnection, onError);
+  const kind = wireTcpKind();
+  if (kind === "deno") return listenDeno(denoNet()!, host, port, onConnection, onError);
+  if (kind === "bun") return BunTcpStream.listen(bunNet()!, host, port, onConnection);
   const server = net.createServer((tcp) => onConnection(tcp));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
@@ -269,7 +282,89 @@ function listenDeno(
   };
 }
 
+/** `Bun`'s TCP surface, as far as this file uses it (absent under Deno and Node). */
+interface BunNet {
+  connect(o: {
+    hostname: string;
+    port: number;
+    data: unknown;
+    socket: BunHandlers;
+  }): Promise<BunSocket>;
+  listen(o: { hostname: string; port: number; socket: BunHandlers }): BunServer;
+}
+interface BunHandlers {
+  open?(s: BunSocket): void;
+  data(s: BunSocket, data: Uint8Array): void;
+  drain?(s: BunSocket): void;
+  close?(s: BunSocket, error?: Error): void;
+  error?(s: BunSocket, error: Error): void;
+  end?(s: BunSocket): void;
+  connectError?(s: BunSocket, error: Error): void;
+}
+interface BunSocket {
+  data: unknown;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  write(data: Uint8Array): number;
+  end(): void;
+  close(): void;
+  pause(): void;
+  resume(): void;
+  setNoDelay(noDelay?: boolean): boolean;
+}
+interface BunServer {
+  readonly hostname: string;
+  readonly port: number;
+  getsockname(out: { address?: string; port?: number }): void;
+  stop(closeActiveConnections?: boolean): void;
+}
+
+function bunNet(): BunNet | undefined {
+  const b = (globalThis as { Bun?: Partial<BunNet> }).Bun;
+  return typeof b?.connect === "function" && typeof b?.listen === "function"
+    ? b as BunNet
+    : undefined;
+}
+
+/** A runtime error with its code in the message (Bun's say "Failed to listen at ..."). */
+function withCode(e: unknown): Error {
+  const error = e instanceof Error ? e : new Error(String(e));
+  const code = (error as { code?: unknown }).code;
+  if (typeof code === "string" && !error.message.includes(code)) {
+    error.message = `${code}: ${error.message}`;
+  }
+  return error;
+}
+
 type Listener = (...args: never[]) => void;
+
+/** A tiny event emitter: the events of {@linkcode TcpStream}, listeners in order. */
+class Events {
+  #listeners = new Map<string, Listener[]>();
+
+  on(event: string, listener: Listener): this {
+    const list = this.#listeners.get(event);
+    if (list) list.push(listener);
+    else this.#listeners.set(event, [listener]);
+    return this;
+  }
+
+  once(event: string, listener: Listener): this {
+    const wrapped = ((...args: never[]) => {
+      const list = this.#listeners.get(event);
+      const i = list?.indexOf(wrapped) ?? -1;
+      if (i >= 0) list!.splice(i, 1);
+      listener(...args);
+    }) as Listener;
+    return this.on(event, wrapped);
+  }
+
+  protected emit(event: string, ...args: unknown[]): void {
+    const list = this.#listeners.get(event);
+    if (!list) return;
+    for (const l of [...list]) (l as (...a: unknown[]) => void)(...args);
+  }
+}
 
 /** Reads of at most this many bytes are copied out of the read buffer, which is reused. */
 const COPY_READ_MAX = 4096;
@@ -290,11 +385,10 @@ const JOIN_WRITES_MAX = 64 * 1024;
  * console.log(wireTcpKind());
  * ```
  */
-export class DenoTcpStream implements TcpStream {
+export class DenoTcpStream extends Events implements TcpStream {
   #conn: DenoConn | undefined;
   #destroyed = false;
   #closeEmitted = false;
-  #listeners = new Map<string, Listener[]>();
   #paused = false;
   #resumeRead: (() => void) | undefined;
   #queue: Uint8Array[] = [];
@@ -310,35 +404,6 @@ export class DenoTcpStream implements TcpStream {
   /** Whether the stream is destroyed (by us, an error or the peer's close). */
   get destroyed(): boolean {
     return this.#destroyed;
-  }
-
-  /** Adds a listener of `event`. */
-  on(event: string, listener: Listener): this {
-    const list = this.#listeners.get(event);
-    if (list) list.push(listener);
-    else this.#listeners.set(event, [listener]);
-    return this;
-  }
-
-  /** Adds a listener of `event` that is removed after its first call. */
-  once(event: string, listener: Listener): this {
-    const wrapped = ((...args: never[]) => {
-      this.#off(event, wrapped);
-      listener(...args);
-    }) as Listener;
-    return this.on(event, wrapped);
-  }
-
-  #off(event: string, listener: Listener): void {
-    const list = this.#listeners.get(event);
-    const i = list?.indexOf(listener) ?? -1;
-    if (i >= 0) list!.splice(i, 1);
-  }
-
-  #emit(event: string, ...args: unknown[]): void {
-    const list = this.#listeners.get(event);
-    if (!list) return;
-    for (const l of [...list]) (l as (...a: unknown[]) => void)(...args);
   }
 
   /** Turns Nagle's algorithm off (now, or once connected). */
@@ -362,7 +427,7 @@ export class DenoTcpStream implements TcpStream {
         return;
       }
       this.adopt(conn);
-      this.#emit("connect");
+      this.emit("connect");
     }, (e) => this.#fail(e));
   }
 
@@ -402,7 +467,7 @@ export class DenoTcpStream implements TcpStream {
         chunk = buf.subarray(0, n);
         buf = new Uint8Array(READ_BUFFER);
       }
-      this.#emit("data", chunk);
+      this.emit("data", chunk);
     }
   }
 
@@ -530,7 +595,7 @@ export class DenoTcpStream implements TcpStream {
       // already closed
     }
     this.#failCallbacks(error);
-    this.#emit("error", error);
+    this.emit("error", error);
     this.#emitClose();
   }
 
@@ -538,6 +603,299 @@ export class DenoTcpStream implements TcpStream {
     if (this.#closeEmitted) return;
     this.#closeEmitted = true;
     // node:net emits close on a later turn, after the caller's own handling of destroy().
-    queueMicrotask(() => this.#emit("close"));
+    queueMicrotask(() => this.emit("close"));
+  }
+}
+
+/**
+ * A {@linkcode TcpStream} over a Bun socket (`Bun.connect` / `Bun.listen`). Bun's
+ * `write` takes what the kernel takes and returns the count: the rest waits here, in
+ * order, for the socket's `drain`; a write callback runs once all of its bytes were
+ * taken.
+ *
+ * @example
+ * ```ts
+ * import { tcpConnect, wireTcpKind } from "./tcp.ts";
+ * const s = tcpConnect("127.0.0.1", 9); // a BunTcpStream under Bun
+ * s.on("error", () => {});
+ * console.log(wireTcpKind());
+ * ```
+ */
+export class BunTcpStream extends Events implements TcpStream {
+  #socket: BunSocket | undefined;
+  #destroyed = false;
+  #closeEmitted = false;
+  /** Buffers not yet taken by the kernel, the first one from `#offset` on. */
+  #queue: Uint8Array[] = [];
+  #offset = 0;
+  #callbacks: Array<{ upTo: number; cb: (error?: Error | null) => void }> = [];
+  #queuedBytes = 0;
+  #writtenBytes = 0;
+  #ending = false;
+  #noDelay = false;
+  #paused = false;
+  remoteAddress: string | undefined;
+  remotePort: number | undefined;
+
+  /** (internal) Connects in the background; `connect` or `error` + `close` follow. */
+  static connect(bun: BunNet, host: string, port: number): BunTcpStream {
+    const s = new BunTcpStream();
+    // The stream is the socket's `data` from the start and takes it over in `open`, before
+    // any `data` event: the peer may speak first (libzmq sends its greeting at once), and
+    // bytes that came before the connect promise's continuation would find no stream.
+    bun.connect({ hostname: host, port, data: s, socket: BunTcpStream.#connectHandlers })
+      .catch((e) => s.#fail(e));
+    return s;
+  }
+
+  /** (internal) Listens; every accepted socket becomes a stream for `onConnection`. */
+  static listen(
+    bun: BunNet,
+    host: string,
+    port: number,
+    onConnection: (stream: TcpStream) => void,
+  ): TcpListener {
+    let server: BunServer;
+    try {
+      server = bun.listen({
+        hostname: host,
+        port,
+        socket: {
+          ...BunTcpStream.#handlers,
+          open(sock) {
+            const s = new BunTcpStream();
+            s.#adopt(sock);
+            onConnection(s);
+          },
+        },
+      });
+    } catch (e) {
+      throw withCode(e);
+    }
+    let closed = false;
+    // The address really bound: `hostname` is the name asked for ("localhost").
+    const bound: { address?: string; port?: number } = {};
+    try {
+      server.getsockname(bound);
+    } catch {
+      // an older Bun: the name asked for is what we can tell
+    }
+    return {
+      address: bound.address ?? server.hostname,
+      port: bound.port ?? server.port,
+      close: () => {
+        if (!closed) {
+          closed = true;
+          server.stop(false); // accepted streams stay, as with node:net's close()
+        }
+        return Promise.resolve();
+      },
+    };
+  }
+
+  /** One set of handlers for every socket: each finds its stream in `socket.data`. */
+  static readonly #handlers: BunHandlers = {
+    data(sock, data) {
+      const s = sock.data as BunTcpStream | undefined;
+      if (s) s.#onData(data);
+    },
+    drain(sock) {
+      const s = sock.data as BunTcpStream | undefined;
+      if (s) s.#flush();
+    },
+    end(sock) {
+      // The peer closed its side: like node:net without allowHalfOpen, we close too.
+      (sock.data as BunTcpStream | undefined)?.destroy();
+    },
+    error(sock, error) {
+      const s = sock.data as BunTcpStream | undefined;
+      if (s) s.#fail(error);
+    },
+    close(sock, error) {
+      const s = sock.data as BunTcpStream | undefined;
+      if (!s) return;
+      if (error) s.#fail(error);
+      else s.#closed();
+    },
+  };
+
+  /** The handlers of outgoing sockets: `open` hands the socket to its stream. */
+  static readonly #connectHandlers: BunHandlers = {
+    ...BunTcpStream.#handlers,
+    open(sock) {
+      const s = sock.data as BunTcpStream | undefined;
+      if (!s || s.#destroyed) {
+        sock.data = undefined;
+        sock.close(); // destroyed while connecting: `close` was emitted then
+        return;
+      }
+      s.#adopt(sock);
+      s.emit("connect");
+    },
+    connectError(sock, error) {
+      const s = sock.data as BunTcpStream | undefined;
+      sock.data = undefined;
+      if (s) s.#fail(error);
+    },
+  };
+
+  #adopt(sock: BunSocket): void {
+    this.#socket = sock;
+    sock.data = this;
+    this.remoteAddress = sock.remoteAddress;
+    this.remotePort = sock.remotePort;
+    if (this.#noDelay) this.setNoDelay(true);
+    if (this.#paused) sock.pause();
+    this.#flush();
+  }
+
+  #onData(data: Uint8Array): void {
+    if (!this.#destroyed) this.emit("data", data);
+  }
+
+  /** Whether the stream is destroyed (by us, an error or the peer's close). */
+  get destroyed(): boolean {
+    return this.#destroyed;
+  }
+
+  /** Turns Nagle's algorithm off (now, or once connected). */
+  setNoDelay(noDelay = true): this {
+    this.#noDelay = noDelay;
+    if (this.#socket && !this.#destroyed) this.#socket.setNoDelay(noDelay);
+    return this;
+  }
+
+  /** Queues `data`; `cb` runs once all of it was taken by the kernel, or with the error. */
+  write(data: Uint8Array, cb?: (error?: Error | null) => void): boolean {
+    if (this.#destroyed || this.#ending) {
+      const error = new Error(this.#ending ? "write after end" : "write on a destroyed socket");
+      if (cb) queueMicrotask(() => cb(error));
+      return false;
+    }
+    if (data.length > 0) {
+      this.#queue.push(data);
+      this.#queuedBytes += data.length;
+    }
+    if (cb) this.#callbacks.push({ upTo: this.#queuedBytes, cb });
+    if (this.#socket) this.#flush();
+    return this.#queue.length === 0;
+  }
+
+  /** Hands queued bytes to the socket until it takes no more; calls finished callbacks. */
+  #flush(): void {
+    const sock = this.#socket;
+    if (!sock || this.#destroyed) return;
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0];
+      const rest = this.#offset === 0 ? head : head.subarray(this.#offset);
+      const n = sock.write(rest);
+      if (n > 0) this.#writtenBytes += n;
+      if (n < rest.length) {
+        this.#offset += Math.max(0, n);
+        break; // the kernel's buffer is full: `drain` calls us again
+      }
+      this.#queue.shift();
+      this.#offset = 0;
+    }
+    if (this.#callbacks.length > 0 && this.#callbacks[0].upTo <= this.#writtenBytes) {
+      const done: Array<(error?: Error | null) => void> = [];
+      while (this.#callbacks.length > 0 && this.#callbacks[0].upTo <= this.#writtenBytes) {
+        done.push(this.#callbacks.shift()!.cb);
+      }
+      // node:net calls write callbacks on a later turn, never inside write().
+      queueMicrotask(() => {
+        for (const cb of done) cb(null);
+      });
+    }
+    if (this.#ending && this.#queue.length === 0) sock.end();
+  }
+
+  /** Stops `data` events until {@linkcode resume}. */
+  pause(): this {
+    this.#paused = true;
+    if (this.#socket && !this.#destroyed) this.#socket.pause();
+    return this;
+  }
+
+  /** Resumes `data` events. */
+  resume(): this {
+    this.#paused = false;
+    if (this.#socket && !this.#destroyed) this.#socket.resume();
+    return this;
+  }
+
+  /** Closes our sending side once the queued bytes are written. */
+  end(): this {
+    if (this.#destroyed || this.#ending) return this;
+    this.#ending = true;
+    if (this.#socket) this.#flush();
+    return this;
+  }
+
+  /**
+   * Closes at once: pending write callbacks get an error, `close` follows (also while a
+   * connect is pending; its late socket is closed when it comes). Bun's `close()`, not
+   * `terminate()`: that one resets the connection, and the peer's kernel then drops what
+   * we wrote and it had not read yet (node:net's `destroy()` closes with a FIN too).
+   */
+  destroy(): this {
+    if (this.#destroyed) return this;
+    this.#destroyed = true;
+    const sock = this.#socket;
+    if (sock) {
+      sock.data = undefined;
+      try {
+        sock.close();
+      } catch {
+        // already closed
+      }
+    }
+    this.#failCallbacks(new Error("socket destroyed before the bytes were written"));
+    this.#emitClose();
+    return this;
+  }
+
+  #failCallbacks(error: Error): void {
+    const cbs = this.#callbacks;
+    this.#callbacks = [];
+    this.#queue = [];
+    for (const { cb } of cbs) queueMicrotask(() => cb(error));
+  }
+
+  #fail(e: unknown): void {
+    if (this.#destroyed) {
+      this.#emitClose();
+      return;
+    }
+    const error = withCode(e);
+    this.#destroyed = true;
+    const sock = this.#socket;
+    if (sock) {
+      sock.data = undefined;
+      try {
+        sock.close();
+      } catch {
+        // already closed
+      }
+    }
+    this.#failCallbacks(error);
+    this.emit("error", error);
+    this.#emitClose();
+  }
+
+  /** The socket closed without an error (after our end, or the peer's). */
+  #closed(): void {
+    if (!this.#destroyed) {
+      this.#destroyed = true;
+      if (this.#socket) this.#socket.data = undefined;
+      this.#failCallbacks(new Error("socket closed before the bytes were written"));
+    }
+    this.#emitClose();
+  }
+
+  #emitClose(): void {
+    if (this.#closeEmitted) return;
+    this.#closeEmitted = true;
+    queueMicrotask(() => this.emit("close"));
   }
 }
