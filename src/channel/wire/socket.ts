@@ -15,7 +15,7 @@
  * @module
  */
 
-import { after, type Timer } from "../../deadline.ts";
+import { after, afterShared, sharedDeadlinesIdle, type Timer } from "../../deadline.ts";
 import { type Endpoint, formatEndpoint, parseEndpoint } from "./endpoint.ts";
 import { WireClosedError, WireError, WireProtocolError, WireTimeoutError } from "./errors.ts";
 import { type WireMetrics, wireMetrics } from "./metrics.ts";
@@ -193,7 +193,9 @@ export function withDeadline<T>(
 ): Promise<T> {
   if (!Number.isFinite(timeoutMs)) return promise;
   return new Promise<T>((resolve, reject) => {
-    const timer = after(timeoutMs, () => reject(makeError()));
+    // One shared timer for all such deadlines (see afterShared: a timer per request cost
+    // more than the round trip under Deno).
+    const timer = afterShared(timeoutMs, () => reject(makeError()));
     promise.then(
       (v) => {
         timer.clear();
@@ -658,6 +660,7 @@ export abstract class WireSocket {
     for (const conn of this.#conns) waits.push(conn.destroy());
     for (const server of this.#servers) waits.push(server.close());
     await Promise.all(waits);
+    sharedDeadlinesIdle();
   }
 
   #assertOpen(op: string): void {
