@@ -193,8 +193,8 @@ export function withDeadline<T>(
 ): Promise<T> {
   if (!Number.isFinite(timeoutMs)) return promise;
   return new Promise<T>((resolve, reject) => {
-    // One shared timer for all such deadlines (see afterShared: a timer per request cost
-    // more than the round trip under Deno).
+    // One shared timer for all such deadlines (afterShared): under Deno a timer armed and
+    // cleared per request cost ~10 us of an in-process REQ/REP round trip of ~70.
     const timer = afterShared(timeoutMs, () => reject(makeError()));
     promise.then(
       (v) => {
