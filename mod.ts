@@ -222,6 +222,8 @@ export type {
   P2PRegistryEvent,
   P2PRegistryOptions,
   P2PRegistryStats,
+  P2PStage,
+  P2PTimelineHook,
 } from "./src/p2p/mod.ts";
 
 // Metrics (the `./metrics` entry point has the metric types and the text format too).

@@ -3,7 +3,8 @@
  * holder (a `kvport p2p-peer` child process) over the `nixl` channel (built-in engine by
  * default): registry lookup + handshake reuse + `BatchedLookupAndGetMsg` + the holder's
  * WRITE into our pages + its reply. Reported as GB/s and as a ratio to memcpy of the same
- * bytes measured in the same run; then one JSON line.
+ * bytes measured in the same run; the one-chunk retrieve also as its stages (the
+ * requester's timeline hook, p50 per span); then one JSON line.
  *
  * ```sh
  * deno run -A bench/p2p_bench.ts [--chunks 64] [--chunk-mib 4] [--reps 10] [--engine builtin]
@@ -15,6 +16,7 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { P2PBackend } from "../src/p2p/backend.ts";
+import type { P2PStage } from "../src/p2p/timeline.ts";
 import { P2PRegistry } from "../src/p2p/registry.ts";
 import { checkPattern } from "../src/pd/pattern.ts";
 import { freePort, measureMemcpy, nextEvent } from "../cli/demo_cmd.ts";
@@ -94,6 +96,9 @@ export async function runP2pBench(options: P2pBenchOptions = {}): Promise<Report
     "--json",
   ]);
   let requester: P2PBackend | undefined;
+  // Stage marks of the one-chunk retrieves (the requester's timeline), one list per call.
+  let marks: [P2PStage, number][] | undefined;
+  const spans = new Map<string, number[]>();
   try {
     const ready = await nextEvent(holder, "ready", 60_000);
     requester = await P2PBackend.create({
@@ -108,6 +113,9 @@ export async function runP2pBench(options: P2pBenchOptions = {}): Promise<Report
       registryPullUrl: registry.pullUrl,
       registryReplyUrl: registry.replyUrl,
       heartbeatIntervalMs: null,
+      timeline: (stage) => {
+        if (marks) marks.push([stage, performance.now()]);
+      },
     });
     const keys = Array.from({ length: n }, (_, i) => p2pDemoKey("A", i));
     const deadline = performance.now() + 30_000;
@@ -150,12 +158,32 @@ export async function runP2pBench(options: P2pBenchOptions = {}): Promise<Report
     }
     const one = [];
     for (let r = -2; r < reps * 3; r++) {
+      marks = [];
       const t0 = performance.now();
       const got = await requester.retrieve(keys.slice(0, 1));
-      if (r >= 0) one.push((performance.now() - t0) * 1000);
+      const t1 = performance.now();
+      if (r >= 0) {
+        one.push((t1 - t0) * 1000);
+        let prev: [string, number] = ["call", t0];
+        for (const m of [...marks, ["returned", t1] as [string, number]]) {
+          const k = `${prev[0]} -> ${m[0]}`;
+          (spans.get(k) ?? spans.set(k, []).get(k)!).push((m[1] - prev[1]) * 1000);
+          prev = m;
+        }
+      }
+      marks = undefined;
       requester.release(got.pages);
     }
     const mc = await memcpyGbps(bytes);
+    // Where one retrieve's time goes, on the requester's clock (p50 of each span; the
+    // registry lives in this process, the holder in another: `granted -> reply` is the
+    // request, the holder's decode + WRITE + reply, and the two wake-ups).
+    const stages: Record<string, number> = {};
+    for (const [k, v] of spans) stages[k] = Math.round(median(v) * 10) / 10;
+    console.log(
+      "p2p one chunk, p50 us per span: " +
+        Object.entries(stages).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", "),
+    );
     const extra = { chunks: n, chunkBytes: page, reps, engine: requester.channel.engine };
     report.add({
       name: `p2p_retrieve_${n}x${(page / 2 ** 20).toFixed(0)}MiB`,
@@ -193,7 +221,11 @@ export async function runP2pBench(options: P2pBenchOptions = {}): Promise<Report
       limit: copyUs,
       limitName: `${mc.source}: one chunk's time`,
       goal: { op: "<=", value: 1.5 * copyUs + 150 },
-      extra: { p90: percentile([...one].sort((a, b) => a - b), 90), chunkBytes: page },
+      extra: {
+        p90: percentile([...one].sort((a, b) => a - b), 90),
+        chunkBytes: page,
+        stagesP50Us: stages,
+      },
     });
     if (bad > 0) throw new Error(`${bad} fetched chunk(s) had wrong bytes`);
     report.finish({ bytesPerFetch: bytes });

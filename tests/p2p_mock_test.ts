@@ -392,3 +392,47 @@ test("p2p mock: random fetches while holders evict and store: every fetched byte
   assert.ok(hits > 0, "some chunks were found");
   assert.equal(requester.stats.freePages, requester.pool.pageCount);
 });
+
+test("p2p mock: the timeline hook sees every stage of a retrieve, in order, on both sides", async () => {
+  await using registry = await startRegistry();
+  const served: [string, string][] = [];
+  const asked: [string, string][] = [];
+  await using holder = await instance(registry, "holder", {
+    timeline: (stage, id) => served.push([stage, id]),
+  });
+  await using requester = await instance(registry, "requester", {
+    timeline: (stage, id) => asked.push([stage, id]),
+  });
+  const a = await storeDoc(holder, "A", 3);
+  await waitForHits(requester, a, 3);
+  asked.length = 0;
+  const got = await requester.retrieve(a);
+  assert.equal(got.hitChunks, 3);
+  assert.equal(checkFetched(requester, got).bad, 0);
+  const id = got.lookupId;
+  assert.deepEqual(asked, [
+    ["lookup", id],
+    ["lookup_reply", id],
+    ["fetch", id],
+    ["pages", id],
+    ["granted", id],
+    ["reply", id],
+    ["done", id],
+  ]);
+  // The holder's stages of the same lookup (its WRITE over, its reply handed back).
+  assert.deepEqual(served.filter(([, l]) => l === id), [
+    ["request", id],
+    ["write", id],
+    ["written", id],
+    ["replied", id],
+  ]);
+  // A miss stops after the registry's answer; a holder with nothing writes nothing.
+  asked.length = 0;
+  const miss = await requester.retrieve(docKeys("Z", 2));
+  assert.equal(miss.hitChunks, 0);
+  assert.deepEqual(asked.map(([s]) => s), ["lookup", "lookup_reply"]);
+  served.length = 0;
+  const none = await requester.fetchFrom(holder.initUrl, docKeys("Z", 2));
+  assert.equal(none.hitChunks, 0);
+  assert.deepEqual(served.map(([s]) => s), ["request", "replied"]);
+});

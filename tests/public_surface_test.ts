@@ -143,6 +143,8 @@ const TYPES = [
   "P2PRegistryEvent",
   "P2PRegistryOptions",
   "P2PRegistryStats",
+  "P2PStage",
+  "P2PTimelineHook",
   "PageSource",
   "PdBackendMode",
   "PdChannelSettings",

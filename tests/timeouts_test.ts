@@ -23,6 +23,7 @@ import {
   deadlineSignal,
   every,
   MAX_TIMER_DELAY_MS,
+  SharedDeadlines,
   sleep,
 } from "../src/deadline.ts";
 import { instance, silentHolder } from "./helpers/p2p_util.ts";
@@ -264,4 +265,75 @@ test("deadline: a delay past the limit waits in steps and fires once it is due",
     g.clearTimeout = realClear;
     performance.now = realNow;
   }
+});
+
+test("deadline: shared deadlines run on one timer, armed for the earliest, re-armed when it fires", () => {
+  // Drive SharedDeadlines with a recorded setTimeout/clearTimeout and a settable clock.
+  const g = globalThis as unknown as {
+    setTimeout: (fn: () => void, ms: number) => number;
+    clearTimeout: (id: number) => void;
+  };
+  const realSet = g.setTimeout;
+  const realClear = g.clearTimeout;
+  const realNow = performance.now;
+  let now = 1000;
+  const armed: { fn: () => void; ms: number; id: number }[] = [];
+  const cleared: number[] = [];
+  g.setTimeout = (fn, ms) => armed.push({ fn, ms, id: armed.length + 1 });
+  g.clearTimeout = (id) => cleared.push(id);
+  performance.now = () => now;
+  try {
+    const q = new SharedDeadlines();
+    const fired: string[] = [];
+    const a = q.add(30_000, () => fired.push("a"));
+    now += 10;
+    const b = q.add(30_000, () => fired.push("b"));
+    // One timer, for the earliest deadline; the later one did not touch it.
+    assert.deepEqual(armed.map((x) => x.ms), [30_000]);
+    a.clear();
+    q.idle(); // b is pending: the timer stays
+    assert.deepEqual(cleared, []);
+    now += 29_990; // a's time: a was cleared, b is 10 ms away -> re-armed for it
+    armed[0].fn();
+    assert.deepEqual([fired, armed.map((x) => x.ms)], [[], [30_000, 10]]);
+    now += 9.5; // half a millisecond early counts as due, as with after()
+    armed[1].fn();
+    assert.deepEqual([fired, b.fired, a.fired, armed.length], [["b"], true, false, 2]);
+    // An earlier deadline re-arms (the old timer is cleared); a cleared one never runs.
+    const c = q.add(60_000, () => fired.push("c"));
+    const d = q.add(5, () => fired.push("d"));
+    assert.deepEqual(armed.slice(2).map((x) => x.ms), [60_000, 5]);
+    assert.deepEqual(cleared, [3]);
+    now += 5;
+    armed[3].fn();
+    assert.deepEqual([fired, armed[4].ms], [["b", "d"], 59_995]);
+    c.clear();
+    c.clear(); // idempotent
+    // Nothing pending: idle() disarms, so a process whose sockets closed can exit.
+    q.idle();
+    assert.deepEqual(cleared, [3, 5]);
+    assert.equal(d.fired, true);
+    // After idle the next deadline arms a fresh timer.
+    q.add(100, () => fired.push("e"));
+    assert.equal(armed.length, 6);
+    assert.equal(armed[5].ms, 100);
+  } finally {
+    g.setTimeout = realSet;
+    g.clearTimeout = realClear;
+    performance.now = realNow;
+  }
+});
+
+test("deadline: a REQ request still times out, typed and not before its deadline, on the shared timer", async () => {
+  await using rep = await RepSocket.bind("tcp://127.0.0.1:0", { timeoutMs: 2000 });
+  // A REP that never answers: the request's deadline must fire.
+  const silent = rep.receive().catch(() => {});
+  await using req = ReqSocket.connect(rep.endpoints[0], { timeoutMs: 2000 });
+  const t0 = performance.now();
+  await assert.rejects(req.request([new Uint8Array([1])], { timeoutMs: 60 }), (e: unknown) => {
+    assert.ok(e instanceof WireTimeoutError, String(e));
+    return true;
+  });
+  assert.ok(performance.now() - t0 >= 59, "not before its deadline");
+  await silent;
 });

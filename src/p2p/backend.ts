@@ -33,6 +33,7 @@ import { collectP2PBackend, type P2PMetrics, p2pMetrics } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, weakly } from "../metrics/source.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
+import type { P2PTimelineHook } from "./timeline.ts";
 
 /** Options of {@linkcode P2PBackend.create}. */
 export interface P2PBackendOptions {
@@ -118,6 +119,8 @@ export interface P2PBackendOptions {
   hashOf?: (key: string) => bigint;
   /** Registry this instance and its channel are counted in (default: `metricsRegistry()`). */
   metrics?: MetricsRegistry;
+  /** Timing hook called at each stage of a retrieve or a served request (`timeline.ts`). */
+  timeline?: P2PTimelineHook;
 }
 
 /** The holder a lookup found. */
@@ -275,6 +278,7 @@ export class P2PBackend implements AsyncDisposable {
   readonly #lookupServer: RepSocket;
   readonly #registry: RegistryClient;
   readonly #hashOf: (key: string) => bigint;
+  readonly #tl: P2PTimelineHook | undefined;
   readonly #recvTimeoutMs: number;
   readonly #sendTimeoutMs: number;
   readonly #curve: SideChannelCurve | undefined;
@@ -326,6 +330,7 @@ export class P2PBackend implements AsyncDisposable {
     this.initUrl = initUrl;
     this.lookupUrl = lookupUrl;
     this.#hashOf = options.hashOf ?? chunkHashOf;
+    this.#tl = options.timeline;
     this.#recvTimeoutMs = options.lookupRecvTimeoutMs ?? 30_000;
     this.#sendTimeoutMs = options.lookupSendTimeoutMs ?? 10_000;
     this.#curve = options.curve;
@@ -670,13 +675,21 @@ export class P2PBackend implements AsyncDisposable {
     }
     if (msg.type !== "BatchedLookupAndGetMsg") return error(P2PErrorCode.UNKNOWN_MSG_TYPE);
     if (this.#closing) return error(P2PErrorCode.P2P_SERVER_ERROR);
+    const tl = this.#tl;
+    tl?.("request", msg.lookup_id);
     const p = this.#serveGet(msg);
     this.#track(p);
     const code = await p;
-    if (typeof code === "number") return error(code);
+    if (typeof code === "number") {
+      const out = error(code);
+      tl?.("replied", msg.lookup_id);
+      return out;
+    }
     this.#stats.served++;
     this.#stats.servedChunks += code.num_hit_chunks;
-    return encodeMessage(code);
+    const out = encodeMessage(code);
+    tl?.("replied", msg.lookup_id);
+    return out;
   }
 
   async #serveGet(
@@ -697,6 +710,7 @@ export class P2PBackend implements AsyncDisposable {
     }
     try {
       if (pinned.length > 0) {
+        this.#tl?.("write", msg.lookup_id);
         await this.channel.write(pinned.map((c) => c.page), {
           peerId: receiver,
           remoteIndexes: msg.mem_indexes.slice(0, pinned.length).map((x, i) =>
@@ -704,6 +718,7 @@ export class P2PBackend implements AsyncDisposable {
           ),
           timeoutMs: this.#writeTimeoutMs,
         });
+        this.#tl?.("written", msg.lookup_id);
       }
       return { type: "BatchedLookupAndGetRetMsg", num_hit_chunks: pinned.length };
     } catch (e) {
@@ -730,6 +745,7 @@ export class P2PBackend implements AsyncDisposable {
     this.#assertOpen("lookup");
     validateKeys(keys, "lookup");
     const lookupId = `${this.instanceId}-${this.workerId}-${++this.#lookupSeq}`;
+    this.#tl?.("lookup", lookupId);
     const miss: P2PLookupResult = { lookupId, keys: [...keys], hitChunks: 0, holder: null };
     if (keys.length === 0) return miss;
     this.#stats.lookups++;
@@ -765,6 +781,7 @@ export class P2PBackend implements AsyncDisposable {
       this.#metrics?.failed("lookup", miss.error.code);
       return miss;
     }
+    this.#tl?.("lookup_reply", lookupId);
     const first = reply.layout_info[0];
     if (!first || first[2] <= 0 || first[3] === "") return miss;
     const [instanceId, location, n, peerInitUrl] = first;
@@ -828,6 +845,8 @@ export class P2PBackend implements AsyncDisposable {
     promised: number,
   ): Promise<P2PFetchResult> {
     const t0 = performance.now();
+    const tl = this.#tl;
+    tl?.("fetch", lookupId);
     const url = holder.peerInitUrl;
     const result = emptyFetch(lookupId, holder, promised);
     this.#stats.fetches++;
@@ -844,6 +863,7 @@ export class P2PBackend implements AsyncDisposable {
       });
     try {
       lease = await takePages();
+      tl?.("pages", lookupId);
       let link = await this.#ensurePeer(url, undefined, result);
       for (;;) {
         result.attempts++;
@@ -866,7 +886,9 @@ export class P2PBackend implements AsyncDisposable {
           // The holder may WRITE exactly these pages, for this lookup only.
           await this.#grants.grantWriteToPeer(url, pages, this.#recvTimeoutMs + 1000);
           inDoubt = true;
+          tl?.("granted", lookupId);
           reply = await link.requester.request(msg as unknown as SideMessage, this.#recvTimeoutMs);
+          tl?.("reply", lookupId);
           inDoubt = false;
         } catch (e) {
           failure = e;
@@ -894,6 +916,7 @@ export class P2PBackend implements AsyncDisposable {
           lease = undefined;
           this.#stats.fetchedChunks += n;
           result.seconds = (performance.now() - t0) / 1000;
+          tl?.("done", lookupId);
           return result;
         }
         const code = reply?.type === "P2PErrorMsg" ? Number(reply.error_code) : undefined;

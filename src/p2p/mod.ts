@@ -64,3 +64,4 @@ export {
 } from "./registry.ts";
 export { RegistryClient, type RegistryClientOptions } from "./registry_client.ts";
 export { ChunkStore, type StoredChunk } from "./store.ts";
+export type { P2PStage, P2PTimelineHook } from "./timeline.ts";

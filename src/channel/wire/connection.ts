@@ -19,7 +19,7 @@
  * @module
  */
 
-import type * as net from "node:net";
+import type { TcpStream } from "./tcp.ts";
 import {
   WireClosedError,
   WireError,
@@ -80,7 +80,8 @@ const EMPTY = new Uint8Array(0);
 const UTF8 = new TextDecoder();
 
 /**
- * A ZMTP 3 connection over a connected `node:net` socket. It sends its greeting at once,
+ * A ZMTP 3 connection over a connected TCP socket (`node:net`'s, or a
+ * {@linkcode TcpStream} over Deno's own: see `tcp.ts`). It sends its greeting at once,
  * answers the peer's greeting with READY, checks the peer's socket type, and then
  * delivers messages. Any protocol violation, or a handshake that does not complete in
  * time, destroys the connection with a {@linkcode WireProtocolError} or
@@ -104,7 +105,7 @@ export class ZmtpConnection {
   readonly address: string;
   /** Our socket type. */
   readonly socketType: SocketType;
-  readonly #socket: net.Socket;
+  readonly #socket: TcpStream;
   readonly #identity: Uint8Array;
   readonly #handlers: ZmtpConnectionHandlers;
   readonly #decoder: ZmtpDecoder;
@@ -128,13 +129,14 @@ export class ZmtpConnection {
   /**
    * Wraps `socket` and starts the handshake by sending our greeting.
    *
-   * @param socket a connected (or just accepted) TCP socket; the connection owns it
+   * @param socket a connected (or just accepted) TCP socket (a `net.Socket` or any other
+   *   {@linkcode TcpStream}); the connection owns it
    * @param address the peer's address, for messages
    * @param options socket type, identity and limits
    * @param handlers callbacks
    */
   constructor(
-    socket: net.Socket,
+    socket: TcpStream,
     address: string,
     options: ZmtpConnectionOptions,
     handlers: ZmtpConnectionHandlers = {},
