@@ -232,6 +232,18 @@ function gpuPostStages(before: Record<string, string>, after: Record<string, str
   };
 }
 
+/** The engine's own time per call in kvp_xfer_create and kvp_xfer_post (us, means) between
+ * two snapshots of `kvp_agent_info` (builtin engine); undefined without such counters. */
+function engineCallTimes(before: Record<string, string>, after: Record<string, string>) {
+  const delta = (k: string) => Number(after[k] ?? 0) - Number(before[k] ?? 0);
+  const creates = delta("xfer_creates"), posts = delta("xfer_post_calls");
+  if (!(creates > 0 && posts > 0)) return undefined;
+  return {
+    createUs: delta("xfer_create_ns") / creates / 1e3,
+    postUs: delta("xfer_post_ns") / posts / 1e3,
+  };
+}
+
 const report = new Report("latency");
 const rows: Record<string, unknown>[] = [];
 let reqNo = 0;
@@ -418,7 +430,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         refillBusy.push(busy * 1000);
       }
     }
-    const native = gpuPostStages(infoAtStart, agent.info());
+    const infoAtEnd = agent.info();
+    const native = gpuPostStages(infoAtStart, infoAtEnd);
+    const calls = engineCallTimes(infoAtStart, infoAtEnd);
     const bytes = size.chunks * size.bytes;
     const copyUs = percentile(Float64Array.from(copies).sort(), 50);
     const limit = {
@@ -456,6 +470,12 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         `${busyOnes.length} of ${refillBusy.length} requests` +
         (busyOnes.length > 0 ? ` (p50 ${percentile(busyOnes, 50).toFixed(1)} us of it)` : ""),
     );
+    if (calls) {
+      console.log(
+        `  sender's engine, mean per call: kvp_xfer_create ${calls.createUs.toFixed(1)} us, ` +
+          `kvp_xfer_post ${calls.postUs.toFixed(1)} us (inside "create + post")`,
+      );
+    }
     if (native) {
       console.log(
         `  sender's engine, mean of ${native.posts} GPU posts: copies queued in the post ` +
@@ -524,6 +544,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       withCredits,
       stats,
       native,
+      engineCalls: calls,
       refillBusy: {
         requests: busyOnes.length,
         p50Us: busyOnes.length ? percentile(busyOnes, 50) : 0,

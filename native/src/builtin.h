@@ -404,6 +404,8 @@ struct bi_agent {
      * time went (ns, summed): queueing in the post, the worker's start after that (its
      * wake-up, overlapped with the copy) and its wait for the copies' event. */
     atomic_uint_fast64_t n_cu_launched, cu_queue_ns, cu_hop_ns, cu_event_wait_ns;
+    /* kvp_xfer_create / kvp_xfer_post calls and the time spent in them (ns, summed) */
+    atomic_uint_fast64_t n_create_calls, create_ns, n_post_calls, post_ns;
     struct bi_agent *live_next; /* registry of live agents of this process */
 };
 

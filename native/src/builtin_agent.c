@@ -500,6 +500,13 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->cu_hop_ns),
              (unsigned long long)atomic_load(&a->cu_event_wait_ns));
     kvp_buf_put(out, line, strlen(line));
+    snprintf(line, sizeof line,
+             "xfer_creates=%llu\nxfer_create_ns=%llu\nxfer_post_calls=%llu\nxfer_post_ns=%llu\n",
+             (unsigned long long)atomic_load(&a->n_create_calls),
+             (unsigned long long)atomic_load(&a->create_ns),
+             (unsigned long long)atomic_load(&a->n_post_calls),
+             (unsigned long long)atomic_load(&a->post_ns));
+    kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
              (unsigned long long)atomic_load(&a->n_dereg_timeouts));
     kvp_buf_put(out, line, strlen(line));
