@@ -233,8 +233,15 @@ test("deadline: no timer of src/ or cli/ bypasses src/deadline.ts", async () => 
   assert.deepEqual(offenders, [], "use after/every/sleep/deadlineSignal of src/deadline.ts");
 });
 
-test("deadline: a delay past the limit waits in steps and fires once it is due", () => {
-  // Drive after() with a recorded setTimeout and a settable clock.
+/** A recorded setTimeout / clearTimeout and a settable performance.now(). */
+interface FakeClock {
+  now: number;
+  armed: { fn: () => void; ms: number; id: number }[];
+  cleared: number[];
+}
+
+/** Runs `fn` on a {@linkcode FakeClock} (starting at 1000 ms), then puts the real ones back. */
+function withFakeClock(fn: (clock: FakeClock) => void): void {
   const g = globalThis as unknown as {
     setTimeout: (fn: () => void, ms: number) => number;
     clearTimeout: (id: number) => void;
@@ -242,61 +249,54 @@ test("deadline: a delay past the limit waits in steps and fires once it is due",
   const realSet = g.setTimeout;
   const realClear = g.clearTimeout;
   const realNow = performance.now;
-  let now = 1000;
-  const armed: { fn: () => void; ms: number }[] = [];
-  g.setTimeout = (fn, ms) => armed.push({ fn, ms });
-  g.clearTimeout = () => {};
-  performance.now = () => now;
+  const clock: FakeClock = { now: 1000, armed: [], cleared: [] };
+  g.setTimeout = (f, ms) => clock.armed.push({ fn: f, ms, id: clock.armed.length + 1 });
+  g.clearTimeout = (id) => clock.cleared.push(id);
+  performance.now = () => clock.now;
   try {
-    let fired = 0;
-    const t = after(2 ** 31 + 5000, () => fired++);
-    assert.deepEqual(armed.map((a) => a.ms), [MAX_TIMER_DELAY_MS]);
-    now += MAX_TIMER_DELAY_MS; // the first step ran its course: 5001 ms are left
-    armed[0].fn();
-    assert.deepEqual([fired, armed.map((a) => a.ms)], [0, [MAX_TIMER_DELAY_MS, 5001]]);
-    now += 4000; // a timer that fires early re-arms for the rest
-    armed[1].fn();
-    assert.deepEqual([fired, armed[2].ms], [0, 1001]);
-    now += 1001;
-    armed[2].fn();
-    assert.deepEqual([fired, t.fired, armed.length], [1, true, 3]);
+    fn(clock);
   } finally {
     g.setTimeout = realSet;
     g.clearTimeout = realClear;
     performance.now = realNow;
   }
+}
+
+test("deadline: a delay past the limit waits in steps and fires once it is due", () => {
+  withFakeClock((clock) => {
+    const { armed } = clock;
+    let fired = 0;
+    const t = after(2 ** 31 + 5000, () => fired++);
+    assert.deepEqual(armed.map((a) => a.ms), [MAX_TIMER_DELAY_MS]);
+    clock.now += MAX_TIMER_DELAY_MS; // the first step ran its course: 5001 ms are left
+    armed[0].fn();
+    assert.deepEqual([fired, armed.map((a) => a.ms)], [0, [MAX_TIMER_DELAY_MS, 5001]]);
+    clock.now += 4000; // a timer that fires early re-arms for the rest
+    armed[1].fn();
+    assert.deepEqual([fired, armed[2].ms], [0, 1001]);
+    clock.now += 1001;
+    armed[2].fn();
+    assert.deepEqual([fired, t.fired, armed.length], [1, true, 3]);
+  });
 });
 
 test("deadline: shared deadlines run on one timer, armed for the earliest, re-armed when it fires", () => {
-  // Drive SharedDeadlines with a recorded setTimeout/clearTimeout and a settable clock.
-  const g = globalThis as unknown as {
-    setTimeout: (fn: () => void, ms: number) => number;
-    clearTimeout: (id: number) => void;
-  };
-  const realSet = g.setTimeout;
-  const realClear = g.clearTimeout;
-  const realNow = performance.now;
-  let now = 1000;
-  const armed: { fn: () => void; ms: number; id: number }[] = [];
-  const cleared: number[] = [];
-  g.setTimeout = (fn, ms) => armed.push({ fn, ms, id: armed.length + 1 });
-  g.clearTimeout = (id) => cleared.push(id);
-  performance.now = () => now;
-  try {
+  withFakeClock((clock) => {
+    const { armed, cleared } = clock;
     const q = new SharedDeadlines();
     const fired: string[] = [];
     const a = q.add(30_000, () => fired.push("a"));
-    now += 10;
+    clock.now += 10;
     const b = q.add(30_000, () => fired.push("b"));
     // One timer, for the earliest deadline; the later one did not touch it.
     assert.deepEqual(armed.map((x) => x.ms), [30_000]);
     a.clear();
     q.idle(); // b is pending: the timer stays
     assert.deepEqual(cleared, []);
-    now += 29_990; // a's time: a was cleared, b is 10 ms away -> re-armed for it
+    clock.now += 29_990; // a's time: a was cleared, b is 10 ms away -> re-armed for it
     armed[0].fn();
     assert.deepEqual([fired, armed.map((x) => x.ms)], [[], [30_000, 10]]);
-    now += 9.5; // half a millisecond early counts as due, as with after()
+    clock.now += 9.5; // half a millisecond early counts as due, as with after()
     armed[1].fn();
     assert.deepEqual([fired, b.fired, a.fired, armed.length], [["b"], true, false, 2]);
     // An earlier deadline re-arms (the old timer is cleared); a cleared one never runs.
@@ -304,7 +304,7 @@ test("deadline: shared deadlines run on one timer, armed for the earliest, re-ar
     const d = q.add(5, () => fired.push("d"));
     assert.deepEqual(armed.slice(2).map((x) => x.ms), [60_000, 5]);
     assert.deepEqual(cleared, [3]);
-    now += 5;
+    clock.now += 5;
     armed[3].fn();
     assert.deepEqual([fired, armed[4].ms], [["b", "d"], 59_995]);
     c.clear();
@@ -317,11 +317,7 @@ test("deadline: shared deadlines run on one timer, armed for the earliest, re-ar
     q.add(100, () => fired.push("e"));
     assert.equal(armed.length, 6);
     assert.equal(armed[5].ms, 100);
-  } finally {
-    g.setTimeout = realSet;
-    g.clearTimeout = realClear;
-    performance.now = realNow;
-  }
+  });
 });
 
 test("deadline: a REQ request still times out, typed and not before its deadline, on the shared timer", async () => {
