@@ -112,7 +112,8 @@ export type WireTcpKind = "deno" | "bun" | "node";
 /**
  * Which TCP implementation the wire uses in this process: the runtime's own sockets
  * (`"deno"`, `"bun"`; the default) or `"node"` (`node:net`: under Node, or with
- * `KVPORT_WIRE_TCP=node`). Read at each call, so a test may switch it between sockets.
+ * `KVPORT_WIRE_TCP=node`). Read at each call, so a test may switch it between sockets;
+ * without permission to read it (Deno without `--allow-env`) the default holds.
  *
  * @throws {WireError} when `KVPORT_WIRE_TCP` is not `node`, `deno` or `bun`, or names the
  *   other runtime
@@ -124,7 +125,7 @@ export type WireTcpKind = "deno" | "bun" | "node";
  * ```
  */
 export function wireTcpKind(): WireTcpKind {
-  const want = process.env.KVPORT_WIRE_TCP;
+  const want = wireTcpEnv();
   const own: WireTcpKind = denoNet() ? "deno" : bunNet() ? "bun" : "node";
   if (want === undefined || want === "") return own;
   if (want === "node") return "node";
@@ -138,6 +139,31 @@ export function wireTcpKind(): WireTcpKind {
   throw new WireError(
     `KVPORT_WIRE_TCP must be "node", "deno" or "bun" (or unset), got ${JSON.stringify(want)}`,
   );
+}
+
+/**
+ * `KVPORT_WIRE_TCP`, or undefined when unset or when this Deno process may not read it:
+ * a library reached without `--allow-env` (a JSR user's tests) keeps the default, and
+ * asking first means no permission prompt either.
+ */
+function wireTcpEnv(): string | undefined {
+  const deno = (globalThis as {
+    Deno?: {
+      permissions?: { querySync?(d: { name: "env"; variable: string }): { state: string } };
+    };
+  }).Deno;
+  const query = deno?.permissions?.querySync;
+  if (
+    query && query.call(deno!.permissions, { name: "env", variable: "KVPORT_WIRE_TCP" })
+        .state !== "granted"
+  ) {
+    return undefined;
+  }
+  try {
+    return process.env.KVPORT_WIRE_TCP;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
