@@ -102,9 +102,6 @@ export function typicalWait(previous: number | undefined, us: number): number {
  */
 export const NO_SPIN_BYTES = 256 * 1024;
 
-/** What a wait that ended in its spin returns (one settled promise, shared). */
-const DONE: Promise<void> = Promise.resolve();
-
 /** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
 const EVENT_SLICE_MS = 100;
 
@@ -349,49 +346,13 @@ export class TransferRequest {
    * (50 us, up to {@linkcode SPIN_MAX_MICROS} for a request that usually takes that
    * long), then waits without spinning.
    */
-  wait(timeoutMs?: number, options?: WaitOptions): Promise<void> {
-    // Not an async function: most short waits end in the spin below, and then neither an
-    // async frame nor anything of the slower path (its closures, the message buffer, an
-    // await of its own) is made: together a few tenths of a microsecond on a wait of two
-    // or three (a 4 KiB same-host WRITE). Errors still come as a rejection.
-    try {
-      timeoutMs ??= 30_000;
-      options ??= {};
-      checkTimeout(timeoutMs, "wait");
-      const signal = options.signal;
-      signal?.throwIfAborted();
-      this.#live("wait");
-      let spunUs = 0;
-      if (this.#spinMicros !== 0 && timeoutMs > 0) {
-        const lib = this.#lib, agent = this.#agent, req = this.#handle;
-        const start = performance.now();
-        const end = start + Math.min(spinWindow(this.#typicalUs), timeoutMs * 1000) / 1000;
-        for (let now = start;; now = performance.now()) {
-          const s = lib.symbols.kvp_xfer_status(agent, req);
-          if (s !== Status.IN_PROG) {
-            if (s === Status.SUCCESS) {
-              this.#typicalUs = typicalWait(this.#typicalUs, (now - start) * 1000);
-            }
-            this.#ended(s);
-            this.#state(s, "kvp_xfer_status");
-            return DONE;
-          }
-          if (now >= end) break;
-        }
-        spunUs = (performance.now() - start) * 1000;
-      }
-      return this.#waitLonger(timeoutMs, signal, spunUs);
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  }
-
-  /** The part of {@linkcode TransferRequest.wait} past its spin (`spunUs` long). */
-  async #waitLonger(
-    timeoutMs: number,
-    signal: AbortSignal | undefined,
-    spunUs: number,
-  ): Promise<void> {
+  async wait(timeoutMs?: number, options?: WaitOptions): Promise<void> {
+    timeoutMs ??= 30_000;
+    options ??= {};
+    checkTimeout(timeoutMs, "wait");
+    const signal = options.signal;
+    signal?.throwIfAborted();
+    this.#live("wait");
     const lib = this.#lib;
     const agent = this.#agent;
     const req = this.#handle;
@@ -418,19 +379,17 @@ export class TransferRequest {
                 fromWait = true;
                 return s;
               })),
-        Math.max(0, timeoutMs - spunUs / 1000),
+        timeoutMs,
         () => this.#released || this.#core.closed,
-        // Spun above already (a large transfer takes longer than any spin: none at all).
-        0,
+        // A large transfer takes longer than any spin: no synchronous checks at all.
+        this.#spinMicros === 0 ? 0 : spinWindow(this.#typicalUs),
         events,
         this.#took,
       );
     } finally {
       signal?.removeEventListener("abort", onAbort);
     }
-    if (status === Status.SUCCESS) {
-      this.#typicalUs = typicalWait(this.#typicalUs, spunUs + this.#took.us);
-    }
+    if (status === Status.SUCCESS) this.#typicalUs = typicalWait(this.#typicalUs, this.#took.us);
     if (status !== Status.IN_PROG) this.#ended(status);
     else this.#metrics?.timedOut();
     if (signal?.aborted) throw signal.reason;
