@@ -33,6 +33,27 @@ static void leave(bi_pool *p, bi_req *r) {
     pthread_mutex_unlock(&p->mu);
 }
 
+static void unqueue(bi_pool *p, bi_req *r);
+
+/* p->mu held on entry and on return (dropped meanwhile). Claims r's next job (r is
+ * queued and has one left: taken out of the queue with its last one), runs it unless an
+ * earlier job failed (fail fast), and counts it done. Counted in r->running throughout,
+ * so a cancel waits for the job. */
+static void run_next_job_locked(bi_pool *p, bi_req *r, char *msg, size_t cap) {
+    uint32_t j = r->next_job++;
+    if (r->next_job >= r->nj) unqueue(p, r);
+    r->running++;
+    uint64_t post = r->pool_post;
+    bool skip = r->job_err != KVP_SUCCESS;
+    pthread_mutex_unlock(&p->mu);
+    int32_t st = KVP_SUCCESS;
+    msg[0] = '\0';
+    if (!skip) st = bi_job_exec(r, &r->jobs[j], msg, cap);
+    job_done(p, r, post, st, msg);
+    leave(p, r);
+    pthread_mutex_lock(&p->mu);
+}
+
 static void *worker(void *arg) {
     bi_pool *p = arg;
     char msg[400];
@@ -40,24 +61,7 @@ static void *worker(void *arg) {
     for (;;) {
         while (!p->stop && !p->head) pthread_cond_wait(&p->cv_work, &p->mu);
         if (p->stop) break;
-        bi_req *r = p->head;
-        uint32_t j = r->next_job++;
-        if (r->next_job >= r->nj) {
-            p->head = r->qnext;
-            if (!p->head) p->tail = NULL;
-            r->qnext = NULL;
-            r->queued = false;
-        }
-        r->running++;
-        uint64_t post = r->pool_post;
-        bool skip = r->job_err != KVP_SUCCESS; /* fail fast after a failed job */
-        pthread_mutex_unlock(&p->mu);
-        int32_t st = KVP_SUCCESS;
-        msg[0] = '\0';
-        if (!skip) st = bi_job_exec(r, &r->jobs[j], msg, sizeof msg);
-        job_done(p, r, post, st, msg);
-        leave(p, r);
-        pthread_mutex_lock(&p->mu);
+        run_next_job_locked(p, p->head, msg, sizeof msg);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -178,7 +182,8 @@ void bi_pool_submit(bi_pool *p, bi_req *r) {
     pthread_mutex_unlock(&p->mu);
 }
 
-/* Takes r out of the queue (cancelled, or its last job was claimed). p->mu held. */
+/* Takes r out of the queue (cancelled, or its last job was claimed; the head, for a
+ * worker, found at once). p->mu held. */
 static void unqueue(bi_pool *p, bi_req *r) {
     bi_req *prev = NULL;
     for (bi_req *q = p->head; q; prev = q, q = q->qnext) {
@@ -224,21 +229,7 @@ void bi_pool_leave(bi_pool *p, bi_req *r) { leave(p, r); }
 void bi_pool_help(bi_pool *p, bi_req *r) {
     char msg[400];
     pthread_mutex_lock(&p->mu);
-    /* The same claim as a worker's (next_job under p->mu, running counted, so a cancel
-     * waits for the job), only of r's jobs. */
-    while (r->queued && !p->stop && r->next_job < r->nj) {
-        uint32_t j = r->next_job++;
-        if (r->next_job >= r->nj) unqueue(p, r);
-        r->running++;
-        uint64_t post = r->pool_post;
-        bool skip = r->job_err != KVP_SUCCESS;
-        pthread_mutex_unlock(&p->mu);
-        int32_t st = KVP_SUCCESS;
-        msg[0] = '\0';
-        if (!skip) st = bi_job_exec(r, &r->jobs[j], msg, sizeof msg);
-        job_done(p, r, post, st, msg);
-        leave(p, r);
-        pthread_mutex_lock(&p->mu);
-    }
+    /* The same claim as a worker's, only of r's jobs. */
+    while (r->queued && !p->stop && r->next_job < r->nj) run_next_job_locked(p, r, msg, sizeof msg);
     pthread_mutex_unlock(&p->mu);
 }
