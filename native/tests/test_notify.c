@@ -96,21 +96,48 @@ TEST_T(notify_coalesces_events_that_come_during_a_call, 30) {
     OK(kvp_event_quiesce(fn, 5000));
 }
 
-TEST_T(notify_a_finished_transfer_calls_fn, 60) {
+/* An agent with kvp_event_notify(fn, ctx, flags) and a WRITE request of 8 pages of 4 MiB
+ * (32 MiB filled with `seed`) into a forked peer's memory. */
+typedef struct {
     t_peer p;
-    const uint64_t size = 32 << 20;
-    t_peer_start(&p, "NT", NULL, NULL, size, 4);
-    uint64_t a = t_agent("NI", NULL, NULL), m, reg;
-    t_load(a, p.md, p.mdlen);
-    OK(kvp_event_notify(a, fn, 3, 0));
-    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
-    t_fill((void *)(uintptr_t)m, size, 9);
-    OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
-    uint64_t lp = t_prep_pages(a, "", m, 4 << 20, 8), rp = t_prep_pages(a, "NT", p.base, 4 << 20, 8);
+    uint64_t a, m, lp, rp, req;
+    uint32_t seed;
+} notified_write;
+
+static void notified_write_start(notified_write *w, const char *peer, const char *agent,
+                                 uint64_t ctx, uint32_t flags, uint32_t seed) {
+    uint64_t size = 32 << 20, reg;
+    t_peer_start(&w->p, peer, NULL, NULL, size, 4);
+    w->a = t_agent(agent, NULL, NULL);
+    w->seed = seed;
+    t_load(w->a, w->p.md, w->p.mdlen);
+    OK(kvp_event_notify(w->a, fn, ctx, flags));
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &w->m));
+    t_fill((void *)(uintptr_t)w->m, size, seed);
+    OK(kvp_register(w->a, KVP_DRAM, &w->m, &size, NULL, 1, NULL, &reg));
+    w->lp = t_prep_pages(w->a, "", w->m, 4 << 20, 8);
+    w->rp = t_prep_pages(w->a, peer, w->p.base, 4 << 20, 8);
     uint32_t idx[8];
     for (uint32_t i = 0; i < 8; i++) idx[i] = i;
-    uint64_t req;
-    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 8, NULL, 0, &req));
+    OK(kvp_xfer_create(w->a, KVP_WRITE, w->lp, idx, w->rp, idx, 8, NULL, 0, &w->req));
+}
+
+/* Checks the peer holds every byte, then releases everything and quiesces fn. */
+static void notified_write_stop(notified_write *w) {
+    CHECK(t_peer_verify(&w->p, 0, 32 << 20, w->seed));
+    OK(kvp_xfer_release(w->a, w->req));
+    OK(kvp_prepped_release(w->a, w->lp));
+    OK(kvp_prepped_release(w->a, w->rp));
+    OK(kvp_agent_destroy(w->a));
+    OK(kvp_event_quiesce(fn, 5000));
+    OK(kvp_mem_free(w->m));
+    t_peer_stop(&w->p);
+}
+
+TEST_T(notify_a_finished_transfer_calls_fn, 60) {
+    notified_write w;
+    notified_write_start(&w, "NT", "NI", 3, 0, 9);
+    uint64_t a = w.a, req = w.req;
     int pending_posts = 0;
     for (int round = 0; round < 20; round++) {
         int32_t st = kvp_xfer_post(a, req);
@@ -130,14 +157,7 @@ TEST_T(notify_a_finished_transfer_calls_fn, 60) {
         OK(st);
     }
     CHECK_MSG(pending_posts > 0, "every 8 MiB post finished inline: nothing was waited for");
-    CHECK(t_peer_verify(&p, 0, size, 9));
-    OK(kvp_xfer_release(a, req));
-    OK(kvp_prepped_release(a, lp));
-    OK(kvp_prepped_release(a, rp));
-    OK(kvp_agent_destroy(a));
-    OK(kvp_event_quiesce(fn, 5000));
-    OK(kvp_mem_free(m));
-    t_peer_stop(&p);
+    notified_write_stop(&w);
 }
 
 typedef struct {
@@ -283,20 +303,9 @@ TEST_T(notify_direct_calls_on_the_signalling_thread_and_quiesce_waits_for_them, 
 }
 
 TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
-    t_peer p;
-    const uint64_t size = 32 << 20;
-    t_peer_start(&p, "DT", NULL, NULL, size, 4);
-    uint64_t a = t_agent("DI", NULL, NULL), m, reg;
-    t_load(a, p.md, p.mdlen);
-    OK(kvp_event_notify(a, fn, 21, KVP_EVENT_DIRECT));
-    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
-    t_fill((void *)(uintptr_t)m, size, 11);
-    OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
-    uint64_t lp = t_prep_pages(a, "", m, 4 << 20, 8), rp = t_prep_pages(a, "DT", p.base, 4 << 20, 8);
-    uint32_t idx[8];
-    for (uint32_t i = 0; i < 8; i++) idx[i] = i;
-    uint64_t req;
-    OK(kvp_xfer_create(a, KVP_WRITE, lp, idx, rp, idx, 8, NULL, 0, &req));
+    notified_write w;
+    notified_write_start(&w, "DT", "DI", 21, KVP_EVENT_DIRECT, 11);
+    uint64_t a = w.a, req = w.req;
     int pending_posts = 0;
     for (int round = 0; round < 20; round++) {
         uint64_t before = calls(21);
@@ -311,12 +320,5 @@ TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
         }
     }
     CHECK(pending_posts > 0);
-    CHECK(t_peer_verify(&p, 0, size, 11));
-    OK(kvp_xfer_release(a, req));
-    OK(kvp_prepped_release(a, lp));
-    OK(kvp_prepped_release(a, rp));
-    OK(kvp_agent_destroy(a));
-    OK(kvp_event_quiesce(fn, 5000));
-    OK(kvp_mem_free(m));
-    t_peer_stop(&p);
+    notified_write_stop(&w);
 }
