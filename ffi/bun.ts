@@ -17,10 +17,9 @@
  * @module
  */
 
-import { NixlError, Status } from "../src/errors.ts";
 import type { NativeLib } from "./native.ts";
 import { type BunSymbolDef, type KvpSymbols, toBunSymbols } from "./symbols.ts";
-import { QUIESCE_MS, WakeTable } from "./wakes.ts";
+import { assertQuiesced, QUIESCE_MS, WakeTable } from "./wakes.ts";
 
 /** KVP_EVENT_DIRECT of kvport.h. */
 const EVENT_DIRECT = 1;
@@ -132,15 +131,7 @@ export async function openBun(path: string): Promise<NativeLib> {
       closed = true;
       if (callback) {
         // Bun's callback never blocks its caller, so the calls in progress end at once.
-        const st = symbols.kvp_event_quiesce(callback.ptr, BigInt(QUIESCE_MS));
-        if (st !== Status.SUCCESS) {
-          throw new NixlError(
-            st,
-            "kvp_event_quiesce",
-            `a notifier thread did not leave the wake callback within ${QUIESCE_MS} ms; ` +
-              "the library stays loaded",
-          );
-        }
+        assertQuiesced(symbols.kvp_event_quiesce(callback.ptr, BigInt(QUIESCE_MS)));
         // Calls already queued run on the next turns of the event loop: let them run
         // before the callback goes.
         for (let i = 0; i < 2; i++) await new Promise((r) => setTimeout(r, 0));

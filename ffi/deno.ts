@@ -13,7 +13,6 @@
  * @module
  */
 
-import { NixlError, Status } from "../src/errors.ts";
 import type { NativeLib } from "./native.ts";
 import { PendingCalls } from "./pending.ts";
 import {
@@ -23,7 +22,7 @@ import {
   SYMBOLS,
   toDenoSymbols,
 } from "./symbols.ts";
-import { EXIT_QUIESCE_MS, QUIESCE_MS, WakeTable } from "./wakes.ts";
+import { assertQuiesced, EXIT_QUIESCE_MS, QUIESCE_MS, WakeTable } from "./wakes.ts";
 
 // deno-lint-ignore no-explicit-any
 type AnyFn = (...args: any[]) => any;
@@ -126,16 +125,8 @@ export function openDeno(path: string): NativeLib {
       if (callback) {
         // Off this thread: a notifier blocked in the callback returns once this event
         // loop ran it, which it does while the quiesce runs on the pool.
-        const st = await quiesce!(callback.pointer, BigInt(QUIESCE_MS)) as number;
-        if (st !== Status.SUCCESS) {
-          // A notifier still inside the callback: unloading now would crash it.
-          throw new NixlError(
-            st,
-            "kvp_event_quiesce",
-            `a notifier thread did not leave the wake callback within ${QUIESCE_MS} ms; ` +
-              "the library stays loaded",
-          );
-        }
+        // A notifier still inside the callback: unloading now would crash it.
+        assertQuiesced(await quiesce!(callback.pointer, BigInt(QUIESCE_MS)) as number);
         globalThis.removeEventListener("unload", onUnload);
         callback.close();
         callback = null;

@@ -17,6 +17,8 @@
  * @module
  */
 
+import { NixlError, Status } from "../src/errors.ts";
+
 /** A watch of one agent's events ({@linkcode EventWakes.watch}). */
 export interface EventWatch {
   /** The status of `kvp_event_notify` (0: watching; the engine may have no notifier:
@@ -92,6 +94,26 @@ export class WakeTable implements EventWakes {
 /** How long a library close waits for the notifier threads (each is at most one
  * callback away from its exit). */
 export const QUIESCE_MS = 10_000;
+
+/**
+ * Throws when `kvp_event_quiesce` (status `st`) did not see every notifier thread leave
+ * the wake callback: unloading the library then would crash the one still inside.
+ *
+ * @example
+ * ```ts
+ * import { assertQuiesced } from "./wakes.ts";
+ * assertQuiesced(0); // NIXL_SUCCESS: nothing thrown
+ * ```
+ */
+export function assertQuiesced(st: number): void {
+  if (st === Status.SUCCESS) return;
+  throw new NixlError(
+    st,
+    "kvp_event_quiesce",
+    `a notifier thread did not leave the wake callback within ${QUIESCE_MS} ms; ` +
+      "the library stays loaded",
+  );
+}
 
 /** How long the process's exit waits for notifier threads to leave the callback (they
  * need microseconds, unless one is blocked in a call the event loop will not run any
