@@ -218,10 +218,15 @@ function durations(
   };
 }
 
+/** How much a counter of `kvp_agent_info` grew between two snapshots (0 when absent). */
+function infoDelta(before: Record<string, string>, after: Record<string, string>) {
+  return (k: string) => Number(after[k] ?? 0) - Number(before[k] ?? 0);
+}
+
 /** Where the sender's GPU posts went, per post, from the engine's counters (`cuda_*` of
  * `kvp_agent_info`, builtin engine) between two snapshots; undefined without GPU posts. */
 function gpuPostStages(before: Record<string, string>, after: Record<string, string>) {
-  const delta = (k: string) => Number(after[k] ?? 0) - Number(before[k] ?? 0);
+  const delta = infoDelta(before, after);
   const posts = delta("cuda_launched");
   if (!(posts > 0)) return undefined;
   return {
@@ -235,7 +240,7 @@ function gpuPostStages(before: Record<string, string>, after: Record<string, str
 /** The engine's own time per call in kvp_xfer_create and kvp_xfer_post (us, means) between
  * two snapshots of `kvp_agent_info` (builtin engine); undefined without such counters. */
 function engineCallTimes(before: Record<string, string>, after: Record<string, string>) {
-  const delta = (k: string) => Number(after[k] ?? 0) - Number(before[k] ?? 0);
+  const delta = infoDelta(before, after);
   const creates = delta("xfer_creates"), posts = delta("xfer_post_calls");
   if (!(creates > 0 && posts > 0)) return undefined;
   return {
