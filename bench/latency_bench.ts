@@ -41,7 +41,7 @@ import { fillPattern } from "../src/pd/pattern.ts";
 import type { PdReceiverStage, PdSenderStage } from "../src/pd/timeline.ts";
 import { measureCudaMemcpy, measureMemcpy } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
-import { percentile, Report } from "./lib.ts";
+import { engineStamps, percentile, Report } from "./lib.ts";
 import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
 
 // KVPORT_BENCH_WAKE=legacy: the wake-ups of an ABI-3 library (Deno's pool-thread waits,
@@ -190,11 +190,14 @@ function startPeer(pageSize: number, pages: number, creditTotal: number) {
 /** Durations of one request, microseconds, by name. */
 type Sample = Record<string, number>;
 
-/** The stage durations a request's marks give (sender `s`, receiver `r`, proxy at `p`). */
+/** The stage durations a request's marks give (sender `s`, receiver `r`, proxy at `p`;
+ * the engines' own stamps of both sides, `tn` and `rn`, see `engineStamps`). */
 function durations(
   s: Partial<Record<PdSenderStage, number>>,
   r: Partial<Record<PdReceiverStage, number>>,
   proxyAt: number,
+  tn: Record<string, number>,
+  rn: Record<string, number>,
 ): Sample {
   const d = (a: number | undefined, b: number | undefined) =>
     a === undefined || b === undefined ? NaN : (b - a) * 1000;
@@ -210,6 +213,14 @@ function durations(
     "write -> posted (create + post)": d(s.write, s.posted),
     "posted -> data landed (copy + wait)": d(s.posted, s.written),
     "data landed -> decoder sees notification": d(s.written, r.notification),
+    "  posted -> tx engine finished (copy, notification sent)": d(s.posted, tn.last_done_ns),
+    "  tx engine finished -> tx wait returned": d(tn.last_done_ns, s.written),
+    "  tx engine finished -> rx engine queued notification": d(
+      tn.last_done_ns,
+      rn.last_notif_in_ns,
+    ),
+    "  rx queued -> rx wake callback starts": d(rn.last_notif_in_ns, rn.wake_call_ns),
+    "  rx wake callback starts -> notification (JS)": d(rn.wake_call_ns, r.notification),
     "notification -> landed event (rx bookkeeping)": d(r.notification, r.landed),
     "data landed -> ProxyNotif sent (tx)": d(s.written, s.notified),
     "ProxyNotif sent -> delivered (proxy)": d(s.notified, proxyAt),
@@ -395,6 +406,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       });
       if (res.handshook && r >= 0) handshakes++;
       const [proxyAt, ev] = await Promise.all([proxied, landed]);
+      const txNative = engineStamps(agent);
       const s = marks.get(reqId)!;
       marks.delete(reqId);
       if (r >= 0 && s.credits !== undefined) withCredits++;
@@ -422,7 +434,11 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
           rxMarks[k as PdReceiverStage] = v - clock.offset;
         }
-        samples.push(durations(s, rxMarks, proxyAt));
+        const rxNative: Record<string, number> = {};
+        for (const [k, v] of Object.entries((ev.native ?? {}) as Record<string, number>)) {
+          rxNative[k] = v - clock.offset;
+        }
+        samples.push(durations(s, rxMarks, proxyAt, txNative, rxNative));
         // Time the decoder spent serving a credit refill (JavaScript on its only thread)
         // between this request's post and the moment it saw the notification.
         const from = s.posted, to = rxMarks.notification;

@@ -11,7 +11,8 @@
  * Prints `{"event":"ready","initPort":..,"allocPort":..,"echoUrl":..}` (a bare REQ/REP echo,
  * the limit of the AllocRequest round trip), then
  * `{"event":"landed","key":<first key>,"marks":{"alloc_received":..,...,"landed":..},
- * "refills":[[received, replied], ...]}` per request (the last credit refills served).
+ * "native":{"last_notif_in_ns":..,...},"refills":[[received, replied], ...]}` per request
+ * (the engine's stamps, see `engineStamps` in lib.ts; the last credit refills served).
  * Answers `{"ping":n}` lines on stdin with `{"event":"pong","n":n,"t":<its clock>}`.
  * Ends on stdin EOF or SIGTERM.
  *
@@ -23,6 +24,8 @@ import { PdReceiver } from "../src/pd/receiver.ts";
 import { RepSocket } from "../src/channel/wire/mod.ts";
 import type { PdReceiverStage } from "../src/pd/timeline.ts";
 import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
+import type { NixlChannel } from "../src/channel/nixl.ts";
+import { engineStamps } from "./lib.ts";
 
 // KVPORT_BENCH_WAKE=legacy: the wake-ups of an ABI-3 library (Deno's pool-thread waits,
 // Bun's event descriptor), to compare with the wake callback (issue 15).
@@ -96,13 +99,16 @@ const rx = await PdReceiver.create({
 });
 
 function finish(first: string, p: Pending): void {
+  // The engine's own stamps of the notification that finished the request (when it was
+  // queued, when the wake callback ran), on this process's clock.
+  const native = engineStamps((rx.channel as NixlChannel).agent);
   byFirst.delete(first);
   for (const k of p.keys) {
     firstOf.delete(k);
     rx.remove(k);
   }
   process.stdout.write(
-    JSON.stringify({ event: "landed", key: first, marks: p.marks, refills }) + "\n",
+    JSON.stringify({ event: "landed", key: first, marks: p.marks, native, refills }) + "\n",
   );
 }
 

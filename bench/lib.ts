@@ -364,3 +364,34 @@ export function benchSenderConfig(
     },
   }).config;
 }
+
+/**
+ * The engine's stamps of an agent (`*_ns` of `kvp_agent_info`, builtin engine: on the
+ * host's monotonic clock) as absolute milliseconds of this process's clock
+ * (`performance.timeOrigin + performance.now()`), the offset taken from the info's own
+ * `clock_ns` read between two marks: `last_done_ns` (the last request finished),
+ * `last_notif_in_ns` (the last notification queued), `wake_call_ns` (the last wake
+ * callback started: by the notifier's thread, or under Bun by the signalling thread). Stamps not set yet are left out; `{}`
+ * for an engine without them.
+ *
+ * @example
+ * ```ts
+ * import { engineStamps } from "./lib.ts";
+ * declare const agent: { info(): Record<string, string> };
+ * const at = engineStamps(agent).last_done_ns; // ms, comparable with performance marks
+ * ```
+ */
+export function engineStamps(agent: { info(): Record<string, string> }): Record<string, number> {
+  const before = performance.timeOrigin + performance.now();
+  const info = agent.info();
+  const after = performance.timeOrigin + performance.now();
+  const clock = Number(info.clock_ns);
+  if (!(clock > 0)) return {};
+  const offsetMs = (before + after) / 2 - clock / 1e6;
+  const out: Record<string, number> = {};
+  for (const k of ["last_done_ns", "last_notif_in_ns", "wake_call_ns"]) {
+    const v = Number(info[k]);
+    if (v > 0) out[k] = v / 1e6 + offsetMs;
+  }
+  return out;
+}

@@ -406,6 +406,11 @@ struct bi_agent {
     atomic_uint_fast64_t n_cu_launched, cu_queue_ns, cu_hop_ns, cu_event_wait_ns;
     /* kvp_xfer_create / kvp_xfer_post calls and the time spent in them (ns, summed) */
     atomic_uint_fast64_t n_create_calls, create_ns, n_post_calls, post_ns;
+    /* kvp_now_ns() (CLOCK_MONOTONIC, one clock for every process of the host) when the
+     * last request finished and when the last notification was queued: benchmarks set
+     * them against their own marks (kvp_agent_info's clock_ns gives the offset) to tell
+     * a thread's or a process's wake-up from JavaScript. */
+    atomic_uint_fast64_t last_done_ns, last_notif_in_ns;
     struct bi_agent *live_next; /* registry of live agents of this process */
 };
 

@@ -507,6 +507,16 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->n_post_calls),
              (unsigned long long)atomic_load(&a->post_ns));
     kvp_buf_put(out, line, strlen(line));
+    /* Stamps on the host's monotonic clock (see last_done_ns in builtin.h). The notifier is
+     * the agent's until destroy, so it cannot go while the agent is in use here. */
+    kvp_notifier *nt = atomic_load_explicit(&a->notifier, memory_order_acquire);
+    uint64_t call_ns = nt ? kvp_notifier_last_call_ns(nt) : 0;
+    snprintf(line, sizeof line,
+             "clock_ns=%llu\nlast_done_ns=%llu\nlast_notif_in_ns=%llu\nwake_call_ns=%llu\n",
+             (unsigned long long)kvp_now_ns(),
+             (unsigned long long)atomic_load(&a->last_done_ns),
+             (unsigned long long)atomic_load(&a->last_notif_in_ns), (unsigned long long)call_ns);
+    kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line, "dereg_timeout_ms=%u\ndereg_timeouts=%llu\n", a->dereg_timeout_ms,
              (unsigned long long)atomic_load(&a->n_dereg_timeouts));
     kvp_buf_put(out, line, strlen(line));

@@ -37,6 +37,7 @@ bool bi_notif_push(bi_agent *a, const char *from, uint32_t from_len, const uint8
     update_full_locked(a);
     pthread_cond_broadcast(&a->nq_cv);
     pthread_mutex_unlock(&a->mu);
+    atomic_store_explicit(&a->last_notif_in_ns, kvp_now_ns(), memory_order_relaxed);
     bi_event(a);
     return true;
 }

@@ -25,6 +25,7 @@ struct kvp_notifier {
     bool pending;
     bool stop;
     uint64_t calls;
+    uint64_t call_ns; /* kvp_now_ns() when the last call started (mu) */
     int running; /* direct calls in progress (mu) */
     bool queued; /* direct: a call was made and not acknowledged yet (mu) */
     bool direct; /* set at start */
@@ -81,6 +82,7 @@ static void *notifier_main(void *arg) {
         if (n->stop) break;
         n->pending = false; /* what comes during the call makes the next one */
         n->calls++;
+        n->call_ns = kvp_now_ns();
         pthread_mutex_unlock(&n->mu);
         n->fn(n->ctx);
         pthread_mutex_lock(&n->mu);
@@ -160,6 +162,7 @@ static void call_direct(kvp_notifier *n) {
     n->queued = true;
     n->running++;
     n->calls++;
+    n->call_ns = kvp_now_ns();
     pthread_mutex_unlock(&n->mu);
     n->fn(n->ctx);
     pthread_mutex_lock(&n->mu);
@@ -211,6 +214,13 @@ uint64_t kvp_notifier_calls(kvp_notifier *n) {
     uint64_t c = n->calls;
     pthread_mutex_unlock(&n->mu);
     return c;
+}
+
+uint64_t kvp_notifier_last_call_ns(kvp_notifier *n) {
+    pthread_mutex_lock(&n->mu);
+    uint64_t t = n->call_ns;
+    pthread_mutex_unlock(&n->mu);
+    return t;
 }
 
 /* g_mu held: whether a notifier of fn is still running. */

@@ -28,5 +28,7 @@ void kvp_notifier_stop(kvp_notifier *n);
 void kvp_notifier_ack(kvp_notifier *n);
 /* Calls made so far (tests). */
 uint64_t kvp_notifier_calls(kvp_notifier *n);
+/* kvp_now_ns() when the last call of fn started (0: none yet), for kvp_agent_info. */
+uint64_t kvp_notifier_last_call_ns(kvp_notifier *n);
 
 #endif

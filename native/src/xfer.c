@@ -494,6 +494,7 @@ void bi_req_finish_locked(bi_req *r, uint64_t post_id, int32_t status, const cha
     if (r->post_id == post_id && r->state == RS_ACTIVE) {
         r->state = RS_DONE;
         r->status = status;
+        atomic_store_explicit(&r->a->last_done_ns, kvp_now_ns(), memory_order_relaxed);
         snprintf(r->msg, sizeof r->msg, "%s", msg ? msg : "");
         /* The data movement of this post has ended (every path finishes only after its
          * copies): the peer may deregister the memory now. */

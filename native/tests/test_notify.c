@@ -322,3 +322,37 @@ TEST_T(notify_direct_a_finished_transfer_calls_fn_after_the_lock, 60) {
     CHECK(pending_posts > 0);
     notified_write_stop(&w);
 }
+
+/* kvp_agent_info's stamps (clock_ns, last_done_ns, last_notif_in_ns, wake_call_ns) are on
+ * one monotonic clock and move with what they stamp: the benchmarks' timelines rest on
+ * them. Each stamp must fall between the clock read before its event and after it. */
+TEST_T(notify_info_stamps_follow_the_finish_the_notification_and_the_call, 60) {
+    notified_write w;
+    notified_write_start(&w, "ST", "SI", 23, 0, 13);
+    uint64_t a = w.a, req = w.req;
+    CHECK(t_info_num(a, "last_done_ns") == 0);
+    CHECK(t_info_num(a, "wake_call_ns") == 0);
+    uint64_t t0 = t_info_num(a, "clock_ns");
+    int32_t st = kvp_xfer_post(a, req);
+    while (st == KVP_IN_PROG) {
+        usleep(100);
+        st = kvp_xfer_status(a, req);
+    }
+    OK(st);
+    uint64_t t1 = t_info_num(a, "clock_ns");
+    uint64_t done = t_info_num(a, "last_done_ns");
+    CHECK_MSG(done >= t0 && done <= t1, "last_done_ns %llu outside [%llu, %llu]",
+              (unsigned long long)done, (unsigned long long)t0, (unsigned long long)t1);
+    /* A notification to itself: queued, then the notifier calls fn. */
+    uint64_t before = calls(23);
+    uint64_t t2 = t_info_num(a, "clock_ns");
+    notify_self(a, "SI");
+    CHECK_MSG(wait_calls(23, before + 1, 10000), "no call for the notification");
+    uint64_t t3 = t_info_num(a, "clock_ns");
+    uint64_t in = t_info_num(a, "last_notif_in_ns"), call = t_info_num(a, "wake_call_ns");
+    CHECK_MSG(in >= t2 && in <= t3, "last_notif_in_ns %llu outside [%llu, %llu]",
+              (unsigned long long)in, (unsigned long long)t2, (unsigned long long)t3);
+    CHECK_MSG(call >= in && call <= t3, "wake_call_ns %llu outside [%llu, %llu]",
+              (unsigned long long)call, (unsigned long long)in, (unsigned long long)t3);
+    notified_write_stop(&w);
+}
