@@ -59,6 +59,7 @@ const { values } = parseArgs({
     sizes: { type: "string" },
     reps: { type: "string" },
     "credit-pages": { type: "string" },
+    inflight: { type: "string" },
   },
 });
 const device = values.device!;
@@ -67,6 +68,13 @@ if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
   process.exit(2);
 }
 const onGpu = device !== "cpu";
+// Requests kept in flight by the throughput phase of requests of 8 chunks or more (1: no
+// such phase): what a decoder serving several prefillers at once receives.
+const inflight = Number(values.inflight ?? 1);
+if (!Number.isSafeInteger(inflight) || inflight < 1 || inflight > 16) {
+  console.error(`latency bench: --inflight expects 1..16, got ${values.inflight}`);
+  process.exit(2);
+}
 const creditPages = values["credit-pages"] === undefined
   ? undefined
   : Number(values["credit-pages"]);
@@ -214,13 +222,16 @@ function durations(
     "posted -> data landed (copy + wait)": d(s.posted, s.written),
     "data landed -> decoder sees notification": d(s.written, r.notification),
     "  posted -> tx engine finished (copy, notification sent)": d(s.posted, tn.last_done_ns),
-    "  tx engine finished -> tx wait returned": d(tn.last_done_ns, s.written),
+    "  tx engine finished -> tx wake callback starts": d(tn.last_done_ns, tn.wake_call_ns),
+    "  tx wake callback starts -> tx wait returned": d(tn.wake_call_ns, s.written),
     "  tx engine finished -> rx engine queued notification": d(
       tn.last_done_ns,
       rn.last_notif_in_ns,
     ),
     "  rx queued -> rx wake callback starts": d(rn.last_notif_in_ns, rn.wake_call_ns),
-    "  rx wake callback starts -> notification (JS)": d(rn.wake_call_ns, r.notification),
+    "  rx wake callback starts -> its turn takes notifications": d(rn.wake_call_ns, rn.take_at),
+    "  rx notifications taken (kvp_notif_take)": d(rn.take_at, rn.taken_at),
+    "  rx notifications taken -> notification (JS)": d(rn.taken_at, r.notification),
     "notification -> landed event (rx bookkeeping)": d(r.notification, r.landed),
     "data landed -> ProxyNotif sent (tx)": d(s.written, s.notified),
     "ProxyNotif sent -> delivered (proxy)": d(s.notified, proxyAt),
@@ -273,7 +284,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   const pageSize = size.bytes;
   // Room for a request and the sender's credits (twice a request: the next one finds them
   // while the refill after this one is on its way), and a refill that overtakes a bind.
-  const peer = startPeer(pageSize, 4 * size.chunks, 3 * size.chunks);
+  // With a throughput phase, room for `inflight` requests at once on both sides.
+  const parallel = size.chunks >= 8 ? inflight : 1;
+  const peer = startPeer(pageSize, (parallel + 3) * size.chunks, (parallel + 2) * size.chunks);
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;
@@ -286,7 +299,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     ]);
     tx = await PdSender.create({
       pageSize,
-      bufferSize: pageSize * size.chunks,
+      bufferSize: pageSize * size.chunks * parallel,
       channelType: "nixl",
       engine,
       device,
@@ -555,6 +568,47 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       value: percentile(added, 99),
       unit: "us",
     });
+    if (parallel > 1) {
+      // Throughput with `parallel` requests in flight: each starts when one lands, as
+      // requests of several prefill workers would; the same bytes per request, against the
+      // same copy time. The pages are not filled (the latency rounds above do that).
+      const total = Math.max(reps, 4 * parallel);
+      let started = 0;
+      const one = async () => {
+        while (started < total) {
+          started++;
+          const reqId = `tput-${process.pid}-${reqNo++}`;
+          const pages = await tx!.allocate(size.chunks, 30_000);
+          const keys = pages.map((_, i) => demoKey(reqId, i));
+          const landed = peer.landed(keys[0], 30_000);
+          await tx!.send({ ...spec, reqId, isLastPrefill: true }, {
+            keys,
+            pages,
+            shape: [2, 1, size.bytes / 512, 128],
+            dtype: "bfloat16",
+            lastChunkToks: size.bytes / 512,
+          });
+          await landed;
+        }
+      };
+      const t0 = performance.now();
+      await Promise.all(Array.from({ length: parallel }, one));
+      const wallUs = (performance.now() - t0) * 1000;
+      const gbs = (total * bytes) / wallUs / 1e3;
+      console.log(
+        `  ${total} requests, ${parallel} in flight: ${(wallUs / total).toFixed(1)} us per ` +
+          `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
+          `the copy of the same bytes`,
+      );
+      report.add({
+        name: `pd_latency_${size.label}_inflight${parallel}`,
+        value: gbs,
+        unit: "GB/s",
+        limit: limit.bps / 1e9,
+        limitName: onGpu ? "cudaMemcpy d2d (interleaved)" : "memcpy (interleaved)",
+        extra: { requests: total, inflight: parallel, usPerRequest: wallUs / total },
+      });
+    }
     return {
       size: size.label,
       chunks: size.chunks,

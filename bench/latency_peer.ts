@@ -98,10 +98,26 @@ const rx = await PdReceiver.create({
   },
 });
 
+// When the wake turn that hands notifications over began and when they were taken (the
+// channel's listener takes them first thing): splits the decoder's wake-up from its
+// JavaScript. The agent's own method, wrapped on this instance only.
+const rxAgent = (rx.channel as NixlChannel).agent;
+const wakeTurn = { takeAt: 0, takenAt: 0 };
+const take = rxAgent.takeNotifications.bind(rxAgent);
+rxAgent.takeNotifications = () => {
+  const t = abs();
+  const notes = take();
+  if (notes.length > 0) {
+    wakeTurn.takeAt = t;
+    wakeTurn.takenAt = abs();
+  }
+  return notes;
+};
+
 function finish(first: string, p: Pending): void {
   // The engine's own stamps of the notification that finished the request (when it was
   // queued, when the wake callback ran), on this process's clock.
-  const native = engineStamps((rx.channel as NixlChannel).agent);
+  const native = { ...engineStamps(rxAgent), take_at: wakeTurn.takeAt, taken_at: wakeTurn.takenAt };
   byFirst.delete(first);
   for (const k of p.keys) {
     firstOf.delete(k);
