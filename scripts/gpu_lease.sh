@@ -168,7 +168,7 @@ for r in $runtimes; do
   # ---- 5. PD timeline: each stage of one request on both sides (GPU, then host buffers)
   if want latency; then
     json_step 200 "$runtime: bench/latency_bench.ts --device cuda" "latency-$runtime-cuda" \
-      "$rt_run bench/latency_bench.ts --device cuda --sizes 1x28,8x28,16x28,1x0.25"
+      "$rt_run bench/latency_bench.ts --device cuda --sizes 1x28,8x28,16x28,1x0.25 --inflight 4"
     json_step 200 "$runtime: bench/latency_bench.ts --device cpu" "latency-$runtime-cpu" \
       "$rt_run bench/latency_bench.ts --device cpu --sizes 1x28,16x28,1x0.25"
   fi
