@@ -68,6 +68,15 @@ if (!/^(cpu|cuda(:\d+)?)$/.test(device)) {
   process.exit(2);
 }
 const onGpu = device !== "cpu";
+// How a request's pages get their bytes before send(): on the GPU the prefill writes them
+// there, so by default one device-to-device copy per page from a pattern page made once
+// ("device"); "host" fills each page in JavaScript and copies it up, as before: 28 MiB of
+// CPU writes per page, which also evicts both processes' caches before every request.
+const fillMode = process.env.KVPORT_BENCH_FILL ?? (onGpu ? "device" : "host");
+if (fillMode !== "host" && fillMode !== "device") {
+  console.error(`latency bench: KVPORT_BENCH_FILL expects host or device, got ${fillMode}`);
+  process.exit(2);
+}
 // Requests kept in flight by the throughput phase of requests of 8 chunks or more (1: no
 // such phase): what a decoder serving several prefillers at once receives.
 const inflight = Number(values.inflight ?? 1);
@@ -384,6 +393,23 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       (cpDst as { bytes: Uint8Array }).bytes.fill(2);
     }
     copyOnce();
+    // The pattern page of the "device" fill: the first chunk's bytes of a fixed key.
+    let pattern: bigint | undefined;
+    if (onGpu && fillMode === "device") {
+      const host = agent.allocate(pageSize);
+      fillPattern(demoKey("pattern", 0), (host as { bytes: Uint8Array }).bytes);
+      const st = lib.symbols.kvp_mem_copy(
+        1,
+        dev,
+        cpSrc.address,
+        0,
+        0,
+        host.address,
+        BigInt(pageSize),
+      );
+      if (st !== 0) throw new Error(`kvp_mem_copy (pattern) failed: status ${st}`);
+      pattern = cpSrc.address;
+    }
     const copies: number[] = [];
     const pings: number[] = [];
     const tcpPings: number[] = [];
@@ -403,7 +429,19 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       const pages = await tx.allocate(size.chunks, 30_000);
       const keys = pages.map((_, i) => demoKey(reqId, i));
       keys.forEach((k, i) => {
-        if (scratch) {
+        if (pattern) {
+          const page = tx!.channel.page(pages[i]);
+          const st = lib.symbols.kvp_mem_copy(
+            1,
+            dev,
+            page.address,
+            1,
+            dev,
+            pattern,
+            BigInt(pageSize),
+          );
+          if (st !== 0) throw new Error(`kvp_mem_copy (page fill) failed: status ${st}`);
+        } else if (scratch) {
           fillPattern(k, scratch);
           tx!.channel.page(pages[i]).copyFrom(scratch);
         } else fillPattern(k, tx!.channel.pages[pages[i]]);
