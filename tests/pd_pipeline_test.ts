@@ -232,3 +232,58 @@ test("pd pipeline: the allocation socket carries LMCache's serial message sequen
   // And the data is where the AllocResponses said, byte for byte.
   keys.forEach((k, i) => assert.ok(checkFor(k, ch.pages[i]), `content of ${k} in page ${i}`));
 });
+
+test("pd pipeline: another request's WRITE to the same receiver does not wait for one in flight", async () => {
+  await using proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
+  await using rx = await receiver(32);
+  await using tx = await PdSender.create({
+    bufferSize: 16 * PAGE,
+    pageSize: PAGE,
+    channelType: "mock_memory",
+    proxyHost: "127.0.0.1",
+    proxyPort: proxy.port,
+  });
+  // Request "slow"'s WRITE is held until "fast" has landed (a long copy, a slow link).
+  const write = tx.channel.write.bind(tx.channel);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let held = 0;
+  (tx.channel as { write: typeof write }).write = async (local, s) => {
+    if (local.some((p) => typeof p === "number" && slowPages.has(p))) {
+      held++;
+      await gate;
+    }
+    return write(local, s);
+  };
+  const slowKeys = [testKey("slow", 0), testKey("slow", 1)];
+  const fastKeys = [testKey("fast", 0), testKey("fast", 1)];
+  const slow = await batchOf(tx, slowKeys);
+  const slowPages = new Set(slow.pages);
+  const fast = await batchOf(tx, fastKeys);
+  const slowSent = tx.send(spec(rx.initPort, rx.allocPort, "slow", true), slow);
+  // Whatever fails below, the held WRITE goes on (else closing the sender waits for it).
+  await using _open = { [Symbol.asyncDispose]: () => Promise.resolve(release()) };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const fastResult = await Promise.race([
+    tx.send(spec(rx.initPort, rx.allocPort, "fast", true), fast),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error("the fast request waited behind the held WRITE")),
+        5000,
+      );
+    }),
+  ]).finally(() => clearTimeout(timer));
+  assert.equal(held, 1, "the slow request's WRITE is in flight, held");
+  assert.equal(fastResult.sent, 2);
+  assert.equal(fastResult.notified, true);
+  await proxy.waitFor("fast", { timeoutMs: 2000 });
+  await rx.waitFor(fastKeys, 2000);
+  for (const k of fastKeys) assert.ok(checkFor(k, rx.retrieve(k)!.data), `content of ${k}`);
+  assert.notEqual(rx.info(slowKeys[0])?.landed, true, "nothing of the held request landed yet");
+  release();
+  const slowResult = await slowSent;
+  assert.equal(slowResult.sent, 2);
+  await rx.waitFor(slowKeys, 2000);
+  for (const k of slowKeys) assert.ok(checkFor(k, rx.retrieve(k)!.data), `content of ${k}`);
+  assert.equal(tx.pool.free, 16, "every sender page is back");
+});

@@ -206,6 +206,9 @@ interface PdRun {
   pending: number;
   /** Batches allocated on the receiver, not written yet. */
   planned: Set<{ plan: Plan; keys: string[] }>;
+  /** The request's WRITEs, in send order (its last batch's ProxyNotif comes after every
+   * earlier batch landed); other requests' WRITEs to the same receiver run meanwhile. */
+  writes: SerialQueue;
 }
 
 /** The failure of a batch queued behind a failed batch of the same request. */
@@ -371,7 +374,6 @@ export class PdSender implements AsyncDisposable {
   #links = new Map<string, Link>();
   #requests = new Map<string, RequestTrack>();
   #runs = new Map<string, PdRun>();
-  #writeQueues = new WeakMap<Link, SerialQueue>();
   #closing: Promise<void> | null = null;
   #metrics: PdSenderMetrics | undefined;
   #metricsSource: CollectedSource;
@@ -543,7 +545,7 @@ export class PdSender implements AsyncDisposable {
     // of one fails those after it (they never write).
     let run = this.#runs.get(spec.reqId);
     if (!run || run.failed) {
-      run = { failed: undefined, pending: 0, planned: new Set() };
+      run = { failed: undefined, pending: 0, planned: new Set(), writes: new SerialQueue() };
       this.#runs.set(spec.reqId, run);
     }
     const r = run;
@@ -554,11 +556,10 @@ export class PdSender implements AsyncDisposable {
       ? this.#creditBatch(spec, batch, r, credit, link)
       : link.queue.run(() => this.#allocate(link, spec, batch, r));
     planned.catch(() => {}); // settled through `sent`
-    const sent = this.#writesOf(link).run(() =>
-      planned.then((plan) => this.#write(link, spec, batch, r, plan))
-    ).finally(() => {
-      if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
-    });
+    const sent = r.writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)))
+      .finally(() => {
+        if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
+      });
     if (m) {
       sent.then(
         (r) =>
@@ -587,13 +588,6 @@ export class PdSender implements AsyncDisposable {
         throw e;
       },
     );
-  }
-
-  /** The write queue of a link (see {@linkcode PdSender.send}). */
-  #writesOf(link: Link): SerialQueue {
-    let q = this.#writeQueues.get(link);
-    if (!q) this.#writeQueues.set(link, q = new SerialQueue());
-    return q;
   }
 
   #releasePages(pages: readonly number[], inFlight = false): void {
@@ -890,9 +884,10 @@ export class PdSender implements AsyncDisposable {
   }
 
   /**
-   * Phase 2 of a batch, in the link's write order (batches are written in the order they
-   * were sent): the WRITE of the pages the receiver did not hold, then, on the last
-   * batch, the ProxyNotif (every earlier batch has landed by then).
+   * Phase 2 of a batch, in its request's write order (a request's batches are written in
+   * the order they were sent; other requests' batches to the same receiver are written
+   * meanwhile): the WRITE of the pages the receiver did not hold, then, on the last
+   * batch, the ProxyNotif (every earlier batch of the request has landed by then).
    */
   async #write(
     link: Link,
@@ -1249,7 +1244,7 @@ export class PdSender implements AsyncDisposable {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#links.values()].map((l) => l.queue.idle()));
-      await Promise.allSettled([...this.#links.values()].map((l) => this.#writesOf(l).idle()));
+      await Promise.allSettled([...this.#runs.values()].map((r) => r.writes.idle()));
       await Promise.allSettled(
         [...this.#links.values()].filter((l) => l.givesCredits).map((l) => this.#returnCredits(l)),
       );
