@@ -314,7 +314,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       device,
       proxyHost: "127.0.0.1",
       proxyPort: proxy.port,
-      creditPages,
+      // Enough credits for the requests in flight (a prefiller sending several at once
+      // would set kvport_pd_credit_pages so), else the sender's default.
+      creditPages: creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined),
       timeline: (stage, reqId) => {
         let m = marks.get(reqId);
         if (!m) marks.set(reqId, m = {});
@@ -633,10 +635,16 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       await Promise.all(Array.from({ length: parallel }, one));
       const wallUs = (performance.now() - t0) * 1000;
       const gbs = (total * bytes) / wallUs / 1e3;
+      let onCredits = 0;
+      for (const [id, m] of marks) {
+        if (!id.startsWith("tput-")) continue;
+        if (m.credits !== undefined) onCredits++;
+        marks.delete(id);
+      }
       console.log(
         `  ${total} requests, ${parallel} in flight: ${(wallUs / total).toFixed(1)} us per ` +
           `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
-          `the copy of the same bytes`,
+          `the copy of the same bytes (${onCredits} of ${total} on page credits)`,
       );
       report.add({
         name: `pd_latency_${size.label}_inflight${parallel}`,
@@ -644,7 +652,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         unit: "GB/s",
         limit: limit.bps / 1e9,
         limitName: onGpu ? "cudaMemcpy d2d (interleaved)" : "memcpy (interleaved)",
-        extra: { requests: total, inflight: parallel, usPerRequest: wallUs / total },
+        extra: { requests: total, inflight: parallel, usPerRequest: wallUs / total, onCredits },
       });
     }
     return {
