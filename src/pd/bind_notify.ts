@@ -168,7 +168,9 @@ export function readBind(bytes: Uint8Array): BindNotice {
   }
   for (let i = 0; i < n; i++) int(pages[i], `p[${i}]`, 0);
   if (n > 1) {
-    if (!distinct(keys)) throw new Error("bind notification: a key twice");
+    // A set for the keys: their hashes are needed anyway (the receiver files each key in
+    // its maps, and a set computes and keeps them); the pages pairwise (numbers, no set).
+    if (new Set(keys).size !== n) throw new Error("bind notification: a key twice");
     if (!distinct(pages)) throw new Error("bind notification: a page twice");
   }
   return {

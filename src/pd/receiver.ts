@@ -615,8 +615,13 @@ export class PdReceiver implements AsyncDisposable {
 
   /** Tells metrics, listeners and waiters that `fresh` keys landed. */
   #announce(fresh: string[]): void {
-    for (const k of fresh) this.#metrics?.receivedBytes.inc(this.#entries.get(k)!.bytes);
-    this.#metrics?.receivedChunks.inc(fresh.length);
+    const m = this.#metrics;
+    if (m !== undefined && fresh.length > 0) {
+      let bytes = 0;
+      for (const k of fresh) bytes += this.#entries.get(k)!.bytes;
+      m.receivedBytes.inc(bytes);
+      m.receivedChunks.inc(fresh.length);
+    }
     if (fresh.length > 0) {
       for (const l of this.#landedListeners) {
         try {

@@ -205,7 +205,7 @@ interface PdRun {
   /** Batches not settled yet. */
   pending: number;
   /** Batches allocated on the receiver, not written yet. */
-  planned: Set<{ plan: Plan; keys: string[] }>;
+  planned: Set<{ plan: Plan; keys: string[] }> | null;
 }
 
 /** The failure of a batch queued behind a failed batch of the same request. */
@@ -543,7 +543,8 @@ export class PdSender implements AsyncDisposable {
     // of one fails those after it (they never write).
     let run = this.#runs.get(spec.reqId);
     if (!run || run.failed) {
-      run = { failed: undefined, pending: 0, planned: new Set() };
+      // (`planned` is made by the first AllocRequest: a request on credits has none.)
+      run = { failed: undefined, pending: 0, planned: null };
       this.#runs.set(spec.reqId, run);
     }
     const r = run;
@@ -882,7 +883,7 @@ export class PdSender implements AsyncDisposable {
       await this.#cancelOnReceiver(link, reqId, positions.map((p) => batch.keys[p]));
       throw aborted(run.failed);
     }
-    run.planned.add({ plan, keys: positions.map((p) => batch.keys[p]) });
+    (run.planned ??= new Set()).add({ plan, keys: positions.map((p) => batch.keys[p]) });
     return plan;
   }
 
@@ -900,7 +901,9 @@ export class PdSender implements AsyncDisposable {
   ): Promise<SendResult> {
     const reqId = spec.reqId;
     const tl = this.#tl;
-    for (const p of run.planned) if (p.plan === plan) run.planned.delete(p);
+    if (run.planned !== null) {
+      for (const p of run.planned) if (p.plan === plan) run.planned.delete(p);
+    }
     if (run.failed && plan.credit) {
       // Never written: the credits are as good as before.
       if (link.generation === plan.credit.generation) {
@@ -999,7 +1002,7 @@ export class PdSender implements AsyncDisposable {
         // of credit pages were never given to the receiver (its credits end by their
         // expiry, or by the re-handshake).
         const keys = credit ? [] : positions.map((p) => batch.keys[p]);
-        for (const p of run.planned) {
+        for (const p of run.planned ?? []) {
           p.plan.cancelled = true;
           keys.push(...p.keys);
         }
