@@ -954,7 +954,7 @@ export class PdReceiver implements AsyncDisposable {
       fresh.push(key);
     }
     if (lot !== undefined) this.#bindLot(lot, lotPages, lotKeys, reqId, from);
-    if (others) for (const [l, g] of others) this.#bindLot(l, g.pages, g.keys, reqId, from);
+    if (others) { for (const [l, g] of others) this.#bindLot(l, g.pages, g.keys, reqId, from); }
     // Bound (or spare): the sender is done with these pages. The grant book runs in call
     // order, so a spare page is revoked before it can be granted to anyone again.
     void this.#grants.release(pages);
