@@ -45,6 +45,14 @@ test("serial queue: runNow starts an idle queue's task in this turn, and waits b
   assert.equal(await after, "after");
   await q.idle();
   assert.equal(q.pending, 0);
+  // A synchronous throw (not an async function) too: the queue is not left busy.
+  const threw = q.runNow((): Promise<number> => {
+    throw new Error("sync");
+  });
+  await assert.rejects(threw, /sync/);
+  await q.idle();
+  assert.equal(q.pending, 0);
+  assert.equal(await q.runNow(() => Promise.resolve(7)), 7);
 });
 
 test("distinct: pairwise for a few entries, a set beyond, the same answer", () => {

@@ -55,7 +55,7 @@ export class SerialQueue {
   /**
    * Runs `fn` in this turn when nothing is queued or running (else as {@linkcode run}):
    * the same order, without the promise turns a queued task waits for. Later tasks wait
-   * for it as for any. `fn` must not throw synchronously (an async function never does).
+   * for it as for any; a synchronous throw of `fn` rejects the returned promise.
    *
    * @example
    * ```ts
@@ -70,7 +70,12 @@ export class SerialQueue {
   runNow<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#pending !== 0) return this.run(fn);
     this.#pending++;
-    const result = fn();
+    let result: Promise<T>;
+    try {
+      result = fn();
+    } catch (e) {
+      result = Promise.reject(e);
+    }
     this.#tail = result.then(
       () => {
         this.#pending--;
@@ -92,8 +97,9 @@ export class SerialQueue {
 const PAIRWISE_MAX = 32;
 
 /**
- * Whether the entries of `xs` are distinct (`===`, as a set counts them): a pairwise
- * pass for a few entries (no set built: a batch of keys is checked once per request).
+ * Whether the entries of `xs` are distinct by `===` (as a set counts them, but for NaN,
+ * which a set counts once): a pairwise pass for a few entries (no set built: a batch of
+ * keys is checked once per request), a set beyond.
  *
  * @example
  * ```ts

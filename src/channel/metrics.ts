@@ -18,16 +18,6 @@ import type { Counter, CounterCell, Histogram, HistogramCell } from "../metrics/
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
 
-/**
- * The channel metrics of one role in one registry.
- *
- * @example
- * ```ts
- * import { ChannelMetrics } from "./metrics.ts";
- * import { MetricsRegistry } from "../metrics/registry.ts";
- * new ChannelMetrics(new MetricsRegistry(), "receiver").handshake("responder", true);
- * ```
- */
 /** The cells one successful batch with a peer adds to (see `transferred`). */
 interface PeerCells {
   ok: CounterCell;
@@ -39,6 +29,16 @@ interface PeerCells {
 /** Most (op, peer) pairs whose cells are kept at hand; beyond, the lookup starts over. */
 const MAX_PEER_CELLS = 1024;
 
+/**
+ * The channel metrics of one role in one registry.
+ *
+ * @example
+ * ```ts
+ * import { ChannelMetrics } from "./metrics.ts";
+ * import { MetricsRegistry } from "../metrics/registry.ts";
+ * new ChannelMetrics(new MetricsRegistry(), "receiver").handshake("responder", true);
+ * ```
+ */
 export class ChannelMetrics {
   readonly #role: string;
   /** The cells of each (op, peer) seen (series are never removed, so they stay valid):
