@@ -297,6 +297,11 @@ function paramsText(params: AgentOptions["params"]): string {
 }
 
 const NOTIF_RECORDS = 1 << 17;
+
+/** The little-endian u32 at `at` of `b` (a record's length field: no DataView per take). */
+function u32le(b: Uint8Array, at: number): number {
+  return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
+}
 const encoder = new TextEncoder();
 
 /**
@@ -1035,19 +1040,18 @@ export class NixlAgent {
       );
       const n = Number(count[0]);
       const bytes = Number(len[0]);
-      this.#core.metrics?.notifReceived.inc(n);
       if (n === 0) {
         if (bytes <= buf.byteLength) return out; // nothing queued
         this.#notifBuf = new Uint8Array(bytes); // the first record did not fit
         continue;
       }
-      const view = new DataView(buf.buffer, buf.byteOffset, bytes);
+      this.#core.metrics?.notifReceived.inc(n);
       let at = 0;
       for (let i = 0; i < n; i++) {
-        const nameLen = view.getUint32(at, true);
+        const nameLen = u32le(buf, at);
         const agent = this.#peerName(buf.subarray(at + 4, at + 4 + nameLen));
         at += 4 + nameLen;
-        const msgLen = view.getUint32(at, true);
+        const msgLen = u32le(buf, at);
         out.push({ agent, message: buf.slice(at + 4, at + 4 + msgLen) });
         at += 4 + msgLen;
       }

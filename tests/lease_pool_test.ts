@@ -217,3 +217,61 @@ test("lease pool: pages moved out one by one leave the rest, and an emptied leas
   assert.equal(pool.free, 2);
   pool.close();
 });
+
+test("lease pool: moveEach gives each page a lease of its own in one pass, all or nothing", () => {
+  const pool = new LeasePool(8, { quarantineMs: 0 });
+  const moved: string[] = [];
+  pool.addHooks({
+    onRelease: (e: LeaseReleaseEvent) => moved.push(`${e.reason} [${e.pages}] ${e.peer}`),
+  });
+  const lot = pool.tryAcquire(6, { owner: "credits", ttlMs: 60_000 })!;
+  lot.handTo("sender-1");
+  const [p0, p1, p2, p3, p4, p5] = lot.pages;
+  const before = lot.pages;
+  // A page it does not hold, or one given twice: nothing moves, nothing changes.
+  const outside = [...Array(8).keys()].find((p) => !lot.pages.includes(p))!;
+  assert.throws(() => lot.moveEach([p1, outside], ["a", "b"]), /not held by lease .* it is free/);
+  assert.throws(() => lot.moveEach([p1, p3, p1], ["a", "b", "c"]), /page .* not held by lease/);
+  assert.throws(() => lot.moveEach([p1, p3], ["a"]), /2 page\(s\) but 1 owner/);
+  assert.throws(() => lot.moveEach([p1], [""]), /needs an owner/);
+  assert.deepEqual(lot.pages, [p0, p1, p2, p3, p4, p5]);
+  for (const p of lot.pages) assert.equal(pool.leaseOf(p), lot);
+  assert.deepEqual(moved, []);
+  // Three pages out of the middle and the end.
+  const [a, b, c] = lot.moveEach([p1, p3, p5], ["k1", "k3", "k5"]);
+  assert.deepEqual([a.owner, b.owner, c.owner], ["k1", "k3", "k5"]);
+  assert.deepEqual([a.pages, b.pages, c.pages], [[p1], [p3], [p5]]);
+  assert.deepEqual([a.peer, a.deadline, a.state], [undefined, Infinity, "held"]);
+  assert.deepEqual(lot.pages, [p0, p2, p4], "the rest, in order");
+  assert.deepEqual(before, [p0, p1, p2, p3, p4, p5], "a list read before the move stays");
+  assert.equal(pool.leaseOf(p3), b);
+  assert.equal(pool.leaseOf(p2), lot);
+  assert.deepEqual(moved, [`moved [${[p1, p3, p5]}] sender-1`], "one event for the batch");
+  assert.equal(pool.leases, 4);
+  // Each new lease ends exactly its own page.
+  assert.ok(b.release());
+  assert.equal(pool.leaseOf(p3), undefined);
+  assert.equal(pool.free, 3);
+  // The rest moved: the lot is released (and leaves the table).
+  const rest = lot.moveEach([...lot.pages], ["k0", "k2", "k4"]);
+  assert.equal(lot.state, "released");
+  assert.equal(pool.leases, 5);
+  assert.throws(() => lot.moveEach([p0], ["x"]), /is released/);
+  for (const l of [a, c, ...rest]) assert.ok(l.release());
+  assert.equal(pool.free, 8);
+  pool.close();
+});
+
+test("lease pool: a release naming a page twice throws and releases none of them", () => {
+  const pool = new LeasePool(4, { quarantineMs: 0 });
+  const lease = pool.tryAcquire(3, { owner: "r" })!;
+  const [p0, p1, p2] = lease.pages;
+  assert.throws(() => lease.release({ pages: [p0, p1, p0] }), /page .* not held by lease/);
+  assert.deepEqual(lease.pages, [p0, p1, p2]);
+  assert.equal(pool.free, 1);
+  for (const p of [p0, p1, p2]) assert.equal(pool.leaseOf(p), lease);
+  assert.ok(lease.release({ pages: [p2, p0] }));
+  assert.deepEqual(lease.pages, [p1]);
+  assert.equal(pool.free, 3);
+  pool.close();
+});

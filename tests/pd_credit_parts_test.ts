@@ -14,7 +14,7 @@ import {
   isBind,
 } from "../src/pd/bind_notify.ts";
 import { chunkForm, CreditStock } from "../src/pd/credit_stock.ts";
-import { MAX_NOTIFICATION_BYTES } from "../src/pd/notify.ts";
+import { groupForNotification, MAX_NOTIFICATION_BYTES } from "../src/pd/notify.ts";
 import { PdReceiver, PdSender } from "../mod.ts";
 import { defaultCreditTotal } from "../src/pd/receiver.ts";
 
@@ -78,6 +78,39 @@ test("bind notification: groups count a key's escaped UTF-8 bytes", () => {
     const base = "kvport.pd.bind\n".length + 64;
     assert.deepEqual(groupForBind(keys, [0, 1, 2, 3], 0, base + 2 * 118), [[0, 1], [2, 3]], k);
   }
+});
+
+test("bind and landed notifications: a batch whose bound fits is one group, as counting says", () => {
+  // Escaped keys (2 bytes each as JSON) and two-byte UTF-8 keys: at a limit below the
+  // bound (6 bytes per character for a bind, 3 for a landed notification) the bytes are
+  // counted, above it they are not; either way the batch is one group, of fresh lists.
+  const quoted = '"'.repeat(40);
+  const wide = "é".repeat(40);
+  for (const k of [quoted, wide]) {
+    const keys = [k + "a", k + "b", k + "c"];
+    const positions = [0, 1, 2];
+    const base = "kvport.pd.bind\n".length + 64;
+    const exact = keys.reduce(
+      (n, x) => n + new TextEncoder().encode(JSON.stringify(x)).length + 18,
+      base,
+    );
+    for (const max of [exact, 10 * exact]) {
+      const groups = groupForBind(keys, positions, 0, max);
+      assert.deepEqual(groups, [[0, 1, 2]], `${k.slice(0, 1)} at ${max}`);
+      assert.notEqual(groups[0], positions);
+    }
+    assert.deepEqual(groupForBind(keys, positions, 0, exact - 1), [[0, 1], [2]]);
+    const landed = keys.reduce(
+      (n, x) => n + new TextEncoder().encode(x).length + 1,
+      "kvport.pd.landed\n".length,
+    );
+    for (const max of [landed, 10 * landed]) {
+      assert.deepEqual(groupForNotification(keys, positions, max), [[0, 1, 2]]);
+    }
+    assert.deepEqual(groupForNotification(keys, positions, landed - 1), [[0, 1], [2]]);
+  }
+  assert.deepEqual(groupForBind(["a"], [], 0), []);
+  assert.deepEqual(groupForNotification(["a"], []), []);
 });
 
 test("bind notification: every malformed field is refused, naming it", () => {

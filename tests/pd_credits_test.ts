@@ -517,6 +517,140 @@ test(
   },
 );
 
+test(
+  "pd credits: with credits and nothing ahead in its request, send() posts the WRITE in its own call; a later batch of the request waits its turn, another request's does not",
+  {
+    skip,
+  },
+  async () => {
+    const { rx } = await receiver(64);
+    await using _rx = rx;
+    const stages: string[] = [];
+    await using tx = await sender({
+      creditPages: 8,
+      timeline: (stage, reqId) => stages.push(`${reqId} ${stage}`),
+    });
+    const r0 = await sendKeys(tx, rx, "w0", keysOf("w0", 2));
+    checkAndRemove(rx, keysOf("w0", 2), r0.hashes);
+    await eventually(() => tx.credits.pages >= 6, "credits at the sender");
+    stages.length = 0;
+    const batch = async (req: string, from: number) => {
+      const keys = keysOf(req, from + 2).slice(from);
+      const pages = await tx.allocate(2);
+      const hashes = keys.map((k, i) => {
+        fillFor(k, tx.channel.pages[pages[i]]);
+        return sha(tx.channel.pages[pages[i]]);
+      });
+      return { keys, pages, hashes };
+    };
+    const a = await batch("w1", 0);
+    const b = await batch("w1", 2);
+    const c = await batch("w2", 0);
+    const send = (req: string, x: { keys: string[]; pages: number[] }, last: boolean) =>
+      tx.send({ ...spec(rx, req), isLastPrefill: last }, {
+        ...x,
+        shape: SHAPE,
+        dtype: "bfloat16",
+        lastChunkToks: 256,
+      });
+    const sentA = send("w1", a, false);
+    // In the call: the credits, the WRITE and its post (the copy ran inside the post).
+    assert.deepEqual(stages, ["w1 send", "w1 credits", "w1 write", "w1 posted"]);
+    // The request's next batch, behind it (its wait has not returned yet): queued, not
+    // written in the call.
+    const sentB = send("w1", b, true);
+    assert.deepEqual(stages.slice(4), ["w1 send", "w1 credits"]);
+    // Another request to the same receiver is not behind w1: written in its own call.
+    const sentC = send("w2", c, true);
+    assert.deepEqual(stages.slice(6), ["w2 send", "w2 credits", "w2 write", "w2 posted"]);
+    await Promise.all([sentA, sentB, sentC]);
+    const written = stages.filter((x) => x.startsWith("w1") && x.endsWith(" written"));
+    assert.equal(written.length, 2, "both batches of w1 written");
+    const firstOfB = stages.indexOf("w1 write", 4);
+    assert.ok(firstOfB > stages.indexOf("w1 written"), "w1's second batch after its first");
+    await rx.waitFor([...a.keys, ...b.keys, ...c.keys], 10_000);
+    checkAndRemove(rx, a.keys, a.hashes);
+    checkAndRemove(rx, b.keys, b.hashes);
+    checkAndRemove(rx, c.keys, c.hashes);
+    assert.equal(tx.credits.batches, 3);
+  },
+);
+
+test(
+  "pd credits: one bind over pages of two credit lots lands every key byte-exact, each in a lease of its own; a key held already frees its page",
+  { skip },
+  async () => {
+    const PAGES = 16;
+    const { rx } = await receiver(PAGES);
+    await using _rx = rx;
+    await using owner = await sender({ creditPages: 0 });
+    await owner.connect(spec(rx, ""));
+    const ch = owner.channel as NixlChannel;
+    const lot = async () =>
+      ((await rawAlloc(rx, [], {
+        kvport_agent: ch.agentName,
+        kvport_credit_want: 3,
+        kvport_credit_ttl_ms: 60_000,
+      })).kvport_credit as number[]).map(Number);
+    const a = await lot();
+    const b = await lot();
+    assert.equal(a.length + b.length, 6);
+    assert.equal(rx.stats.creditPages, 6);
+    // A key the receiver holds already (its own AllocRequest and WRITE).
+    const held = testKey("two", 9);
+    const { hashes: heldHash } = await sendKeys(owner, rx, "held", [held]);
+    const freeBefore = rx.pool.free;
+    // Five keys over both lots, interleaved, and the held key on a sixth credit page.
+    const pages = [a[0], b[0], a[1], b[1], a[2], b[2]];
+    const keys = [...keysOf("two", 5), held];
+    const local = await owner.allocate(pages.length);
+    const hashes = keys.map((k, i) => {
+      fillFor(k, owner.channel.pages[local[i]]);
+      return sha(owner.channel.pages[local[i]]);
+    });
+    const landed: string[] = [];
+    rx.onLanded((k) => landed.push(...k));
+    await owner.channel.write(local, {
+      peerId: rx.id,
+      remoteIndexes: pages,
+      notification: encodeBind({
+        reqId: "two",
+        fmt: 1,
+        shape: SHAPE,
+        dtype: "bfloat16",
+        lastChunkToks: 100,
+        keys,
+        pages,
+      }),
+    });
+    await eventually(() => landed.length === 5, "the bind's keys");
+    assert.deepEqual(landed, keys.slice(0, 5), "the fresh keys, in order (not the held one)");
+    assert.equal(rx.stats.binds, 1);
+    assert.equal(rx.stats.creditPages, 0, "every credit page used");
+    assert.equal(rx.pool.free, freeBefore + 1, "the held key's credit page is free again");
+    assert.equal(sha(rx.view(held)!), heldHash[0], "the held key keeps its bytes");
+    // Each key in its own lease on its page: the last key has the bind's tokens.
+    const leases = new Set<unknown>();
+    keys.slice(0, 5).forEach((k, i) => {
+      const info = rx.info(k)!;
+      assert.equal(info.page, pages[i], `${k}'s page`);
+      // (The bind's last key, the held one, had the short chunk: these are all full.)
+      assert.equal(info.tokens, 256, `${k}'s tokens`);
+      assert.equal(sha(rx.view(k)!), hashes[i], `bytes of ${k}`);
+      const lease = rx.pool.leaseOf(pages[i])!;
+      assert.deepEqual(lease.pages, [pages[i]]);
+      leases.add(lease);
+    });
+    assert.equal(leases.size, 5);
+    // Removing one key frees exactly its page.
+    assert.ok(rx.remove(keys[2]));
+    assert.equal(rx.pool.free, freeBefore + 2);
+    assert.equal(rx.pool.leaseOf(pages[2]), undefined);
+    for (const k of [keys[0], keys[1], keys[3], keys[4]]) assert.ok(rx.info(k)?.landed);
+    owner.release(local);
+  },
+);
+
 test("pd: a landed notification counts only from the agent the key's pages were given to", {
   skip,
 }, async () => {

@@ -313,7 +313,8 @@ export class PreparedDescList {
   #core: AgentCore;
   #handle: bigint;
   #released = false;
-  #lens: BigUint64Array | undefined;
+  /** The descriptors' lengths as numbers (read per transfer: no BigInt made each time). */
+  #lens: Float64Array | undefined;
 
   /** @internal Use `NixlAgent.prepDescList`. */
   constructor(
@@ -329,7 +330,7 @@ export class PreparedDescList {
     this.remote = remote;
     this.count = count;
     this.memType = memType;
-    this.#lens = lens;
+    this.#lens = lens && Float64Array.from(lens, Number);
   }
 
   /** @internal Bytes of the descriptors at `indices` (0 when the lengths are unknown). */
@@ -337,7 +338,7 @@ export class PreparedDescList {
     const lens = this.#lens;
     if (lens === undefined) return 0;
     let n = 0;
-    for (let i = 0; i < indices.length; i++) n += Number(lens[indices[i]] ?? 0n);
+    for (let i = 0; i < indices.length; i++) n += lens[indices[i]] ?? 0;
     return n;
   }
 
@@ -347,7 +348,7 @@ export class PreparedDescList {
     const lens = this.#lens;
     if (lens === undefined) return false;
     let n = 0;
-    for (let i = 0; i < indices.length && n < bytes; i++) n += Number(lens[indices[i]] ?? 0n);
+    for (let i = 0; i < indices.length && n < bytes; i++) n += lens[indices[i]] ?? 0;
     return n >= bytes;
   }
 

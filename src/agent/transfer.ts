@@ -424,12 +424,9 @@ export class TransferRequest {
     this.#keep = [];
     if (this.#core.closed) return;
     const lib = this.#core.lib;
-    check(
-      lib,
-      lib.symbols.kvp_xfer_release(this.#core.handle("release"), this.#handle),
-      "kvp_xfer_release",
-      this.#describe(),
-    );
+    const status = lib.symbols.kvp_xfer_release(this.#core.handle("release"), this.#handle);
+    // (The context string is made only for a failure: a release is once per transfer.)
+    if (status !== Status.SUCCESS) check(lib, status, "kvp_xfer_release", this.#describe());
   }
 
   /** Same as {@linkcode TransferRequest.release}. */

@@ -52,10 +52,69 @@ export class SerialQueue {
     return result;
   }
 
+  /**
+   * Runs `fn` in this turn when nothing is queued or running (else as {@linkcode run}):
+   * the same order, without the promise turns a queued task waits for. Later tasks wait
+   * for it as for any; a synchronous throw of `fn` rejects the returned promise.
+   *
+   * @example
+   * ```ts
+   * import { SerialQueue } from "./_util.ts";
+   * const q = new SerialQueue();
+   * let ran = false;
+   * const done = q.runNow(async () => { ran = true; });
+   * console.log(ran); // true: it started in this turn
+   * await done;
+   * ```
+   */
+  runNow<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#pending !== 0) return this.run(fn);
+    this.#pending++;
+    let result: Promise<T>;
+    try {
+      result = fn();
+    } catch (e) {
+      result = Promise.reject(e);
+    }
+    this.#tail = result.then(
+      () => {
+        this.#pending--;
+      },
+      () => {
+        this.#pending--;
+      },
+    );
+    return result;
+  }
+
   /** Resolves once every task queued so far has settled. */
   idle(): Promise<void> {
     return this.#tail.then(() => undefined);
   }
+}
+
+/** Most entries {@linkcode distinct} compares pairwise; a set is cheaper beyond. */
+const PAIRWISE_MAX = 32;
+
+/**
+ * Whether the entries of `xs` are distinct by `===` (as a set counts them, but for NaN,
+ * which a set counts once): a pairwise pass for a few entries (no set built: a batch of
+ * keys is checked once per request), a set beyond.
+ *
+ * @example
+ * ```ts
+ * import { distinct } from "./_util.ts";
+ * console.log(distinct(["a", "b"]), distinct([3, 4, 3])); // true false
+ * ```
+ */
+export function distinct(xs: readonly unknown[]): boolean {
+  const n = xs.length;
+  if (n > PAIRWISE_MAX) return new Set(xs).size === n;
+  for (let i = 1; i < n; i++) {
+    const x = xs[i];
+    for (let j = 0; j < i; j++) if (xs[j] === x) return false;
+  }
+  return true;
 }
 
 /** Formats a host and port as `host:port` (IPv6 hosts in brackets). */

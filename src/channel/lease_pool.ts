@@ -211,6 +211,27 @@ export class PageLease implements Disposable {
     return this.pool._move(this, [...pages], { ...options, owner });
   }
 
+  /**
+   * Moves each of `pages` to a lease of its own: page `pages[i]` to owner `owners[i]`
+   * (no deadline, no peer). The same as `moveTo([pages[i]], owners[i])` for each page,
+   * in one pass over this lease (a bind moves a batch of keys' pages out of one lot of
+   * credits: a move per key went over the lot once per key). All or nothing: a page
+   * this lease does not hold, or one given twice, moves none.
+   *
+   * @example
+   * ```ts
+   * import { LeasePool } from "./lease_pool.ts";
+   * const pool = new LeasePool(4);
+   * const lot = pool.tryAcquire(3, { owner: "credits" })!;
+   * const [a, b] = lot.moveEach([lot.pages[0], lot.pages[2]], ["key-a", "key-b"]);
+   * console.log(a.owner, b.pages.length, lot.pages.length); // key-a 1 1
+   * pool.close();
+   * ```
+   */
+  moveEach(pages: readonly number[], owners: readonly string[]): PageLease[] {
+    return this.pool._moveEach(this, pages, owners);
+  }
+
   /** Same as `release()` when still held; for `using`. */
   [Symbol.dispose](): void {
     if (this._state === "held" && this._pages.length > 0) this.release();
@@ -433,16 +454,25 @@ export class LeasePool {
   }
 
   #newLease(pages: number[], options: LeaseOptions): PageLease {
-    const lease = new PageLease(this, this.#nextId++, options.owner, pages);
+    return this.#lease(pages, options.owner, options.ttlMs ?? Infinity, options.onExpire);
+  }
+
+  #lease(
+    pages: number[],
+    owner: string,
+    ttlMs: number,
+    onExpire: LeaseOptions["onExpire"],
+  ): PageLease {
+    const lease = new PageLease(this, this.#nextId++, owner, pages);
     // Nothing held, nothing to track (an empty lease would stay in the table for good).
     if (pages.length === 0) {
       lease._state = "released";
       return lease;
     }
     for (const p of pages) this.#holder[p] = lease;
-    lease._onExpire = options.onExpire;
+    lease._onExpire = onExpire;
     this.#leases.add(lease);
-    this._renew(lease, options.ttlMs ?? Infinity);
+    this._renew(lease, ttlMs);
     return lease;
   }
 
@@ -470,51 +500,55 @@ export class LeasePool {
     }
   }
 
-  /** Takes pages out of a lease (they must all be in it); returns them. */
+  /** Takes pages out of a lease (they must all be in it, each once); returns them. */
   #detach(lease: PageLease, pages: number[] | undefined, op: string): number[] {
     const own = pages ?? [...lease._pages];
-    // One page (a key's page moved or released out of a lease of many, once per key):
-    // no set, and the page found by indexOf rather than a filter of every page held.
-    const seen = own.length > 1 ? new Set<number>() : null;
-    for (const p of own) {
-      if (this.#holder[p] !== lease || seen?.has(p)) {
-        const now = this.#holder[p];
-        const where = !Number.isInteger(p) || p < 0 || p >= this.pageCount
-          ? `outside 0..${this.pageCount - 1}`
-          : now
-          ? `held by lease ${now.id} (${now.owner})`
-          : this.#free.includes(p)
-          ? "free"
-          : "in quarantine";
-        throw new ChannelError(
-          "INVALID_ARGUMENT",
-          `${op}: page ${p} is not held by lease ${lease.id} (${lease.owner}), it is ${where}` +
-            (lease._state === "released" ? ": the lease was released already" : "") +
-            " (double release?)",
-          { op },
-        );
+    const holder = this.#holder;
+    // Each page is let go as it is checked: a page given twice finds itself let go
+    // already. On a refusal the pages let go so far are put back (all or nothing).
+    for (let i = 0; i < own.length; i++) {
+      const p = own[i];
+      if (holder[p] !== lease) {
+        for (let j = 0; j < i; j++) holder[own[j]] = lease;
+        throw this.#notHeld(lease, p, op);
       }
-      seen?.add(p);
+      holder[p] = null;
     }
-    for (const p of own) this.#holder[p] = null;
-    // A new array (as a filter makes): one read through `lease.pages` before stays as it was.
+    // A new array (as a filter makes): one read through `lease.pages` before stays as it
+    // was. What stays is what the lease still holds (a plain loop: cold, it costs a
+    // fraction of a filter's callback per page).
     if (pages === undefined) lease._pages = [];
-    else if (seen === null) {
-      if (own.length === 1) {
-        // (A plain loop: cold, it costs a fraction of a slice and a splice.)
-        const gone = own[0];
-        const held = lease._pages;
-        const rest = new Array<number>(held.length - 1);
-        for (let i = 0, j = 0; i < held.length; i++) if (held[i] !== gone) rest[j++] = held[i];
-        lease._pages = rest;
-      }
-    } else lease._pages = lease._pages.filter((p) => !seen.has(p));
+    else {
+      const held = lease._pages;
+      const rest: number[] = [];
+      for (let i = 0; i < held.length; i++) if (holder[held[i]] === lease) rest.push(held[i]);
+      lease._pages = rest;
+    }
     if (lease._pages.length === 0) {
       if (lease._timer) this.#clearSoon(lease._timer);
       lease._timer = undefined;
       this.#leases.delete(lease);
     }
     return own;
+  }
+
+  /** The refusal of a page `lease` does not hold (anymore: a double release). */
+  #notHeld(lease: PageLease, p: number, op: string): ChannelError {
+    const now = this.#holder[p];
+    const where = !Number.isInteger(p) || p < 0 || p >= this.pageCount
+      ? `outside 0..${this.pageCount - 1}`
+      : now
+      ? `held by lease ${now.id} (${now.owner})`
+      : this.#free.includes(p)
+      ? "free"
+      : "in quarantine";
+    return new ChannelError(
+      "INVALID_ARGUMENT",
+      `${op}: page ${p} is not held by lease ${lease.id} (${lease.owner}), it is ${where}` +
+        (lease._state === "released" ? ": the lease was released already" : "") +
+        " (double release?)",
+      { op },
+    );
   }
 
   /**
@@ -656,5 +690,42 @@ export class LeasePool {
       });
     }
     return this.#newLease(moved, options);
+  }
+
+  /** @ignore */
+  _moveEach(lease: PageLease, pages: readonly number[], owners: readonly string[]): PageLease[] {
+    if (lease._state !== "held") {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `moveTo: lease ${lease.id} (${lease.owner}) is ${lease._state}`,
+      );
+    }
+    if (pages.length !== owners.length) {
+      throw new ChannelError(
+        "INVALID_ARGUMENT",
+        `moveEach: ${pages.length} page(s) but ${owners.length} owner(s); one owner per page`,
+      );
+    }
+    for (const owner of owners) {
+      if (typeof owner !== "string" || owner === "") {
+        throw new ChannelError("INVALID_ARGUMENT", "moveTo: a lease needs an owner");
+      }
+    }
+    const moved = this.#detach(lease, [...pages], "moveTo");
+    if (lease._pages.length === 0) lease._state = "released";
+    if (lease._peer !== undefined && moved.length > 0 && this.#hooks.size > 0) {
+      this.#emit("onRelease", {
+        lease,
+        pages: moved,
+        peer: lease._peer,
+        reason: "moved",
+        quarantineMs: 0,
+      });
+    }
+    const out = new Array<PageLease>(moved.length);
+    for (let i = 0; i < moved.length; i++) {
+      out[i] = this.#lease([moved[i]], owners[i], Infinity, undefined);
+    }
+    return out;
   }
 }

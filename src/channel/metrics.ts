@@ -14,9 +14,20 @@
  * @module
  */
 
-import type { Counter, Histogram } from "../metrics/family.ts";
+import type { Counter, CounterCell, Histogram, HistogramCell } from "../metrics/family.ts";
 import type { MetricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/source.ts";
+
+/** The cells one successful batch with a peer adds to (see `transferred`). */
+interface PeerCells {
+  ok: CounterCell;
+  pages: CounterCell;
+  bytes: CounterCell;
+  seconds: HistogramCell;
+}
+
+/** Most (op, peer) pairs whose cells are kept at hand; beyond, the lookup starts over. */
+const MAX_PEER_CELLS = 1024;
 
 /**
  * The channel metrics of one role in one registry.
@@ -30,6 +41,9 @@ import { type CollectedSource, collectFrom, type StatsRead } from "../metrics/so
  */
 export class ChannelMetrics {
   readonly #role: string;
+  /** The cells of each (op, peer) seen (series are never removed, so they stay valid):
+   * a batch adds to them without four label lookups. */
+  readonly #peerCells = new Map<string, PeerCells>();
   readonly #transfers: Counter;
   readonly #pages: Counter;
   readonly #bytes: Counter;
@@ -78,11 +92,25 @@ export class ChannelMetrics {
 
   /** A batch moved `pages` pages (`bytes` bytes) with `peer` in `seconds`. */
   transferred(op: string, peer: string, pages: number, bytes: number, seconds: number): void {
-    const role = this.#role;
-    this.#transfers.labels(role, op, "ok").inc();
-    this.#pages.labels(role, op, peer).inc(pages);
-    this.#bytes.labels(role, op, peer).inc(bytes);
-    this.#seconds.labels(role, op).observe(seconds);
+    const key = op + "\u0000" + peer;
+    let c = this.#peerCells.get(key);
+    if (c === undefined) {
+      const role = this.#role;
+      if (this.#peerCells.size >= MAX_PEER_CELLS) this.#peerCells.clear();
+      this.#peerCells.set(
+        key,
+        c = {
+          ok: this.#transfers.labels(role, op, "ok"),
+          pages: this.#pages.labels(role, op, peer),
+          bytes: this.#bytes.labels(role, op, peer),
+          seconds: this.#seconds.labels(role, op),
+        },
+      );
+    }
+    c.ok.inc();
+    c.pages.inc(pages);
+    c.bytes.inc(bytes);
+    c.seconds.observe(seconds);
   }
 
   /** A batch failed with `code` (a ChannelError code). */

@@ -464,12 +464,14 @@ export class NixlChannel extends ChannelBase {
     // calls into the agent stay one at a time, without the turns a queued task costs.
     let req: TransferRequest | undefined;
     const begin = () => {
+      // (The index lists go as they are: createTransfer makes its typed arrays from them
+      // in one checked pass.)
       req = this.agent.createTransfer(
         op,
         this.#local,
-        Uint32Array.from(local),
+        local,
         handle.prepped,
-        Uint32Array.from(remote),
+        remote,
         { notification },
       );
       return req.post();

@@ -14,10 +14,12 @@
  */
 
 import { MAX_NOTIFICATION_BYTES } from "./notify.ts";
+import { distinct } from "../channel/_util.ts";
 
 const PREFIX = "kvport.pd.bind\n";
 const enc = new TextEncoder();
-const dec = new TextDecoder("utf-8", { fatal: true });
+const strict = new TextDecoder("utf-8", { fatal: true });
+const loose = new TextDecoder();
 const PREFIX_BYTES = enc.encode(PREFIX);
 
 /** Most dimensions a bound shape may have (KV shapes have 4 or 5). */
@@ -131,7 +133,7 @@ export function readBind(bytes: Uint8Array): BindNotice {
   }
   let v: unknown;
   try {
-    v = JSON.parse(dec.decode(bytes.subarray(PREFIX_BYTES.length)));
+    v = JSON.parse(utf8(bytes.subarray(PREFIX_BYTES.length)));
   } catch (e) {
     throw new Error(`bind notification is not UTF-8 JSON: ${(e as Error).message}`);
   }
@@ -166,8 +168,10 @@ export function readBind(bytes: Uint8Array): BindNotice {
   }
   for (let i = 0; i < n; i++) int(pages[i], `p[${i}]`, 0);
   if (n > 1) {
+    // A set for the keys: their hashes are needed anyway (the receiver files each key in
+    // its maps, and a set computes and keeps them); the pages pairwise (numbers, no set).
     if (new Set(keys).size !== n) throw new Error("bind notification: a key twice");
-    if (new Set(pages).size !== n) throw new Error("bind notification: a page twice");
+    if (!distinct(pages)) throw new Error("bind notification: a page twice");
   }
   return {
     reqId: o.r,
@@ -178,6 +182,18 @@ export function readBind(bytes: Uint8Array): BindNotice {
     keys: keys as string[],
     pages: pages as number[],
   };
+}
+
+/**
+ * `bytes` as UTF-8 text, or an error for bytes that are not UTF-8. Decoded leniently
+ * first (under Deno the strict decoder takes twice as long for the kilobyte of a bind):
+ * only a text with a replacement character in it, which is what malformed bytes become,
+ * is decoded again strictly (which throws for those, and returns the same text for a
+ * replacement character that was sent as such).
+ */
+function utf8(bytes: Uint8Array): string {
+  const text = loose.decode(bytes);
+  return text.includes("\uFFFD") ? strict.decode(bytes) : text;
 }
 
 /**
@@ -198,6 +214,11 @@ export function groupForBind(
   maxBytes: number = MAX_NOTIFICATION_BYTES - 1024,
 ): number[][] {
   const base = PREFIX_BYTES.length + 64 + fixed;
+  // A key's JSON string takes at most 6 bytes per UTF-16 unit (`\uXXXX`) and its quotes:
+  // when even that bound fits, the batch is one group (no key's bytes counted).
+  let bound = base;
+  for (const p of positions) bound += 6 * keys[p].length + 20;
+  if (bound <= maxBytes) return positions.length > 0 ? [positions.slice()] : [];
   const groups: number[][] = [];
   let cur: number[] = [];
   let size = base;

@@ -99,8 +99,9 @@ export class CreditBook {
   /** Whether `page` is a live credit of `agent`. */
   isCreditOf(page: number, agent: string): boolean {
     const c = this.#byPage.get(page);
+    // (The pool knows the lease of each page: no search of the lot's pages.)
     return c !== undefined && c.agent === agent && c.lease.state === "held" &&
-      c.lease.pages.includes(page);
+      this.#pool.leaseOf(page) === c.lease;
   }
 
   /**
@@ -151,7 +152,7 @@ export class CreditBook {
    */
   take(page: number): PageLease {
     const c = this.#byPage.get(page)!;
-    this.#forget([page]);
+    this.#forgetOne(page);
     return c.lease;
   }
 
@@ -190,13 +191,15 @@ export class CreditBook {
   }
 
   #forget(pages: readonly number[]): void {
-    for (const p of pages) {
-      const c = this.#byPage.get(p);
-      if (!c) continue;
-      this.#byPage.delete(p);
-      const n = (this.#perAgent.get(c.agent) ?? 1) - 1;
-      if (n > 0) this.#perAgent.set(c.agent, n);
-      else this.#perAgent.delete(c.agent);
-    }
+    for (const p of pages) this.#forgetOne(p);
+  }
+
+  #forgetOne(p: number): void {
+    const c = this.#byPage.get(p);
+    if (!c) return;
+    this.#byPage.delete(p);
+    const n = (this.#perAgent.get(c.agent) ?? 1) - 1;
+    if (n > 0) this.#perAgent.set(c.agent, n);
+    else this.#perAgent.delete(c.agent);
   }
 }

@@ -95,14 +95,17 @@ export class CreditStock {
     if (n <= 0 || this.count(form, now) < n) return null;
     const pages: number[] = [];
     let usableUntil = Infinity;
+    let emptied = false;
     for (const l of this.#lots) {
       if (l.form !== form) continue;
       const k = Math.min(n - pages.length, l.pages.length);
-      pages.push(...l.pages.splice(0, k));
+      for (let i = 0; i < k; i++) pages.push(l.pages[i]);
+      l.pages = k === l.pages.length ? [] : l.pages.slice(k);
+      emptied ||= l.pages.length === 0;
       usableUntil = Math.min(usableUntil, l.usableUntil);
       if (pages.length === n) break;
     }
-    this.#lots = this.#lots.filter((l) => l.pages.length > 0);
+    if (emptied) this.#lots = this.#lots.filter((l) => l.pages.length > 0);
     return { pages, usableUntil };
   }
 

@@ -59,6 +59,10 @@ export class PdSenderMetrics {
   readonly #seconds: HistogramCell;
   readonly #handshakes: Counter;
   readonly #proxy: Counter;
+  readonly #okCells = new Map<
+    string,
+    { batches: CounterCell; chunks: CounterCell; bytes: CounterCell }
+  >();
 
   /** The families of TP rank `tpRank` in `registry`. */
   constructor(registry: MetricsRegistry, tpRank: number) {
@@ -114,10 +118,26 @@ export class PdSenderMetrics {
     bytes: number,
     seconds: number,
   ): void {
-    this.#batches.labels(this.#rank, result).inc();
-    if (result !== "ok") return;
-    this.#chunks.labels(this.#rank, peer).inc(sent);
-    this.#bytes.labels(this.#rank, peer).inc(bytes);
+    if (result !== "ok") {
+      this.#batches.labels(this.#rank, result).inc();
+      return;
+    }
+    // The cells of a receiver are looked up once (series are never removed).
+    let c = this.#okCells.get(peer);
+    if (c === undefined) {
+      if (this.#okCells.size >= 1024) this.#okCells.clear();
+      this.#okCells.set(
+        peer,
+        c = {
+          batches: this.#batches.labels(this.#rank, "ok"),
+          chunks: this.#chunks.labels(this.#rank, peer),
+          bytes: this.#bytes.labels(this.#rank, peer),
+        },
+      );
+    }
+    c.batches.inc();
+    c.chunks.inc(sent);
+    c.bytes.inc(bytes);
     this.#skipped.inc(skipped);
     this.#seconds.observe(seconds);
   }

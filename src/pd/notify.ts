@@ -37,6 +37,11 @@ export function groupForNotification(
   positions: readonly number[],
   maxBytes: number = MAX_NOTIFICATION_BYTES - 1024,
 ): number[][] {
+  // A key takes at most 3 UTF-8 bytes per UTF-16 unit: when even that bound fits, the
+  // batch is one group (no key encoded).
+  let bound = PREFIX_BYTES.length;
+  for (const p of positions) bound += 3 * keys[p].length + 1;
+  if (bound <= maxBytes) return positions.length > 0 ? [positions.slice()] : [];
   const groups: number[][] = [];
   let cur: number[] = [];
   let size = PREFIX_BYTES.length;

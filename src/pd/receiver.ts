@@ -615,8 +615,13 @@ export class PdReceiver implements AsyncDisposable {
 
   /** Tells metrics, listeners and waiters that `fresh` keys landed. */
   #announce(fresh: string[]): void {
-    for (const k of fresh) this.#metrics?.receivedBytes.inc(this.#entries.get(k)!.bytes);
-    this.#metrics?.receivedChunks.inc(fresh.length);
+    const m = this.#metrics;
+    if (m !== undefined && fresh.length > 0) {
+      let bytes = 0;
+      for (const k of fresh) bytes += this.#entries.get(k)!.bytes;
+      m.receivedBytes.inc(bytes);
+      m.receivedChunks.inc(fresh.length);
+    }
     if (fresh.length > 0) {
       for (const l of this.#landedListeners) {
         try {
@@ -901,9 +906,17 @@ export class PdReceiver implements AsyncDisposable {
     tl?.("notification", n.reqId, keys);
     const reqId = n.reqId === "" ? undefined : n.reqId;
     const fresh: string[] = [];
-    // Every key but perhaps the last is a full chunk: its size is worked out once.
+    // Every key but perhaps the last is a full chunk: its size and shape are worked out
+    // once (the shape is shared by those entries: it is read-only).
     const chunk = this.#chunkSize;
     const chunkSize = Math.min(chunkBytes(n.fmt, n.shape, n.dtype, chunk) ?? pageSize, pageSize);
+    const fullShape = withTokens(n.fmt, n.shape, chunk);
+    // The pages go out of their lots (a lease per reply of credits; usually one for the
+    // whole bind), then each lot moves its pages to a lease per key in one pass.
+    let lot: PageLease | undefined;
+    const lotPages: number[] = [];
+    const lotKeys: string[] = [];
+    let others: Map<PageLease, { pages: number[]; keys: string[] }> | undefined;
     for (let i = 0; i < count; i++) {
       const key = keys[i];
       const page = pages[i];
@@ -914,29 +927,54 @@ export class PdReceiver implements AsyncDisposable {
         continue;
       }
       const tokens = n.lastChunkToks !== null && i === count - 1 ? n.lastChunkToks : chunk;
-      const bytes = tokens === chunk
-        ? chunkSize
-        : Math.min(chunkBytes(n.fmt, n.shape, n.dtype, tokens) ?? pageSize, pageSize);
+      const full = tokens === chunk;
       this.#entries.set(key, {
         key,
         page,
         landed: true,
         fmt: n.fmt,
-        shape: withTokens(n.fmt, n.shape, tokens),
+        shape: full ? fullShape : withTokens(n.fmt, n.shape, tokens),
         dtype: n.dtype,
         tokens,
-        bytes,
+        bytes: full
+          ? chunkSize
+          : Math.min(chunkBytes(n.fmt, n.shape, n.dtype, tokens) ?? pageSize, pageSize),
       });
-      const moved = lease.moveTo([page], key);
-      this.#leases.set(key, { lease: moved, reqId, agent: from });
+      if (lot === undefined) lot = lease;
+      if (lease === lot) {
+        lotPages.push(page);
+        lotKeys.push(key);
+      } else {
+        others ??= new Map();
+        let g = others.get(lease);
+        if (!g) others.set(lease, g = { pages: [], keys: [] });
+        g.pages.push(page);
+        g.keys.push(key);
+      }
       fresh.push(key);
     }
+    if (lot !== undefined) this.#bindLot(lot, lotPages, lotKeys, reqId, from);
+    if (others) { for (const [l, g] of others) this.#bindLot(l, g.pages, g.keys, reqId, from); }
     // Bound (or spare): the sender is done with these pages. The grant book runs in call
     // order, so a spare page is revoked before it can be granted to anyone again.
     void this.#grants.release(pages);
     this.#stats.binds++;
     this.#announce(fresh);
     tl?.("landed", n.reqId, keys);
+  }
+
+  /** Moves `pages` of credit lot `lot` to a lease per key (`keys`, one per page). */
+  #bindLot(
+    lot: PageLease,
+    pages: number[],
+    keys: string[],
+    reqId: string | undefined,
+    agent: string,
+  ): void {
+    const moved = lot.moveEach(pages, keys);
+    for (let i = 0; i < keys.length; i++) {
+      this.#leases.set(keys[i], { lease: moved[i], reqId, agent });
+    }
   }
 
   #refuseBind(why: keyof PdReceiver["stats"]["bindsRefused"], detail: string): void {

@@ -8,7 +8,7 @@
 
 import { ChannelError, ChannelTimeoutError, timeoutOf } from "../channel/errors.ts";
 import { openPusher, openRequester, type Pusher, type Requester } from "../channel/control.ts";
-import { errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
+import { distinct, errorMessage, joinHostPort, SerialQueue } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideChannelCurve } from "../channel/curve_config.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
@@ -205,7 +205,7 @@ interface PdRun {
   /** Batches not settled yet. */
   pending: number;
   /** Batches allocated on the receiver, not written yet. */
-  planned: Set<{ plan: Plan; keys: string[] }>;
+  planned: Set<{ plan: Plan; keys: string[] }> | null;
   /** The request's WRITEs, in send order (its last batch's ProxyNotif comes after every
    * earlier batch landed); other requests' WRITEs to the same receiver run meanwhile. */
   writes: SerialQueue;
@@ -545,21 +545,31 @@ export class PdSender implements AsyncDisposable {
     // of one fails those after it (they never write).
     let run = this.#runs.get(spec.reqId);
     if (!run || run.failed) {
-      run = { failed: undefined, pending: 0, planned: new Set(), writes: new SerialQueue() };
+      // (`planned` is made by the first AllocRequest: a request on credits has none.)
+      run = { failed: undefined, pending: 0, planned: null, writes: new SerialQueue() };
       this.#runs.set(spec.reqId, run);
     }
     const r = run;
     r.pending++;
     // With credits enough for the batch: no AllocRequest, and no wait behind the queue.
     const credit = this.#creditPlan(link, spec, batch);
-    const planned = credit
-      ? this.#creditBatch(spec, batch, r, credit, link)
-      : link.queue.run(() => this.#allocate(link, spec, batch, r));
-    planned.catch(() => {}); // settled through `sent`
-    const sent = r.writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)))
-      .finally(() => {
-        if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
-      });
+    const writes = r.writes;
+    let written: Promise<SendResult>;
+    if (credit && !r.failed && writes.pending === 0) {
+      // Credits, and nothing ahead in the request's write order: the WRITE starts in this
+      // call (no queue turns between the credits and the post).
+      this.#tl?.("credits", spec.reqId, batch.keys);
+      written = writes.runNow(() => this.#write(link, spec, batch, r, credit));
+    } else {
+      const planned = credit
+        ? this.#creditBatch(spec, batch, r, credit, link)
+        : link.queue.run(() => this.#allocate(link, spec, batch, r));
+      planned.catch(() => {}); // settled through `sent`
+      written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
+    }
+    const sent = written.finally(() => {
+      if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
+    });
     if (m) {
       sent.then(
         (r) =>
@@ -597,19 +607,8 @@ export class PdSender implements AsyncDisposable {
   }
 
   #link(spec: DisaggSpec): Link {
-    const pick = (v: number | readonly number[], name: string): number => {
-      if (typeof v === "number") return v;
-      if (!Array.isArray(v) || this.tpRank >= v.length) {
-        throw new ChannelError(
-          "INVALID_ARGUMENT",
-          `${name} has ${Array.isArray(v) ? v.length : 0} port(s) but TP rank ` +
-            `${this.tpRank} needs index ${this.tpRank}: give one port per TP rank`,
-        );
-      }
-      return v[this.tpRank];
-    };
-    const initPort = pick(spec.receiverInitPort, "receiverInitPort");
-    const allocPort = pick(spec.receiverAllocPort, "receiverAllocPort");
+    const initPort = portOfRank(spec.receiverInitPort, "receiverInitPort", this.tpRank);
+    const allocPort = portOfRank(spec.receiverAllocPort, "receiverAllocPort", this.tpRank);
     // Keyed by (host, port): LMCache's glued `host + port` id makes 127.0.0.1:54003 and
     // 127.0.0.15:4003 one receiver. That form never travels on the wire (each side sends
     // its own local_id), so nothing of ours needs it.
@@ -879,7 +878,7 @@ export class PdSender implements AsyncDisposable {
       await this.#cancelOnReceiver(link, reqId, positions.map((p) => batch.keys[p]));
       throw aborted(run.failed);
     }
-    run.planned.add({ plan, keys: positions.map((p) => batch.keys[p]) });
+    (run.planned ??= new Set()).add({ plan, keys: positions.map((p) => batch.keys[p]) });
     return plan;
   }
 
@@ -898,7 +897,9 @@ export class PdSender implements AsyncDisposable {
   ): Promise<SendResult> {
     const reqId = spec.reqId;
     const tl = this.#tl;
-    for (const p of run.planned) if (p.plan === plan) run.planned.delete(p);
+    if (run.planned !== null) {
+      for (const p of run.planned) if (p.plan === plan) run.planned.delete(p);
+    }
     if (run.failed && plan.credit) {
       // Never written: the credits are as good as before.
       if (link.generation === plan.credit.generation) {
@@ -939,19 +940,32 @@ export class PdSender implements AsyncDisposable {
         let at = 0;
         for (const group of groups) {
           const len = group.length;
-          const remoteIndexes = remote.slice(at, at + len);
-          at += len;
-          const keys = new Array<string>(len);
-          const pages = new Array<number>(len);
-          for (let i = 0; i < len; i++) {
-            keys[i] = batch.keys[group[i]];
-            pages[i] = batch.pages[group[i]];
+          let remoteIndexes = remote;
+          let keys = batch.keys;
+          let pages = batch.pages;
+          // One group of every key (the usual batch) is the batch itself, in order: its
+          // lists are read as they are (the channel copies what it keeps).
+          if (len !== keys.length) {
+            remoteIndexes = remote.slice(at, at + len);
+            const k = new Array<string>(len);
+            const p = new Array<number>(len);
+            for (let i = 0; i < len; i++) {
+              k[i] = batch.keys[group[i]];
+              p[i] = batch.pages[group[i]];
+            }
+            keys = k;
+            pages = p;
           }
+          at += len;
           tl?.("write", reqId, batch.keys);
           // Credit pages are bound to their keys by the notification (it comes after the
           // data); pages of an AllocResponse were bound by it.
           const notification = bind
-            ? bind(keys, remoteIndexes, group.includes(lastKey) ? batch.lastChunkToks : null)
+            ? bind(
+              keys,
+              remoteIndexes,
+              len === batch.keys.length || group.includes(lastKey) ? batch.lastChunkToks : null,
+            )
             : encodeLanded(keys);
           await this.channel.write(pages, {
             peerId: link.id,
@@ -984,7 +998,7 @@ export class PdSender implements AsyncDisposable {
         // of credit pages were never given to the receiver (its credits end by their
         // expiry, or by the re-handshake).
         const keys = credit ? [] : positions.map((p) => batch.keys[p]);
-        for (const p of run.planned) {
+        for (const p of run.planned ?? []) {
           p.plan.cancelled = true;
           keys.push(...p.keys);
         }
@@ -1043,7 +1057,7 @@ export class PdSender implements AsyncDisposable {
     }
     const track = this.#requests.get(spec.reqId);
     if (track && track.generation !== link.generation) return null;
-    if (new Set(batch.keys).size !== batch.keys.length) return null;
+    if (!distinct(batch.keys)) return null;
     const form = chunkForm(batch.fmt ?? MemoryFormat.KV_2LTD, batch.shape, batch.dtype);
     // Usable only while a WRITE begun now ends before the receiver takes the pages back.
     const got = link.credits.take(batch.keys.length, form);
@@ -1261,6 +1275,19 @@ export class PdSender implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** The port of TP rank `tpRank` in `v` (one port, or one per rank). */
+function portOfRank(v: number | readonly number[], name: string, tpRank: number): number {
+  if (typeof v === "number") return v;
+  if (!Array.isArray(v) || tpRank >= v.length) {
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `${name} has ${Array.isArray(v) ? v.length : 0} port(s) but TP rank ` +
+        `${tpRank} needs index ${tpRank}: give one port per TP rank`,
+    );
+  }
+  return v[tpRank];
 }
 
 function validateBatch(batch: SendBatch): void {
