@@ -18,7 +18,7 @@
 # JSON lines when $OUT is set). Environment:
 #   KVPORT_RUNTIMES  "deno", "bun" or "deno bun" (default: deno; the old KVPORT_RUNTIME
 #                    is still read)
-#   KVPORT_STEPS     comma list of c,ts,demo,bench,latency,ce (default: all of them), so
+#   KVPORT_STEPS     comma list of c,ts,demo,bench,latency,host,ce (default: all of them), so
 #                    that a lease can be split into commands of under 10 minutes each
 # Locally, without a GPU, it runs too: KVPORT_CUDART=$(sh native/tools/fake-cudart.sh)
 # rehearses every step on the fake runtime (figures meaningless); without it the GPU
@@ -65,7 +65,7 @@ unxz_to() { # unxz_to <file.xz> <dest>: xz, else Python's lzma
 
 # ---- runtimes and shim ------------------------------------------------------------------
 runtimes=${KVPORT_RUNTIMES:-${KVPORT_RUNTIME:-deno}}
-steps_wanted=",${KVPORT_STEPS:-c,ts,demo,bench,latency,ce},"
+steps_wanted=",${KVPORT_STEPS:-c,ts,demo,bench,latency,host,ce},"
 want() { [[ $steps_wanted == *",$1,"* ]]; }
 deno=node_modules/deno/deno
 if [[ " $runtimes " == *" deno "* ]] && ! "$deno" --version >/dev/null 2>&1; then
@@ -172,7 +172,18 @@ for r in $runtimes; do
     json_step 200 "$runtime: bench/latency_bench.ts --device cpu" "latency-$runtime-cpu" \
       "$rt_run bench/latency_bench.ts --device cpu --sizes 1x28,16x28,1x0.25"
   fi
-  # ---- 6. the GPU requests with the copy kernel off (runtime copies on the copy engines),
+  # ---- 6. the host paths users run, on this host's idle cores: PD of 1 and 64 chunks of
+  # 28 MiB (pd_bench), a P2P retrieve of one 4 MiB chunk (p2p_bench), a storage get of one
+  # 4 MiB chunk (storage_bench), each against its limit measured in the same run
+  if want host; then
+    json_step 200 "$runtime: bench/pd_bench.ts --sizes 1,64" "pd-$runtime" \
+      "$rt_run bench/pd_bench.ts --sizes 1,64"
+    json_step 200 "$runtime: bench/p2p_bench.ts --reps 20" "p2p-$runtime" \
+      "$rt_run bench/p2p_bench.ts --reps 20"
+    json_step 200 "$runtime: bench/storage_bench.ts --size-mib 4 --batch 1" "storage-$runtime" \
+      "$rt_run bench/storage_bench.ts --size-mib 4 --batch 1 --dir /tmp/kvport-storage-bench"
+  fi
+  # ---- 7. the GPU requests with the copy kernel off (runtime copies on the copy engines),
   # to tell whether scattered 28 MiB pages copy faster by kernel or by copy engine
   if want ce; then
     json_step 200 "$runtime: latency_bench --device cuda, KVPORT_CUDA_COPY_KERNEL=0" \
@@ -230,6 +241,14 @@ for p in demos:
 keep = ("AllocRequest round trip", "write -> posted (create + post)",
         "posted -> data landed (copy + wait)", "data landed -> decoder sees notification",
         "ProxyNotif sent -> delivered (proxy)", "end to end: send() -> decoder landed")
+for kind in ("pd", "p2p", "storage"):
+    for p in sorted(glob.glob(os.path.join(out, f"{kind}-*.json"))):
+        doc, name = load(p), os.path.basename(p)[:-5]
+        print()
+        if doc and doc.get("results"):
+            results_table(name, doc)
+        else:
+            print(f"{name}: no JSON line: see its step")
 for p in sorted(glob.glob(os.path.join(out, "latency-*.json"))):
     doc, name = load(p), os.path.basename(p)[8:-5]
     print()
