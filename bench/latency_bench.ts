@@ -268,6 +268,20 @@ function gpuPostStages(before: Record<string, string>, after: Record<string, str
   };
 }
 
+/** GPU jobs one thread queued and waited for (inside the post, up to vram_inline_max), and
+ * the notification sends of finished requests, from the engine's counters (means, us). */
+function directStages(before: Record<string, string>, after: Record<string, string>) {
+  const delta = infoDelta(before, after);
+  const jobs = delta("cuda_direct"), sends = delta("notif_sends");
+  return {
+    jobs,
+    queueUs: jobs > 0 ? delta("cuda_direct_queue_ns") / jobs / 1e3 : NaN,
+    waitUs: jobs > 0 ? delta("cuda_direct_wait_ns") / jobs / 1e3 : NaN,
+    sends,
+    sendUs: sends > 0 ? delta("notif_send_ns") / sends / 1e3 : NaN,
+  };
+}
+
 /** The engine's own time per call in kvp_xfer_create and kvp_xfer_post (us, means) between
  * two snapshots of `kvp_agent_info` (builtin engine); undefined without such counters. */
 function engineCallTimes(before: Record<string, string>, after: Record<string, string>) {
@@ -507,6 +521,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     const infoAtEnd = agent.info();
     const native = gpuPostStages(infoAtStart, infoAtEnd);
     const calls = engineCallTimes(infoAtStart, infoAtEnd);
+    const direct = directStages(infoAtStart, infoAtEnd);
     const bytes = size.chunks * size.bytes;
     const copyUs = percentile(Float64Array.from(copies).sort(), 50);
     const limit = {
@@ -548,6 +563,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       console.log(
         `  sender's engine, mean per call: kvp_xfer_create ${calls.createUs.toFixed(1)} us, ` +
           `kvp_xfer_post ${calls.postUs.toFixed(1)} us (inside "create + post")`,
+      );
+    }
+    if (direct.jobs > 0 || direct.sends > 0) {
+      console.log(
+        `  sender's engine, means: ${direct.jobs} GPU jobs queued and waited for by one thread ` +
+          `(inside the post) ${direct.queueUs.toFixed(1)} us queueing + ` +
+          `${direct.waitUs.toFixed(1)} us waiting; ${direct.sends} notification sends ` +
+          `${direct.sendUs.toFixed(1)} us each`,
       );
     }
     if (native) {
@@ -666,6 +689,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       stats,
       native,
       engineCalls: calls,
+      direct,
       refillBusy: {
         requests: busyOnes.length,
         p50Us: busyOnes.length ? percentile(busyOnes, 50) : 0,

@@ -411,6 +411,11 @@ struct bi_agent {
      * them against their own marks (kvp_agent_info's clock_ns gives the offset) to tell
      * a thread's or a process's wake-up from JavaScript. */
     atomic_uint_fast64_t last_done_ns, last_notif_in_ns;
+    /* GPU jobs whose copies one thread queued and waited for (a post inline, or a worker
+     * given the whole job), and the time of each half (ns, summed); notifications sent to
+     * a peer when a request finished, and the time the sends took. */
+    atomic_uint_fast64_t n_cu_direct, cu_direct_queue_ns, cu_direct_wait_ns;
+    atomic_uint_fast64_t n_notif_sends, notif_send_ns;
     struct bi_agent *live_next; /* registry of live agents of this process */
 };
 

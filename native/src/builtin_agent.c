@@ -494,11 +494,17 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line,
              "cuda_launched=%llu\ncuda_queue_ns=%llu\ncuda_worker_hop_ns=%llu\n"
-             "cuda_event_wait_ns=%llu\n",
+             "cuda_event_wait_ns=%llu\ncuda_direct=%llu\ncuda_direct_queue_ns=%llu\n"
+             "cuda_direct_wait_ns=%llu\nnotif_sends=%llu\nnotif_send_ns=%llu\n",
              (unsigned long long)atomic_load(&a->n_cu_launched),
              (unsigned long long)atomic_load(&a->cu_queue_ns),
              (unsigned long long)atomic_load(&a->cu_hop_ns),
-             (unsigned long long)atomic_load(&a->cu_event_wait_ns));
+             (unsigned long long)atomic_load(&a->cu_event_wait_ns),
+             (unsigned long long)atomic_load(&a->n_cu_direct),
+             (unsigned long long)atomic_load(&a->cu_direct_queue_ns),
+             (unsigned long long)atomic_load(&a->cu_direct_wait_ns),
+             (unsigned long long)atomic_load(&a->n_notif_sends),
+             (unsigned long long)atomic_load(&a->notif_send_ns));
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line,
              "xfer_creates=%llu\nxfer_create_ns=%llu\nxfer_post_calls=%llu\nxfer_post_ns=%llu\n",

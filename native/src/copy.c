@@ -168,6 +168,7 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
         atomic_fetch_add_explicit(&a->cu_event_wait_ns, kvp_now_ns() - t0, memory_order_relaxed);
         return st;
     }
+    uint64_t queued_at = kvp_now_ns();
     if (r->cb_onedev && j->p0 == 0 && j->p1 + 1 == r->np && j->o0 == 0 &&
         j->e1 == r->p[r->np - 1].len) {
         /* The whole request on one device: one batched call. */
@@ -198,7 +199,8 @@ static int32_t exec_cuda(bi_req *r, const bi_job *j, char *msg, size_t cap) {
                     : kvp_cuda_copy_async(p->fd, KVP_CUDA_Q_COPY, m, o, n, NULL);
         if (st != KVP_SUCCESS) snprintf(msg, cap, "%s", kvp_err_text());
     }
-wait:
+wait:;
+    uint64_t wait_at = kvp_now_ns();
     for (int k = 0; k < nd; k++) {
         void *ev = NULL;
         int32_t s2 = kvp_cuda_event_get(devs[k], &ev);
@@ -214,6 +216,10 @@ wait:
             snprintf(msg, cap, "%s", kvp_err_text());
         }
     }
+    bi_agent *ag = r->a;
+    atomic_fetch_add_explicit(&ag->n_cu_direct, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ag->cu_direct_queue_ns, wait_at - queued_at, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ag->cu_direct_wait_ns, kvp_now_ns() - wait_at, memory_order_relaxed);
     return st;
 }
 

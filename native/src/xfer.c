@@ -562,8 +562,11 @@ void bi_req_complete(bi_req *r, uint64_t post_id) {
             bi_conn *c = r->conn;
             if (c) bi_conn_ref(c);
             pthread_mutex_unlock(&a->mu);
+            uint64_t t0 = kvp_now_ns();
             int32_t st = c ? bi_tcp_send_notif(c, r->notif, r->notif_len)
                            : kvp_err(KVP_ERR_REMOTE_DISCONNECT, "no connection");
+            atomic_fetch_add_explicit(&a->n_notif_sends, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&a->notif_send_ns, kvp_now_ns() - t0, memory_order_relaxed);
             if (c) bi_conn_put(c);
             if (st != KVP_SUCCESS) {
                 snprintf(msg, sizeof msg,

@@ -347,6 +347,13 @@ static uint64_t notified_vram_rounds(const char *params, uint32_t n, uint32_t ro
         CHECK_MSG(memcmp(msg, "landed", 6) == 0, "round %u: notification %.6s", round, msg);
     }
     CHECK(t_info_num(x.a, "posts_cuda") == rounds && t_info_num(x.a, "posts_staged") == 0);
+    CHECK_MSG(t_info_num(x.a, "notif_sends") == rounds, "notif_sends = %llu, expected %u",
+              (unsigned long long)t_info_num(x.a, "notif_sends"), rounds);
+    /* Each post's copies were waited for once: by a worker on the post's event
+     * (cuda_launched), or by the thread that queued them (cuda_direct: inside the post). */
+    uint64_t direct = t_info_num(x.a, "cuda_direct"), launched = t_info_num(x.a, "cuda_launched");
+    CHECK_MSG(direct + launched == rounds, "cuda_direct %llu + cuda_launched %llu, expected %u",
+              (unsigned long long)direct, (unsigned long long)launched, rounds);
     uint64_t got = t_info_num(x.a, counter);
     CHECK(kvp_xfer_post(x.a, req) >= 0);
     OK(kvp_xfer_release(x.a, req));
