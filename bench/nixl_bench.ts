@@ -23,8 +23,9 @@
  *   back to back (`raw_nixl_spin_*`) is printed beside it. Raw NIXL runs as
  *   `nixl-raw --serve` beside the engine's agents, and every figure is taken in
  *   `--rounds` rounds (5; 3 with `--quick`) alternating with raw NIXL's (engine then raw,
- *   raw then engine, ...), so a load on the machine hits both; each row prints the
- *   per-round ratios, and the nixl / raw ratio is their median;
+ *   raw then engine, ...), so a load on the machine hits both; the 4 KiB latency in
+ *   four times as many shorter rounds (20 of 1,000 samples; 6 of 500 with `--quick`);
+ *   each row prints the per-round ratios, and the nixl / raw ratio is their median;
  * - for each figure on each buffer, nixl / builtin.
  * Without NIXL the builtin half runs and the rest is reported as skipped.
  *
@@ -79,6 +80,12 @@ const SHAPES: Shape[] = [
 const SIZE = 256 * MiB;
 const MIN_MS = quick ? 300 : 1500;
 const LAT_N = quick ? 3_000 : 20_000;
+/** Rounds of the nixl engine's 4 KiB latency, each alternated with a round of raw NIXL:
+ * four per bandwidth round (20; 6 with `--quick`), at least 500 samples each (so a
+ * round's p99 is its 5th-slowest sample, not its slowest). Short rounds put the engine's
+ * samples and raw NIXL's close in time: on a shared machine a p99 taken from 4,000
+ * samples of one side and then 4,000 of the other mostly compared two moments of load. */
+const LAT_ROUNDS = Math.max(1, Math.min(4 * ROUNDS, Math.floor(LAT_N / 500)));
 /** What reading the clock twice costs this runtime (us, the median of 20,000 pairs): part
  * of every latency sample, taken out of each (nixl-raw does the same with its C++ clock),
  * so that a slower stopwatch is not billed to the engine. */
@@ -193,7 +200,8 @@ const spread = (xs: number[]) => `${fmt2(Math.min(...xs))}-${fmt2(Math.max(...xs
 const fmt2 = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
 
 /** One engine's figures for one transport and buffer, each shape timed `rounds` times
- * for `MIN_MS / rounds` (and the 4 KiB latency in `rounds` batches), with `between`
+ * for `MIN_MS / rounds` (and the 4 KiB latency in LAT_ROUNDS batches when `rounds` > 1,
+ * else in one), with `between`
  * awaited before (even rounds) or after (odd rounds) each of ours: the rounds of raw
  * NIXL, so that both see the same moments of the machine. */
 interface Rounds {
@@ -238,8 +246,9 @@ async function measure(
     remote.release();
   }
   const { req, local, remote } = writeRequest(agent, buf, peer, 4096, 1);
-  const n = Math.ceil(LAT_N / rounds);
-  for (let r = 0; r < rounds; r++) {
+  const latRounds = rounds === 1 ? 1 : LAT_ROUNDS;
+  const n = Math.ceil(LAT_N / latRounds);
+  for (let r = 0; r < latRounds; r++) {
     if (r % 2 === 0) await between(r, { lat: n });
     const { samples, inline } = await postLatency(req, n, r === 0 ? 1000 : 200, () => run(req));
     out.p50.push(percentile(samples, 50) - STOPWATCH_US);
@@ -418,6 +427,7 @@ report.finish({
   nixlSkipped: nixlSkip ?? null,
   rawNixl: RAW_TOOL,
   rounds: ROUNDS,
+  latencyRounds: LAT_ROUNDS,
   stopwatchNs: STOPWATCH_US * 1000,
   versions,
   nixlOverBuiltin: comparisons,

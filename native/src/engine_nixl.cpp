@@ -52,7 +52,7 @@ void set_last_error(std::string message) noexcept {
     } catch (...) {
     }
 }
-void clear_last_error() { t_last_error.clear(); }
+void clear_last_error() noexcept { t_last_error.clear(); }
 const char *last_error_cstr() { return t_last_error.c_str(); }
 
 const char *status_name(int32_t s) {

@@ -219,7 +219,11 @@ int32_t status_on(Agent &a, uint64_t req) {
     Req &r = req_on(a, req);
     std::lock_guard<std::mutex> g(r.mu);
     if (r.released) fail(KVP_ERR_NOT_FOUND, "request " + hex(req) + " was released");
-    if (!r.posted) return KVP_ERR_NOT_POSTED;
+    if (!r.posted) {
+        // Said here, not left to a cleared message: the hot path does not clear it.
+        set_last_error("request " + hex(req) + " was never posted");
+        return KVP_ERR_NOT_POSTED;
+    }
     if (r.last < 0) {
         set_last_error(r.message);
         return r.last;
@@ -245,7 +249,7 @@ int32_t xfer_post(uint64_t handle, uint64_t req) {
 }
 
 int32_t xfer_post_on(void *agent, uint64_t req) {
-    return guarded([&]() -> int32_t { return post_on(agent_on(agent), req); });
+    return guarded_hot([&]() -> int32_t { return post_on(agent_on(agent), req); });
 }
 
 int32_t xfer_status(uint64_t handle, uint64_t req) {
@@ -256,7 +260,7 @@ int32_t xfer_status(uint64_t handle, uint64_t req) {
 }
 
 int32_t xfer_status_on(void *agent, uint64_t req) {
-    return guarded([&]() -> int32_t { return status_on(agent_on(agent), req); });
+    return guarded_hot([&]() -> int32_t { return status_on(agent_on(agent), req); });
 }
 
 int32_t xfer_wait(uint64_t handle, uint64_t req, int64_t timeout_ms) {

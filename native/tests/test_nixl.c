@@ -620,6 +620,15 @@ TEST_T(nixl_hot_calls_refuse_released_and_foreign_requests, 60) {
     CHECK(pthread_create(&th, NULL, status_once, &sp) == 0);
     pthread_join(th, NULL);
     CHECK_ST(sp.st, KVP_ERR_NOT_FOUND);
+    /* A request never posted fails with its own message, not the one the failure before
+     * it left on this thread (the hot calls do not clear the module's last error). */
+    uint64_t fresh;
+    OK(kvp_xfer_create(a, KVP_WRITE, lp, li, rp, ri, 2, NULL, 0, &fresh));
+    CHECK_ST(kvp_xfer_post(a, req), KVP_ERR_NOT_FOUND);
+    CHECK_ERR_HAS("released");
+    CHECK_ST(kvp_xfer_status(a, fresh), KVP_ERR_NOT_POSTED);
+    CHECK_ERR_HAS("never posted");
+    OK(kvp_xfer_release(a, fresh));
     /* A live request, then its agent destroyed: the handle is gone, and a new agent
      * (whose object may take the old one's memory) does not see the cached request. */
     OK(kvp_xfer_create(a, KVP_WRITE, lp, li, rp, ri, 2, NULL, 0, &req));
