@@ -242,11 +242,20 @@ keep = ("AllocRequest round trip", "write -> posted (create + post)",
         "posted -> data landed (copy + wait)", "data landed -> decoder sees notification",
         "ProxyNotif sent -> delivered (proxy)", "end to end: send() -> decoder landed")
 for kind in ("pd", "p2p", "storage"):
-    for p in sorted(glob.glob(os.path.join(out, f"{kind}-*.json"))):
-        doc, name = load(p), os.path.basename(p)[:-5]
+    # These print a JSON line per figure (pd, storage) or one report (p2p): every line counts.
+    for p in sorted(glob.glob(os.path.join(out, f"{kind}-*.txt"))):
+        name, found = os.path.basename(p)[:-4], []
+        for line in open(p, errors="replace"):
+            if not line.startswith("{"):
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            found += doc.get("results") or ([doc] if "name" in doc and "value" in doc else [])
         print()
-        if doc and doc.get("results"):
-            results_table(name, doc)
+        if found:
+            results_table(name, {"results": found})
         else:
             print(f"{name}: no JSON line: see its step")
 for p in sorted(glob.glob(os.path.join(out, "latency-*.json"))):
