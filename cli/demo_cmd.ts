@@ -16,7 +16,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { shimCacheDir } from "../ffi/mod.ts";
 import { ProxyNotifier } from "../src/pd/proxy.ts";
-import { guard, int, parse } from "./args.ts";
+import { guard, int, parse, UsageError } from "./args.ts";
 import type { Command } from "./commands.ts";
 import { interrupted, onInterrupt, temporaryDirectory } from "./interrupt.ts";
 import { err, out } from "./io.ts";
@@ -25,18 +25,23 @@ import { LIMITS_NAME } from "./shim_build.ts";
 import { type Child, nextEvent, spawnKvport } from "./spawn.ts";
 import { type BatchStages, describeBatch } from "./stage_clock.ts";
 
-const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--kv-shape S] [--device D] [--keep]
+const HELP = `Usage: kvport demo [--chunks N] [--batch B] [--requests R] [--kv-shape S] [--device D]
+                  [--keep]
 
 Runs disaggregated prefill between two processes on this machine: a decoder
 (kvport pd-receiver) and a prefiller (kvport pd-sender), configured by LMCache-style YAML
-files written to a temporary directory. The prefiller sends two requests of N chunks of a
+files written to a temporary directory. The prefiller sends R requests of N chunks of a
 realistic KV shape (28 layers x 2 x 256 tokens x 8 heads x 128 x bf16 = 28 MiB a
 chunk), the decoder checks every byte, this process collects the ProxyNotif, and the
-throughput is printed next to memcpy measured in the same run.
+throughput of each request is printed next to memcpy measured in the same run; the
+figure is the last request's (warm: its code paths have run before, as in a server).
 
 Options:
       --chunks N     chunks per request (default: 16, fewer when memory is short)
       --batch B      chunks per AllocRequest + WRITE (default 8)
+      --requests R   requests sent one after the other (default 4, at least 2): the
+                     first maps the decoder's buffer, the second is the first on page
+                     credits, the last is the figure
       --kv-shape S   shape of one chunk (default 2,28,256,1024)
       --device D     pd_buffer_device of both sides: cpu (default), cuda, cuda:N;
                      with a GPU the pages move VRAM to VRAM (CUDA IPC on one host)
@@ -253,6 +258,7 @@ async function runDemo(args: string[]): Promise<number> {
   const v = parse(args, {
     chunks: { type: "string" },
     batch: { type: "string" },
+    requests: { type: "string" },
     "kv-shape": { type: "string" },
     device: { type: "string" },
     timeout: { type: "string" },
@@ -273,14 +279,18 @@ async function runDemo(args: string[]): Promise<number> {
   // Checked here, before any process starts: a child would only say it later, worse.
   const geo = kvGeometry(v["kv-shape"] as string | undefined, "bfloat16", 256);
   const timeoutMs = int("timeout", v.timeout, 1, 120) * 1000;
-  // The sender's buffer holds one request, the decoder's two (it frees pages once it has
-  // checked them, a little behind): 3 N chunks in all, within half of the free memory.
+  const requests = int("requests", v.requests, 2, 4);
+  if (requests > 16) {
+    throw new UsageError(`--requests expects an integer from 2 to 16, got ${requests}`);
+  }
+  // The sender's buffer holds one request, the decoder's all of them (on a GPU it checks
+  // them once all have landed: see pd-receiver): R + 1 times N chunks in all, within half
+  // of the free memory.
   const free = os.freemem();
-  const fit = Math.max(1, Math.floor((free * 0.5) / (3 * geo.pageSize)));
+  const fit = Math.max(1, Math.floor((free * 0.5) / ((requests + 1) * geo.pageSize)));
   const chunks = int("chunks", v.chunks, 1, Math.min(16, fit));
   const batch = Math.min(chunks, int("batch", v.batch, 1, 8));
   const bufferSize = chunks * geo.pageSize;
-  const requests = 2;
   const dir = temporaryDirectory("kvport-demo-", { keep: v.keep === true });
   const common = [
     "enable_pd: true",
@@ -446,7 +456,13 @@ async function runDemo(args: string[]): Promise<number> {
     const bad = Number(rxDone.bad);
     perRequest.forEach((r, i) => {
       const secs = Number(r.seconds);
-      const what = i === 0 ? "cold: the first request maps the decoder's buffer" : "warm";
+      const what = i === 0
+        ? "cold: the first request maps the decoder's buffer"
+        : i === 1
+        ? "the first on page credits: its code runs for the first time"
+        : i === perRequest.length - 1
+        ? "warm: the figure"
+        : "warm";
       out(
         `  transfer: ${mib(Number(r.bytes))} in ${(secs * 1000).toFixed(1)} ms = ` +
           `${(Number(r.bytes) / secs / 1e9).toFixed(2)} GB/s, ` +
