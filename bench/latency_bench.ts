@@ -295,6 +295,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   // while the refill after this one is on its way), and a refill that overtakes a bind.
   // With a throughput phase, room for `inflight` requests at once on both sides.
   const parallel = size.chunks >= 8 ? inflight : 1;
+  // `--inflight 1` given: the same throughput phase one request at a time (to compare).
+  const throughput = size.chunks >= 8 && values.inflight !== undefined;
   const peer = startPeer(pageSize, (parallel + 3) * size.chunks, (parallel + 2) * size.chunks);
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
@@ -608,12 +610,13 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       value: percentile(added, 99),
       unit: "us",
     });
-    if (parallel > 1) {
+    if (throughput) {
       // Throughput with `parallel` requests in flight: each starts when one lands, as
       // requests of several prefill workers would; the same bytes per request, against the
       // same copy time. The pages are not filled (the latency rounds above do that).
       const total = Math.max(reps, 4 * parallel);
       let started = 0;
+      const rxOf = new Map<string, Partial<Record<PdReceiverStage, number>>>();
       const one = async () => {
         while (started < total) {
           started++;
@@ -628,7 +631,12 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
             dtype: "bfloat16",
             lastChunkToks: size.bytes / 512,
           });
-          await landed;
+          const ev = await landed;
+          const rx: Partial<Record<PdReceiverStage, number>> = {};
+          for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
+            rx[k as PdReceiverStage] = v - clock.offset;
+          }
+          rxOf.set(reqId, rx);
         }
       };
       const t0 = performance.now();
@@ -636,15 +644,36 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       const wallUs = (performance.now() - t0) * 1000;
       const gbs = (total * bytes) / wallUs / 1e3;
       let onCredits = 0;
+      // Where the requests in flight spent their time (p50 over the requests that went
+      // through the stage, us): what keeps them from overlapping.
+      const waits: Record<string, number[]> = {};
+      const put = (name: string, a: number | undefined, b: number | undefined) => {
+        if (a !== undefined && b !== undefined) (waits[name] ??= []).push((b - a) * 1000);
+      };
       for (const [id, m] of marks) {
         if (!id.startsWith("tput-")) continue;
         if (m.credits !== undefined) onCredits++;
+        const r = rxOf.get(id) ?? {};
+        put("refillWait", m.refill_wait, m.credits ?? m.queued);
+        put("queue", m.refill_wait ?? m.send, m.queued);
+        put("alloc", m.alloc_sent, m.alloc_reply);
+        put("post", m.write, m.posted);
+        put("copy", m.posted, m.written);
+        put("rxNotif", m.written, r.notification);
+        put("rxLanded", r.notification, r.landed);
+        put("proxy", m.written, m.notified);
+        put("e2e", m.send, r.landed);
         marks.delete(id);
       }
+      const where: Record<string, number> = {};
+      for (const [k, xs] of Object.entries(waits)) {
+        where[k] = percentile(Float64Array.from(xs).sort(), 50);
+      }
+      const show = Object.entries(where).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
       console.log(
         `  ${total} requests, ${parallel} in flight: ${(wallUs / total).toFixed(1)} us per ` +
           `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
-          `the copy of the same bytes (${onCredits} of ${total} on page credits)`,
+          `the copy of the same bytes (${onCredits} of ${total} on page credits); p50 us: ${show}`,
       );
       report.add({
         name: `pd_latency_${size.label}_inflight${parallel}`,
@@ -652,7 +681,13 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         unit: "GB/s",
         limit: limit.bps / 1e9,
         limitName: onGpu ? "cudaMemcpy d2d (interleaved)" : "memcpy (interleaved)",
-        extra: { requests: total, inflight: parallel, usPerRequest: wallUs / total, onCredits },
+        extra: {
+          requests: total,
+          inflight: parallel,
+          usPerRequest: wallUs / total,
+          onCredits,
+          stagesP50Us: where,
+        },
       });
     }
     return {

@@ -165,6 +165,11 @@ interface Link {
   creditTarget: number;
   /** The background refill in flight, if any. */
   refill: Promise<void> | null;
+  /** A refill was due while one was in flight: the chunk form to ask for once it ends. */
+  refillAgain: { fmt: number; like: SendBatch } | null;
+  /** Pages of batches sent to this receiver and not settled yet (the credit target
+   * follows them: requests in flight at once each need a batch of credits). */
+  pagesOut: number;
 }
 
 interface RequestTrack {
@@ -551,6 +556,17 @@ export class PdSender implements AsyncDisposable {
     }
     const r = run;
     r.pending++;
+    const out = batch.keys.length;
+    link.pagesOut += out;
+    if (this.#creditPages > 0) {
+      // Every request in flight to this receiver holds a batch of pages, and the next
+      // one should find a batch of credits meanwhile (one request at a time: twice the
+      // batch, as before).
+      link.creditTarget = Math.min(
+        MAX_CREDIT_TARGET,
+        Math.max(link.creditTarget, link.pagesOut + out),
+      );
+    }
     // With credits enough for the batch: no AllocRequest, and no wait behind the queue.
     const credit = this.#creditPlan(link, spec, batch);
     const writes = r.writes;
@@ -561,13 +577,24 @@ export class PdSender implements AsyncDisposable {
       this.#tl?.("credits", spec.reqId, batch.keys);
       written = writes.runNow(() => this.#write(link, spec, batch, r, credit));
     } else {
-      const planned = credit
-        ? this.#creditBatch(spec, batch, r, credit, link)
-        : link.queue.run(() => this.#allocate(link, spec, batch, r));
+      let planned: Promise<Plan>;
+      if (credit) planned = this.#creditBatch(spec, batch, r, credit, link);
+      else if (link.refill !== null && this.#creditForm(link, spec, batch) !== null) {
+        // A refill is on its way: an AllocRequest would queue behind it anyway, so wait
+        // for it and take its credits; the AllocRequest only if they are too few.
+        this.#tl?.("refill_wait", spec.reqId, batch.keys);
+        planned = link.refill.then(() => {
+          const late = this.#creditPlan(link, spec, batch);
+          return late
+            ? this.#creditBatch(spec, batch, r, late, link)
+            : link.queue.run(() => this.#allocate(link, spec, batch, r));
+        });
+      } else planned = link.queue.run(() => this.#allocate(link, spec, batch, r));
       planned.catch(() => {}); // settled through `sent`
       written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
     }
     const sent = written.finally(() => {
+      link.pagesOut -= out;
       if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
     });
     if (m) {
@@ -628,6 +655,8 @@ export class PdSender implements AsyncDisposable {
         givesCredits: false,
         creditTarget: this.#creditPages,
         refill: null,
+        refillAgain: null,
+        pagesOut: 0,
       };
       this.#links.set(id, link);
     }
@@ -1051,17 +1080,12 @@ export class PdSender implements AsyncDisposable {
    * form the credits were given for, and for a request not begun on an older connection.
    */
   #creditPlan(link: Link, spec: DisaggSpec, batch: SendBatch): Plan | null {
-    if (this.#creditPages === 0 || !link.givesCredits || batch.keys.length === 0) return null;
-    if (link.alloc === null || link.alloc.lost !== null || !this.channel.hasPeer(link.id)) {
-      return null;
-    }
-    const track = this.#requests.get(spec.reqId);
-    if (track && track.generation !== link.generation) return null;
-    if (!distinct(batch.keys)) return null;
-    const form = chunkForm(batch.fmt ?? MemoryFormat.KV_2LTD, batch.shape, batch.dtype);
+    const form = this.#creditForm(link, spec, batch);
+    if (form === null) return null;
     // Usable only while a WRITE begun now ends before the receiver takes the pages back.
     const got = link.credits.take(batch.keys.length, form);
     if (!got) return null;
+    const track = this.#requests.get(spec.reqId);
     if (track) track.allocated++;
     else {
       if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
@@ -1084,6 +1108,21 @@ export class PdSender implements AsyncDisposable {
       cancelled: false,
       credit: { form, usableUntil: got.usableUntil, generation: link.generation },
     };
+  }
+
+  /**
+   * The chunk form of `batch` when it may go on credits (a healthy link that gives them,
+   * distinct keys, a request not begun on an older connection), else `null`.
+   */
+  #creditForm(link: Link, spec: DisaggSpec, batch: SendBatch): string | null {
+    if (this.#creditPages === 0 || !link.givesCredits || batch.keys.length === 0) return null;
+    if (link.alloc === null || link.alloc.lost !== null || !this.channel.hasPeer(link.id)) {
+      return null;
+    }
+    const track = this.#requests.get(spec.reqId);
+    if (track && track.generation !== link.generation) return null;
+    if (!distinct(batch.keys)) return null;
+    return chunkForm(batch.fmt ?? MemoryFormat.KV_2LTD, batch.shape, batch.dtype);
   }
 
   /**
@@ -1145,9 +1184,16 @@ export class PdSender implements AsyncDisposable {
    * send). `close()` waits for it (it waits for the queue).
    */
   #refill(link: Link, fmt: number, like: SendBatch): void {
-    if (this.#closing || link.refill !== null || !link.givesCredits) return;
+    if (this.#closing || !link.givesCredits) return;
     const form = chunkForm(fmt, like.shape, like.dtype);
     if (link.credits.count(form) >= link.creditTarget) return;
+    if (link.refill !== null) {
+      // Credits were used after this refill counted what it asks for (requests in
+      // flight at once): one more once it ends, else the stock runs dry and the next
+      // requests make AllocRequests.
+      link.refillAgain = { fmt, like };
+      return;
+    }
     const generation = link.generation;
     const shape = [...like.shape];
     const dtype = like.dtype;
@@ -1156,6 +1202,10 @@ export class PdSender implements AsyncDisposable {
         this.#creditErrors++;
       }).finally(() => {
         link.refill = null;
+        const again = link.refillAgain;
+        link.refillAgain = null;
+        // (It asks only if the stock is still short of the target.)
+        if (again && link.generation === generation) this.#refill(link, again.fmt, again.like);
       });
   }
 
