@@ -32,6 +32,7 @@ import { spawn } from "node:child_process";
 import * as net from "node:net";
 import * as readline from "node:readline";
 import * as os from "node:os";
+import * as fs from "node:fs";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -98,6 +99,21 @@ const sizes = (values.sizes ?? "1x28,1x0.25,16x28").split(",").map((s) => {
   const bytes = Math.max(4096, Math.round((Number(m[2]) * 2 ** 20) / 4096) * 4096);
   return { chunks, bytes, label: `${chunks}x${fmtMiB(bytes)}` };
 });
+// KVPORT_BENCH_AGENT_PARAMS="mem_inline_max=0,vram_inline_max=0": engine parameters of the
+// sender's agent, e.g. copies of small requests on the engine's workers rather than inside
+// the post (on this process's thread), as the large GPU requests are.
+const agentParams = process.env.KVPORT_BENCH_AGENT_PARAMS
+  ? Object.fromEntries(
+    process.env.KVPORT_BENCH_AGENT_PARAMS.split(",").map((kv) => {
+      const at = kv.indexOf("=");
+      if (at <= 0) {
+        console.error(`latency bench: KVPORT_BENCH_AGENT_PARAMS expects k=v,..., got ${kv}`);
+        process.exit(2);
+      }
+      return [kv.slice(0, at).trim(), kv.slice(at + 1).trim()];
+    }),
+  )
+  : undefined;
 const engine = (process.env.KVPORT_ENGINE ??= "builtin") as "auto" | "builtin" | "nixl";
 const origin = performance.timeOrigin;
 const abs = () => origin + performance.now();
@@ -157,6 +173,7 @@ function startPeer(pageSize: number, pages: number, creditTotal: number) {
   return {
     ready: readyP,
     exited,
+    pid: child.pid,
     /**
      * The decoder's clock minus ours, ms, from the ping with the shortest round trip
      * (NTP's estimate; the error is at most half that round trip, returned as `bound`).
@@ -203,6 +220,21 @@ function startPeer(pageSize: number, pages: number, creditTotal: number) {
     },
   };
 }
+
+/** CPU time (user + system, ms) of process `pid` so far, from /proc (Linux), or NaN. */
+function cpuMsOf(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 1000 / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+/** Kernel clock ticks per second of /proc's times (USER_HZ, 100 on Linux). */
+const CLOCK_TICKS = 100;
 
 /** Durations of one request, microseconds, by name. */
 type Sample = Record<string, number>;
@@ -316,6 +348,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       device,
       proxyHost: "127.0.0.1",
       proxyPort: proxy.port,
+      agentParams,
       // Enough credits for the requests in flight (a prefiller sending several at once
       // would set kvport_pd_credit_pages so), else the sender's default.
       creditPages: creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined),
@@ -617,6 +650,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       const total = Math.max(reps, 4 * parallel);
       let started = 0;
       const rxOf = new Map<string, Partial<Record<PdReceiverStage, number>>>();
+      // The decoder's credit refills served meanwhile: received -> replied, by start.
+      const refillsSeen = new Map<number, number>();
       const one = async () => {
         while (started < total) {
           started++;
@@ -632,6 +667,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
             lastChunkToks: size.bytes / 512,
           });
           const ev = await landed;
+          for (const [a, b] of (ev.refills ?? []) as [number, number][]) refillsSeen.set(a, b);
           const rx: Partial<Record<PdReceiverStage, number>> = {};
           for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
             rx[k as PdReceiverStage] = v - clock.offset;
@@ -640,8 +676,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         }
       };
       const t0 = performance.now();
+      const cpu0 = [cpuMsOf(process.pid), cpuMsOf(peer.pid)];
       await Promise.all(Array.from({ length: parallel }, one));
       const wallUs = (performance.now() - t0) * 1000;
+      // CPU per request of each process (every thread): where it nears the wall time per
+      // request, that process is what the requests in flight queue for.
+      const cpuUs = [cpuMsOf(process.pid), cpuMsOf(peer.pid)].map((c, i) =>
+        (c - cpu0[i]) * 1000 / total
+      );
       const gbs = (total * bytes) / wallUs / 1e3;
       let onCredits = 0;
       // Where the requests in flight spent their time (p50 over the requests that went
@@ -665,6 +707,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         put("e2e", m.send, r.landed);
         marks.delete(id);
       }
+      for (const [a, b] of refillsSeen) if (a - clock.offset >= t0 + origin) put("rxRefill", a, b);
       const where: Record<string, number> = {};
       for (const [k, xs] of Object.entries(waits)) {
         where[k] = percentile(Float64Array.from(xs).sort(), 50);
@@ -673,7 +716,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       console.log(
         `  ${total} requests, ${parallel} in flight: ${(wallUs / total).toFixed(1)} us per ` +
           `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
-          `the copy of the same bytes (${onCredits} of ${total} on page credits); p50 us: ${show}`,
+          `the copy of the same bytes (${onCredits} of ${total} on page credits); CPU per ` +
+          `request: sender ${cpuUs[0].toFixed(0)} us, decoder ${cpuUs[1].toFixed(0)} us; ` +
+          `p50 us: ${show}`,
       );
       report.add({
         name: `pd_latency_${size.label}_inflight${parallel}`,
@@ -686,6 +731,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
           inflight: parallel,
           usPerRequest: wallUs / total,
           onCredits,
+          cpuUsPerRequest: { sender: cpuUs[0], decoder: cpuUs[1] },
           stagesP50Us: where,
         },
       });

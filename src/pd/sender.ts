@@ -593,6 +593,12 @@ export class PdSender implements AsyncDisposable {
       planned.catch(() => {}); // settled through `sent`
       written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
     }
+    if (credit && link.credits.count(credit.credit!.form) < out) {
+      // What is left cannot serve another batch like this one (requests in flight at
+      // once): top up now, after this batch's post, rather than once it is done - the
+      // next batch would otherwise wait for the whole refill round trip.
+      this.#refill(link, batch.fmt ?? MemoryFormat.KV_2LTD, batch);
+    }
     const sent = written.finally(() => {
       link.pagesOut -= out;
       if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
