@@ -163,10 +163,13 @@ interface Link {
   givesCredits: boolean;
   /** The stock this link aims at. */
   creditTarget: number;
-  /** The background refill in flight, if any. */
-  refill: Promise<void> | null;
+  /** The background refill in flight, if any: it resolves to the credit pages it brought
+   * (0 when it failed, -1 when it asked nothing: the stock was full). */
+  refill: Promise<number> | null;
   /** A refill was due while one was in flight: the chunk form to ask for once it ends. */
   refillAgain: { fmt: number; like: SendBatch } | null;
+  /** Pages of batches waiting for a refill's credits (the next refill asks for them). */
+  creditWaiting: number;
   /** Pages of batches sent to this receiver and not settled yet (the credit target
    * follows them: requests in flight at once each need a batch of credits). */
   pagesOut: number;
@@ -583,12 +586,7 @@ export class PdSender implements AsyncDisposable {
         // A refill is on its way: an AllocRequest would queue behind it anyway, so wait
         // for it and take its credits; the AllocRequest only if they are too few.
         this.#tl?.("refill_wait", spec.reqId, batch.keys);
-        planned = link.refill.then(() => {
-          const late = this.#creditPlan(link, spec, batch);
-          return late
-            ? this.#creditBatch(spec, batch, r, late, link)
-            : link.queue.run(() => this.#allocate(link, spec, batch, r));
-        });
+        planned = this.#afterRefills(link, spec, batch, r);
       } else planned = link.queue.run(() => this.#allocate(link, spec, batch, r));
       planned.catch(() => {}); // settled through `sent`
       written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
@@ -662,6 +660,7 @@ export class PdSender implements AsyncDisposable {
         creditTarget: this.#creditPages,
         refill: null,
         refillAgain: null,
+        creditWaiting: 0,
         pagesOut: 0,
       };
       this.#links.set(id, link);
@@ -1117,6 +1116,33 @@ export class PdSender implements AsyncDisposable {
   }
 
   /**
+   * Phase 1 of a batch that found no credits while a refill was on its way: waits for the
+   * refills (its pages counted in what the next one asks) and takes their credits; an
+   * AllocRequest - which would have queued behind those refills anyway - only once no
+   * refill is on its way, or one brought nothing (the receiver has no free pages to give:
+   * the AllocRequest waits for some there).
+   */
+  async #afterRefills(link: Link, spec: DisaggSpec, batch: SendBatch, run: PdRun): Promise<Plan> {
+    const n = batch.keys.length;
+    link.creditWaiting += n;
+    try {
+      while (link.refill !== null) {
+        const form = this.#creditForm(link, spec, batch);
+        if (form === null) break;
+        const gave = await link.refill;
+        const plan = this.#creditPlan(link, spec, batch);
+        if (plan) return await this.#creditBatch(spec, batch, run, plan, link);
+        if (gave === 0) break;
+        // Too few for this batch: the refill that follows asks for it too.
+        this.#refill(link, batch.fmt ?? MemoryFormat.KV_2LTD, batch);
+      }
+    } finally {
+      link.creditWaiting -= n;
+    }
+    return await link.queue.run(() => this.#allocate(link, spec, batch, run));
+  }
+
+  /**
    * The chunk form of `batch` when it may go on credits (a healthy link that gives them,
    * distinct keys, a request not begun on an older connection), else `null`.
    */
@@ -1192,7 +1218,7 @@ export class PdSender implements AsyncDisposable {
   #refill(link: Link, fmt: number, like: SendBatch): void {
     if (this.#closing || !link.givesCredits) return;
     const form = chunkForm(fmt, like.shape, like.dtype);
-    if (link.credits.count(form) >= link.creditTarget) return;
+    if (link.credits.count(form) >= link.creditTarget + link.creditWaiting) return;
     if (link.refill !== null) {
       // Credits were used after this refill counted what it asks for (requests in
       // flight at once): one more once it ends, else the stock runs dry and the next
@@ -1206,6 +1232,7 @@ export class PdSender implements AsyncDisposable {
     link.refill = link.queue.run(() => this.#askCredits(link, fmt, shape, dtype, generation))
       .catch(() => {
         this.#creditErrors++;
+        return 0;
       }).finally(() => {
         link.refill = null;
         const again = link.refillAgain;
@@ -1217,8 +1244,9 @@ export class PdSender implements AsyncDisposable {
 
   /**
    * One key-less AllocRequest asking credits for chunks of (fmt, shape, dtype) up to the
-   * link's target, under the link's queue (the caller's), on the connection of
-   * `generation` only (never a handshake).
+   * link's target (plus the pages of batches waiting for them), under the link's queue
+   * (the caller's), on the connection of `generation` only (never a handshake). Resolves
+   * to the credit pages it brought, -1 when it asked nothing.
    */
   async #askCredits(
     link: Link,
@@ -1226,12 +1254,16 @@ export class PdSender implements AsyncDisposable {
     shape: number[],
     dtype: string,
     generation: number,
-  ): Promise<void> {
+  ): Promise<number> {
     const form = chunkForm(fmt, shape, dtype);
-    const want = link.creditTarget - link.credits.count(form);
+    // (Batches waiting for credits hold no pages yet: they are beyond the target.)
+    const want = Math.min(
+      MAX_CREDIT_TARGET,
+      link.creditTarget + link.creditWaiting - link.credits.count(form),
+    );
     const healthy = link.alloc !== null && link.alloc.lost === null &&
       this.channel.hasPeer(link.id);
-    if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return;
+    if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return -1;
     const request = allocRequest(link.wire ?? "async", {
       keys: [],
       fmt,
@@ -1250,7 +1282,9 @@ export class PdSender implements AsyncDisposable {
     if (resp.type !== "AllocResponse") {
       throw new ChannelError("REMOTE_ERROR", `credit request answered by a ${resp.type}`);
     }
+    const had = link.credits.count(form);
     this.#stockCredits(link, resp, sentAt, form, generation);
+    return link.credits.count(form) - had;
   }
 
   /** Best effort: tell the receiver to drop pages it gave for data that never came. */
