@@ -20,9 +20,18 @@
  *
  * ```sh
  * deno run -A bench/latency_bench.ts [--device cpu|cuda] [--sizes 1x28,1x0.25,16x28] [--reps N]
- *   [--credit-pages N]
+ *   [--credit-pages N] [--inflight N]
  * bun bench/latency_bench.ts --device cuda
  * ```
+ * `--inflight N` (also 1, to compare) adds, for sizes of 8 chunks or more, a throughput
+ * phase with N requests in flight; its line says how many went on credits, the CPU time
+ * per request of each process (when one nears the wall time per request, that process is
+ * what the requests queue for) and the p50 of each stage (`refillWait`: a batch waited
+ * for a credit refill; `queue` / `alloc`: the link's queue and the AllocRequest round
+ * trip; `post`, `copy`; `rxNotif`, `rxLanded`: the decoder's side; `rxRefill`: the
+ * decoder serving a refill). `KVPORT_BENCH_AGENT_PARAMS=mem_inline_max=0,vram_inline_max=0`
+ * sets engine parameters of the sender's agent (here: copies on the engine's workers,
+ * not inside the post on this thread; small copies run inline by default).
  * `--sizes` lists `<chunks>x<MiB per chunk>`: each request is one batch of that many
  * chunks.
  *

@@ -169,9 +169,17 @@ test(
     assert.equal(tx.credits.pages, 8);
     // The first takes half, the second the rest (and starts a refill): neither waits.
     const a = await start(tx, rx, "g1", keysOf("g1", 4));
-    assert.deepEqual(stages.get("g1"), ["send", "credits", "write", "posted"], "posted in its call");
+    assert.deepEqual(
+      stages.get("g1"),
+      ["send", "credits", "write", "posted"],
+      "posted in its call",
+    );
     const b = await start(tx, rx, "g2", keysOf("g2", 4));
-    assert.deepEqual(stages.get("g2"), ["send", "credits", "write", "posted"], "posted in its call");
+    assert.deepEqual(
+      stages.get("g2"),
+      ["send", "credits", "write", "posted"],
+      "posted in its call",
+    );
     await landedExact(rx, a);
     await landedExact(rx, b);
     assert.equal(tx.credits.batches, 2);

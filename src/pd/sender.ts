@@ -120,9 +120,13 @@ export interface PdSenderOptions extends PdChannelSettings {
    * Page credits (kvport receivers, builtin engine): receiver pages asked for ahead of
    * requests, so that a batch of at most that many chunks is written with no
    * AllocRequest round trip and bound to its keys by its notification; topped up in the
-   * background after use. The stock aims at the larger of this and twice the largest
-   * batch sent on the link (the receiver caps what it gives). Default 16 (`fromConfig`: `extra_config.kvport_pd_credit_pages`);
-   * 0: off, every batch asks. LMCache receivers ignore the ask and give none.
+   * background after use (at once when a batch leaves too few for another). The stock
+   * aims at the largest of this, twice the largest batch sent on the link, and the pages
+   * of the batches in flight to the receiver plus one more batch (requests sent at once);
+   * the receiver caps what it gives. A batch that finds too few while a refill is on its
+   * way waits for it rather than queueing an AllocRequest behind it. Default 16
+   * (`fromConfig`: `extra_config.kvport_pd_credit_pages`); 0: off, every batch asks.
+   * LMCache receivers ignore the ask and give none.
    */
   creditPages?: number;
   /**
@@ -146,6 +150,10 @@ const CREDIT_MARGIN_MS = 2_000;
 
 /** Largest credit stock a link aims at (the receiver caps what it gives anyway). */
 const MAX_CREDIT_TARGET = 1024;
+
+/** Refills a batch that found no credits waits for at most, before it asks itself (each
+ * brings pages, but batches that come later with credits in stock may take them first). */
+const MAX_REFILL_WAITS = 4;
 
 interface Link {
   id: string;
@@ -1126,7 +1134,7 @@ export class PdSender implements AsyncDisposable {
     const n = batch.keys.length;
     link.creditWaiting += n;
     try {
-      while (link.refill !== null) {
+      for (let i = 0; i < MAX_REFILL_WAITS && link.refill !== null; i++) {
         const form = this.#creditForm(link, spec, batch);
         if (form === null) break;
         const gave = await link.refill;
