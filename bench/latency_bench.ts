@@ -20,9 +20,18 @@
  *
  * ```sh
  * deno run -A bench/latency_bench.ts [--device cpu|cuda] [--sizes 1x28,1x0.25,16x28] [--reps N]
- *   [--credit-pages N]
+ *   [--credit-pages N] [--inflight N]
  * bun bench/latency_bench.ts --device cuda
  * ```
+ * `--inflight N` (also 1, to compare) adds, for sizes of 8 chunks or more, a throughput
+ * phase with N requests in flight; its line says how many went on credits, the CPU time
+ * per request of each process (when one nears the wall time per request, that process is
+ * what the requests queue for) and the p50 of each stage (`refillWait`: a batch waited
+ * for a credit refill; `queue` / `alloc`: the link's queue and the AllocRequest round
+ * trip; `post`, `copy`; `rxNotif`, `rxLanded`: the decoder's side; `rxRefill`: the
+ * decoder serving a refill). `KVPORT_BENCH_AGENT_PARAMS=mem_inline_max=0,vram_inline_max=0`
+ * sets engine parameters of the sender's agent (here: copies on the engine's workers,
+ * not inside the post on this thread; small copies run inline by default).
  * `--sizes` lists `<chunks>x<MiB per chunk>`: each request is one batch of that many
  * chunks.
  *
@@ -32,6 +41,7 @@ import { spawn } from "node:child_process";
 import * as net from "node:net";
 import * as readline from "node:readline";
 import * as os from "node:os";
+import * as fs from "node:fs";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
@@ -98,6 +108,21 @@ const sizes = (values.sizes ?? "1x28,1x0.25,16x28").split(",").map((s) => {
   const bytes = Math.max(4096, Math.round((Number(m[2]) * 2 ** 20) / 4096) * 4096);
   return { chunks, bytes, label: `${chunks}x${fmtMiB(bytes)}` };
 });
+// KVPORT_BENCH_AGENT_PARAMS="mem_inline_max=0,vram_inline_max=0": engine parameters of the
+// sender's agent, e.g. copies of small requests on the engine's workers rather than inside
+// the post (on this process's thread), as the large GPU requests are.
+const agentParams = process.env.KVPORT_BENCH_AGENT_PARAMS
+  ? Object.fromEntries(
+    process.env.KVPORT_BENCH_AGENT_PARAMS.split(",").map((kv) => {
+      const at = kv.indexOf("=");
+      if (at <= 0) {
+        console.error(`latency bench: KVPORT_BENCH_AGENT_PARAMS expects k=v,..., got ${kv}`);
+        process.exit(2);
+      }
+      return [kv.slice(0, at).trim(), kv.slice(at + 1).trim()];
+    }),
+  )
+  : undefined;
 const engine = (process.env.KVPORT_ENGINE ??= "builtin") as "auto" | "builtin" | "nixl";
 const origin = performance.timeOrigin;
 const abs = () => origin + performance.now();
@@ -157,6 +182,7 @@ function startPeer(pageSize: number, pages: number, creditTotal: number) {
   return {
     ready: readyP,
     exited,
+    pid: child.pid,
     /**
      * The decoder's clock minus ours, ms, from the ping with the shortest round trip
      * (NTP's estimate; the error is at most half that round trip, returned as `bound`).
@@ -203,6 +229,21 @@ function startPeer(pageSize: number, pages: number, creditTotal: number) {
     },
   };
 }
+
+/** CPU time (user + system, ms) of process `pid` so far, from /proc (Linux), or NaN. */
+function cpuMsOf(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 1000 / CLOCK_TICKS;
+  } catch {
+    return NaN;
+  }
+}
+/** Kernel clock ticks per second of /proc's times (USER_HZ, 100 on Linux). */
+const CLOCK_TICKS = 100;
 
 /** Durations of one request, microseconds, by name. */
 type Sample = Record<string, number>;
@@ -309,6 +350,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   // while the refill after this one is on its way), and a refill that overtakes a bind.
   // With a throughput phase, room for `inflight` requests at once on both sides.
   const parallel = size.chunks >= 8 ? inflight : 1;
+  // `--inflight 1` given: the same throughput phase one request at a time (to compare).
+  const throughput = size.chunks >= 8 && values.inflight !== undefined;
   const peer = startPeer(pageSize, (parallel + 3) * size.chunks, (parallel + 2) * size.chunks);
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
@@ -328,6 +371,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       device,
       proxyHost: "127.0.0.1",
       proxyPort: proxy.port,
+      agentParams,
       // Enough credits for the requests in flight (a prefiller sending several at once
       // would set kvport_pd_credit_pages so), else the sender's default.
       creditPages: creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined),
@@ -631,12 +675,15 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       value: percentile(added, 99),
       unit: "us",
     });
-    if (parallel > 1) {
+    if (throughput) {
       // Throughput with `parallel` requests in flight: each starts when one lands, as
       // requests of several prefill workers would; the same bytes per request, against the
       // same copy time. The pages are not filled (the latency rounds above do that).
       const total = Math.max(reps, 4 * parallel);
       let started = 0;
+      const rxOf = new Map<string, Partial<Record<PdReceiverStage, number>>>();
+      // The decoder's credit refills served meanwhile: received -> replied, by start.
+      const refillsSeen = new Map<number, number>();
       const one = async () => {
         while (started < total) {
           started++;
@@ -651,23 +698,59 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
             dtype: "bfloat16",
             lastChunkToks: size.bytes / 512,
           });
-          await landed;
+          const ev = await landed;
+          for (const [a, b] of (ev.refills ?? []) as [number, number][]) refillsSeen.set(a, b);
+          const rx: Partial<Record<PdReceiverStage, number>> = {};
+          for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
+            rx[k as PdReceiverStage] = v - clock.offset;
+          }
+          rxOf.set(reqId, rx);
         }
       };
       const t0 = performance.now();
+      const cpu0 = [cpuMsOf(process.pid), cpuMsOf(peer.pid)];
       await Promise.all(Array.from({ length: parallel }, one));
       const wallUs = (performance.now() - t0) * 1000;
+      // CPU per request of each process (every thread): where it nears the wall time per
+      // request, that process is what the requests in flight queue for.
+      const cpuUs = [cpuMsOf(process.pid), cpuMsOf(peer.pid)].map((c, i) =>
+        (c - cpu0[i]) * 1000 / total
+      );
       const gbs = (total * bytes) / wallUs / 1e3;
       let onCredits = 0;
+      // Where the requests in flight spent their time (p50 over the requests that went
+      // through the stage, us): what keeps them from overlapping.
+      const waits: Record<string, number[]> = {};
+      const put = (name: string, a: number | undefined, b: number | undefined) => {
+        if (a !== undefined && b !== undefined) (waits[name] ??= []).push((b - a) * 1000);
+      };
       for (const [id, m] of marks) {
         if (!id.startsWith("tput-")) continue;
         if (m.credits !== undefined) onCredits++;
+        const r = rxOf.get(id) ?? {};
+        put("refillWait", m.refill_wait, m.credits ?? m.queued);
+        put("queue", m.refill_wait ?? m.send, m.queued);
+        put("alloc", m.alloc_sent, m.alloc_reply);
+        put("post", m.write, m.posted);
+        put("copy", m.posted, m.written);
+        put("rxNotif", m.written, r.notification);
+        put("rxLanded", r.notification, r.landed);
+        put("proxy", m.written, m.notified);
+        put("e2e", m.send, r.landed);
         marks.delete(id);
       }
+      for (const [a, b] of refillsSeen) if (a - clock.offset >= t0 + origin) put("rxRefill", a, b);
+      const where: Record<string, number> = {};
+      for (const [k, xs] of Object.entries(waits)) {
+        where[k] = percentile(Float64Array.from(xs).sort(), 50);
+      }
+      const show = Object.entries(where).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
       console.log(
         `  ${total} requests, ${parallel} in flight: ${(wallUs / total).toFixed(1)} us per ` +
           `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
-          `the copy of the same bytes (${onCredits} of ${total} on page credits)`,
+          `the copy of the same bytes (${onCredits} of ${total} on page credits); CPU per ` +
+          `request: sender ${cpuUs[0].toFixed(0)} us, decoder ${cpuUs[1].toFixed(0)} us; ` +
+          `p50 us: ${show}`,
       );
       report.add({
         name: `pd_latency_${size.label}_inflight${parallel}`,
@@ -675,7 +758,14 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         unit: "GB/s",
         limit: limit.bps / 1e9,
         limitName: onGpu ? "cudaMemcpy d2d (interleaved)" : "memcpy (interleaved)",
-        extra: { requests: total, inflight: parallel, usPerRequest: wallUs / total, onCredits },
+        extra: {
+          requests: total,
+          inflight: parallel,
+          usPerRequest: wallUs / total,
+          onCredits,
+          cpuUsPerRequest: { sender: cpuUs[0], decoder: cpuUs[1] },
+          stagesP50Us: where,
+        },
       });
     }
     return {

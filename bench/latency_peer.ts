@@ -68,6 +68,10 @@ const rx = await PdReceiver.create({
   allocationTimeoutMs: 30_000,
   pageGrants: process.env.KVPORT_BENCH_GRANTS !== "off",
   creditMaxTotal: args.creditTotal,
+  // One prefiller here: it may hold the whole credit room (credits taken for requests in
+  // flight count until their binds arrive; the default of 64 pages leaves 4 requests of
+  // 16 chunks in flight none in stock).
+  creditMaxPerSender: args.creditTotal,
   timeline: (stage, _reqId, keys) => {
     const t = abs();
     if (keys.length === 0) {

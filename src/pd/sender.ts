@@ -120,9 +120,13 @@ export interface PdSenderOptions extends PdChannelSettings {
    * Page credits (kvport receivers, builtin engine): receiver pages asked for ahead of
    * requests, so that a batch of at most that many chunks is written with no
    * AllocRequest round trip and bound to its keys by its notification; topped up in the
-   * background after use. The stock aims at the larger of this and twice the largest
-   * batch sent on the link (the receiver caps what it gives). Default 16 (`fromConfig`: `extra_config.kvport_pd_credit_pages`);
-   * 0: off, every batch asks. LMCache receivers ignore the ask and give none.
+   * background after use (at once when a batch leaves too few for another). The stock
+   * aims at the largest of this, twice the largest batch sent on the link, and the pages
+   * of the batches in flight to the receiver plus one more batch (requests sent at once);
+   * the receiver caps what it gives. A batch that finds too few while a refill is on its
+   * way waits for it rather than queueing an AllocRequest behind it. Default 16
+   * (`fromConfig`: `extra_config.kvport_pd_credit_pages`); 0: off, every batch asks.
+   * LMCache receivers ignore the ask and give none.
    */
   creditPages?: number;
   /**
@@ -147,6 +151,10 @@ const CREDIT_MARGIN_MS = 2_000;
 /** Largest credit stock a link aims at (the receiver caps what it gives anyway). */
 const MAX_CREDIT_TARGET = 1024;
 
+/** Refills a batch that found no credits waits for at most, before it asks itself (each
+ * brings pages, but batches that come later with credits in stock may take them first). */
+const MAX_REFILL_WAITS = 4;
+
 interface Link {
   id: string;
   host: string;
@@ -163,8 +171,16 @@ interface Link {
   givesCredits: boolean;
   /** The stock this link aims at. */
   creditTarget: number;
-  /** The background refill in flight, if any. */
-  refill: Promise<void> | null;
+  /** The background refill in flight, if any: it resolves to the credit pages it brought
+   * (0 when it failed, -1 when it asked nothing: the stock was full). */
+  refill: Promise<number> | null;
+  /** A refill was due while one was in flight: the chunk form to ask for once it ends. */
+  refillAgain: { fmt: number; like: SendBatch } | null;
+  /** Pages of batches waiting for a refill's credits (the next refill asks for them). */
+  creditWaiting: number;
+  /** Pages of batches sent to this receiver and not settled yet (the credit target
+   * follows them: requests in flight at once each need a batch of credits). */
+  pagesOut: number;
 }
 
 interface RequestTrack {
@@ -551,6 +567,17 @@ export class PdSender implements AsyncDisposable {
     }
     const r = run;
     r.pending++;
+    const out = batch.keys.length;
+    link.pagesOut += out;
+    if (this.#creditPages > 0) {
+      // Every request in flight to this receiver holds a batch of pages, and the next
+      // one should find a batch of credits meanwhile (one request at a time: twice the
+      // batch, as before).
+      link.creditTarget = Math.min(
+        MAX_CREDIT_TARGET,
+        Math.max(link.creditTarget, link.pagesOut + out),
+      );
+    }
     // With credits enough for the batch: no AllocRequest, and no wait behind the queue.
     const credit = this.#creditPlan(link, spec, batch);
     const writes = r.writes;
@@ -561,13 +588,25 @@ export class PdSender implements AsyncDisposable {
       this.#tl?.("credits", spec.reqId, batch.keys);
       written = writes.runNow(() => this.#write(link, spec, batch, r, credit));
     } else {
-      const planned = credit
-        ? this.#creditBatch(spec, batch, r, credit, link)
-        : link.queue.run(() => this.#allocate(link, spec, batch, r));
+      let planned: Promise<Plan>;
+      if (credit) planned = this.#creditBatch(spec, batch, r, credit, link);
+      else if (link.refill !== null && this.#creditForm(link, spec, batch) !== null) {
+        // A refill is on its way: an AllocRequest would queue behind it anyway, so wait
+        // for it and take its credits; the AllocRequest only if they are too few.
+        this.#tl?.("refill_wait", spec.reqId, batch.keys);
+        planned = this.#afterRefills(link, spec, batch, r);
+      } else planned = link.queue.run(() => this.#allocate(link, spec, batch, r));
       planned.catch(() => {}); // settled through `sent`
       written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
     }
+    if (credit && link.credits.count(credit.credit!.form) < out) {
+      // What is left cannot serve another batch like this one (requests in flight at
+      // once): top up now, after this batch's post, rather than once it is done - the
+      // next batch would otherwise wait for the whole refill round trip.
+      this.#refill(link, batch.fmt ?? MemoryFormat.KV_2LTD, batch);
+    }
     const sent = written.finally(() => {
+      link.pagesOut -= out;
       if (--r.pending === 0 && this.#runs.get(spec.reqId) === r) this.#runs.delete(spec.reqId);
     });
     if (m) {
@@ -628,6 +667,9 @@ export class PdSender implements AsyncDisposable {
         givesCredits: false,
         creditTarget: this.#creditPages,
         refill: null,
+        refillAgain: null,
+        creditWaiting: 0,
+        pagesOut: 0,
       };
       this.#links.set(id, link);
     }
@@ -1051,17 +1093,12 @@ export class PdSender implements AsyncDisposable {
    * form the credits were given for, and for a request not begun on an older connection.
    */
   #creditPlan(link: Link, spec: DisaggSpec, batch: SendBatch): Plan | null {
-    if (this.#creditPages === 0 || !link.givesCredits || batch.keys.length === 0) return null;
-    if (link.alloc === null || link.alloc.lost !== null || !this.channel.hasPeer(link.id)) {
-      return null;
-    }
-    const track = this.#requests.get(spec.reqId);
-    if (track && track.generation !== link.generation) return null;
-    if (!distinct(batch.keys)) return null;
-    const form = chunkForm(batch.fmt ?? MemoryFormat.KV_2LTD, batch.shape, batch.dtype);
+    const form = this.#creditForm(link, spec, batch);
+    if (form === null) return null;
     // Usable only while a WRITE begun now ends before the receiver takes the pages back.
     const got = link.credits.take(batch.keys.length, form);
     if (!got) return null;
+    const track = this.#requests.get(spec.reqId);
     if (track) track.allocated++;
     else {
       if (this.#requests.size >= MAX_TRACKED_REQUESTS) {
@@ -1084,6 +1121,48 @@ export class PdSender implements AsyncDisposable {
       cancelled: false,
       credit: { form, usableUntil: got.usableUntil, generation: link.generation },
     };
+  }
+
+  /**
+   * Phase 1 of a batch that found no credits while a refill was on its way: waits for the
+   * refills (its pages counted in what the next one asks) and takes their credits; an
+   * AllocRequest - which would have queued behind those refills anyway - only once no
+   * refill is on its way, or one brought nothing (the receiver has no free pages to give:
+   * the AllocRequest waits for some there).
+   */
+  async #afterRefills(link: Link, spec: DisaggSpec, batch: SendBatch, run: PdRun): Promise<Plan> {
+    const n = batch.keys.length;
+    link.creditWaiting += n;
+    try {
+      for (let i = 0; i < MAX_REFILL_WAITS && link.refill !== null; i++) {
+        const form = this.#creditForm(link, spec, batch);
+        if (form === null) break;
+        const gave = await link.refill;
+        const plan = this.#creditPlan(link, spec, batch);
+        if (plan) return await this.#creditBatch(spec, batch, run, plan, link);
+        if (gave === 0) break;
+        // Too few for this batch: the refill that follows asks for it too.
+        this.#refill(link, batch.fmt ?? MemoryFormat.KV_2LTD, batch);
+      }
+    } finally {
+      link.creditWaiting -= n;
+    }
+    return await link.queue.run(() => this.#allocate(link, spec, batch, run));
+  }
+
+  /**
+   * The chunk form of `batch` when it may go on credits (a healthy link that gives them,
+   * distinct keys, a request not begun on an older connection), else `null`.
+   */
+  #creditForm(link: Link, spec: DisaggSpec, batch: SendBatch): string | null {
+    if (this.#creditPages === 0 || !link.givesCredits || batch.keys.length === 0) return null;
+    if (link.alloc === null || link.alloc.lost !== null || !this.channel.hasPeer(link.id)) {
+      return null;
+    }
+    const track = this.#requests.get(spec.reqId);
+    if (track && track.generation !== link.generation) return null;
+    if (!distinct(batch.keys)) return null;
+    return chunkForm(batch.fmt ?? MemoryFormat.KV_2LTD, batch.shape, batch.dtype);
   }
 
   /**
@@ -1145,24 +1224,37 @@ export class PdSender implements AsyncDisposable {
    * send). `close()` waits for it (it waits for the queue).
    */
   #refill(link: Link, fmt: number, like: SendBatch): void {
-    if (this.#closing || link.refill !== null || !link.givesCredits) return;
+    if (this.#closing || !link.givesCredits) return;
     const form = chunkForm(fmt, like.shape, like.dtype);
-    if (link.credits.count(form) >= link.creditTarget) return;
+    if (link.credits.count(form) >= link.creditTarget + link.creditWaiting) return;
+    if (link.refill !== null) {
+      // Credits were used after this refill counted what it asks for (requests in
+      // flight at once): one more once it ends, else the stock runs dry and the next
+      // requests make AllocRequests.
+      link.refillAgain = { fmt, like };
+      return;
+    }
     const generation = link.generation;
     const shape = [...like.shape];
     const dtype = like.dtype;
     link.refill = link.queue.run(() => this.#askCredits(link, fmt, shape, dtype, generation))
       .catch(() => {
         this.#creditErrors++;
+        return 0;
       }).finally(() => {
         link.refill = null;
+        const again = link.refillAgain;
+        link.refillAgain = null;
+        // (It asks only if the stock is still short of the target.)
+        if (again && link.generation === generation) this.#refill(link, again.fmt, again.like);
       });
   }
 
   /**
    * One key-less AllocRequest asking credits for chunks of (fmt, shape, dtype) up to the
-   * link's target, under the link's queue (the caller's), on the connection of
-   * `generation` only (never a handshake).
+   * link's target (plus the pages of batches waiting for them), under the link's queue
+   * (the caller's), on the connection of `generation` only (never a handshake). Resolves
+   * to the credit pages it brought, -1 when it asked nothing.
    */
   async #askCredits(
     link: Link,
@@ -1170,12 +1262,16 @@ export class PdSender implements AsyncDisposable {
     shape: number[],
     dtype: string,
     generation: number,
-  ): Promise<void> {
+  ): Promise<number> {
     const form = chunkForm(fmt, shape, dtype);
-    const want = link.creditTarget - link.credits.count(form);
+    // (Batches waiting for credits hold no pages yet: they are beyond the target.)
+    const want = Math.min(
+      MAX_CREDIT_TARGET,
+      link.creditTarget + link.creditWaiting - link.credits.count(form),
+    );
     const healthy = link.alloc !== null && link.alloc.lost === null &&
       this.channel.hasPeer(link.id);
-    if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return;
+    if (this.#closing || want <= 0 || !healthy || link.generation !== generation) return -1;
     const request = allocRequest(link.wire ?? "async", {
       keys: [],
       fmt,
@@ -1194,7 +1290,9 @@ export class PdSender implements AsyncDisposable {
     if (resp.type !== "AllocResponse") {
       throw new ChannelError("REMOTE_ERROR", `credit request answered by a ${resp.type}`);
     }
+    const had = link.credits.count(form);
     this.#stockCredits(link, resp, sentAt, form, generation);
+    return link.credits.count(form) - had;
   }
 
   /** Best effort: tell the receiver to drop pages it gave for data that never came. */

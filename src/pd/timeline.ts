@@ -21,6 +21,8 @@
  * - `queued`: the batch's turn came (batches to one receiver go one after the other);
  * - `credits`: instead of `queued` .. `alloc_reply`: the batch took page credits it
  *   held (no AllocRequest, no wait behind the link's queue);
+ * - `refill_wait`: before `credits` (or `queued`): no credits were left but a refill was
+ *   on its way, so the batch waited for it (an AllocRequest would have queued behind it);
  * - `alloc_sent`: the `AllocRequest` was handed to the socket;
  * - `alloc_reply`: its `AllocResponse` arrived;
  * - `write`: the WRITE of the batch's pages starts;
@@ -32,6 +34,7 @@ export type PdSenderStage =
   | "send"
   | "queued"
   | "credits"
+  | "refill_wait"
   | "alloc_sent"
   | "alloc_reply"
   | "write"
