@@ -433,7 +433,9 @@ async function runDemo(args: string[]): Promise<number> {
       err(
         `kvport demo: the prefiller failed (exit ${txCode}):\n  ${
           tx.stderr.slice(-10).join("\n  ")
-        }`,
+        }` + (rx.stderr.length > 0
+          ? `\n  the decoder said:\n  ${rx.stderr.slice(-10).join("\n  ")}`
+          : ""),
       );
       return 1;
     }

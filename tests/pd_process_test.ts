@@ -6,6 +6,8 @@ import { test as anyEngineTest, type TestOptions } from "./helpers/skip.ts";
 import { withEnvDefaults } from "./helpers/env_scope.ts";
 import assert from "node:assert/strict";
 import process from "node:process";
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import {
   chunkBytes,
   loadConfig,
@@ -227,3 +229,61 @@ test("pd process: kvport demo runs end to end, checks every byte, the warm reque
   assert.deepEqual(ways, [[0, 1], [1, 0], [1, 0], [1, 0]]);
   assert.deepEqual([r.creditBatches, r.allocBatches], [1, 0], "the figure is the last request's");
 });
+
+// The GPU demo's decoder keeps every chunk until all have landed (it checks them then),
+// so its last request needs exactly the pages the sender holds as credits: with one batch
+// per request the sender once sent that request an AllocRequest, which waited on the
+// decoder for those very pages until the connection gave up. The fake CUDA runtime of
+// native/tools (VRAM is host memory there) takes it through the GPU paths on any machine.
+const fakeCudart = (() => {
+  const r = spawnSync("sh", [
+    fileURLToPath(new URL("../native/tools/fake-cudart.sh", import.meta.url)),
+  ], {
+    encoding: "utf8",
+  });
+  return r.status === 0 ? r.stdout.trim() : null;
+})();
+
+test(
+  "pd process: kvport demo --device cuda (fake CUDA runtime), one batch per request: every request lands, the warm ones on credits",
+  {
+    skip: skip ||
+      (fakeCudart === null && "the fake CUDA runtime did not build (native/tools/fake-cudart.sh)"),
+  },
+  withEnvDefaults({ KVPORT_CUDART: fakeCudart ?? "" }, async () => {
+    const demo = spawnKvport("demo", [
+      "demo",
+      "--device",
+      "cuda",
+      "--chunks",
+      "16",
+      "--batch",
+      "16",
+      "--kv-shape",
+      SHAPE_ARG,
+      "--timeout",
+      "60",
+      "--json",
+    ]);
+    const results: Record<string, unknown>[] = [];
+    const reading = (async () => {
+      for await (const line of demo.lines) if ("ok" in line) results.push(line);
+    })();
+    const code = await demo.exited;
+    await reading;
+    assert.equal(code, 0, demo.stderr.join("\n"));
+    const r = results[0] as {
+      ok: boolean;
+      device: string;
+      verified: number;
+      batches: { credits: number; allocRequests: number }[];
+    };
+    assert.equal(r.ok, true);
+    assert.equal(r.device, "cuda");
+    assert.equal(r.verified, 64, "4 requests of 16 chunks checked byte for byte");
+    assert.deepEqual(
+      r.batches.map((b) => [b.credits, b.allocRequests]),
+      [[0, 1], [1, 0], [1, 0], [1, 0]],
+    );
+  }),
+);

@@ -595,7 +595,7 @@ export class PdSender implements AsyncDisposable {
         // for it and take its credits; the AllocRequest only if they are too few.
         this.#tl?.("refill_wait", spec.reqId, batch.keys);
         planned = this.#afterRefills(link, spec, batch, r);
-      } else planned = link.queue.run(() => this.#allocate(link, spec, batch, r));
+      } else planned = this.#planAtTurn(link, spec, batch, r);
       planned.catch(() => {}); // settled through `sent`
       written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
     }
@@ -1140,14 +1140,33 @@ export class PdSender implements AsyncDisposable {
         const gave = await link.refill;
         const plan = this.#creditPlan(link, spec, batch);
         if (plan) return await this.#creditBatch(spec, batch, run, plan, link);
-        if (gave === 0) break;
-        // Too few for this batch: the refill that follows asks for it too.
+        // Nothing given and none coming: the receiver has no free page to give.
+        if (gave === 0 && link.refill === null) break;
+        // Too few for this batch: the refill that follows (one may be on its way
+        // already: a refill asked while another was in flight) asks for it too.
         this.#refill(link, batch.fmt ?? MemoryFormat.KV_2LTD, batch);
       }
     } finally {
       link.creditWaiting -= n;
     }
-    return await link.queue.run(() => this.#allocate(link, spec, batch, run));
+    // At its turn in the link's queue, the refills ahead of it may have brought enough:
+    // those credits are then used, not held while an AllocRequest waits for pages that
+    // may be the very ones they stand for.
+    return await this.#planAtTurn(link, spec, batch, run);
+  }
+
+  /**
+   * Phase 1 of a batch the AllocRequest way, at its turn in the link's queue: if credits
+   * came meanwhile (a refill ahead of it in the queue), the batch takes them instead - an
+   * AllocRequest must not wait on the receiver for pages this sender holds as credits.
+   */
+  #planAtTurn(link: Link, spec: DisaggSpec, batch: SendBatch, run: PdRun): Promise<Plan> {
+    return link.queue.run(() => {
+      const plan = this.#creditPlan(link, spec, batch);
+      return plan
+        ? this.#creditBatch(spec, batch, run, plan, link)
+        : this.#allocate(link, spec, batch, run);
+    });
   }
 
   /**
