@@ -122,16 +122,8 @@ export class PageGrantBook {
     if (ch === null || pages.length === 0) return Promise.resolve();
     const list = [...new Set(pages)];
     return this.#serial(async () => {
-      const made: PageGrant[] = [];
-      try {
-        for (const p of list) {
-          const g = await ch.grantPages(agent, [p], { write: true, expiresMs });
-          if (g) made.push(g);
-        }
-      } catch (e) {
-        for (const g of made) await ch.revokeGrant(g).catch(() => {});
-        throw e;
-      }
+      // One queue turn for all (the channel undoes a partial set itself).
+      const made = await ch.grantEachPage(agent, list, { write: true, expiresMs });
       const deadline = expiresMs > 0 ? performance.now() + expiresMs : null;
       list.forEach((p, i) => {
         this.#byPage.set(p, { agent, pages: new Set([p]), grant: made[i] ?? null, deadline });

@@ -249,6 +249,51 @@ export class NixlChannel extends ChannelBase {
     return this.agentQueue.run(() => this.agent.grant(agentName, ranges, { ...options, memType }));
   }
 
+  /**
+   * One grant per page of `pages` (each revoked on its own later), all made in one turn
+   * of the agent's queue: a credit refill grants a batch of pages at once, and a turn
+   * per page cost more than the grants. All or nothing: on a failure the grants made
+   * are revoked and the error is thrown. `[]` when grants are off.
+   *
+   * @example
+   * ```ts
+   * import type { NixlChannel } from "@kvport/nixl";
+   * declare const ch: NixlChannel;
+   * const grants = await ch.grantEachPage("kvport-sender-1", [7, 8], { write: true });
+   * for (const g of grants) await ch.revokeGrant(g);
+   * ```
+   */
+  grantEachPage(
+    agentName: string,
+    pages: readonly number[],
+    options: Omit<GrantOptions, "memType">,
+  ): Promise<PageGrant[]> {
+    if (this.#pageGrants !== "on") return Promise.resolve([]);
+    let ranges: { addrs: BigUint64Array; lens: BigUint64Array; devs: BigUint64Array }[];
+    try {
+      ranges = pages.map((p) => this.#ranges([p]));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const memType = this.#buffer.memType === "VRAM" ? "VRAM" : "DRAM";
+    return this.agentQueue.run(() => {
+      const made: PageGrant[] = [];
+      try {
+        for (const r of ranges) made.push(this.agent.grant(agentName, r, { ...options, memType }));
+      } catch (e) {
+        for (const g of made) {
+          try {
+            g.revoke();
+          } catch {
+            // Revoked with the agent, or already: nothing more to undo.
+          }
+        }
+        throw e;
+      }
+      return made;
+    });
+  }
+
   /** Revokes a grant of {@linkcode NixlChannel.grantPages} on the agent's queue;
    * idempotent, and `null` is accepted (nothing was granted). */
   revokeGrant(grant: PageGrant | null): Promise<void> {
