@@ -9,7 +9,6 @@
  */
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import {
   type DisaggSpec,
   loadConfig,
@@ -25,7 +24,7 @@ import { openRequester } from "../src/channel/control.ts";
 import { allocRequest } from "../src/pd/alloc_wire.ts";
 import { encodeBind } from "../src/pd/bind_notify.ts";
 import { encodeLanded } from "../src/pd/notify.ts";
-import { fillFor, testKey } from "./helpers/pd_util.ts";
+import { eventually, fillFor, pause, sha, testKey } from "./helpers/pd_util.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -35,17 +34,6 @@ const skip: string | false = await nativeLibrary().then(
 const PAGE = 64 * 1024;
 // One full chunk of [2, 1, 256, 64] bfloat16 (KV_2LTD) is exactly one page.
 const SHAPE = [2, 1, 256, 64];
-const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = performance.now() + ms;
-  while (performance.now() < end) {
-    if (cond()) return;
-    await pause(5);
-  }
-  assert.ok(cond(), `timed out waiting for: ${what}`);
-}
 
 /** A builtin-engine receiver that counts the AllocRequests carrying keys. */
 async function receiver(pages: number, extra: Partial<PdReceiverOptions> = {}) {

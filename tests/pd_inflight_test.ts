@@ -8,7 +8,6 @@
  */
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
 import {
   type DisaggSpec,
   nativeLibrary,
@@ -17,7 +16,7 @@ import {
   type PdSenderOptions,
   type PdSenderStage,
 } from "../mod.ts";
-import { fillFor, testKey } from "./helpers/pd_util.ts";
+import { eventually, fillFor, sha, testKey } from "./helpers/pd_util.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -27,17 +26,6 @@ const skip: string | false = await nativeLibrary().then(
 const PAGE = 64 * 1024;
 // One full chunk of [2, 1, 256, 64] bfloat16 (KV_2LTD) is exactly one page.
 const SHAPE = [2, 1, 256, 64];
-const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = performance.now() + ms;
-  while (performance.now() < end) {
-    if (cond()) return;
-    await pause(5);
-  }
-  assert.ok(cond(), `timed out waiting for: ${what}`);
-}
 
 /** A builtin-engine receiver of `pages` pages, credits capped at `credits` in all and per
  * sender, that records the AllocRequests carrying keys. */

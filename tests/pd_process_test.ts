@@ -201,10 +201,9 @@ test(
   },
 );
 
-test("pd process: kvport demo runs end to end, checks every byte, the warm request on credits", {
-  skip,
-}, async () => {
-  const demo = spawnKvport("demo", ["demo", "--chunks", "3", "--kv-shape", SHAPE_ARG, "--json"]);
+/** Runs `kvport demo <args> --json` to its end: exit 0 and its one JSON result line. */
+async function demoResult(args: string[]): Promise<Record<string, unknown>> {
+  const demo = spawnKvport("demo", ["demo", ...args, "--json"]);
   const results: Record<string, unknown>[] = [];
   const reading = (async () => {
     for await (const line of demo.lines) if ("ok" in line) results.push(line);
@@ -213,7 +212,13 @@ test("pd process: kvport demo runs end to end, checks every byte, the warm reque
   await reading;
   assert.equal(code, 0, demo.stderr.join("\n"));
   assert.equal(results.length, 1, `one JSON result line: ${demo.stderr.join("\n")}`);
-  const r = results[0] as {
+  return results[0];
+}
+
+test("pd process: kvport demo runs end to end, checks every byte, the warm request on credits", {
+  skip,
+}, async () => {
+  const r = await demoResult(["--chunks", "3", "--kv-shape", SHAPE_ARG]) as {
     ok: boolean;
     verified: number;
     creditBatches: number;
@@ -251,8 +256,7 @@ test(
       (fakeCudart === null && "the fake CUDA runtime did not build (native/tools/fake-cudart.sh)"),
   },
   withEnvDefaults({ KVPORT_CUDART: fakeCudart ?? "" }, async () => {
-    const demo = spawnKvport("demo", [
-      "demo",
+    const r = await demoResult([
       "--device",
       "cuda",
       "--chunks",
@@ -263,16 +267,7 @@ test(
       SHAPE_ARG,
       "--timeout",
       "60",
-      "--json",
-    ]);
-    const results: Record<string, unknown>[] = [];
-    const reading = (async () => {
-      for await (const line of demo.lines) if ("ok" in line) results.push(line);
-    })();
-    const code = await demo.exited;
-    await reading;
-    assert.equal(code, 0, demo.stderr.join("\n"));
-    const r = results[0] as {
+    ]) as {
       ok: boolean;
       device: string;
       verified: number;

@@ -40,16 +40,7 @@ export class SerialQueue {
   /** Runs `fn` after every earlier task has settled; resolves to its result. */
   run<T>(fn: () => T | Promise<T>): Promise<T> {
     this.#pending++;
-    const result = this.#tail.then(fn);
-    this.#tail = result.then(
-      () => {
-        this.#pending--;
-      },
-      () => {
-        this.#pending--;
-      },
-    );
-    return result;
+    return this.#track(this.#tail.then(fn));
   }
 
   /**
@@ -76,14 +67,15 @@ export class SerialQueue {
     } catch (e) {
       result = Promise.reject(e);
     }
-    this.#tail = result.then(
-      () => {
-        this.#pending--;
-      },
-      () => {
-        this.#pending--;
-      },
-    );
+    return this.#track(result);
+  }
+
+  /** Makes `result` the task later ones wait for; counted pending until it settles. */
+  #track<T>(result: Promise<T>): Promise<T> {
+    const done = () => {
+      this.#pending--;
+    };
+    this.#tail = result.then(done, done);
     return result;
   }
 

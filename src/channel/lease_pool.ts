@@ -679,6 +679,12 @@ export class LeasePool {
       throw new ChannelError("INVALID_ARGUMENT", "moveTo: a lease needs an owner");
     }
     const moved = this.#detach(lease, pages, "moveTo");
+    this.#movedOut(lease, moved);
+    return this.#newLease(moved, options);
+  }
+
+  /** `moved` left `lease` for new leases: its state, and the hooks of a handed lease. */
+  #movedOut(lease: PageLease, moved: number[]): void {
     if (lease._pages.length === 0) lease._state = "released";
     if (lease._peer !== undefined && moved.length > 0 && this.#hooks.size > 0) {
       this.#emit("onRelease", {
@@ -689,7 +695,6 @@ export class LeasePool {
         quarantineMs: 0,
       });
     }
-    return this.#newLease(moved, options);
   }
 
   /** @ignore */
@@ -712,16 +717,7 @@ export class LeasePool {
       }
     }
     const moved = this.#detach(lease, [...pages], "moveTo");
-    if (lease._pages.length === 0) lease._state = "released";
-    if (lease._peer !== undefined && moved.length > 0 && this.#hooks.size > 0) {
-      this.#emit("onRelease", {
-        lease,
-        pages: moved,
-        peer: lease._peer,
-        reason: "moved",
-        quarantineMs: 0,
-      });
-    }
+    this.#movedOut(lease, moved);
     const out = new Array<PageLease>(moved.length);
     for (let i = 0; i < moved.length; i++) {
       out[i] = this.#lease([moved[i]], owners[i], Infinity, undefined);

@@ -4,6 +4,8 @@
  * @module
  */
 
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import * as net from "node:net";
 import { PdReceiver, type PdReceiverOptions } from "../../mod.ts";
 
@@ -183,4 +185,20 @@ export function zmtpRequest(body: Uint8Array): Uint8Array {
   out.set(a);
   out.set(b, a.length);
   return out;
+}
+
+/** The sha256 of `b`, hex. */
+export const sha = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
+
+/** Resolves after `ms` milliseconds. */
+export const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Waits up to `ms` for `cond()` to hold (checked every 5 ms); fails naming `what`. */
+export async function eventually(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    if (cond()) return;
+    await pause(5);
+  }
+  assert.ok(cond(), `timed out waiting for: ${what}`);
 }
