@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import {
   ChannelError,
   nativeLibrary,
-  NixlChannel,
+  type NixlChannel,
   NixlError,
   PdReceiver,
   PdSender,
