@@ -10,7 +10,6 @@
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
-  type DisaggSpec,
   loadConfig,
   nativeLibrary,
   type NixlChannel,
@@ -24,7 +23,7 @@ import { openRequester } from "../src/channel/control.ts";
 import { allocRequest } from "../src/pd/alloc_wire.ts";
 import { encodeBind } from "../src/pd/bind_notify.ts";
 import { encodeLanded } from "../src/pd/notify.ts";
-import { eventually, fillFor, pause, sha, testKey } from "./helpers/pd_util.ts";
+import { eventually, fillFor, loopbackSpec, pause, sha, testKey } from "./helpers/pd_util.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -64,15 +63,7 @@ function sender(extra: Partial<PdSenderOptions> = {}) {
   });
 }
 
-function spec(rx: { initPort: number; allocPort: number }, reqId: string): DisaggSpec {
-  return {
-    reqId,
-    receiverHost: "127.0.0.1",
-    receiverInitPort: rx.initPort,
-    receiverAllocPort: rx.allocPort,
-    isLastPrefill: true,
-  };
-}
+const spec = loopbackSpec;
 
 /** Sends one request of `keys` (content from the key) and returns each chunk's sha256. */
 async function sendKeys(tx: PdSender, rx: PdReceiver, reqId: string, keys: string[]) {

@@ -9,14 +9,13 @@
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import {
-  type DisaggSpec,
   nativeLibrary,
   PdReceiver,
   PdSender,
   type PdSenderOptions,
   type PdSenderStage,
 } from "../mod.ts";
-import { eventually, fillFor, sha, testKey } from "./helpers/pd_util.ts";
+import { eventually, fillFor, loopbackSpec, sha, testKey } from "./helpers/pd_util.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -66,15 +65,7 @@ async function sender(extra: Partial<PdSenderOptions> = {}) {
   return { tx, stages };
 }
 
-function spec(rx: PdReceiver, reqId: string): DisaggSpec {
-  return {
-    reqId,
-    receiverHost: "127.0.0.1",
-    receiverInitPort: rx.initPort,
-    receiverAllocPort: rx.allocPort,
-    isLastPrefill: true,
-  };
-}
+const spec = loopbackSpec;
 
 const keysOf = (req: string, n: number) => Array.from({ length: n }, (_, i) => testKey(req, i));
 

@@ -21,7 +21,7 @@ import {
 } from "../mod.ts";
 import { openRequester } from "../src/channel/control.ts";
 import { allocRequest, readAllocResponse } from "../src/pd/alloc_wire.ts";
-import { checkFor, fillFor, mockReceiver, testKey } from "./helpers/pd_util.ts";
+import { checkFor, fillFor, loopbackSpec, mockReceiver, testKey } from "./helpers/pd_util.ts";
 
 const SHAPE = [2, 2, 16, 32] as const;
 const TOKENS = 16;
@@ -51,15 +51,7 @@ function sender(allocTimeoutMs: number) {
   });
 }
 
-function spec(rx: PdReceiver, reqId: string): DisaggSpec {
-  return {
-    reqId,
-    receiverHost: "127.0.0.1",
-    receiverInitPort: rx.initPort,
-    receiverAllocPort: rx.allocPort,
-    isLastPrefill: true,
-  };
-}
+const spec = loopbackSpec;
 
 async function sendKeys(tx: PdSender, s: DisaggSpec, keys: string[]) {
   const pages = await tx.allocate(keys.length);

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import * as net from "node:net";
-import { PdReceiver, type PdReceiverOptions } from "../../mod.ts";
+import { type DisaggSpec, PdReceiver, type PdReceiverOptions } from "../../mod.ts";
 
 /**
  * A PD receiver of the mock tests: `pages` pages of `pageSize` bytes on loopback (any
@@ -201,4 +201,18 @@ export async function eventually(cond: () => boolean, what: string, ms = 5000): 
     await pause(5);
   }
   assert.ok(cond(), `timed out waiting for: ${what}`);
+}
+
+/** The spec of request `reqId` (its last batch) to the receiver `rx` on 127.0.0.1. */
+export function loopbackSpec(
+  rx: { initPort: number; allocPort: number },
+  reqId: string,
+): DisaggSpec {
+  return {
+    reqId,
+    receiverHost: "127.0.0.1",
+    receiverInitPort: rx.initPort,
+    receiverAllocPort: rx.allocPort,
+    isLastPrefill: true,
+  };
 }
