@@ -346,13 +346,20 @@ for (const size of sizes) {
 
 async function measure(size: { chunks: number; bytes: number; label: string }) {
   const pageSize = size.bytes;
-  // Room for a request and the sender's credits (twice a request: the next one finds them
-  // while the refill after this one is on its way), and a refill that overtakes a bind.
-  // With a throughput phase, room for `inflight` requests at once on both sides.
+  // Room for the requests in flight (their pages stay the decoder's until it has seen them
+  // land), the sender's credits (a batch more than those in flight: the next one finds
+  // them while a refill is on its way), and a refill that overtakes a bind. One request
+  // at a time that is 4 requests' pages; with `inflight` N, 2N + 2: a decoder with fewer
+  // free pages than a prefiller's credits plus its requests in flight makes every refill
+  // bring less than was used, so requests wait for pages, not for the path measured.
   const parallel = size.chunks >= 8 ? inflight : 1;
   // `--inflight 1` given: the same throughput phase one request at a time (to compare).
   const throughput = size.chunks >= 8 && values.inflight !== undefined;
-  const peer = startPeer(pageSize, (parallel + 3) * size.chunks, (parallel + 2) * size.chunks);
+  const peer = startPeer(
+    pageSize,
+    (2 * parallel + 2) * size.chunks,
+    (parallel + 2) * size.chunks,
+  );
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;

@@ -198,6 +198,34 @@ test(
 );
 
 test(
+  "pd credits: refills come in lots of half the stock or more, so 24 requests need a handful, every chunk exact",
+  { skip },
+  async () => {
+    const { rx, allocs } = await receiver(96, { creditMaxPerSender: 32, creditMaxTotal: 32 });
+    await using _rx = rx;
+    await using tx = await sender({ creditPages: 32 });
+    await tx.connect(spec(rx, ""), { credits: { shape: SHAPE, dtype: "bfloat16" } });
+    assert.equal(tx.credits.pages, 32);
+    const before = rx.stats.creditRefills;
+    for (let r = 0; r < 24; r++) {
+      const k = keysOf(`lot${r}`, 4);
+      checkAndRemove(rx, k, (await sendKeys(tx, rx, `lot${r}`, k)).hashes);
+      // A prefiller does other work between requests (a macrotask turn, in which the
+      // refill's reply is read: under Bun a loop of nothing but these sends, whose copies
+      // finish inside the post, read no socket for several requests).
+      await pause(0);
+    }
+    assert.equal(allocs.length, 0, "no request made an AllocRequest");
+    assert.equal(tx.credits.batches, 24);
+    assert.equal(tx.credits.refillErrors, 0);
+    // 96 pages used from a stock of 32: a refill each time it falls to half (16 pages, 4
+    // requests: 6 refills), not one per request (19-24 before).
+    const refills = rx.stats.creditRefills - before;
+    assert.ok(refills >= 2 && refills <= 8, `${refills} refills for 24 requests of 4 pages`);
+  },
+);
+
+test(
   "pd credits: with kvport_pd_credit_pages 0 every batch asks, as before, and no credit is held",
   {
     skip,

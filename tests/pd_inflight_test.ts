@@ -190,7 +190,10 @@ test(
     assert.equal(tx.credits.batches, 75);
     // 12 pages in flight at once plus one more batch: the stock aims at 16 at least (not
     // 4, nor twice a batch), and the refills reach it once the requests are done.
-    await eventually(() => tx.credits.pages >= 16, `a stock of 16 (${tx.credits.pages})`);
+    await eventually(
+      () => tx.credits.pages >= 16,
+      `a stock of 16 (${tx.credits.pages}; refill errors ${tx.credits.refillErrors})`,
+    );
     assert.ok(tx.credits.pages <= 48, `${tx.credits.pages} within the receiver's cap`);
     assert.equal(tx.credits.refillErrors, 0);
     await eventually(

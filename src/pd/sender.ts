@@ -1245,7 +1245,18 @@ export class PdSender implements AsyncDisposable {
   #refill(link: Link, fmt: number, like: SendBatch): void {
     if (this.#closing || !link.givesCredits) return;
     const form = chunkForm(fmt, like.shape, like.dtype);
-    if (link.credits.count(form) >= link.creditTarget + link.creditWaiting) return;
+    const have = link.credits.count(form);
+    const short = link.creditTarget + link.creditWaiting - have;
+    if (short <= 0) return;
+    // Refills come in lots of at least half the target while the stock still serves a
+    // batch like this one and nobody waits: each refill is a round trip and a handler run
+    // on the receiver's only JavaScript thread, which also lands every request's pages,
+    // so with requests in flight one refill of 32 pages costs it far less than two of 16.
+    // (One request at a time, the target is twice the batch: every refill is due, as before.)
+    if (
+      link.creditWaiting === 0 && have >= like.keys.length &&
+      2 * short < link.creditTarget
+    ) return;
     if (link.refill !== null) {
       // Credits were used after this refill counted what it asks for (requests in
       // flight at once): one more once it ends, else the stock runs dry and the next
