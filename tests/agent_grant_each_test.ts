@@ -6,6 +6,7 @@
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { DescList, nativeLibrary, NixlAgent, NixlError, PageGrant } from "../mod.ts";
+import { loadNativeLibrary } from "../ffi/mod.ts";
 
 const skip: string | false = await nativeLibrary().then(
   () => false,
@@ -175,4 +176,35 @@ test("agent grantEach: max_grants counts every range before any is made", { skip
   assert.equal(Number(rx.info().grants), 2);
   rx.revokeGrants(two);
   assert.equal(rx.grantEach(tx.name, [r(1), r(2), r(3)], { write: true }).length, 3);
+});
+
+test("agent grantEach on an ABI-4 library: one kvp_grant per range, the same grants", {
+  skip,
+}, async () => {
+  // The loaded library, taken for one of ABI 4 (no kvp_grant_each / kvp_revoke_each).
+  const lib = await loadNativeLibrary() as { abiVersion: number };
+  const abi = lib.abiVersion;
+  lib.abiVersion = 4;
+  const { rx, tx, range, tables, check } = await pair("auto");
+  try {
+    const t0 = tables();
+    const each = rx.grantEach(tx.name, [0, 2, 7].map(range), { write: true });
+    assert.equal(tables(), t0 + 3, "not the ABI-4 path: one rebuild per grant expected");
+    await check([0, 2, 7], 1);
+    rx.revokeGrants([each[0], each[2]]);
+    assert.equal(tables(), t0 + 5);
+    await check([2], 2);
+    // All or nothing here too: the grants made before the bad range are revoked again.
+    const outside = { address: range(0).address + BigInt(PAGES * PAGE), length: PAGE };
+    assert.throws(
+      () => rx.grantEach(tx.name, [range(4), range(5), outside], { write: true }),
+      (e) => e instanceof NixlError && /range 2/.test(e.message),
+    );
+    assert.equal(Number(rx.info().grants), 1);
+    await check([2], 3);
+  } finally {
+    lib.abiVersion = abi;
+    await tx.close();
+    await rx.close();
+  }
 });
