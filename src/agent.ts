@@ -65,9 +65,9 @@ import { AgentEvents } from "./agent/events.ts";
 import { agentLibraries, DescList, PreparedDescList } from "./agent/desc_list.ts";
 import {
   type GrantArrays,
+  grantEachRange,
   type GrantOptions,
   type GrantRange,
-  grantEachRange,
   grantRanges,
   PageGrant,
 } from "./agent/grants.ts";

@@ -135,9 +135,10 @@ test("agent grantEach: all or nothing, the bad range's index named; close ends t
     assert.equal(Number(rx.info().grants), 0);
     await check([], 1); // ranges 0, 1 and 3 were good: none of them is granted
     assert.throws(
-      () => rx.grantEach(tx.name, [range(0), { address: range(1).address, length: 0 }], {
-        write: true,
-      }),
+      () =>
+        rx.grantEach(tx.name, [range(0), { address: range(1).address, length: 0 }], {
+          write: true,
+        }),
       (e) => e instanceof NixlError && /ranges\[1\] has length 0/.test(e.message),
     );
     assert.throws(

@@ -111,7 +111,10 @@ test(
       for (let i = 0; i < rx.pageCount; i++) {
         const v = round * 16 + i;
         tx.pages[0].fill(v);
-        const e = await tx.write([0], { peerId: "rx", remoteIndexes: [i] }).then(() => null, (e) => e);
+        const e = await tx.write([0], { peerId: "rx", remoteIndexes: [i] }).then(
+          () => null,
+          (e) => e,
+        );
         const want = granted.includes(i);
         assert.equal(e === null, want, `page ${i} (granted: ${want}): ${String(e)}`);
         if (want) held[i] = v;
