@@ -1268,6 +1268,12 @@ export class NixlAgent {
     const parts = [...this.#parts];
     const order = [TransferRequest, PreparedDescList, PageGrant, Registration];
     for (const kind of order) {
+      if (kind === PageGrant) {
+        // One native call (one rebuild of the grant table) for every grant still held.
+        const grants = parts.filter((p): p is PageGrant => p instanceof PageGrant);
+        if (grants.length > 0) attempt(() => PageGrant.revokeAll(grants));
+        continue;
+      }
       for (const p of parts) if (p instanceof kind) attempt(() => p.release());
     }
     for (const name of [...this.#remotes]) attempt(() => this.invalidateRemoteAgent(name));
