@@ -391,15 +391,14 @@ int32_t bi_revoke_each(kvp_agent *ka, const uint64_t *hs, uint64_t count) {
     if (!found) {
         /* No memory for the batch: one by one, so that no valid grant stays alive. */
         free(gs);
-        int32_t first = KVP_SUCCESS;
-        for (uint64_t i = 0; i < count; i++) {
-            int32_t st = bi_revoke(ka, hs[i]);
-            if (st != KVP_SUCCESS && first == KVP_SUCCESS)
-                first = kvp_err_wrap(st, "kvp_revoke_each: handles[%llu] (0x%llx)",
-                                     (unsigned long long)i, (unsigned long long)hs[i]);
-        }
-        if (first == KVP_SUCCESS) kvp_err_clear();
-        return first;
+        bad_handle first = {.i = UINT64_MAX};
+        for (uint64_t i = 0; i < count; i++)
+            if (bi_revoke(ka, hs[i]) != KVP_SUCCESS)
+                note_bad(&first, i, kvp_err_status(), kvp_err_text());
+        kvp_err_clear();
+        if (first.i == UINT64_MAX) return KVP_SUCCESS;
+        return kvp_err(first.st, "kvp_revoke_each: handles[%llu] (0x%llx): %s",
+                       (unsigned long long)first.i, (unsigned long long)hs[first.i], first.why);
     }
     bad_handle bad = {.i = UINT64_MAX};
     char why[KVP_MSG_MAX];

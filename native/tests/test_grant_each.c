@@ -5,6 +5,8 @@
  * target per frame) WRITE every page; granted pages receive its bytes, the others keep
  * theirs. All or nothing on a bad range, max_grants counted before any grant is made,
  * and a revoke batch with bad handles still revokes every valid one. */
+#include <pthread.h>
+
 #include "t.h"
 
 #define PG 4096u
@@ -304,4 +306,59 @@ TEST(grant_each_lifetimes) {
     OK(kvp_grant_each(p.b, "H", KVP_DRAM, ad, ln, NULL, 8, KVP_GRANT_WRITE, 100000, g));
     CHECK(t_info_num(p.b, "grants") == 8);
     pair_stop(&p); /* destroy ends them */
+}
+
+/* Two threads revoke the same grants at once: each grant is revoked exactly once (the
+ * other thread is told it already was), nothing is freed twice (ASan). */
+typedef struct {
+    uint64_t agent;
+    const uint64_t *g;
+    uint64_t n;
+    int32_t st;
+    char msg[1024];
+} race_arg;
+
+static void *race_revoke(void *p) {
+    race_arg *r = p;
+    r->st = kvp_revoke_each(r->agent, r->g, r->n);
+    kvp_last_error(r->msg, sizeof r->msg);
+    return NULL;
+}
+
+/* N of "... the other N valid grant(s) ..." in a kvp_revoke_each message. */
+static unsigned revoked_of(const char *msg) {
+    const char *at = strstr(msg, "the other ");
+    unsigned n = 0;
+    CHECK_MSG(at && sscanf(at, "the other %u", &n) == 1, "message: %s", msg);
+    return n;
+}
+
+TEST(revoke_each_races_revoke_each) {
+    pair p;
+    pair_start(&p, NULL, "page_grants=on\n");
+    uint64_t ad[NPG], ln[NPG], g[NPG];
+    for (uint32_t i = 0; i < NPG; i++) {
+        ad[i] = p.bm + i * PG;
+        ln[i] = PG;
+    }
+    for (int round = 0; round < 200; round++) {
+        OK(kvp_grant_each(p.b, "H", KVP_DRAM, ad, ln, NULL, NPG, KVP_GRANT_WRITE, 0, g));
+        race_arg a = {p.b, g, NPG, 0, ""}, b = {p.b, g, NPG, 0, ""};
+        pthread_t ta, tb;
+        CHECK(pthread_create(&ta, NULL, race_revoke, &a) == 0);
+        CHECK(pthread_create(&tb, NULL, race_revoke, &b) == 0);
+        CHECK(pthread_join(ta, NULL) == 0);
+        CHECK(pthread_join(tb, NULL) == 0);
+        /* Every grant went once: one side may win all, or they split them; a side that
+         * lost any is NOT_FOUND, and the counts of the messages add up to NPG. */
+        CHECK(t_info_num(p.b, "grants") == 0);
+        CHECK(a.st == KVP_SUCCESS || a.st == KVP_ERR_NOT_FOUND);
+        CHECK(b.st == KVP_SUCCESS || b.st == KVP_ERR_NOT_FOUND);
+        CHECK_MSG(a.st != KVP_SUCCESS || b.st != KVP_SUCCESS, "both revoked all %u grants", NPG);
+        unsigned na = NPG, nb = NPG;
+        if (a.st != KVP_SUCCESS) na = revoked_of(a.msg);
+        if (b.st != KVP_SUCCESS) nb = revoked_of(b.msg);
+        CHECK_MSG(na + nb == NPG, "revoked %u + %u of %u", na, nb, NPG);
+    }
+    pair_stop(&p);
 }
