@@ -34,10 +34,11 @@ export type { NativeLib } from "./native.ts";
 export { VERSION } from "./version.ts";
 
 /** The `KVP_ABI_VERSION` of kvport.h this package was written against. */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
-/** The oldest ABI version loaded: ABI 4 only added functions (`kvp_event_notify`,
- * `kvp_event_quiesce`); without them waits keep the mechanisms of ABI 3. */
+/** The oldest ABI version loaded: ABI 4 and 5 only added functions (`kvp_event_notify`,
+ * `kvp_event_quiesce`; `kvp_grant_each`, `kvp_revoke_each`); without them waits keep the
+ * mechanisms of ABI 3 and batch grants are made one native call per grant. */
 export const MIN_ABI_VERSION = 3;
 
 /** The file name of the shim. */

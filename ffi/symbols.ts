@@ -39,9 +39,9 @@ export interface SymbolDef {
 }
 
 /**
- * Every C function of kvport.h (ABI version 4). `blocking` marks the calls that wait
+ * Every C function of kvport.h (ABI version 5). `blocking` marks the calls that wait
  * with a timeout; Deno also binds them `nonblocking: true` (see {@link toDenoSymbols}).
- * `since` marks the functions an older library (ABI 3) lacks.
+ * `since` marks the functions an older library (ABI 3 or 4) lacks.
  *
  * @example
  * ```ts
@@ -463,6 +463,35 @@ export const SYMBOLS = {
     ],
     result: "i32",
   },
+  /** kvp_grant for each range on its own (range i: out_grants[i]), all or nothing, with
+   * one table rebuild for the call. */
+  kvp_grant_each: {
+    parameters: [
+      "u64", // uint64_t agent
+      "buffer", // const char *remote
+      "i32", // int32_t mem_type
+      "buffer", // const uint64_t *addrs
+      "buffer", // const uint64_t *lens
+      "buffer", // const uint64_t *devs
+      "u64", // uint64_t count
+      "u32", // uint32_t access
+      "i64", // int64_t expires_ms
+      "buffer", // uint64_t *out_grants
+    ],
+    result: "i32",
+    since: 5,
+  },
+  /** Revokes count grants with one table rebuild: every valid one, whatever the others
+   * are; the status names the first that was not. */
+  kvp_revoke_each: {
+    parameters: [
+      "u64", // uint64_t agent
+      "buffer", // const uint64_t *grants
+      "u64", // uint64_t count
+    ],
+    result: "i32",
+    since: 5,
+  },
 
   // -------------------------------------------------------------------- files
   /** Opens a file for FILE registration as a handle, with its fd (flags KVP_FILE_*). */
@@ -499,8 +528,14 @@ export type SymbolName = keyof typeof SYMBOLS;
 /** The names of the C functions that block up to a timeout. */
 export type BlockingName = "kvp_xfer_wait" | "kvp_notif_wait";
 
-/** The names of the C functions an ABI-3 library lacks (bound only from ABI 4). */
-export type LaterName = "kvp_event_notify" | "kvp_event_ack" | "kvp_event_quiesce";
+/** The names of the C functions an ABI-3 library lacks (bound only from ABI 4, the
+ * batch grants from ABI 5: see `since`). */
+export type LaterName =
+  | "kvp_event_notify"
+  | "kvp_event_ack"
+  | "kvp_event_quiesce"
+  | "kvp_grant_each"
+  | "kvp_revoke_each";
 
 /** What a `"buffer"` parameter accepts: memory C reads or writes during the call. */
 export type BufferArg = ArrayBufferView | null;

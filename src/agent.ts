@@ -65,6 +65,7 @@ import { AgentEvents } from "./agent/events.ts";
 import { agentLibraries, DescList, PreparedDescList } from "./agent/desc_list.ts";
 import {
   type GrantArrays,
+  grantEachRange,
   type GrantOptions,
   type GrantRange,
   grantRanges,
@@ -689,6 +690,70 @@ export class NixlAgent {
   }
 
   /**
+   * Like {@linkcode NixlAgent.grant}, but one grant per range (range `i` is grant `i` of
+   * the result), each revoked on its own later, all made with one native call and one
+   * rebuild of the agent's grant table (`kvp_grant_each`; `grant` per range rebuilds it
+   * every time). All or nothing: on a failure no grant of the call exists and the
+   * error's message names the range's index. The same options and refusals as `grant`;
+   * `max_grants` counts every range. End them with {@linkcode NixlAgent.revokeGrants}
+   * (one native call) or each with `revoke()`.
+   *
+   * @example
+   * ```ts
+   * import { NixlAgent } from "@kvport/nixl";
+   * await using rx = await NixlAgent.create({
+   *   name: "decoder", engine: "builtin", params: { page_grants: "on" },
+   * });
+   * await using tx = await NixlAgent.create({ name: "prefill", engine: "builtin" });
+   * const buf = rx.allocate(4 * 4096);
+   * rx.registerMemory(buf);
+   * rx.addRemoteAgent(tx.localMetadata());
+   * const pages = rx.grantEach(
+   *   "prefill",
+   *   [0, 1, 2, 3].map((i) => ({ address: buf.address + BigInt(i * 4096), length: 4096 })),
+   *   { write: true, expiresMs: 60_000 },
+   * );
+   * pages[1].revoke(); // page 1 only
+   * rx.revokeGrants(pages); // the rest, in one call
+   * ```
+   */
+  grantEach(
+    remote: string,
+    ranges: readonly GrantRange[] | GrantArrays,
+    options: GrantOptions,
+  ): PageGrant[] {
+    this.#native("grantEach");
+    const made = grantEachRange(
+      this.#core,
+      this.#cName(remote, "remote"),
+      remote,
+      ranges,
+      options ?? {},
+    );
+    for (const g of made) this.#parts.add(g);
+    return made;
+  }
+
+  /**
+   * Revokes `grants` (of {@linkcode NixlAgent.grant} or {@linkcode NixlAgent.grantEach})
+   * with one native call and one rebuild of the grant table (`kvp_revoke_each`); see
+   * {@linkcode PageGrant.revokeAll}. Those already revoked are skipped; every other one
+   * is revoked even when one fails (the first failure is thrown after).
+   *
+   * @example
+   * ```ts
+   * import type { NixlAgent } from "@kvport/nixl";
+   * declare const rx: NixlAgent;
+   * declare const base: bigint;
+   * const g = rx.grantEach("prefill", [{ address: base, length: 4096 }], { write: true });
+   * rx.revokeGrants(g);
+   * ```
+   */
+  revokeGrants(grants: Iterable<PageGrant>): void {
+    PageGrant.revokeAll(grants);
+  }
+
+  /**
    * Deregisters what {@linkcode NixlAgent.registerMemory} registered (same as
    * `reg.deregister()`); a second time is `NIXL_ERR_NOT_FOUND`.
    *
@@ -1203,6 +1268,12 @@ export class NixlAgent {
     const parts = [...this.#parts];
     const order = [TransferRequest, PreparedDescList, PageGrant, Registration];
     for (const kind of order) {
+      if (kind === PageGrant) {
+        // One native call (one rebuild of the grant table) for every grant still held.
+        const grants = parts.filter((p): p is PageGrant => p instanceof PageGrant);
+        if (grants.length > 0) attempt(() => PageGrant.revokeAll(grants));
+        continue;
+      }
       for (const p of parts) if (p instanceof kind) attempt(() => p.release());
     }
     for (const name of [...this.#remotes]) attempt(() => this.invalidateRemoteAgent(name));

@@ -98,11 +98,13 @@ test("Deno form: buffers stay buffers, blocking waits get nonblocking twins", ()
   assert.deepEqual(d.kvp_event_notify.parameters, ["u64", "function", "u64", "u32"]);
 });
 
-test("an ABI-3 library is bound without the functions of ABI 4", () => {
-  const later = ["kvp_event_notify", "kvp_event_ack", "kvp_event_quiesce"];
-  for (const name of later) {
-    assert.equal((SYMBOLS as Record<string, { since?: number }>)[name].since, 4, name);
-  }
+test("an ABI-3 library is bound without the functions of ABI 4 and 5", () => {
+  const abi4 = ["kvp_event_notify", "kvp_event_ack", "kvp_event_quiesce"];
+  const abi5 = ["kvp_grant_each", "kvp_revoke_each"];
+  const since = (name: string) => (SYMBOLS as Record<string, { since?: number }>)[name].since;
+  for (const name of abi4) assert.equal(since(name), 4, name);
+  for (const name of abi5) assert.equal(since(name), 5, name);
+  const later = [...abi4, ...abi5];
   const d3 = toDenoSymbols(3), b3 = toBunSymbols(3);
   for (const name of later) {
     assert.equal(d3[name], undefined, `Deno, ABI 3: ${name}`);
@@ -111,8 +113,14 @@ test("an ABI-3 library is bound without the functions of ABI 4", () => {
   }
   assert.equal(Object.keys(b3).length, Object.keys(SYMBOLS).length - later.length);
   assert.ok(d3.kvp_event_fd && b3.kvp_event_fd, "ABI 3 keeps kvp_event_fd");
-  assert.deepEqual(toBunSymbols(4), toBunSymbols());
+  // ABI 4: the wake callback, not the batch grants.
+  const b4 = toBunSymbols(4);
+  assert.equal(Object.keys(b4).length, Object.keys(SYMBOLS).length - abi5.length);
+  for (const name of abi5) assert.equal(b4[name], undefined, `Bun, ABI 4: ${name}`);
+  assert.ok(b4.kvp_event_notify && b4.kvp_grant, "ABI 4 keeps kvp_event_notify and kvp_grant");
+  assert.deepEqual(toBunSymbols(5), toBunSymbols());
   assert.deepEqual(toBunSymbols().kvp_event_notify.args, ["u64", "ptr", "u64", "u32"]);
+  assert.deepEqual(toBunSymbols().kvp_revoke_each.args, ["u64", "ptr", "u64"]);
 });
 
 test("Bun form: buffers become ptr, cstring results stay cstring", () => {

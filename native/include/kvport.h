@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /** Bumped on any incompatible change of this header. */
-#define KVP_ABI_VERSION 4
+#define KVP_ABI_VERSION 5
 
 /* Status codes: the values of NIXL's nixl_status_t. */
 #define KVP_IN_PROG 1
@@ -334,6 +334,30 @@ int32_t kvp_grant(uint64_t agent, const char *remote, int32_t mem_type, const ui
  *  or from a peer of this process; a same-host peer's post that started before it may
  *  finish (one post). A second revoke: KVP_ERR_NOT_FOUND. */
 int32_t kvp_revoke(uint64_t agent, uint64_t grant);
+
+/** kvp_grant for each range on its own (ABI 5): range i becomes grant out_grants[i], to
+ *  be revoked alone (kvp_revoke) or with others (kvp_revoke_each), with the arguments,
+ *  limits and refusals of kvp_grant (count ranges count against max_grants before any
+ *  is made). One table rebuild for the whole call (kvp_grant once per range rebuilds
+ *  and republishes the agent's whole grant table each time). All or nothing: on any
+ *  failure no grant of the call exists, out_grants is all 0, and the message names the
+ *  index of the range at fault ("range 3 (0x..., 4096 bytes, dev 0) does not lie ...").
+ *  out_grants has room for count handles. nixl engine: KVP_ERR_NOT_SUPPORTED. */
+int32_t kvp_grant_each(uint64_t agent, const char *remote, int32_t mem_type,
+                       const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                       uint64_t count, uint32_t access, int64_t expires_ms,
+                       uint64_t *out_grants);
+
+/** Revokes count grants (ABI 5) with one table rebuild, as kvp_revoke each would: once
+ *  it returns, no byte lands in or leaves any of their ranges (TCP, same process).
+ *  Every valid handle is revoked whatever the others are, so a caller releasing pages
+ *  never keeps a revocable grant alive by a bad neighbour. KVP_SUCCESS when all were;
+ *  else the status of the first handle (lowest index) that was not, with a message
+ *  naming it ("handles[2] (0x...): grant 0x... was already revoked; ..."):
+ *  KVP_ERR_NOT_FOUND for one unknown, stale or already revoked (also a handle given
+ *  twice: the second), KVP_ERR_INVALID_PARAM for one of another type or another agent.
+ *  nixl engine: KVP_ERR_NOT_SUPPORTED. */
+int32_t kvp_revoke_each(uint64_t agent, const uint64_t *grants, uint64_t count);
 
 /* ------------------------------------------------------------------ files ---- */
 

@@ -594,6 +594,63 @@ KVP_API int32_t kvp_revoke(uint64_t agent, uint64_t grant) {
     WITH_AGENT(agent, do_revoke(a, grant));
 }
 
+static int32_t do_grant_each(kvp_agent *a, const char *remote, int32_t mem_type,
+                             const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                             uint64_t count, uint32_t access, int64_t expires_ms,
+                             uint64_t *out) {
+    if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant_each: out_grants is NULL");
+    if (count == 0 || !addrs || !lens)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant_each: %llu ranges (addrs and lens must not be NULL, count >= 1)",
+                       (unsigned long long)count);
+    if (count > (1u << 20))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant_each: %llu ranges in one call is too many",
+                       (unsigned long long)count);
+    memset(out, 0, (size_t)count * sizeof *out); /* no handle unless all were made */
+    if (!a->ops->grant_each)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "kvp_grant_each: the %s engine enforces no page grants (a peer reaches "
+                       "whole registrations, as NIXL's memory keys do); use the builtin engine",
+                       a->ops->name);
+    if (!remote || !*remote)
+        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant_each: remote name is empty");
+    if (access == 0 || (access & ~(KVP_GRANT_READ | KVP_GRANT_WRITE)))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant_each: access 0x%x is not READ (1), WRITE (2) or both", access);
+    if (expires_ms < 0)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_grant_each: expires_ms must be >= 0 (0: until revoked), got %lld",
+                       (long long)expires_ms);
+    return a->ops->grant_each(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms,
+                              out);
+}
+KVP_API int32_t kvp_grant_each(uint64_t agent, const char *remote, int32_t mem_type,
+                               const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                               uint64_t count, uint32_t access, int64_t expires_ms,
+                               uint64_t *out_grants) {
+    WITH_AGENT(agent, do_grant_each(a, remote, mem_type, addrs, lens, devs, count, access,
+                                    expires_ms, out_grants));
+}
+
+static int32_t do_revoke_each(kvp_agent *a, const uint64_t *grants, uint64_t count) {
+    if (!a->ops->revoke_each)
+        return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                       "kvp_revoke_each: the %s engine has no page grants", a->ops->name);
+    if (count == 0 || !grants)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_revoke_each: %llu grants (grants must not be NULL, count >= 1)",
+                       (unsigned long long)count);
+    if (count > (1u << 20))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "kvp_revoke_each: %llu grants in one call is too many",
+                       (unsigned long long)count);
+    return a->ops->revoke_each(a, grants, count);
+}
+KVP_API int32_t kvp_revoke_each(uint64_t agent, const uint64_t *grants, uint64_t count) {
+    WITH_AGENT(agent, do_revoke_each(a, grants, count));
+}
+
 static int32_t do_event_fd(kvp_agent *a, int32_t *out) {
     if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_event_fd: fd is NULL");
     *out = -1;

@@ -573,6 +573,10 @@ int32_t bi_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint6
                  const uint64_t *lens, const uint64_t *devs, uint64_t count, uint32_t access,
                  int64_t expires_ms, uint64_t *out);
 int32_t bi_revoke(kvp_agent *a, uint64_t grant);
+int32_t bi_grant_each(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
+                      const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                      uint32_t access, int64_t expires_ms, uint64_t *out);
+int32_t bi_revoke_each(kvp_agent *a, const uint64_t *grants, uint64_t count);
 
 /* notif.c */
 /* Queues a notification. From the wire it is always taken (connections pause at frame

@@ -96,6 +96,8 @@ static const kvp_engine_ops g_builtin_ops = {
     .event_ack = bi_event_ack,
     .grant = bi_grant,
     .revoke = bi_revoke,
+    .grant_each = bi_grant_each,
+    .revoke_each = bi_revoke_each,
 };
 
 /* ---------------------------------------------------------------- create ---- */
@@ -541,10 +543,12 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              a->max_notifs, (unsigned long long)a->max_notif_bytes, (unsigned long long)nq,
              (unsigned long long)nqb, (unsigned long long)atomic_load(&a->n_notifs_refused));
     kvp_buf_put(out, line, strlen(line));
-    snprintf(line, sizeof line, "page_grants=%s\nmax_grants=%u\ngrants=%llu\ngrants_refused=%llu\n",
+    snprintf(line, sizeof line, "page_grants=%s\nmax_grants=%u\ngrants=%llu\ngrants_refused=%llu\n"
+             "grant_tables=%llu\n",
              a->page_grants ? "on" : "off", a->max_grants,
              (unsigned long long)bi_grants_count(a),
-             (unsigned long long)atomic_load(&a->n_grants_refused));
+             (unsigned long long)atomic_load(&a->n_grants_refused),
+             (unsigned long long)atomic_load(&a->grant_epoch));
     kvp_buf_put(out, line, strlen(line));
     /* The remote agent table: its limit, what is in it, what left it and why. */
     pthread_mutex_lock(&a->mu);

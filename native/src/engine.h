@@ -56,6 +56,11 @@ typedef struct kvp_engine_ops {
                      const uint64_t *lens, const uint64_t *devs, uint64_t count,
                      uint32_t access, int64_t expires_ms, uint64_t *out);
     int32_t (*revoke)(kvp_agent *a, uint64_t grant);
+    /* kvp_grant_each / kvp_revoke_each: a batch, one table rebuild; NULL with grant. */
+    int32_t (*grant_each)(kvp_agent *a, const char *remote, int32_t mem_type,
+                          const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                          uint64_t count, uint32_t access, int64_t expires_ms, uint64_t *out);
+    int32_t (*revoke_each)(kvp_agent *a, const uint64_t *grants, uint64_t count);
 } kvp_engine_ops;
 
 /* Base of every engine's agent (first member). */

@@ -93,17 +93,41 @@ typedef struct bi_grant {
     uint64_t n;
     ap_grant *e;         /* its ranges (maxend unused here) */
     bi_reg **reg;        /* the registration each lies in (ref) */
-    bool live;           /* in the table (grant_rw) */
+    bool live;           /* in the table (grant_rw): live <=> in a->grants */
     struct bi_grant *next;
+    ap_grant e1;         /* e and reg of a one-range grant (kvp_grant_each makes many) */
+    bi_reg *reg1;
 } bi_grant_obj;
 
 static void grant_release(kvp_obj *o) {
     bi_grant_obj *g = (bi_grant_obj *)o;
     for (uint64_t i = 0; i < g->n; i++)
         if (g->reg[i]) kvp_obj_put(&g->reg[i]->obj);
-    free(g->reg);
-    free(g->e);
+    if (g->reg != &g->reg1) free(g->reg);
+    if (g->e != &g->e1) free(g->e);
     free(g);
+}
+
+/* A grant of n ranges, not yet filled (refs = 1, the caller's), or NULL (no memory). */
+static bi_grant_obj *grant_new(bi_agent *a, uint64_t n) {
+    bi_grant_obj *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
+    if (n == 1) {
+        g->e = &g->e1;
+        g->reg = &g->reg1;
+    } else {
+        g->e = calloc((size_t)n, sizeof *g->e);
+        g->reg = g->e ? calloc((size_t)n, sizeof *g->reg) : NULL;
+        if (!g->reg) {
+            free(g->e);
+            free(g);
+            return NULL;
+        }
+    }
+    kvp_obj_init(&g->obj, KVP_H_GRANT, grant_release);
+    g->a = a;
+    g->n = n;
+    return g;
 }
 
 /* Rebuilds the sorted table from the live grants, dropping expired entries and those
@@ -134,6 +158,18 @@ static int32_t rebuild_locked(bi_agent *a) {
     return KVP_SUCCESS;
 }
 
+/* After grants left the list: the new table, or (no memory for one) an empty table,
+ * which refuses everything and so is safe. grant_rw held (write). */
+static void rebuild_or_empty_locked(bi_agent *a) {
+    if (rebuild_locked(a) == KVP_SUCCESS) return;
+    free(a->gtab);
+    a->gtab = NULL;
+    a->gn = 0;
+    atomic_fetch_add(&a->grant_epoch, 1);
+    ap_grants_publish(&a->page, NULL, 0);
+    kvp_err_clear();
+}
+
 bool bi_grant_allows(bi_agent *a, const uint8_t token[16], int32_t mt, uint64_t dev, uint64_t addr,
                      uint64_t len, uint32_t access) {
     if (!a->page_grants) return true;
@@ -154,109 +190,146 @@ void bi_grants_drop_reg(bi_agent *a, bi_reg *r) {
                 g->reg[i] = NULL; /* that range is gone with its memory */
                 any = true;
             }
-    if (any && rebuild_locked(a) != KVP_SUCCESS) {
-        /* No memory for a new table: an empty one refuses everything, which is safe. */
-        free(a->gtab);
-        a->gtab = NULL;
-        a->gn = 0;
-        atomic_fetch_add(&a->grant_epoch, 1);
-        ap_grants_publish(&a->page, NULL, 0);
-        kvp_err_clear();
-    }
+    if (any) rebuild_or_empty_locked(a);
     pthread_rwlock_unlock(&a->grant_rw);
+}
+
+/* Granted ranges held now (live, unexpired, memory still registered). grant_rw held. */
+static uint64_t held_locked(bi_agent *a) {
+    uint64_t held = 0, now = kvp_now_ns();
+    for (bi_grant_obj *q = a->grants; q; q = q->next)
+        for (uint64_t i = 0; i < q->n; i++)
+            if (q->reg[i] && (q->e[i].expires_ns == 0 || q->e[i].expires_ns > now)) held++;
+    return held;
+}
+
+/* kvp_grant (each = false: one grant gs[0] of count ranges) and kvp_grant_each (each:
+ * count grants gs[i] of one range each). All or nothing: on any failure no grant of the
+ * call exists, none was ever in the table, and no handle is written. One table rebuild
+ * (and one publish in the agent page) for the whole call. Locks as everywhere: a->mu ->
+ * reg_rw (read) while the ranges are checked, released; then grant_rw (write). */
+static int32_t grant_make(bi_agent *a, const char *fn, const char *remote, int32_t mt,
+                          const uint64_t *addrs, const uint64_t *lens, const uint64_t *devs,
+                          uint64_t count, uint32_t access, int64_t expires_ms, bool each,
+                          uint64_t *out) {
+    if (!a->page_grants)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "%s: agent %s enforces no page grants; create it with the param "
+                       "page_grants=on",
+                       fn, a->base.name);
+    if (mt != KVP_DRAM && mt != KVP_VRAM)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "%s: memory type %d cannot be granted (DRAM=0 or VRAM=1: only "
+                       "they are reachable by peers)", fn, mt);
+    /* Counted before anything is made: a call that can never fit costs no allocation. */
+    if (count > a->max_grants)
+        return kvp_err(KVP_ERR_NOT_ALLOWED,
+                       "%s: %llu ranges exceed max_grants=%u of agent %s (grant fewer, or "
+                       "raise max_grants)",
+                       fn, (unsigned long long)count, a->max_grants, a->base.name);
+    uint64_t ng = each ? count : 1;
+    bi_grant_obj *one = NULL;
+    bi_grant_obj **gs = each ? calloc((size_t)ng, sizeof *gs) : &one;
+    int32_t st = KVP_SUCCESS;
+    if (!gs) return kvp_err(KVP_ERR_BACKEND, "%s: out of memory granting %llu ranges", fn,
+                            (unsigned long long)count);
+    for (uint64_t k = 0; k < ng; k++)
+        if (!(gs[k] = grant_new(a, each ? 1 : count))) {
+            st = kvp_err(KVP_ERR_BACKEND, "%s: out of memory granting %llu ranges", fn,
+                         (unsigned long long)count);
+            break;
+        }
+    uint64_t expires = expires_ms > 0 ? kvp_now_ns() + (uint64_t)expires_ms * 1000000ull : 0;
+    if (st == KVP_SUCCESS) {
+        pthread_mutex_lock(&a->mu);
+        bi_remote *rm = bi_remote_find(a, remote);
+        if (!rm)
+            st = kvp_err(KVP_ERR_NOT_FOUND,
+                         "%s: agent %s is not loaded in %s (grants are bound to a loaded "
+                         "peer's token)",
+                         fn, remote, a->base.name);
+        pthread_rwlock_rdlock(&a->reg_rw);
+        for (uint64_t i = 0; st == KVP_SUCCESS && i < count; i++) {
+            uint64_t dev = devs ? devs[i] : 0;
+            const kvp_md_region *r = bi_index_find(&a->lidx, mt, dev, addrs[i], lens[i]);
+            if (lens[i] == 0 || !r || ((bi_reg *)r->owner)->dying) {
+                st = kvp_err(KVP_ERR_INVALID_PARAM,
+                             "%s: range %llu (0x%llx, %llu bytes, dev %llu) does not lie "
+                             "inside memory registered by agent %s",
+                             fn, (unsigned long long)i, (unsigned long long)addrs[i],
+                             (unsigned long long)lens[i], (unsigned long long)dev,
+                             a->base.name);
+                break;
+            }
+            bi_grant_obj *g = gs[each ? i : 0];
+            uint64_t j = each ? 0 : i;
+            memcpy(g->e[j].token, rm->token, 16);
+            g->e[j].mem_type = mt;
+            g->e[j].access = access;
+            g->e[j].dev = devkey(mt, dev);
+            g->e[j].addr = addrs[i];
+            g->e[j].len = lens[i];
+            g->e[j].expires_ns = expires;
+            g->reg[j] = r->owner;
+            kvp_obj_ref(&g->reg[j]->obj);
+        }
+        pthread_rwlock_unlock(&a->reg_rw);
+        pthread_mutex_unlock(&a->mu);
+    }
+    uint64_t inserted = 0; /* gs[0..inserted) have a handle */
+    for (; st == KVP_SUCCESS && inserted < ng; inserted++)
+        if ((st = kvp_handle_insert(&gs[inserted]->obj, &gs[inserted]->handle)) != KVP_SUCCESS)
+            break;
+    if (st == KVP_SUCCESS) {
+        pthread_rwlock_wrlock(&a->grant_rw);
+        uint64_t held = held_locked(a);
+        if (held + count > a->max_grants) {
+            st = kvp_err(KVP_ERR_NOT_ALLOWED,
+                         "%s: agent %s holds %llu granted ranges; %llu more exceed "
+                         "max_grants=%u (revoke grants, or raise max_grants)",
+                         fn, a->base.name, (unsigned long long)held, (unsigned long long)count,
+                         a->max_grants);
+        } else {
+            bi_grant_obj *old = a->grants;
+            for (uint64_t k = 0; k < ng; k++) {
+                gs[k]->live = true;
+                gs[k]->next = a->grants;
+                a->grants = gs[k];
+                kvp_obj_ref(&gs[k]->obj); /* the agent list's */
+            }
+            st = rebuild_locked(a);
+            if (st != KVP_SUCCESS) { /* the old table stays published: nothing changed */
+                a->grants = old;
+                for (uint64_t k = 0; k < ng; k++) {
+                    gs[k]->live = false;
+                    gs[k]->next = NULL;
+                    kvp_obj_put(&gs[k]->obj);
+                }
+            }
+        }
+        pthread_rwlock_unlock(&a->grant_rw);
+    }
+    for (uint64_t k = 0; k < ng && gs[k]; k++) {
+        if (st == KVP_SUCCESS) out[k] = gs[k]->handle;
+        else if (k < inserted) kvp_handle_drop(gs[k]->handle, &gs[k]->obj);
+        kvp_obj_put(&gs[k]->obj); /* ours: the handle and the list keep theirs */
+    }
+    if (each) free(gs);
+    return st;
 }
 
 int32_t bi_grant(kvp_agent *ka, const char *remote, int32_t mt, const uint64_t *addrs,
                  const uint64_t *lens, const uint64_t *devs, uint64_t count, uint32_t access,
                  int64_t expires_ms, uint64_t *out) {
-    bi_agent *a = bi_of(ka);
-    if (!a->page_grants)
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant: agent %s enforces no page grants; create it with the param "
-                       "page_grants=on",
-                       a->base.name);
-    if (mt != KVP_DRAM && mt != KVP_VRAM)
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant: memory type %d cannot be granted (DRAM=0 or VRAM=1: only "
-                       "they are reachable by peers)", mt);
-    bi_grant_obj *g = calloc(1, sizeof *g);
-    ap_grant *e = g ? calloc((size_t)count, sizeof *e) : NULL;
-    bi_reg **reg = e ? calloc((size_t)count, sizeof *reg) : NULL;
-    if (!g || !e || !reg) {
-        free(g);
-        free(e);
-        return kvp_err(KVP_ERR_BACKEND, "out of memory granting %llu ranges",
-                       (unsigned long long)count);
-    }
-    kvp_obj_init(&g->obj, KVP_H_GRANT, grant_release);
-    g->a = a;
-    g->n = count;
-    g->e = e;
-    g->reg = reg;
-    uint64_t expires = expires_ms > 0 ? kvp_now_ns() + (uint64_t)expires_ms * 1000000ull : 0;
-    int32_t st = KVP_SUCCESS;
-    pthread_mutex_lock(&a->mu);
-    bi_remote *rm = bi_remote_find(a, remote);
-    if (!rm)
-        st = kvp_err(KVP_ERR_NOT_FOUND,
-                     "kvp_grant: agent %s is not loaded in %s (grants are bound to a loaded "
-                     "peer's token)",
-                     remote, a->base.name);
-    pthread_rwlock_rdlock(&a->reg_rw);
-    for (uint64_t i = 0; st == KVP_SUCCESS && i < count; i++) {
-        uint64_t dev = devs ? devs[i] : 0;
-        const kvp_md_region *r = bi_index_find(&a->lidx, mt, dev, addrs[i], lens[i]);
-        if (lens[i] == 0 || !r || ((bi_reg *)r->owner)->dying) {
-            st = kvp_err(KVP_ERR_INVALID_PARAM,
-                         "kvp_grant: range %llu (0x%llx, %llu bytes, dev %llu) does not lie "
-                         "inside memory registered by agent %s",
-                         (unsigned long long)i, (unsigned long long)addrs[i],
-                         (unsigned long long)lens[i], (unsigned long long)dev, a->base.name);
-            break;
-        }
-        memcpy(e[i].token, rm->token, 16);
-        e[i].mem_type = mt;
-        e[i].access = access;
-        e[i].dev = devkey(mt, dev);
-        e[i].addr = addrs[i];
-        e[i].len = lens[i];
-        e[i].expires_ns = expires;
-        reg[i] = r->owner;
-        kvp_obj_ref(&reg[i]->obj);
-    }
-    pthread_rwlock_unlock(&a->reg_rw);
-    pthread_mutex_unlock(&a->mu);
-    if (st == KVP_SUCCESS) st = kvp_handle_insert(&g->obj, &g->handle);
-    if (st == KVP_SUCCESS) {
-        pthread_rwlock_wrlock(&a->grant_rw);
-        uint64_t held = 0, now = kvp_now_ns();
-        for (bi_grant_obj *q = a->grants; q; q = q->next)
-            for (uint64_t i = 0; i < q->n; i++)
-                if (q->reg[i] && (q->e[i].expires_ns == 0 || q->e[i].expires_ns > now)) held++;
-        if (held + count > a->max_grants) {
-            st = kvp_err(KVP_ERR_NOT_ALLOWED,
-                         "kvp_grant: agent %s holds %llu granted ranges; %llu more exceed "
-                         "max_grants=%u (revoke grants, or raise max_grants)",
-                         a->base.name, (unsigned long long)held, (unsigned long long)count,
-                         a->max_grants);
-        } else {
-            g->live = true;
-            g->next = a->grants;
-            a->grants = g;
-            kvp_obj_ref(&g->obj); /* the agent list's */
-            st = rebuild_locked(a);
-            if (st != KVP_SUCCESS) {
-                a->grants = g->next;
-                g->live = false;
-                kvp_obj_put(&g->obj);
-            }
-        }
-        pthread_rwlock_unlock(&a->grant_rw);
-        if (st != KVP_SUCCESS) kvp_handle_drop(g->handle, &g->obj);
-    }
-    if (st == KVP_SUCCESS) *out = g->handle;
-    kvp_obj_put(&g->obj);
-    return st;
+    return grant_make(bi_of(ka), "kvp_grant", remote, mt, addrs, lens, devs, count, access,
+                      expires_ms, false, out);
+}
+
+int32_t bi_grant_each(kvp_agent *ka, const char *remote, int32_t mt, const uint64_t *addrs,
+                      const uint64_t *lens, const uint64_t *devs, uint64_t count,
+                      uint32_t access, int64_t expires_ms, uint64_t *out) {
+    return grant_make(bi_of(ka), "kvp_grant_each", remote, mt, addrs, lens, devs, count, access,
+                      expires_ms, true, out);
 }
 
 int32_t bi_revoke(kvp_agent *ka, uint64_t h) {
@@ -280,14 +353,7 @@ int32_t bi_revoke(kvp_agent *ka, uint64_t h) {
             break;
         }
     int32_t st = KVP_SUCCESS;
-    if (found && rebuild_locked(a) != KVP_SUCCESS) {
-        free(a->gtab);
-        a->gtab = NULL;
-        a->gn = 0;
-        atomic_fetch_add(&a->grant_epoch, 1);
-        ap_grants_publish(&a->page, NULL, 0);
-        kvp_err_clear();
-    }
+    if (found) rebuild_or_empty_locked(a);
     pthread_rwlock_unlock(&a->grant_rw);
     if (found) {
         kvp_handle_drop(h, &g->obj);
@@ -297,6 +363,99 @@ int32_t bi_revoke(kvp_agent *ka, uint64_t h) {
     if (!found)
         st = kvp_err(KVP_ERR_NOT_FOUND, "grant 0x%llx was already revoked", (unsigned long long)h);
     return st;
+}
+
+/* The first handle of a kvp_revoke_each call that could not be revoked: its index,
+ * status and why. */
+typedef struct {
+    uint64_t i;
+    int32_t st;
+    char why[KVP_MSG_MAX];
+} bad_handle;
+
+static void note_bad(bad_handle *b, uint64_t i, int32_t st, const char *why) {
+    if (i >= b->i) return; /* an earlier index is already named */
+    b->i = i;
+    b->st = st;
+    snprintf(b->why, sizeof b->why, "%s", why);
+}
+
+/* kvp_revoke_each: every valid handle is revoked, whatever the others are, with one
+ * table rebuild; the status is that of the first handle (lowest index) that was not:
+ * KVP_ERR_NOT_FOUND (unknown, stale, already revoked, or given twice: the second),
+ * KVP_ERR_INVALID_PARAM (not a grant handle, or another agent's). */
+int32_t bi_revoke_each(kvp_agent *ka, const uint64_t *hs, uint64_t count) {
+    bi_agent *a = bi_of(ka);
+    bi_grant_obj **gs = calloc((size_t)count, sizeof *gs);
+    bool *found = gs ? calloc((size_t)count, sizeof *found) : NULL;
+    if (!found) {
+        /* No memory for the batch: one by one, so that no valid grant stays alive. */
+        free(gs);
+        bad_handle first = {.i = UINT64_MAX};
+        for (uint64_t i = 0; i < count; i++)
+            if (bi_revoke(ka, hs[i]) != KVP_SUCCESS)
+                note_bad(&first, i, kvp_err_status(), kvp_err_text());
+        kvp_err_clear();
+        if (first.i == UINT64_MAX) return KVP_SUCCESS;
+        return kvp_err(first.st, "kvp_revoke_each: handles[%llu] (0x%llx): %s",
+                       (unsigned long long)first.i, (unsigned long long)hs[first.i], first.why);
+    }
+    bad_handle bad = {.i = UINT64_MAX};
+    char why[KVP_MSG_MAX];
+    for (uint64_t i = 0; i < count; i++) {
+        gs[i] = (bi_grant_obj *)kvp_handle_get(hs[i], KVP_H_GRANT);
+        if (!gs[i]) {
+            note_bad(&bad, i, kvp_err_status(), kvp_err_text());
+        } else if (gs[i]->a != a) {
+            snprintf(why, sizeof why, "grant 0x%llx belongs to another agent, not %s",
+                     (unsigned long long)hs[i], a->base.name);
+            note_bad(&bad, i, KVP_ERR_INVALID_PARAM, why);
+            kvp_obj_put(&gs[i]->obj);
+            gs[i] = NULL;
+        }
+    }
+    /* Write side, as kvp_revoke: returns once no byte moves in a revoked range. */
+    pthread_rwlock_wrlock(&a->grant_rw);
+    uint64_t nfound = 0;
+    for (uint64_t i = 0; i < count; i++) {
+        if (!gs[i]) continue;
+        if (gs[i]->live) {
+            gs[i]->live = false; /* unlinked below */
+            found[i] = true;
+            nfound++;
+        } else {
+            snprintf(why, sizeof why, "grant 0x%llx was already revoked",
+                     (unsigned long long)hs[i]);
+            note_bad(&bad, i, KVP_ERR_NOT_FOUND, why);
+        }
+    }
+    if (nfound) {
+        /* One pass: the grants marked above are the only ones in the list not live. */
+        for (bi_grant_obj **pp = &a->grants; *pp;)
+            if (!(*pp)->live) *pp = (*pp)->next;
+            else pp = &(*pp)->next;
+        rebuild_or_empty_locked(a);
+    }
+    pthread_rwlock_unlock(&a->grant_rw);
+    for (uint64_t i = 0; i < count; i++) {
+        if (!gs[i]) continue;
+        if (found[i]) {
+            kvp_handle_drop(hs[i], &gs[i]->obj);
+            kvp_obj_put(&gs[i]->obj); /* the list's */
+        }
+        kvp_obj_put(&gs[i]->obj);
+    }
+    free(found);
+    free(gs);
+    if (bad.i == UINT64_MAX) {
+        kvp_err_clear();
+        return KVP_SUCCESS;
+    }
+    return kvp_err(bad.st,
+                   "kvp_revoke_each: handles[%llu] (0x%llx): %s; the other %llu valid "
+                   "grant(s) of the %llu given were revoked",
+                   (unsigned long long)bad.i, (unsigned long long)hs[bad.i], bad.why,
+                   (unsigned long long)nfound, (unsigned long long)count);
 }
 
 void bi_grants_free_all(bi_agent *a) {

@@ -26,7 +26,7 @@
  * @module
  */
 
-import { check } from "../../ffi/native.ts";
+import { check, lastError } from "../../ffi/native.ts";
 import { NixlError, Status } from "../errors.ts";
 import { type AgentCore, type MemType, memTypeCode, orNull, toU64 } from "./common.ts";
 
@@ -148,6 +148,54 @@ export class PageGrant {
     );
   }
 
+  /**
+   * Revokes many grants, with one native call (`kvp_revoke_each`: one rebuild of the
+   * grant table) per agent among them, where `pageGrant.revoke()` each would rebuild it
+   * once per grant. Those already revoked (or whose agent closed) are skipped. Every
+   * other one is revoked whatever happens to the rest: on a failure the error (typed
+   * `NixlError`, the first failure; the native message names the index among the
+   * grants still live) is thrown once all were tried. A library older than ABI 5 makes
+   * one `kvp_revoke` call per grant instead.
+   *
+   * @example
+   * ```ts
+   * import { type NixlAgent, PageGrant } from "@kvport/nixl";
+   * declare const agent: NixlAgent;
+   * declare const base: bigint;
+   * const each = agent.grantEach("prefill", [
+   *   { address: base, length: 4096 },
+   *   { address: base + 4096n, length: 4096 },
+   * ], { write: true });
+   * PageGrant.revokeAll(each); // one table rebuild for both
+   * console.log(each.every((g) => g.revoked)); // true
+   * ```
+   */
+  static revokeAll(grants: Iterable<PageGrant>): void {
+    const byCore = new Map<AgentCore, Batch>();
+    for (const g of grants) {
+      if (!(g instanceof PageGrant)) {
+        fail("revokeAll", `grants must be PageGrant objects, got ${typeof g}`);
+      }
+      if (g.#revoked) continue; // (also a grant given twice: its second time)
+      g.#revoked = true;
+      g.#core.forget(g);
+      if (g.#core.closed) continue;
+      let batch = byCore.get(g.#core);
+      if (!batch) byCore.set(g.#core, batch = { handles: [], remotes: new Set() });
+      batch.handles.push(g.#handle);
+      batch.remotes.add(g.remote);
+    }
+    let first: unknown = null;
+    for (const [core, batch] of byCore) {
+      try {
+        revokeBatch(core, batch);
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    if (first !== null) throw first;
+  }
+
   /** @internal Same as `revoke()` (the agent's close). */
   release(): void {
     this.revoke();
@@ -163,26 +211,56 @@ function fail(fn: string, detail: string): never {
   throw new NixlError(Status.ERR_INVALID_PARAM, fn, detail);
 }
 
-/**
- * Checks the arguments of `NixlAgent.grant`, calls `kvp_grant`, and returns the handle.
- * `cName` turns the peer name into a C string (the agent caches them).
- *
- * @example
- * ```ts
- * import { grantRanges } from "./grants.ts";
- * // Called by NixlAgent.grant; see there.
- * console.log(typeof grantRanges); // function
- * ```
- */
-export function grantRanges(
-  core: AgentCore,
-  cName: Uint8Array,
+/** The agent's library has `kvp_grant_each` / `kvp_revoke_each` (ABI 5). */
+function hasBatch(core: AgentCore): boolean {
+  return core.lib.abiVersion >= 5;
+}
+
+/** The grants of one agent that one `PageGrant.revokeAll` call revokes. */
+interface Batch {
+  handles: bigint[];
+  remotes: Set<string>;
+}
+
+/** Revokes grants of one agent (already marked revoked): one `kvp_revoke_each`. */
+function revokeBatch(core: AgentCore, batch: Batch): void {
+  const lib = core.lib;
+  const agent = core.handle("revoke");
+  const n = batch.handles.length;
+  const context = `revoking ${n} grant(s) of peer(s) ` +
+    [...batch.remotes].map((r) => `"${r}"`).join(", ");
+  if (!hasBatch(core) || n === 1) {
+    let first: unknown = null;
+    for (const h of batch.handles) {
+      try {
+        check(lib, lib.symbols.kvp_revoke(agent, h), "kvp_revoke", context);
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    if (first !== null) throw first;
+    return;
+  }
+  const handles = BigUint64Array.from(batch.handles);
+  check(lib, lib.symbols.kvp_revoke_each(agent, handles, BigInt(n)), "kvp_revoke_each", context);
+}
+
+/** Checked arguments of a grant call. */
+interface GrantArgs {
+  access: number;
+  expiresMs: number;
+  memType: MemType;
+  addrs: BigUint64Array;
+  lens: BigUint64Array;
+  devs: BigUint64Array | null;
+}
+
+function grantArgs(
+  fn: string,
   remote: string,
   ranges: readonly GrantRange[] | GrantArrays,
   options: GrantOptions,
-): PageGrant {
-  const fn = "grant";
-  const agent = core.handle(fn);
+): GrantArgs {
   if (typeof remote !== "string" || remote === "") {
     fail(fn, `remote must be the name of a loaded peer, got ${JSON.stringify(remote)}`);
   }
@@ -223,11 +301,56 @@ export function grantRanges(
     }
   }
   if (addrs.length === 0) fail(fn, "ranges is empty: grant at least one range");
-  let bytes = 0n;
   for (let i = 0; i < lens.length; i++) {
     if (lens[i] === 0n) fail(fn, `ranges[${i}] has length 0`);
-    bytes += lens[i];
   }
+  return { access, expiresMs, memType, addrs, lens, devs };
+}
+
+function accessName(access: number): string {
+  return access === ACCESS_READ ? "READ" : access === ACCESS_WRITE ? "WRITE" : "READ+WRITE";
+}
+
+function newGrant(
+  core: AgentCore,
+  handle: bigint,
+  remote: string,
+  count: number,
+  bytes: bigint,
+  a: GrantArgs,
+): PageGrant {
+  return new PageGrant(
+    core,
+    handle,
+    remote,
+    count,
+    bytes,
+    a.access,
+    a.expiresMs > 0 ? Date.now() + a.expiresMs : null,
+  );
+}
+
+/**
+ * Checks the arguments of `NixlAgent.grant`, calls `kvp_grant`, and returns the handle.
+ * `cName` turns the peer name into a C string (the agent caches them).
+ *
+ * @example
+ * ```ts
+ * import { grantRanges } from "./grants.ts";
+ * // Called by NixlAgent.grant; see there.
+ * console.log(typeof grantRanges); // function
+ * ```
+ */
+export function grantRanges(
+  core: AgentCore,
+  cName: Uint8Array,
+  remote: string,
+  ranges: readonly GrantRange[] | GrantArrays,
+  options: GrantOptions,
+): PageGrant {
+  const fn = "grant";
+  const agent = core.handle(fn);
+  const a = grantArgs(fn, remote, ranges, options);
   const out = new BigUint64Array(1);
   const lib = core.lib;
   check(
@@ -235,28 +358,99 @@ export function grantRanges(
     lib.symbols.kvp_grant(
       agent,
       cName,
-      memTypeCode(memType),
-      orNull(addrs),
-      orNull(lens),
-      orNull(devs),
-      BigInt(addrs.length),
-      access,
-      BigInt(expiresMs),
+      memTypeCode(a.memType),
+      orNull(a.addrs),
+      orNull(a.lens),
+      orNull(a.devs),
+      BigInt(a.addrs.length),
+      a.access,
+      BigInt(a.expiresMs),
       out,
     ),
     "kvp_grant",
-    `granting peer "${remote}" ${
-      access === ACCESS_READ ? "READ" : access === ACCESS_WRITE ? "WRITE" : "READ+WRITE"
-    } ` +
-      `of ${addrs.length} ${memType} range(s)`,
+    `granting peer "${remote}" ${accessName(a.access)} of ${a.addrs.length} ${a.memType} range(s)`,
   );
-  return new PageGrant(
-    core,
-    out[0],
-    remote,
-    addrs.length,
-    bytes,
-    access,
-    expiresMs > 0 ? Date.now() + expiresMs : null,
-  );
+  let bytes = 0n;
+  for (const l of a.lens) bytes += l;
+  return newGrant(core, out[0], remote, a.addrs.length, bytes, a);
+}
+
+/**
+ * Checks the arguments of `NixlAgent.grantEach`, calls `kvp_grant_each` (one grant per
+ * range, one table rebuild), and returns the grants in range order. All or nothing: on a
+ * failure none exists and the error names the range's index. A library older than ABI
+ * 5: one `kvp_grant` per range, those made revoked again on a failure.
+ *
+ * @example
+ * ```ts
+ * import { grantEachRange } from "./grants.ts";
+ * // Called by NixlAgent.grantEach; see there.
+ * console.log(typeof grantEachRange); // function
+ * ```
+ */
+export function grantEachRange(
+  core: AgentCore,
+  cName: Uint8Array,
+  remote: string,
+  ranges: readonly GrantRange[] | GrantArrays,
+  options: GrantOptions,
+): PageGrant[] {
+  const fn = "grantEach";
+  const agent = core.handle(fn);
+  const a = grantArgs(fn, remote, ranges, options);
+  const n = a.addrs.length;
+  const lib = core.lib;
+  const what = `granting peer "${remote}" ${accessName(a.access)} of ${n} ${a.memType} ` +
+    `range(s), one grant each`;
+  const out = new BigUint64Array(n);
+  if (hasBatch(core)) {
+    check(
+      lib,
+      lib.symbols.kvp_grant_each(
+        agent,
+        cName,
+        memTypeCode(a.memType),
+        a.addrs,
+        a.lens,
+        orNull(a.devs),
+        BigInt(n),
+        a.access,
+        BigInt(a.expiresMs),
+        out,
+      ),
+      "kvp_grant_each",
+      what,
+    );
+  } else {
+    const one = new BigUint64Array(1);
+    for (let i = 0; i < n; i++) {
+      const st = lib.symbols.kvp_grant(
+        agent,
+        cName,
+        memTypeCode(a.memType),
+        a.addrs.subarray(i, i + 1),
+        a.lens.subarray(i, i + 1),
+        a.devs === null ? null : a.devs.subarray(i, i + 1),
+        1n,
+        a.access,
+        BigInt(a.expiresMs),
+        one,
+      );
+      if (st < 0) {
+        const err = new NixlError(st, "kvp_grant", lastError(lib), {
+          context: `${what}: range ${i}`,
+        });
+        // Undo, all or nothing. A revoke refused here (the agent is closing) leaves
+        // nothing to undo: the grant ends with the agent.
+        let undone = 0;
+        for (let k = 0; k < i; k++) if (lib.symbols.kvp_revoke(agent, out[k]) === 0) undone++;
+        if (undone < i) err.message += ` (${i - undone} of the ${i} made could not be revoked)`;
+        throw err;
+      }
+      out[i] = one[0];
+    }
+  }
+  const made: PageGrant[] = [];
+  for (let i = 0; i < n; i++) made.push(newGrant(core, out[i], remote, 1, a.lens[i], a));
+  return made;
 }

@@ -104,8 +104,9 @@ export class PageGrantBook {
    * Like {@linkcode grantWrite}, but one grant per page: releasing one page later revokes
    * only its own grant, so the peer's WRITEs into the others never meet the moment a
    * shared grant is revoked and made again (the PD receiver's page credits, which a
-   * sender writes while others of the same lot are being bound). All or nothing: when
-   * one grant fails, those made are revoked and the promise rejects.
+   * sender writes while others of the same lot are being bound). Made with one native
+   * call (one rebuild of the engine's grant table for the lot). All or nothing: when one
+   * grant fails, none exists and the promise rejects.
    *
    * @example
    * ```ts
@@ -122,7 +123,7 @@ export class PageGrantBook {
     if (ch === null || pages.length === 0) return Promise.resolve();
     const list = [...new Set(pages)];
     return this.#serial(async () => {
-      // One queue turn for all (the channel undoes a partial set itself).
+      // One native call for all (one rebuild of the grant table), all or nothing.
       const made = await ch.grantEachPage(agent, list, { write: true, expiresMs });
       const deadline = expiresMs > 0 ? performance.now() + expiresMs : null;
       list.forEach((p, i) => {
@@ -156,7 +157,9 @@ export class PageGrantBook {
    * freed): once the returned promise resolves, no TCP or same-process byte of the peer
    * reaches them (a same-host post that started before may finish: one post). Other
    * pages of the same grant stay granted (the grant is revoked and made again for them).
-   * Never rejects: a failed revocation is counted in {@linkcode failures}.
+   * The grants left with no page (per-page grants: a bind's, a credit's) are revoked
+   * with one native call, one rebuild of the grant table for them all. Never rejects: a
+   * failed revocation is counted in {@linkcode failures}.
    */
   release(pages: readonly number[]): Promise<void> {
     const ch = this.#channel;
@@ -171,7 +174,21 @@ export class PageGrantBook {
         held.pages.delete(p);
         touched.add(held);
       }
+      // Grants with no page left: all at once (every valid one is revoked even if one
+      // fails); the shared ones below are revoked and made again for their other pages.
+      const ended = [...touched].filter((h) => h.pages.size === 0);
+      if (ended.length > 0) {
+        try {
+          await ch.revokeGrants(ended.map((h) => h.grant));
+        } catch (e) {
+          this.#failures++;
+          const agents = [...new Set(ended.map((h) => h.agent))].join(", ");
+          this.#lastError = `page grants of ${agents}: ${errorMessage(e)}`;
+        }
+        for (const held of ended) held.grant = null;
+      }
       for (const held of touched) {
+        if (held.pages.size === 0) continue;
         try {
           await ch.revokeGrant(held.grant);
           held.grant = null;

@@ -250,17 +250,18 @@ export class NixlChannel extends ChannelBase {
   }
 
   /**
-   * One grant per page of `pages` (each revoked on its own later), all made in one turn
-   * of the agent's queue: a credit refill grants a batch of pages at once, and a turn
-   * per page cost more than the grants. All or nothing: on a failure the grants made
-   * are revoked and the error is thrown. `[]` when grants are off.
+   * One grant per page of `pages` (each revoked on its own later), all made with one
+   * native call (`NixlAgent.grantEach`: one rebuild of the grant table) in one turn of
+   * the agent's queue: a credit refill grants a batch of pages at once. Grant `i` of the
+   * result is page `pages[i]`'s. All or nothing: on a failure none exists and the error
+   * (naming the range's index) is thrown. `[]` when grants are off.
    *
    * @example
    * ```ts
    * import type { NixlChannel } from "@kvport/nixl";
    * declare const ch: NixlChannel;
    * const grants = await ch.grantEachPage("kvport-sender-1", [7, 8], { write: true });
-   * for (const g of grants) await ch.revokeGrant(g);
+   * await ch.revokeGrants(grants);
    * ```
    */
   grantEachPage(
@@ -269,29 +270,16 @@ export class NixlChannel extends ChannelBase {
     options: Omit<GrantOptions, "memType">,
   ): Promise<PageGrant[]> {
     if (this.#pageGrants !== "on") return Promise.resolve([]);
-    let ranges: { addrs: BigUint64Array; lens: BigUint64Array; devs: BigUint64Array }[];
+    let ranges: { addrs: BigUint64Array; lens: BigUint64Array; devs: BigUint64Array };
     try {
-      ranges = pages.map((p) => this.#ranges([p]));
+      ranges = this.#pageRanges(pages);
     } catch (e) {
       return Promise.reject(e);
     }
     const memType = this.#buffer.memType === "VRAM" ? "VRAM" : "DRAM";
-    return this.agentQueue.run(() => {
-      const made: PageGrant[] = [];
-      try {
-        for (const r of ranges) made.push(this.agent.grant(agentName, r, { ...options, memType }));
-      } catch (e) {
-        for (const g of made) {
-          try {
-            g.revoke();
-          } catch {
-            // Revoked with the agent, or already: nothing more to undo.
-          }
-        }
-        throw e;
-      }
-      return made;
-    });
+    return this.agentQueue.run(() =>
+      this.agent.grantEach(agentName, ranges, { ...options, memType })
+    );
   }
 
   /** Revokes a grant of {@linkcode NixlChannel.grantPages} on the agent's queue;
@@ -299,6 +287,49 @@ export class NixlChannel extends ChannelBase {
   revokeGrant(grant: PageGrant | null): Promise<void> {
     if (grant === null || grant.revoked) return Promise.resolve();
     return this.agentQueue.run(() => grant.revoke());
+  }
+
+  /**
+   * Revokes grants of {@linkcode NixlChannel.grantPages} / {@linkcode NixlChannel.grantEachPage}
+   * in one turn of the agent's queue with one native call (`NixlAgent.revokeGrants`: one
+   * rebuild of the grant table). Those revoked already (and `null`s) are skipped; every
+   * other one is revoked even when one fails, whose error then rejects the promise.
+   *
+   * @example
+   * ```ts
+   * import type { NixlChannel } from "@kvport/nixl";
+   * declare const ch: NixlChannel;
+   * const grants = await ch.grantEachPage("kvport-sender-1", [3, 4, 5], { write: true });
+   * await ch.revokeGrants(grants.slice(0, 2)); // pages 3 and 4; 5 stays writable
+   * ```
+   */
+  revokeGrants(grants: readonly (PageGrant | null)[]): Promise<void> {
+    const live = grants.filter((g): g is PageGrant => g !== null && !g.revoked);
+    if (live.length === 0) return Promise.resolve();
+    return this.agentQueue.run(() => this.agent.revokeGrants(live));
+  }
+
+  /** One range per page, in the order of `pages` (not merged: one grant each). */
+  #pageRanges(pages: readonly number[]) {
+    const n = pages.length;
+    if (n === 0) throw new ChannelError("INVALID_ARGUMENT", "grantEachPage: no pages given");
+    const size = BigInt(this.#pageSize);
+    const addrs = new BigUint64Array(n);
+    for (let i = 0; i < n; i++) {
+      const p = pages[i];
+      if (!Number.isInteger(p) || p < 0 || p >= this.pageCount) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `grantEachPage: page index ${p} is outside 0..${this.pageCount - 1}`,
+        );
+      }
+      addrs[i] = this.#buffer.address + BigInt(p) * size;
+    }
+    return {
+      addrs,
+      lens: new BigUint64Array(n).fill(size),
+      devs: new BigUint64Array(n).fill(BigInt(this.#buffer.device)),
+    };
   }
 
   /** Page indexes as merged address ranges of the buffer. */
