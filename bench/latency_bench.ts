@@ -23,8 +23,11 @@
  *   [--credit-pages N] [--inflight N]
  * bun bench/latency_bench.ts --device cuda
  * ```
- * `--inflight N` (also 1, to compare) adds, for sizes of 8 chunks or more, a throughput
- * phase with N requests in flight; its line says how many went on credits, the CPU time
+ * `--inflight N` (also 1, to compare) adds, for sizes of 8 chunks or more, two throughput
+ * phases with N streams of requests: `inflightN` (a stream's next request starts once its
+ * last one landed at the decoder) and `streamsN` (once its last `send()` settled; the
+ * decoder's page credits hold the prefiller back), each timed until every request landed
+ * at the decoder. Each line says how many went on credits, the CPU time
  * per request of each process (when one nears the wall time per request, that process is
  * what the requests queue for) and the p50 of each stage (`refillWait`: a batch waited
  * for a credit refill; `queue` / `alloc`: the link's queue and the AllocRequest round
@@ -150,9 +153,12 @@ function startPeer(pageSize: number, pages: number, creditTotal: number) {
   const script = fileURLToPath(new URL("./latency_peer.ts", import.meta.url));
   const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
   const arg = JSON.stringify({ pageSize, pages, creditTotal, device, engine });
+  // KVPORT_BENCH_PEER_ARGS: runtime flags for the decoder process, e.g. a V8 profile of it
+  // under Deno: `--v8-flags=--prof,--logfile=/tmp/decoder-%p.log` (`node --prof-process`).
+  const extra = (process.env.KVPORT_BENCH_PEER_ARGS ?? "").split(" ").filter((a) => a !== "");
   const child = spawn(
     process.execPath,
-    isBun ? [script, arg] : ["run", "-A", script, arg],
+    isBun ? [...extra, script, arg] : ["run", "-A", ...extra, script, arg],
     { stdio: ["pipe", "pipe", "inherit"] },
   );
   const waiting = new Map<string, (e: Record<string, unknown>) => void>();
@@ -346,20 +352,25 @@ for (const size of sizes) {
 
 async function measure(size: { chunks: number; bytes: number; label: string }) {
   const pageSize = size.bytes;
-  // Room for the requests in flight (their pages stay the decoder's until it has seen them
-  // land), the sender's credits (a batch more than those in flight: the next one finds
-  // them while a refill is on its way), and a refill that overtakes a bind. One request
-  // at a time that is 4 requests' pages; with `inflight` N, 2N + 2: a decoder with fewer
-  // free pages than a prefiller's credits plus its requests in flight makes every refill
-  // bring less than was used, so requests wait for pages, not for the path measured.
   const parallel = size.chunks >= 8 ? inflight : 1;
   // `--inflight 1` given: the same throughput phase one request at a time (to compare).
   const throughput = size.chunks >= 8 && values.inflight !== undefined;
-  const peer = startPeer(
-    pageSize,
-    (2 * parallel + 2) * size.chunks,
+  // The sender's credits: enough for the requests in flight and one batch more (a
+  // prefiller sending several at once would set kvport_pd_credit_pages so), else the
+  // sender's default. The decoder lets its one sender hold them all and the pages of the
+  // requests in flight besides: a credit page a batch took counts as held there until its
+  // bind arrives, so a cap of just the sender's stock makes each refill bring only what
+  // landed meanwhile (the stock then runs dry with every round of requests in flight).
+  const txCredits = creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined);
+  const rxCredits = Math.max(
     (parallel + 2) * size.chunks,
+    (txCredits ?? 0) + parallel * size.chunks,
   );
+  // The decoder's pages: its credits, and room for the requests in flight (their pages
+  // stay the decoder's until it has seen them land) and a refill that overtakes a bind. A
+  // decoder with fewer free pages than the credits plus the requests in flight makes a
+  // refill bring less than was used, so requests wait for pages, not for the path measured.
+  const peer = startPeer(pageSize, rxCredits + (parallel + 2) * size.chunks, rxCredits);
   const proxy = await ProxyNotifier.listen({ host: "127.0.0.1", port: 0 });
   const marks = new Map<string, Partial<Record<PdSenderStage, number>>>();
   let tx: PdSender | undefined;
@@ -379,9 +390,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       proxyHost: "127.0.0.1",
       proxyPort: proxy.port,
       agentParams,
-      // Enough credits for the requests in flight (a prefiller sending several at once
-      // would set kvport_pd_credit_pages so), else the sender's default.
-      creditPages: creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined),
+      creditPages: txCredits,
       timeline: (stage, reqId) => {
         let m = marks.get(reqId);
         if (!m) marks.set(reqId, m = {});
@@ -682,10 +691,17 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       value: percentile(added, 99),
       unit: "us",
     });
+    // Throughput with `parallel` requests in flight, two ways: "landed" (each stream's next
+    // request starts when its last one landed at the decoder, as requests of several
+    // prefill workers that each wait for the decode would) and "sent" (it starts when its
+    // last send() settled, the prefiller's pages free again: a prefiller that does not wait
+    // for the decoder; the decoder's credits hold it back). Both run until every request
+    // landed at the decoder; the same bytes per request, against the same copy time. The
+    // pages are not filled (the latency rounds above do that).
     if (throughput) {
-      // Throughput with `parallel` requests in flight: each starts when one lands, as
-      // requests of several prefill workers would; the same bytes per request, against the
-      // same copy time. The pages are not filled (the latency rounds above do that).
+      for (const mode of ["landed", "sent"] as const) await throughputPhase(mode);
+    }
+    async function throughputPhase(mode: "landed" | "sent") {
       const total = Math.max(reps, 4 * parallel);
       let started = 0;
       const rxOf = new Map<string, Partial<Record<PdReceiverStage, number>>>();
@@ -705,18 +721,23 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
             dtype: "bfloat16",
             lastChunkToks: size.bytes / 512,
           });
-          const ev = await landed;
-          for (const [a, b] of (ev.refills ?? []) as [number, number][]) refillsSeen.set(a, b);
-          const rx: Partial<Record<PdReceiverStage, number>> = {};
-          for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
-            rx[k as PdReceiverStage] = v - clock.offset;
-          }
-          rxOf.set(reqId, rx);
+          const seen = landed.then((ev) => {
+            for (const [a, b] of (ev.refills ?? []) as [number, number][]) refillsSeen.set(a, b);
+            const rx: Partial<Record<PdReceiverStage, number>> = {};
+            for (const [k, v] of Object.entries(ev.marks as Record<string, number>)) {
+              rx[k as PdReceiverStage] = v - clock.offset;
+            }
+            rxOf.set(reqId, rx);
+          });
+          if (mode === "landed") await seen;
+          else arrivals.push(seen);
         }
       };
+      const arrivals: Promise<void>[] = [];
       const t0 = performance.now();
       const cpu0 = [cpuMsOf(process.pid), cpuMsOf(peer.pid)];
       await Promise.all(Array.from({ length: parallel }, one));
+      await Promise.all(arrivals);
       const wallUs = (performance.now() - t0) * 1000;
       // CPU per request of each process (every thread): where it nears the wall time per
       // request, that process is what the requests in flight queue for.
@@ -753,14 +774,16 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       }
       const show = Object.entries(where).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
       console.log(
-        `  ${total} requests, ${parallel} in flight: ${(wallUs / total).toFixed(1)} us per ` +
+        `  ${total} requests, ${parallel} in flight (next ${
+          mode === "landed" ? "once landed" : "once sent"
+        }): ${(wallUs / total).toFixed(1)} us per ` +
           `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
           `the copy of the same bytes (${onCredits} of ${total} on page credits); CPU per ` +
           `request: sender ${cpuUs[0].toFixed(0)} us, decoder ${cpuUs[1].toFixed(0)} us; ` +
           `p50 us: ${show}`,
       );
       report.add({
-        name: `pd_latency_${size.label}_inflight${parallel}`,
+        name: `pd_latency_${size.label}_${mode === "landed" ? "inflight" : "streams"}${parallel}`,
         value: gbs,
         unit: "GB/s",
         limit: limit.bps / 1e9,
@@ -768,6 +791,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         extra: {
           requests: total,
           inflight: parallel,
+          next: mode === "landed" ? "once landed at the decoder" : "once send() settled",
           usPerRequest: wallUs / total,
           onCredits,
           cpuUsPerRequest: { sender: cpuUs[0], decoder: cpuUs[1] },

@@ -116,7 +116,9 @@ export interface PdReceiverOptions extends PdChannelSettings {
   /**
    * Page credits (kvport senders only): most pages one sender agent may hold ahead of
    * its requests (default 64; `fromConfig`: `extra_config.kvport_pd_credit_max`; 0: no
-   * credits). A credit is taken only from pages free at that moment.
+   * credits). A credit is taken only from pages free at that moment. A page a batch took
+   * counts until its bind arrives: for a sender with requests in flight, room for its
+   * stock (`kvport_pd_credit_pages`) and the pages of those requests.
    */
   creditMaxPerSender?: number;
   /**
