@@ -602,10 +602,13 @@ export class PdSender implements AsyncDisposable {
       planned.catch(() => {}); // settled through `sent`
       written = writes.run(() => planned.then((plan) => this.#write(link, spec, batch, r, plan)));
     }
-    if (credit && link.credits.count(credit.credit!.form) < out) {
-      // What is left cannot serve another batch like this one (requests in flight at
-      // once): top up now, after this batch's post, rather than once it is done - the
-      // next batch would otherwise wait for the whole refill round trip.
+    if (credit && (link.credits.count(credit.credit!.form) < out || link.pagesOut > out)) {
+      // What is left cannot serve another batch like this one, or other batches are in
+      // flight to this receiver (requests sent at once use the stock faster than one
+      // refill's round trip): top up now, after this batch's post, rather than once it is
+      // done - the next batch would otherwise wait for the whole refill round trip. (One
+      // batch at a time, the refill waits until the request is done, so that the receiver
+      // is not serving it when this batch's notification comes.)
       this.#refill(link, batch.fmt ?? MemoryFormat.KV_2LTD, batch);
     }
     const sent = written.finally(() => {
