@@ -5,9 +5,11 @@
 # with both engines and raw NIXL, and GDS when NIXL has it; a short table last.
 #
 # Prepare (here, where the kit was built):
-#   bash scripts/gpu_nixl.sh --prepare [KIT]    KIT default /work/wt/nixl-cuda-kit.tar.xz
+#   bash scripts/gpu_nixl.sh --prepare [KIT]    KIT default .device/nixl-cuda-kit.tar.xz
 # which runs scripts/gpu_lease.sh --prepare (Deno, npm packages, the builtin shim in
-# .device/) and copies the kit to .device/nixl-cuda-kit.tar.xz. Carry .device, then on
+# .device/) and copies the kit to .device/nixl-cuda-kit.tar.xz (where
+# `scripts/nixl_kit.sh pack /opt/nixl-cuda .device/nixl-cuda-kit.tar.xz` puts it
+# already, in the checkout that runs the GPU jobs). Carry .device, then on
 # the GPU machine:
 #   bash scripts/gpu_nixl.sh [all|tests|bench]  (writes $OUT/gpu_nixl_<all/tests/bench>.log with $OUT)
 # "tests" and "bench" run half each (set-up, then the tests, or the benchmark), for leases
@@ -28,10 +30,10 @@ root=$PWD
 
 if [ "${1:-}" = "--prepare" ]; then
   set -e
-  kit=${2:-/work/wt/nixl-cuda-kit.tar.xz}
+  kit=${2:-.device/nixl-cuda-kit.tar.xz}
   [ -f "$kit" ] || { echo "no kit at $kit (scripts/nixl_kit.sh pack makes it)" >&2; exit 1; }
   bash scripts/gpu_lease.sh --prepare
-  cp "$kit" .device/nixl-cuda-kit.tar.xz
+  [ "$kit" -ef .device/nixl-cuda-kit.tar.xz ] || cp "$kit" .device/nixl-cuda-kit.tar.xz
   du -sh .device .device/*
   exit 0
 fi

@@ -240,6 +240,8 @@ cmd_pack() {
   PREFIX=${1:?usage: pack PREFIX OUT.tar.xz}
   WORK=${WORK:-/work/build/kit-$(basename "$PREFIX")}
   OUT=${2:?usage: pack PREFIX OUT.tar.xz}
+  # The tar below runs in the staging folder: a relative OUT is of the caller's folder.
+  mkdir -p "$(dirname "$OUT")" && OUT=$(cd "$(dirname "$OUT")" && pwd)/$(basename "$OUT")
   PREFIX=$(cd "$PREFIX" && pwd)
   command -v patchelf >/dev/null || die "patchelf is needed (apt-get install patchelf)"
   local stage="$WORK/pack/$(basename "$PREFIX")"

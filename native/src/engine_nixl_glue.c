@@ -128,7 +128,7 @@ static void load_once(void) {
         snprintf(g_reason, sizeof g_reason,
                  "NIXL is not available to this library: it was built without the nixl "
                  "engine (no " KVPN_MODULE_FILE " next to it, although NIXL is installed at "
-                 "%.1000s; `make -C native` builds it, sanitizer builds do not)",
+                 "%.1000s; `make -C native` builds it)",
                  pre);
     else
         snprintf(g_reason, sizeof g_reason,
