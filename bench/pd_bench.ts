@@ -20,6 +20,7 @@ import { benchSenderConfig } from "./lib.ts";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { fillPattern } from "../src/pd/pattern.ts";
 import { PdSender } from "../src/pd/sender.ts";
+import type { NixlChannel } from "../src/channel/nixl.ts";
 import { freePort, measureMemcpy, nextEvent, spawnKvport } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
 
@@ -57,6 +58,12 @@ export interface PdBenchResult {
   goal?: { op: ">="; ratio: number };
   /** Whether the goal was met. */
   pass?: boolean;
+  /**
+   * Bytes of the decoder's pages that the sender faulted in during the timed requests
+   * (builtin engine, same host; `kvp_agent_info`): `create` inside `kvp_xfer_create`,
+   * on the request's path, and `ahead` by the prefault-ahead thread, off it.
+   */
+  prefault?: { createBytes: number; aheadBytes: number };
 }
 
 function median(xs: number[]): number {
@@ -179,7 +186,10 @@ export async function runPdBench(
     for (const n of sizes) {
       const reps = n === 1 ? 30 : n <= 8 ? 10 : 5;
       const times: number[] = [];
+      let infoAtStart: Record<string, string> = {};
+      const agent = (tx.channel as NixlChannel).agent;
       for (let r = -1; r < reps; r++) {
+        if (r === 0) infoAtStart = agent.info();
         const reqId = `bench-${n}-${reqNo++}`;
         const pages = await tx.allocate(n, 60_000);
         const keys = pages.map((_, i) => demoKey(reqId, i));
@@ -199,6 +209,12 @@ export async function runPdBench(
         const dt = (performance.now() - t0) / 1000;
         if (r >= 0) times.push(dt); // r = -1: warm-up
       }
+      const info = agent.info();
+      const grew = (k: string) => Number(info[k]) - Number(infoAtStart[k]);
+      const prefault = info.prefault_create_bytes === undefined ? undefined : {
+        createBytes: grew("prefault_create_bytes"),
+        aheadBytes: grew("prefault_ahead_bytes"),
+      };
       const seconds = median(times);
       const bytes = n * chunk;
       const mc = await measureMemcpy(bytes);
@@ -225,11 +241,18 @@ export async function runPdBench(
             pass: gbps / (mc.bps / 1e9) >= (n === 1 ? 0.7 : 0.9),
           }
           : {}),
+        ...(prefault ? { prefault } : {}),
       };
       log(
         `  ${String(n).padStart(3)} chunk(s): ${(seconds * 1000).toFixed(2)} ms, ` +
           `${res.chunksPerSec.toFixed(0)} chunks/s, ${gbps.toFixed(2)} GB/s; memcpy ` +
-          `${res.memcpyGbps.toFixed(2)} GB/s (${mc.source}) -> ratio ${res.ratio.toFixed(2)}`,
+          `${res.memcpyGbps.toFixed(2)} GB/s (${mc.source}) -> ratio ${res.ratio.toFixed(2)}` +
+          // Decoder pages the timed requests found unmapped here (each costs about as
+          // much as its copy, on the request's path) and those the thread did ahead.
+          (prefault
+            ? `; decoder pages faulted in: ${(prefault.createBytes / 2 ** 20).toFixed(0)} MiB ` +
+              `by the requests, ${(prefault.aheadBytes / 2 ** 20).toFixed(0)} MiB ahead`
+            : ""),
       );
       log(JSON.stringify(res));
       results.push(res);
