@@ -3,6 +3,7 @@
  * mapped here by a thread of the engine, so that later requests into pages never
  * touched before find them mapped (prefault_create_bytes does not grow) and move every
  * byte; pages the peer never allocated (a sparse buffer) stay unallocated. */
+#include <dirent.h>
 #include <stdbool.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +22,16 @@ static uint64_t rss_shmem(void) {
     fclose(f);
     CHECK_MSG(found, "no RssShmem line in /proc/self/status");
     return (uint64_t)kb << 10;
+}
+
+/* Threads of this process. */
+static int threads(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    CHECK(d);
+    for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
 }
 
 static double now_s(void) {
@@ -65,6 +76,7 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
     uint64_t shm0 = rss_shmem();
+    int threads_before = threads();
     /* The first request maps the peer's memfd and faults in its own 1 MiB. */
     t_fill((void *)(uintptr_t)m, first, 41);
     write_once(a, m, &p, 0, first);
@@ -80,6 +92,11 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
               "%llu bytes faulted in ahead and %llu by the request, of a %llu byte buffer",
               (unsigned long long)ahead, (unsigned long long)created,
               (unsigned long long)peer_size);
+    /* Its work done, the thread is gone (the agent's own threads stay). */
+    double until = now_s() + 10;
+    while (threads() > threads_before && now_s() < until) usleep(2000);
+    CHECK_MSG(threads() == threads_before, "%d threads, %d before the first request",
+              threads(), threads_before);
     uint64_t shm1 = rss_shmem();
     CHECK_MSG(shm1 - shm0 >= peer_size - (1 << 20),
               "%llu MiB of the peer's %llu MiB buffer are mapped here",
