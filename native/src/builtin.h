@@ -111,11 +111,10 @@ typedef struct bi_map {
      * (then every request prefaults, as before). Under the remote's map_mu. */
     uint64_t *popw, *popr;
     /* The prefault-ahead thread of the remote in this mapping (prefault.c; map_mu): where
-     * it goes on (bytes from base) and where it stops (peer_prefault_max); jumped: a
-     * request moved ahead_at past pages not looked at yet (another pass follows); done:
-     * a pass found nothing left. */
+     * it goes on (bytes from base) and where it stops (peer_prefault_ahead bytes past
+     * the furthest page a request faulted in itself); ahead_at >= ahead_end: nothing to
+     * do. */
     uint64_t ahead_at, ahead_end;
-    bool ahead_jumped, ahead_done;
 } bi_map;
 
 /* Granularity of the prefault bitmaps of a peer mapping. */
@@ -345,8 +344,9 @@ struct bi_agent {
                                  * inside post (queued, then their event waited for) */
     uint64_t cached_read_max;   /* buffered file READs up to this many bytes that the page
                                  * cache holds complete inside post (never waiting for I/O) */
-    uint64_t prefault_max;      /* bytes of each peer memfd mapping faulted in ahead of
-                                 * requests, in the background (prefault.c); 0: none */
+    uint64_t prefault_ahead;    /* bytes of a peer memfd mapping faulted in, in the
+                                 * background, past the furthest page a request faulted
+                                 * in itself (prefault.c); 0: none */
     bool vram_kernel;           /* vram_copy=auto: scattered VRAM<->VRAM pages by kernel */
     /* registrations */
     pthread_rwlock_t reg_rw;
@@ -526,14 +526,13 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write);
  * is the device address of the allocation's base in this process. */
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out);
 void bi_remote_unmap_all(bi_remote *rm);
-/* prefault.c: starts the remote's prefault-ahead thread if it is not running and a
- * mapping has pages left to do (rm->map_mu held; a failure only leaves it undone). */
-void bi_prefault_ahead_start_locked(bi_remote *rm);
-/* prefault.c: ends the thread for good and waits for it (rm->map_mu not held). */
+/* prefault.c: ends the remote's prefault-ahead thread for good and waits for it
+ * (rm->map_mu not held). */
 void bi_prefault_ahead_stop(bi_remote *rm);
 /* prefault.c: a request faulted in its own pages of mapping m up to byte offset `end`
- * (rm->map_mu held): the thread goes on from there, where the next requests go. */
-void bi_prefault_ahead_hint_locked(bi_map *m, uint64_t end);
+ * (rm->map_mu held): the thread does the peer_prefault_ahead bytes after it, where the
+ * next requests go (started if it is not running; a failure only leaves it undone). */
+void bi_prefault_ahead_hint_locked(bi_remote *rm, bi_map *m, uint64_t end);
 /* prefault.c: madvise(MADV_POPULATE_*) of [addr, addr+len), page-aligned outwards;
  * failure is harmless (the copy faults the pages in itself). */
 void bi_prefault_range(uint64_t addr, uint64_t len, bool write);

@@ -490,9 +490,9 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
                      "describes", path, rm->name);
     } else {
         /* Address space only: pages are mapped as requests touch them (bi_remote_prefault
-         * at request creation) and, ahead of them, those the peer's memfd holds already
-         * (prefault.c), never by populating the whole buffer (a sparse 8 GiB decoder
-         * buffer would otherwise become memory of the machine, and every sender's RSS). */
+         * at request creation) and a little ahead of them (prefault.c), never the whole
+         * buffer (an 8 GiB decoder buffer would otherwise become every sender's RSS, and
+         * a sparse one memory of the machine). */
         p = mmap(NULL, (size_t)g->memfd_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
                  fd, 0);
         if (p == MAP_FAILED)
@@ -516,11 +516,7 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
                 free(pr);
                 pw = pr = NULL;
             }
-            uint64_t ahead = KVP_MIN(g->memfd_size, rm->a->prefault_max);
-            rm->maps[rm->nmaps++] =
-                (bi_map){g->memfd_ino, g->memfd, p, g->memfd_size, pw, pr, 0, ahead, false,
-                         ahead == 0};
-            bi_prefault_ahead_start_locked(rm);
+            rm->maps[rm->nmaps++] = (bi_map){g->memfd_ino, g->memfd, p, g->memfd_size, pw, pr, 0, 0};
             *out = p;
         }
     }
@@ -580,7 +576,8 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) 
             if (s <= ks && t >= ke) (write ? popw : popr)[k / 64] |= 1ull << (k % 64);
         }
         for (size_t i = 0; i < rm->nmaps; i++)
-            if (rm->maps[i].base == (uint8_t *)(uintptr_t)base) bi_prefault_ahead_hint_locked(&rm->maps[i], t);
+            if (rm->maps[i].base == (uint8_t *)(uintptr_t)base)
+                bi_prefault_ahead_hint_locked(rm, &rm->maps[i], t);
         pthread_mutex_unlock(&rm->map_mu);
     }
 }

@@ -2,20 +2,22 @@
  * prefault.c - faulting a peer's memfd into this process before requests touch it.
  *
  * A same-host WRITE into a peer's page that this process never touched first pays for
- * the page table of that page (bi_remote_prefault at request creation): about 7 ms per
- * 28 MiB page on the 2-core VM, four times the copy, on the thread that creates the
- * request. A decoder hands out its pages in turn (credits, AllocResponses), so a fresh
+ * the page table of that page (bi_remote_prefault at request creation): 3.7-7 ms per
+ * 28 MiB page on the 2-core VM (read / write faults), two to four times the copy, on the
+ * thread that creates the request. A decoder hands out its pages in turn (credits, AllocResponses), so a fresh
  * sender meets only such pages until it went once through the decoder's buffer (issue
  * 15: PD 1 x 28 MiB at 0.17-0.39 of memcpy where warm pages read 0.7-1.8).
  *
- * So once a peer memfd is mapped, one thread per peer goes through it, up
- * to peer_prefault_max bytes per mapping, and faults in the pages that exist in the
- * memfd (mincore: resident in its page cache). Pages the peer never allocated (a
- * sparse buffer) are left alone: this never allocates the peer's memory, so the machine
- * still needs only what is written, and the sender's RSS grows only by pages that are
- * there anyway (the page tables of what a long-running sender maps in the end). Done
- * extents are marked in the mapping's bitmap, so requests skip them; a request that
- * comes first does its own pages, as before, and the thread skips those.
+ * So a request that faults in pages of its own tells a thread of the remote to fault in
+ * the peer_prefault_ahead bytes after them (1 GiB by default: a credit stock's first
+ * round of 28 MiB pages), where the next requests go: a pool hands out the pages it
+ * never gave in ascending order (LeasePool), and those it got back first, which are
+ * mapped here already. Only pages that exist in the memfd are done (mincore: resident
+ * in its page cache): this never allocates a sparse buffer's holes, so the machine
+ * still needs only what is written, and the sender maps at most peer_prefault_ahead
+ * bytes more than its requests touched, not the peer's whole buffer. Done extents are
+ * marked in the mapping's bitmap, so requests skip them; a request that comes first
+ * does its own pages, as before, and the thread skips those.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -89,20 +91,13 @@ static uint64_t ahead_step(bi_remote *rm, uint8_t *base, uint64_t size, uint64_t
     return done;
 }
 
-/* The next step of the remote's mappings (map_mu held): the first mapping not done,
- * from its cursor; at the end of a pass, another from the start when a request jumped
- * the cursor past pages (they were not looked at). False: nothing left. */
+/* The next step of the remote's mappings (map_mu held): the first mapping with pages
+ * left in its window, from its cursor. False: nothing left. */
 static bool ahead_next(bi_remote *rm, uint8_t **base, uint64_t *size, uint64_t **popw,
                        uint64_t *s, uint64_t *t) {
     for (size_t i = 0; i < rm->nmaps; i++) {
         bi_map *m = &rm->maps[i];
-        if (m->ahead_done || !m->popw) continue;
-        if (m->ahead_at >= m->ahead_end) {
-            m->ahead_done = !m->ahead_jumped;
-            m->ahead_jumped = false;
-            m->ahead_at = 0;
-            if (m->ahead_done) continue;
-        }
+        if (!m->popw || m->ahead_at >= m->ahead_end) continue;
         /* base, size and the bitmap stay until bi_remote_unmap_all, which stops this
          * thread first; the array of maps may move. */
         *base = m->base;
@@ -114,12 +109,6 @@ static bool ahead_next(bi_remote *rm, uint8_t **base, uint64_t *size, uint64_t *
         return true;
     }
     return false;
-}
-
-void bi_prefault_ahead_hint_locked(bi_map *m, uint64_t end) {
-    if (m->ahead_done || end <= m->ahead_at || end >= m->ahead_end) return;
-    m->ahead_at = (end + BI_POP_EXTENT - 1) / BI_POP_EXTENT * BI_POP_EXTENT;
-    m->ahead_jumped = true;
 }
 
 static void *ahead_main(void *arg) {
@@ -146,11 +135,9 @@ static void *ahead_main(void *arg) {
     return NULL;
 }
 
-void bi_prefault_ahead_start_locked(bi_remote *rm) {
+/* Starts the thread if it is not running (rm->map_mu held). */
+static void ahead_start_locked(bi_remote *rm) {
     if (rm->ahead_stop || rm->ahead_running) return;
-    bool work = false;
-    for (size_t i = 0; i < rm->nmaps && !work; i++) work = rm->maps[i].popw && !rm->maps[i].ahead_done;
-    if (!work) return;
     /* An earlier thread that ran out of work has left the lock for good: join it. */
     if (rm->ahead_joinable) (void)pthread_join(rm->ahead, NULL);
     rm->ahead_joinable = false;
@@ -162,6 +149,17 @@ void bi_prefault_ahead_start_locked(bi_remote *rm) {
     if (mrc == 0) (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
     /* Without the thread requests prefault their own pages, as before: only slower. */
     if (rc == 0) rm->ahead_running = rm->ahead_joinable = true;
+}
+
+void bi_prefault_ahead_hint_locked(bi_remote *rm, bi_map *m, uint64_t end) {
+    uint64_t w = rm->a->prefault_ahead;
+    if (w == 0 || !m->popw || end >= m->size) return;
+    uint64_t at = (end + BI_POP_EXTENT - 1) / BI_POP_EXTENT * BI_POP_EXTENT;
+    uint64_t until = end + KVP_MIN(w, m->size - end);
+    /* Never back: what lies behind the cursor was done, or jumped by requests. */
+    if (at > m->ahead_at) m->ahead_at = at;
+    if (until > m->ahead_end) m->ahead_end = until;
+    if (m->ahead_at < m->ahead_end) ahead_start_locked(rm);
 }
 
 void bi_prefault_ahead_stop(bi_remote *rm) {

@@ -1,8 +1,9 @@
 /* test_prefault.c - a same-host sender faults a peer's memfd in ahead of its requests
- * (issue 15): after its first request to a peer, the pages that peer's memfd holds are
- * mapped here by a thread of the engine, so that later requests into pages never
- * touched before find them mapped (prefault_create_bytes does not grow) and move every
- * byte; pages the peer never allocated (a sparse buffer) stay unallocated. */
+ * (issue 15): after a request faulted in pages of its own, a thread of the engine maps
+ * the peer_prefault_ahead bytes after them that the peer's memfd holds, so that later
+ * requests into pages never touched before find them mapped (prefault_create_bytes
+ * does not grow) and move every byte; pages the peer never allocated (a sparse buffer)
+ * stay unallocated, and nothing beyond the window is mapped. */
 #include <dirent.h>
 #include <stdbool.h>
 #include <time.h>
@@ -72,7 +73,7 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
     t_peer_start(&p, "T", NULL, NULL, peer_size, 0); /* memfd, every page allocated */
     uint64_t a = t_agent("I", NULL, NULL), m, reg;
     t_load(a, p.md, p.mdlen);
-    CHECK(t_info_num(a, "peer_prefault_max") == 8ull << 30);
+    CHECK(t_info_num(a, "peer_prefault_ahead") == 1ull << 30);
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
     uint64_t shm0 = rss_shmem();
@@ -153,11 +154,11 @@ TEST_T(prefault_ahead_leaves_pages_a_sparse_peer_never_allocated, 90) {
 }
 
 TEST_T(prefault_ahead_off_and_stopped_midway, 90) {
-    /* peer_prefault_max=0: requests fault in their own pages, as before. */
+    /* peer_prefault_ahead=0: requests fault in their own pages, as before. */
     t_peer p;
     const uint64_t peer_size = 256ull << 20, size = 1 << 20;
     t_peer_start(&p, "T", NULL, NULL, peer_size, 0);
-    uint64_t a = t_agent("I", NULL, "peer_prefault_max=0\n"), m, reg;
+    uint64_t a = t_agent("I", NULL, "peer_prefault_ahead=0\n"), m, reg;
     t_load(a, p.md, p.mdlen);
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
@@ -180,6 +181,45 @@ TEST_T(prefault_ahead_off_and_stopped_midway, 90) {
         if (round == 1) OK(kvp_invalidate_remote(b, "T"));
         OK(kvp_agent_destroy(b));
     }
+    OK(kvp_mem_free(m));
+    t_peer_stop(&p);
+}
+
+TEST_T(prefault_ahead_stays_within_its_window_past_the_requests, 90) {
+    t_peer p;
+    const uint64_t peer_size = 256ull << 20, size = 1 << 20, w = 32ull << 20;
+    t_peer_start(&p, "T", NULL, NULL, peer_size, 0);
+    uint64_t a = t_agent("I", NULL, "peer_prefault_ahead=33554432\n"), m, reg;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
+    OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
+    uint64_t shm0 = rss_shmem();
+    /* A request at 0: the 32 MiB after it, no more. */
+    t_fill((void *)(uintptr_t)m, size, 60);
+    write_once(a, m, &p, 0, size);
+    CHECK(wait_ahead(a, w) == w);
+    usleep(200 * 1000);
+    CHECK_MSG(t_info_num(a, "prefault_ahead_bytes") == w, "%llu bytes faulted in ahead",
+              (unsigned long long)t_info_num(a, "prefault_ahead_bytes"));
+    /* Inside the window: nothing to do on the request's path. */
+    t_fill((void *)(uintptr_t)m, size, 61);
+    write_once(a, m, &p, size + w - size, size);
+    CHECK(t_peer_verify(&p, w, size, 61));
+    CHECK(t_info_num(a, "prefault_create_bytes") == size);
+    /* Far beyond it: the request does its own, and the window follows it. */
+    const uint64_t far = 200ull << 20;
+    t_fill((void *)(uintptr_t)m, size, 62);
+    write_once(a, m, &p, far, size);
+    CHECK(t_peer_verify(&p, far, size, 62));
+    CHECK(t_info_num(a, "prefault_create_bytes") == 2 * size);
+    uint64_t rest = peer_size - far - size < w ? peer_size - far - size : w;
+    CHECK(wait_ahead(a, w + rest) == w + rest);
+    usleep(200 * 1000);
+    CHECK(t_info_num(a, "prefault_ahead_bytes") == w + rest);
+    uint64_t grown = rss_shmem() - shm0;
+    CHECK_MSG(grown <= 2 * size + w + rest + (1 << 20), "%llu MiB mapped here, %llu expected",
+              (unsigned long long)(grown >> 20), (unsigned long long)((2 * size + w + rest) >> 20));
+    OK(kvp_agent_destroy(a));
     OK(kvp_mem_free(m));
     t_peer_stop(&p);
 }
