@@ -135,7 +135,7 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "vram_inline_max", 0, 1u << 30, 32u << 20, &x)) != KVP_SUCCESS)
         return st;
     a->vram_inline_max = x;
-    if ((st = kvp_params_uint(pp, "peer_prefault_ahead", 0, 1ull << 40, 1ull << 30, &x)) !=
+    if ((st = kvp_params_uint(pp, "peer_prefault_ahead", 0, 1ull << 40, 512ull << 20, &x)) !=
         KVP_SUCCESS)
         return st;
     a->prefault_ahead = x;

@@ -9,7 +9,7 @@
  * 15: PD 1 x 28 MiB at 0.17-0.39 of memcpy where warm pages read 0.7-1.8).
  *
  * So a request that faults in pages of its own tells a thread of the remote to fault in
- * the peer_prefault_ahead bytes after them (1 GiB by default: a credit stock's first
+ * the peer_prefault_ahead bytes after them (512 MiB by default: a credit stock's first
  * round of 28 MiB pages), where the next requests go: a pool hands out the pages it
  * never gave in ascending order (LeasePool), and those it got back first, which are
  * mapped here already. Only pages that exist in the memfd are done (mincore: resident

@@ -73,7 +73,7 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
     t_peer_start(&p, "T", NULL, NULL, peer_size, 0); /* memfd, every page allocated */
     uint64_t a = t_agent("I", NULL, NULL), m, reg;
     t_load(a, p.md, p.mdlen);
-    CHECK(t_info_num(a, "peer_prefault_ahead") == 1ull << 30);
+    CHECK(t_info_num(a, "peer_prefault_ahead") == 512ull << 20);
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
     uint64_t shm0 = rss_shmem();
@@ -120,7 +120,7 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
 
 TEST_T(prefault_ahead_leaves_pages_a_sparse_peer_never_allocated, 90) {
     t_peer p;
-    const uint64_t peer_size = 1ull << 30, size = 1 << 20, held = 8 << 20, at = 600ull << 20;
+    const uint64_t peer_size = 1ull << 30, size = 1 << 20, held = 8 << 20, at = 300ull << 20;
     t_peer_start(&p, "T", NULL, NULL, peer_size, 4); /* sparse */
     t_peer_fill(&p, at, held, 7);                     /* the only pages it has */
     uint64_t a = t_agent("I", NULL, NULL), m, reg;
@@ -137,7 +137,7 @@ TEST_T(prefault_ahead_leaves_pages_a_sparse_peer_never_allocated, 90) {
     CHECK_MSG(ahead >= held && ahead <= held + size,
               "the thread faulted in %llu bytes, the peer holds %llu (+%llu written by us)",
               (unsigned long long)ahead, (unsigned long long)held, (unsigned long long)size);
-    /* Give it time to go wrong (it would go on through the 1 GiB): nothing more. */
+    /* Give it time to go wrong (it would go on through its 512 MiB window): nothing more. */
     usleep(300 * 1000);
     CHECK(t_info_num(a, "prefault_ahead_bytes") == ahead);
     uint64_t grown = rss_shmem() - shm0;
