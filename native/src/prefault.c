@@ -154,8 +154,11 @@ static void ahead_start_locked(bi_remote *rm) {
 void bi_prefault_ahead_hint_locked(bi_remote *rm, bi_map *m, uint64_t end) {
     uint64_t w = rm->a->prefault_ahead;
     if (w == 0 || !m->popw || end >= m->size) return;
+    /* Both ends on extents (or the mapping's end): a step then covers whole extents,
+     * and mincore has looked at every page of each one it does. */
     uint64_t at = (end + BI_POP_EXTENT - 1) / BI_POP_EXTENT * BI_POP_EXTENT;
     uint64_t until = end + KVP_MIN(w, m->size - end);
+    until = KVP_MIN(m->size, (until + BI_POP_EXTENT - 1) / BI_POP_EXTENT * BI_POP_EXTENT);
     /* Never back: what lies behind the cursor was done, or jumped by requests. */
     if (at > m->ahead_at) m->ahead_at = at;
     if (until > m->ahead_end) m->ahead_end = until;

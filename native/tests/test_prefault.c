@@ -223,3 +223,29 @@ TEST_T(prefault_ahead_stays_within_its_window_past_the_requests, 90) {
     OK(kvp_mem_free(m));
     t_peer_stop(&p);
 }
+
+TEST_T(prefault_ahead_window_of_any_width_looks_at_whole_extents, 60) {
+    /* A window whose end falls inside an extent (100000 bytes past a request that ends
+     * at 1 MiB): it ends on that extent's end, and each extent in it is judged on all
+     * of its pages. The peer holds only [1 MiB + 64 KiB, 1 MiB + 192 KiB): the one
+     * extent of it inside the window is done, the one past it is not. */
+    t_peer p;
+    const uint64_t peer_size = 64ull << 20, size = 1 << 20, k = 1024;
+    t_peer_start(&p, "T", NULL, NULL, peer_size, 4); /* sparse */
+    t_peer_fill(&p, size + 64 * k, 128 * k, 5);
+    uint64_t a = t_agent("I", NULL, "peer_prefault_ahead=100000\n"), m, reg;
+    t_load(a, p.md, p.mdlen);
+    OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
+    OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
+    t_fill((void *)(uintptr_t)m, size, 6);
+    write_once(a, m, &p, 0, size);
+    CHECK(t_peer_verify(&p, 0, size, 6));
+    CHECK(wait_ahead(a, 64 * k) == 64 * k);
+    usleep(200 * 1000);
+    CHECK_MSG(t_info_num(a, "prefault_ahead_bytes") == 64 * k, "%llu bytes faulted in ahead",
+              (unsigned long long)t_info_num(a, "prefault_ahead_bytes"));
+    CHECK(t_peer_verify(&p, size + 64 * k, 128 * k, 5));
+    OK(kvp_agent_destroy(a));
+    OK(kvp_mem_free(m));
+    t_peer_stop(&p);
+}
