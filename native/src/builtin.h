@@ -534,8 +534,8 @@ void bi_prefault_ahead_stop(bi_remote *rm);
  * next requests go (started if it is not running; a failure only leaves it undone). */
 void bi_prefault_ahead_hint_locked(bi_remote *rm, bi_map *m, uint64_t end);
 /* prefault.c: madvise(MADV_POPULATE_*) of [addr, addr+len), page-aligned outwards;
- * failure is harmless (the copy faults the pages in itself). */
-void bi_prefault_range(uint64_t addr, uint64_t len, bool write);
+ * false when it failed, which is harmless (the copy faults the pages in itself). */
+bool bi_prefault_range(uint64_t addr, uint64_t len, bool write);
 /* The peer's live region (from its agent page) holding [addr, addr+len) of that type
  * and device: a copy of it in *out, its slot and generation. KVP_ERR_NOT_FOUND when
  * the page does not list it, KVP_ERR_NOT_SUPPORTED when the page cannot be read. */

@@ -539,8 +539,8 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) 
     }
     if (!m || !m->popw) {
         pthread_mutex_unlock(&rm->map_mu);
-        bi_prefault_range(addr, len, write);
-        atomic_fetch_add(&rm->a->prefault_create_bytes, len);
+        if (bi_prefault_range(addr, len, write))
+            atomic_fetch_add(&rm->a->prefault_create_bytes, len);
         return;
     }
     /* The bitmaps and the mapping live as long as the remote (bi_remote_unmap_all), which
@@ -568,14 +568,16 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) 
          * the write faults itself: only slower. */
         uint64_t s = KVP_MAX(off, run * BI_POP_EXTENT);
         uint64_t t = KVP_MIN(end, e * BI_POP_EXTENT);
-        bi_prefault_range(base + s, t - s, false);
-        atomic_fetch_add(&rm->a->prefault_create_bytes, t - s);
+        bool ok = bi_prefault_range(base + s, t - s, false);
+        if (ok) atomic_fetch_add(&rm->a->prefault_create_bytes, t - s);
         pthread_mutex_lock(&rm->map_mu);
+        /* Marked even when the kernel cannot prefault (before 5.14): no point asking it
+         * again for every request. */
         for (uint64_t k = run; k < e; k++) {
             uint64_t ks = k * BI_POP_EXTENT, ke = KVP_MIN(ks + BI_POP_EXTENT, size);
             if (s <= ks && t >= ke) (write ? popw : popr)[k / 64] |= 1ull << (k % 64);
         }
-        for (size_t i = 0; i < rm->nmaps; i++)
+        for (size_t i = 0; ok && i < rm->nmaps; i++)
             if (rm->maps[i].base == (uint8_t *)(uintptr_t)base)
                 bi_prefault_ahead_hint_locked(rm, &rm->maps[i], t);
         pthread_mutex_unlock(&rm->map_mu);

@@ -36,17 +36,18 @@
 
 #define POP_HAS(bm, i) (((bm)[(i) / 64] >> ((i) % 64)) & 1u)
 
-void bi_prefault_range(uint64_t addr, uint64_t len, bool write) {
+bool bi_prefault_range(uint64_t addr, uint64_t len, bool write) {
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t ps = pg > 0 ? (uint64_t)pg : 4096;
     uint64_t s = addr / ps * ps, e = (addr + len + ps - 1) / ps * ps;
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
-    (void)madvise((void *)(uintptr_t)s, (size_t)(e - s),
-                  write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+    return madvise((void *)(uintptr_t)s, (size_t)(e - s),
+                   write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0;
 #else
     KVP_UNUSED(s);
     KVP_UNUSED(e);
     KVP_UNUSED(write);
+    return false;
 #endif
 }
 
@@ -82,7 +83,9 @@ static uint64_t ahead_step(bi_remote *rm, uint8_t *base, uint64_t size, uint64_t
         while (k <= e1 && todo[k - e0]) k++;
         uint64_t rs = r * BI_POP_EXTENT, re = KVP_MIN(k * BI_POP_EXTENT, size);
         /* Read faults: see bi_remote_prefault (the pages come out writable). */
-        bi_prefault_range((uint64_t)(uintptr_t)(base + rs), re - rs, false);
+        /* A kernel without MADV_POPULATE_* (before 5.14) does nothing: neither counted
+         * nor marked, so requests try again (and the copy faults pages in itself). */
+        if (!bi_prefault_range((uint64_t)(uintptr_t)(base + rs), re - rs, false)) continue;
         pthread_mutex_lock(&rm->map_mu);
         for (uint64_t j = r; j < k; j++) popw[j / 64] |= 1ull << (j % 64);
         pthread_mutex_unlock(&rm->map_mu);
