@@ -20,6 +20,8 @@ import { benchSenderConfig } from "./lib.ts";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { fillPattern } from "../src/pd/pattern.ts";
 import { PdSender } from "../src/pd/sender.ts";
+import type { NixlChannel } from "../src/channel/nixl.ts";
+import { loadNativeLibrary } from "../ffi/mod.ts";
 import { freePort, measureMemcpy, nextEvent, spawnKvport } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
 
@@ -57,6 +59,20 @@ export interface PdBenchResult {
   goal?: { op: ">="; ratio: number };
   /** Whether the goal was met. */
   pass?: boolean;
+  /**
+   * Bytes of the decoder's pages that the sender faulted in during the timed requests
+   * (builtin engine, same host; `kvp_agent_info`): `create` inside `kvp_xfer_create`,
+   * on the request's path, and `ahead` by the prefault-ahead thread, off it.
+   */
+  prefault?: { createBytes: number; aheadBytes: number };
+  /**
+   * Requests of up to 8 chunks: one synchronous copy of the request's bytes right after
+   * each timed request (`kvp_mem_copy` between two buffers of this process, as
+   * `latency_bench` does), median GB/s, and gbps over it. The `memcpy` probe above copies
+   * two buffers back and forth with nothing in between, so on a large last-level cache a
+   * 28 MiB chunk's probe partly runs from the cache, where a request never does.
+   */
+  copyAfterEach?: { gbps: number; ratio: number };
 }
 
 function median(xs: number[]): number {
@@ -176,10 +192,33 @@ export async function runPdBench(
       `pd bench: ${engine} engine, ${note}; decoder is another process on this host`,
     );
     let reqNo = 0;
+    const lib = await loadNativeLibrary();
     for (const n of sizes) {
       const reps = n === 1 ? 30 : n <= 8 ? 10 : 5;
       const times: number[] = [];
+      let infoAtStart: Record<string, string> = {};
+      const agent = (tx.channel as NixlChannel).agent;
+      // The copy after each request (sizes of up to 8 chunks: two more buffers of a
+      // request each, filled once so that no copy pays for page faults).
+      const copies: number[] = [];
+      const cp = n <= 8 ? [agent.allocate(n * chunk), agent.allocate(n * chunk)] : undefined;
+      cp?.forEach((b, i) => b.bytes.fill(i + 1));
+      const copyOnce = (): number => {
+        const t = performance.now();
+        const st = lib.symbols.kvp_mem_copy(
+          0,
+          0,
+          cp![1].address,
+          0,
+          0,
+          cp![0].address,
+          BigInt(n * chunk),
+        );
+        if (st !== 0) throw new Error(`kvp_mem_copy failed: status ${st}`);
+        return (performance.now() - t) / 1000;
+      };
       for (let r = -1; r < reps; r++) {
+        if (r === 0) infoAtStart = agent.info();
         const reqId = `bench-${n}-${reqNo++}`;
         const pages = await tx.allocate(n, 60_000);
         const keys = pages.map((_, i) => demoKey(reqId, i));
@@ -198,9 +237,23 @@ export async function runPdBench(
         }
         const dt = (performance.now() - t0) / 1000;
         if (r >= 0) times.push(dt); // r = -1: warm-up
+        if (r >= 0 && cp) copies.push(copyOnce());
       }
+      cp?.forEach((b) => b.free());
+      const info = agent.info();
+      const grew = (k: string) => Number(info[k]) - Number(infoAtStart[k]);
+      const prefault = info.prefault_create_bytes === undefined ? undefined : {
+        createBytes: grew("prefault_create_bytes"),
+        aheadBytes: grew("prefault_ahead_bytes"),
+      };
       const seconds = median(times);
       const bytes = n * chunk;
+      const copyAfterEach = copies.length > 0
+        ? {
+          gbps: bytes / median(copies) / 1e9,
+          ratio: (bytes / seconds) / (bytes / median(copies)),
+        }
+        : undefined;
       const mc = await measureMemcpy(bytes);
       const gbps = bytes / seconds / 1e9;
       const res: PdBenchResult = {
@@ -225,11 +278,23 @@ export async function runPdBench(
             pass: gbps / (mc.bps / 1e9) >= (n === 1 ? 0.7 : 0.9),
           }
           : {}),
+        ...(prefault ? { prefault } : {}),
+        ...(copyAfterEach ? { copyAfterEach } : {}),
       };
       log(
         `  ${String(n).padStart(3)} chunk(s): ${(seconds * 1000).toFixed(2)} ms, ` +
           `${res.chunksPerSec.toFixed(0)} chunks/s, ${gbps.toFixed(2)} GB/s; memcpy ` +
-          `${res.memcpyGbps.toFixed(2)} GB/s (${mc.source}) -> ratio ${res.ratio.toFixed(2)}`,
+          `${res.memcpyGbps.toFixed(2)} GB/s (${mc.source}) -> ratio ${res.ratio.toFixed(2)}` +
+          (copyAfterEach
+            ? ` (a copy after each request: ${copyAfterEach.gbps.toFixed(2)} GB/s -> ` +
+              `${copyAfterEach.ratio.toFixed(2)})`
+            : "") +
+          // Decoder pages the timed requests found unmapped here (each costs about as
+          // much as its copy, on the request's path) and those the thread did ahead.
+          (prefault
+            ? `; decoder pages faulted in: ${(prefault.createBytes / 2 ** 20).toFixed(0)} MiB ` +
+              `by the requests, ${(prefault.aheadBytes / 2 ** 20).toFixed(0)} MiB ahead`
+            : ""),
       );
       log(JSON.stringify(res));
       results.push(res);

@@ -52,6 +52,7 @@ export const NATIVE_FILES: readonly string[] = [
   "src/params.h",
   "src/peer_page.c",
   "src/pool.c",
+  "src/prefault.c",
   "src/stage.c",
   "src/stage.h",
   "src/tcp.h",

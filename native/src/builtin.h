@@ -110,6 +110,11 @@ typedef struct bi_map {
      * writing (popw) and for reading (popr); NULL when the bitmaps could not be had
      * (then every request prefaults, as before). Under the remote's map_mu. */
     uint64_t *popw, *popr;
+    /* The prefault-ahead thread of the remote in this mapping (prefault.c; map_mu): where
+     * it goes on (bytes from base) and where it stops (peer_prefault_ahead bytes past
+     * the furthest page a request faulted in itself); ahead_at >= ahead_end: nothing to
+     * do. */
+    uint64_t ahead_at, ahead_end;
 } bi_map;
 
 /* Granularity of the prefault bitmaps of a peer mapping. */
@@ -156,6 +161,11 @@ struct bi_remote {
     size_t nmaps;
     bi_ipc *ipcs;        /* (map_mu) */
     size_t nipcs;
+    /* The prefault-ahead thread (prefault.c; map_mu): it faults in the peer's pages that
+     * exist (resident in its memfd) before requests touch them. ahead_stop: ends it for
+     * good (bi_remote_unmap_all joins it first). */
+    pthread_t ahead;
+    bool ahead_running, ahead_joinable, ahead_stop;
     /* Its agent page (map_mu): the live registrations every same-host copy is checked
      * against (and pinned in) when it starts. */
     int32_t page_fd;
@@ -334,6 +344,9 @@ struct bi_agent {
                                  * inside post (queued, then their event waited for) */
     uint64_t cached_read_max;   /* buffered file READs up to this many bytes that the page
                                  * cache holds complete inside post (never waiting for I/O) */
+    uint64_t prefault_ahead;    /* bytes of a peer memfd mapping faulted in, in the
+                                 * background, past the furthest page a request faulted
+                                 * in itself (prefault.c); 0: none */
     bool vram_kernel;           /* vram_copy=auto: scattered VRAM<->VRAM pages by kernel */
     /* registrations */
     pthread_rwlock_t reg_rw;
@@ -406,6 +419,9 @@ struct bi_agent {
     atomic_uint_fast64_t n_cu_launched, cu_queue_ns, cu_hop_ns, cu_event_wait_ns;
     /* kvp_xfer_create / kvp_xfer_post calls and the time spent in them (ns, summed) */
     atomic_uint_fast64_t n_create_calls, create_ns, n_post_calls, post_ns;
+    /* Bytes of peer memfd mappings faulted in by kvp_xfer_create (on the caller's
+     * thread, before the request can start) and ahead of requests (prefault.c) */
+    atomic_uint_fast64_t prefault_create_bytes, prefault_ahead_bytes;
     /* kvp_now_ns() (CLOCK_MONOTONIC, one clock for every process of the host) when the
      * last request finished and when the last notification was queued: benchmarks set
      * them against their own marks (kvp_agent_info's clock_ns gives the offset) to tell
@@ -510,6 +526,16 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write);
  * is the device address of the allocation's base in this process. */
 int32_t bi_remote_ipc_open(bi_remote *rm, const kvp_md_region *g, int32_t dev, uint64_t *out);
 void bi_remote_unmap_all(bi_remote *rm);
+/* prefault.c: ends the remote's prefault-ahead thread for good and waits for it
+ * (rm->map_mu not held). */
+void bi_prefault_ahead_stop(bi_remote *rm);
+/* prefault.c: a request faulted in its own pages of mapping m up to byte offset `end`
+ * (rm->map_mu held): the thread does the peer_prefault_ahead bytes after it, where the
+ * next requests go (started if it is not running; a failure only leaves it undone). */
+void bi_prefault_ahead_hint_locked(bi_remote *rm, bi_map *m, uint64_t end);
+/* prefault.c: madvise(MADV_POPULATE_*) of [addr, addr+len), page-aligned outwards;
+ * false when it failed, which is harmless (the copy faults the pages in itself). */
+bool bi_prefault_range(uint64_t addr, uint64_t len, bool write);
 /* The peer's live region (from its agent page) holding [addr, addr+len) of that type
  * and device: a copy of it in *out, its slot and generation. KVP_ERR_NOT_FOUND when
  * the page does not list it, KVP_ERR_NOT_SUPPORTED when the page cannot be read. */

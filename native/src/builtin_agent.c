@@ -107,7 +107,7 @@ static const char *const g_known_params[] = {
     "connect_timeout_ms", "transport", "inline_max", "vram_copy", "dereg_timeout_ms",
     "max_remotes", "page_grants", "max_grants", "max_read_queue", "max_inbound_conns",
     "hello_timeout_ms", "max_notifs", "max_notif_bytes", "cached_read_max", "mem_inline_max",
-    "vram_inline_max", NULL,
+    "vram_inline_max", "peer_prefault_ahead", NULL,
 };
 
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
@@ -137,6 +137,10 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     if ((st = kvp_params_uint(pp, "vram_inline_max", 0, 1u << 30, 32u << 20, &x)) != KVP_SUCCESS)
         return st;
     a->vram_inline_max = x;
+    if ((st = kvp_params_uint(pp, "peer_prefault_ahead", 0, 1ull << 40, 512ull << 20, &x)) !=
+        KVP_SUCCESS)
+        return st;
+    a->prefault_ahead = x;
     if ((st = kvp_params_uint(pp, "dereg_timeout_ms", 0, 600000, 10000, &x)) != KVP_SUCCESS)
         return st;
     a->dereg_timeout_ms = (uint32_t)x;
@@ -209,7 +213,7 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
                            "transport, inline_max, vram_copy, dereg_timeout_ms, max_remotes, "
                            "page_grants, max_grants, max_read_queue, max_inbound_conns, "
                            "hello_timeout_ms, max_notifs, max_notif_bytes, cached_read_max, "
-                           "mem_inline_max, vram_inline_max; "
+                           "mem_inline_max, vram_inline_max, peer_prefault_ahead; "
                            "prefix a key with "
                            "BACKEND. to pass it to a backend)",
                            pp->v[i].key);
@@ -509,11 +513,14 @@ static int32_t bi_info(kvp_agent *ka, kvp_buf *out) {
              (unsigned long long)atomic_load(&a->notif_send_ns));
     kvp_buf_put(out, line, strlen(line));
     snprintf(line, sizeof line,
-             "xfer_creates=%llu\nxfer_create_ns=%llu\nxfer_post_calls=%llu\nxfer_post_ns=%llu\n",
+             "xfer_creates=%llu\nxfer_create_ns=%llu\nxfer_post_calls=%llu\nxfer_post_ns=%llu\n"
+             "peer_prefault_ahead=%llu\nprefault_create_bytes=%llu\nprefault_ahead_bytes=%llu\n",
              (unsigned long long)atomic_load(&a->n_create_calls),
              (unsigned long long)atomic_load(&a->create_ns),
              (unsigned long long)atomic_load(&a->n_post_calls),
-             (unsigned long long)atomic_load(&a->post_ns));
+             (unsigned long long)atomic_load(&a->post_ns), (unsigned long long)a->prefault_ahead,
+             (unsigned long long)atomic_load(&a->prefault_create_bytes),
+             (unsigned long long)atomic_load(&a->prefault_ahead_bytes));
     kvp_buf_put(out, line, strlen(line));
     /* Stamps on the host's monotonic clock (see last_done_ns in builtin.h). The notifier is
      * the agent's until destroy, so it cannot go while the agent is in use here. */
