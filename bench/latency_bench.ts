@@ -54,7 +54,7 @@ import { fillPattern } from "../src/pd/pattern.ts";
 import type { PdReceiverStage, PdSenderStage } from "../src/pd/timeline.ts";
 import { measureCudaMemcpy, measureMemcpy } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
-import { engineStamps, percentile, Report } from "./lib.ts";
+import { benchAgentParams, engineStamps, percentile, Report } from "./lib.ts";
 import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
 
 // KVPORT_BENCH_WAKE=legacy: the wake-ups of an ABI-3 library (Deno's pool-thread waits,
@@ -114,18 +114,7 @@ const sizes = (values.sizes ?? "1x28,1x0.25,16x28").split(",").map((s) => {
 // KVPORT_BENCH_AGENT_PARAMS="mem_inline_max=0,vram_inline_max=0": engine parameters of the
 // sender's agent, e.g. copies of small requests on the engine's workers rather than inside
 // the post (on this process's thread), as the large GPU requests are.
-const agentParams = process.env.KVPORT_BENCH_AGENT_PARAMS
-  ? Object.fromEntries(
-    process.env.KVPORT_BENCH_AGENT_PARAMS.split(",").map((kv) => {
-      const at = kv.indexOf("=");
-      if (at <= 0) {
-        console.error(`latency bench: KVPORT_BENCH_AGENT_PARAMS expects k=v,..., got ${kv}`);
-        process.exit(2);
-      }
-      return [kv.slice(0, at).trim(), kv.slice(at + 1).trim()];
-    }),
-  )
-  : undefined;
+const agentParams = benchAgentParams("latency bench");
 const engine = (process.env.KVPORT_ENGINE ??= "builtin") as "auto" | "builtin" | "nixl";
 const origin = performance.timeOrigin;
 const abs = () => origin + performance.now();
@@ -698,10 +687,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     // for the decoder; the decoder's credits hold it back). Both run until every request
     // landed at the decoder; the same bytes per request, against the same copy time. The
     // pages are not filled (the latency rounds above do that).
-    if (throughput) {
-      for (const mode of ["landed", "sent"] as const) await throughputPhase(mode);
-    }
-    async function throughputPhase(mode: "landed" | "sent") {
+    const throughputPhase = async (mode: "landed" | "sent") => {
       const total = Math.max(reps, 4 * parallel);
       let started = 0;
       const rxOf = new Map<string, Partial<Record<PdReceiverStage, number>>>();
@@ -798,6 +784,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
           stagesP50Us: where,
         },
       });
+    };
+    if (throughput) {
+      for (const mode of ["landed", "sent"] as const) await throughputPhase(mode);
     }
     return {
       size: size.label,

@@ -395,3 +395,29 @@ export function engineStamps(agent: { info(): Record<string, string> }): Record<
   }
   return out;
 }
+
+/**
+ * Engine parameters from `KVPORT_BENCH_AGENT_PARAMS` (`k=v,k=v`, e.g.
+ * `mem_inline_max=0,io_threads=4`) for the agents a benchmark creates, or `undefined`
+ * when it is not set. Exits with status 2, naming the entry, on one without `=`.
+ *
+ * @example
+ * ```ts
+ * import { benchAgentParams } from "./lib.ts";
+ * const agentParams = benchAgentParams("latency bench"); // { mem_inline_max: "0" } or undefined
+ * ```
+ */
+export function benchAgentParams(bench: string): Record<string, string> | undefined {
+  const spec = process.env.KVPORT_BENCH_AGENT_PARAMS;
+  if (!spec) return undefined;
+  return Object.fromEntries(
+    spec.split(",").map((kv) => {
+      const at = kv.indexOf("=");
+      if (at <= 0) {
+        console.error(`${bench}: KVPORT_BENCH_AGENT_PARAMS expects k=v,..., got ${kv}`);
+        process.exit(2);
+      }
+      return [kv.slice(0, at).trim(), kv.slice(at + 1).trim()];
+    }),
+  );
+}

@@ -21,7 +21,7 @@ import { P2PRegistry } from "../src/p2p/registry.ts";
 import { checkPattern } from "../src/pd/pattern.ts";
 import { freePort, measureMemcpy, nextEvent } from "../cli/demo_cmd.ts";
 import { p2pDemoKey, spawnP2p } from "../cli/p2p_cmd.ts";
-import { nativeLimit, percentile, Report } from "./lib.ts";
+import { benchAgentParams, nativeLimit, percentile, Report } from "./lib.ts";
 import { instanceConfig, tempDir } from "../tests/helpers/p2p_util.ts";
 
 /** Options of {@linkcode runP2pBench}. */
@@ -74,7 +74,12 @@ export async function runP2pBench(options: P2pBenchOptions = {}): Promise<Report
   const tmp = tempDir("kvport-p2p-bench-");
   const registry = await P2PRegistry.listen({ pullUrl: "127.0.0.1:0", replyUrl: "127.0.0.1:0" });
   const [init, lookup, worker] = await Promise.all([freePort(), freePort(), freePort()]);
+  // KVPORT_BENCH_AGENT_PARAMS="mem_inline_max=0,io_threads=4": engine parameters of both
+  // agents (the holder's WRITE runs its copy; by default one of <= 4 MiB runs inside the
+  // post, on the holder's JavaScript thread).
+  const agentParams = benchAgentParams("p2p bench");
   const yaml = instanceConfig(tmp.dir, {
+    agentParams,
     id: "holder",
     initPort: init,
     lookupPort: lookup,
@@ -110,6 +115,7 @@ export async function runP2pBench(options: P2pBenchOptions = {}): Promise<Report
       bufferSize: (n + 1) * page,
       channelType: "nixl",
       engine,
+      agentParams,
       registryPullUrl: registry.pullUrl,
       registryReplyUrl: registry.replyUrl,
       heartbeatIntervalMs: null,

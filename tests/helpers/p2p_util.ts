@@ -140,8 +140,11 @@ export function instanceConfig(
     reply: string;
     bufferBytes: number;
     channel?: string;
+    /** `extra_config.kvport_agent_params` (engine parameters of the instance's agent). */
+    agentParams?: Readonly<Record<string, string>>;
   },
 ): string {
+  const params = Object.entries(o.agentParams ?? {});
   const file = path.join(dir, `${o.id}.yaml`);
   fs.writeFileSync(
     file,
@@ -165,6 +168,9 @@ export function instanceConfig(
       "  p2p_socket_recv_timeout_ms: 5000",
       "  p2p_socket_send_timeout_ms: 2000",
       "  p2p_max_retry_count: 3",
+      ...(params.length > 0
+        ? ["  kvport_agent_params:", ...params.map(([k, v]) => `    ${k}: "${v}"`)]
+        : []),
       "",
     ].join("\n"),
   );
