@@ -5,6 +5,7 @@
  */
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <sys/epoll.h>
 #include <sys/pidfd.h>
@@ -110,6 +111,18 @@ static const char *const g_known_params[] = {
     "vram_inline_max", "peer_prefault_ahead", NULL,
 };
 
+/* Copy workers by default: a quarter of the cores this process may run on, 2 to 8. On the
+ * 16-core H200 host PD's 64 x 28 MiB went from 11.8 to 17.9 GB/s with 4 (2026-12-04);
+ * a 2-core machine keeps 2, where more would only take turns with the application. */
+static uint32_t default_io_threads(void) {
+    long n = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+    long q = n / 4;
+    return (uint32_t)(q < 2 ? 2 : q > 8 ? 8 : q);
+}
+
 static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     const char *v;
     uint64_t x;
@@ -120,7 +133,8 @@ static int32_t apply_params(bi_agent *a, kvp_params *pp) {
     snprintf(a->listen_host, sizeof a->listen_host, "%s", v && *v ? v : "127.0.0.1");
     if ((st = kvp_params_uint(pp, "listen_port", 0, 65535, 0, &x)) != KVP_SUCCESS) return st;
     a->port = (uint16_t)x;
-    if ((st = kvp_params_uint(pp, "io_threads", 1, 64, 2, &x)) != KVP_SUCCESS) return st;
+    if ((st = kvp_params_uint(pp, "io_threads", 1, 64, default_io_threads(), &x)) != KVP_SUCCESS)
+        return st;
     a->io_threads = (uint32_t)x;
     if ((st = kvp_params_uint(pp, "connect_timeout_ms", 1, 600000, 5000, &x)) != KVP_SUCCESS)
         return st;

@@ -65,7 +65,8 @@ export interface NixlStorageOptions {
   timeoutMs?: number;
   /**
    * Parameters of the agent's engine (builtin: `io_threads`, the number of threads that
-   * run pread/pwrite, default 2). Plugin parameters go in `backendParams`.
+   * run pread/pwrite, default a quarter of the cores, 2 to 8). Plugin parameters go in
+   * `backendParams`.
    */
   engineParams?: Readonly<Record<string, string | number>>;
   /** Name of the backend's agent (default `kvport-storage-<pid>-<n>`). */
