@@ -548,32 +548,43 @@ static int32_t notif_wait(uint64_t agent, int64_t timeout_ms) {
                                     (long long)timeout_ms)
                           : a->ops->notif_wait(a, timeout_ms));
 }
+/* The arguments kvp_grant and kvp_grant_each share, checked the same way (fn: which). */
+static int32_t check_grant_args(const char *fn, const char *remote, const uint64_t *addrs,
+                                const uint64_t *lens, uint64_t count, uint32_t access,
+                                int64_t expires_ms) {
+    if (!remote || !*remote) return kvp_err(KVP_ERR_INVALID_PARAM, "%s: remote name is empty", fn);
+    if (count == 0 || !addrs || !lens)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "%s: %llu ranges (addrs and lens must not be NULL, count >= 1)", fn,
+                       (unsigned long long)count);
+    if (count > (1u << 20))
+        return kvp_err(KVP_ERR_INVALID_PARAM, "%s: %llu ranges in one call is too many", fn,
+                       (unsigned long long)count);
+    if (access == 0 || (access & ~(KVP_GRANT_READ | KVP_GRANT_WRITE)))
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "%s: access 0x%x is not READ (1), WRITE (2) or both", fn, access);
+    if (expires_ms < 0)
+        return kvp_err(KVP_ERR_INVALID_PARAM,
+                       "%s: expires_ms must be >= 0 (0: until revoked), got %lld", fn,
+                       (long long)expires_ms);
+    return KVP_SUCCESS;
+}
+
+static int32_t grants_unsupported(const char *fn, const kvp_agent *a) {
+    return kvp_err(KVP_ERR_NOT_SUPPORTED,
+                   "%s: the %s engine enforces no page grants (a peer reaches whole "
+                   "registrations, as NIXL's memory keys do); use the builtin engine",
+                   fn, a->ops->name);
+}
+
 static int32_t do_grant(kvp_agent *a, const char *remote, int32_t mem_type, const uint64_t *addrs,
                         const uint64_t *lens, const uint64_t *devs, uint64_t count,
                         uint32_t access, int64_t expires_ms, uint64_t *out) {
     if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: out_grant is NULL");
     *out = 0;
-    if (!a->ops->grant)
-        return kvp_err(KVP_ERR_NOT_SUPPORTED,
-                       "kvp_grant: the %s engine enforces no page grants (a peer reaches whole "
-                       "registrations, as NIXL's memory keys do); use the builtin engine",
-                       a->ops->name);
-    if (!remote || !*remote)
-        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: remote name is empty");
-    if (count == 0 || !addrs || !lens)
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant: %llu ranges (addrs and lens must not be NULL, count >= 1)",
-                       (unsigned long long)count);
-    if (count > (1u << 20))
-        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant: %llu ranges in one call is too many",
-                       (unsigned long long)count);
-    if (access == 0 || (access & ~(KVP_GRANT_READ | KVP_GRANT_WRITE)))
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant: access 0x%x is not READ (1), WRITE (2) or both", access);
-    if (expires_ms < 0)
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant: expires_ms must be >= 0 (0: until revoked), got %lld",
-                       (long long)expires_ms);
+    if (!a->ops->grant) return grants_unsupported("kvp_grant", a);
+    int32_t st = check_grant_args("kvp_grant", remote, addrs, lens, count, access, expires_ms);
+    if (st != KVP_SUCCESS) return st;
     return a->ops->grant(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms, out);
 }
 KVP_API int32_t kvp_grant(uint64_t agent, const char *remote, int32_t mem_type,
@@ -599,29 +610,12 @@ static int32_t do_grant_each(kvp_agent *a, const char *remote, int32_t mem_type,
                              uint64_t count, uint32_t access, int64_t expires_ms,
                              uint64_t *out) {
     if (!out) return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant_each: out_grants is NULL");
-    if (count == 0 || !addrs || !lens)
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant_each: %llu ranges (addrs and lens must not be NULL, count >= 1)",
-                       (unsigned long long)count);
-    if (count > (1u << 20))
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant_each: %llu ranges in one call is too many",
-                       (unsigned long long)count);
-    memset(out, 0, (size_t)count * sizeof *out); /* no handle unless all were made */
-    if (!a->ops->grant_each)
-        return kvp_err(KVP_ERR_NOT_SUPPORTED,
-                       "kvp_grant_each: the %s engine enforces no page grants (a peer reaches "
-                       "whole registrations, as NIXL's memory keys do); use the builtin engine",
-                       a->ops->name);
-    if (!remote || !*remote)
-        return kvp_err(KVP_ERR_INVALID_PARAM, "kvp_grant_each: remote name is empty");
-    if (access == 0 || (access & ~(KVP_GRANT_READ | KVP_GRANT_WRITE)))
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant_each: access 0x%x is not READ (1), WRITE (2) or both", access);
-    if (expires_ms < 0)
-        return kvp_err(KVP_ERR_INVALID_PARAM,
-                       "kvp_grant_each: expires_ms must be >= 0 (0: until revoked), got %lld",
-                       (long long)expires_ms);
+    int32_t st = check_grant_args("kvp_grant_each", remote, addrs, lens, count, access,
+                                  expires_ms);
+    if (count > 0 && count <= (1u << 20))
+        memset(out, 0, (size_t)count * sizeof *out); /* no handle unless all were made */
+    if (st != KVP_SUCCESS) return st;
+    if (!a->ops->grant_each) return grants_unsupported("kvp_grant_each", a);
     return a->ops->grant_each(a, remote, mem_type, addrs, lens, devs, count, access, expires_ms,
                               out);
 }

@@ -112,6 +112,11 @@ int t_peer_verify(t_peer *p, uint64_t off, uint64_t len, uint32_t seed);
  * records taken; *verified = 1 when the data was there; from/msg of the first. */
 int t_peer_notif(t_peer *p, int timeout_ms, uint64_t off, uint64_t len, uint32_t seed,
                  int *verified, char *from, char *msg);
+/* One same-host request of agent a, which loaded the peer as `remote`: n pages of `page`
+ * bytes from local m + loff to the peer's buffer at roff (KVP_WRITE) or back (KVP_READ),
+ * waited for (20 s at most) and released. */
+void t_peer_xfer(uint64_t a, int op, const char *remote, uint64_t m, uint64_t loff, t_peer *p,
+                 uint64_t roff, uint64_t page, uint32_t n);
 /* The peer deregisters and frees its buffer, then maps other memory at the same
  * address, filled with seed (t_peer_verify checks it). */
 void t_peer_dereg(t_peer *p, uint32_t seed);

@@ -310,6 +310,24 @@ void t_peer_dereg(t_peer *p, uint32_t seed) {
     CHECK(t_recv_u64(p->fd) == 1);
 }
 
+void t_peer_xfer(uint64_t a, int op, const char *remote, uint64_t m, uint64_t loff, t_peer *p,
+                 uint64_t roff, uint64_t page, uint32_t n) {
+    uint64_t lp = t_prep_pages(a, "", m + loff, page, n);
+    uint64_t rp = t_prep_pages(a, remote, p->base + roff, page, n);
+    uint32_t *idx = malloc(n * sizeof *idx);
+    CHECK(idx);
+    for (uint32_t i = 0; i < n; i++) idx[i] = i;
+    uint64_t req;
+    OK(kvp_xfer_create(a, op, lp, idx, rp, idx, n, NULL, 0, &req));
+    free(idx);
+    int32_t st = kvp_xfer_post(a, req);
+    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000, NULL, 0, NULL);
+    OK(st);
+    OK(kvp_xfer_release(a, req));
+    OK(kvp_prepped_release(a, lp));
+    OK(kvp_prepped_release(a, rp));
+}
+
 uint64_t t_peer_grant(t_peer *p, const uint8_t *md, uint64_t mdlen, uint64_t off, uint64_t len,
                       uint32_t access) {
     cmd4(p, P_GRANT, off, len, access);

@@ -53,23 +53,6 @@ TEST_T(small_write_into_a_large_peer_buffer_keeps_the_sender_small, 60) {
     t_peer_stop(&p);
 }
 
-/* One same-host request: `n` pages of `page` bytes from local `m + loff` to the peer's
- * buffer at `roff` (WRITE) or back (READ). */
-static void xfer_once(uint64_t a, int op, uint64_t m, uint64_t loff, t_peer *p, uint64_t roff,
-                      uint64_t page, uint32_t n) {
-    uint64_t lp = t_prep_pages(a, "", m + loff, page, n), rp = t_prep_pages(a, "T", p->base + roff, page, n);
-    uint32_t idx[8];
-    for (uint32_t i = 0; i < n; i++) idx[i] = i;
-    uint64_t req;
-    OK(kvp_xfer_create(a, op, lp, idx, rp, idx, n, NULL, 0, &req));
-    int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000, NULL, 0, NULL);
-    OK(st);
-    OK(kvp_xfer_release(a, req));
-    OK(kvp_prepped_release(a, lp));
-    OK(kvp_prepped_release(a, rp));
-}
-
 /* Requests prefault only extents no earlier request faulted in (a bitmap per peer
  * mapping): pieces that start and end inside extents, overlap earlier ones, or were
  * faulted in for reading and are then written must still move every byte. */
@@ -85,29 +68,29 @@ TEST_T(prefault_skips_faulted_extents_and_moves_every_byte, 60) {
     /* 1: three 100 KiB pages at 10 KiB into the buffer (no piece edge on an extent). */
     const uint64_t k = 1024, page = 100 * k;
     t_fill((void *)(uintptr_t)m, 3 * page, 7);
-    xfer_once(a, KVP_WRITE, m, 0, &p, 10 * k, page, 3);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 10 * k, page, 3);
     CHECK(t_peer_verify(&p, 10 * k, 3 * page, 7));
     /* 2: the same range again with other bytes (every extent there is known now). */
     t_fill((void *)(uintptr_t)m, 3 * page, 8);
-    xfer_once(a, KVP_WRITE, m, 0, &p, 10 * k, page, 3);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 10 * k, page, 3);
     CHECK(t_peer_verify(&p, 10 * k, 3 * page, 8));
     /* 3: a READ of a range never touched (faulted in for reading), then a WRITE over it
      * and a neighbour already written: both land. */
     t_peer_fill(&p, 1 << 20, 4 * page, 9);
-    xfer_once(a, KVP_READ, m, 0, &p, 1 << 20, page, 4);
+    t_peer_xfer(a, KVP_READ, "T", m, 0, &p, 1 << 20, page, 4);
     uint8_t *want = malloc(4 * page);
     CHECK(want);
     t_fill(want, 4 * page, 9);
     CHECK_MSG(memcmp((void *)(uintptr_t)m, want, 4 * page) == 0, "READ returned other bytes");
     free(want);
     t_fill((void *)(uintptr_t)m, 8 * page, 10);
-    xfer_once(a, KVP_WRITE, m, 0, &p, (1 << 20) - 2 * page, page, 8);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, (1 << 20) - 2 * page, page, 8);
     CHECK(t_peer_verify(&p, (1 << 20) - 2 * page, 8 * page, 10));
     /* 4: 200 more writes over those pages: still exact, and the sender did not grow
      * beyond the pages touched (well under the peer's buffer). */
     for (uint32_t i = 0; i < 200; i++) {
         t_fill((void *)(uintptr_t)m, 3 * page, 100 + i);
-        xfer_once(a, KVP_WRITE, m, 0, &p, 10 * k, page, 3);
+        t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 10 * k, page, 3);
     }
     CHECK(t_peer_verify(&p, 10 * k, 3 * page, 299));
     uint64_t after = rss_bytes();

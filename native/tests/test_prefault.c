@@ -41,20 +41,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* One WRITE of `len` bytes from local m to the peer's buffer at `roff`. */
-static void write_once(uint64_t a, uint64_t m, t_peer *p, uint64_t roff, uint64_t len) {
-    uint64_t lp = t_prep_pages(a, "", m, len, 1), rp = t_prep_pages(a, "T", p->base + roff, len, 1);
-    uint32_t idx = 0;
-    uint64_t req;
-    OK(kvp_xfer_create(a, KVP_WRITE, lp, &idx, rp, &idx, 1, NULL, 0, &req));
-    int32_t st = kvp_xfer_post(a, req);
-    if (st == KVP_IN_PROG) st = kvp_xfer_wait(a, req, 20000, NULL, 0, NULL);
-    OK(st);
-    OK(kvp_xfer_release(a, req));
-    OK(kvp_prepped_release(a, lp));
-    OK(kvp_prepped_release(a, rp));
-}
-
 /* Waits (at most 30 s: the thread works at the process's priority on a shared machine)
  * until prefault_ahead_bytes reaches `want`; returns what it reached. */
 static uint64_t wait_ahead(uint64_t a, uint64_t want) {
@@ -80,7 +66,7 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
     int threads_before = threads();
     /* The first request maps the peer's memfd and faults in its own 1 MiB. */
     t_fill((void *)(uintptr_t)m, first, 41);
-    write_once(a, m, &p, 0, first);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 0, first, 1);
     CHECK(t_peer_verify(&p, 0, first, 41));
     /* The rest of the peer's buffer comes in ahead of any request (the thread may also
      * have done some of the first request's pages before it came to them). */
@@ -106,7 +92,7 @@ TEST_T(prefault_ahead_maps_the_peer_pages_before_requests_touch_them, 90) {
     for (uint32_t i = 0; i < 8; i++) {
         uint64_t roff = peer_size - (uint64_t)(i + 1) * size - 12345 * i;
         t_fill((void *)(uintptr_t)m, size, 50 + i);
-        write_once(a, m, &p, roff, size);
+        t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, roff, size, 1);
         CHECK_MSG(t_peer_verify(&p, roff, size, 50 + i), "write %u at %llu did not land", i,
                   (unsigned long long)roff);
     }
@@ -129,7 +115,7 @@ TEST_T(prefault_ahead_leaves_pages_a_sparse_peer_never_allocated, 90) {
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
     uint64_t shm0 = rss_shmem();
     t_fill((void *)(uintptr_t)m, size, 8);
-    write_once(a, m, &p, 0, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 0, size, 1);
     CHECK(t_peer_verify(&p, 0, size, 8));
     /* The pages the peer holds; of the first request's (allocated by it), at most those
      * the thread found before the request marked them. */
@@ -145,7 +131,7 @@ TEST_T(prefault_ahead_leaves_pages_a_sparse_peer_never_allocated, 90) {
               (unsigned long long)(grown >> 20), (unsigned long long)((held + size) >> 20));
     CHECK(t_peer_verify(&p, at, held, 7)); /* the peer's data is untouched */
     t_fill((void *)(uintptr_t)m, size, 9);
-    write_once(a, m, &p, at + (2 << 20), size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, at + (2 << 20), size, 1);
     CHECK(t_peer_verify(&p, at + (2 << 20), size, 9));
     CHECK(t_info_num(a, "prefault_create_bytes") == size);
     OK(kvp_agent_destroy(a));
@@ -163,10 +149,10 @@ TEST_T(prefault_ahead_off_and_stopped_midway, 90) {
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
     t_fill((void *)(uintptr_t)m, size, 3);
-    write_once(a, m, &p, 0, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 0, size, 1);
     usleep(100 * 1000);
     CHECK(t_info_num(a, "prefault_ahead_bytes") == 0);
-    write_once(a, m, &p, peer_size - size, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, peer_size - size, size, 1);
     CHECK(t_peer_verify(&p, peer_size - size, size, 3));
     CHECK(t_info_num(a, "prefault_create_bytes") == 2 * size);
     OK(kvp_agent_destroy(a));
@@ -176,7 +162,7 @@ TEST_T(prefault_ahead_off_and_stopped_midway, 90) {
         t_load(b, p.md, p.mdlen);
         OK(kvp_register(b, KVP_DRAM, &m, &size, NULL, 1, NULL, &r2));
         t_fill((void *)(uintptr_t)m, size, 20 + (uint32_t)round);
-        write_once(b, m, &p, 0, size);
+        t_peer_xfer(b, KVP_WRITE, "T", m, 0, &p, 0, size, 1);
         CHECK(t_peer_verify(&p, 0, size, 20 + (uint32_t)round));
         if (round == 1) OK(kvp_invalidate_remote(b, "T"));
         OK(kvp_agent_destroy(b));
@@ -196,20 +182,20 @@ TEST_T(prefault_ahead_stays_within_its_window_past_the_requests, 90) {
     uint64_t shm0 = rss_shmem();
     /* A request at 0: the 32 MiB after it, no more. */
     t_fill((void *)(uintptr_t)m, size, 60);
-    write_once(a, m, &p, 0, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 0, size, 1);
     CHECK(wait_ahead(a, w) == w);
     usleep(200 * 1000);
     CHECK_MSG(t_info_num(a, "prefault_ahead_bytes") == w, "%llu bytes faulted in ahead",
               (unsigned long long)t_info_num(a, "prefault_ahead_bytes"));
     /* Inside the window: nothing to do on the request's path. */
     t_fill((void *)(uintptr_t)m, size, 61);
-    write_once(a, m, &p, size + w - size, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, size + w - size, size, 1);
     CHECK(t_peer_verify(&p, w, size, 61));
     CHECK(t_info_num(a, "prefault_create_bytes") == size);
     /* Far beyond it: the request does its own, and the window follows it. */
     const uint64_t far = 200ull << 20;
     t_fill((void *)(uintptr_t)m, size, 62);
-    write_once(a, m, &p, far, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, far, size, 1);
     CHECK(t_peer_verify(&p, far, size, 62));
     CHECK(t_info_num(a, "prefault_create_bytes") == 2 * size);
     uint64_t rest = peer_size - far - size < w ? peer_size - far - size : w;
@@ -238,7 +224,7 @@ TEST_T(prefault_ahead_window_of_any_width_looks_at_whole_extents, 60) {
     OK(kvp_mem_alloc(KVP_DRAM, 0, size, &m));
     OK(kvp_register(a, KVP_DRAM, &m, &size, NULL, 1, NULL, &reg));
     t_fill((void *)(uintptr_t)m, size, 6);
-    write_once(a, m, &p, 0, size);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, 0, size, 1);
     CHECK(t_peer_verify(&p, 0, size, 6));
     CHECK(wait_ahead(a, 64 * k) == 64 * k);
     usleep(200 * 1000);
