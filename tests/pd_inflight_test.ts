@@ -189,10 +189,13 @@ test(
     assert.equal(allocs.length, 0);
     assert.equal(tx.credits.batches, 75);
     // 12 pages in flight at once plus one more batch: the stock aims at 16 at least (not
-    // 4, nor twice a batch), and the refills reach it once the requests are done.
-    await eventually(
-      () => tx.credits.pages >= 16,
-      `a stock of 16 (${tx.credits.pages}; refill errors ${tx.credits.refillErrors})`,
+    // 4, nor twice a batch). Refills come in lots of half the target or more, so once the
+    // requests are done it holds more than half of it: above 8 (a target of twice a batch
+    // would leave 5-8).
+    await eventually(() => tx.credits.pages > 8, "a stock of more than 8 pages");
+    assert.ok(
+      tx.credits.pages > 8,
+      `stock ${tx.credits.pages} (refill errors ${tx.credits.refillErrors})`,
     );
     assert.ok(tx.credits.pages <= 48, `${tx.credits.pages} within the receiver's cap`);
     assert.equal(tx.credits.refillErrors, 0);
