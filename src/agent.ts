@@ -954,16 +954,8 @@ export class NixlAgent {
         `localIdx has ${li.length} indices, remoteIdx ${ri.length}: they pair one to one`,
       );
     }
-    for (const p of [local, remote]) {
-      if (p.core.lib !== this.#lib || p.core.name !== this.name) {
-        throw new NixlError(
-          Status.ERR_INVALID_PARAM,
-          fn,
-          "the prepared list belongs to " +
-            `agent "${p.core.name}", not "${this.name}"`,
-        );
-      }
-    }
+    this.#checkOwn(local, fn);
+    this.#checkOwn(remote, fn);
     const n = options.notification;
     const notif = typeof n === "string" ? encoder.encode(n) : n;
     const peer = remote.remote || this.name;
@@ -1001,6 +993,17 @@ export class NixlAgent {
     );
     this.#parts.add(req);
     return req;
+  }
+
+  /** Throws unless prepared list `p` is this agent's. */
+  #checkOwn(p: PreparedDescList, fn: string): void {
+    if (p.core.lib !== this.#lib || p.core.name !== this.name) {
+      throw new NixlError(
+        Status.ERR_INVALID_PARAM,
+        fn,
+        `the prepared list belongs to agent "${p.core.name}", not "${this.name}"`,
+      );
+    }
   }
 
   /**
