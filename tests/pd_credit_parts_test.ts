@@ -215,3 +215,14 @@ test("credit total default: a quarter of the pages, at least 16 or half of them 
     [0, 3, 10, 16, 16, 16, 100],
   );
 });
+
+test("chunk form: made again for a shape changed in place, the same string for the same form", () => {
+  const shape = [2, 1, 256, 64];
+  const a = chunkForm(1, shape, "bfloat16");
+  assert.equal(chunkForm(1, [2, 1, 256, 64], "bfloat16"), a);
+  shape[2] = 128; // the caller's array: the form remembered is of a copy
+  assert.equal(chunkForm(1, shape, "bfloat16"), "1|2,1,128,64|bfloat16");
+  assert.equal(chunkForm(1, [2, 1, 128], "bfloat16"), "1|2,1,128|bfloat16");
+  assert.equal(chunkForm(2, [2, 1, 128], "bfloat16"), "2|2,1,128|bfloat16");
+  assert.equal(chunkForm(2, [2, 1, 128], "float16"), "2|2,1,128|float16");
+});
