@@ -24,9 +24,14 @@
  */
 
 const enc = new TextEncoder();
-// Strings checked to be printable ASCII, which decodes as itself (faster than a string
-// built with String.fromCharCode in both runtimes).
+// The strings are checked to be printable ASCII, which decodes as itself. Under Deno a
+// short one is made with String.fromCharCode (a decode is a call out of V8 there: in
+// place, a bind read in 3.7 us against 4.6); Bun decodes faster than it makes one of
+// char codes (2.7 us against 4.0).
 const ascii = new TextDecoder();
+const BY_CHAR_CODES = typeof (globalThis as { Bun?: unknown }).Bun === "undefined";
+/** Longest string made with `String.fromCharCode` (one argument per byte). */
+const SHORT_STRING = 1024;
 
 const QUOTE = 0x22;
 const COMMA = 0x2c;
@@ -82,7 +87,10 @@ function str(): string | null {
     if (c < 0x20 || c > 0x7e || c === BACKSLASH) return null;
   }
   if (at >= buf.length) return null;
-  return ascii.decode(buf.subarray(start, at++));
+  const part = buf.subarray(start, at++);
+  return BY_CHAR_CODES && part.length <= SHORT_STRING
+    ? String.fromCharCode.apply(null, part as unknown as number[])
+    : ascii.decode(part);
 }
 
 /** An integer of 1 to 15 digits without a leading zero, or -1. */
