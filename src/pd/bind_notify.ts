@@ -78,13 +78,33 @@ export function bindEncoder(
   n: { reqId: string; fmt: number; shape: readonly number[]; dtype: string },
 ): (keys: readonly string[], pages: readonly number[], lastChunkToks: number | null) => Uint8Array {
   // What JSON.stringify of the whole object writes before "t", as one string.
-  const head = PREFIX + '{"r":' + JSON.stringify(n.reqId) + ',"f":' + JSON.stringify(n.fmt) +
-    ',"s":' + JSON.stringify(n.shape) + ',"d":' + JSON.stringify(n.dtype) + ',"t":';
+  const head = PREFIX + '{"r":' + JSON.stringify(n.reqId) + formFields(n.fmt, n.shape, n.dtype);
   return (keys, pages, last) =>
     enc.encode(
       head + JSON.stringify(last) + ',"k":' + JSON.stringify(keys) + ',"p":' +
         JSON.stringify(pages) + "}",
     );
+}
+
+// The fields after the request id, as last written, and what from: the requests of one
+// model share them, so they are not written again per request.
+let lastFields: { fmt: number; shape: number[]; dtype: string; json: string } | null = null;
+
+/** `,"f":fmt,"s":shape,"d":dtype,"t":` as JSON.stringify writes them. */
+function formFields(fmt: number, shape: readonly number[], dtype: string): string {
+  const l = lastFields;
+  if (l !== null && l.fmt === fmt && l.dtype === dtype && l.shape.length === shape.length) {
+    let same = true;
+    for (let i = 0; i < shape.length && same; i++) same = l.shape[i] === shape[i];
+    if (same) return l.json;
+  }
+  const json = ',"f":' + JSON.stringify(fmt) + ',"s":' + JSON.stringify(shape) + ',"d":' +
+    JSON.stringify(dtype) + ',"t":';
+  // (Only a shape of numbers is remembered: its elements compare as their JSON does.)
+  lastFields = shape.every((d) => typeof d === "number")
+    ? { fmt, shape: [...shape], dtype, json }
+    : null;
+  return json;
 }
 
 /** Whether `bytes` start like a bind notification (then {@linkcode decodeBind} reads it). */

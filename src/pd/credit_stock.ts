@@ -52,7 +52,10 @@ export function chunkForm(fmt: number, shape: readonly number[], dtype: string):
     if (same) return l.form;
   }
   const form = `${fmt}|${shape.join(",")}|${dtype}`;
-  lastForm = { fmt, shape: [...shape], dtype, form };
+  // (Only a shape of numbers is remembered: its elements compare as their JSON does.)
+  lastForm = shape.every((d) => typeof d === "number")
+    ? { fmt, shape: [...shape], dtype, form }
+    : null;
   return form;
 }
 
