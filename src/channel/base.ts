@@ -227,6 +227,9 @@ export abstract class ChannelBase implements TransferChannel {
   #server: ControlServer | null = null;
   #curve: SideChannelCurve | undefined;
   #peers = new Map<string, PeerEntry>();
+  /** The peer last in `#peers` (the most recently used), or undefined when not known: a
+   * transfer to it leaves the order as it is (no delete and set per transfer). */
+  #lastPeer: string | undefined;
   readonly #maxPeers: number;
   #connecting = new Map<string, Promise<unknown>>();
   #listeners = new Set<(n: ChannelNotification) => void>();
@@ -418,6 +421,7 @@ export abstract class ChannelBase implements TransferChannel {
     const old = this.#peers.get(peerId);
     this.#peers.delete(peerId); // re-inserted last: the most recently used
     this.#peers.set(peerId, { handle });
+    this.#lastPeer = peerId;
     if (old) this.#metrics?.rehandshake();
     while (this.#peers.size > this.#maxPeers) {
       // The table is bounded: the least recently used peer goes (it handshakes again).
@@ -596,6 +600,7 @@ export abstract class ChannelBase implements TransferChannel {
     const entry = this.#peers.get(peerId);
     if (!entry) return;
     this.#peers.delete(peerId);
+    if (this.#lastPeer === peerId) this.#lastPeer = undefined;
     const stillUsed = [...this.#peers.values()].some((p) =>
       p.handle.agentName === entry.handle.agentName
     );
@@ -676,10 +681,11 @@ export abstract class ChannelBase implements TransferChannel {
       const local = new Uint32Array(localPages.length);
       for (let i = 0; i < local.length; i++) local[i] = this.#localIndex(localPages[i], i);
       const entry = this.#peers.get(spec?.peerId);
-      if (entry) {
+      if (entry && this.#lastPeer !== spec.peerId) {
         // Most recently used last: the bound of the table forgets the others first.
         this.#peers.delete(spec.peerId);
         this.#peers.set(spec.peerId, entry);
+        this.#lastPeer = spec.peerId;
       }
       if (!entry) {
         throw new ChannelError(
