@@ -114,9 +114,14 @@ export function isBind(bytes: Uint8Array): boolean {
   return true;
 }
 
+/** Whether `x` is a safe integer >= `min`. */
+function isInt(x: unknown, min: number): x is number {
+  return typeof x === "number" && Number.isSafeInteger(x) && x >= min;
+}
+
 /** `x` when it is a safe integer >= `min`, else throws naming `what`. */
 function int(x: unknown, what: string, min: number): number {
-  if (typeof x !== "number" || !Number.isSafeInteger(x) || x < min) {
+  if (!isInt(x, min)) {
     throw new Error(`bind notification: ${what} must be an integer >= ${min}, got ${String(x)}`);
   }
   return x;
@@ -176,7 +181,8 @@ export function readBind(bytes: Uint8Array): BindNotice {
     throw new Error(`bind notification: s (shape) must be a list of 1..${MAX_DIMS} integers`);
   }
   // The parsed arrays are fresh and ours: checked in place, not copied.
-  for (let i = 0; i < s.length; i++) int(s[i], `s[${i}]`, 0);
+  // (The names of list entries are made only for a refusal, not per entry.)
+  for (let i = 0; i < s.length; i++) if (!isInt(s[i], 0)) int(s[i], `s[${i}]`, 0);
   const fmt = int(o.f, "f (fmt)", 0);
   const last = o.t === null ? null : int(o.t, "t (last_chunk_toks)", 0);
   const keys = o.k;
@@ -192,7 +198,7 @@ export function readBind(bytes: Uint8Array): BindNotice {
       throw new Error(`bind notification: k[${i}] must be a non-empty key without newlines`);
     }
   }
-  for (let i = 0; i < n; i++) int(pages[i], `p[${i}]`, 0);
+  for (let i = 0; i < n; i++) if (!isInt(pages[i], 0)) int(pages[i], `p[${i}]`, 0);
   if (n > 1) {
     // A set for the keys: their hashes are needed anyway (the receiver files each key in
     // its maps, and a set computes and keeps them); the pages pairwise (numbers, no set).
