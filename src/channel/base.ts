@@ -696,7 +696,14 @@ export abstract class ChannelBase implements TransferChannel {
         );
       }
       const wanted = spec.remoteIndexes;
-      const count = wanted?.length;
+      if (!Array.isArray(wanted) && !ArrayBuffer.isView(wanted)) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `${op}: remoteIndexes must be a list of page indexes, got ${typeof wanted}`,
+          { peerId: spec.peerId, op },
+        );
+      }
+      const count = wanted.length;
       if (count !== local.length) {
         throw new ChannelError(
           "INVALID_ARGUMENT",
