@@ -3,8 +3,9 @@
  * our own encoder writes, `{"r":…,"f":…,"s":[…],"d":…,"t":…,"k":[…],"p":[…]}` with its
  * fields in that order, no white space, plain ASCII strings (no escape) and integers of
  * at most 15 digits, are read straight from the bytes, without the UTF-8 decoding and
- * `JSON.parse` (on the decoder's path of every request: together about 6 us of a
- * one-chunk request measured here, cold, against 1-2 us for this).
+ * `JSON.parse` (on the decoder's path of every request: in place, where every request
+ * finds the code cold, those took 6.6 us under Deno and 5.3 under Bun on the 2-core VM,
+ * this 3.7 and 2.7; in a hot loop both take well under a microsecond).
  *
  * Anything else - another field order, white space, an escape, a byte beyond ASCII, a
  * number with a sign, a fraction, an exponent, a leading zero or 16 digits - is not
