@@ -299,6 +299,11 @@ function paramsText(params: AgentOptions["params"]): string {
 
 const NOTIF_RECORDS = 1 << 17;
 
+/** The largest record `kvp_notif_take` makes on the builtin engine: a name of at most
+ * 255 bytes (`KVP_NAME_MAX`, also the wire's bound) and a message of at most 64 KiB (every
+ * way in refuses more: kvp_notif_send, the post, the wire's frame bound). */
+const MAX_BUILTIN_RECORD = 4 + 255 + 4 + 64 * 1024;
+
 /** The little-endian u32 at `at` of `b` (a record's length field: no DataView per take). */
 function u32le(b: Uint8Array, at: number): number {
   return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
@@ -954,16 +959,8 @@ export class NixlAgent {
         `localIdx has ${li.length} indices, remoteIdx ${ri.length}: they pair one to one`,
       );
     }
-    for (const p of [local, remote]) {
-      if (p.core.lib !== this.#lib || p.core.name !== this.name) {
-        throw new NixlError(
-          Status.ERR_INVALID_PARAM,
-          fn,
-          "the prepared list belongs to " +
-            `agent "${p.core.name}", not "${this.name}"`,
-        );
-      }
-    }
+    this.#checkOwn(local, fn);
+    this.#checkOwn(remote, fn);
     const n = options.notification;
     const notif = typeof n === "string" ? encoder.encode(n) : n;
     const peer = remote.remote || this.name;
@@ -1001,6 +998,17 @@ export class NixlAgent {
     );
     this.#parts.add(req);
     return req;
+  }
+
+  /** Throws unless prepared list `p` is this agent's. */
+  #checkOwn(p: PreparedDescList, fn: string): void {
+    if (p.core.lib !== this.#lib || p.core.name !== this.name) {
+      throw new NixlError(
+        Status.ERR_INVALID_PARAM,
+        fn,
+        `the prepared list belongs to agent "${p.core.name}", not "${this.name}"`,
+      );
+    }
   }
 
   /**
@@ -1120,6 +1128,10 @@ export class NixlAgent {
         out.push({ agent, message: buf.slice(at + 4, at + 4 + msgLen) });
         at += 4 + msgLen;
       }
+      // Room for any record was left: nothing else was queued, and a second call would
+      // only say so (on the wake path of every notification). Only where records are
+      // bounded (the builtin engine); others look again.
+      if (this.engine === "builtin" && buf.byteLength - bytes >= MAX_BUILTIN_RECORD) return out;
     }
   }
 

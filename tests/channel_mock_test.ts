@@ -107,6 +107,14 @@ test("channel: bad transfer arguments name the problem", async () => {
     /2 local page\(s\) but 1 remote index/,
   );
   await assert.rejects(s.write([0], { peerId: "r", remoteIndexes: [8] }), /outside 0\.\.7/);
+  await assert.rejects(s.write([0], { peerId: "r", remoteIndexes: [0.5] }), /index 0.5 is outside/);
+  // A missing list is a typed refusal naming the field (it was a TypeError of a spread).
+  await assert.rejects(
+    s.write([0], { peerId: "r" } as unknown as Parameters<typeof s.write>[1]),
+    (e: unknown) =>
+      e instanceof ChannelError && e.code === "INVALID_ARGUMENT" &&
+      /remoteIndexes must be a list of page indexes, got undefined/.test(e.message),
+  );
   await assert.rejects(s.write([9], { peerId: "r", remoteIndexes: [0] }), /outside 0\.\.7/);
   await assert.rejects(
     s.write([new Uint8Array(1024)], { peerId: "r", remoteIndexes: [0] }),

@@ -215,3 +215,25 @@ test("credit total default: a quarter of the pages, at least 16 or half of them 
     [0, 3, 10, 16, 16, 16, 100],
   );
 });
+
+test("chunk form: made again for a shape changed in place, the same string for the same form", () => {
+  const shape = [2, 1, 256, 64];
+  const a = chunkForm(1, shape, "bfloat16");
+  assert.equal(chunkForm(1, [2, 1, 256, 64], "bfloat16"), a);
+  shape[2] = 128; // the caller's array: the form remembered is of a copy
+  assert.equal(chunkForm(1, shape, "bfloat16"), "1|2,1,128,64|bfloat16");
+  assert.equal(chunkForm(1, [2, 1, 128], "bfloat16"), "1|2,1,128|bfloat16");
+  assert.equal(chunkForm(2, [2, 1, 128], "bfloat16"), "2|2,1,128|bfloat16");
+  assert.equal(chunkForm(2, [2, 1, 128], "float16"), "2|2,1,128|float16");
+});
+
+test("bind notification: the fields written once per form follow a shape changed in place", () => {
+  const shape = [2, 1, 256, 64];
+  const n = { reqId: "r1", fmt: 1, shape, dtype: "bfloat16" };
+  assert.deepEqual(decodeBind(bindEncoder(n)(["k0"], [7], 100))?.shape, [2, 1, 256, 64]);
+  shape[2] = 128;
+  const again = decodeBind(bindEncoder({ ...n, reqId: "r2" })(["k0"], [7], 100));
+  assert.deepEqual([again?.reqId, again?.shape], ["r2", [2, 1, 128, 64]]);
+  const other = decodeBind(bindEncoder({ ...n, fmt: 2, dtype: "float16" })(["k0"], [7], null));
+  assert.deepEqual([other?.fmt, other?.dtype, other?.lastChunkToks], [2, "float16", null]);
+});

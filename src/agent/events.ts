@@ -172,7 +172,8 @@ export class AgentEvents {
         }
       }
     }
-    for (const w of [...this.#waiters]) w();
+    // (A copy: a woken waiter leaves the set. None to copy on most wakes of a listener.)
+    if (this.#waiters.size > 0) { for (const w of [...this.#waiters]) w(); }
   }
 
   /** @internal The source ended (end of file): waits return at once from now on. */

@@ -364,7 +364,9 @@ export class TransferRequest {
     signal?.addEventListener("abort", onAbort, { once: true });
     let status: number;
     // The last status and its message: from the native wait (another thread) or the poll.
-    const call = new CallMessage();
+    // Room for the message only where a native wait may hand one back (not with events:
+    // a kilobyte less made per wait).
+    const call = nb ? new CallMessage() : null;
     let fromWait = false;
     try {
       status = await waitStatus(
@@ -374,7 +376,9 @@ export class TransferRequest {
         },
         nb &&
           ((ms) =>
-            this.#core.track(nb.kvp_xfer_wait(agent, req, BigInt(ms), call.buf, call.cap, call.len))
+            this.#core.track(
+              nb.kvp_xfer_wait(agent, req, BigInt(ms), call!.buf, call!.cap, call!.len),
+            )
               .then((s) => {
                 fromWait = true;
                 return s;
@@ -410,7 +414,7 @@ export class TransferRequest {
     this.#state(
       status,
       fromWait ? "kvp_xfer_wait" : "kvp_xfer_status",
-      fromWait ? call.text() : undefined,
+      fromWait ? call!.text() : undefined,
     );
   }
 

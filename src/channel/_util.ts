@@ -29,7 +29,9 @@ export function errorMessage(e: unknown): string {
  * ```
  */
 export class SerialQueue {
-  #tail: Promise<unknown> = Promise.resolve();
+  // The task later ones wait for; none until a first task (a queue is made per PD
+  // request: most run one task with runNow and never need a resolved promise).
+  #tail: Promise<unknown> | null = null;
   #pending = 0;
 
   /** Number of tasks queued or running. */
@@ -40,7 +42,7 @@ export class SerialQueue {
   /** Runs `fn` after every earlier task has settled; resolves to its result. */
   run<T>(fn: () => T | Promise<T>): Promise<T> {
     this.#pending++;
-    return this.#track(this.#tail.then(fn));
+    return this.#track((this.#tail ?? Promise.resolve()).then(fn));
   }
 
   /**
@@ -81,7 +83,7 @@ export class SerialQueue {
 
   /** Resolves once every task queued so far has settled. */
   idle(): Promise<void> {
-    return this.#tail.then(() => undefined);
+    return (this.#tail ?? Promise.resolve()).then(() => undefined);
   }
 }
 

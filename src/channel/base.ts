@@ -227,6 +227,9 @@ export abstract class ChannelBase implements TransferChannel {
   #server: ControlServer | null = null;
   #curve: SideChannelCurve | undefined;
   #peers = new Map<string, PeerEntry>();
+  /** The peer last in `#peers` (the most recently used), or undefined when not known: a
+   * transfer to it leaves the order as it is (no delete and set per transfer). */
+  #lastPeer: string | undefined;
   readonly #maxPeers: number;
   #connecting = new Map<string, Promise<unknown>>();
   #listeners = new Set<(n: ChannelNotification) => void>();
@@ -318,9 +321,9 @@ export abstract class ChannelBase implements TransferChannel {
   /** Moves pages; resolves when the data has landed (and the notification is queued). */
   protected abstract dpTransfer(
     op: "READ" | "WRITE",
-    local: number[],
+    local: Uint32Array,
     handle: PeerHandle,
-    remote: number[],
+    remote: Uint32Array,
     timeoutMs: number,
     notification: Uint8Array | undefined,
     peerId: string,
@@ -418,6 +421,7 @@ export abstract class ChannelBase implements TransferChannel {
     const old = this.#peers.get(peerId);
     this.#peers.delete(peerId); // re-inserted last: the most recently used
     this.#peers.set(peerId, { handle });
+    this.#lastPeer = peerId;
     if (old) this.#metrics?.rehandshake();
     while (this.#peers.size > this.#maxPeers) {
       // The table is bounded: the least recently used peer goes (it handshakes again).
@@ -596,6 +600,7 @@ export abstract class ChannelBase implements TransferChannel {
     const entry = this.#peers.get(peerId);
     if (!entry) return;
     this.#peers.delete(peerId);
+    if (this.#lastPeer === peerId) this.#lastPeer = undefined;
     const stillUsed = [...this.#peers.values()].some((p) =>
       p.handle.agentName === entry.handle.agentName
     );
@@ -618,29 +623,28 @@ export abstract class ChannelBase implements TransferChannel {
   /** Page indexes of local pages. */
   localIndexes(pages: LocalPages): number[] {
     const out = new Array<number>(pages.length);
-    for (let i = 0; i < pages.length; i++) {
-      const p = pages[i];
-      if (typeof p === "number") {
-        if (!Number.isInteger(p) || p < 0 || p >= this.pageCount) {
-          throw new ChannelError(
-            "INVALID_ARGUMENT",
-            `local page index ${p} (position ${i}) is outside 0..${this.pageCount - 1}`,
-          );
-        }
-        out[i] = p;
-      } else if (p instanceof Uint8Array) {
-        out[i] = this.#indexOfView(p, i);
-      } else if (this.#handles[p?.index] === p) {
-        out[i] = p.index;
-      } else {
+    for (let i = 0; i < pages.length; i++) out[i] = this.#localIndex(pages[i], i);
+    return out;
+  }
+
+  /** The page index of local page `p` (at position `i` of a list), checked. */
+  #localIndex(p: LocalPages[number], i: number): number {
+    if (typeof p === "number") {
+      if (!Number.isInteger(p) || p < 0 || p >= this.pageCount) {
         throw new ChannelError(
           "INVALID_ARGUMENT",
-          `local page at position ${i} is not a page of this channel ` +
-            "(use channel.page(i) or a page index)",
+          `local page index ${p} (position ${i}) is outside 0..${this.pageCount - 1}`,
         );
       }
+      return p;
     }
-    return out;
+    if (p instanceof Uint8Array) return this.#indexOfView(p, i);
+    if (this.#handles[p?.index] === p) return p.index;
+    throw new ChannelError(
+      "INVALID_ARGUMENT",
+      `local page at position ${i} is not a page of this channel ` +
+        "(use channel.page(i) or a page index)",
+    );
   }
 
   #indexOfView(view: Uint8Array, pos: number): number {
@@ -671,12 +675,17 @@ export abstract class ChannelBase implements TransferChannel {
   #transfer(op: "READ" | "WRITE", localPages: LocalPages, spec: TransferSpec): Promise<number> {
     try {
       this.#assertOpen(op === "WRITE" ? "write" : "read");
-      const local = this.localIndexes(localPages);
+      // Both index lists are checked here and copied to the typed arrays the agent
+      // takes as they are (one pass each, no second copy or check there; a caller's
+      // later change to its lists cannot reach a queued transfer).
+      const local = new Uint32Array(localPages.length);
+      for (let i = 0; i < local.length; i++) local[i] = this.#localIndex(localPages[i], i);
       const entry = this.#peers.get(spec?.peerId);
-      if (entry) {
+      if (entry && this.#lastPeer !== spec.peerId) {
         // Most recently used last: the bound of the table forgets the others first.
         this.#peers.delete(spec.peerId);
         this.#peers.set(spec.peerId, entry);
+        this.#lastPeer = spec.peerId;
       }
       if (!entry) {
         throw new ChannelError(
@@ -686,15 +695,25 @@ export abstract class ChannelBase implements TransferChannel {
           { peerId: spec?.peerId, op },
         );
       }
-      const remote = [...spec.remoteIndexes];
-      if (remote.length !== local.length) {
+      const wanted = spec.remoteIndexes;
+      if (!Array.isArray(wanted) && !ArrayBuffer.isView(wanted)) {
         throw new ChannelError(
           "INVALID_ARGUMENT",
-          `${op}: ${local.length} local page(s) but ${remote.length} remote index(es)`,
+          `${op}: remoteIndexes must be a list of page indexes, got ${typeof wanted}`,
           { peerId: spec.peerId, op },
         );
       }
-      for (const r of remote) {
+      const count = wanted.length;
+      if (count !== local.length) {
+        throw new ChannelError(
+          "INVALID_ARGUMENT",
+          `${op}: ${local.length} local page(s) but ${count} remote index(es)`,
+          { peerId: spec.peerId, op },
+        );
+      }
+      const remote = new Uint32Array(count);
+      for (let i = 0; i < count; i++) {
+        const r = wanted[i];
         if (!Number.isInteger(r) || r < 0 || r >= entry.handle.pageCount) {
           throw new ChannelError(
             "INVALID_ARGUMENT",
@@ -703,6 +722,7 @@ export abstract class ChannelBase implements TransferChannel {
             { peerId: spec.peerId, op },
           );
         }
+        remote[i] = r;
       }
       if (spec.notification && spec.notification.length > 65536) {
         throw new ChannelError(

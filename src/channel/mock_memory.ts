@@ -206,9 +206,9 @@ export class MockMemoryChannel extends ChannelBase {
    * @ignore */
   protected dpTransfer(
     op: "READ" | "WRITE",
-    local: number[],
+    local: Uint32Array,
     peer: PeerHandle,
-    remote: number[],
+    remote: Uint32Array,
     _timeoutMs: number,
     notification: Uint8Array | undefined,
     _peerId?: string,

@@ -524,9 +524,9 @@ export class NixlChannel extends ChannelBase {
    * @ignore */
   protected async dpTransfer(
     op: "READ" | "WRITE",
-    local: number[],
+    local: Uint32Array,
     peer: PeerHandle,
-    remote: number[],
+    remote: Uint32Array,
     timeoutMs: number,
     notification: Uint8Array | undefined,
     _peerId?: string,
@@ -540,8 +540,8 @@ export class NixlChannel extends ChannelBase {
     // calls into the agent stay one at a time, without the turns a queued task costs.
     let req: TransferRequest | undefined;
     const begin = () => {
-      // (The index lists go as they are: createTransfer makes its typed arrays from them
-      // in one checked pass.)
+      // (The index lists are the channel's checked copies, typed arrays that
+      // createTransfer takes as they are.)
       req = this.agent.createTransfer(
         op,
         this.#local,

@@ -15,6 +15,7 @@
 
 import { MAX_NOTIFICATION_BYTES } from "./notify.ts";
 import { distinct } from "../channel/_util.ts";
+import { parsePlainBind } from "./bind_fast.ts";
 
 const PREFIX = "kvport.pd.bind\n";
 const enc = new TextEncoder();
@@ -77,13 +78,33 @@ export function bindEncoder(
   n: { reqId: string; fmt: number; shape: readonly number[]; dtype: string },
 ): (keys: readonly string[], pages: readonly number[], lastChunkToks: number | null) => Uint8Array {
   // What JSON.stringify of the whole object writes before "t", as one string.
-  const head = PREFIX + '{"r":' + JSON.stringify(n.reqId) + ',"f":' + JSON.stringify(n.fmt) +
-    ',"s":' + JSON.stringify(n.shape) + ',"d":' + JSON.stringify(n.dtype) + ',"t":';
+  const head = PREFIX + '{"r":' + JSON.stringify(n.reqId) + formFields(n.fmt, n.shape, n.dtype);
   return (keys, pages, last) =>
     enc.encode(
       head + JSON.stringify(last) + ',"k":' + JSON.stringify(keys) + ',"p":' +
         JSON.stringify(pages) + "}",
     );
+}
+
+// The fields after the request id, as last written, and what from: the requests of one
+// model share them, so they are not written again per request.
+let lastFields: { fmt: number; shape: number[]; dtype: string; json: string } | null = null;
+
+/** `,"f":fmt,"s":shape,"d":dtype,"t":` as JSON.stringify writes them. */
+function formFields(fmt: number, shape: readonly number[], dtype: string): string {
+  const l = lastFields;
+  if (l !== null && l.fmt === fmt && l.dtype === dtype && l.shape.length === shape.length) {
+    let same = true;
+    for (let i = 0; i < shape.length && same; i++) same = l.shape[i] === shape[i];
+    if (same) return l.json;
+  }
+  const json = ',"f":' + JSON.stringify(fmt) + ',"s":' + JSON.stringify(shape) + ',"d":' +
+    JSON.stringify(dtype) + ',"t":';
+  // (Only a shape of numbers is remembered: its elements compare as their JSON does.)
+  lastFields = shape.every((d) => typeof d === "number")
+    ? { fmt, shape: [...shape], dtype, json }
+    : null;
+  return json;
 }
 
 /** Whether `bytes` start like a bind notification (then {@linkcode decodeBind} reads it). */
@@ -93,9 +114,14 @@ export function isBind(bytes: Uint8Array): boolean {
   return true;
 }
 
+/** Whether `x` is a safe integer >= `min`. */
+function isInt(x: unknown, min: number): x is number {
+  return typeof x === "number" && Number.isSafeInteger(x) && x >= min;
+}
+
 /** `x` when it is a safe integer >= `min`, else throws naming `what`. */
 function int(x: unknown, what: string, min: number): number {
-  if (typeof x !== "number" || !Number.isSafeInteger(x) || x < min) {
+  if (!isInt(x, min)) {
     throw new Error(`bind notification: ${what} must be an integer >= ${min}, got ${String(x)}`);
   }
   return x;
@@ -131,11 +157,16 @@ export function readBind(bytes: Uint8Array): BindNotice {
       `bind notification of ${bytes.length} bytes (at most ${MAX_NOTIFICATION_BYTES})`,
     );
   }
-  let v: unknown;
-  try {
-    v = JSON.parse(utf8(bytes.subarray(PREFIX_BYTES.length)));
-  } catch (e) {
-    throw new Error(`bind notification is not UTF-8 JSON: ${(e as Error).message}`);
+  // As our encoder writes it, read straight from the bytes (no decoding, no JSON.parse:
+  // this runs on the decoder's path of every request); written any other way, as JSON.
+  // Either way every field is checked below.
+  let v: unknown = parsePlainBind(bytes, PREFIX_BYTES.length);
+  if (v === null) {
+    try {
+      v = JSON.parse(utf8(bytes.subarray(PREFIX_BYTES.length)));
+    } catch (e) {
+      throw new Error(`bind notification is not UTF-8 JSON: ${(e as Error).message}`);
+    }
   }
   if (!v || typeof v !== "object" || Array.isArray(v)) {
     throw new Error("bind notification: expected an object");
@@ -150,7 +181,8 @@ export function readBind(bytes: Uint8Array): BindNotice {
     throw new Error(`bind notification: s (shape) must be a list of 1..${MAX_DIMS} integers`);
   }
   // The parsed arrays are fresh and ours: checked in place, not copied.
-  for (let i = 0; i < s.length; i++) int(s[i], `s[${i}]`, 0);
+  // (The names of list entries are made only for a refusal, not per entry.)
+  for (let i = 0; i < s.length; i++) if (!isInt(s[i], 0)) int(s[i], `s[${i}]`, 0);
   const fmt = int(o.f, "f (fmt)", 0);
   const last = o.t === null ? null : int(o.t, "t (last_chunk_toks)", 0);
   const keys = o.k;
@@ -166,7 +198,7 @@ export function readBind(bytes: Uint8Array): BindNotice {
       throw new Error(`bind notification: k[${i}] must be a non-empty key without newlines`);
     }
   }
-  for (let i = 0; i < n; i++) int(pages[i], `p[${i}]`, 0);
+  for (let i = 0; i < n; i++) if (!isInt(pages[i], 0)) int(pages[i], `p[${i}]`, 0);
   if (n > 1) {
     // A set for the keys: their hashes are needed anyway (the receiver files each key in
     // its maps, and a set computes and keeps them); the pages pairwise (numbers, no set).

@@ -161,8 +161,10 @@ export function chunkBytes(
 ): number | undefined {
   const size = dtypeBytes(dtype);
   if (size === undefined) return undefined;
-  const dims = [...shape];
-  const td = TOKEN_DIM[fmt];
-  if (tokens !== undefined && td !== undefined && td < dims.length) dims[td] = tokens;
-  return dims.reduce((a, b) => a * b, size);
+  // A plain product, dimension by dimension (the token dimension replaced when asked):
+  // no copy of the shape, on the decoder's path of every bind.
+  const td = tokens === undefined ? -1 : TOKEN_DIM[fmt] ?? -1;
+  let n = size;
+  for (let i = 0; i < shape.length; i++) n *= i === td ? tokens! : shape[i];
+  return n;
 }

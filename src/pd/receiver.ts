@@ -1119,8 +1119,11 @@ export function defaultCreditTotal(pages: number): number {
 /** A sender's default stock of credits (`kvport_pd_credit_pages`'s default). */
 const DEFAULT_SENDER_CREDIT_STOCK = 16;
 
+/** The token dimension of each chunk format (made once, not per call). */
+const TOKEN_DIM: Readonly<Record<number, number>> = { 1: 2, 2: 0, 3: 1, 6: 1 };
+
 function withTokens(fmt: number, shape: readonly number[], tokens: number): number[] {
-  const td = ({ 1: 2, 2: 0, 3: 1, 6: 1 } as Record<number, number>)[fmt];
+  const td = TOKEN_DIM[fmt];
   const out = [...shape];
   if (td !== undefined && td < out.length) out[td] = tokens;
   return out;
