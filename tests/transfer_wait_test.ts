@@ -204,6 +204,167 @@ describe("the transfer wait's spin window", () => {
   });
 });
 
+describe("a large request's hand-over to the pool", () => {
+  test("waitStatus polls for handoffMicros after it started the native wait, then awaits it", async () => {
+    for (const handoff of [0, SPIN_MAX_MICROS]) {
+      using _clock = fakeClock(10);
+      let blocking = 0;
+      let before = 0; // polls before the native wait was started
+      let during = 0; // polls while it was pending
+      let settled = false;
+      const s = await waitStatus(
+        () => {
+          if (blocking === 0) before++;
+          else {
+            assert.ok(!settled, "no poll after the native wait settled");
+            during++;
+          }
+          return Status.IN_PROG;
+        },
+        () => {
+          blocking++;
+          // Settles later, as a pool thread's answer does.
+          return new Promise((resolve) =>
+            setTimeout(() => {
+              settled = true;
+              resolve(Status.SUCCESS);
+            }, 0)
+          );
+        },
+        1000,
+        () => false,
+        0, // a large request: no spin before the hand-over
+        null,
+        null,
+        handoff,
+      );
+      assert.equal(s, Status.SUCCESS, "the native wait's answer");
+      assert.equal(blocking, 1, "handed over exactly once");
+      assert.equal(before, 1, "one check before the hand-over");
+      // One poll per 10 us clock reading for the window (and none without one).
+      const want = handoff / 10;
+      assert.ok(
+        during >= want - 1 && during <= want + 1,
+        `${during} polls in a ${handoff} us hand-over (expected ${want})`,
+      );
+    }
+  });
+
+  test("a poll that sees the end stops the hand-over polls; the native wait still answers", async () => {
+    using _clock = fakeClock(10);
+    let polls = 0;
+    let answered = false;
+    const s = await waitStatus(
+      () => (++polls < 5 ? Status.IN_PROG : Status.ERR_REMOTE_DISCONNECT),
+      () =>
+        new Promise((resolve) =>
+          setTimeout(() => {
+            answered = true;
+            resolve(Status.ERR_REMOTE_DISCONNECT);
+          }, 0)
+        ),
+      1000,
+      () => false,
+      0,
+      null,
+      null,
+      SPIN_MAX_MICROS,
+    );
+    assert.ok(answered, "waited for the native wait");
+    assert.equal(s, Status.ERR_REMOTE_DISCONNECT);
+    assert.equal(polls, 5, "no poll after the one that saw the end");
+  });
+
+  /** A large request on a fake engine whose transfer moves only while someone polls
+   * (as NIXL's UCX over TCP does: getXferStatus progresses it): `workUs` of polls in
+   * all. Its native wait starts `startUs` after the call (the pool thread's wake-up). */
+  function pollDriven(
+    clock: ReturnType<typeof fakeClock>,
+    workUs: number,
+    startUs: number,
+    nixl = true,
+  ) {
+    let progressed = 0;
+    let lastPoll = 0;
+    let waitsPending = 0;
+    let pollsWhilePending = 0;
+    const step = () => {
+      // A poll moves the transfer by the time since the previous poll, up to 1 us per
+      // clock reading: the work done by a thread that keeps polling.
+      progressed += Math.min(clock.us - lastPoll, 1);
+      lastPoll = clock.us;
+      return progressed >= workUs ? Status.SUCCESS : Status.IN_PROG;
+    };
+    const lib = {
+      symbols: {
+        kvp_xfer_post: () => {
+          progressed = 0;
+          lastPoll = clock.us;
+          return Status.IN_PROG;
+        },
+        kvp_xfer_status: () => {
+          if (waitsPending > 0) pollsWhilePending++;
+          return step();
+        },
+      },
+      nonblocking: {
+        kvp_xfer_wait: () => {
+          waitsPending++;
+          const startsAt = clock.us + startUs; // the pool thread starts late...
+          return new Promise<number>((resolve) =>
+            setTimeout(() => {
+              clock.advance(Math.max(0, startsAt - clock.us)); // ...then polls to the end
+              lastPoll = clock.us;
+              while (step() === Status.IN_PROG) clock.advance(1);
+              waitsPending--;
+              resolve(Status.SUCCESS);
+            }, 0)
+          );
+        },
+      },
+    };
+    const core = {
+      lib,
+      name: "fake",
+      closed: false,
+      handle: () => 1n,
+      forget: () => {},
+      track: <T>(p: Promise<T>) => p,
+      events: () => null,
+      metrics: undefined,
+    } as unknown as AgentCore;
+    const req = new TransferRequest(core, 2n, "WRITE", "peer", 4096, [], 16 << 20, true, nixl);
+    return {
+      req,
+      get pollsWhilePending() {
+        return pollsWhilePending;
+      },
+    };
+  }
+
+  test("TransferRequest.wait of a large request keeps its transfer moving while the pool starts", async () => {
+    using clock = fakeClock(1);
+    const f = pollDriven(clock, 150, 1000);
+    assert.equal(f.req.post(), "pending");
+    const t0 = clock.us;
+    await f.req.wait(5000);
+    // The 150 us of work done by the hand-over polls while the pool thread starts: the
+    // wait ends when that thread first looks (1000 us), not after 150 us more of work.
+    assert.ok(f.pollsWhilePending >= 150, `${f.pollsWhilePending} polls during the hand-over`);
+    assert.ok(clock.us - t0 < 1000 + 50, `took ${clock.us - t0} us`);
+  });
+
+  test("a large builtin-engine request does not poll during the hand-over", async () => {
+    // There the copy workers move the bytes and a poll moves nothing: it would only
+    // take a core from them.
+    using clock = fakeClock(1);
+    const f = pollDriven(clock, 150, 1000, false);
+    assert.equal(f.req.post(), "pending");
+    await f.req.wait(5000);
+    assert.equal(f.pollsWhilePending, 0);
+  });
+});
+
 describe("the transfer wait on a real request", { skip: nativeSkip }, () => {
   test("4 KiB WRITEs and READs over TCP: every wait lands its bytes", async () => {
     const params = { listen_host: "127.0.0.1", advertise_host: "127.0.0.1" };
