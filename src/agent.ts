@@ -998,7 +998,6 @@ export class NixlAgent {
       [li, ri, notif],
       bytes,
       bytes > 0 ? bytes >= NO_SPIN_BYTES : local.holdsAtLeast(li, NO_SPIN_BYTES),
-      this.engine === "nixl", // a status poll progresses NIXL (UCX) there
     );
     this.#parts.add(req);
     return req;

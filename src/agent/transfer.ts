@@ -102,18 +102,6 @@ export function typicalWait(previous: number | undefined, us: number): number {
  */
 export const NO_SPIN_BYTES = 256 * 1024;
 
-/**
- * How long a large request's wait keeps polling on the calling thread right after it
- * handed the wait to Deno's thread pool (microseconds; `waitStatus`'s `handoffMicros`):
- * the pool thread takes tens of microseconds to start, and on a loaded 2-core machine
- * often milliseconds (p90 0.4-1.7 ms, p99 1-8 ms measured under load average 1-3). With
- * the nixl engine a status poll is NIXL's `getXferStatus`, which progresses UCX (over
- * TCP it is what pushes the bytes), so these polls keep a transfer moving that would
- * otherwise stall until that thread runs. Not above SPIN_MAX_MICROS: no wait spins
- * longer than that.
- */
-const HANDOFF_MICROS = SPIN_MAX_MICROS;
-
 /** Longest sleep on the event descriptor before a status poll anyway (see waitStatus). */
 const EVENT_SLICE_MS = 100;
 
@@ -133,9 +121,7 @@ function pause(elapsedMs: number): Promise<void> {
 
 /**
  * Waits for `poll()` to stop returning `IN_PROG`: synchronous checks for up to
- * `spinMicros`, then `blocking` (Deno: a nonblocking native wait with the time left; with
- * `handoffMicros` > 0 the first one is overlapped by synchronous checks for up to that
- * long while the runtime starts it, and is then awaited all the same), or
+ * `spinMicros`, then `blocking` (Deno: a nonblocking native wait with the time left), or
  * with `events` (Bun) a poll each time the agent's event descriptor has news, or else
  * polls paced by event-loop turns and short timers. Returns the final status, or
  * `IN_PROG` when `timeoutMs` ran out. `stop()` ends the wait early (it returns
@@ -159,7 +145,6 @@ export async function waitStatus(
   spinMicros: number = SPIN_MICROS,
   events: AgentEvents | null = null,
   took: { us: number } | null = null,
-  handoffMicros: number = 0,
 ): Promise<number> {
   // An event between a poll and the sleep after it is not lost: the sleep compares the
   // count read before the poll.
@@ -183,14 +168,7 @@ export async function waitStatus(
     const left = deadline - now;
     if (left <= 0) return Status.IN_PROG;
     if (blocking) {
-      const pending = blocking(Math.ceil(left));
-      // The pool thread that runs `pending` may take milliseconds to start: poll here
-      // meanwhile (a poll may be what moves the transfer), then take the native wait's
-      // answer (and its message), which sees what these polls saw.
-      const handoffEnd = performance.now() + handoffMicros / 1000;
-      handoffMicros = 0;
-      while (performance.now() < handoffEnd && poll() === Status.IN_PROG);
-      s = await pending;
+      s = await blocking(Math.ceil(left));
     } else if (events) {
       // Slices of at most EVENT_SLICE_MS: the wake comes from the descriptor; the slice
       // only bounds the cost of a completion path that would fail to signal.
@@ -258,10 +236,6 @@ export class TransferRequest {
   #typicalUs: number | undefined;
   #took = { us: 0 };
   #spinMicros: number;
-  // Polls after a large request's wait went to the pool (HANDOFF_MICROS): only where a
-  // status poll moves the transfer (the nixl engine); the builtin engine's copy workers
-  // would only lose a core to them.
-  #handoffMicros: number;
 
   /** @internal Use `NixlAgent.createTransfer`. */
   constructor(
@@ -273,7 +247,6 @@ export class TransferRequest {
     keep: unknown[],
     bytes = 0,
     large = false,
-    pollsProgress = false,
   ) {
     this.#core = core;
     this.#lib = core.lib;
@@ -286,7 +259,6 @@ export class TransferRequest {
     this.#metrics = core.metrics?.[op === "READ" ? "read" : "write"];
     this.#bytes = bytes;
     this.#spinMicros = large ? 0 : SPIN_MICROS;
-    this.#handoffMicros = large && pollsProgress ? HANDOFF_MICROS : 0;
   }
 
   /** True once released. */
@@ -413,8 +385,6 @@ export class TransferRequest {
         this.#spinMicros === 0 ? 0 : spinWindow(this.#typicalUs),
         events,
         this.#took,
-        // A large request hands its wait to the pool at once: poll while it starts.
-        nb ? this.#handoffMicros : 0,
       );
     } finally {
       signal?.removeEventListener("abort", onAbort);
