@@ -283,12 +283,14 @@ async function runDemo(args: string[]): Promise<number> {
   if (requests > 16) {
     throw new UsageError(`--requests expects an integer from 2 to 16, got ${requests}`);
   }
-  // The sender's buffer holds one request, the decoder's all of them (on a GPU it checks
-  // them once all have landed: see pd-receiver) and one more, so that the sender's page
-  // credits for the next request are free while the last one is in flight: R + 2 times N
-  // chunks in all, within half of the free memory.
+  // The sender's buffer holds one request; the decoder's every request (it checks them once
+  // all have landed: see pd-receiver) and three more, for the sender's page credits: its
+  // stock of three requests' pages (back-to-back requests find theirs while a refill is on
+  // its way) and those of the request in flight, which count as credits until its bind
+  // lands (caps of four requests, below). R + 4 times N chunks in all, within half of the
+  // free memory.
   const free = os.freemem();
-  const fit = Math.max(1, Math.floor((free * 0.5) / ((requests + 2) * geo.pageSize)));
+  const fit = Math.max(1, Math.floor((free * 0.5) / ((requests + 4) * geo.pageSize)));
   const chunks = int("chunks", v.chunks, 1, Math.min(16, fit));
   const batch = Math.min(chunks, int("batch", v.batch, 1, 8));
   const bufferSize = chunks * geo.pageSize;
@@ -313,16 +315,16 @@ async function runDemo(args: string[]): Promise<number> {
       "# that it binds free ports and reports them.",
       ...common,
       'pd_role: "receiver"',
-      `pd_buffer_size: ${(requests + 1) * bufferSize}`,
+      `pd_buffer_size: ${(requests + 3) * bufferSize}`,
       'pd_peer_host: "127.0.0.1"',
       "pd_peer_init_port: [7300]",
       "pd_peer_alloc_port: [7400]",
       "pd_allocation_timeout_sec: 30",
       "extra_config:",
-      "  # Page credits (kvport to kvport): the prefiller's stock of a request's pages, and",
-      "  # the pages of the request in flight, which count as credits until its bind lands.",
-      `  kvport_pd_credit_max: ${2 * chunks}`,
-      `  kvport_pd_credit_total: ${2 * chunks}`,
+      "  # Page credits (kvport to kvport): the prefiller's stock (three requests' pages)",
+      "  # and the pages of the request in flight, which count as credits until its bind lands.",
+      `  kvport_pd_credit_max: ${4 * chunks}`,
+      `  kvport_pd_credit_total: ${4 * chunks}`,
       "",
     ].join("\n"),
   );
@@ -335,6 +337,10 @@ async function runDemo(args: string[]): Promise<number> {
       `pd_buffer_size: ${bufferSize}`,
       'pd_proxy_host: "127.0.0.1"',
       `pd_proxy_port: ${proxy.port}`,
+      "extra_config:",
+      "  # Page credits: a stock of three requests' pages (the next requests find theirs",
+      "  # while the refill after this one is on its way).",
+      `  kvport_pd_credit_pages: ${3 * chunks}`,
       "",
     ].join("\n"),
   );

@@ -238,12 +238,11 @@ async function runReceiver(args: string[]): Promise<number> {
       }
       return view.length;
     };
-    // On a GPU, checking a chunk means copying it to host memory first, which would hold
-    // this event loop (and so the next AllocRequest) far longer than the transfer: when
+    // Checking a chunk (on a GPU: copying it to host memory first) holds this event loop,
+    // and so the next AllocRequest or credit refill, far longer than the transfer: when
     // every expected chunk fits in the buffer, the checks wait until all have landed.
     const deferred: string[] = [];
-    const defer = onGpu && v.verify === true && expect !== undefined &&
-      expect <= rx.pool.pageCount;
+    const defer = v.verify === true && expect !== undefined && expect <= rx.pool.pageCount;
     rx.onLanded((keys) => {
       for (const key of keys) {
         landed++;
@@ -475,16 +474,51 @@ async function runSender(args: string[]): Promise<number> {
     let totalBytes = 0;
     let sendMs = 0;
     let scratch: Uint8Array | undefined;
+    const reqIdOf = (r: number) => requests > 1 ? `${baseId}-${r}` : baseId;
+    const keysOf = (reqId: string) =>
+      Array.from({ length: chunks }, (_, i) => demoKey(reqId, i, tpRank, initPorts.length));
+    type Window = { keys: string[]; pages: number[]; last: boolean }[];
+    // The batches of a request from chunk `from` on, as many as the buffer holds, their pages
+    // filled (the KV is ready).
+    const fillWindow = async (keys: string[], from: number): Promise<Window> => {
+      const window: Window = [];
+      let free = tx.pool.free;
+      for (let at = from; at < keys.length;) {
+        const n = Math.min(perBatch, keys.length - at);
+        if (n > free && window.length > 0) break;
+        window.push({
+          keys: keys.slice(at, at + n),
+          pages: await tx.allocate(n),
+          last: at + n === keys.length,
+        });
+        free -= n;
+        at += n;
+      }
+      for (const w of window) {
+        w.keys.forEach((k, i) => {
+          const bytes = w.last && i === w.keys.length - 1
+            ? chunkBytes(geo.fmt, geo.shape, geo.dtype, lastToks)!
+            : tx.channel.pageSize;
+          if (tx.channel.device.kind === "cuda") {
+            // A GPU page is filled by a copy from host memory (what a model's KV cache
+            // would already hold on the device).
+            scratch ??= new Uint8Array(tx.channel.pageSize);
+            fillPattern(k, scratch.subarray(0, bytes));
+            tx.channel.page(w.pages[i]).copyFrom(scratch.subarray(0, bytes));
+          } else {
+            fillPattern(k, tx.channel.pages[w.pages[i]].subarray(0, bytes));
+          }
+        });
+      }
+      return window;
+    };
     const w0 = performance.now();
     for (let r = 0; r < requests; r++) {
       if (r > 0 && paceMs > 0) await sleep(paceMs);
-      const reqId = requests > 1 ? `${baseId}-${r}` : baseId;
+      const reqId = reqIdOf(r);
       const reqMs0 = sendMs;
       const reqBytes0 = totalBytes;
-      const keys = Array.from(
-        { length: chunks },
-        (_, i) => demoKey(reqId, i, tpRank, initPorts.length),
-      );
+      const keys = keysOf(reqId);
       let done = 0;
       if (keys.length === 0) {
         await tx.send({ ...spec, reqId, isLastPrefill: true }, {
@@ -501,35 +535,7 @@ async function runSender(args: string[]): Promise<number> {
       // of one batch goes out while the one before it is written). The time counted is
       // from the first send() to the last one settled.
       while (done < keys.length) {
-        const window: { keys: string[]; pages: number[]; last: boolean }[] = [];
-        let free = tx.pool.free;
-        for (let at = done; at < keys.length;) {
-          const n = Math.min(perBatch, keys.length - at);
-          if (n > free && window.length > 0) break;
-          window.push({
-            keys: keys.slice(at, at + n),
-            pages: await tx.allocate(n),
-            last: at + n === keys.length,
-          });
-          free -= n;
-          at += n;
-        }
-        for (const w of window) {
-          w.keys.forEach((k, i) => {
-            const bytes = w.last && i === w.keys.length - 1
-              ? chunkBytes(geo.fmt, geo.shape, geo.dtype, lastToks)!
-              : tx.channel.pageSize;
-            if (tx.channel.device.kind === "cuda") {
-              // A GPU page is filled by a copy from host memory (what a model's KV cache
-              // would already hold on the device).
-              scratch ??= new Uint8Array(tx.channel.pageSize);
-              fillPattern(k, scratch.subarray(0, bytes));
-              tx.channel.page(w.pages[i]).copyFrom(scratch.subarray(0, bytes));
-            } else {
-              fillPattern(k, tx.channel.pages[w.pages[i]].subarray(0, bytes));
-            }
-          });
-        }
+        const window = await fillWindow(keys, done);
         const t = performance.now();
         const results = await Promise.all(window.map(async (w) => {
           const res = await tx.send({ ...spec, reqId, isLastPrefill: w.last }, {
