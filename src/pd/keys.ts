@@ -168,3 +168,21 @@ export function chunkBytes(
   for (let i = 0; i < shape.length; i++) n *= i === td ? tokens! : shape[i];
   return n;
 }
+
+/**
+ * `shape` with the token dimension of `fmt` set to `tokens` (a partial last chunk's
+ * shape), as a new array; a format without one (or a shape too short for it) as it is.
+ *
+ * @example
+ * ```ts
+ * import { MemoryFormat, withTokens } from "./keys.ts";
+ *
+ * console.log(withTokens(MemoryFormat.KV_2LTD, [2, 28, 256, 1024], 10)); // [2, 28, 10, 1024]
+ * ```
+ */
+export function withTokens(fmt: number, shape: readonly number[], tokens: number): number[] {
+  const td = TOKEN_DIM[fmt];
+  const out = [...shape];
+  if (td !== undefined && td < out.length) out[td] = tokens;
+  return out;
+}

@@ -11,7 +11,7 @@ import { errorMessage, joinHostPort } from "../channel/_util.ts";
 import { checkBufferSizes, createTransferChannel } from "../channel/factory.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import type { ChannelPage } from "../channel/page.ts";
-import { chunkBytes } from "./keys.ts";
+import { chunkBytes, withTokens } from "./keys.ts";
 import { decodeLanded } from "./notify.ts";
 import { type BindNotice, isBind, readBind } from "./bind_notify.ts";
 import { CreditBook } from "./credit_book.ts";
@@ -1118,16 +1118,6 @@ export function defaultCreditTotal(pages: number): number {
 
 /** A sender's default stock of credits (`kvport_pd_credit_pages`'s default). */
 const DEFAULT_SENDER_CREDIT_STOCK = 16;
-
-/** The token dimension of each chunk format (made once, not per call). */
-const TOKEN_DIM: Readonly<Record<number, number>> = { 1: 2, 2: 0, 3: 1, 6: 1 };
-
-function withTokens(fmt: number, shape: readonly number[], tokens: number): number[] {
-  const td = TOKEN_DIM[fmt];
-  const out = [...shape];
-  if (td !== undefined && td < out.length) out[td] = tokens;
-  return out;
-}
 
 function portOf(url: string): number {
   return Number(url.slice(url.lastIndexOf(":") + 1));
