@@ -16,6 +16,7 @@
 import { MAX_NOTIFICATION_BYTES } from "./notify.ts";
 import { distinct } from "../channel/_util.ts";
 import { parsePlainBind } from "./bind_fast.ts";
+import { LastForm } from "./last_form.ts";
 
 const PREFIX = "kvport.pd.bind\n";
 const enc = new TextEncoder();
@@ -86,25 +87,20 @@ export function bindEncoder(
     );
 }
 
-// The fields after the request id, as last written, and what from: the requests of one
-// model share them, so they are not written again per request.
-let lastFields: { fmt: number; shape: number[]; dtype: string; json: string } | null = null;
+// The fields after the request id, as last written: the requests of one model share
+// them, so they are not written again per request.
+const lastFields = new LastForm<string>();
 
 /** `,"f":fmt,"s":shape,"d":dtype,"t":` as JSON.stringify writes them. */
 function formFields(fmt: number, shape: readonly number[], dtype: string): string {
-  const l = lastFields;
-  if (l !== null && l.fmt === fmt && l.dtype === dtype && l.shape.length === shape.length) {
-    let same = true;
-    for (let i = 0; i < shape.length && same; i++) same = l.shape[i] === shape[i];
-    if (same) return l.json;
-  }
-  const json = ',"f":' + JSON.stringify(fmt) + ',"s":' + JSON.stringify(shape) + ',"d":' +
-    JSON.stringify(dtype) + ',"t":';
-  // (Only a shape of numbers is remembered: its elements compare as their JSON does.)
-  lastFields = shape.every((d) => typeof d === "number")
-    ? { fmt, shape: [...shape], dtype, json }
-    : null;
-  return json;
+  return lastFields.get(fmt, shape, dtype) ??
+    lastFields.keep(
+      fmt,
+      shape,
+      dtype,
+      ',"f":' + JSON.stringify(fmt) + ',"s":' + JSON.stringify(shape) + ',"d":' +
+        JSON.stringify(dtype) + ',"t":',
+    );
 }
 
 /** Whether `bytes` start like a bind notification (then {@linkcode decodeBind} reads it). */

@@ -16,6 +16,8 @@
  * @module
  */
 
+import { LastForm } from "./last_form.ts";
+
 /** Most pages remembered to give back (a list field of a message holds 1024 at most;
  * beyond, the receiver's expiry ends them). */
 const MAX_DROPPED = 1024;
@@ -29,10 +31,10 @@ interface Lot {
   form: string;
 }
 
-// The last form made and what it was made from: the requests of one model share one
-// form, which is then not built again per request (nor compared character by character
-// with the lots' forms: it is the same string).
-let lastForm: { fmt: number; shape: number[]; dtype: string; form: string } | null = null;
+// The last form made: the requests of one model share one form, which is then not built
+// again per request (nor compared character by character with the lots' forms: it is the
+// same string).
+const lastForm = new LastForm<string>();
 
 /**
  * The chunk form of a batch, as a string: credits are used only by batches of the form
@@ -45,18 +47,8 @@ let lastForm: { fmt: number; shape: number[]; dtype: string; form: string } | nu
  * ```
  */
 export function chunkForm(fmt: number, shape: readonly number[], dtype: string): string {
-  const l = lastForm;
-  if (l !== null && l.fmt === fmt && l.dtype === dtype && l.shape.length === shape.length) {
-    let same = true;
-    for (let i = 0; i < shape.length && same; i++) same = l.shape[i] === shape[i];
-    if (same) return l.form;
-  }
-  const form = `${fmt}|${shape.join(",")}|${dtype}`;
-  // (Only a shape of numbers is remembered: its elements compare as their JSON does.)
-  lastForm = shape.every((d) => typeof d === "number")
-    ? { fmt, shape: [...shape], dtype, form }
-    : null;
-  return form;
+  return lastForm.get(fmt, shape, dtype) ??
+    lastForm.keep(fmt, shape, dtype, `${fmt}|${shape.join(",")}|${dtype}`);
 }
 
 /**
