@@ -119,6 +119,9 @@ typedef struct bi_map {
 
 /* Granularity of the prefault bitmaps of a peer mapping. */
 #define BI_POP_EXTENT (64u << 10)
+/* Whether extent i of bitmap bm is marked; marks it (under the remote's map_mu). */
+#define BI_POP_HAS(bm, i) (((bm)[(i) / 64] >> ((i) % 64)) & 1u)
+#define BI_POP_MARK(bm, i) ((bm)[(i) / 64] |= 1ull << ((i) % 64))
 
 /* What a peer's agent page said last (rm->map_mu): its live regions, indexed. */
 typedef struct bi_snap {

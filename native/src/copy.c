@@ -524,8 +524,6 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
     return st;
 }
 
-#define POP_HAS(bm, i) (((bm)[(i) / 64] >> ((i) % 64)) & 1u)
-
 void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) {
     if (len == 0) return;
     pthread_mutex_lock(&rm->map_mu);
@@ -553,9 +551,9 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) 
     uint64_t e = e0;
     while (e <= e1) {
         pthread_mutex_lock(&rm->map_mu);
-        while (e <= e1 && (POP_HAS(popw, e) || (!write && POP_HAS(popr, e)))) e++;
+        while (e <= e1 && (BI_POP_HAS(popw, e) || (!write && BI_POP_HAS(popr, e)))) e++;
         uint64_t run = e;
-        while (e <= e1 && !(POP_HAS(popw, e) || (!write && POP_HAS(popr, e)))) e++;
+        while (e <= e1 && !(BI_POP_HAS(popw, e) || (!write && BI_POP_HAS(popr, e)))) e++;
         pthread_mutex_unlock(&rm->map_mu);
         if (run == e) break;
         /* Extents run..e-1 are not known to be faulted in: do the part of them inside the
@@ -575,7 +573,7 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) 
          * again for every request. */
         for (uint64_t k = run; k < e; k++) {
             uint64_t ks = k * BI_POP_EXTENT, ke = KVP_MIN(ks + BI_POP_EXTENT, size);
-            if (s <= ks && t >= ke) (write ? popw : popr)[k / 64] |= 1ull << (k % 64);
+            if (s <= ks && t >= ke) BI_POP_MARK(write ? popw : popr, k);
         }
         for (size_t i = 0; ok && i < rm->nmaps; i++)
             if (rm->maps[i].base == (uint8_t *)(uintptr_t)base)

@@ -4,9 +4,10 @@
  * A same-host WRITE into a peer's page that this process never touched first pays for
  * the page table of that page (bi_remote_prefault at request creation): 3.7-7 ms per
  * 28 MiB page on the 2-core VM (read / write faults), two to four times the copy, on the
- * thread that creates the request. A decoder hands out its pages in turn (credits, AllocResponses), so a fresh
- * sender meets only such pages until it went once through the decoder's buffer (issue
- * 15: PD 1 x 28 MiB at 0.17-0.39 of memcpy where warm pages read 0.7-1.8).
+ * thread that creates the request. A decoder hands out its pages in turn (credits,
+ * AllocResponses), so a fresh sender meets only such pages until it went once through
+ * the decoder's buffer (issue 15: PD 1 x 28 MiB at 0.17-0.39 of memcpy where warm pages
+ * read 0.7-1.8).
  *
  * So a request that faults in pages of its own tells a thread of the remote to fault in
  * the peer_prefault_ahead bytes after them (512 MiB by default: a credit stock's first
@@ -34,8 +35,6 @@
  * work. */
 #define AHEAD_STEP (256u << 10)
 
-#define POP_HAS(bm, i) (((bm)[(i) / 64] >> ((i) % 64)) & 1u)
-
 bool bi_prefault_range(uint64_t addr, uint64_t len, bool write) {
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t ps = pg > 0 ? (uint64_t)pg : 4096;
@@ -58,7 +57,7 @@ static uint64_t ahead_step(bi_remote *rm, uint8_t *base, uint64_t size, uint64_t
     uint64_t e0 = s / BI_POP_EXTENT, e1 = (t - 1) / BI_POP_EXTENT;
     bool todo[AHEAD_STEP / BI_POP_EXTENT + 1];
     pthread_mutex_lock(&rm->map_mu);
-    for (uint64_t k = e0; k <= e1; k++) todo[k - e0] = !POP_HAS(popw, k);
+    for (uint64_t k = e0; k <= e1; k++) todo[k - e0] = !BI_POP_HAS(popw, k);
     pthread_mutex_unlock(&rm->map_mu);
     bool any = false;
     for (uint64_t k = e0; k <= e1; k++) any = any || todo[k - e0];
@@ -87,7 +86,7 @@ static uint64_t ahead_step(bi_remote *rm, uint8_t *base, uint64_t size, uint64_t
          * nor marked, so requests try again (and the copy faults pages in itself). */
         if (!bi_prefault_range((uint64_t)(uintptr_t)(base + rs), re - rs, false)) continue;
         pthread_mutex_lock(&rm->map_mu);
-        for (uint64_t j = r; j < k; j++) popw[j / 64] |= 1ull << (j % 64);
+        for (uint64_t j = r; j < k; j++) BI_POP_MARK(popw, j);
         pthread_mutex_unlock(&rm->map_mu);
         done += re - rs;
     }

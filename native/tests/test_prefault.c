@@ -187,9 +187,10 @@ TEST_T(prefault_ahead_stays_within_its_window_past_the_requests, 90) {
     usleep(200 * 1000);
     CHECK_MSG(t_info_num(a, "prefault_ahead_bytes") == w, "%llu bytes faulted in ahead",
               (unsigned long long)t_info_num(a, "prefault_ahead_bytes"));
-    /* Inside the window: nothing to do on the request's path. */
+    /* Inside the window ([w, w + size) is its last MiB: it runs from size to size + w):
+     * nothing to do on the request's path. */
     t_fill((void *)(uintptr_t)m, size, 61);
-    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, size + w - size, size, 1);
+    t_peer_xfer(a, KVP_WRITE, "T", m, 0, &p, w, size, 1);
     CHECK(t_peer_verify(&p, w, size, 61));
     CHECK(t_info_num(a, "prefault_create_bytes") == size);
     /* Far beyond it: the request does its own, and the window follows it. */

@@ -126,8 +126,9 @@ export interface PdSenderOptions extends PdChannelSettings {
    * refills come in lots of half of it or more. The receiver caps what it gives: its
    * `kvport_pd_credit_max` should cover this stock and the pages of the batches in flight
    * (they count as its credits until their binds arrive), else refills bring only what
-   * landed meanwhile and batches in flight wait for them. A batch that finds too few while a refill is on its
-   * way waits for it rather than queueing an AllocRequest behind it. Default 16
+   * landed meanwhile and batches in flight wait for them. A batch that finds too few
+   * while a refill is on its way waits for it rather than queueing an AllocRequest
+   * behind it. Default 16
    * (`fromConfig`: `extra_config.kvport_pd_credit_pages`); 0: off, every batch asks.
    * LMCache receivers ignore the ask and give none.
    */
