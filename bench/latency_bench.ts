@@ -54,7 +54,7 @@ import { fillPattern } from "../src/pd/pattern.ts";
 import type { PdReceiverStage, PdSenderStage } from "../src/pd/timeline.ts";
 import { measureCudaMemcpy, measureMemcpy } from "../cli/demo_cmd.ts";
 import { demoKey } from "../cli/pd_cmd.ts";
-import { benchAgentParams, engineStamps, percentile, Report } from "./lib.ts";
+import { benchAgentParams, engineStamps, percentile, Report, timedMemCopy } from "./lib.ts";
 import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
 
 // KVPORT_BENCH_WAKE=legacy: the wake-ups of an ABI-3 library (Deno's pool-thread waits,
@@ -437,22 +437,10 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       ? agent.allocate(bytesPerReq, { memType: "VRAM", device: ordinal })
       : agent.allocate(bytesPerReq);
     const lib = await loadNativeLibrary();
-    const memType = onGpu ? 1 : 0;
+    const memType: 0 | 1 = onGpu ? 1 : 0;
     const dev = onGpu ? ordinal : 0;
-    const copyOnce = (): number => {
-      const t0 = performance.now();
-      const st = lib.symbols.kvp_mem_copy(
-        memType,
-        dev,
-        cpDst.address,
-        memType,
-        dev,
-        cpSrc.address,
-        BigInt(bytesPerReq),
-      );
-      if (st !== 0) throw new Error(`kvp_mem_copy failed: status ${st}`);
-      return (performance.now() - t0) * 1000;
-    };
+    const copyOnce = (): number =>
+      timedMemCopy(lib, memType, dev, cpDst.address, cpSrc.address, bytesPerReq) * 1000;
     if (!onGpu) {
       (cpSrc as { bytes: Uint8Array }).bytes.fill(1);
       (cpDst as { bytes: Uint8Array }).bytes.fill(2);

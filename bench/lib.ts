@@ -421,3 +421,33 @@ export function benchAgentParams(bench: string): Record<string, string> | undefi
     }),
   );
 }
+
+/**
+ * One synchronous `kvp_mem_copy` of `bytes` from `src` to `dst`, both of one memory type
+ * (`0` DRAM, `1` VRAM) and device, timed: milliseconds. The physical limit the PD
+ * benchmarks take right after each request (the same noise as the request).
+ *
+ * @example
+ * ```ts
+ * import { timedMemCopy } from "./lib.ts";
+ * import { loadNativeLibrary } from "../ffi/mod.ts";
+ * import { NixlAgent } from "../src/agent.ts";
+ * const lib = await loadNativeLibrary();
+ * await using agent = await NixlAgent.create({ name: "copy", engine: "builtin" });
+ * const [a, b] = [agent.allocate(1 << 20), agent.allocate(1 << 20)];
+ * console.log(timedMemCopy(lib, 0, 0, b.address, a.address, 1 << 20) >= 0); // true
+ * ```
+ */
+export function timedMemCopy(
+  lib: NativeLib,
+  memType: 0 | 1,
+  device: number,
+  dst: bigint,
+  src: bigint,
+  bytes: number,
+): number {
+  const t0 = performance.now();
+  const st = lib.symbols.kvp_mem_copy(memType, device, dst, memType, device, src, BigInt(bytes));
+  if (st !== 0) throw new Error(`kvp_mem_copy failed: status ${st}`);
+  return performance.now() - t0;
+}

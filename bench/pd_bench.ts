@@ -16,7 +16,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { benchSenderConfig } from "./lib.ts";
+import { benchSenderConfig, timedMemCopy } from "./lib.ts";
 import { chunkBytes, MemoryFormat } from "../src/pd/keys.ts";
 import { fillPattern } from "../src/pd/pattern.ts";
 import { PdSender } from "../src/pd/sender.ts";
@@ -203,20 +203,8 @@ export async function runPdBench(
       const copies: number[] = [];
       const cp = n <= 8 ? [agent.allocate(n * chunk), agent.allocate(n * chunk)] : undefined;
       cp?.forEach((b, i) => b.bytes.fill(i + 1));
-      const copyOnce = (): number => {
-        const t = performance.now();
-        const st = lib.symbols.kvp_mem_copy(
-          0,
-          0,
-          cp![1].address,
-          0,
-          0,
-          cp![0].address,
-          BigInt(n * chunk),
-        );
-        if (st !== 0) throw new Error(`kvp_mem_copy failed: status ${st}`);
-        return (performance.now() - t) / 1000;
-      };
+      const copyOnce = (): number =>
+        timedMemCopy(lib, 0, 0, cp![1].address, cp![0].address, n * chunk) / 1000;
       for (let r = -1; r < reps; r++) {
         if (r === 0) infoAtStart = agent.info();
         const reqId = `bench-${n}-${reqNo++}`;
