@@ -371,14 +371,15 @@ export function benchSenderConfig(
  * (`performance.timeOrigin + performance.now()`), the offset taken from the info's own
  * `clock_ns` read between two marks: `last_done_ns` (the last request finished),
  * `last_notif_in_ns` (the last notification queued), `wake_call_ns` (the last wake
- * callback started: by the notifier's thread, or under Bun by the signalling thread). Stamps not set yet are left out; `{}`
- * for an engine without them.
+ * callback started: by the notifier's thread, or under Bun by the signalling thread).
+ * Stamps not set yet are left out; `{}` for an engine without them.
  *
  * @example
  * ```ts
  * import { engineStamps } from "./lib.ts";
- * declare const agent: { info(): Record<string, string> };
- * const at = engineStamps(agent).last_done_ns; // ms, comparable with performance marks
+ * // An engine without stamps (anything with an info() method will do):
+ * const agent = { info: (): Record<string, string> => ({ engine: "nixl" }) };
+ * console.log(engineStamps(agent)); // {}
  * ```
  */
 export function engineStamps(agent: { info(): Record<string, string> }): Record<string, number> {
