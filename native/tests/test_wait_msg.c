@@ -157,8 +157,9 @@ static void mem_copy(const char *params, uint32_t pages, int want_inline) {
 }
 
 TEST(memory_copies_up_to_mem_inline_max_complete_inside_post) {
-    mem_copy(NULL, 4, 1);                      /* 4 MiB: the default */
-    mem_copy(NULL, 8, 0);                      /* 8 MiB: the workers */
+    mem_copy(NULL, 1, 1);                      /* 1 MiB: the default */
+    mem_copy(NULL, 2, 0);                      /* 2 MiB: the workers */
+    mem_copy(NULL, 4, 0);                      /* a P2P chunk of 4 MiB: the workers too */
     mem_copy("mem_inline_max=0\n", 4, 0);      /* off */
     mem_copy("mem_inline_max=8388608\n", 8, 1); /* raised */
     uint64_t a = 0;

@@ -65,7 +65,7 @@ export interface NixlStorageOptions {
   timeoutMs?: number;
   /**
    * Parameters of the agent's engine (builtin: `io_threads`, the number of threads that
-   * run pread/pwrite, default a quarter of the cores, 2 to 8). Plugin parameters go in
+   * run pread/pwrite, default half the cores, 2 to 8). Plugin parameters go in
    * `backendParams`.
    */
   engineParams?: Readonly<Record<string, string | number>>;
