@@ -20,7 +20,7 @@
  *
  * ```sh
  * deno run -A bench/latency_bench.ts [--device cpu|cuda] [--sizes 1x28,1x0.25,16x28] [--reps N]
- *   [--credit-pages N] [--inflight N]
+ *   [--credit-pages N] [--inflight N] [--warmup N]
  * bun bench/latency_bench.ts --device cuda
  * ```
  * `--inflight N` (also 1, to compare) adds, for sizes of 8 chunks or more, two throughput
@@ -73,6 +73,7 @@ const { values } = parseArgs({
     reps: { type: "string" },
     "credit-pages": { type: "string" },
     inflight: { type: "string" },
+    warmup: { type: "string" },
   },
 });
 const device = values.device!;
@@ -96,6 +97,23 @@ const inflight = Number(values.inflight ?? 1);
 if (!Number.isSafeInteger(inflight) || inflight < 1 || inflight > 16) {
   console.error(`latency bench: --inflight expects 1..16, got ${values.inflight}`);
   process.exit(2);
+}
+// Requests run before the measured ones (see `warmupOf`); --warmup N sets it for every size.
+const warmupArg = values.warmup === undefined ? undefined : Number(values.warmup);
+if (warmupArg !== undefined && (!Number.isSafeInteger(warmupArg) || warmupArg < 0)) {
+  console.error(`latency bench: --warmup expects an integer >= 0, got ${values.warmup}`);
+  process.exit(2);
+}
+/**
+ * Warm-up requests of a size: a server's PD code runs optimized (V8 compiles a function
+ * after some hundreds of calls; before, its code runs in the interpreter or the baseline
+ * tier, several times slower), so the measured requests should too. 200 where that costs
+ * well under a second (a request of at most 32 MiB, or GPU pages filled on the device),
+ * else 3 (a host fill of a large request takes tens of ms).
+ */
+function warmupOf(bytesPerReq: number): number {
+  if (warmupArg !== undefined) return warmupArg;
+  return bytesPerReq <= 32 * 2 ** 20 || (onGpu && fillMode === "device") ? 200 : 3;
 }
 const creditPages = values["credit-pages"] === undefined
   ? undefined
@@ -476,7 +494,8 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     let withCredits = 0; // measured requests that took page credits (no AllocRequest)
     let infoAtStart: Record<string, string> = {};
     const refillBusy: number[] = [];
-    for (let r = -3; r < reps; r++) {
+    const warmup = warmupOf(bytesPerReq);
+    for (let r = -warmup; r < reps; r++) {
       if (r === 0) infoAtStart = agent.info();
       const reqId = `lat-${process.pid}-${reqNo++}`;
       const pages = await tx.allocate(size.chunks, 30_000);
@@ -571,7 +590,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     const probe = onGpu ? await measureCudaMemcpy(bytes, device) : await measureMemcpy(bytes);
     const stats: Record<string, { p50: number; p99: number }> = {};
     console.log(
-      `\n${size.label}: ${reps} requests, ${engineName} engine, ` +
+      `\n${size.label}: ${reps} requests after ${warmup} warm-up ones, ${engineName} engine, ` +
         `${onGpu ? `GPU buffers (${device})` : "host buffers"}, decoder in another process; ` +
         `copy of the same bytes ${copyUs.toFixed(1)} us (${limit.source}); the two ` +
         `processes' clocks agree within ${(clock.bound * 1000).toFixed(0)} us; ` +
@@ -644,6 +663,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         probe: probe.source,
         withCredits,
         withAllocRequest: reps - withCredits,
+        warmup,
       },
     });
     const rt = stats["AllocRequest round trip"];
