@@ -45,7 +45,10 @@ Options:
       --kv-shape S   shape of one chunk (default 2,28,256,1024)
       --device D     pd_buffer_device of both sides: cpu (default), cuda, cuda:N;
                      with a GPU the pages move VRAM to VRAM (CUDA IPC on one host)
-                     and the ratio is to cudaMemcpy device to device
+                     and the ratio is to cudaMemcpy device to device; every request's
+                     pages are filled before the first is sent, as a model's kernels
+                     would have written them (a host fill right before each request
+                     would slow the CPU work that follows)
       --timeout S    give up after S seconds (default 120)
       --keep         keep the temporary directory with the configurations
       --json         print the result as one JSON line at the end
@@ -334,7 +337,11 @@ async function runDemo(args: string[]): Promise<number> {
       "# kvport demo: the prefiller (LMCache keys)",
       ...common,
       'pd_role: "sender"',
-      `pd_buffer_size: ${bufferSize}`,
+      // On a GPU the prefiller fills every request's pages before the first is sent
+      // (pd-sender --fill-ahead): a model writes its KV there with kernels, which leave
+      // the CPU caches alone, where a host fill right before each request made the next
+      // request's CPU work in both processes about twice as slow.
+      `pd_buffer_size: ${onGpu ? requests * bufferSize : bufferSize}`,
       'pd_proxy_host: "127.0.0.1"',
       `pd_proxy_port: ${proxy.port}`,
       "extra_config:",
@@ -404,6 +411,7 @@ async function runDemo(args: string[]): Promise<number> {
       baseId,
       "--requests",
       String(requests),
+      ...(onGpu ? ["--fill-ahead"] : []),
       "--timeline",
       "--json",
     ]);

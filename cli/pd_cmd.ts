@@ -371,6 +371,11 @@ Options:
       --dtype T            dtype (default bfloat16)
       --last-chunk-tokens T  tokens of the last chunk (default: a full chunk)
       --pace-ms N          pause N ms between requests (spreads a run over time)
+      --fill-ahead         fill the pages of every request before the first is sent
+                           (the buffer must hold them all): on a GPU, a model's KV is
+                           written there by its kernels, while filling from host memory
+                           right before each request streams every byte through the
+                           CPU caches of both processes and slows what follows
       --linger S           after the last request, keep running (and serving metrics)
                            for S seconds or until SIGINT/SIGTERM (default 0)
 ${METRICS_HELP}
@@ -394,6 +399,7 @@ async function runSender(args: string[]): Promise<number> {
     dtype: { type: "string" },
     "last-chunk-tokens": { type: "string" },
     "pace-ms": { type: "string" },
+    "fill-ahead": { type: "boolean", default: false },
     linger: { type: "string" },
     ...METRICS_OPTIONS,
     timeline: { type: "boolean", default: false },
@@ -512,6 +518,21 @@ async function runSender(args: string[]): Promise<number> {
       }
       return window;
     };
+    // --fill-ahead: every request's pages filled now, each request in one window.
+    const ahead = new Map<string, Window>();
+    if (v["fill-ahead"] === true && chunks > 0) {
+      const need = requests * chunks;
+      if (need > tx.pool.free) {
+        throw new UsageError(
+          `--fill-ahead needs the pages of every request (${requests} x ${chunks} = ${need}), ` +
+            `the prefiller's buffer has ${tx.pool.free} free: raise pd_buffer_size`,
+        );
+      }
+      for (let r = 0; r < requests; r++) {
+        const reqId = reqIdOf(r);
+        ahead.set(reqId, await fillWindow(keysOf(reqId), 0));
+      }
+    }
     const w0 = performance.now();
     for (let r = 0; r < requests; r++) {
       if (r > 0 && paceMs > 0) await sleep(paceMs);
@@ -535,7 +556,8 @@ async function runSender(args: string[]): Promise<number> {
       // of one batch goes out while the one before it is written). The time counted is
       // from the first send() to the last one settled.
       while (done < keys.length) {
-        const window = await fillWindow(keys, done);
+        const window = ahead.get(reqId) ?? await fillWindow(keys, done);
+        ahead.delete(reqId);
         const t = performance.now();
         const results = await Promise.all(window.map(async (w) => {
           const res = await tx.send({ ...spec, reqId, isLastPrefill: w.last }, {

@@ -465,3 +465,89 @@ builtinTest("kvport demo: the decoder's ports come from the decoder, shown as ho
   );
   assert.match(r.stdout, /result: +OK/);
 });
+
+/** A prefiller's configuration with a buffer of `bufferSize` bytes, notifying no proxy. */
+function senderYaml(dir: string, name: string, bufferSize: number): string {
+  const file = path.join(dir, name);
+  fs.writeFileSync(
+    file,
+    [
+      "enable_pd: true",
+      'transfer_channel: "nixl"',
+      'pd_role: "sender"',
+      "pd_skip_proxy_notification: true",
+      `pd_buffer_size: ${bufferSize}`,
+      'pd_buffer_device: "cpu"',
+      "nixl_backends: [UCX]",
+      "",
+    ].join("\n"),
+  );
+  return file;
+}
+
+builtinTest(
+  "kvport pd-sender --fill-ahead: every request's pages filled first, each chunk verified; too small a buffer is refused",
+  { skip: nativeSkip },
+  async () => {
+    const s = scratch("kvport-cli-ahead-");
+    const page = 2 * 4 * 256 * 128 * 2;
+    const shape = ["--kv-shape", "2,4,256,128"];
+    const rx = startKvport([
+      "pd-receiver",
+      "--config",
+      decoderYaml(s.dir, 16 * page),
+      "--init-port",
+      "0",
+      "--alloc-port",
+      "0",
+      ...shape,
+      "--verify",
+      "--expect",
+      "6",
+      "--json",
+    ]);
+    try {
+      const ready = JSON.parse(await rx.line(/"event":"ready"/));
+      const portOf = (url: string) => url.slice(url.lastIndexOf(":") + 1);
+      const sender = (yaml: string) =>
+        runKvport([
+          "pd-sender",
+          "--config",
+          yaml,
+          "--receiver-host",
+          "127.0.0.1",
+          "--init-port",
+          portOf(ready.init),
+          "--alloc-port",
+          portOf(ready.alloc),
+          "--chunks",
+          "2",
+          "--batch",
+          "2",
+          "--requests",
+          "3",
+          ...shape,
+          "--fill-ahead",
+        ]);
+      // 3 requests x 2 chunks need 6 pages: a buffer of 4 is refused, naming both numbers.
+      const small = await sender(senderYaml(s.dir, "small.yaml", 4 * page));
+      assert.equal(small.code, 2, small.stdout + small.stderr);
+      assert.match(
+        small.stderr,
+        /--fill-ahead needs the pages of every request \(3 x 2 = 6\), the prefiller's buffer has 4 free: raise pd_buffer_size/,
+      );
+      const ok = await sender(senderYaml(s.dir, "fits.yaml", 6 * page));
+      assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+      assert.equal(await rx.exited, 0, rx.stderr.join("\n"));
+      const done = JSON.parse(rx.stdout.find((l) => l.includes('"event":"done"'))!);
+      // Every chunk of the three requests landed and matched its key's bytes.
+      assert.equal(done.landed, 6);
+      assert.equal(done.bad, 0);
+      assert.equal(done.bytes, 6 * page);
+      assert.equal(done.verified, true);
+    } finally {
+      rx.child.kill("SIGKILL");
+      s.remove();
+    }
+  },
+);
