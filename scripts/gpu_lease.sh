@@ -153,12 +153,13 @@ for r in $runtimes; do
     step 150 "$runtime: VRAM tests (agent, two processes, channels)" \
       "$rt_test tests/agent_vram_test.ts tests/gpu_pair_test.ts tests/channel_vram_test.ts tests/pd_vram_test.ts tests/gpu_two_devices_test.ts"
   fi
-  # ---- 3. PD demo on GPU buffers: 2 requests x 16 chunks of 28 MiB; batches of 8 (two
-  # pipelined sends per request) and of 16 (one send)
+  # ---- 3. PD demo on GPU buffers: 16 requests x 16 chunks of 28 MiB (the figure is the
+  # last one's: a server's code has run many times); batches of 8 (two pipelined sends per
+  # request) and of 16 (one send)
   if want demo; then
     for b in 8 16; do
       json_step 100 "$runtime: PD demo, pd_buffer_device cuda, 16 x 28 MiB, batch $b (every byte checked)" \
-        "demo-$runtime-b$b" "$rt_run cli/main.ts demo --device cuda --chunks 16 --batch $b --json"
+        "demo-$runtime-b$b" "$rt_run cli/main.ts demo --device cuda --chunks 16 --batch $b --requests 16 --json"
     done
   fi
   # ---- 4. benchmark -----------------------------------------------------------------------
