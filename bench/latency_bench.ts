@@ -106,14 +106,17 @@ if (warmupArg !== undefined && (!Number.isSafeInteger(warmupArg) || warmupArg < 
 }
 /**
  * Warm-up requests of a size: a server's PD code runs optimized (V8 compiles a function
- * after some hundreds of calls; before, its code runs in the interpreter or the baseline
- * tier, several times slower), so the measured requests should too. 200 where that costs
- * well under a second (a request of at most 32 MiB, or GPU pages filled on the device),
- * else 3 (a host fill of a large request takes tens of ms).
+ * after some hundreds of calls; before, it runs in the interpreter or the baseline tier,
+ * several times slower), so the measured requests should too: on the H200 host 1 x 28 MiB
+ * on GPU pages read 220 us added latency after 3 warm-ups, 170-180 after 200 and 98-100
+ * after 1000. 1000 where that costs about a second at most (GPU pages filled on the
+ * device, or requests of at most 1 MiB), 200 up to 32 MiB (each filled in JavaScript),
+ * else 3.
  */
 function warmupOf(bytesPerReq: number): number {
   if (warmupArg !== undefined) return warmupArg;
-  return bytesPerReq <= 32 * 2 ** 20 || (onGpu && fillMode === "device") ? 200 : 3;
+  if ((onGpu && fillMode === "device") || bytesPerReq <= 2 ** 20) return 1000;
+  return bytesPerReq <= 32 * 2 ** 20 ? 200 : 3;
 }
 const creditPages = values["credit-pages"] === undefined
   ? undefined
