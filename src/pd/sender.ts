@@ -120,15 +120,17 @@ export interface PdSenderOptions extends PdChannelSettings {
    * Page credits (kvport receivers, builtin engine): receiver pages asked for ahead of
    * requests, so that a batch of at most that many chunks is written with no
    * AllocRequest round trip and bound to its keys by its notification; topped up in the
-   * background after use (at once when a batch leaves too few for another). The stock
-   * aims at the largest of this, twice the largest batch sent on the link, and the pages
-   * of the batches in flight to the receiver plus one more batch (requests sent at once);
-   * refills come in lots of half of it or more. The receiver caps what it gives: its
-   * `kvport_pd_credit_max` should cover this stock and the pages of the batches in flight
-   * (they count as its credits until their binds arrive), else refills bring only what
-   * landed meanwhile and batches in flight wait for them. A batch that finds too few
-   * while a refill is on its way waits for it rather than queueing an AllocRequest
-   * behind it. Default 16
+   * background after use. This is the floor of the stock: it also aims at twice the
+   * largest batch sent on the link, and with requests in flight at twice what the batches
+   * sent before a refill's credits arrive take (the next batch of each request in flight,
+   * or as many pages as the last refills' round trips used up - measured - plus one
+   * batch); a refill starts as soon as the stock falls below that half, not once a batch
+   * finds it empty, and brings a lot of half the aim or more. The receiver caps what it
+   * gives: its `kvport_pd_credit_max` should cover this stock and the pages of the
+   * batches in flight (they count as its credits until their binds arrive), else refills
+   * bring only what landed meanwhile and batches in flight wait for them. A batch that
+   * finds too few while a refill is on its way waits for it rather than queueing an
+   * AllocRequest behind it. Default 16
    * (`fromConfig`: `extra_config.kvport_pd_credit_pages`); 0: off, every batch asks.
    * LMCache receivers ignore the ask and give none.
    */
