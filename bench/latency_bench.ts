@@ -758,8 +758,13 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       }
       const waited = Float64Array.from(waits.refillWait ?? []).sort();
       const refillWaitP99 = waited.length > 0 ? percentile(waited, 99) : 0;
+      // The p50 counts only the requests that waited; this is every request's share.
+      const refillWaitMean = waited.reduce((a, b) => a + b, 0) / total;
       const show = Object.entries(where).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ") +
-        (waited.length > 0 ? ` (refillWait p99 ${refillWaitP99.toFixed(0)})` : "");
+        (waited.length > 0
+          ? ` (refillWait p99 ${refillWaitP99.toFixed(0)}, mean over all requests ` +
+            `${refillWaitMean.toFixed(0)})`
+          : "");
       console.log(
         `  ${total} requests, ${parallel} in flight (next ${
           mode === "landed" ? "once landed" : "once sent"
@@ -785,6 +790,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
           refills,
           refillWaits,
           refillWaitP99Us: refillWaitP99,
+          refillWaitMeanUs: refillWaitMean,
           cpuUsPerRequest: { sender: cpuUs[0], decoder: cpuUs[1] },
           stagesP50Us: where,
         },
