@@ -10,7 +10,7 @@
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { nativeLibrary, PdReceiver, PdSender, type PdSenderStage } from "../mod.ts";
-import { decodeMessage, RepSocket, ReqSocket } from "../src/channel/wire/mod.ts";
+import { decodeMessage, RepSocket, ReqSocket, ZmtpConnection } from "../src/channel/wire/mod.ts";
 import { eventually, fillFor, portOf, sha, testKey } from "./helpers/pd_util.ts";
 
 const skip: string | false = await nativeLibrary().then(
@@ -190,5 +190,100 @@ test(
     } finally {
       await gate.close();
     }
+  },
+);
+
+test(
+  "pd refill: a refill a send() starts is handed to the connection in that call (not after the other requests' queued work), and its credits serve the next batch",
+  { skip },
+  async () => {
+    const rx = await PdReceiver.create({
+      host: "127.0.0.1",
+      initPort: 0,
+      allocPort: 0,
+      bufferSize: 64 * PAGE,
+      pageSize: PAGE,
+      channelType: "nixl",
+      engine: "builtin",
+      creditMaxTotal: 32,
+      creditMaxPerSender: 32,
+    });
+    await using _rx = rx;
+    const tx = await PdSender.create({
+      bufferSize: 16 * PAGE,
+      pageSize: PAGE,
+      channelType: "nixl",
+      engine: "builtin",
+      creditPages: 2 * BATCH,
+    });
+    await using _tx = tx;
+    const spec = (reqId: string) => ({
+      reqId,
+      receiverHost: "127.0.0.1",
+      receiverInitPort: rx.initPort,
+      receiverAllocPort: rx.allocPort,
+      isLastPrefill: true,
+    });
+    await tx.connect(spec(""), { credits: { shape: SHAPE, dtype: "bfloat16" } });
+    assert.equal(tx.credits.pages, 2 * BATCH);
+    const reqs: { id: string; keys: string[]; pages: number[]; hashes: string[] }[] = [];
+    for (const id of ["a", "b", "c"]) {
+      const keys = Array.from({ length: BATCH }, (_, i) => testKey(id, i));
+      const pages = await tx.allocate(BATCH);
+      const hashes = keys.map((k, i) => {
+        const v = tx.channel.pages[pages[i]];
+        fillFor(k, v);
+        return sha(v);
+      });
+      reqs.push({ id, keys, pages, hashes });
+    }
+    const batch = (r: { keys: string[]; pages: number[] }) => ({
+      keys: r.keys,
+      pages: r.pages,
+      shape: SHAPE,
+      dtype: "bfloat16",
+      lastChunkToks: 256,
+    });
+    // Credit asks handed to any connection, counted as they are.
+    const proto = ZmtpConnection.prototype as unknown as {
+      send: (this: ZmtpConnection, frames: readonly Uint8Array[]) => Promise<void>;
+    };
+    const original = proto.send;
+    let asks = 0;
+    proto.send = function (frames) {
+      for (const f of frames) {
+        if (f.length === 0) continue;
+        try {
+          const m = decodeMessage(f) as unknown as Record<string, unknown>;
+          if (m.type === "AllocRequest" && m.kvport_credit_want !== undefined) asks++;
+        } catch {
+          // not a message of ours
+        }
+      }
+      return original.call(this, frames);
+    };
+    let sent: Promise<unknown>[] = [];
+    try {
+      const a = tx.send(spec("a"), batch(reqs[0]));
+      assert.equal(asks, 0, "the first batch left a batch in stock: no refill yet");
+      // The second takes the rest while the first is in flight: a refill, on the wire now.
+      const b2 = tx.send(spec("b"), batch(reqs[1]));
+      assert.equal(asks, 1, "the refill's ask was handed to the connection in send()");
+      assert.equal(tx.credits.refilling, true);
+      sent = [a, b2];
+    } finally {
+      proto.send = original;
+    }
+    await Promise.all(sent);
+    await eventually(() => !tx.credits.refilling, "the refill answered");
+    // The third finds the refill's credits.
+    await tx.send(spec("c"), batch(reqs[2]));
+    for (const r of reqs) {
+      await rx.waitFor(r.keys, 10_000);
+      r.keys.forEach((k, i) => assert.equal(sha(rx.view(k)!), r.hashes[i], `bytes of ${k}`));
+    }
+    assert.equal(tx.credits.batches, 3, "every batch on credits");
+    assert.ok(tx.credits.refills >= 2, `connect()'s ask and the refill: ${tx.credits.refills}`);
+    assert.equal(tx.credits.refillErrors, 0);
   },
 );
