@@ -187,9 +187,10 @@ interface Link {
   /** Pages of batches sent to this receiver and not settled yet (the credit target
    * follows them: requests in flight at once each need a batch of credits). */
   pagesOut: number;
-  /** The largest batch sent on credits to this receiver (pages). */
+  /** The largest batch sent to this receiver (pages). */
   batchPages: number;
-  /** Credit pages batches took (or waited for) while the refill in flight was on its way. */
+  /** Credit pages batches took in send() while the refill in flight was on its way (those
+   * still waiting for it are added when it ends). */
   usedInRefill: number;
   /** Pages the last refills' round trips used up (see {@linkcode creditNeed}): the stock
    * left when a refill starts should cover as much, or a batch waits for it. */
