@@ -32,7 +32,11 @@
  * what the requests queue for) and the p50 of each stage (`refillWait`: a batch waited
  * for a credit refill; `queue` / `alloc`: the link's queue and the AllocRequest round
  * trip; `post`, `copy`; `rxNotif`, `rxLanded`: the decoder's side; `rxRefill`: the
- * decoder serving a refill). `KVPORT_BENCH_AGENT_PARAMS=mem_inline_max=0,vram_inline_max=0`
+ * decoder serving a refill; each line also counts the credit refills and the requests that
+ * waited for one, and gives refillWait's p99 and its mean over every request).
+ * `KVPORT_BENCH_CREDIT_MAX=N` sets the decoder's credit cap (`kvport_pd_credit_max`; default
+ * room for the sender's stock as it grows with requests in flight, see `measure`).
+ * `KVPORT_BENCH_AGENT_PARAMS=mem_inline_max=0,vram_inline_max=0`
  * sets engine parameters of the sender's agent (here: copies on the engine's workers,
  * not inside the post on this thread; small copies run inline by default).
  * `--sizes` lists `<chunks>x<MiB per chunk>`: each request is one batch of that many
@@ -95,6 +99,18 @@ if (fillMode !== "host" && fillMode !== "device") {
 const inflight = Number(values.inflight ?? 1);
 if (!Number.isSafeInteger(inflight) || inflight < 1 || inflight > 16) {
   console.error(`latency bench: --inflight expects 1..16, got ${values.inflight}`);
+  process.exit(2);
+}
+const benchCreditMax = process.env.KVPORT_BENCH_CREDIT_MAX === undefined
+  ? undefined
+  : Number(process.env.KVPORT_BENCH_CREDIT_MAX);
+if (
+  benchCreditMax !== undefined && !(Number.isSafeInteger(benchCreditMax) && benchCreditMax >= 0)
+) {
+  console.error(
+    `latency bench: KVPORT_BENCH_CREDIT_MAX expects an integer >= 0, got ` +
+      process.env.KVPORT_BENCH_CREDIT_MAX,
+  );
   process.exit(2);
 }
 const creditPages = values["credit-pages"] === undefined
@@ -356,7 +372,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   // round trip takes as long as a request; the cap leaves room for that and N batches
   // landing.
   const txCredits = creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined);
-  const rxCredits = Math.max(
+  // KVPORT_BENCH_CREDIT_MAX=N: the decoder's cap instead (kvport_pd_credit_max), e.g. to
+  // see what a tighter or looser one costs.
+  const rxCredits = benchCreditMax ?? Math.max(
     (parallel + 2) * size.chunks,
     (txCredits ?? 0) + parallel * size.chunks,
     parallel > 1 ? (3 * parallel + 2) * size.chunks : 0,
