@@ -32,7 +32,11 @@
  * what the requests queue for) and the p50 of each stage (`refillWait`: a batch waited
  * for a credit refill; `queue` / `alloc`: the link's queue and the AllocRequest round
  * trip; `post`, `copy`; `rxNotif`, `rxLanded`: the decoder's side; `rxRefill`: the
- * decoder serving a refill). `KVPORT_BENCH_AGENT_PARAMS=mem_inline_max=0,vram_inline_max=0`
+ * decoder serving a refill; each line also counts the credit refills and the requests that
+ * waited for one, and gives refillWait's p99 and its mean over every request).
+ * `KVPORT_BENCH_CREDIT_MAX=N` sets the decoder's credit cap (`kvport_pd_credit_max`; default
+ * room for the sender's stock as it grows with requests in flight, see `measure`).
+ * `KVPORT_BENCH_AGENT_PARAMS=mem_inline_max=0,vram_inline_max=0`
  * sets engine parameters of the sender's agent (here: copies on the engine's workers,
  * not inside the post on this thread; small copies run inline by default).
  * `--sizes` lists `<chunks>x<MiB per chunk>`: each request is one batch of that many
@@ -117,6 +121,18 @@ function warmupOf(bytesPerReq: number): number {
   if (warmupArg !== undefined) return warmupArg;
   if ((onGpu && fillMode === "device") || bytesPerReq <= 2 ** 20) return 1000;
   return bytesPerReq <= 32 * 2 ** 20 ? 200 : 3;
+}
+const benchCreditMax = process.env.KVPORT_BENCH_CREDIT_MAX === undefined
+  ? undefined
+  : Number(process.env.KVPORT_BENCH_CREDIT_MAX);
+if (
+  benchCreditMax !== undefined && !(Number.isSafeInteger(benchCreditMax) && benchCreditMax >= 0)
+) {
+  console.error(
+    `latency bench: KVPORT_BENCH_CREDIT_MAX expects an integer >= 0, got ` +
+      process.env.KVPORT_BENCH_CREDIT_MAX,
+  );
+  process.exit(2);
 }
 const creditPages = values["credit-pages"] === undefined
   ? undefined
@@ -367,14 +383,22 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
   const throughput = size.chunks >= 8 && values.inflight !== undefined;
   // The sender's credits: enough for the requests in flight and one batch more (a
   // prefiller sending several at once would set kvport_pd_credit_pages so), else the
-  // sender's default. The decoder lets its one sender hold them all and the pages of the
-  // requests in flight besides: a credit page a batch took counts as held there until its
-  // bind arrives, so a cap of just the sender's stock makes each refill bring only what
-  // landed meanwhile (the stock then runs dry with every round of requests in flight).
+  // sender's default. The decoder lets its one sender hold what its stock grows to and the
+  // pages of the requests in flight besides: a credit page a batch took counts as held
+  // there until its bind arrives, so a cap of just the sender's stock makes each refill
+  // bring only what landed meanwhile (the stock then runs dry with every round of requests
+  // in flight). The stock aims at twice what the batches to come before a refill's credits
+  // arrive take (the requests in flight, and what the last round trips used up: see
+  // `creditNeed` in sender.ts), so with N in flight it reaches 2 (N + 1) batches when a
+  // round trip takes as long as a request; the cap leaves room for that and N batches
+  // landing.
   const txCredits = creditPages ?? (parallel > 1 ? (parallel + 1) * size.chunks : undefined);
-  const rxCredits = Math.max(
+  // KVPORT_BENCH_CREDIT_MAX=N: the decoder's cap instead (kvport_pd_credit_max), e.g. to
+  // see what a tighter or looser one costs.
+  const rxCredits = benchCreditMax ?? Math.max(
     (parallel + 2) * size.chunks,
     (txCredits ?? 0) + parallel * size.chunks,
+    parallel > 1 ? (3 * parallel + 2) * size.chunks : 0,
   );
   // The decoder's pages: its credits, and room for the requests in flight (their pages
   // stay the decoder's until it has seen them land) and a refill that overtakes a bind. A
@@ -732,6 +756,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       };
       const arrivals: Promise<void>[] = [];
       const t0 = performance.now();
+      const refills0 = tx!.credits.refills;
       const cpu0 = [cpuMsOf(process.pid), cpuMsOf(peer.pid)];
       await Promise.all(Array.from({ length: parallel }, one));
       await Promise.all(arrivals);
@@ -742,7 +767,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
         (c - cpu0[i]) * 1000 / total
       );
       const gbs = (total * bytes) / wallUs / 1e3;
+      const refills = tx!.credits.refills - refills0;
       let onCredits = 0;
+      let refillWaits = 0;
       // Where the requests in flight spent their time (p50 over the requests that went
       // through the stage, us): what keeps them from overlapping.
       const waits: Record<string, number[]> = {};
@@ -752,6 +779,7 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       for (const [id, m] of marks) {
         if (!id.startsWith("tput-")) continue;
         if (m.credits !== undefined) onCredits++;
+        if (m.refill_wait !== undefined) refillWaits++;
         const r = rxOf.get(id) ?? {};
         put("refillWait", m.refill_wait, m.credits ?? m.queued);
         put("queue", m.refill_wait ?? m.send, m.queued);
@@ -769,13 +797,22 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
       for (const [k, xs] of Object.entries(waits)) {
         where[k] = percentile(Float64Array.from(xs).sort(), 50);
       }
-      const show = Object.entries(where).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ");
+      const waited = Float64Array.from(waits.refillWait ?? []).sort();
+      const refillWaitP99 = waited.length > 0 ? percentile(waited, 99) : 0;
+      // The p50 counts only the requests that waited; this is every request's share.
+      const refillWaitMean = waited.reduce((a, b) => a + b, 0) / total;
+      const show = Object.entries(where).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(", ") +
+        (waited.length > 0
+          ? ` (refillWait p99 ${refillWaitP99.toFixed(0)}, mean over all requests ` +
+            `${refillWaitMean.toFixed(0)})`
+          : "");
       console.log(
         `  ${total} requests, ${parallel} in flight (next ${
           mode === "landed" ? "once landed" : "once sent"
         }): ${(wallUs / total).toFixed(1)} us per ` +
           `request, ${gbs.toFixed(1)} GB/s = ${(gbs / (limit.bps / 1e9)).toFixed(2)} x ` +
-          `the copy of the same bytes (${onCredits} of ${total} on page credits); CPU per ` +
+          `the copy of the same bytes (${onCredits} of ${total} on page credits; ${refills} ` +
+          `credit refills, ${refillWaits} requests waited for one); CPU per ` +
           `request: sender ${cpuUs[0].toFixed(0)} us, decoder ${cpuUs[1].toFixed(0)} us; ` +
           `p50 us: ${show}`,
       );
@@ -791,6 +828,10 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
           next: mode === "landed" ? "once landed at the decoder" : "once send() settled",
           usPerRequest: wallUs / total,
           onCredits,
+          refills,
+          refillWaits,
+          refillWaitP99Us: refillWaitP99,
+          refillWaitMeanUs: refillWaitMean,
           cpuUsPerRequest: { sender: cpuUs[0], decoder: cpuUs[1] },
           stagesP50Us: where,
         },

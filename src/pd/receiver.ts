@@ -118,7 +118,10 @@ export interface PdReceiverOptions extends PdChannelSettings {
    * its requests (default 64; `fromConfig`: `extra_config.kvport_pd_credit_max`; 0: no
    * credits). A credit is taken only from pages free at that moment. A page a batch took
    * counts until its bind arrives: for a sender with requests in flight, room for its
-   * stock (`kvport_pd_credit_pages`) and the pages of those requests.
+   * stock and the pages of those requests. Such a sender's stock grows past its
+   * `kvport_pd_credit_pages` to twice what its batches take during a refill's round trip
+   * (see `PdSenderOptions.creditPages`): with N requests of B chunks in flight, about
+   * (3 N + 2) B pages in all; less works, with batches waiting for refills.
    */
   creditMaxPerSender?: number;
   /**

@@ -120,15 +120,17 @@ export interface PdSenderOptions extends PdChannelSettings {
    * Page credits (kvport receivers, builtin engine): receiver pages asked for ahead of
    * requests, so that a batch of at most that many chunks is written with no
    * AllocRequest round trip and bound to its keys by its notification; topped up in the
-   * background after use (at once when a batch leaves too few for another). The stock
-   * aims at the largest of this, twice the largest batch sent on the link, and the pages
-   * of the batches in flight to the receiver plus one more batch (requests sent at once);
-   * refills come in lots of half of it or more. The receiver caps what it gives: its
-   * `kvport_pd_credit_max` should cover this stock and the pages of the batches in flight
-   * (they count as its credits until their binds arrive), else refills bring only what
-   * landed meanwhile and batches in flight wait for them. A batch that finds too few
-   * while a refill is on its way waits for it rather than queueing an AllocRequest
-   * behind it. Default 16
+   * background after use. This is the floor of the stock: it also aims at twice the
+   * largest batch sent on the link, and with requests in flight at twice what the batches
+   * sent before a refill's credits arrive take (the next batch of each request in flight,
+   * or as many pages as the last refills' round trips used up - measured - plus one
+   * batch); a refill starts as soon as the stock falls below that half, not once a batch
+   * finds it empty, and brings a lot of half the aim or more. The receiver caps what it
+   * gives: its `kvport_pd_credit_max` should cover this stock and the pages of the
+   * batches in flight (they count as its credits until their binds arrive), else refills
+   * bring only what landed meanwhile and batches in flight wait for them. A batch that
+   * finds too few while a refill is on its way waits for it rather than queueing an
+   * AllocRequest behind it. Default 16
    * (`fromConfig`: `extra_config.kvport_pd_credit_pages`); 0: off, every batch asks.
    * LMCache receivers ignore the ask and give none.
    */
@@ -185,6 +187,35 @@ interface Link {
   /** Pages of batches sent to this receiver and not settled yet (the credit target
    * follows them: requests in flight at once each need a batch of credits). */
   pagesOut: number;
+  /** The largest batch sent to this receiver (pages). */
+  batchPages: number;
+  /** Credit pages batches took in send() while the refill in flight was on its way (those
+   * still waiting for it are added when it ends). */
+  usedInRefill: number;
+  /** Pages the last refills' round trips used up (see {@linkcode creditNeed}): the stock
+   * left when a refill starts should cover as much, or a batch waits for it. */
+  refillUse: number;
+  /** Key-less credit asks answered on this link. */
+  refills: number;
+}
+
+/**
+ * What the credit stock of `link` should hold now: `low`, below which a refill starts
+ * (whatever the lot), and `goal`, what a refill tops it up to. The stock left when a
+ * refill starts must serve every batch taken until its credits arrive, else a batch waits
+ * for them: the next batch of each request in flight, and as many pages as the last
+ * refills' round trips used up (measured: a round trip grows when the receiver's one
+ * JavaScript thread is busy landing other requests' pages, or this one posting them),
+ * plus one batch. The goal is twice that, so that a refill brings a lot of `low` pages or
+ * more (each refill is a round trip and a handler run on the receiver: one per batch
+ * would cost it as much as the batches). One request at a time this is what it was: a
+ * refill after each request, the stock twice the batch.
+ */
+function creditNeed(link: Link): { low: number; goal: number } {
+  const b = link.batchPages;
+  const low = Math.max(b, link.pagesOut, link.refillUse + b);
+  const goal = Math.min(MAX_CREDIT_TARGET, Math.max(link.creditTarget, 2 * low));
+  return { low, goal };
 }
 
 interface RequestTrack {
@@ -431,12 +462,39 @@ export class PdSender implements AsyncDisposable {
 
   /**
    * Page credits: usable credit pages held now (all links), batches sent with credits,
-   * and background refills that failed.
+   * credit refills answered (key-less AllocRequests, `connect()`'s ask included), whether
+   * one is on its way now, and background refills that failed.
+   *
+   * @example
+   * ```ts
+   * import type { PdSender } from "@kvport/nixl";
+   * declare const tx: PdSender;
+   * const { pages, refills, refilling } = tx.credits;
+   * console.log(`${pages} credit pages, ${refills} refills${refilling ? ", one on its way" : ""}`);
+   * ```
    */
-  get credits(): { pages: number; batches: number; refillErrors: number } {
+  get credits(): {
+    pages: number;
+    batches: number;
+    refills: number;
+    refilling: boolean;
+    refillErrors: number;
+  } {
     let pages = 0;
-    for (const l of this.#links.values()) pages += l.credits.count();
-    return { pages, batches: this.#creditBatches, refillErrors: this.#creditErrors };
+    let refills = 0;
+    let refilling = false;
+    for (const l of this.#links.values()) {
+      pages += l.credits.count();
+      refills += l.refills;
+      refilling ||= l.refill !== null;
+    }
+    return {
+      pages,
+      batches: this.#creditBatches,
+      refills,
+      refilling,
+      refillErrors: this.#creditErrors,
+    };
   }
 
   // Static: a closure made in the constructor would hold `this` (its context does).
@@ -582,8 +640,11 @@ export class PdSender implements AsyncDisposable {
         Math.max(link.creditTarget, link.pagesOut + out),
       );
     }
+    if (out > link.batchPages) link.batchPages = out;
     // With credits enough for the batch: no AllocRequest, and no wait behind the queue.
     const credit = this.#creditPlan(link, spec, batch);
+    // (A batch that waits for a refill is counted by the refill it waits for.)
+    if (credit && link.refill !== null) link.usedInRefill += out;
     const writes = r.writes;
     let written: Promise<SendResult>;
     if (credit && !r.failed && writes.pending === 0) {
@@ -677,6 +738,10 @@ export class PdSender implements AsyncDisposable {
         refillAgain: null,
         creditWaiting: 0,
         pagesOut: 0,
+        batchPages: 0,
+        usedInRefill: 0,
+        refillUse: 0,
+        refills: 0,
       };
       this.#links.set(id, link);
     }
@@ -1253,17 +1318,16 @@ export class PdSender implements AsyncDisposable {
     if (this.#closing || !link.givesCredits) return;
     const form = chunkForm(fmt, like.shape, like.dtype);
     const have = link.credits.count(form);
-    const short = link.creditTarget + link.creditWaiting - have;
+    const { low, goal } = creditNeed(link);
+    const short = goal + link.creditWaiting - have;
     if (short <= 0) return;
-    // Refills come in lots of at least half the target while the stock still serves a
-    // batch like this one and nobody waits: each refill is a round trip and a handler run
-    // on the receiver's only JavaScript thread, which also lands every request's pages,
-    // so with requests in flight one refill of 32 pages costs it far less than two of 16.
-    // (One request at a time, the target is twice the batch: every refill is due, as before.)
-    if (
-      link.creditWaiting === 0 && have >= like.keys.length &&
-      2 * short < link.creditTarget
-    ) return;
+    // A refill starts once the stock left falls below what the batches to come before its
+    // credits arrive would take (`low`, see creditNeed), not when a batch finds it empty;
+    // above that, only for a lot of half the goal or more: each refill is a round trip and
+    // a handler run on the receiver's only JavaScript thread, which also lands every
+    // request's pages, so one refill of 32 pages costs it far less than two of 16. (One
+    // request at a time, the goal is twice the batch: every refill is due, as before.)
+    if (link.creditWaiting === 0 && have >= low && 2 * short < goal) return;
     if (link.refill !== null) {
       // Credits were used after this refill counted what it asks for (requests in
       // flight at once): one more once it ends, else the stock runs dry and the next
@@ -1274,11 +1338,23 @@ export class PdSender implements AsyncDisposable {
     const generation = link.generation;
     const shape = [...like.shape];
     const dtype = like.dtype;
-    link.refill = link.queue.run(() => this.#askCredits(link, fmt, shape, dtype, generation))
+    link.usedInRefill = 0;
+    // In this call when nothing else is on the link's queue (the usual case: batches on
+    // credits use no AllocRequest): a queued task starts only after the microtasks queued
+    // before it, and with requests in flight those are other requests' continuations and
+    // posts (0.4-1.4 ms of them on the 2-core machine, copies inside the posts), which
+    // would all pass before the ask is written.
+    link.refill = link.queue.runNow(() => this.#askCredits(link, fmt, shape, dtype, generation))
       .catch(() => {
         this.#creditErrors++;
         return 0;
       }).finally(() => {
+        // What this round trip used up: the credits taken meanwhile and the batches still
+        // waiting for it. The next refills start that much earlier (a larger use at once,
+        // a smaller one by halves: one quiet round trip does not undo a busy one).
+        const used = link.usedInRefill + link.creditWaiting;
+        link.refillUse = Math.max(used, Math.floor((link.refillUse + used) / 2));
+        link.usedInRefill = 0;
         link.refill = null;
         const again = link.refillAgain;
         link.refillAgain = null;
@@ -1301,10 +1377,10 @@ export class PdSender implements AsyncDisposable {
     generation: number,
   ): Promise<number> {
     const form = chunkForm(fmt, shape, dtype);
-    // (Batches waiting for credits hold no pages yet: they are beyond the target.)
+    // (Batches waiting for credits hold no pages yet: they are beyond the goal.)
     const want = Math.min(
       MAX_CREDIT_TARGET,
-      link.creditTarget + link.creditWaiting - link.credits.count(form),
+      creditNeed(link).goal + link.creditWaiting - link.credits.count(form),
     );
     const healthy = link.alloc !== null && link.alloc.lost === null &&
       this.channel.hasPeer(link.id);
@@ -1329,6 +1405,7 @@ export class PdSender implements AsyncDisposable {
     }
     const had = link.credits.count(form);
     this.#stockCredits(link, resp, sentAt, form, generation);
+    link.refills++;
     return link.credits.count(form) - had;
   }
 

@@ -795,6 +795,17 @@ export abstract class WireSocket {
   }
 
   /**
+   * The next live peer in round-robin order if there is one now, else `undefined`
+   * (internal: {@linkcode _nextPipe} without a promise turn).
+   *
+   * @returns the pipe, or `undefined` (none, or the socket is closing)
+   */
+  protected _pipeNow(): Pipe | undefined {
+    if (this.#closing || this.#pipes.length === 0) return undefined;
+    return this.#pipes[this.#rr++ % this.#pipes.length];
+  }
+
+  /**
    * The next live peer in round-robin order, waiting up to `timeoutMs` for one (internal).
    *
    * @param timeoutMs deadline

@@ -79,6 +79,8 @@ async function bound<S extends WireSocket>(create: () => S, url: string): Promis
  */
 export class ReqSocket extends WireSocket {
   #queue: Promise<unknown> = Promise.resolve();
+  /** Requests queued or running. */
+  #busy = 0;
   #pending:
     | { pipe: Pipe; resolve: (f: Uint8Array[]) => void; reject: (e: WireError) => void }
     | undefined;
@@ -131,8 +133,15 @@ export class ReqSocket extends WireSocket {
     const timeoutMs = options.timeoutMs ?? this._timeoutMs;
     const deadline = performance.now() + timeoutMs;
     const run = () => this.#run(frames, timeoutMs, deadline);
-    const result = this.#queue.then(run, run);
-    this.#queue = result.catch(() => {});
+    // Nothing queued or running: written in this call (with a live peer), not after the
+    // microtasks queued before it - with other work in flight on this thread those can
+    // hold a small request back for a millisecond.
+    const result = this.#busy === 0 ? run() : this.#queue.then(run, run);
+    this.#busy++;
+    const settled = () => {
+      this.#busy--;
+    };
+    this.#queue = result.then(settled, settled);
     return result;
   }
 
@@ -144,7 +153,7 @@ export class ReqSocket extends WireSocket {
         hint: "its deadline passed while earlier requests were running",
       });
     }
-    const pipe = await this._nextPipe(remaining(deadline));
+    const pipe = this._pipeNow() ?? await this._nextPipe(remaining(deadline));
     const reply = new Promise<Uint8Array[]>((resolve, reject) => {
       this.#pending = { pipe, resolve, reject };
     });
