@@ -1,0 +1,242 @@
+// engine_nixl_watch.cpp - the agent's watcher (kvpn_module.agent_watch), behind
+// kvp_event_notify on the nixl engine.
+//
+// NIXL has no completion callback and no descriptor to sleep on: getXferStatus and
+// getNotifs are polls. So one thread per watched agent polls what can change - the
+// requests a post left IN_PROG (handed over by post_on) and NIXL's notifications - and
+// calls signal(ctx) (the host's notifier) when a request it polled left IN_PROG or it
+// queued notifications. Between rounds it sleeps: 2 us doubling to WATCH_BUSY_CAP while
+// requests are in flight, to WATCH_IDLE_CAP when only notifications can come, on its own
+// condition variable, which a post notifies only when the sleep is a long one
+// (WATCH_PARK), so a post costs a lock and a push, no system call, while the watcher is
+// polling. Rules kept:
+//  - a request's mutex is only ever tried (try_lock) and never held across a sleep or
+//    across signal: a caller polling the same request wins, and records the same status
+//    (nixl#2049: one thread at a time on a NIXL request);
+//  - what the watcher reads is recorded on the request (record_status), as a caller's
+//    status call would; NIXL keeps a finished request's status until it is posted again,
+//    and status_on answers SUCCESS from the record, so a success the watcher saw is the
+//    one the waiter's next kvp_xfer_status returns;
+//  - signal runs with no lock of the module held (a KVP_EVENT_DIRECT notifier runs the
+//    runtime's callback right there);
+//  - agent_wake and agent_destroy stop and join the thread before anything is freed, so
+//    no signal comes after agent_destroy returned.
+
+#include <pthread.h>
+#include <signal.h>
+
+#include "engine_nixl_internal.hpp"
+
+namespace kvpn {
+
+namespace {
+
+using us = std::chrono::microseconds;
+// Longest sleep while a request is in flight: over TCP the poll also progresses UCX
+// (NIXL's UCX backend runs its worker in getXferStatus), so a long sleep here is lost
+// bandwidth; the library's own waits (kvp_xfer_wait, nixl-raw's yardstick) cap at 1 ms.
+constexpr us WATCH_BUSY_CAP{1000};
+// Longest sleep with nothing posted: how late an idle agent sees a notification.
+constexpr us WATCH_IDLE_CAP{1000};
+// Sleeps from this long on are "parked": a post wakes the watcher at once.
+constexpr us WATCH_PARK{32};
+
+struct Pace {
+    us next{2};
+    void reset() { next = us(2); }
+    us step(us cap) {
+        us d = std::min(next, cap);
+        next = std::min(next * 2, cap);
+        return d;
+    }
+};
+
+// The requests posted before the watcher started (their posts saw no watcher).
+void adopt_posted(Agent &a, std::vector<std::shared_ptr<Req>> &live) {
+    std::vector<std::shared_ptr<Req>> all;
+    {
+        std::lock_guard<std::mutex> g(a.mu);
+        all.reserve(a.reqs.size());
+        for (auto &[h, r] : a.reqs) all.push_back(r);
+    }
+    // a.mu is not held here: post_on takes r.mu before a.mu (peer_current).
+    for (auto &r : all) {
+        std::lock_guard<std::mutex> g(r->mu);
+        if (r->posted && r->last == KVP_IN_PROG && !r->released && r->h && !r->watched) {
+            r->watched = true;
+            live.push_back(r);
+        }
+    }
+}
+
+// One round over the requests in flight: true when one of them left IN_PROG here.
+bool poll_requests(Agent &a, std::vector<std::shared_ptr<Req>> &live) {
+    bool fired = false;
+    for (size_t i = 0; i < live.size();) {
+        Req &r = *live[i];
+        std::unique_lock<std::mutex> lk(r.mu, std::try_to_lock);
+        if (!lk.owns_lock()) { // a caller is on it now: next round
+            i++;
+            continue;
+        }
+        bool drop;
+        if (r.released || !r.h || r.last != KVP_IN_PROG) {
+            // Released, or its end was seen by a caller's own status call (which told that
+            // caller): nothing to say.
+            drop = true;
+        } else {
+            log_capture_reset();
+            int32_t s = record_status(a, r, a.nixl->getXferStatus(r.h), "getXferStatus");
+            drop = s != KVP_IN_PROG;
+            fired = fired || drop;
+        }
+        if (!drop) {
+            i++;
+            continue;
+        }
+        r.watched = false;
+        lk.unlock();
+        live[i] = std::move(live.back());
+        live.pop_back();
+    }
+    return fired;
+}
+
+// Moves NIXL's notifications into the agent's queue (as pull_notifs does): true when some
+// came. *usable becomes false when no backend of the agent has notifications (POSIX
+// alone): the callers' own kvp_notif_take still says so.
+bool poll_notifs(Agent &a, bool *usable) {
+    std::lock_guard<std::mutex> g(a.notif_mu);
+    nixl_notifs_t m;
+    log_capture_reset();
+    nixl_status_t s = a.nixl->getNotifs(m);
+    size_t before = a.notifs.size();
+    for (auto &[peer, msgs] : m)
+        for (auto &msg : msgs) a.notifs.emplace_back(peer, std::move(msg));
+    if (s == NIXL_ERR_BACKEND && m.empty()) *usable = false;
+    log_capture_take(); // the watcher reports nothing: drop what NIXL logged
+    return a.notifs.size() > before;
+}
+
+void watch_main(Agent *ap, Watcher *w) {
+    (void)pthread_setname_np(pthread_self(), "kvp-nixl-watch");
+    Agent &a = *ap;
+    std::vector<std::shared_ptr<Req>> live;
+    try {
+        adopt_posted(a, live);
+        bool notifs = true;
+        Pace pace;
+        for (;;) {
+            if (w->has_new.load(std::memory_order_acquire)) {
+                std::lock_guard<std::mutex> g(w->mu);
+                for (auto &r : w->queue) live.push_back(std::move(r));
+                w->queue.clear();
+                w->has_new.store(false, std::memory_order_relaxed);
+                pace.reset(); // a post: its end is likely soon
+            }
+            w->polls.fetch_add(1, std::memory_order_relaxed);
+            bool fire = !live.empty() && poll_requests(a, live);
+            if (notifs && poll_notifs(a, &notifs)) fire = true;
+            if (fire) {
+                w->signals.fetch_add(1, std::memory_order_relaxed);
+                w->signal(w->ctx); // no lock held
+                pace.reset();      // traffic: more is likely soon
+            }
+            us d = pace.step(live.empty() ? WATCH_IDLE_CAP : WATCH_BUSY_CAP);
+            std::unique_lock<std::mutex> lk(w->mu);
+            if (w->stop) break;
+            if (w->has_new.load(std::memory_order_relaxed)) continue;
+            w->parked = d >= WATCH_PARK;
+            w->cv.wait_for(lk, d);
+            w->parked = false;
+            if (w->stop) break;
+        }
+    } catch (...) {
+        // Out of memory in a push: the watcher ends (posts stop handing requests over);
+        // waits still end at their deadlines (the callers poll too), nothing is left locked.
+        std::lock_guard<std::mutex> g(w->mu);
+        w->stop = true;
+    }
+    for (auto &r : live) {
+        std::lock_guard<std::mutex> g(r->mu);
+        r->watched = false;
+    }
+}
+
+} // namespace
+
+void watch_posted(Watcher &w, Req &r, const std::shared_ptr<Req> &ref) {
+    if (r.watched) return;
+    bool wake;
+    {
+        std::lock_guard<std::mutex> g(w.mu);
+        if (w.stop) return;
+        w.queue.push_back(ref);
+        w.has_new.store(true, std::memory_order_release);
+        wake = w.parked;
+    }
+    r.watched = true;
+    if (wake) w.cv.notify_one();
+}
+
+void watch_stop(Agent &a, bool drop) {
+    std::lock_guard<std::mutex> g(a.watch_mu);
+    a.watch_closed = true;
+    Watcher *w = a.watch_owner.get();
+    if (!w) return;
+    {
+        std::lock_guard<std::mutex> s(w->mu);
+        w->stop = true;
+    }
+    w->cv.notify_all();
+    if (w->th.joinable()) w->th.join();
+    if (drop) {
+        // No call is in flight (agent_destroy): no post reads `watcher` any more.
+        a.watcher.store(nullptr, std::memory_order_release);
+        a.watch_owner.reset();
+    }
+}
+
+int32_t agent_watch(uint64_t handle, void (*signal)(void *ctx), void *ctx) {
+    return guarded([&]() -> int32_t {
+        if (!signal) fail(KVP_ERR_INVALID_PARAM, "agent_watch: signal is NULL");
+        AgentRef a(handle);
+        std::lock_guard<std::mutex> g(a->watch_mu);
+        if (a->watch_closed || a->closing.load())
+            fail(KVP_ERR_CANCELED, "agent '" + a->name + "' is being destroyed");
+        if (a->watch_owner && a->watch_owner->th.joinable())
+            fail(KVP_ERR_NOT_ALLOWED, "agent '" + a->name + "' has a watcher already");
+        // One whose thread could not start is reused: a post may still hold its address
+        // (`watcher`), so it lives until agent_destroy.
+        if (!a->watch_owner) a->watch_owner = std::make_unique<Watcher>();
+        Watcher *w = a->watch_owner.get();
+        {
+            std::lock_guard<std::mutex> s(w->mu);
+            w->signal = signal;
+            w->ctx = ctx;
+            w->stop = false;
+        }
+        // Published before the thread starts: a post from now on hands its request over,
+        // one before is found by the thread's first look at the table (adopt_posted).
+        a->watcher.store(w, std::memory_order_release);
+        // The thread takes no signal of the runtime's (they stay with its own threads).
+        sigset_t all, old;
+        sigfillset(&all);
+        int mrc = pthread_sigmask(SIG_SETMASK, &all, &old);
+        try {
+            w->th = std::thread(watch_main, &*a, w);
+        } catch (const std::system_error &e) {
+            if (mrc == 0) (void)pthread_sigmask(SIG_SETMASK, &old, nullptr);
+            {
+                std::lock_guard<std::mutex> s(w->mu);
+                w->stop = true; // posts stop handing requests over (a retry takes the queue)
+            }
+            fail(KVP_ERR_BACKEND, "agent '" + a->name + "': cannot start the watcher thread: " +
+                                      e.what());
+        }
+        if (mrc == 0) (void)pthread_sigmask(SIG_SETMASK, &old, nullptr);
+        return KVP_SUCCESS;
+    });
+}
+
+} // namespace kvpn
