@@ -136,6 +136,8 @@ struct Req {
     bool released = false;  // set by release/destroy; waiters leave with CANCELED
     bool posted = false;
     bool watched = false;   // in the agent's watcher (post hands it over, the watcher drops it)
+    uint64_t posts = 0;     // posts so far: the watcher times each post of a request it holds
+    Clock::time_point posted_at{}; // the last post, when the agent has a watcher (its pace)
     int32_t last = KVP_ERR_NOT_POSTED;
     std::string message;    // message of the last failure (kvp_xfer_message)
 };
@@ -148,11 +150,13 @@ struct Watcher {
     void (*signal)(void *ctx) = nullptr;
     void *ctx = nullptr;
     std::thread th;
-    std::mutex mu; // queue, parked, stop
+    std::mutex mu; // queue, wake_at, stop
     std::condition_variable cv;
     std::vector<std::shared_ptr<Req>> queue; // posted, not yet taken by the thread
     std::atomic<bool> has_new{false};        // queue is not empty (read without mu)
-    bool parked = false; // in a long sleep: a post notifies cv (short sleeps end by themselves)
+    // When the thread's sleep ends (min(): awake). A post notifies cv only when that is
+    // later than the request's first poll (short sleeps end by themselves).
+    std::chrono::steady_clock::time_point wake_at = std::chrono::steady_clock::time_point::min();
     bool stop = false;
     std::atomic<uint64_t> signals{0}; // calls of signal (kvp_agent_info)
     std::atomic<uint64_t> polls{0};   // rounds of the thread (kvp_agent_info)

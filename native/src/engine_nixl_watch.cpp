@@ -32,27 +32,47 @@ namespace kvpn {
 namespace {
 
 using us = std::chrono::microseconds;
-// Longest sleep while a request is in flight: over TCP the poll also progresses UCX
-// (NIXL's UCX backend runs its worker in getXferStatus), so a long sleep here is lost
-// bandwidth; the library's own waits (kvp_xfer_wait, nixl-raw's yardstick) cap at 1 ms.
-constexpr us WATCH_BUSY_CAP{1000};
-// Longest sleep with nothing posted: how late an idle agent sees a notification.
-constexpr us WATCH_IDLE_CAP{1000};
-// Sleeps from this long on are "parked": a post wakes the watcher at once.
-constexpr us WATCH_PARK{32};
+// A request is first polled this long after the watcher took it: the runtime's waiter
+// polls it itself first (src/agent/transfer.ts: 50 us, up to 200 us), and a watcher
+// polling beside it on a 2-core machine took CPU and the UCX worker from it (measured:
+// 4 KiB p50 1.4x raw NIXL instead of 1.1x, bench/nixl_bench.ts).
+constexpr us WATCH_FIRST{50};
+// Then the sleep between polls is 1/16 of the time the request has been in flight (at
+// least 4 us, at most WATCH_CAP): its end is seen at most ~6% late, a few microseconds on
+// a 4 KiB request (35-150 us over TCP) and ~3% of a 16 MiB one's bandwidth (5 ms), in ~16
+// polls per doubling of its time. A plain doubling backoff (2 us, 4, 8, ...) sees an end
+// up to 100% late: measured, it tripled the 4 KiB p99. Over TCP each poll also
+// progresses UCX (NIXL's UCX backend runs its worker in getXferStatus), so sleeping long
+// is lost bandwidth too.
+constexpr int WATCH_SHARE = 16;
+constexpr us WATCH_MIN{32};
+// Longest sleep: how late an idle agent sees a notification at most (the library's own
+// waits, kvp_xfer_wait / kvp_notif_wait, cap at 1 ms too).
+constexpr us WATCH_CAP{1000};
 
+// Backoff of the notification polls: WATCH_NOTIF_MIN doubling to WATCH_CAP, reset when
+// notifications came.
+constexpr us WATCH_NOTIF_MIN{8};
 struct Pace {
-    us next{2};
-    void reset() { next = us(2); }
-    us step(us cap) {
-        us d = std::min(next, cap);
-        next = std::min(next * 2, cap);
+    us next{WATCH_NOTIF_MIN};
+    void reset() { next = WATCH_NOTIF_MIN; }
+    us step() {
+        us d = next;
+        next = std::min(next * 2, WATCH_CAP);
         return d;
     }
 };
 
+// A request in flight: when it was posted (Req::posted_at, read when the watcher takes
+// it or sees Req::posts move: posted again), for the pace.
+struct Live {
+    std::shared_ptr<Req> req;
+    Clock::time_point since;
+    uint64_t posts;
+};
+
 // The requests posted before the watcher started (their posts saw no watcher).
-void adopt_posted(Agent &a, std::vector<std::shared_ptr<Req>> &live) {
+void adopt_posted(Agent &a, std::vector<Live> &live) {
     std::vector<std::shared_ptr<Req>> all;
     {
         std::lock_guard<std::mutex> g(a.mu);
@@ -64,26 +84,39 @@ void adopt_posted(Agent &a, std::vector<std::shared_ptr<Req>> &live) {
         std::lock_guard<std::mutex> g(r->mu);
         if (r->posted && r->last == KVP_IN_PROG && !r->released && r->h && !r->watched) {
             r->watched = true;
-            live.push_back(r);
+            live.push_back({r, Clock::now(), r->posts});
         }
     }
 }
 
 // One round over the requests in flight: true when one of them left IN_PROG here.
-bool poll_requests(Agent &a, std::vector<std::shared_ptr<Req>> &live) {
+// *due becomes the earliest time one of those still in flight wants its next poll.
+bool poll_requests(Agent &a, std::vector<Live> &live, Clock::time_point *due) {
     bool fired = false;
+    const auto now = Clock::now();
     for (size_t i = 0; i < live.size();) {
-        Req &r = *live[i];
+        Live &l = live[i];
+        Req &r = *l.req;
         std::unique_lock<std::mutex> lk(r.mu, std::try_to_lock);
         if (!lk.owns_lock()) { // a caller is on it now: next round
+            *due = std::min(*due, now + WATCH_MIN);
             i++;
             continue;
         }
+        if (r.posts != l.posts) { // new, or posted again since the last round: a new wait
+            l.posts = r.posts;
+            l.since = r.posted_at;
+        }
+        auto age = std::chrono::duration_cast<us>(now - l.since);
         bool drop;
         if (r.released || !r.h || r.last != KVP_IN_PROG) {
             // Released, or its end was seen by a caller's own status call (which told that
             // caller): nothing to say.
             drop = true;
+        } else if (age < WATCH_FIRST) {
+            *due = std::min(*due, l.since + WATCH_FIRST);
+            i++;
+            continue;
         } else {
             log_capture_reset();
             int32_t s = record_status(a, r, a.nixl->getXferStatus(r.h), "getXferStatus");
@@ -91,6 +124,7 @@ bool poll_requests(Agent &a, std::vector<std::shared_ptr<Req>> &live) {
             fired = fired || drop;
         }
         if (!drop) {
+            *due = std::min(*due, now + std::clamp(age / WATCH_SHARE, WATCH_MIN, WATCH_CAP));
             i++;
             continue;
         }
@@ -121,34 +155,48 @@ bool poll_notifs(Agent &a, bool *usable) {
 void watch_main(Agent *ap, Watcher *w) {
     (void)pthread_setname_np(pthread_self(), "kvp-nixl-watch");
     Agent &a = *ap;
-    std::vector<std::shared_ptr<Req>> live;
+    std::vector<Live> live;
     try {
         adopt_posted(a, live);
         bool notifs = true;
-        Pace pace;
+        Pace npace;
+        auto notif_next = Clock::now();
         for (;;) {
             if (w->has_new.load(std::memory_order_acquire)) {
                 std::lock_guard<std::mutex> g(w->mu);
-                for (auto &r : w->queue) live.push_back(std::move(r));
+                // since/posts: read under the request's mutex in poll_requests.
+                for (auto &r : w->queue) live.push_back({std::move(r), Clock::now(), 0});
                 w->queue.clear();
                 w->has_new.store(false, std::memory_order_relaxed);
-                pace.reset(); // a post: its end is likely soon
             }
             w->polls.fetch_add(1, std::memory_order_relaxed);
-            bool fire = !live.empty() && poll_requests(a, live);
-            if (notifs && poll_notifs(a, &notifs)) fire = true;
+            auto due = Clock::time_point::max();
+            bool fire = !live.empty() && poll_requests(a, live, &due);
+            // Notifications on their own backoff, reset only by notifications: NIXL's
+            // getNotifs takes the agent's lock exclusively and runs UCX's progress loop, so
+            // polling it at the requests' pace stalled the posts and status polls of the
+            // agent's own callers (4 KiB p50 1.5x instead of 1.1x raw NIXL).
+            auto now = Clock::now();
+            if (notifs && now >= notif_next) {
+                if (poll_notifs(a, &notifs)) {
+                    fire = true;
+                    npace.reset();
+                }
+                now = Clock::now();
+                notif_next = now + npace.step();
+            }
             if (fire) {
                 w->signals.fetch_add(1, std::memory_order_relaxed);
                 w->signal(w->ctx); // no lock held
-                pace.reset();      // traffic: more is likely soon
             }
-            us d = pace.step(live.empty() ? WATCH_IDLE_CAP : WATCH_BUSY_CAP);
+            if (notifs) due = std::min(due, notif_next);
+            due = std::min(due, now + WATCH_CAP);
             std::unique_lock<std::mutex> lk(w->mu);
             if (w->stop) break;
             if (w->has_new.load(std::memory_order_relaxed)) continue;
-            w->parked = d >= WATCH_PARK;
-            w->cv.wait_for(lk, d);
-            w->parked = false;
+            w->wake_at = due;
+            w->cv.wait_until(lk, due);
+            w->wake_at = Clock::time_point::min();
             if (w->stop) break;
         }
     } catch (...) {
@@ -157,9 +205,9 @@ void watch_main(Agent *ap, Watcher *w) {
         std::lock_guard<std::mutex> g(w->mu);
         w->stop = true;
     }
-    for (auto &r : live) {
-        std::lock_guard<std::mutex> g(r->mu);
-        r->watched = false;
+    for (auto &l : live) {
+        std::lock_guard<std::mutex> g(l.req->mu);
+        l.req->watched = false;
     }
 }
 
@@ -173,7 +221,9 @@ void watch_posted(Watcher &w, Req &r, const std::shared_ptr<Req> &ref) {
         if (w.stop) return;
         w.queue.push_back(ref);
         w.has_new.store(true, std::memory_order_release);
-        wake = w.parked;
+        // Asleep past the request's first poll: wake it now (a lock, a push and a clock
+        // read otherwise: no system call while it polls).
+        wake = w.wake_at > r.posted_at + WATCH_FIRST;
     }
     r.watched = true;
     if (wake) w.cv.notify_one();

@@ -207,6 +207,7 @@ int32_t post_on(Agent &a, uint64_t req) {
                                     "made: load its metadata and make the request again");
     nixl_status_t s = a.nixl->postXferReq(r.h);
     r.posted = true;
+    r.posts++;
     if (s == NIXL_ERR_REPOST_ACTIVE) {
         set_last_error("request " + hex(req) + " is still in progress: wait for it before "
                        "posting it again");
@@ -214,7 +215,10 @@ int32_t post_on(Agent &a, uint64_t req) {
     }
     record_status(a, r, s, "postXferReq");
     if (s == NIXL_IN_PROG)
-        if (Watcher *w = a.watcher.load(std::memory_order_acquire)) watch_posted(*w, r, ref);
+        if (Watcher *w = a.watcher.load(std::memory_order_acquire)) {
+            r.posted_at = Clock::now(); // the watcher's first poll is timed from here
+            watch_posted(*w, r, ref);
+        }
     return s;
 }
 
