@@ -1139,7 +1139,7 @@ export class NixlAgent {
    * Calls `handler` with the notifications queued so far at every wake of this agent, in
    * the turn of the wake: no promise, timer or poll between the engine's signal and the
    * handler (a wake with none queued calls nothing). Returns the function that stops it,
-   * or `null` where this agent has no wake callback (the nixl engine, an ABI-3 library,
+   * or `null` where this agent has no wake callback (an ABI-3 library,
    * the `"legacy"` wake mode): wait with {@linkcode waitNotifications} there. The
    * callback keeps nothing alive: a process that only listens needs a timer or a wait of
    * its own (the channel's notification pump keeps one). Notifications queued before

@@ -9,7 +9,7 @@
 import { describe, test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { DescList, type HostBuffer, type Notification, NixlAgent } from "../src/agent.ts";
+import { DescList, type HostBuffer, NixlAgent, type Notification } from "../src/agent.ts";
 import { library } from "../src/agent/common.ts";
 import { fillRandom, nixlSkip, reportSkip, uniqueName } from "./helpers/nixl_env.ts";
 
@@ -127,7 +127,9 @@ describe("nixl engine: waits wake on the watcher", { skip: nixlSkip }, () => {
       fillRandom(p.ma.bytes.subarray(0, 16 * PAGE));
       await p.a.transfer("WRITE", local, [3, 4], remote, [9, 2], { notification: "landed" });
       const until = Date.now() + 10_000;
-      while (heard.length === 0 && Date.now() < until) await new Promise((res) => setTimeout(res, 20));
+      while (heard.length === 0 && Date.now() < until) {
+        await new Promise((res) => setTimeout(res, 20));
+      }
       assert.equal(heard.length, 1, "the listener heard the WRITE's notification");
       assert.equal(heard[0].agent, p.a.name);
       assert.equal(new TextDecoder().decode(heard[0].message), "landed");

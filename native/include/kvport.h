@@ -286,8 +286,8 @@ typedef void (*kvp_event_fn)(uint64_t ctx);
  *  (one in progress finishes). Check kvp_xfer_status / kvp_notif_take after each call.
  *  Once per agent (again: KVP_ERR_NOT_ALLOWED); fn must not be NULL, flags only
  *  KVP_EVENT_DIRECT. Both engines. On the nixl engine (NIXL has no completion callback) a
- *  watcher thread of the engine polls the agent's posted requests and NIXL's notifications
- *  (sleeps of 2 us doubling to 1 ms, cut short by a post) and signals; a direct call then
+ *  watcher thread of the engine polls the agent's posted requests (from 50 us after the
+ *  post) and NIXL's notifications (at least every 1 ms) and signals; a direct call then
  *  runs on that thread, and a request whose end a kvp_xfer_status call saw first makes no
  *  call (that caller knows). On the builtin engine, like kvp_event_fd, it makes GPU copies
  *  complete on a worker thread. Before fn's code goes away (the callback is closed, the

@@ -5,11 +5,10 @@
 // getNotifs are polls. So one thread per watched agent polls what can change - the
 // requests a post left IN_PROG (handed over by post_on) and NIXL's notifications - and
 // calls signal(ctx) (the host's notifier) when a request it polled left IN_PROG or it
-// queued notifications. Between rounds it sleeps: 2 us doubling to WATCH_BUSY_CAP while
-// requests are in flight, to WATCH_IDLE_CAP when only notifications can come, on its own
-// condition variable, which a post notifies only when the sleep is a long one
-// (WATCH_PARK), so a post costs a lock and a push, no system call, while the watcher is
-// polling. Rules kept:
+// queued notifications. Between rounds it sleeps until the next poll is due (see
+// WATCH_FIRST, WATCH_SHARE, Pace below) on its own condition variable, which a post
+// notifies only when the sleep ends after the new request's first poll, so a post costs a
+// lock, a push and a clock read, no system call, while the watcher is polling. Rules kept:
 //  - a request's mutex is only ever tried (try_lock) and never held across a sleep or
 //    across signal: a caller polling the same request wins, and records the same status
 //    (nixl#2049: one thread at a time on a NIXL request);

@@ -2,15 +2,16 @@
  * Waits without polling timers or pool threads: a waiter sleeps until the agent says
  * something happened (one of its requests finished, a notification was queued, it was
  * destroyed), or until its deadline. Two back ends:
- * - the wake callback (`kvp_event_notify`, ABI 4, both runtimes): the agent's notifier
- *   thread calls the library's one thread-safe callback, which runs on the event loop
- *   and wakes the waiters (one thread hop: native thread -> event loop);
+ * - the wake callback (`kvp_event_notify`, ABI 4, both runtimes, both engines): the
+ *   agent's notifier thread calls the library's one thread-safe callback, which runs on
+ *   the event loop and wakes the waiters (one thread hop: native thread -> event loop);
+ *   on the nixl engine the engine's watcher thread polls NIXL and signals it;
  * - the event descriptor (`kvp_event_fd`, Bun with an ABI-3 library): a byte per event
  *   on a socket that Bun's event loop reads as a stream.
  *
  * Deno with an ABI-3 library waits on its thread pool instead (`kvp_xfer_wait` as a
- * nonblocking call), and an engine without either (nixl) polls: {@linkcode
- * AgentEvents.open} returns `null` there.
+ * nonblocking call), and an engine without either (the nixl engine of a module before
+ * its watcher) polls: {@linkcode AgentEvents.open} returns `null` there.
  *
  * @example
  * ```ts
@@ -81,7 +82,7 @@ export class AgentEvents {
   /**
    * The events of agent `handle`, or `null` where they are not used: the runtime waits
    * on its thread pool (Deno with an ABI-3 library, or the `"legacy"` mode), or the
-   * engine has neither notifier nor event descriptor (nixl).
+   * engine has neither notifier nor event descriptor.
    */
   static open(lib: NativeLib, handle: bigint): AgentEvents | null {
     const events = new AgentEvents();
