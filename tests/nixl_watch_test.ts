@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { DescList, type HostBuffer, NixlAgent, type Notification } from "../src/agent.ts";
 import { library } from "../src/agent/common.ts";
+import { DENO_NIXL_POOL, setWakeMode, type WakeMode } from "../src/agent/events.ts";
 import { fillRandom, nixlSkip, reportSkip, uniqueName } from "./helpers/nixl_env.ts";
 
 reportSkip("nixl_watch_test");
@@ -47,10 +48,17 @@ async function countPolls<T>(fn: () => Promise<T>): Promise<{ value: T; polls: n
   }
 }
 
-/** Two nixl agents of this process, each with the other's metadata and 16 MiB. */
-async function pair(tag: string, backends: string[] = ["UCX"]) {
-  const a = await NixlAgent.create({ name: uniqueName(`${tag}-a`), engine: "nixl", backends });
-  const b = await NixlAgent.create({ name: uniqueName(`${tag}-b`), engine: "nixl", backends });
+/** Two nixl agents of this process, each with the other's metadata and 16 MiB, waiting
+ * with wake mode `mode` ("wake": the watcher's wake callback in both runtimes). */
+async function pair(tag: string, backends: string[] = ["UCX"], mode: WakeMode = "wake") {
+  setWakeMode(mode);
+  let a: NixlAgent, b: NixlAgent;
+  try {
+    a = await NixlAgent.create({ name: uniqueName(`${tag}-a`), engine: "nixl", backends });
+    b = await NixlAgent.create({ name: uniqueName(`${tag}-b`), engine: "nixl", backends });
+  } finally {
+    setWakeMode("auto");
+  }
   const ma: HostBuffer = a.allocate(SIZE);
   const mb: HostBuffer = b.allocate(SIZE);
   a.registerMemory(ma);
@@ -68,6 +76,8 @@ async function pair(tag: string, backends: string[] = ["UCX"]) {
     },
   };
 }
+
+const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
 
 describe("nixl engine: waits wake on the watcher", { skip: nixlSkip }, () => {
   test("transfer waits sleep until the watcher says done; every page checked", async () => {
@@ -152,6 +162,33 @@ describe("nixl engine: waits wake on the watcher", { skip: nixlSkip }, () => {
     assert.equal(value.length, 1);
     assert.equal(value[0].agent, p.b.name);
     assert.equal(new TextDecoder().decode(value[0].message), "hello a");
+  });
+  test("under auto: Bun waits on the watcher, Deno on its thread pool (DENO_NIXL_POOL)", async () => {
+    await using p = await pair("nw-auto", ["TCP"], "auto");
+    const lib = await library();
+    using l = DescList.pages(p.ma, PAGE, PAGES);
+    using r = DescList.pages(p.mb, PAGE, PAGES);
+    using local = p.a.prepDescList("", l);
+    using remote = p.a.prepDescList(p.b.name, r);
+    using req = p.a.createTransfer("WRITE", local, [0], remote, [0]);
+    let pending = 0, pooled = 0, polls = 0;
+    for (let round = 0; round < 5; round++) {
+      p.ma.bytes.fill(round + 1, 0, PAGE);
+      polls += (await countPolls(async () => {
+        if (req.post() === "pending") {
+          pending++;
+          const waiting = req.wait(10_000);
+          pooled += lib.pendingCalls;
+          await waiting;
+        }
+      })).polls;
+      assert.equal(p.mb.checksum(0, PAGE), p.ma.checksum(0, PAGE), `round ${round}: page 0`);
+    }
+    const denoPool = isDeno && DENO_NIXL_POOL;
+    assert.equal(p.a.info().watcher, denoPool ? "0" : "1");
+    assert.equal(p.b.onNotifications(() => {}) === null, denoPool);
+    assert.equal(polls, 0, `${polls} short timers / event-loop polls`);
+    if (pending > 0) assert.equal(pooled > 0, denoPool, `pool-thread waits in flight: ${pooled}`);
   });
 });
 

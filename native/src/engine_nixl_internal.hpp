@@ -138,6 +138,7 @@ struct Req {
     bool watched = false;   // in the agent's watcher (post hands it over, the watcher drops it)
     uint64_t posts = 0;     // posts so far: the watcher times each post of a request it holds
     Clock::time_point posted_at{}; // the last post, when the agent has a watcher (its pace)
+    uint64_t status_calls = 0;     // kvp_xfer_status calls: the watcher leaves a polled one be
     int32_t last = KVP_ERR_NOT_POSTED;
     std::string message;    // message of the last failure (kvp_xfer_message)
 };

@@ -238,6 +238,7 @@ int32_t status_on(Agent &a, uint64_t req) {
     // Done stays done until the next post (which records its own status): NIXL itself
     // answers SUCCESS again, but the watcher may have seen it first, so say it from here.
     if (r.last == KVP_SUCCESS) return KVP_SUCCESS;
+    r.status_calls++; // a caller polls it: the watcher stays off it meanwhile
     return record_status(a, r, a.nixl->getXferStatus(r.h), "getXferStatus");
 }
 
