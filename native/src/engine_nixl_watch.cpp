@@ -11,7 +11,8 @@
 // lock, a push and a clock read, no system call, while the watcher is polling. Rules kept:
 //  - a request's mutex is only ever tried (try_lock) and never held across a sleep or
 //    across signal: a caller polling the same request wins, and records the same status
-//    (nixl#2049: one thread at a time on a NIXL request);
+//    (nixl#2049: one thread at a time on a NIXL request); a request a caller polled since
+//    the last round (Req::status_calls moved: a waiter's spin) is left to that caller;
 //  - what the watcher reads is recorded on the request (record_status), as a caller's
 //    status call would; NIXL keeps a finished request's status until it is posted again,
 //    and status_on answers SUCCESS from the record, so a success the watcher saw is the
@@ -32,16 +33,17 @@ namespace kvpn {
 namespace {
 
 using us = std::chrono::microseconds;
-// A request is first polled this long after the watcher took it: the runtime's waiter
+// A request is first polled this long after its post: the runtime's waiter
 // polls it itself first (src/agent/transfer.ts: 50 us, up to 200 us), and a watcher
 // polling beside it on a 2-core machine took CPU and the UCX worker from it (measured:
 // 4 KiB p50 1.4x raw NIXL instead of 1.1x, bench/nixl_bench.ts).
 constexpr us WATCH_FIRST{50};
 // Then the sleep between polls is 1/16 of the time the request has been in flight (at
-// least 4 us, at most WATCH_CAP): its end is seen at most ~6% late, a few microseconds on
-// a 4 KiB request (35-150 us over TCP) and ~3% of a 16 MiB one's bandwidth (5 ms), in ~16
-// polls per doubling of its time. A plain doubling backoff (2 us, 4, 8, ...) sees an end
-// up to 100% late: measured, it tripled the 4 KiB p99. Over TCP each poll also
+// least WATCH_MIN, at most WATCH_CAP): its end is seen at most ~6% late (32 us below
+// 512 us), ~3% of a 16 MiB request's time (5 ms over TCP), in ~16 polls per doubling of
+// its time. A plain doubling backoff (2 us, 4, 8, ...) sees an end up to 100% late:
+// measured, it tripled the 4 KiB p99; polls every 4 us took the CPU of a 2-core machine
+// from the transfers themselves (more of them outlasted the waiter's spin). Over TCP each poll also
 // progresses UCX (NIXL's UCX backend runs its worker in getXferStatus), so sleeping long
 // is lost bandwidth too.
 constexpr int WATCH_SHARE = 16;
