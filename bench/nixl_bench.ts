@@ -29,9 +29,13 @@
  * - for each figure on each buffer, nixl / builtin.
  * Without NIXL the builtin half runs and the rest is reported as skipped.
  *
+ * `--only a,b` keeps the rows whose names contain every one of the words (of the
+ * transport, buffer, engine and shape: `tcp_loopback`, `private`, `nixl`, `4KiB_x4096`),
+ * e.g. for before/after pairs of one figure; the 4 KiB latency runs with any shape kept.
+ *
  * ```sh
- * deno run -A bench/nixl_bench.ts [--quick] [--rounds N]
- * bun bench/nixl_bench.ts [--quick] [--rounds N]
+ * deno run -A bench/nixl_bench.ts [--quick] [--rounds N] [--only tcp_loopback,private,nixl]
+ * bun bench/nixl_bench.ts [--quick] [--rounds N] [--only ...]
  * ```
  * @module
  */
@@ -65,6 +69,17 @@ const ROUNDS = (() => {
   }
   return n;
 })();
+/** `--only`: words a row's transport, buffer, engine and shape must all match. */
+const ONLY: string[] = (() => {
+  const i = process.argv.indexOf("--only");
+  if (i < 0) return [];
+  const v = process.argv[i + 1];
+  if (!v || v.startsWith("--")) throw new Error("--only: expected words, e.g. tcp_loopback,nixl");
+  return v.split(",").filter((w) => w.length > 0);
+})();
+/** Whether every `--only` word is one of `parts` or inside the shape's name. */
+const kept = (parts: string[], shape: string) =>
+  ONLY.every((w) => parts.includes(w) || shape.includes(w));
 const MiB = 1 << 20;
 interface Shape {
   page: number;
@@ -211,6 +226,8 @@ interface Rounds {
   inline: number;
 }
 type Between = (round: number, what: { shape?: Shape; lat?: number }) => Promise<void>;
+/** The transport, buffer and engine being measured (for `--only`). */
+let ONLY_PARTS: string[] = [];
 
 async function measure(
   agent: NixlAgent,
@@ -220,7 +237,7 @@ async function measure(
   between: Between,
 ): Promise<Rounds> {
   const out: Rounds = { gbps: new Map(), p50: [], p99: [], inline: 0 };
-  for (const shape of SHAPES) {
+  for (const shape of SHAPES.filter((sh) => kept(ONLY_PARTS, shapeName(sh)))) {
     const { req, local, remote } = writeRequest(
       agent,
       buf,
@@ -282,6 +299,8 @@ for (const { tag, backends, raw } of TRANSPORTS) {
         } messages`,
     });
     for (const engine of ENGINES) {
+      if (!SHAPES.some((sh) => kept([tag, b.kind, engine], shapeName(sh)))) continue;
+      ONLY_PARTS = [tag, b.kind, engine];
       const { peer, agent, buf } = await pair(engine, tag, backends, b.shared);
       // raw NIXL on the same buffer and transport beside the nixl engine, its rounds
       // interleaved with the engine's: backoff (waits the way the library does: the
@@ -315,7 +334,8 @@ for (const { tag, backends, raw } of TRANSPORTS) {
       }
       for (const shape of SHAPES) {
         const name = `${tag}_${b.kind}_${shapeName(shape)}`;
-        const per = m.gbps.get(shapeName(shape))!;
+        const per = m.gbps.get(shapeName(shape));
+        if (!per) continue; // left out by --only
         figures.set(
           `${engine}:${name}`,
           report.add({

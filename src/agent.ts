@@ -372,7 +372,7 @@ export class NixlAgent {
       },
       events: () => {
         if (this.#events === undefined) {
-          this.#events = this.#closed ? null : AgentEvents.open(lib, this.#handle);
+          this.#events = this.#closed ? null : AgentEvents.open(lib, this.#handle, this.engine);
         }
         return this.#events;
       },
@@ -380,7 +380,7 @@ export class NixlAgent {
     // The events (wake callback, or Bun's descriptor) from the start, before any post: a
     // GPU post made before they were asked for would complete only when polled (see
     // kvp_event_fd, kvp_event_notify).
-    this.#events = AgentEvents.open(lib, handle);
+    this.#events = AgentEvents.open(lib, handle, this.engine);
     agentLibraries.set(this, lib);
     // Held weakly: the process-wide registry must not keep a dropped agent alive (the
     // read is a static method: a closure made here would share this constructor's
@@ -1139,7 +1139,8 @@ export class NixlAgent {
    * Calls `handler` with the notifications queued so far at every wake of this agent, in
    * the turn of the wake: no promise, timer or poll between the engine's signal and the
    * handler (a wake with none queued calls nothing). Returns the function that stops it,
-   * or `null` where this agent has no wake callback (the nixl engine, an ABI-3 library,
+   * or `null` where this agent has no wake callback (an ABI-3 library, Deno on the nixl
+   * engine,
    * the `"legacy"` wake mode): wait with {@linkcode waitNotifications} there. The
    * callback keeps nothing alive: a process that only listens needs a timer or a wait of
    * its own (the channel's notification pump keeps one). Notifications queued before

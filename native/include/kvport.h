@@ -258,8 +258,8 @@ int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_
  *  and discard whatever is there, then check kvp_xfer_status / kvp_notif_take. The
  *  caller owns *fd (a nonblocking, close-on-exec UNIX stream socket) and closes it;
  *  kvp_agent_destroy closes the other end, so a reader sees end of file. Once per agent
- *  (again: KVP_ERR_NOT_ALLOWED). Builtin engine only (else KVP_ERR_NOT_SUPPORTED). With
- *  it handed out, GPU copies of a request complete on a worker thread (which signals)
+ *  (again: KVP_ERR_NOT_ALLOWED). Builtin engine only (else KVP_ERR_NOT_SUPPORTED: the nixl
+ *  engine has kvp_event_notify, for both runtimes). With it handed out, GPU copies of a request complete on a worker thread (which signals)
  *  rather than in the waiter's status poll. */
 int32_t kvp_event_fd(uint64_t agent, int32_t *fd);
 
@@ -285,14 +285,18 @@ typedef void (*kvp_event_fn)(uint64_t ctx);
  *  to stop: it never waits for a call in progress, and no call starts once it returned
  *  (one in progress finishes). Check kvp_xfer_status / kvp_notif_take after each call.
  *  Once per agent (again: KVP_ERR_NOT_ALLOWED); fn must not be NULL, flags only
- *  KVP_EVENT_DIRECT. Builtin engine only (else KVP_ERR_NOT_SUPPORTED). Like kvp_event_fd,
- *  it makes GPU copies complete on a worker thread. Before fn's code goes away (the
- *  callback is closed, the library unloaded), call kvp_event_quiesce(fn). */
+ *  KVP_EVENT_DIRECT. Both engines. On the nixl engine (NIXL has no completion callback) a
+ *  watcher thread of the engine polls the agent's posted requests (from 50 us after the
+ *  post) and NIXL's notifications (at least every 1 ms) and signals; a direct call then
+ *  runs on that thread, and a request whose end a kvp_xfer_status call saw first makes no
+ *  call (that caller knows). On the builtin engine, like kvp_event_fd, it makes GPU copies
+ *  complete on a worker thread. Before fn's code goes away (the callback is closed, the
+ *  library unloaded), call kvp_event_quiesce(fn). */
 int32_t kvp_event_notify(uint64_t agent, kvp_event_fn fn, uint64_t ctx, uint32_t flags);
 
 /** KVP_EVENT_DIRECT: the call of fn was run (call it there, before checking statuses):
- *  the next event calls fn again. A no-op for other notifiers; KVP_ERR_NOT_SUPPORTED
- *  where the engine has none. */
+ *  the next event calls fn again. A no-op for other notifiers (and before
+ *  kvp_event_notify). Both engines. */
 int32_t kvp_event_ack(uint64_t agent);
 
 /** Stops every notifier that calls fn (of live agents too: they get no more calls) and

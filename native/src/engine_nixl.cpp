@@ -10,7 +10,8 @@
 //  - the agent runs with a progress thread and NIXL's RW thread-sync mode, because
 //    kvp_xfer_wait runs on other threads than the rest of the calls;
 //  - every request, prepared list and registration is released before the agent is
-//    destroyed, and destroy waits until every call in flight has left;
+//    destroyed, and destroy waits until every call in flight has left; the agent's
+//    watcher (engine_nixl_watch.cpp) is joined at wake/destroy, before any of it goes;
 //  - a restarted peer must be invalidated before its new metadata loads (NIXL answers
 //    NOT_ALLOWED, passed through with the fix in the message);
 //  - no C++ exception crosses the C ABI.
@@ -442,8 +443,12 @@ int32_t agent_wake(uint64_t handle) {
             a = it->second;
         }
         a->closing.store(true);
-        std::lock_guard<std::mutex> g(a->wait_mu);
-        a->wait_cv.notify_all();
+        {
+            std::lock_guard<std::mutex> g(a->wait_mu);
+            a->wait_cv.notify_all();
+        }
+        // The watcher is joined here, before the host stops its notifier: no signal after.
+        watch_stop(*a, false);
         return KVP_SUCCESS;
     });
 }
@@ -471,6 +476,7 @@ int32_t agent_destroy(uint64_t handle) {
                 a->calls_cv.wait_for(lk, std::chrono::milliseconds(5));
             }
         }
+        watch_stop(*a, true); // before anything it polls is released
         std::string problems;
         {
             std::lock_guard<std::mutex> g(a->mu);
@@ -501,6 +507,16 @@ int32_t agent_info(uint64_t handle, uint8_t *buf, uint64_t cap, uint64_t *len) {
         s += std::string("progress_thread=") + (a->progress_thread ? "1" : "0") + "\n";
         s += "pthr_delay_us=" + std::to_string(a->pthr_delay_us) + "\n";
         s += "sync_mode=" + a->sync_mode + "\n";
+        {
+            std::lock_guard<std::mutex> g(a->watch_mu);
+            Watcher *w = a->watch_owner.get();
+            bool on = w && w->th.joinable() && !a->watch_closed;
+            s += std::string("watcher=") + (on ? "1" : "0") + "\n";
+            if (w) {
+                s += "watcher_polls=" + std::to_string(w->polls.load()) + "\n";
+                s += "watcher_signals=" + std::to_string(w->signals.load()) + "\n";
+            }
+        }
         for (auto &[type, bh] : a->bh) {
             nixl_mem_list_t mems;
             nixl_b_params_t params;
@@ -883,6 +899,7 @@ const kvpn_module g_module = {
     agent_object,
     xfer_post_on,
     xfer_status_on,
+    agent_watch,
 };
 
 } // namespace

@@ -29,7 +29,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever kvpn_module changes shape. */
-#define KVPN_MODULE_ABI 2
+#define KVPN_MODULE_ABI 3
 
 /* File name of the module, looked for next to libkvport.so. */
 #define KVPN_MODULE_FILE "libkvport_nixl.so"
@@ -99,6 +99,14 @@ typedef struct kvpn_module {
     void *(*agent_object)(uint64_t agent);
     int32_t (*xfer_post_on)(void *agent, uint64_t req);
     int32_t (*xfer_status_on)(void *agent, uint64_t req);
+
+    /* ABI 3: starts the agent's watcher, a thread of the module that calls signal(ctx)
+     * whenever one of the agent's posted requests left IN_PROG (seen by the watcher's own
+     * poll) or notifications were queued, with no lock of the module held; it polls
+     * NIXL (which has no completion callback): a request from 50 us after its post, then
+     * every 1/16 of its age (32 us to 1 ms); notifications with a backoff to 1 ms. Once per agent (again: KVP_ERR_NOT_ALLOWED). agent_wake and
+     * agent_destroy stop and join it: no call of signal runs after either returned. */
+    int32_t (*agent_watch)(uint64_t agent, void (*signal)(void *ctx), void *ctx);
 } kvpn_module;
 
 /* Returns the module's table when the host speaks abi, else NULL. */

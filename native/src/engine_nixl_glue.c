@@ -25,6 +25,7 @@
 #include "engine_nixl.h"
 #include "engine_nixl_glue.h"
 #include "errors.h"
+#include "notify.h"
 
 /* ------------------------------------------------------------- the module ---- */
 
@@ -217,18 +218,63 @@ typedef struct nixl_agent {
     uint64_t mh; /* the module's agent handle */
     void *mo;    /* the module's agent object (agent_object): the hot calls take it */
     char requested[16];
+    /* kvp_event_notify: the notifier the module's watcher signals (published once the
+     * watcher runs; stopped by n_destroy, after the module joined the watcher). */
+    _Atomic(kvp_notifier *) notifier;
+    atomic_bool notify_taken; /* kvp_event_notify was called (once per agent) */
 } nixl_agent;
 
 #define MH(a) (((nixl_agent *)(a))->mh)
 #define MO(a) (((nixl_agent *)(a))->mo)
 
 static void n_destroy(kvp_agent *a) {
-    g_mod->agent_destroy(MH(a));
+    g_mod->agent_destroy(MH(a)); /* joins the module's watcher, if agent_wake did not */
+    /* Nothing signals any more. Never joined (as the builtin engine's): a notifier thread
+     * may be inside a callback that waits for this very thread (Deno). */
+    kvp_notifier *n = atomic_exchange(&((nixl_agent *)a)->notifier, NULL);
+    if (n) kvp_notifier_stop(n);
     kvp_agent_base_fini(a);
     free(a);
 }
 
-static void n_wake_all(kvp_agent *a) { g_mod->agent_wake(MH(a)); }
+static void n_wake_all(kvp_agent *a) {
+    g_mod->agent_wake(MH(a)); /* waits end; the watcher is joined */
+    /* The destroy is an event too (as for the builtin engine): waiters look again and
+     * see the agent gone. No lock is held here (a direct notifier calls fn now). */
+    kvp_notifier *n = atomic_load_explicit(&((nixl_agent *)a)->notifier, memory_order_acquire);
+    if (n) kvp_notifier_signal(n);
+}
+
+/* ------------------------------------------------------------- events ---- */
+
+/* The module's watcher thread calls this with no lock of the module held. */
+static void watch_signal(void *ctx) { kvp_notifier_signal(ctx); }
+
+static int32_t n_event_notify(kvp_agent *a, kvp_event_fn fn, uint64_t ctx, uint32_t flags) {
+    nixl_agent *na = (nixl_agent *)a;
+    if (atomic_exchange(&na->notify_taken, true))
+        return kvp_err(KVP_ERR_NOT_ALLOWED, "kvp_event_notify: agent %s has a notifier already",
+                       a->name);
+    kvp_notifier *n = NULL;
+    int32_t st = kvp_notifier_start(fn, ctx, flags, a->name, &n);
+    if (st == KVP_SUCCESS) {
+        st = g_mod->agent_watch(MH(a), watch_signal, n);
+        if (st == KVP_SUCCESS) {
+            atomic_store_explicit(&na->notifier, n, memory_order_release);
+            return KVP_SUCCESS;
+        }
+        st = from_mod(st);
+        kvp_notifier_stop(n); /* the watcher never ran: nothing else holds n */
+    }
+    atomic_store(&na->notify_taken, false);
+    return st;
+}
+
+static int32_t n_event_ack(kvp_agent *a) {
+    kvp_notifier *n = atomic_load_explicit(&((nixl_agent *)a)->notifier, memory_order_acquire);
+    if (n) kvp_notifier_ack(n);
+    return KVP_SUCCESS;
+}
 
 static int32_t info_fn(void *ctx, uint8_t *b, uint64_t c, uint64_t *l) {
     return g_mod->agent_info(*(uint64_t *)ctx, b, c, l);
@@ -369,6 +415,9 @@ static const kvp_engine_ops nixl_ops = {
     .notif_send = n_notif_send,
     .notif_take = n_notif_take,
     .notif_wait = n_notif_wait,
+    /* No event_fd: the builtin engine's only (kvp_event_notify covers both runtimes). */
+    .event_notify = n_event_notify,
+    .event_ack = n_event_ack,
 };
 
 int32_t kvp_nixl_create(const char *name, const char *requested, const char *backends,
@@ -379,6 +428,8 @@ int32_t kvp_nixl_create(const char *name, const char *requested, const char *bac
                        g_searched[0] ? g_searched : "nothing");
     nixl_agent *na = calloc(1, sizeof *na);
     if (!na) return kvp_err(KVP_ERR_BACKEND, "out of memory");
+    atomic_init(&na->notifier, NULL);
+    atomic_init(&na->notify_taken, false);
     int32_t st = kvp_agent_base_init(&na->base, &nixl_ops, name);
     if (st != KVP_SUCCESS) {
         free(na);

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -134,8 +135,32 @@ struct Req {
     uint64_t epoch_ok = ~0ULL; // Agent::peers_epoch when the peer was last seen current
     bool released = false;  // set by release/destroy; waiters leave with CANCELED
     bool posted = false;
+    bool watched = false;   // in the agent's watcher (post hands it over, the watcher drops it)
+    uint64_t posts = 0;     // posts so far: the watcher times each post of a request it holds
+    Clock::time_point posted_at{}; // the last post, when the agent has a watcher (its pace)
+    uint64_t status_calls = 0;     // kvp_xfer_status calls: the watcher leaves a polled one be
     int32_t last = KVP_ERR_NOT_POSTED;
     std::string message;    // message of the last failure (kvp_xfer_message)
+};
+
+// The agent's watcher (agent_watch, engine_nixl_watch.cpp): NIXL has no completion
+// callback, so one thread per watched agent polls its posted requests and NIXL's
+// notifications and calls signal(ctx) when a request left IN_PROG or notifications were
+// queued. Posts hand their requests over through `queue`.
+struct Watcher {
+    void (*signal)(void *ctx) = nullptr;
+    void *ctx = nullptr;
+    std::thread th;
+    std::mutex mu; // queue, wake_at, stop
+    std::condition_variable cv;
+    std::vector<std::shared_ptr<Req>> queue; // posted, not yet taken by the thread
+    std::atomic<bool> has_new{false};        // queue is not empty (read without mu)
+    // When the thread's sleep ends (min(): awake). A post notifies cv only when that is
+    // later than the request's first poll (short sleeps end by themselves).
+    std::chrono::steady_clock::time_point wake_at = std::chrono::steady_clock::time_point::min();
+    bool stop = false;
+    std::atomic<uint64_t> signals{0}; // calls of signal (kvp_agent_info)
+    std::atomic<uint64_t> polls{0};   // rounds of the thread (kvp_agent_info)
 };
 
 struct Agent {
@@ -175,6 +200,13 @@ struct Agent {
     std::atomic<uint64_t> calls{0};
     std::mutex calls_mu;
     std::condition_variable calls_cv;
+
+    // The watcher: started by agent_watch, stopped and joined by agent_wake / agent_destroy
+    // (watch_stop). `watcher` is what post_on reads; the object lives until destroy.
+    std::mutex watch_mu; // watch_owner, watch_closed
+    std::unique_ptr<Watcher> watch_owner;
+    std::atomic<Watcher *> watcher{nullptr};
+    bool watch_closed = false; // stopped: agent_watch refuses to start one
 
     uint64_t peer_gen(const std::string &peer); // 0 when not loaded (caller holds mu)
     bool forget_peer_locked(const std::string &peer); // erases it, bumps peers_epoch (mu held)
@@ -216,6 +248,18 @@ int32_t xfer_release(uint64_t agent, uint64_t req);
 int32_t notif_send(uint64_t agent, const char *remote, const uint8_t *msg, uint64_t len);
 int32_t notif_take(uint64_t agent, uint8_t *buf, uint64_t cap, uint64_t *len, uint64_t *count);
 int32_t notif_wait(uint64_t agent, int64_t timeout_ms);
+// After a NIXL call on r returned s (r.mu held): records it as the request's last
+// status, a failure with its message (and a dropped peer). Returns s.
+int32_t record_status(Agent &a, Req &r, int32_t s, const char *what);
+
+// Implemented in engine_nixl_watch.cpp.
+int32_t agent_watch(uint64_t agent, void (*signal)(void *ctx), void *ctx);
+// Hands a request that a post left IN_PROG to the agent's watcher (r.mu held).
+void watch_posted(Watcher &w, Req &r, const std::shared_ptr<Req> &ref);
+// Stops and joins the watcher (idempotent; none starts afterwards). With drop, frees it
+// too (agent_destroy, no call in flight).
+void watch_stop(Agent &a, bool drop);
+
 // Releases one request on the NIXL side (cancelling it); used by release and destroy.
 int32_t release_req_locked(Agent &a, Req &r, std::string &why);
 // Marks a peer's generation dead after NIXL dropped it (REMOTE_DISCONNECT).

@@ -45,14 +45,14 @@ struct ReqCacheEntry {
 constexpr size_t REQ_CACHE = 4;
 thread_local ReqCacheEntry t_reqs[REQ_CACHE];
 
-Req &req_on(Agent &a, uint64_t h) {
+const std::shared_ptr<Req> &req_on(Agent &a, uint64_t h) {
     ReqCacheEntry &e = t_reqs[h % REQ_CACHE];
-    if (e.handle == h && e.agent == &a && e.req) return *e.req;
+    if (e.handle == h && e.agent == &a && e.req) return e.req;
     auto r = find_req(a, h);
     e.agent = &a;
     e.handle = h;
     e.req = std::move(r);
-    return *e.req;
+    return e.req;
 }
 
 // The request's peer is still the one it was made for (not invalidated or restarted).
@@ -68,8 +68,9 @@ bool peer_current(Agent &a, Req &r) {
     return ok;
 }
 
-// After a NIXL call on r returned s (r.mu held): record failures on the request.
-int32_t record(Agent &a, Req &r, int32_t s, const char *what) {
+} // namespace
+
+int32_t record_status(Agent &a, Req &r, int32_t s, const char *what) {
     r.last = s;
     if (s < 0) {
         r.message = nixl_failure(std::string(what) + " towards '" + r.remote + "'", s);
@@ -81,8 +82,6 @@ int32_t record(Agent &a, Req &r, int32_t s, const char *what) {
     }
     return s;
 }
-
-} // namespace
 
 void peer_lost(Agent &a, const std::string &peer, uint64_t gen) {
     std::lock_guard<std::mutex> g(a.mu);
@@ -196,9 +195,10 @@ int32_t xfer_create(uint64_t handle, int32_t op, uint64_t local_prepped,
 namespace {
 
 // Posts r (the hot path: no lock but the request's own, no lookup while the peer set
-// has not changed).
+// has not changed). A request left IN_PROG goes to the agent's watcher, if it has one.
 int32_t post_on(Agent &a, uint64_t req) {
-    Req &r = req_on(a, req);
+    const std::shared_ptr<Req> &ref = req_on(a, req);
+    Req &r = *ref;
     std::lock_guard<std::mutex> g(r.mu);
     if (r.released || !r.h) fail(KVP_ERR_NOT_FOUND, "request " + hex(req) + " was released");
     if (!peer_current(a, r))
@@ -207,16 +207,23 @@ int32_t post_on(Agent &a, uint64_t req) {
                                     "made: load its metadata and make the request again");
     nixl_status_t s = a.nixl->postXferReq(r.h);
     r.posted = true;
+    r.posts++;
     if (s == NIXL_ERR_REPOST_ACTIVE) {
         set_last_error("request " + hex(req) + " is still in progress: wait for it before "
                        "posting it again");
-        return s; // the request itself has not failed
+        return s; // the request itself has not failed (and is watched if it was posted so)
     }
-    return record(a, r, s, "postXferReq");
+    record_status(a, r, s, "postXferReq");
+    if (s == NIXL_IN_PROG)
+        if (Watcher *w = a.watcher.load(std::memory_order_acquire)) {
+            r.posted_at = Clock::now(); // the watcher's first poll is timed from here
+            watch_posted(*w, r, ref);
+        }
+    return s;
 }
 
 int32_t status_on(Agent &a, uint64_t req) {
-    Req &r = req_on(a, req);
+    Req &r = *req_on(a, req);
     std::lock_guard<std::mutex> g(r.mu);
     if (r.released) fail(KVP_ERR_NOT_FOUND, "request " + hex(req) + " was released");
     if (!r.posted) {
@@ -228,7 +235,11 @@ int32_t status_on(Agent &a, uint64_t req) {
         set_last_error(r.message);
         return r.last;
     }
-    return record(a, r, a.nixl->getXferStatus(r.h), "getXferStatus");
+    // Done stays done until the next post (which records its own status): NIXL itself
+    // answers SUCCESS again, but the watcher may have seen it first, so say it from here.
+    if (r.last == KVP_SUCCESS) return KVP_SUCCESS;
+    r.status_calls++; // a caller polls it: the watcher stays off it meanwhile
+    return record_status(a, r, a.nixl->getXferStatus(r.h), "getXferStatus");
 }
 
 // The agent behind kvpn_module.agent_object, refused once it is closing (as AgentRef).
@@ -283,7 +294,7 @@ int32_t xfer_wait(uint64_t handle, uint64_t req, int64_t timeout_ms) {
                     set_last_error(r->message);
                     return r->last;
                 }
-                int32_t s = record(*a, *r, a->nixl->getXferStatus(r->h), "getXferStatus");
+                int32_t s = record_status(*a, *r, a->nixl->getXferStatus(r->h), "getXferStatus");
                 if (s != KVP_IN_PROG) return s;
             }
             auto now = Clock::now();

@@ -2,15 +2,17 @@
  * Waits without polling timers or pool threads: a waiter sleeps until the agent says
  * something happened (one of its requests finished, a notification was queued, it was
  * destroyed), or until its deadline. Two back ends:
- * - the wake callback (`kvp_event_notify`, ABI 4, both runtimes): the agent's notifier
- *   thread calls the library's one thread-safe callback, which runs on the event loop
- *   and wakes the waiters (one thread hop: native thread -> event loop);
+ * - the wake callback (`kvp_event_notify`, ABI 4, both runtimes, both engines): the
+ *   agent's notifier thread calls the library's one thread-safe callback, which runs on
+ *   the event loop and wakes the waiters (one thread hop: native thread -> event loop);
+ *   on the nixl engine the engine's watcher thread polls NIXL and signals it (Bun; Deno
+ *   keeps its pool-thread wait there, which measured better: {@linkcode DENO_NIXL_POOL});
  * - the event descriptor (`kvp_event_fd`, Bun with an ABI-3 library): a byte per event
  *   on a socket that Bun's event loop reads as a stream.
  *
  * Deno with an ABI-3 library waits on its thread pool instead (`kvp_xfer_wait` as a
- * nonblocking call), and an engine without either (nixl) polls: {@linkcode
- * AgentEvents.open} returns `null` there.
+ * nonblocking call), and an engine without either (the nixl engine of a module before
+ * its watcher) polls: {@linkcode AgentEvents.open} returns `null` there.
  *
  * @example
  * ```ts
@@ -30,9 +32,28 @@ import { Status } from "../errors.ts";
 import { after } from "../deadline.ts";
 
 /** Which wake-up mechanism new agents use: `"auto"` (the wake callback where the library
- * has it) or `"legacy"` (what an ABI-3 library does: Deno's pool-thread waits, Bun's
- * event descriptor). */
-export type WakeMode = "auto" | "legacy";
+ * has it, except Deno on the nixl engine: see {@linkcode DENO_NIXL_POOL}), `"wake"` (the
+ * wake callback wherever the library has it) or `"legacy"` (what an ABI-3 library does:
+ * Deno's pool-thread waits, Bun's event descriptor). */
+export type WakeMode = "auto" | "wake" | "legacy";
+
+/**
+ * Deno on the nixl engine keeps its pool-thread waits (`kvp_xfer_wait` / `kvp_notif_wait`
+ * as nonblocking calls) under `"auto"`: there the wake comes from the engine's watcher, a
+ * thread that polls NIXL (which has no completion callback), and measured against the
+ * pool-thread wait on a 2-core machine (bench/nixl_bench.ts, TCP, three interleaved
+ * pairs, issue 18) it moved the same bandwidth (4096 x 4 KiB: 0.85-0.99 of raw NIXL
+ * against 0.92-0.95) but made the 4 KiB latency worse (p50 1.23-1.52 x raw NIXL against
+ * 0.98-1.18, p99 361-524 us against 130-328). Bun has no pool-thread wait (its other
+ * choice is polling on timers), and takes the watcher.
+ *
+ * @example
+ * ```ts
+ * import { DENO_NIXL_POOL } from "./events.ts";
+ * console.log(DENO_NIXL_POOL); // true
+ * ```
+ */
+export const DENO_NIXL_POOL = true;
 
 let wakeMode: WakeMode = "auto";
 
@@ -48,8 +69,10 @@ let wakeMode: WakeMode = "auto";
  * ```
  */
 export function setWakeMode(mode: WakeMode): void {
-  if (mode !== "auto" && mode !== "legacy") {
-    throw new TypeError(`wake mode must be "auto" or "legacy", got ${JSON.stringify(mode)}`);
+  if (mode !== "auto" && mode !== "wake" && mode !== "legacy") {
+    throw new TypeError(
+      `wake mode must be "auto", "wake" or "legacy", got ${JSON.stringify(mode)}`,
+    );
   }
   wakeMode = mode;
 }
@@ -79,13 +102,20 @@ export class AgentEvents {
   private constructor() {}
 
   /**
-   * The events of agent `handle`, or `null` where they are not used: the runtime waits
-   * on its thread pool (Deno with an ABI-3 library, or the `"legacy"` mode), or the
-   * engine has neither notifier nor event descriptor (nixl).
+   * The events of agent `handle` (of engine `engine`), or `null` where they are not used:
+   * the runtime waits on its thread pool (Deno with an ABI-3 library, the `"legacy"`
+   * mode, or Deno on the nixl engine under `"auto"`: {@linkcode DENO_NIXL_POOL}), or the
+   * engine has neither notifier nor event descriptor.
    */
-  static open(lib: NativeLib, handle: bigint): AgentEvents | null {
+  static open(lib: NativeLib, handle: bigint, engine = ""): AgentEvents | null {
     const events = new AgentEvents();
-    if (lib.wakes && wakeMode === "auto") {
+    if (
+      wakeMode === "auto" && DENO_NIXL_POOL && engine === "nixl" && lib.runtime === "deno" &&
+      lib.nonblocking
+    ) {
+      return null;
+    }
+    if (lib.wakes && wakeMode !== "legacy") {
       const watch = lib.wakes.watch(handle, () => events.poke());
       if (watch.status === Status.SUCCESS) {
         events.#source = { arm() {}, disarm() {}, close: () => Promise.resolve(watch.unwatch()) };
