@@ -250,10 +250,11 @@ const extraShape = {
     group: "transfer",
     min: 0,
     description: "kvport: PD sender page credits. A kvport sender (builtin engine) asks a " +
-      "kvport receiver for this many free pages ahead of its requests (twice its largest " +
-      "batch when that is more), so that a request of at most that many chunks needs no AllocRequest " +
-      "round trip; it tops them up in the background. 0: off (every batch asks). LMCache " +
-      "peers never see it.",
+      "kvport receiver for this many free pages ahead of its requests (more: twice its " +
+      "largest batch, and with requests in flight what their next batches and a refill's " +
+      "round trip take), so that a request of at most that many chunks needs no " +
+      "AllocRequest round trip; it tops them up in the background. 0: off (every batch " +
+      "asks). LMCache peers never see it.",
   }),
   kvport_pd_credit_max: int(64, {
     group: "transfer",
