@@ -389,8 +389,15 @@ API cudaError_t cudaMemcpyBatchAsync(void *const *dsts, const void *const *srcs,
     return cudaSuccess;
 }
 
+/* The flags of the last event made, for tests (fake_cuda_last_event_flags). */
+static _Atomic unsigned g_last_event_flags;
+
+/* Not a CUDA function: what the last cudaEventCreateWithFlags asked for
+ * (tests/test_cuda_wait.c checks that the library's events block). */
+API unsigned fake_cuda_last_event_flags(void) { return g_last_event_flags; }
+
 API cudaError_t cudaEventCreateWithFlags(void **out, unsigned flags) {
-    (void)flags;
+    g_last_event_flags = flags;
     ev *e = calloc(1, sizeof *e);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
