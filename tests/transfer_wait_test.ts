@@ -18,6 +18,7 @@ import {
   waitStatus,
 } from "../src/agent/transfer.ts";
 import type { AgentCore } from "../src/agent/common.ts";
+import { AgentEvents } from "../src/agent/events.ts";
 import { Status } from "../src/errors.ts";
 import { nativeSkip } from "./helpers/agent_pair.ts";
 
@@ -234,5 +235,43 @@ describe("the transfer wait on a real request", { skip: nativeSkip }, () => {
       assert.ok(src.bytes.subarray(4096, 2 * 4096).every((b) => b === (v ^ 0x5a)), `READ ${round}`);
     }
     assert.ok(Number(c.info().posts_tcp) - posts0 >= 80, "the transfers went over TCP");
+  });
+});
+
+describe("two waits on one agent's events", () => {
+  // An engine whose signal a caller's own poll consumes (the nixl engine's watcher leaves
+  // a request unsignalled when a caller's status call saw its end first): a fake library
+  // whose wake callback never fires, so only the waiters themselves can wake each other.
+  test("a wait whose own poll saw the end wakes the other waits (no sleep to the slice)", async () => {
+    const lib = {
+      runtime: "bun",
+      wakes: { watch: () => ({ status: Status.SUCCESS, unwatch: () => {} }) },
+    } as unknown as Parameters<typeof AgentEvents.open>[0];
+    const events = AgentEvents.open(lib, 1n, "nixl");
+    assert.ok(events, "a live AgentEvents");
+    let done = false;
+    let pollsB = 0;
+    // B waits on the request and sleeps (its spin window is 0 us).
+    const b = waitStatus(
+      () => {
+        pollsB++;
+        return done ? Status.SUCCESS : Status.IN_PROG;
+      },
+      null,
+      5000,
+      () => false,
+      0,
+      events,
+    );
+    await new Promise((r) => setTimeout(r, 5));
+    // A's first poll sees the end (the request finished meanwhile; nothing signalled).
+    done = true;
+    const a = await waitStatus(() => Status.SUCCESS, null, 5000, () => false, 0, events);
+    assert.equal(a, Status.SUCCESS);
+    // One event-loop turn later (long before B's 100 ms slice could end) B has polled
+    // again and seen the end: its first poll, then the one after A's wake.
+    await new Promise((r) => setImmediate(r));
+    assert.equal(pollsB, 2, "B still sleeps: nobody woke it");
+    assert.equal(await b, Status.SUCCESS);
   });
 });

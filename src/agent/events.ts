@@ -206,6 +206,27 @@ export class AgentEvents {
     if (this.#waiters.size > 0) { for (const w of [...this.#waiters]) w(); }
   }
 
+  /**
+   * A waiter's own status poll saw its request end: the other waiters of this agent
+   * re-check theirs (two waits on one request, or on requests that ended together). The
+   * engine signals an end it sees itself, but the nixl engine's watcher leaves a request
+   * whose end a caller's poll saw first unsignalled (that caller was told), so without
+   * this a second waiter slept until its slice ran out (100 ms). Listeners are not
+   * called: nothing native happened.
+   *
+   * @example
+   * ```ts
+   * import { AgentEvents } from "./events.ts";
+   * declare const events: AgentEvents;
+   * events.settled(); // after a poll returned something other than IN_PROG
+   * ```
+   */
+  settled(): void {
+    if (this.#waiters.size === 0) return;
+    this.#gen++;
+    for (const w of [...this.#waiters]) w();
+  }
+
   /** @internal The source ended (end of file): waits return at once from now on. */
   end(): void {
     this.#ended = true;

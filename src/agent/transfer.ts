@@ -151,7 +151,10 @@ export async function waitStatus(
   let seen = events?.gen ?? 0;
   let s = poll();
   if (took) took.us = 0;
-  if (s !== Status.IN_PROG) return s;
+  if (s !== Status.IN_PROG) {
+    events?.settled();
+    return s;
+  }
   const start = performance.now();
   const spinEnd = start + spinMicros / 1000;
   for (let now = start; now < spinEnd; now = performance.now()) {
@@ -159,6 +162,7 @@ export async function waitStatus(
     s = poll();
     if (s !== Status.IN_PROG) {
       if (took) took.us = (now - start) * 1000;
+      events?.settled();
       return s;
     }
   }
@@ -183,6 +187,8 @@ export async function waitStatus(
     if (stop()) return Status.ERR_CANCELED;
     if (s !== Status.IN_PROG) {
       if (took) took.us = (performance.now() - start) * 1000;
+      // (Woken by the engine, others were too; this poll may have seen an end first.)
+      events?.settled();
       return s;
     }
   }
