@@ -15,36 +15,10 @@ import { library } from "../src/agent/common.ts";
 import { setWakeMode, type WakeMode } from "../src/agent/events.ts";
 import { nativeSkip, spawnPeer } from "./helpers/agent_pair.ts";
 import { linkPeer } from "./helpers/pair_checks.ts";
+import { countPolls } from "./helpers/poll_count.ts";
 
 const MiB = 1 << 20;
 const SIZE = 64 * MiB;
-
-/** Counts the short timers (< 10 ms) and setImmediate calls made while `fn` runs. */
-async function countPolls<T>(fn: () => Promise<T>): Promise<{ value: T; polls: number }> {
-  const g = globalThis as unknown as {
-    setTimeout: (cb: () => void, ms?: number) => unknown;
-    setImmediate?: (cb: () => void) => unknown;
-  };
-  const st = g.setTimeout;
-  const si = g.setImmediate;
-  let polls = 0;
-  g.setTimeout = (cb: () => void, ms?: number) => {
-    if ((ms ?? 0) < 10) polls++;
-    return st(cb, ms);
-  };
-  if (si) {
-    g.setImmediate = (cb: () => void) => {
-      polls++;
-      return si(cb);
-    };
-  }
-  try {
-    return { value: await fn(), polls };
-  } finally {
-    g.setTimeout = st;
-    if (si) g.setImmediate = si;
-  }
-}
 
 /** Creates an agent with wake mode `mode` (read when its events open). */
 async function agentWith(mode: WakeMode, name: string): Promise<NixlAgent> {

@@ -13,6 +13,7 @@ import { DescList, type HostBuffer, NixlAgent, type Notification } from "../src/
 import { library } from "../src/agent/common.ts";
 import { DENO_NIXL_POOL, setWakeMode, type WakeMode } from "../src/agent/events.ts";
 import { fillRandom, nixlSkip, reportSkip, uniqueName } from "./helpers/nixl_env.ts";
+import { countPolls } from "./helpers/poll_count.ts";
 
 reportSkip("nixl_watch_test");
 
@@ -20,33 +21,6 @@ const MiB = 1 << 20;
 const SIZE = 16 * MiB;
 const PAGE = 4096;
 const PAGES = SIZE / PAGE;
-
-/** Counts the short timers (< 10 ms) and setImmediate calls made while `fn` runs. */
-async function countPolls<T>(fn: () => Promise<T>): Promise<{ value: T; polls: number }> {
-  const g = globalThis as unknown as {
-    setTimeout: (cb: () => void, ms?: number) => unknown;
-    setImmediate?: (cb: () => void) => unknown;
-  };
-  const st = g.setTimeout;
-  const si = g.setImmediate;
-  let polls = 0;
-  g.setTimeout = (cb: () => void, ms?: number) => {
-    if ((ms ?? 0) < 10) polls++;
-    return st(cb, ms);
-  };
-  if (si) {
-    g.setImmediate = (cb: () => void) => {
-      polls++;
-      return si(cb);
-    };
-  }
-  try {
-    return { value: await fn(), polls };
-  } finally {
-    g.setTimeout = st;
-    if (si) g.setImmediate = si;
-  }
-}
 
 /** Two nixl agents of this process, each with the other's metadata and 16 MiB, waiting
  * with wake mode `mode` ("wake": the watcher's wake callback in both runtimes). */

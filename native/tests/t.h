@@ -79,6 +79,10 @@ void t_fill(void *p, uint64_t len, uint32_t seed);
 int t_verify(const void *p, uint64_t len, uint32_t seed);
 /* Waits for a child; returns its exit status (0 = passed). */
 int t_wait_child(int pid);
+/* Points KVPORT_CUDART at the stand-in runtime built next to the test binary
+ * (build/fake/libcudart.so, tools/fake_cudart.c) before any CUDA use; fails the test when
+ * it is missing. Its path goes to lib (cap bytes). */
+void t_use_fake_cudart(char *lib, size_t cap);
 double t_now(void);
 
 #endif

@@ -1,5 +1,6 @@
 /* t_util.c - helpers shared by the tests. */
 #include <errno.h>
+#include <libgen.h>
 #include <unistd.h>
 
 #include "t.h"
@@ -363,4 +364,14 @@ uint64_t t_info_num(uint64_t agent, const char *key) {
     const char *p = strstr(buf, k);
     CHECK_MSG(p, "no %s in agent info", key);
     return strtoull(p + strlen(k), NULL, 10);
+}
+
+void t_use_fake_cudart(char *lib, size_t cap) {
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    CHECK(n > 0);
+    exe[n] = '\0';
+    snprintf(lib, cap, "%s/fake/libcudart.so", dirname(exe));
+    CHECK_MSG(access(lib, R_OK) == 0, "%s is missing (make test builds it)", lib);
+    setenv("KVPORT_CUDART", lib, 1);
 }

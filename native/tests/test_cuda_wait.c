@@ -3,7 +3,6 @@
  * the runtime's default back. CUDA is the stand-in runtime of tools/fake_cudart.c,
  * which records the flags of the last event made. */
 #include <dlfcn.h>
-#include <libgen.h>
 #include <unistd.h>
 
 #include "t.h"
@@ -14,14 +13,8 @@
 /* A host -> VRAM -> host round trip of 64 KiB (bytes checked) under wait mode `mode`
  * (NULL: the default); returns the flags of the event its waits used. */
 static unsigned flags_of_a_copy(const char *mode) {
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    CHECK(n > 0);
-    exe[n] = '\0';
     char lib[4200];
-    snprintf(lib, sizeof lib, "%s/fake/libcudart.so", dirname(exe));
-    CHECK_MSG(access(lib, R_OK) == 0, "%s is missing (make test builds it)", lib);
-    setenv("KVPORT_CUDART", lib, 1);
+    t_use_fake_cudart(lib, sizeof lib);
     setenv("FAKE_CUDA_DELAY_US", "0", 1);
     if (mode) setenv("KVPORT_CUDA_WAIT", mode, 1);
     else unsetenv("KVPORT_CUDA_WAIT");

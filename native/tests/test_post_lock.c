@@ -2,7 +2,6 @@
  * ring's device-to-host copies without holding the agent's mutex (issue 12): calls
  * that need it (here kvp_notif_take) go on meanwhile. CUDA is the stand-in runtime of
  * tools/fake_cudart.c (built next to the tests), whose copies take a set time. */
-#include <libgen.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -28,14 +27,8 @@ TEST(vram_tcp_post_does_not_hold_the_agent_lock_across_copies) {
     t_peer p;
     const uint64_t size = 8 << 20;
     t_peer_start(&p, "T", NULL, NULL, size, 0); /* forked before any CUDA use */
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    CHECK(n > 0);
-    exe[n] = '\0';
     char lib[4200];
-    snprintf(lib, sizeof lib, "%s/fake/libcudart.so", dirname(exe));
-    CHECK_MSG(access(lib, R_OK) == 0, "%s is missing (make test builds it)", lib);
-    setenv("KVPORT_CUDART", lib, 1);
+    t_use_fake_cudart(lib, sizeof lib);
     setenv("FAKE_CUDA_DELAY_US", "400000", 1); /* each copy: 0.4 s */
     int32_t devs = 0;
     OK(kvp_cuda_device_count(&devs));
