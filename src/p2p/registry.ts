@@ -23,6 +23,7 @@ import {
   type WireError,
 } from "../channel/wire/mod.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
+import { decodeRequest, encodeLookupReply } from "../channel/wire/lookup_codec.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, weakly } from "../metrics/source.ts";
 import { collectP2PRegistry } from "./metrics.ts";
@@ -549,7 +550,7 @@ export class P2PRegistry implements AsyncDisposable {
           }
           let msg: LmcacheMessage;
           try {
-            msg = decodeMessage(body);
+            msg = decodeRequest(body);
           } catch (e) {
             countMessageError(metricsRegistry(), "ROUTER");
             throw e;
@@ -571,7 +572,7 @@ export class P2PRegistry implements AsyncDisposable {
   #request(msg: LmcacheMessage): Uint8Array {
     switch (msg.type) {
       case "BatchedP2PLookupMsg":
-        return encodeMessage(this.#lookupReply(msg));
+        return encodeLookupReply(this.#lookupReply(msg));
       case "RegisterMsg":
         this.report(msg);
         return this.#registerReply;

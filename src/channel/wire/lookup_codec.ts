@@ -1,0 +1,547 @@
+/**
+ * The P2P registry round trip's two messages (`BatchedP2PLookupMsg` and its
+ * `BatchedP2PLookupRetMsg`) written and read byte by byte, without the generic path of
+ * {@linkcode encodeMessage} / {@linkcode decodeMessage} (validate, normalise the
+ * integers, build a copy, walk it with the msgpack library). That path is most of the
+ * JavaScript of a lookup: on the 2-core machine some 40 us of a one-chunk lookup's 120,
+ * and it grows with the hashes.
+ *
+ * The bytes are the generic path's, bit for bit (msgspec's layout: `type` first, the
+ * fields in declaration order, the smallest integer format; a test compares both over
+ * every integer format boundary). Whatever the fast path does not cover - a string that
+ * is not ASCII, a number where a bigint is expected, another field order, a truncated or
+ * odd message, anything that is not these two types - goes through the generic path, so
+ * results and errors are the generic path's too.
+ *
+ * @module
+ */
+
+import {
+  type BatchedP2PLookupMsg,
+  type BatchedP2PLookupRetMsg,
+  decodeMessage,
+  type DecodeOptions,
+  encodeMessage,
+  type LmcacheMessage,
+  type MessageOf,
+  type MessageType,
+  type WireInt,
+  withFieldOrder,
+} from "./messages.ts";
+
+const I32_MIN = -(2 ** 31);
+const U32_END = 2 ** 32;
+const BIG_I32_MIN = BigInt(I32_MIN);
+const BIG_U32_END = BigInt(U32_END);
+const INT64_MIN = -(2n ** 63n);
+const UINT64_MAX = 2n ** 64n - 1n;
+const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** msgpack fixstr of an ASCII constant. */
+function fixstr(s: string): number[] {
+  return [0xa0 + s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
+}
+
+/** `{"type": "BatchedP2PLookupMsg", "hashes": ` */
+const LOOKUP_HEAD = Uint8Array.from([
+  0x84,
+  ...fixstr("type"),
+  ...fixstr("BatchedP2PLookupMsg"),
+  ...fixstr("hashes"),
+]);
+const INSTANCE_ID = Uint8Array.from(fixstr("instance_id"));
+const WORKER_ID = Uint8Array.from(fixstr("worker_id"));
+/** `{"type": "BatchedP2PLookupRetMsg", "layout_info": ` */
+const REPLY_HEAD = Uint8Array.from([
+  0x82,
+  ...fixstr("type"),
+  ...fixstr("BatchedP2PLookupRetMsg"),
+  ...fixstr("layout_info"),
+]);
+const LOOKUP_ORDER = Object.freeze(["hashes", "instance_id", "worker_id"]);
+const REPLY_ORDER = Object.freeze(["layout_info"]);
+
+/** Whether `s` is all ASCII (its UTF-8 bytes are its char codes). */
+function ascii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
+  return true;
+}
+
+/** Bytes of a msgpack str header for `n` bytes (the encoder's choice: fixstr, str 8/16/32). */
+function strHeaderBytes(n: number): number {
+  return n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+}
+
+/** Bytes of an integer the way `encodeMessage` writes it (numbers in [-2^31, 2^32)
+ * minimal, the rest as int 64 / uint 64). */
+function intBytes(x: number): number {
+  if (x >= 0) return x < 0x80 ? 1 : x < 0x100 ? 2 : x < 0x10000 ? 3 : x < U32_END ? 5 : 9;
+  return x >= -0x20 ? 1 : x >= -0x80 ? 2 : x >= -0x8000 ? 3 : x >= I32_MIN ? 5 : 9;
+}
+
+/** A byte writer over an exactly sized buffer. */
+class Writer {
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  pos = 0;
+
+  constructor(size: number) {
+    this.bytes = new Uint8Array(size);
+    this.view = new DataView(this.bytes.buffer);
+  }
+
+  raw(b: Uint8Array): void {
+    this.bytes.set(b, this.pos);
+    this.pos += b.length;
+  }
+
+  /** An ASCII string (checked by the caller). */
+  str(s: string): void {
+    const n = s.length;
+    const v = this.view;
+    if (n < 32) v.setUint8(this.pos++, 0xa0 + n);
+    else if (n < 0x100) {
+      v.setUint8(this.pos, 0xd9);
+      v.setUint8(this.pos + 1, n);
+      this.pos += 2;
+    } else if (n < 0x10000) {
+      v.setUint8(this.pos, 0xda);
+      v.setUint16(this.pos + 1, n);
+      this.pos += 3;
+    } else {
+      v.setUint8(this.pos, 0xdb);
+      v.setUint32(this.pos + 1, n);
+      this.pos += 5;
+    }
+    const b = this.bytes;
+    let p = this.pos;
+    for (let i = 0; i < n; i++) b[p++] = s.charCodeAt(i);
+    this.pos = p;
+  }
+
+  arrayHeader(n: number): void {
+    const v = this.view;
+    if (n < 16) v.setUint8(this.pos++, 0x90 + n);
+    else if (n < 0x10000) {
+      v.setUint8(this.pos, 0xdc);
+      v.setUint16(this.pos + 1, n);
+      this.pos += 3;
+    } else {
+      v.setUint8(this.pos, 0xdd);
+      v.setUint32(this.pos + 1, n);
+      this.pos += 5;
+    }
+  }
+
+  /** A safe integer in [-2^31, 2^32), in its smallest format. */
+  small(x: number): void {
+    const v = this.view;
+    const p = this.pos;
+    if (x >= 0) {
+      if (x < 0x80) {
+        v.setUint8(p, x);
+        this.pos = p + 1;
+      } else if (x < 0x100) {
+        v.setUint8(p, 0xcc);
+        v.setUint8(p + 1, x);
+        this.pos = p + 2;
+      } else if (x < 0x10000) {
+        v.setUint8(p, 0xcd);
+        v.setUint16(p + 1, x);
+        this.pos = p + 3;
+      } else {
+        v.setUint8(p, 0xce);
+        v.setUint32(p + 1, x);
+        this.pos = p + 5;
+      }
+    } else if (x >= -0x20) {
+      v.setUint8(p, 0xe0 | (x + 0x20));
+      this.pos = p + 1;
+    } else if (x >= -0x80) {
+      v.setUint8(p, 0xd0);
+      v.setInt8(p + 1, x);
+      this.pos = p + 2;
+    } else if (x >= -0x8000) {
+      v.setUint8(p, 0xd1);
+      v.setInt16(p + 1, x);
+      this.pos = p + 3;
+    } else {
+      v.setUint8(p, 0xd2);
+      v.setInt32(p + 1, x);
+      this.pos = p + 5;
+    }
+  }
+
+  /** A 64-bit integer outside [-2^31, 2^32): uint 64 or int 64. */
+  big(x: bigint): void {
+    if (x >= 0n) {
+      this.view.setUint8(this.pos, 0xcf);
+      this.view.setBigUint64(this.pos + 1, x);
+    } else {
+      this.view.setUint8(this.pos, 0xd3);
+      this.view.setBigInt64(this.pos + 1, x);
+    }
+    this.pos += 9;
+  }
+
+  /** A safe integer, as `encodeMessage` writes it. */
+  int(x: number): void {
+    if (x >= I32_MIN && x < U32_END) this.small(x);
+    else this.big(BigInt(x));
+  }
+}
+
+/**
+ * `encodeMessage({type: "BatchedP2PLookupMsg", hashes, instance_id, worker_id})`, the
+ * same bytes, without the generic path where the values allow (bigint hashes, an ASCII
+ * instance id, a safe-integer worker id); otherwise, and for an invalid value, the
+ * generic path answers (its bytes or its error).
+ *
+ * @param hashes chunk hashes (64-bit)
+ * @param instanceId the asking instance
+ * @param workerId the asking worker (TP rank)
+ * @returns the msgpack bytes
+ * @throws {WireMessageError} for a value the message cannot carry (as `encodeMessage`)
+ *
+ * @example
+ * ```ts
+ * import { encodeLookup } from "./lookup_codec.ts";
+ * import { encodeMessage } from "./messages.ts";
+ *
+ * const fast = encodeLookup([1n, 2n ** 63n], "a", 0);
+ * const slow = encodeMessage({ type: "BatchedP2PLookupMsg", hashes: [1n, 2n ** 63n], instance_id: "a", worker_id: 0 });
+ * console.log(fast.length === slow.length && fast.every((b, i) => b === slow[i])); // true
+ * ```
+ */
+export function encodeLookup(
+  hashes: readonly bigint[],
+  instanceId: string,
+  workerId: number,
+): Uint8Array {
+  const slow = () =>
+    encodeMessage({
+      type: "BatchedP2PLookupMsg",
+      hashes: [...hashes],
+      instance_id: instanceId,
+      worker_id: workerId,
+    });
+  if (
+    !Array.isArray(hashes) || typeof instanceId !== "string" || !ascii(instanceId) ||
+    !Number.isSafeInteger(workerId)
+  ) {
+    return slow();
+  }
+  const n = hashes.length;
+  let size = LOOKUP_HEAD.length + (n < 16 ? 1 : n < 0x10000 ? 3 : 5);
+  for (let i = 0; i < n; i++) {
+    const h = hashes[i];
+    if (typeof h !== "bigint" || h < INT64_MIN || h > UINT64_MAX) return slow();
+    size += h >= BIG_I32_MIN && h < BIG_U32_END ? intBytes(Number(h)) : 9;
+  }
+  size += INSTANCE_ID.length + strHeaderBytes(instanceId.length) + instanceId.length +
+    WORKER_ID.length + intBytes(workerId);
+  const w = new Writer(size);
+  w.raw(LOOKUP_HEAD);
+  w.arrayHeader(n);
+  for (let i = 0; i < n; i++) {
+    const h = hashes[i];
+    if (h >= BIG_I32_MIN && h < BIG_U32_END) w.small(Number(h));
+    else w.big(h);
+  }
+  w.raw(INSTANCE_ID);
+  w.str(instanceId);
+  w.raw(WORKER_ID);
+  w.int(workerId);
+  return w.bytes;
+}
+
+/**
+ * `encodeMessage` of a `BatchedP2PLookupRetMsg`, the same bytes, without the generic path
+ * where the values allow (ASCII strings, safe-integer hit counts); otherwise the generic
+ * path answers.
+ *
+ * @param message the reply
+ * @returns the msgpack bytes
+ * @throws {WireMessageError} for a value the message cannot carry (as `encodeMessage`)
+ *
+ * @example
+ * ```ts
+ * import { encodeLookupReply } from "./lookup_codec.ts";
+ *
+ * const bytes = encodeLookupReply({
+ *   type: "BatchedP2PLookupRetMsg",
+ *   layout_info: [["holder", "LocalCPUBackend", 3, "10.0.0.2:8200"]],
+ * });
+ * console.log(bytes[0].toString(16)); // 82 (a map of 2 entries)
+ * ```
+ */
+export function encodeLookupReply(message: BatchedP2PLookupRetMsg): Uint8Array {
+  const layout = message.layout_info;
+  if (!Array.isArray(layout)) return encodeMessage(message);
+  const n = layout.length;
+  let size = REPLY_HEAD.length + (n < 16 ? 1 : n < 0x10000 ? 3 : 5);
+  for (let i = 0; i < n; i++) {
+    const e = layout[i];
+    if (
+      !Array.isArray(e) || e.length !== 4 || typeof e[0] !== "string" ||
+      typeof e[1] !== "string" || typeof e[3] !== "string" || !Number.isSafeInteger(e[2]) ||
+      !ascii(e[0]) || !ascii(e[1]) || !ascii(e[3])
+    ) {
+      return encodeMessage(message);
+    }
+    size += 1 + strHeaderBytes(e[0].length) + e[0].length + strHeaderBytes(e[1].length) +
+      e[1].length + intBytes(e[2] as number) + strHeaderBytes(e[3].length) + e[3].length;
+  }
+  const w = new Writer(size);
+  w.raw(REPLY_HEAD);
+  w.arrayHeader(n);
+  for (let i = 0; i < n; i++) {
+    const e = layout[i];
+    w.bytes[w.pos++] = 0x94;
+    w.str(e[0]);
+    w.str(e[1]);
+    w.int(e[2] as number);
+    w.str(e[3]);
+  }
+  return w.bytes;
+}
+
+/** A reader of the canonical layout; every method returns `undefined` (or -1) off it. */
+class Reader {
+  readonly view: DataView;
+  pos = 0;
+
+  constructor(readonly bytes: Uint8Array) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  /** Whether the next bytes are `b` (consumed if so). */
+  lit(b: Uint8Array): boolean {
+    const p = this.pos;
+    const bytes = this.bytes;
+    if (p + b.length > bytes.length) return false;
+    for (let i = 0; i < b.length; i++) if (bytes[p + i] !== b[i]) return false;
+    this.pos = p + b.length;
+    return true;
+  }
+
+  /** An array header's count, or -1. */
+  arrayHeader(): number {
+    const bytes = this.bytes;
+    const p = this.pos;
+    if (p >= bytes.length) return -1;
+    const t = bytes[p];
+    if (t >= 0x90 && t <= 0x9f) {
+      this.pos = p + 1;
+      return t - 0x90;
+    }
+    if (t === 0xdc && p + 3 <= bytes.length) {
+      this.pos = p + 3;
+      return this.view.getUint16(p + 1);
+    }
+    if (t === 0xdd && p + 5 <= bytes.length) {
+      this.pos = p + 5;
+      return this.view.getUint32(p + 1);
+    }
+    return -1;
+  }
+
+  /** An integer of any msgpack integer format: a number, or a bigint for (u)int 64. */
+  int(): number | bigint | undefined {
+    const bytes = this.bytes;
+    const v = this.view;
+    const p = this.pos;
+    if (p >= bytes.length) return undefined;
+    const t = bytes[p];
+    if (t < 0x80) {
+      this.pos = p + 1;
+      return t;
+    }
+    if (t >= 0xe0) {
+      this.pos = p + 1;
+      return t - 0x100;
+    }
+    const need = t === 0xcc || t === 0xd0
+      ? 2
+      : t === 0xcd || t === 0xd1
+      ? 3
+      : t === 0xce || t === 0xd2
+      ? 5
+      : t === 0xcf || t === 0xd3
+      ? 9
+      : 0;
+    if (need === 0 || p + need > bytes.length) return undefined;
+    this.pos = p + need;
+    switch (t) {
+      case 0xcc:
+        return bytes[p + 1];
+      case 0xcd:
+        return v.getUint16(p + 1);
+      case 0xce:
+        return v.getUint32(p + 1);
+      case 0xcf:
+        return v.getBigUint64(p + 1);
+      case 0xd0:
+        return v.getInt8(p + 1);
+      case 0xd1:
+        return v.getInt16(p + 1);
+      case 0xd2:
+        return v.getInt32(p + 1);
+      default:
+        return v.getBigInt64(p + 1);
+    }
+  }
+
+  /** An all-ASCII string of any str format, or undefined. */
+  str(): string | undefined {
+    const bytes = this.bytes;
+    let p = this.pos;
+    if (p >= bytes.length) return undefined;
+    const t = bytes[p];
+    let n: number;
+    if (t >= 0xa0 && t <= 0xbf) {
+      n = t - 0xa0;
+      p += 1;
+    } else if (t === 0xd9 && p + 2 <= bytes.length) {
+      n = bytes[p + 1];
+      p += 2;
+    } else if (t === 0xda && p + 3 <= bytes.length) {
+      n = this.view.getUint16(p + 1);
+      p += 3;
+    } else if (t === 0xdb && p + 5 <= bytes.length) {
+      n = this.view.getUint32(p + 1);
+      p += 5;
+    } else {
+      return undefined;
+    }
+    if (p + n > bytes.length) return undefined;
+    let s = "";
+    for (let i = 0; i < n; i++) {
+      const c = bytes[p + i];
+      if (c > 0x7f) return undefined;
+      s += String.fromCharCode(c);
+    }
+    this.pos = p + n;
+    return s;
+  }
+
+  get done(): boolean {
+    return this.pos === this.bytes.length;
+  }
+}
+
+/** msgspec's `int` as `decodeMessage` gives it: a number when safe, else the bigint. */
+function wireInt(x: number | bigint): WireInt {
+  return typeof x === "number" ? x : x >= MIN_SAFE && x <= MAX_SAFE ? Number(x) : x;
+}
+
+/** The canonical `BatchedP2PLookupMsg`, or undefined. */
+function readLookup(bytes: Uint8Array): BatchedP2PLookupMsg | undefined {
+  const r = new Reader(bytes);
+  if (!r.lit(LOOKUP_HEAD)) return undefined;
+  const n = r.arrayHeader();
+  // Each hash takes a byte at least: a count beyond the bytes left is no canonical message.
+  if (n < 0 || n > bytes.length - r.pos) return undefined;
+  const hashes = new Array<bigint>(n);
+  for (let i = 0; i < n; i++) {
+    const h = r.int();
+    if (h === undefined) return undefined;
+    hashes[i] = typeof h === "bigint" ? h : BigInt(h);
+  }
+  if (!r.lit(INSTANCE_ID)) return undefined;
+  const instance_id = r.str();
+  if (instance_id === undefined || !r.lit(WORKER_ID)) return undefined;
+  const worker = r.int();
+  if (worker === undefined || !r.done) return undefined;
+  const msg: BatchedP2PLookupMsg = {
+    type: "BatchedP2PLookupMsg",
+    hashes,
+    instance_id,
+    worker_id: wireInt(worker),
+  };
+  return withFieldOrder(msg, LOOKUP_ORDER);
+}
+
+/** The canonical `BatchedP2PLookupRetMsg`, or undefined. */
+function readReply(bytes: Uint8Array): BatchedP2PLookupRetMsg | undefined {
+  const r = new Reader(bytes);
+  if (!r.lit(REPLY_HEAD)) return undefined;
+  const n = r.arrayHeader();
+  if (n < 0 || n > bytes.length - r.pos) return undefined;
+  const layout_info = new Array<[string, string, WireInt, string]>(n);
+  for (let i = 0; i < n; i++) {
+    if (r.arrayHeader() !== 4) return undefined;
+    const a = r.str();
+    const b = a === undefined ? undefined : r.str();
+    const c = b === undefined ? undefined : r.int();
+    const d = c === undefined ? undefined : r.str();
+    if (d === undefined) return undefined;
+    layout_info[i] = [a!, b!, wireInt(c!), d];
+  }
+  if (!r.done) return undefined;
+  const msg: BatchedP2PLookupRetMsg = { type: "BatchedP2PLookupRetMsg", layout_info };
+  return withFieldOrder(msg, REPLY_ORDER);
+}
+
+/**
+ * `decodeMessage(bytes, expected, options)` with a fast path for a `BatchedP2PLookupMsg`
+ * in the layout LMCache (msgspec) and this library write: the same result, field order
+ * included. Anything else - other types, another layout, bad bytes - is the generic
+ * path's (its message or its error).
+ *
+ * @param bytes one frame's msgpack bytes
+ * @param expected the acceptable types (default all)
+ * @param options the peer, named in errors
+ * @returns the message
+ * @throws {WireMessageError} as `decodeMessage`
+ *
+ * @example
+ * ```ts
+ * import { decodeRequest, encodeLookup } from "./lookup_codec.ts";
+ *
+ * const msg = decodeRequest(encodeLookup([7n], "a", 0));
+ * console.log(msg.type); // BatchedP2PLookupMsg
+ * ```
+ */
+export function decodeRequest<T extends MessageType = MessageType>(
+  bytes: Uint8Array,
+  expected?: readonly T[],
+  options: DecodeOptions = {},
+): MessageOf<T> {
+  if (
+    bytes instanceof Uint8Array &&
+    (!expected || (expected as readonly string[]).includes("BatchedP2PLookupMsg"))
+  ) {
+    const m = readLookup(bytes);
+    if (m) return m as LmcacheMessage as MessageOf<T>;
+  }
+  return decodeMessage(bytes, expected, options);
+}
+
+/**
+ * `decodeMessage(bytes, ["BatchedP2PLookupRetMsg", "ErrorMsg"], options)` with a fast
+ * path for the canonical `BatchedP2PLookupRetMsg`: the same result, or the same error.
+ *
+ * @param bytes the reply's msgpack bytes
+ * @param options the peer, named in errors
+ * @returns the reply
+ * @throws {WireMessageError} as `decodeMessage`
+ *
+ * @example
+ * ```ts
+ * import { decodeLookupReply, encodeLookupReply } from "./lookup_codec.ts";
+ *
+ * const reply = decodeLookupReply(encodeLookupReply({
+ *   type: "BatchedP2PLookupRetMsg", layout_info: [["", "", 0, ""]],
+ * }));
+ * console.log(reply.type); // BatchedP2PLookupRetMsg
+ * ```
+ */
+export function decodeLookupReply(
+  bytes: Uint8Array,
+  options: DecodeOptions = {},
+): MessageOf<"BatchedP2PLookupRetMsg" | "ErrorMsg"> {
+  const m = bytes instanceof Uint8Array ? readReply(bytes) : undefined;
+  return m ?? decodeMessage(bytes, ["BatchedP2PLookupRetMsg", "ErrorMsg"], options);
+}
