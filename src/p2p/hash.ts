@@ -10,7 +10,6 @@ import { fnv1a64Hex } from "../storage/checksum.ts";
 
 const INT64_MIN = -(2n ** 63n);
 const UINT64_MAX = 2n ** 64n - 1n;
-const HEX = /^-?[0-9a-f]+$/i;
 
 /**
  * The chunk hash of a cache-engine key: the `hash_hex` part of
@@ -29,19 +28,39 @@ const HEX = /^-?[0-9a-f]+$/i;
  */
 export function chunkHashOf(key: string): bigint {
   // The last four `@` end the model name; parsed from the tail (a model may hold `@`),
-  // with the rules of parseCacheKey, without splitting the whole key.
+  // with the rules of parseCacheKey, without splitting the whole key. Checked with char
+  // codes rather than a RegExp and Number(): a lookup hashes every key it asks for.
   const p4 = key.lastIndexOf("@");
   const p3 = p4 > 0 ? key.lastIndexOf("@", p4 - 1) : -1;
   const p2 = p3 > 0 ? key.lastIndexOf("@", p3 - 1) : -1;
   const p1 = p2 > 0 ? key.lastIndexOf("@", p2 - 1) : -1;
   const p0 = p1 > 0 ? key.lastIndexOf("@", p1 - 1) : -1;
-  const hex = p0 >= 0 ? key.slice(p3 + 1, p4) : "";
+  const neg = p0 >= 0 && key.charCodeAt(p3 + 1) === 45; // "-"
   if (
-    p0 < 0 || !HEX.test(hex) || !Number.isInteger(Number(key.slice(p1 + 1, p2))) ||
-    !Number.isInteger(Number(key.slice(p2 + 1, p3)))
+    p0 < 0 || !isHex(key, p3 + 1 + (neg ? 1 : 0), p4) || !isIntegerText(key, p1 + 1, p2) ||
+    !isIntegerText(key, p2 + 1, p3)
   ) {
     return BigInt(`0x${fnv1a64Hex(key)}`);
   }
-  const h = hex.charCodeAt(0) === 45 ? -BigInt(`0x${hex.slice(1)}`) : BigInt(`0x${hex}`);
+  const digits = key.slice(p3 + 1 + (neg ? 1 : 0), p4);
+  const h = neg ? -BigInt(`0x${digits}`) : BigInt(`0x${digits}`);
   return h < INT64_MIN || h > UINT64_MAX ? BigInt.asIntN(64, h) : h;
+}
+
+/** Whether `s[from, to)` is one or more hexadecimal digits. */
+function isHex(s: string, from: number, to: number): boolean {
+  if (to <= from) return false;
+  for (let i = from; i < to; i++) {
+    const c = s.charCodeAt(i);
+    const lower = c | 0x20; // a-f and A-F
+    if (!((c >= 48 && c <= 57) || (lower >= 97 && lower <= 102))) return false;
+  }
+  return true;
+}
+
+/** `Number.isInteger(Number(s.slice(from, to)))`, without the slice for plain digits. */
+function isIntegerText(s: string, from: number, to: number): boolean {
+  let i = from;
+  while (i < to && s.charCodeAt(i) >= 48 && s.charCodeAt(i) <= 57) i++;
+  return i === to || Number.isInteger(Number(s.slice(from, to)));
 }
