@@ -630,6 +630,10 @@ export class DealerSocket extends WireSocket {
  * ```
  */
 export class RouterSocket extends WireSocket {
+  #handler: ((message: Uint8Array[]) => unknown) | undefined;
+  /** A handler call still running (its promise unsettled): later messages queue. */
+  #handling = false;
+
   /**
    * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
    *
@@ -723,8 +727,77 @@ export class RouterSocket extends WireSocket {
     return this._pipeByKey(toHex(identity))?.info;
   }
 
+  /**
+   * Hands every message (`[identity, ...frames]`) to `handler` instead of queueing it for
+   * `receive()` and iteration: one at a time, in arrival order, as a `for await` loop that
+   * awaits what the handler returns would. A message that arrives while no call is
+   * running goes to the handler in the turn its bytes were read - a server that answers
+   * at once (the P2P registry) skips the queue's promise turns; one that arrives while a
+   * call's promise is unsettled waits in the queue (bounded by `highWaterMark`, as for
+   * `receive()`). A handler that throws or rejects has the error reported to `onError`.
+   *
+   * @param handler takes one message; may return a promise to hold the next one back
+   * @returns a function that stops handing messages over (they queue again)
+   * @throws {WireError} when a handler is already set
+   *
+   * @example
+   * ```ts
+   * import { RouterSocket } from "@kvport/nixl/wire";
+   *
+   * await using router = await RouterSocket.bind("tcp://127.0.0.1:0");
+   * const stop = router.handle((message) => router.send(message)); // echo
+   * stop();
+   * ```
+   */
+  handle(handler: (message: Uint8Array[]) => unknown): () => void {
+    if (this.#handler) throw new WireError("this ROUTER socket has a message handler already");
+    this.#handler = handler;
+    this.#drain();
+    return () => {
+      if (this.#handler === handler) this.#handler = undefined;
+    };
+  }
+
+  /** Runs the handler on `message`; true when it returned an unsettled promise. */
+  #call(message: Uint8Array[]): boolean {
+    let r: unknown;
+    try {
+      r = this.#handler!(message);
+    } catch (e) {
+      this.#failed(e);
+      return false;
+    }
+    if (!(r instanceof Promise)) return false;
+    this.#handling = true;
+    r.then(undefined, (e) => this.#failed(e)).finally(() => {
+      this.#handling = false;
+      this.#drain();
+    });
+    return true;
+  }
+
+  #failed(e: unknown): void {
+    this._report(
+      e instanceof WireError ? e : new WireError(
+        `ROUTER message handler failed: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e },
+      ),
+    );
+  }
+
+  /** Hands queued messages over, in order, while no call is running. */
+  #drain(): void {
+    while (this.#handler && !this.#handling && !this.isClosed) {
+      const message = this._inbox.takeNow();
+      if (message === undefined) return;
+      this.#call(message as Uint8Array[]);
+    }
+  }
+
   /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
-    this._enqueue([pipe.info.identity, ...frames]);
+    const message = [pipe.info.identity, ...frames];
+    if (this.#handler && !this.#handling && this._inbox.size === 0) this.#call(message);
+    else this._enqueue(message);
   }
 }
