@@ -32,6 +32,14 @@ const PINNED: [string, bigint][] = [
   ["vllm@m@1@0@--1@bfloat16", 5488627914386902568n],
   ["vllm@m@1@0@\u0661@bfloat16", 7474639445350637213n],
   ["vllm@m@\u0661@0@1@bf", 4622731137476369608n],
+  ["vllm@m@1@0@ffffffff@bfloat16", 4294967295n],
+  ["vllm@m@1@0@100000000@bfloat16", 4294967296n],
+  ["vllm@m@1@0@-ffffffffffffffff@bfloat16", 1n],
+  ["vllm@m@1@0@8000000000000000@bfloat16", 9223372036854775808n],
+  ["vllm@m@1@0@-8000000000000000@bfloat16", -9223372036854775808n],
+  ["vllm@m@1@0@0000000000000000001@bfloat16", 1n],
+  ["vllm@m@1@0@ABCDEF0123456789@bfloat16", 12379813738877118345n],
+  ["vllm@m@1@0@abcdefg123456789@bfloat16", 18101191431406034090n],
 ];
 
 test("chunkHashOf: every form of key hashes as pinned", () => {
