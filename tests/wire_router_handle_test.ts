@@ -97,7 +97,7 @@ test("ROUTER handle: messages queued before the handler is set are handed over f
   assert.deepEqual((await req.request([b("late")])).map(s), ["re:late"]);
 });
 
-test("P2P registry: a lookup on an idle registry is answered without queueing the request (one queued before)", async () => {
+test("P2P registry: a lookup on an idle registry is answered without queueing the request (one queued per request before)", async () => {
   await using registry = await P2PRegistry.listen({
     pullUrl: "127.0.0.1:0",
     replyUrl: "127.0.0.1:0",

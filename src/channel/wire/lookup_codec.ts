@@ -233,27 +233,31 @@ export function encodeLookup(
     return slow();
   }
   const n = hashes.length;
-  let size = LOOKUP_HEAD.length + (n < 16 ? 1 : n < 0x10000 ? 3 : 5);
-  for (let i = 0; i < n; i++) {
-    const h = hashes[i];
-    if (typeof h !== "bigint" || h < INT64_MIN || h > UINT64_MAX) return slow();
-    size += h >= BIG_I32_MIN && h < BIG_U32_END ? intBytes(Number(h)) : 9;
-  }
-  size += INSTANCE_ID.length + strHeaderBytes(instanceId.length) + instanceId.length +
-    WORKER_ID.length + intBytes(workerId);
-  const w = new Writer(size);
+  // One pass: sized for 9 bytes a hash (real hashes are 64-bit), cut to what was written.
+  const w = new Writer(
+    LOOKUP_HEAD.length + 5 + 9 * n + INSTANCE_ID.length + 5 + instanceId.length +
+      WORKER_ID.length + 9,
+  );
   w.raw(LOOKUP_HEAD);
   w.arrayHeader(n);
   for (let i = 0; i < n; i++) {
     const h = hashes[i];
-    if (h >= BIG_I32_MIN && h < BIG_U32_END) w.small(Number(h));
-    else w.big(h);
+    if (typeof h !== "bigint") return slow();
+    if (h >= BIG_U32_END) {
+      if (h > UINT64_MAX) return slow();
+      w.big(h);
+    } else if (h < BIG_I32_MIN) {
+      if (h < INT64_MIN) return slow();
+      w.big(h);
+    } else {
+      w.small(Number(h));
+    }
   }
   w.raw(INSTANCE_ID);
   w.str(instanceId);
   w.raw(WORKER_ID);
   w.int(workerId);
-  return w.bytes;
+  return w.bytes.slice(0, w.pos);
 }
 
 /**
