@@ -1,15 +1,17 @@
 /**
  * `RouterSocket.handle`: messages handed to a handler in the turn their bytes were read
  * while it is idle, queued (in order) while a call's promise is unsettled, failures
- * reported; and the P2P registry, which answers its lookups that way, queues no request
- * of an idle socket (it queued each one for its `for await` loop before). Checked by the
- * order of the bytes answered and by counting the inbound queue's pushes, not by time.
+ * reported; the P2P registry, which answers its lookups that way, queues no request of an
+ * idle socket (it queued each one for its `for await` loop before); and `RepSocket.serve`
+ * likewise hands requests over unqueued, in order per connection. Checked by the order of
+ * the bytes answered and by counting the inbound queue's pushes, not by time.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   DealerSocket,
   Inbox,
+  RepSocket,
   ReqSocket,
   RouterSocket,
   WireError,
@@ -147,4 +149,41 @@ test("P2P registry: a lookup on an idle registry is answered without queueing th
   } finally {
     await client.close();
   }
+});
+
+test("REP serve: requests are handed over unqueued (one queued per request before), in order per connection; those queued before serve() first", async () => {
+  await using rep = await RepSocket.bind("127.0.0.1:0", FAST);
+  await using early = ReqSocket.connect(`127.0.0.1:${rep.port}`, FAST);
+  const first = early.request([b("early")]);
+  await until(() => (rep as unknown as { _inbox: Inbox<unknown> })._inbox.size === 1);
+  const order: string[] = [];
+  let release: (() => void) | null = null;
+  const serving = rep.serve(async (frames) => {
+    const body = s(frames[0]);
+    order.push(body);
+    if (body === "slow") await new Promise<void>((r) => (release = r));
+    return [b(`re:${body}`)];
+  });
+  assert.deepEqual((await first).map(s), ["re:early"]);
+  await using a = DealerSocket.connect(`127.0.0.1:${rep.port}`, FAST);
+  await using c = ReqSocket.connect(`127.0.0.1:${rep.port}`, FAST);
+  await a.waitForPeer();
+  await c.waitForPeer();
+  await until(() => rep.peers.length === 3);
+  const queued = await countingQueued(async () => {
+    // One DEALER pipelines two requests: the second waits for the slow first.
+    await a.send([E, b("slow")]);
+    await a.send([E, b("after-slow")]);
+    await until(() => order.length === 2);
+    // Another connection is not held back by it.
+    assert.deepEqual((await c.request([b("other")])).map(s), ["re:other"]);
+    assert.deepEqual(order, ["early", "slow", "other"]);
+    (release as unknown as () => void)();
+    assert.deepEqual((await a.receive()).map(s), ["", "re:slow"]);
+    assert.deepEqual((await a.receive()).map(s), ["", "re:after-slow"]);
+  });
+  assert.deepEqual(order, ["early", "slow", "other", "after-slow"]);
+  assert.equal(queued, 2, "only the DEALER's two replies were queued (for its receive())");
+  await rep.close();
+  await serving;
 });

@@ -265,6 +265,9 @@ export type RepHandler = (
  * ```
  */
 export class RepSocket extends WireSocket {
+  /** The running serve()'s hand-over of a new request, if any. */
+  #direct: ((req: RepRequest) => void) | undefined;
+
   /**
    * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
    *
@@ -326,7 +329,7 @@ export class RepSocket extends WireSocket {
   async serve(handler: RepHandler): Promise<void> {
     const chains = new Map<Pipe["conn"], Promise<void>>();
     const gone = new WeakMap<Pipe["conn"], AbortSignal>();
-    for await (const req of this) {
+    const dispatch = (req: RepRequest): void => {
       const conn = (req as InternalRequest).pipe.conn;
       let signal = gone.get(conn);
       if (!signal) {
@@ -337,8 +340,7 @@ export class RepSocket extends WireSocket {
           ctl.abort(new WireClosedError(`the connection of ${req.peer.address} closed`))
         );
       }
-      const prev = chains.get(conn) ?? Promise.resolve();
-      const next = prev.then(async () => {
+      const run = async () => {
         let reply: Message;
         try {
           reply = await handler(req.frames, req.peer, signal);
@@ -351,11 +353,28 @@ export class RepSocket extends WireSocket {
           this._report(err);
           if (!(e instanceof WireClosedError)) await conn.destroy();
         }
-      });
+      };
+      // A connection with no request running: the handler starts now, in the turn the
+      // request's bytes were read; else after the ones before it, in order.
+      const prev = chains.get(conn);
+      const next = prev ? prev.then(run) : run();
       chains.set(conn, next);
       next.then(() => {
         if (chains.get(conn) === next) chains.delete(conn);
       });
+    };
+    // Requests queued before serving: first, in order. From here on requests are handed
+    // over as they arrive (no queue, no promise turn) unless another serve() does that.
+    for (let r = this._inbox.takeNow(); r !== undefined; r = this._inbox.takeNow()) {
+      dispatch(r as RepRequest);
+    }
+    const direct = this.#direct === undefined;
+    if (direct) this.#direct = dispatch;
+    try {
+      // Ends when the socket closes (with direct hand-over nothing is queued here).
+      for await (const req of this) dispatch(req);
+    } finally {
+      if (direct && this.#direct === dispatch) this.#direct = undefined;
     }
   }
 
@@ -387,7 +406,8 @@ export class RepSocket extends WireSocket {
         return pipe.conn.send([...envelope, ...toFrames(message)]);
       },
     };
-    this._enqueue(req);
+    if (this.#direct) this.#direct(req);
+    else this._enqueue(req);
   }
 }
 
