@@ -1,5 +1,3 @@
-import type { WireInt } from "./messages.ts";
-
 /**
  * The byte writer and reader of the P2P messages' own codecs (`lookup_codec.ts`,
  * `get_codec.ts`): msgpack in the layout msgspec writes, nothing else. Internal.
@@ -7,39 +5,90 @@ import type { WireInt } from "./messages.ts";
  * @module
  */
 
+import type { WireInt } from "./messages.ts";
+
+/** Integers in [I32_MIN, U32_END) are written in their smallest format, the rest as
+ * (u)int 64 (the generic codec's rule, msgspec's choice). */
 export const I32_MIN = -(2 ** 31);
+/** See {@linkcode I32_MIN}. */
 export const U32_END = 2 ** 32;
+/** {@linkcode I32_MIN} as a bigint. */
 export const BIG_I32_MIN = BigInt(I32_MIN);
+/** {@linkcode U32_END} as a bigint. */
 export const BIG_U32_END = BigInt(U32_END);
+/** The smallest msgpack integer. */
 export const INT64_MIN = -(2n ** 63n);
+/** The largest msgpack integer. */
 export const UINT64_MAX = 2n ** 64n - 1n;
 const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
-/** msgpack fixstr of an ASCII constant. */
+/**
+ * msgpack fixstr of an ASCII constant.
+ *
+ * @example
+ * ```ts
+ * import { fixstr } from "./_msgpack_rw.ts";
+ * console.log(fixstr("ab")); // [162, 97, 98]
+ * ```
+ */
 export function fixstr(s: string): number[] {
   return [0xa0 + s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
 }
 
-/** Whether `s` is all ASCII (its UTF-8 bytes are its char codes). */
+/**
+ * Whether `s` is all ASCII (its UTF-8 bytes are its char codes).
+ *
+ * @example
+ * ```ts
+ * import { ascii } from "./_msgpack_rw.ts";
+ * console.log(ascii("a@1"), ascii("\u00e9")); // true false
+ * ```
+ */
 export function ascii(s: string): boolean {
   for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
   return true;
 }
 
-/** Bytes of a msgpack str header for `n` bytes (the encoder's choice: fixstr, str 8/16/32). */
+/**
+ * Bytes of a msgpack str header for `n` bytes (the encoder's choice: fixstr, str 8/16/32).
+ *
+ * @example
+ * ```ts
+ * import { strHeaderBytes } from "./_msgpack_rw.ts";
+ * console.log(strHeaderBytes(31), strHeaderBytes(32)); // 1 2
+ * ```
+ */
 export function strHeaderBytes(n: number): number {
   return n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
 }
 
-/** Bytes of an integer the way `encodeMessage` writes it (numbers in [-2^31, 2^32)
- * minimal, the rest as int 64 / uint 64). */
+/**
+ * Bytes of an integer the way `encodeMessage` writes it (numbers in [-2^31, 2^32)
+ * minimal, the rest as int 64 / uint 64).
+ *
+ * @example
+ * ```ts
+ * import { intBytes } from "./_msgpack_rw.ts";
+ * console.log(intBytes(5), intBytes(2 ** 32)); // 1 9
+ * ```
+ */
 export function intBytes(x: number): number {
   if (x >= 0) return x < 0x80 ? 1 : x < 0x100 ? 2 : x < 0x10000 ? 3 : x < U32_END ? 5 : 9;
   return x >= -0x20 ? 1 : x >= -0x80 ? 2 : x >= -0x8000 ? 3 : x >= I32_MIN ? 5 : 9;
 }
 
-/** A byte writer over an exactly sized buffer. */
+/**
+ * A byte writer over a buffer sized by its caller.
+ *
+ * @example
+ * ```ts
+ * import { Writer } from "./_msgpack_rw.ts";
+ * const w = new Writer(3);
+ * w.int(300);
+ * console.log(w.bytes); // Uint8Array(3) [205, 1, 44]
+ * ```
+ */
 export class Writer {
   readonly bytes: Uint8Array;
   readonly view: DataView;
@@ -151,7 +200,16 @@ export class Writer {
   }
 }
 
-/** A reader of the canonical layout; every method returns `undefined` (or -1) off it. */
+/**
+ * A reader of the canonical layout; every method returns `undefined` (or -1) off it.
+ *
+ * @example
+ * ```ts
+ * import { Reader } from "./_msgpack_rw.ts";
+ * const r = new Reader(new Uint8Array([0xcd, 1, 44]));
+ * console.log(r.int(), r.done); // 300 true
+ * ```
+ */
 export class Reader {
   readonly view: DataView;
   pos = 0;
@@ -275,7 +333,15 @@ export class Reader {
   }
 }
 
-/** msgspec's `int` as `decodeMessage` gives it: a number when safe, else the bigint. */
+/**
+ * msgspec's `int` as `decodeMessage` gives it: a number when safe, else the bigint.
+ *
+ * @example
+ * ```ts
+ * import { wireInt } from "./_msgpack_rw.ts";
+ * console.log(wireInt(5n), wireInt(2n ** 60n)); // 5 1152921504606846976n
+ * ```
+ */
 export function wireInt(x: number | bigint): WireInt {
   return typeof x === "number" ? x : x >= MIN_SAFE && x <= MAX_SAFE ? Number(x) : x;
 }
