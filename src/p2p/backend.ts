@@ -15,7 +15,6 @@ import { PageGrantBook } from "../channel/grants.ts";
 import type { SideMessage, TransferChannel } from "../channel/types.ts";
 import {
   type BatchedLookupAndGetMsg,
-  decodeMessage,
   encodeMessage,
   type LmcacheMessage,
   P2PErrorCode,
@@ -33,6 +32,7 @@ import { collectP2PBackend, type P2PMetrics, p2pMetrics } from "./metrics.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, weakly } from "../metrics/source.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
+import { decodeGetRequest, encodeGetReply } from "../channel/wire/get_codec.ts";
 import type { P2PTimelineHook } from "./timeline.ts";
 
 /** Options of {@linkcode P2PBackend.create}. */
@@ -667,7 +667,8 @@ export class P2PBackend implements AsyncDisposable {
     if (frames.length !== 1) return error(P2PErrorCode.P2P_SERVER_ERROR);
     let msg: LmcacheMessage;
     try {
-      msg = decodeMessage(frames[0]);
+      // The fetch's own codec: decodeMessage's result or error, without the generic path.
+      msg = decodeGetRequest(frames[0]);
     } catch (e) {
       countMessageError(metricsRegistry(), "REP");
       const unknown = e instanceof WireMessageError && e.field === "type";
@@ -687,7 +688,7 @@ export class P2PBackend implements AsyncDisposable {
     }
     this.#stats.served++;
     this.#stats.servedChunks += code.num_hit_chunks;
-    const out = encodeMessage(code);
+    const out = encodeGetReply(code.num_hit_chunks);
     tl?.("replied", msg.lookup_id);
     return out;
   }

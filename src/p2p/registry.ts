@@ -23,6 +23,7 @@ import {
   type WireError,
 } from "../channel/wire/mod.ts";
 import { countMessageError } from "../channel/wire/metrics.ts";
+import { decodeRequest, encodeLookupReply } from "../channel/wire/lookup_codec.ts";
 import { type MetricsRegistry, metricsRegistry } from "../metrics/registry.ts";
 import { type CollectedSource, weakly } from "../metrics/source.ts";
 import { collectP2PRegistry } from "./metrics.ts";
@@ -204,7 +205,8 @@ export class P2PRegistry implements AsyncDisposable {
     if (Number.isFinite(this.heartbeatTimeoutMs)) {
       this.#sweep = every(sweepMs, () => this.sweep());
     }
-    this.#loops.push(this.#pullLoop(), this.#routerLoop());
+    this.#loops.push(this.#pullLoop());
+    router.handle((frames) => this.#onRequest(frames));
     this.#metricsSource = collectP2PRegistry(
       options.metrics ?? metricsRegistry(),
       weakly(this, P2PRegistry.#stats_),
@@ -532,46 +534,46 @@ export class P2PRegistry implements AsyncDisposable {
     }
   }
 
-  async #routerLoop(): Promise<void> {
+  /**
+   * One request of the ROUTER socket, answered in the turn its bytes were read (the
+   * socket's `handle`: no queue, no promise turn before the reply is written). The next
+   * request waits until this reply's bytes were written, as a loop awaiting each send.
+   */
+  #onRequest(frames: Uint8Array[]): Promise<void> {
+    // [identity, ...envelope, empty delimiter, body] from REQ and LMCache's DEALER.
+    let d = -1;
+    for (let i = 1; i < frames.length && d < 0; i++) if (frames[i].length === 0) d = i;
+    const envelope = d > 0 ? frames.slice(0, d + 1) : frames.slice(0, 1);
+    const body = frames[envelope.length];
+    let reply: Uint8Array;
     try {
-      for await (const frames of this.#router) {
-        // [identity, ...envelope, empty delimiter, body] from REQ and LMCache's DEALER.
-        let d = -1;
-        for (let i = 1; i < frames.length && d < 0; i++) if (frames[i].length === 0) d = i;
-        const envelope = d > 0 ? frames.slice(0, d + 1) : frames.slice(0, 1);
-        const body = frames[envelope.length];
-        let reply: Uint8Array;
-        try {
-          if (body === undefined || frames.length !== envelope.length + 1) {
-            throw new Error(
-              `expected one body frame after the envelope, got ${frames.length - envelope.length}`,
-            );
-          }
-          let msg: LmcacheMessage;
-          try {
-            msg = decodeMessage(body);
-          } catch (e) {
-            countMessageError(metricsRegistry(), "ROUTER");
-            throw e;
-          }
-          reply = this.#request(msg);
-        } catch (e) {
-          this.#error(`request refused: ${errorMessage(e)}`);
-          reply = encodeMessage({ type: "ErrorMsg", error: errorMessage(e) });
-        }
-        await this.#router.send([...envelope, reply]).catch((e: WireError) =>
-          this.#error(`reply not delivered: ${e.message}`)
+      if (body === undefined || frames.length !== envelope.length + 1) {
+        throw new Error(
+          `expected one body frame after the envelope, got ${frames.length - envelope.length}`,
         );
       }
-    } catch {
-      // closed
+      let msg: LmcacheMessage;
+      try {
+        msg = decodeRequest(body);
+      } catch (e) {
+        countMessageError(metricsRegistry(), "ROUTER");
+        throw e;
+      }
+      reply = this.#request(msg);
+    } catch (e) {
+      this.#error(`request refused: ${errorMessage(e)}`);
+      reply = encodeMessage({ type: "ErrorMsg", error: errorMessage(e) });
     }
+    envelope.push(reply);
+    return this.#router.send(envelope).catch((e: WireError) =>
+      this.#error(`reply not delivered: ${e.message}`)
+    );
   }
 
   #request(msg: LmcacheMessage): Uint8Array {
     switch (msg.type) {
       case "BatchedP2PLookupMsg":
-        return encodeMessage(this.#lookupReply(msg));
+        return encodeLookupReply(this.#lookupReply(msg));
       case "RegisterMsg":
         this.report(msg);
         return this.#registerReply;

@@ -9,7 +9,6 @@ import { errorMessage } from "../channel/_util.ts";
 import { after, every, type Timer } from "../deadline.ts";
 import {
   type BatchedP2PLookupRetMsg,
-  decodeMessage,
   encodeMessage,
   type ErrorMsg,
   type KVOpEvent,
@@ -18,6 +17,7 @@ import {
   PushSocket,
   ReqSocket,
 } from "../channel/wire/mod.ts";
+import { decodeLookupReply, encodeLookup } from "../channel/wire/lookup_codec.ts";
 
 /** Settings of a {@linkcode RegistryClient}. */
 export interface RegistryClientOptions {
@@ -283,18 +283,13 @@ export class RegistryClient {
    */
   async lookup(hashes: readonly bigint[]): Promise<BatchedP2PLookupRetMsg | ErrorMsg> {
     if (!this.#req) throw new Error("no registry reply URL (controller_reply_url) configured");
+    // The lookup's own codec: encodeMessage's bytes and decodeMessage's result, without
+    // the generic path (most of a lookup's JavaScript).
     const [reply] = await this.#req.request(
-      encodeMessage({
-        type: "BatchedP2PLookupMsg",
-        hashes: [...hashes],
-        instance_id: this.#o.instanceId,
-        worker_id: this.#o.workerId,
-      }),
+      encodeLookup(hashes, this.#o.instanceId, this.#o.workerId),
       { timeoutMs: this.#o.requestTimeoutMs },
     );
-    return decodeMessage(reply, ["BatchedP2PLookupRetMsg", "ErrorMsg"], {
-      peer: this.#o.replyUrl ?? undefined,
-    });
+    return decodeLookupReply(reply, { peer: this.#o.replyUrl ?? undefined });
   }
 
   /** Deregisters (best effort, within `timeoutMs`) and closes both sockets. */

@@ -261,23 +261,31 @@ export class Inbox<T> {
   }
 
   /**
+   * Takes the oldest item now, or `undefined` when there is none (no promise, no wait).
+   *
+   * @returns the item, or `undefined`
+   */
+  takeNow(): T | undefined {
+    if (this.size === 0) return undefined;
+    const item = this.#items[this.#head];
+    this.#items[this.#head] = undefined as T;
+    this.#head++;
+    if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
+      this.#items = this.#items.slice(this.#head);
+      this.#head = 0;
+    }
+    this.#onShift?.();
+    return item;
+  }
+
+  /**
    * Takes the oldest item, waiting up to `timeoutMs` for one.
    *
    * @param timeoutMs deadline (`Infinity`: none)
    * @param makeTimeoutError the error on timeout
    */
   receive(timeoutMs: number, makeTimeoutError: () => Error): Promise<T> {
-    if (this.size > 0) {
-      const item = this.#items[this.#head];
-      this.#items[this.#head] = undefined as T;
-      this.#head++;
-      if (this.#head > 1024 && this.#head * 2 > this.#items.length) {
-        this.#items = this.#items.slice(this.#head);
-        this.#head = 0;
-      }
-      this.#onShift?.();
-      return Promise.resolve(item);
-    }
+    if (this.size > 0) return Promise.resolve(this.takeNow() as T);
     if (this.#closed) return Promise.reject(this.#closed);
     return new Promise<T>((resolve, reject) => {
       const entry = {

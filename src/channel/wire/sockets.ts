@@ -265,6 +265,9 @@ export type RepHandler = (
  * ```
  */
 export class RepSocket extends WireSocket {
+  /** The running serve()'s hand-over of a new request, if any. */
+  #direct: ((req: RepRequest) => void) | undefined;
+
   /**
    * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
    *
@@ -326,7 +329,7 @@ export class RepSocket extends WireSocket {
   async serve(handler: RepHandler): Promise<void> {
     const chains = new Map<Pipe["conn"], Promise<void>>();
     const gone = new WeakMap<Pipe["conn"], AbortSignal>();
-    for await (const req of this) {
+    const dispatch = (req: RepRequest): void => {
       const conn = (req as InternalRequest).pipe.conn;
       let signal = gone.get(conn);
       if (!signal) {
@@ -337,8 +340,7 @@ export class RepSocket extends WireSocket {
           ctl.abort(new WireClosedError(`the connection of ${req.peer.address} closed`))
         );
       }
-      const prev = chains.get(conn) ?? Promise.resolve();
-      const next = prev.then(async () => {
+      const run = async () => {
         let reply: Message;
         try {
           reply = await handler(req.frames, req.peer, signal);
@@ -351,11 +353,28 @@ export class RepSocket extends WireSocket {
           this._report(err);
           if (!(e instanceof WireClosedError)) await conn.destroy();
         }
-      });
+      };
+      // A connection with no request running: the handler starts now, in the turn the
+      // request's bytes were read; else after the ones before it, in order.
+      const prev = chains.get(conn);
+      const next = prev ? prev.then(run) : run();
       chains.set(conn, next);
       next.then(() => {
         if (chains.get(conn) === next) chains.delete(conn);
       });
+    };
+    // Requests queued before serving: first, in order. From here on requests are handed
+    // over as they arrive (no queue, no promise turn) unless another serve() does that.
+    for (let r = this._inbox.takeNow(); r !== undefined; r = this._inbox.takeNow()) {
+      dispatch(r as RepRequest);
+    }
+    const direct = this.#direct === undefined;
+    if (direct) this.#direct = dispatch;
+    try {
+      // Ends when the socket closes (with direct hand-over nothing is queued here).
+      for await (const req of this) dispatch(req);
+    } finally {
+      if (direct && this.#direct === dispatch) this.#direct = undefined;
     }
   }
 
@@ -387,7 +406,8 @@ export class RepSocket extends WireSocket {
         return pipe.conn.send([...envelope, ...toFrames(message)]);
       },
     };
-    this._enqueue(req);
+    if (this.#direct) this.#direct(req);
+    else this._enqueue(req);
   }
 }
 
@@ -630,6 +650,10 @@ export class DealerSocket extends WireSocket {
  * ```
  */
 export class RouterSocket extends WireSocket {
+  #handler: ((message: Uint8Array[]) => unknown) | undefined;
+  /** A handler call still running (its promise unsettled): later messages queue. */
+  #handling = false;
+
   /**
    * Creates an unbound, unconnected socket: call `connect()` or `bind()` next.
    *
@@ -723,8 +747,77 @@ export class RouterSocket extends WireSocket {
     return this._pipeByKey(toHex(identity))?.info;
   }
 
+  /**
+   * Hands every message (`[identity, ...frames]`) to `handler` instead of queueing it for
+   * `receive()` and iteration: one at a time, in arrival order, as a `for await` loop that
+   * awaits what the handler returns would. A message that arrives while no call is
+   * running goes to the handler in the turn its bytes were read - a server that answers
+   * at once (the P2P registry) skips the queue's promise turns; one that arrives while a
+   * call's promise is unsettled waits in the queue (bounded by `highWaterMark`, as for
+   * `receive()`). A handler that throws or rejects has the error reported to `onError`.
+   *
+   * @param handler takes one message; may return a promise to hold the next one back
+   * @returns a function that stops handing messages over (they queue again)
+   * @throws {WireError} when a handler is already set
+   *
+   * @example
+   * ```ts
+   * import { RouterSocket } from "@kvport/nixl/wire";
+   *
+   * await using router = await RouterSocket.bind("tcp://127.0.0.1:0");
+   * const stop = router.handle((message) => router.send(message)); // echo
+   * stop();
+   * ```
+   */
+  handle(handler: (message: Uint8Array[]) => unknown): () => void {
+    if (this.#handler) throw new WireError("this ROUTER socket has a message handler already");
+    this.#handler = handler;
+    this.#drain();
+    return () => {
+      if (this.#handler === handler) this.#handler = undefined;
+    };
+  }
+
+  /** Runs the handler on `message`; true when it returned an unsettled promise. */
+  #call(message: Uint8Array[]): boolean {
+    let r: unknown;
+    try {
+      r = this.#handler!(message);
+    } catch (e) {
+      this.#failed(e);
+      return false;
+    }
+    if (!(r instanceof Promise)) return false;
+    this.#handling = true;
+    r.then(undefined, (e) => this.#failed(e)).finally(() => {
+      this.#handling = false;
+      this.#drain();
+    });
+    return true;
+  }
+
+  #failed(e: unknown): void {
+    this._report(
+      e instanceof WireError ? e : new WireError(
+        `ROUTER message handler failed: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e },
+      ),
+    );
+  }
+
+  /** Hands queued messages over, in order, while no call is running. */
+  #drain(): void {
+    while (this.#handler && !this.#handling && !this.isClosed) {
+      const message = this._inbox.takeNow();
+      if (message === undefined) return;
+      this.#call(message as Uint8Array[]);
+    }
+  }
+
   /** Handles a message from a peer (see {@linkcode WireSocket}). */
   protected override _onMessage(pipe: Pipe, frames: Uint8Array[]): void {
-    this._enqueue([pipe.info.identity, ...frames]);
+    const message = [pipe.info.identity, ...frames];
+    if (this.#handler && !this.#handling && this._inbox.size === 0) this.#call(message);
+    else this._enqueue(message);
   }
 }

@@ -224,20 +224,43 @@ const COALESCE_BYTES = 64 * 1024;
  */
 export function encodeFrames(frames: readonly Uint8Array[]): Uint8Array[] {
   if (frames.length === 0) throw new RangeError("a ZMTP message needs at least one frame");
-  const pieces: Uint8Array[] = [];
   let total = 0;
   for (let i = 0; i < frames.length; i++) {
-    const f = frames[i];
-    const h = frameHeader(f.length, i < frames.length - 1 ? FLAG_MORE : 0);
-    pieces.push(h, f);
-    total += h.length + f.length;
+    const n = frames[i].length;
+    total += (n <= 255 ? 2 : 9) + n;
   }
-  if (total > COALESCE_BYTES) return pieces.filter((p) => p.length > 0);
+  if (total > COALESCE_BYTES) {
+    const pieces: Uint8Array[] = [];
+    for (let i = 0; i < frames.length; i++) {
+      const f = frames[i];
+      pieces.push(frameHeader(f.length, i < frames.length - 1 ? FLAG_MORE : 0));
+      if (f.length > 0) pieces.push(f);
+    }
+    return pieces;
+  }
+  // Small: headers written in place, one buffer, no header arrays (every request and
+  // reply of the side channels and the registry is one of these).
   const out = new Uint8Array(total);
   let off = 0;
-  for (const p of pieces) {
-    out.set(p, off);
-    off += p.length;
+  for (let i = 0; i < frames.length; i++) {
+    const f = frames[i];
+    const n = f.length;
+    const flags = i < frames.length - 1 ? FLAG_MORE : 0;
+    if (n <= 255) {
+      out[off] = flags;
+      out[off + 1] = n;
+      off += 2;
+    } else {
+      out[off] = flags | FLAG_LONG;
+      // n <= COALESCE_BYTES here: the high 32 bits of the 8-byte size are zero.
+      out[off + 5] = n >>> 24;
+      out[off + 6] = (n >>> 16) & 0xff;
+      out[off + 7] = (n >>> 8) & 0xff;
+      out[off + 8] = n & 0xff;
+      off += 9;
+    }
+    out.set(f, off);
+    off += n;
   }
   return [out];
 }
