@@ -14,6 +14,7 @@ import {
 } from "../src/channel/wire/mod.ts";
 import { decodeGetRequest, encodeGetReply } from "../src/channel/wire/get_codec.ts";
 import { hex } from "./wire/samples.ts";
+import { outcome } from "./wire/util.ts";
 import {
   checkFetched,
   instance,
@@ -23,14 +24,6 @@ import {
 } from "./helpers/p2p_util.ts";
 
 const raw = new Encoder({ useBigInt64: true });
-
-function outcome(fn: () => unknown): unknown {
-  try {
-    return { ok: fn() };
-  } catch (e) {
-    return { error: `${(e as Error).name}: ${(e as Error).message}` };
-  }
-}
 
 const get = (keys: string[], mem: WireInt[], lookup = "requester-0-1", receiver = "rcv") =>
   encodeMessage({

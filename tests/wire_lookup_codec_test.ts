@@ -20,19 +20,11 @@ import {
   encodeLookupReply,
 } from "../src/channel/wire/lookup_codec.ts";
 import { P2PRegistry } from "../src/p2p/registry.ts";
-import { RegistryClient } from "../src/p2p/registry_client.ts";
+import { askingClient } from "./helpers/p2p_util.ts";
 import { hex, loadGolden, loadSamples } from "./wire/samples.ts";
+import { outcome } from "./wire/util.ts";
 
 const raw = new Encoder({ useBigInt64: true });
-
-/** What a call gives: its value, or its error's class and message. */
-function outcome(fn: () => unknown): unknown {
-  try {
-    return { ok: fn() };
-  } catch (e) {
-    return { error: `${(e as Error).name}: ${(e as Error).message}` };
-  }
-}
 
 /** Compares fast and generic decodes of `bytes`: value, field order, or error. */
 function sameDecode(bytes: Uint8Array, fast: () => unknown, slow: () => unknown, what: string) {
@@ -322,21 +314,7 @@ test("registry round trip: a lookup of 64 hashes runs no generic msgpack encode 
       seq_num: i,
     })),
   });
-  const client = new RegistryClient({
-    pullUrl: null,
-    replyUrl: registry.replyUrl,
-    instanceId: "asker",
-    workerId: 0,
-    ip: "h",
-    port: 0,
-    peerInitUrl: "a:1",
-    location: "LocalCPUBackend",
-    heartbeatIntervalMs: null,
-    heartbeatDelayMs: 0,
-    requestTimeoutMs: 5000,
-    sendTimeoutMs: 5000,
-    snapshot: () => [],
-  });
+  const client = askingClient(registry.replyUrl);
   try {
     await client.lookup([1n]); // connected, warm
     let reply: unknown;

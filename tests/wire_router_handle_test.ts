@@ -17,7 +17,7 @@ import {
   WireError,
 } from "../src/channel/wire/mod.ts";
 import { P2PRegistry } from "../src/p2p/registry.ts";
-import { RegistryClient } from "../src/p2p/registry_client.ts";
+import { askingClient } from "./helpers/p2p_util.ts";
 import { b, s, until } from "./wire/util.ts";
 
 const FAST = { timeoutMs: 2000, reconnectIntervalMs: 20 };
@@ -119,21 +119,7 @@ test("P2P registry: a lookup on an idle registry is answered without queueing th
     location: "LocalCPUBackend",
     operations: [1n, 2n].map((key, i) => ({ op_type: "admit" as const, key, seq_num: i })),
   });
-  const client = new RegistryClient({
-    pullUrl: null,
-    replyUrl: registry.replyUrl,
-    instanceId: "asker",
-    workerId: 0,
-    ip: "h",
-    port: 0,
-    peerInitUrl: "a:1",
-    location: "LocalCPUBackend",
-    heartbeatIntervalMs: null,
-    heartbeatDelayMs: 0,
-    requestTimeoutMs: 5000,
-    sendTimeoutMs: 5000,
-    snapshot: () => [],
-  });
+  const client = askingClient(registry.replyUrl);
   try {
     await client.lookup([1n]);
     const replies: unknown[] = [];

@@ -16,6 +16,7 @@ import {
   P2PRegistry,
 } from "../../mod.ts";
 import { RepSocket } from "../../src/channel/wire/mod.ts";
+import { RegistryClient } from "../../src/p2p/registry_client.ts";
 import { checkPattern, fillPattern } from "../../src/pd/pattern.ts";
 import { crc32 } from "../../src/storage/checksum.ts";
 import { p2pDemoKey } from "../../cli/p2p_cmd.ts";
@@ -201,4 +202,36 @@ export async function silentHolder(): Promise<{ initUrl: string } & AsyncDisposa
       await lookup.close();
     },
   };
+}
+
+/**
+ * A registry client that only asks (no heartbeats, no reports of its own), for tests
+ * of the lookup round trip.
+ *
+ * @example
+ * ```ts
+ * import { askingClient, startRegistry } from "./p2p_util.ts";
+ * const registry = await startRegistry();
+ * const client = askingClient(registry.replyUrl);
+ * console.log(await client.lookup([1n])); // no holder yet
+ * await client.close();
+ * await registry.close();
+ * ```
+ */
+export function askingClient(replyUrl: string): RegistryClient {
+  return new RegistryClient({
+    pullUrl: null,
+    replyUrl,
+    instanceId: "asker",
+    workerId: 0,
+    ip: "h",
+    port: 0,
+    peerInitUrl: "a:1",
+    location: "LocalCPUBackend",
+    heartbeatIntervalMs: null,
+    heartbeatDelayMs: 0,
+    requestTimeoutMs: 5000,
+    sendTimeoutMs: 5000,
+    snapshot: () => [],
+  });
 }

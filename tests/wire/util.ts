@@ -105,3 +105,21 @@ export async function until(cond: () => boolean, ms = 2000, what = "condition"):
     await sleep(5);
   }
 }
+
+/**
+ * What a call gives: its value, or its error's class and message (to compare two codecs'
+ * results and errors with one deepEqual).
+ *
+ * @example
+ * ```ts
+ * import { outcome } from "./util.ts";
+ * console.log(outcome(() => JSON.parse("{"))); // { error: "SyntaxError: ..." }
+ * ```
+ */
+export function outcome(fn: () => unknown): unknown {
+  try {
+    return { ok: fn() };
+  } catch (e) {
+    return { error: `${(e as Error).name}: ${(e as Error).message}` };
+  }
+}
