@@ -27,7 +27,7 @@
  * phases with N streams of requests: `inflightN` (a stream's next request starts once its
  * last one landed at the decoder) and `streamsN` (once its last `send()` settled; the
  * decoder's page credits hold the prefiller back), each timed until every request landed
- * at the decoder. Each line says how many went on credits, the CPU time
+ * at the decoder, at least 100 requests each. Each line says how many went on credits, the CPU time
  * per request of each process (when one nears the wall time per request, that process is
  * what the requests queue for) and the p50 of each stage (`refillWait`: a batch waited
  * for a credit refill; `queue` / `alloc`: the link's queue and the AllocRequest round
@@ -723,7 +723,9 @@ async function measure(size: { chunks: number; bytes: number; label: string }) {
     // landed at the decoder; the same bytes per request, against the same copy time. The
     // pages are not filled (the latency rounds above do that).
     const throughputPhase = async (mode: "landed" | "sent") => {
-      const total = Math.max(reps, 4 * parallel);
+      // At least 100 requests: with 20 (the measured rounds of a large size) a phase's
+      // figure moved by 2x between runs of the same code on one H200 host.
+      const total = Math.max(reps, 100, 4 * parallel);
       let started = 0;
       const rxOf = new Map<string, Partial<Record<PdReceiverStage, number>>>();
       // The decoder's credit refills served meanwhile: received -> replied, by start.
