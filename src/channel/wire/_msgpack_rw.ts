@@ -8,7 +8,8 @@
 import type { WireInt } from "./messages.ts";
 
 /** Integers in [I32_MIN, U32_END) are written in their smallest format, the rest as
- * (u)int 64 (the generic codec's rule, msgspec's choice). */
+ * (u)int 64 (msgspec's choice: the rule of the generic codec in messages.ts too, which
+ * takes these bounds from here). */
 export const I32_MIN = -(2 ** 31);
 /** See {@linkcode I32_MIN}. */
 export const U32_END = 2 ** 32;
@@ -20,8 +21,10 @@ export const BIG_U32_END = BigInt(U32_END);
 export const INT64_MIN = -(2n ** 63n);
 /** The largest msgpack integer. */
 export const UINT64_MAX = 2n ** 64n - 1n;
-const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+/** The safe integers' bounds as bigints. */
+export const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+/** See {@linkcode MIN_SAFE}. */
+export const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /**
  * msgpack fixstr of an ASCII constant.
@@ -61,6 +64,19 @@ export function ascii(s: string): boolean {
  */
 export function strHeaderBytes(n: number): number {
   return n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+}
+
+/**
+ * Bytes of a msgpack array header for `n` elements (fixarray, array 16/32).
+ *
+ * @example
+ * ```ts
+ * import { arrayHeaderBytes } from "./_msgpack_rw.ts";
+ * console.log(arrayHeaderBytes(15), arrayHeaderBytes(16)); // 1 3
+ * ```
+ */
+export function arrayHeaderBytes(n: number): number {
+  return n < 16 ? 1 : n < 0x10000 ? 3 : 5;
 }
 
 /**
@@ -247,6 +263,13 @@ export class Reader {
       return this.view.getUint32(p + 1);
     }
     return -1;
+  }
+
+  /** The count of a list whose every element takes a byte at least: -1 off the layout
+   * or when the count is beyond the bytes left (no canonical message has that). */
+  listHeader(): number {
+    const n = this.arrayHeader();
+    return n > this.bytes.length - this.pos ? -1 : n;
   }
 
   /** An integer of any msgpack integer format: a number, or a bigint for (u)int 64. */

@@ -45,9 +45,8 @@ function readGet(bytes: Uint8Array): BatchedLookupAndGetMsg | undefined {
   if (lookup_id === undefined || !r.lit(RECEIVER_ID)) return undefined;
   const receiver_id = r.str();
   if (receiver_id === undefined || !r.lit(KEYS)) return undefined;
-  const n = r.arrayHeader();
-  // Each entry takes a byte at least: a count beyond the bytes left is no canonical message.
-  if (n < 0 || n > bytes.length - r.pos) return undefined;
+  const n = r.listHeader();
+  if (n < 0) return undefined;
   const keys = new Array<string>(n);
   for (let i = 0; i < n; i++) {
     const k = r.str();
@@ -55,8 +54,8 @@ function readGet(bytes: Uint8Array): BatchedLookupAndGetMsg | undefined {
     keys[i] = k;
   }
   if (!r.lit(MEM_INDEXES)) return undefined;
-  const m = r.arrayHeader();
-  if (m < 0 || m > bytes.length - r.pos) return undefined;
+  const m = r.listHeader();
+  if (m < 0) return undefined;
   const mem_indexes = new Array<WireInt>(m);
   for (let i = 0; i < m; i++) {
     const x = r.int();

@@ -29,6 +29,7 @@ import {
   withFieldOrder,
 } from "./messages.ts";
 import {
+  arrayHeaderBytes,
   ascii,
   BIG_I32_MIN,
   BIG_U32_END,
@@ -104,8 +105,8 @@ export function encodeLookup(
   const n = hashes.length;
   // One pass: sized for 9 bytes a hash (real hashes are 64-bit), cut to what was written.
   const w = new Writer(
-    LOOKUP_HEAD.length + 5 + 9 * n + INSTANCE_ID.length + 5 + instanceId.length +
-      WORKER_ID.length + 9,
+    LOOKUP_HEAD.length + arrayHeaderBytes(n) + 9 * n + INSTANCE_ID.length +
+      strHeaderBytes(instanceId.length) + instanceId.length + WORKER_ID.length + 9,
   );
   w.raw(LOOKUP_HEAD);
   w.arrayHeader(n);
@@ -153,7 +154,7 @@ export function encodeLookupReply(message: BatchedP2PLookupRetMsg): Uint8Array {
   const layout = message.layout_info;
   if (!Array.isArray(layout)) return encodeMessage(message);
   const n = layout.length;
-  let size = REPLY_HEAD.length + (n < 16 ? 1 : n < 0x10000 ? 3 : 5);
+  let size = REPLY_HEAD.length + arrayHeaderBytes(n);
   for (let i = 0; i < n; i++) {
     const e = layout[i];
     if (
@@ -184,9 +185,8 @@ export function encodeLookupReply(message: BatchedP2PLookupRetMsg): Uint8Array {
 function readLookup(bytes: Uint8Array): BatchedP2PLookupMsg | undefined {
   const r = new Reader(bytes);
   if (!r.lit(LOOKUP_HEAD)) return undefined;
-  const n = r.arrayHeader();
-  // Each hash takes a byte at least: a count beyond the bytes left is no canonical message.
-  if (n < 0 || n > bytes.length - r.pos) return undefined;
+  const n = r.listHeader();
+  if (n < 0) return undefined;
   const hashes = new Array<bigint>(n);
   for (let i = 0; i < n; i++) {
     const h = r.int();
@@ -211,8 +211,8 @@ function readLookup(bytes: Uint8Array): BatchedP2PLookupMsg | undefined {
 function readReply(bytes: Uint8Array): BatchedP2PLookupRetMsg | undefined {
   const r = new Reader(bytes);
   if (!r.lit(REPLY_HEAD)) return undefined;
-  const n = r.arrayHeader();
-  if (n < 0 || n > bytes.length - r.pos) return undefined;
+  const n = r.listHeader();
+  if (n < 0) return undefined;
   const layout_info = new Array<[string, string, WireInt, string]>(n);
   for (let i = 0; i < n; i++) {
     if (r.arrayHeader() !== 4) return undefined;

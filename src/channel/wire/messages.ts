@@ -39,6 +39,16 @@
 
 import { Decoder, Encoder } from "@msgpack/msgpack";
 import { WireMessageError } from "./errors.ts";
+import {
+  BIG_I32_MIN,
+  BIG_U32_END,
+  I32_MIN,
+  INT64_MIN,
+  MAX_SAFE,
+  MIN_SAFE,
+  U32_END,
+  UINT64_MAX,
+} from "./_msgpack_rw.ts";
 
 /**
  * An integer field: a `number` when it is a safe integer, else an exact `bigint` (msgspec
@@ -646,10 +656,6 @@ export function isMessageType(name: string): name is MessageType {
   return Object.prototype.hasOwnProperty.call(MESSAGE_FIELDS, name);
 }
 
-const INT64_MIN = -(2n ** 63n);
-const UINT64_MAX = 2n ** 64n - 1n;
-const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Most entries of one `bytes[]` field (LMCache sends one per NIXL agent). */
 const MAX_LIST_ENTRIES = 1024;
 
@@ -831,9 +837,6 @@ function check(
   return out as unknown as LmcacheMessage;
 }
 
-const I32_MIN = -(2 ** 31);
-const U32_END = 2 ** 32;
-
 /**
  * Puts integers in the form that makes `@msgpack/msgpack` pick msgspec's (the smallest)
  * msgpack format: numbers for [-2^31, 2^32), which it encodes minimally, and bigints
@@ -845,7 +848,7 @@ function wire(v: unknown): unknown {
     return Number.isInteger(v) && (v < I32_MIN || v >= U32_END) ? BigInt(v) : v;
   }
   if (typeof v === "bigint") {
-    return v >= BigInt(I32_MIN) && v < BigInt(U32_END) ? Number(v) : v;
+    return v >= BIG_I32_MIN && v < BIG_U32_END ? Number(v) : v;
   }
   if (Array.isArray(v)) return v.map(wire);
   if (v !== null && typeof v === "object" && !(v instanceof Uint8Array)) {

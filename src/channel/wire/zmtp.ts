@@ -192,15 +192,32 @@ export function checkGreeting(bytes: Uint8Array): Greeting | undefined {
 }
 
 function frameHeader(size: number, flags: number): Uint8Array {
-  if (size <= 255) {
-    return new Uint8Array([flags, size]);
-  }
-  const h = new Uint8Array(9);
-  h[0] = flags | FLAG_LONG;
-  const view = new DataView(h.buffer);
-  view.setUint32(1, Math.floor(size / 0x1_0000_0000));
-  view.setUint32(5, size >>> 0);
+  const h = new Uint8Array(frameHeaderSize(size));
+  putFrameHeader(h, 0, size, flags);
   return h;
+}
+
+/** Bytes of a frame header for a body of `size` bytes: 2 (short) or 9 (long). */
+function frameHeaderSize(size: number): number {
+  return size <= 255 ? 2 : 9;
+}
+
+/** Writes a frame header at `out[off]` (zeroed room of frameHeaderSize); returns the
+ * offset after it. */
+function putFrameHeader(out: Uint8Array, off: number, size: number, flags: number): number {
+  if (size <= 255) {
+    out[off] = flags;
+    out[off + 1] = size;
+    return off + 2;
+  }
+  out[off] = flags | FLAG_LONG;
+  const hi = Math.floor(size / 0x1_0000_0000);
+  const lo = size >>> 0;
+  for (let i = 0; i < 4; i++) {
+    out[off + 4 - i] = (hi >>> (8 * i)) & 0xff;
+    out[off + 8 - i] = (lo >>> (8 * i)) & 0xff;
+  }
+  return off + 9;
 }
 
 /** Messages up to this size are encoded into one buffer; larger bodies are not copied. */
@@ -227,7 +244,7 @@ export function encodeFrames(frames: readonly Uint8Array[]): Uint8Array[] {
   let total = 0;
   for (let i = 0; i < frames.length; i++) {
     const n = frames[i].length;
-    total += (n <= 255 ? 2 : 9) + n;
+    total += frameHeaderSize(n) + n;
   }
   if (total > COALESCE_BYTES) {
     const pieces: Uint8Array[] = [];
@@ -244,23 +261,9 @@ export function encodeFrames(frames: readonly Uint8Array[]): Uint8Array[] {
   let off = 0;
   for (let i = 0; i < frames.length; i++) {
     const f = frames[i];
-    const n = f.length;
-    const flags = i < frames.length - 1 ? FLAG_MORE : 0;
-    if (n <= 255) {
-      out[off] = flags;
-      out[off + 1] = n;
-      off += 2;
-    } else {
-      out[off] = flags | FLAG_LONG;
-      // n <= COALESCE_BYTES here: the high 32 bits of the 8-byte size are zero.
-      out[off + 5] = n >>> 24;
-      out[off + 6] = (n >>> 16) & 0xff;
-      out[off + 7] = (n >>> 8) & 0xff;
-      out[off + 8] = n & 0xff;
-      off += 9;
-    }
+    off = putFrameHeader(out, off, f.length, i < frames.length - 1 ? FLAG_MORE : 0);
     out.set(f, off);
-    off += n;
+    off += f.length;
   }
   return [out];
 }
