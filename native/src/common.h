@@ -76,6 +76,10 @@ uint64_t kvp_now_ns(void);
 struct timespec kvp_deadline_ms(int64_t timeout_ms);
 /* Condvar that measures timeouts on CLOCK_MONOTONIC (immune to wall-clock jumps). */
 int kvp_cond_init(pthread_cond_t *cv);
+/* pthread_create of a thread of the library's own that takes no signal of the runtime's
+ * (they stay with the runtime's threads): every signal blocked in it. Returns
+ * pthread_create's result. */
+int kvp_thread_start(pthread_t *th, void *(*fn)(void *), void *arg);
 
 /* Growable byte buffer used by encoders. */
 typedef struct kvp_buf {

@@ -524,17 +524,21 @@ int32_t bi_remote_map(bi_remote *rm, const kvp_md_region *g, uint8_t **out) {
     return st;
 }
 
+/* The mapping of rm holding [addr, addr+len), or NULL (rm->map_mu held; the pointer is
+ * good until the lock is left: the array may move). */
+static bi_map *map_holding_locked(bi_remote *rm, uint64_t addr, uint64_t len) {
+    for (size_t i = 0; i < rm->nmaps; i++) {
+        uint64_t b = (uint64_t)(uintptr_t)rm->maps[i].base;
+        if (addr >= b && addr - b < rm->maps[i].size && len <= rm->maps[i].size - (addr - b))
+            return &rm->maps[i];
+    }
+    return NULL;
+}
+
 void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) {
     if (len == 0) return;
     pthread_mutex_lock(&rm->map_mu);
-    bi_map *m = NULL;
-    for (size_t i = 0; i < rm->nmaps; i++) {
-        uint64_t b = (uint64_t)(uintptr_t)rm->maps[i].base;
-        if (addr >= b && addr - b < rm->maps[i].size && len <= rm->maps[i].size - (addr - b)) {
-            m = &rm->maps[i];
-            break;
-        }
-    }
+    bi_map *m = map_holding_locked(rm, addr, len);
     if (!m || !m->popw) {
         pthread_mutex_unlock(&rm->map_mu);
         if (bi_prefault_range(addr, len, write))
@@ -575,9 +579,9 @@ void bi_remote_prefault(bi_remote *rm, uint64_t addr, uint64_t len, bool write) 
             uint64_t ks = k * BI_POP_EXTENT, ke = KVP_MIN(ks + BI_POP_EXTENT, size);
             if (s <= ks && t >= ke) BI_POP_MARK(write ? popw : popr, k);
         }
-        for (size_t i = 0; ok && i < rm->nmaps; i++)
-            if (rm->maps[i].base == (uint8_t *)(uintptr_t)base)
-                bi_prefault_ahead_hint_locked(rm, &rm->maps[i], t);
+        /* (Found again: the array of maps may have moved while the lock was left.) */
+        bi_map *here = ok ? map_holding_locked(rm, base, 1) : NULL;
+        if (here) bi_prefault_ahead_hint_locked(rm, here, t);
         pthread_mutex_unlock(&rm->map_mu);
     }
 }

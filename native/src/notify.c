@@ -14,7 +14,6 @@
  * waits for that count to drop to zero once `stop` is set. */
 #include "notify.h"
 
-#include <signal.h>
 #include <stdio.h>
 
 #include "errors.h"
@@ -129,19 +128,14 @@ int32_t kvp_notifier_start(kvp_event_fn fn, uint64_t ctx, uint32_t flags,
         *out = n;
         return KVP_SUCCESS;
     }
-    /* The thread takes no signal of the runtime's (they stay with its own threads). */
-    sigset_t all, old;
-    sigfillset(&all);
-    int mrc = pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_mutex_lock(&g_mu);
     reap_locked(NULL);
-    rc = pthread_create(&n->th, NULL, notifier_main, n);
+    rc = kvp_thread_start(&n->th, notifier_main, n);
     if (rc == 0) {
         n->next = g_list;
         g_list = n;
     }
     pthread_mutex_unlock(&g_mu);
-    if (mrc == 0) (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         notifier_free(n);
         return kvp_err(KVP_ERR_BACKEND, "kvp_event_notify: cannot start the notifier of agent "

@@ -20,7 +20,6 @@
  * marked in the mapping's bitmap, so requests skip them; a request that comes first
  * does its own pages, as before, and the thread skips those.
  */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,12 +142,7 @@ static void ahead_start_locked(bi_remote *rm) {
     /* An earlier thread that ran out of work has left the lock for good: join it. */
     if (rm->ahead_joinable) (void)pthread_join(rm->ahead, NULL);
     rm->ahead_joinable = false;
-    /* The thread takes no signal of the runtime's (they stay with its own threads). */
-    sigset_t all, old;
-    sigfillset(&all);
-    int mrc = pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&rm->ahead, NULL, ahead_main, rm);
-    if (mrc == 0) (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int rc = kvp_thread_start(&rm->ahead, ahead_main, rm);
     /* Without the thread requests prefault their own pages, as before: only slower. */
     if (rc == 0) rm->ahead_running = rm->ahead_joinable = true;
 }

@@ -1,6 +1,7 @@
 /* util.c - helpers of common.h. */
 #include "common.h"
 
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +40,16 @@ int kvp_cond_init(pthread_cond_t *cv) {
     rc = pthread_condattr_setclock(&at, CLOCK_MONOTONIC);
     if (rc == 0) rc = pthread_cond_init(cv, &at);
     pthread_condattr_destroy(&at);
+    return rc;
+}
+
+int kvp_thread_start(pthread_t *th, void *(*fn)(void *), void *arg) {
+    /* The new thread inherits the mask in place when it is made. */
+    sigset_t all, old;
+    sigfillset(&all);
+    int mrc = pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(th, NULL, fn, arg);
+    if (mrc == 0) (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;
 }
 
