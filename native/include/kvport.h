@@ -259,8 +259,9 @@ int32_t kvp_notif_wait(uint64_t agent, int64_t timeout_ms, uint8_t *msg, uint64_
  *  caller owns *fd (a nonblocking, close-on-exec UNIX stream socket) and closes it;
  *  kvp_agent_destroy closes the other end, so a reader sees end of file. Once per agent
  *  (again: KVP_ERR_NOT_ALLOWED). Builtin engine only (else KVP_ERR_NOT_SUPPORTED: the nixl
- *  engine has kvp_event_notify, for both runtimes). With it handed out, GPU copies of a request complete on a worker thread (which signals)
- *  rather than in the waiter's status poll. */
+ *  engine has kvp_event_notify, for both runtimes). With it handed out, GPU copies of a
+ *  request complete on a worker thread (which signals) rather than in the waiter's status
+ *  poll. */
 int32_t kvp_event_fd(uint64_t agent, int32_t *fd);
 
 /** What kvp_event_notify calls: ctx is the value given there. */
@@ -302,8 +303,9 @@ int32_t kvp_event_ack(uint64_t agent);
 /** Stops every notifier that calls fn (of live agents too: they get no more calls) and
  *  waits up to timeout_ms for their threads to exit (KVP_EVENT_DIRECT: for the calls in
  *  progress to return): KVP_SUCCESS once none is left (no call of fn is running or will
- *  start), else KVP_IN_PROG (a call still running: keep fn's code loaded). Deno must run it as a nonblocking call: a notifier blocked in a
- *  Deno callback returns only once the event loop ran it. */
+ *  start), else KVP_IN_PROG (a call still running: keep fn's code loaded). Deno must run
+ *  it as a nonblocking call: a notifier blocked in a Deno callback returns only once the
+ *  event loop ran it. */
 int32_t kvp_event_quiesce(kvp_event_fn fn, int64_t timeout_ms);
 
 /* ----------------------------------------------------------------- grants ---- */

@@ -104,8 +104,9 @@ typedef struct kvpn_module {
      * whenever one of the agent's posted requests left IN_PROG (seen by the watcher's own
      * poll) or notifications were queued, with no lock of the module held; it polls
      * NIXL (which has no completion callback): a request from 50 us after its post, then
-     * every 1/16 of its age (32 us to 1 ms); notifications with a backoff to 1 ms. Once per agent (again: KVP_ERR_NOT_ALLOWED). agent_wake and
-     * agent_destroy stop and join it: no call of signal runs after either returned. */
+     * every 1/16 of its age (32 us to 1 ms); notifications with a backoff to 1 ms. Once
+     * per agent (again: KVP_ERR_NOT_ALLOWED). agent_wake and agent_destroy stop and join
+     * it: no call of signal runs after either returned. */
     int32_t (*agent_watch)(uint64_t agent, void (*signal)(void *ctx), void *ctx);
 } kvpn_module;
 

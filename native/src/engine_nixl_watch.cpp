@@ -43,9 +43,9 @@ constexpr us WATCH_FIRST{50};
 // 512 us), ~3% of a 16 MiB request's time (5 ms over TCP), in ~16 polls per doubling of
 // its time. A plain doubling backoff (2 us, 4, 8, ...) sees an end up to 100% late:
 // measured, it tripled the 4 KiB p99; polls every 4 us took the CPU of a 2-core machine
-// from the transfers themselves (more of them outlasted the waiter's spin). Over TCP each poll also
-// progresses UCX (NIXL's UCX backend runs its worker in getXferStatus), so sleeping long
-// is lost bandwidth too.
+// from the transfers themselves (more of them outlasted the waiter's spin). Over TCP each
+// poll also progresses UCX (NIXL's UCX backend runs its worker in getXferStatus), so
+// sleeping long is lost bandwidth too.
 constexpr int WATCH_SHARE = 16;
 constexpr us WATCH_MIN{32};
 // Longest sleep: how late an idle agent sees a notification at most (the library's own
