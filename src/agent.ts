@@ -1140,8 +1140,7 @@ export class NixlAgent {
    * the turn of the wake: no promise, timer or poll between the engine's signal and the
    * handler (a wake with none queued calls nothing). Returns the function that stops it,
    * or `null` where this agent has no wake callback (an ABI-3 library, Deno on the nixl
-   * engine,
-   * the `"legacy"` wake mode): wait with {@linkcode waitNotifications} there. The
+   * engine, the `"legacy"` wake mode): wait with {@linkcode waitNotifications} there. The
    * callback keeps nothing alive: a process that only listens needs a timer or a wait of
    * its own (the channel's notification pump keeps one). Notifications queued before
    * the call are taken at the next wake (or by {@linkcode takeNotifications}).

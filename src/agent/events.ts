@@ -202,8 +202,7 @@ export class AgentEvents {
         }
       }
     }
-    // (A copy: a woken waiter leaves the set. None to copy on most wakes of a listener.)
-    if (this.#waiters.size > 0) { for (const w of [...this.#waiters]) w(); }
+    this.#wakeWaiters();
   }
 
   /**
@@ -224,7 +223,12 @@ export class AgentEvents {
   settled(): void {
     if (this.#waiters.size === 0) return;
     this.#gen++;
-    for (const w of [...this.#waiters]) w();
+    this.#wakeWaiters();
+  }
+
+  #wakeWaiters(): void {
+    // (A copy: a woken waiter leaves the set. None to copy on most wakes of a listener.)
+    if (this.#waiters.size > 0) { for (const w of [...this.#waiters]) w(); }
   }
 
   /** @internal The source ended (end of file): waits return at once from now on. */
