@@ -286,12 +286,13 @@ async function runDemo(args: string[]): Promise<number> {
   if (requests > 16) {
     throw new UsageError(`--requests expects an integer from 2 to 16, got ${requests}`);
   }
-  // The sender's buffer holds one request; the decoder's every request (it checks them once
-  // all have landed: see pd-receiver) and three more, for the sender's page credits: its
-  // stock of three requests' pages (back-to-back requests find theirs while a refill is on
-  // its way) and those of the request in flight, which count as credits until its bind
-  // lands (caps of four requests, below). R + 4 times N chunks in all, within half of the
-  // free memory.
+  // The sender's buffer holds one request (on a GPU every request: it fills them all
+  // first, see the prefiller's configuration below); the decoder's every request (it
+  // checks them once all have landed: see pd-receiver) and three more, for the sender's
+  // page credits: its stock of three requests' pages (back-to-back requests find theirs
+  // while a refill is on its way) and those of the request in flight, which count as
+  // credits until its bind lands (caps of four requests, below). On the host, R + 4 times
+  // N chunks in all, within half of the free memory.
   const free = os.freemem();
   const fit = Math.max(1, Math.floor((free * 0.5) / ((requests + 4) * geo.pageSize)));
   const chunks = int("chunks", v.chunks, 1, Math.min(16, fit));
