@@ -19,8 +19,7 @@ import {
   encodeLookup,
   encodeLookupReply,
 } from "../src/channel/wire/lookup_codec.ts";
-import { P2PRegistry } from "../src/p2p/registry.ts";
-import { askingClient } from "./helpers/p2p_util.ts";
+import { askingClient, reportHolder, startRegistry } from "./helpers/p2p_util.ts";
 import { hex, loadGolden, loadSamples } from "./wire/samples.ts";
 import { outcome } from "./wire/util.ts";
 
@@ -290,30 +289,9 @@ async function countingMsgpack(fn: () => Promise<void>): Promise<number> {
 }
 
 test("registry round trip: a lookup of 64 hashes runs no generic msgpack encode or decode (it ran four), with the same answer", async () => {
-  await using registry = await P2PRegistry.listen({
-    pullUrl: "127.0.0.1:0",
-    replyUrl: "127.0.0.1:0",
-  });
+  await using registry = await startRegistry();
   const hashes = Array.from({ length: 64 }, (_, i) => (BigInt(i) << 40n) + 7n);
-  registry.report({
-    type: "RegisterMsg",
-    instance_id: "holder",
-    worker_id: 0,
-    ip: "h",
-    port: 1,
-    peer_init_url: "h:1",
-  });
-  registry.report({
-    type: "BatchedKVOperationMsg",
-    instance_id: "holder",
-    worker_id: 0,
-    location: "LocalCPUBackend",
-    operations: hashes.slice(0, 40).map((key, i) => ({
-      op_type: "admit" as const,
-      key,
-      seq_num: i,
-    })),
-  });
+  reportHolder(registry, "holder", hashes.slice(0, 40));
   const client = askingClient(registry.replyUrl);
   try {
     await client.lookup([1n]); // connected, warm

@@ -16,8 +16,7 @@ import {
   RouterSocket,
   WireError,
 } from "../src/channel/wire/mod.ts";
-import { P2PRegistry } from "../src/p2p/registry.ts";
-import { askingClient } from "./helpers/p2p_util.ts";
+import { askingClient, reportHolder, startRegistry } from "./helpers/p2p_util.ts";
 import { b, s, until } from "./wire/util.ts";
 
 const FAST = { timeoutMs: 2000, reconnectIntervalMs: 20 };
@@ -100,25 +99,8 @@ test("ROUTER handle: messages queued before the handler is set are handed over f
 });
 
 test("P2P registry: a lookup on an idle registry is answered without queueing the request (one queued per request before)", async () => {
-  await using registry = await P2PRegistry.listen({
-    pullUrl: "127.0.0.1:0",
-    replyUrl: "127.0.0.1:0",
-  });
-  registry.report({
-    type: "RegisterMsg",
-    instance_id: "h",
-    worker_id: 0,
-    ip: "h",
-    port: 1,
-    peer_init_url: "h:1",
-  });
-  registry.report({
-    type: "BatchedKVOperationMsg",
-    instance_id: "h",
-    worker_id: 0,
-    location: "LocalCPUBackend",
-    operations: [1n, 2n].map((key, i) => ({ op_type: "admit" as const, key, seq_num: i })),
-  });
+  await using registry = await startRegistry();
+  reportHolder(registry, "h", [1n, 2n]);
   const client = askingClient(registry.replyUrl);
   try {
     await client.lookup([1n]);

@@ -37,6 +37,35 @@ export function startRegistry(heartbeatTimeoutMs = 30_000): Promise<P2PRegistry>
   });
 }
 
+/**
+ * Tells `registry` that instance `id` (worker 0, peer `h:1`) holds `keys` in its CPU
+ * backend, as its RegisterMsg and one BatchedKVOperationMsg would.
+ *
+ * @example
+ * ```ts
+ * import { reportHolder, startRegistry } from "./p2p_util.ts";
+ * await using registry = await startRegistry();
+ * reportHolder(registry, "holder", [1n, 2n]);
+ * ```
+ */
+export function reportHolder(registry: P2PRegistry, id: string, keys: readonly bigint[]): void {
+  registry.report({
+    type: "RegisterMsg",
+    instance_id: id,
+    worker_id: 0,
+    ip: "h",
+    port: 1,
+    peer_init_url: "h:1",
+  });
+  registry.report({
+    type: "BatchedKVOperationMsg",
+    instance_id: id,
+    worker_id: 0,
+    location: "LocalCPUBackend",
+    operations: keys.map((key, i) => ({ op_type: "admit" as const, key, seq_num: i })),
+  });
+}
+
 /** An instance on loopback reporting to `registry`. */
 export function instance(
   registry: { pullUrl: string; replyUrl: string } | null,
