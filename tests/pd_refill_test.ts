@@ -9,7 +9,13 @@
  */
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
-import { nativeLibrary, PdReceiver, PdSender, type PdSenderStage } from "../mod.ts";
+import {
+  nativeLibrary,
+  PdReceiver,
+  PdSender,
+  type PdSenderOptions,
+  type PdSenderStage,
+} from "../mod.ts";
 import { decodeMessage, RepSocket, ReqSocket, ZmtpConnection } from "../src/channel/wire/mod.ts";
 import { eventually, fillFor, portOf, sha, testKey } from "./helpers/pd_util.ts";
 
@@ -28,6 +34,33 @@ const BATCH = 4;
  * counts what passes and, once `holdNext()` was called, keeps the next credit ask (a
  * key-less AllocRequest with `kvport_credit_want`) until `release()`.
  */
+/** A builtin-engine receiver of `pages` pages that gives a sender `cap` credits at most. */
+function receiver(pages: number, cap: number): Promise<PdReceiver> {
+  return PdReceiver.create({
+    host: "127.0.0.1",
+    initPort: 0,
+    allocPort: 0,
+    bufferSize: pages * PAGE,
+    pageSize: PAGE,
+    channelType: "nixl",
+    engine: "builtin",
+    creditMaxTotal: cap,
+    creditMaxPerSender: cap,
+  });
+}
+
+/** A builtin-engine sender of 16 pages asking for two batches of credits. */
+function sender(timeline?: PdSenderOptions["timeline"]): Promise<PdSender> {
+  return PdSender.create({
+    bufferSize: 16 * PAGE,
+    pageSize: PAGE,
+    channelType: "nixl",
+    engine: "builtin",
+    creditPages: 2 * BATCH,
+    timeline,
+  });
+}
+
 async function relay(allocPort: number) {
   const up = ReqSocket.connect(`127.0.0.1:${allocPort}`, { timeoutMs: 10_000 });
   const rep = await RepSocket.bind("127.0.0.1:0", { maxFrames: 4 });
@@ -76,32 +109,15 @@ test(
   "pd refill: after a slow refill the next one starts while the stock still serves what that one used, so a stream does not wait again; no AllocRequest, bytes exact",
   { skip },
   async () => {
-    const rx = await PdReceiver.create({
-      host: "127.0.0.1",
-      initPort: 0,
-      allocPort: 0,
-      bufferSize: 128 * PAGE,
-      pageSize: PAGE,
-      channelType: "nixl",
-      engine: "builtin",
-      creditMaxTotal: 64,
-      creditMaxPerSender: 64,
-    });
+    const rx = await receiver(128, 64);
     await using _rx = rx;
     const gate = await relay(rx.allocPort);
     try {
       const stages = new Map<string, PdSenderStage[]>();
-      const tx = await PdSender.create({
-        bufferSize: 16 * PAGE,
-        pageSize: PAGE,
-        channelType: "nixl",
-        engine: "builtin",
-        creditPages: 2 * BATCH,
-        timeline: (stage, reqId) => {
-          let s = stages.get(reqId);
-          if (!s) stages.set(reqId, s = []);
-          s.push(stage);
-        },
+      const tx = await sender((stage, reqId) => {
+        let s = stages.get(reqId);
+        if (!s) stages.set(reqId, s = []);
+        s.push(stage);
       });
       await using _tx = tx;
       const spec = (reqId: string) => ({
@@ -197,25 +213,9 @@ test(
   "pd refill: a refill a send() starts is handed to the connection in that call (not after the other requests' queued work), and its credits serve the next batch",
   { skip },
   async () => {
-    const rx = await PdReceiver.create({
-      host: "127.0.0.1",
-      initPort: 0,
-      allocPort: 0,
-      bufferSize: 64 * PAGE,
-      pageSize: PAGE,
-      channelType: "nixl",
-      engine: "builtin",
-      creditMaxTotal: 32,
-      creditMaxPerSender: 32,
-    });
+    const rx = await receiver(64, 32);
     await using _rx = rx;
-    const tx = await PdSender.create({
-      bufferSize: 16 * PAGE,
-      pageSize: PAGE,
-      channelType: "nixl",
-      engine: "builtin",
-      creditPages: 2 * BATCH,
-    });
+    const tx = await sender();
     await using _tx = tx;
     const spec = (reqId: string) => ({
       reqId,
