@@ -9,20 +9,10 @@
  */
 import { test } from "./helpers/skip.ts";
 import assert from "node:assert/strict";
-import {
-  nativeLibrary,
-  PdReceiver,
-  PdSender,
-  type PdSenderOptions,
-  type PdSenderStage,
-} from "../mod.ts";
+import { PdReceiver, PdSender, type PdSenderOptions, type PdSenderStage } from "../mod.ts";
 import { decodeMessage, RepSocket, ReqSocket, ZmtpConnection } from "../src/channel/wire/mod.ts";
 import { eventually, fillFor, portOf, sha, testKey } from "./helpers/pd_util.ts";
-
-const skip: string | false = await nativeLibrary().then(
-  () => false,
-  (e) => `libkvport.so not loadable (build it: make -C native): ${String(e).split("\n")[0]}`,
-);
+import { nativeSkip } from "./helpers/agent_pair.ts";
 
 const PAGE = 64 * 1024;
 // One full chunk of [2, 1, 256, 64] bfloat16 (KV_2LTD) is exactly one page.
@@ -107,7 +97,7 @@ async function relay(allocPort: number) {
 
 test(
   "pd refill: after a slow refill the next one starts while the stock still serves what that one used, so a stream does not wait again; no AllocRequest, bytes exact",
-  { skip },
+  { skip: nativeSkip },
   async () => {
     const rx = await receiver(128, 64);
     await using _rx = rx;
@@ -211,7 +201,7 @@ test(
 
 test(
   "pd refill: a refill a send() starts is handed to the connection in that call (not after the other requests' queued work), and its credits serve the next batch",
-  { skip },
+  { skip: nativeSkip },
   async () => {
     const rx = await receiver(64, 32);
     await using _rx = rx;
