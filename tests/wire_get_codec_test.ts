@@ -5,7 +5,7 @@
 // generic msgpack path (it used it once each).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Decoder, Encoder } from "@msgpack/msgpack";
+import { Encoder } from "@msgpack/msgpack";
 import {
   decodeMessage,
   encodeMessage,
@@ -14,7 +14,7 @@ import {
 } from "../src/channel/wire/mod.ts";
 import { decodeGetRequest, encodeGetReply } from "../src/channel/wire/get_codec.ts";
 import { hex } from "./wire/samples.ts";
-import { outcome } from "./wire/util.ts";
+import { countMsgpack, outcome } from "./wire/util.ts";
 import {
   checkFetched,
   instance,
@@ -125,32 +125,6 @@ test("get codec: decodeGetRequest decodes as decodeMessage does (value, field or
   }
 });
 
-/** Counts generic msgpack decodes of a BatchedLookupAndGetMsg and encodes of a
- * BatchedLookupAndGetRetMsg while `fn` runs. */
-async function countingGenericGet(fn: () => Promise<void>): Promise<number> {
-  const enc = Encoder.prototype as unknown as { encode: (o: unknown) => Uint8Array };
-  const dec = Decoder.prototype as unknown as { decode: (b: unknown) => unknown };
-  const [e0, d0] = [enc.encode, dec.decode];
-  let n = 0;
-  const typeOf = (v: unknown) => (v as { type?: unknown } | null)?.type;
-  enc.encode = function (o) {
-    if (typeOf(o) === "BatchedLookupAndGetRetMsg") n++;
-    return e0.call(this, o);
-  };
-  dec.decode = function (b) {
-    const v = d0.call(this, b);
-    if (typeOf(v) === "BatchedLookupAndGetMsg") n++;
-    return v;
-  };
-  try {
-    await fn();
-  } finally {
-    enc.encode = e0;
-    dec.decode = d0;
-  }
-  return n;
-}
-
 test("p2p holder: a fetch's request and reply skip the generic msgpack path (two calls before), every byte checked", async () => {
   await using registry = await startRegistry();
   await using holder = await instance(registry, "holder");
@@ -159,9 +133,9 @@ test("p2p holder: a fetch's request and reply skip the generic msgpack path (two
   await waitForHits(requester, a, 4);
   await requester.retrieve(a.slice(0, 1)).then((r) => requester.release(r.pages)); // handshake
   let got: Awaited<ReturnType<typeof requester.retrieve>> | undefined;
-  const n = await countingGenericGet(async () => {
+  const n = await countMsgpack(async () => {
     got = await requester.retrieve(a);
-  });
+  }, { encodes: ["BatchedLookupAndGetRetMsg"], decodes: ["BatchedLookupAndGetMsg"] });
   assert.equal(got!.hitChunks, 4);
   assert.equal(checkFetched(requester, got!).bad, 0);
   assert.equal(n, 0, "generic decodes of the request + encodes of the reply");

@@ -5,7 +5,7 @@
 // that runs no generic msgpack encode or decode at all (it ran four before).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Decoder, Encoder } from "@msgpack/msgpack";
+import { Encoder } from "@msgpack/msgpack";
 import {
   type BatchedP2PLookupRetMsg,
   decodeMessage,
@@ -21,7 +21,7 @@ import {
 } from "../src/channel/wire/lookup_codec.ts";
 import { askingClient, reportHolder, startRegistry } from "./helpers/p2p_util.ts";
 import { hex, loadGolden, loadSamples } from "./wire/samples.ts";
-import { outcome } from "./wire/util.ts";
+import { countMsgpack, outcome } from "./wire/util.ts";
 
 const raw = new Encoder({ useBigInt64: true });
 
@@ -265,29 +265,6 @@ test("lookup codec: decodeLookupReply decodes as decodeMessage does, also on tru
   }
 });
 
-/** Counts the generic msgpack library's encodes and decodes while `fn` runs. */
-async function countingMsgpack(fn: () => Promise<void>): Promise<number> {
-  const enc = Encoder.prototype as unknown as { encode: (...a: unknown[]) => unknown };
-  const dec = Decoder.prototype as unknown as { decode: (...a: unknown[]) => unknown };
-  const [e0, d0] = [enc.encode, dec.decode];
-  let n = 0;
-  enc.encode = function (...a) {
-    n++;
-    return e0.apply(this, a);
-  };
-  dec.decode = function (...a) {
-    n++;
-    return d0.apply(this, a);
-  };
-  try {
-    await fn();
-  } finally {
-    enc.encode = e0;
-    dec.decode = d0;
-  }
-  return n;
-}
-
 test("registry round trip: a lookup of 64 hashes runs no generic msgpack encode or decode (it ran four), with the same answer", async () => {
   await using registry = await startRegistry();
   const hashes = Array.from({ length: 64 }, (_, i) => (BigInt(i) << 40n) + 7n);
@@ -296,7 +273,7 @@ test("registry round trip: a lookup of 64 hashes runs no generic msgpack encode 
   try {
     await client.lookup([1n]); // connected, warm
     let reply: unknown;
-    const n = await countingMsgpack(async () => {
+    const n = await countMsgpack(async () => {
       reply = await client.lookup(hashes);
     });
     assert.deepEqual(reply, {

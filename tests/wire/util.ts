@@ -12,6 +12,7 @@ import {
   encodeReady,
   type SocketType,
 } from "../../src/channel/wire/mod.ts";
+import { Decoder, Encoder } from "@msgpack/msgpack";
 
 const ENC = new TextEncoder();
 const DEC = new TextDecoder();
@@ -122,4 +123,47 @@ export function outcome(fn: () => unknown): unknown {
   } catch (e) {
     return { error: `${(e as Error).name}: ${(e as Error).message}` };
   }
+}
+
+/**
+ * Counts the generic msgpack library's encodes and decodes while `fn` runs: all of them,
+ * or with `only` just the encodes of messages of `only.encodes`' types and the decodes
+ * giving messages of `only.decodes`' types (a fast codec of ours that passes them by
+ * shows as none).
+ *
+ * @example
+ * ```ts
+ * import { countMsgpack } from "./util.ts";
+ * import { encodeMessage } from "../../src/channel/wire/mod.ts";
+ * const n = await countMsgpack(async () => {
+ *   encodeMessage({ type: "ErrorMsg", error: "x" });
+ * });
+ * console.log(n); // 1
+ * ```
+ */
+export async function countMsgpack(
+  fn: () => Promise<void>,
+  only?: { encodes: readonly string[]; decodes: readonly string[] },
+): Promise<number> {
+  const enc = Encoder.prototype as unknown as { encode: (...a: unknown[]) => unknown };
+  const dec = Decoder.prototype as unknown as { decode: (...a: unknown[]) => unknown };
+  const [e0, d0] = [enc.encode, dec.decode];
+  const typeOf = (v: unknown) => (v as { type?: unknown } | null)?.type as string;
+  let n = 0;
+  enc.encode = function (...a) {
+    if (!only || only.encodes.includes(typeOf(a[0]))) n++;
+    return e0.apply(this, a);
+  };
+  dec.decode = function (...a) {
+    const v = d0.apply(this, a);
+    if (!only || only.decodes.includes(typeOf(v))) n++;
+    return v;
+  };
+  try {
+    await fn();
+  } finally {
+    enc.encode = e0;
+    dec.decode = d0;
+  }
+  return n;
 }
